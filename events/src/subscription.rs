@@ -1,0 +1,102 @@
+//! Subscribe-all: catch up from storage, then follow live appends.
+//!
+//! A [`Subscription`] pulls pages from [`EventRead::read_all`] starting at its next position, and when it has
+//! read everything committed it waits on the store's head (a `watch` channel the backend bumps after each
+//! commit). Because every event it yields comes from a read by position, there is no separate "live" path
+//! to hand over to: an append that races with the end of catch-up is simply in the next page, so there is
+//! no gap and no duplicate by construction.
+//!
+//! Back-pressure is the pull itself: a subscriber that stops reading holds one page in memory and nothing
+//! else, and when it reads again it catches up from storage. Writers never wait for subscribers.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::envelope::Envelope;
+use crate::store::{Error, EventRead};
+
+/// Default events per page a subscription reads.
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+
+/// A subscription to every event of a store from a position on. Build one with
+/// [`EventRead::subscribe_all`].
+pub struct Subscription {
+    reader: Arc<dyn EventRead>,
+    head: watch::Receiver<u64>,
+    /// Position of the next event to yield.
+    next: u64,
+    page_size: usize,
+    buffer: VecDeque<Envelope>,
+}
+
+impl Subscription {
+    /// A subscription reading through `reader`, woken by `head` (the last committed position), yielding
+    /// events from position `from` on. Backends call this from their `subscribe_all`.
+    pub fn new(reader: Arc<dyn EventRead>, head: watch::Receiver<u64>, from: u64) -> Self {
+        let page_size = DEFAULT_PAGE_SIZE.min(reader.limits().max_page_size).max(1);
+        Self { reader, head, next: from.max(1), page_size, buffer: VecDeque::new() }
+    }
+
+    /// Sets how many events one read fetches.
+    pub fn page_size(mut self, events: usize) -> Self {
+        self.page_size = events.clamp(1, self.reader.limits().max_page_size.max(1));
+        self
+    }
+
+    /// The position of the next event this subscription will yield.
+    pub fn next_position(&self) -> u64 {
+        self.buffer.front().map_or(self.next, |e| e.position)
+    }
+
+    /// The next event, waiting for it to be committed if need be. Fails with [`Error::Closed`] when the store
+    /// closes.
+    pub async fn next(&mut self) -> Result<Envelope, Error> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Ok(event);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// The events available now (at least one, waiting for it if need be), up to one page: for consumers
+    /// that process in batches, such as projections that commit a batch with its checkpoint.
+    pub async fn next_batch(&mut self) -> Result<Vec<Envelope>, Error> {
+        if self.buffer.is_empty() {
+            self.fill().await?;
+        }
+        Ok(self.buffer.drain(..).collect())
+    }
+
+    /// Reads the next page into the buffer, waiting for a commit when caught up.
+    async fn fill(&mut self) -> Result<(), Error> {
+        loop {
+            let head = *self.head.borrow_and_update();
+            if head >= self.next {
+                let page = self.reader.read_all(self.next, self.page_size).await?;
+                if let Some(last) = page.last() {
+                    // The backend promises dense positions from `next`; check it here too, so that a broken
+                    // backend shows up as an error instead of a silent gap in a projection.
+                    let first = page[0].position;
+                    if first != self.next || last.position != self.next + page.len() as u64 - 1 {
+                        return Err(Error::Corrupt {
+                            location: "subscription".into(),
+                            detail: format!(
+                                "read from position {} returned positions {first}..={}",
+                                self.next, last.position
+                            ),
+                        });
+                    }
+                    self.next = last.position + 1;
+                    self.buffer.extend(page);
+                    return Ok(());
+                }
+                // The head says more is committed but the read found nothing: the head ran ahead of what a
+                // reader can see. Wait for the next change rather than spin.
+            }
+            self.head.changed().await.map_err(|_| Error::Closed)?;
+        }
+    }
+}
