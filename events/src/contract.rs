@@ -195,8 +195,14 @@ pub async fn streams_read_forwards_and_backwards_in_pages<S: EventStore + Clone>
         store.append(&b, ExpectedVersion::Any, vec![event(100 + n)]).await.unwrap();
     }
     let versions = |events: Vec<Envelope>| events.iter().map(|e| e.version).collect::<Vec<_>>();
-    assert_eq!(versions(store.read_stream(&a, 1, Direction::Forwards, 10).await.unwrap()), (1..=10).collect::<Vec<_>>());
-    assert_eq!(versions(store.read_stream(&a, 21, Direction::Forwards, 10).await.unwrap()), (21..=25).collect::<Vec<_>>());
+    assert_eq!(
+        versions(store.read_stream(&a, 1, Direction::Forwards, 10).await.unwrap()),
+        (1..=10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        versions(store.read_stream(&a, 21, Direction::Forwards, 10).await.unwrap()),
+        (21..=25).collect::<Vec<_>>()
+    );
     assert!(store.read_stream(&a, 26, Direction::Forwards, 10).await.unwrap().is_empty());
     assert_eq!(versions(store.read_stream(&a, u64::MAX, Direction::Backwards, 3).await.unwrap()), [25, 24, 23]);
     assert_eq!(versions(store.read_stream(&a, 2, Direction::Backwards, 10).await.unwrap()), [2, 1]);
@@ -260,9 +266,7 @@ pub async fn read_all_order_is_commit_order<S: EventStore + Clone>(store: S) {
 
 /// Subscriptions started at random moments, from random positions, while writers append: each sees every
 /// event from its start position exactly once, in order, the same as read-all.
-pub async fn subscriptions_started_during_a_write_storm_see_every_event_once_in_order<S: EventStore + Clone>(
-    store: S,
-) {
+pub async fn subscriptions_started_during_a_write_storm_see_every_event_once_in_order<S: EventStore + Clone>(store: S) {
     const WRITERS: u64 = 8;
     const APPENDS: u64 = 150;
     const SUBSCRIBERS: usize = 12;

@@ -84,13 +84,9 @@ impl StreamName {
     /// Checks and wraps a stream name.
     pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
         let name = name.into();
-        check_name(
-            "stream name",
-            &name,
-            MAX_STREAM_NAME_BYTES,
-            "ASCII letters, digits, '-' and '_'",
-            |c| c.is_ascii_alphanumeric() || c == '-' || c == '_',
-        )?;
+        check_name("stream name", &name, MAX_STREAM_NAME_BYTES, "ASCII letters, digits, '-' and '_'", |c| {
+            c.is_ascii_alphanumeric() || c == '-' || c == '_'
+        })?;
         Ok(Self(name))
     }
 
@@ -127,20 +123,14 @@ impl AsRef<str> for StreamName {
 
 /// Checks an event type name such as `document.uploaded`: ASCII letters, digits, `.`, `-` and `_`.
 pub fn check_event_type(name: &str) -> Result<(), NameError> {
-    check_name(
-        "event type",
-        name,
-        MAX_EVENT_TYPE_BYTES,
-        "ASCII letters, digits, '.', '-' and '_'",
-        |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'),
-    )
+    check_name("event type", name, MAX_EVENT_TYPE_BYTES, "ASCII letters, digits, '.', '-' and '_'", |c| {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
+    })
 }
 
 /// Checks a tenant or actor label such as `acme` or `user:alice`: printable ASCII without spaces.
 pub fn check_label(what: &'static str, name: &str) -> Result<(), NameError> {
-    check_name(what, name, MAX_LABEL_BYTES, "printable ASCII without spaces", |c| {
-        c.is_ascii_graphic()
-    })
+    check_name(what, name, MAX_LABEL_BYTES, "printable ASCII without spaces", |c| c.is_ascii_graphic())
 }
 
 /// A point in time, in microseconds since the Unix epoch (UTC).
@@ -238,13 +228,7 @@ impl NewEvent {
     }
 
     /// The stored form of this event, once the store has assigned its place and time.
-    pub fn into_envelope(
-        self,
-        stream: StreamName,
-        version: u64,
-        position: u64,
-        recorded_at: Timestamp,
-    ) -> Envelope {
+    pub fn into_envelope(self, stream: StreamName, version: u64, position: u64, recorded_at: Timestamp) -> Envelope {
         Envelope {
             event_id: self.event_id,
             stream,
@@ -302,10 +286,7 @@ mod tests {
             assert!(StreamName::new(bad).is_err(), "{bad:?} was accepted");
         }
         let long = "x".repeat(MAX_STREAM_NAME_BYTES + 1);
-        assert_eq!(
-            StreamName::new(long),
-            Err(NameError::TooLong { what: "stream name", len: 201, limit: 200 })
-        );
+        assert_eq!(StreamName::new(long), Err(NameError::TooLong { what: "stream name", len: 201, limit: 200 }));
     }
 
     #[test]

@@ -1,0 +1,15 @@
+//! Weft: an event-sourced actor platform for AI document and job processing.
+//!
+//! This crate is the `weft` binary and everything that touches the world. The facts and the store traits are
+//! in [`weft_events`]; the write side is in [`weft_actors`].
+//!
+//! # Layout
+//!
+//! In the order data flows through them:
+//!
+//! - [`store`]: event store backends. [`store::sqlite`] is the embedded default: one SQLite file, one
+//!   writer thread with group commit.
+//! - [`bench`]: `weft bench`, the benchmarks operators run against a path they choose.
+
+pub mod bench;
+pub mod store;
