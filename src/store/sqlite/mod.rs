@@ -1,27 +1,27 @@
-//! The embedded event store: one SQLite file in WAL mode, one writer thread with group commit, a pool of
-//! reader connections.
-//!
-//! # Writing
-//!
-//! Every append and snapshot goes through a bounded queue to one writer thread, which owns the only write
-//! connection. The writer takes the first request off the queue, then everything else already waiting (up to
-//! [`Options::max_commit_events`]), and applies them all in one transaction: one fsync for the lot. Requests
-//! that arrive while a commit is running wait in the queue and go into the next transaction. Each append is
-//! checked on its own (a conflict fails that append only), and each caller is answered only after the
-//! transaction that holds its events has committed. If the commit fails, every request in it fails with
-//! [`Error::Unavailable`] and nothing of it is visible.
-//!
-//! # Reading
-//!
-//! Readers use their own connections on the blocking thread pool; WAL mode lets them read a consistent
-//! snapshot while the writer commits. Every row carries a CRC-32 of all its fields, checked on every read,
-//! and reads check that positions and versions are dense, so a damaged file yields [`Error::Corrupt`] naming
-//! the file rather than a wrong event.
+//! The embedded event store: an append-only log in one SQLite file, a stream index derived from it, one
+//! writer thread with group commit and a pool of reader connections.
 //!
 //! # Files
 //!
-//! `PATH` (the database), `PATH-wal` and `PATH-shm` (SQLite's), and `PATH.lock`, which the store holds an
-//! exclusive lock on while open, so that two processes never write one store.
+//! - `PATH`: the log, and the only source of truth: table `events` (`position`, `stream`, `version`, and
+//!   the rest of the event as one checksummed [`record`]) and table `snapshots`. WAL mode; every commit is
+//!   fsynced under the default [`Synchronous::Full`].
+//! - `PATH-index`: the stream index, `(stream, version) -> position`, derived from the log and rebuilt from
+//!   it when damaged or missing. See [`index`].
+//! - `PATH.lock`: held with an exclusive lock while the store is open, so that two processes never write
+//!   one store.
+//! - SQLite's own `-wal` and `-shm` files beside each.
+//!
+//! # Writing
+//!
+//! See [`writer`]: one thread, group commit, each append decided on its own, answered after its commit.
+//!
+//! # Reading
+//!
+//! Readers use their own connections on the blocking thread pool; WAL mode gives them a consistent snapshot
+//! while the writer commits. Every record's checksum covers its position, stream and version as well as its
+//! bytes, and reads check that positions and versions are dense, so a damaged file yields [`Error::Corrupt`]
+//! naming the file rather than a wrong event.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -32,16 +32,22 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
-use uuid::Uuid;
 use weft_events::{
     Appended, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, Limits, NewEvent, Snapshot,
-    StreamName, Subscription, Timestamp,
+    StreamName, Subscription,
 };
 
-/// `PRAGMA application_id` of a Weft store: "WEFT" in ASCII. A file with another id is not ours.
+pub(crate) mod index;
+pub mod record;
+mod writer;
+
+use index::{StreamTail, Tail};
+use writer::{Outcome, Reply, Request, Writer};
+
+/// `PRAGMA application_id` of a Weft log: "WEFT" in ASCII. A file with another id is not ours.
 const APPLICATION_ID: i32 = 0x5745_4654;
 
 /// `PRAGMA user_version`: the layout of the tables below. Bumped, with a migration, when it changes.
@@ -61,28 +67,13 @@ pub const DEFAULT_READERS: usize = 4;
 /// gives up.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 
-const SCHEMA: &str = "
+pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
-    position       INTEGER PRIMARY KEY,
-    stream         TEXT    NOT NULL,
-    version        INTEGER NOT NULL,
-    event_id       BLOB    NOT NULL,
-    event_type     TEXT    NOT NULL,
-    schema_version INTEGER NOT NULL,
-    recorded_at    INTEGER NOT NULL,
-    tenant         TEXT    NOT NULL,
-    correlation_id BLOB,
-    causation_id   BLOB,
-    actor          TEXT    NOT NULL,
-    payload        BLOB    NOT NULL,
-    checksum       INTEGER NOT NULL
-) STRICT;
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events (stream, version);
-CREATE TABLE IF NOT EXISTS streams (
-    stream   TEXT PRIMARY KEY,
+    position INTEGER PRIMARY KEY,
+    stream   TEXT    NOT NULL,
     version  INTEGER NOT NULL,
-    checksum INTEGER NOT NULL
-) STRICT, WITHOUT ROWID;
+    record   BLOB    NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS snapshots (
     stream         TEXT PRIMARY KEY,
     version        INTEGER NOT NULL,
@@ -91,9 +82,6 @@ CREATE TABLE IF NOT EXISTS snapshots (
     checksum       INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
 ";
-
-const EVENT_COLUMNS: &str = "position, stream, version, event_id, event_type, schema_version, recorded_at, \
-                             tenant, correlation_id, causation_id, actor, payload, checksum";
 
 /// How hard SQLite works to make a commit durable (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -123,7 +111,7 @@ impl Synchronous {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Options {
-    /// The database file. Its folder is created if missing.
+    /// The log file; the index and lock files go beside it. Its folder is created if missing.
     pub path: PathBuf,
     /// Durability of commits. Default `full`.
     #[serde(default)]
@@ -178,7 +166,7 @@ pub struct Stats {
 }
 
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     commits: AtomicU64,
     appends: AtomicU64,
     events: AtomicU64,
@@ -192,36 +180,23 @@ pub struct SqliteStore {
 }
 
 struct Shared {
-    /// The file, for errors and logs.
+    /// The log file, for errors and logs.
     location: String,
     limits: Limits,
     requests: mpsc::Sender<Request>,
     head: watch::Receiver<u64>,
+    tail: Arc<Tail>,
     readers: Arc<Readers>,
     counters: Arc<Counters>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer and indexer threads, joined at close.
+    threads: Mutex<Vec<JoinHandle<()>>>,
     /// The exclusive lock on `PATH.lock`, held until the store closes.
     lock: Mutex<Option<File>>,
 }
 
-/// What an append or snapshot asks of the writer.
-enum Request {
-    Append { stream: StreamName, expected: ExpectedVersion, events: Vec<NewEvent>, reply: Reply },
-    Snapshot { snapshot: Snapshot, reply: Reply },
-    Close { reply: oneshot::Sender<()> },
-}
-
-/// What the writer answers.
-enum Outcome {
-    Appended(Appended),
-    Saved,
-}
-
-type Reply = oneshot::Sender<Result<Outcome, Error>>;
-
 impl SqliteStore {
-    /// Opens (or creates) the store at `options.path`, checks it, and starts its writer. Blocks while it
-    /// checks the file; call it before serving, or from a blocking task.
+    /// Opens (or creates) the store at `options.path`, checks it, brings its index up to date and starts
+    /// its threads. Blocks while it does; call it before serving, or from a blocking task.
     pub fn open(options: Options) -> Result<Self, Error> {
         let path = options.path.clone();
         let location = path.display().to_string();
@@ -242,44 +217,65 @@ impl SqliteStore {
         check_size(&conn, &path, &location)?;
         let head = check_tail(&conn, &location)?;
 
+        let index_path = index_path(&path);
+        let index_location = index_path.display().to_string();
+        let (index_conn, indexed_through) = index::open(&index_path, &conn, head, &location)?;
+        let lookups = Connection::open(&index_path).map_err(|e| sql_error(&index_location, e))?;
+        lookups
+            .busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
+            .map_err(|e| sql_error(&index_location, e))?;
+        let tail = Tail::new(indexed_through);
+
         let (head_tx, head_rx) = watch::channel(head);
         let (requests, queue) = mpsc::channel(options.queue_capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let indexer = index::Indexer { conn: index_conn, tail: tail.clone(), location: index_location.clone() };
         let writer = Writer {
             conn,
+            index: lookups,
             location: location.clone(),
+            index_location: index_location.clone(),
             next_position: head + 1,
             head: head_tx,
+            tail: tail.clone(),
             counters: counters.clone(),
             max_commit_events: options.max_commit_events.max(1),
         };
-        let thread = std::thread::Builder::new()
-            .name("weft-store-writer".into())
-            .spawn(move || writer.run(queue))
-            .map_err(|e| fail(format!("cannot start the writer thread: {e}")))?;
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| fail(format!("cannot start a thread: {e}")))
+        };
+        let threads = vec![
+            spawn("weft-store-indexer", Box::new(move || indexer.run()))?,
+            spawn("weft-store-writer", Box::new(move || writer.run(queue)))?,
+        ];
         let readers = Arc::new(Readers {
             path,
+            index_path,
             location: location.clone(),
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(options.readers.max(1)),
             size: options.readers.max(1),
         });
-        tracing::info!(store = %location, head, "opened the event store");
+        tracing::info!(store = %location, head, indexed_through, "opened the event store");
         Ok(Self {
             shared: Arc::new(Shared {
                 location,
                 limits: options.limits,
                 requests,
                 head: head_rx,
+                tail,
                 readers,
                 counters,
-                writer: Mutex::new(Some(thread)),
+                threads: Mutex::new(threads),
                 lock: Mutex::new(Some(lock)),
             }),
         })
     }
 
-    /// The database file's path, as given.
+    /// The log file's path, as given.
     pub fn location(&self) -> &str {
         &self.shared.location
     }
@@ -294,44 +290,50 @@ impl SqliteStore {
         }
     }
 
-    /// Waits for queued appends, stops the writer, closes every connection and checkpoints the WAL into the
-    /// database file. Later calls on any handle fail with [`Error::Closed`].
+    /// Waits for queued appends, stops the writer and the indexer, closes every connection and checkpoints
+    /// the WAL into the files. Later calls on any handle fail with [`Error::Closed`].
     pub async fn close(&self) -> Result<(), Error> {
         self.shared.readers.close().await;
         let (reply, done) = oneshot::channel();
         if self.shared.requests.send(Request::Close { reply }).await.is_ok() {
             let _ = done.await;
         }
-        let thread = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        let threads = std::mem::take(&mut *self.shared.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
         // Every connection is closed: another process may open the store now.
         self.shared.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+        tracing::info!(store = %self.shared.location, "closed the event store");
         Ok(())
     }
 
-    /// Checks the whole file: SQLite's own integrity check, every event's checksum, dense positions, and
-    /// dense versions ending at each stream's recorded version. Reads everything; for operators and tests.
+    /// Checks everything: SQLite's integrity check of both files, every record's checksum, dense positions,
+    /// dense versions per stream, and that the index finds every event. Reads everything; for operators and
+    /// tests. Returns the number of events.
     pub async fn verify(&self) -> Result<u64, Error> {
         let limits = self.shared.limits;
+        let tail = self.shared.tail.clone();
         self.shared
             .readers
-            .run(move |conn, location| {
-                let report: String = conn
-                    .query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))
-                    .map_err(|e| sql_error(location, e))?;
-                if report != "ok" {
-                    return Err(corrupt(location, format!("integrity check: {report}")));
+            .run(move |conn, readers| {
+                let location = readers.location.as_str();
+                let index_location = readers.index_location();
+                for (schema, loc) in [("main", location), ("idx", index_location.as_str())] {
+                    let report: String = conn
+                        .query_row(&format!("PRAGMA {schema}.integrity_check(1)"), [], |r| r.get(0))
+                        .map_err(|e| sql_error(loc, e))?;
+                    if report != "ok" {
+                        return Err(corrupt(loc, format!("integrity check: {report}")));
+                    }
                 }
                 let mut next = 1u64;
-                let mut versions = std::collections::HashMap::<StreamName, u64>::new();
+                let mut versions = std::collections::HashMap::<StreamName, (u64, Option<StreamTail>)>::new();
                 loop {
                     let page = select_all(conn, location, next, limits.max_page_size)?;
                     let Some(last) = page.last() else { break };
                     next = last.position + 1;
                     for e in page {
-                        let v = versions.entry(e.stream.clone()).or_default();
+                        let (v, stream_tail) =
+                            versions.entry(e.stream.clone()).or_insert_with(|| (0, tail.stream(&e.stream)));
                         if e.version != *v + 1 {
                             return Err(corrupt(
                                 location,
@@ -339,24 +341,28 @@ impl SqliteStore {
                             ));
                         }
                         *v = e.version;
-                    }
-                }
-                let recorded: i64 = conn
-                    .query_row("SELECT count(*) FROM streams", [], |r| r.get(0))
-                    .map_err(|e| sql_error(location, e))?;
-                if recorded as usize != versions.len() {
-                    return Err(corrupt(
-                        location,
-                        format!("{} streams have events but {recorded} are recorded", versions.len()),
-                    ));
-                }
-                for (stream, version) in &versions {
-                    let known = stream_version(conn, location, stream)?;
-                    if known != *version {
-                        return Err(corrupt(
-                            location,
-                            format!("stream {stream} has events up to {version} but is recorded at {known}"),
-                        ));
+                        let found = match stream_tail.as_ref().filter(|t| e.version >= t.first_version) {
+                            Some(t) => Some(t.positions[(e.version - t.first_version) as usize]),
+                            None => conn
+                                .prepare_cached(
+                                    "SELECT position FROM idx.stream_events WHERE stream = ?1 AND version = ?2",
+                                )
+                                .and_then(|mut s| {
+                                    s.query_row(params![e.stream.as_str(), to_sql(e.version)], |r| r.get::<_, i64>(0))
+                                        .optional()
+                                })
+                                .map_err(|err| sql_error(&index_location, err))?
+                                .map(from_sql),
+                        };
+                        if found != Some(e.position) {
+                            return Err(corrupt(
+                                &index_location,
+                                format!(
+                                    "{} version {} is at position {}, the index says {found:?}",
+                                    e.stream, e.version, e.position
+                                ),
+                            ));
+                        }
                     }
                 }
                 Ok(next - 1)
@@ -384,22 +390,13 @@ impl EventRead for SqliteStore {
         if limit == 0 || (direction == Direction::Backwards && from == 0) {
             return Ok(Vec::new());
         }
+        // The tail first, then the file: entries leave the tail only after the file holds them, so the two
+        // together are complete.
+        let tail = self.shared.tail.stream(stream);
         let stream = stream.clone();
         self.shared
             .readers
-            .run(move |conn, location| {
-                // One read transaction, so that the stream's recorded version and its events are one snapshot.
-                let tx = conn.unchecked_transaction().map_err(|e| sql_error(location, e))?;
-                let version = stream_version(&tx, location, &stream)?;
-                let (sql, start) = match direction {
-                    Direction::Forwards => ("version >= ?2 ORDER BY version ASC", from.max(1)),
-                    Direction::Backwards => ("version <= ?2 ORDER BY version DESC", from.min(version)),
-                };
-                let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE stream = ?1 AND {sql} LIMIT ?3");
-                let events = select(&tx, location, &sql, params![stream.as_str(), to_sql(start), limit as i64])?;
-                check_stream_page(location, &stream, version, direction, start, limit, &events)?;
-                Ok(events)
-            })
+            .run(move |conn, readers| read_stream(conn, readers, &stream, tail, from, direction, limit))
             .await
     }
 
@@ -408,12 +405,18 @@ impl EventRead for SqliteStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.shared.readers.run(move |conn, location| select_all(conn, location, from.max(1), limit)).await
+        self.shared.readers.run(move |conn, readers| select_all(conn, &readers.location, from.max(1), limit)).await
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<u64, Error> {
+        if let Some(version) = self.shared.tail.last_version(stream) {
+            return Ok(version);
+        }
         let stream = stream.clone();
-        self.shared.readers.run(move |conn, location| stream_version(conn, location, &stream)).await
+        self.shared
+            .readers
+            .run(move |conn, readers| index::file_version(conn, &readers.index_location(), "idx.", &stream))
+            .await
     }
 
     async fn head(&self) -> Result<u64, Error> {
@@ -422,32 +425,7 @@ impl EventRead for SqliteStore {
 
     async fn load_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, Error> {
         let stream = stream.clone();
-        self.shared
-            .readers
-            .run(move |conn, location| {
-                let row = conn
-                    .query_row(
-                        "SELECT version, schema_version, payload, checksum FROM snapshots WHERE stream = ?1",
-                        [stream.as_str()],
-                        |r| {
-                            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?))
-                        },
-                    )
-                    .optional()
-                    .map_err(|e| sql_error(location, e))?;
-                let Some((version, schema_version, payload, checksum)) = row else { return Ok(None) };
-                let snapshot = Snapshot {
-                    stream: stream.clone(),
-                    version: from_sql(version),
-                    schema_version: u32::try_from(schema_version).unwrap_or(u32::MAX),
-                    payload: Bytes::from(payload),
-                };
-                if i64::from(snapshot_checksum(&snapshot)) != checksum || version < 0 || schema_version < 0 {
-                    return Err(corrupt(location, format!("the snapshot of {stream} fails its checksum")));
-                }
-                Ok(Some(snapshot))
-            })
-            .await
+        self.shared.readers.run(move |conn, readers| load_snapshot(conn, &readers.location, stream)).await
     }
 
     fn subscribe_all(&self, from: u64) -> Subscription {
@@ -482,214 +460,121 @@ impl EventWrite for SqliteStore {
     }
 }
 
-/// The writer thread's state: the only connection that writes.
-struct Writer {
-    conn: Connection,
-    location: String,
-    /// Position the next appended event gets.
-    next_position: u64,
-    head: watch::Sender<u64>,
-    counters: Arc<Counters>,
-    max_commit_events: usize,
-}
-
-impl Writer {
-    fn run(mut self, mut queue: mpsc::Receiver<Request>) {
-        let mut batch = Vec::new();
-        while let Some(first) = queue.blocking_recv() {
-            let mut events = request_events(&first);
-            batch.push(first);
-            // Everything that queued up while the last commit ran goes into this one.
-            while events < self.max_commit_events {
-                let Ok(next) = queue.try_recv() else { break };
-                events += request_events(&next);
-                batch.push(next);
-            }
-            let close = batch.iter().position(|r| matches!(r, Request::Close { .. }));
-            let closing = close.map(|at| batch.split_off(at));
-            self.commit(&mut batch);
-            if let Some(rest) = closing {
-                self.close(queue, rest);
-                return;
-            }
-        }
-        tracing::debug!(store = %self.location, "every handle dropped; the writer stops");
-    }
-
-    fn close(self, mut queue: mpsc::Receiver<Request>, rest: Vec<Request>) {
-        queue.close();
-        let mut replies = Vec::new();
-        for request in rest.into_iter().chain(std::iter::from_fn(|| queue.try_recv().ok())) {
-            match request {
-                Request::Close { reply } => replies.push(reply),
-                Request::Append { reply, .. } | Request::Snapshot { reply, .. } => {
-                    let _ = reply.send(Err(Error::Closed));
-                }
-            }
-        }
-        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
-            tracing::warn!(store = %self.location, error = %e, "checkpoint at close failed");
-        }
-        if let Err((_, e)) = self.conn.close() {
-            tracing::warn!(store = %self.location, error = %e, "closing the write connection failed");
-        }
-        tracing::info!(store = %self.location, "closed the event store");
-        for reply in replies {
-            let _ = reply.send(());
-        }
-    }
-
-    /// Applies a batch of requests in one transaction and answers each.
-    fn commit(&mut self, batch: &mut Vec<Request>) {
-        let recorded_at = Timestamp::now();
-        let mut next_position = self.next_position;
-        let mut answers: Vec<(Reply, Result<Outcome, Error>)> = Vec::with_capacity(batch.len());
-        let mut appended = (0u64, 0u64);
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for request in batch.drain(..) {
-                match request {
-                    Request::Append { stream, expected, events, reply } => {
-                        let outcome =
-                            append(&tx, &self.location, &stream, expected, events, &mut next_position, recorded_at)?;
-                        if let Ok(Outcome::Appended(a)) = &outcome {
-                            appended.0 += 1;
-                            appended.1 += a.last_position - a.first_position + 1;
-                        }
-                        answers.push((reply, outcome));
-                    }
-                    Request::Snapshot { snapshot, reply } => {
-                        answers.push((reply, save_snapshot(&tx, &self.location, snapshot)?));
-                    }
-                    Request::Close { .. } => unreachable!("run splits the batch at Close"),
-                }
-            }
-            tx.commit()
-        })();
-        match result {
-            Ok(()) => {
-                self.next_position = next_position;
-                self.counters.commits.fetch_add(1, Ordering::Relaxed);
-                self.counters.appends.fetch_add(appended.0, Ordering::Relaxed);
-                self.counters.events.fetch_add(appended.1, Ordering::Relaxed);
-                // Only now are the events visible to readers, so only now may subscribers be woken.
-                self.head.send_replace(next_position - 1);
-                for (reply, outcome) in answers {
-                    let _ = reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                let error = sql_error(&self.location, e);
-                tracing::error!(store = %self.location, %error, "a group commit failed; its appends fail");
-                // The transaction rolled back; re-read where the store ends in case the failure was in the
-                // commit itself.
-                if let Ok(head) =
-                    self.conn.query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get::<_, i64>(0))
-                {
-                    self.next_position = from_sql(head) + 1;
-                }
-                for (reply, _) in answers {
-                    let _ = reply.send(Err(error.clone()));
-                }
-                // Requests not yet drained when the statement failed are answered too.
-                for request in batch.drain(..) {
-                    if let Request::Append { reply, .. } | Request::Snapshot { reply, .. } = request {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn request_events(request: &Request) -> usize {
-    match request {
-        Request::Append { events, .. } => events.len(),
-        Request::Snapshot { .. } | Request::Close { .. } => 1,
-    }
-}
-
-/// Applies one append inside the writer's transaction. The outer error aborts the whole transaction; the
-/// inner one fails this append only.
-fn append(
-    tx: &rusqlite::Transaction<'_>,
-    location: &str,
+/// Reads up to `limit` events of a stream: the versions wanted come from the tail where it has them and
+/// from the index file before that; the events come from the log, and each must be where the index says.
+fn read_stream(
+    conn: &Connection,
+    readers: &Readers,
     stream: &StreamName,
-    expected: ExpectedVersion,
-    events: Vec<NewEvent>,
-    next_position: &mut u64,
-    recorded_at: Timestamp,
-) -> rusqlite::Result<Result<Outcome, Error>> {
-    let actual = match stream_version(tx, location, stream) {
-        Ok(version) => version,
-        Err(error) => return Ok(Err(error)),
+    tail: Option<StreamTail>,
+    from: u64,
+    direction: Direction,
+    limit: usize,
+) -> Result<Vec<Envelope>, Error> {
+    let location = readers.location.as_str();
+    let index_location = readers.index_location();
+    // One read transaction over both files, so that the index and the log are read at one moment.
+    let tx = conn.unchecked_transaction().map_err(|e| sql_error(location, e))?;
+    let last = match &tail {
+        Some(t) => t.last_version(),
+        None => index::file_version(&tx, &index_location, "idx.", stream)?,
     };
-    if !expected.matches(actual) {
-        return Ok(Err(Error::Conflict { stream: stream.clone(), expected, actual }));
+    let (low, high) = match direction {
+        Direction::Forwards => {
+            let low = from.max(1);
+            (low, last.min(low.saturating_add(limit as u64 - 1)))
+        }
+        Direction::Backwards => {
+            let high = from.min(last);
+            (high.saturating_sub(limit as u64 - 1).max(1), high)
+        }
+    };
+    if low > high {
+        return Ok(Vec::new());
     }
-    let first_position = *next_position;
-    let mut version = actual;
-    let mut insert = tx.prepare_cached(&format!(
-        "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-    ))?;
-    for event in events {
-        version += 1;
-        let e = event.into_envelope(stream.clone(), version, *next_position, recorded_at);
-        insert.execute(params![
-            to_sql(e.position),
-            e.stream.as_str(),
-            to_sql(e.version),
-            e.event_id.as_bytes(),
-            e.event_type,
-            e.schema_version,
-            e.recorded_at.as_micros(),
-            e.tenant,
-            e.correlation_id.as_ref().map(Uuid::as_bytes),
-            e.causation_id.as_ref().map(Uuid::as_bytes),
-            e.actor,
-            e.payload.as_ref(),
-            i64::from(event_checksum(&e)),
-        ])?;
-        *next_position += 1;
+    let tail_first = tail.as_ref().map_or(u64::MAX, |t| t.first_version);
+    let mut events = Vec::with_capacity((high - low + 1) as usize);
+    if low < tail_first {
+        let mut select = tx
+            .prepare_cached(
+                "SELECT e.position, e.stream, e.version, e.record FROM idx.stream_events s \
+                 JOIN events e ON e.position = s.position \
+                 WHERE s.stream = ?1 AND s.version BETWEEN ?2 AND ?3 ORDER BY s.version",
+            )
+            .map_err(|e| sql_error(location, e))?;
+        let mut rows = select
+            .query(params![stream.as_str(), to_sql(low), to_sql(high.min(tail_first - 1))])
+            .map_err(|e| sql_error(location, e))?;
+        while let Some(row) = rows.next().map_err(|e| sql_error(location, e))? {
+            events.push(decode_row(row, location)?);
+        }
     }
-    tx.prepare_cached(
-        "INSERT INTO streams (stream, version, checksum) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (stream) DO UPDATE SET version = excluded.version, checksum = excluded.checksum",
-    )?
-    .execute(params![stream.as_str(), to_sql(version), i64::from(stream_checksum(stream, version))])?;
-    Ok(Ok(Outcome::Appended(Appended { version, first_position, last_position: *next_position - 1 })))
+    if let Some(t) = &tail {
+        let mut select = tx
+            .prepare_cached("SELECT position, stream, version, record FROM events WHERE position = ?1")
+            .map_err(|e| sql_error(location, e))?;
+        for version in low.max(t.first_version)..=high {
+            let position = t.positions[(version - t.first_version) as usize];
+            let row = select
+                .query_row([to_sql(position)], |row| Ok(decode_row(row, location)))
+                .optional()
+                .map_err(|e| sql_error(location, e))?;
+            match row {
+                Some(event) => events.push(event?),
+                None => {
+                    return Err(corrupt(
+                        location,
+                        format!("{stream} version {version} is missing from position {position}"),
+                    ));
+                }
+            }
+        }
+    }
+    // Every version from low to high, of this stream, in order: anything else means the index or the log
+    // is damaged.
+    let dense = events.len() as u64 == high - low + 1
+        && events.iter().zip(low..).all(|(e, v)| e.version == v && &e.stream == stream);
+    if !dense {
+        return Err(corrupt(
+            &index_location,
+            format!(
+                "stream {stream} versions {low}..={high} were asked for, the index led to {:?}",
+                events.iter().map(|e| (e.stream.as_str(), e.version)).collect::<Vec<_>>()
+            ),
+        ));
+    }
+    if direction == Direction::Backwards {
+        events.reverse();
+    }
+    Ok(events)
 }
 
-fn save_snapshot(
-    tx: &rusqlite::Transaction<'_>,
-    location: &str,
-    snapshot: Snapshot,
-) -> rusqlite::Result<Result<Outcome, Error>> {
-    let actual = match stream_version(tx, location, &snapshot.stream) {
-        Ok(version) => version,
-        Err(error) => return Ok(Err(error)),
+fn load_snapshot(conn: &Connection, location: &str, stream: StreamName) -> Result<Option<Snapshot>, Error> {
+    let row = conn
+        .query_row(
+            "SELECT version, schema_version, payload, checksum FROM snapshots WHERE stream = ?1",
+            [stream.as_str()],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?)),
+        )
+        .optional()
+        .map_err(|e| sql_error(location, e))?;
+    let Some((version, schema_version, payload, checksum)) = row else { return Ok(None) };
+    let snapshot = Snapshot {
+        stream: stream.clone(),
+        version: from_sql(version),
+        schema_version: u32::try_from(schema_version).unwrap_or(u32::MAX),
+        payload: Bytes::from(payload),
     };
-    if snapshot.version > actual {
-        return Ok(Err(Error::SnapshotAhead { stream: snapshot.stream, version: snapshot.version, actual }));
+    if i64::from(snapshot_checksum(&snapshot)) != checksum || version < 0 || schema_version < 0 {
+        return Err(corrupt(location, format!("the snapshot of {stream} fails its checksum")));
     }
-    tx.prepare_cached(
-        "INSERT INTO snapshots (stream, version, schema_version, payload, checksum) VALUES (?1, ?2, ?3, ?4, ?5) \
-         ON CONFLICT (stream) DO UPDATE SET version = excluded.version, schema_version = excluded.schema_version, \
-         payload = excluded.payload, checksum = excluded.checksum WHERE excluded.version >= snapshots.version",
-    )?
-    .execute(params![
-        snapshot.stream.as_str(),
-        to_sql(snapshot.version),
-        snapshot.schema_version,
-        snapshot.payload.as_ref(),
-        i64::from(snapshot_checksum(&snapshot)),
-    ])?;
-    Ok(Ok(Outcome::Saved))
+    Ok(Some(snapshot))
 }
 
-/// The reader connections.
+/// The reader connections: each opens the log with the index file attached as `idx`.
 struct Readers {
     path: PathBuf,
+    index_path: PathBuf,
     location: String,
     idle: Mutex<Vec<Connection>>,
     permits: Semaphore,
@@ -697,10 +582,14 @@ struct Readers {
 }
 
 impl Readers {
+    fn index_location(&self) -> String {
+        self.index_path.display().to_string()
+    }
+
     /// Runs `f` with a reader connection on the blocking pool.
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&Connection, &str) -> Result<T, Error> + Send + 'static,
+        f: impl FnOnce(&Connection, &Readers) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let permit = self.permits.acquire().await.map_err(|_| Error::Closed)?;
         let readers = self.clone();
@@ -710,7 +599,7 @@ impl Readers {
                 Some(conn) => conn,
                 None => readers.open()?,
             };
-            let result = f(&conn, &readers.location);
+            let result = f(&conn, &readers);
             readers.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
             result
         })
@@ -723,10 +612,15 @@ impl Readers {
     }
 
     fn open(&self) -> Result<Connection, Error> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&self.path, flags).map_err(|e| sql_error(&self.location, e))?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
             .map_err(|e| sql_error(&self.location, e))?;
+        let index = self.index_path.to_str().ok_or_else(|| Error::Unavailable {
+            location: self.location.clone(),
+            reason: "the index file's path is not UTF-8".into(),
+        })?;
+        conn.execute("ATTACH DATABASE ?1 AS idx", [index]).map_err(|e| sql_error(&self.index_location(), e))?;
         conn.execute_batch("PRAGMA query_only = ON; PRAGMA cell_size_check = ON;")
             .map_err(|e| sql_error(&self.location, e))?;
         Ok(conn)
@@ -742,7 +636,14 @@ impl Readers {
     }
 }
 
-fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
+/// `PATH-index`: the stream index beside the log.
+fn index_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-index");
+    PathBuf::from(name)
+}
+
+pub(crate) fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -864,150 +765,47 @@ fn check_tail(conn: &Connection, location: &str) -> Result<u64, Error> {
 }
 
 fn select_all(conn: &Connection, location: &str, from: u64, limit: usize) -> Result<Vec<Envelope>, Error> {
-    let events = select(
-        conn,
-        location,
-        &format!("SELECT {EVENT_COLUMNS} FROM events WHERE position >= ?1 ORDER BY position LIMIT ?2"),
-        params![to_sql(from), limit as i64],
-    )?;
-    // Positions are dense from 1, so the page must start at `from` (if the store reaches that far) and run
-    // without a gap.
-    for (i, e) in events.iter().enumerate() {
-        if e.position != from + i as u64 {
-            return Err(corrupt(location, format!("expected position {}, found {}", from + i as u64, e.position)));
-        }
-    }
-    Ok(events)
-}
-
-/// Checks a page of a stream against its recorded version: versions run without a gap from where the read
-/// started, belong to the stream, and a short page ends at the stream's end.
-fn check_stream_page(
-    location: &str,
-    stream: &StreamName,
-    version: u64,
-    direction: Direction,
-    start: u64,
-    limit: usize,
-    events: &[Envelope],
-) -> Result<(), Error> {
-    let expected: Vec<u64> = match direction {
-        Direction::Forwards => (start..=version).take(limit).collect(),
-        Direction::Backwards => (1..=start).rev().take(limit).collect(),
-    };
-    let ok = events.len() == expected.len()
-        && events.iter().zip(&expected).all(|(e, v)| e.version == *v && &e.stream == stream);
-    if !ok {
-        return Err(corrupt(
-            location,
-            format!(
-                "stream {stream} is recorded at version {version}, but a read from {start} found versions {:?}",
-                events.iter().map(|e| e.version).collect::<Vec<_>>()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn stream_version(conn: &Connection, location: &str, stream: &StreamName) -> Result<u64, Error> {
-    let row: Option<(i64, i64)> = conn
-        .prepare_cached("SELECT version, checksum FROM streams WHERE stream = ?1")
-        .and_then(|mut s| s.query_row([stream.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+    let mut select = conn
+        .prepare_cached(
+            "SELECT position, stream, version, record FROM events WHERE position >= ?1 ORDER BY position LIMIT ?2",
+        )
         .map_err(|e| sql_error(location, e))?;
-    match row {
-        None => Ok(0),
-        Some((version, checksum))
-            if version > 0 && checksum == i64::from(stream_checksum(stream, from_sql(version))) =>
-        {
-            Ok(from_sql(version))
-        }
-        Some(_) => Err(corrupt(location, format!("the recorded version of stream {stream} fails its checksum"))),
-    }
-}
-
-fn select(conn: &Connection, location: &str, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Envelope>, Error> {
-    let mut statement = conn.prepare_cached(sql).map_err(|e| sql_error(location, e))?;
-    let mut rows = statement.query(params).map_err(|e| sql_error(location, e))?;
-    let mut events = Vec::new();
+    let mut rows = select.query(params![to_sql(from), limit as i64]).map_err(|e| sql_error(location, e))?;
+    let mut events = Vec::with_capacity(limit.min(1024));
     while let Some(row) = rows.next().map_err(|e| sql_error(location, e))? {
-        events.push(decode_row(row, location)?);
+        let event = decode_row(row, location)?;
+        // Positions are dense from 1, so the page must start at `from` and run without a gap.
+        let expected = from + events.len() as u64;
+        if event.position != expected {
+            return Err(corrupt(location, format!("expected position {expected}, found {}", event.position)));
+        }
+        events.push(event);
     }
     Ok(events)
 }
 
-/// Builds an envelope from a row and checks it against the row's checksum.
+/// Builds an envelope from a `position, stream, version, record` row, checking the record.
 fn decode_row(row: &rusqlite::Row<'_>, location: &str) -> Result<Envelope, Error> {
     let position: i64 = row.get(0).map_err(|e| sql_error(location, e))?;
     let bad = |what: String| corrupt(location, format!("the event at position {position} {what}"));
-    let get_uuid = |i: usize| -> Result<Option<Uuid>, Error> {
-        let raw: Option<&[u8]> =
-            row.get_ref(i).map_err(|e| bad(e.to_string()))?.as_blob_or_null().map_err(|e| bad(e.to_string()))?;
-        raw.map(|b| Uuid::from_slice(b).map_err(|_| bad(format!("has a malformed id in column {i}")))).transpose()
-    };
-    let text = |i: usize| -> Result<String, Error> {
-        row.get_ref(i).map_err(|e| bad(e.to_string()))?.as_str().map(str::to_owned).map_err(|e| bad(e.to_string()))
-    };
-    let int = |i: usize| -> Result<i64, Error> { row.get(i).map_err(|e: rusqlite::Error| bad(e.to_string())) };
-    let stream = StreamName::new(text(1)?).map_err(|e| bad(e.to_string()))?;
-    let envelope = Envelope {
-        event_id: get_uuid(3)?.ok_or_else(|| bad("has no id".into()))?,
-        stream,
-        version: from_sql(int(2)?),
-        position: from_sql(position),
-        event_type: text(4)?,
-        schema_version: u32::try_from(int(5)?).map_err(|e| bad(e.to_string()))?,
-        recorded_at: Timestamp(int(6)?),
-        tenant: text(7)?,
-        correlation_id: get_uuid(8)?,
-        causation_id: get_uuid(9)?,
-        actor: text(10)?,
-        payload: Bytes::copy_from_slice(
-            row.get_ref(11).map_err(|e| bad(e.to_string()))?.as_blob().map_err(|e| bad(e.to_string()))?,
-        ),
-    };
-    if i64::from(event_checksum(&envelope)) != int(12)? {
-        return Err(bad("fails its checksum".into()));
+    let column = |i: usize| row.get_ref(i).map_err(|e| bad(e.to_string()));
+    let stream = column(1)?.as_str().map_err(|e| bad(e.to_string()))?;
+    let version = column(2)?.as_i64().map_err(|e| bad(e.to_string()))?;
+    let record = column(3)?.as_blob().map_err(|e| bad(e.to_string()))?;
+    if position < 1 || version < 1 {
+        return Err(bad(format!("has version {version}")));
     }
-    Ok(envelope)
-}
-
-/// CRC-32 of every field of an event, each length-prefixed so that moving bytes between fields changes it.
-pub(crate) fn event_checksum(e: &Envelope) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&e.position.to_le_bytes());
-    field(&mut h, e.stream.as_str().as_bytes());
-    h.update(&e.version.to_le_bytes());
-    h.update(e.event_id.as_bytes());
-    field(&mut h, e.event_type.as_bytes());
-    h.update(&e.schema_version.to_le_bytes());
-    h.update(&e.recorded_at.as_micros().to_le_bytes());
-    field(&mut h, e.tenant.as_bytes());
-    field(&mut h, e.correlation_id.as_ref().map_or(&[][..], |u| u.as_bytes()));
-    field(&mut h, e.causation_id.as_ref().map_or(&[][..], |u| u.as_bytes()));
-    field(&mut h, e.actor.as_bytes());
-    field(&mut h, &e.payload);
-    h.finalize()
-}
-
-fn stream_checksum(stream: &StreamName, version: u64) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    field(&mut h, stream.as_str().as_bytes());
-    h.update(&version.to_le_bytes());
-    h.finalize()
+    record::decode(from_sql(position), stream, from_sql(version), record).map_err(bad)
 }
 
 fn snapshot_checksum(s: &Snapshot) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    field(&mut h, s.stream.as_str().as_bytes());
+    h.update(&(s.stream.as_str().len() as u64).to_le_bytes());
+    h.update(s.stream.as_str().as_bytes());
     h.update(&s.version.to_le_bytes());
     h.update(&s.schema_version.to_le_bytes());
-    field(&mut h, &s.payload);
+    h.update(&s.payload);
     h.finalize()
-}
-
-fn field(h: &mut crc32fast::Hasher, bytes: &[u8]) {
-    h.update(&(bytes.len() as u64).to_le_bytes());
-    h.update(bytes);
 }
 
 /// SQLite integers are i64; versions and positions never reach 2^63.

@@ -1,0 +1,108 @@
+//! `weft bench`: benchmarks an operator can run against a path they choose.
+//!
+//! Every suite prints one JSON line per case on stdout, in the form other tools read:
+//!
+//! ```text
+//! {"bench":"store","case":"append-256","ops_per_s":N,"p50_ms":N,"p99_ms":N,"baseline_ops_per_s":N}
+//! ```
+//!
+//! and a readable table on stderr. An "op" is what the case counts (for the store, an event). The baseline
+//! is the same work done the plainest way on the same machine in the same run, so the ratio says what Weft's
+//! layers cost.
+//!
+//! - [`store`]: the event store: appends from many writers, batches, read-all and subscription catch-up.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub mod store;
+
+/// One case's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The suite, such as `store`.
+    pub bench: &'static str,
+    /// The case, such as `append-256`.
+    pub case: String,
+    /// Ops per second over the whole case.
+    pub ops_per_s: f64,
+    /// Median latency of one measured call, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile latency, in milliseconds.
+    pub p99_ms: f64,
+    /// Ops per second of the raw baseline for the same work.
+    pub baseline_ops_per_s: f64,
+    /// What one measured call is, for the table.
+    #[serde(skip)]
+    pub note: String,
+}
+
+impl Report {
+    /// Prints the JSON line on stdout.
+    pub fn print_json(&self) {
+        println!("{}", serde_json::to_string(self).expect("a report always serialises"));
+    }
+}
+
+/// Prints reports as a table on stderr.
+pub fn print_table(reports: &[Report]) {
+    eprintln!(
+        "{:<18} {:>14} {:>10} {:>10} {:>16} {:>8}  {}",
+        "case", "ops/s", "p50 ms", "p99 ms", "baseline ops/s", "ratio", "latency of"
+    );
+    for r in reports {
+        let ratio = if r.baseline_ops_per_s > 0.0 { r.ops_per_s / r.baseline_ops_per_s } else { f64::NAN };
+        eprintln!(
+            "{:<18} {:>14.0} {:>10.3} {:>10.3} {:>16.0} {:>8.2}  {}",
+            r.case, r.ops_per_s, r.p50_ms, r.p99_ms, r.baseline_ops_per_s, ratio, r.note
+        );
+    }
+}
+
+/// Latencies of measured calls.
+#[derive(Debug, Default)]
+pub struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    /// Records one.
+    pub fn record(&mut self, d: Duration) {
+        self.0.push(d);
+    }
+
+    /// Adds another set.
+    pub fn extend(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+
+    /// The `p`-th percentile (0..=100) in milliseconds; 0 when nothing was recorded.
+    pub fn percentile_ms(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.sort_unstable();
+        let rank = ((p / 100.0) * (self.0.len() - 1) as f64).round() as usize;
+        self.0[rank.min(self.0.len() - 1)].as_secs_f64() * 1000.0
+    }
+}
+
+/// Ops per second.
+pub fn rate(ops: u64, elapsed: Duration) -> f64 {
+    ops as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_by_rank() {
+        let mut l = Latencies::default();
+        for ms in 1..=100 {
+            l.record(Duration::from_millis(ms));
+        }
+        assert_eq!(l.percentile_ms(50.0), 51.0);
+        assert_eq!(l.percentile_ms(99.0), 99.0);
+        assert_eq!(Latencies::default().percentile_ms(99.0), 0.0);
+    }
+}
