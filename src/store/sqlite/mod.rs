@@ -240,6 +240,7 @@ impl SqliteStore {
             tail: tail.clone(),
             counters: counters.clone(),
             max_commit_events: options.max_commit_events.max(1),
+            versions: std::collections::HashMap::new(),
         };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()

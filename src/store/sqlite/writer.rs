@@ -47,7 +47,14 @@ pub(crate) struct Writer {
     pub(crate) tail: Arc<Tail>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) max_commit_events: usize,
+    /// The committed version of recently appended streams. The writer is the only one that changes
+    /// versions, so this is exact; it saves a look-up in the tail or the index file for streams that append
+    /// often. Bounded by [`MAX_CACHED_VERSIONS`].
+    pub(crate) versions: HashMap<StreamName, u64>,
 }
+
+/// Most streams whose version the writer keeps in memory; past it the cache starts over.
+const MAX_CACHED_VERSIONS: usize = 100_000;
 
 /// The streams a transaction appends to: first new version and positions, for the tail.
 type Pending = HashMap<StreamName, (u64, Vec<u64>)>;
@@ -107,7 +114,12 @@ impl Writer {
         let mut next_position = self.next_position;
         let mut answers: Vec<(Reply, Result<Outcome, Error>)> = Vec::with_capacity(batch.len());
         let mut pending = Pending::new();
-        let versions = Versions { tail: &self.tail, index: &self.index, index_location: &self.index_location };
+        let versions = Versions {
+            cache: &self.versions,
+            tail: &self.tail,
+            index: &self.index,
+            index_location: &self.index_location,
+        };
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut record = Vec::with_capacity(256);
@@ -141,6 +153,12 @@ impl Writer {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.counters.appends.fetch_add(appends as u64, Ordering::Relaxed);
                 self.counters.events.fetch_add(events, Ordering::Relaxed);
+                if self.versions.len() + pending.len() > MAX_CACHED_VERSIONS {
+                    self.versions.clear();
+                }
+                for (stream, (first, positions)) in &pending {
+                    self.versions.insert(stream.clone(), first + positions.len() as u64 - 1);
+                }
                 // Readers find streams through the tail, so it learns of the events before anyone is told.
                 self.tail
                     .add(pending.into_iter().map(|(stream, (first, positions))| (stream, first, positions)).collect());
@@ -187,9 +205,10 @@ fn request_events(request: &Request) -> usize {
     }
 }
 
-/// Where the writer finds a stream's current version: this transaction's appends, then the tail, then the
-/// index file.
+/// Where the writer finds a stream's current version: this transaction's appends, then its cache of
+/// committed versions, then the tail, then the index file.
 struct Versions<'a> {
+    cache: &'a HashMap<StreamName, u64>,
     tail: &'a Tail,
     index: &'a Connection,
     index_location: &'a str,
@@ -199,6 +218,9 @@ impl Versions<'_> {
     fn get(&self, pending: &Pending, stream: &StreamName) -> Result<u64, Error> {
         if let Some((first, positions)) = pending.get(stream) {
             return Ok(first + positions.len() as u64 - 1);
+        }
+        if let Some(version) = self.cache.get(stream) {
+            return Ok(*version);
         }
         // Entries leave the tail only after the index file holds them, so a stream missing from the tail is
         // complete in the file.
