@@ -137,8 +137,7 @@ async fn append_case(
             let mut latencies = Latencies::default();
             let mut version = 0;
             for a in 0..appends_per_writer {
-                let batch: Vec<NewEvent> =
-                    (0..per_append as u64)
+                let batch: Vec<NewEvent> = (0..per_append as u64)
                     .map(|i| NewEvent::new("bench.appended", payloads[((a * 100 + i) % PAYLOADS) as usize].clone()))
                     .collect();
                 let t = Instant::now();

@@ -61,7 +61,7 @@ pub fn encode(
 }
 
 /// Decodes a stored record; `Err` says what is wrong with it.
-pub(crate) fn decode(position: u64, stream: &str, version: u64, record: &[u8]) -> Result<Envelope, String> {
+pub fn decode(position: u64, stream: &str, version: u64, record: &[u8]) -> Result<Envelope, String> {
     if record.len() < CHECKSUM_BYTES + 1 {
         return Err(format!("has a record of {} bytes, too short to hold one", record.len()));
     }
