@@ -193,7 +193,9 @@ async fn check(path: &Path, acked: &[Ack], verify_index: bool) {
     }
     assert_eq!(all.len() as u64, head);
     assert!(all.iter().enumerate().all(|(i, e)| e.position == i as u64 + 1), "positions are not dense");
-    let mut appends: BTreeMap<(u32, u32, u64, u64), Vec<(u64, u64)>> = BTreeMap::new();
+    // (round, writer, seq, count) -> (index, position) of each of its events found.
+    type AppendId = (u32, u32, u64, u64);
+    let mut appends: BTreeMap<AppendId, Vec<(u64, u64)>> = BTreeMap::new();
     for e in &all {
         let (round, writer, seq, index, count) = parse(&e.payload);
         assert_eq!(e.payload, payload(round, writer, seq, index, count), "payload at {} differs", e.position);

@@ -48,8 +48,8 @@ impl Report {
 /// Prints reports as a table on stderr.
 pub fn print_table(reports: &[Report]) {
     eprintln!(
-        "{:<18} {:>14} {:>10} {:>10} {:>16} {:>8}  {}",
-        "case", "ops/s", "p50 ms", "p99 ms", "baseline ops/s", "ratio", "latency of"
+        "{:<18} {:>14} {:>10} {:>10} {:>16} {:>8}  latency of",
+        "case", "ops/s", "p50 ms", "p99 ms", "baseline ops/s", "ratio"
     );
     for r in reports {
         let ratio = if r.baseline_ops_per_s > 0.0 { r.ops_per_s / r.baseline_ops_per_s } else { f64::NAN };

@@ -50,12 +50,21 @@ CREATE TABLE IF NOT EXISTS stream_events (
     position INTEGER NOT NULL,
     PRIMARY KEY (stream, version)
 ) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS streams (
+    stream   TEXT    PRIMARY KEY,
+    version  INTEGER NOT NULL,
+    checksum INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS progress (
     id              INTEGER PRIMARY KEY CHECK (id = 1),
     indexed_through INTEGER NOT NULL
 ) STRICT;
 INSERT OR IGNORE INTO progress (id, indexed_through) VALUES (1, 0);
 ";
+
+/// Index entries of some streams: per stream, its first version here and the positions of it and the
+/// versions after it.
+pub(crate) type Entries = Vec<(StreamName, u64, Vec<u64>)>;
 
 /// The index entries of one stream that are not (known to be) in the index file yet: versions
 /// `first_version ..` at `positions`.
@@ -119,7 +128,7 @@ impl Tail {
     }
 
     /// Adds the entries of a commit: per stream, the first new version and the positions of its events.
-    pub(crate) fn add(&self, commit: Vec<(StreamName, u64, Vec<u64>)>) {
+    pub(crate) fn add(&self, commit: Entries) {
         let mut state = self.lock();
         for (stream, first_version, positions) in commit {
             state.entries += positions.len();
@@ -171,8 +180,7 @@ pub(crate) struct Indexer {
 
 impl Indexer {
     pub(crate) fn run(mut self) {
-        loop {
-            let Some((through, batch)) = self.next_batch() else { break };
+        while let Some((through, batch)) = self.next_batch() {
             loop {
                 match write_entries(&mut self.conn, &batch, through) {
                     Ok(()) => break,
@@ -206,7 +214,7 @@ impl Indexer {
 
     /// Waits for entries, lets a small batch gather a little, and copies them out with the position they
     /// run through. `None` once closing and empty.
-    fn next_batch(&self) -> Option<(u64, Vec<(StreamName, u64, Vec<u64>)>)> {
+    fn next_batch(&self) -> Option<(u64, Entries)> {
         let mut state = self.tail.lock();
         while state.entries == 0 {
             if state.closing {
@@ -237,17 +245,25 @@ impl Indexer {
     }
 }
 
-fn write_entries(conn: &mut Connection, batch: &[(StreamName, u64, Vec<u64>)], through: u64) -> rusqlite::Result<()> {
+fn write_entries(conn: &mut Connection, batch: &Entries, through: u64) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         // OR REPLACE: an entry may already be in the file from a transaction whose tail pruning never ran (a
         // crash between the two); it is the same entry.
         let mut insert =
             tx.prepare_cached("INSERT OR REPLACE INTO stream_events (stream, version, position) VALUES (?1, ?2, ?3)")?;
+        // Each stream's last version too, kept apart from its entries: a damaged entry then shows up as a
+        // mismatch instead of a stream that silently ends early.
+        let mut head = tx.prepare_cached(
+            "INSERT INTO streams (stream, version, checksum) VALUES (?1, ?2, ?3) ON CONFLICT (stream) DO UPDATE \
+             SET version = excluded.version, checksum = excluded.checksum WHERE excluded.version > streams.version",
+        )?;
         for (stream, first_version, positions) in batch {
             for (i, position) in positions.iter().enumerate() {
                 insert.execute(params![stream.as_str(), to_sql(first_version + i as u64), to_sql(*position)])?;
             }
+            let last = first_version + positions.len() as u64 - 1;
+            head.execute(params![stream.as_str(), to_sql(last), i64::from(head_checksum(stream, last))])?;
         }
         tx.execute("UPDATE progress SET indexed_through = ?1 WHERE id = 1", [to_sql(through)])?;
     }
@@ -288,6 +304,7 @@ fn open_file(path: &Path, location: &str, log_head: u64) -> Result<(Connection, 
     let conn = Connection::open(path).map_err(|e| e.to_string())?;
     super::configure(&conn, super::Synchronous::Off).map_err(|e| e.to_string())?;
     conn.execute_batch(SCHEMA).map_err(|e| e.to_string())?;
+    super::check_schema(&conn, SCHEMA)?;
     let through: i64 = conn
         .query_row("SELECT indexed_through FROM progress WHERE id = 1", [], |r| r.get(0))
         .map_err(|e| e.to_string())?;
@@ -334,13 +351,47 @@ fn catch_up(
     }
 }
 
-/// The last version of `stream` in the index file; 0 when it has none. Runs in its own implicit
-/// transaction, so it always sees the indexer's latest commit.
+/// The last version of `stream` in the index file; 0 when it has none. Called outside a transaction, it
+/// reads in one of its own, so it sees the indexer's latest commit.
+///
+/// The stream's recorded last version and its last entry are kept in two B-trees and must agree, so that a
+/// damaged index page shows up as [`Error::Corrupt`] rather than as a stream that ends early.
 pub(crate) fn file_version(conn: &Connection, location: &str, schema: &str, stream: &StreamName) -> Result<u64, Error> {
-    let version: Option<i64> = conn
+    // Both look-ups must see one commit of the indexer.
+    let _snapshot = if conn.is_autocommit() {
+        Some(conn.unchecked_transaction().map_err(|e| sql_error(location, e))?)
+    } else {
+        None
+    };
+    let head: Option<(i64, i64)> = conn
+        .prepare_cached(&format!("SELECT version, checksum FROM {schema}streams WHERE stream = ?1"))
+        .and_then(|mut s| s.query_row([stream.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(|e| sql_error(location, e))?;
+    let last: Option<i64> = conn
         .prepare_cached(&format!("SELECT max(version) FROM {schema}stream_events WHERE stream = ?1"))
-        .and_then(|mut s| s.query_row([stream.as_str()], |r| r.get(0)).optional())
-        .map_err(|e| sql_error(location, e))?
-        .flatten();
-    Ok(version.map_or(0, from_sql))
+        .and_then(|mut s| s.query_row([stream.as_str()], |r| r.get(0)))
+        .map_err(|e| sql_error(location, e))?;
+    match (head, last) {
+        (None, None) => Ok(0),
+        (Some((version, checksum)), Some(last))
+            if version == last && checksum == i64::from(head_checksum(stream, from_sql(version))) =>
+        {
+            Ok(from_sql(version))
+        }
+        (head, last) => Err(corrupt(
+            location,
+            format!(
+                "stream {stream} is recorded at version {:?} but its entries end at {last:?}; \
+                 remove the index file to rebuild it from the log",
+                head.map(|h| h.0)
+            ),
+        )),
+    }
+}
+
+fn head_checksum(stream: &StreamName, version: u64) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(stream.as_str().as_bytes());
+    h.update(&version.to_le_bytes());
+    h.finalize()
 }

@@ -214,6 +214,7 @@ impl SqliteStore {
         tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(|e| sql_error(&location, e))?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(|e| sql_error(&location, e))?;
         tx.commit().map_err(|e| sql_error(&location, e))?;
+        check_schema(&conn, SCHEMA).map_err(|detail| corrupt(&location, detail))?;
         check_size(&conn, &path, &location)?;
         let head = check_tail(&conn, &location)?;
 
@@ -709,6 +710,27 @@ fn check_header(path: &Path, location: &str) -> Result<(), Error> {
     let app = i32::from_be_bytes([header[68], header[69], header[70], header[71]]);
     if app != APPLICATION_ID && app != 0 {
         return Err(corrupt(location, format!("the file is a SQLite database of another application (id {app:#x})")));
+    }
+    Ok(())
+}
+
+/// The tables must be exactly the ones `schema` creates: a damaged schema text in a file would otherwise
+/// surface later as baffling "no such column" errors.
+pub(crate) fn check_schema(conn: &Connection, schema: &str) -> Result<(), String> {
+    let mut expected: Vec<String> = schema
+        .split(';')
+        .map(str::trim)
+        .filter(|statement| statement.starts_with("CREATE"))
+        .map(|statement| statement.replacen(" IF NOT EXISTS", "", 1))
+        .collect();
+    expected.sort();
+    let mut found: Vec<String> = conn
+        .prepare("SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| format!("cannot read the schema: {e}"))?;
+    found.sort();
+    if found != expected {
+        return Err(format!("its schema is not Weft's: found {found:?}"));
     }
     Ok(())
 }
