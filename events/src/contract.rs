@@ -3,11 +3,8 @@
 //!
 //! A backend's tests call [`store_contract_tests!`](crate::store_contract_tests) with a factory that makes a
 //! fresh, empty store plus a guard that keeps whatever backs it (a temporary folder, a server) alive for the
-//! test:
-//!
-//! ```ignore
-//! weft_events::store_contract_tests!(|| async { (MemoryStore::default(), ()) });
-//! ```
+//! test; the in-memory store's tests, at the end of `memory.rs`, are the shortest example:
+//! `store_contract_tests!(|| async { (MemoryStore::default(), ()) })`.
 //!
 //! Every case assumes the default [`Limits`](crate::Limits).
 

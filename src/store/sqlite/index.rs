@@ -4,7 +4,7 @@
 //! many streams land on as many index pages, and every commit had to write and fsync all of them. So, like
 //! EventStoreDB, the log is the only thing an append writes, and the index is derived from it:
 //!
-//! - [`Tail`] (memory) holds the index entries of every event committed after `indexed_through`. The writer
+//! - `Tail` (memory) holds the index entries of every event committed after `indexed_through`. The writer
 //!   adds to it right after each commit, before answering.
 //! - The indexer thread moves entries from the tail into the index file (`PATH-index`, a SQLite file of its
 //!   own, so its commits never wait for the log's or hold it up) in large transactions, records
@@ -28,7 +28,7 @@ use super::{corrupt, from_sql, sql_error, to_sql};
 
 /// Most index entries the tail holds before the writer waits for the indexer. At about 100 bytes each,
 /// 200,000 entries are about 20 MB.
-pub(crate) const MAX_TAIL_EVENTS: usize = 200_000;
+pub const MAX_TAIL_EVENTS: usize = 200_000;
 
 /// How long the indexer lets entries gather before it writes a small batch: trades a little memory for far
 /// fewer index transactions.

@@ -40,9 +40,9 @@ use weft_events::{
     StreamName, Subscription,
 };
 
-pub(crate) mod index;
+pub mod index;
 pub mod record;
-mod writer;
+pub mod writer;
 
 use index::{StreamTail, Tail};
 use writer::{Outcome, Reply, Request, Writer};

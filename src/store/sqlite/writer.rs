@@ -4,7 +4,7 @@
 //! `max_commit_events`), and applies them all in one transaction: one fsync for the lot. Requests that arrive
 //! while a commit runs wait in the queue and go into the next transaction. Each append is decided on its own
 //! (a conflict fails that append only); each caller is answered after the transaction holding its events
-//! committed and its index entries are in the [`Tail`]. If the transaction fails, every request in it fails
+//! committed and its index entries are in the `Tail`. If the transaction fails, every request in it fails
 //! with [`Error::Unavailable`] and none of it is visible.
 
 use std::collections::HashMap;
