@@ -3,8 +3,10 @@
 //! Values are encoded as maps with field names (`rmp_serde::to_vec_named`) rather than positional arrays, so
 //! that adding an optional field to an event keeps old events readable. Decoding takes untrusted bytes: it
 //! refuses input over [`Limits::max_input_bytes`], nesting deeper than [`Limits::max_depth`], and trailing
-//! bytes, and it never panics. Allocation is bounded by the input size, because decoding borrows from the
-//! input slice and serde caps the capacity it reserves from length prefixes.
+//! bytes, and it never panics. It first walks the value's structure without recursion (which bounds the
+//! depth and finds the value's end), then deserializes borrowing from the input. Allocation is bounded by the
+//! input size: a container may claim no more elements than there are bytes left, and serde caps the capacity
+//! it reserves from length prefixes.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -50,6 +52,12 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The bytes are not one well-formed MessagePack value.
+    #[error("malformed MessagePack: {detail}")]
+    Malformed {
+        /// What is wrong.
+        detail: String,
+    },
     /// A value was decoded but bytes were left after it.
     #[error("{trailing} bytes left after the value")]
     Trailing {
@@ -73,14 +81,91 @@ pub fn decode_with<T: DeserializeOwned>(bytes: &[u8], limits: Limits) -> Result<
     if bytes.len() > limits.max_input_bytes {
         return Err(Error::TooLarge { size: bytes.len(), limit: limits.max_input_bytes });
     }
-    let mut reader = bytes;
-    let mut deserializer = rmp_serde::Deserializer::new(&mut reader);
-    deserializer.set_max_depth(limits.max_depth);
-    let value = T::deserialize(&mut deserializer)?;
-    if !reader.is_empty() {
-        return Err(Error::Trailing { trailing: reader.len() });
+    // Find where the value ends first, without recursion: the borrowing deserializer below cannot tell us,
+    // and it bounds its own recursion by `max_depth`.
+    let used = value_len(bytes)?;
+    if used < bytes.len() {
+        return Err(Error::Trailing { trailing: bytes.len() - used });
     }
-    Ok(value)
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    deserializer.set_max_depth(limits.max_depth);
+    Ok(T::deserialize(&mut deserializer)?)
+}
+
+/// The length in bytes of the MessagePack value at the start of `bytes`, checking that it is complete.
+/// MessagePack is written in prefix order, so one count of values still to read is all the state needed:
+/// no recursion and no allocation, whatever the input.
+fn value_len(bytes: &[u8]) -> Result<usize, Error> {
+    let malformed = |what: &str| Error::Malformed { detail: what.to_owned() };
+    let mut at = 0usize;
+    let mut pending: u64 = 1;
+    let read_len = |at: usize, n: usize| -> Result<u64, Error> {
+        let field = bytes.get(at..at + n).ok_or_else(|| malformed("a length runs past the end"))?;
+        Ok(field.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    };
+    while pending > 0 {
+        pending -= 1;
+        let marker = *bytes.get(at).ok_or_else(|| malformed("the value ends early"))?;
+        at += 1;
+        // (bytes of length field, bytes of fixed payload) or a container.
+        let (skip, children): (u64, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+            0xc1 => return Err(malformed("the reserved marker 0xc1")),
+            0xc4 | 0xd9 => (read_len(at, 1)? + 1, 0),
+            0xc5 | 0xda => (read_len(at, 2)? + 2, 0),
+            0xc6 | 0xdb => (read_len(at, 4)? + 4, 0),
+            0xc7 => (read_len(at, 1)? + 2, 0),
+            0xc8 => (read_len(at, 2)? + 3, 0),
+            0xc9 => (read_len(at, 4)? + 5, 0),
+            0xca => (4, 0),
+            0xcb => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xce | 0xd2 => (4, 0),
+            0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => {
+                let n = read_len(at, 2)?;
+                at += 2;
+                (0, n)
+            }
+            0xdd => {
+                let n = read_len(at, 4)?;
+                at += 4;
+                (0, n)
+            }
+            0xde => {
+                let n = read_len(at, 2)?;
+                at += 2;
+                (0, 2 * n)
+            }
+            0xdf => {
+                let n = read_len(at, 4)?;
+                at += 4;
+                (0, 2 * n)
+            }
+        };
+        at = usize::try_from(skip)
+            .ok()
+            .and_then(|skip| at.checked_add(skip))
+            .filter(|end| *end <= bytes.len())
+            .ok_or_else(|| malformed("a string, binary or number runs past the end"))?;
+        if children > 0 {
+            // Every element takes at least one byte, so a count beyond what is left is a lie.
+            if pending + children > (bytes.len() - at) as u64 {
+                return Err(malformed("a container claims more elements than there are bytes"));
+            }
+            pending += children;
+        }
+    }
+    Ok(at)
 }
 
 #[cfg(test)]
@@ -141,13 +226,13 @@ mod tests {
                         stream: StreamName::new(stream).unwrap(),
                         version,
                         position,
-                        event_type,
+                        event_type: event_type.into(),
                         schema_version: schema,
                         recorded_at: Timestamp(at),
-                        tenant,
+                        tenant: tenant.into(),
                         correlation_id: corr.map(uuid::Uuid::from_u128),
                         causation_id: cause.map(uuid::Uuid::from_u128),
-                        actor,
+                        actor: actor.into(),
                         payload: payload.into(),
                     }
                 },
@@ -192,7 +277,7 @@ mod tests {
         let mut bytes = vec![0x91u8; 100_000];
         bytes.push(0xc0);
         let err = decode_with::<Any>(&bytes, Limits { max_input_bytes: 1 << 20, max_depth: 64 }).unwrap_err();
-        assert!(matches!(err, Error::Decode(_)), "{err}");
+        assert!(matches!(err, Error::Decode(rmp_serde::decode::Error::DepthLimitExceeded)), "{err}");
     }
 
     #[test]
@@ -203,6 +288,17 @@ mod tests {
         // A bin header claiming 4 GiB.
         let bytes = [0xc6, 0xff, 0xff, 0xff, 0xff, 1, 2, 3];
         assert!(decode::<bytes::Bytes>(&bytes).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn the_structure_walk_agrees_with_the_encoder(value in proptest::collection::vec((any::<i64>(), "[a-z]{0,40}", proptest::collection::vec(any::<u8>(), 0..300), any::<f64>(), any::<bool>(), proptest::option::of(any::<u32>())), 0..20)) {
+            let bytes = encode(&value).unwrap();
+            prop_assert_eq!(value_len(&bytes).unwrap(), bytes.len());
+            for cut in 0..bytes.len() {
+                prop_assert!(value_len(&bytes[..cut]).is_err());
+            }
+        }
     }
 
     #[test]

@@ -424,7 +424,7 @@ pub async fn metadata_round_trips<S: EventStore + Clone>(store: S) {
     assert_eq!(back.len(), 2);
     let e = &back[0];
     assert_eq!(
-        (e.event_id, e.event_type.as_str(), e.schema_version, e.tenant.as_str(), e.actor.as_str()),
+        (e.event_id, &*e.event_type, e.schema_version, &*e.tenant, &*e.actor),
         (given.event_id, "document.uploaded", 3, "acme", "user:alice")
     );
     assert_eq!((e.correlation_id, e.causation_id), (Some(correlation), Some(causation)));

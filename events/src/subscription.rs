@@ -6,13 +6,18 @@
 //! to hand over to: an append that races with the end of catch-up is simply in the next page, so there is
 //! no gap and no duplicate by construction.
 //!
-//! Back-pressure is the pull itself: a subscriber that stops reading holds one page in memory and nothing
-//! else, and when it reads again it catches up from storage. Writers never wait for subscribers.
+//! Back-pressure is the pull itself: a subscriber that stops reading holds at most two pages in memory (the
+//! one it is working through and the one read ahead) and nothing else, and when it reads again it catches
+//! up from storage. Writers never wait for subscribers.
+//!
+//! While catching up (a page came back full), the next page is read in a background task while the
+//! consumer works through the current one, so reading and processing overlap on separate cores.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::envelope::Envelope;
 use crate::store::{Error, EventRead};
@@ -29,6 +34,16 @@ pub struct Subscription {
     next: u64,
     page_size: usize,
     buffer: VecDeque<Envelope>,
+    /// The page from `next` on, being read ahead while the consumer works through `buffer`.
+    ahead: Option<JoinHandle<Result<Vec<Envelope>, Error>>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            ahead.abort();
+        }
+    }
 }
 
 impl Subscription {
@@ -36,7 +51,7 @@ impl Subscription {
     /// events from position `from` on. Backends call this from their `subscribe_all`.
     pub fn new(reader: Arc<dyn EventRead>, head: watch::Receiver<u64>, from: u64) -> Self {
         let page_size = DEFAULT_PAGE_SIZE.min(reader.limits().max_page_size).max(1);
-        Self { reader, head, next: from.max(1), page_size, buffer: VecDeque::new() }
+        Self { reader, head, next: from.max(1), page_size, buffer: VecDeque::new(), ahead: None }
     }
 
     /// Sets how many events one read fetches.
@@ -73,24 +88,19 @@ impl Subscription {
     /// Reads the next page into the buffer, waiting for a commit when caught up.
     async fn fill(&mut self) -> Result<(), Error> {
         loop {
+            if let Some(ahead) = self.ahead.take() {
+                let page = ahead.await.map_err(|e| Error::Unavailable {
+                    location: "subscription".into(),
+                    reason: format!("reading ahead failed: {e}"),
+                })??;
+                if self.accept(page)? {
+                    return Ok(());
+                }
+            }
             let head = *self.head.borrow_and_update();
             if head >= self.next {
                 let page = self.reader.read_all(self.next, self.page_size).await?;
-                if let Some(last) = page.last() {
-                    // The backend promises dense positions from `next`; check it here too, so that a broken
-                    // backend shows up as an error instead of a silent gap in a projection.
-                    let first = page[0].position;
-                    if first != self.next || last.position != self.next + page.len() as u64 - 1 {
-                        return Err(Error::Corrupt {
-                            location: "subscription".into(),
-                            detail: format!(
-                                "read from position {} returned positions {first}..={}",
-                                self.next, last.position
-                            ),
-                        });
-                    }
-                    self.next = last.position + 1;
-                    self.buffer.extend(page);
+                if self.accept(page)? {
                     return Ok(());
                 }
                 // The head says more is committed but the read found nothing: the head ran ahead of what a
@@ -98,5 +108,27 @@ impl Subscription {
             }
             self.head.changed().await.map_err(|_| Error::Closed)?;
         }
+    }
+
+    /// Takes a page into the buffer; false when it is empty. A full page means more is probably stored, so
+    /// the next one is read ahead.
+    fn accept(&mut self, page: Vec<Envelope>) -> Result<bool, Error> {
+        let Some(last) = page.last() else { return Ok(false) };
+        // The backend promises dense positions from `next`; check it here too, so that a broken backend
+        // shows up as an error instead of a silent gap in a projection.
+        let first = page[0].position;
+        if first != self.next || last.position != self.next + page.len() as u64 - 1 {
+            return Err(Error::Corrupt {
+                location: "subscription".into(),
+                detail: format!("read from position {} returned positions {first}..={}", self.next, last.position),
+            });
+        }
+        self.next = last.position + 1;
+        if page.len() >= self.page_size {
+            let (reader, from, size) = (self.reader.clone(), self.next, self.page_size);
+            self.ahead = Some(tokio::spawn(async move { reader.read_all(from, size).await }));
+        }
+        self.buffer.extend(page);
+        Ok(true)
     }
 }

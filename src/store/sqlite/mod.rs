@@ -496,6 +496,7 @@ fn read_stream(
     }
     let tail_first = tail.as_ref().map_or(u64::MAX, |t| t.first_version);
     let mut events = Vec::with_capacity((high - low + 1) as usize);
+    let mut names = record::Names::default();
     if low < tail_first {
         let mut select = tx
             .prepare_cached(
@@ -508,7 +509,7 @@ fn read_stream(
             .query(params![stream.as_str(), to_sql(low), to_sql(high.min(tail_first - 1))])
             .map_err(|e| sql_error(location, e))?;
         while let Some(row) = rows.next().map_err(|e| sql_error(location, e))? {
-            events.push(decode_row(row, location)?);
+            events.push(decode_row(row, location, &mut names)?);
         }
     }
     if let Some(t) = &tail {
@@ -518,7 +519,7 @@ fn read_stream(
         for version in low.max(t.first_version)..=high {
             let position = t.positions[(version - t.first_version) as usize];
             let row = select
-                .query_row([to_sql(position)], |row| Ok(decode_row(row, location)))
+                .query_row([to_sql(position)], |row| Ok(decode_row(row, location, &mut names)))
                 .optional()
                 .map_err(|e| sql_error(location, e))?;
             match row {
@@ -772,9 +773,12 @@ fn check_size(conn: &Connection, path: &Path, location: &str) -> Result<(), Erro
 
 /// Reads the last event and checks it, and that positions start at 1. Returns the head position.
 fn check_tail(conn: &Connection, location: &str) -> Result<u64, Error> {
-    let (min, max): (Option<i64>, Option<i64>) = conn
-        .query_row("SELECT min(position), max(position) FROM events", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(|e| sql_error(location, e))?;
+    // Two queries: SQLite answers min() or max() alone from the end of the B-tree, but both in one query
+    // with a scan of the whole table.
+    let ends = ["SELECT min(position) FROM events", "SELECT max(position) FROM events"]
+        .map(|sql| conn.query_row(sql, [], |r| r.get::<_, Option<i64>>(0)).map_err(|e| sql_error(location, e)));
+    let [min, max] = ends;
+    let (min, max) = (min?, max?);
     let (Some(min), Some(max)) = (min, max) else { return Ok(0) };
     if min != 1 || max < 1 {
         return Err(corrupt(location, format!("positions run from {min} to {max}, not from 1")));
@@ -795,8 +799,9 @@ fn select_all(conn: &Connection, location: &str, from: u64, limit: usize) -> Res
         .map_err(|e| sql_error(location, e))?;
     let mut rows = select.query(params![to_sql(from), limit as i64]).map_err(|e| sql_error(location, e))?;
     let mut events = Vec::with_capacity(limit.min(1024));
+    let mut names = record::Names::default();
     while let Some(row) = rows.next().map_err(|e| sql_error(location, e))? {
-        let event = decode_row(row, location)?;
+        let event = decode_row(row, location, &mut names)?;
         // Positions are dense from 1, so the page must start at `from` and run without a gap.
         let expected = from + events.len() as u64;
         if event.position != expected {
@@ -808,7 +813,7 @@ fn select_all(conn: &Connection, location: &str, from: u64, limit: usize) -> Res
 }
 
 /// Builds an envelope from a `position, stream, version, record` row, checking the record.
-fn decode_row(row: &rusqlite::Row<'_>, location: &str) -> Result<Envelope, Error> {
+fn decode_row(row: &rusqlite::Row<'_>, location: &str, names: &mut record::Names) -> Result<Envelope, Error> {
     let position: i64 = row.get(0).map_err(|e| sql_error(location, e))?;
     let bad = |what: String| corrupt(location, format!("the event at position {position} {what}"));
     let column = |i: usize| row.get_ref(i).map_err(|e| bad(e.to_string()));
@@ -818,7 +823,7 @@ fn decode_row(row: &rusqlite::Row<'_>, location: &str) -> Result<Envelope, Error
     if position < 1 || version < 1 {
         return Err(bad(format!("has version {version}")));
     }
-    record::decode(from_sql(position), stream, from_sql(version), record).map_err(bad)
+    record::decode(names, from_sql(position), stream, from_sql(version), record).map_err(bad)
 }
 
 fn snapshot_checksum(s: &Snapshot) -> u32 {

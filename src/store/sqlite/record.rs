@@ -20,6 +20,8 @@
 //! Decoding takes bytes from a file that may be damaged: every length is checked against what is left, and
 //! any mismatch, bad UTF-8 or wrong checksum is an error, never a panic or a wrong event.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use uuid::Uuid;
 use weft_events::{Envelope, NewEvent, StreamName, Timestamp};
@@ -60,8 +62,54 @@ pub fn encode(
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
+/// How many recent names of each kind [`Names`] remembers.
+const RECENT: usize = 8;
+
+/// The names seen lately while decoding a run of records. Consecutive events mostly share their event type,
+/// tenant and actor, and often their stream: a name equal to a recent one is shared instead of checked and
+/// allocated again. A short list compared byte by byte beats a hash map here.
+#[derive(Default)]
+pub struct Names {
+    streams: Vec<StreamName>,
+    labels: Vec<Arc<str>>,
+    /// Where the next new name of each kind goes once the lists are full.
+    next_stream: usize,
+    next_label: usize,
+}
+
+impl Names {
+    /// Called only after the record's checksum, which covers the stream name, has passed.
+    fn stream(&mut self, name: &str) -> StreamName {
+        if let Some(stream) = self.streams.iter().find(|s| s.as_str() == name) {
+            return stream.clone();
+        }
+        let stream = StreamName::from_stored(name);
+        remember(&mut self.streams, &mut self.next_stream, stream.clone());
+        stream
+    }
+
+    fn label(&mut self, bytes: &[u8]) -> Result<Arc<str>, String> {
+        if let Some(label) = self.labels.iter().find(|l| l.as_bytes() == bytes) {
+            return Ok(label.clone());
+        }
+        let text = std::str::from_utf8(bytes).map_err(|_| "has a record with a name that is not UTF-8")?;
+        let label: Arc<str> = Arc::from(text);
+        remember(&mut self.labels, &mut self.next_label, label.clone());
+        Ok(label)
+    }
+}
+
+fn remember<T>(recent: &mut Vec<T>, next: &mut usize, value: T) {
+    if recent.len() < RECENT {
+        recent.push(value);
+    } else {
+        recent[*next] = value;
+        *next = (*next + 1) % RECENT;
+    }
+}
+
 /// Decodes a stored record; `Err` says what is wrong with it.
-pub fn decode(position: u64, stream: &str, version: u64, record: &[u8]) -> Result<Envelope, String> {
+pub fn decode(names: &mut Names, position: u64, stream: &str, version: u64, record: &[u8]) -> Result<Envelope, String> {
     if record.len() < CHECKSUM_BYTES + 1 {
         return Err(format!("has a record of {} bytes, too short to hold one", record.len()));
     }
@@ -80,10 +128,10 @@ pub fn decode(position: u64, stream: &str, version: u64, record: &[u8]) -> Resul
     let flags = r.u8()?;
     let correlation_id = if flags & HAS_CORRELATION != 0 { Some(r.uuid()?) } else { None };
     let causation_id = if flags & HAS_CAUSATION != 0 { Some(r.uuid()?) } else { None };
-    let event_type = r.text()?;
-    let tenant = r.text()?;
-    let actor = r.text()?;
-    let stream = StreamName::new(stream).map_err(|e| format!("has a bad stream name: {e}"))?;
+    let event_type = names.label(r.text()?)?;
+    let tenant = names.label(r.text()?)?;
+    let actor = names.label(r.text()?)?;
+    let stream = names.stream(stream);
     Ok(Envelope {
         event_id,
         stream,
@@ -137,10 +185,9 @@ impl Reader<'_> {
         Ok(Uuid::from_bytes(self.array()?))
     }
 
-    fn text(&mut self) -> Result<String, String> {
+    fn text(&mut self) -> Result<&[u8], String> {
         let len = u16::from_le_bytes(self.array()?) as usize;
-        let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| "has a record with a name that is not UTF-8".into())
+        self.take(len)
     }
 }
 
@@ -164,7 +211,7 @@ mod tests {
         let stream = StreamName::new("document-1").unwrap();
         let mut buf = Vec::new();
         encode(&mut buf, &event, &stream, 3, 17, Timestamp(42));
-        let back = decode(17, "document-1", 3, &buf).unwrap();
+        let back = decode(&mut Names::default(), 17, "document-1", 3, &buf).unwrap();
         assert_eq!(back, event.into_envelope(stream, 3, 17, Timestamp(42)));
     }
 
@@ -173,9 +220,9 @@ mod tests {
         let stream = StreamName::new("document-1").unwrap();
         let mut buf = Vec::new();
         encode(&mut buf, &sample(), &stream, 3, 17, Timestamp(42));
-        assert!(decode(18, "document-1", 3, &buf).is_err());
-        assert!(decode(17, "document-2", 3, &buf).is_err());
-        assert!(decode(17, "document-1", 4, &buf).is_err());
+        assert!(decode(&mut Names::default(), 18, "document-1", 3, &buf).is_err());
+        assert!(decode(&mut Names::default(), 17, "document-2", 3, &buf).is_err());
+        assert!(decode(&mut Names::default(), 17, "document-1", 4, &buf).is_err());
     }
 
     proptest! {
@@ -186,12 +233,12 @@ mod tests {
             encode(&mut buf, &sample(), &stream, 3, 17, Timestamp(42));
             let i = at.index(buf.len());
             buf[i] ^= 1 << bit;
-            prop_assert!(decode(17, "document-1", 3, &buf).is_err());
+            prop_assert!(decode(&mut Names::default(), 17, "document-1", 3, &buf).is_err());
         }
 
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode(1, "s", 1, &bytes);
+            let _ = decode(&mut Names::default(), 1, "s", 1, &bytes);
         }
     }
 }
