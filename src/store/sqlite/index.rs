@@ -222,13 +222,10 @@ impl Indexer {
             }
             state = self.tail.added.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        if state.entries < MIN_BATCH && !state.closing {
-            state = self
-                .tail
-                .added
-                .wait_timeout(state, Duration::from_millis(GATHER_MS))
-                .map(|(s, _)| s)
-                .unwrap_or_else(|p| p.into_inner().0);
+        let deadline = std::time::Instant::now() + Duration::from_millis(GATHER_MS);
+        while state.entries < MIN_BATCH && !state.closing {
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else { break };
+            state = self.tail.added.wait_timeout(state, left).map(|(s, _)| s).unwrap_or_else(|p| p.into_inner().0);
         }
         let mut through = state.indexed_through;
         let batch = state

@@ -218,6 +218,13 @@ impl SqliteStore {
         check_size(&conn, &path, &location)?;
         let head = check_tail(&conn, &location)?;
 
+        // The writer's connection never checkpoints; a thread of its own does (see `writer`).
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(|e| sql_error(&location, e))?;
+        let checkpoints = Connection::open(&path).map_err(|e| sql_error(&location, e))?;
+        checkpoints
+            .busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
+            .map_err(|e| sql_error(&location, e))?;
+
         let index_path = index_path(&path);
         let index_location = index_path.display().to_string();
         let (index_conn, indexed_through) = index::open(&index_path, &conn, head, &location)?;
@@ -242,6 +249,8 @@ impl SqliteStore {
             counters: counters.clone(),
             max_commit_events: options.max_commit_events.max(1),
             versions: std::collections::HashMap::new(),
+            checkpoints: Some(checkpoints),
+            closing: Vec::new(),
         };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()

@@ -51,6 +51,27 @@ pub(crate) struct Writer {
     /// versions, so this is exact; it saves a look-up in the tail or the index file for streams that append
     /// often. Bounded by [`MAX_CACHED_VERSIONS`].
     pub(crate) versions: HashMap<StreamName, u64>,
+    /// A second connection to the log, for the checkpointer thread the writer starts.
+    pub(crate) checkpoints: Option<Connection>,
+    /// The requests from a `Close` on, taken out of the batch they arrived in.
+    pub(crate) closing: Vec<Request>,
+}
+
+/// How often the checkpointer folds the log's WAL into the file. The writer's own connection never
+/// checkpoints (`wal_autocheckpoint = 0`): a checkpoint copies pages and fsyncs the file, and done inline it
+/// would stall the group commit it happened to land in.
+const CHECKPOINT_INTERVAL_MS: u64 = 100;
+
+/// Runs passive checkpoints of the log until `stop` is dropped. Passive checkpoints never block the writer
+/// or readers; they copy what they can.
+fn checkpoint(conn: Connection, stop: std::sync::mpsc::Receiver<()>, location: String) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS))
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(store = %location, error = %e, "a checkpoint failed; the WAL grows until one succeeds");
+        }
+    }
 }
 
 /// Most streams whose version the writer keeps in memory; past it the cache starts over.
@@ -61,6 +82,26 @@ type Pending = HashMap<StreamName, (u64, Vec<u64>)>;
 
 impl Writer {
     pub(crate) fn run(mut self, mut queue: mpsc::Receiver<Request>) {
+        let checkpointer = self.checkpoints.take().and_then(|conn| {
+            let (stop, stopped) = std::sync::mpsc::channel();
+            let location = self.location.clone();
+            std::thread::Builder::new()
+                .name("weft-store-checkpointer".into())
+                .spawn(move || checkpoint(conn, stopped, location))
+                .map_err(|e| tracing::warn!(error = %e, "no checkpointer thread; the writer checkpoints at close only"))
+                .ok()
+                .map(|thread| (stop, thread))
+        });
+        self.serve(&mut queue);
+        if let Some((stop, thread)) = checkpointer {
+            drop(stop);
+            let _ = thread.join();
+        }
+        self.close(queue);
+    }
+
+    /// Serves requests until every handle has dropped or one asks to close.
+    fn serve(&mut self, queue: &mut mpsc::Receiver<Request>) {
         let mut batch = Vec::new();
         while let Some(first) = queue.blocking_recv() {
             let mut events = request_events(&first);
@@ -77,17 +118,19 @@ impl Writer {
                 Err(reason) => fail(&mut batch, Error::Unavailable { location: self.index_location.clone(), reason }),
             }
             if let Some(rest) = closing {
-                self.close(queue, rest);
+                self.closing = rest;
                 return;
             }
         }
         tracing::debug!(store = %self.location, "every handle dropped; the writer stops");
-        self.tail.close();
     }
 
-    fn close(self, mut queue: mpsc::Receiver<Request>, rest: Vec<Request>) {
+    /// Refuses what is still queued, stops the indexer, folds the WAL into the file and closes the
+    /// connection; then answers whoever asked to close.
+    fn close(mut self, mut queue: mpsc::Receiver<Request>) {
         queue.close();
         let mut replies = Vec::new();
+        let rest = std::mem::take(&mut self.closing);
         for request in rest.into_iter().chain(std::iter::from_fn(|| queue.try_recv().ok())) {
             match request {
                 Request::Close { reply } => replies.push(reply),
