@@ -198,3 +198,20 @@ async fn a_lost_or_damaged_index_is_rebuilt_from_the_log() {
     std::fs::OpenOptions::new().write(true).open(&index).unwrap().set_len(len / 2).unwrap();
     assert_eq!(open_and_read(&log, &original, "index truncated").await, Outcome::Intact);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_ahead_of_its_log_is_rebuilt() {
+    // An older copy of the log beside a newer index, as after restoring the log alone from a backup.
+    let (base, _) = pristine().await;
+    let (_dir, log) = copy(base.path());
+    let old_log = std::fs::read(&log).unwrap();
+    let store = SqliteStore::open(Options::new(&log)).unwrap();
+    store.append(&stream(0), ExpectedVersion::Any, vec![NewEvent::new("damage.more", vec![1])]).await.unwrap();
+    store.close().await.unwrap();
+    std::fs::write(&log, old_log).unwrap();
+    let store = SqliteStore::open(Options::new(&log)).unwrap();
+    let original = store.read_all(1, EVENTS as usize + 1).await.unwrap();
+    store.close().await.unwrap();
+    assert_eq!(original.len() as u64, EVENTS);
+    assert_eq!(open_and_read(&log, &original, "index ahead of the log").await, Outcome::Intact);
+}
