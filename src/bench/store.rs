@@ -112,9 +112,9 @@ async fn run_in(dir: &std::path::Path, options: &Options) -> anyhow::Result<Vec<
         eprintln!("{case}: done");
         reports.push(report);
     }
-    reports.push(read_all_case(&store, &store_options, false).await?);
-    reports.push(read_all_case(&store, &store_options, true).await?);
-    reports.push(catch_up_case(&store, &store_options).await?);
+    reports.push(read_all_case(&store, &store_options, n, false).await?);
+    reports.push(read_all_case(&store, &store_options, n, true).await?);
+    reports.push(catch_up_case(&store, &store_options, n).await?);
     store.close().await?;
     Ok(reports)
 }
@@ -223,18 +223,24 @@ fn baseline_inserts(
     Ok(started.elapsed())
 }
 
-/// Events a read case reads at least, going over the store as many times as it takes, so that it runs long
-/// enough (about a second) to be measured steadily.
+/// Most events a read case reads, going over the store as many times as it takes to read ten times
+/// `--events`, so that the default run reads a million and runs long enough (about a second) to be measured
+/// steadily.
 const READ_EVENTS: u64 = 1_000_000;
 
-/// Passes over the whole store that make at least [`READ_EVENTS`].
-fn read_rounds(head: u64) -> u64 {
-    READ_EVENTS.div_ceil(head.max(1))
+/// Passes over a store of `head` events that read `10 * events` (at most [`READ_EVENTS`]), and at least one.
+fn read_rounds(head: u64, events: u64) -> u64 {
+    (events.saturating_mul(10)).min(READ_EVENTS).div_ceil(head.max(1)).max(1)
 }
 
-async fn read_all_case(store: &SqliteStore, options: &StoreOptions, decode_payloads: bool) -> anyhow::Result<Report> {
+async fn read_all_case(
+    store: &SqliteStore,
+    options: &StoreOptions,
+    events_option: u64,
+    decode_payloads: bool,
+) -> anyhow::Result<Report> {
     const PAGE: usize = 1000;
-    let rounds = read_rounds(store.head().await?);
+    let rounds = read_rounds(store.head().await?, events_option);
     let mut latencies = Latencies::default();
     let started = Instant::now();
     let mut events = 0u64;
@@ -272,9 +278,9 @@ async fn read_all_case(store: &SqliteStore, options: &StoreOptions, decode_paylo
     })
 }
 
-async fn catch_up_case(store: &SqliteStore, options: &StoreOptions) -> anyhow::Result<Report> {
+async fn catch_up_case(store: &SqliteStore, options: &StoreOptions, events_option: u64) -> anyhow::Result<Report> {
     let head = store.head().await?;
-    let rounds = read_rounds(head);
+    let rounds = read_rounds(head, events_option);
     let mut latencies = Latencies::default();
     let started = Instant::now();
     let mut seen = 0u64;

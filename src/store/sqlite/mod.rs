@@ -258,10 +258,9 @@ impl SqliteStore {
                 .spawn(f)
                 .map_err(|e| fail(format!("cannot start a thread: {e}")))
         };
-        let threads = vec![
-            spawn("weft-store-indexer", Box::new(move || indexer.run()))?,
-            spawn("weft-store-writer", Box::new(move || writer.run(queue)))?,
-        ];
+        let indexer = spawn("weft-store-indexer", Box::new(move || indexer.run()))?;
+        let writer = spawn("weft-store-writer", Box::new(move || writer.run(queue))).inspect_err(|_| tail.close())?;
+        let threads = vec![indexer, writer];
         let readers = Arc::new(Readers {
             path,
             index_path,

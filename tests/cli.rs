@@ -1,0 +1,64 @@
+//! The `weft` command line, run as a real process: what it prints, and what it does with bad arguments.
+
+use std::process::Command;
+
+fn weft(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_weft")).args(args).output().expect("the weft binary runs")
+}
+
+#[test]
+fn bench_store_prints_one_json_line_per_case_and_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let out =
+        weft(&["bench", "store", "--events", "1000", "--synchronous", "off", "--path", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let cases: Vec<String> = stdout
+        .lines()
+        .map(|line| {
+            let report: serde_json::Value = serde_json::from_str(line).expect("each stdout line is JSON");
+            for field in ["ops_per_s", "p50_ms", "p99_ms", "baseline_ops_per_s"] {
+                assert!(report[field].as_f64().is_some_and(|v| v >= 0.0), "{field} missing in {line}");
+            }
+            assert_eq!(report["bench"], "store");
+            report["case"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        cases,
+        ["append-1", "append-16", "append-256", "append-batch-100", "read-all", "read-all-payloads", "catch-up"]
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("baseline ops/s"), "no table on stderr: {stderr}");
+    // The benchmark cleans up after itself.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_message_and_no_panic() {
+    for (args, expected) in [
+        (&["bench", "store", "--events", "many"][..], "invalid value 'many'"),
+        (&["bench", "store", "--events", "5"][..], "not in 1000..=100000000"),
+        (&["bench", "store", "--synchronous", "sometimes"][..], "invalid value 'sometimes'"),
+        (&["bench", "nothing"][..], "unrecognized subcommand"),
+        (&["--no-such-flag"][..], "unexpected argument"),
+    ] {
+        let out = weft(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn an_unusable_path_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let out = weft(&["bench", "store", "--events", "1000", "--path", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a-file"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
