@@ -13,7 +13,6 @@
 //! While catching up (a page came back full), the next page is read in a background task while the
 //! consumer works through the current one, so reading and processing overlap on separate cores.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -33,8 +32,9 @@ pub struct Subscription {
     /// Position of the next event to yield.
     next: u64,
     page_size: usize,
-    buffer: VecDeque<Envelope>,
-    /// The page from `next` on, being read ahead while the consumer works through `buffer`.
+    /// What is left of the page being yielded: handed over whole by `next_batch`, one by one by `next`.
+    page: std::vec::IntoIter<Envelope>,
+    /// The page from `next` on, being read ahead while the consumer works through `page`.
     ahead: Option<JoinHandle<Result<Vec<Envelope>, Error>>>,
 }
 
@@ -51,7 +51,7 @@ impl Subscription {
     /// events from position `from` on. Backends call this from their `subscribe_all`.
     pub fn new(reader: Arc<dyn EventRead>, head: watch::Receiver<u64>, from: u64) -> Self {
         let page_size = DEFAULT_PAGE_SIZE.min(reader.limits().max_page_size).max(1);
-        Self { reader, head, next: from.max(1), page_size, buffer: VecDeque::new(), ahead: None }
+        Self { reader, head, next: from.max(1), page_size, page: Vec::new().into_iter(), ahead: None }
     }
 
     /// Sets how many events one read fetches.
@@ -62,46 +62,46 @@ impl Subscription {
 
     /// The position of the next event this subscription will yield.
     pub fn next_position(&self) -> u64 {
-        self.buffer.front().map_or(self.next, |e| e.position)
+        self.page.as_slice().first().map_or(self.next, |e| e.position)
     }
 
     /// The next event, waiting for it to be committed if need be. Fails with [`Error::Closed`] when the store
     /// closes.
     pub async fn next(&mut self) -> Result<Envelope, Error> {
         loop {
-            if let Some(event) = self.buffer.pop_front() {
+            if let Some(event) = self.page.next() {
                 return Ok(event);
             }
-            self.fill().await?;
+            self.page = self.fill().await?.into_iter();
         }
     }
 
     /// The events available now (at least one, waiting for it if need be), up to one page: for consumers
     /// that process in batches, such as projections that commit a batch with its checkpoint.
     pub async fn next_batch(&mut self) -> Result<Vec<Envelope>, Error> {
-        if self.buffer.is_empty() {
-            self.fill().await?;
+        if self.page.len() > 0 {
+            return Ok(std::mem::replace(&mut self.page, Vec::new().into_iter()).collect());
         }
-        Ok(self.buffer.drain(..).collect())
+        self.fill().await
     }
 
-    /// Reads the next page into the buffer, waiting for a commit when caught up.
-    async fn fill(&mut self) -> Result<(), Error> {
+    /// Reads the next page (never empty), waiting for a commit when caught up.
+    async fn fill(&mut self) -> Result<Vec<Envelope>, Error> {
         loop {
             if let Some(ahead) = self.ahead.take() {
                 let page = ahead.await.map_err(|e| Error::Unavailable {
                     location: "subscription".into(),
                     reason: format!("reading ahead failed: {e}"),
                 })??;
-                if self.accept(page)? {
-                    return Ok(());
+                if self.accept(&page)? {
+                    return Ok(page);
                 }
             }
             let head = *self.head.borrow_and_update();
             if head >= self.next {
                 let page = self.reader.read_all(self.next, self.page_size).await?;
-                if self.accept(page)? {
-                    return Ok(());
+                if self.accept(&page)? {
+                    return Ok(page);
                 }
                 // The head says more is committed but the read found nothing: the head ran ahead of what a
                 // reader can see. Wait for the next change rather than spin.
@@ -110,9 +110,9 @@ impl Subscription {
         }
     }
 
-    /// Takes a page into the buffer; false when it is empty. A full page means more is probably stored, so
-    /// the next one is read ahead.
-    fn accept(&mut self, page: Vec<Envelope>) -> Result<bool, Error> {
+    /// Checks a page and moves past it; false when it is empty. A full page means more is probably stored,
+    /// so the next one is read ahead.
+    fn accept(&mut self, page: &[Envelope]) -> Result<bool, Error> {
         let Some(last) = page.last() else { return Ok(false) };
         // The backend promises dense positions from `next`; check it here too, so that a broken backend
         // shows up as an error instead of a silent gap in a projection.
@@ -128,7 +128,6 @@ impl Subscription {
             let (reader, from, size) = (self.reader.clone(), self.next, self.page_size);
             self.ahead = Some(tokio::spawn(async move { reader.read_all(from, size).await }));
         }
-        self.buffer.extend(page);
         Ok(true)
     }
 }
