@@ -1,11 +1,30 @@
 //! Weft's write side.
 //!
-//! This crate will hold one module per aggregate (`document`, `job`, `agent`, `workflow`, `schedule`), each
-//! with the same shape — commands, state, a pure `decide` and `evolve` — plus the actor host that activates an
-//! aggregate from its snapshot and events, passivates it when idle and supervises it, the process managers
-//! that turn events into commands, and a given/when/then test kit behind the `test-util` feature.
+//! Every aggregate has the same shape ([`Aggregate`]): commands in, a pure `decide` that returns events or a
+//! rejection, and a pure `evolve` that folds events into state. Time, ids and the outcomes of side effects
+//! come in with the commands, so the same history and command always give the same answer.
+//!
+//! # Layout
+//!
+//! - [`aggregate`]: the shape.
+//! - [`document`]: a file in object storage, from registration to deletion.
+//! - [`workflow`]: a versioned template of steps forming a DAG.
+//! - [`job`]: one run of a workflow: which steps are ready, retries with back-off, completion.
+//! - `testkit` (feature `test-util`): given/when/then.
+//!
+//! Still to come (issue 3): the `agent` and `schedule` aggregates, the actor host on actix (activation,
+//! passivation, supervision, snapshots, idempotent commands) and the process managers.
 //!
 //! It depends only on [`weft_events`] among Weft's crates: it never touches a database, a socket or a
 //! clock directly; everything it persists goes through [`weft_events::EventStore`].
 
+pub mod aggregate;
+pub mod document;
+pub mod job;
+pub mod workflow;
+
+#[cfg(feature = "test-util")]
+pub mod testkit;
+
+pub use aggregate::Aggregate;
 pub use weft_events as events;

@@ -148,7 +148,7 @@ pub fn check_label(what: &'static str, name: &str) -> Result<(), NameError> {
 /// A point in time, in microseconds since the Unix epoch (UTC).
 ///
 /// Microseconds because that is what SQLite, JetStream and JSON consumers can all keep exactly in an i64.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
 
@@ -163,6 +163,11 @@ impl Timestamp {
     /// Microseconds since the Unix epoch.
     pub fn as_micros(self) -> i64 {
         self.0
+    }
+
+    /// This time plus `ms` milliseconds, saturating.
+    pub fn plus_millis(self, ms: u64) -> Self {
+        Self(self.0.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1000)))
     }
 }
 

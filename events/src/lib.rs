@@ -7,6 +7,8 @@
 //!
 //! In the order data flows through them:
 //!
+//! - [`domain`]: the events of each aggregate (`document`, `job`, `workflow`, ...) as Rust types, with stable
+//!   type names and schema versions, and typed ids that name their streams.
 //! - [`envelope`]: what a caller hands to a store ([`NewEvent`]) and what the store hands back ([`Envelope`]):
 //!   the payload plus its identity (`event_id`, `stream`, `version`, `position`) and metadata (`tenant`,
 //!   `correlation_id`, `causation_id`, `actor`, `recorded_at`).
@@ -21,6 +23,7 @@
 //! - `contract` (feature `test-util`): the store contract suite every backend runs.
 
 pub mod codec;
+pub mod domain;
 pub mod envelope;
 pub mod memory;
 pub mod store;
@@ -29,6 +32,7 @@ pub mod subscription;
 #[cfg(feature = "test-util")]
 pub mod contract;
 
+pub use domain::{DecodeError, DomainEvent};
 pub use envelope::{Envelope, NameError, NewEvent, StreamName, Timestamp};
 pub use memory::MemoryStore;
 pub use store::{Appended, Direction, Error, EventRead, EventStore, EventWrite, ExpectedVersion, Limits, Snapshot};

@@ -1,0 +1,479 @@
+//! The document aggregate: a file in object storage, from registration through uploads and new versions to
+//! deletion, and the documents derived from it.
+
+use weft_events::Timestamp;
+use weft_events::domain::document::{
+    Deleted, DerivativeRecorded, Event, Registered, UploadSource, Uploaded, VersionAdded,
+};
+use weft_events::domain::ids::{DocumentId, JobId};
+
+use crate::aggregate::Aggregate;
+
+/// The largest document: S3's limit for one PUT, 5 GiB.
+pub const MAX_DOCUMENT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Longest file name, content type, owner, tenant, etag, step or reason, in bytes.
+pub const MAX_TEXT_BYTES: usize = 1024;
+
+/// What can be asked of a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Register a new document, to be uploaded.
+    Register {
+        /// File name.
+        name: String,
+        /// MIME type, `type/subtype`.
+        content_type: String,
+        /// The most bytes the upload may have.
+        declared_size_bytes: u64,
+        /// The tenant.
+        tenant: String,
+        /// Who registers it.
+        owner: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// The content is in object storage.
+    MarkUploaded {
+        /// Its size.
+        size_bytes: u64,
+        /// Its entity tag or checksum.
+        etag: String,
+        /// Who said so.
+        source: UploadSource,
+        /// When.
+        at: Timestamp,
+    },
+    /// A job step read this document and wrote `child`.
+    RecordDerivative {
+        /// The document written.
+        child: DocumentId,
+        /// The job.
+        job: JobId,
+        /// The step.
+        step: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// New content replaces the current content.
+    AddVersion {
+        /// Its size.
+        size_bytes: u64,
+        /// Its entity tag or checksum.
+        etag: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// Delete the document (its history stays).
+    Delete {
+        /// Why.
+        reason: String,
+        /// When.
+        at: Timestamp,
+    },
+}
+
+/// Why a document refuses a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The document has not been registered.
+    #[error("the document is not registered")]
+    NotRegistered,
+    /// The document is registered already.
+    #[error("the document is registered already")]
+    AlreadyRegistered,
+    /// The document is deleted.
+    #[error("the document is deleted")]
+    Deleted,
+    /// The content has not finished uploading.
+    #[error("the document has not finished uploading")]
+    NotUploaded,
+    /// A different content was uploaded already; a new content is a new version.
+    #[error("the document was uploaded already with etag {etag:?}; add a version instead")]
+    AlreadyUploaded {
+        /// The etag of the content already there.
+        etag: String,
+    },
+    /// The content is larger than the registration allowed.
+    #[error("the content is {size} bytes, over the {declared} bytes declared")]
+    OverDeclaredSize {
+        /// Its size.
+        size: u64,
+        /// The declared size.
+        declared: u64,
+    },
+    /// The declared size is zero or over [`MAX_DOCUMENT_BYTES`].
+    #[error("a declared size of {size} bytes is not between 1 and {limit}")]
+    BadDeclaredSize {
+        /// The size given.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A text field is empty, too long, or malformed.
+    #[error("{field} is invalid: {reason}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Where a document is in its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Status {
+    /// Never registered.
+    #[default]
+    Unregistered,
+    /// Registered; the upload has not arrived.
+    UploadPending,
+    /// Its content is in object storage.
+    Uploaded,
+    /// Deleted.
+    Deleted,
+}
+
+/// The state of a document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Document {
+    /// Where it is in its life.
+    pub status: Status,
+    /// The registration's size limit.
+    pub declared_size_bytes: u64,
+    /// Its current content's size.
+    pub size_bytes: u64,
+    /// Its current content's etag.
+    pub etag: String,
+    /// Contents so far: 1 after the upload, one more per added version.
+    pub versions: u32,
+    /// Documents derived from it.
+    pub derivatives: u32,
+    /// When it was registered.
+    pub registered_at: Timestamp,
+}
+
+fn text(field: &'static str, value: &str) -> Result<(), Rejection> {
+    let reason = if value.trim().is_empty() {
+        "it is empty".to_owned()
+    } else if value.len() > MAX_TEXT_BYTES {
+        format!("it is {} bytes, over the limit of {MAX_TEXT_BYTES}", value.len())
+    } else if value.chars().any(char::is_control) {
+        "it holds control characters".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Rejection::Invalid { field, reason })
+}
+
+fn content_type(value: &str) -> Result<(), Rejection> {
+    text("content type", value)?;
+    let well_formed = value.split_once('/').is_some_and(|(kind, sub)| {
+        let token = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c));
+        token(kind) && token(sub.split(';').next().unwrap_or("").trim())
+    });
+    if well_formed {
+        Ok(())
+    } else {
+        Err(Rejection::Invalid { field: "content type", reason: format!("{value:?} is not type/subtype") })
+    }
+}
+
+impl Document {
+    /// Refuses commands to a document that is not registered or is deleted.
+    fn live(&self) -> Result<(), Rejection> {
+        match self.status {
+            Status::Unregistered => Err(Rejection::NotRegistered),
+            Status::Deleted => Err(Rejection::Deleted),
+            Status::UploadPending | Status::Uploaded => Ok(()),
+        }
+    }
+
+    fn fits(&self, size: u64) -> Result<(), Rejection> {
+        if size > self.declared_size_bytes {
+            return Err(Rejection::OverDeclaredSize { size, declared: self.declared_size_bytes });
+        }
+        Ok(())
+    }
+}
+
+impl Aggregate for Document {
+    type Command = Command;
+    type Event = Event;
+    type Rejection = Rejection;
+
+    fn decide(&self, command: &Command) -> Result<Vec<Event>, Rejection> {
+        match command {
+            Command::Register { name, content_type: kind, declared_size_bytes, tenant, owner, at } => {
+                if self.status != Status::Unregistered {
+                    return Err(Rejection::AlreadyRegistered);
+                }
+                text("name", name)?;
+                content_type(kind)?;
+                text("tenant", tenant)?;
+                text("owner", owner)?;
+                if *declared_size_bytes == 0 || *declared_size_bytes > MAX_DOCUMENT_BYTES {
+                    return Err(Rejection::BadDeclaredSize { size: *declared_size_bytes, limit: MAX_DOCUMENT_BYTES });
+                }
+                Ok(vec![
+                    Registered {
+                        name: name.clone(),
+                        content_type: kind.clone(),
+                        declared_size_bytes: *declared_size_bytes,
+                        tenant: tenant.clone(),
+                        owner: owner.clone(),
+                        at: *at,
+                    }
+                    .into(),
+                ])
+            }
+            Command::MarkUploaded { size_bytes, etag, source, at } => {
+                self.live()?;
+                text("etag", etag)?;
+                if self.status == Status::Uploaded {
+                    // Notifications are delivered at least once: the same upload again changes nothing.
+                    if *etag == self.etag && *size_bytes == self.size_bytes {
+                        return Ok(vec![]);
+                    }
+                    return Err(Rejection::AlreadyUploaded { etag: self.etag.clone() });
+                }
+                self.fits(*size_bytes)?;
+                Ok(vec![Uploaded { size_bytes: *size_bytes, etag: etag.clone(), source: *source, at: *at }.into()])
+            }
+            Command::RecordDerivative { child, job, step, at } => {
+                self.live()?;
+                if self.status != Status::Uploaded {
+                    return Err(Rejection::NotUploaded);
+                }
+                text("step", step)?;
+                Ok(vec![DerivativeRecorded { child: *child, job: *job, step: step.clone(), at: *at }.into()])
+            }
+            Command::AddVersion { size_bytes, etag, at } => {
+                self.live()?;
+                if self.status != Status::Uploaded {
+                    return Err(Rejection::NotUploaded);
+                }
+                text("etag", etag)?;
+                self.fits(*size_bytes)?;
+                Ok(vec![VersionAdded { size_bytes: *size_bytes, etag: etag.clone(), at: *at }.into()])
+            }
+            Command::Delete { reason, at } => {
+                self.live()?;
+                text("reason", reason)?;
+                Ok(vec![Deleted { reason: reason.clone(), at: *at }.into()])
+            }
+        }
+    }
+
+    fn evolve(mut self, event: &Event) -> Self {
+        match event {
+            Event::Registered(e) => {
+                self.status = Status::UploadPending;
+                self.declared_size_bytes = e.declared_size_bytes;
+                self.registered_at = e.at;
+            }
+            Event::Uploaded(e) => {
+                self.status = Status::Uploaded;
+                self.size_bytes = e.size_bytes;
+                self.etag = e.etag.clone();
+                self.versions = 1;
+            }
+            Event::DerivativeRecorded(_) => self.derivatives += 1,
+            Event::VersionAdded(e) => {
+                self.size_bytes = e.size_bytes;
+                self.etag = e.etag.clone();
+                self.versions += 1;
+            }
+            Event::Deleted(_) => self.status = Status::Deleted,
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::given;
+
+    const AT: Timestamp = Timestamp(1_000);
+
+    fn register() -> Command {
+        Command::Register {
+            name: "report.pdf".into(),
+            content_type: "application/pdf".into(),
+            declared_size_bytes: 100,
+            tenant: "acme".into(),
+            owner: "user:alice".into(),
+            at: AT,
+        }
+    }
+
+    fn registered() -> Event {
+        Registered {
+            name: "report.pdf".into(),
+            content_type: "application/pdf".into(),
+            declared_size_bytes: 100,
+            tenant: "acme".into(),
+            owner: "user:alice".into(),
+            at: AT,
+        }
+        .into()
+    }
+
+    fn uploaded() -> Event {
+        Uploaded { size_bytes: 80, etag: "e1".into(), source: UploadSource::Notification, at: AT }.into()
+    }
+
+    fn deleted() -> Event {
+        Deleted { reason: "gdpr".into(), at: AT }.into()
+    }
+
+    fn mark_uploaded(size_bytes: u64, etag: &str) -> Command {
+        Command::MarkUploaded { size_bytes, etag: etag.into(), source: UploadSource::Notification, at: AT }
+    }
+
+    #[test]
+    fn registering_a_new_document_records_it_pending_upload() {
+        given::<Document>([]).when(register()).then([registered()]);
+    }
+
+    #[test]
+    fn registering_twice_is_rejected() {
+        given::<Document>([registered()]).when(register()).then_rejected(Rejection::AlreadyRegistered);
+    }
+
+    #[test]
+    fn registering_with_a_bad_size_name_or_content_type_is_rejected() {
+        let with = |f: &dyn Fn(&mut Command)| {
+            let mut c = register();
+            f(&mut c);
+            c
+        };
+        let set_size = |n: u64| {
+            with(&move |c| {
+                if let Command::Register { declared_size_bytes, .. } = c {
+                    *declared_size_bytes = n
+                }
+            })
+        };
+        given::<Document>([])
+            .when(set_size(0))
+            .then_rejected(Rejection::BadDeclaredSize { size: 0, limit: MAX_DOCUMENT_BYTES });
+        given::<Document>([])
+            .when(set_size(MAX_DOCUMENT_BYTES + 1))
+            .then_rejected(Rejection::BadDeclaredSize { size: MAX_DOCUMENT_BYTES + 1, limit: MAX_DOCUMENT_BYTES });
+        let blank_name = with(&|c| {
+            if let Command::Register { name, .. } = c {
+                *name = "  ".into()
+            }
+        });
+        assert!(matches!(Document::default().decide(&blank_name), Err(Rejection::Invalid { field: "name", .. })));
+        let bad_type = with(&|c| {
+            if let Command::Register { content_type, .. } = c {
+                *content_type = "pdf".into()
+            }
+        });
+        assert!(matches!(Document::default().decide(&bad_type), Err(Rejection::Invalid { field: "content type", .. })));
+        let with_params = with(&|c| {
+            if let Command::Register { content_type, .. } = c {
+                *content_type = "text/plain; charset=utf-8".into()
+            }
+        });
+        assert!(Document::default().decide(&with_params).is_ok());
+    }
+
+    #[test]
+    fn marking_a_pending_document_uploaded_records_the_upload() {
+        given::<Document>([registered()]).when(mark_uploaded(80, "e1")).then([uploaded()]);
+    }
+
+    #[test]
+    fn an_upload_over_the_declared_size_is_rejected() {
+        given::<Document>([registered()])
+            .when(mark_uploaded(101, "e1"))
+            .then_rejected(Rejection::OverDeclaredSize { size: 101, declared: 100 });
+    }
+
+    #[test]
+    fn the_same_upload_notified_twice_changes_nothing() {
+        given::<Document>([registered(), uploaded()]).when(mark_uploaded(80, "e1")).then([]);
+    }
+
+    #[test]
+    fn a_different_upload_of_an_uploaded_document_is_rejected() {
+        given::<Document>([registered(), uploaded()])
+            .when(mark_uploaded(50, "e2"))
+            .then_rejected(Rejection::AlreadyUploaded { etag: "e1".into() });
+    }
+
+    #[test]
+    fn uploading_a_deleted_document_is_rejected() {
+        given::<Document>([registered(), deleted()]).when(mark_uploaded(80, "e1")).then_rejected(Rejection::Deleted);
+    }
+
+    #[test]
+    fn uploading_an_unregistered_document_is_rejected() {
+        given::<Document>([]).when(mark_uploaded(80, "e1")).then_rejected(Rejection::NotRegistered);
+    }
+
+    #[test]
+    fn recording_a_derivative_of_an_uploaded_document_records_it() {
+        let (child, job) = (DocumentId::new(), JobId::new());
+        given::<Document>([registered(), uploaded()])
+            .when(Command::RecordDerivative { child, job, step: "summarise".into(), at: AT })
+            .then([DerivativeRecorded { child, job, step: "summarise".into(), at: AT }.into()]);
+    }
+
+    #[test]
+    fn deriving_from_a_document_that_never_finished_uploading_is_rejected() {
+        given::<Document>([registered()])
+            .when(Command::RecordDerivative { child: DocumentId::new(), job: JobId::new(), step: "s".into(), at: AT })
+            .then_rejected(Rejection::NotUploaded);
+    }
+
+    #[test]
+    fn adding_a_version_to_an_uploaded_document_records_it() {
+        given::<Document>([registered(), uploaded()])
+            .when(Command::AddVersion { size_bytes: 90, etag: "e2".into(), at: AT })
+            .then([VersionAdded { size_bytes: 90, etag: "e2".into(), at: AT }.into()]);
+    }
+
+    #[test]
+    fn adding_a_version_before_the_upload_or_over_the_size_is_rejected() {
+        given::<Document>([registered()])
+            .when(Command::AddVersion { size_bytes: 90, etag: "e2".into(), at: AT })
+            .then_rejected(Rejection::NotUploaded);
+        given::<Document>([registered(), uploaded()])
+            .when(Command::AddVersion { size_bytes: 190, etag: "e2".into(), at: AT })
+            .then_rejected(Rejection::OverDeclaredSize { size: 190, declared: 100 });
+    }
+
+    #[test]
+    fn deleting_a_document_records_why() {
+        given::<Document>([registered(), uploaded()])
+            .when(Command::Delete { reason: "gdpr".into(), at: AT })
+            .then([deleted()]);
+    }
+
+    #[test]
+    fn deleting_twice_or_without_a_reason_is_rejected() {
+        given::<Document>([registered(), deleted()])
+            .when(Command::Delete { reason: "again".into(), at: AT })
+            .then_rejected(Rejection::Deleted);
+        assert!(matches!(
+            given::<Document>([registered()]).state().decide(&Command::Delete { reason: "".into(), at: AT }),
+            Err(Rejection::Invalid { field: "reason", .. })
+        ));
+    }
+
+    #[test]
+    fn the_state_counts_versions_and_derivatives() {
+        let state = Document::replay(&[
+            registered(),
+            uploaded(),
+            VersionAdded { size_bytes: 60, etag: "e2".into(), at: AT }.into(),
+            DerivativeRecorded { child: DocumentId::new(), job: JobId::new(), step: "s".into(), at: AT }.into(),
+        ]);
+        assert_eq!((state.status, state.versions, state.derivatives, state.size_bytes), (Status::Uploaded, 2, 1, 60));
+    }
+}

@@ -1,0 +1,1 @@
+//! The job aggregate (written next).

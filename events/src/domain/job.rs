@@ -1,0 +1,199 @@
+//! Events of a job: one run of a workflow over input documents, step by step.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::{DocumentId, WorkflowId};
+use super::workflow::Step;
+use crate::envelope::Timestamp;
+
+/// A job was submitted. It carries the workflow's steps as they were at submission, so that the job decides
+/// which steps are ready from its own history alone, and a later redefinition does not change a running job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The workflow.
+    pub workflow: WorkflowId,
+    /// Its version.
+    pub workflow_version: u32,
+    /// Its steps at that version.
+    pub steps: Vec<Step>,
+    /// The documents the job reads.
+    pub inputs: Vec<DocumentId>,
+    /// Higher runs first.
+    pub priority: i32,
+    /// The client's key for not submitting the same job twice.
+    pub idempotency_key: Option<String>,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// A step became ready and was handed to its agent (attempt 1, or a retry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepScheduled {
+    /// The step.
+    pub step: String,
+    /// Its attempt, from 1.
+    pub attempt: u32,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// The agent began an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepStarted {
+    /// The step.
+    pub step: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// An attempt succeeded and wrote `output`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepSucceeded {
+    /// The step.
+    pub step: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// The document it wrote.
+    pub output: DocumentId,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// An attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepFailed {
+    /// The step.
+    pub step: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// What went wrong.
+    pub error: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// A failed step will be tried again at `due_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryScheduled {
+    /// The step.
+    pub step: String,
+    /// The attempt that will run.
+    pub attempt: u32,
+    /// When it is due.
+    pub due_at: Timestamp,
+}
+
+/// How much a log line matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// Detail.
+    Debug,
+    /// Progress.
+    Info,
+    /// Something odd that did not stop the job.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// A line was added to the job's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogAppended {
+    /// How much it matters.
+    pub level: Level,
+    /// The line.
+    pub message: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Every step succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Succeeded {
+    /// When.
+    pub at: Timestamp,
+}
+
+/// A step failed for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failed {
+    /// The step that failed.
+    pub step: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Someone cancelled the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+super::domain_events! { "job";
+    /// See [`Submitted`].
+    Submitted(Submitted) = "job.submitted", v 1,
+    /// See [`StepScheduled`].
+    StepScheduled(StepScheduled) = "job.step_scheduled", v 1,
+    /// See [`StepStarted`].
+    StepStarted(StepStarted) = "job.step_started", v 1,
+    /// See [`StepSucceeded`].
+    StepSucceeded(StepSucceeded) = "job.step_succeeded", v 1,
+    /// See [`StepFailed`].
+    StepFailed(StepFailed) = "job.step_failed", v 1,
+    /// See [`RetryScheduled`].
+    RetryScheduled(RetryScheduled) = "job.retry_scheduled", v 1,
+    /// See [`LogAppended`].
+    LogAppended(LogAppended) = "job.log_appended", v 1,
+    /// See [`Succeeded`].
+    Succeeded(Succeeded) = "job.succeeded", v 1,
+    /// See [`Failed`].
+    Failed(Failed) = "job.failed", v 1,
+    /// See [`Cancelled`].
+    Cancelled(Cancelled) = "job.cancelled", v 1,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::tests::round_trip;
+
+    #[test]
+    fn every_job_event_round_trips() {
+        let at = Timestamp(3);
+        let step = || "s".to_owned();
+        let events: Vec<Event> = vec![
+            Submitted {
+                workflow: WorkflowId::new(),
+                workflow_version: 2,
+                steps: vec![],
+                inputs: vec![DocumentId::new()],
+                priority: -1,
+                idempotency_key: Some("k".into()),
+                at,
+            }
+            .into(),
+            StepScheduled { step: step(), attempt: 1, at }.into(),
+            StepStarted { step: step(), attempt: 1, at }.into(),
+            StepSucceeded { step: step(), attempt: 1, output: DocumentId::new(), at }.into(),
+            StepFailed { step: step(), attempt: 2, error: "boom".into(), retryable: true, at }.into(),
+            RetryScheduled { step: step(), attempt: 3, due_at: at }.into(),
+            LogAppended { level: Level::Warn, message: "slow".into(), at }.into(),
+            Succeeded { at }.into(),
+            Failed { step: step(), reason: "gave up".into(), at }.into(),
+            Cancelled { reason: "no longer needed".into(), at }.into(),
+        ];
+        for event in events {
+            assert_eq!(round_trip(&event), event);
+        }
+    }
+}

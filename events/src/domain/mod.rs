@@ -1,0 +1,148 @@
+//! The events of Weft's aggregates: past-tense facts with stable type names and schema versions.
+//!
+//! Each aggregate has one module with an `Event` enum whose variants wrap one struct each. A variant is stored
+//! as its struct alone (MessagePack, named fields), with the type name (`document.uploaded`) and schema
+//! version in the envelope, so an event's type is never read from its payload and adding an optional field
+//! keeps old events readable. Names and versions are never changed once written; a breaking change is a new
+//! schema version plus an upcaster.
+//!
+//! - [`ids`]: typed ids and the stream each lives in.
+//! - [`document`], [`workflow`], [`job`], [`agent`], [`schedule`]: the events of each aggregate.
+
+use crate::codec;
+use crate::envelope::{Envelope, NewEvent};
+
+pub mod document;
+pub mod ids;
+pub mod job;
+pub mod workflow;
+
+/// Why a stored event could not be read as a domain event.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The envelope's type is not one of the aggregate's.
+    #[error("{event_type:?} is not an event of a {aggregate}")]
+    UnknownType {
+        /// The aggregate.
+        aggregate: &'static str,
+        /// The type found.
+        event_type: String,
+    },
+    /// The payload's schema version is newer than this code knows.
+    #[error("{event_type} has schema version {found}, this build reads up to {known}")]
+    UnknownVersion {
+        /// The event type.
+        event_type: String,
+        /// The version found.
+        found: u32,
+        /// The newest version this build reads.
+        known: u32,
+    },
+    /// The payload does not decode as the type says.
+    #[error("{event_type}: {source}")]
+    Payload {
+        /// The event type.
+        event_type: String,
+        /// The codec's error.
+        source: codec::Error,
+    },
+}
+
+/// The events of one aggregate.
+pub trait DomainEvent: Sized {
+    /// The aggregate's name: the first part of its stream names and event types.
+    const AGGREGATE: &'static str;
+
+    /// The stable type name of this event, such as `document.uploaded`.
+    fn event_type(&self) -> &'static str;
+
+    /// The payload schema version this build writes for this event.
+    fn schema_version(&self) -> u32;
+
+    /// The event as a payload, to append.
+    fn to_new_event(&self) -> Result<NewEvent, codec::Error>;
+
+    /// Reads a stored event back, upcasting old schema versions.
+    fn from_envelope(envelope: &Envelope) -> Result<Self, DecodeError>;
+}
+
+/// Defines an aggregate's `Event` enum and its [`DomainEvent`] impl from a list of
+/// `Variant(Struct) = "type.name", version` lines.
+macro_rules! domain_events {
+    ($aggregate:literal; $( $(#[$doc:meta])* $variant:ident($payload:ty) = $name:literal, v $version:literal ),* $(,)?) => {
+        /// Every event of this aggregate.
+        #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+        pub enum Event {
+            $( $(#[$doc])* $variant($payload), )*
+        }
+
+        $(
+            impl From<$payload> for Event {
+                fn from(event: $payload) -> Self {
+                    Event::$variant(event)
+                }
+            }
+        )*
+
+        impl $crate::domain::DomainEvent for Event {
+            const AGGREGATE: &'static str = $aggregate;
+
+            fn event_type(&self) -> &'static str {
+                match self {
+                    $( Event::$variant(_) => $name, )*
+                }
+            }
+
+            fn schema_version(&self) -> u32 {
+                match self {
+                    $( Event::$variant(_) => $version, )*
+                }
+            }
+
+            fn to_new_event(&self) -> Result<$crate::envelope::NewEvent, $crate::codec::Error> {
+                let payload = match self {
+                    $( Event::$variant(event) => $crate::codec::encode(event)?, )*
+                };
+                Ok($crate::envelope::NewEvent::new(self.event_type(), payload).schema_version(self.schema_version()))
+            }
+
+            fn from_envelope(envelope: &$crate::envelope::Envelope) -> Result<Self, $crate::domain::DecodeError> {
+                match &*envelope.event_type {
+                    $(
+                        $name => {
+                            if envelope.schema_version > $version {
+                                return Err($crate::domain::DecodeError::UnknownVersion {
+                                    event_type: $name.into(),
+                                    found: envelope.schema_version,
+                                    known: $version,
+                                });
+                            }
+                            $crate::codec::decode::<$payload>(&envelope.payload)
+                                .map(Event::$variant)
+                                .map_err(|source| $crate::domain::DecodeError::Payload { event_type: $name.into(), source })
+                        }
+                    )*
+                    other => Err($crate::domain::DecodeError::UnknownType {
+                        aggregate: $aggregate,
+                        event_type: other.to_owned(),
+                    }),
+                }
+            }
+        }
+    };
+}
+pub(crate) use domain_events;
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::DomainEvent;
+    use crate::envelope::{StreamName, Timestamp};
+
+    /// Stores `event` in an envelope and reads it back.
+    pub(crate) fn round_trip<E: DomainEvent + PartialEq + std::fmt::Debug>(event: &E) -> E {
+        let stored = event.to_new_event().unwrap().into_envelope(StreamName::new("s").unwrap(), 1, 1, Timestamp(0));
+        assert!(stored.event_type.starts_with(E::AGGREGATE), "{} is not a {} event", stored.event_type, E::AGGREGATE);
+        crate::envelope::check_event_type(&stored.event_type).unwrap();
+        E::from_envelope(&stored).unwrap()
+    }
+}
