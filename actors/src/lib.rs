@@ -8,16 +8,18 @@
 //!
 //! - [`aggregate`]: the shape.
 //! - [`document`]: a file in object storage, from registration to deletion.
+//! - [`agent`]: a configured worker that takes job steps as tasks, up to its concurrency limit.
 //! - [`workflow`]: a versioned template of steps forming a DAG.
 //! - [`job`]: one run of a workflow: which steps are ready, retries with back-off, completion.
 //! - `testkit` (feature `test-util`): given/when/then.
 //!
-//! Still to come (issue 3): the `agent` and `schedule` aggregates, the actor host on actix (activation,
+//! Still to come (issue 3): the `schedule` aggregate, the actor host on actix (activation,
 //! passivation, supervision, snapshots, idempotent commands) and the process managers.
 //!
 //! It depends only on [`weft_events`] among Weft's crates: it never touches a database, a socket or a
 //! clock directly; everything it persists goes through [`weft_events::EventStore`].
 
+pub mod agent;
 pub mod aggregate;
 pub mod document;
 pub mod job;

@@ -12,6 +12,7 @@
 use crate::codec;
 use crate::envelope::{Envelope, NewEvent};
 
+pub mod agent;
 pub mod document;
 pub mod ids;
 pub mod job;
