@@ -11,9 +11,10 @@
 //! - [`agent`]: a configured worker that takes job steps as tasks, up to its concurrency limit.
 //! - [`workflow`]: a versioned template of steps forming a DAG.
 //! - [`job`]: one run of a workflow: which steps are ready, retries with back-off, completion.
+//! - [`schedule`]: a cron rule in a time zone that submits jobs, fired once per occurrence.
 //! - `testkit` (feature `test-util`): given/when/then.
 //!
-//! Still to come (issue 3): the `schedule` aggregate, the actor host on actix (activation,
+//! Still to come (issue 3): the actor host on actix (activation,
 //! passivation, supervision, snapshots, idempotent commands) and the process managers.
 //!
 //! It depends only on [`weft_events`] among Weft's crates: it never touches a database, a socket or a
@@ -23,6 +24,7 @@ pub mod agent;
 pub mod aggregate;
 pub mod document;
 pub mod job;
+pub mod schedule;
 pub mod workflow;
 
 #[cfg(feature = "test-util")]

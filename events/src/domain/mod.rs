@@ -16,6 +16,7 @@ pub mod agent;
 pub mod document;
 pub mod ids;
 pub mod job;
+pub mod schedule;
 pub mod workflow;
 
 /// Why a stored event could not be read as a domain event.

@@ -1,0 +1,469 @@
+//! The schedule aggregate: a cron rule in a time zone that submits jobs of a workflow, fired once per
+//! occurrence.
+//!
+//! Cron expressions are parsed by `croner` (5 fields, 6 with seconds, aliases such as `@hourly`, `L`, `#`,
+//! `W`); time zones are IANA names read by `chrono-tz`. Both are pure computations, so `decide` checks that
+//! a firing is for a real occurrence of the rule, after the last one fired.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use weft_events::Timestamp;
+use weft_events::domain::ids::{JobId, WorkflowId};
+use weft_events::domain::schedule::{Created, Deleted, Event, Fired, Paused, Resumed, Strategy, Target};
+
+use crate::aggregate::Aggregate;
+
+/// Longest cron expression, time zone or selector field, in bytes.
+pub const MAX_TEXT_BYTES: usize = 200;
+
+/// Most documents a schedule names, and most jobs one firing submits.
+pub const MAX_ITEMS: usize = 1000;
+
+/// What can be asked of a schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Create the schedule, active.
+    Create {
+        /// The cron expression.
+        cron: String,
+        /// The IANA time zone it is read in.
+        time_zone: String,
+        /// The workflow its jobs run.
+        workflow: WorkflowId,
+        /// The documents.
+        target: Target,
+        /// How documents become jobs.
+        strategy: Strategy,
+        /// When.
+        at: Timestamp,
+    },
+    /// Stop firing.
+    Pause {
+        /// When.
+        at: Timestamp,
+    },
+    /// Fire again.
+    Resume {
+        /// When.
+        at: Timestamp,
+    },
+    /// Record a firing for the occurrence at `due_at`, which submitted `jobs`.
+    Fire {
+        /// The occurrence.
+        due_at: Timestamp,
+        /// The jobs submitted.
+        jobs: Vec<JobId>,
+        /// Now.
+        at: Timestamp,
+    },
+    /// Delete the schedule.
+    Delete {
+        /// When.
+        at: Timestamp,
+    },
+}
+
+/// Why a schedule refuses a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The schedule does not exist.
+    #[error("the schedule does not exist")]
+    NotCreated,
+    /// The schedule exists already.
+    #[error("the schedule exists already")]
+    AlreadyCreated,
+    /// The schedule is deleted.
+    #[error("the schedule is deleted")]
+    Deleted,
+    /// The schedule is paused.
+    #[error("the schedule is paused")]
+    Paused,
+    /// The cron expression does not parse.
+    #[error("cron expression {cron:?}: {reason}")]
+    InvalidCron {
+        /// The expression.
+        cron: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// The time zone is not an IANA name.
+    #[error("{0:?} is not an IANA time zone")]
+    InvalidTimeZone(String),
+    /// The target names no documents or too many, or a selector selects nothing in particular.
+    #[error("target: {0}")]
+    InvalidTarget(String),
+    /// The firing is not for an occurrence of the rule, is in the future, or is not after the last one.
+    #[error("{due_at:?} is not a due occurrence: {reason}")]
+    NotDue {
+        /// The occurrence given.
+        due_at: Timestamp,
+        /// Why not.
+        reason: String,
+    },
+    /// A firing submitted no jobs, too many, or one twice.
+    #[error("jobs: {0}")]
+    InvalidJobs(String),
+}
+
+/// Where a schedule is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Status {
+    /// Not created.
+    #[default]
+    Uncreated,
+    /// Firing.
+    Active,
+    /// Not firing.
+    Paused,
+    /// Deleted.
+    Deleted,
+}
+
+/// The state of a schedule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Schedule {
+    /// Where it is.
+    pub status: Status,
+    /// The cron expression.
+    pub cron: String,
+    /// Its time zone.
+    pub time_zone: String,
+    /// When it was created: occurrences before this are never due.
+    pub created_at: Timestamp,
+    /// The last occurrence fired.
+    pub last_due: Option<Timestamp>,
+    /// Firings so far.
+    pub firings: u64,
+}
+
+/// A cron rule read in a time zone.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    cron: Cron,
+    zone: Tz,
+}
+
+impl Rule {
+    /// Parses an expression and a zone.
+    pub fn parse(cron: &str, time_zone: &str) -> Result<Self, Rejection> {
+        if cron.len() > MAX_TEXT_BYTES {
+            return Err(Rejection::InvalidCron { cron: cron.into(), reason: format!("over {MAX_TEXT_BYTES} bytes") });
+        }
+        let parsed =
+            Cron::from_str(cron).map_err(|e| Rejection::InvalidCron { cron: cron.into(), reason: e.to_string() })?;
+        let zone = Tz::from_str(time_zone).map_err(|_| Rejection::InvalidTimeZone(time_zone.into()))?;
+        Ok(Self { cron: parsed, zone })
+    }
+
+    fn local(&self, at: Timestamp) -> Option<DateTime<Tz>> {
+        DateTime::<Utc>::from_timestamp_micros(at.as_micros()).map(|t| t.with_timezone(&self.zone))
+    }
+
+    /// Whether `at` is an occurrence of the rule.
+    pub fn matches(&self, at: Timestamp) -> bool {
+        self.local(at).is_some_and(|t| self.cron.is_time_matching(&t).unwrap_or(false))
+    }
+
+    /// The first occurrence strictly after `after`, if the rule has one.
+    pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
+        let start = self.local(after)?;
+        let next = self.cron.find_next_occurrence(&start, false).ok()?;
+        Some(Timestamp(next.timestamp_micros()))
+    }
+}
+
+fn check_target(target: &Target) -> Result<(), Rejection> {
+    match target {
+        Target::Documents(documents) => {
+            if documents.is_empty() || documents.len() > MAX_ITEMS {
+                return Err(Rejection::InvalidTarget(format!("1 to {MAX_ITEMS} documents, not {}", documents.len())));
+            }
+            if documents.iter().collect::<HashSet<_>>().len() != documents.len() {
+                return Err(Rejection::InvalidTarget("a document is named twice".into()));
+            }
+        }
+        Target::Selector { tenant, content_type, name_prefix } => {
+            let fields = [tenant, content_type, name_prefix];
+            if fields.iter().all(|f| f.is_none()) {
+                return Err(Rejection::InvalidTarget("a selector needs at least one field".into()));
+            }
+            if fields.iter().flat_map(|f| f.as_deref()).any(|f| f.trim().is_empty() || f.len() > MAX_TEXT_BYTES) {
+                return Err(Rejection::InvalidTarget(format!("selector fields must be 1 to {MAX_TEXT_BYTES} bytes")));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Schedule {
+    fn existing(&self) -> Result<(), Rejection> {
+        match self.status {
+            Status::Uncreated => Err(Rejection::NotCreated),
+            Status::Deleted => Err(Rejection::Deleted),
+            Status::Active | Status::Paused => Ok(()),
+        }
+    }
+
+    /// The schedule's rule; `None` before it is created.
+    pub fn rule(&self) -> Option<Rule> {
+        Rule::parse(&self.cron, &self.time_zone).ok()
+    }
+
+    /// The next occurrence to fire: the first after the last fired, or after creation.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        if self.status != Status::Active {
+            return None;
+        }
+        self.rule()?.next_after(self.last_due.unwrap_or(self.created_at))
+    }
+}
+
+impl Aggregate for Schedule {
+    type Command = Command;
+    type Event = Event;
+    type Rejection = Rejection;
+
+    fn decide(&self, command: &Command) -> Result<Vec<Event>, Rejection> {
+        match command {
+            Command::Create { cron, time_zone, workflow, target, strategy, at } => {
+                if self.status != Status::Uncreated {
+                    return Err(Rejection::AlreadyCreated);
+                }
+                let rule = Rule::parse(cron, time_zone)?;
+                if rule.next_after(*at).is_none() {
+                    return Err(Rejection::InvalidCron { cron: cron.clone(), reason: "it never fires".into() });
+                }
+                check_target(target)?;
+                Ok(vec![
+                    Created {
+                        cron: cron.clone(),
+                        time_zone: time_zone.clone(),
+                        workflow: *workflow,
+                        target: target.clone(),
+                        strategy: *strategy,
+                        at: *at,
+                    }
+                    .into(),
+                ])
+            }
+            Command::Pause { at } => {
+                self.existing()?;
+                if self.status == Status::Paused {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Paused { at: *at }.into()])
+            }
+            Command::Resume { at } => {
+                self.existing()?;
+                if self.status == Status::Active {
+                    return Ok(vec![]);
+                }
+                Ok(vec![Resumed { at: *at }.into()])
+            }
+            Command::Fire { due_at, jobs, at } => {
+                self.existing()?;
+                // The timer fired twice for one occurrence: it was recorded the first time.
+                if self.last_due == Some(*due_at) {
+                    return Ok(vec![]);
+                }
+                if self.status == Status::Paused {
+                    return Err(Rejection::Paused);
+                }
+                let not_due = |reason: &str| Rejection::NotDue { due_at: *due_at, reason: reason.into() };
+                if due_at > at {
+                    return Err(not_due("it is in the future"));
+                }
+                if *due_at <= self.last_due.unwrap_or(self.created_at) {
+                    return Err(not_due("it is not after the last occurrence fired"));
+                }
+                if !self.rule().is_some_and(|rule| rule.matches(*due_at)) {
+                    return Err(not_due("the rule does not fire then"));
+                }
+                if jobs.is_empty() || jobs.len() > MAX_ITEMS {
+                    return Err(Rejection::InvalidJobs(format!("1 to {MAX_ITEMS} jobs, not {}", jobs.len())));
+                }
+                if jobs.iter().collect::<HashSet<_>>().len() != jobs.len() {
+                    return Err(Rejection::InvalidJobs("a job is named twice".into()));
+                }
+                Ok(vec![Fired { due_at: *due_at, jobs: jobs.clone(), at: *at }.into()])
+            }
+            Command::Delete { at } => {
+                self.existing()?;
+                Ok(vec![Deleted { at: *at }.into()])
+            }
+        }
+    }
+
+    fn evolve(mut self, event: &Event) -> Self {
+        match event {
+            Event::Created(e) => {
+                self.status = Status::Active;
+                self.cron = e.cron.clone();
+                self.time_zone = e.time_zone.clone();
+                self.created_at = e.at;
+            }
+            Event::Paused(_) => self.status = Status::Paused,
+            Event::Resumed(_) => self.status = Status::Active,
+            Event::Fired(e) => {
+                self.last_due = Some(e.due_at);
+                self.firings += 1;
+            }
+            Event::Deleted(_) => self.status = Status::Deleted,
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_events::domain::ids::{DocumentId, Uuid};
+
+    use super::*;
+    use crate::testkit::given;
+
+    /// 2026-11-20 08:00:00 UTC, a Friday.
+    const FRIDAY_8_UTC: i64 = 1_795_161_600_000_000;
+    const HOUR: i64 = 3_600_000_000;
+
+    fn at(hours: i64) -> Timestamp {
+        Timestamp(FRIDAY_8_UTC + hours * HOUR)
+    }
+
+    fn workflow() -> WorkflowId {
+        WorkflowId(Uuid::from_u128(3))
+    }
+
+    fn target() -> Target {
+        Target::Documents(vec![DocumentId(Uuid::from_u128(4))])
+    }
+
+    /// Weekdays at 9:00 Berlin time (8:00 UTC in November).
+    fn create() -> Command {
+        Command::Create {
+            cron: "0 9 * * MON-FRI".into(),
+            time_zone: "Europe/Berlin".into(),
+            workflow: workflow(),
+            target: target(),
+            strategy: Strategy::PerDocument,
+            at: at(-1),
+        }
+    }
+
+    fn created() -> Event {
+        Created {
+            cron: "0 9 * * MON-FRI".into(),
+            time_zone: "Europe/Berlin".into(),
+            workflow: workflow(),
+            target: target(),
+            strategy: Strategy::PerDocument,
+            at: at(-1),
+        }
+        .into()
+    }
+
+    fn job(n: u128) -> JobId {
+        JobId(Uuid::from_u128(n))
+    }
+
+    #[test]
+    fn creating_a_schedule_records_its_rule() {
+        given::<Schedule>([]).when(create()).then([created()]);
+    }
+
+    #[test]
+    fn creating_twice_or_with_a_bad_rule_zone_or_target_is_rejected() {
+        given::<Schedule>([created()]).when(create()).then_rejected(Rejection::AlreadyCreated);
+        let with = |cron: &str, zone: &str, target: Target| Command::Create {
+            cron: cron.into(),
+            time_zone: zone.into(),
+            workflow: workflow(),
+            target,
+            strategy: Strategy::Combined,
+            at: at(0),
+        };
+        assert!(matches!(
+            Schedule::default().decide(&with("61 * * * *", "UTC", target())),
+            Err(Rejection::InvalidCron { .. })
+        ));
+        assert!(matches!(
+            Schedule::default().decide(&with("not cron", "UTC", target())),
+            Err(Rejection::InvalidCron { .. })
+        ));
+        assert_eq!(
+            Schedule::default().decide(&with("0 9 * * *", "Mars/Olympus", target())),
+            Err(Rejection::InvalidTimeZone("Mars/Olympus".into()))
+        );
+        assert!(matches!(
+            Schedule::default().decide(&with("0 9 * * *", "UTC", Target::Documents(vec![]))),
+            Err(Rejection::InvalidTarget(_))
+        ));
+        let nothing = Target::Selector { tenant: None, content_type: None, name_prefix: None };
+        assert!(matches!(
+            Schedule::default().decide(&with("0 9 * * *", "UTC", nothing)),
+            Err(Rejection::InvalidTarget(_))
+        ));
+    }
+
+    #[test]
+    fn the_next_occurrence_follows_the_time_zone() {
+        let schedule = Schedule::replay(&[created()]);
+        // Created Friday 7:00 UTC; next is Friday 9:00 Berlin = 8:00 UTC; after that, Monday.
+        assert_eq!(schedule.next_due(), Some(at(0)));
+        assert_eq!(schedule.rule().unwrap().next_after(at(0)), Some(at(72)));
+    }
+
+    #[test]
+    fn firing_a_due_occurrence_records_its_jobs() {
+        given::<Schedule>([created()])
+            .when(Command::Fire { due_at: at(0), jobs: vec![job(1), job(2)], at: at(0) })
+            .then([Fired { due_at: at(0), jobs: vec![job(1), job(2)], at: at(0) }.into()]);
+    }
+
+    #[test]
+    fn firing_twice_for_one_occurrence_changes_nothing() {
+        given::<Schedule>([created(), Fired { due_at: at(0), jobs: vec![job(1)], at: at(0) }.into()])
+            .when(Command::Fire { due_at: at(0), jobs: vec![job(9)], at: at(1) })
+            .then([]);
+    }
+
+    #[test]
+    fn firing_early_off_the_rule_or_before_the_last_is_rejected() {
+        let not_due = |command: Command| {
+            let history = [created(), Fired { due_at: at(0), jobs: vec![job(1)], at: at(0) }.into()];
+            assert!(
+                matches!(Schedule::replay(&history).decide(&command), Err(Rejection::NotDue { .. })),
+                "{command:?}"
+            );
+        };
+        not_due(Command::Fire { due_at: at(72), jobs: vec![job(2)], at: at(71) }); // in the future
+        not_due(Command::Fire { due_at: at(1), jobs: vec![job(2)], at: at(2) }); // 10:00 Berlin is not a firing
+        not_due(Command::Fire { due_at: at(-24), jobs: vec![job(2)], at: at(2) }); // before the last
+        given::<Schedule>([created()])
+            .when(Command::Fire { due_at: at(0), jobs: vec![], at: at(0) })
+            .then_rejected(Rejection::InvalidJobs(format!("1 to {MAX_ITEMS} jobs, not 0")));
+    }
+
+    #[test]
+    fn pausing_stops_firing_and_resuming_starts_it_again() {
+        let paused: Event = Paused { at: at(0) }.into();
+        given::<Schedule>([created()]).when(Command::Pause { at: at(0) }).then([paused.clone()]);
+        given::<Schedule>([created(), paused.clone()]).when(Command::Pause { at: at(0) }).then([]);
+        given::<Schedule>([created(), paused.clone()])
+            .when(Command::Fire { due_at: at(0), jobs: vec![job(1)], at: at(0) })
+            .then_rejected(Rejection::Paused);
+        assert_eq!(Schedule::replay(&[created(), paused.clone()]).next_due(), None);
+        given::<Schedule>([created(), paused]).when(Command::Resume { at: at(1) }).then([Resumed { at: at(1) }.into()]);
+    }
+
+    #[test]
+    fn deleting_a_schedule_records_it_and_commands_after_are_rejected() {
+        let deleted: Event = Deleted { at: at(0) }.into();
+        given::<Schedule>([created()]).when(Command::Delete { at: at(0) }).then([deleted.clone()]);
+        given::<Schedule>([created(), deleted]).when(Command::Resume { at: at(1) }).then_rejected(Rejection::Deleted);
+        given::<Schedule>([]).when(Command::Pause { at: at(1) }).then_rejected(Rejection::NotCreated);
+    }
+}
