@@ -830,7 +830,7 @@ fn decode_row(row: &rusqlite::Row<'_>, location: &str, names: &mut record::Names
     let position: i64 = row.get(0).map_err(|e| sql_error(location, e))?;
     let bad = |what: String| corrupt(location, format!("the event at position {position} {what}"));
     let column = |i: usize| row.get_ref(i).map_err(|e| bad(e.to_string()));
-    let stream = column(1)?.as_str().map_err(|e| bad(e.to_string()))?;
+    let stream = column(1)?.as_bytes().map_err(|e| bad(e.to_string()))?;
     let version = column(2)?.as_i64().map_err(|e| bad(e.to_string()))?;
     let record = column(3)?.as_blob().map_err(|e| bad(e.to_string()))?;
     if position < 1 || version < 1 {

@@ -58,7 +58,7 @@ pub fn encode(
         out.extend_from_slice(text.as_bytes());
     }
     out.extend_from_slice(&event.payload);
-    let crc = checksum(position, stream.as_str(), version, out);
+    let crc = checksum(position, stream.as_str().as_bytes(), version, out);
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
@@ -78,14 +78,16 @@ pub struct Names {
 }
 
 impl Names {
-    /// Called only after the record's checksum, which covers the stream name, has passed.
-    fn stream(&mut self, name: &str) -> StreamName {
-        if let Some(stream) = self.streams.iter().find(|s| s.as_str() == name) {
-            return stream.clone();
+    /// Called only after the record's checksum, which covers the stream name, has passed: a name is checked
+    /// against the rules when it is written, not each time it is read.
+    fn stream(&mut self, name: &[u8]) -> Result<StreamName, String> {
+        if let Some(stream) = self.streams.iter().find(|s| s.as_str().as_bytes() == name) {
+            return Ok(stream.clone());
         }
+        let name = std::str::from_utf8(name).map_err(|_| "has a stream name that is not UTF-8")?;
         let stream = StreamName::from_stored(name);
         remember(&mut self.streams, &mut self.next_stream, stream.clone());
-        stream
+        Ok(stream)
     }
 
     fn label(&mut self, bytes: &[u8]) -> Result<Arc<str>, String> {
@@ -109,7 +111,13 @@ fn remember<T>(recent: &mut Vec<T>, next: &mut usize, value: T) {
 }
 
 /// Decodes a stored record; `Err` says what is wrong with it.
-pub fn decode(names: &mut Names, position: u64, stream: &str, version: u64, record: &[u8]) -> Result<Envelope, String> {
+pub fn decode(
+    names: &mut Names,
+    position: u64,
+    stream: &[u8],
+    version: u64,
+    record: &[u8],
+) -> Result<Envelope, String> {
     if record.len() < CHECKSUM_BYTES + 1 {
         return Err(format!("has a record of {} bytes, too short to hold one", record.len()));
     }
@@ -131,7 +139,7 @@ pub fn decode(names: &mut Names, position: u64, stream: &str, version: u64, reco
     let event_type = names.label(r.text()?)?;
     let tenant = names.label(r.text()?)?;
     let actor = names.label(r.text()?)?;
-    let stream = names.stream(stream);
+    let stream = names.stream(stream)?;
     Ok(Envelope {
         event_id,
         stream,
@@ -148,14 +156,26 @@ pub fn decode(names: &mut Names, position: u64, stream: &str, version: u64, reco
     })
 }
 
-fn checksum(position: u64, stream: &str, version: u64, body: &[u8]) -> u32 {
+fn checksum(position: u64, stream: &[u8], version: u64, body: &[u8]) -> u32 {
+    // Position, version, the stream's length and the stream in one buffer: one short update instead of
+    // three is measurably cheaper on the read path.
+    const PREFIX: usize = 24;
+    let mut head = [0u8; PREFIX + weft_events::envelope::MAX_STREAM_NAME_BYTES];
+    head[..8].copy_from_slice(&position.to_le_bytes());
+    head[8..16].copy_from_slice(&version.to_le_bytes());
+    head[16..PREFIX].copy_from_slice(&(stream.len() as u64).to_le_bytes());
     let mut h = crc32fast::Hasher::new();
-    let mut prefix = [0u8; 24];
-    prefix[..8].copy_from_slice(&position.to_le_bytes());
-    prefix[8..16].copy_from_slice(&version.to_le_bytes());
-    prefix[16..].copy_from_slice(&(stream.len() as u64).to_le_bytes());
-    h.update(&prefix);
-    h.update(stream.as_bytes());
+    match head.get_mut(PREFIX..PREFIX + stream.len()) {
+        Some(room) => {
+            room.copy_from_slice(stream);
+            h.update(&head[..PREFIX + stream.len()]);
+        }
+        // Longer than any valid name: only a damaged row gets here, and its checksum will not match.
+        None => {
+            h.update(&head[..PREFIX]);
+            h.update(stream);
+        }
+    }
     h.update(body);
     h.finalize()
 }
@@ -211,7 +231,7 @@ mod tests {
         let stream = StreamName::new("document-1").unwrap();
         let mut buf = Vec::new();
         encode(&mut buf, &event, &stream, 3, 17, Timestamp(42));
-        let back = decode(&mut Names::default(), 17, "document-1", 3, &buf).unwrap();
+        let back = decode(&mut Names::default(), 17, b"document-1", 3, &buf).unwrap();
         assert_eq!(back, event.into_envelope(stream, 3, 17, Timestamp(42)));
     }
 
@@ -220,9 +240,9 @@ mod tests {
         let stream = StreamName::new("document-1").unwrap();
         let mut buf = Vec::new();
         encode(&mut buf, &sample(), &stream, 3, 17, Timestamp(42));
-        assert!(decode(&mut Names::default(), 18, "document-1", 3, &buf).is_err());
-        assert!(decode(&mut Names::default(), 17, "document-2", 3, &buf).is_err());
-        assert!(decode(&mut Names::default(), 17, "document-1", 4, &buf).is_err());
+        assert!(decode(&mut Names::default(), 18, b"document-1", 3, &buf).is_err());
+        assert!(decode(&mut Names::default(), 17, b"document-2", 3, &buf).is_err());
+        assert!(decode(&mut Names::default(), 17, b"document-1", 4, &buf).is_err());
     }
 
     proptest! {
@@ -233,12 +253,12 @@ mod tests {
             encode(&mut buf, &sample(), &stream, 3, 17, Timestamp(42));
             let i = at.index(buf.len());
             buf[i] ^= 1 << bit;
-            prop_assert!(decode(&mut Names::default(), 17, "document-1", 3, &buf).is_err());
+            prop_assert!(decode(&mut Names::default(), 17, b"document-1", 3, &buf).is_err());
         }
 
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let _ = decode(&mut Names::default(), 1, "s", 1, &bytes);
+            let _ = decode(&mut Names::default(), 1, b"s", 1, &bytes);
         }
     }
 }
