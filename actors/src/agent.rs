@@ -132,7 +132,7 @@ pub enum Rejection {
 }
 
 /// Where an agent is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Status {
     /// Not registered.
     #[default]
@@ -144,7 +144,7 @@ pub enum Status {
 }
 
 /// The state of an agent.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Agent {
     /// Where it is.
     pub status: Status,
@@ -209,6 +209,7 @@ impl Agent {
 }
 
 impl Aggregate for Agent {
+    const KIND: &'static str = "agent";
     type Command = Command;
     type Event = Event;
     type Rejection = Rejection;

@@ -2,17 +2,25 @@
 
 use weft_events::DomainEvent;
 
-/// An aggregate: the consistency boundary around one instance's state.
+/// An aggregate: the consistency boundary around one instance's state. Its state is serializable, so that
+/// the actor host can snapshot it.
 ///
 /// `decide` and `evolve` are pure: no I/O, no clock, no randomness. Time, ids and the outcome of side
 /// effects come in with the command, so the same history and command always give the same answer.
-pub trait Aggregate: Default + Clone + Send + 'static {
+pub trait Aggregate: Default + Clone + Send + Unpin + serde::Serialize + serde::de::DeserializeOwned + 'static {
+    /// The name of the aggregate, the prefix of its streams: `document`.
+    const KIND: &'static str;
+
+    /// Version of the state's encoding in snapshots; bump it when the state changes shape, and old
+    /// snapshots are ignored (the state is rebuilt from events).
+    const SNAPSHOT_VERSION: u32 = 1;
+
     /// What can be asked of it.
-    type Command;
+    type Command: Clone + Send + 'static;
     /// What it records.
     type Event: DomainEvent + Clone;
     /// Why it refuses a command: the caller's to fix, never an infrastructure failure.
-    type Rejection: std::error::Error + Clone + PartialEq;
+    type Rejection: std::error::Error + Clone + PartialEq + Send + 'static;
 
     /// The events that `command` produces from this state, or why it is refused. An empty list means the
     /// command changes nothing (it was already done).

@@ -121,7 +121,7 @@ pub enum Rejection {
 }
 
 /// Where a document is in its life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Status {
     /// Never registered.
     #[default]
@@ -135,7 +135,7 @@ pub enum Status {
 }
 
 /// The state of a document.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Document {
     /// Where it is in its life.
     pub status: Status,
@@ -198,6 +198,7 @@ impl Document {
 }
 
 impl Aggregate for Document {
+    const KIND: &'static str = "document";
     type Command = Command;
     type Event = Event;
     type Rejection = Rejection;

@@ -116,7 +116,7 @@ pub enum Command {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Status {
     /// Not submitted.
     #[default]
@@ -132,7 +132,7 @@ pub enum Status {
 }
 
 /// Where one step of a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StepState {
     /// Waiting for the steps it reads from.
     Waiting,
@@ -222,7 +222,7 @@ pub enum Rejection {
 }
 
 /// The state of a job.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Job {
     /// Where it is.
     pub status: Status,
@@ -279,6 +279,7 @@ impl Job {
 }
 
 impl Aggregate for Job {
+    const KIND: &'static str = "job";
     type Command = Command;
     type Event = Event;
     type Rejection = Rejection;

@@ -12,10 +12,13 @@
 //! - [`workflow`]: a versioned template of steps forming a DAG.
 //! - [`job`]: one run of a workflow: which steps are ready, retries with back-off, completion.
 //! - [`schedule`]: a cron rule in a time zone that submits jobs, fired once per occurrence.
+//! - [`host`]: the actor host on actix: one actor per live instance, activated from its snapshot and
+//!   events, one command at a time, idempotent by command id, conflict retries, snapshots, passivation and
+//!   supervision of panics.
 //! - `testkit` (feature `test-util`): given/when/then.
 //!
-//! Still to come (issue 3): the actor host on actix (activation,
-//! passivation, supervision, snapshots, idempotent commands) and the process managers.
+//! Still to come (issue 3): the process managers (job orchestrator, durable timers), the executor trait, and
+//! `weft bench actors`.
 //!
 //! It depends only on [`weft_events`] among Weft's crates: it never touches a database, a socket or a
 //! clock directly; everything it persists goes through [`weft_events::EventStore`].
@@ -23,6 +26,7 @@
 pub mod agent;
 pub mod aggregate;
 pub mod document;
+pub mod host;
 pub mod job;
 pub mod schedule;
 pub mod workflow;

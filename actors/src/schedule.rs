@@ -110,7 +110,7 @@ pub enum Rejection {
 }
 
 /// Where a schedule is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Status {
     /// Not created.
     #[default]
@@ -124,7 +124,7 @@ pub enum Status {
 }
 
 /// The state of a schedule.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Schedule {
     /// Where it is.
     pub status: Status,
@@ -223,6 +223,7 @@ impl Schedule {
 }
 
 impl Aggregate for Schedule {
+    const KIND: &'static str = "schedule";
     type Command = Command;
     type Event = Event;
     type Rejection = Rejection;

@@ -183,7 +183,7 @@ pub fn dependencies(step: &Step) -> impl Iterator<Item = &str> {
 }
 
 /// The state of a workflow.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Workflow {
     /// The current version; 0 when not defined.
     pub version: u32,
@@ -194,6 +194,7 @@ pub struct Workflow {
 }
 
 impl Aggregate for Workflow {
+    const KIND: &'static str = "workflow";
     type Command = Command;
     type Event = Event;
     type Rejection = Rejection;

@@ -1,0 +1,268 @@
+//! The actor host on a real (in-memory) event store: replies after the append, idempotent commands across
+//! passivation and hosts, conflicts between two hosts, supervision of panics, snapshots.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use weft_actors::Aggregate;
+use weft_actors::host::{Error, Execute, Host, Metadata, Options};
+use weft_actors::job::{Command as JobCommand, Job, Rejection as JobRejection};
+use weft_events::domain::ids::{DocumentId, JobId, Uuid, WorkflowId};
+use weft_events::domain::job::Level;
+use weft_events::domain::workflow::{Input, RetryPolicy, Step};
+use weft_events::{
+    DecodeError, Direction, DomainEvent, Envelope, EventRead, MemoryStore, NewEvent, StreamName, Timestamp, codec,
+};
+
+/// A counter, with a command that panics: the smallest aggregate that exercises the host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Counter {
+    total: u64,
+}
+
+#[derive(Debug, Clone)]
+enum CounterCommand {
+    Add(u64),
+    Poison,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Added {
+    n: u64,
+}
+
+impl DomainEvent for Added {
+    const AGGREGATE: &'static str = "counter";
+
+    fn event_type(&self) -> &'static str {
+        "counter.added"
+    }
+
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    fn to_new_event(&self) -> Result<NewEvent, codec::Error> {
+        Ok(NewEvent::new("counter.added", codec::encode(self)?))
+    }
+
+    fn from_envelope(envelope: &Envelope) -> Result<Self, DecodeError> {
+        codec::decode(&envelope.payload)
+            .map_err(|source| DecodeError::Payload { event_type: envelope.event_type.to_string(), source })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+impl Aggregate for Counter {
+    const KIND: &'static str = "counter";
+    type Command = CounterCommand;
+    type Event = Added;
+    type Rejection = Never;
+
+    fn decide(&self, command: &CounterCommand) -> Result<Vec<Added>, Never> {
+        match command {
+            CounterCommand::Add(n) => Ok(vec![Added { n: *n }]),
+            CounterCommand::Poison => panic!("poisoned command"),
+        }
+    }
+
+    fn evolve(mut self, event: &Added) -> Self {
+        self.total += event.n;
+        self
+    }
+}
+
+fn execute<A: Aggregate>(command: A::Command) -> Execute<A> {
+    Execute { command_id: Uuid::now_v7(), command, expected_version: None, metadata: Metadata::default() }
+}
+
+fn stream(name: &str) -> StreamName {
+    StreamName::new(name).unwrap()
+}
+
+/// Polls `check` until it holds or the deadline passes.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn total(store: &MemoryStore, s: &StreamName) -> u64 {
+    let events = store.read_stream(s, 1, Direction::Forwards, 10_000).await.unwrap();
+    events.iter().map(|e| Added::from_envelope(e).unwrap().n).sum()
+}
+
+fn submit() -> JobCommand {
+    JobCommand::Submit {
+        workflow: WorkflowId::new(),
+        workflow_version: 1,
+        steps: vec![Step {
+            name: "only".into(),
+            agent: weft_events::domain::ids::AgentId::new(),
+            instruction: "work".into(),
+            inputs: vec![Input::JobInputs],
+            timeout_ms: 1000,
+            retry: RetryPolicy { max_attempts: 1, base_delay_ms: 0, max_delay_ms: 0 },
+        }],
+        inputs: vec![DocumentId::new()],
+        priority: 0,
+        idempotency_key: None,
+        at: Timestamp(1),
+    }
+}
+
+#[actix_rt::test]
+async fn a_command_is_answered_after_its_events_are_stored_with_their_cause() {
+    let store = MemoryStore::default();
+    let host = Host::<Job>::new(Arc::new(store.clone()), Options::default());
+    let s = JobId::new().stream();
+    let mut command = execute::<Job>(submit());
+    command.metadata = Metadata {
+        tenant: Some("acme".into()),
+        actor: Some("user:alice".into()),
+        correlation_id: Some(Uuid::now_v7()),
+    };
+    let outcome = host.execute(&s, command.clone()).await.unwrap();
+    assert_eq!((outcome.version, outcome.positions, outcome.repeated), (2, Some((1, 2)), false));
+    let stored = store.read_stream(&s, 1, Direction::Forwards, 10).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    for e in &stored {
+        assert_eq!(e.causation_id, Some(command.command_id));
+        assert_eq!(e.correlation_id, command.metadata.correlation_id);
+        assert_eq!((&*e.tenant, &*e.actor), ("acme", "user:alice"));
+    }
+}
+
+#[actix_rt::test]
+async fn a_rejected_command_appends_nothing() {
+    let store = MemoryStore::default();
+    let host = Host::<Job>::new(Arc::new(store.clone()), Options::default());
+    let s = JobId::new().stream();
+    let log = JobCommand::AppendLog { level: Level::Info, message: "too early".into(), at: Timestamp(1) };
+    assert_eq!(host.execute(&s, execute::<Job>(log)).await, Err(Error::Rejected(JobRejection::NotSubmitted)));
+    assert_eq!(store.head().await.unwrap(), 0);
+}
+
+#[actix_rt::test]
+async fn a_repeated_command_returns_its_first_outcome_after_passivation_and_on_another_host() {
+    let store = MemoryStore::default();
+    let options = Options { idle_timeout_ms: 20, ..Options::default() };
+    let host = Host::<Counter>::new(Arc::new(store.clone()), options.clone());
+    let s = stream("counter-repeat");
+    let command = execute::<Counter>(CounterCommand::Add(5));
+    let first = host.execute(&s, command.clone()).await.unwrap();
+    let again = host.execute(&s, command.clone()).await.unwrap();
+    assert_eq!((again.version, again.positions, again.repeated), (first.version, first.positions, true));
+    // Idle: the actor passivates; the next delivery rehydrates it from the store.
+    eventually("the actor passivated", || host.live() == 0).await;
+    let after_passivation = host.execute(&s, command.clone()).await.unwrap();
+    assert_eq!((after_passivation.positions, after_passivation.repeated), (first.positions, true));
+    // A host of another process, on the same store.
+    let other = Host::<Counter>::new(Arc::new(store.clone()), options);
+    assert!(other.execute(&s, command).await.unwrap().repeated);
+    assert_eq!(total(&store, &s).await, 5);
+}
+
+#[actix_rt::test]
+async fn a_command_for_another_version_is_a_conflict() {
+    let store = MemoryStore::default();
+    let host = Host::<Counter>::new(Arc::new(store.clone()), Options::default());
+    let s = stream("counter-expected");
+    host.execute(&s, execute::<Counter>(CounterCommand::Add(1))).await.unwrap();
+    let mut stale = execute::<Counter>(CounterCommand::Add(1));
+    stale.expected_version = Some(0);
+    assert_eq!(host.execute(&s, stale).await, Err(Error::Conflict { expected: 0, actual: 1 }));
+    let mut current = execute::<Counter>(CounterCommand::Add(1));
+    current.expected_version = Some(1);
+    assert_eq!(host.execute(&s, current).await.unwrap().version, 2);
+}
+
+#[actix_rt::test]
+async fn a_panicking_command_restarts_the_actor_from_the_store_and_the_next_command_works() {
+    let store = MemoryStore::default();
+    let host = Host::<Counter>::new(Arc::new(store.clone()), Options::default());
+    let s = stream("counter-poison");
+    host.execute(&s, execute::<Counter>(CounterCommand::Add(2))).await.unwrap();
+    let poisoned = host.execute(&s, execute::<Counter>(CounterCommand::Poison)).await;
+    assert!(matches!(&poisoned, Err(Error::Unavailable(m)) if m.contains("poisoned command")), "{poisoned:?}");
+    let next = host.execute(&s, execute::<Counter>(CounterCommand::Add(3))).await.unwrap();
+    assert_eq!(next.version, 2, "the state survived the panic");
+    assert_eq!(total(&store, &s).await, 5);
+}
+
+#[actix_rt::test]
+async fn a_restart_storm_is_stopped_with_a_clear_error() {
+    let store = MemoryStore::default();
+    let options = Options { max_restarts: 2, restart_window_ms: 60_000, ..Options::default() };
+    let host = Host::<Counter>::new(Arc::new(store), options);
+    let s = stream("counter-storm");
+    for _ in 0..3 {
+        assert!(matches!(
+            host.execute(&s, execute::<Counter>(CounterCommand::Poison)).await,
+            Err(Error::Unavailable(_))
+        ));
+    }
+    let refused = host.execute(&s, execute::<Counter>(CounterCommand::Add(1))).await;
+    assert!(matches!(&refused, Err(Error::Unavailable(m)) if m.contains("panicked more than 2 times")), "{refused:?}");
+    // Other instances are not affected.
+    host.execute(&stream("counter-calm"), execute::<Counter>(CounterCommand::Add(1))).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn two_hosts_on_one_store_lose_no_update() {
+    let store = MemoryStore::default();
+    let hosts = [
+        Host::<Counter>::new(Arc::new(store.clone()), Options { max_conflict_retries: 100, ..Options::default() }),
+        Host::<Counter>::new(Arc::new(store.clone()), Options { max_conflict_retries: 100, ..Options::default() }),
+    ];
+    let s = stream("counter-contended");
+    let mut sends = Vec::new();
+    for i in 0..200u64 {
+        let host = hosts[(i % 2) as usize].clone();
+        let s = s.clone();
+        sends.push(actix_rt::spawn(async move { host.execute(&s, execute::<Counter>(CounterCommand::Add(1))).await }));
+    }
+    for send in sends {
+        send.await.unwrap().unwrap();
+    }
+    let events = store.read_stream(&s, 1, Direction::Forwards, 1000).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>());
+    assert_eq!(total(&store, &s).await, 200);
+}
+
+#[actix_rt::test]
+async fn snapshots_are_saved_and_activation_starts_from_them() {
+    let store = MemoryStore::default();
+    let options = Options { snapshot_every: 10, ..Options::default() };
+    let host = Host::<Counter>::new(Arc::new(store.clone()), options.clone());
+    let s = stream("counter-snap");
+    let mut last = None;
+    for n in 1..=25 {
+        let command = execute::<Counter>(CounterCommand::Add(n));
+        host.execute(&s, command.clone()).await.unwrap();
+        last = Some(command);
+    }
+    let store_for_poll = store.clone();
+    let s_for_poll = s.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let snapshot = store_for_poll.load_snapshot(&s_for_poll).await.unwrap();
+        if snapshot.as_ref().is_some_and(|s| s.version == 20) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no snapshot at version 20: {snapshot:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A fresh host activates from the snapshot plus 5 events, and still knows the last command.
+    let fresh = Host::<Counter>::new(Arc::new(store.clone()), options);
+    assert!(fresh.execute(&s, last.unwrap()).await.unwrap().repeated);
+    let next = fresh.execute(&s, execute::<Counter>(CounterCommand::Add(0))).await.unwrap();
+    assert_eq!(next.version, 26);
+    assert_eq!(total(&store, &s).await, (1..=25).sum::<u64>());
+}
