@@ -241,7 +241,10 @@ async fn activate<A: Aggregate>(
     let mut loaded = Loaded { state: A::default(), version: 0, recent: VecDeque::new() };
     match store.load_snapshot(stream).await {
         Ok(Some(snapshot)) if snapshot.schema_version == A::SNAPSHOT_VERSION => {
-            match codec::decode::<Saved<A>>(&snapshot.payload) {
+            // A snapshot is at most as large as the store lets it be; the codec's default bound is for
+            // messages from outside.
+            let limits = codec::Limits { max_input_bytes: snapshot.payload.len(), ..codec::Limits::default() };
+            match codec::decode_with::<Saved<A>>(&snapshot.payload, limits) {
                 Ok(saved) => {
                     loaded = Loaded { state: saved.state, version: snapshot.version, recent: saved.recent.into() };
                 }
@@ -350,6 +353,8 @@ pub struct AggregateActor<A: Aggregate> {
     options: Arc<Options>,
     /// `None` while activating, and while a command is being run.
     loaded: Option<Loaded<A>>,
+    /// Why activation failed, for the commands that were waiting for it.
+    activation_error: Option<String>,
     /// Events appended since the last snapshot.
     since_snapshot: u64,
     last_used: Instant,
@@ -390,9 +395,9 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
         self.last_used = Instant::now();
         let Some(loaded) = self.loaded.take() else {
             // Activation failed and the actor is stopping.
-            return AtomicResponse::new(Box::pin(
-                fut::ready(Err(Error::Unavailable(format!("{} could not be activated", self.stream)))).into_actor(self),
-            ));
+            let reason = self.activation_error.clone().unwrap_or_default();
+            let error = Error::Unavailable(format!("{} could not be activated: {reason}", self.stream));
+            return AtomicResponse::new(Box::pin(fut::ready(Err(error)).into_actor(self)));
         };
         if let Some((_, outcome)) = loaded.recent.iter().find(|(id, _)| *id == message.command_id) {
             let outcome = Outcome { repeated: true, ..*outcome };
@@ -449,6 +454,23 @@ impl<A: Aggregate> AggregateActor<A> {
             }
             .into_actor(self),
         );
+    }
+}
+
+/// Asks an actor for its state and version, for tests, tools and read-your-writes queries.
+pub struct Inspect<A>(std::marker::PhantomData<fn() -> A>);
+
+impl<A: Aggregate> Message for Inspect<A> {
+    type Result = Option<(u64, A)>;
+}
+
+impl<A: Aggregate> Handler<Inspect<A>> for AggregateActor<A> {
+    type Result = Option<(u64, A)>;
+
+    /// The version and a copy of the state; `None` if activation failed.
+    fn handle(&mut self, _: Inspect<A>, _: &mut Context<Self>) -> Self::Result {
+        self.last_used = Instant::now();
+        self.loaded.as_ref().map(|loaded| (loaded.version, loaded.state.clone()))
     }
 }
 
@@ -534,6 +556,18 @@ impl<A: Aggregate> Host<A> {
         Err(Error::Unavailable(format!("{stream} could not be activated")))
     }
 
+    /// The state and version an instance's actor holds, activating it if need be.
+    pub async fn inspect(&self, stream: &StreamName) -> Result<(A, u64), Error<A::Rejection>> {
+        let unavailable = |what: String| Error::Unavailable(format!("{stream}: {what}"));
+        let address = self.address(stream)?;
+        let (version, state) = address
+            .send(Inspect(std::marker::PhantomData))
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .ok_or_else(|| unavailable("not activated".into()))?;
+        Ok((state, version))
+    }
+
     /// Live actors (some may be stopping).
     pub fn live(&self) -> usize {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|(_, a)| a.connected()).count()
@@ -555,6 +589,7 @@ impl<A: Aggregate> Host<A> {
             store: self.store.clone(),
             options: self.options.clone(),
             loaded: None,
+            activation_error: None,
             since_snapshot: 0,
             last_used: Instant::now(),
             restarts: self.restarts.clone(),

@@ -266,3 +266,65 @@ async fn snapshots_are_saved_and_activation_starts_from_them() {
     assert_eq!(next.version, 26);
     assert_eq!(total(&store, &s).await, (1..=25).sum::<u64>());
 }
+
+/// Random runs of a job through the host: the state the actor holds equals the events folded from scratch,
+/// and a fresh host activating from the snapshots plus the events after them holds the same.
+mod rehydration {
+    use proptest::prelude::*;
+    use weft_actors::job::StepState;
+
+    use super::*;
+
+    fn dag_steps(n: usize) -> Vec<Step> {
+        (0..n)
+            .map(|i| Step {
+                name: format!("s{i}"),
+                agent: weft_events::domain::ids::AgentId(Uuid::from_u128(i as u128)),
+                instruction: "work".into(),
+                inputs: if i == 0 { vec![Input::JobInputs] } else { vec![Input::Step(format!("s{}", i / 2))] },
+                timeout_ms: 1000,
+                retry: RetryPolicy { max_attempts: 3, base_delay_ms: 1, max_delay_ms: 4 },
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn the_actor_state_equals_the_replayed_state(steps in 1usize..6, choices in proptest::collection::vec(0u8..4, 40), snapshot_every in 1u64..5) {
+            actix_rt::System::new().block_on(async move {
+                let store = MemoryStore::default();
+                let options = Options { snapshot_every, ..Options::default() };
+                let host = Host::<Job>::new(Arc::new(store.clone()), options.clone());
+                let s = JobId::new().stream();
+                let mut command = submit();
+                if let JobCommand::Submit { steps: definition, .. } = &mut command {
+                    *definition = dag_steps(steps);
+                }
+                host.execute(&s, execute::<Job>(command)).await.unwrap();
+                let mut now = Timestamp(10);
+                for choice in choices {
+                    let (state, _) = host.inspect(&s).await.unwrap();
+                    let Some((name, step)) = state.progress.iter().find(|(_, st)| !matches!(st, StepState::Waiting | StepState::Succeeded { .. } | StepState::Failed { .. })).map(|(n, st)| (n.clone(), *st)) else { break };
+                    now = now.plus_millis(10);
+                    let command = match (step, choice) {
+                        (StepState::Scheduled { attempt }, _) => JobCommand::StartStep { step: name, attempt, at: now },
+                        (StepState::Running { attempt }, 0) => JobCommand::FailStep { step: name, attempt, error: "x".into(), retryable: true, jitter: 0.5, at: now },
+                        (StepState::Running { attempt }, 1) => JobCommand::AppendLog { level: Level::Info, message: format!("{name} {attempt}"), at: now },
+                        (StepState::Running { attempt }, _) => JobCommand::CompleteStep { step: name, attempt, output: DocumentId::new(), at: now },
+                        (StepState::RetryWaiting { attempt, due_at }, _) => { now = now.max(due_at); JobCommand::RetryDue { step: name, attempt, at: now } }
+                        _ => unreachable!(),
+                    };
+                    host.execute(&s, execute::<Job>(command)).await.unwrap();
+                }
+                let (held, version) = host.inspect(&s).await.unwrap();
+                let events = weft_actors::host::load_events::<Job>(&store, &s).await.unwrap();
+                assert_eq!(version, events.len() as u64);
+                assert_eq!(held, Job::replay(&events), "the actor's state differs from the replayed events");
+                let fresh = Host::<Job>::new(Arc::new(store.clone()), options);
+                let (rehydrated, fresh_version) = fresh.inspect(&s).await.unwrap();
+                assert_eq!((rehydrated, fresh_version), (held, version), "rehydrating from snapshots differs");
+            });
+        }
+    }
+}
