@@ -305,6 +305,9 @@ mod rehydration {
                 let mut now = Timestamp(10);
                 for choice in choices {
                     let (state, _) = host.inspect(&s).await.unwrap();
+                    if state.status != weft_actors::job::Status::Running {
+                        break;
+                    }
                     let Some((name, step)) = state.progress.iter().find(|(_, st)| !matches!(st, StepState::Waiting | StepState::Succeeded { .. } | StepState::Failed { .. })).map(|(n, st)| (n.clone(), *st)) else { break };
                     now = now.plus_millis(10);
                     let command = match (step, choice) {
