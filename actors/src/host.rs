@@ -465,12 +465,30 @@ impl<A: Aggregate> Message for Inspect<A> {
 }
 
 impl<A: Aggregate> Handler<Inspect<A>> for AggregateActor<A> {
-    type Result = Option<(u64, A)>;
+    type Result = AtomicResponse<Self, Option<(u64, A)>>;
 
-    /// The version and a copy of the state; `None` if activation failed.
+    /// The version and a copy of the state, after reading what other writers appended since the actor's
+    /// last command; `None` if activation or that read failed.
     fn handle(&mut self, _: Inspect<A>, _: &mut Context<Self>) -> Self::Result {
         self.last_used = Instant::now();
-        self.loaded.as_ref().map(|loaded| (loaded.version, loaded.state.clone()))
+        let Some(mut loaded) = self.loaded.take() else {
+            return AtomicResponse::new(Box::pin(fut::ready(None).into_actor(self)));
+        };
+        let (store, stream, remembered) = (self.store.clone(), self.stream.clone(), self.options.remembered_commands);
+        let work = async move {
+            let caught_up = catch_up(&*store, &stream, &mut loaded, remembered).await.is_ok();
+            (loaded, caught_up)
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self).map(|(loaded, caught_up), actor, ctx| {
+            if !caught_up {
+                // A failed read or a panicking evolve may have left the state half folded: start afresh.
+                ctx.stop();
+                return None;
+            }
+            let answer = Some((loaded.version, loaded.state.clone()));
+            actor.loaded = Some(loaded);
+            answer
+        })))
     }
 }
 
@@ -556,7 +574,8 @@ impl<A: Aggregate> Host<A> {
         Err(Error::Unavailable(format!("{stream} could not be activated")))
     }
 
-    /// The state and version an instance's actor holds, activating it if need be.
+    /// The state and version of an instance: its actor's, brought up to date with the store (other nodes
+    /// may have appended), activating it if need be.
     pub async fn inspect(&self, stream: &StreamName) -> Result<(A, u64), Error<A::Rejection>> {
         let unavailable = |what: String| Error::Unavailable(format!("{stream}: {what}"));
         let address = self.address(stream)?;
