@@ -9,7 +9,7 @@
 //!
 //! - [`store`]: event store backends. [`store::sqlite`] is the embedded default: one SQLite file, one
 //!   writer thread with group commit.
-//! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose.
+//! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose (`store`, `actors`).
 
 pub mod bench;
 pub mod store;

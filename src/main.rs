@@ -31,6 +31,9 @@ enum Bench {
     /// The event store: appends from 1, 16 and 256 writers, 100-event appends, read-all and catch-up, each
     /// against raw rusqlite doing the same work.
     Store(weft::bench::store::Options),
+    /// The actor host: commands to 1, 100 and 10,000 aggregates, activation with and without a snapshot,
+    /// memory per idle actor.
+    Actors(weft::bench::actors::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,10 +42,12 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Bench(Bench::Store(options)) => weft::bench::store::main(options).await,
-        }
-    })
+    match cli.command {
+        Command::Bench(Bench::Store(options)) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(weft::bench::store::main(options)),
+        // Actors live on an actix system.
+        Command::Bench(Bench::Actors(options)) => actix_rt::System::new().block_on(weft::bench::actors::main(options)),
+    }
 }

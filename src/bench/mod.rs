@@ -10,12 +10,14 @@
 //! is the same work done the plainest way on the same machine in the same run, so the ratio says what Weft's
 //! layers cost.
 //!
+//! - [`actors`]: commands through the actor host, activation and memory per actor.
 //! - [`store`]: the event store: appends from many writers, batches, read-all and subscription catch-up.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod actors;
 pub mod store;
 
 /// One case's result.
@@ -31,8 +33,11 @@ pub struct Report {
     pub p50_ms: f64,
     /// 99th percentile latency, in milliseconds.
     pub p99_ms: f64,
-    /// Ops per second of the raw baseline for the same work.
+    /// Ops per second of the raw baseline for the same work; 0 where a case has none.
     pub baseline_ops_per_s: f64,
+    /// A size the case measures, such as memory per actor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
     /// What one measured call is, for the table.
     #[serde(skip)]
     pub note: String,
@@ -48,14 +53,25 @@ impl Report {
 /// Prints reports as a table on stderr.
 pub fn print_table(reports: &[Report]) {
     eprintln!(
-        "{:<18} {:>14} {:>10} {:>10} {:>16} {:>8}  latency of",
+        "{:<20} {:>14} {:>10} {:>10} {:>16} {:>8}  latency of",
         "case", "ops/s", "p50 ms", "p99 ms", "baseline ops/s", "ratio"
     );
     for r in reports {
-        let ratio = if r.baseline_ops_per_s > 0.0 { r.ops_per_s / r.baseline_ops_per_s } else { f64::NAN };
+        let (baseline, ratio) = if r.baseline_ops_per_s > 0.0 {
+            (format!("{:.0}", r.baseline_ops_per_s), format!("{:.2}", r.ops_per_s / r.baseline_ops_per_s))
+        } else {
+            ("-".to_owned(), "-".to_owned())
+        };
         eprintln!(
-            "{:<18} {:>14.0} {:>10.3} {:>10.3} {:>16.0} {:>8.2}  {}",
-            r.case, r.ops_per_s, r.p50_ms, r.p99_ms, r.baseline_ops_per_s, ratio, r.note
+            "{:<20} {:>14.0} {:>10.3} {:>10.3} {:>16} {:>8}  {}{}",
+            r.case,
+            r.ops_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            baseline,
+            ratio,
+            r.note,
+            r.bytes.map(|b| format!("; {b} bytes")).unwrap_or_default()
         );
     }
 }

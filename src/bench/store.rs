@@ -173,6 +173,7 @@ async fn append_case(
         p50_ms: latencies.percentile_ms(50.0),
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: rate(appended, baseline),
+        bytes: None,
         note: format!("one append of {per_append}; {txn_size} events per commit"),
     })
 }
@@ -271,6 +272,7 @@ async fn read_all_case(
         p50_ms: latencies.percentile_ms(50.0),
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: rate(events, baseline),
+        bytes: None,
         note: format!(
             "one page of {PAGE}{}; {events} events",
             if decode_payloads { ", payloads decoded" } else { ", envelopes checked and decoded" }
@@ -305,6 +307,7 @@ async fn catch_up_case(store: &SqliteStore, options: &StoreOptions, events_optio
         p50_ms: latencies.percentile_ms(50.0),
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: rate(seen, baseline),
+        bytes: None,
         note: format!("one batch; {seen} events"),
     })
 }
