@@ -143,6 +143,19 @@ pub enum Status {
     Disabled,
 }
 
+/// A task assigned and not finished.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OpenTask {
+    /// The job.
+    pub job: JobId,
+    /// The step.
+    pub step: String,
+    /// The step's attempt.
+    pub attempt: u32,
+    /// Whether the agent has begun it.
+    pub started: bool,
+}
+
 /// The state of an agent.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Agent {
@@ -150,8 +163,8 @@ pub struct Agent {
     pub status: Status,
     /// Its set-up.
     pub profile: Option<Profile>,
-    /// Open tasks, and whether each has started.
-    pub open_tasks: BTreeMap<Uuid, bool>,
+    /// Open tasks.
+    pub open_tasks: BTreeMap<Uuid, OpenTask>,
     /// Tasks finished, either way.
     pub finished_tasks: u64,
     /// Tokens used so far, read and written.
@@ -203,8 +216,8 @@ impl Agent {
         Ok(())
     }
 
-    fn open(&self, task: Uuid) -> Result<bool, Rejection> {
-        self.open_tasks.get(&task).copied().ok_or(Rejection::UnknownTask(task))
+    fn open(&self, task: Uuid) -> Result<&OpenTask, Rejection> {
+        self.open_tasks.get(&task).ok_or(Rejection::UnknownTask(task))
     }
 }
 
@@ -251,17 +264,20 @@ impl Aggregate for Agent {
             }
             Command::StartTask { task, at } => {
                 self.registered()?;
-                if self.open(*task)? {
+                if self.open(*task)?.started {
                     return Err(Rejection::AlreadyStarted(*task));
                 }
                 Ok(vec![TaskStarted { task: *task, at: *at }.into()])
             }
             Command::CompleteTask { task, output, input_tokens, output_tokens, latency_ms, at } => {
                 self.registered()?;
-                self.open(*task)?;
+                let open = self.open(*task)?;
                 Ok(vec![
                     TaskCompleted {
                         task: *task,
+                        job: open.job,
+                        step: open.step.clone(),
+                        attempt: open.attempt,
                         output: *output,
                         input_tokens: *input_tokens,
                         output_tokens: *output_tokens,
@@ -273,9 +289,20 @@ impl Aggregate for Agent {
             }
             Command::FailTask { task, error, retryable, at } => {
                 self.registered()?;
-                self.open(*task)?;
+                let open = self.open(*task)?;
                 bounded("error", error, MAX_TEXT_BYTES)?;
-                Ok(vec![TaskFailed { task: *task, error: error.clone(), retryable: *retryable, at: *at }.into()])
+                Ok(vec![
+                    TaskFailed {
+                        task: *task,
+                        job: open.job,
+                        step: open.step.clone(),
+                        attempt: open.attempt,
+                        error: error.clone(),
+                        retryable: *retryable,
+                        at: *at,
+                    }
+                    .into(),
+                ])
             }
         }
     }
@@ -289,10 +316,13 @@ impl Aggregate for Agent {
             Event::Updated(e) => self.profile = Some(e.profile.clone()),
             Event::Disabled(_) => self.status = Status::Disabled,
             Event::TaskAssigned(e) => {
-                self.open_tasks.insert(e.task, false);
+                let open = OpenTask { job: e.job, step: e.step.clone(), attempt: e.attempt, started: false };
+                self.open_tasks.insert(e.task, open);
             }
             Event::TaskStarted(e) => {
-                self.open_tasks.insert(e.task, true);
+                if let Some(open) = self.open_tasks.get_mut(&e.task) {
+                    open.started = true;
+                }
             }
             Event::TaskCompleted(e) => {
                 self.open_tasks.remove(&e.task);
@@ -433,9 +463,18 @@ mod tests {
     #[test]
     fn completing_a_task_records_usage_and_frees_a_slot() {
         let output = DocumentId(Uuid::from_u128(5));
-        let completed: Event =
-            TaskCompleted { task: task(1), output, input_tokens: 100, output_tokens: 20, latency_ms: 300, at: AT }
-                .into();
+        let completed: Event = TaskCompleted {
+            task: task(1),
+            job: job(),
+            step: "summarise".into(),
+            attempt: 1,
+            output,
+            input_tokens: 100,
+            output_tokens: 20,
+            latency_ms: 300,
+            at: AT,
+        }
+        .into();
         given::<Agent>([registered(1), assigned(1)])
             .when(Command::CompleteTask {
                 task: task(1),
@@ -448,13 +487,16 @@ mod tests {
             .then([completed.clone()]);
         let state = Agent::replay(&[registered(1), assigned(1), completed]);
         assert_eq!((state.open_tasks.len(), state.finished_tasks, state.tokens), (0, 1, 120));
-        given::<Agent>([
-            registered(1),
-            assigned(1),
-            TaskFailed { task: task(1), error: "x".into(), retryable: true, at: AT }.into(),
-        ])
-        .when(assign(2))
-        .then([assigned(2)]);
+        let failed = TaskFailed {
+            task: task(1),
+            job: job(),
+            step: "summarise".into(),
+            attempt: 1,
+            error: "x".into(),
+            retryable: true,
+            at: AT,
+        };
+        given::<Agent>([registered(1), assigned(1), failed.into()]).when(assign(2)).then([assigned(2)]);
     }
 
     #[test]
@@ -468,6 +510,15 @@ mod tests {
     fn failing_a_task_records_the_error() {
         given::<Agent>([registered(1), assigned(1)])
             .when(Command::FailTask { task: task(1), error: "rate limited".into(), retryable: true, at: AT })
-            .then([TaskFailed { task: task(1), error: "rate limited".into(), retryable: true, at: AT }.into()]);
+            .then([TaskFailed {
+                task: task(1),
+                job: job(),
+                step: "summarise".into(),
+                attempt: 1,
+                error: "rate limited".into(),
+                retryable: true,
+                at: AT,
+            }
+            .into()]);
     }
 }

@@ -94,11 +94,18 @@ pub struct TaskStarted {
     pub at: Timestamp,
 }
 
-/// A task finished and wrote `output`.
+/// A task finished and wrote `output`. It names the job step it did, so that whoever reacts to it (the job
+/// orchestrator) needs no memory of the assignment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskCompleted {
     /// The task.
     pub task: Uuid,
+    /// The job.
+    pub job: JobId,
+    /// The step.
+    pub step: String,
+    /// The step's attempt.
+    pub attempt: u32,
     /// The document written.
     pub output: DocumentId,
     /// Tokens the provider read.
@@ -111,11 +118,17 @@ pub struct TaskCompleted {
     pub at: Timestamp,
 }
 
-/// A task failed.
+/// A task failed. Like [`TaskCompleted`], it names the job step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskFailed {
     /// The task.
     pub task: Uuid,
+    /// The job.
+    pub job: JobId,
+    /// The step.
+    pub step: String,
+    /// The step's attempt.
+    pub attempt: u32,
     /// What went wrong.
     pub error: String,
     /// Whether another attempt may succeed.
@@ -171,9 +184,28 @@ mod tests {
             Disabled { reason: "retired".into(), at }.into(),
             TaskAssigned { task, job: JobId::new(), step: "s".into(), attempt: 1, at }.into(),
             TaskStarted { task, at }.into(),
-            TaskCompleted { task, output: DocumentId::new(), input_tokens: 10, output_tokens: 5, latency_ms: 30, at }
-                .into(),
-            TaskFailed { task, error: "rate limited".into(), retryable: true, at }.into(),
+            TaskCompleted {
+                task,
+                job: JobId::new(),
+                step: "s".into(),
+                attempt: 1,
+                output: DocumentId::new(),
+                input_tokens: 10,
+                output_tokens: 5,
+                latency_ms: 30,
+                at,
+            }
+            .into(),
+            TaskFailed {
+                task,
+                job: JobId::new(),
+                step: "s".into(),
+                attempt: 2,
+                error: "rate limited".into(),
+                retryable: true,
+                at,
+            }
+            .into(),
         ];
         for event in events {
             assert_eq!(round_trip(&event), event);
