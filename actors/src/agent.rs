@@ -504,6 +504,16 @@ mod tests {
         given::<Agent>([registered(1)])
             .when(Command::FailTask { task: task(9), error: "x".into(), retryable: false, at: AT })
             .then_rejected(Rejection::UnknownTask(task(9)));
+        given::<Agent>([registered(1)])
+            .when(Command::CompleteTask {
+                task: task(9),
+                output: DocumentId(Uuid::from_u128(5)),
+                input_tokens: 0,
+                output_tokens: 0,
+                latency_ms: 0,
+                at: AT,
+            })
+            .then_rejected(Rejection::UnknownTask(task(9)));
     }
 
     #[test]
