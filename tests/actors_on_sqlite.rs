@@ -7,33 +7,15 @@ use weft::store::sqlite::{Options as StoreOptions, SqliteStore};
 use weft_actors::Aggregate;
 use weft_actors::host::{Execute, Host, Metadata, Options};
 use weft_actors::job::{Command, Job};
-use weft_events::domain::ids::{AgentId, DocumentId, JobId, Uuid, WorkflowId};
+use weft_events::domain::ids::{JobId, Uuid};
 use weft_events::domain::job::{Event, Level};
-use weft_events::domain::workflow::{Input, RetryPolicy, Step};
 use weft_events::{Direction, EventRead, Timestamp};
 
 fn execute(command: Command) -> Execute<Job> {
     Execute { command_id: Uuid::now_v7(), command, expected_version: None, metadata: Metadata::default() }
 }
 
-fn submit() -> Command {
-    Command::Submit {
-        workflow: WorkflowId::new(),
-        workflow_version: 1,
-        steps: vec![Step {
-            name: "only".into(),
-            agent: AgentId::new(),
-            instruction: "work".into(),
-            inputs: vec![Input::JobInputs],
-            timeout_ms: 1000,
-            retry: RetryPolicy { max_attempts: 1, base_delay_ms: 0, max_delay_ms: 0 },
-        }],
-        inputs: vec![DocumentId::new()],
-        priority: 0,
-        idempotency_key: None,
-        at: Timestamp(1),
-    }
-}
+use weft_actors::testkit::one_step_job as submit;
 
 #[actix_rt::test]
 async fn two_hosts_on_one_sqlite_store_lose_no_update() {

@@ -87,6 +87,29 @@ where
     }
 }
 
+/// A submission of a job with one step that reads the job's input and is not retried: the smallest job,
+/// for tests of the layers that carry commands.
+pub fn one_step_job() -> crate::job::Command {
+    use weft_events::domain::ids::{AgentId, DocumentId, WorkflowId};
+    use weft_events::domain::workflow::{Input, RetryPolicy, Step};
+    crate::job::Command::Submit {
+        workflow: WorkflowId::new(),
+        workflow_version: 1,
+        steps: vec![Step {
+            name: "only".into(),
+            agent: AgentId::new(),
+            instruction: "work".into(),
+            inputs: vec![Input::JobInputs],
+            timeout_ms: 1000,
+            retry: RetryPolicy { max_attempts: 1, base_delay_ms: 0, max_delay_ms: 0 },
+        }],
+        inputs: vec![DocumentId::new()],
+        priority: 0,
+        idempotency_key: None,
+        at: Timestamp(1),
+    }
+}
+
 /// Stores an event in an envelope and reads it back, as the store would.
 fn stored<E: DomainEvent + Debug + PartialEq>(event: &E) -> E {
     let envelope = event.to_new_event().unwrap_or_else(|e| panic!("{event:?} does not encode: {e}")).into_envelope(

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use weft_actors::Aggregate;
 use weft_actors::host::{Error, Execute, Host, Metadata, Options};
 use weft_actors::job::{Command as JobCommand, Job, Rejection as JobRejection};
-use weft_events::domain::ids::{DocumentId, JobId, Uuid, WorkflowId};
+use weft_events::domain::ids::{DocumentId, JobId, Uuid};
 use weft_events::domain::job::Level;
 use weft_events::domain::workflow::{Input, RetryPolicy, Step};
 use weft_events::{
@@ -98,24 +98,7 @@ async fn total(store: &MemoryStore, s: &StreamName) -> u64 {
     events.iter().map(|e| Added::from_envelope(e).unwrap().n).sum()
 }
 
-fn submit() -> JobCommand {
-    JobCommand::Submit {
-        workflow: WorkflowId::new(),
-        workflow_version: 1,
-        steps: vec![Step {
-            name: "only".into(),
-            agent: weft_events::domain::ids::AgentId::new(),
-            instruction: "work".into(),
-            inputs: vec![Input::JobInputs],
-            timeout_ms: 1000,
-            retry: RetryPolicy { max_attempts: 1, base_delay_ms: 0, max_delay_ms: 0 },
-        }],
-        inputs: vec![DocumentId::new()],
-        priority: 0,
-        idempotency_key: None,
-        at: Timestamp(1),
-    }
-}
+use weft_actors::testkit::one_step_job as submit;
 
 #[actix_rt::test]
 async fn a_command_is_answered_after_its_events_are_stored_with_their_cause() {
