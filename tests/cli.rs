@@ -40,6 +40,9 @@ fn bad_arguments_are_refused_with_a_message_and_no_panic() {
         (&["bench", "store", "--events", "many"][..], "invalid value 'many'"),
         (&["bench", "store", "--events", "5"][..], "not in 1000..=100000000"),
         (&["bench", "store", "--synchronous", "sometimes"][..], "invalid value 'sometimes'"),
+        (&["bench", "actors", "--commands", "5"][..], "not in 100..=10000000"),
+        (&["bench", "actors", "--commands", "-3"][..], "unexpected argument '-3'"),
+        (&["bench", "actors", "--synchronous", "never"][..], "invalid value 'never'"),
         (&["bench", "nothing"][..], "unrecognized subcommand"),
         (&["--no-such-flag"][..], "unexpected argument"),
     ] {
@@ -56,9 +59,11 @@ fn an_unusable_path_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, "not a folder").unwrap();
-    let out = weft(&["bench", "store", "--events", "1000", "--path", file.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("a-file"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    for bench in ["store", "actors"] {
+        let out = weft(&["bench", bench, "--path", file.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bench}: {stderr}");
+        assert!(stderr.contains("a-file"), "{bench}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{bench}: {stderr}");
+    }
 }

@@ -149,8 +149,6 @@ pub struct Document {
     pub versions: u32,
     /// Documents derived from it.
     pub derivatives: u32,
-    /// When it was registered.
-    pub registered_at: Timestamp,
 }
 
 fn text(field: &'static str, value: &str) -> Result<(), Rejection> {
@@ -271,7 +269,6 @@ impl Aggregate for Document {
             Event::Registered(e) => {
                 self.status = Status::UploadPending;
                 self.declared_size_bytes = e.declared_size_bytes;
-                self.registered_at = e.at;
             }
             Event::Uploaded(e) => {
                 self.status = Status::Uploaded;

@@ -27,7 +27,6 @@
 //! command id, a retried command never appends twice.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Debug;
 use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
@@ -628,14 +627,19 @@ impl<A: Aggregate> Host<A> {
     }
 }
 
-/// The events of a stream as the aggregate's events, for tests and tools.
-pub async fn load_events<A: Aggregate>(store: &dyn EventStore, stream: &StreamName) -> Result<Vec<A::Event>, String>
-where
-    A::Event: Debug,
-{
-    let events = store
-        .read_stream(stream, 1, Direction::Forwards, store.limits().max_page_size)
-        .await
-        .map_err(|e| e.to_string())?;
-    events.iter().map(|e| A::Event::from_envelope(e).map_err(|e| e.to_string())).collect()
+/// Every event of a stream as the aggregate's events, page by page, for tests and tools.
+pub async fn load_events<A: Aggregate>(store: &dyn EventStore, stream: &StreamName) -> Result<Vec<A::Event>, String> {
+    let mut events = Vec::new();
+    loop {
+        let page = store
+            .read_stream(stream, events.len() as u64 + 1, Direction::Forwards, ACTIVATION_PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        if page.is_empty() {
+            return Ok(events);
+        }
+        for envelope in &page {
+            events.push(A::Event::from_envelope(envelope).map_err(|e| e.to_string())?);
+        }
+    }
 }

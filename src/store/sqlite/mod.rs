@@ -265,6 +265,7 @@ impl SqliteStore {
             path,
             index_path,
             location: location.clone(),
+            index_location: index_location.clone(),
             idle: Mutex::new(Vec::new()),
             permits: Semaphore::new(options.readers.max(1)),
             size: options.readers.max(1),
@@ -326,8 +327,8 @@ impl SqliteStore {
             .readers
             .run(move |conn, readers| {
                 let location = readers.location.as_str();
-                let index_location = readers.index_location();
-                for (schema, loc) in [("main", location), ("idx", index_location.as_str())] {
+                let index_location = readers.index_location.as_str();
+                for (schema, loc) in [("main", location), ("idx", index_location)] {
                     let report: String = conn
                         .query_row(&format!("PRAGMA {schema}.integrity_check(1)"), [], |r| r.get(0))
                         .map_err(|e| sql_error(loc, e))?;
@@ -361,12 +362,12 @@ impl SqliteStore {
                                     s.query_row(params![e.stream.as_str(), to_sql(e.version)], |r| r.get::<_, i64>(0))
                                         .optional()
                                 })
-                                .map_err(|err| sql_error(&index_location, err))?
+                                .map_err(|err| sql_error(index_location, err))?
                                 .map(from_sql),
                         };
                         if found != Some(e.position) {
                             return Err(corrupt(
-                                &index_location,
+                                index_location,
                                 format!(
                                     "{} version {} is at position {}, the index says {found:?}",
                                     e.stream, e.version, e.position
@@ -425,7 +426,7 @@ impl EventRead for SqliteStore {
         let stream = stream.clone();
         self.shared
             .readers
-            .run(move |conn, readers| index::file_version(conn, &readers.index_location(), "idx.", &stream))
+            .run(move |conn, readers| index::file_version(conn, &readers.index_location, "idx.", &stream))
             .await
     }
 
@@ -482,12 +483,12 @@ fn read_stream(
     limit: usize,
 ) -> Result<Vec<Envelope>, Error> {
     let location = readers.location.as_str();
-    let index_location = readers.index_location();
+    let index_location = readers.index_location.as_str();
     // One read transaction over both files, so that the index and the log are read at one moment.
     let tx = conn.unchecked_transaction().map_err(|e| sql_error(location, e))?;
     let last = match &tail {
         Some(t) => t.last_version(),
-        None => index::file_version(&tx, &index_location, "idx.", stream)?,
+        None => index::file_version(&tx, index_location, "idx.", stream)?,
     };
     let (low, high) = match direction {
         Direction::Forwards => {
@@ -547,7 +548,7 @@ fn read_stream(
         && events.iter().zip(low..).all(|(e, v)| e.version == v && &e.stream == stream);
     if !dense {
         return Err(corrupt(
-            &index_location,
+            index_location,
             format!(
                 "stream {stream} versions {low}..={high} were asked for, the index led to {:?}",
                 events.iter().map(|e| (e.stream.as_str(), e.version)).collect::<Vec<_>>()
@@ -593,16 +594,14 @@ struct Readers {
     path: PathBuf,
     index_path: PathBuf,
     location: String,
+    /// The index file, for errors.
+    index_location: String,
     idle: Mutex<Vec<Connection>>,
     permits: Semaphore,
     size: usize,
 }
 
 impl Readers {
-    fn index_location(&self) -> String {
-        self.index_path.display().to_string()
-    }
-
     /// Runs `f` with a reader connection on the blocking pool.
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
@@ -637,7 +636,7 @@ impl Readers {
             location: self.location.clone(),
             reason: "the index file's path is not UTF-8".into(),
         })?;
-        conn.execute("ATTACH DATABASE ?1 AS idx", [index]).map_err(|e| sql_error(&self.index_location(), e))?;
+        conn.execute("ATTACH DATABASE ?1 AS idx", [index]).map_err(|e| sql_error(&self.index_location, e))?;
         conn.execute_batch(READER_PRAGMAS).map_err(|e| sql_error(&self.location, e))?;
         Ok(conn)
     }
