@@ -16,7 +16,7 @@ use rand::Rng;
 use uuid::Uuid;
 
 use crate::envelope::{Envelope, NewEvent, StreamName};
-use crate::store::{DEFAULT_MAX_PAYLOAD_BYTES, Direction, Error, EventStore, ExpectedVersion, Snapshot};
+use crate::store::{Checkpoint, DEFAULT_MAX_PAYLOAD_BYTES, Direction, Error, EventStore, ExpectedVersion, Snapshot};
 
 /// Generates one `#[tokio::test]` per contract case, each with a fresh store from `$make`, an expression
 /// of type `Fn() -> impl Future<Output = (impl EventStore + Clone, impl Any)>`.
@@ -35,6 +35,7 @@ macro_rules! store_contract_tests {
             a_maximal_payload_round_trips_and_limits_are_typed_errors,
             metadata_round_trips,
             snapshots_keep_the_latest,
+            checkpoints_keep_the_furthest,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -461,4 +462,24 @@ pub async fn snapshots_keep_the_latest<S: EventStore + Clone>(store: S) {
         Error::SnapshotAhead { stream: s.clone(), version: 11, actual: 10 }
     );
     assert_eq!(store.load_snapshot(&stream("other")).await.unwrap(), None);
+}
+
+/// A checkpoint saves and loads with its state; one behind the saved one does not replace it (including at
+/// the same position with another state: the later save wins); one ahead of the log is refused.
+pub async fn checkpoints_keep_the_furthest<S: EventStore + Clone>(store: S) {
+    let name = stream("checkpoint-orchestrator");
+    assert_eq!(store.load_checkpoint(&name).await.unwrap(), None);
+    store.append(&stream("log"), ExpectedVersion::NoStream, (1..=10).map(event).collect()).await.unwrap();
+    let at = |position: u64, state: &str| Checkpoint { name: name.clone(), position, state: Bytes::from(state.to_owned()) };
+    store.save_checkpoint(at(0, "nothing yet")).await.unwrap();
+    assert_eq!(store.load_checkpoint(&name).await.unwrap(), Some(at(0, "nothing yet")));
+    store.save_checkpoint(at(7, "seven")).await.unwrap();
+    store.save_checkpoint(at(7, "seven, timers fired")).await.unwrap();
+    store.save_checkpoint(at(3, "three")).await.unwrap();
+    assert_eq!(store.load_checkpoint(&name).await.unwrap(), Some(at(7, "seven, timers fired")));
+    assert_eq!(
+        store.save_checkpoint(at(11, "eleven")).await.unwrap_err(),
+        Error::CheckpointAhead { name: name.clone(), position: 11, head: 10 }
+    );
+    assert_eq!(store.load_checkpoint(&stream("checkpoint-other")).await.unwrap(), None);
 }

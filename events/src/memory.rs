@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::envelope::{Envelope, NewEvent, StreamName, Timestamp};
-use crate::store::{Appended, Direction, Error, EventRead, EventWrite, ExpectedVersion, Limits, Snapshot};
+use crate::store::{Appended, Checkpoint, Direction, Error, EventRead, EventWrite, ExpectedVersion, Limits, Snapshot};
 use crate::subscription::Subscription;
 
 /// A cheap-to-clone handle to an in-memory store; clones share the events.
@@ -34,6 +34,7 @@ struct State {
     /// Each stream's events as indexes into `log`, by version - 1.
     streams: HashMap<StreamName, Vec<usize>>,
     snapshots: HashMap<StreamName, Snapshot>,
+    checkpoints: HashMap<StreamName, Checkpoint>,
 }
 
 impl Default for MemoryStore {
@@ -107,6 +108,10 @@ impl EventRead for MemoryStore {
         Ok(self.state().snapshots.get(stream).cloned())
     }
 
+    async fn load_checkpoint(&self, name: &StreamName) -> Result<Option<Checkpoint>, Error> {
+        Ok(self.state().checkpoints.get(name).cloned())
+    }
+
     fn subscribe_all(&self, from: u64) -> Subscription {
         Subscription::new(Arc::new(self.clone()), self.shared.head.subscribe(), from)
     }
@@ -157,6 +162,20 @@ impl EventWrite for MemoryStore {
         let newer = state.snapshots.get(&snapshot.stream).is_some_and(|s| s.version > snapshot.version);
         if !newer {
             state.snapshots.insert(snapshot.stream.clone(), snapshot);
+        }
+        Ok(())
+    }
+
+    async fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error> {
+        self.shared.limits.check_checkpoint(&checkpoint)?;
+        let mut state = self.state();
+        let head = state.log.len() as u64;
+        if checkpoint.position > head {
+            return Err(Error::CheckpointAhead { name: checkpoint.name, position: checkpoint.position, head });
+        }
+        let further = state.checkpoints.get(&checkpoint.name).is_some_and(|c| c.position > checkpoint.position);
+        if !further {
+            state.checkpoints.insert(checkpoint.name.clone(), checkpoint);
         }
         Ok(())
     }

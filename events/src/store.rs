@@ -89,6 +89,18 @@ pub struct Snapshot {
     pub payload: Bytes,
 }
 
+/// How far a reader of the whole log (a process manager, a projection) has got, with the state it keeps,
+/// saved under its name so that it resumes there after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Whose checkpoint; named like a stream.
+    pub name: StreamName,
+    /// The position of the last event it has dealt with; it resumes after it.
+    pub position: u64,
+    /// Its encoded state as of that position.
+    pub state: Bytes,
+}
+
 /// The limits a store enforces. Each has a default; going over one is a typed [`Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", default)]
@@ -156,6 +168,14 @@ impl Limits {
         }
         Ok(())
     }
+
+    /// Checks a checkpoint's size.
+    pub fn check_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), Error> {
+        if checkpoint.state.len() > self.max_append_bytes {
+            return Err(Error::SnapshotTooLarge { size: checkpoint.state.len(), limit: self.max_append_bytes });
+        }
+        Ok(())
+    }
 }
 
 /// Why a store operation failed.
@@ -219,8 +239,8 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// A snapshot's state is over the size limit.
-    #[error("a snapshot of {size} bytes is over the limit of {limit}")]
+    /// A snapshot's or a checkpoint's state is over the size limit.
+    #[error("a snapshot or checkpoint of {size} bytes is over the limit of {limit}")]
     SnapshotTooLarge {
         /// State size in bytes.
         size: usize,
@@ -236,6 +256,16 @@ pub enum Error {
         version: u64,
         /// The stream's version.
         actual: u64,
+    },
+    /// A checkpoint claims a position the log has not reached.
+    #[error("checkpoint {name} at position {position} is ahead of the log, which ends at {head}")]
+    CheckpointAhead {
+        /// The checkpoint.
+        name: StreamName,
+        /// Its position.
+        position: u64,
+        /// The log's last position.
+        head: u64,
     },
     /// Stored data failed a check: a checksum, the numbering, the file's size or structure. The store serves
     /// no event it cannot vouch for.
@@ -292,6 +322,9 @@ pub trait EventRead: Send + Sync + 'static {
     /// The latest saved snapshot of a stream.
     async fn load_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, Error>;
 
+    /// The saved checkpoint of that name.
+    async fn load_checkpoint(&self, name: &StreamName) -> Result<Option<Checkpoint>, Error>;
+
     /// Every event from position `from` on: first those already stored, then each new one as it commits, in
     /// position order, with no gap and no duplicate. See [`Subscription`].
     fn subscribe_all(&self, from: u64) -> Subscription;
@@ -314,6 +347,9 @@ pub trait EventWrite: Send + Sync + 'static {
 
     /// Saves a snapshot unless a newer one is already saved.
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), Error>;
+
+    /// Saves a checkpoint unless one further along is already saved under its name.
+    async fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error>;
 }
 
 /// A store that can both read and write.

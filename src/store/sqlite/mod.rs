@@ -36,7 +36,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use weft_events::{
-    Appended, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, Limits, NewEvent, Snapshot,
+    Appended, Checkpoint, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, Limits, NewEvent, Snapshot,
     StreamName, Subscription,
 };
 
@@ -80,6 +80,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
     schema_version INTEGER NOT NULL,
     payload        BLOB    NOT NULL,
     checksum       INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name     TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    state    BLOB    NOT NULL,
+    checksum INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
 ";
 
@@ -439,6 +445,11 @@ impl EventRead for SqliteStore {
         self.shared.readers.run(move |conn, readers| load_snapshot(conn, &readers.location, stream)).await
     }
 
+    async fn load_checkpoint(&self, name: &StreamName) -> Result<Option<Checkpoint>, Error> {
+        let name = name.clone();
+        self.shared.readers.run(move |conn, readers| load_checkpoint(conn, &readers.location, name)).await
+    }
+
     fn subscribe_all(&self, from: u64) -> Subscription {
         Subscription::new(Arc::new(self.clone()), self.shared.head.clone(), from)
     }
@@ -468,6 +479,11 @@ impl EventWrite for SqliteStore {
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), Error> {
         self.shared.limits.check_snapshot(&snapshot)?;
         self.request(|reply| Request::Snapshot { snapshot, reply }).await.map(|_| ())
+    }
+
+    async fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error> {
+        self.shared.limits.check_checkpoint(&checkpoint)?;
+        self.request(|reply| Request::Checkpoint { checkpoint, reply }).await.map(|_| ())
     }
 }
 
@@ -581,6 +597,21 @@ fn load_snapshot(conn: &Connection, location: &str, stream: StreamName) -> Resul
         return Err(corrupt(location, format!("the snapshot of {stream} fails its checksum")));
     }
     Ok(Some(snapshot))
+}
+
+fn load_checkpoint(conn: &Connection, location: &str, name: StreamName) -> Result<Option<Checkpoint>, Error> {
+    let row = conn
+        .query_row("SELECT position, state, checksum FROM checkpoints WHERE name = ?1", [name.as_str()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
+        })
+        .optional()
+        .map_err(|e| sql_error(location, e))?;
+    let Some((position, state, checksum)) = row else { return Ok(None) };
+    let checkpoint = Checkpoint { name: name.clone(), position: from_sql(position), state: Bytes::from(state) };
+    if i64::from(checkpoint_checksum(&checkpoint)) != checksum || position < 0 {
+        return Err(corrupt(location, format!("checkpoint {name} fails its checksum")));
+    }
+    Ok(Some(checkpoint))
 }
 
 /// Settings of every reader connection: read only; check cell sizes as pages are read (cheap, catches
@@ -836,6 +867,15 @@ fn decode_row(row: &rusqlite::Row<'_>, location: &str, names: &mut record::Names
         return Err(bad(format!("has version {version}")));
     }
     record::decode(names, from_sql(position), stream, from_sql(version), record).map_err(bad)
+}
+
+fn checkpoint_checksum(c: &Checkpoint) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(c.name.as_str().len() as u64).to_le_bytes());
+    h.update(c.name.as_str().as_bytes());
+    h.update(&c.position.to_le_bytes());
+    h.update(&c.state);
+    h.finalize()
 }
 
 fn snapshot_checksum(s: &Snapshot) -> u32 {

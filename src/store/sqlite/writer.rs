@@ -14,15 +14,16 @@ use std::sync::atomic::Ordering;
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot, watch};
-use weft_events::{Appended, Error, ExpectedVersion, NewEvent, Snapshot, StreamName, Timestamp};
+use weft_events::{Appended, Checkpoint, Error, ExpectedVersion, NewEvent, Snapshot, StreamName, Timestamp};
 
 use super::index::{self, Tail};
-use super::{Counters, record, snapshot_checksum, sql_error, to_sql};
+use super::{Counters, checkpoint_checksum, record, snapshot_checksum, sql_error, to_sql};
 
 /// What an append or snapshot asks of the writer.
 pub(crate) enum Request {
     Append { stream: StreamName, expected: ExpectedVersion, events: Vec<NewEvent>, reply: Reply },
     Snapshot { snapshot: Snapshot, reply: Reply },
+    Checkpoint { checkpoint: Checkpoint, reply: Reply },
     Close { reply: oneshot::Sender<()> },
 }
 
@@ -134,7 +135,7 @@ impl Writer {
         for request in rest.into_iter().chain(std::iter::from_fn(|| queue.try_recv().ok())) {
             match request {
                 Request::Close { reply } => replies.push(reply),
-                Request::Append { reply, .. } | Request::Snapshot { reply, .. } => {
+                Request::Append { reply, .. } | Request::Snapshot { reply, .. } | Request::Checkpoint { reply, .. } => {
                     let _ = reply.send(Err(Error::Closed));
                 }
             }
@@ -182,6 +183,9 @@ impl Writer {
                     }
                     Request::Snapshot { snapshot, reply } => {
                         answers.push((reply, save_snapshot(&tx, &versions, &pending, snapshot)?));
+                    }
+                    Request::Checkpoint { checkpoint, reply } => {
+                        answers.push((reply, save_checkpoint(&tx, next_position - 1, checkpoint)?));
                     }
                     Request::Close { .. } => unreachable!("run splits the batch at Close"),
                 }
@@ -233,7 +237,7 @@ impl Writer {
 fn fail(batch: &mut Vec<Request>, error: Error) {
     for request in batch.drain(..) {
         match request {
-            Request::Append { reply, .. } | Request::Snapshot { reply, .. } => {
+            Request::Append { reply, .. } | Request::Snapshot { reply, .. } | Request::Checkpoint { reply, .. } => {
                 let _ = reply.send(Err(error.clone()));
             }
             Request::Close { .. } => unreachable!("run splits the batch at Close"),
@@ -244,7 +248,7 @@ fn fail(batch: &mut Vec<Request>, error: Error) {
 fn request_events(request: &Request) -> usize {
     match request {
         Request::Append { events, .. } => events.len(),
-        Request::Snapshot { .. } | Request::Close { .. } => 1,
+        Request::Snapshot { .. } | Request::Checkpoint { .. } | Request::Close { .. } => 1,
     }
 }
 
@@ -311,6 +315,28 @@ fn append(
         }
     }
     Ok(Ok(Outcome::Appended(Appended { version, first_position, last_position: *next_position - 1 })))
+}
+
+fn save_checkpoint(
+    tx: &rusqlite::Transaction<'_>,
+    head: u64,
+    checkpoint: Checkpoint,
+) -> rusqlite::Result<Result<Outcome, Error>> {
+    if checkpoint.position > head {
+        return Ok(Err(Error::CheckpointAhead { name: checkpoint.name, position: checkpoint.position, head }));
+    }
+    tx.prepare_cached(
+        "INSERT INTO checkpoints (name, position, state, checksum) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, state = excluded.state, \
+         checksum = excluded.checksum WHERE excluded.position >= checkpoints.position",
+    )?
+    .execute(params![
+        checkpoint.name.as_str(),
+        to_sql(checkpoint.position),
+        checkpoint.state.as_ref(),
+        i64::from(checkpoint_checksum(&checkpoint)),
+    ])?;
+    Ok(Ok(Outcome::Saved))
 }
 
 fn save_snapshot(
