@@ -139,6 +139,12 @@ pub enum Status {
 pub struct Document {
     /// Where it is in its life.
     pub status: Status,
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// Who registered it.
+    pub owner: String,
+    /// Its MIME type.
+    pub content_type: String,
     /// The registration's size limit.
     pub declared_size_bytes: u64,
     /// Its current content's size.
@@ -268,6 +274,9 @@ impl Aggregate for Document {
         match event {
             Event::Registered(e) => {
                 self.status = Status::UploadPending;
+                self.tenant = e.tenant.clone();
+                self.owner = e.owner.clone();
+                self.content_type = e.content_type.clone();
                 self.declared_size_bytes = e.declared_size_bytes;
             }
             Event::Uploaded(e) => {

@@ -132,8 +132,16 @@ pub struct Schedule {
     pub cron: String,
     /// Its time zone.
     pub time_zone: String,
+    /// The workflow its jobs run.
+    pub workflow: Option<WorkflowId>,
+    /// The documents they run over.
+    pub target: Option<Target>,
+    /// How documents become jobs.
+    pub strategy: Option<Strategy>,
     /// When it was created: occurrences before this are never due.
     pub created_at: Timestamp,
+    /// When it was last resumed: occurrences while it was paused are never due.
+    pub resumed_at: Option<Timestamp>,
     /// The last occurrence fired.
     pub last_due: Option<Timestamp>,
     /// Firings so far.
@@ -218,7 +226,13 @@ impl Schedule {
         if self.status != Status::Active {
             return None;
         }
-        self.rule()?.next_after(self.last_due.unwrap_or(self.created_at))
+        self.rule()?.next_after(self.fired_up_to())
+    }
+
+    /// Occurrences up to this time are fired or skipped: the latest of its creation, its last resumption and
+    /// its last firing.
+    pub fn fired_up_to(&self) -> Timestamp {
+        self.created_at.max(self.resumed_at.unwrap_or_default()).max(self.last_due.unwrap_or_default())
     }
 }
 
@@ -278,8 +292,8 @@ impl Aggregate for Schedule {
                 if due_at > at {
                     return Err(not_due("it is in the future"));
                 }
-                if *due_at <= self.last_due.unwrap_or(self.created_at) {
-                    return Err(not_due("it is not after the last occurrence fired"));
+                if *due_at <= self.fired_up_to() {
+                    return Err(not_due("it is not after the last occurrence fired, the creation or the resumption"));
                 }
                 if !self.rule().is_some_and(|rule| rule.matches(*due_at)) {
                     return Err(not_due("the rule does not fire then"));
@@ -305,10 +319,16 @@ impl Aggregate for Schedule {
                 self.status = Status::Active;
                 self.cron = e.cron.clone();
                 self.time_zone = e.time_zone.clone();
+                self.workflow = Some(e.workflow);
+                self.target = Some(e.target.clone());
+                self.strategy = Some(e.strategy);
                 self.created_at = e.at;
             }
             Event::Paused(_) => self.status = Status::Paused,
-            Event::Resumed(_) => self.status = Status::Active,
+            Event::Resumed(e) => {
+                self.status = Status::Active;
+                self.resumed_at = Some(e.at);
+            }
             Event::Fired(e) => {
                 self.last_due = Some(e.due_at);
                 self.firings += 1;
@@ -422,6 +442,19 @@ mod tests {
         given::<Schedule>([created()])
             .when(Command::Fire { due_at: at(0), jobs: vec![job(1), job(2)], at: at(0) })
             .then([Fired { due_at: at(0), jobs: vec![job(1), job(2)], at: at(0) }.into()]);
+    }
+
+    #[test]
+    fn occurrences_while_paused_are_not_due_after_resuming() {
+        // Paused before Friday's occurrence, resumed after it: Monday's is next, Friday's is refused.
+        let history = [created(), Paused { at: at(-1) }.into(), Resumed { at: at(1) }.into()];
+        assert_eq!(Schedule::replay(&history).next_due(), Some(at(72)));
+        given::<Schedule>(history)
+            .when(Command::Fire { due_at: at(0), jobs: vec![job(1)], at: at(2) })
+            .then_rejected(Rejection::NotDue {
+                due_at: at(0),
+                reason: "it is not after the last occurrence fired, the creation or the resumption".into(),
+            });
     }
 
     #[test]

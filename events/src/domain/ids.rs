@@ -28,6 +28,12 @@ macro_rules! id {
             pub fn stream(&self) -> StreamName {
                 StreamName::new(format!("{}-{}", $kind, self.0)).expect("a kind and a UUID make a valid name")
             }
+
+            /// The instance whose events `stream` holds, if it is a stream of this kind.
+            pub fn from_stream(stream: &StreamName) -> Option<Self> {
+                let id = stream.as_str().strip_prefix($kind)?.strip_prefix('-')?;
+                Uuid::parse_str(id).ok().map(Self)
+            }
         }
 
         impl Default for $name {
@@ -86,5 +92,8 @@ mod tests {
         let id = DocumentId(Uuid::from_u128(1));
         assert_eq!(id.stream().as_str(), "document-00000000-0000-0000-0000-000000000001");
         assert_eq!(id.to_string().parse::<DocumentId>().unwrap(), id);
+        assert_eq!(DocumentId::from_stream(&id.stream()), Some(id));
+        assert_eq!(JobId::from_stream(&id.stream()), None);
+        assert_eq!(DocumentId::from_stream(&StreamName::new("document-x").unwrap()), None);
     }
 }
