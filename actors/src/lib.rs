@@ -28,6 +28,7 @@ pub mod aggregate;
 pub mod document;
 pub mod host;
 pub mod job;
+pub mod process;
 pub mod schedule;
 pub mod workflow;
 

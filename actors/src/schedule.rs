@@ -449,12 +449,12 @@ mod tests {
         // Paused before Friday's occurrence, resumed after it: Monday's is next, Friday's is refused.
         let history = [created(), Paused { at: at(-1) }.into(), Resumed { at: at(1) }.into()];
         assert_eq!(Schedule::replay(&history).next_due(), Some(at(72)));
-        given::<Schedule>(history)
-            .when(Command::Fire { due_at: at(0), jobs: vec![job(1)], at: at(2) })
-            .then_rejected(Rejection::NotDue {
+        given::<Schedule>(history).when(Command::Fire { due_at: at(0), jobs: vec![job(1)], at: at(2) }).then_rejected(
+            Rejection::NotDue {
                 due_at: at(0),
                 reason: "it is not after the last occurrence fired, the creation or the resumption".into(),
-            });
+            },
+        );
     }
 
     #[test]

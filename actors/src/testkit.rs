@@ -122,3 +122,153 @@ fn stored<E: DomainEvent + Debug + PartialEq>(event: &E) -> E {
     assert_eq!(&back, event, "the event changed on its way through the store");
     back
 }
+
+/// An agent profile for tests: the built-in provider, `limit` tasks at a time.
+pub fn agent_profile(limit: u32) -> weft_events::domain::agent::Profile {
+    weft_events::domain::agent::Profile {
+        name: "Tess".into(),
+        role: "tester".into(),
+        goal: "do test steps".into(),
+        instructions: "Do as the script says.".into(),
+        provider: "builtin".into(),
+        model: "scripted".into(),
+        parameters: Default::default(),
+        concurrency_limit: limit,
+    }
+}
+
+/// A 3-step DAG for `agent`: `extract` reads the job's inputs; `summarise` and `report` read `extract`'s
+/// output, and `report` also `summarise`'s. Each may be tried `max_attempts` times, `base_delay_ms` apart
+/// at first, and times out after `timeout_ms`.
+pub fn three_step_dag(
+    agent: weft_events::domain::ids::AgentId,
+    max_attempts: u32,
+    base_delay_ms: u64,
+    timeout_ms: u64,
+) -> Vec<weft_events::domain::workflow::Step> {
+    use weft_events::domain::workflow::{Input, RetryPolicy, Step};
+    let step = |name: &str, inputs: Vec<Input>| Step {
+        name: name.into(),
+        agent,
+        instruction: format!("{name} it"),
+        inputs,
+        timeout_ms,
+        retry: RetryPolicy { max_attempts, base_delay_ms, max_delay_ms: base_delay_ms * 8 },
+    };
+    vec![
+        step("extract", vec![Input::JobInputs]),
+        step("summarise", vec![Input::Step("extract".into())]),
+        step("report", vec![Input::Step("extract".into()), Input::Step("summarise".into())]),
+    ]
+}
+
+/// What a [`ScriptedExecutor`] does with one attempt of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scripted {
+    /// Succeed after the executor's delay.
+    Succeed,
+    /// Fail after the executor's delay.
+    Fail {
+        /// Whether another attempt may succeed.
+        retryable: bool,
+    },
+    /// Take this long (past the step's time-out, say), then succeed.
+    Sleep {
+        /// How long.
+        ms: u64,
+    },
+}
+
+/// One run of a task, as a [`ScriptedExecutor`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    /// The step.
+    pub step: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// The documents it was given.
+    pub inputs: Vec<weft_events::domain::ids::DocumentId>,
+}
+
+/// The test executor: does each attempt as its script says (succeed unless told otherwise), after a fixed
+/// delay, and remembers every run. With a log file it also appends `step attempt` to it, flushed to disk,
+/// before each run: what a test that kills the process counts runs from.
+#[derive(Default)]
+pub struct ScriptedExecutor {
+    script: std::collections::HashMap<(String, u32), Scripted>,
+    delay_ms: u64,
+    log: Option<std::path::PathBuf>,
+    runs: std::sync::Mutex<Vec<Run>>,
+}
+
+impl ScriptedExecutor {
+    /// An executor that succeeds at everything at once.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Attempt `attempt` of `step` does `what`.
+    pub fn on(mut self, step: &str, attempt: u32, what: Scripted) -> Self {
+        self.script.insert((step.into(), attempt), what);
+        self
+    }
+
+    /// Every run takes `ms`.
+    pub fn delay_ms(mut self, ms: u64) -> Self {
+        self.delay_ms = ms;
+        self
+    }
+
+    /// Appends each run to `path`.
+    pub fn log_to(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.log = Some(path.into());
+        self
+    }
+
+    /// The runs so far.
+    pub fn runs(&self) -> Vec<Run> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The document a task writes: derived from the task, so reruns would be visible as the same output.
+    pub fn output_of(task: weft_events::domain::ids::Uuid) -> weft_events::domain::ids::DocumentId {
+        weft_events::domain::ids::DocumentId(crate::process::derived_id(task, "output"))
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl crate::process::worker::Executor for ScriptedExecutor {
+    async fn run(
+        &self,
+        task: crate::process::worker::Task,
+    ) -> Result<crate::process::worker::TaskOutput, crate::process::worker::TaskError> {
+        use std::io::Write;
+        if let Some(path) = &self.log {
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("the run log opens");
+            writeln!(file, "{} {}", task.step.name, task.attempt).expect("the run log takes a line");
+            file.sync_all().expect("the run log syncs");
+        }
+        self.runs.lock().unwrap_or_else(|p| p.into_inner()).push(Run {
+            step: task.step.name.clone(),
+            attempt: task.attempt,
+            inputs: task.inputs.clone(),
+        });
+        let what = self.script.get(&(task.step.name.clone(), task.attempt)).cloned().unwrap_or(Scripted::Succeed);
+        let delay = match what {
+            Scripted::Sleep { ms } => ms,
+            _ => self.delay_ms,
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        match what {
+            Scripted::Fail { retryable } => Err(crate::process::worker::TaskError {
+                message: format!("scripted failure of {} attempt {}", task.step.name, task.attempt),
+                retryable,
+            }),
+            Scripted::Succeed | Scripted::Sleep { .. } => Ok(crate::process::worker::TaskOutput {
+                document: Self::output_of(task.id),
+                input_tokens: 10,
+                output_tokens: 5,
+            }),
+        }
+    }
+}

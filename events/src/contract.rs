@@ -470,7 +470,8 @@ pub async fn checkpoints_keep_the_furthest<S: EventStore + Clone>(store: S) {
     let name = stream("checkpoint-orchestrator");
     assert_eq!(store.load_checkpoint(&name).await.unwrap(), None);
     store.append(&stream("log"), ExpectedVersion::NoStream, (1..=10).map(event).collect()).await.unwrap();
-    let at = |position: u64, state: &str| Checkpoint { name: name.clone(), position, state: Bytes::from(state.to_owned()) };
+    let at =
+        |position: u64, state: &str| Checkpoint { name: name.clone(), position, state: Bytes::from(state.to_owned()) };
     store.save_checkpoint(at(0, "nothing yet")).await.unwrap();
     assert_eq!(store.load_checkpoint(&name).await.unwrap(), Some(at(0, "nothing yet")));
     store.save_checkpoint(at(7, "seven")).await.unwrap();

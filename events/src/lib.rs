@@ -35,5 +35,7 @@ pub mod contract;
 pub use domain::{DecodeError, DomainEvent};
 pub use envelope::{Envelope, NameError, NewEvent, StreamName, Timestamp};
 pub use memory::MemoryStore;
-pub use store::{Appended, Checkpoint, Direction, Error, EventRead, EventStore, EventWrite, ExpectedVersion, Limits, Snapshot};
+pub use store::{
+    Appended, Checkpoint, Direction, Error, EventRead, EventStore, EventWrite, ExpectedVersion, Limits, Snapshot,
+};
 pub use subscription::Subscription;

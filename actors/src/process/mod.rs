@@ -1,0 +1,391 @@
+//! Process managers: readers of the whole log that turn events into commands, each resuming from a
+//! checkpoint after a restart.
+//!
+//! - [`orchestrator`] moves jobs along: a scheduled step becomes a task of its agent, and a task's completion
+//!   or failure becomes the step's.
+//! - [`worker`] does the tasks assigned to agents by handing them to an [`worker::Executor`].
+//! - [`timers`] fires what is due later: retries, step time-outs, schedule occurrences.
+//!
+//! Each runs as one task on the actix system ([`start`]). It handles events strictly in log order and saves
+//! its position and state as a store [`Checkpoint`] every so many events or milliseconds, and when it stops.
+//! After a crash it handles again the events since its last checkpoint, so handling must be idempotent:
+//! every command a process sends has an id derived from the event (or timer) that caused it
+//! ([`derived_id`]), so the host answers a repeat with the first outcome and appends nothing; a repeat the
+//! host has forgotten meets a rejection that the process recognises as "done already".
+//!
+//! A command that cannot be done now (the store is unavailable, a conflict outlasted the host's retries) is
+//! retried with back-off, holding the process at that event: nothing after it is handled out of order.
+
+pub mod orchestrator;
+pub mod timers;
+pub mod worker;
+
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot, watch};
+use weft_events::domain::ids::Uuid;
+use weft_events::{Checkpoint, Envelope, Error as StoreError, EventStore, StreamName, Timestamp, codec};
+
+use crate::Aggregate;
+use crate::agent::Agent;
+use crate::document::Document;
+use crate::host::{self, Execute, Host, Metadata, Outcome};
+use crate::job::Job;
+use crate::schedule::Schedule;
+use crate::workflow::Workflow;
+
+/// The hosts of every aggregate type over one store: what process managers send commands to.
+#[derive(Clone)]
+pub struct Hosts {
+    /// Documents.
+    pub document: Host<Document>,
+    /// Workflows.
+    pub workflow: Host<Workflow>,
+    /// Jobs.
+    pub job: Host<Job>,
+    /// Agents.
+    pub agent: Host<Agent>,
+    /// Schedules.
+    pub schedule: Host<Schedule>,
+}
+
+impl Hosts {
+    /// One host per aggregate type, all with `options`.
+    pub fn new(store: Arc<dyn EventStore>, options: host::Options) -> Self {
+        Self {
+            document: Host::new(store.clone(), options.clone()),
+            workflow: Host::new(store.clone(), options.clone()),
+            job: Host::new(store.clone(), options.clone()),
+            agent: Host::new(store.clone(), options.clone()),
+            schedule: Host::new(store, options),
+        }
+    }
+}
+
+/// The id of the command that `what` (a short name such as `"assign"`) sends because of `cause` (an event id,
+/// or the id of the instance a timer belongs to): the same cause and name always give the same id.
+pub fn derived_id(cause: Uuid, what: &str) -> Uuid {
+    Uuid::new_v5(&cause, what.as_bytes())
+}
+
+/// A number in `[0, 1]` taken from an id, for the jitter of a retry: random enough to spread retries, and the
+/// same each time the same event is handled.
+pub fn jitter_of(id: Uuid) -> f64 {
+    let bytes = id.as_bytes();
+    f64::from(u16::from_le_bytes([bytes[14], bytes[15]])) / f64::from(u16::MAX)
+}
+
+/// Handling must be tried again later; the reason is logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry(pub String);
+
+/// Sends a command on behalf of process `by`, caused by `cause`. A rejection is an answer (`Ok(Err(..))`);
+/// a conflict or an unavailable host is a [`Retry`].
+pub(crate) async fn send<A: Aggregate>(
+    host: &Host<A>,
+    stream: &StreamName,
+    command_id: Uuid,
+    command: A::Command,
+    by: &str,
+    correlation_id: Option<Uuid>,
+) -> Result<Result<Outcome, A::Rejection>, Retry>
+where
+    A::Rejection: Display,
+{
+    let metadata = Metadata { tenant: None, actor: Some(format!("system:{by}")), correlation_id };
+    match host.execute(stream, Execute { command_id, command, expected_version: None, metadata }).await {
+        Ok(outcome) => Ok(Ok(outcome)),
+        Err(host::Error::Rejected(rejection)) => Ok(Err(rejection)),
+        Err(e) => Err(Retry(format!("{stream}: {e}"))),
+    }
+}
+
+/// The state of an instance, for a process deciding what to send.
+pub(crate) async fn inspect<A: Aggregate>(host: &Host<A>, stream: &StreamName) -> Result<A, Retry>
+where
+    A::Rejection: Display,
+{
+    host.inspect(stream).await.map(|(state, _)| state).map_err(|e| Retry(format!("{stream}: {e}")))
+}
+
+/// A process manager. See the module doc.
+#[async_trait::async_trait(?Send)]
+pub trait Process: 'static {
+    /// Its name: its checkpoint is saved as `process-<name>`.
+    const NAME: &'static str;
+    /// What it remembers between events, saved with its checkpoint.
+    type State: Default + Serialize + DeserializeOwned;
+
+    /// Called once on start with the state of the last checkpoint, before any event.
+    async fn resume(&self, _state: &mut Self::State) -> Result<(), Retry> {
+        Ok(())
+    }
+
+    /// Handles one event. Called again with the same event after a [`Retry`], and after a restart for every
+    /// event since the last checkpoint.
+    async fn handle(&self, state: &mut Self::State, event: &Envelope) -> Result<(), Retry>;
+
+    /// When [`Process::fire`] should next be called, if ever.
+    fn next_due(&self, _state: &Self::State) -> Option<Timestamp> {
+        None
+    }
+
+    /// Does what is due at `now`.
+    async fn fire(&self, _state: &mut Self::State, _now: Timestamp) -> Result<(), Retry> {
+        Ok(())
+    }
+}
+
+/// How a process runs. Defaults in [`RunOptions::default`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct RunOptions {
+    /// Save the checkpoint after this many events. Default 1000.
+    pub checkpoint_every_events: u64,
+    /// Save the checkpoint this long after a change at the latest. Default 1 s.
+    pub checkpoint_every_ms: u64,
+    /// First wait before trying a failed event again; doubled up to `retry_max_ms`. Default 50 ms.
+    pub retry_min_ms: u64,
+    /// Longest wait between tries. Default 5 s.
+    pub retry_max_ms: u64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { checkpoint_every_events: 1000, checkpoint_every_ms: 1000, retry_min_ms: 50, retry_max_ms: 5000 }
+    }
+}
+
+/// A running process.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    done: oneshot::Receiver<Result<(), String>>,
+}
+
+impl Running {
+    /// Stops the process after the event or timer at hand, saving its checkpoint.
+    pub async fn stop(self) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        self.done.await.unwrap_or_else(|_| Err("the process task was dropped".into()))
+    }
+
+    /// Waits until the process ends by itself: the store closed, or it failed (the error says why).
+    pub async fn finished(&mut self) -> Result<(), String> {
+        (&mut self.done).await.unwrap_or_else(|_| Err("the process task was dropped".into()))
+    }
+}
+
+/// The stream name a process's checkpoint is saved under.
+pub fn checkpoint_name(process: &str) -> StreamName {
+    StreamName::new(format!("process-{process}")).expect("process names are valid stream names")
+}
+
+/// Starts `process` over `store`. Must be called on an actix system.
+pub fn start<P: Process>(process: P, store: Arc<dyn EventStore>, options: RunOptions) -> Running {
+    let (stop, stopped) = watch::channel(false);
+    let (report, done) = oneshot::channel();
+    actix::spawn(async move {
+        let result = run(process, store, options, stopped).await;
+        if let Err(error) = &result {
+            tracing::error!(process = P::NAME, %error, "the process stopped");
+        }
+        let _ = report.send(result);
+    });
+    Running { stop, done }
+}
+
+/// Where a process is and what it remembers.
+struct Progress<S> {
+    name: StreamName,
+    position: u64,
+    state: S,
+    /// Events or timers handled since the last save.
+    unsaved: u64,
+    saved_at: Instant,
+}
+
+impl<S: Serialize> Progress<S> {
+    async fn save(&mut self, store: &dyn EventStore) -> Result<(), String> {
+        let state =
+            codec::encode(&self.state).map_err(|e| format!("the state of {} does not encode: {e}", self.name))?;
+        let checkpoint = Checkpoint { name: self.name.clone(), position: self.position, state: state.into() };
+        store.save_checkpoint(checkpoint).await.map_err(|e| format!("saving checkpoint {}: {e}", self.name))?;
+        self.unsaved = 0;
+        self.saved_at = Instant::now();
+        Ok(())
+    }
+}
+
+/// Waits before the next try; false when the process was asked to stop meanwhile.
+async fn back_off(stopped: &mut watch::Receiver<bool>, delay: &mut Duration, max: Duration) -> bool {
+    let wait = *delay;
+    *delay = (*delay * 2).min(max);
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        _ = stopped.wait_for(|s| *s) => false,
+    }
+}
+
+async fn run<P: Process>(
+    process: P,
+    store: Arc<dyn EventStore>,
+    options: RunOptions,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let name = checkpoint_name(P::NAME);
+    let (min_delay, max_delay) =
+        (Duration::from_millis(options.retry_min_ms.max(1)), Duration::from_millis(options.retry_max_ms.max(1)));
+    let save_every = Duration::from_millis(options.checkpoint_every_ms);
+    let mut delay = min_delay;
+    let checkpoint = loop {
+        match store.load_checkpoint(&name).await {
+            Ok(checkpoint) => break checkpoint,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(process = P::NAME, error = %e, "loading the checkpoint failed; trying again");
+                if !back_off(&mut stopped, &mut delay, max_delay).await {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(format!("loading checkpoint {name}: {e}")),
+        }
+    };
+    let (position, state) = match checkpoint {
+        Some(c) => {
+            let state = codec::decode(&c.state).map_err(|e| format!("checkpoint {name} does not decode: {e}"))?;
+            (c.position, state)
+        }
+        None => (0, P::State::default()),
+    };
+    let mut progress = Progress { name, position, state, unsaved: 0, saved_at: Instant::now() };
+    tracing::info!(process = P::NAME, from = position, "process starting");
+
+    delay = min_delay;
+    while let Err(Retry(why)) = process.resume(&mut progress.state).await {
+        tracing::warn!(process = P::NAME, %why, "resuming failed; trying again");
+        if !back_off(&mut stopped, &mut delay, max_delay).await {
+            return Ok(());
+        }
+    }
+
+    // The subscription runs in its own task and hands batches over a channel: the loop below waits on the
+    // channel, which loses nothing when a timer wins the race, and a subscription read might.
+    let (batches, mut incoming) = mpsc::channel::<Result<Vec<Envelope>, StoreError>>(2);
+    let mut subscription = store.subscribe_all(position + 1);
+    actix::spawn(async move {
+        loop {
+            tokio::select! {
+                batch = subscription.next_batch() => {
+                    let failed = batch.is_err();
+                    if batches.send(batch).await.is_err() || failed {
+                        return;
+                    }
+                }
+                _ = batches.closed() => return,
+            }
+        }
+    });
+
+    // The handlers below back off watching a second receiver: the first is borrowed by the select.
+    let mut stopped_meanwhile = stopped.clone();
+    'run: loop {
+        let due = process.next_due(&progress.state);
+        let until_due = due.map(|d| Duration::from_micros(u64::try_from(d.0 - Timestamp::now().0).unwrap_or(0)));
+        let save_in = (progress.unsaved > 0).then(|| save_every.saturating_sub(progress.saved_at.elapsed()));
+        tokio::select! {
+            biased;
+            _ = stopped.wait_for(|s| *s) => break 'run,
+            batch = incoming.recv() => {
+                let batch = match batch {
+                    Some(Ok(batch)) => batch,
+                    Some(Err(StoreError::Closed)) | None => break 'run,
+                    Some(Err(e)) => return Err(format!("reading the log: {e}")),
+                };
+                for event in batch {
+                    delay = min_delay;
+                    while let Err(Retry(why)) = process.handle(&mut progress.state, &event).await {
+                        tracing::warn!(process = P::NAME, position = event.position, %why, "handling failed; trying again");
+                        if !back_off(&mut stopped_meanwhile, &mut delay, max_delay).await {
+                            break 'run;
+                        }
+                    }
+                    progress.position = event.position;
+                    progress.unsaved += 1;
+                }
+            }
+            _ = tokio::time::sleep(until_due.unwrap_or_default()), if until_due.is_some() => {
+                if let Err(Retry(why)) = process.fire(&mut progress.state, Timestamp::now()).await {
+                    tracing::warn!(process = P::NAME, %why, "a timer failed; trying again");
+                    if !back_off(&mut stopped_meanwhile, &mut delay, max_delay).await {
+                        break 'run;
+                    }
+                } else {
+                    delay = min_delay;
+                }
+                progress.unsaved += 1;
+            }
+            _ = tokio::time::sleep(save_in.unwrap_or_default()), if save_in.is_some() => {}
+        }
+        if (progress.unsaved >= options.checkpoint_every_events.max(1)
+            || (progress.unsaved > 0 && progress.saved_at.elapsed() >= save_every))
+            && let Err(error) = progress.save(&*store).await
+        {
+            // The events are handled; losing this save only means handling them again after a restart.
+            tracing::warn!(process = P::NAME, %error, "saving the checkpoint failed");
+            progress.saved_at = Instant::now();
+        }
+    }
+    if progress.unsaved > 0
+        && let Err(error) = progress.save(&*store).await
+    {
+        tracing::warn!(process = P::NAME, %error, "saving the last checkpoint failed; the events since the previous one will be handled again");
+    }
+    tracing::info!(process = P::NAME, at = progress.position, "process stopped");
+    Ok(())
+}
+
+/// Decodes `event`, which the caller knows to be one of `E`'s types; one that does not decode is logged and
+/// skipped, since trying again cannot help.
+pub(crate) fn decode<E: weft_events::DomainEvent>(event: &Envelope) -> Option<E> {
+    match E::from_envelope(event) {
+        Ok(decoded) => Some(decoded),
+        Err(error) => {
+            tracing::error!(position = event.position, stream = %event.stream, %error, "an event does not decode; skipped");
+            None
+        }
+    }
+}
+
+/// The orchestrator, the worker and the timer service, running together.
+pub struct Processes {
+    running: Vec<(&'static str, Running)>,
+}
+
+impl Processes {
+    /// Starts all three over `store`, with `executor` doing the tasks. Must be called on an actix system.
+    pub fn start(
+        hosts: Hosts,
+        store: Arc<dyn EventStore>,
+        executor: std::rc::Rc<dyn worker::Executor>,
+        options: RunOptions,
+    ) -> Self {
+        let orchestrator = start(orchestrator::Orchestrator::new(hosts.clone()), store.clone(), options.clone());
+        let worker = start(worker::Worker::new(hosts.clone(), executor), store.clone(), options.clone());
+        let timers = start(timers::TimerService::new(hosts), store, options);
+        Self { running: vec![("orchestrator", orchestrator), ("worker", worker), ("timers", timers)] }
+    }
+
+    /// Stops them all, saving their checkpoints; the first error, if any.
+    pub async fn stop(self) -> Result<(), String> {
+        let mut result = Ok(());
+        for (name, running) in self.running {
+            if let Err(e) = running.stop().await {
+                result = result.and(Err(format!("{name}: {e}")));
+            }
+        }
+        result
+    }
+}

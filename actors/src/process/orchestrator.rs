@@ -1,0 +1,127 @@
+//! The job orchestrator: a scheduled step becomes a task of the step's agent; a task's completion or failure
+//! becomes the step's. The job itself decides what follows (the next ready steps, a retry, the end of the
+//! job), so the orchestrator keeps no state of its own.
+//!
+//! An agent that refuses a task fails the step: retryably when the agent is at its concurrency limit (the
+//! step's retry policy spaces out the next try), for good when the agent is disabled or unknown.
+
+use weft_events::Envelope;
+use weft_events::domain::ids::{AgentId, JobId};
+use weft_events::domain::{agent as agent_events, job as job_events};
+
+use super::{Hosts, Process, Retry, decode, derived_id, inspect, jitter_of, send};
+use crate::agent::{self, Rejection as AgentRejection};
+use crate::job::{self, StepState};
+
+/// See the module doc.
+pub struct Orchestrator {
+    hosts: Hosts,
+}
+
+impl Orchestrator {
+    /// An orchestrator sending its commands to `hosts`.
+    pub fn new(hosts: Hosts) -> Self {
+        Self { hosts }
+    }
+
+    async fn step_scheduled(&self, event: &Envelope, scheduled: job_events::StepScheduled) -> Result<(), Retry> {
+        let Some(job) = JobId::from_stream(&event.stream) else { return Ok(()) };
+        let state = inspect(&self.hosts.job, &event.stream).await?;
+        // Handled before (a restart went back past this event) and moved on since.
+        if state.progress.get(&scheduled.step) != Some(&StepState::Scheduled { attempt: scheduled.attempt }) {
+            return Ok(());
+        }
+        let Some(step) = state.steps.iter().find(|s| s.name == scheduled.step) else { return Ok(()) };
+        let assign = agent::Command::AssignTask {
+            task: derived_id(event.event_id, "task"),
+            job,
+            step: scheduled.step.clone(),
+            attempt: scheduled.attempt,
+            at: scheduled.at,
+        };
+        let correlation = event.correlation_id;
+        let refused = match send(
+            &self.hosts.agent,
+            &step.agent.stream(),
+            derived_id(event.event_id, "assign"),
+            assign,
+            Orchestrator::NAME,
+            correlation,
+        )
+        .await?
+        {
+            Ok(_) | Err(AgentRejection::DuplicateTask(_)) => return Ok(()),
+            Err(rejection) => rejection,
+        };
+        let retryable = matches!(refused, AgentRejection::AtCapacity { .. });
+        let fail = job::Command::FailStep {
+            step: scheduled.step,
+            attempt: scheduled.attempt,
+            error: format!("agent {} refused the task: {refused}", step.agent),
+            retryable,
+            jitter: jitter_of(event.event_id),
+            at: scheduled.at,
+        };
+        let outcome =
+            send(&self.hosts.job, &event.stream, derived_id(event.event_id, "refused"), fail, Self::NAME, correlation)
+                .await?;
+        if let Err(rejection) = outcome {
+            tracing::debug!(job = %job, %rejection, "the job did not take the refusal; it has moved on");
+        }
+        Ok(())
+    }
+
+    async fn task_finished(&self, event: &Envelope, finished: agent_events::Event) -> Result<(), Retry> {
+        let (job, command) = match finished {
+            agent_events::Event::TaskCompleted(e) => {
+                (e.job, job::Command::CompleteStep { step: e.step, attempt: e.attempt, output: e.output, at: e.at })
+            }
+            agent_events::Event::TaskFailed(e) => (
+                e.job,
+                job::Command::FailStep {
+                    step: e.step,
+                    attempt: e.attempt,
+                    error: e.error,
+                    retryable: e.retryable,
+                    jitter: jitter_of(event.event_id),
+                    at: e.at,
+                },
+            ),
+            _ => return Ok(()),
+        };
+        let outcome = send(
+            &self.hosts.job,
+            &job.stream(),
+            derived_id(event.event_id, "report"),
+            command,
+            Self::NAME,
+            event.correlation_id,
+        )
+        .await?;
+        if let Err(rejection) = outcome {
+            // A late report: the attempt timed out, or the job was cancelled or failed meanwhile.
+            tracing::debug!(job = %job, agent = ?AgentId::from_stream(&event.stream), %rejection, "the job did not take a task's report");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Process for Orchestrator {
+    const NAME: &'static str = "orchestrator";
+    type State = ();
+
+    async fn handle(&self, _state: &mut (), event: &Envelope) -> Result<(), Retry> {
+        match &*event.event_type {
+            "job.step_scheduled" => match decode::<job_events::Event>(event) {
+                Some(job_events::Event::StepScheduled(scheduled)) => self.step_scheduled(event, scheduled).await,
+                _ => Ok(()),
+            },
+            "agent.task_completed" | "agent.task_failed" => match decode::<agent_events::Event>(event) {
+                Some(finished) => self.task_finished(event, finished).await,
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The worker: does the tasks assigned to agents, by handing each to an [`Executor`] (the agents' LLM
+//! providers implement it), and reports the outcome to the agent.
+//!
+//! A task runs at most once. Before it runs, the worker records that it started (the agent's
+//! `task_started`, then the job's `step_started`), and the task is in the worker's checkpointed state until its
+//! outcome is recorded. A task found started but not finished after a restart was interrupted: the worker
+//! fails it as retryable instead of running it again, so the job's retry policy decides, as a new attempt,
+//! whether it runs again. Every run of a step is therefore one of its recorded attempts.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use weft_events::domain::agent::{Event as AgentEvent, Profile, TaskAssigned};
+use weft_events::domain::ids::{AgentId, DocumentId, JobId, Uuid};
+use weft_events::domain::workflow::{Input, Step};
+use weft_events::{Envelope, Timestamp};
+
+use super::{Hosts, Process, Retry, decode, derived_id, inspect, send};
+use crate::agent::{self, Rejection as AgentRejection};
+use crate::job;
+
+/// One attempt of a job step, as handed to an executor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    /// The task's id.
+    pub id: Uuid,
+    /// The agent doing it.
+    pub agent: AgentId,
+    /// The agent's set-up.
+    pub profile: Profile,
+    /// The job.
+    pub job: JobId,
+    /// The step, as the job's workflow defines it.
+    pub step: Step,
+    /// The attempt, from 1.
+    pub attempt: u32,
+    /// The documents the step reads: the job's inputs and earlier steps' outputs, as the step names them.
+    pub inputs: Vec<DocumentId>,
+}
+
+/// What a task produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskOutput {
+    /// The document it wrote.
+    pub document: DocumentId,
+    /// Tokens read.
+    pub input_tokens: u64,
+    /// Tokens written.
+    pub output_tokens: u64,
+}
+
+/// Why a task failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct TaskError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+}
+
+/// Does tasks: calls an LLM, reads and writes documents.
+#[async_trait::async_trait(?Send)]
+pub trait Executor: 'static {
+    /// Does one task. The worker stops waiting after the step's time-out and fails the attempt.
+    async fn run(&self, task: Task) -> Result<TaskOutput, TaskError>;
+}
+
+/// What the worker remembers: the tasks it started and has not seen finish, with their agents.
+pub type InFlight = BTreeMap<Uuid, AgentId>;
+
+/// See the module doc.
+pub struct Worker {
+    hosts: Hosts,
+    executor: Rc<dyn Executor>,
+}
+
+impl Worker {
+    /// A worker running tasks with `executor`.
+    pub fn new(hosts: Hosts, executor: Rc<dyn Executor>) -> Self {
+        Self { hosts, executor }
+    }
+
+    async fn assigned(&self, in_flight: &mut InFlight, event: &Envelope, assigned: TaskAssigned) -> Result<(), Retry> {
+        let Some(agent) = AgentId::from_stream(&event.stream) else { return Ok(()) };
+        let task = assigned.task;
+        let correlation = event.correlation_id;
+        let start = agent::Command::StartTask { task, at: Timestamp::now() };
+        match send(&self.hosts.agent, &event.stream, derived_id(task, "start"), start, Self::NAME, correlation).await? {
+            Ok(outcome) if !outcome.repeated || in_flight.contains_key(&task) => {}
+            // Started before, by a worker that stopped before it recorded the outcome.
+            Ok(_) | Err(AgentRejection::AlreadyStarted(_)) => {
+                return fail(&self.hosts, agent, task, interrupted(), correlation).await;
+            }
+            // Finished already.
+            Err(AgentRejection::UnknownTask(_)) => return Ok(()),
+            Err(rejection) => {
+                tracing::warn!(%agent, %task, %rejection, "the agent did not let its task start");
+                return Ok(());
+            }
+        }
+        in_flight.insert(task, agent);
+
+        let start_step =
+            job::Command::StartStep { step: assigned.step.clone(), attempt: assigned.attempt, at: Timestamp::now() };
+        let job_stream = assigned.job.stream();
+        if let Err(rejection) =
+            send(&self.hosts.job, &job_stream, derived_id(task, "start-step"), start_step, Self::NAME, correlation)
+                .await?
+        {
+            let error =
+                TaskError { message: format!("the job no longer wants this attempt: {rejection}"), retryable: false };
+            return fail(&self.hosts, agent, task, error, correlation).await;
+        }
+        let job = inspect(&self.hosts.job, &job_stream).await?;
+        let profile = inspect(&self.hosts.agent, &event.stream).await?.profile;
+        let (Some(step), Some(profile)) = (job.steps.iter().find(|s| s.name == assigned.step), profile) else {
+            let error = TaskError { message: "the step or the agent's profile is gone".into(), retryable: false };
+            return fail(&self.hosts, agent, task, error, correlation).await;
+        };
+        let inputs = step
+            .inputs
+            .iter()
+            .flat_map(|input| match input {
+                Input::JobInputs => job.inputs.clone(),
+                Input::Step(name) => match job.progress.get(name) {
+                    Some(job::StepState::Succeeded { output, .. }) => vec![*output],
+                    _ => vec![],
+                },
+            })
+            .collect();
+        let task =
+            Task { id: task, agent, profile, job: assigned.job, step: step.clone(), attempt: assigned.attempt, inputs };
+        let (hosts, executor) = (self.hosts.clone(), self.executor.clone());
+        actix::spawn(async move { execute(hosts, executor, task, correlation).await });
+        Ok(())
+    }
+}
+
+fn interrupted() -> TaskError {
+    TaskError { message: "interrupted: the worker running it stopped before it finished".into(), retryable: true }
+}
+
+/// Runs a task and records its outcome, trying the recording until it goes through. If this process dies
+/// first, the next worker fails the task as interrupted.
+async fn execute(hosts: Hosts, executor: Rc<dyn Executor>, task: Task, correlation: Option<Uuid>) {
+    let started = Instant::now();
+    let timeout = Duration::from_millis(task.step.timeout_ms);
+    let (id, agent) = (task.id, task.agent);
+    let result = match tokio::time::timeout(timeout, executor.run(task)).await {
+        Ok(result) => result,
+        Err(_) => Err(TaskError { message: format!("timed out after {} ms", timeout.as_millis()), retryable: true }),
+    };
+    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let recorded = match &result {
+            Ok(output) => {
+                let complete = agent::Command::CompleteTask {
+                    task: id,
+                    output: output.document,
+                    input_tokens: output.input_tokens,
+                    output_tokens: output.output_tokens,
+                    latency_ms,
+                    at: Timestamp::now(),
+                };
+                send(&hosts.agent, &agent.stream(), derived_id(id, "complete"), complete, Worker::NAME, correlation)
+                    .await
+                    .map(|outcome| {
+                        if let Err(rejection) = outcome {
+                            tracing::warn!(%agent, task = %id, %rejection, "the agent did not take a task's output");
+                        }
+                    })
+            }
+            Err(error) => fail(&hosts, agent, id, error.clone(), correlation).await,
+        };
+        match recorded {
+            Ok(()) => return,
+            Err(Retry(why)) => {
+                tracing::warn!(%agent, task = %id, %why, "recording a task's outcome failed; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn fail(
+    hosts: &Hosts,
+    agent: AgentId,
+    task: Uuid,
+    error: TaskError,
+    correlation: Option<Uuid>,
+) -> Result<(), Retry> {
+    let command =
+        agent::Command::FailTask { task, error: error.message, retryable: error.retryable, at: Timestamp::now() };
+    match send(&hosts.agent, &agent.stream(), derived_id(task, "fail"), command, Worker::NAME, correlation).await? {
+        Ok(_) | Err(AgentRejection::UnknownTask(_)) => Ok(()),
+        Err(rejection) => {
+            tracing::warn!(%agent, %task, %rejection, "the agent did not take a task's failure");
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Process for Worker {
+    const NAME: &'static str = "worker";
+    type State = InFlight;
+
+    async fn resume(&self, in_flight: &mut InFlight) -> Result<(), Retry> {
+        while let Some((&task, &agent)) = in_flight.first_key_value() {
+            tracing::info!(%agent, %task, "a task was running when the worker stopped; failing it as interrupted");
+            fail(&self.hosts, agent, task, interrupted(), None).await?;
+            in_flight.remove(&task);
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, in_flight: &mut InFlight, event: &Envelope) -> Result<(), Retry> {
+        match &*event.event_type {
+            "agent.task_assigned" => match decode::<AgentEvent>(event) {
+                Some(AgentEvent::TaskAssigned(assigned)) => self.assigned(in_flight, event, assigned).await,
+                _ => Ok(()),
+            },
+            "agent.task_completed" | "agent.task_failed" => {
+                match decode::<AgentEvent>(event) {
+                    Some(AgentEvent::TaskCompleted(e)) => {
+                        in_flight.remove(&e.task);
+                    }
+                    Some(AgentEvent::TaskFailed(e)) => {
+                        in_flight.remove(&e.task);
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}

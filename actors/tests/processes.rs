@@ -1,0 +1,259 @@
+//! The process managers drive jobs and schedules end to end over an in-memory store: the orchestrator, the
+//! worker with the scripted test executor, and the timer service.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_actors::agent;
+use weft_actors::host::{Execute, Host, Metadata, Options};
+use weft_actors::job::{self, Job, Status, StepState};
+use weft_actors::process::timers::{Timer, Timers};
+use weft_actors::process::{Hosts, Processes, RunOptions, checkpoint_name};
+use weft_actors::testkit::{Scripted, ScriptedExecutor, agent_profile, three_step_dag};
+use weft_actors::{Aggregate, document, schedule, workflow};
+use weft_events::domain::ids::{AgentId, DocumentId, JobId, ScheduleId, Uuid, WorkflowId};
+use weft_events::domain::schedule::{GroupBy, Strategy, Target};
+use weft_events::domain::workflow::Step;
+use weft_events::{EventStore, MemoryStore, StreamName, Timestamp, codec};
+
+fn fast() -> RunOptions {
+    RunOptions { checkpoint_every_events: 100, checkpoint_every_ms: 20, retry_min_ms: 5, retry_max_ms: 100 }
+}
+
+async fn run<A: Aggregate>(host: &Host<A>, stream: &StreamName, command: A::Command)
+where
+    A::Rejection: std::fmt::Debug,
+{
+    let execute =
+        Execute { command_id: Uuid::now_v7(), command, expected_version: None, metadata: Metadata::default() };
+    host.execute(stream, execute).await.expect("the set-up command goes through");
+}
+
+struct World {
+    store: Arc<dyn EventStore>,
+    hosts: Hosts,
+    agent: AgentId,
+}
+
+async fn world() -> World {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::default());
+    let hosts = Hosts::new(store.clone(), Options::default());
+    let agent = AgentId::new();
+    run(&hosts.agent, &agent.stream(), agent::Command::Register { profile: agent_profile(8), at: Timestamp::now() })
+        .await;
+    World { store, hosts, agent }
+}
+
+async fn submit(world: &World, steps: Vec<Step>) -> (JobId, DocumentId) {
+    let (job, input) = (JobId::new(), DocumentId::new());
+    let submit = job::Command::Submit {
+        workflow: WorkflowId::new(),
+        workflow_version: 1,
+        steps,
+        inputs: vec![input],
+        priority: 0,
+        idempotency_key: None,
+        at: Timestamp::now(),
+    };
+    run(&world.hosts.job, &job.stream(), submit).await;
+    (job, input)
+}
+
+/// Polls `check` until it gives something or the deadline passes.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn finished(hosts: &Hosts, job: JobId) -> Job {
+    eventually("the job finishes", async || {
+        let (state, _) = hosts.job.inspect(&job.stream()).await.unwrap();
+        (state.status != Status::Running).then_some(state)
+    })
+    .await
+}
+
+fn output(job: &Job, step: &str) -> DocumentId {
+    match job.progress[step] {
+        StepState::Succeeded { output, .. } => output,
+        other => panic!("{step} did not succeed: {other:?}"),
+    }
+}
+
+fn runs_of(executor: &ScriptedExecutor) -> Vec<(String, u32)> {
+    executor.runs().into_iter().map(|r| (r.step, r.attempt)).collect()
+}
+
+fn pair(step: &str, attempt: u32) -> (String, u32) {
+    (step.to_owned(), attempt)
+}
+
+#[actix_rt::test]
+async fn a_three_step_dag_with_a_failing_then_succeeding_step_runs_to_success() {
+    let world = world().await;
+    let executor = Rc::new(ScriptedExecutor::new().on("summarise", 1, Scripted::Fail { retryable: true }));
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), executor.clone(), fast());
+    let (job, input) = submit(&world, three_step_dag(world.agent, 3, 20, 5_000)).await;
+
+    let done = finished(&world.hosts, job).await;
+    assert_eq!(done.status, Status::Succeeded);
+    assert_eq!(done.progress["summarise"], StepState::Succeeded { attempt: 2, output: output(&done, "summarise") });
+    assert_eq!(runs_of(&executor), [pair("extract", 1), pair("summarise", 1), pair("summarise", 2), pair("report", 1)]);
+    // Each step read what its definition names.
+    let runs = executor.runs();
+    assert_eq!(runs[0].inputs, [input]);
+    assert_eq!(runs[2].inputs, [output(&done, "extract")]);
+    assert_eq!(runs[3].inputs, [output(&done, "extract"), output(&done, "summarise")]);
+    let (agent, _) = world.hosts.agent.inspect(&world.agent.stream()).await.unwrap();
+    assert_eq!((agent.finished_tasks, agent.open_tasks.len()), (4, 0));
+    processes.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn an_attempt_that_outlives_its_time_out_fails_and_is_retried() {
+    let world = world().await;
+    let executor = Rc::new(ScriptedExecutor::new().on("extract", 1, Scripted::Sleep { ms: 2_000 }));
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), executor.clone(), fast());
+    let (job, _) = submit(&world, three_step_dag(world.agent, 2, 10, 200)).await;
+
+    let done = finished(&world.hosts, job).await;
+    assert_eq!(done.status, Status::Succeeded);
+    assert!(matches!(done.progress["extract"], StepState::Succeeded { attempt: 2, .. }));
+    let events = weft_actors::host::load_events::<Job>(&*world.store, &job.stream()).await.unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e, weft_events::domain::job::Event::StepFailed(f)
+            if f.step == "extract" && f.attempt == 1 && f.retryable && f.error.contains("timed out"))),
+        "{events:#?}"
+    );
+    processes.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_step_whose_agent_is_disabled_fails_the_job() {
+    let world = world().await;
+    let disable = agent::Command::Disable { reason: "retired".into(), at: Timestamp::now() };
+    run(&world.hosts.agent, &world.agent.stream(), disable).await;
+    let executor = Rc::new(ScriptedExecutor::new());
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), executor.clone(), fast());
+    let (job, _) = submit(&world, three_step_dag(world.agent, 3, 10, 5_000)).await;
+
+    let done = finished(&world.hosts, job).await;
+    assert_eq!(done.status, Status::Failed);
+    assert_eq!(done.progress["extract"], StepState::Failed { attempt: 1 });
+    assert!(executor.runs().is_empty());
+    processes.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_pending_retry_fires_after_the_processes_restart_from_their_checkpoints() {
+    let world = world().await;
+    let executor = Rc::new(ScriptedExecutor::new().on("extract", 1, Scripted::Fail { retryable: true }));
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), executor.clone(), fast());
+    // A retry far enough out that the processes are stopped before it is due.
+    let (job, _) = submit(&world, three_step_dag(world.agent, 2, 1_500, 5_000)).await;
+    eventually("the retry is scheduled", async || {
+        let (state, _) = world.hosts.job.inspect(&job.stream()).await.unwrap();
+        matches!(state.progress["extract"], StepState::RetryWaiting { .. }).then_some(())
+    })
+    .await;
+    // The timer service saves the pending retry with its checkpoint.
+    eventually("the timer checkpoint holds the retry", async || {
+        let saved = world.store.load_checkpoint(&checkpoint_name("timers")).await.unwrap()?;
+        let timers: Timers = codec::decode(&saved.state).unwrap();
+        timers.pending().any(|(_, t)| matches!(t, Timer::Retry { attempt: 2, .. })).then_some(())
+    })
+    .await;
+    processes.stop().await.unwrap();
+
+    // A new node: new hosts over the same store, new processes resuming from the checkpoints.
+    let hosts = Hosts::new(world.store.clone(), Options::default());
+    let processes = Processes::start(hosts.clone(), world.store.clone(), executor.clone(), fast());
+    let done = finished(&hosts, job).await;
+    assert_eq!(done.status, Status::Succeeded);
+    assert_eq!(runs_of(&executor)[..2], [pair("extract", 1), pair("extract", 2)]);
+    processes.stop().await.unwrap();
+}
+
+#[actix_rt::test]
+async fn a_schedule_fires_its_latest_missed_occurrence_once_with_a_job_per_group() {
+    let world = world().await;
+    let workflow = WorkflowId::new();
+    let steps = three_step_dag(world.agent, 1, 10, 5_000);
+    run(
+        &world.hosts.workflow,
+        &workflow.stream(),
+        workflow::Command::Define { name: "digest".into(), steps, at: Timestamp::now() },
+    )
+    .await;
+    let mut documents = Vec::new();
+    for (name, content_type) in [("a.pdf", "application/pdf"), ("b.txt", "text/plain"), ("c.pdf", "application/pdf")] {
+        let document = DocumentId::new();
+        let register = document::Command::Register {
+            name: name.into(),
+            content_type: content_type.into(),
+            declared_size_bytes: 1000,
+            tenant: "acme".into(),
+            owner: "ann".into(),
+            at: Timestamp::now(),
+        };
+        run(&world.hosts.document, &document.stream(), register).await;
+        documents.push(document);
+    }
+    // Every minute, created five minutes ago: five occurrences are missed by now.
+    let created = Timestamp(Timestamp::now().0 - 5 * 60 * 1_000_000);
+    let schedule = ScheduleId::new();
+    run(
+        &world.hosts.schedule,
+        &schedule.stream(),
+        schedule::Command::Create {
+            cron: "* * * * *".into(),
+            time_zone: "UTC".into(),
+            workflow,
+            target: Target::Documents(documents.clone()),
+            strategy: Strategy::PerGroup(GroupBy::ContentType),
+            at: created,
+        },
+    )
+    .await;
+    let executor = Rc::new(ScriptedExecutor::new());
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), executor.clone(), fast());
+
+    let fired = eventually("the schedule fires", async || {
+        let (state, _) = world.hosts.schedule.inspect(&schedule.stream()).await.unwrap();
+        (state.firings > 0).then_some(state)
+    })
+    .await;
+    // One firing, for the latest of the missed occurrences, not the first.
+    assert_eq!(fired.firings, 1);
+    let last_due = fired.last_due.unwrap();
+    assert!(last_due.0 >= created.0 + 4 * 60 * 1_000_000, "fired {last_due:?} for a schedule created at {created:?}");
+    let events = weft_actors::host::load_events::<schedule::Schedule>(&*world.store, &schedule.stream()).await.unwrap();
+    let Some(weft_events::domain::schedule::Event::Fired(firing)) = events.last() else { panic!("{events:?}") };
+    // One job for the two PDFs, one for the text file.
+    assert_eq!(firing.jobs.len(), 2);
+    let mut inputs = Vec::new();
+    for job in &firing.jobs {
+        let done = finished(&world.hosts, *job).await;
+        assert_eq!(done.status, Status::Succeeded);
+        inputs.push(done.inputs.clone());
+    }
+    inputs.sort_by_key(|i| i.len());
+    assert_eq!(inputs, [vec![documents[1]], vec![documents[0], documents[2]]]);
+    processes.stop().await.unwrap();
+}
+
+#[test]
+fn derived_command_ids_are_stable_and_distinct() {
+    let cause = Uuid::from_u128(42);
+    let id = weft_actors::process::derived_id;
+    assert_eq!(id(cause, "assign"), id(cause, "assign"));
+    assert_ne!(id(cause, "assign"), id(cause, "start"));
+    assert_ne!(id(cause, "assign"), id(Uuid::from_u128(43), "assign"));
+}
