@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use weft::store::sqlite::{Options, SqliteStore};
-use weft_events::{Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, NewEvent, StreamName};
+use weft_events::{
+    Checkpoint, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, NewEvent, StreamName,
+};
 
 const STREAMS: u64 = 8;
 const EVENTS: u64 = 400;
@@ -214,4 +216,25 @@ async fn an_index_ahead_of_its_log_is_rebuilt() {
     store.close().await.unwrap();
     assert_eq!(original.len() as u64, EVENTS);
     assert_eq!(open_and_read(&log, &original, "index ahead of the log").await, Outcome::Intact);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_checkpoint_is_reported_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.db");
+    let store = SqliteStore::open(Options::new(&log)).unwrap();
+    store.append(&stream(1), ExpectedVersion::Any, vec![NewEvent::new("damage.done", payload(1))]).await.unwrap();
+    let name = StreamName::new("process-timers").unwrap();
+    let state = bytes::Bytes::from_static(b"CHECKPOINT-STATE-MARKER");
+    store.save_checkpoint(Checkpoint { name: name.clone(), position: 1, state }).await.unwrap();
+    store.close().await.unwrap();
+
+    let mut bytes = std::fs::read(&log).unwrap();
+    let marker = b"CHECKPOINT-STATE-MARKER";
+    let at = bytes.windows(marker.len()).position(|w| w == marker).expect("the state is in the file");
+    bytes[at + 3] ^= 0x01;
+    std::fs::write(&log, bytes).unwrap();
+    let store = SqliteStore::open(Options::new(&log)).unwrap();
+    let error = store.load_checkpoint(&name).await.unwrap_err();
+    assert_reported(&error, dir.path(), "a bit flipped in a checkpoint's state");
 }

@@ -15,13 +15,13 @@
 //! - [`host`]: the actor host on actix: one actor per live instance, activated from its snapshot and
 //!   events, one command at a time, idempotent by command id, conflict retries, snapshots, passivation and
 //!   supervision of panics.
-//! - `testkit` (feature `test-util`): given/when/then.
+//! - [`process`]: the process managers that turn events into commands (job orchestrator, worker with the
+//!   [`process::worker::Executor`] trait, durable timers), each a checkpointed reader of the whole log.
+//! - `testkit` (feature `test-util`): given/when/then, and a scripted executor.
 //!
-//! Still to come (issue 3): the process managers (job orchestrator, durable timers), the executor trait, and
-//! `weft bench actors`.
-//!
-//! It depends only on [`weft_events`] among Weft's crates: it never touches a database, a socket or a
-//! clock directly; everything it persists goes through [`weft_events::EventStore`].
+//! It depends only on [`weft_events`] among Weft's crates: it never touches a database or a socket
+//! directly; everything it persists goes through [`weft_events::EventStore`]. The clock is read only at the
+//! edges: by the process managers, to stamp the commands they send and to fire timers.
 
 pub mod agent;
 pub mod aggregate;
