@@ -9,7 +9,9 @@
 //!
 //! - [`store`]: event store backends. [`store::sqlite`] is the embedded default: one SQLite file, one
 //!   writer thread with group commit.
+//! - [`nats`]: NATS: local servers for tests and benchmarks.
 //! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose (`store`, `actors`).
 
 pub mod bench;
+pub mod nats;
 pub mod store;

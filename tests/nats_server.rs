@@ -1,0 +1,52 @@
+//! The test harness's `nats-server`: starts on free loopback ports with durable JetStream, restarts on the
+//! same store, forms a three-node cluster, and is gone when dropped.
+
+use weft::nats::NatsServer;
+
+async fn stream_messages(url: &str) -> u64 {
+    let client = weft::nats::connect(url, "test").await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("S").await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+#[tokio::test]
+async fn a_server_keeps_acknowledged_messages_across_a_kill_and_restart() {
+    let mut server = NatsServer::start().unwrap();
+    let client = weft::nats::connect(&server.url(), "test").await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "S".into(),
+        subjects: vec!["s.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for i in 0..10 {
+        js.publish("s.x", format!("{i}").into()).await.unwrap().await.unwrap();
+    }
+    server.restart(0).unwrap();
+    assert_eq!(stream_messages(&server.url()).await, 10);
+    let port = server.node_url(0);
+    drop(server);
+    assert!(weft::nats::connect(&port, "test").await.is_err(), "the server outlived its handle");
+}
+
+#[tokio::test]
+async fn three_nodes_form_a_cluster_that_survives_losing_one() {
+    let mut cluster = NatsServer::cluster(3).unwrap();
+    let client = weft::nats::connect(&cluster.url(), "test").await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "S".into(),
+        subjects: vec!["s.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.publish("s.x", "one".into()).await.unwrap().await.unwrap();
+    cluster.kill(1);
+    js.publish("s.x", "two".into()).await.unwrap().await.unwrap();
+    assert_eq!(stream_messages(&cluster.node_url(0)).await, 2);
+}
