@@ -9,9 +9,11 @@
 //!
 //! - [`store`]: event store backends. [`store::sqlite`] is the embedded default: one SQLite file, one
 //!   writer thread with group commit.
+//! - [`bus`]: the message bus (NATS, or in process), subjects and wildcards.
 //! - [`nats`]: NATS: local servers for tests and benchmarks.
 //! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose (`store`, `actors`).
 
 pub mod bench;
+pub mod bus;
 pub mod nats;
 pub mod store;

@@ -1,0 +1,128 @@
+//! One contract for both buses: the in-process one and NATS (a real `nats-server` on a free loopback port).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use weft::bus::memory::MemoryBus;
+use weft::bus::nats::NatsBus;
+use weft::bus::{Bus, BusError, Headers, Message, Subscription};
+use weft::nats::NatsServer;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Drains what arrives within a short quiet period.
+async fn drain(subscription: &mut Subscription) -> Vec<Message> {
+    let mut got = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(200), subscription.next()).await {
+        got.push(message);
+    }
+    got
+}
+
+async fn wildcards_match_tokens(bus: impl Bus) {
+    let mut star = bus.subscribe("weft.evt.*.x", None).await.unwrap();
+    let mut tail = bus.subscribe("weft.evt.>", None).await.unwrap();
+    let mut exact = bus.subscribe("weft.evt.job.x", None).await.unwrap();
+    bus.flush().await.unwrap();
+    for subject in ["weft.evt.job.x", "weft.evt.job.x.y", "weft.evt.doc.x", "weft.other.job.x"] {
+        bus.publish(Message::new(subject, "m")).await.unwrap();
+    }
+    bus.flush().await.unwrap();
+    let subjects = |messages: Vec<Message>| messages.into_iter().map(|m| m.subject).collect::<Vec<_>>();
+    assert_eq!(subjects(drain(&mut star).await), ["weft.evt.job.x", "weft.evt.doc.x"]);
+    assert_eq!(subjects(drain(&mut tail).await), ["weft.evt.job.x", "weft.evt.job.x.y", "weft.evt.doc.x"]);
+    assert_eq!(subjects(drain(&mut exact).await), ["weft.evt.job.x"]);
+}
+
+async fn a_queue_group_shares_messages_and_plain_subscribers_get_all(bus: impl Bus) {
+    let mut a = bus.subscribe("work.*", Some("weft")).await.unwrap();
+    let mut b = bus.subscribe("work.*", Some("weft")).await.unwrap();
+    let mut all = bus.subscribe("work.*", None).await.unwrap();
+    bus.flush().await.unwrap();
+    for i in 0..100 {
+        bus.publish(Message::new(format!("work.{i}"), "m")).await.unwrap();
+    }
+    bus.flush().await.unwrap();
+    let (from_a, from_b) = (drain(&mut a).await.len(), drain(&mut b).await.len());
+    assert_eq!(from_a + from_b, 100, "each message to exactly one member");
+    assert!(from_a > 0 && from_b > 0, "both members got work: {from_a} and {from_b}");
+    assert_eq!(drain(&mut all).await.len(), 100);
+}
+
+async fn requests_get_replies_with_headers(bus: impl Bus + Clone) {
+    let mut service = bus.subscribe("svc.echo", Some("weft")).await.unwrap();
+    bus.flush().await.unwrap();
+    let responder = bus.clone();
+    tokio::spawn(async move {
+        while let Some(request) = service.next().await {
+            let mut headers = request.headers.clone();
+            headers.insert("Echoed".into(), "yes".into());
+            let reply = Message { subject: request.reply.unwrap(), reply: None, headers, payload: request.payload };
+            responder.publish(reply).await.unwrap();
+        }
+    });
+    let mut request = Message::new("svc.echo", "ping");
+    request.headers = Headers::from([("Weft-Command-Id".to_owned(), "c-1".to_owned())]);
+    let reply = bus.request(request, WAIT).await.unwrap();
+    assert_eq!(&reply.payload[..], b"ping");
+    assert_eq!(reply.headers.get("Weft-Command-Id").map(String::as_str), Some("c-1"));
+    assert_eq!(reply.headers.get("Echoed").map(String::as_str), Some("yes"));
+}
+
+async fn requests_nobody_answers_fail_typed(bus: impl Bus) {
+    assert_eq!(
+        bus.request(Message::new("svc.nobody", "x"), WAIT).await.unwrap_err(),
+        BusError::NoResponders("svc.nobody".into())
+    );
+    let _silent = bus.subscribe("svc.silent", None).await.unwrap();
+    bus.flush().await.unwrap();
+    assert_eq!(
+        bus.request(Message::new("svc.silent", "x"), Duration::from_millis(100)).await.unwrap_err(),
+        BusError::TimedOut { subject: "svc.silent".into(), timeout_ms: 100 }
+    );
+}
+
+async fn bad_subjects_and_oversized_messages_are_refused(bus: impl Bus) {
+    for subject in ["", "a..b", "a b", "a.*", "a.>"] {
+        let error = bus.publish(Message::new(subject, "x")).await.unwrap_err();
+        assert!(matches!(error, BusError::InvalidSubject { .. }), "{subject:?}: {error:?}");
+        let error = bus.request(Message::new(subject, "x"), WAIT).await.unwrap_err();
+        assert!(matches!(error, BusError::InvalidSubject { .. }), "{subject:?}: {error:?}");
+    }
+    assert!(matches!(bus.subscribe("a.>.b", None).await, Err(BusError::InvalidSubject { .. })));
+    let huge = vec![0u8; bus.max_payload() + 1];
+    assert!(matches!(bus.publish(Message::new("a.b", huge)).await.unwrap_err(), BusError::TooLarge { .. }));
+}
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(MemoryBus::default()).await;
+                }
+            )*
+        }
+        mod nats {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let server = NatsServer::start().unwrap();
+                    let client = weft::nats::connect(&server.url(), "bus-test").await.unwrap();
+                    super::$case(NatsBus::new(client)).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    wildcards_match_tokens,
+    a_queue_group_shares_messages_and_plain_subscribers_get_all,
+    requests_get_replies_with_headers,
+    requests_nobody_answers_fail_typed,
+    bad_subjects_and_oversized_messages_are_refused,
+);
