@@ -10,10 +10,14 @@
 //! - [`store`]: event store backends. [`store::sqlite`] is the embedded default: one SQLite file, one
 //!   writer thread with group commit.
 //! - [`bus`]: the message bus (NATS, or in process), subjects and wildcards.
+//! - [`intake`]: the command services on the bus, one per aggregate type.
+//! - [`protocol`]: the wire protocol: subjects, command bodies, replies, events.
 //! - [`nats`]: NATS: local servers for tests and benchmarks.
 //! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose (`store`, `actors`).
 
 pub mod bench;
 pub mod bus;
+pub mod intake;
 pub mod nats;
+pub mod protocol;
 pub mod store;

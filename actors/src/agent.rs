@@ -23,13 +23,15 @@ pub const MAX_PARAMETERS: usize = 64;
 pub const MAX_CONCURRENCY: u32 = 1024;
 
 /// What can be asked of an agent.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Register the agent.
     Register {
         /// Its set-up.
         profile: Profile,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// Replace its set-up.
@@ -37,6 +39,7 @@ pub enum Command {
         /// The new set-up.
         profile: Profile,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// Take no new tasks.
@@ -44,6 +47,7 @@ pub enum Command {
         /// Why.
         reason: String,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// Give it a job step as a task.
@@ -57,6 +61,7 @@ pub enum Command {
         /// The step's attempt.
         attempt: u32,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// It began a task.
@@ -64,6 +69,7 @@ pub enum Command {
         /// The task.
         task: Uuid,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// A task finished.
@@ -79,6 +85,7 @@ pub enum Command {
         /// Provider latency.
         latency_ms: u64,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// A task failed.
@@ -90,12 +97,14 @@ pub enum Command {
         /// Whether another attempt may succeed.
         retryable: bool,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
 }
 
 /// Why an agent refuses a command.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "code", content = "detail", rename_all = "snake_case")]
 pub enum Rejection {
     /// The agent is not registered.
     #[error("the agent is not registered")]
@@ -125,7 +134,7 @@ pub enum Rejection {
     #[error("{field} is invalid: {reason}")]
     Invalid {
         /// Which field.
-        field: &'static str,
+        field: String,
         /// What is wrong.
         reason: String,
     },
@@ -173,7 +182,7 @@ pub struct Agent {
 
 fn bounded(field: &'static str, value: &str, limit: usize) -> Result<(), Rejection> {
     if value.trim().is_empty() || value.len() > limit {
-        return Err(Rejection::Invalid { field, reason: format!("must be 1 to {limit} bytes") });
+        return Err(Rejection::Invalid { field: field.into(), reason: format!("must be 1 to {limit} bytes") });
     }
     Ok(())
 }
@@ -186,14 +195,14 @@ fn check_profile(profile: &Profile) -> Result<(), Rejection> {
     bounded("provider", &profile.provider, MAX_NAME_BYTES)?;
     bounded("model", &profile.model, MAX_NAME_BYTES)?;
     if profile.parameters.len() > MAX_PARAMETERS {
-        return Err(Rejection::Invalid { field: "parameters", reason: format!("at most {MAX_PARAMETERS}") });
+        return Err(Rejection::Invalid { field: "parameters".into(), reason: format!("at most {MAX_PARAMETERS}") });
     }
     if profile.parameters.keys().any(|k| k.is_empty() || k.len() > MAX_NAME_BYTES) {
-        return Err(Rejection::Invalid { field: "parameters", reason: "a name is empty or too long".into() });
+        return Err(Rejection::Invalid { field: "parameters".into(), reason: "a name is empty or too long".into() });
     }
     if profile.concurrency_limit == 0 || profile.concurrency_limit > MAX_CONCURRENCY {
         return Err(Rejection::Invalid {
-            field: "concurrency limit",
+            field: "concurrency limit".into(),
             reason: format!("must be 1 to {MAX_CONCURRENCY}"),
         });
     }
@@ -392,13 +401,13 @@ mod tests {
             .then_rejected(Rejection::AlreadyRegistered);
         assert!(matches!(
             Agent::default().decide(&Command::Register { profile: profile(0), at: AT }),
-            Err(Rejection::Invalid { field: "concurrency limit", .. })
+            Err(Rejection::Invalid { field, .. }) if field == "concurrency limit"
         ));
         let mut unnamed = profile(1);
         unnamed.name.clear();
         assert!(matches!(
             Agent::default().decide(&Command::Register { profile: unnamed, at: AT }),
-            Err(Rejection::Invalid { field: "name", .. })
+            Err(Rejection::Invalid { field, .. }) if field == "name"
         ));
     }
 

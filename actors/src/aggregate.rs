@@ -15,12 +15,19 @@ pub trait Aggregate: Default + Clone + Send + Unpin + serde::Serialize + serde::
     /// snapshots are ignored (the state is rebuilt from events).
     const SNAPSHOT_VERSION: u32 = 1;
 
-    /// What can be asked of it.
-    type Command: Clone + Send + 'static;
+    /// What can be asked of it; serializable, so that commands travel over the bus.
+    type Command: Clone + Send + serde::Serialize + serde::de::DeserializeOwned + 'static;
     /// What it records.
     type Event: DomainEvent + Clone;
-    /// Why it refuses a command: the caller's to fix, never an infrastructure failure.
-    type Rejection: std::error::Error + Clone + PartialEq + Send + 'static;
+    /// Why it refuses a command: the caller's to fix, never an infrastructure failure. Serializable, so that
+    /// a caller over the bus gets it typed.
+    type Rejection: std::error::Error
+        + Clone
+        + PartialEq
+        + Send
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + 'static;
 
     /// The events that `command` produces from this state, or why it is refused. An empty list means the
     /// command changes nothing (it was already done).

@@ -16,7 +16,8 @@ pub const MAX_DOCUMENT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 pub const MAX_TEXT_BYTES: usize = 1024;
 
 /// What can be asked of a document.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Register a new document, to be uploaded.
     Register {
@@ -31,6 +32,7 @@ pub enum Command {
         /// Who registers it.
         owner: String,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// The content is in object storage.
@@ -42,6 +44,7 @@ pub enum Command {
         /// Who said so.
         source: UploadSource,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// A job step read this document and wrote `child`.
@@ -53,6 +56,7 @@ pub enum Command {
         /// The step.
         step: String,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// New content replaces the current content.
@@ -62,6 +66,7 @@ pub enum Command {
         /// Its entity tag or checksum.
         etag: String,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// Delete the document (its history stays).
@@ -69,12 +74,14 @@ pub enum Command {
         /// Why.
         reason: String,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
 }
 
 /// Why a document refuses a command.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "code", content = "detail", rename_all = "snake_case")]
 pub enum Rejection {
     /// The document has not been registered.
     #[error("the document is not registered")]
@@ -114,7 +121,7 @@ pub enum Rejection {
     #[error("{field} is invalid: {reason}")]
     Invalid {
         /// Which field.
-        field: &'static str,
+        field: String,
         /// What is wrong.
         reason: String,
     },
@@ -167,7 +174,7 @@ fn text(field: &'static str, value: &str) -> Result<(), Rejection> {
     } else {
         return Ok(());
     };
-    Err(Rejection::Invalid { field, reason })
+    Err(Rejection::Invalid { field: field.into(), reason })
 }
 
 fn content_type(value: &str) -> Result<(), Rejection> {
@@ -179,7 +186,7 @@ fn content_type(value: &str) -> Result<(), Rejection> {
     if well_formed {
         Ok(())
     } else {
-        Err(Rejection::Invalid { field: "content type", reason: format!("{value:?} is not type/subtype") })
+        Err(Rejection::Invalid { field: "content type".into(), reason: format!("{value:?} is not type/subtype") })
     }
 }
 
@@ -374,13 +381,17 @@ mod tests {
                 *name = "  ".into()
             }
         });
-        assert!(matches!(Document::default().decide(&blank_name), Err(Rejection::Invalid { field: "name", .. })));
+        assert!(
+            matches!(Document::default().decide(&blank_name), Err(Rejection::Invalid { field, .. }) if field == "name")
+        );
         let bad_type = with(&|c| {
             if let Command::Register { content_type, .. } = c {
                 *content_type = "pdf".into()
             }
         });
-        assert!(matches!(Document::default().decide(&bad_type), Err(Rejection::Invalid { field: "content type", .. })));
+        assert!(
+            matches!(Document::default().decide(&bad_type), Err(Rejection::Invalid { field, .. }) if field == "content type")
+        );
         let with_params = with(&|c| {
             if let Command::Register { content_type, .. } = c {
                 *content_type = "text/plain; charset=utf-8".into()
@@ -469,7 +480,7 @@ mod tests {
             .then_rejected(Rejection::Deleted);
         assert!(matches!(
             given::<Document>([registered()]).state().decide(&Command::Delete { reason: "".into(), at: AT }),
-            Err(Rejection::Invalid { field: "reason", .. })
+            Err(Rejection::Invalid { field, .. }) if field == "reason"
         ));
     }
 

@@ -34,7 +34,8 @@ pub const MAX_LOG_LINES: u32 = 10_000;
 pub const MAX_KEY_BYTES: usize = 200;
 
 /// What can be asked of a job.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Submit the job: run `steps` (the workflow at `workflow_version`) over `inputs`.
     Submit {
@@ -51,6 +52,7 @@ pub enum Command {
         /// The client's key against submitting twice.
         idempotency_key: Option<String>,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// An agent began an attempt.
@@ -60,6 +62,7 @@ pub enum Command {
         /// The attempt.
         attempt: u32,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// An attempt succeeded.
@@ -71,6 +74,7 @@ pub enum Command {
         /// The document it wrote.
         output: DocumentId,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// An attempt failed (or timed out).
@@ -86,6 +90,7 @@ pub enum Command {
         /// A random number in `[0, 1]` that spreads retries out.
         jitter: f64,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// A retry's time has come.
@@ -95,6 +100,7 @@ pub enum Command {
         /// The attempt that is due.
         attempt: u32,
         /// Now.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// Add a line to the job's log.
@@ -104,6 +110,7 @@ pub enum Command {
         /// The line.
         message: String,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// Stop the job.
@@ -111,6 +118,7 @@ pub enum Command {
         /// Why.
         reason: String,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
 }
@@ -168,7 +176,8 @@ pub enum StepState {
 }
 
 /// Why a job refuses a command.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "code", content = "detail", rename_all = "snake_case")]
 pub enum Rejection {
     /// The job has not been submitted.
     #[error("the job is not submitted")]
@@ -209,7 +218,7 @@ pub enum Rejection {
     #[error("{field} must be 1 to {limit} bytes")]
     InvalidText {
         /// Which field.
-        field: &'static str,
+        field: String,
         /// Its limit.
         limit: usize,
     },
@@ -238,7 +247,7 @@ pub struct Job {
 
 fn text(field: &'static str, value: &str, limit: usize) -> Result<(), Rejection> {
     if value.trim().is_empty() || value.len() > limit {
-        return Err(Rejection::InvalidText { field, limit });
+        return Err(Rejection::InvalidText { field: field.into(), limit });
     }
     Ok(())
 }
@@ -707,10 +716,10 @@ mod tests {
         let line = |message: String| Command::AppendLog { level: Level::Info, message, at: AT };
         given::<Job>([submitted()])
             .when(line(String::new()))
-            .then_rejected(Rejection::InvalidText { field: "message", limit: MAX_MESSAGE_BYTES });
+            .then_rejected(Rejection::InvalidText { field: "message".into(), limit: MAX_MESSAGE_BYTES });
         given::<Job>([submitted()])
             .when(line("x".repeat(MAX_MESSAGE_BYTES + 1)))
-            .then_rejected(Rejection::InvalidText { field: "message", limit: MAX_MESSAGE_BYTES });
+            .then_rejected(Rejection::InvalidText { field: "message".into(), limit: MAX_MESSAGE_BYTES });
         let mut full = Job::replay(&[submitted()]);
         full.log_lines = MAX_LOG_LINES;
         assert_eq!(full.decide(&line("one more".into())), Err(Rejection::LogFull { limit: MAX_LOG_LINES }));

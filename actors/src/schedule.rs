@@ -24,7 +24,8 @@ pub const MAX_TEXT_BYTES: usize = 200;
 pub const MAX_ITEMS: usize = 1000;
 
 /// What can be asked of a schedule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Create the schedule, active.
     Create {
@@ -39,16 +40,19 @@ pub enum Command {
         /// How documents become jobs.
         strategy: Strategy,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// Stop firing.
     Pause {
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// Fire again.
     Resume {
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// Record a firing for the occurrence at `due_at`, which submitted `jobs`.
@@ -58,17 +62,20 @@ pub enum Command {
         /// The jobs submitted.
         jobs: Vec<JobId>,
         /// Now.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// Delete the schedule.
     Delete {
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
 }
 
 /// Why a schedule refuses a command.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "code", content = "detail", rename_all = "snake_case")]
 pub enum Rejection {
     /// The schedule does not exist.
     #[error("the schedule does not exist")]

@@ -23,7 +23,8 @@ pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 pub const MAX_ATTEMPTS: u32 = 100;
 
 /// What can be asked of a workflow.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Define the first version.
     Define {
@@ -32,6 +33,7 @@ pub enum Command {
         /// The steps.
         steps: Vec<Step>,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
     /// Define the next version.
@@ -41,12 +43,14 @@ pub enum Command {
         /// The steps.
         steps: Vec<Step>,
         /// When.
+        #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
 }
 
 /// Why a workflow refuses a definition.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "code", content = "detail", rename_all = "snake_case")]
 pub enum Rejection {
     /// `Define` of a workflow that exists.
     #[error("the workflow is defined already; redefine it instead")]

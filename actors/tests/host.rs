@@ -21,7 +21,7 @@ struct Counter {
     total: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum CounterCommand {
     Add(u64),
     Poison,
@@ -53,7 +53,7 @@ impl DomainEvent for Added {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[error("never")]
 struct Never;
 

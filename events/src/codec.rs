@@ -92,6 +92,29 @@ pub fn decode_with<T: DeserializeOwned>(bytes: &[u8], limits: Limits) -> Result<
     Ok(T::deserialize(&mut deserializer)?)
 }
 
+/// Encodes a value as MessagePack for the wire: named fields, and ids and times in their readable forms
+/// (a UUID as its string), as a JSON body would have them, so clients in any language read them alike.
+pub fn encode_readable<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
+    let mut bytes = Vec::new();
+    let mut serializer = rmp_serde::Serializer::new(&mut bytes).with_struct_map().with_human_readable();
+    value.serialize(&mut serializer)?;
+    Ok(bytes)
+}
+
+/// Decodes a value written by [`encode_readable`] (or by any MessagePack client) from untrusted bytes.
+pub fn decode_readable_with<T: DeserializeOwned>(bytes: &[u8], limits: Limits) -> Result<T, Error> {
+    if bytes.len() > limits.max_input_bytes {
+        return Err(Error::TooLarge { size: bytes.len(), limit: limits.max_input_bytes });
+    }
+    let used = value_len(bytes)?;
+    if used < bytes.len() {
+        return Err(Error::Trailing { trailing: bytes.len() - used });
+    }
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
+    deserializer.set_max_depth(limits.max_depth);
+    Ok(T::deserialize(&mut deserializer)?)
+}
+
 /// The length in bytes of the MessagePack value at the start of `bytes`, checking that it is complete.
 /// MessagePack is written in prefix order, so one count of values still to read is all the state needed:
 /// no recursion and no allocation, whatever the input.

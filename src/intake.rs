@@ -1,0 +1,110 @@
+//! Command intake: one bus service per aggregate type, in queue group `weft` so that several nodes share
+//! the load. Each decodes and checks a command (see [`crate::protocol`]), runs it on the local actor host and
+//! replies. Bad input gets an `invalid` reply and never reaches an aggregate; nothing in here panics on input.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use weft_actors::Aggregate;
+use weft_actors::host::{Execute, Host, Metadata};
+use weft_actors::process::Hosts;
+use weft_events::domain::ids::Uuid;
+
+use crate::bus::{Bus, BusError, CONTENT_TYPE, CORRELATION_ID, Headers, JSON, Message, Subscription};
+use crate::protocol::{self, BodyLimits, Reply};
+
+/// Options of the intake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntakeOptions {
+    /// Limits on command bodies.
+    pub limits: BodyLimits,
+    /// The queue group the services join.
+    pub queue_group: String,
+}
+
+impl Default for IntakeOptions {
+    fn default() -> Self {
+        Self { limits: BodyLimits::default(), queue_group: protocol::QUEUE_GROUP.into() }
+    }
+}
+
+/// The running services; dropping it (or [`Intake::stop`]) unsubscribes them.
+pub struct Intake {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Intake {
+    /// Subscribes a service per aggregate type and serves commands until stopped. Must be called on an actix
+    /// system: the hosts start actors on it.
+    pub async fn start(bus: Arc<dyn Bus>, hosts: Hosts, options: IntakeOptions) -> Result<Self, BusError> {
+        let mut tasks = Vec::new();
+        tasks.push(serve(bus.clone(), hosts.document, &options).await?);
+        tasks.push(serve(bus.clone(), hosts.workflow, &options).await?);
+        tasks.push(serve(bus.clone(), hosts.job, &options).await?);
+        tasks.push(serve(bus.clone(), hosts.agent, &options).await?);
+        tasks.push(serve(bus.clone(), hosts.schedule, &options).await?);
+        bus.flush().await?;
+        Ok(Self { tasks })
+    }
+
+    /// Stops serving; commands being handled still get their replies.
+    pub fn stop(self) {}
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn serve<A: Aggregate>(
+    bus: Arc<dyn Bus>,
+    host: Host<A>,
+    options: &IntakeOptions,
+) -> Result<tokio::task::JoinHandle<()>, BusError> {
+    let subject = format!("{}.{}.*", protocol::COMMANDS, A::KIND);
+    let subscription: Subscription = bus.subscribe(&subject, Some(&options.queue_group)).await?;
+    let limits = options.limits;
+    Ok(actix_rt::spawn(async move {
+        let mut subscription = subscription;
+        while let Some(message) = subscription.next().await {
+            actix_rt::spawn(handle(message, bus.clone(), host.clone(), limits));
+        }
+    }))
+}
+
+async fn handle<A: Aggregate>(message: Message, bus: Arc<dyn Bus>, host: Host<A>, limits: BodyLimits) {
+    let Some(reply_to) = message.reply.clone() else {
+        tracing::debug!(subject = %message.subject, "a command without a reply subject; dropped");
+        return;
+    };
+    let json = message.is_json();
+    let reply: Reply<A::Rejection> =
+        match protocol::decode_command::<A>(&message.subject, &message.payload, json, limits) {
+            Err(why) => {
+                tracing::debug!(subject = %message.subject, %why, "an invalid command");
+                Reply::invalid(why)
+            }
+            Ok(decoded) => {
+                let correlation_id = message.headers.get(CORRELATION_ID).and_then(|c| Uuid::parse_str(c).ok());
+                let metadata = Metadata { tenant: None, actor: None, correlation_id };
+                let execute = Execute {
+                    command_id: decoded.command_id,
+                    command: decoded.command,
+                    expected_version: decoded.expected_version,
+                    metadata,
+                };
+                Reply::from_host(host.execute(&decoded.stream, execute).await)
+            }
+        };
+    let mut headers = Headers::new();
+    if json {
+        headers.insert(CONTENT_TYPE.into(), JSON.into());
+    }
+    let answer = Message { subject: reply_to, reply: None, headers, payload: protocol::encode(&reply, json).into() };
+    if let Err(error) = bus.publish(answer).await {
+        tracing::warn!(subject = %message.subject, %error, "replying to a command failed");
+    }
+}

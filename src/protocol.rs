@@ -1,0 +1,397 @@
+//! The wire protocol (documented for users in `docs/protocol.md`).
+//!
+//! - Commands: request/reply on `weft.cmd.<aggregate>.<id>`. The body is MessagePack, or JSON when the header
+//!   `Content-Type` is `application/json`: `{command_id, type, payload, expected_version?, id?}`. `id`, when
+//!   given, must equal the subject's last token. The reply ([`Reply`]) is in the request's format.
+//! - Events: `weft.evt.<aggregate>.<id>.<name>` where the event type is `<aggregate>.<name>`; the body is the
+//!   [`WireEvent`], MessagePack, with the header `Nats-Msg-Id` set to the event id.
+//!
+//! Ids are UUID strings and times are microseconds since the Unix epoch, in both formats.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use weft_actors::Aggregate;
+use weft_actors::host::{self, Outcome};
+use weft_events::codec::{self, Limits};
+use weft_events::domain::ids::Uuid;
+use weft_events::{Envelope, StreamName, Timestamp};
+
+/// The first tokens of command subjects.
+pub const COMMANDS: &str = "weft.cmd";
+/// The first tokens of event subjects.
+pub const EVENTS: &str = "weft.evt";
+/// The queue group command services share.
+pub const QUEUE_GROUP: &str = "weft";
+/// Default largest command body.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// Default deepest nesting of a command body.
+pub const DEFAULT_MAX_DEPTH: usize = 32;
+
+/// The subject of commands to instance `id` of aggregate `kind`.
+pub fn command_subject(kind: &str, id: Uuid) -> String {
+    format!("{COMMANDS}.{kind}.{id}")
+}
+
+/// The subject an event goes out on: `weft.evt.<aggregate>.<id>.<name>`.
+pub fn event_subject(event: &Envelope) -> String {
+    let (kind, id) = event.stream.as_str().split_once('-').unwrap_or((event.stream.as_str(), "-"));
+    let name = event.event_type.strip_prefix(kind).and_then(|n| n.strip_prefix('.')).unwrap_or(&event.event_type);
+    format!("{EVENTS}.{kind}.{id}.{name}")
+}
+
+/// What kind of error a reply reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request is malformed: it never reached the aggregate.
+    Invalid,
+    /// The aggregate refused the command; `rejection` says why.
+    Rejected,
+    /// The instance was not at the expected version, or kept changing.
+    Conflict,
+    /// No such thing.
+    NotFound,
+    /// Not allowed.
+    Unauthorized,
+    /// Weft or its store could not do it now; the same command (same `command_id`) may be retried.
+    Unavailable,
+}
+
+/// A failed command's reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound(serialize = "R: Serialize", deserialize = "R: DeserializeOwned"))]
+pub struct WireError<R> {
+    /// What kind of error.
+    pub kind: ErrorKind,
+    /// For people.
+    pub message: String,
+    /// For `rejected`: the aggregate's reason, `{code, detail}`.
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub rejection: Option<R>,
+}
+
+/// The reply to a command: `status` is `ok` (with the version and positions) or `error` (with `error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound(serialize = "R: Serialize", deserialize = "R: DeserializeOwned"))]
+pub struct Reply<R> {
+    /// `ok` or `error`.
+    pub status: Status,
+    /// The instance's version after the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The position of the first event the command appended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_position: Option<u64>,
+    /// The position of the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_position: Option<u64>,
+    /// Whether this is the remembered outcome of an earlier delivery of the same `command_id`.
+    #[serde(default)]
+    pub repeated: bool,
+    /// What went wrong.
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError<R>>,
+}
+
+fn none<T>() -> Option<T> {
+    None
+}
+
+/// `ok` or `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Done.
+    Ok,
+    /// Not done.
+    Error,
+}
+
+impl<R> Reply<R> {
+    /// The reply for an outcome.
+    pub fn ok(outcome: Outcome) -> Self {
+        Self {
+            status: Status::Ok,
+            version: Some(outcome.version),
+            first_position: outcome.positions.map(|p| p.0),
+            last_position: outcome.positions.map(|p| p.1),
+            repeated: outcome.repeated,
+            error: None,
+        }
+    }
+
+    /// An error reply.
+    pub fn error(kind: ErrorKind, message: impl Into<String>, rejection: Option<R>) -> Self {
+        Self {
+            status: Status::Error,
+            version: None,
+            first_position: None,
+            last_position: None,
+            repeated: false,
+            error: Some(WireError { kind, message: message.into(), rejection }),
+        }
+    }
+
+    /// An `invalid` reply.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::error(ErrorKind::Invalid, message, None)
+    }
+
+    /// The reply for what the host said.
+    pub fn from_host(result: Result<Outcome, host::Error<R>>) -> Self
+    where
+        R: std::fmt::Display,
+    {
+        match result {
+            Ok(outcome) => Self::ok(outcome),
+            Err(host::Error::Rejected(rejection)) => {
+                Self::error(ErrorKind::Rejected, rejection.to_string(), Some(rejection))
+            }
+            Err(e @ host::Error::Conflict { .. }) => Self::error(ErrorKind::Conflict, e.to_string(), None),
+            Err(e @ host::Error::Unavailable(_)) => Self::error(ErrorKind::Unavailable, e.to_string(), None),
+        }
+    }
+
+    /// Back to what the host said, for a caller over the bus; `invalid` and the like become `Unavailable`
+    /// with their message, since the caller's own request was at fault and retrying will not help either.
+    pub fn into_host(self) -> Result<Outcome, host::Error<R>> {
+        match (self.status, self.error) {
+            (Status::Ok, _) => Ok(Outcome {
+                version: self.version.unwrap_or(0),
+                positions: self.first_position.zip(self.last_position),
+                repeated: self.repeated,
+            }),
+            (Status::Error, Some(WireError { kind: ErrorKind::Rejected, rejection: Some(r), .. })) => {
+                Err(host::Error::Rejected(r))
+            }
+            // The versions are in the message only; a caller over the bus retries or reports either way.
+            (Status::Error, Some(WireError { kind: ErrorKind::Conflict, .. })) => {
+                Err(host::Error::Conflict { expected: 0, actual: 0 })
+            }
+            (Status::Error, error) => Err(host::Error::Unavailable(error.map_or_else(
+                || "an error reply without an error".to_owned(),
+                |e| format!("{:?}: {}", e.kind, e.message),
+            ))),
+        }
+    }
+}
+
+/// A command as it arrives, before its type is known.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommand {
+    command_id: Uuid,
+    #[serde(default)]
+    id: Option<Uuid>,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    payload: Option<serde_json::Value>,
+    #[serde(default)]
+    expected_version: Option<u64>,
+}
+
+/// A command as it is sent.
+#[derive(Debug, Serialize)]
+pub struct CommandBody<'a, C: Serialize> {
+    /// Unique per command.
+    pub command_id: Uuid,
+    /// The instance, repeating the subject's last token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
+    /// The command, as `{type, payload}`.
+    #[serde(flatten)]
+    pub command: &'a C,
+    /// The version the command applies at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
+}
+
+/// A decoded, checked command.
+#[derive(Debug)]
+pub struct Decoded<C> {
+    /// The instance's stream.
+    pub stream: StreamName,
+    /// Its id.
+    pub id: Uuid,
+    /// The command's id.
+    pub command_id: Uuid,
+    /// The command.
+    pub command: C,
+    /// The version it applies at.
+    pub expected_version: Option<u64>,
+}
+
+/// Limits on command bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Largest body.
+    pub max_bytes: usize,
+    /// Deepest nesting.
+    pub max_depth: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self { max_bytes: DEFAULT_MAX_BODY_BYTES, max_depth: DEFAULT_MAX_DEPTH }
+    }
+}
+
+/// Decodes and checks a command for aggregate `A` that arrived on `subject`. The error is the message of an
+/// `invalid` reply.
+pub fn decode_command<A: Aggregate>(
+    subject: &str,
+    body: &[u8],
+    json: bool,
+    limits: BodyLimits,
+) -> Result<Decoded<A::Command>, String> {
+    let id = subject
+        .strip_prefix(COMMANDS)
+        .and_then(|s| s.strip_prefix('.'))
+        .and_then(|s| s.strip_prefix(A::KIND))
+        .and_then(|s| s.strip_prefix('.'))
+        .ok_or_else(|| format!("subject {subject:?} is not {COMMANDS}.{}.<id>", A::KIND))?;
+    let id = Uuid::parse_str(id).map_err(|_| format!("the subject's last token {id:?} is not a UUID"))?;
+    if body.len() > limits.max_bytes {
+        return Err(format!("the body is {} bytes, over the limit of {}", body.len(), limits.max_bytes));
+    }
+    let raw: RawCommand = if json {
+        if json_depth(body) > limits.max_depth {
+            return Err(format!("the body nests deeper than {}", limits.max_depth));
+        }
+        serde_json::from_slice(body).map_err(|e| format!("the JSON body does not decode: {e}"))?
+    } else {
+        codec::decode_readable_with(body, Limits { max_input_bytes: limits.max_bytes, max_depth: limits.max_depth })
+            .map_err(|e| format!("the MessagePack body does not decode: {e}"))?
+    };
+    if let Some(body_id) = raw.id
+        && body_id != id
+    {
+        return Err(format!("the body's id {body_id} differs from the subject's {id}"));
+    }
+    let mut tagged = serde_json::Map::new();
+    tagged.insert("type".into(), serde_json::Value::String(raw.kind.clone()));
+    tagged.insert("payload".into(), raw.payload.unwrap_or_else(|| serde_json::Value::Object(Default::default())));
+    let command = serde_json::from_value(serde_json::Value::Object(tagged))
+        .map_err(|e| format!("command {:?} of a {}: {e}", raw.kind, A::KIND))?;
+    let stream = StreamName::new(format!("{}-{id}", A::KIND)).map_err(|e| e.to_string())?;
+    Ok(Decoded { stream, id, command_id: raw.command_id, command, expected_version: raw.expected_version })
+}
+
+/// The deepest nesting of arrays and objects in a JSON text, counted without parsing it (strings are
+/// skipped), so that a deeply nested body is refused before a parser recurses into it.
+fn json_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Encodes a value in the format of the request: JSON, or readable MessagePack.
+pub fn encode<T: Serialize>(value: &T, json: bool) -> Vec<u8> {
+    if json {
+        serde_json::to_vec(value).expect("replies encode as JSON")
+    } else {
+        codec::encode_readable(value).expect("replies encode as MessagePack")
+    }
+}
+
+/// Decodes a reply (for callers over the bus).
+pub fn decode<T: DeserializeOwned>(body: &[u8], json: bool) -> Result<T, String> {
+    if json {
+        serde_json::from_slice(body).map_err(|e| e.to_string())
+    } else {
+        codec::decode_readable_with(body, Limits::default()).map_err(|e| e.to_string())
+    }
+}
+
+/// An event as published on its subject.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireEvent {
+    /// Unique id; also the `Nats-Msg-Id` header.
+    pub event_id: Uuid,
+    /// The stream: `<aggregate>-<id>`.
+    pub stream: String,
+    /// Place in its stream.
+    pub version: u64,
+    /// Place in the whole store.
+    pub position: u64,
+    /// `<aggregate>.<name>`.
+    pub event_type: String,
+    /// Version of the payload's schema.
+    pub schema_version: u32,
+    /// When it was stored, µs since the epoch.
+    pub recorded_at: Timestamp,
+    /// Its tenant.
+    pub tenant: String,
+    /// The flow it belongs to.
+    pub correlation_id: Option<Uuid>,
+    /// The command or event that caused it.
+    pub causation_id: Option<Uuid>,
+    /// Who caused it.
+    pub actor: String,
+    /// The payload, MessagePack as stored.
+    #[serde(with = "serde_bytes_compat")]
+    pub payload: Vec<u8>,
+}
+
+impl From<&Envelope> for WireEvent {
+    fn from(e: &Envelope) -> Self {
+        Self {
+            event_id: e.event_id,
+            stream: e.stream.to_string(),
+            version: e.version,
+            position: e.position,
+            event_type: e.event_type.to_string(),
+            schema_version: e.schema_version,
+            recorded_at: e.recorded_at,
+            tenant: e.tenant.to_string(),
+            correlation_id: e.correlation_id,
+            causation_id: e.causation_id,
+            actor: e.actor.to_string(),
+            payload: e.payload.to_vec(),
+        }
+    }
+}
+
+/// Bytes as a MessagePack `bin`, not an array of numbers.
+mod serde_bytes_compat {
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let bytes: bytes::Bytes = serde::Deserialize::deserialize(d)?;
+        Ok(bytes.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth(br#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(json_depth(br#"{"a":"[[[[\"]]]"}"#), 1);
+        assert_eq!(json_depth(b"1"), 0);
+    }
+}

@@ -1,0 +1,212 @@
+//! Command intake over both buses: commands in JSON and MessagePack, written as a client in another language
+//! would write them (plain maps, not Weft's types); typed replies; bad input answered `invalid` with nothing
+//! appended; and a property test that the decoder never panics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use weft::bus::memory::MemoryBus;
+use weft::bus::nats::NatsBus;
+use weft::bus::{Bus, CONTENT_TYPE, JSON, Message};
+use weft::intake::{Intake, IntakeOptions};
+use weft::nats::NatsServer;
+use weft::protocol::{self, BodyLimits};
+use weft_actors::document::Document;
+use weft_actors::host::Options;
+use weft_actors::process::Hosts;
+use weft_events::domain::ids::Uuid;
+use weft_events::{EventStore, MemoryStore};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Node {
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn EventStore>,
+    _intake: Intake,
+}
+
+async fn node(bus: Arc<dyn Bus>) -> Node {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::default());
+    let hosts = Hosts::new(store.clone(), Options::default());
+    let intake = Intake::start(bus.clone(), hosts, IntakeOptions::default()).await.unwrap();
+    Node { bus, store, _intake: intake }
+}
+
+/// Sends a JSON body to a subject and returns the JSON reply.
+async fn json_request(bus: &dyn Bus, subject: &str, body: &[u8]) -> Value {
+    let mut message = Message::new(subject, body.to_vec());
+    message.headers.insert(CONTENT_TYPE.into(), JSON.into());
+    let reply = bus.request(message, WAIT).await.unwrap();
+    assert_eq!(reply.headers.get(CONTENT_TYPE).map(String::as_str), Some(JSON));
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+/// Sends a MessagePack body and returns the reply, as JSON for easy checking.
+async fn msgpack_request(bus: &dyn Bus, subject: &str, body: Vec<u8>) -> Value {
+    let reply = bus.request(Message::new(subject, body), WAIT).await.unwrap();
+    rmp_serde::from_slice(&reply.payload).unwrap()
+}
+
+fn register(command_id: &str) -> Value {
+    json!({
+        "command_id": command_id,
+        "type": "register",
+        "payload": {
+            "name": "report.pdf", "content_type": "application/pdf", "declared_size_bytes": 1000,
+            "tenant": "acme", "owner": "ann"
+        }
+    })
+}
+
+async fn commands_are_decided_and_replied_in_both_formats(bus: Arc<dyn Bus>) {
+    let node = node(bus).await;
+    let id = Uuid::now_v7();
+    let subject = format!("weft.cmd.document.{id}");
+    let command_id = Uuid::now_v7().to_string();
+    let first = json_request(&*node.bus, &subject, register(&command_id).to_string().as_bytes()).await;
+    assert_eq!(first["status"], "ok", "{first}");
+    assert_eq!(first["version"], 1);
+    // The same command again: the first outcome, nothing appended.
+    let again = json_request(&*node.bus, &subject, register(&command_id).to_string().as_bytes()).await;
+    assert_eq!(
+        (again["status"].clone(), again["version"].clone(), again["repeated"].clone()),
+        (json!("ok"), json!(1), json!(true))
+    );
+    // MessagePack, a new command that the document refuses: typed rejection with a code.
+    let body = rmp_serde::to_vec_named(&register(&Uuid::now_v7().to_string())).unwrap();
+    let refused = msgpack_request(&*node.bus, &subject, body).await;
+    assert_eq!(refused["status"], "error", "{refused}");
+    assert_eq!(refused["error"]["kind"], "rejected");
+    assert_eq!(refused["error"]["rejection"]["code"], "already_registered");
+    // Accepted in MessagePack too.
+    let upload = json!({"command_id": Uuid::now_v7().to_string(), "id": id.to_string(), "type": "mark_uploaded",
+                        "payload": {"size_bytes": 900, "etag": "abc", "source": "client"}});
+    let uploaded = msgpack_request(&*node.bus, &subject, rmp_serde::to_vec_named(&upload).unwrap()).await;
+    assert_eq!((uploaded["status"].clone(), uploaded["version"].clone()), (json!("ok"), json!(2)), "{uploaded}");
+    assert_eq!(node.store.head().await.unwrap(), 2);
+}
+
+/// Every kind of bad input, each with the words its reply must contain.
+fn bad_inputs(id: Uuid) -> Vec<(&'static str, String, Vec<u8>, bool)> {
+    let subject = format!("weft.cmd.document.{id}");
+    let good = register(&Uuid::now_v7().to_string());
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = good.clone();
+        f(&mut v);
+        v.to_string().into_bytes()
+    };
+    let mut deep = String::new();
+    for _ in 0..200 {
+        deep.push('[');
+    }
+    let deep_json = format!(r#"{{"command_id":"{}","type":"register","payload":{deep}}}"#, Uuid::now_v7());
+    let mut deep_msgpack = vec![0x81, 0xa1, b'x'];
+    deep_msgpack.extend(std::iter::repeat_n(0x91, 200));
+    deep_msgpack.push(0xc0);
+    vec![
+        ("garbage bytes", subject.clone(), b"\xff\x00garbage{".to_vec(), false),
+        ("garbage JSON", subject.clone(), b"{not json".to_vec(), true),
+        ("wrong types", subject.clone(), with(&|v| v["payload"]["declared_size_bytes"] = json!("lots")), true),
+        ("unknown command", subject.clone(), with(&|v| v["type"] = json!("explode")), true),
+        (
+            "missing command id",
+            subject.clone(),
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("command_id");
+            }),
+            true,
+        ),
+        ("bad command id", subject.clone(), with(&|v| v["command_id"] = json!("not-a-uuid")), true),
+        ("id differs", subject.clone(), with(&|v| v["id"] = json!(Uuid::now_v7().to_string())), true),
+        ("unknown field", subject.clone(), with(&|v| v["extra"] = json!(1)), true),
+        ("missing id", "weft.cmd.document.not-a-uuid".into(), with(&|_| {}), true),
+        ("oversized", subject.clone(), with(&|v| v["payload"]["name"] = json!("x".repeat(300 * 1024))), true),
+        ("nested too deep", subject.clone(), deep_json.into_bytes(), true),
+        ("nested too deep", subject.clone(), deep_msgpack, false),
+        ("empty body", subject, Vec::new(), false),
+    ]
+}
+
+async fn bad_input_gets_an_invalid_reply_and_appends_nothing(bus: Arc<dyn Bus>) {
+    let node = node(bus).await;
+    for (case, subject, body, json) in bad_inputs(Uuid::now_v7()) {
+        let reply = if json {
+            json_request(&*node.bus, &subject, &body).await
+        } else {
+            msgpack_request(&*node.bus, &subject, body).await
+        };
+        assert_eq!(reply["status"], "error", "{case}: {reply}");
+        assert_eq!(reply["error"]["kind"], "invalid", "{case}: {reply}");
+        assert!(!reply["error"]["message"].as_str().unwrap().is_empty(), "{case}");
+    }
+    assert_eq!(node.store.head().await.unwrap(), 0, "bad input appended something");
+    // The service still works.
+    let id = Uuid::now_v7();
+    let ok = json_request(
+        &*node.bus,
+        &format!("weft.cmd.document.{id}"),
+        register(&Uuid::now_v7().to_string()).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(ok["status"], "ok", "{ok}");
+}
+
+macro_rules! on_both_buses {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[actix_rt::test]
+                async fn $case() {
+                    super::$case(std::sync::Arc::new(super::MemoryBus::default())).await;
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[actix_rt::test]
+                async fn $case() {
+                    let server = super::NatsServer::start().unwrap();
+                    let client = weft::nats::connect(&server.url(), "intake-test").await.unwrap();
+                    super::$case(std::sync::Arc::new(super::NatsBus::new(client))).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_buses!(commands_are_decided_and_replied_in_both_formats, bad_input_gets_an_invalid_reply_and_appends_nothing);
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        "[a-z_]{0,12}".prop_map(Value::from),
+        Just(Value::from(Uuid::from_u128(7).to_string())),
+    ];
+    leaf.prop_recursive(6, 64, 8, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-z_]{1,20}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The decoder answers every input, random bytes or random structures in either format, without panicking.
+    #[test]
+    fn the_command_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512), value in json_value(), kind in "register|mark_uploaded|delete|[a-z]{1,8}") {
+        let subject = format!("weft.cmd.document.{}", Uuid::from_u128(7));
+        let limits = BodyLimits::default();
+        let _ = protocol::decode_command::<Document>(&subject, &bytes, false, limits);
+        let _ = protocol::decode_command::<Document>(&subject, &bytes, true, limits);
+        let body = json!({"command_id": Uuid::from_u128(9).to_string(), "type": kind, "payload": value});
+        let _ = protocol::decode_command::<Document>(&subject, body.to_string().as_bytes(), true, limits);
+        let _ = protocol::decode_command::<Document>(&subject, &rmp_serde::to_vec_named(&body).unwrap(), false, limits);
+    }
+}
