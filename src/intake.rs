@@ -8,9 +8,11 @@ use futures::StreamExt;
 use weft_actors::Aggregate;
 use weft_actors::host::{Execute, Host, Metadata};
 use weft_actors::process::Hosts;
+use weft_events::StreamName;
 use weft_events::domain::ids::Uuid;
+use weft_events::envelope::check_label;
 
-use crate::bus::{Bus, BusError, CONTENT_TYPE, CORRELATION_ID, Headers, JSON, Message, Subscription};
+use crate::bus::{ACTOR, Bus, BusError, CONTENT_TYPE, CORRELATION_ID, Headers, JSON, Message, Subscription};
 use crate::protocol::{self, BodyLimits, Reply};
 
 /// Options of the intake.
@@ -81,24 +83,13 @@ async fn handle<A: Aggregate>(message: Message, bus: Arc<dyn Bus>, host: Host<A>
         return;
     };
     let json = message.is_json();
-    let reply: Reply<A::Rejection> =
-        match protocol::decode_command::<A>(&message.subject, &message.payload, json, limits) {
-            Err(why) => {
-                tracing::debug!(subject = %message.subject, %why, "an invalid command");
-                Reply::invalid(why)
-            }
-            Ok(decoded) => {
-                let correlation_id = message.headers.get(CORRELATION_ID).and_then(|c| Uuid::parse_str(c).ok());
-                let metadata = Metadata { tenant: None, actor: None, correlation_id };
-                let execute = Execute {
-                    command_id: decoded.command_id,
-                    command: decoded.command,
-                    expected_version: decoded.expected_version,
-                    metadata,
-                };
-                Reply::from_host(host.execute(&decoded.stream, execute).await)
-            }
-        };
+    let reply: Reply<A::Rejection> = match decode(&message, json, limits) {
+        Err(why) => {
+            tracing::debug!(subject = %message.subject, %why, "an invalid command");
+            Reply::invalid(why)
+        }
+        Ok((stream, execute)) => Reply::from_host(host.execute(&stream, execute).await),
+    };
     let mut headers = Headers::new();
     if json {
         headers.insert(CONTENT_TYPE.into(), JSON.into());
@@ -107,4 +98,28 @@ async fn handle<A: Aggregate>(message: Message, bus: Arc<dyn Bus>, host: Host<A>
     if let Err(error) = bus.publish(answer).await {
         tracing::warn!(subject = %message.subject, %error, "replying to a command failed");
     }
+}
+
+/// Decodes a command and its headers; the error is the message of an `invalid` reply.
+fn decode<A: Aggregate>(message: &Message, json: bool, limits: BodyLimits) -> Result<(StreamName, Execute<A>), String> {
+    let decoded = protocol::decode_command::<A>(&message.subject, &message.payload, json, limits)?;
+    let correlation_id = match message.headers.get(CORRELATION_ID) {
+        Some(c) => Some(Uuid::parse_str(c).map_err(|_| format!("header {CORRELATION_ID} {c:?} is not a UUID"))?),
+        None => None,
+    };
+    let actor = match message.headers.get(ACTOR) {
+        Some(actor) => {
+            check_label("actor", actor).map_err(|e| format!("header {ACTOR}: {e}"))?;
+            Some(actor.clone())
+        }
+        None => None,
+    };
+    let metadata = Metadata { tenant: None, actor, correlation_id };
+    let execute = Execute {
+        command_id: decoded.command_id,
+        command: decoded.command,
+        expected_version: decoded.expected_version,
+        metadata,
+    };
+    Ok((decoded.stream, execute))
 }

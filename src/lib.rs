@@ -10,6 +10,7 @@
 //! - [`store`]: event store backends. [`store::sqlite`] is the embedded default: one SQLite file, one
 //!   writer thread with group commit.
 //! - [`bus`]: the message bus (NATS, or in process), subjects and wildcards.
+//! - [`gateway`]: the process managers' way to the aggregates over the bus.
 //! - [`intake`]: the command services on the bus, one per aggregate type.
 //! - [`protocol`]: the wire protocol: subjects, command bodies, replies, events.
 //! - [`nats`]: NATS: local servers for tests and benchmarks.
@@ -17,6 +18,7 @@
 
 pub mod bench;
 pub mod bus;
+pub mod gateway;
 pub mod intake;
 pub mod nats;
 pub mod protocol;

@@ -627,6 +627,19 @@ impl<A: Aggregate> Host<A> {
     }
 }
 
+/// The current state and version of an instance, read from the store (snapshot, then events) without an
+/// actor: what a node that does not host the instance reads.
+pub async fn load_state<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &StreamName,
+) -> Result<(A, u64), Error<A::Rejection>> {
+    match activate::<A>(store, stream, 0).await {
+        Ok(loaded) => Ok((loaded.state, loaded.version)),
+        Err(Failure::Error(e)) => Err(e),
+        Err(Failure::Panicked(why)) => Err(Error::Unavailable(format!("{stream}: {why}"))),
+    }
+}
+
 /// Every event of a stream as the aggregate's events, page by page, for tests and tools.
 pub async fn load_events<A: Aggregate>(store: &dyn EventStore, stream: &StreamName) -> Result<Vec<A::Event>, String> {
     let mut events = Vec::new();

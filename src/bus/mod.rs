@@ -25,6 +25,9 @@ pub type Headers = BTreeMap<String, String>;
 pub const COMMAND_ID: &str = "Weft-Command-Id";
 /// The header carrying the correlation id of a flow.
 pub const CORRELATION_ID: &str = "Weft-Correlation-Id";
+/// The header naming who sends a command (`system:orchestrator`, `user:ann`). Unauthenticated: it is
+/// recorded on the events as a claim.
+pub const ACTOR: &str = "Weft-Actor";
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
 /// The content type header; `application/json` for JSON bodies, MessagePack otherwise.

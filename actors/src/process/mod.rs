@@ -66,6 +66,47 @@ impl Hosts {
     }
 }
 
+impl Hosts {
+    /// The host of aggregate type `A`.
+    pub fn host<A: Aggregate>(&self) -> &Host<A> {
+        let hosts: [&dyn std::any::Any; 5] = [&self.document, &self.workflow, &self.job, &self.agent, &self.schedule];
+        hosts
+            .into_iter()
+            .find_map(|h| h.downcast_ref::<Host<A>>())
+            .unwrap_or_else(|| panic!("no host for aggregate {}", A::KIND))
+    }
+}
+
+/// Where process managers send commands and read state: the [`Hosts`] of this node, or the bus (in the
+/// `weft` crate), so that nothing in a process knows which node holds which actor.
+#[async_trait::async_trait(?Send)]
+pub trait Gateway: Clone + 'static {
+    /// Runs a command on the instance whose events are in `stream`.
+    async fn execute<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+        execute: Execute<A>,
+    ) -> Result<Outcome, host::Error<A::Rejection>>;
+
+    /// The current state of an instance.
+    async fn state<A: Aggregate>(&self, stream: &StreamName) -> Result<A, host::Error<A::Rejection>>;
+}
+
+#[async_trait::async_trait(?Send)]
+impl Gateway for Hosts {
+    async fn execute<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+        execute: Execute<A>,
+    ) -> Result<Outcome, host::Error<A::Rejection>> {
+        self.host::<A>().execute(stream, execute).await
+    }
+
+    async fn state<A: Aggregate>(&self, stream: &StreamName) -> Result<A, host::Error<A::Rejection>> {
+        self.host::<A>().inspect(stream).await.map(|(state, _)| state)
+    }
+}
+
 /// The id of the command that `what` (a short name such as `"assign"`) sends because of `cause` (an event id,
 /// or the id of the instance a timer belongs to): the same cause and name always give the same id.
 pub fn derived_id(cause: Uuid, what: &str) -> Uuid {
@@ -85,8 +126,8 @@ pub struct Retry(pub String);
 
 /// Sends a command on behalf of process `by`, caused by `cause`. A rejection is an answer (`Ok(Err(..))`);
 /// a conflict or an unavailable host is a [`Retry`].
-pub(crate) async fn send<A: Aggregate>(
-    host: &Host<A>,
+pub(crate) async fn send<A: Aggregate, G: Gateway>(
+    gateway: &G,
     stream: &StreamName,
     command_id: Uuid,
     command: A::Command,
@@ -97,7 +138,7 @@ where
     A::Rejection: Display,
 {
     let metadata = Metadata { tenant: None, actor: Some(format!("system:{by}")), correlation_id };
-    match host.execute(stream, Execute { command_id, command, expected_version: None, metadata }).await {
+    match gateway.execute(stream, Execute::<A> { command_id, command, expected_version: None, metadata }).await {
         Ok(outcome) => Ok(Ok(outcome)),
         Err(host::Error::Rejected(rejection)) => Ok(Err(rejection)),
         Err(e) => Err(Retry(format!("{stream}: {e}"))),
@@ -105,11 +146,11 @@ where
 }
 
 /// The state of an instance, for a process deciding what to send.
-pub(crate) async fn inspect<A: Aggregate>(host: &Host<A>, stream: &StreamName) -> Result<A, Retry>
+pub(crate) async fn inspect<A: Aggregate, G: Gateway>(gateway: &G, stream: &StreamName) -> Result<A, Retry>
 where
     A::Rejection: Display,
 {
-    host.inspect(stream).await.map(|(state, _)| state).map_err(|e| Retry(format!("{stream}: {e}")))
+    gateway.state::<A>(stream).await.map_err(|e| Retry(format!("{stream}: {e}")))
 }
 
 /// A process manager. See the module doc.
@@ -365,9 +406,10 @@ pub struct Processes {
 }
 
 impl Processes {
-    /// Starts all three over `store`, with `executor` doing the tasks. Must be called on an actix system.
-    pub fn start(
-        hosts: Hosts,
+    /// Starts all three over `store`, sending commands through `gateway`, with `executor` doing the tasks.
+    /// Must be called on an actix system.
+    pub fn start<G: Gateway>(
+        hosts: G,
         store: Arc<dyn EventStore>,
         executor: std::rc::Rc<dyn worker::Executor>,
         options: RunOptions,

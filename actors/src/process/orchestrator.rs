@@ -9,24 +9,24 @@ use weft_events::Envelope;
 use weft_events::domain::ids::{AgentId, JobId};
 use weft_events::domain::{agent as agent_events, job as job_events};
 
-use super::{Hosts, Process, Retry, decode, derived_id, inspect, jitter_of, send};
-use crate::agent::{self, Rejection as AgentRejection};
-use crate::job::{self, StepState};
+use super::{Gateway, Process, Retry, decode, derived_id, inspect, jitter_of, send};
+use crate::agent::{self, Agent, Rejection as AgentRejection};
+use crate::job::{self, Job, StepState};
 
 /// See the module doc.
-pub struct Orchestrator {
-    hosts: Hosts,
+pub struct Orchestrator<G> {
+    gateway: G,
 }
 
-impl Orchestrator {
-    /// An orchestrator sending its commands to `hosts`.
-    pub fn new(hosts: Hosts) -> Self {
-        Self { hosts }
+impl<G: Gateway> Orchestrator<G> {
+    /// An orchestrator sending its commands through `gateway`.
+    pub fn new(gateway: G) -> Self {
+        Self { gateway }
     }
 
     async fn step_scheduled(&self, event: &Envelope, scheduled: job_events::StepScheduled) -> Result<(), Retry> {
         let Some(job) = JobId::from_stream(&event.stream) else { return Ok(()) };
-        let state = inspect(&self.hosts.job, &event.stream).await?;
+        let state = inspect::<Job, _>(&self.gateway, &event.stream).await?;
         // Handled before (a restart went back past this event) and moved on since.
         if state.progress.get(&scheduled.step) != Some(&StepState::Scheduled { attempt: scheduled.attempt }) {
             return Ok(());
@@ -40,12 +40,12 @@ impl Orchestrator {
             at: scheduled.at,
         };
         let correlation = event.correlation_id;
-        let refused = match send(
-            &self.hosts.agent,
+        let refused = match send::<Agent, _>(
+            &self.gateway,
             &step.agent.stream(),
             derived_id(event.event_id, "assign"),
             assign,
-            Orchestrator::NAME,
+            Self::NAME,
             correlation,
         )
         .await?
@@ -62,9 +62,15 @@ impl Orchestrator {
             jitter: jitter_of(event.event_id),
             at: scheduled.at,
         };
-        let outcome =
-            send(&self.hosts.job, &event.stream, derived_id(event.event_id, "refused"), fail, Self::NAME, correlation)
-                .await?;
+        let outcome = send::<Job, _>(
+            &self.gateway,
+            &event.stream,
+            derived_id(event.event_id, "refused"),
+            fail,
+            Self::NAME,
+            correlation,
+        )
+        .await?;
         if let Err(rejection) = outcome {
             tracing::debug!(job = %job, %rejection, "the job did not take the refusal; it has moved on");
         }
@@ -89,8 +95,8 @@ impl Orchestrator {
             ),
             _ => return Ok(()),
         };
-        let outcome = send(
-            &self.hosts.job,
+        let outcome = send::<Job, _>(
+            &self.gateway,
             &job.stream(),
             derived_id(event.event_id, "report"),
             command,
@@ -107,7 +113,7 @@ impl Orchestrator {
 }
 
 #[async_trait::async_trait(?Send)]
-impl Process for Orchestrator {
+impl<G: Gateway> Process for Orchestrator<G> {
     const NAME: &'static str = "orchestrator";
     type State = ();
 

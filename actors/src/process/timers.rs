@@ -24,9 +24,12 @@ use weft_events::domain::schedule::{GroupBy, Strategy, Target};
 use weft_events::domain::{job as job_events, schedule as schedule_events};
 use weft_events::{Envelope, Timestamp};
 
-use super::{Hosts, Process, Retry, decode, derived_id, inspect, jitter_of, send};
-use crate::job::{self, Rejection as JobRejection};
+use super::{Gateway, Process, Retry, decode, derived_id, inspect, jitter_of, send};
+use crate::document::Document;
+use crate::job::{self, Job, Rejection as JobRejection};
 use crate::schedule;
+use crate::schedule::Schedule;
+use crate::workflow::Workflow;
 
 /// What a timer does when it fires.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -89,14 +92,14 @@ impl Timers {
 }
 
 /// See the module doc.
-pub struct TimerService {
-    hosts: Hosts,
+pub struct TimerService<G> {
+    gateway: G,
 }
 
-impl TimerService {
-    /// A timer service sending its commands to `hosts`.
-    pub fn new(hosts: Hosts) -> Self {
-        Self { hosts }
+impl<G: Gateway> TimerService<G> {
+    /// A timer service sending its commands through `gateway`.
+    pub fn new(gateway: G) -> Self {
+        Self { gateway }
     }
 
     fn job_event(timers: &mut Timers, job: JobId, event: job_events::Event) {
@@ -130,7 +133,7 @@ impl TimerService {
 
     /// Arms the schedule's timer for its next occurrence, or disarms it when it has none (paused, deleted).
     async fn rearm_schedule(&self, timers: &mut Timers, schedule: ScheduleId) -> Result<(), Retry> {
-        let state = inspect(&self.hosts.schedule, &schedule.stream()).await?;
+        let state = inspect::<Schedule, _>(&self.gateway, &schedule.stream()).await?;
         match state.next_due() {
             Some(due) => timers.arm(due, Timer::Schedule { schedule }),
             None => timers.disarm(&Timer::Schedule { schedule }),
@@ -143,7 +146,7 @@ impl TimerService {
             Timer::Retry { job, step, attempt } => {
                 let command = job::Command::RetryDue { step: step.clone(), attempt: *attempt, at: now };
                 let id = derived_id(job.0, &format!("retry/{step}/{attempt}"));
-                match send(&self.hosts.job, &job.stream(), id, command, Self::NAME, None).await? {
+                match send::<Job, _>(&self.gateway, &job.stream(), id, command, Self::NAME, None).await? {
                     // This clock is behind the one that scheduled the retry: wait for it.
                     Err(JobRejection::RetryNotDue { due_at }) => {
                         timers.arm(due_at.max(at.plus_millis(1)), timer.clone())
@@ -162,7 +165,7 @@ impl TimerService {
                     at: now,
                 };
                 // A rejection means the attempt finished in time after all.
-                send(&self.hosts.job, &job.stream(), id, command, Self::NAME, None).await?.ok();
+                send::<Job, _>(&self.gateway, &job.stream(), id, command, Self::NAME, None).await?.ok();
                 timers.disarm(timer);
             }
             Timer::Schedule { schedule } => match self.fire_schedule(*schedule, at, now).await? {
@@ -182,7 +185,7 @@ impl TimerService {
         now: Timestamp,
     ) -> Result<Option<Timestamp>, Retry> {
         let stream = id.stream();
-        let schedule = inspect(&self.hosts.schedule, &stream).await?;
+        let schedule = inspect::<Schedule, _>(&self.gateway, &stream).await?;
         let (Some(rule), Some(workflow_id), Some(target), Some(strategy)) =
             (schedule.rule(), schedule.workflow, schedule.target.clone(), schedule.strategy)
         else {
@@ -202,7 +205,7 @@ impl TimerService {
             tracing::warn!(schedule = %id, "schedules over a document selector are not fired yet; skipping the occurrence");
             return Ok(after);
         };
-        let workflow = inspect(&self.hosts.workflow, &workflow_id.stream()).await?;
+        let workflow = inspect::<Workflow, _>(&self.gateway, &workflow_id.stream()).await?;
         if workflow.version == 0 {
             tracing::warn!(schedule = %id, workflow = %workflow_id, "the schedule's workflow is not defined; skipping the occurrence");
             return Ok(after);
@@ -220,8 +223,15 @@ impl TimerService {
                 idempotency_key: Some(format!("schedule/{id}/{}/{index}", due_at.as_micros())),
                 at: now,
             };
-            match send(&self.hosts.job, &job.stream(), derived_id(job.0, "submit"), submit, Self::NAME, Some(id.0))
-                .await?
+            match send::<Job, _>(
+                &self.gateway,
+                &job.stream(),
+                derived_id(job.0, "submit"),
+                submit,
+                Self::NAME,
+                Some(id.0),
+            )
+            .await?
             {
                 Ok(_) | Err(JobRejection::AlreadySubmitted) => jobs.push(job),
                 Err(rejection) => tracing::warn!(schedule = %id, %job, %rejection, "a scheduled job was refused"),
@@ -232,7 +242,9 @@ impl TimerService {
         }
         let fire = schedule::Command::Fire { due_at, jobs, at: now };
         let fire_id = derived_id(id.0, &format!("fire/{}", due_at.as_micros()));
-        if let Err(rejection) = send(&self.hosts.schedule, &stream, fire_id, fire, Self::NAME, Some(id.0)).await? {
+        if let Err(rejection) =
+            send::<Schedule, _>(&self.gateway, &stream, fire_id, fire, Self::NAME, Some(id.0)).await?
+        {
             tracing::warn!(schedule = %id, %rejection, "the schedule did not record its firing");
         }
         Ok(after)
@@ -246,7 +258,7 @@ impl TimerService {
             Strategy::PerGroup(by) => {
                 let mut groups: BTreeMap<String, Vec<DocumentId>> = BTreeMap::new();
                 for document in documents {
-                    let state = inspect(&self.hosts.document, &document.stream()).await?;
+                    let state = inspect::<Document, _>(&self.gateway, &document.stream()).await?;
                     let key = match by {
                         GroupBy::Tenant => state.tenant,
                         GroupBy::ContentType => state.content_type,
@@ -261,7 +273,7 @@ impl TimerService {
 }
 
 #[async_trait::async_trait(?Send)]
-impl Process for TimerService {
+impl<G: Gateway> Process for TimerService<G> {
     const NAME: &'static str = "timers";
     type State = Timers;
 

@@ -16,9 +16,9 @@ use weft_events::domain::ids::{AgentId, DocumentId, JobId, Uuid};
 use weft_events::domain::workflow::{Input, Step};
 use weft_events::{Envelope, Timestamp};
 
-use super::{Hosts, Process, Retry, decode, derived_id, inspect, send};
-use crate::agent::{self, Rejection as AgentRejection};
-use crate::job;
+use super::{Gateway, Process, Retry, decode, derived_id, inspect, send};
+use crate::agent::{self, Agent, Rejection as AgentRejection};
+use crate::job::{self, Job};
 
 /// One attempt of a job step, as handed to an executor.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,19 +67,22 @@ pub trait Executor: 'static {
     async fn run(&self, task: Task) -> Result<TaskOutput, TaskError>;
 }
 
+/// The worker's name, as a process.
+const NAME: &str = "worker";
+
 /// What the worker remembers: the tasks it started and has not seen finish, with their agents.
 pub type InFlight = BTreeMap<Uuid, AgentId>;
 
 /// See the module doc.
-pub struct Worker {
-    hosts: Hosts,
+pub struct Worker<G> {
+    gateway: G,
     executor: Rc<dyn Executor>,
 }
 
-impl Worker {
-    /// A worker running tasks with `executor`.
-    pub fn new(hosts: Hosts, executor: Rc<dyn Executor>) -> Self {
-        Self { hosts, executor }
+impl<G: Gateway> Worker<G> {
+    /// A worker sending its commands through `gateway` and running tasks with `executor`.
+    pub fn new(gateway: G, executor: Rc<dyn Executor>) -> Self {
+        Self { gateway, executor }
     }
 
     async fn assigned(&self, in_flight: &mut InFlight, event: &Envelope, assigned: TaskAssigned) -> Result<(), Retry> {
@@ -87,11 +90,13 @@ impl Worker {
         let task = assigned.task;
         let correlation = event.correlation_id;
         let start = agent::Command::StartTask { task, at: Timestamp::now() };
-        match send(&self.hosts.agent, &event.stream, derived_id(task, "start"), start, Self::NAME, correlation).await? {
+        match send::<Agent, _>(&self.gateway, &event.stream, derived_id(task, "start"), start, Self::NAME, correlation)
+            .await?
+        {
             Ok(outcome) if !outcome.repeated || in_flight.contains_key(&task) => {}
             // Started before, by a worker that stopped before it recorded the outcome.
             Ok(_) | Err(AgentRejection::AlreadyStarted(_)) => {
-                return fail(&self.hosts, agent, task, interrupted(), correlation).await;
+                return fail(&self.gateway, agent, task, interrupted(), correlation).await;
             }
             // Finished already.
             Err(AgentRejection::UnknownTask(_)) => return Ok(()),
@@ -105,19 +110,25 @@ impl Worker {
         let start_step =
             job::Command::StartStep { step: assigned.step.clone(), attempt: assigned.attempt, at: Timestamp::now() };
         let job_stream = assigned.job.stream();
-        if let Err(rejection) =
-            send(&self.hosts.job, &job_stream, derived_id(task, "start-step"), start_step, Self::NAME, correlation)
-                .await?
+        if let Err(rejection) = send::<Job, _>(
+            &self.gateway,
+            &job_stream,
+            derived_id(task, "start-step"),
+            start_step,
+            Self::NAME,
+            correlation,
+        )
+        .await?
         {
             let error =
                 TaskError { message: format!("the job no longer wants this attempt: {rejection}"), retryable: false };
-            return fail(&self.hosts, agent, task, error, correlation).await;
+            return fail(&self.gateway, agent, task, error, correlation).await;
         }
-        let job = inspect(&self.hosts.job, &job_stream).await?;
-        let profile = inspect(&self.hosts.agent, &event.stream).await?.profile;
+        let job = inspect::<Job, _>(&self.gateway, &job_stream).await?;
+        let profile = inspect::<Agent, _>(&self.gateway, &event.stream).await?.profile;
         let (Some(step), Some(profile)) = (job.steps.iter().find(|s| s.name == assigned.step), profile) else {
             let error = TaskError { message: "the step or the agent's profile is gone".into(), retryable: false };
-            return fail(&self.hosts, agent, task, error, correlation).await;
+            return fail(&self.gateway, agent, task, error, correlation).await;
         };
         let inputs = step
             .inputs
@@ -132,8 +143,8 @@ impl Worker {
             .collect();
         let task =
             Task { id: task, agent, profile, job: assigned.job, step: step.clone(), attempt: assigned.attempt, inputs };
-        let (hosts, executor) = (self.hosts.clone(), self.executor.clone());
-        actix::spawn(async move { execute(hosts, executor, task, correlation).await });
+        let (gateway, executor) = (self.gateway.clone(), self.executor.clone());
+        actix::spawn(async move { execute(gateway, executor, task, correlation).await });
         Ok(())
     }
 }
@@ -144,7 +155,7 @@ fn interrupted() -> TaskError {
 
 /// Runs a task and records its outcome, trying the recording until it goes through. If this process dies
 /// first, the next worker fails the task as interrupted.
-async fn execute(hosts: Hosts, executor: Rc<dyn Executor>, task: Task, correlation: Option<Uuid>) {
+async fn execute<G: Gateway>(gateway: G, executor: Rc<dyn Executor>, task: Task, correlation: Option<Uuid>) {
     let started = Instant::now();
     let timeout = Duration::from_millis(task.step.timeout_ms);
     let (id, agent) = (task.id, task.agent);
@@ -165,7 +176,7 @@ async fn execute(hosts: Hosts, executor: Rc<dyn Executor>, task: Task, correlati
                     latency_ms,
                     at: Timestamp::now(),
                 };
-                send(&hosts.agent, &agent.stream(), derived_id(id, "complete"), complete, Worker::NAME, correlation)
+                send::<Agent, _>(&gateway, &agent.stream(), derived_id(id, "complete"), complete, NAME, correlation)
                     .await
                     .map(|outcome| {
                         if let Err(rejection) = outcome {
@@ -173,7 +184,7 @@ async fn execute(hosts: Hosts, executor: Rc<dyn Executor>, task: Task, correlati
                         }
                     })
             }
-            Err(error) => fail(&hosts, agent, id, error.clone(), correlation).await,
+            Err(error) => fail(&gateway, agent, id, error.clone(), correlation).await,
         };
         match recorded {
             Ok(()) => return,
@@ -186,8 +197,8 @@ async fn execute(hosts: Hosts, executor: Rc<dyn Executor>, task: Task, correlati
     }
 }
 
-async fn fail(
-    hosts: &Hosts,
+async fn fail<G: Gateway>(
+    gateway: &G,
     agent: AgentId,
     task: Uuid,
     error: TaskError,
@@ -195,7 +206,7 @@ async fn fail(
 ) -> Result<(), Retry> {
     let command =
         agent::Command::FailTask { task, error: error.message, retryable: error.retryable, at: Timestamp::now() };
-    match send(&hosts.agent, &agent.stream(), derived_id(task, "fail"), command, Worker::NAME, correlation).await? {
+    match send::<Agent, _>(gateway, &agent.stream(), derived_id(task, "fail"), command, NAME, correlation).await? {
         Ok(_) | Err(AgentRejection::UnknownTask(_)) => Ok(()),
         Err(rejection) => {
             tracing::warn!(%agent, %task, %rejection, "the agent did not take a task's failure");
@@ -205,14 +216,14 @@ async fn fail(
 }
 
 #[async_trait::async_trait(?Send)]
-impl Process for Worker {
-    const NAME: &'static str = "worker";
+impl<G: Gateway> Process for Worker<G> {
+    const NAME: &'static str = NAME;
     type State = InFlight;
 
     async fn resume(&self, in_flight: &mut InFlight) -> Result<(), Retry> {
         while let Some((&task, &agent)) = in_flight.first_key_value() {
             tracing::info!(%agent, %task, "a task was running when the worker stopped; failing it as interrupted");
-            fail(&self.hosts, agent, task, interrupted(), None).await?;
+            fail(&self.gateway, agent, task, interrupted(), None).await?;
             in_flight.remove(&task);
         }
         Ok(())

@@ -1,0 +1,82 @@
+//! The process managers' way to the aggregates over the bus: commands go out as requests on
+//! `weft.cmd.<aggregate>.<id>` and whichever node's intake takes them runs them; state is read from the
+//! shared store. With NATS configured, a job on one node drives an agent on another, and nothing in the
+//! domain knows which node holds which actor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_actors::Aggregate;
+use weft_actors::host::{self, Execute, Outcome};
+use weft_actors::process::Gateway;
+use weft_events::domain::ids::Uuid;
+use weft_events::{EventStore, StreamName};
+
+use crate::bus::{ACTOR, Bus, COMMAND_ID, CORRELATION_ID, Headers, Message};
+use crate::protocol::{self, CommandBody, Reply};
+
+/// How long a command may take over the bus by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// See the module doc. Cheap to clone.
+#[derive(Clone)]
+pub struct BusGateway {
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn EventStore>,
+    timeout: Duration,
+}
+
+impl BusGateway {
+    /// A gateway sending commands over `bus` and reading state from `store`.
+    pub fn new(bus: Arc<dyn Bus>, store: Arc<dyn EventStore>, timeout: Duration) -> Self {
+        Self { bus, store, timeout }
+    }
+}
+
+/// The instance id in a stream name `<kind>-<uuid>`.
+fn instance<A: Aggregate>(stream: &StreamName) -> Result<Uuid, host::Error<A::Rejection>> {
+    stream
+        .as_str()
+        .strip_prefix(A::KIND)
+        .and_then(|s| s.strip_prefix('-'))
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .ok_or_else(|| host::Error::Unavailable(format!("{stream} is not a {} stream", A::KIND)))
+}
+
+#[async_trait::async_trait(?Send)]
+impl Gateway for BusGateway {
+    async fn execute<A: Aggregate>(
+        &self,
+        stream: &StreamName,
+        execute: Execute<A>,
+    ) -> Result<Outcome, host::Error<A::Rejection>> {
+        let id = instance::<A>(stream)?;
+        let body = CommandBody {
+            command_id: execute.command_id,
+            id: None,
+            command: &execute.command,
+            expected_version: execute.expected_version,
+        };
+        let mut headers = Headers::from([(COMMAND_ID.to_owned(), execute.command_id.to_string())]);
+        if let Some(correlation) = execute.metadata.correlation_id {
+            headers.insert(CORRELATION_ID.into(), correlation.to_string());
+        }
+        if let Some(actor) = &execute.metadata.actor {
+            headers.insert(ACTOR.into(), actor.clone());
+        }
+        let request = Message {
+            subject: protocol::command_subject(A::KIND, id),
+            reply: None,
+            headers,
+            payload: protocol::encode(&body, false).into(),
+        };
+        let reply = self.bus.request(request, self.timeout).await.map_err(|e| host::Error::Unavailable(e.to_string()))?;
+        let reply: Reply<A::Rejection> = protocol::decode(&reply.payload, reply.is_json())
+            .map_err(|e| host::Error::Unavailable(format!("a reply from {stream} does not decode: {e}")))?;
+        reply.into_host()
+    }
+
+    async fn state<A: Aggregate>(&self, stream: &StreamName) -> Result<A, host::Error<A::Rejection>> {
+        host::load_state::<A>(&*self.store, stream).await.map(|(state, _)| state)
+    }
+}
