@@ -70,7 +70,8 @@ impl Gateway for BusGateway {
             headers,
             payload: protocol::encode(&body, false).into(),
         };
-        let reply = self.bus.request(request, self.timeout).await.map_err(|e| host::Error::Unavailable(e.to_string()))?;
+        let reply =
+            self.bus.request(request, self.timeout).await.map_err(|e| host::Error::Unavailable(e.to_string()))?;
         let reply: Reply<A::Rejection> = protocol::decode(&reply.payload, reply.is_json())
             .map_err(|e| host::Error::Unavailable(format!("a reply from {stream} does not decode: {e}")))?;
         reply.into_host()

@@ -3,6 +3,7 @@
 //! replies. Bad input gets an `invalid` reply and never reaches an aggregate; nothing in here panics on input.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use weft_actors::Aggregate;
@@ -33,20 +34,28 @@ impl Default for IntakeOptions {
 /// The running services; dropping it (or [`Intake::stop`]) unsubscribes them.
 pub struct Intake {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    handled: Arc<AtomicU64>,
 }
 
 impl Intake {
     /// Subscribes a service per aggregate type and serves commands until stopped. Must be called on an actix
     /// system: the hosts start actors on it.
     pub async fn start(bus: Arc<dyn Bus>, hosts: Hosts, options: IntakeOptions) -> Result<Self, BusError> {
-        let mut tasks = Vec::new();
-        tasks.push(serve(bus.clone(), hosts.document, &options).await?);
-        tasks.push(serve(bus.clone(), hosts.workflow, &options).await?);
-        tasks.push(serve(bus.clone(), hosts.job, &options).await?);
-        tasks.push(serve(bus.clone(), hosts.agent, &options).await?);
-        tasks.push(serve(bus.clone(), hosts.schedule, &options).await?);
+        let handled = Arc::new(AtomicU64::new(0));
+        let tasks = vec![
+            serve(bus.clone(), hosts.document, &options, handled.clone()).await?,
+            serve(bus.clone(), hosts.workflow, &options, handled.clone()).await?,
+            serve(bus.clone(), hosts.job, &options, handled.clone()).await?,
+            serve(bus.clone(), hosts.agent, &options, handled.clone()).await?,
+            serve(bus.clone(), hosts.schedule, &options, handled.clone()).await?,
+        ];
         bus.flush().await?;
-        Ok(Self { tasks })
+        Ok(Self { tasks, handled })
+    }
+
+    /// Commands this node has taken off the bus so far.
+    pub fn handled(&self) -> u64 {
+        self.handled.load(Ordering::Relaxed)
     }
 
     /// Stops serving; commands being handled still get their replies.
@@ -65,6 +74,7 @@ async fn serve<A: Aggregate>(
     bus: Arc<dyn Bus>,
     host: Host<A>,
     options: &IntakeOptions,
+    handled: Arc<AtomicU64>,
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
     let subject = format!("{}.{}.*", protocol::COMMANDS, A::KIND);
     let subscription: Subscription = bus.subscribe(&subject, Some(&options.queue_group)).await?;
@@ -72,6 +82,7 @@ async fn serve<A: Aggregate>(
     Ok(actix_rt::spawn(async move {
         let mut subscription = subscription;
         while let Some(message) = subscription.next().await {
+            handled.fetch_add(1, Ordering::Relaxed);
             actix_rt::spawn(handle(message, bus.clone(), host.clone(), limits));
         }
     }))

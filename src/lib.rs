@@ -13,6 +13,7 @@
 //! - [`gateway`]: the process managers' way to the aggregates over the bus.
 //! - [`intake`]: the command services on the bus, one per aggregate type.
 //! - [`protocol`]: the wire protocol: subjects, command bodies, replies, events.
+//! - [`publisher`]: every committed event out on its subject.
 //! - [`nats`]: NATS: local servers for tests and benchmarks.
 //! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose (`store`, `actors`).
 
@@ -22,4 +23,5 @@ pub mod gateway;
 pub mod intake;
 pub mod nats;
 pub mod protocol;
+pub mod publisher;
 pub mod store;

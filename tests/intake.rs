@@ -142,8 +142,10 @@ async fn bad_input_gets_an_invalid_reply_and_appends_nothing(bus: Arc<dyn Bus>) 
         assert!(!reply["error"]["message"].as_str().unwrap().is_empty(), "{case}");
     }
     for (header, value) in [("Weft-Actor", "has space"), ("Weft-Correlation-Id", "not-a-uuid")] {
-        let mut message =
-            Message::new(format!("weft.cmd.document.{}", Uuid::now_v7()), register(&Uuid::now_v7().to_string()).to_string());
+        let mut message = Message::new(
+            format!("weft.cmd.document.{}", Uuid::now_v7()),
+            register(&Uuid::now_v7().to_string()).to_string(),
+        );
         message.headers.insert(CONTENT_TYPE.into(), JSON.into());
         message.headers.insert(header.into(), value.into());
         let reply: Value = serde_json::from_slice(&node.bus.request(message, WAIT).await.unwrap().payload).unwrap();

@@ -278,13 +278,35 @@ async fn run<A: Aggregate>(
             Err(panic) => return (loaded, Err(Failure::Panicked(panic_message(&*panic)))),
         };
         let events = match decided {
-            Ok(events) => events,
-            Err(rejection) => return (loaded, Err(Failure::Error(Error::Rejected(rejection)))),
+            Ok(events) if !events.is_empty() => events,
+            unchanged => {
+                // Nothing to append, so no conflict would reveal a stale state: check that the store has not
+                // moved on (another node's actor may have appended) before answering from this state.
+                match store.stream_version(&stream).await {
+                    Ok(version) if version > loaded.version && attempts < options.max_conflict_retries => {
+                        attempts += 1;
+                        if let Err(failure) = catch_up(&*store, &stream, &mut loaded, options.remembered_commands).await
+                        {
+                            return (loaded, Err(failure));
+                        }
+                        if let Some((_, outcome)) = loaded.recent.iter().find(|(id, _)| *id == message.command_id) {
+                            let outcome = *outcome;
+                            return (loaded, Ok(outcome));
+                        }
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return (loaded, Err(Failure::Error(Error::Unavailable(e.to_string())))),
+                }
+                return match unchanged {
+                    Err(rejection) => (loaded, Err(Failure::Error(Error::Rejected(rejection)))),
+                    Ok(_) => {
+                        let version = loaded.version;
+                        (loaded, Ok(Outcome { version, positions: None, repeated: false }))
+                    }
+                };
+            }
         };
-        if events.is_empty() {
-            let version = loaded.version;
-            return (loaded, Ok(Outcome { version, positions: None, repeated: false }));
-        }
         let new_events: Result<Vec<NewEvent>, _> = events
             .iter()
             .map(|event| {

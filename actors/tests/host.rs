@@ -220,6 +220,29 @@ async fn two_hosts_on_one_store_lose_no_update() {
 }
 
 #[actix_rt::test]
+async fn a_host_with_a_stale_actor_does_not_refuse_what_another_host_made_possible() {
+    use weft_actors::agent::{Agent, Command as AgentCommand};
+    let store = MemoryStore::default();
+    let (a, b) = (
+        Host::<Agent>::new(Arc::new(store.clone()), Options::default()),
+        Host::<Agent>::new(Arc::new(store.clone()), Options::default()),
+    );
+    let agent = stream("agent-0190c2a0-0000-7000-8000-000000000001");
+    let profile = weft_actors::testkit::agent_profile(2);
+    b.execute(&agent, execute::<Agent>(AgentCommand::Register { profile, at: Timestamp(1) })).await.unwrap();
+    // Host A assigns a task; host B's actor is live and has not seen it.
+    let task = Uuid::from_u128(5);
+    let assign = AgentCommand::AssignTask { task, job: JobId::new(), step: "s".into(), attempt: 1, at: Timestamp(2) };
+    a.execute(&agent, execute::<Agent>(assign)).await.unwrap();
+    let start = execute::<Agent>(AgentCommand::StartTask { task, at: Timestamp(3) });
+    let outcome = b.execute(&agent, start.clone()).await.unwrap();
+    assert_eq!(outcome.version, 3);
+    // And a repeat on A, whose actor has not seen the start, answers the first outcome.
+    let again = a.execute(&agent, start).await.unwrap();
+    assert_eq!((again.version, again.repeated), (3, true));
+}
+
+#[actix_rt::test]
 async fn snapshots_are_saved_and_activation_starts_from_them() {
     let store = MemoryStore::default();
     let options = Options { snapshot_every: 10, ..Options::default() };

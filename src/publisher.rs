@@ -1,0 +1,60 @@
+//! Event publishing: every committed event goes out on `weft.evt.<aggregate>.<id>.<name>` (see
+//! [`crate::protocol::event_subject`]), in log order, as a [`crate::protocol::WireEvent`] in readable
+//! MessagePack with header `Nats-Msg-Id` set to the event id.
+//!
+//! It is a checkpointed process like the process managers: after a crash it publishes again from its last
+//! checkpoint, so delivery is at least once per position, and subscribers dedupe by the event id. An event
+//! too large for the bus goes out without its payload (header [`PAYLOAD_OMITTED`]). A bus that
+//! is down holds it at the event it could not publish; nothing is skipped.
+
+use std::sync::Arc;
+
+use weft_actors::process::{Process, Retry};
+use weft_events::Envelope;
+
+use crate::bus::{Bus, Headers, Message};
+use crate::protocol::{self, WireEvent};
+
+/// The header carrying the event id, which JetStream and subscribers dedupe by.
+pub const MESSAGE_ID: &str = "Nats-Msg-Id";
+
+/// The header set, to the payload's size, on an event published without its payload because the whole would
+/// be over the bus's message limit.
+pub const PAYLOAD_OMITTED: &str = "Weft-Payload-Omitted";
+
+/// See the module doc.
+pub struct Publisher {
+    bus: Arc<dyn Bus>,
+}
+
+impl Publisher {
+    /// A publisher onto `bus`.
+    pub fn new(bus: Arc<dyn Bus>) -> Self {
+        Self { bus }
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Process for Publisher {
+    const NAME: &'static str = "publisher";
+    type State = ();
+
+    async fn handle(&self, _state: &mut (), event: &Envelope) -> Result<(), Retry> {
+        let headers = Headers::from([(MESSAGE_ID.to_owned(), event.event_id.to_string())]);
+        let mut wire = WireEvent::from(event);
+        let mut message = Message {
+            subject: protocol::event_subject(event),
+            reply: None,
+            headers,
+            payload: protocol::encode(&wire, false).into(),
+        };
+        if message.payload.len() + 512 > self.bus.max_payload() {
+            // Too large for the bus: the envelope goes out without its payload, which readers fetch from the
+            // store by position.
+            message.headers.insert(PAYLOAD_OMITTED.into(), wire.payload.len().to_string());
+            wire.payload.clear();
+            message.payload = protocol::encode(&wire, false).into();
+        }
+        self.bus.publish(message).await.map_err(|e| Retry(format!("publishing position {}: {e}", event.position)))
+    }
+}

@@ -1,0 +1,164 @@
+//! End to end over a real NATS server: two Weft nodes (each with its own connection, actor hosts and command
+//! intake, in one queue group, over one store) and a client that speaks only the documented protocol — JSON
+//! bodies built by hand, replies and events read as plain maps.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use weft::bus::nats::NatsBus;
+use weft::bus::{Bus, CONTENT_TYPE, JSON, Message};
+use weft::gateway::BusGateway;
+use weft::intake::{Intake, IntakeOptions};
+use weft::nats::NatsServer;
+use weft::publisher::{MESSAGE_ID, Publisher};
+use weft_actors::host::Options;
+use weft_actors::process::{self, Hosts, Processes, RunOptions};
+use weft_actors::testkit::{Scripted, ScriptedExecutor};
+use weft_events::domain::ids::Uuid;
+use weft_events::{EventStore, MemoryStore};
+
+/// An event as a client reads it: the documented fields it needs, the payload as MessagePack bytes.
+#[derive(serde::Deserialize)]
+struct ClientEvent {
+    event_id: String,
+    event_type: String,
+    version: u64,
+    payload: bytes::Bytes,
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn fast() -> RunOptions {
+    RunOptions { checkpoint_every_events: 100, checkpoint_every_ms: 20, retry_min_ms: 5, retry_max_ms: 100 }
+}
+
+async fn bus(server: &NatsServer, name: &str) -> Arc<dyn Bus> {
+    Arc::new(NatsBus::new(weft::nats::connect(&server.url(), name).await.unwrap()))
+}
+
+/// The client's side: a JSON command and its JSON reply.
+async fn command(client: &dyn Bus, aggregate: &str, id: &str, kind: &str, payload: Value) -> Value {
+    let body = json!({"command_id": Uuid::now_v7().to_string(), "type": kind, "payload": payload});
+    let mut message = Message::new(format!("weft.cmd.{aggregate}.{id}"), body.to_string());
+    message.headers.insert(CONTENT_TYPE.into(), JSON.into());
+    let reply = client.request(message, WAIT).await.unwrap();
+    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["status"], "ok", "{aggregate} {kind}: {reply}");
+    reply
+}
+
+#[actix_rt::test]
+async fn a_client_drives_a_document_and_a_job_to_completion_over_two_nodes() {
+    let server = NatsServer::start().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::default());
+    let (bus_a, bus_b) = (bus(&server, "node-a").await, bus(&server, "node-b").await);
+    let intake_a =
+        Intake::start(bus_a.clone(), Hosts::new(store.clone(), Options::default()), IntakeOptions::default())
+            .await
+            .unwrap();
+    let intake_b =
+        Intake::start(bus_b.clone(), Hosts::new(store.clone(), Options::default()), IntakeOptions::default())
+            .await
+            .unwrap();
+    // The process managers and the publisher run on node A and reach the aggregates only over the bus.
+    let gateway = BusGateway::new(bus_a.clone(), store.clone(), WAIT);
+    let executor = Rc::new(ScriptedExecutor::new().on("summarise", 1, Scripted::Fail { retryable: true }));
+    let processes = Processes::start(gateway, store.clone(), executor.clone(), fast());
+    let publisher = process::start(Publisher::new(bus_a.clone()), store.clone(), fast());
+
+    let client = bus(&server, "client").await;
+    let (agent, document, job) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+    let mut job_events = client.subscribe(&format!("weft.evt.job.{job}.>"), None).await.unwrap();
+    client.flush().await.unwrap();
+
+    let profile = json!({"name": "Sam", "role": "summariser", "goal": "short summaries", "instructions": "Be brief.",
+                         "provider": "builtin", "model": "extractive", "parameters": {"sentences": 3},
+                         "concurrency_limit": 4});
+    command(&*client, "agent", &agent, "register", json!({"profile": profile})).await;
+    command(
+        &*client,
+        "document",
+        &document,
+        "register",
+        json!({"name": "a.pdf", "content_type": "application/pdf",
+        "declared_size_bytes": 1000, "tenant": "acme", "owner": "ann"}),
+    )
+    .await;
+    let uploaded = command(
+        &*client,
+        "document",
+        &document,
+        "mark_uploaded",
+        json!({"size_bytes": 900, "etag": "e1", "source": "notification"}),
+    )
+    .await;
+    assert_eq!(uploaded["version"], 2);
+    let step = |name: &str, inputs: Value| {
+        json!({"name": name, "agent": agent, "instruction": format!("{name} it"),
+        "inputs": inputs, "timeout_ms": 5000, "retry": {"max_attempts": 3, "base_delay_ms": 10, "max_delay_ms": 100}})
+    };
+    let steps = json!([
+        step("extract", json!([{"from": "job_inputs"}])),
+        step("summarise", json!([{"from": "step", "name": "extract"}])),
+        step("report", json!([{"from": "step", "name": "extract"}, {"from": "step", "name": "summarise"}])),
+    ]);
+    command(
+        &*client,
+        "job",
+        &job,
+        "submit",
+        json!({"workflow": Uuid::now_v7().to_string(), "workflow_version": 1,
+        "steps": steps, "inputs": [document], "priority": 0}),
+    )
+    .await;
+
+    // The job's events arrive on their subjects, in order, each with its id as the message id, until the end.
+    let mut seen = Vec::new();
+    loop {
+        let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(30), job_events.next()).await else {
+            let all = store.read_all(1, 1000).await.unwrap();
+            let types: Vec<String> =
+                all.iter().map(|e| format!("{} {} {:?}", e.stream, e.event_type, e.actor)).collect();
+            panic!("the job stalled after {seen:?}; the store holds {types:#?}");
+        };
+        let event: ClientEvent = rmp_serde::from_slice(&message.payload).unwrap();
+        assert_eq!(message.headers.get(MESSAGE_ID), Some(&event.event_id));
+        let name = message.subject.rsplit('.').next().unwrap().to_owned();
+        assert_eq!(event.event_type, format!("job.{name}"));
+        assert_eq!(event.version, seen.len() as u64 + 1, "events of the job out of order: {seen:?}");
+        assert!(!event.payload.is_empty());
+        seen.push(name.clone());
+        if name == "succeeded" || name == "failed" {
+            break;
+        }
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("succeeded"), "{seen:?}");
+    assert!(seen.contains(&"retry_scheduled".to_owned()), "{seen:?}");
+    assert_eq!(executor.runs().len(), 4);
+
+    // Both nodes share the commands of the queue group; each command has its effect once.
+    let before = store.head().await.unwrap();
+    let handled = (intake_a.handled(), intake_b.handled());
+    for i in 0..40 {
+        command(
+            &*client,
+            "document",
+            &Uuid::now_v7().to_string(),
+            "register",
+            json!({"name": format!("{i}.txt"),
+            "content_type": "text/plain", "declared_size_bytes": 10, "tenant": "acme", "owner": "ann"}),
+        )
+        .await;
+    }
+    let (a, b) = (intake_a.handled() - handled.0, intake_b.handled() - handled.1);
+    assert!(a > 0 && b > 0, "one node took every command: {a} and {b}");
+    assert_eq!(a + b, 40);
+    let registered = store.read_all(before + 1, 1000).await.unwrap();
+    assert_eq!(registered.iter().filter(|e| &*e.event_type == "document.registered").count(), 40);
+
+    processes.stop().await.unwrap();
+    publisher.stop().await.unwrap();
+}
