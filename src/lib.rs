@@ -15,6 +15,7 @@
 //! - [`protocol`]: the wire protocol: subjects, command bodies, replies, events.
 //! - [`publisher`]: every committed event out on its subject.
 //! - [`nats`]: NATS: local servers for tests and benchmarks.
+//! - [`node`]: a node, everything wired together: what `weft serve` runs.
 //! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose (`store`, `actors`).
 
 pub mod bench;
@@ -22,6 +23,7 @@ pub mod bus;
 pub mod gateway;
 pub mod intake;
 pub mod nats;
+pub mod node;
 pub mod protocol;
 pub mod publisher;
 pub mod store;

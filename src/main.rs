@@ -21,6 +21,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs a node: the event store, the actors, the command intake (on NATS with --nats, in process
+    /// otherwise), the job orchestrator and timers, and the event publisher. Stops on Ctrl-C or SIGTERM.
+    Serve(weft::node::NodeOptions),
     /// Benchmarks: each prints one JSON line per case on stdout and a table on stderr.
     #[command(subcommand)]
     Bench(Bench),
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::Serve(options) => actix_rt::System::new().block_on(weft::node::serve(options)),
         Command::Bench(Bench::Store(options)) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -67,3 +67,47 @@ fn an_unusable_path_is_an_error_naming_it() {
         assert!(!stderr.contains("panicked"), "{bench}: {stderr}");
     }
 }
+
+#[test]
+fn serve_runs_on_the_embedded_defaults_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data/events.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--store", store.to_str().unwrap()])
+        .env_remove("WEFT_NATS")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("serving on the in-process bus"), "{line}");
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "{status}: {rest}");
+    assert!(store.exists(), "no store at {}", store.display());
+}
+
+#[test]
+fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("events.db");
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "not a folder").unwrap();
+    let under_a_file = blocker.join("events.db");
+    for (args, expected) in [
+        (vec!["serve", "--store", store.to_str().unwrap(), "--nats", "nats://bad host:-1"], "NATS URL"),
+        (vec!["serve", "--store", under_a_file.to_str().unwrap()], "cannot create"),
+        (vec!["serve", "--max-body-bytes", "lots"], "invalid value 'lots'"),
+    ] {
+        let out = weft(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -74,7 +74,7 @@ fn child(dir: &Path) {
             .delay_ms(150)
             .log_to(dir.join("runs"));
         let options = RunOptions { checkpoint_every_ms: 50, ..RunOptions::default() };
-        let processes = Processes::start(hosts.clone(), store.clone(), Rc::new(executor), options);
+        let processes = Processes::start(hosts.clone(), store.clone(), Some(Rc::new(executor)), options);
         println!("ready");
         loop {
             let (state, _) = hosts.job.inspect(&job.stream()).await.unwrap();

@@ -66,7 +66,7 @@ async fn a_client_drives_a_document_and_a_job_to_completion_over_two_nodes() {
     // The process managers and the publisher run on node A and reach the aggregates only over the bus.
     let gateway = BusGateway::new(bus_a.clone(), store.clone(), WAIT);
     let executor = Rc::new(ScriptedExecutor::new().on("summarise", 1, Scripted::Fail { retryable: true }));
-    let processes = Processes::start(gateway, store.clone(), executor.clone(), fast());
+    let processes = Processes::start(gateway, store.clone(), Some(executor.clone()), fast());
     let publisher = process::start(Publisher::new(bus_a.clone()), store.clone(), fast());
 
     let client = bus(&server, "client").await;

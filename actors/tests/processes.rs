@@ -99,7 +99,7 @@ fn pair(step: &str, attempt: u32) -> (String, u32) {
 async fn a_three_step_dag_with_a_failing_then_succeeding_step_runs_to_success() {
     let world = world().await;
     let executor = Rc::new(ScriptedExecutor::new().on("summarise", 1, Scripted::Fail { retryable: true }));
-    let processes = Processes::start(world.hosts.clone(), world.store.clone(), executor.clone(), fast());
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), Some(executor.clone()), fast());
     let (job, input) = submit(&world, three_step_dag(world.agent, 3, 20, 5_000)).await;
 
     let done = finished(&world.hosts, job).await;
@@ -120,7 +120,7 @@ async fn a_three_step_dag_with_a_failing_then_succeeding_step_runs_to_success() 
 async fn an_attempt_that_outlives_its_time_out_fails_and_is_retried() {
     let world = world().await;
     let executor = Rc::new(ScriptedExecutor::new().on("extract", 1, Scripted::Sleep { ms: 2_000 }));
-    let processes = Processes::start(world.hosts.clone(), world.store.clone(), executor.clone(), fast());
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), Some(executor.clone()), fast());
     let (job, _) = submit(&world, three_step_dag(world.agent, 2, 10, 200)).await;
 
     let done = finished(&world.hosts, job).await;
@@ -141,7 +141,7 @@ async fn a_step_whose_agent_is_disabled_fails_the_job() {
     let disable = agent::Command::Disable { reason: "retired".into(), at: Timestamp::now() };
     run(&world.hosts.agent, &world.agent.stream(), disable).await;
     let executor = Rc::new(ScriptedExecutor::new());
-    let processes = Processes::start(world.hosts.clone(), world.store.clone(), executor.clone(), fast());
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), Some(executor.clone()), fast());
     let (job, _) = submit(&world, three_step_dag(world.agent, 3, 10, 5_000)).await;
 
     let done = finished(&world.hosts, job).await;
@@ -155,7 +155,7 @@ async fn a_step_whose_agent_is_disabled_fails_the_job() {
 async fn a_pending_retry_fires_after_the_processes_restart_from_their_checkpoints() {
     let world = world().await;
     let executor = Rc::new(ScriptedExecutor::new().on("extract", 1, Scripted::Fail { retryable: true }));
-    let processes = Processes::start(world.hosts.clone(), world.store.clone(), executor.clone(), fast());
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), Some(executor.clone()), fast());
     // A retry far enough out that the processes are stopped before it is due.
     let (job, _) = submit(&world, three_step_dag(world.agent, 2, 1_500, 5_000)).await;
     eventually("the retry is scheduled", async || {
@@ -174,7 +174,7 @@ async fn a_pending_retry_fires_after_the_processes_restart_from_their_checkpoint
 
     // A new node: new hosts over the same store, new processes resuming from the checkpoints.
     let hosts = Hosts::new(world.store.clone(), Options::default());
-    let processes = Processes::start(hosts.clone(), world.store.clone(), executor.clone(), fast());
+    let processes = Processes::start(hosts.clone(), world.store.clone(), Some(executor.clone()), fast());
     let done = finished(&hosts, job).await;
     assert_eq!(done.status, Status::Succeeded);
     assert_eq!(runs_of(&executor)[..2], [pair("extract", 1), pair("extract", 2)]);
@@ -223,7 +223,7 @@ async fn a_schedule_fires_its_latest_missed_occurrence_once_with_a_job_per_group
     )
     .await;
     let executor = Rc::new(ScriptedExecutor::new());
-    let processes = Processes::start(world.hosts.clone(), world.store.clone(), executor.clone(), fast());
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), Some(executor.clone()), fast());
 
     let fired = eventually("the schedule fires", async || {
         let (state, _) = world.hosts.schedule.inspect(&schedule.stream()).await.unwrap();

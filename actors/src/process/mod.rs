@@ -400,24 +400,33 @@ pub(crate) fn decode<E: weft_events::DomainEvent>(event: &Envelope) -> Option<E>
     }
 }
 
-/// The orchestrator, the worker and the timer service, running together.
+/// The orchestrator, the worker (when there is an executor) and the timer service, running together.
 pub struct Processes {
     running: Vec<(&'static str, Running)>,
 }
 
 impl Processes {
-    /// Starts all three over `store`, sending commands through `gateway`, with `executor` doing the tasks.
-    /// Must be called on an actix system.
+    /// Starts them over `store`, sending commands through `gateway`, with `executor` doing the tasks; without
+    /// an executor there is no worker (tasks wait for a node that has one, or time out). Must be called on an
+    /// actix system.
     pub fn start<G: Gateway>(
-        hosts: G,
+        gateway: G,
         store: Arc<dyn EventStore>,
-        executor: std::rc::Rc<dyn worker::Executor>,
+        executor: Option<std::rc::Rc<dyn worker::Executor>>,
         options: RunOptions,
     ) -> Self {
-        let orchestrator = start(orchestrator::Orchestrator::new(hosts.clone()), store.clone(), options.clone());
-        let worker = start(worker::Worker::new(hosts.clone(), executor), store.clone(), options.clone());
-        let timers = start(timers::TimerService::new(hosts), store, options);
-        Self { running: vec![("orchestrator", orchestrator), ("worker", worker), ("timers", timers)] }
+        let mut running = vec![(
+            "orchestrator",
+            start(orchestrator::Orchestrator::new(gateway.clone()), store.clone(), options.clone()),
+        )];
+        if let Some(executor) = executor {
+            running.push((
+                "worker",
+                start(worker::Worker::new(gateway.clone(), executor), store.clone(), options.clone()),
+            ));
+        }
+        running.push(("timers", start(timers::TimerService::new(gateway), store, options)));
+        Self { running }
     }
 
     /// Stops them all, saving their checkpoints; the first error, if any.
