@@ -37,6 +37,9 @@ enum Bench {
     /// The actor host: commands to 1, 100 and 10,000 aggregates, activation with and without a snapshot,
     /// memory per idle actor.
     Actors(weft::bench::actors::Options),
+    /// Commands over NATS (client -> NATS -> Weft -> SQLite -> reply) at 1, 16 and 256 in flight, against a
+    /// no-op NATS request/reply. Starts its own nats-server unless given --nats.
+    Nats(weft::bench::nats::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +56,6 @@ fn main() -> anyhow::Result<()> {
             .block_on(weft::bench::store::main(options)),
         // Actors live on an actix system.
         Command::Bench(Bench::Actors(options)) => actix_rt::System::new().block_on(weft::bench::actors::main(options)),
+        Command::Bench(Bench::Nats(options)) => actix_rt::System::new().block_on(weft::bench::nats::main(options)),
     }
 }

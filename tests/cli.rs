@@ -43,6 +43,8 @@ fn bad_arguments_are_refused_with_a_message_and_no_panic() {
         (&["bench", "actors", "--commands", "5"][..], "not in 100..=10000000"),
         (&["bench", "actors", "--commands", "-3"][..], "unexpected argument '-3'"),
         (&["bench", "actors", "--synchronous", "never"][..], "invalid value 'never'"),
+        (&["bench", "nats", "--commands", "5"][..], "not in 256..=10000000"),
+        (&["bench", "nats", "--synchronous", "never"][..], "invalid value 'never'"),
         (&["bench", "nothing"][..], "unrecognized subcommand"),
         (&["--no-such-flag"][..], "unexpected argument"),
     ] {
@@ -103,6 +105,7 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
         (vec!["serve", "--store", store.to_str().unwrap(), "--nats", "nats://bad host:-1"], "NATS URL"),
         (vec!["serve", "--store", under_a_file.to_str().unwrap()], "cannot create"),
         (vec!["serve", "--max-body-bytes", "lots"], "invalid value 'lots'"),
+        (vec!["bench", "nats", "--nats", "nats://bad host:-1"], "NATS URL"),
     ] {
         let out = weft(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -72,7 +72,7 @@ fn add_version(n: u64) -> Command {
 }
 
 /// Registers and uploads `count` documents; returns their streams.
-async fn documents(host: &Host<Document>, count: usize) -> anyhow::Result<Vec<StreamName>> {
+pub(crate) async fn documents(host: &Host<Document>, count: usize) -> anyhow::Result<Vec<StreamName>> {
     let mut streams = Vec::with_capacity(count);
     for _ in 0..count {
         let stream = DocumentId::new().stream();

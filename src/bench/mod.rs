@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub mod actors;
+pub mod nats;
 pub mod store;
 
 /// One case's result.

@@ -1,0 +1,169 @@
+//! `weft bench nats`: the command round trip over NATS — client -> NATS -> Weft's intake -> actor -> store ->
+//! reply — at 1, 16 and 256 requests in flight, next to a raw NATS request/reply to a responder that does
+//! nothing, at the same concurrency, in the same run. Starts its own `nats-server` (JetStream with
+//! `sync_interval: always`) unless given `--nats`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+use weft_actors::document::Document;
+use weft_actors::host::{Host, Options as HostOptions};
+use weft_actors::process::Hosts;
+use weft_events::domain::ids::Uuid;
+
+use super::{Latencies, Report, print_table, rate};
+use crate::bus::Bus;
+use crate::bus::nats::NatsBus;
+use crate::intake::{Intake, IntakeOptions};
+use crate::nats::NatsServer;
+use crate::store::sqlite::{Options as StoreOptions, SqliteStore, Synchronous};
+
+/// Options of `weft bench nats`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// A NATS server to use (comma-separated URLs); without it the bench starts its own.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Folder to make the store in (a fresh sub-folder, removed afterwards).
+    #[arg(long)]
+    pub path: Option<std::path::PathBuf>,
+    /// Commands in the 256-in-flight case; the others send a fraction.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(256..=10_000_000))]
+    pub commands: u64,
+    /// Durability of every store commit.
+    #[arg(long, value_enum, default_value_t = Synchronous::Full)]
+    pub synchronous: Synchronous,
+}
+
+/// Documents the commands go to.
+const DOCUMENTS: usize = 1000;
+
+/// Runs every case and prints the reports. Must run on an actix system.
+pub async fn main(options: Options) -> anyhow::Result<()> {
+    let _server;
+    let url = match &options.nats {
+        Some(url) => url.clone(),
+        None => {
+            _server = NatsServer::start()?;
+            _server.url()
+        }
+    };
+    let parent = options.path.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = parent.join(format!("weft-bench-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = run_in(&dir, &url, &options).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let reports = result?;
+    print_table(&reports);
+    for report in &reports {
+        report.print_json();
+    }
+    Ok(())
+}
+
+async fn run_in(dir: &std::path::Path, url: &str, options: &Options) -> anyhow::Result<Vec<Report>> {
+    let mut store_options = StoreOptions::new(dir.join("events.db"));
+    store_options.synchronous = options.synchronous;
+    let store = SqliteStore::open(store_options)?;
+    let node = crate::nats::connect(url, "weft-bench-node").await?;
+    let bus: Arc<dyn Bus> = Arc::new(NatsBus::new(node.clone()));
+    let hosts = Hosts::new(Arc::new(store.clone()), HostOptions::default());
+    let documents = Arc::new(super::actors::documents(&Host::<Document>::clone(&hosts.document), DOCUMENTS).await?);
+    let intake = Intake::start(bus.clone(), hosts, IntakeOptions::default()).await?;
+    // The baseline's responder: answers every request with an empty body, on the node's connection.
+    let mut echo = node.subscribe("weft.bench.echo").await?;
+    let responder = node.clone();
+    let echo_task = actix_rt::spawn(async move {
+        while let Some(request) = echo.next().await {
+            if let Some(reply) = request.reply {
+                let _ = responder.publish(reply, Bytes::new()).await;
+            }
+        }
+    });
+    node.flush().await?;
+    let client = crate::nats::connect(url, "weft-bench-client").await?;
+
+    let mut reports = Vec::new();
+    for in_flight in [1usize, 16, 256] {
+        let commands = (options.commands * in_flight as u64 / 256).max(in_flight as u64 * 50).min(options.commands);
+        let (ops, latencies) = commands_case(&client, &documents, in_flight, commands).await?;
+        let baseline = echo_case(&client, in_flight, commands).await?;
+        let mut latencies = latencies;
+        reports.push(Report {
+            bench: "nats",
+            case: format!("command-sqlite-{in_flight}"),
+            ops_per_s: ops,
+            p50_ms: latencies.percentile_ms(50.0),
+            p99_ms: latencies.percentile_ms(99.0),
+            baseline_ops_per_s: baseline,
+            bytes: None,
+            note: "command over NATS, SQLite store; baseline: no-op request/reply".into(),
+        });
+        eprintln!("command-sqlite-{in_flight}: done");
+    }
+    echo_task.abort();
+    drop(intake);
+    store.close().await?;
+    Ok(reports)
+}
+
+/// Sends `commands` `add_version` commands, `in_flight` at a time, as a client would: MessagePack bodies.
+async fn commands_case(
+    client: &async_nats::Client,
+    documents: &Arc<Vec<weft_events::StreamName>>,
+    in_flight: usize,
+    commands: u64,
+) -> anyhow::Result<(f64, Latencies)> {
+    let per_sender = commands.div_ceil(in_flight as u64);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for sender in 0..in_flight {
+        let (client, documents) = (client.clone(), documents.clone());
+        tasks.push(actix_rt::spawn(async move {
+            let mut latencies = Latencies::default();
+            for n in 0..per_sender {
+                let stream = &documents[(sender + n as usize * in_flight) % documents.len()];
+                let id = stream.as_str().trim_start_matches("document-");
+                let body = json!({"command_id": Uuid::now_v7().to_string(), "type": "add_version",
+                                  "payload": {"size_bytes": 10 + n % 100, "etag": format!("e{n}")}});
+                let body = crate::protocol::encode(&body, false);
+                let t = Instant::now();
+                let reply = client.request(format!("weft.cmd.document.{id}"), body.into()).await?;
+                latencies.record(t.elapsed());
+                let reply: serde_json::Value =
+                    crate::protocol::decode(&reply.payload, false).map_err(anyhow::Error::msg)?;
+                anyhow::ensure!(reply["status"] == "ok", "a command failed: {reply}");
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Latencies::default();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    Ok((rate(per_sender * in_flight as u64, started.elapsed()), latencies))
+}
+
+/// The raw baseline: request/reply to the no-op responder at the same concurrency.
+async fn echo_case(client: &async_nats::Client, in_flight: usize, requests: u64) -> anyhow::Result<f64> {
+    let per_sender = requests.div_ceil(in_flight as u64);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let client = client.clone();
+        tasks.push(actix_rt::spawn(async move {
+            for _ in 0..per_sender {
+                client.request("weft.bench.echo", Bytes::from_static(b"ping")).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(rate(per_sender * in_flight as u64, started.elapsed()))
+}
