@@ -40,7 +40,7 @@ pub fn event_subject(event: &Envelope) -> String {
 }
 
 /// What kind of error a reply reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The request is malformed: it never reached the aggregate.
@@ -58,7 +58,7 @@ pub enum ErrorKind {
 }
 
 /// A failed command's reply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(bound(serialize = "R: Serialize", deserialize = "R: DeserializeOwned"))]
 pub struct WireError<R> {
     /// What kind of error.
@@ -66,12 +66,12 @@ pub struct WireError<R> {
     /// For people.
     pub message: String,
     /// For `rejected`: the aggregate's reason, `{code, detail}`.
-    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejection: Option<R>,
 }
 
 /// The reply to a command: `status` is `ok` (with the version and positions) or `error` (with `error`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(bound(serialize = "R: Serialize", deserialize = "R: DeserializeOwned"))]
 pub struct Reply<R> {
     /// `ok` or `error`.
@@ -89,16 +89,12 @@ pub struct Reply<R> {
     #[serde(default)]
     pub repeated: bool,
     /// What went wrong.
-    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<WireError<R>>,
 }
 
-fn none<T>() -> Option<T> {
-    None
-}
-
 /// `ok` or `error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Done.
@@ -205,6 +201,75 @@ pub struct CommandBody<'a, C: Serialize> {
     /// The version the command applies at.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_version: Option<u64>,
+}
+
+/// A command request's body, for its JSON Schema: what [`decode_command`] accepts.
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CommandRequest<C> {
+    /// Unique per command; the same id again returns the first outcome.
+    pub command_id: Uuid,
+    /// The instance; if given, it must equal the subject's last token.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    /// The command: `type` and `payload`.
+    #[serde(flatten)]
+    pub command: C,
+    /// Apply only at exactly this version.
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+}
+
+/// The JSON Schemas of the protocol, by file name under `schemas/`: each aggregate's command requests
+/// (`commands/<aggregate>.json`), replies (`replies/<aggregate>.json`) and event payloads
+/// (`events/<aggregate>.json`), and the published event envelope (`event.json`).
+pub fn schemas() -> Vec<(String, serde_json::Value)> {
+    fn aggregate<A: Aggregate>(
+        events: Vec<(&'static str, u32, schemars::Schema)>,
+        out: &mut Vec<(String, serde_json::Value)>,
+    ) where
+        A::Command: schemars::JsonSchema,
+        A::Rejection: schemars::JsonSchema,
+    {
+        let kind = A::KIND;
+        let mut commands = schemars::schema_for!(CommandRequest<A::Command>).to_value();
+        without_clock_defaults(&mut commands);
+        out.push((format!("commands/{kind}.json"), commands));
+        out.push((format!("replies/{kind}.json"), schemars::schema_for!(Reply<A::Rejection>).to_value()));
+        let events: serde_json::Map<String, serde_json::Value> = events
+            .into_iter()
+            .map(|(name, version, schema)| {
+                (name.to_owned(), serde_json::json!({"schema_version": version, "payload": schema.to_value()}))
+            })
+            .collect();
+        out.push((format!("events/{kind}.json"), serde_json::Value::Object(events)));
+    }
+    use weft_events::domain::{agent, document, job, schedule, workflow};
+    let mut out = Vec::new();
+    aggregate::<weft_actors::document::Document>(document::Event::payload_schemas(), &mut out);
+    aggregate::<weft_actors::workflow::Workflow>(workflow::Event::payload_schemas(), &mut out);
+    aggregate::<weft_actors::job::Job>(job::Event::payload_schemas(), &mut out);
+    aggregate::<weft_actors::agent::Agent>(agent::Event::payload_schemas(), &mut out);
+    aggregate::<weft_actors::schedule::Schedule>(schedule::Event::payload_schemas(), &mut out);
+    out.push(("event.json".into(), schemars::schema_for!(WireEvent).to_value()));
+    out
+}
+
+/// Drops the default of every `at` property: it is the clock at the time of generation ("now" when left
+/// out), not a value, and would make the schemas differ from run to run.
+fn without_clock_defaults(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Object(at)) =
+                map.get_mut("properties").and_then(|p| p.as_object_mut()).and_then(|p| p.get_mut("at"))
+                && at.remove("default").is_some()
+            {
+                at.insert("description".into(), "When; the node's clock when left out.".into());
+            }
+            map.values_mut().for_each(without_clock_defaults);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_clock_defaults),
+        _ => {}
+    }
 }
 
 /// A decoded, checked command.
@@ -324,7 +389,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], json: bool) -> Result<T, String>
 }
 
 /// An event as published on its subject.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WireEvent {
     /// Unique id; also the `Nats-Msg-Id` header.
     pub event_id: Uuid,
@@ -350,6 +415,7 @@ pub struct WireEvent {
     pub actor: String,
     /// The payload, MessagePack as stored.
     #[serde(with = "serde_bytes_compat")]
+    #[schemars(with = "Vec<u8>", description = "The payload, MessagePack as stored (a `bin`).")]
     pub payload: Vec<u8>,
 }
 

@@ -23,7 +23,7 @@ pub const MAX_PARAMETERS: usize = 64;
 pub const MAX_CONCURRENCY: u32 = 1024;
 
 /// What can be asked of an agent.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Register the agent.
@@ -103,7 +103,7 @@ pub enum Command {
 }
 
 /// Why an agent refuses a command.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "code", content = "detail", rename_all = "snake_case")]
 pub enum Rejection {
     /// The agent is not registered.
@@ -141,7 +141,7 @@ pub enum Rejection {
 }
 
 /// Where an agent is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub enum Status {
     /// Not registered.
     #[default]
@@ -153,7 +153,7 @@ pub enum Status {
 }
 
 /// A task assigned and not finished.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct OpenTask {
     /// The job.
     pub job: JobId,
@@ -166,7 +166,7 @@ pub struct OpenTask {
 }
 
 /// The state of an agent.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Agent {
     /// Where it is.
     pub status: Status,

@@ -16,7 +16,7 @@ pub const MAX_DOCUMENT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 pub const MAX_TEXT_BYTES: usize = 1024;
 
 /// What can be asked of a document.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Register a new document, to be uploaded.
@@ -80,7 +80,7 @@ pub enum Command {
 }
 
 /// Why a document refuses a command.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "code", content = "detail", rename_all = "snake_case")]
 pub enum Rejection {
     /// The document has not been registered.
@@ -128,7 +128,7 @@ pub enum Rejection {
 }
 
 /// Where a document is in its life.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub enum Status {
     /// Never registered.
     #[default]
@@ -142,7 +142,7 @@ pub enum Status {
 }
 
 /// The state of a document.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Document {
     /// Where it is in its life.
     pub status: Status,

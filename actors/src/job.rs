@@ -34,7 +34,7 @@ pub const MAX_LOG_LINES: u32 = 10_000;
 pub const MAX_KEY_BYTES: usize = 200;
 
 /// What can be asked of a job.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Submit the job: run `steps` (the workflow at `workflow_version`) over `inputs`.
@@ -124,7 +124,7 @@ pub enum Command {
 }
 
 /// Where a job is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub enum Status {
     /// Not submitted.
     #[default]
@@ -140,7 +140,7 @@ pub enum Status {
 }
 
 /// Where one step of a job is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub enum StepState {
     /// Waiting for the steps it reads from.
     Waiting,
@@ -176,7 +176,7 @@ pub enum StepState {
 }
 
 /// Why a job refuses a command.
-#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "code", content = "detail", rename_all = "snake_case")]
 pub enum Rejection {
     /// The job has not been submitted.
@@ -231,7 +231,7 @@ pub enum Rejection {
 }
 
 /// The state of a job.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Job {
     /// Where it is.
     pub status: Status,

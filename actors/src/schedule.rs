@@ -24,7 +24,7 @@ pub const MAX_TEXT_BYTES: usize = 200;
 pub const MAX_ITEMS: usize = 1000;
 
 /// What can be asked of a schedule.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Create the schedule, active.
@@ -74,7 +74,7 @@ pub enum Command {
 }
 
 /// Why a schedule refuses a command.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "code", content = "detail", rename_all = "snake_case")]
 pub enum Rejection {
     /// The schedule does not exist.
@@ -117,7 +117,7 @@ pub enum Rejection {
 }
 
 /// Where a schedule is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub enum Status {
     /// Not created.
     #[default]
@@ -131,7 +131,7 @@ pub enum Status {
 }
 
 /// The state of a schedule.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Schedule {
     /// Where it is.
     pub status: Status,

@@ -23,7 +23,7 @@ pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 pub const MAX_ATTEMPTS: u32 = 100;
 
 /// What can be asked of a workflow.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// Define the first version.
@@ -49,7 +49,7 @@ pub enum Command {
 }
 
 /// Why a workflow refuses a definition.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "code", content = "detail", rename_all = "snake_case")]
 pub enum Rejection {
     /// `Define` of a workflow that exists.
@@ -187,7 +187,7 @@ pub fn dependencies(step: &Step) -> impl Iterator<Item = &str> {
 }
 
 /// The state of a workflow.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Workflow {
     /// The current version; 0 when not defined.
     pub version: u32,

@@ -9,7 +9,7 @@ use super::ids::{DocumentId, JobId};
 use crate::envelope::Timestamp;
 
 /// One setting passed to the agent's provider, such as `temperature = 0.2`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Param {
     /// A flag.
@@ -23,7 +23,7 @@ pub enum Param {
 }
 
 /// How an agent is set up; registered whole and replaced whole by an update.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Profile {
     /// Human name.
     pub name: String,
@@ -44,7 +44,7 @@ pub struct Profile {
 }
 
 /// The agent was registered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Registered {
     /// Its set-up.
     pub profile: Profile,
@@ -53,7 +53,7 @@ pub struct Registered {
 }
 
 /// The agent's set-up was replaced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Updated {
     /// Its new set-up.
     pub profile: Profile,
@@ -62,7 +62,7 @@ pub struct Updated {
 }
 
 /// The agent takes no new tasks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Disabled {
     /// Why.
     pub reason: String,
@@ -71,7 +71,7 @@ pub struct Disabled {
 }
 
 /// A job step was given to the agent as a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskAssigned {
     /// The task's id.
     pub task: Uuid,
@@ -86,7 +86,7 @@ pub struct TaskAssigned {
 }
 
 /// The agent began a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskStarted {
     /// The task.
     pub task: Uuid,
@@ -96,7 +96,7 @@ pub struct TaskStarted {
 
 /// A task finished and wrote `output`. It names the job step it did, so that whoever reacts to it (the job
 /// orchestrator) needs no memory of the assignment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskCompleted {
     /// The task.
     pub task: Uuid,
@@ -119,7 +119,7 @@ pub struct TaskCompleted {
 }
 
 /// A task failed. Like [`TaskCompleted`], it names the job step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskFailed {
     /// The task.
     pub task: Uuid,

@@ -6,7 +6,7 @@ use super::ids::{DocumentId, JobId};
 use crate::envelope::Timestamp;
 
 /// A client registered a document and may now upload it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Registered {
     /// File name, as the client gave it.
     pub name: String,
@@ -23,7 +23,7 @@ pub struct Registered {
 }
 
 /// Where the news of an upload came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UploadSource {
     /// An object-created notification of the object store.
@@ -33,7 +33,7 @@ pub enum UploadSource {
 }
 
 /// The content arrived in object storage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Uploaded {
     /// Its size.
     pub size_bytes: u64,
@@ -46,7 +46,7 @@ pub struct Uploaded {
 }
 
 /// A job step read this document and wrote `child`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DerivativeRecorded {
     /// The document the step wrote.
     pub child: DocumentId,
@@ -59,7 +59,7 @@ pub struct DerivativeRecorded {
 }
 
 /// New content replaced the document's content; the version count went up by one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VersionAdded {
     /// The new content's size.
     pub size_bytes: u64,
@@ -70,7 +70,7 @@ pub struct VersionAdded {
 }
 
 /// The document was deleted (softly: its history stays).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Deleted {
     /// Why.
     pub reason: String,

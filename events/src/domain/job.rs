@@ -8,7 +8,7 @@ use crate::envelope::Timestamp;
 
 /// A job was submitted. It carries the workflow's steps as they were at submission, so that the job decides
 /// which steps are ready from its own history alone, and a later redefinition does not change a running job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Submitted {
     /// The workflow.
     pub workflow: WorkflowId,
@@ -27,7 +27,7 @@ pub struct Submitted {
 }
 
 /// A step became ready and was handed to its agent (attempt 1, or a retry).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepScheduled {
     /// The step.
     pub step: String,
@@ -38,7 +38,7 @@ pub struct StepScheduled {
 }
 
 /// The agent began an attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepStarted {
     /// The step.
     pub step: String,
@@ -49,7 +49,7 @@ pub struct StepStarted {
 }
 
 /// An attempt succeeded and wrote `output`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepSucceeded {
     /// The step.
     pub step: String,
@@ -62,7 +62,7 @@ pub struct StepSucceeded {
 }
 
 /// An attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StepFailed {
     /// The step.
     pub step: String,
@@ -77,7 +77,7 @@ pub struct StepFailed {
 }
 
 /// A failed step will be tried again at `due_at`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RetryScheduled {
     /// The step.
     pub step: String,
@@ -88,7 +88,7 @@ pub struct RetryScheduled {
 }
 
 /// How much a log line matters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     /// Detail.
@@ -102,7 +102,7 @@ pub enum Level {
 }
 
 /// A line was added to the job's log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LogAppended {
     /// How much it matters.
     pub level: Level,
@@ -113,14 +113,14 @@ pub struct LogAppended {
 }
 
 /// Every step succeeded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Succeeded {
     /// When.
     pub at: Timestamp,
 }
 
 /// A step failed for good.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Failed {
     /// The step that failed.
     pub step: String,
@@ -131,7 +131,7 @@ pub struct Failed {
 }
 
 /// Someone cancelled the job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Cancelled {
     /// Why.
     pub reason: String,

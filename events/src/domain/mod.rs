@@ -78,6 +78,13 @@ macro_rules! domain_events {
             $( $(#[$doc])* $variant($payload), )*
         }
 
+        impl Event {
+            /// The JSON Schema of each event type's payload: (type name, schema version, schema).
+            pub fn payload_schemas() -> Vec<(&'static str, u32, schemars::Schema)> {
+                vec![ $( ($name, $version, schemars::schema_for!($payload)), )* ]
+            }
+        }
+
         $(
             impl From<$payload> for Event {
                 fn from(event: $payload) -> Self {

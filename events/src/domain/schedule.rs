@@ -6,7 +6,7 @@ use super::ids::{DocumentId, JobId, WorkflowId};
 use crate::envelope::Timestamp;
 
 /// Which documents a firing runs over.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// These documents, every time.
@@ -23,7 +23,7 @@ pub enum Target {
 }
 
 /// What documents are grouped by, for [`Strategy::PerGroup`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
     /// Their tenant.
@@ -35,7 +35,7 @@ pub enum GroupBy {
 }
 
 /// How the target's documents become jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// One job per document.
@@ -47,7 +47,7 @@ pub enum Strategy {
 }
 
 /// The schedule was created, active.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Created {
     /// The cron expression (5 fields, or 6 with seconds).
     pub cron: String,
@@ -64,21 +64,21 @@ pub struct Created {
 }
 
 /// The schedule stopped firing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Paused {
     /// When.
     pub at: Timestamp,
 }
 
 /// The schedule fires again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Resumed {
     /// When.
     pub at: Timestamp,
 }
 
 /// The schedule fired for the occurrence at `due_at` and submitted `jobs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Fired {
     /// The occurrence.
     pub due_at: Timestamp,
@@ -89,7 +89,7 @@ pub struct Fired {
 }
 
 /// The schedule was deleted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Deleted {
     /// When.
     pub at: Timestamp,

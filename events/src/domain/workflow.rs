@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::ids::AgentId;
 
 /// Where a step's input comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "from", content = "name")]
 pub enum Input {
     /// The job's input documents.
@@ -15,7 +15,7 @@ pub enum Input {
 }
 
 /// How a failed step is retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included; 1 means no retry.
     pub max_attempts: u32,
@@ -26,7 +26,7 @@ pub struct RetryPolicy {
 }
 
 /// One step of a workflow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Step {
     /// Unique within the workflow.
     pub name: String,
@@ -43,7 +43,7 @@ pub struct Step {
 }
 
 /// A version of the workflow was defined: the first with `version` 1, each redefinition one more.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Defined {
     /// The version this defines.
     pub version: u32,
