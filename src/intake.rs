@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
+use tokio::sync::Semaphore;
 use weft_actors::Aggregate;
 use weft_actors::host::{Execute, Host, Metadata};
 use weft_actors::process::Hosts;
@@ -23,11 +24,14 @@ pub struct IntakeOptions {
     pub limits: BodyLimits,
     /// The queue group the services join.
     pub queue_group: String,
+    /// Most commands being handled at once on this node; past it the node stops taking commands off the bus
+    /// until some finish (NATS then holds them, or drops them for a slow consumer and the clients retry).
+    pub max_in_flight: usize,
 }
 
 impl Default for IntakeOptions {
     fn default() -> Self {
-        Self { limits: BodyLimits::default(), queue_group: protocol::QUEUE_GROUP.into() }
+        Self { limits: BodyLimits::default(), queue_group: protocol::QUEUE_GROUP.into(), max_in_flight: 4096 }
     }
 }
 
@@ -42,12 +46,14 @@ impl Intake {
     /// system: the hosts start actors on it.
     pub async fn start(bus: Arc<dyn Bus>, hosts: Hosts, options: IntakeOptions) -> Result<Self, BusError> {
         let handled = Arc::new(AtomicU64::new(0));
+        let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+        let shared = Shared { handled: handled.clone(), slots };
         let tasks = vec![
-            serve(bus.clone(), hosts.document, &options, handled.clone()).await?,
-            serve(bus.clone(), hosts.workflow, &options, handled.clone()).await?,
-            serve(bus.clone(), hosts.job, &options, handled.clone()).await?,
-            serve(bus.clone(), hosts.agent, &options, handled.clone()).await?,
-            serve(bus.clone(), hosts.schedule, &options, handled.clone()).await?,
+            serve(bus.clone(), hosts.document, &options, shared.clone()).await?,
+            serve(bus.clone(), hosts.workflow, &options, shared.clone()).await?,
+            serve(bus.clone(), hosts.job, &options, shared.clone()).await?,
+            serve(bus.clone(), hosts.agent, &options, shared.clone()).await?,
+            serve(bus.clone(), hosts.schedule, &options, shared).await?,
         ];
         bus.flush().await?;
         Ok(Self { tasks, handled })
@@ -70,11 +76,18 @@ impl Drop for Intake {
     }
 }
 
+/// What the services of one node share.
+#[derive(Clone)]
+struct Shared {
+    handled: Arc<AtomicU64>,
+    slots: Arc<Semaphore>,
+}
+
 async fn serve<A: Aggregate>(
     bus: Arc<dyn Bus>,
     host: Host<A>,
     options: &IntakeOptions,
-    handled: Arc<AtomicU64>,
+    shared: Shared,
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
     let subject = format!("{}.{}.*", protocol::COMMANDS, A::KIND);
     let subscription: Subscription = bus.subscribe(&subject, Some(&options.queue_group)).await?;
@@ -82,8 +95,13 @@ async fn serve<A: Aggregate>(
     Ok(actix_rt::spawn(async move {
         let mut subscription = subscription;
         while let Some(message) = subscription.next().await {
-            handled.fetch_add(1, Ordering::Relaxed);
-            actix_rt::spawn(handle(message, bus.clone(), host.clone(), limits));
+            shared.handled.fetch_add(1, Ordering::Relaxed);
+            let Ok(slot) = shared.slots.clone().acquire_owned().await else { return };
+            let (bus, host) = (bus.clone(), host.clone());
+            actix_rt::spawn(async move {
+                handle(message, bus, host, limits).await;
+                drop(slot);
+            });
         }
     }))
 }

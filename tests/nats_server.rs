@@ -47,6 +47,22 @@ async fn three_nodes_form_a_cluster_that_survives_losing_one() {
     .unwrap();
     js.publish("s.x", "one".into()).await.unwrap().await.unwrap();
     cluster.kill(1);
-    js.publish("s.x", "two".into()).await.unwrap().await.unwrap();
+    // The client may have been on the killed node, or the stream's leader may have been there: publishing
+    // works again once the client has reconnected and the cluster has elected a new leader. The message id
+    // makes the retries one message.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", "two");
+        let acked = match js.publish_with_headers("s.x", headers, "two".into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        if acked {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no publish went through after losing one of three nodes");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(stream_messages(&cluster.node_url(0)).await, 2);
 }

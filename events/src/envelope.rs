@@ -148,7 +148,9 @@ pub fn check_label(what: &'static str, name: &str) -> Result<(), NameError> {
 /// A point in time, in microseconds since the Unix epoch (UTC).
 ///
 /// Microseconds because that is what SQLite, JetStream and JSON consumers can all keep exactly in an i64.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(transparent)]
 pub struct Timestamp(pub i64);
 
