@@ -1,6 +1,6 @@
 //! The JSON Schemas in `schemas/` are the ones the code generates: a change to a command, an event or a reply
 //! that is not reflected there fails here. To regenerate after a deliberate change:
-//! `WEFT_UPDATE_SCHEMAS=1 cargo test --test schemas`.
+//! `WEFT_UPDATE_SCHEMAS=1 cargo test --test it schemas`.
 
 use std::path::Path;
 
@@ -22,7 +22,7 @@ fn the_schemas_in_the_repository_match_the_code() {
     }
     assert!(
         drift.is_empty(),
-        "schemas out of date: {drift:?}; regenerate with WEFT_UPDATE_SCHEMAS=1 cargo test --test schemas"
+        "schemas out of date: {drift:?}; regenerate with WEFT_UPDATE_SCHEMAS=1 cargo test --test it schemas"
     );
     assert_eq!(generated.len(), 5 * 3 + 1);
 }

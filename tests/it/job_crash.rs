@@ -92,7 +92,7 @@ fn spawn(dir: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "a_job_survives_sigkill_and_runs_no_step_beyond_its_attempts",
+            "job_crash::a_job_survives_sigkill_and_runs_no_step_beyond_its_attempts",
             "--nocapture",
             "--test-threads=1",
         ])

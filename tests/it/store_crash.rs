@@ -110,7 +110,7 @@ impl Ack {
 /// what it acknowledged.
 fn crash_round(path: &Path, round: u32) -> Vec<Ack> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "acknowledged_appends_survive_sigkill", "--nocapture", "--test-threads=1"])
+        .args(["--exact", "store_crash::acknowledged_appends_survive_sigkill", "--nocapture", "--test-threads=1"])
         .env(CHILD_STORE, path)
         .env(CHILD_ROUND, round.to_string())
         .stdout(Stdio::piped())

@@ -1,0 +1,14 @@
+//! The integration tests of the `weft` crate, in one binary: each test binary links the whole dependency tree,
+//! and with one binary per file linking dominated the build of the suite.
+
+mod actors_on_sqlite;
+mod bus;
+mod cli;
+mod intake;
+mod job_crash;
+mod nats_e2e;
+mod nats_faults;
+mod nats_server;
+mod schemas;
+mod store_corruption;
+mod store_crash;
