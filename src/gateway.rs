@@ -13,7 +13,7 @@ use weft_events::domain::ids::Uuid;
 use weft_events::{EventStore, StreamName};
 
 use crate::bus::{ACTOR, Bus, COMMAND_ID, CORRELATION_ID, Headers, Message};
-use crate::protocol::{self, CommandBody, Reply};
+use crate::protocol::{self, CommandRequest, Reply};
 
 /// How long a command may take over the bus by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,12 +51,6 @@ impl Gateway for BusGateway {
         execute: Execute<A>,
     ) -> Result<Outcome, host::Error<A::Rejection>> {
         let id = instance::<A>(stream)?;
-        let body = CommandBody {
-            command_id: execute.command_id,
-            id: None,
-            command: &execute.command,
-            expected_version: execute.expected_version,
-        };
         let mut headers = Headers::from([(COMMAND_ID.to_owned(), execute.command_id.to_string())]);
         if let Some(correlation) = execute.metadata.correlation_id {
             headers.insert(CORRELATION_ID.into(), correlation.to_string());
@@ -64,6 +58,12 @@ impl Gateway for BusGateway {
         if let Some(actor) = &execute.metadata.actor {
             headers.insert(ACTOR.into(), actor.clone());
         }
+        let body = CommandRequest {
+            command_id: execute.command_id,
+            id: None,
+            command: execute.command,
+            expected_version: execute.expected_version,
+        };
         let request = Message {
             subject: protocol::command_subject(A::KIND, id),
             reply: None,

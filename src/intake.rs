@@ -35,7 +35,7 @@ impl Default for IntakeOptions {
     }
 }
 
-/// The running services; dropping it (or [`Intake::stop`]) unsubscribes them.
+/// The running services; dropping it unsubscribes them (commands being handled still get their replies).
 pub struct Intake {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     handled: Arc<AtomicU64>,
@@ -63,9 +63,6 @@ impl Intake {
     pub fn handled(&self) -> u64 {
         self.handled.load(Ordering::Relaxed)
     }
-
-    /// Stops serving; commands being handled still get their replies.
-    pub fn stop(self) {}
 }
 
 impl Drop for Intake {

@@ -187,35 +187,19 @@ struct RawCommand {
     expected_version: Option<u64>,
 }
 
-/// A command as it is sent.
-#[derive(Debug, Serialize)]
-pub struct CommandBody<'a, C: Serialize> {
-    /// Unique per command.
-    pub command_id: Uuid,
-    /// The instance, repeating the subject's last token.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<Uuid>,
-    /// The command, as `{type, payload}`.
-    #[serde(flatten)]
-    pub command: &'a C,
-    /// The version the command applies at.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expected_version: Option<u64>,
-}
-
-/// A command request's body, for its JSON Schema: what [`decode_command`] accepts.
+/// A command request's body: what [`decode_command`] accepts, and what callers over the bus send.
 #[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CommandRequest<C> {
     /// Unique per command; the same id again returns the first outcome.
     pub command_id: Uuid,
     /// The instance; if given, it must equal the subject's last token.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Uuid>,
     /// The command: `type` and `payload`.
     #[serde(flatten)]
     pub command: C,
     /// Apply only at exactly this version.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_version: Option<u64>,
 }
 

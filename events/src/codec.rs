@@ -78,15 +78,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 
 /// Decodes a value from untrusted bytes within `limits`.
 pub fn decode_with<T: DeserializeOwned>(bytes: &[u8], limits: Limits) -> Result<T, Error> {
-    if bytes.len() > limits.max_input_bytes {
-        return Err(Error::TooLarge { size: bytes.len(), limit: limits.max_input_bytes });
-    }
-    // Find where the value ends first, without recursion: the borrowing deserializer below cannot tell us,
-    // and it bounds its own recursion by `max_depth`.
-    let used = value_len(bytes)?;
-    if used < bytes.len() {
-        return Err(Error::Trailing { trailing: bytes.len() - used });
-    }
+    check_input(bytes, limits)?;
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
     deserializer.set_max_depth(limits.max_depth);
     Ok(T::deserialize(&mut deserializer)?)
@@ -103,6 +95,16 @@ pub fn encode_readable<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Erro
 
 /// Decodes a value written by [`encode_readable`] (or by any MessagePack client) from untrusted bytes.
 pub fn decode_readable_with<T: DeserializeOwned>(bytes: &[u8], limits: Limits) -> Result<T, Error> {
+    check_input(bytes, limits)?;
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
+    deserializer.set_max_depth(limits.max_depth);
+    Ok(T::deserialize(&mut deserializer)?)
+}
+
+/// Checks untrusted input before a decoder sees it: its size, and that it is one complete value with nothing
+/// after it. The walk finds the value's end without recursion; the deserializers cannot tell us, and they
+/// bound their own recursion by `max_depth`.
+fn check_input(bytes: &[u8], limits: Limits) -> Result<(), Error> {
     if bytes.len() > limits.max_input_bytes {
         return Err(Error::TooLarge { size: bytes.len(), limit: limits.max_input_bytes });
     }
@@ -110,9 +112,7 @@ pub fn decode_readable_with<T: DeserializeOwned>(bytes: &[u8], limits: Limits) -
     if used < bytes.len() {
         return Err(Error::Trailing { trailing: bytes.len() - used });
     }
-    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
-    deserializer.set_max_depth(limits.max_depth);
-    Ok(T::deserialize(&mut deserializer)?)
+    Ok(())
 }
 
 /// The length in bytes of the MessagePack value at the start of `bytes`, checking that it is complete.

@@ -97,12 +97,6 @@ impl MemoryBus {
         self.inner.subscribers.write().unwrap_or_else(|p| p.into_inner()).push(subscriber);
         Ok(receiver)
     }
-
-    /// Live subscriptions (for tests).
-    pub fn subscriptions(&self) -> usize {
-        let subscribers = self.inner.subscribers.read().unwrap_or_else(|p| p.into_inner());
-        subscribers.iter().filter(|s| !s.sender.is_closed()).count()
-    }
 }
 
 fn stream(receiver: mpsc::Receiver<Message>) -> Subscription {

@@ -21,11 +21,6 @@ impl NatsBus {
         Self { client }
     }
 
-    /// The client.
-    pub fn client(&self) -> &async_nats::Client {
-        &self.client
-    }
-
     fn check_size(&self, message: &Message) -> Result<(), BusError> {
         let limit = self.max_payload();
         let size = message.payload.len() + message.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();

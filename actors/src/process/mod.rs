@@ -213,11 +213,6 @@ impl Running {
         let _ = self.stop.send(true);
         self.done.await.unwrap_or_else(|_| Err("the process task was dropped".into()))
     }
-
-    /// Waits until the process ends by itself: the store closed, or it failed (the error says why).
-    pub async fn finished(&mut self) -> Result<(), String> {
-        (&mut self.done).await.unwrap_or_else(|_| Err("the process task was dropped".into()))
-    }
 }
 
 /// The stream name a process's checkpoint is saved under.
