@@ -196,7 +196,7 @@ fn baseline_inserts(
             let mut record = Vec::new();
             let stream = StreamName::new("bench-baseline").expect("valid stream name");
             let event = NewEvent::new("bench.appended", payload(n));
-            sqlite::record::encode(&mut record, &event, &stream, 1, 1, weft_events::Timestamp::now());
+            crate::store::record::encode(&mut record, &event, &stream, 1, 1, weft_events::Timestamp::now());
             record
         })
         .collect();

@@ -12,3 +12,4 @@ mod nats_server;
 mod schemas;
 mod store_corruption;
 mod store_crash;
+mod store_jetstream;

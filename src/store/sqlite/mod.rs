@@ -41,9 +41,9 @@ use weft_events::{
 };
 
 pub mod index;
-pub mod record;
 pub mod writer;
 
+use crate::store::record;
 use index::{StreamTail, Tail};
 use writer::{Outcome, Reply, Request, Writer};
 

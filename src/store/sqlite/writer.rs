@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use weft_events::{Appended, Checkpoint, Error, ExpectedVersion, NewEvent, Snapshot, StreamName, Timestamp};
 
 use super::index::{self, Tail};
-use super::{Counters, checkpoint_checksum, record, snapshot_checksum, sql_error, to_sql};
+use super::{Counters, checkpoint_checksum, snapshot_checksum, sql_error, to_sql};
+use crate::store::record;
 
 /// What an append or snapshot asks of the writer.
 pub(crate) enum Request {

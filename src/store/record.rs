@@ -1,8 +1,11 @@
-//! The stored form of one event in the log's `record` column.
+//! The stored form of one event, shared by the backends: the `record` column of SQLite's log, the body of a
+//! JetStream message.
 //!
-//! The log table keeps `position`, `stream` and `version` as columns (so the stream index can be rebuilt and
-//! an operator can query the file with `sqlite3`) and everything else in one blob, because one blob is far
-//! cheaper for SQLite to write and read than a dozen columns. Layout, integers little-endian:
+//! SQLite keeps `position`, `stream` and `version` as columns (so the stream index can be rebuilt and an
+//! operator can query the file with `sqlite3`) and everything else in one blob, because one blob is far
+//! cheaper for SQLite to write and read than a dozen columns. JetStream keeps `stream` and `version` in the
+//! message's subject and the position is the message's stream sequence, which the server assigns after the
+//! record is encoded: its records are checksummed with position 0. Layout, integers little-endian:
 //!
 //! ```text
 //! u8   format (1)
