@@ -1,7 +1,8 @@
 //! `weft bench nats`: the command round trip over NATS — client -> NATS -> Weft's intake -> actor -> store ->
 //! reply — at 1, 16 and 256 requests in flight, next to a raw NATS request/reply to a responder that does
-//! nothing, at the same concurrency, in the same run. Starts its own `nats-server` (JetStream with
-//! `sync_interval: always`) unless given `--nats`.
+//! nothing, at the same concurrency, in the same run; then the same with the JetStream store, next to raw
+//! JetStream publishes to a file stream. Starts its own `nats-server` (JetStream with `sync_interval:
+//! always`) unless given `--nats`; there it makes streams and buckets of its own and removes them after.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +21,7 @@ use crate::bus::Bus;
 use crate::bus::nats::NatsBus;
 use crate::intake::{Intake, IntakeOptions};
 use crate::nats::NatsServer;
+use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::sqlite::{Options as StoreOptions, SqliteStore, Synchronous};
 
 /// Options of `weft bench nats`.
@@ -66,14 +68,8 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
 }
 
 async fn run_in(dir: &std::path::Path, url: &str, options: &Options) -> anyhow::Result<Vec<Report>> {
-    let mut store_options = StoreOptions::new(dir.join("events.db"));
-    store_options.synchronous = options.synchronous;
-    let store = SqliteStore::open(store_options)?;
     let node = crate::nats::connect(url, "weft-bench-node").await?;
     let bus: Arc<dyn Bus> = Arc::new(NatsBus::new(node.clone()));
-    let hosts = Hosts::new(Arc::new(store.clone()), HostOptions::default());
-    let documents = Arc::new(super::actors::documents(&Host::<Document>::clone(&hosts.document), DOCUMENTS).await?);
-    let intake = Intake::start(bus.clone(), hosts, IntakeOptions::default()).await?;
     // The baseline's responder: answers every request with an empty body, on the node's connection.
     let mut echo = node.subscribe("weft.bench.echo").await?;
     let responder = node.clone();
@@ -87,27 +83,90 @@ async fn run_in(dir: &std::path::Path, url: &str, options: &Options) -> anyhow::
     node.flush().await?;
     let client = crate::nats::connect(url, "weft-bench-client").await?;
 
+    let mut store_options = StoreOptions::new(dir.join("events.db"));
+    store_options.synchronous = options.synchronous;
+    let sqlite = SqliteStore::open(store_options)?;
+    let mut reports =
+        store_cases("sqlite", Arc::new(sqlite.clone()), &bus, &client, options, Baseline::RequestReply).await?;
+    sqlite.close().await?;
+
+    // Streams and buckets of the bench's own, removed afterwards, so that a server given with `--nats`
+    // keeps its real ones untouched.
+    let config = JetStreamConfig {
+        stream: "WEFT_BENCH".into(),
+        subject_prefix: "weft.bench.store".into(),
+        snapshots_bucket: "weft_bench_snapshots".into(),
+        checkpoints_bucket: "weft_bench_checkpoints".into(),
+        ..JetStreamConfig::default()
+    };
+    let js = async_nats::jetstream::new(node.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "WEFT_BENCH_RAW".into(),
+        subjects: vec!["weft.bench.raw.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the raw baseline's stream: {e}"))?;
+    let result = async {
+        let store = JetStreamStore::open(node.clone(), config.clone()).await?;
+        store_cases("jetstream", Arc::new(store), &bus, &client, options, Baseline::JetStreamPublish).await
+    }
+    .await;
+    for stream in ["WEFT_BENCH", "WEFT_BENCH_RAW", "KV_weft_bench_snapshots", "KV_weft_bench_checkpoints"] {
+        let _ = js.delete_stream(stream).await;
+    }
+    reports.extend(result?);
+    echo_task.abort();
+    Ok(reports)
+}
+
+/// What a case's raw baseline measures.
+#[derive(Debug, Clone, Copy)]
+enum Baseline {
+    /// A NATS request/reply to a responder that does nothing.
+    RequestReply,
+    /// A JetStream publish to a file stream on the same server, waiting for its acknowledgement.
+    JetStreamPublish,
+}
+
+/// The three concurrency cases of one store, each next to its baseline.
+async fn store_cases(
+    name: &str,
+    store: Arc<dyn weft_events::EventStore>,
+    bus: &Arc<dyn Bus>,
+    client: &async_nats::Client,
+    options: &Options,
+    baseline: Baseline,
+) -> anyhow::Result<Vec<Report>> {
+    let hosts = Hosts::new(store, HostOptions::default());
+    let documents = Arc::new(super::actors::documents(&Host::<Document>::clone(&hosts.document), DOCUMENTS).await?);
+    let intake = Intake::start(bus.clone(), hosts, IntakeOptions::default()).await?;
     let mut reports = Vec::new();
     for in_flight in [1usize, 16, 256] {
         let commands = (options.commands * in_flight as u64 / 256).max(in_flight as u64 * 50).min(options.commands);
-        let (ops, latencies) = commands_case(&client, &documents, in_flight, commands).await?;
-        let baseline = echo_case(&client, in_flight, commands).await?;
-        let mut latencies = latencies;
+        let (ops, mut latencies) = commands_case(client, &documents, in_flight, commands).await?;
+        let (baseline_ops, note) = match baseline {
+            Baseline::RequestReply => (echo_case(client, in_flight, commands).await?, "no-op request/reply"),
+            Baseline::JetStreamPublish => {
+                (publish_case(client, in_flight, commands).await?, "JetStream publish to a file stream, acked")
+            }
+        };
+        let case = format!("command-{name}-{in_flight}");
+        eprintln!("{case}: done");
         reports.push(Report {
             bench: "nats",
-            case: format!("command-sqlite-{in_flight}"),
+            case,
             ops_per_s: ops,
             p50_ms: latencies.percentile_ms(50.0),
             p99_ms: latencies.percentile_ms(99.0),
-            baseline_ops_per_s: baseline,
+            baseline_ops_per_s: baseline_ops,
             bytes: None,
-            note: "command over NATS, SQLite store; baseline: no-op request/reply".into(),
+            note: format!("command over NATS, {name} store; baseline: {note}"),
         });
-        eprintln!("command-sqlite-{in_flight}: done");
     }
-    echo_task.abort();
     drop(intake);
-    store.close().await?;
+    client.flush().await?;
     Ok(reports)
 }
 
@@ -158,6 +217,32 @@ async fn echo_case(client: &async_nats::Client, in_flight: usize, requests: u64)
         tasks.push(actix_rt::spawn(async move {
             for _ in 0..per_sender {
                 client.request("weft.bench.echo", Bytes::from_static(b"ping")).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(rate(per_sender * in_flight as u64, started.elapsed()))
+}
+
+/// The raw JetStream baseline: publishes of a 100-byte message to a file stream on the same server (same
+/// `sync_interval`), each awaiting its acknowledgement, at the same concurrency.
+async fn publish_case(client: &async_nats::Client, in_flight: usize, publishes: u64) -> anyhow::Result<f64> {
+    let js = async_nats::jetstream::new(client.clone());
+    let per_sender = publishes.div_ceil(in_flight as u64);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for sender in 0..in_flight {
+        let js = js.clone();
+        tasks.push(actix_rt::spawn(async move {
+            for _ in 0..per_sender {
+                let ack = js
+                    .publish(format!("weft.bench.raw.{sender}"), Bytes::from_static(&[7u8; 100]))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("raw publish: {e}"))?;
+                ack.await.map_err(|e| anyhow::anyhow!("raw publish ack: {e}"))?;
             }
             anyhow::Ok(())
         }));
