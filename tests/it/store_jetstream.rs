@@ -77,3 +77,55 @@ async fn a_reopened_store_finds_its_events_and_bad_names_are_refused() {
         assert!(matches!(err, OpenError::InvalidConfig(_)), "{err}");
     }
 }
+
+/// Appends go on while the stream's leader is killed: every append is acknowledged exactly once in the
+/// end (retried with the same events while the cluster elects a new leader), and the stream reads back
+/// dense, in order, with nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_continue_when_the_streams_leader_is_killed() {
+    use weft_events::{Direction, Error, EventRead, EventWrite, ExpectedVersion, NewEvent, StreamName};
+    const APPENDS: u64 = 200;
+    const KILL_AT: u64 = 60;
+    let mut server = NatsServer::cluster(3).expect("nats-server cluster");
+    let store = open(&server, JetStreamConfig { replicas: 3, ..JetStreamConfig::default() }).await.unwrap();
+    let client = nats::connect(&server.url(), "store-test-admin").await.unwrap();
+    let s = StreamName::new("job-leader").unwrap();
+    let mut sent = Vec::new();
+    let mut retried = 0;
+    for version in 1..=APPENDS {
+        if version == KILL_AT {
+            let info = client.request("$JS.API.STREAM.INFO.WEFT_EVENTS", "".into()).await.unwrap();
+            let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+            let leader = info["cluster"]["leader"].as_str().expect("a leader").to_owned();
+            let node: usize = leader.trim_start_matches('n').parse().unwrap();
+            server.kill(node);
+        }
+        let event = NewEvent::new("job.step_completed", version.to_be_bytes().to_vec());
+        sent.push(event.event_id);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match store.append(&s, ExpectedVersion::Exact(version - 1), vec![event.clone()]).await {
+                Ok(appended) => {
+                    assert_eq!(appended.version, version);
+                    break;
+                }
+                // An earlier try landed though its acknowledgement was lost: it must be this very event.
+                Err(Error::Conflict { actual, .. }) if actual == version => {
+                    let back = store.read_stream(&s, version, Direction::Forwards, 1).await.unwrap();
+                    assert_eq!(back[0].event_id, event.event_id, "another event took version {version}");
+                    break;
+                }
+                Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                    retried += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("append {version} failed for good: {e}"),
+            }
+        }
+    }
+    let back = store.read_stream(&s, 1, Direction::Forwards, 1000).await.unwrap();
+    assert_eq!(back.iter().map(|e| e.version).collect::<Vec<_>>(), (1..=APPENDS).collect::<Vec<_>>());
+    assert_eq!(back.iter().map(|e| e.event_id).collect::<Vec<_>>(), sent);
+    assert_eq!(store.head().await.unwrap(), APPENDS);
+    eprintln!("{retried} append attempts were retried while the cluster elected a new leader");
+}
