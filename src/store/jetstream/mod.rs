@@ -74,9 +74,6 @@ const MESSAGE_OVERHEAD_BYTES: usize = 8 * 1024;
 /// How often an `Any` append re-reads and tries again when other writers keep moving its stream.
 const MAX_ANY_ATTEMPTS: usize = 100;
 
-/// How many times a publish whose acknowledgement did not come is sent again before the append fails.
-const MAX_PUBLISH_ATTEMPTS: usize = 3;
-
 /// How many compare-and-set rounds a snapshot or checkpoint save takes before giving up.
 const MAX_CAS_ATTEMPTS: usize = 50;
 
@@ -163,12 +160,16 @@ struct Inner {
     /// The last (version, sequence) of streams this store has appended to or read the end of.
     tails: Mutex<HashMap<StreamName, (u64, u64)>>,
     head: Arc<watch::Sender<u64>>,
-    follower: JoinHandle<()>,
+    /// Follows the head for subscriptions; started by the first one, so that a node that only appends does
+    /// not make the server deliver every event to it.
+    follower: std::sync::OnceLock<JoinHandle<()>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.follower.abort();
+        if let Some(follower) = self.follower.get() {
+            follower.abort();
+        }
     }
 }
 
@@ -274,6 +275,8 @@ enum PublishError {
     WrongLastSequence,
     /// No acknowledgement came: the publish may or may not have been stored.
     Ambiguous(String),
+    /// Nothing answered: the stream has no leader now (being created, or electing one); nothing was stored.
+    NoLeader,
     /// The server refused it for another reason; nothing was stored.
     Refused(String),
 }
@@ -301,7 +304,6 @@ impl JetStreamStore {
         events.saw(head);
         let (head_tx, _) = watch::channel(head);
         let head_tx = Arc::new(head_tx);
-        let follower = tokio::spawn(follow_head(js, config.clone(), head_tx.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -312,7 +314,7 @@ impl JetStreamStore {
                 checkpoints: Log::new(format!("KV_{}", config.checkpoints_bucket)),
                 tails: Mutex::new(HashMap::new()),
                 head: head_tx,
-                follower,
+                follower: std::sync::OnceLock::new(),
                 config,
             }),
         })
@@ -411,15 +413,10 @@ impl JetStreamStore {
     }
 
     /// One message, from the stream's leader; `None` when there is none.
-    async fn leader_get(&self, log: &Log, request: GetRequest<'_>) -> Result<Option<(String, u64, Bytes)>, Error> {
-        let body = serde_json::to_vec(&request).expect("a get request serialises");
-        let reply = self
-            .inner
-            .client
-            .send_request(
-                format!("$JS.API.STREAM.MSG.GET.{}", log.name),
-                async_nats::Request::new().payload(body.into()).timeout(Some(self.inner.config.timeout)),
-            )
+    async fn leader_get(&self, log: &Log, get: GetRequest<'_>) -> Result<Option<(String, u64, Bytes)>, Error> {
+        let body = serde_json::to_vec(&get).expect("a get request serialises");
+        let subject = format!("$JS.API.STREAM.MSG.GET.{}", log.name);
+        let reply = request(&self.inner.client, subject, None, body.into(), self.inner.config.timeout)
             .await
             .map_err(|e| self.unavailable(format!("message get from {}: {e}", log.name)))?;
         let reply: MsgGetReply = serde_json::from_slice(&reply.payload)
@@ -468,8 +465,9 @@ impl JetStreamStore {
                         break;
                     }
                 }
-                // End of batch, or nothing at all from `from` on.
-                Some(204 | 404) => break,
+                // End of batch, or nothing at all from `from` on; or no replica answers yet (503), which reads
+                // as empty and is asked again by `complete` when more is known to be stored.
+                Some(204 | 404 | 503) => break,
                 Some(code) => {
                     return Err(self.unavailable(format!(
                         "batch read answered {code} {}",
@@ -613,7 +611,7 @@ impl JetStreamStore {
             let reply = client.send_request(subject.clone(), request).await.map_err(|e| {
                 use async_nats::RequestErrorKind as Kind;
                 match e.kind() {
-                    Kind::NoResponders => PublishError::Refused("no JetStream stream answers (no leader?)".into()),
+                    Kind::NoResponders => PublishError::NoLeader,
                     _ => PublishError::Ambiguous(e.to_string()),
                 }
             })?;
@@ -662,10 +660,10 @@ impl JetStreamStore {
     async fn kv_put(&self, log: &Log, key: &str, value: Vec<u8>, revision: u64) -> Result<bool, Error> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", revision.to_string().as_str());
-        let request =
-            async_nats::Request::new().headers(headers).payload(value.into()).timeout(Some(self.inner.config.timeout));
         let subject = format!("$KV.{}.{key}", &log.name[3..]);
-        let reply = self.inner.client.send_request(subject, request).await.map_err(|e| self.unavailable(e))?;
+        let reply = request(&self.inner.client, subject, Some(headers), value.into(), self.inner.config.timeout)
+            .await
+            .map_err(|e| self.unavailable(e))?;
         let reply: PubReply = serde_json::from_slice(&reply.payload)
             .map_err(|e| self.unavailable(format!("unreadable acknowledgement: {e}")))?;
         match reply.error {
@@ -722,12 +720,37 @@ fn check_names(config: &JetStreamConfig) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// A request that is sent again while nothing answers its subject, for up to `timeout`: a stream (or a
+/// bucket) answers nothing between its creation, or the loss of its leader, and the election of a leader.
+/// Nothing was delivered then, so sending again is safe.
+async fn request(
+    client: &async_nats::Client,
+    subject: String,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<async_nats::Message, async_nats::RequestError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let mut request = async_nats::Request::new().payload(payload.clone()).timeout(Some(timeout));
+        if let Some(headers) = &headers {
+            request = request.headers(headers.clone());
+        }
+        match client.send_request(subject.clone(), request).await {
+            Err(e)
+                if e.kind() == async_nats::RequestErrorKind::NoResponders && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn request_info(client: &async_nats::Client, stream: &str, timeout: Duration) -> Result<InfoReply, String> {
-    let reply = client
-        .send_request(
-            format!("$JS.API.STREAM.INFO.{stream}"),
-            async_nats::Request::new().payload(Bytes::new()).timeout(Some(timeout)),
-        )
+    let reply = request(client, format!("$JS.API.STREAM.INFO.{stream}"), None, Bytes::new(), timeout)
         .await
         .map_err(|e| format!("stream info of {stream}: {e}"))?;
     serde_json::from_slice(&reply.payload).map_err(|e| format!("stream info of {stream} unreadable: {e}"))
@@ -980,6 +1003,10 @@ impl EventRead for JetStreamStore {
     }
 
     fn subscribe_all(&self, from: u64) -> Subscription {
+        self.inner.follower.get_or_init(|| {
+            let js = async_nats::jetstream::new(self.inner.client.clone());
+            tokio::spawn(follow_head(js, self.inner.config.clone(), self.inner.head.clone()))
+        });
         Subscription::new(Arc::new(self.clone()), self.inner.head.subscribe(), from)
     }
 
@@ -1022,17 +1049,21 @@ impl EventWrite for JetStreamStore {
                 record::encode(&mut body, event, stream, version, 0, recorded_at);
                 messages.push((self.subject(stream, version), Bytes::from(body), event.event_id));
             }
-            let mut attempts = 0;
+            // Sent again (same event ids, so a copy that did land is a duplicate to the server) while no
+            // acknowledgement comes or no leader answers, for up to the time-out.
+            let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+            let mut pause = Duration::from_millis(20);
             let outcome = loop {
-                attempts += 1;
                 match self.publish(stream, last_sequence, &messages).await {
-                    Err(PublishError::Ambiguous(reason)) if attempts < MAX_PUBLISH_ATTEMPTS => {
+                    Err(PublishError::Ambiguous(reason)) if tokio::time::Instant::now() < deadline => {
                         tracing::debug!(%stream, %reason, "no acknowledgement for an append; sending it again");
                         ambiguous = Some(reason);
-                        tokio::time::sleep(Duration::from_millis(100 << attempts)).await;
                     }
+                    Err(PublishError::NoLeader) if tokio::time::Instant::now() < deadline => {}
                     other => break other,
                 }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
             };
             match outcome {
                 Ok(last) => {
@@ -1066,6 +1097,9 @@ impl EventWrite for JetStreamStore {
                 }
                 Err(PublishError::Ambiguous(reason)) => {
                     return Err(self.unavailable(format!("no acknowledgement for an append to {stream}: {reason}")));
+                }
+                Err(PublishError::NoLeader) => {
+                    return Err(self.unavailable(format!("no leader answered an append to {stream}")));
                 }
                 Err(PublishError::Refused(reason)) => {
                     return Err(self.unavailable(format!("an append to {stream} was refused: {reason}")));
