@@ -5,6 +5,9 @@
 //! from NATS and events go out on it, and several nodes may share the command load in queue group `weft`.
 //! Run the process managers on one node only (`--no-processes` on the others): a second worker would
 //! take a task another worker is running as interrupted.
+//!
+//! The store is a SQLite file by default; with `--jetstream` it is JetStream on the NATS servers, which
+//! nodes on several machines share.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +23,7 @@ use crate::bus::nats::NatsBus;
 use crate::gateway::BusGateway;
 use crate::intake::{Intake, IntakeOptions};
 use crate::publisher::Publisher;
+use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::sqlite::{self, SqliteStore};
 
 /// What a node runs on.
@@ -37,11 +41,67 @@ pub struct NodeOptions {
     /// Do not run the process managers (job orchestrator, timers) on this node.
     #[arg(long)]
     pub no_processes: bool,
+    /// Keep the events in JetStream on the `--nats` servers instead of the SQLite file.
+    #[arg(long, requires = "nats")]
+    pub jetstream: bool,
+    /// Replicas of the JetStream stream and buckets (1, or 3 or 5 in a cluster).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), requires = "jetstream")]
+    pub jetstream_replicas: u8,
+    /// The JetStream stream of the events.
+    #[arg(long, default_value = "WEFT_EVENTS", requires = "jetstream")]
+    pub jetstream_stream: String,
+}
+
+/// The store a node opened.
+#[derive(Clone)]
+enum Store {
+    Sqlite(SqliteStore),
+    JetStream(JetStreamStore),
+}
+
+impl Store {
+    async fn open(options: &NodeOptions) -> anyhow::Result<Self> {
+        match (&options.nats, options.jetstream) {
+            (Some(url), true) => {
+                let client = crate::nats::connect(url, "weft-store").await?;
+                let config = JetStreamConfig {
+                    stream: options.jetstream_stream.clone(),
+                    replicas: options.jetstream_replicas.into(),
+                    ..JetStreamConfig::default()
+                };
+                Ok(Self::JetStream(JetStreamStore::open(client, config).await?))
+            }
+            _ => Ok(Self::Sqlite(SqliteStore::open(sqlite::Options::new(&options.store))?)),
+        }
+    }
+
+    fn shared(&self) -> Arc<dyn EventStore> {
+        match self {
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            Self::JetStream(store) => Arc::new(store.clone()),
+        }
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        if let Self::Sqlite(store) = self {
+            store.close().await?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self, options: &NodeOptions) -> String {
+        match self {
+            Self::Sqlite(_) => format!("SQLite {}", options.store.display()),
+            Self::JetStream(store) => {
+                format!("JetStream stream {} ({} replicas)", store.config().stream, store.config().replicas)
+            }
+        }
+    }
 }
 
 /// A running node.
 pub struct Node {
-    store: SqliteStore,
+    store: Store,
     bus: Arc<dyn Bus>,
     intake: Intake,
     processes: Option<Processes>,
@@ -51,8 +111,8 @@ pub struct Node {
 impl Node {
     /// Opens the store, connects the bus and starts everything. Must be called on an actix system.
     pub async fn start(options: &NodeOptions) -> anyhow::Result<Self> {
-        let store = SqliteStore::open(sqlite::Options::new(&options.store))?;
-        let shared: Arc<dyn EventStore> = Arc::new(store.clone());
+        let store = Store::open(options).await?;
+        let shared = store.shared();
         let bus: Arc<dyn Bus> = match &options.nats {
             Some(url) => Arc::new(NatsBus::new(crate::nats::connect(url, "weft").await?)),
             None => Arc::new(MemoryBus::default()),
@@ -90,9 +150,10 @@ impl Node {
 /// `weft serve`: runs a node until Ctrl-C or SIGTERM.
 pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
     let node = Node::start(&options).await?;
+    let store = node.store.describe(&options);
     match &options.nats {
-        Some(url) => eprintln!("weft: serving commands on NATS {url}, store {}", options.store.display()),
-        None => eprintln!("weft: serving on the in-process bus, store {}", options.store.display()),
+        Some(url) => eprintln!("weft: serving commands on NATS {url}, store {store}"),
+        None => eprintln!("weft: serving on the in-process bus, store {store}"),
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -105,6 +105,8 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
         (vec!["serve", "--store", store.to_str().unwrap(), "--nats", "nats://bad host:-1"], "NATS URL"),
         (vec!["serve", "--store", under_a_file.to_str().unwrap()], "cannot create"),
         (vec!["serve", "--max-body-bytes", "lots"], "invalid value 'lots'"),
+        (vec!["serve", "--jetstream"], "--nats <NATS>"),
+        (vec!["serve", "--nats", "nats://127.0.0.1:1", "--jetstream", "--jetstream-replicas", "9"], "1..=5"),
         (vec!["bench", "nats", "--nats", "nats://bad host:-1"], "NATS URL"),
     ] {
         let out = weft(&args);

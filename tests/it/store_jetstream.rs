@@ -129,3 +129,52 @@ async fn appends_continue_when_the_streams_leader_is_killed() {
     assert_eq!(store.head().await.unwrap(), APPENDS);
     eprintln!("{retried} append attempts were retried while the cluster elected a new leader");
 }
+
+/// `weft serve --nats URL --jetstream` as a real process: commands over NATS land in JetStream, and every
+/// command acknowledged before a `kill -9` of the Weft process and then of the NATS server is in the store
+/// afterwards, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_jetstream_keeps_every_acknowledged_command_through_kill_9_of_weft_and_nats() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use weft_events::{EventRead, StreamName};
+    const COMMANDS: usize = 40;
+    let mut server = NatsServer::start().expect("nats-server");
+    let mut weft = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--nats", &server.url(), "--jetstream", "--no-processes"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(weft.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.contains("store JetStream stream WEFT_EVENTS"), "{line}");
+
+    let client = nats::connect(&server.url(), "client").await.unwrap();
+    let mut acknowledged = Vec::new();
+    for _ in 0..COMMANDS {
+        let id = uuid::Uuid::now_v7();
+        let body = serde_json::json!({"command_id": uuid::Uuid::now_v7().to_string(), "type": "register",
+            "payload": {"name": "a.txt", "content_type": "text/plain", "declared_size_bytes": 10,
+                        "tenant": "t", "owner": "o"}});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(body.to_string().into())
+            .timeout(Some(std::time::Duration::from_secs(10)));
+        let reply = client.send_request(format!("weft.cmd.document.{id}"), request).await.unwrap();
+        let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(reply["status"], "ok", "{reply}");
+        acknowledged.push(id);
+    }
+    weft.kill().unwrap();
+    weft.wait().unwrap();
+    server.restart(0).unwrap();
+
+    let store = open(&server, JetStreamConfig::default()).await.unwrap();
+    for id in &acknowledged {
+        let stream = StreamName::new(format!("document-{id}")).unwrap();
+        assert_eq!(store.stream_version(&stream).await.unwrap(), 1, "{stream} lost or doubled");
+    }
+    assert_eq!(store.head().await.unwrap(), COMMANDS as u64);
+}
