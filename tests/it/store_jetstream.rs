@@ -178,3 +178,84 @@ async fn serve_on_jetstream_keeps_every_acknowledged_command_through_kill_9_of_w
     }
     assert_eq!(store.head().await.unwrap(), COMMANDS as u64);
 }
+
+/// Two `weft serve --jetstream` processes share the command load; one is killed with `kill -9` mid-load.
+/// Every command is acknowledged in the end (a command lost with the killed node is retried with its
+/// `command_id` and answered by the other), and no document got its `register` appended twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_commands_are_answered_by_the_other_on_retry() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use weft_events::{EventRead, StreamName};
+    const SENDERS: usize = 8;
+    const PER_SENDER: usize = 40;
+    let server = NatsServer::start().expect("nats-server");
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let mut node = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--nats", &server.url(), "--jetstream", "--no-processes"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(node.stderr.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("JetStream"), "{line}");
+        nodes.push(node);
+    }
+    let client = nats::connect(&server.url(), "client").await.unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for _ in 0..SENDERS {
+        let (client, sent) = (client.clone(), sent.clone());
+        senders.push(tokio::spawn(async move {
+            let (mut documents, mut retries) = (Vec::new(), 0);
+            for _ in 0..PER_SENDER {
+                let (id, command_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+                let body = serde_json::json!({"command_id": command_id.to_string(), "type": "register",
+                    "payload": {"name": "a.txt", "content_type": "text/plain", "declared_size_bytes": 10,
+                                "tenant": "t", "owner": "o"}});
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                loop {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Content-Type", "application/json");
+                    let request = async_nats::Request::new()
+                        .headers(headers)
+                        .payload(body.to_string().into())
+                        .timeout(Some(std::time::Duration::from_secs(2)));
+                    let reply = client.send_request(format!("weft.cmd.document.{id}"), request).await;
+                    let status = reply.as_ref().ok().and_then(|r| {
+                        serde_json::from_slice::<serde_json::Value>(&r.payload).ok().map(|v| v["status"].clone())
+                    });
+                    if status.as_ref().is_some_and(|s| s == "ok") {
+                        break;
+                    }
+                    assert!(std::time::Instant::now() < deadline, "command for {id} never acknowledged: {status:?}");
+                    retries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                documents.push(id);
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            (documents, retries)
+        }));
+    }
+    while sent.load(std::sync::atomic::Ordering::Relaxed) < SENDERS * PER_SENDER / 3 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    nodes[0].kill().unwrap();
+    nodes[0].wait().unwrap();
+    let (mut documents, mut retries) = (Vec::new(), 0);
+    for sender in senders {
+        let (mine, r) = sender.await.unwrap();
+        documents.extend(mine);
+        retries += r;
+    }
+    let store = open(&server, JetStreamConfig::default()).await.unwrap();
+    for id in &documents {
+        let stream = StreamName::new(format!("document-{id}")).unwrap();
+        assert_eq!(store.stream_version(&stream).await.unwrap(), 1, "{stream} lost or appended twice");
+    }
+    assert_eq!(store.head().await.unwrap(), (SENDERS * PER_SENDER) as u64);
+    eprintln!("{retries} commands were retried after node A was killed");
+    nodes[1].kill().unwrap();
+}
