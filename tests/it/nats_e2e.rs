@@ -1,5 +1,5 @@
 //! End to end over a real NATS server: two Weft nodes (each with its own connection, actor hosts and command
-//! intake, in one queue group, over one store) and a client that speaks only the documented protocol — JSON
+//! intake, in one queue group, over one store: in memory, or JetStream reached by each node on its own) and a client that speaks only the documented protocol — JSON
 //! bodies built by hand, replies and events read as plain maps.
 
 use std::rc::Rc;
@@ -14,6 +14,7 @@ use weft::gateway::BusGateway;
 use weft::intake::{Intake, IntakeOptions};
 use weft::nats::NatsServer;
 use weft::publisher::{MESSAGE_ID, Publisher};
+use weft::store::jetstream::{JetStreamConfig, JetStreamStore};
 use weft_actors::host::Options;
 use weft_actors::process::{self, Hosts, Processes, RunOptions};
 use weft_actors::testkit::{Scripted, ScriptedExecutor};
@@ -54,22 +55,42 @@ async fn command(client: &dyn Bus, aggregate: &str, id: &str, kind: &str, payloa
 async fn a_client_drives_a_document_and_a_job_to_completion_over_two_nodes() {
     let server = NatsServer::start().unwrap();
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::default());
-    let (bus_a, bus_b) = (bus(&server, "node-a").await, bus(&server, "node-b").await);
+    drive_to_completion(&server, store.clone(), store).await;
+}
+
+/// The same with the JetStream store, each node with its own connection to it: the nodes share nothing but
+/// NATS, as on two machines.
+#[actix_rt::test]
+async fn two_nodes_on_one_jetstream_store_drive_a_job_to_completion() {
+    let server = NatsServer::start().unwrap();
+    let mut stores = Vec::new();
+    for name in ["store-a", "store-b"] {
+        let client = weft::nats::connect(&server.url(), name).await.unwrap();
+        let store = JetStreamStore::open(client, JetStreamConfig::default()).await.unwrap();
+        stores.push(Arc::new(store) as Arc<dyn EventStore>);
+    }
+    let store_b = stores.pop().unwrap();
+    drive_to_completion(&server, stores.pop().unwrap(), store_b).await;
+}
+
+/// Node A (`store`) and node B (`store_b`) take commands in one queue group; the process managers and the
+/// publisher run on node A; a client drives a document and a job to completion, then 40 commands that both
+/// nodes share.
+async fn drive_to_completion(server: &NatsServer, store: Arc<dyn EventStore>, store_b: Arc<dyn EventStore>) {
+    let (bus_a, bus_b) = (bus(server, "node-a").await, bus(server, "node-b").await);
     let intake_a =
         Intake::start(bus_a.clone(), Hosts::new(store.clone(), Options::default()), IntakeOptions::default())
             .await
             .unwrap();
     let intake_b =
-        Intake::start(bus_b.clone(), Hosts::new(store.clone(), Options::default()), IntakeOptions::default())
-            .await
-            .unwrap();
+        Intake::start(bus_b.clone(), Hosts::new(store_b, Options::default()), IntakeOptions::default()).await.unwrap();
     // The process managers and the publisher run on node A and reach the aggregates only over the bus.
     let gateway = BusGateway::new(bus_a.clone(), store.clone(), WAIT);
     let executor = Rc::new(ScriptedExecutor::new().on("summarise", 1, Scripted::Fail { retryable: true }));
     let processes = Processes::start(gateway, store.clone(), Some(executor.clone()), fast());
     let publisher = process::start(Publisher::new(bus_a.clone()), store.clone(), fast());
 
-    let client = bus(&server, "client").await;
+    let client = bus(server, "client").await;
     let (agent, document, job) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
     let mut job_events = client.subscribe(&format!("weft.evt.job.{job}.>"), None).await.unwrap();
     client.flush().await.unwrap();

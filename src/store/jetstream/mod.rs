@@ -707,7 +707,7 @@ fn check_names(config: &JetStreamConfig) -> Result<(), OpenError> {
             return Err(OpenError::InvalidConfig(format!("{what} name {name:?}: use letters, digits, - and _")));
         }
     }
-    let prefix_ok = config.subject_prefix.split('.').all(|t| name_ok(t));
+    let prefix_ok = config.subject_prefix.split('.').all(name_ok);
     if !prefix_ok {
         return Err(OpenError::InvalidConfig(format!(
             "subject prefix {:?}: dot-separated tokens of letters, digits, - and _",
