@@ -12,7 +12,8 @@ use weft_actors::process::Gateway;
 use weft_events::domain::ids::Uuid;
 use weft_events::{EventStore, StreamName};
 
-use crate::bus::{ACTOR, Bus, COMMAND_ID, CORRELATION_ID, Headers, Message};
+use crate::bus::trace::TraceParent;
+use crate::bus::{ACTOR, Bus, COMMAND_ID, CORRELATION_ID, Headers, Message, TRACEPARENT};
 use crate::protocol::{self, CommandRequest, Reply};
 
 /// How long a command may take over the bus by default.
@@ -52,6 +53,9 @@ impl Gateway for BusGateway {
     ) -> Result<Outcome, host::Error<A::Rejection>> {
         let id = instance::<A>(stream)?;
         let mut headers = Headers::from([(COMMAND_ID.to_owned(), execute.command_id.to_string())]);
+        // One trace per flow: the trace id is the correlation id (or, without one, the command's own id).
+        let flow = execute.metadata.correlation_id.unwrap_or(execute.command_id);
+        headers.insert(TRACEPARENT.into(), TraceParent::of_flow(flow, execute.command_id).to_string());
         if let Some(correlation) = execute.metadata.correlation_id {
             headers.insert(CORRELATION_ID.into(), correlation.to_string());
         }

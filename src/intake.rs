@@ -14,7 +14,10 @@ use weft_events::StreamName;
 use weft_events::domain::ids::Uuid;
 use weft_events::envelope::check_label;
 
-use crate::bus::{ACTOR, Bus, BusError, CONTENT_TYPE, CORRELATION_ID, Headers, JSON, Message, Subscription};
+use crate::bus::trace::TraceParent;
+use crate::bus::{
+    ACTOR, Bus, BusError, CONTENT_TYPE, CORRELATION_ID, Headers, JSON, Message, Subscription, TRACEPARENT,
+};
 use crate::protocol::{self, BodyLimits, Reply};
 
 /// Options of the intake.
@@ -103,7 +106,23 @@ async fn serve<A: Aggregate>(
     }))
 }
 
+/// Handles one command in a `command` span joined to the caller's trace when it sent a valid `traceparent`.
 async fn handle<A: Aggregate>(message: Message, bus: Arc<dyn Bus>, host: Host<A>, limits: BodyLimits) {
+    use tracing::Instrument as _;
+    let span = tracing::debug_span!(
+        "command",
+        subject = %message.subject,
+        trace_id = tracing::field::Empty,
+        parent_id = tracing::field::Empty
+    );
+    if let Some(parent) = message.headers.get(TRACEPARENT).and_then(|t| TraceParent::parse(t)) {
+        span.record("trace_id", tracing::field::display(parent.trace_id_hex()));
+        span.record("parent_id", tracing::field::display(parent.parent_id_hex()));
+    }
+    handle_in_span(message, bus, host, limits).instrument(span).await
+}
+
+async fn handle_in_span<A: Aggregate>(message: Message, bus: Arc<dyn Bus>, host: Host<A>, limits: BodyLimits) {
     let Some(reply_to) = message.reply.clone() else {
         tracing::debug!(subject = %message.subject, "a command without a reply subject; dropped");
         return;

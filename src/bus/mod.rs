@@ -11,6 +11,7 @@
 
 pub mod memory;
 pub mod nats;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
