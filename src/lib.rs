@@ -14,6 +14,7 @@
 //! - [`intake`]: the command services on the bus, one per aggregate type.
 //! - [`protocol`]: the wire protocol: subjects, command bodies, replies, events.
 //! - [`publisher`]: every committed event out on its subject.
+//! - [`lease`]: which of the nodes sharing a store runs the process managers and the publisher.
 //! - [`nats`]: NATS: local servers for tests and benchmarks.
 //! - [`node`]: a node, everything wired together: what `weft serve` runs.
 //! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose (`store`, `actors`).
@@ -22,6 +23,7 @@ pub mod bench;
 pub mod bus;
 pub mod gateway;
 pub mod intake;
+pub mod lease;
 pub mod nats;
 pub mod node;
 pub mod protocol;

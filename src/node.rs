@@ -3,15 +3,16 @@
 //!
 //! Without a NATS URL the bus is in process (the embedded default: no network); with one, commands come
 //! from NATS and events go out on it, and several nodes may share the command load in queue group `weft`.
-//! Run the process managers on one node only (`--no-processes` on the others): a second worker would
-//! take a task another worker is running as interrupted.
-//!
 //! The store is a SQLite file by default; with `--jetstream` it is JetStream on the NATS servers, which
-//! nodes on several machines share.
+//! nodes on several machines share. Nodes that share a store run their process managers and the publisher
+//! one at a time: the node holding a lease in JetStream (`crate::lease`) runs them, the others take over
+//! when it dies. A node with `--no-processes` never runs them.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use weft_actors::host;
 use weft_actors::process::{self, Hosts, Processes, RunOptions, Running};
@@ -22,6 +23,7 @@ use crate::bus::memory::MemoryBus;
 use crate::bus::nats::NatsBus;
 use crate::gateway::BusGateway;
 use crate::intake::{Intake, IntakeOptions};
+use crate::lease::{Lease, LeaseOptions};
 use crate::publisher::Publisher;
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::sqlite::{self, SqliteStore};
@@ -104,8 +106,39 @@ pub struct Node {
     store: Store,
     bus: Arc<dyn Bus>,
     intake: Intake,
+    duty: Duty,
+}
+
+/// What runs on one node at a time: the process managers (unless `--no-processes`) and the publisher.
+struct Managers {
     processes: Option<Processes>,
     publisher: Running,
+}
+
+impl Managers {
+    fn start(bus: &Arc<dyn Bus>, store: &Arc<dyn EventStore>, processes: bool) -> Self {
+        let processes = processes.then(|| {
+            let gateway = BusGateway::new(bus.clone(), store.clone(), Duration::from_secs(10));
+            // No executor until agents can run tasks: assigned tasks wait, and time out.
+            Processes::start(gateway, store.clone(), None, RunOptions::default())
+        });
+        let publisher = process::start(Publisher::new(bus.clone()), store.clone(), RunOptions::default());
+        Self { processes, publisher }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        if let Some(processes) = self.processes {
+            processes.stop().await.map_err(anyhow::Error::msg)?;
+        }
+        self.publisher.stop().await.map_err(anyhow::Error::msg)
+    }
+}
+
+/// How a node runs its managers: always (its own store), under a lease (a shared store), or not at all.
+enum Duty {
+    Always(Managers),
+    Elected { task: actix_rt::task::JoinHandle<()>, managers: Rc<RefCell<Option<Managers>>> },
+    None,
 }
 
 impl Node {
@@ -113,20 +146,32 @@ impl Node {
     pub async fn start(options: &NodeOptions) -> anyhow::Result<Self> {
         let store = Store::open(options).await?;
         let shared = store.shared();
-        let bus: Arc<dyn Bus> = match &options.nats {
-            Some(url) => Arc::new(NatsBus::new(crate::nats::connect(url, "weft").await?)),
+        let client = match &options.nats {
+            Some(url) => Some(crate::nats::connect(url, "weft").await?),
+            None => None,
+        };
+        let bus: Arc<dyn Bus> = match &client {
+            Some(client) => Arc::new(NatsBus::new(client.clone())),
             None => Arc::new(MemoryBus::default()),
         };
         let hosts = Hosts::new(shared.clone(), host::Options::default());
         let limits = crate::protocol::BodyLimits { max_bytes: options.max_body_bytes, ..Default::default() };
         let intake = Intake::start(bus.clone(), hosts, IntakeOptions { limits, ..IntakeOptions::default() }).await?;
-        let processes = (!options.no_processes).then(|| {
-            let gateway = BusGateway::new(bus.clone(), shared.clone(), Duration::from_secs(10));
-            // No executor until agents can run tasks: assigned tasks wait, and time out.
-            Processes::start(gateway, shared.clone(), None, RunOptions::default())
-        });
-        let publisher = process::start(Publisher::new(bus.clone()), shared, RunOptions::default());
-        Ok(Self { store, bus, intake, processes, publisher })
+        let duty = match (&store, client) {
+            // Nodes sharing a JetStream store run their managers one at a time, under a lease; a node that
+            // runs no process managers does not run for it.
+            (Store::JetStream(_), _) if options.no_processes => Duty::None,
+            (Store::JetStream(_), Some(client)) => {
+                let lease_options =
+                    LeaseOptions { replicas: options.jetstream_replicas.into(), ..LeaseOptions::default() };
+                let lease = Lease::new(client, lease_options, holder_name()).await?;
+                let managers = Rc::new(RefCell::new(None));
+                let task = actix_rt::spawn(hold_lease(lease, bus.clone(), shared, managers.clone()));
+                Duty::Elected { task, managers }
+            }
+            _ => Duty::Always(Managers::start(&bus, &shared, !options.no_processes)),
+        };
+        Ok(Self { store, bus, intake, duty })
     }
 
     /// The bus the node serves on.
@@ -137,13 +182,65 @@ impl Node {
     /// Stops taking commands, stops the processes (saving their checkpoints) and closes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
         drop(self.intake);
-        if let Some(processes) = self.processes {
-            processes.stop().await.map_err(anyhow::Error::msg)?;
+        match self.duty {
+            Duty::Always(managers) => managers.stop().await?,
+            Duty::Elected { task, managers } => {
+                task.abort();
+                let running = managers.borrow_mut().take();
+                if let Some(running) = running {
+                    running.stop().await?;
+                }
+            }
+            Duty::None => {}
         }
-        self.publisher.stop().await.map_err(anyhow::Error::msg)?;
         self.bus.flush().await.ok();
         self.store.close().await?;
         Ok(())
+    }
+}
+
+/// Who holds a lease, for operators: the host name and the process id.
+fn holder_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Takes the lease when it is free and runs the managers while this node holds it; stops them when another
+/// node has it, or when renewals have failed for longer than the lease can be trusted.
+async fn hold_lease(
+    mut lease: Lease,
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn EventStore>,
+    managers: Rc<RefCell<Option<Managers>>>,
+) {
+    let mut last_held = Instant::now();
+    loop {
+        let lost = match lease.try_hold().await {
+            Ok(true) => {
+                last_held = Instant::now();
+                if managers.borrow().is_none() {
+                    tracing::info!("took the process managers' lease; starting them");
+                    *managers.borrow_mut() = Some(Managers::start(&bus, &store, true));
+                }
+                false
+            }
+            Ok(false) => managers.borrow().is_some(),
+            Err(error) => {
+                tracing::warn!(%error, "renewing the process managers' lease failed");
+                lease.held() && last_held.elapsed() > lease.options().self_fence_after()
+            }
+        };
+        if lost {
+            tracing::warn!("lost the process managers' lease; stopping them");
+            lease.forget();
+            let running = managers.borrow_mut().take();
+            if let Some(running) = running
+                && let Err(error) = running.stop().await
+            {
+                tracing::warn!(%error, "stopping the process managers");
+            }
+        }
+        actix_rt::time::sleep(lease.options().renew_every).await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! The JetStream store: the contract suite on one server and on a three-node cluster with three replicas,
 //! start-up checks, and what a misconfigured stream gets.
 
+use futures::StreamExt;
 use weft::nats::{self, NatsServer};
 use weft::store::jetstream::{JetStreamConfig, JetStreamStore, OpenError};
 
@@ -258,4 +259,98 @@ async fn a_killed_node_s_commands_are_answered_by_the_other_on_retry() {
     assert_eq!(store.head().await.unwrap(), (SENDERS * PER_SENDER) as u64);
     eprintln!("{retries} commands were retried after node A was killed");
     nodes[1].kill().unwrap();
+}
+
+/// Two nodes on one JetStream store run the publisher (and process managers) one at a time, under a
+/// lease: every event goes out once while the leader lives; after `kill -9` of the leader the other node
+/// takes the lease and publishes what comes next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_managers_run_on_one_node_and_move_when_it_is_killed() {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    let server = NatsServer::start().expect("nats-server");
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let mut node = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--nats", &server.url(), "--jetstream"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(node.stderr.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("JetStream"), "{line}");
+        nodes.push(node);
+    }
+    let client = nats::connect(&server.url(), "client").await.unwrap();
+    let mut events = client.subscribe("weft.evt.>").await.unwrap();
+    client.flush().await.unwrap();
+    let register = |client: async_nats::Client| async move {
+        let id = uuid::Uuid::now_v7();
+        let body = serde_json::json!({"command_id": uuid::Uuid::now_v7().to_string(), "type": "register",
+            "payload": {"name": "a.txt", "content_type": "text/plain", "declared_size_bytes": 10,
+                        "tenant": "t", "owner": "o"}});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(body.to_string().into())
+            .timeout(Some(Duration::from_secs(10)));
+        let reply = client.send_request(format!("weft.cmd.document.{id}"), request).await.unwrap();
+        let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(reply["status"], "ok", "{reply}");
+        id
+    };
+    // Counts published events per document until each of `ids` has one, or the time is up.
+    async fn published(
+        events: &mut async_nats::Subscriber,
+        ids: &[uuid::Uuid],
+        wait: Duration,
+    ) -> HashMap<String, usize> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while ids.iter().any(|id| !seen.contains_key(&id.to_string())) {
+            let Ok(Some(message)) = tokio::time::timeout_at(deadline, events.next()).await else { break };
+            let document = message.subject.split('.').nth(3).unwrap_or_default().to_owned();
+            *seen.entry(document).or_default() += 1;
+        }
+        seen
+    }
+
+    let mut first = Vec::new();
+    for _ in 0..10 {
+        first.push(register(client.clone()).await);
+    }
+    let seen = published(&mut events, &first, Duration::from_secs(30)).await;
+    for id in &first {
+        assert!(seen.contains_key(&id.to_string()), "the event of {id} was not published: {seen:?}");
+    }
+    // One publisher: nothing came twice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(100), events.next()).await {
+        panic!("a second copy of {} was published while the leader lived", message.subject);
+    }
+
+    let holder =
+        client.request("$JS.API.DIRECT.GET.KV_weft_leases.$KV.weft_leases.processes", "".into()).await.unwrap();
+    let holder = String::from_utf8(holder.payload.to_vec()).unwrap();
+    let leader = nodes.iter().position(|n| holder.ends_with(&format!("-{}", n.id()))).expect("a node holds the lease");
+    nodes[leader].kill().unwrap();
+    nodes[leader].wait().unwrap();
+
+    let mut second = Vec::new();
+    for _ in 0..10 {
+        second.push(register(client.clone()).await);
+    }
+    // The lease expires 10 s after the last renewal; the survivor takes it and publishes.
+    let seen = published(&mut events, &second, Duration::from_secs(60)).await;
+    for id in &second {
+        assert!(seen.contains_key(&id.to_string()), "after the leader died, {id} was not published: {seen:?}");
+    }
+    let survivor = 1 - leader;
+    let holder =
+        client.request("$JS.API.DIRECT.GET.KV_weft_leases.$KV.weft_leases.processes", "".into()).await.unwrap();
+    assert!(String::from_utf8_lossy(&holder.payload).ends_with(&format!("-{}", nodes[survivor].id())));
+    nodes[survivor].kill().unwrap();
 }
