@@ -191,6 +191,11 @@ impl Log {
     fn seen(&self) -> u64 {
         self.seen.load(Ordering::Relaxed)
     }
+
+    /// The bucket's name, for the stream `KV_<bucket>` of a KV bucket.
+    fn bucket(&self) -> &str {
+        self.name.strip_prefix("KV_").unwrap_or(&self.name)
+    }
 }
 
 /// A direct get request (`JSApiMsgGetRequest`).
@@ -645,12 +650,12 @@ impl JetStreamStore {
 
     /// Reads a bucket's entry for `key` from the leader: its revision and decoded value.
     async fn kv_get<T: serde::de::DeserializeOwned>(&self, log: &Log, key: &str) -> Result<Option<(u64, T)>, Error> {
-        let subject = format!("$KV.{}.{key}", &log.name[3..]);
+        let subject = format!("$KV.{}.{key}", log.bucket());
         let request = GetRequest { last_by_subj: Some(&subject), ..Default::default() };
         let Some((_, revision, body)) = self.leader_get(log, request).await? else { return Ok(None) };
         let limits = codec::Limits { max_input_bytes: usize::MAX, ..codec::Limits::default() };
         let value = codec::decode_with(&body, limits).map_err(|e| Error::Corrupt {
-            location: format!("JetStream bucket {} key {key}", &log.name[3..]),
+            location: format!("JetStream bucket {} key {key}", log.bucket()),
             detail: e.to_string(),
         })?;
         Ok(Some((revision, value)))
@@ -660,7 +665,7 @@ impl JetStreamStore {
     async fn kv_put(&self, log: &Log, key: &str, value: Vec<u8>, revision: u64) -> Result<bool, Error> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", revision.to_string().as_str());
-        let subject = format!("$KV.{}.{key}", &log.name[3..]);
+        let subject = format!("$KV.{}.{key}", log.bucket());
         let reply = request(&self.inner.client, subject, Some(headers), value.into(), self.inner.config.timeout)
             .await
             .map_err(|e| self.unavailable(e))?;
@@ -1026,7 +1031,8 @@ impl EventWrite for JetStreamStore {
         self.inner.limits.check_append(&events)?;
         let count = events.len() as u64;
         let recorded_at = Timestamp::now();
-        let mut ambiguous = None;
+        // Whether a publish of this append went unacknowledged: a later conflict may then be with ourselves.
+        let mut unacknowledged = false;
         for _ in 0..MAX_ANY_ATTEMPTS {
             let (version, last_sequence) = match expected {
                 ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => (0, 0),
@@ -1057,7 +1063,7 @@ impl EventWrite for JetStreamStore {
                 match self.publish(stream, last_sequence, &messages).await {
                     Err(PublishError::Ambiguous(reason)) if tokio::time::Instant::now() < deadline => {
                         tracing::debug!(%stream, %reason, "no acknowledgement for an append; sending it again");
-                        ambiguous = Some(reason);
+                        unacknowledged = true;
                     }
                     Err(PublishError::NoLeader) if tokio::time::Instant::now() < deadline => {}
                     other => break other,
@@ -1077,7 +1083,7 @@ impl EventWrite for JetStreamStore {
                 }
                 Err(PublishError::WrongLastSequence) => {
                     // After a publish whose acknowledgement was lost, the conflict may be with ourselves.
-                    if ambiguous.is_some()
+                    if unacknowledged
                         && let Some(first) = self.event_at(stream, version + 1).await?
                         && first.event_id == events[0].event_id
                     {
