@@ -354,3 +354,33 @@ async fn the_process_managers_run_on_one_node_and_move_when_it_is_killed() {
     assert!(String::from_utf8_lossy(&holder.payload).ends_with(&format!("-{}", nodes[survivor].id())));
     nodes[survivor].kill().unwrap();
 }
+
+/// The stream takes whatever is published on its subjects: a message that did not come from the store (bad
+/// body, or a subject without a version) is refused as corrupt by every read that meets it, naming its
+/// sequence, and the events around it still read.
+#[tokio::test]
+async fn a_foreign_message_in_the_stream_reads_as_corrupt() {
+    use weft_events::{Direction, Error, EventRead, EventWrite, ExpectedVersion, NewEvent, StreamName};
+    let server = NatsServer::start().expect("nats-server");
+    let store = open(&server, JetStreamConfig::default()).await.unwrap();
+    let good = StreamName::new("job-good").unwrap();
+    store.append(&good, ExpectedVersion::NoStream, vec![NewEvent::new("job.submitted", vec![1])]).await.unwrap();
+    let client = nats::connect(&server.url(), "intruder").await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish("weft.store.job-bad.1", "garbage".into()).await.unwrap().await.unwrap();
+    js.publish("weft.store.no-version", "garbage".into()).await.unwrap().await.unwrap();
+
+    for err in [
+        store.read_all(1, 10).await.unwrap_err(),
+        store.read_stream(&StreamName::new("job-bad").unwrap(), 1, Direction::Forwards, 10).await.unwrap_err(),
+    ] {
+        assert!(matches!(&err, Error::Corrupt { detail, .. } if detail.contains("message 2")), "{err}");
+    }
+    let err = store.read_all(3, 10).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Corrupt { detail, .. } if detail.contains("not <prefix>.<stream>.<version>")),
+        "{err}"
+    );
+    assert_eq!(store.read_all(1, 1).await.unwrap().len(), 1);
+    assert_eq!(store.read_stream(&good, 1, Direction::Forwards, 10).await.unwrap().len(), 1);
+}
