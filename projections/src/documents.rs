@@ -1,0 +1,118 @@
+//! The documents read model: one row per document with its status, size, versions and times, and its lineage
+//! (the documents it was derived from and those derived from it).
+//!
+//! Tables:
+//!
+//! - `documents (id, tenant, owner, name, content_type, declared_size_bytes, status, size_bytes, etag,
+//!   versions, deleted_reason, created_at, updated_at, version)`: `status` is `registered`, `uploaded` or
+//!   `deleted`; `versions` counts the uploaded contents (the first upload and each added version); times are
+//!   microseconds since the Unix epoch; `version` is the document stream's version the row reflects.
+//! - `document_lineage (parent, child, job, step)`: one row per derivative recorded.
+
+use rusqlite::{Transaction, params};
+use weft_events::Envelope;
+use weft_events::domain::DomainEvent;
+use weft_events::domain::document::Event;
+use weft_events::domain::ids::DocumentId;
+
+use crate::{ApplyError, Projection};
+
+/// The documents projection.
+#[derive(Debug, Default)]
+pub struct Documents;
+
+impl Projection for Documents {
+    fn name(&self) -> &'static str {
+        "documents"
+    }
+
+    fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS documents (
+                 id TEXT PRIMARY KEY,
+                 tenant TEXT NOT NULL,
+                 owner TEXT NOT NULL,
+                 name TEXT NOT NULL,
+                 content_type TEXT NOT NULL,
+                 declared_size_bytes INTEGER NOT NULL,
+                 status TEXT NOT NULL,
+                 size_bytes INTEGER,
+                 etag TEXT,
+                 versions INTEGER NOT NULL DEFAULT 0,
+                 deleted_reason TEXT,
+                 created_at INTEGER NOT NULL,
+                 updated_at INTEGER NOT NULL,
+                 version INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS documents_by_tenant_status ON documents (tenant, status, id);
+             CREATE TABLE IF NOT EXISTS document_lineage (
+                 parent TEXT NOT NULL,
+                 child TEXT NOT NULL,
+                 job TEXT NOT NULL,
+                 step TEXT NOT NULL,
+                 PRIMARY KEY (parent, child)
+             );
+             CREATE INDEX IF NOT EXISTS document_lineage_by_child ON document_lineage (child);",
+        )
+    }
+
+    fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
+        let Some(id) = DocumentId::from_stream(&envelope.stream) else { return Ok(()) };
+        let event = Event::from_envelope(envelope)
+            .map_err(|source| ApplyError::Decode { position: envelope.position, source })?;
+        let (id, version) = (id.to_string(), envelope.version as i64);
+        match event {
+            Event::Registered(e) => {
+                tx.execute(
+                    "INSERT INTO documents (id, tenant, owner, name, content_type, declared_size_bytes, status,
+                                            created_at, updated_at, version)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'registered', ?7, ?7, ?8)
+                     ON CONFLICT (id) DO NOTHING",
+                    params![
+                        id,
+                        e.tenant,
+                        e.owner,
+                        e.name,
+                        e.content_type,
+                        e.declared_size_bytes as i64,
+                        e.at.0,
+                        version
+                    ],
+                )?;
+            }
+            Event::Uploaded(e) => {
+                tx.execute(
+                    "UPDATE documents SET status = 'uploaded', size_bytes = ?2, etag = ?3, versions = versions + 1,
+                                          updated_at = ?4, version = ?5 WHERE id = ?1",
+                    params![id, e.size_bytes as i64, e.etag, e.at.0, version],
+                )?;
+            }
+            Event::VersionAdded(e) => {
+                tx.execute(
+                    "UPDATE documents SET size_bytes = ?2, etag = ?3, versions = versions + 1, updated_at = ?4,
+                                          version = ?5 WHERE id = ?1",
+                    params![id, e.size_bytes as i64, e.etag, e.at.0, version],
+                )?;
+            }
+            Event::DerivativeRecorded(e) => {
+                tx.execute(
+                    "INSERT INTO document_lineage (parent, child, job, step) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT DO NOTHING",
+                    params![id, e.child.to_string(), e.job.to_string(), e.step],
+                )?;
+                tx.execute(
+                    "UPDATE documents SET updated_at = ?2, version = ?3 WHERE id = ?1",
+                    params![id, e.at.0, version],
+                )?;
+            }
+            Event::Deleted(e) => {
+                tx.execute(
+                    "UPDATE documents SET status = 'deleted', deleted_reason = ?2, updated_at = ?3, version = ?4
+                     WHERE id = ?1",
+                    params![id, e.reason, e.at.0, version],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

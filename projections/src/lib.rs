@@ -1,0 +1,47 @@
+//! Weft's read side: projections fold the event log into read models in SQLite, for status reads.
+//!
+//! A [`Projection`] creates its tables and applies one event at a time inside a transaction it is handed. The
+//! [`runner`] feeds it from the store's subscribe-all, a batch at a time, and writes the batch's effects and
+//! the projection's position in **one** SQLite transaction: after a crash the projection resumes exactly after
+//! the last batch that committed, so no event is applied twice or skipped. Projections depend on the `events`
+//! crate only.
+//!
+//! - [`documents`]: every document's status, size, versions and lineage.
+
+use rusqlite::Transaction;
+use weft_events::Envelope;
+use weft_events::domain::DecodeError;
+
+pub mod documents;
+pub mod runner;
+
+pub use runner::{Running, start};
+
+/// Why a projection could not apply an event. The runner stops the projection on it rather than skip the
+/// event: a read model that silently missed an event would be wrong from then on.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// An event of a type the projection handles does not decode.
+    #[error("event at position {position}: {source}")]
+    Decode {
+        /// Its position.
+        position: u64,
+        /// Why.
+        source: DecodeError,
+    },
+    /// SQLite failed.
+    #[error("read model: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// One read model, built from the events.
+pub trait Projection: Send + 'static {
+    /// Its name: unique among the projections of one database, the key of its position.
+    fn name(&self) -> &'static str;
+
+    /// Creates its tables if missing.
+    fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()>;
+
+    /// Applies one event (any event of the log: it skips those it does not read).
+    fn apply(&mut self, tx: &Transaction<'_>, event: &Envelope) -> Result<(), ApplyError>;
+}
