@@ -7,12 +7,14 @@
 //! crate only.
 //!
 //! - [`documents`]: every document's status, size, versions and lineage.
+//! - [`jobs`]: every job's status and progress, its steps, and its log.
 
 use rusqlite::Transaction;
 use weft_events::Envelope;
 use weft_events::domain::DecodeError;
 
 pub mod documents;
+pub mod jobs;
 pub mod runner;
 
 pub use runner::{Running, start};

@@ -1,0 +1,187 @@
+//! The jobs read model: each job's status, progress and times, each step's status with its attempts, output
+//! and last error, and the job's log in order.
+//!
+//! Tables:
+//!
+//! - `jobs (id, workflow, workflow_version, priority, status, steps_total, steps_done, error, submitted_at,
+//!   finished_at, updated_at, version)`: `status` is `running`, `succeeded`, `failed` or `cancelled`;
+//!   progress is `steps_done / steps_total`.
+//! - `job_steps (job, step, ordinal, status, attempts, output, error, retry_at, updated_at)`: `status` is
+//!   `pending`, `scheduled`, `running`, `retrying` (until `retry_at`), `succeeded` or `failed`.
+//! - `job_logs (job, seq, level, message, at)`: `seq` is the job stream's version of the log event, so a page
+//!   of logs is `WHERE job = ? AND seq > ? ORDER BY seq LIMIT ?`.
+
+use rusqlite::{Transaction, params};
+use weft_events::Envelope;
+use weft_events::domain::DomainEvent;
+use weft_events::domain::ids::JobId;
+use weft_events::domain::job::{Event, Level};
+
+use crate::{ApplyError, Projection};
+
+/// The jobs projection.
+#[derive(Debug, Default)]
+pub struct Jobs;
+
+fn level(level: Level) -> &'static str {
+    match level {
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
+    }
+}
+
+impl Projection for Jobs {
+    fn name(&self) -> &'static str {
+        "jobs"
+    }
+
+    fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS jobs (
+                 id TEXT PRIMARY KEY,
+                 workflow TEXT NOT NULL,
+                 workflow_version INTEGER NOT NULL,
+                 priority INTEGER NOT NULL,
+                 status TEXT NOT NULL,
+                 steps_total INTEGER NOT NULL,
+                 steps_done INTEGER NOT NULL DEFAULT 0,
+                 error TEXT,
+                 submitted_at INTEGER NOT NULL,
+                 finished_at INTEGER,
+                 updated_at INTEGER NOT NULL,
+                 version INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
+             CREATE INDEX IF NOT EXISTS jobs_by_workflow ON jobs (workflow, id);
+             CREATE TABLE IF NOT EXISTS job_steps (
+                 job TEXT NOT NULL,
+                 step TEXT NOT NULL,
+                 ordinal INTEGER NOT NULL,
+                 status TEXT NOT NULL,
+                 attempts INTEGER NOT NULL DEFAULT 0,
+                 output TEXT,
+                 error TEXT,
+                 retry_at INTEGER,
+                 updated_at INTEGER NOT NULL,
+                 PRIMARY KEY (job, step)
+             );
+             CREATE TABLE IF NOT EXISTS job_logs (
+                 job TEXT NOT NULL,
+                 seq INTEGER NOT NULL,
+                 level TEXT NOT NULL,
+                 message TEXT NOT NULL,
+                 at INTEGER NOT NULL,
+                 PRIMARY KEY (job, seq)
+             );",
+        )
+    }
+
+    fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
+        let Some(id) = JobId::from_stream(&envelope.stream) else { return Ok(()) };
+        let event = Event::from_envelope(envelope)
+            .map_err(|source| ApplyError::Decode { position: envelope.position, source })?;
+        let (id, version) = (id.to_string(), envelope.version as i64);
+        let step = |tx: &Transaction<'_>, name: &str, status: &str, attempt: u32, at: i64| {
+            tx.execute(
+                "UPDATE job_steps SET status = ?3, attempts = MAX(attempts, ?4), updated_at = ?5
+                 WHERE job = ?1 AND step = ?2",
+                params![id, name, status, attempt, at],
+            )
+        };
+        let at = match event {
+            Event::Submitted(e) => {
+                tx.execute(
+                    "INSERT INTO jobs (id, workflow, workflow_version, priority, status, steps_total, submitted_at,
+                                       updated_at, version)
+                     VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                    params![
+                        id,
+                        e.workflow.to_string(),
+                        e.workflow_version,
+                        e.priority,
+                        e.steps.len() as i64,
+                        e.at.0,
+                        version
+                    ],
+                )?;
+                for (ordinal, s) in e.steps.iter().enumerate() {
+                    tx.execute(
+                        "INSERT INTO job_steps (job, step, ordinal, status, updated_at) VALUES (?1, ?2, ?3, 'pending', ?4)
+                         ON CONFLICT DO NOTHING",
+                        params![id, s.name, ordinal as i64, e.at.0],
+                    )?;
+                }
+                e.at.0
+            }
+            Event::StepScheduled(e) => {
+                step(tx, &e.step, "scheduled", e.attempt, e.at.0)?;
+                e.at.0
+            }
+            Event::StepStarted(e) => {
+                step(tx, &e.step, "running", e.attempt, e.at.0)?;
+                e.at.0
+            }
+            Event::StepSucceeded(e) => {
+                step(tx, &e.step, "succeeded", e.attempt, e.at.0)?;
+                tx.execute(
+                    "UPDATE job_steps SET output = ?3 WHERE job = ?1 AND step = ?2",
+                    params![id, e.step, e.output.to_string()],
+                )?;
+                tx.execute("UPDATE jobs SET steps_done = steps_done + 1 WHERE id = ?1", params![id])?;
+                e.at.0
+            }
+            Event::StepFailed(e) => {
+                step(tx, &e.step, "failed", e.attempt, e.at.0)?;
+                tx.execute(
+                    "UPDATE job_steps SET error = ?3 WHERE job = ?1 AND step = ?2",
+                    params![id, e.step, e.error],
+                )?;
+                e.at.0
+            }
+            Event::RetryScheduled(e) => {
+                // The retry's attempt has not started: the step keeps its attempts so far, and its time.
+                tx.execute(
+                    "UPDATE job_steps SET status = 'retrying', retry_at = ?3 WHERE job = ?1 AND step = ?2",
+                    params![id, e.step, e.due_at.0],
+                )?;
+                i64::MIN
+            }
+            Event::LogAppended(e) => {
+                tx.execute(
+                    "INSERT INTO job_logs (job, seq, level, message, at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT DO NOTHING",
+                    params![id, version, level(e.level), e.message, e.at.0],
+                )?;
+                e.at.0
+            }
+            Event::Succeeded(e) => {
+                tx.execute(
+                    "UPDATE jobs SET status = 'succeeded', finished_at = ?2 WHERE id = ?1",
+                    params![id, e.at.0],
+                )?;
+                e.at.0
+            }
+            Event::Failed(e) => {
+                tx.execute(
+                    "UPDATE jobs SET status = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1",
+                    params![id, e.at.0, format!("step {}: {}", e.step, e.reason)],
+                )?;
+                e.at.0
+            }
+            Event::Cancelled(e) => {
+                tx.execute(
+                    "UPDATE jobs SET status = 'cancelled', finished_at = ?2, error = ?3 WHERE id = ?1",
+                    params![id, e.at.0, e.reason],
+                )?;
+                e.at.0
+            }
+        };
+        tx.execute(
+            "UPDATE jobs SET updated_at = MAX(updated_at, ?2), version = ?3 WHERE id = ?1",
+            params![id, at, version],
+        )?;
+        Ok(())
+    }
+}
