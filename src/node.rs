@@ -27,6 +27,8 @@ use crate::lease::{Lease, LeaseOptions};
 use crate::publisher::Publisher;
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::sqlite::{self, SqliteStore};
+use weft_projections::documents::Documents;
+use weft_projections::jobs::Jobs;
 
 /// What a node runs on.
 #[derive(Debug, Clone, clap::Args)]
@@ -43,6 +45,9 @@ pub struct NodeOptions {
     /// Do not run the process managers (job orchestrator, timers) on this node.
     #[arg(long)]
     pub no_processes: bool,
+    /// The read models' SQLite file (projections of documents and jobs); its folder is created if missing.
+    #[arg(long, default_value = "weft-data/read.db", env = "WEFT_READ_MODELS")]
+    pub read_models: PathBuf,
     /// Keep the events in JetStream on the `--nats` servers instead of the SQLite file.
     #[arg(long, requires = "nats")]
     pub jetstream: bool,
@@ -77,6 +82,13 @@ impl Store {
         }
     }
 
+    fn reader(&self) -> Arc<dyn weft_events::EventRead> {
+        match self {
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            Self::JetStream(store) => Arc::new(store.clone()),
+        }
+    }
+
     fn shared(&self) -> Arc<dyn EventStore> {
         match self {
             Self::Sqlite(store) => Arc::new(store.clone()),
@@ -107,6 +119,7 @@ pub struct Node {
     bus: Arc<dyn Bus>,
     intake: Intake,
     duty: Duty,
+    projections: Vec<weft_projections::Running>,
 }
 
 /// What runs on one node at a time: the process managers (unless `--no-processes`) and the publisher.
@@ -171,7 +184,16 @@ impl Node {
             }
             _ => Duty::Always(Managers::start(&bus, &shared, !options.no_processes)),
         };
-        Ok(Self { store, bus, intake, duty })
+        if let Some(folder) = options.read_models.parent().filter(|f| !f.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder)
+                .map_err(|e| anyhow::anyhow!("cannot create {} for the read models: {e}", folder.display()))?;
+        }
+        let reader: Arc<dyn weft_events::EventRead> = store.reader();
+        let projections = vec![
+            weft_projections::start(Documents, &options.read_models, reader.clone())?,
+            weft_projections::start(Jobs, &options.read_models, reader)?,
+        ];
+        Ok(Self { store, bus, intake, duty, projections })
     }
 
     /// The bus the node serves on.
@@ -179,9 +201,13 @@ impl Node {
         self.bus.clone()
     }
 
-    /// Stops taking commands, stops the processes (saving their checkpoints) and closes the store.
+    /// Stops taking commands, stops the processes (saving their checkpoints) and the projections, and
+    /// closes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
         drop(self.intake);
+        for projection in self.projections {
+            projection.stop()?;
+        }
         match self.duty {
             Duty::Always(managers) => managers.stop().await?,
             Duty::Elected { task, managers } => {

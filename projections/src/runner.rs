@@ -109,6 +109,8 @@ pub fn start<P: Projection>(projection: P, path: &Path, store: Arc<dyn EventRead
     // batches, model and position together, which are then applied again.
     db.pragma_update(None, "journal_mode", "WAL").map_err(open_error)?;
     db.pragma_update(None, "synchronous", "NORMAL").map_err(open_error)?;
+    // Several projections may share one file: each waits its turn to write.
+    db.busy_timeout(std::time::Duration::from_secs(30)).map_err(open_error)?;
     db.execute_batch(
         "CREATE TABLE IF NOT EXISTS projection_positions (name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
     )

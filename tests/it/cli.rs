@@ -76,7 +76,8 @@ fn serve_runs_on_the_embedded_defaults_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data/events.db");
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["serve", "--store", store.to_str().unwrap()])
+        .args(["serve", "--store", store.to_str().unwrap(), "--read-models"])
+        .arg(dir.path().join("data/read.db"))
         .env_remove("WEFT_NATS")
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -92,6 +93,7 @@ fn serve_runs_on_the_embedded_defaults_and_stops_cleanly_on_sigterm() {
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert!(status.success(), "{status}: {rest}");
     assert!(store.exists(), "no store at {}", store.display());
+    assert!(dir.path().join("data/read.db").exists(), "no read models");
 }
 
 #[test]

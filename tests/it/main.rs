@@ -9,6 +9,7 @@ mod job_crash;
 mod nats_e2e;
 mod nats_faults;
 mod nats_server;
+mod projection_crash;
 mod schemas;
 mod store_corruption;
 mod store_crash;

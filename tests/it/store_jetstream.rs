@@ -141,7 +141,9 @@ async fn serve_on_jetstream_keeps_every_acknowledged_command_through_kill_9_of_w
     use weft_events::{EventRead, StreamName};
     const COMMANDS: usize = 40;
     let mut server = NatsServer::start().expect("nats-server");
+    let folder = tempfile::tempdir().unwrap();
     let mut weft = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .current_dir(folder.path())
         .args(["serve", "--nats", &server.url(), "--jetstream", "--no-processes"])
         .stderr(Stdio::piped())
         .spawn()
@@ -191,9 +193,12 @@ async fn a_killed_node_s_commands_are_answered_by_the_other_on_retry() {
     const SENDERS: usize = 8;
     const PER_SENDER: usize = 40;
     let server = NatsServer::start().expect("nats-server");
-    let mut nodes = Vec::new();
+    let (mut nodes, mut folders) = (Vec::new(), Vec::new());
     for _ in 0..2 {
+        // Each node's read models in a folder of its own.
+        folders.push(tempfile::tempdir().unwrap());
         let mut node = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .current_dir(folders.last().unwrap().path())
             .args(["serve", "--nats", &server.url(), "--jetstream", "--no-processes"])
             .stderr(Stdio::piped())
             .spawn()
@@ -271,9 +276,11 @@ async fn the_process_managers_run_on_one_node_and_move_when_it_is_killed() {
     use std::process::{Command, Stdio};
     use std::time::Duration;
     let server = NatsServer::start().expect("nats-server");
-    let mut nodes = Vec::new();
+    let (mut nodes, mut folders) = (Vec::new(), Vec::new());
     for _ in 0..2 {
+        folders.push(tempfile::tempdir().unwrap());
         let mut node = Command::new(env!("CARGO_BIN_EXE_weft"))
+            .current_dir(folders.last().unwrap().path())
             .args(["serve", "--nats", &server.url(), "--jetstream"])
             .stderr(Stdio::piped())
             .spawn()
