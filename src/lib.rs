@@ -14,6 +14,7 @@
 //! - [`intake`]: the command services on the bus, one per aggregate type.
 //! - [`protocol`]: the wire protocol: subjects, command bodies, replies, events.
 //! - [`publisher`]: every committed event out on its subject.
+//! - [`query`]: the query API over HTTP, reading the projections' read models.
 //! - [`lease`]: which of the nodes sharing a store runs the process managers and the publisher.
 //! - [`nats`]: NATS: local servers for tests and benchmarks.
 //! - [`node`]: a node, everything wired together: what `weft serve` runs.
@@ -28,4 +29,5 @@ pub mod nats;
 pub mod node;
 pub mod protocol;
 pub mod publisher;
+pub mod query;
 pub mod store;

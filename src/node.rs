@@ -25,6 +25,7 @@ use crate::gateway::BusGateway;
 use crate::intake::{Intake, IntakeOptions};
 use crate::lease::{Lease, LeaseOptions};
 use crate::publisher::Publisher;
+use crate::query::QueryApi;
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::sqlite::{self, SqliteStore};
 use weft_projections::documents::Documents;
@@ -45,6 +46,9 @@ pub struct NodeOptions {
     /// Do not run the process managers (job orchestrator, timers) on this node.
     #[arg(long)]
     pub no_processes: bool,
+    /// Where the query API listens (HTTP); port 0 takes a free port.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "WEFT_HTTP_ADDR")]
+    pub http_addr: std::net::SocketAddr,
     /// The read models' SQLite file (projections of documents and jobs); its folder is created if missing.
     #[arg(long, default_value = "weft-data/read.db", env = "WEFT_READ_MODELS")]
     pub read_models: PathBuf,
@@ -120,6 +124,7 @@ pub struct Node {
     intake: Intake,
     duty: Duty,
     projections: Vec<weft_projections::Running>,
+    query: QueryApi,
 }
 
 /// What runs on one node at a time: the process managers (unless `--no-processes`) and the publisher.
@@ -193,7 +198,14 @@ impl Node {
             weft_projections::start(Documents, &options.read_models, reader.clone())?,
             weft_projections::start(Jobs, &options.read_models, reader)?,
         ];
-        Ok(Self { store, bus, intake, duty, projections })
+        let positions = projections.iter().map(|p| (p.name(), p.watch())).collect();
+        let query = QueryApi::start(options.http_addr, options.read_models.clone(), positions)?;
+        Ok(Self { store, bus, intake, duty, projections, query })
+    }
+
+    /// Where the query API listens.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.query.addr()
     }
 
     /// The bus the node serves on.
@@ -204,6 +216,7 @@ impl Node {
     /// Stops taking commands, stops the processes (saving their checkpoints) and the projections, and
     /// closes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.query.stop().await;
         drop(self.intake);
         for projection in self.projections {
             projection.stop()?;
@@ -274,9 +287,10 @@ async fn hold_lease(
 pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
     let node = Node::start(&options).await?;
     let store = node.store.describe(&options);
+    let http = node.http_addr();
     match &options.nats {
-        Some(url) => eprintln!("weft: serving commands on NATS {url}, store {store}"),
-        None => eprintln!("weft: serving on the in-process bus, store {store}"),
+        Some(url) => eprintln!("weft: serving commands on NATS {url}, store {store}, queries on http://{http}"),
+        None => eprintln!("weft: serving on the in-process bus, store {store}, queries on http://{http}"),
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

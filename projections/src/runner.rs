@@ -72,6 +72,11 @@ impl Running {
         *self.position.borrow()
     }
 
+    /// A receiver of the position, for those that wait on it (read-your-writes) or report it (lag).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.position.clone()
+    }
+
     /// Waits until the projection has applied everything up to `position` (or stopped: then `false`).
     pub async fn reached(&self, position: u64) -> bool {
         let mut watch = self.position.clone();

@@ -10,6 +10,7 @@ mod nats_e2e;
 mod nats_faults;
 mod nats_server;
 mod projection_crash;
+mod query_api;
 mod schemas;
 mod store_corruption;
 mod store_crash;

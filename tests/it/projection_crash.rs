@@ -17,7 +17,7 @@ use weft_events::domain::ids::{DocumentId, Uuid};
 /// Starts a node; its stderr stays open (a node writes to it when it stops) in the returned reader.
 fn serve(server: &NatsServer, dir: &Path) -> (Child, BufReader<std::process::ChildStderr>) {
     let mut node = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["serve", "--nats", &server.url(), "--no-processes", "--store"])
+        .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--no-processes", "--store"])
         .arg(dir.join("events.db"))
         .arg("--read-models")
         .arg(dir.join("read.db"))

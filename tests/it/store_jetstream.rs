@@ -144,7 +144,7 @@ async fn serve_on_jetstream_keeps_every_acknowledged_command_through_kill_9_of_w
     let folder = tempfile::tempdir().unwrap();
     let mut weft = Command::new(env!("CARGO_BIN_EXE_weft"))
         .current_dir(folder.path())
-        .args(["serve", "--nats", &server.url(), "--jetstream", "--no-processes"])
+        .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream", "--no-processes"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -199,7 +199,7 @@ async fn a_killed_node_s_commands_are_answered_by_the_other_on_retry() {
         folders.push(tempfile::tempdir().unwrap());
         let mut node = Command::new(env!("CARGO_BIN_EXE_weft"))
             .current_dir(folders.last().unwrap().path())
-            .args(["serve", "--nats", &server.url(), "--jetstream", "--no-processes"])
+            .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream", "--no-processes"])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -281,7 +281,7 @@ async fn the_process_managers_run_on_one_node_and_move_when_it_is_killed() {
         folders.push(tempfile::tempdir().unwrap());
         let mut node = Command::new(env!("CARGO_BIN_EXE_weft"))
             .current_dir(folders.last().unwrap().path())
-            .args(["serve", "--nats", &server.url(), "--jetstream"])
+            .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream"])
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
