@@ -105,7 +105,10 @@ fn spawn(dir: &Path) -> Child {
 
 fn runs(dir: &Path) -> Vec<(String, u32)> {
     let text = std::fs::read_to_string(dir.join("runs")).unwrap_or_default();
-    text.lines()
+    // Only whole lines: the child may be writing the last one as we read.
+    let whole = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+    whole
+        .lines()
         .map(|line| {
             let (step, attempt) = line.split_once(' ').unwrap();
             (step.to_owned(), attempt.parse().unwrap())
