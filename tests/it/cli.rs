@@ -75,13 +75,15 @@ fn serve_runs_on_the_embedded_defaults_and_stops_cleanly_on_sigterm() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data/events.db");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["serve", "--http-addr", "127.0.0.1:0", "--store", store.to_str().unwrap(), "--read-models"])
-        .arg(dir.path().join("data/read.db"))
-        .env_remove("WEFT_NATS")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = crate::reaped::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--http-addr", "127.0.0.1:0", "--store", store.to_str().unwrap(), "--read-models"])
+            .arg(dir.path().join("data/read.db"))
+            .env_remove("WEFT_NATS")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();

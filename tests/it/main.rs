@@ -11,6 +11,7 @@ mod nats_faults;
 mod nats_server;
 mod projection_crash;
 mod query_api;
+mod reaped;
 mod schemas;
 mod store_corruption;
 mod store_crash;

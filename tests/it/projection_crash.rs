@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rand::Rng;
@@ -15,15 +15,17 @@ use weft_events::EventRead;
 use weft_events::domain::ids::{DocumentId, Uuid};
 
 /// Starts a node; its stderr stays open (a node writes to it when it stops) in the returned reader.
-fn serve(server: &NatsServer, dir: &Path) -> (Child, BufReader<std::process::ChildStderr>) {
-    let mut node = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--no-processes", "--store"])
-        .arg(dir.join("events.db"))
-        .arg("--read-models")
-        .arg(dir.join("read.db"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+fn serve(server: &NatsServer, dir: &Path) -> (crate::reaped::Reaped, BufReader<std::process::ChildStderr>) {
+    let mut node = crate::reaped::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--no-processes", "--store"])
+            .arg(dir.join("events.db"))
+            .arg("--read-models")
+            .arg(dir.join("read.db"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stderr = BufReader::new(node.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();

@@ -26,14 +26,16 @@ fn get(addr: &str, path: &str) -> (u16, Value) {
 async fn reads_follow_commands_and_bad_requests_get_json_errors() {
     let server = NatsServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--store"])
-        .arg(dir.path().join("events.db"))
-        .arg("--read-models")
-        .arg(dir.path().join("read.db"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut node = crate::reaped::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--store"])
+            .arg(dir.path().join("events.db"))
+            .arg("--read-models")
+            .arg(dir.path().join("read.db"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut stderr = BufReader::new(node.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();

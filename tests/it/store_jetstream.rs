@@ -142,12 +142,14 @@ async fn serve_on_jetstream_keeps_every_acknowledged_command_through_kill_9_of_w
     const COMMANDS: usize = 40;
     let mut server = NatsServer::start().expect("nats-server");
     let folder = tempfile::tempdir().unwrap();
-    let mut weft = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .current_dir(folder.path())
-        .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream", "--no-processes"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut weft = crate::reaped::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .current_dir(folder.path())
+            .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream", "--no-processes"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     BufReader::new(weft.stderr.take().unwrap()).read_line(&mut line).unwrap();
     assert!(line.contains("store JetStream stream WEFT_EVENTS"), "{line}");
@@ -197,12 +199,14 @@ async fn a_killed_node_s_commands_are_answered_by_the_other_on_retry() {
     for _ in 0..2 {
         // Each node's read models in a folder of its own.
         folders.push(tempfile::tempdir().unwrap());
-        let mut node = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .current_dir(folders.last().unwrap().path())
-            .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream", "--no-processes"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut node = crate::reaped::Reaped(
+            Command::new(env!("CARGO_BIN_EXE_weft"))
+                .current_dir(folders.last().unwrap().path())
+                .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream", "--no-processes"])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let mut line = String::new();
         BufReader::new(node.stderr.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.contains("JetStream"), "{line}");
@@ -300,12 +304,14 @@ async fn the_process_managers_run_on_one_node_and_move_when_it_is_killed() {
     let (mut nodes, mut folders) = (Vec::new(), Vec::new());
     for _ in 0..2 {
         folders.push(tempfile::tempdir().unwrap());
-        let mut node = Command::new(env!("CARGO_BIN_EXE_weft"))
-            .current_dir(folders.last().unwrap().path())
-            .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut node = crate::reaped::Reaped(
+            Command::new(env!("CARGO_BIN_EXE_weft"))
+                .current_dir(folders.last().unwrap().path())
+                .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream"])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         let mut line = String::new();
         BufReader::new(node.stderr.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.contains("JetStream"), "{line}");
