@@ -285,6 +285,8 @@ async fn hold_lease(
 
 /// `weft serve`: runs a node until Ctrl-C or SIGTERM.
 pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
+    // Listen for SIGTERM before saying we are up: a supervisor may send it as soon as it reads that line.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let node = Node::start(&options).await?;
     let store = node.store.describe(&options);
     let http = node.http_addr();
@@ -292,7 +294,6 @@ pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
         Some(url) => eprintln!("weft: serving commands on NATS {url}, store {store}, queries on http://{http}"),
         None => eprintln!("weft: serving on the in-process bus, store {store}, queries on http://{http}"),
     }
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
