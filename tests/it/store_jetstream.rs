@@ -325,16 +325,21 @@ async fn the_process_managers_run_on_one_node_and_move_when_it_is_killed() {
         let body = serde_json::json!({"command_id": uuid::Uuid::now_v7().to_string(), "type": "register",
             "payload": {"name": "a.txt", "content_type": "text/plain", "declared_size_bytes": 10,
                         "tenant": "t", "owner": "o"}});
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Content-Type", "application/json");
-        let request = async_nats::Request::new()
-            .headers(headers)
-            .payload(body.to_string().into())
-            .timeout(Some(Duration::from_secs(10)));
-        let reply = client.send_request(format!("weft.cmd.document.{id}"), request).await.unwrap();
-        let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
-        assert_eq!(reply["status"], "ok", "{reply}");
-        id
+        // Sent again with the same command id while a loaded machine is slow to answer.
+        for _ in 0..6 {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", "application/json");
+            let request = async_nats::Request::new()
+                .headers(headers)
+                .payload(body.to_string().into())
+                .timeout(Some(Duration::from_secs(10)));
+            if let Ok(reply) = client.send_request(format!("weft.cmd.document.{id}"), request).await {
+                let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+                assert_eq!(reply["status"], "ok", "{reply}");
+                return id;
+            }
+        }
+        panic!("register {id} was never answered");
     };
     // Counts published events per document until each of `ids` has one, or the time is up.
     async fn published(

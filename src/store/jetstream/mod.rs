@@ -800,10 +800,20 @@ async fn ensure_events_stream(
                 deny_purge: true,
                 ..Default::default()
             };
-            let created = js
-                .create_stream(wanted)
-                .await
-                .map_err(|e| OpenError::Unavailable(format!("creating stream {}: {e}", config.stream)))?;
+            // A cluster's meta leader can be slow to answer on a loaded machine: ask again a few times.
+            let mut attempt = 0;
+            let created = loop {
+                attempt += 1;
+                match js.create_stream(wanted.clone()).await {
+                    Ok(created) => break created,
+                    Err(e) if attempt < 4 && e.to_string().contains("timed out") => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        return Err(OpenError::Unavailable(format!("creating stream {}: {e}", config.stream)));
+                    }
+                }
+            };
             (created.cached_info().config.clone(), 0)
         }
     };
