@@ -91,11 +91,18 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.trim().parse().ok()?, parts.next()?.trim().parse().ok()?))
 }
 
-fn free_port() -> Result<u16, ServerError> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+/// `count` distinct free loopback ports. The listeners are held until all are chosen, so the kernel cannot hand
+/// out one port twice; another process may still take one before the server binds it (see [`NatsServer::cluster`]).
+fn free_ports(count: usize) -> Result<Vec<u16>, ServerError> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ServerError::Start { node: "-".into(), reason: format!("no free port: {e}") })?;
-    Ok(listener.local_addr().expect("a bound socket has an address").port())
+    Ok(listeners.iter().map(|l| l.local_addr().expect("a bound socket has an address").port()).collect())
 }
+
+/// How often starting a cluster is tried afresh when a port chosen for it was taken before a node bound it.
+const START_ATTEMPTS: usize = 5;
 
 impl NatsServer {
     /// Starts one server.
@@ -104,14 +111,29 @@ impl NatsServer {
     }
 
     /// Starts `size` servers; more than one form a JetStream cluster.
+    ///
+    /// A free port can be taken by another process (a parallel test's client socket) between choosing it and the
+    /// server binding it; such a start is retried on fresh ports.
     pub fn cluster(size: usize) -> Result<Self, ServerError> {
+        let mut attempt = 1;
+        loop {
+            match Self::try_cluster(size) {
+                Err(ServerError::Start { reason, .. })
+                    if reason.contains("address already in use") && attempt < START_ATTEMPTS =>
+                {
+                    tracing::debug!(attempt, %reason, "a port was taken; starting on fresh ports");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn try_cluster(size: usize) -> Result<Self, ServerError> {
         let binary = binary()?;
         let dir = tempfile::tempdir()
             .map_err(|e| ServerError::Start { node: "-".into(), reason: format!("no temp dir: {e}") })?;
-        let mut ports = Vec::new();
-        for _ in 0..size {
-            ports.push((free_port()?, free_port()?, free_port()?));
-        }
+        let ports: Vec<(u16, u16, u16)> = free_ports(3 * size)?.chunks(3).map(|p| (p[0], p[1], p[2])).collect();
         let routes: Vec<String> =
             ports.iter().map(|(_, cluster, _)| format!("nats-route://127.0.0.1:{cluster}")).collect();
         let mut nodes = Vec::new();
