@@ -25,10 +25,11 @@ use crate::gateway::BusGateway;
 use crate::intake::{Intake, IntakeOptions};
 use crate::lease::{Lease, LeaseOptions};
 use crate::publisher::Publisher;
-use crate::query::QueryApi;
+use crate::query::{QueryApi, Reads};
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::sqlite::{self, SqliteStore};
 use weft_projections::documents::Documents;
+use weft_projections::history::History;
 use weft_projections::jobs::Jobs;
 
 /// What a node runs on.
@@ -49,7 +50,7 @@ pub struct NodeOptions {
     /// Where the query API listens (HTTP); port 0 takes a free port.
     #[arg(long, default_value = "127.0.0.1:8080", env = "WEFT_HTTP_ADDR")]
     pub http_addr: std::net::SocketAddr,
-    /// The read models' SQLite file (projections of documents and jobs); its folder is created if missing.
+    /// The read models' SQLite file (projections of documents, jobs and the event history); its folder is created if missing.
     #[arg(long, default_value = "weft-data/read.db", env = "WEFT_READ_MODELS")]
     pub read_models: PathBuf,
     /// Keep the events in JetStream on the `--nats` servers instead of the SQLite file.
@@ -125,6 +126,7 @@ pub struct Node {
     duty: Duty,
     projections: Vec<weft_projections::Running>,
     query: QueryApi,
+    queries: tokio::task::JoinHandle<()>,
 }
 
 /// What runs on one node at a time: the process managers (unless `--no-processes`) and the publisher.
@@ -196,11 +198,14 @@ impl Node {
         let reader: Arc<dyn weft_events::EventRead> = store.reader();
         let projections = vec![
             weft_projections::start(Documents, &options.read_models, reader.clone())?,
-            weft_projections::start(Jobs, &options.read_models, reader)?,
+            weft_projections::start(Jobs, &options.read_models, reader.clone())?,
+            weft_projections::start(History, &options.read_models, reader.clone())?,
         ];
         let positions = projections.iter().map(|p| (p.name(), p.watch())).collect();
-        let query = QueryApi::start(options.http_addr, options.read_models.clone(), positions)?;
-        Ok(Self { store, bus, intake, duty, projections, query })
+        let reads = Reads { read_models: options.read_models.clone(), positions, store: reader };
+        let queries = crate::query::nats::start(bus.clone(), reads.clone()).await?;
+        let query = QueryApi::start(options.http_addr, reads, bus.clone(), options.max_body_bytes)?;
+        Ok(Self { store, bus, intake, duty, projections, query, queries })
     }
 
     /// Where the query API listens.
@@ -217,6 +222,7 @@ impl Node {
     /// closes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.query.stop().await;
+        self.queries.abort();
         drop(self.intake);
         for projection in self.projections {
             projection.stop()?;

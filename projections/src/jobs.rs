@@ -3,7 +3,7 @@
 //!
 //! Tables:
 //!
-//! - `jobs (id, workflow, workflow_version, priority, status, steps_total, steps_done, error, submitted_at,
+//! - `jobs (id, tenant, workflow, workflow_version, priority, status, steps_total, steps_done, error, submitted_at,
 //!   finished_at, updated_at, version)`: `status` is `running`, `succeeded`, `failed` or `cancelled`;
 //!   progress is `steps_done / steps_total`.
 //! - `job_steps (job, step, ordinal, status, attempts, output, error, retry_at, updated_at)`: `status` is
@@ -41,6 +41,7 @@ impl Projection for Jobs {
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS jobs (
                  id TEXT PRIMARY KEY,
+                 tenant TEXT NOT NULL,
                  workflow TEXT NOT NULL,
                  workflow_version INTEGER NOT NULL,
                  priority INTEGER NOT NULL,
@@ -55,6 +56,7 @@ impl Projection for Jobs {
              );
              CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, id);
              CREATE INDEX IF NOT EXISTS jobs_by_workflow ON jobs (workflow, id);
+             CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, id);
              CREATE TABLE IF NOT EXISTS job_steps (
                  job TEXT NOT NULL,
                  step TEXT NOT NULL,
@@ -93,9 +95,9 @@ impl Projection for Jobs {
         let at = match event {
             Event::Submitted(e) => {
                 tx.execute(
-                    "INSERT INTO jobs (id, workflow, workflow_version, priority, status, steps_total, submitted_at,
-                                       updated_at, version)
-                     VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO jobs (id, tenant, workflow, workflow_version, priority, status, steps_total,
+                                       submitted_at, updated_at, version)
+                     VALUES (?1, ?8, ?2, ?3, ?4, 'running', ?5, ?6, ?6, ?7) ON CONFLICT (id) DO NOTHING",
                     params![
                         id,
                         e.workflow.to_string(),
@@ -103,7 +105,8 @@ impl Projection for Jobs {
                         e.priority,
                         e.steps.len() as i64,
                         e.at.0,
-                        version
+                        version,
+                        &*envelope.tenant
                     ],
                 )?;
                 for (ordinal, s) in e.steps.iter().enumerate() {

@@ -8,12 +8,14 @@
 //!
 //! - [`documents`]: every document's status, size, versions and lineage.
 //! - [`jobs`]: every job's status and progress, its steps, and its log.
+//! - [`history`]: every stream's events with their metadata and payloads as JSON, for operators.
 
 use rusqlite::Transaction;
 use weft_events::Envelope;
 use weft_events::domain::DecodeError;
 
 pub mod documents;
+pub mod history;
 pub mod jobs;
 pub mod runner;
 

@@ -13,6 +13,7 @@ mod projection_crash;
 mod query_api;
 mod reaped;
 mod schemas;
+mod serve;
 mod store_corruption;
 mod store_crash;
 mod store_jetstream;

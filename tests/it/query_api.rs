@@ -1,89 +1,431 @@
-//! The query API of a real `weft serve` process on a free port: reads after a command with `?after=`
-//! (read-your-writes), unknown ids 404, malformed ids and queries 400, all with JSON errors.
+//! The query API of a real `weft serve` process on a free port: every route, read-your-writes with `?after=`,
+//! ETags, lists paged over 10,000 documents while more arrive, live updates of a job, the same reads over NATS,
+//! and bad input on every route answered with a JSON error.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use weft::bus::nats::NatsBus;
+use weft::bus::{Bus, CONTENT_TYPE, JSON, Message};
 use weft::nats::{self, NatsServer};
 use weft_events::domain::ids::Uuid;
 
-/// One HTTP/1.1 GET; returns the status and the JSON body.
-fn get(addr: &str, path: &str) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{response}"));
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {response}")))
+use crate::serve::{Serve, command, get, http, register};
+
+/// A one-step job's `submit` payload for `agent` over `input`.
+fn one_step_job(agent: &str, input: &str) -> Value {
+    let step = json!({"name": "extract", "agent": agent, "instruction": "extract it",
+        "inputs": [{"from": "job_inputs"}], "timeout_ms": 5000,
+        "retry": {"max_attempts": 3, "base_delay_ms": 10, "max_delay_ms": 100}});
+    json!({"workflow": Uuid::now_v7().to_string(), "workflow_version": 1, "steps": [step], "inputs": [input],
+           "priority": 0})
+}
+
+/// Drives a submitted one-step job through a failed attempt, a retry and a success, with a log line; returns
+/// the last reply.
+fn drive_job(addr: &str, job: &str) -> Value {
+    let output = Uuid::now_v7().to_string();
+    let mut last = Value::Null;
+    for (kind, payload) in [
+        ("start_step", json!({"step": "extract", "attempt": 1})),
+        ("fail_step", json!({"step": "extract", "attempt": 1, "error": "boom", "retryable": true, "jitter": 0.5})),
+        ("retry_due", json!({"step": "extract", "attempt": 2})),
+        ("start_step", json!({"step": "extract", "attempt": 2})),
+        ("append_log", json!({"level": "info", "message": "read 3 pages"})),
+        ("complete_step", json!({"step": "extract", "attempt": 2, "output": output})),
+    ] {
+        if kind == "retry_due" {
+            // The retry policy's longest delay is 100 ms.
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        let (status, reply) = command(addr, "job", job, kind, payload);
+        assert_eq!(status, 200, "{kind}: {reply}");
+        last = reply;
+    }
+    last
+}
+
+async fn ask(bus: &NatsBus, subject: &str, body: &str) -> Value {
+    let mut message = Message::new(subject.to_owned(), body.to_owned());
+    message.headers.insert(CONTENT_TYPE.into(), JSON.into());
+    let reply = bus.request(message, Duration::from_secs(10)).await.unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_follow_commands_and_bad_requests_get_json_errors() {
+async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors() {
     let server = NatsServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut node = crate::reaped::Reaped(
-        Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--store"])
-            .arg(dir.path().join("events.db"))
-            .arg("--read-models")
-            .arg(dir.path().join("read.db"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stderr = BufReader::new(node.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
+    let node = Serve::start(dir.path(), &["--nats", &server.url(), "--no-processes", "--max-body-bytes", "4096"]);
+    let addr = node.addr.clone();
+    let (document, job, agent) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string(), Uuid::now_v7());
 
-    let client = nats::connect(&server.url(), "client").await.unwrap();
-    let id = Uuid::now_v7();
-    let body = json!({"command_id": Uuid::now_v7().to_string(), "type": "register",
-        "payload": {"name": "a.pdf", "content_type": "application/pdf", "declared_size_bytes": 1000,
-                    "tenant": "acme", "owner": "ann"}});
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Content-Type", "application/json");
-    let request = async_nats::Request::new().headers(headers).payload(body.to_string().into());
-    let reply = client.send_request(format!("weft.cmd.document.{id}"), request).await.unwrap();
-    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
-    let position = reply["last_position"].as_u64().unwrap_or_else(|| panic!("{reply}"));
+    let (addr2, document2, job2) = (addr.clone(), document.clone(), job.clone());
+    let position = tokio::task::spawn_blocking(move || {
+        let (addr, document, job) = (addr2, document2, job2);
+        let (status, reply) = command(&addr, "document", &document, "register", register("a.pdf", "acme"));
+        assert_eq!(status, 200, "{reply}");
+        let position = reply["last_position"].as_u64().unwrap();
+        let (status, found) = get(&addr, &format!("/documents/{document}?after={position}"));
+        assert_eq!(status, 200, "{found}");
+        assert_eq!((found["status"].as_str(), found["name"].as_str()), (Some("registered"), Some("a.pdf")));
+        assert_eq!((&found["parents"], &found["derivatives"]), (&json!([]), &json!([])));
 
-    let addr2 = addr.clone();
-    let checks = tokio::task::spawn_blocking(move || {
-        let addr = addr2;
-        let (status, document) = get(&addr, &format!("/documents/{id}?after={position}"));
-        assert_eq!(status, 200, "{document}");
-        assert_eq!((document["status"].as_str(), document["name"].as_str()), (Some("registered"), Some("a.pdf")));
-        assert_eq!(document["derivatives"], json!([]));
-        assert_eq!(get(&addr, "/healthz").0, 200);
+        // ETag: the same answer has the same tag, and naming it answers 304 without a body.
+        let first = http(&addr, "GET", &format!("/documents/{document}"), &[], b"");
+        let tag = first.header("etag").unwrap().to_owned();
+        let again = http(&addr, "GET", &format!("/documents/{document}"), &[("If-None-Match", &tag)], b"");
+        assert_eq!((again.status, again.body.as_str()), (304, ""));
+        let other = http(&addr, "GET", &format!("/documents/{document}"), &[("If-None-Match", "\"x\"")], b"");
+        assert_eq!(other.status, 200);
+
+        let (status, reply) = command(&addr, "job", &job, "submit", one_step_job(&agent.to_string(), &document));
+        assert_eq!(status, 200, "{reply}");
+        let reply = drive_job(&addr, &job);
+        let position = reply["last_position"].as_u64().unwrap();
+        let (status, found) = get(&addr, &format!("/jobs/{job}?after={position}"));
+        assert_eq!(status, 200, "{found}");
+        assert_eq!((found["status"].as_str(), found["progress"].as_f64()), (Some("succeeded"), Some(1.0)));
+        assert_eq!(
+            (found["steps"][0]["status"].as_str(), found["steps"][0]["attempts"].as_u64()),
+            (Some("succeeded"), Some(2))
+        );
+        let (status, logs) = get(&addr, &format!("/jobs/{job}/logs"));
+        assert_eq!(status, 200, "{logs}");
+        assert_eq!(logs["items"][0]["message"], "read 3 pages");
+        let (_, history) = get(&addr, &format!("/streams/job-{job}/events?after={position}"));
+        let types: Vec<&str> =
+            history["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            types,
+            [
+                "job.submitted",
+                "job.step_scheduled",
+                "job.step_started",
+                "job.step_failed",
+                "job.retry_scheduled",
+                "job.step_scheduled",
+                "job.step_started",
+                "job.log_appended",
+                "job.step_succeeded",
+                "job.succeeded"
+            ]
+        );
+        assert_eq!(history["items"][0]["event"]["inputs"], json!([document]));
+        let (_, page) = get(&addr, &format!("/streams/job-{job}/events?cursor=8&limit=1"));
+        assert_eq!((page["items"][0]["version"].as_u64(), page["next_cursor"].as_u64()), (Some(9), Some(9)));
+
+        // Lists and their filters.
+        for (path, expected) in [
+            ("/documents?tenant=acme".to_owned(), 1),
+            ("/documents?tenant=acme&status=uploaded".to_owned(), 0),
+            ("/documents?owner=ann&since=0&until=99999999999999999".to_owned(), 1),
+            ("/documents?until=0".to_owned(), 0),
+            ("/jobs?status=succeeded".to_owned(), 1),
+            (format!("/jobs?workflow={}", Uuid::now_v7()), 0),
+        ] {
+            let (status, page) = get(&addr, &path);
+            assert_eq!((status, page["items"].as_array().map(Vec::len)), (200, Some(expected)), "{path}: {page}");
+        }
         let (status, ready) = get(&addr, "/readyz");
         assert_eq!(status, 200);
-        assert!(ready["positions"]["documents"].as_u64().unwrap() >= position, "{ready}");
+        for name in ["documents", "jobs", "history"] {
+            assert!(ready["projections"][name]["position"].as_u64().unwrap() >= position, "{ready}");
+            assert!(ready["projections"][name]["lag_seconds"].is_number(), "{ready}");
+        }
+        assert!(ready["head"].as_u64().unwrap() >= position, "{ready}");
+        assert_eq!(get(&addr, "/healthz").0, 200);
+
+        // Bad input, route by route: typed JSON errors.
+        let unknown = Uuid::now_v7();
         for (path, expected) in [
-            (format!("/documents/{}", Uuid::now_v7()), 404),
-            (format!("/jobs/{}", Uuid::now_v7()), 404),
+            (format!("/documents/{unknown}"), 404),
+            (format!("/jobs/{unknown}"), 404),
+            (format!("/jobs/{unknown}/logs"), 404),
+            (format!("/jobs/{unknown}/live"), 404),
+            (format!("/streams/job-{unknown}/events"), 404),
+            ("/streams/a%20b/events".to_owned(), 400),
             ("/documents/not-a-uuid".to_owned(), 400),
-            (format!("/documents/{id}?after=soon"), 400),
-            (format!("/documents/{id}?colour=red"), 400),
+            ("/jobs/not-a-uuid/live".to_owned(), 400),
+            (format!("/documents/{document}?after=soon"), 400),
+            (format!("/documents/{document}?colour=red"), 400),
+            ("/documents?limit=0".to_owned(), 400),
+            ("/documents?limit=1001".to_owned(), 400),
+            ("/documents?cursor=page-2".to_owned(), 400),
+            ("/documents?since=yesterday".to_owned(), 400),
+            ("/jobs?owner=ann".to_owned(), 400),
+            (format!("/jobs/{job}/logs?cursor=-x"), 400),
             ("/nowhere".to_owned(), 404),
+            // A position the read model will not reach in time: 504, not a stale answer.
+            (format!("/documents/{document}?after={}", position + 1000), 504),
         ] {
             let (status, body) = get(&addr, &path);
             assert_eq!(status, expected, "{path}: {body}");
             assert!(body["error"]["kind"].is_string() && body["error"]["message"].is_string(), "{path}: {body}");
         }
-        // A position the read model will not reach in time: 504, not a stale answer.
-        let (status, body) = get(&addr, &format!("/documents/{id}?after={}", position + 1000));
-        assert_eq!(status, 504, "{body}");
-    });
-    checks.await.unwrap();
-    Command::new("kill").args(["-TERM", &node.id().to_string()]).status().unwrap();
-    let status = node.wait().unwrap();
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
+        let live = http(&addr, "GET", &format!("/jobs/{job}/live"), &[("Last-Event-ID", "x")], b"");
+        assert_eq!(live.status, 400, "{live:?}");
+        let id = Uuid::now_v7();
+        for (path, body, expected, kind) in [
+            (format!("/commands/document/{id}"), b"{not json".to_vec(), 400, "invalid"),
+            (format!("/commands/document/{id}"), b"{\"command_id\": 1}".to_vec(), 400, "invalid"),
+            (format!("/commands/document/{id}"), vec![b' '; 5000], 413, "too_large"),
+            (format!("/commands/planet/{id}"), b"{}".to_vec(), 404, "not_found"),
+            ("/commands/document/42".to_owned(), b"{}".to_vec(), 400, "invalid"),
+        ] {
+            let response = http(&addr, "POST", &path, &[], &body);
+            assert_eq!(response.status, expected, "{path}: {response:?}");
+            assert_eq!(response.json()["error"]["kind"], kind, "{path}: {response:?}");
+        }
+        // The aggregate's refusal is 422 with its reason; a command sent twice is answered as the first.
+        let (status, reply) = command(&addr, "document", &document, "register", register("a.pdf", "acme"));
+        assert_eq!((status, reply["error"]["kind"].as_str()), (422, Some("rejected")), "{reply}");
+        position
+    })
+    .await
+    .unwrap();
+
+    // The same reads over NATS.
+    let bus = NatsBus::new(nats::connect(&server.url(), "client").await.unwrap());
+    let over_nats = ask(&bus, "weft.qry.jobs.get", &json!({"id": job, "after": position}).to_string()).await;
+    let (addr2, job2) = (addr.clone(), job.clone());
+    let over_http = tokio::task::spawn_blocking(move || get(&addr2, &format!("/jobs/{job2}")).1).await.unwrap();
+    assert_eq!(over_nats, over_http);
+    let page = ask(&bus, "weft.qry.documents.list", r#"{"tenant": "acme", "limit": 10}"#).await;
+    assert_eq!(page["items"][0]["id"], json!(document));
+    assert_eq!(
+        ask(&bus, "weft.qry.jobs.logs", &json!({"id": job}).to_string()).await["items"].as_array().unwrap().len(),
+        1
+    );
+    let history =
+        ask(&bus, "weft.qry.streams.events", &json!({"stream": format!("document-{document}")}).to_string()).await;
+    assert_eq!(history["items"][0]["type"], "document.registered");
+    assert!(ask(&bus, "weft.qry.status.lag", "").await["head"].as_u64().is_some());
+    for (subject, body, kind) in [
+        ("weft.qry.jobs.get", "{}", "invalid"),
+        ("weft.qry.jobs.get", "[]", "invalid"),
+        ("weft.qry.jobs.get", r#"{"id": "x"}"#, "invalid"),
+        ("weft.qry.jobs.get", &*json!({"id": Uuid::now_v7()}).to_string(), "not_found"),
+        ("weft.qry.jobs.list", r#"{"limit": {"a": 1}}"#, "invalid"),
+        ("weft.qry.planets.list", "{}", "not_found"),
+        ("weft.qry.jobs.delete", "{}", "not_found"),
+    ] {
+        let answer = ask(&bus, subject, body).await;
+        assert_eq!(answer["error"]["kind"], kind, "{subject} {body}: {answer}");
+    }
+
+    // The OpenAPI document names exactly the routes served, and each answers (no "no such route").
+    let addr2 = addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let (status, document) = get(&addr2, "/openapi.json");
+        assert_eq!((status, document["openapi"].as_str()), (200, Some("3.1.0")));
+        let paths = document["paths"].as_object().unwrap();
+        let documented: BTreeSet<String> = paths
+            .iter()
+            .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| format!("{m} {p}")))
+            .collect();
+        let routes: BTreeSet<String> =
+            weft::query::openapi::ROUTES.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
+        assert_eq!(documented, routes);
+        for (_, operations) in paths {
+            for (_, operation) in operations.as_object().unwrap() {
+                assert!(operation["responses"]["200"].is_object(), "{operation}");
+            }
+        }
+        for (method, path, _) in weft::query::openapi::ROUTES {
+            let path = path
+                .replace("{id}", &Uuid::now_v7().to_string())
+                .replace("{stream}", "x-1")
+                .replace("{aggregate}", "job");
+            let response = http(&addr2, &method.to_uppercase(), &format!("{path}?limit=1"), &[], b"{}");
+            assert!(!response.body.contains("no such route"), "{method} {path}: {response:?}");
+        }
+    })
+    .await
+    .unwrap();
+
+    let (status, rest) = node.terminate();
+    assert!(status.success(), "{status}: {rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_page_over_ten_thousand_documents_without_loss_or_repetition_while_more_arrive() {
+    const DOCUMENTS: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    // The documents are written to the store before the node starts, so the projections catch up on them.
+    let ids: BTreeSet<String> = {
+        use weft::store::sqlite::{Options, SqliteStore};
+        use weft_events::domain::DomainEvent;
+        use weft_events::domain::document::{Event, Registered};
+        use weft_events::{EventWrite, ExpectedVersion};
+        let store = SqliteStore::open(Options::new(dir.path().join("events.db"))).unwrap();
+        let mut ids = BTreeSet::new();
+        let mut appends = Vec::new();
+        for i in 0..DOCUMENTS {
+            // Random ids: documents added later land all over the id order, before and after the cursor.
+            let id = weft_events::domain::ids::DocumentId(uuid::Builder::from_random_bytes(rand::random()).into_uuid());
+            ids.insert(id.0.to_string());
+            let event = Event::Registered(Registered {
+                name: format!("{i}.pdf"),
+                content_type: "application/pdf".into(),
+                declared_size_bytes: 1,
+                tenant: "acme".into(),
+                owner: "ann".into(),
+                at: weft_events::envelope::Timestamp(i as i64),
+            });
+            let store = store.clone();
+            appends.push(async move {
+                store
+                    .append(&id.stream(), ExpectedVersion::NoStream, vec![event.to_new_event().unwrap()])
+                    .await
+                    .unwrap()
+            });
+        }
+        futures::future::join_all(appends).await;
+        store.close().await.unwrap();
+        ids
+    };
+    let node = Serve::start(dir.path(), &[]);
+    let addr = node.addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let (status, _) = get(&addr, &format!("/documents?after={DOCUMENTS}&limit=1"));
+        assert_eq!(status, 200);
+        for limit in [1000, 333] {
+            let mut seen = Vec::new();
+            let mut cursor: Option<String> = None;
+            let mut added = 0;
+            loop {
+                let path = match &cursor {
+                    Some(c) => format!("/documents?tenant=acme&limit={limit}&cursor={c}"),
+                    None => format!("/documents?tenant=acme&limit={limit}"),
+                };
+                let (status, page) = get(&addr, &path);
+                assert_eq!(status, 200, "{page}");
+                let items = page["items"].as_array().unwrap();
+                assert!(items.len() <= limit);
+                seen.extend(items.iter().map(|d| d["id"].as_str().unwrap().to_owned()));
+                // Between pages, more documents arrive.
+                for _ in 0..3 {
+                    let (status, reply) = command(
+                        &addr,
+                        "document",
+                        &uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string(),
+                        "register",
+                        register("new.pdf", "acme"),
+                    );
+                    assert_eq!(status, 200, "{reply}");
+                    added += 1;
+                }
+                match page["next_cursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None => break,
+                }
+            }
+            let unique: BTreeSet<&String> = seen.iter().collect();
+            assert_eq!(unique.len(), seen.len(), "an item was repeated");
+            let mut sorted = seen.clone();
+            sorted.sort();
+            assert_eq!(sorted, seen, "pages are in id order");
+            let seen: BTreeSet<String> = seen.into_iter().collect();
+            assert!(ids.is_subset(&seen), "{} documents were lost", ids.difference(&seen).count());
+            assert!(seen.len() <= ids.len() + added + 10_000);
+        }
+    })
+    .await
+    .unwrap();
+    let (status, rest) = node.terminate();
+    assert!(status.success(), "{status}: {rest}");
+}
+
+/// Reads server-sent events (over HTTP/1.0, so not chunked) until `until` says stop; returns them as
+/// (event, id, data).
+fn read_events(
+    addr: &str,
+    path: &str,
+    last_event_id: Option<&str>,
+    until: impl Fn(&str, &Value) -> bool,
+) -> Vec<(String, Option<u64>, Value)> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{resume}\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains(" 200 "), "{line}");
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+    }
+    let mut events = Vec::new();
+    let mut fields = BTreeMap::new();
+    loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended after {events:?}");
+        let line = line.trim_end_matches('\n');
+        if let Some((name, value)) = line.split_once(": ") {
+            fields.insert(name.to_owned(), value.to_owned());
+            continue;
+        }
+        if line.is_empty() && fields.contains_key("event") {
+            let name = fields.remove("event").unwrap();
+            let data: Value = serde_json::from_str(&fields.remove("data").unwrap()).unwrap();
+            let id = fields.remove("id").map(|id| id.parse().unwrap());
+            let stop = until(&name, &data);
+            events.push((name, id, data));
+            if stop {
+                return events;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_updates_carry_every_change_of_a_job_in_order_and_resume_after_the_last_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Serve::start(dir.path(), &["--no-processes"]);
+    let addr = node.addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let (document, job) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
+        assert_eq!(command(&addr, "document", &document, "register", register("a.pdf", "acme")).0, 200);
+        let (status, submitted) =
+            command(&addr, "job", &job, "submit", one_step_job(&Uuid::now_v7().to_string(), &document));
+        assert_eq!(status, 200, "{submitted}");
+        let (addr2, job2, after) = (addr.clone(), job.clone(), submitted["last_position"].clone());
+        let watcher = std::thread::spawn(move || {
+            read_events(&addr2, &format!("/jobs/{job2}/live?after={after}"), None, |name, data| {
+                name == "state" && data["status"] == "succeeded"
+            })
+        });
+        drive_job(&addr, &job);
+        let events = watcher.join().unwrap();
+        let changes: Vec<u64> = events.iter().filter(|e| e.0 == "change").map(|e| e.1.unwrap()).collect();
+        assert_eq!(changes, (1..=10).collect::<Vec<_>>(), "{events:?}");
+        let types: Vec<&str> =
+            events.iter().filter(|e| e.0 == "change").map(|e| e.2["type"].as_str().unwrap()).collect();
+        assert_eq!(types.last(), Some(&"job.succeeded"));
+        // Each state follows the changes it reflects: its version is the last change before it.
+        let mut last_change = 0;
+        for (name, id, data) in &events {
+            match name.as_str() {
+                "change" => last_change = id.unwrap(),
+                "state" => assert_eq!(data["version"].as_u64(), Some(last_change), "{events:?}"),
+                other => panic!("unexpected event {other}"),
+            }
+        }
+        // Reconnecting with Last-Event-ID resumes after it.
+        let resumed = read_events(&addr, &format!("/jobs/{job}/live"), Some("8"), |name, _| name == "state");
+        let resumed: Vec<u64> = resumed.iter().filter(|e| e.0 == "change").map(|e| e.1.unwrap()).collect();
+        assert_eq!(resumed, [9, 10]);
+    })
+    .await
+    .unwrap();
+    let (status, rest) = node.terminate();
     assert!(status.success(), "{status}: {rest}");
 }

@@ -1,0 +1,282 @@
+//! The query API over HTTP (`actix-web`): status reads from the read models, live updates, and commands.
+//!
+//! Routes (answers are JSON; errors are `{"error": {"kind", "message"}}` with the matching status; the full
+//! list with parameters is served at `/openapi.json`):
+//!
+//! - `GET /healthz`: the process is up. `GET /readyz`: each projection's position and lag behind the store.
+//! - `GET /documents`, `GET /jobs`: pages of a list, ordered by id, filtered by `status`, `tenant`, `owner`
+//!   (documents) or `workflow` (jobs), and a time range `since`/`until` (microseconds); `limit` (≤ 1000) and
+//!   `cursor` (the previous page's `next_cursor`).
+//! - `GET /documents/{id}`, `GET /jobs/{id}`: one item, with lineage or steps and progress.
+//! - `GET /jobs/{id}/logs`: a job's log in order, paged by `cursor`.
+//! - `GET /streams/{stream}/events`: a stream's events with metadata and payloads (operators).
+//! - `GET /documents/{id}/live`, `GET /jobs/{id}/live`: server-sent events: every change of the stream in
+//!   order (`event: change`, `id:` its version; `Last-Event-ID` resumes), each followed by the item's new state
+//!   (`event: state`).
+//! - `POST /commands/{aggregate}/{id}`: a command (the NATS body, JSON), sent through the command intake on
+//!   the bus exactly as a NATS client's would be; the answer is the intake's reply.
+//!
+//! Every `GET` accepts `after=<position>`: it waits (up to 5 s) until the read model applied that position
+//! (read-your-writes with a command reply's `last_position`), and answers 504 if it has not by then. Every
+//! `GET` answer carries an `ETag`; `If-None-Match` with it answers 304.
+
+mod live;
+pub mod nats;
+pub mod openapi;
+pub mod read;
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::bus::{Bus, CONTENT_TYPE, Headers, JSON, Message};
+use crate::protocol;
+use read::{DOCUMENTS, JOBS, Model};
+pub use read::{Failure, MAX_WAIT, Reads};
+
+/// What the handlers share.
+#[derive(Clone)]
+struct State {
+    reads: Reads,
+    bus: Arc<dyn Bus>,
+    max_body_bytes: usize,
+    /// Turns true when the server stops: live streams end.
+    closing: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The running HTTP server.
+pub struct QueryApi {
+    handle: actix_web::dev::ServerHandle,
+    addr: SocketAddr,
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl QueryApi {
+    /// Binds `addr` (port 0: a free one) and serves `reads`, sending commands over `bus`. Must be called on an
+    /// actix system.
+    pub fn start(addr: SocketAddr, reads: Reads, bus: Arc<dyn Bus>, max_body_bytes: usize) -> anyhow::Result<Self> {
+        let (closing, closed) = tokio::sync::watch::channel(false);
+        let state = State { reads, bus, max_body_bytes, closing: closed };
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .app_data(web::PathConfig::default().error_handler(|e, _| bad_request(e.to_string())))
+                .app_data(web::QueryConfig::default().error_handler(|e, _| bad_request(e.to_string())))
+                .route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }))
+                .route("/readyz", web::get().to(readyz))
+                .route("/openapi.json", web::get().to(|req: HttpRequest| async move { ok(&req, openapi::document()) }))
+                .route("/documents", web::get().to(|s, r, q| list(s, r, q, &DOCUMENTS)))
+                .route("/documents/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &DOCUMENTS)))
+                .route("/documents/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &DOCUMENTS)))
+                .route("/jobs", web::get().to(|s, r, q| list(s, r, q, &JOBS)))
+                .route("/jobs/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &JOBS)))
+                .route("/jobs/{id}/logs", web::get().to(job_logs))
+                .route("/jobs/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &JOBS)))
+                .route("/streams/{stream}/events", web::get().to(history))
+                .route("/commands/{aggregate}/{id}", web::post().to(command))
+                .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }))
+        })
+        .workers(2)
+        .disable_signals()
+        .bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        let addr = server.addrs().first().copied().unwrap_or(addr);
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Ok(Self { handle, addr, closing })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops taking connections and finishes the requests in flight.
+    pub async fn stop(self) {
+        self.closing.send_replace(true);
+        self.handle.stop(true).await;
+    }
+}
+
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"error": {"kind": kind, "message": message.into()}}))
+}
+
+fn bad_request(message: String) -> actix_web::Error {
+    actix_web::error::InternalError::from_response(message.clone(), error(StatusCode::BAD_REQUEST, "invalid", message))
+        .into()
+}
+
+impl Failure {
+    /// The HTTP status of a failure.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            "invalid" => StatusCode::BAD_REQUEST,
+            "not_found" => StatusCode::NOT_FOUND,
+            "not_yet" => StatusCode::GATEWAY_TIMEOUT,
+            "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn respond(self) -> HttpResponse {
+        error(self.status(), self.kind, self.message)
+    }
+}
+
+/// A strong `ETag` of a body: a hash of its bytes (the same body always has the same tag).
+fn etag(body: &[u8]) -> String {
+    format!("\"{:016x}\"", BuildHasherDefault::<DefaultHasher>::default().hash_one(body))
+}
+
+/// 200 with `value` and its `ETag`, or 304 when the client's `If-None-Match` names that tag.
+fn ok(request: &HttpRequest, value: Value) -> HttpResponse {
+    let body = value.to_string();
+    let tag = etag(body.as_bytes());
+    let matches = request
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "*" || v.split(',').any(|t| t.trim().trim_start_matches("W/") == tag));
+    if matches {
+        return HttpResponse::NotModified().insert_header((header::ETAG, tag)).finish();
+    }
+    HttpResponse::Ok().insert_header((header::ETAG, tag)).content_type(JSON).body(body)
+}
+
+fn answer(request: &HttpRequest, result: Result<Value, Failure>) -> HttpResponse {
+    match result {
+        Ok(value) => ok(request, value),
+        Err(failure) => failure.respond(),
+    }
+}
+
+type Params = web::Query<BTreeMap<String, String>>;
+
+async fn readyz(state: web::Data<State>, request: HttpRequest) -> HttpResponse {
+    match state.reads.lag().await {
+        Ok(mut lag) => {
+            lag["status"] = json!("ready");
+            ok(&request, lag)
+        }
+        Err(failure) => failure.respond(),
+    }
+}
+
+async fn list(state: web::Data<State>, request: HttpRequest, params: Params, model: &'static Model) -> HttpResponse {
+    answer(&request, state.reads.list(model, &params).await)
+}
+
+async fn show(
+    state: web::Data<State>,
+    request: HttpRequest,
+    id: web::Path<String>,
+    params: Params,
+    model: &'static Model,
+) -> HttpResponse {
+    if let Err(failure) = read::check_keys(&params, &["after"]) {
+        return failure.respond();
+    }
+    let after = match read::number(&params, "after") {
+        Ok(after) => after,
+        Err(failure) => return failure.respond(),
+    };
+    answer(&request, state.reads.show(model, &id, after).await)
+}
+
+async fn job_logs(
+    state: web::Data<State>,
+    request: HttpRequest,
+    id: web::Path<String>,
+    params: Params,
+) -> HttpResponse {
+    answer(&request, state.reads.job_logs(&id, &params).await)
+}
+
+async fn history(
+    state: web::Data<State>,
+    request: HttpRequest,
+    stream: web::Path<String>,
+    params: Params,
+) -> HttpResponse {
+    answer(&request, state.reads.history(&stream, &params).await)
+}
+
+/// The aggregates commands may be sent to.
+const AGGREGATES: [&str; 5] = ["document", "workflow", "job", "agent", "schedule"];
+
+/// How long a command sent over HTTP may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP headers passed on to the intake as the bus headers of the same name.
+const FORWARDED: [&str; 3] = [crate::bus::CORRELATION_ID, crate::bus::ACTOR, crate::bus::TRACEPARENT];
+
+async fn command(
+    state: web::Data<State>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    mut payload: web::Payload,
+) -> HttpResponse {
+    let (aggregate, id) = path.into_inner();
+    if !AGGREGATES.contains(&aggregate.as_str()) {
+        return error(StatusCode::NOT_FOUND, "not_found", format!("no aggregate {aggregate:?}"));
+    }
+    let id = match read::parse_id(&id) {
+        Ok(id) => id,
+        Err(failure) => return failure.respond(),
+    };
+    // Read the body up to the limit: one byte more is refused before the rest is read.
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return error(StatusCode::BAD_REQUEST, "invalid", "the request body could not be read");
+        };
+        if body.len() + chunk.len() > state.max_body_bytes {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("a command body is at most {} bytes", state.max_body_bytes),
+            );
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let mut headers = Headers::from([(CONTENT_TYPE.to_owned(), JSON.to_owned())]);
+    for name in FORWARDED {
+        if let Some(value) = request.headers().get(name) {
+            let Ok(value) = value.to_str() else {
+                return error(StatusCode::BAD_REQUEST, "invalid", format!("header {name} is not text"));
+            };
+            headers.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    let message =
+        Message { subject: protocol::command_subject(&aggregate, id), reply: None, headers, payload: body.freeze() };
+    let reply = match state.bus.request(message, COMMAND_TIMEOUT).await {
+        Ok(reply) => reply,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("sending the command: {e}")),
+    };
+    let Ok(reply) = serde_json::from_slice::<Value>(&reply.payload) else {
+        return error(StatusCode::BAD_GATEWAY, "unavailable", "the intake's reply is not JSON");
+    };
+    let status = match reply["error"]["kind"].as_str() {
+        None => StatusCode::OK,
+        Some("invalid") => StatusCode::BAD_REQUEST,
+        Some("rejected") => StatusCode::UNPROCESSABLE_ENTITY,
+        Some("conflict") => StatusCode::CONFLICT,
+        Some("not_found") => StatusCode::NOT_FOUND,
+        Some("unauthorized") => StatusCode::FORBIDDEN,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut response = HttpResponse::build(status).json(reply);
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,115 @@
+//! The read models over the bus: a request on `weft.qry.<model>.<verb>` gets the same answer as the HTTP
+//! route, as JSON.
+//!
+//! | subject | body | HTTP twin |
+//! | --- | --- | --- |
+//! | `weft.qry.documents.get`, `weft.qry.jobs.get` | `{"id": "<uuid>", "after": <position>?}` | `GET /<model>/{id}` |
+//! | `weft.qry.documents.list`, `weft.qry.jobs.list` | the list's parameters, e.g. `{"status": "running", "limit": 10}` | `GET /<model>` |
+//! | `weft.qry.jobs.logs` | `{"id": "<uuid>", "cursor"?, "limit"?, "after"?}` | `GET /jobs/{id}/logs` |
+//! | `weft.qry.streams.events` | `{"stream": "<name>", "cursor"?, "limit"?, "after"?}` | `GET /streams/{stream}/events` |
+//! | `weft.qry.status.lag` | `{}` | `GET /readyz` |
+//!
+//! A failure answers `{"error": {"kind", "message"}}` with the kinds of the HTTP API. Nodes answer in queue
+//! group `weft`, so each query is answered once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::read::{Failure, MODELS, Reads};
+use crate::bus::{Bus, BusError, CONTENT_TYPE, Headers, JSON, Message};
+
+/// The first tokens of query subjects.
+pub const QUERIES: &str = "weft.qry";
+/// Largest query body.
+const MAX_QUERY_BYTES: usize = 64 * 1024;
+
+/// Serves queries until the returned task is aborted.
+pub async fn start(bus: Arc<dyn Bus>, reads: Reads) -> Result<tokio::task::JoinHandle<()>, BusError> {
+    let mut subscription = bus.subscribe(&format!("{QUERIES}.>"), Some(crate::protocol::QUEUE_GROUP)).await?;
+    bus.flush().await?;
+    Ok(tokio::spawn(async move {
+        while let Some(message) = subscription.next().await {
+            let (bus, reads) = (bus.clone(), reads.clone());
+            tokio::spawn(async move {
+                let Some(reply) = message.reply.clone() else { return };
+                let answer = match answer(&reads, &message).await {
+                    Ok(value) => value,
+                    Err(failure) => json!({"error": {"kind": failure.kind, "message": failure.message}}),
+                };
+                let headers = Headers::from([(CONTENT_TYPE.to_owned(), JSON.to_owned())]);
+                let reply = Message { subject: reply, reply: None, headers, payload: answer.to_string().into() };
+                if let Err(error) = bus.publish(reply).await {
+                    tracing::debug!(%error, "answering a query failed");
+                }
+            });
+        }
+    }))
+}
+
+/// The body as parameters: an object whose values are strings or numbers (an empty body is `{}`).
+fn params(payload: &[u8]) -> Result<BTreeMap<String, String>, Failure> {
+    if payload.len() > MAX_QUERY_BYTES {
+        return Err(Failure { kind: "too_large", message: format!("a query is at most {MAX_QUERY_BYTES} bytes") });
+    }
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(BTreeMap::new());
+    }
+    let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(payload) else {
+        return Err(Failure::invalid("a query body is a JSON object"));
+    };
+    object
+        .into_iter()
+        .map(|(key, value)| match value {
+            Value::String(s) => Ok((key, s)),
+            Value::Number(n) => Ok((key, n.to_string())),
+            _ => Err(Failure::invalid(format!("{key}: values are strings or numbers"))),
+        })
+        .collect()
+}
+
+async fn answer(reads: &Reads, message: &Message) -> Result<Value, Failure> {
+    let mut params = params(&message.payload)?;
+    let verb = message.subject.strip_prefix(QUERIES).and_then(|s| s.strip_prefix('.')).unwrap_or_default();
+    let mut take = |key: &str| params.remove(key).ok_or_else(|| Failure::invalid(format!("{key} is required")));
+    match verb {
+        "jobs.logs" => {
+            let id = take("id")?;
+            reads.job_logs(&id, &params).await
+        }
+        "streams.events" => {
+            let stream = take("stream")?;
+            reads.history(&stream, &params).await
+        }
+        "status.lag" => reads.lag().await,
+        _ => {
+            let (model, verb) = verb.rsplit_once('.').unwrap_or((verb, ""));
+            let Some(model) = MODELS.into_iter().find(|m| m.name == model) else {
+                return Err(Failure::not_found(format!("no query {:?}", message.subject)));
+            };
+            match verb {
+                "get" => {
+                    let id = take("id")?;
+                    super::read::check_keys(&params, &["after"])?;
+                    reads.show(model, &id, super::read::number(&params, "after")?).await
+                }
+                "list" => reads.list(model, &params).await,
+                _ => Err(Failure::not_found(format!("no query {:?}", message.subject))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bodies_become_parameters_or_typed_errors() {
+        assert_eq!(super::params(b"").unwrap().len(), 0);
+        assert_eq!(super::params(br#"{"limit": 5, "status": "running"}"#).unwrap()["limit"], "5");
+        assert_eq!(super::params(b"[1]").unwrap_err().kind, "invalid");
+        assert_eq!(super::params(br#"{"a": {"b": 1}}"#).unwrap_err().kind, "invalid");
+        assert_eq!(super::params(&vec![b' '; 70_000]).unwrap_err().kind, "too_large");
+    }
+}

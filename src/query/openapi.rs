@@ -1,0 +1,165 @@
+//! The OpenAPI 3.1 document of the query API, built from the same model definitions the routes read with
+//! (columns, filters), so a filter or a column added to a model shows up here without a second list.
+
+use serde_json::{Value, json};
+
+use super::read::{MAX_LIMIT, MODELS, Model};
+
+/// The routes: method, path, summary. `tests/it/query_api.rs` checks that each is served and that the
+/// server serves no other.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    ("get", "/healthz", "The process is up"),
+    ("get", "/readyz", "Each projection's position and lag behind the store"),
+    ("get", "/openapi.json", "This document"),
+    ("get", "/documents", "A page of documents"),
+    ("get", "/documents/{id}", "One document with its lineage"),
+    ("get", "/documents/{id}/live", "Server-sent events: each change of a document, then its state"),
+    ("get", "/jobs", "A page of jobs"),
+    ("get", "/jobs/{id}", "One job with its steps and progress"),
+    ("get", "/jobs/{id}/logs", "A page of a job's log, oldest first"),
+    ("get", "/jobs/{id}/live", "Server-sent events: each change of a job, then its state"),
+    ("get", "/streams/{stream}/events", "A page of a stream's events, oldest first"),
+    ("post", "/commands/{aggregate}/{id}", "A command, through the command intake"),
+];
+
+fn param(name: &str, place: &str, schema: Value, description: &str) -> Value {
+    json!({"name": name, "in": place, "required": place == "path", "schema": schema, "description": description})
+}
+
+fn after() -> Value {
+    param(
+        "after",
+        "query",
+        json!({"type": "integer", "minimum": 0}),
+        "Wait (≤ 5 s) until the read model applied this position",
+    )
+}
+
+fn paging(cursor: Value) -> [Value; 2] {
+    [
+        param("cursor", "query", cursor, "The previous page's next_cursor"),
+        param("limit", "query", json!({"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}), "Items per page"),
+    ]
+}
+
+fn item_schema(model: &Model) -> Value {
+    let properties: serde_json::Map<String, Value> =
+        model.columns.iter().map(|c| ((*c).to_owned(), json!({}))).collect();
+    json!({"type": "object", "properties": properties})
+}
+
+fn page_schema(item: Value) -> Value {
+    json!({"type": "object", "required": ["items", "next_cursor"],
+           "properties": {"items": {"type": "array", "items": item}, "next_cursor": {}}})
+}
+
+fn json_response(schema: Value) -> Value {
+    json!({"description": "OK", "headers": {"ETag": {"schema": {"type": "string"}}},
+           "content": {"application/json": {"schema": schema}}})
+}
+
+fn errors() -> Value {
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    let mut responses = serde_json::Map::new();
+    for (code, why) in [
+        ("304", "Not modified (If-None-Match)"),
+        ("400", "Malformed parameters"),
+        ("404", "No such item"),
+        ("504", "The read model did not reach `after` in time"),
+        ("503", "The read models are unavailable"),
+    ] {
+        let body = if code == "304" {
+            json!({"description": why})
+        } else {
+            json!({"description": why, "content": {"application/json": {"schema": error}}})
+        };
+        responses.insert(code.into(), body);
+    }
+    Value::Object(responses)
+}
+
+fn operation(summary: &str, parameters: Vec<Value>, ok: Value) -> Value {
+    let mut responses = errors();
+    responses["200"] = ok;
+    json!({"summary": summary, "parameters": parameters, "responses": responses})
+}
+
+fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
+    let id = || param("id", "path", json!({"type": "string", "format": "uuid"}), "The id");
+    let mut list = vec![after()];
+    list.extend(model.filters.iter().map(|f| param(f, "query", json!({"type": "string"}), "Equal to")));
+    for (bound, what) in [("since", "at or after"), ("until", "before")] {
+        list.push(param(
+            bound,
+            "query",
+            json!({"type": "integer"}),
+            &format!("{} {what} (µs since the epoch)", model.time),
+        ));
+    }
+    list.extend(paging(json!({"type": "string", "format": "uuid"})));
+    let summary = |path: &str| ROUTES.iter().find(|r| r.1 == path).map_or("", |r| r.2);
+    let base = format!("/{}", model.name);
+    paths.insert(
+        base.clone(),
+        json!({"get": operation(summary(&base), list, json_response(page_schema(item_schema(model))))}),
+    );
+    let one = format!("{base}/{{id}}");
+    paths.insert(
+        one.clone(),
+        json!({"get": operation(summary(&one), vec![id(), after()], json_response(item_schema(model)))}),
+    );
+    let live = format!("{one}/live");
+    let sse = json!({"description": "text/event-stream of `change` and `state` events",
+                     "content": {"text/event-stream": {"schema": {"type": "string"}}}});
+    let last = param("Last-Event-ID", "header", json!({"type": "integer"}), "Resume after this stream version");
+    paths.insert(live.clone(), json!({"get": operation(summary(&live), vec![id(), after(), last], sse)}));
+}
+
+/// The document.
+pub fn document() -> Value {
+    let mut paths = serde_json::Map::new();
+    let plain = |summary: &str| json!({"get": operation(summary, vec![], json_response(json!({"type": "object"})))});
+    for (_, path, summary) in &ROUTES[..3] {
+        paths.insert((*path).to_owned(), plain(summary));
+    }
+    for model in MODELS {
+        model_paths(model, &mut paths);
+    }
+    let id = param("id", "path", json!({"type": "string", "format": "uuid"}), "The job");
+    let mut logs = vec![id, after()];
+    logs.extend(paging(json!({"type": "integer"})));
+    paths.insert(
+        "/jobs/{id}/logs".into(),
+        json!({"get": operation(ROUTES[8].2, logs, json_response(page_schema(json!({"type": "object"}))))}),
+    );
+    let stream = param("stream", "path", json!({"type": "string"}), "The stream, such as job-<uuid>");
+    let mut events = vec![stream, after()];
+    events.extend(paging(json!({"type": "integer"})));
+    paths.insert(
+        "/streams/{stream}/events".into(),
+        json!({"get": operation(ROUTES[10].2, events, json_response(page_schema(json!({"type": "object"}))))}),
+    );
+    let aggregate = param("aggregate", "path", json!({"enum": super::AGGREGATES}), "The aggregate");
+    let id = param("id", "path", json!({"type": "string", "format": "uuid"}), "The instance");
+    let mut responses = errors();
+    responses["200"] =
+        json!({"description": "The intake's reply", "content": {"application/json": {"schema": {"type": "object"}}}});
+    for (code, why) in [("409", "Conflict"), ("413", "Body too large"), ("422", "Rejected by the aggregate")] {
+        responses[code] = json!({"description": why, "content": {"application/json": {"schema": {"type": "object"}}}});
+    }
+    paths.insert(
+        "/commands/{aggregate}/{id}".into(),
+        json!({"post": {"summary": ROUTES[11].2, "parameters": [aggregate, id],
+                         "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+                             "required": ["command_id", "type"]}}}},
+                         "responses": responses}}),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Weft query API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {"schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["kind", "message"],
+            "properties": {"kind": {"type": "string"}, "message": {"type": "string"}}}}}}},
+    })
+}

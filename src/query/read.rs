@@ -1,0 +1,441 @@
+//! The reads behind the query API, free of HTTP: what each read model is, and reading one item or a page of
+//! a list from the read models' SQLite file. Both the HTTP routes and the NATS query service call these.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{OpenFlags, OptionalExtension, ToSql};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use weft_events::EventRead;
+use weft_events::domain::ids::Uuid;
+
+/// How long a read with `after` waits for the read model.
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
+/// Items in a page of a list when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 100;
+/// Most items in a page of a list.
+pub const MAX_LIMIT: usize = 1000;
+
+/// What the reads share.
+#[derive(Clone)]
+pub struct Reads {
+    /// The read models' file.
+    pub read_models: PathBuf,
+    /// Each projection's name and applied position.
+    pub positions: Vec<(&'static str, watch::Receiver<u64>)>,
+    /// The event store, for the head position (lag).
+    pub store: Arc<dyn EventRead>,
+}
+
+/// A read that failed, with what to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `invalid`, `not_found`, `not_yet`, `unavailable`, `too_large`.
+    pub kind: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+impl Failure {
+    /// Bad input.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self { kind: "invalid", message: message.into() }
+    }
+
+    /// No such thing.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self { kind: "not_found", message: message.into() }
+    }
+
+    /// The store or the read models failed.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self { kind: "unavailable", message: message.into() }
+    }
+}
+
+/// One read model's list and item reads.
+#[derive(Debug)]
+pub struct Model {
+    /// The path segment and NATS token: `documents`, `jobs`.
+    pub name: &'static str,
+    /// The projection that writes it.
+    pub projection: &'static str,
+    /// The aggregate whose streams it reads: `document`, `job`.
+    pub kind: &'static str,
+    /// Its table; `id` is the key.
+    pub table: &'static str,
+    /// The columns of an item.
+    pub columns: &'static [&'static str],
+    /// The columns a list may be filtered on by equality, named as the query parameters.
+    pub filters: &'static [&'static str],
+    /// The time column `since`/`until` bound (microseconds since the Unix epoch).
+    pub time: &'static str,
+    /// Adds the item's parts from other tables (lineage, steps).
+    pub details: fn(&rusqlite::Connection, &str, &mut Value) -> rusqlite::Result<()>,
+}
+
+/// The documents read model.
+pub const DOCUMENTS: Model = Model {
+    name: "documents",
+    projection: "documents",
+    kind: "document",
+    table: "documents",
+    columns: &[
+        "id",
+        "tenant",
+        "owner",
+        "name",
+        "content_type",
+        "declared_size_bytes",
+        "status",
+        "size_bytes",
+        "etag",
+        "versions",
+        "deleted_reason",
+        "created_at",
+        "updated_at",
+        "version",
+    ],
+    filters: &["status", "tenant", "owner"],
+    time: "created_at",
+    details: document_details,
+};
+
+/// The jobs read model.
+pub const JOBS: Model = Model {
+    name: "jobs",
+    projection: "jobs",
+    kind: "job",
+    table: "jobs",
+    columns: &[
+        "id",
+        "tenant",
+        "workflow",
+        "workflow_version",
+        "priority",
+        "status",
+        "steps_total",
+        "steps_done",
+        "error",
+        "submitted_at",
+        "finished_at",
+        "updated_at",
+        "version",
+    ],
+    filters: &["status", "tenant", "workflow"],
+    time: "submitted_at",
+    details: job_details,
+};
+
+/// Every model with list and item reads.
+pub const MODELS: [&Model; 2] = [&DOCUMENTS, &JOBS];
+
+fn document_details(db: &rusqlite::Connection, id: &str, document: &mut Value) -> rusqlite::Result<()> {
+    document["parents"] = json!(rows(
+        db,
+        "SELECT parent, job, step FROM document_lineage WHERE child = ?1",
+        &[&id],
+        &["id", "job", "step"]
+    )?);
+    document["derivatives"] = json!(rows(
+        db,
+        "SELECT child, job, step FROM document_lineage WHERE parent = ?1",
+        &[&id],
+        &["id", "job", "step"]
+    )?);
+    Ok(())
+}
+
+const STEP_COLUMNS: &[&str] = &["step", "status", "attempts", "output", "error", "retry_at", "updated_at"];
+
+fn job_details(db: &rusqlite::Connection, id: &str, job: &mut Value) -> rusqlite::Result<()> {
+    let sql = format!("SELECT {} FROM job_steps WHERE job = ?1 ORDER BY ordinal", STEP_COLUMNS.join(", "));
+    let steps = rows(db, &sql, &[&id], STEP_COLUMNS)?;
+    let total = job["steps_total"].as_f64().unwrap_or(0.0);
+    let done = job["steps_done"].as_f64().unwrap_or(0.0);
+    job["progress"] = json!(if total > 0.0 { done / total } else { 0.0 });
+    job["steps"] = json!(steps);
+    Ok(())
+}
+
+fn row_to_json(row: &rusqlite::Row<'_>, columns: &[&str]) -> rusqlite::Result<Value> {
+    let mut object = serde_json::Map::new();
+    for (i, column) in columns.iter().enumerate() {
+        let value = match row.get_ref(i)? {
+            rusqlite::types::ValueRef::Null | rusqlite::types::ValueRef::Blob(_) => Value::Null,
+            rusqlite::types::ValueRef::Integer(n) => json!(n),
+            rusqlite::types::ValueRef::Real(x) => json!(x),
+            rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
+        };
+        object.insert((*column).to_owned(), value);
+    }
+    Ok(Value::Object(object))
+}
+
+fn rows(db: &rusqlite::Connection, sql: &str, params: &[&dyn ToSql], columns: &[&str]) -> rusqlite::Result<Vec<Value>> {
+    let mut statement = db.prepare_cached(sql)?;
+    let rows = statement.query_map(params, |row| row_to_json(row, columns))?;
+    rows.collect()
+}
+
+impl Reads {
+    /// Runs `read` on a read-only connection to the read models, on the blocking pool.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let path = self.read_models.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let db = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            db.busy_timeout(Duration::from_secs(5))?;
+            read(&db)
+        })
+        .await;
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Failure::unavailable(format!("read models: {e}"))),
+            Err(e) => Err(Failure::unavailable(e.to_string())),
+        }
+    }
+
+    /// The projection's applied position watch.
+    pub fn position(&self, projection: &str) -> Option<watch::Receiver<u64>> {
+        self.positions.iter().find(|(n, _)| *n == projection).map(|(_, p)| p.clone())
+    }
+
+    /// Waits until `projection` has applied `after` (up to [`MAX_WAIT`]).
+    pub async fn caught_up(&self, projection: &str, after: Option<u64>) -> Result<(), Failure> {
+        let (Some(after), Some(mut position)) = (after, self.position(projection)) else { return Ok(()) };
+        match tokio::time::timeout(MAX_WAIT, position.wait_for(|p| *p >= after)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Failure {
+                kind: "not_yet",
+                message: format!("the {projection} read model has not reached position {after} yet"),
+            }),
+        }
+    }
+
+    /// One item with its details; `not_found` if there is none.
+    pub async fn show(&self, model: &'static Model, id: &str, after: Option<u64>) -> Result<Value, Failure> {
+        let id = parse_id(id)?.to_string();
+        self.caught_up(model.projection, after).await?;
+        let found = self
+            .query(move |db| {
+                let sql = format!("SELECT {} FROM {} WHERE id = ?1", model.columns.join(", "), model.table);
+                let item =
+                    db.prepare_cached(&sql)?.query_row([&id], |row| row_to_json(row, model.columns)).optional()?;
+                let Some(mut item) = item else { return Ok(None) };
+                (model.details)(db, &id, &mut item)?;
+                Ok(Some(item))
+            })
+            .await?;
+        found.ok_or_else(|| Failure::not_found(format!("no such {}", model.kind)))
+    }
+
+    /// A page of a list: `{"items": [...], "next_cursor": "..." | null}`, ordered by id. The cursor is the last
+    /// id of the page, so paging is stable: an item present throughout is seen exactly once, whatever is added
+    /// meanwhile.
+    pub async fn list(&self, model: &'static Model, params: &BTreeMap<String, String>) -> Result<Value, Failure> {
+        let page = ListParams::parse(model, params)?;
+        self.caught_up(model.projection, page.after).await?;
+        self.query(move |db| {
+            let mut sql = format!("SELECT {} FROM {} WHERE 1 = 1", model.columns.join(", "), model.table);
+            let mut args: Vec<Box<dyn ToSql + Send>> = Vec::new();
+            for (column, value) in &page.filters {
+                args.push(Box::new(value.clone()));
+                sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+            }
+            for (op, bound) in [(">=", page.since), ("<", page.until)] {
+                if let Some(bound) = bound {
+                    args.push(Box::new(bound));
+                    sql.push_str(&format!(" AND {} {op} ?{}", model.time, args.len()));
+                }
+            }
+            if let Some(cursor) = &page.cursor {
+                args.push(Box::new(cursor.clone()));
+                sql.push_str(&format!(" AND id > ?{}", args.len()));
+            }
+            args.push(Box::new(page.limit as i64 + 1));
+            sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+            let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref() as &dyn ToSql).collect();
+            let mut items = rows(db, &sql, &params, model.columns)?;
+            let more = items.len() > page.limit;
+            items.truncate(page.limit);
+            let next = if more { items.last().map(|item| item["id"].clone()) } else { None };
+            Ok(json!({"items": items, "next_cursor": next}))
+        })
+        .await
+    }
+
+    /// A job's log from after `after_seq`, in order: `{"items": [...], "next_cursor": <seq> | null}`.
+    pub async fn job_logs(&self, id: &str, params: &BTreeMap<String, String>) -> Result<Value, Failure> {
+        let id = parse_id(id)?.to_string();
+        check_keys(params, &["after", "cursor", "limit"])?;
+        let after = number(params, "after")?;
+        let cursor = number::<i64>(params, "cursor")?.unwrap_or(0);
+        let limit = limit(params)?;
+        self.caught_up(JOBS.projection, after).await?;
+        let found = self
+            .query(move |db| {
+                let exists = db.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?.exists([&id])?;
+                if !exists {
+                    return Ok(None);
+                }
+                let mut items = rows(
+                    db,
+                    "SELECT seq, level, message, at FROM job_logs WHERE job = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    &[&id, &cursor, &(limit as i64 + 1)],
+                    &["seq", "level", "message", "at"],
+                )?;
+                let more = items.len() > limit;
+                items.truncate(limit);
+                let next = if more { items.last().map(|item| item["seq"].clone()) } else { None };
+                Ok(Some(json!({"items": items, "next_cursor": next})))
+            })
+            .await?;
+        found.ok_or_else(|| Failure::not_found("no such job"))
+    }
+
+    /// A stream's events from the history read model, from version `cursor + 1`, oldest first.
+    pub async fn history(&self, stream: &str, params: &BTreeMap<String, String>) -> Result<Value, Failure> {
+        weft_events::StreamName::new(stream).map_err(|e| Failure::invalid(format!("stream: {e}")))?;
+        check_keys(params, &["after", "cursor", "limit"])?;
+        let after = number(params, "after")?;
+        let cursor = number::<i64>(params, "cursor")?.unwrap_or(0);
+        let limit = limit(params)?;
+        self.caught_up(HISTORY, after).await?;
+        let stream = stream.to_owned();
+        let (items, more) = self
+            .query(move |db| {
+                let mut items = history_rows(db, &stream, cursor, limit + 1)?;
+                let more = items.len() > limit;
+                items.truncate(limit);
+                Ok((items, more))
+            })
+            .await?;
+        if items.is_empty() && cursor == 0 {
+            return Err(Failure::not_found("no such stream"));
+        }
+        let next = if more { items.last().map(|item| item["version"].clone()) } else { None };
+        Ok(json!({"items": items, "next_cursor": next}))
+    }
+
+    /// Each projection's position, the store's head, and how far behind each is (events and seconds: the age
+    /// of the oldest event it has not applied).
+    pub async fn lag(&self) -> Result<Value, Failure> {
+        let head = self.store.head().await.map_err(|e| Failure::unavailable(format!("event store: {e}")))?;
+        let mut projections = serde_json::Map::new();
+        for (name, position) in &self.positions {
+            let position = *position.borrow();
+            let behind = head.saturating_sub(position);
+            let seconds = if behind == 0 {
+                0.0
+            } else {
+                let next =
+                    self.store.read_all(position + 1, 1).await.map_err(|e| Failure::unavailable(e.to_string()))?;
+                next.first()
+                    .map_or(0.0, |e| (weft_events::envelope::Timestamp::now().0 - e.recorded_at.0).max(0) as f64 / 1e6)
+            };
+            projections.insert(
+                (*name).to_owned(),
+                json!({"position": position, "lag_events": behind, "lag_seconds": seconds}),
+            );
+        }
+        Ok(json!({"head": head, "projections": projections}))
+    }
+}
+
+/// The history projection's name.
+pub const HISTORY: &str = "history";
+
+/// The columns of a history item.
+const HISTORY_COLUMNS: &[&str] = &[
+    "version",
+    "position",
+    "type",
+    "schema_version",
+    "recorded_at",
+    "tenant",
+    "actor",
+    "correlation_id",
+    "causation_id",
+    "event",
+];
+
+/// Up to `limit` events of `stream` after version `after`, with `event` parsed back into JSON.
+pub fn history_rows(db: &rusqlite::Connection, stream: &str, after: i64, limit: usize) -> rusqlite::Result<Vec<Value>> {
+    let sql = format!(
+        "SELECT {} FROM stream_events WHERE stream = ?1 AND version > ?2 ORDER BY version LIMIT ?3",
+        HISTORY_COLUMNS.join(", ")
+    );
+    let mut items = rows(db, &sql, &[&stream, &after, &(limit as i64)], HISTORY_COLUMNS)?;
+    for item in &mut items {
+        if let Some(text) = item["event"].as_str() {
+            item["event"] = serde_json::from_str(text).unwrap_or(Value::Null);
+        }
+    }
+    Ok(items)
+}
+
+/// The parsed query of a list.
+struct ListParams {
+    filters: Vec<(&'static str, String)>,
+    since: Option<i64>,
+    until: Option<i64>,
+    cursor: Option<String>,
+    limit: usize,
+    after: Option<u64>,
+}
+
+impl ListParams {
+    fn parse(model: &Model, params: &BTreeMap<String, String>) -> Result<Self, Failure> {
+        let mut known = vec!["after", "cursor", "limit", "since", "until"];
+        known.extend(model.filters);
+        check_keys(params, &known)?;
+        let filters = model.filters.iter().filter_map(|f| params.get(*f).map(|v| (*f, v.clone()))).collect();
+        let cursor = match params.get("cursor") {
+            Some(c) => Some(parse_id(c).map_err(|_| Failure::invalid(format!("cursor {c:?} is not one we gave")))?),
+            None => None,
+        };
+        Ok(Self {
+            filters,
+            since: number(params, "since")?,
+            until: number(params, "until")?,
+            cursor: cursor.map(|c| c.to_string()),
+            limit: limit(params)?,
+            after: number(params, "after")?,
+        })
+    }
+}
+
+/// Refuses parameters other than `known`.
+pub fn check_keys(params: &BTreeMap<String, String>, known: &[&str]) -> Result<(), Failure> {
+    match params.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(Failure::invalid(format!("unknown parameter {unknown:?}; known: {}", known.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+/// An optional number parameter.
+pub fn number<T: std::str::FromStr>(params: &BTreeMap<String, String>, key: &str) -> Result<Option<T>, Failure> {
+    params
+        .get(key)
+        .map(|v| v.parse().map_err(|_| Failure::invalid(format!("{key} {v:?} is not a number in range"))))
+        .transpose()
+}
+
+fn limit(params: &BTreeMap<String, String>) -> Result<usize, Failure> {
+    match number::<usize>(params, "limit")? {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(Failure::invalid(format!("limit {n} is not within 1..={MAX_LIMIT}"))),
+    }
+}
+
+/// An id parameter.
+pub fn parse_id(id: &str) -> Result<Uuid, Failure> {
+    Uuid::parse_str(id).map_err(|_| Failure::invalid(format!("{id:?} is not a UUID")))
+}

@@ -1,0 +1,120 @@
+//! A real `weft serve` child process on free ports, and a small HTTP/1 client for its query API (raw TCP, so
+//! that the tests see exactly what goes over the wire).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{ChildStderr, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::reaped::Reaped;
+
+/// A running `weft serve`.
+pub struct Serve {
+    pub child: Reaped,
+    /// `127.0.0.1:PORT` of the query API.
+    pub addr: String,
+    pub stderr: BufReader<ChildStderr>,
+}
+
+impl Serve {
+    /// Starts `weft serve` with its store and read models in `dir`, the query API on a free port, and `args`;
+    /// returns once it announced itself.
+    pub fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut child = Reaped(
+            Command::new(env!("CARGO_BIN_EXE_weft"))
+                .args(["serve", "--http-addr", "127.0.0.1:0", "--store"])
+                .arg(dir.join("events.db"))
+                .arg("--read-models")
+                .arg(dir.join("read.db"))
+                .args(args)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("http://"), "weft serve did not start: {line}");
+        let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
+        Self { child, addr, stderr }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the status and the rest of stderr.
+    pub fn terminate(mut self) -> (ExitStatus, String) {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).unwrap();
+        (status, rest)
+    }
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {self:?}"))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if method == "POST" {
+        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before it read the whole body and close; the answer still counts.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{method} {path}: no answer: {raw:?}"));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Response { status, headers, body: body.to_owned() }
+}
+
+/// `GET path`; the status and the JSON body.
+pub fn get(addr: &str, path: &str) -> (u16, Value) {
+    let response = http(addr, "GET", path, &[], b"");
+    (response.status, response.json())
+}
+
+/// `POST /commands/{aggregate}/{id}` with a fresh command id; the status and the reply.
+pub fn command(addr: &str, aggregate: &str, id: &str, kind: &str, payload: Value) -> (u16, Value) {
+    let body = serde_json::json!({"command_id": uuid::Uuid::now_v7().to_string(), "type": kind, "payload": payload});
+    let response = http(addr, "POST", &format!("/commands/{aggregate}/{id}"), &[], body.to_string().as_bytes());
+    (response.status, response.json())
+}
+
+/// A document's `register` payload.
+pub fn register(name: &str, tenant: &str) -> Value {
+    serde_json::json!({"name": name, "content_type": "application/pdf", "declared_size_bytes": 1000,
+                       "tenant": tenant, "owner": "ann"})
+}
