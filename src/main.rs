@@ -40,6 +40,9 @@ enum Bench {
     /// Commands over NATS (client -> NATS -> Weft -> SQLite -> reply) at 1, 16 and 256 in flight, against a
     /// no-op NATS request/reply. Starts its own nats-server unless given --nats.
     Nats(weft::bench::nats::Options),
+    /// The read side: rebuilding the read models from a log, their lag behind paced commands, and job status
+    /// reads over HTTP under that load, against plain read_all and plain rusqlite reads.
+    Projections(weft::bench::projections::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,5 +60,8 @@ fn main() -> anyhow::Result<()> {
         // Actors live on an actix system.
         Command::Bench(Bench::Actors(options)) => actix_rt::System::new().block_on(weft::bench::actors::main(options)),
         Command::Bench(Bench::Nats(options)) => actix_rt::System::new().block_on(weft::bench::nats::main(options)),
+        Command::Bench(Bench::Projections(options)) => {
+            actix_rt::System::new().block_on(weft::bench::projections::main(options))
+        }
     }
 }

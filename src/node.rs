@@ -28,9 +28,12 @@ use crate::publisher::Publisher;
 use crate::query::{QueryApi, Reads};
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::sqlite::{self, SqliteStore};
+use weft_projections::agents::Agents;
 use weft_projections::documents::Documents;
 use weft_projections::history::History;
 use weft_projections::jobs::Jobs;
+use weft_projections::schedules::Schedules;
+use weft_projections::workflows::Workflows;
 
 /// What a node runs on.
 #[derive(Debug, Clone, clap::Args)]
@@ -199,6 +202,9 @@ impl Node {
         let projections = vec![
             weft_projections::start(Documents, &options.read_models, reader.clone())?,
             weft_projections::start(Jobs, &options.read_models, reader.clone())?,
+            weft_projections::start(Agents, &options.read_models, reader.clone())?,
+            weft_projections::start(Workflows, &options.read_models, reader.clone())?,
+            weft_projections::start(Schedules, &options.read_models, reader.clone())?,
             weft_projections::start(History, &options.read_models, reader.clone())?,
         ];
         let positions = projections.iter().map(|p| (p.name(), p.watch())).collect();

@@ -63,7 +63,8 @@ impl Projection for Documents {
         let (id, version) = (id.to_string(), envelope.version as i64);
         match event {
             Event::Registered(e) => {
-                tx.execute(
+                crate::exec(
+                    tx,
                     "INSERT INTO documents (id, tenant, owner, name, content_type, declared_size_bytes, status,
                                             created_at, updated_at, version)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'registered', ?7, ?7, ?8)
@@ -81,32 +82,37 @@ impl Projection for Documents {
                 )?;
             }
             Event::Uploaded(e) => {
-                tx.execute(
+                crate::exec(
+                    tx,
                     "UPDATE documents SET status = 'uploaded', size_bytes = ?2, etag = ?3, versions = versions + 1,
                                           updated_at = ?4, version = ?5 WHERE id = ?1",
                     params![id, e.size_bytes as i64, e.etag, e.at.0, version],
                 )?;
             }
             Event::VersionAdded(e) => {
-                tx.execute(
+                crate::exec(
+                    tx,
                     "UPDATE documents SET size_bytes = ?2, etag = ?3, versions = versions + 1, updated_at = ?4,
                                           version = ?5 WHERE id = ?1",
                     params![id, e.size_bytes as i64, e.etag, e.at.0, version],
                 )?;
             }
             Event::DerivativeRecorded(e) => {
-                tx.execute(
+                crate::exec(
+                    tx,
                     "INSERT INTO document_lineage (parent, child, job, step) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT DO NOTHING",
                     params![id, e.child.to_string(), e.job.to_string(), e.step],
                 )?;
-                tx.execute(
+                crate::exec(
+                    tx,
                     "UPDATE documents SET updated_at = ?2, version = ?3 WHERE id = ?1",
                     params![id, e.at.0, version],
                 )?;
             }
             Event::Deleted(e) => {
-                tx.execute(
+                crate::exec(
+                    tx,
                     "UPDATE documents SET status = 'deleted', deleted_reason = ?2, updated_at = ?3, version = ?4
                      WHERE id = ?1",
                     params![id, e.reason, e.at.0, version],

@@ -86,7 +86,8 @@ impl Projection for Jobs {
             .map_err(|source| ApplyError::Decode { position: envelope.position, source })?;
         let (id, version) = (id.to_string(), envelope.version as i64);
         let step = |tx: &Transaction<'_>, name: &str, status: &str, attempt: u32, at: i64| {
-            tx.execute(
+            crate::exec(
+                tx,
                 "UPDATE job_steps SET status = ?3, attempts = MAX(attempts, ?4), updated_at = ?5
                  WHERE job = ?1 AND step = ?2",
                 params![id, name, status, attempt, at],
@@ -94,7 +95,8 @@ impl Projection for Jobs {
         };
         let at = match event {
             Event::Submitted(e) => {
-                tx.execute(
+                crate::exec(
+                    tx,
                     "INSERT INTO jobs (id, tenant, workflow, workflow_version, priority, status, steps_total,
                                        submitted_at, updated_at, version)
                      VALUES (?1, ?8, ?2, ?3, ?4, 'running', ?5, ?6, ?6, ?7) ON CONFLICT (id) DO NOTHING",
@@ -110,7 +112,7 @@ impl Projection for Jobs {
                     ],
                 )?;
                 for (ordinal, s) in e.steps.iter().enumerate() {
-                    tx.execute(
+                    crate::exec(tx,
                         "INSERT INTO job_steps (job, step, ordinal, status, updated_at) VALUES (?1, ?2, ?3, 'pending', ?4)
                          ON CONFLICT DO NOTHING",
                         params![id, s.name, ordinal as i64, e.at.0],
@@ -128,16 +130,18 @@ impl Projection for Jobs {
             }
             Event::StepSucceeded(e) => {
                 step(tx, &e.step, "succeeded", e.attempt, e.at.0)?;
-                tx.execute(
+                crate::exec(
+                    tx,
                     "UPDATE job_steps SET output = ?3 WHERE job = ?1 AND step = ?2",
                     params![id, e.step, e.output.to_string()],
                 )?;
-                tx.execute("UPDATE jobs SET steps_done = steps_done + 1 WHERE id = ?1", params![id])?;
+                crate::exec(tx, "UPDATE jobs SET steps_done = steps_done + 1 WHERE id = ?1", params![id])?;
                 e.at.0
             }
             Event::StepFailed(e) => {
                 step(tx, &e.step, "failed", e.attempt, e.at.0)?;
-                tx.execute(
+                crate::exec(
+                    tx,
                     "UPDATE job_steps SET error = ?3 WHERE job = ?1 AND step = ?2",
                     params![id, e.step, e.error],
                 )?;
@@ -145,14 +149,16 @@ impl Projection for Jobs {
             }
             Event::RetryScheduled(e) => {
                 // The retry's attempt has not started: the step keeps its attempts so far, and its time.
-                tx.execute(
+                crate::exec(
+                    tx,
                     "UPDATE job_steps SET status = 'retrying', retry_at = ?3 WHERE job = ?1 AND step = ?2",
                     params![id, e.step, e.due_at.0],
                 )?;
                 i64::MIN
             }
             Event::LogAppended(e) => {
-                tx.execute(
+                crate::exec(
+                    tx,
                     "INSERT INTO job_logs (job, seq, level, message, at) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT DO NOTHING",
                     params![id, version, level(e.level), e.message, e.at.0],
@@ -160,28 +166,32 @@ impl Projection for Jobs {
                 e.at.0
             }
             Event::Succeeded(e) => {
-                tx.execute(
+                crate::exec(
+                    tx,
                     "UPDATE jobs SET status = 'succeeded', finished_at = ?2 WHERE id = ?1",
                     params![id, e.at.0],
                 )?;
                 e.at.0
             }
             Event::Failed(e) => {
-                tx.execute(
+                crate::exec(
+                    tx,
                     "UPDATE jobs SET status = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1",
                     params![id, e.at.0, format!("step {}: {}", e.step, e.reason)],
                 )?;
                 e.at.0
             }
             Event::Cancelled(e) => {
-                tx.execute(
+                crate::exec(
+                    tx,
                     "UPDATE jobs SET status = 'cancelled', finished_at = ?2, error = ?3 WHERE id = ?1",
                     params![id, e.at.0, e.reason],
                 )?;
                 e.at.0
             }
         };
-        tx.execute(
+        crate::exec(
+            tx,
             "UPDATE jobs SET updated_at = MAX(updated_at, ?2), version = ?3 WHERE id = ?1",
             params![id, at, version],
         )?;

@@ -8,16 +8,22 @@
 //!
 //! - [`documents`]: every document's status, size, versions and lineage.
 //! - [`jobs`]: every job's status and progress, its steps, and its log.
+//! - [`agents`]: every agent's set-up, state, tasks, tokens and latency.
+//! - [`workflows`]: every workflow's latest definition and its versions.
+//! - [`schedules`]: every schedule's rule, state and firings.
 //! - [`history`]: every stream's events with their metadata and payloads as JSON, for operators.
 
 use rusqlite::Transaction;
 use weft_events::Envelope;
 use weft_events::domain::DecodeError;
 
+pub mod agents;
 pub mod documents;
 pub mod history;
 pub mod jobs;
 pub mod runner;
+pub mod schedules;
+pub mod workflows;
 
 pub use runner::{Running, start};
 
@@ -36,6 +42,12 @@ pub enum ApplyError {
     /// SQLite failed.
     #[error("read model: {0}")]
     Sql(#[from] rusqlite::Error),
+}
+
+/// Runs one statement through the connection's statement cache: a projection runs the same few statements for
+/// every event, and parsing each anew cost more than running it.
+fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
 }
 
 /// One read model, built from the events.

@@ -116,6 +116,7 @@ pub fn start<P: Projection>(projection: P, path: &Path, store: Arc<dyn EventRead
     db.pragma_update(None, "synchronous", "NORMAL").map_err(open_error)?;
     // Several projections may share one file: each waits its turn to write.
     db.busy_timeout(std::time::Duration::from_secs(30)).map_err(open_error)?;
+    db.set_prepared_statement_cache_capacity(64);
     db.execute_batch(
         "CREATE TABLE IF NOT EXISTS projection_positions (name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
     )

@@ -12,6 +12,8 @@
 //!
 //! - [`actors`]: commands through the actor host, activation and memory per actor.
 //! - [`store`]: the event store: appends from many writers, batches, read-all and subscription catch-up.
+//! - [`nats`]: commands over NATS.
+//! - [`projections`]: rebuilding the read models, their lag under load, status reads.
 
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use serde::Serialize;
 
 pub mod actors;
 pub mod nats;
+pub mod projections;
 pub mod store;
 
 /// One case's result.
@@ -85,6 +88,13 @@ impl Latencies {
     /// Records one.
     pub fn record(&mut self, d: Duration) {
         self.0.push(d);
+    }
+
+    /// Ops per second of one client doing the recorded operations back to back: their count over the sum of
+    /// their times.
+    pub fn serial_rate(&self) -> f64 {
+        let busy: Duration = self.0.iter().sum();
+        if busy.is_zero() { 0.0 } else { self.0.len() as f64 / busy.as_secs_f64() }
     }
 
     /// Adds another set.

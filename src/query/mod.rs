@@ -4,13 +4,15 @@
 //! list with parameters is served at `/openapi.json`):
 //!
 //! - `GET /healthz`: the process is up. `GET /readyz`: each projection's position and lag behind the store.
-//! - `GET /documents`, `GET /jobs`: pages of a list, ordered by id, filtered by `status`, `tenant`, `owner`
-//!   (documents) or `workflow` (jobs), and a time range `since`/`until` (microseconds); `limit` (≤ 1000) and
-//!   `cursor` (the previous page's `next_cursor`).
-//! - `GET /documents/{id}`, `GET /jobs/{id}`: one item, with lineage or steps and progress.
+//! - `GET /documents`, `/jobs`, `/agents`, `/workflows`, `/schedules`: pages of a list, ordered by id,
+//!   filtered by equality on the model's filter columns (`status`, `tenant`, `owner`, `workflow`, `provider`,
+//!   `name`: see [`read`]) and a time range `since`/`until` (microseconds); `limit` (≤ 1000) and `cursor`
+//!   (the previous page's `next_cursor`).
+//! - `GET /<model>/{id}`: one item, with a document's lineage, a job's steps and progress, an agent's mean
+//!   latency, a workflow's versions, a schedule's next fire time.
 //! - `GET /jobs/{id}/logs`: a job's log in order, paged by `cursor`.
 //! - `GET /streams/{stream}/events`: a stream's events with metadata and payloads (operators).
-//! - `GET /documents/{id}/live`, `GET /jobs/{id}/live`: server-sent events: every change of the stream in
+//! - `GET /<model>/{id}/live`: server-sent events: every change of the stream in
 //!   order (`event: change`, `id:` its version; `Last-Event-ID` resumes), each followed by the item's new state
 //!   (`event: state`).
 //! - `POST /commands/{aggregate}/{id}`: a command (the NATS body, JSON), sent through the command intake on
@@ -39,7 +41,7 @@ use serde_json::{Value, json};
 
 use crate::bus::{Bus, CONTENT_TYPE, Headers, JSON, Message};
 use crate::protocol;
-use read::{DOCUMENTS, JOBS, Model};
+use read::{AGENTS, DOCUMENTS, JOBS, Model, SCHEDULES, WORKFLOWS};
 pub use read::{Failure, MAX_WAIT, Reads};
 
 /// What the handlers share.
@@ -80,6 +82,15 @@ impl QueryApi {
                 .route("/jobs/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &JOBS)))
                 .route("/jobs/{id}/logs", web::get().to(job_logs))
                 .route("/jobs/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &JOBS)))
+                .route("/agents", web::get().to(|s, r, q| list(s, r, q, &AGENTS)))
+                .route("/agents/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &AGENTS)))
+                .route("/agents/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &AGENTS)))
+                .route("/workflows", web::get().to(|s, r, q| list(s, r, q, &WORKFLOWS)))
+                .route("/workflows/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &WORKFLOWS)))
+                .route("/workflows/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &WORKFLOWS)))
+                .route("/schedules", web::get().to(|s, r, q| list(s, r, q, &SCHEDULES)))
+                .route("/schedules/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &SCHEDULES)))
+                .route("/schedules/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &SCHEDULES)))
                 .route("/streams/{stream}/events", web::get().to(history))
                 .route("/commands/{aggregate}/{id}", web::post().to(command))
                 .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }))

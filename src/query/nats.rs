@@ -3,8 +3,8 @@
 //!
 //! | subject | body | HTTP twin |
 //! | --- | --- | --- |
-//! | `weft.qry.documents.get`, `weft.qry.jobs.get` | `{"id": "<uuid>", "after": <position>?}` | `GET /<model>/{id}` |
-//! | `weft.qry.documents.list`, `weft.qry.jobs.list` | the list's parameters, e.g. `{"status": "running", "limit": 10}` | `GET /<model>` |
+//! | `weft.qry.<model>.get` (`documents`, `jobs`, `agents`, `workflows`, `schedules`) | `{"id": "<uuid>", "after": <position>?}` | `GET /<model>/{id}` |
+//! | `weft.qry.<model>.list` | the list's parameters, e.g. `{"status": "running", "limit": 10}` | `GET /<model>` |
 //! | `weft.qry.jobs.logs` | `{"id": "<uuid>", "cursor"?, "limit"?, "after"?}` | `GET /jobs/{id}/logs` |
 //! | `weft.qry.streams.events` | `{"stream": "<name>", "cursor"?, "limit"?, "after"?}` | `GET /streams/{stream}/events` |
 //! | `weft.qry.status.lag` | `{}` | `GET /readyz` |

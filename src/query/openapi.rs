@@ -18,6 +18,15 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/jobs/{id}", "One job with its steps and progress"),
     ("get", "/jobs/{id}/logs", "A page of a job's log, oldest first"),
     ("get", "/jobs/{id}/live", "Server-sent events: each change of a job, then its state"),
+    ("get", "/agents", "A page of agents"),
+    ("get", "/agents/{id}", "One agent with its tasks, tokens and mean latency"),
+    ("get", "/agents/{id}/live", "Server-sent events: each change of an agent, then its state"),
+    ("get", "/workflows", "A page of workflows"),
+    ("get", "/workflows/{id}", "One workflow with every version it had"),
+    ("get", "/workflows/{id}/live", "Server-sent events: each change of a workflow, then its state"),
+    ("get", "/schedules", "A page of schedules"),
+    ("get", "/schedules/{id}", "One schedule with its next fire time"),
+    ("get", "/schedules/{id}/live", "Server-sent events: each change of a schedule, then its state"),
     ("get", "/streams/{stream}/events", "A page of a stream's events, oldest first"),
     ("post", "/commands/{aggregate}/{id}", "A command, through the command intake"),
 ];
@@ -84,6 +93,11 @@ fn operation(summary: &str, parameters: Vec<Value>, ok: Value) -> Value {
     json!({"summary": summary, "parameters": parameters, "responses": responses})
 }
 
+/// The summary of the route at `path`.
+fn summary(path: &str) -> &'static str {
+    ROUTES.iter().find(|r| r.1 == path).map_or("", |r| r.2)
+}
+
 fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
     let id = || param("id", "path", json!({"type": "string", "format": "uuid"}), "The id");
     let mut list = vec![after()];
@@ -97,7 +111,6 @@ fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
         ));
     }
     list.extend(paging(json!({"type": "string", "format": "uuid"})));
-    let summary = |path: &str| ROUTES.iter().find(|r| r.1 == path).map_or("", |r| r.2);
     let base = format!("/{}", model.name);
     paths.insert(
         base.clone(),
@@ -130,14 +143,14 @@ pub fn document() -> Value {
     logs.extend(paging(json!({"type": "integer"})));
     paths.insert(
         "/jobs/{id}/logs".into(),
-        json!({"get": operation(ROUTES[8].2, logs, json_response(page_schema(json!({"type": "object"}))))}),
+        json!({"get": operation(summary("/jobs/{id}/logs"), logs, json_response(page_schema(json!({"type": "object"}))))}),
     );
     let stream = param("stream", "path", json!({"type": "string"}), "The stream, such as job-<uuid>");
     let mut events = vec![stream, after()];
     events.extend(paging(json!({"type": "integer"})));
     paths.insert(
         "/streams/{stream}/events".into(),
-        json!({"get": operation(ROUTES[10].2, events, json_response(page_schema(json!({"type": "object"}))))}),
+        json!({"get": operation(summary("/streams/{stream}/events"), events, json_response(page_schema(json!({"type": "object"}))))}),
     );
     let aggregate = param("aggregate", "path", json!({"enum": super::AGGREGATES}), "The aggregate");
     let id = param("id", "path", json!({"type": "string", "format": "uuid"}), "The instance");
@@ -149,7 +162,7 @@ pub fn document() -> Value {
     }
     paths.insert(
         "/commands/{aggregate}/{id}".into(),
-        json!({"post": {"summary": ROUTES[11].2, "parameters": [aggregate, id],
+        json!({"post": {"summary": summary("/commands/{aggregate}/{id}"), "parameters": [aggregate, id],
                          "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
                              "required": ["command_id", "type"]}}}},
                          "responses": responses}}),

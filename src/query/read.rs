@@ -19,6 +19,12 @@ pub const DEFAULT_LIMIT: usize = 100;
 /// Most items in a page of a list.
 pub const MAX_LIMIT: usize = 1000;
 
+thread_local! {
+    /// Each blocking-pool thread's read-only connection to the read models, opened on its first read: opening
+    /// one per read (and parsing the schema each time) cost more than the read itself.
+    static CONNECTION: std::cell::RefCell<Option<(PathBuf, rusqlite::Connection)>> = const { std::cell::RefCell::new(None) };
+}
+
 /// What the reads share.
 #[derive(Clone)]
 pub struct Reads {
@@ -73,8 +79,10 @@ pub struct Model {
     pub filters: &'static [&'static str],
     /// The time column `since`/`until` bound (microseconds since the Unix epoch).
     pub time: &'static str,
-    /// Adds the item's parts from other tables (lineage, steps).
+    /// Adds the item's parts from other tables (lineage, steps), when one item is read.
     pub details: fn(&rusqlite::Connection, &str, &mut Value) -> rusqlite::Result<()>,
+    /// Turns a row into what is served, in lists and items alike (JSON columns parsed, figures derived).
+    pub shape: fn(&mut Value),
 }
 
 /// The documents read model.
@@ -102,6 +110,7 @@ pub const DOCUMENTS: Model = Model {
     filters: &["status", "tenant", "owner"],
     time: "created_at",
     details: document_details,
+    shape: |_| {},
 };
 
 /// The jobs read model.
@@ -128,10 +137,136 @@ pub const JOBS: Model = Model {
     filters: &["status", "tenant", "workflow"],
     time: "submitted_at",
     details: job_details,
+    shape: |_| {},
+};
+
+/// The agents read model.
+pub const AGENTS: Model = Model {
+    name: "agents",
+    projection: "agents",
+    kind: "agent",
+    table: "agents",
+    columns: &[
+        "id",
+        "tenant",
+        "name",
+        "role",
+        "provider",
+        "model",
+        "profile",
+        "status",
+        "disabled_reason",
+        "tasks_assigned",
+        "tasks_running",
+        "tasks_done",
+        "tasks_failed",
+        "input_tokens",
+        "output_tokens",
+        "latency_total_ms",
+        "registered_at",
+        "updated_at",
+        "version",
+    ],
+    filters: &["status", "tenant", "provider"],
+    time: "registered_at",
+    details: no_details,
+    shape: shape_agent,
+};
+
+/// The workflows read model.
+pub const WORKFLOWS: Model = Model {
+    name: "workflows",
+    projection: "workflows",
+    kind: "workflow",
+    table: "workflows",
+    columns: &["id", "tenant", "name", "latest_version", "steps_count", "defined_at", "updated_at", "version"],
+    filters: &["tenant", "name"],
+    time: "defined_at",
+    details: workflow_details,
+    shape: |_| {},
+};
+
+/// The schedules read model.
+pub const SCHEDULES: Model = Model {
+    name: "schedules",
+    projection: "schedules",
+    kind: "schedule",
+    table: "schedules",
+    columns: &[
+        "id",
+        "tenant",
+        "cron",
+        "time_zone",
+        "workflow",
+        "target",
+        "strategy",
+        "status",
+        "fires",
+        "jobs_submitted",
+        "last_due",
+        "fired_up_to",
+        "created_at",
+        "updated_at",
+        "version",
+    ],
+    filters: &["status", "tenant", "workflow"],
+    time: "created_at",
+    details: no_details,
+    shape: shape_schedule,
 };
 
 /// Every model with list and item reads.
-pub const MODELS: [&Model; 2] = [&DOCUMENTS, &JOBS];
+pub const MODELS: [&Model; 5] = [&DOCUMENTS, &JOBS, &AGENTS, &WORKFLOWS, &SCHEDULES];
+
+/// Replaces the JSON text in `item[field]` by the value it holds.
+fn parse_json_field(item: &mut Value, field: &str) {
+    if let Some(text) = item[field].as_str()
+        && let Ok(value) = serde_json::from_str::<Value>(text)
+    {
+        item[field] = value;
+    }
+}
+
+fn no_details(_db: &rusqlite::Connection, _id: &str, _item: &mut Value) -> rusqlite::Result<()> {
+    Ok(())
+}
+
+fn shape_agent(agent: &mut Value) {
+    parse_json_field(agent, "profile");
+    let done = agent["tasks_done"].as_u64().unwrap_or(0);
+    let total = agent["latency_total_ms"].as_u64().unwrap_or(0);
+    agent["mean_latency_ms"] = if done > 0 { json!(total as f64 / done as f64) } else { Value::Null };
+}
+
+const WORKFLOW_VERSION_COLUMNS: &[&str] = &["workflow_version", "name", "steps", "defined_at"];
+
+fn workflow_details(db: &rusqlite::Connection, id: &str, workflow: &mut Value) -> rusqlite::Result<()> {
+    let sql = format!(
+        "SELECT {} FROM workflow_versions WHERE workflow = ?1 ORDER BY workflow_version",
+        WORKFLOW_VERSION_COLUMNS.join(", ")
+    );
+    let mut versions = rows(db, &sql, &[&id], WORKFLOW_VERSION_COLUMNS)?;
+    for version in &mut versions {
+        parse_json_field(version, "steps");
+    }
+    workflow["steps"] = versions.last().map_or(Value::Null, |v| v["steps"].clone());
+    workflow["versions"] = json!(versions);
+    Ok(())
+}
+
+/// Parses the target and strategy, and works out the next fire time from the rule, as the schedule actor does.
+fn shape_schedule(schedule: &mut Value) {
+    parse_json_field(schedule, "target");
+    parse_json_field(schedule, "strategy");
+    let active = schedule["status"] == "active";
+    let next = match (schedule["cron"].as_str(), schedule["time_zone"].as_str(), schedule["fired_up_to"].as_i64()) {
+        (Some(cron), Some(zone), Some(after)) if active => weft_actors::schedule::Rule::parse(cron, zone)
+            .ok()
+            .and_then(|rule| rule.next_after(weft_events::Timestamp(after))),
+        _ => None,
+    };
+    schedule["next_fire_at"] = next.map_or(Value::Null, |t| json!(t.0));
+}
 
 fn document_details(db: &rusqlite::Connection, id: &str, document: &mut Value) -> rusqlite::Result<()> {
     document["parents"] = json!(rows(
@@ -189,9 +324,21 @@ impl Reads {
     ) -> Result<T, Failure> {
         let path = self.read_models.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let db = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            db.busy_timeout(Duration::from_secs(5))?;
-            read(&db)
+            CONNECTION.with_borrow_mut(|cached| {
+                if cached.as_ref().is_none_or(|(p, _)| *p != path) {
+                    let db = rusqlite::Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+                    db.busy_timeout(Duration::from_secs(5))?;
+                    db.set_prepared_statement_cache_capacity(64);
+                    *cached = Some((path, db));
+                }
+                let (_, db) = cached.as_ref().expect("just opened");
+                let result = read(db);
+                if result.is_err() {
+                    // Whatever went wrong, the next read starts on a fresh connection.
+                    *cached = None;
+                }
+                result
+            })
         })
         .await;
         match result {
@@ -228,6 +375,7 @@ impl Reads {
                 let item =
                     db.prepare_cached(&sql)?.query_row([&id], |row| row_to_json(row, model.columns)).optional()?;
                 let Some(mut item) = item else { return Ok(None) };
+                (model.shape)(&mut item);
                 (model.details)(db, &id, &mut item)?;
                 Ok(Some(item))
             })
@@ -262,6 +410,7 @@ impl Reads {
             sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
             let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref() as &dyn ToSql).collect();
             let mut items = rows(db, &sql, &params, model.columns)?;
+            items.iter_mut().for_each(model.shape);
             let more = items.len() > page.limit;
             items.truncate(page.limit);
             let next = if more { items.last().map(|item| item["id"].clone()) } else { None };

@@ -429,3 +429,147 @@ async fn live_updates_carry_every_change_of_a_job_in_order_and_resume_after_the_
     let (status, rest) = node.terminate();
     assert!(status.success(), "{status}: {rest}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_workflows_and_schedules_are_read_with_their_figures() {
+    // 2023-11-14T22:13:20Z, and the next two 09:00 UTC after it, in microseconds.
+    const CREATED: u64 = 1_700_000_000_000_000;
+    const NINE: u64 = 1_700_038_800_000_000;
+    const DAY: u64 = 86_400_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Serve::start(dir.path(), &["--no-processes"]);
+    let addr = node.addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let id = || Uuid::now_v7().to_string();
+        let (agent, workflow, schedule, job) = (id(), id(), id(), id());
+        let ok = |aggregate: &str, id: &str, kind: &str, payload: Value| {
+            let (status, reply) = command(&addr, aggregate, id, kind, payload);
+            assert_eq!(status, 200, "{aggregate} {kind}: {reply}");
+            reply["last_position"].as_u64().unwrap()
+        };
+        let read = |path: String| {
+            let (status, body) = get(&addr, &path);
+            assert_eq!(status, 200, "{path}: {body}");
+            body
+        };
+
+        // An agent: two tasks done, one failed, then disabled.
+        let mut profile = json!({"name": "summariser", "role": "summariser", "goal": "short summaries",
+            "instructions": "Be brief.", "provider": "builtin", "model": "echo",
+            "parameters": {"temperature": 0.25}, "concurrency_limit": 2});
+        ok("agent", &agent, "register", json!({"profile": profile}));
+        profile["model"] = json!("echo-2");
+        ok("agent", &agent, "update", json!({"profile": profile}));
+        for (latency, fails) in [(300, false), (500, false), (0, true)] {
+            let task = id();
+            ok("agent", &agent, "assign_task", json!({"task": task, "job": job, "step": "extract", "attempt": 1}));
+            ok("agent", &agent, "start_task", json!({"task": task}));
+            if fails {
+                ok("agent", &agent, "fail_task", json!({"task": task, "error": "rate limited", "retryable": true}));
+            } else {
+                ok(
+                    "agent",
+                    &agent,
+                    "complete_task",
+                    json!({"task": task, "output": id(), "input_tokens": 100,
+                    "output_tokens": 20, "latency_ms": latency}),
+                );
+            }
+        }
+        let position = ok("agent", &agent, "assign_task", json!({"task": id(), "job": job, "step": "x", "attempt": 1}));
+        let found = read(format!("/agents/{agent}?after={position}"));
+        assert_eq!(
+            (found["status"].as_str(), found["model"].as_str(), &found["profile"]["parameters"]),
+            (Some("active"), Some("echo-2"), &json!({"temperature": 0.25})),
+            "{found}"
+        );
+        let counts: Vec<u64> = ["tasks_assigned", "tasks_running", "tasks_done", "tasks_failed", "input_tokens"]
+            .iter()
+            .map(|c| found[c].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, [4, 1, 2, 1, 200], "{found}");
+        assert_eq!(found["mean_latency_ms"].as_f64(), Some(400.0), "{found}");
+        let position = ok("agent", &agent, "disable", json!({"reason": "retired"}));
+        let page = read(format!("/agents?status=disabled&after={position}"));
+        assert_eq!(page["items"][0]["disabled_reason"], "retired", "{page}");
+        assert_eq!(page["items"][0]["profile"]["model"], "echo-2", "a list shows the parsed profile too: {page}");
+        assert_eq!(read("/agents?provider=openai".into())["items"], json!([]));
+
+        // A workflow defined, then redefined with a second step.
+        let step = |name: &str, from: Value| {
+            json!({"name": name, "agent": agent, "instruction": "do it", "inputs": [from], "timeout_ms": 1000,
+                   "retry": {"max_attempts": 1, "base_delay_ms": 10, "max_delay_ms": 10}})
+        };
+        ok(
+            "workflow",
+            &workflow,
+            "define",
+            json!({"name": "digest", "steps": [step("extract", json!({"from": "job_inputs"}))]}),
+        );
+        let position = ok(
+            "workflow",
+            &workflow,
+            "redefine",
+            json!({"name": "digest-2", "steps": [step("extract", json!({"from": "job_inputs"})),
+                                                 step("summarise", json!({"from": "step", "name": "extract"}))]}),
+        );
+        let found = read(format!("/workflows/{workflow}?after={position}"));
+        assert_eq!(
+            (found["name"].as_str(), found["latest_version"].as_u64(), found["steps_count"].as_u64()),
+            (Some("digest-2"), Some(2), Some(2)),
+            "{found}"
+        );
+        let versions: Vec<(u64, usize)> = found["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["workflow_version"].as_u64().unwrap(), v["steps"].as_array().unwrap().len()))
+            .collect();
+        assert_eq!(versions, [(1, 1), (2, 2)]);
+        assert_eq!(found["steps"][1]["inputs"][0], json!({"from": "step", "name": "extract"}));
+        assert_eq!(read("/workflows?name=digest-2".into())["items"].as_array().unwrap().len(), 1);
+
+        // A schedule: its next fire time follows its firings, and a paused one has none.
+        let position = ok(
+            "schedule",
+            &schedule,
+            "create",
+            json!({"cron": "0 9 * * *", "time_zone": "UTC", "workflow": workflow,
+                   "target": {"documents": [id()]}, "strategy": "combined", "at": CREATED}),
+        );
+        let found = read(format!("/schedules/{schedule}?after={position}"));
+        assert_eq!((found["status"].as_str(), found["next_fire_at"].as_u64()), (Some("active"), Some(NINE)), "{found}");
+        assert_eq!(found["target"], json!({"documents": found["target"]["documents"].clone()}));
+        let position = ok("schedule", &schedule, "fire", json!({"due_at": NINE, "jobs": [job], "at": NINE + 5}));
+        let found = read(format!("/schedules/{schedule}?after={position}"));
+        assert_eq!(
+            (found["fires"].as_u64(), found["jobs_submitted"].as_u64(), found["next_fire_at"].as_u64()),
+            (Some(1), Some(1), Some(NINE + DAY)),
+            "{found}"
+        );
+        let position = ok("schedule", &schedule, "pause", json!({"at": NINE + 10}));
+        let found = read(format!("/schedules/{schedule}?after={position}"));
+        assert_eq!((found["status"].as_str(), &found["next_fire_at"]), (Some("paused"), &Value::Null), "{found}");
+        // Resumed after two more nine o'clocks: those are skipped, as the schedule actor skips them.
+        let position = ok("schedule", &schedule, "resume", json!({"at": NINE + 2 * DAY + 1}));
+        let page = read(format!("/schedules?workflow={workflow}&after={position}"));
+        assert_eq!(page["items"][0]["next_fire_at"].as_u64(), Some(NINE + 3 * DAY), "{page}");
+
+        // Their bad input, as for the other models.
+        for (path, expected) in [
+            (format!("/agents/{}", id()), 404),
+            (format!("/workflows/{}", id()), 404),
+            (format!("/schedules/{}", id()), 404),
+            ("/agents?owner=ann".to_owned(), 400),
+            ("/schedules?cursor=x".to_owned(), 400),
+            ("/workflows/x".to_owned(), 400),
+        ] {
+            let (status, body) = get(&addr, &path);
+            assert_eq!((status, body["error"]["kind"].is_string()), (expected, true), "{path}: {body}");
+        }
+    })
+    .await
+    .unwrap();
+    let (status, rest) = node.terminate();
+    assert!(status.success(), "{status}: {rest}");
+}

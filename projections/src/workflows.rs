@@ -1,0 +1,80 @@
+//! The workflows read model: each workflow's latest definition, and every version it had (jobs name the
+//! version they run).
+//!
+//! Tables:
+//!
+//! - `workflows (id, tenant, name, latest_version, steps_count, defined_at, updated_at, version)`: the latest
+//!   definition; `defined_at` is the first definition's time.
+//! - `workflow_versions (workflow, workflow_version, name, steps, defined_at)`: `steps` is the definition's
+//!   steps as JSON.
+
+use rusqlite::{Transaction, params};
+use weft_events::Envelope;
+use weft_events::domain::DomainEvent;
+use weft_events::domain::ids::WorkflowId;
+use weft_events::domain::workflow::Event;
+
+use crate::{ApplyError, Projection};
+
+/// The workflows projection.
+#[derive(Debug, Default)]
+pub struct Workflows;
+
+impl Projection for Workflows {
+    fn name(&self) -> &'static str {
+        "workflows"
+    }
+
+    fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
+        db.execute_batch(
+            "CREATE TABLE IF NOT EXISTS workflows (
+                 id TEXT PRIMARY KEY,
+                 tenant TEXT NOT NULL,
+                 name TEXT NOT NULL,
+                 latest_version INTEGER NOT NULL,
+                 steps_count INTEGER NOT NULL,
+                 defined_at INTEGER NOT NULL,
+                 updated_at INTEGER NOT NULL,
+                 version INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS workflows_by_tenant ON workflows (tenant, id);
+             CREATE TABLE IF NOT EXISTS workflow_versions (
+                 workflow TEXT NOT NULL,
+                 workflow_version INTEGER NOT NULL,
+                 name TEXT NOT NULL,
+                 steps TEXT NOT NULL,
+                 defined_at INTEGER NOT NULL,
+                 PRIMARY KEY (workflow, workflow_version)
+             );",
+        )
+    }
+
+    fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
+        let Some(id) = WorkflowId::from_stream(&envelope.stream) else { return Ok(()) };
+        let event = Event::from_envelope(envelope)
+            .map_err(|source| ApplyError::Decode { position: envelope.position, source })?;
+        let (id, version) = (id.to_string(), envelope.version as i64);
+        match event {
+            Event::Defined(e) => {
+                let steps = serde_json::to_string(&e.steps).unwrap_or_default();
+                crate::exec(
+                    tx,
+                    "INSERT INTO workflows (id, tenant, name, latest_version, steps_count, defined_at, updated_at,
+                                            version)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)
+                     ON CONFLICT (id) DO UPDATE SET name = excluded.name, latest_version = excluded.latest_version,
+                         steps_count = excluded.steps_count, updated_at = excluded.updated_at,
+                         version = excluded.version",
+                    params![id, &*envelope.tenant, e.name, e.version, e.steps.len() as i64, e.at.0, version],
+                )?;
+                crate::exec(
+                    tx,
+                    "INSERT INTO workflow_versions (workflow, workflow_version, name, steps, defined_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                    params![id, e.version, e.name, steps, e.at.0],
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
