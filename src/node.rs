@@ -127,7 +127,8 @@ pub struct Node {
     bus: Arc<dyn Bus>,
     intake: Intake,
     duty: Duty,
-    projections: Vec<weft_projections::Running>,
+    projections: Projections,
+    rebuilds: actix_rt::task::JoinHandle<()>,
     query: QueryApi,
     queries: tokio::task::JoinHandle<()>,
 }
@@ -199,7 +200,7 @@ impl Node {
                 .map_err(|e| anyhow::anyhow!("cannot create {} for the read models: {e}", folder.display()))?;
         }
         let reader: Arc<dyn weft_events::EventRead> = store.reader();
-        let projections = vec![
+        let projections: Vec<weft_projections::Running> = vec![
             weft_projections::start(Documents, &options.read_models, reader.clone())?,
             weft_projections::start(Jobs, &options.read_models, reader.clone())?,
             weft_projections::start(Agents, &options.read_models, reader.clone())?,
@@ -208,10 +209,14 @@ impl Node {
             weft_projections::start(History, &options.read_models, reader.clone())?,
         ];
         let positions = projections.iter().map(|p| (p.name(), p.watch())).collect();
-        let reads = Reads { read_models: options.read_models.clone(), positions, store: reader };
+        let projections: Projections = Arc::new(tokio::sync::Mutex::new(projections));
+        let (rebuild_tx, rebuild_rx) = tokio::sync::mpsc::channel(8);
+        let rebuilds = actix_rt::spawn(serve_rebuilds(projections.clone(), rebuild_rx));
+        let reads =
+            Reads { read_models: options.read_models.clone(), positions, store: reader, rebuilds: Some(rebuild_tx) };
         let queries = crate::query::nats::start(bus.clone(), reads.clone()).await?;
         let query = QueryApi::start(options.http_addr, reads, bus.clone(), options.max_body_bytes)?;
-        Ok(Self { store, bus, intake, duty, projections, query, queries })
+        Ok(Self { store, bus, intake, duty, projections, rebuilds, query, queries })
     }
 
     /// Where the query API listens.
@@ -230,7 +235,10 @@ impl Node {
         self.query.stop().await;
         self.queries.abort();
         drop(self.intake);
-        for projection in self.projections {
+        // A rebuild in progress ends first (the lock): its swap commits whole or not at all.
+        let projections = std::mem::take(&mut *self.projections.lock().await);
+        self.rebuilds.abort();
+        for projection in projections {
             projection.stop()?;
         }
         match self.duty {
@@ -312,4 +320,38 @@ pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
     }
     eprintln!("weft: stopping");
     node.stop().await
+}
+
+/// The node's projections, behind a lock: a rebuild holds it while it works on one, a stop takes them all.
+type Projections = Arc<tokio::sync::Mutex<Vec<weft_projections::Running>>>;
+
+/// Rebuilds projections as asked, one at a time, on the node's runtime (the projections' threads read the log
+/// through it, so a rebuild must not start them on an HTTP worker's).
+async fn serve_rebuilds(
+    projections: Projections,
+    mut requests: tokio::sync::mpsc::Receiver<crate::query::read::RebuildRequest>,
+) {
+    use crate::query::read::Failure;
+    use weft_projections::rebuild;
+    while let Some((name, answer)) = requests.recv().await {
+        let mut running = projections.lock().await;
+        let Some(live) = running.iter_mut().find(|p| p.name() == name) else {
+            let _ = answer.send(Err(Failure::not_found(format!("no projection named {name:?}"))));
+            continue;
+        };
+        tracing::info!(projection = %name, "rebuilding a projection");
+        let result = match live.name() {
+            "documents" => rebuild::<Documents>(live).await,
+            "jobs" => rebuild::<Jobs>(live).await,
+            "agents" => rebuild::<Agents>(live).await,
+            "workflows" => rebuild::<Workflows>(live).await,
+            "schedules" => rebuild::<Schedules>(live).await,
+            _ => rebuild::<History>(live).await,
+        };
+        match &result {
+            Ok(position) => tracing::info!(projection = %name, position, "a projection was rebuilt and swapped in"),
+            Err(e) => tracing::error!(projection = %name, error = %e, "a projection's rebuild failed"),
+        }
+        let _ = answer.send(result.map_err(|e| Failure::unavailable(e.to_string())));
+    }
 }

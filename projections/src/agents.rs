@@ -27,6 +27,10 @@ impl Projection for Agents {
         "agents"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["agents"]
+    }
+
     fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS agents (

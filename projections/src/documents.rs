@@ -26,6 +26,10 @@ impl Projection for Documents {
         "documents"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["documents", "document_lineage"]
+    }
+
     fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS documents (

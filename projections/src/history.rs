@@ -47,6 +47,10 @@ impl Projection for History {
         "history"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["stream_events"]
+    }
+
     fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS stream_events (

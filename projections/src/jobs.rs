@@ -37,6 +37,10 @@ impl Projection for Jobs {
         "jobs"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["jobs", "job_steps", "job_logs"]
+    }
+
     fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS jobs (

@@ -25,7 +25,7 @@ pub mod runner;
 pub mod schedules;
 pub mod workflows;
 
-pub use runner::{Running, start};
+pub use runner::{Running, rebuild, start};
 
 /// Why a projection could not apply an event. The runner stops the projection on it rather than skip the
 /// event: a read model that silently missed an event would be wrong from then on.
@@ -55,8 +55,11 @@ pub trait Projection: Send + 'static {
     /// Its name: unique among the projections of one database, the key of its position.
     fn name(&self) -> &'static str;
 
-    /// Creates its tables if missing.
+    /// Creates its tables (and their indexes) if missing.
     fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()>;
+
+    /// The tables [`create`](Projection::create) makes: what a [`runner::rebuild`] swaps.
+    fn tables(&self) -> &'static [&'static str];
 
     /// Applies one event (any event of the log: it skips those it does not read).
     fn apply(&mut self, tx: &Transaction<'_>, event: &Envelope) -> Result<(), ApplyError>;

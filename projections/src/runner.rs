@@ -56,6 +56,10 @@ pub enum Error {
 /// A running projection.
 pub struct Running {
     name: &'static str,
+    path: PathBuf,
+    store: Arc<dyn EventRead>,
+    /// Kept across a [`rebuild`], so that those watching the position keep watching the one that serves.
+    position_tx: Arc<watch::Sender<u64>>,
     position: watch::Receiver<u64>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), Error>>>,
@@ -108,6 +112,10 @@ impl Drop for Running {
 /// Opens (or creates) the read-model database at `path` for `projection`, and starts applying the log from
 /// the position saved there. Must be called within a tokio runtime.
 pub fn start<P: Projection>(projection: P, path: &Path, store: Arc<dyn EventRead>) -> Result<Running, Error> {
+    start_with(projection, path, store, None)
+}
+
+fn open(path: &Path) -> Result<Connection, Error> {
     let open_error = |source| Error::Open { path: path.to_owned(), source };
     let db = Connection::open(path).map_err(open_error)?;
     // WAL: readers (the query API) never wait for the projection. NORMAL: a power loss may undo the last
@@ -121,6 +129,17 @@ pub fn start<P: Projection>(projection: P, path: &Path, store: Arc<dyn EventRead
         "CREATE TABLE IF NOT EXISTS projection_positions (name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
     )
     .map_err(open_error)?;
+    Ok(db)
+}
+
+fn start_with<P: Projection>(
+    projection: P,
+    path: &Path,
+    store: Arc<dyn EventRead>,
+    position_tx: Option<Arc<watch::Sender<u64>>>,
+) -> Result<Running, Error> {
+    let open_error = |source| Error::Open { path: path.to_owned(), source };
+    let db = open(path)?;
     projection.create(&db).map_err(open_error)?;
     let name = projection.name();
     let saved: u64 = db
@@ -129,15 +148,106 @@ pub fn start<P: Projection>(projection: P, path: &Path, store: Arc<dyn EventRead
         .map_err(open_error)?
         .map_or(0, |p| p as u64);
 
-    let (position_tx, position) = watch::channel(saved);
+    let position_tx = position_tx.unwrap_or_else(|| Arc::new(watch::channel(saved).0));
+    position_tx.send_replace(saved);
+    let position = position_tx.subscribe();
     let (stop, stopped) = oneshot::channel();
     let subscription = store.subscribe_all(saved + 1);
     let runtime = tokio::runtime::Handle::current();
+    let sender = position_tx.clone();
     let thread = std::thread::Builder::new()
         .name(format!("projection-{name}"))
-        .spawn(move || apply_loop(projection, db, subscription, runtime, stopped, position_tx))
+        .spawn(move || apply_loop(projection, db, subscription, runtime, stopped, &sender))
         .map_err(|source| Error::Thread { name, source })?;
-    Ok(Running { name, position, stop: Some(stop), thread: Some(thread) })
+    Ok(Running { name, path: path.to_owned(), store, position_tx, position, stop: Some(stop), thread: Some(thread) })
+}
+
+/// Rebuilds `live`'s read model from position 0 and swaps it in, while `live` keeps serving until the swap.
+///
+/// 1. A fresh projection applies the whole log into a scratch file beside the read models
+///    (`<file>.rebuild-<name>`) until it has caught up with the store's head.
+/// 2. `live` stops (at position L); the fresh one goes on until it has applied L, then stops (at R ≥ L).
+/// 3. One transaction on the read models drops `live`'s tables, creates them anew (so a changed schema is
+///    taken up), copies the rebuilt rows in and saves R as the position. Readers see the old model until it
+///    commits and the new one after: never a mix, never an empty table.
+/// 4. `live` starts again from R, on the same position watch, and the scratch file is removed.
+///
+/// Returns R. If a step fails before the swap commits, the old model is left as it was and `live` is
+/// restarted from its own position.
+pub async fn rebuild<P: Projection + Default>(live: &mut Running) -> Result<u64, Error> {
+    let name = live.name;
+    let scratch = scratch_path(&live.path, name);
+    remove_scratch(&scratch);
+    let result = rebuild_into::<P>(live, &scratch).await;
+    remove_scratch(&scratch);
+    if live.thread.is_none() {
+        *live = start_with(P::default(), &live.path.clone(), live.store.clone(), Some(live.position_tx.clone()))?;
+    }
+    result
+}
+
+async fn rebuild_into<P: Projection + Default>(live: &mut Running, scratch: &Path) -> Result<u64, Error> {
+    let name = live.name;
+    let fresh = start(P::default(), scratch, live.store.clone())?;
+    let head = live.store.head().await.map_err(|source| Error::Store { name, source })?;
+    if !fresh.reached(head).await {
+        return fresh.stop().map(|()| 0);
+    }
+    if let Err(e) = live.finish() {
+        // A projection that stopped on an event is what a rebuild (with the fix) is for: go on.
+        tracing::warn!(projection = name, error = %e, "the live projection had stopped; rebuilding regardless");
+    }
+    let live_position = live.position();
+    if !fresh.reached(live_position).await {
+        return fresh.stop().map(|()| 0);
+    }
+    let rebuilt = fresh.position();
+    fresh.stop()?;
+    let (path, scratch) = (live.path.clone(), scratch.to_owned());
+    tokio::task::spawn_blocking(move || swap(P::default(), &path, &scratch, rebuilt))
+        .await
+        .map_err(|e| Error::Thread { name, source: std::io::Error::other(e.to_string()) })??;
+    live.position_tx.send_replace(rebuilt);
+    Ok(rebuilt)
+}
+
+/// Replaces `projection`'s tables in `path` by those in `scratch`, with `position`, in one transaction.
+fn swap<P: Projection>(projection: P, path: &Path, scratch: &Path, position: u64) -> Result<(), Error> {
+    let name = projection.name();
+    let open_error = |source| Error::Open { path: path.to_owned(), source };
+    let mut db = open(path)?;
+    db.execute("ATTACH DATABASE ?1 AS fresh", [scratch.to_string_lossy()]).map_err(open_error)?;
+    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(open_error)?;
+    for table in projection.tables() {
+        tx.execute_batch(&format!("DROP TABLE IF EXISTS main.{table}")).map_err(open_error)?;
+    }
+    projection.create(&tx).map_err(open_error)?;
+    for table in projection.tables() {
+        tx.execute_batch(&format!("INSERT INTO main.{table} SELECT * FROM fresh.{table}")).map_err(open_error)?;
+    }
+    tx.execute(
+        "INSERT INTO main.projection_positions (name, position) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+        params![name, position as i64],
+    )
+    .map_err(open_error)?;
+    tx.commit().map_err(open_error)?;
+    db.execute("DETACH DATABASE fresh", []).map_err(open_error)?;
+    Ok(())
+}
+
+fn scratch_path(path: &Path, name: &str) -> PathBuf {
+    let mut file = path.as_os_str().to_owned();
+    file.push(format!(".rebuild-{name}"));
+    PathBuf::from(file)
+}
+
+fn remove_scratch(scratch: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = scratch.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(file));
+    }
 }
 
 fn apply_loop<P: Projection>(
@@ -146,7 +256,7 @@ fn apply_loop<P: Projection>(
     mut subscription: Subscription,
     runtime: tokio::runtime::Handle,
     mut stopped: oneshot::Receiver<()>,
-    position: watch::Sender<u64>,
+    position: &watch::Sender<u64>,
 ) -> Result<(), Error> {
     let name = projection.name();
     loop {

@@ -24,6 +24,10 @@ impl Projection for Schedules {
         "schedules"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["schedules"]
+    }
+
     fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS schedules (

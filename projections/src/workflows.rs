@@ -25,6 +25,10 @@ impl Projection for Workflows {
         "workflows"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["workflows", "workflow_versions"]
+    }
+
     fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS workflows (

@@ -260,7 +260,12 @@ async fn live(
     let host = Host::<Document>::new(Arc::new(store.clone()), HostOptions::default());
     let streams = Arc::new(super::actors::documents(&host, LIVE_DOCUMENTS).await?);
     let positions: Vec<_> = running.iter().map(|p| (p.name(), p.watch())).collect();
-    let reads = Reads { read_models: read_models.to_owned(), positions: positions.clone(), store: reader.clone() };
+    let reads = Reads {
+        read_models: read_models.to_owned(),
+        positions: positions.clone(),
+        store: reader.clone(),
+        rebuilds: None,
+    };
     let api = QueryApi::start("127.0.0.1:0".parse()?, reads, Arc::new(MemoryBus::default()), 1 << 20)?;
     let start_position = store.head().await?;
 

@@ -18,6 +18,9 @@
 //! - `POST /commands/{aggregate}/{id}`: a command (the NATS body, JSON), sent through the command intake on
 //!   the bus exactly as a NATS client's would be; the answer is the intake's reply.
 //!
+//! - `POST /projections/{name}/rebuild`: rebuilds a read model from position 0 into a scratch file while the
+//!   old one serves, swaps it in in one transaction, and answers with the position it took over at.
+//!
 //! Every `GET` accepts `after=<position>`: it waits (up to 5 s) until the read model applied that position
 //! (read-your-writes with a command reply's `last_position`), and answers 504 if it has not by then. Every
 //! `GET` answer carries an `ETag`; `If-None-Match` with it answers 304.
@@ -93,6 +96,7 @@ impl QueryApi {
                 .route("/schedules/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &SCHEDULES)))
                 .route("/streams/{stream}/events", web::get().to(history))
                 .route("/commands/{aggregate}/{id}", web::post().to(command))
+                .route("/projections/{name}/rebuild", web::post().to(rebuild))
                 .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }))
         })
         .workers(2)
@@ -220,6 +224,10 @@ async fn history(
     params: Params,
 ) -> HttpResponse {
     answer(&request, state.reads.history(&stream, &params).await)
+}
+
+async fn rebuild(state: web::Data<State>, request: HttpRequest, name: web::Path<String>) -> HttpResponse {
+    answer(&request, state.reads.rebuild(&name).await)
 }
 
 /// The aggregates commands may be sent to.

@@ -29,6 +29,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/schedules/{id}/live", "Server-sent events: each change of a schedule, then its state"),
     ("get", "/streams/{stream}/events", "A page of a stream's events, oldest first"),
     ("post", "/commands/{aggregate}/{id}", "A command, through the command intake"),
+    (
+        "post",
+        "/projections/{name}/rebuild",
+        "Rebuild a read model from the log and swap it in; the old one serves meanwhile",
+    ),
 ];
 
 fn param(name: &str, place: &str, schema: Value, description: &str) -> Value {
@@ -165,6 +170,14 @@ pub fn document() -> Value {
         json!({"post": {"summary": summary("/commands/{aggregate}/{id}"), "parameters": [aggregate, id],
                          "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
                              "required": ["command_id", "type"]}}}},
+                         "responses": responses}}),
+    );
+    let names = param("name", "path", json!({"type": "string"}), "The projection, as in /readyz");
+    let mut responses = errors();
+    responses["200"] = json_response(json!({"type": "object", "required": ["projection", "position"]}));
+    paths.insert(
+        "/projections/{name}/rebuild".into(),
+        json!({"post": {"summary": summary("/projections/{name}/rebuild"), "parameters": [names],
                          "responses": responses}}),
     );
     json!({

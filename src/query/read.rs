@@ -34,7 +34,12 @@ pub struct Reads {
     pub positions: Vec<(&'static str, watch::Receiver<u64>)>,
     /// The event store, for the head position (lag).
     pub store: Arc<dyn EventRead>,
+    /// Where to ask for a projection's rebuild (see [`weft_projections::rebuild`]); `None`: not offered.
+    pub rebuilds: Option<tokio::sync::mpsc::Sender<RebuildRequest>>,
 }
+
+/// A projection to rebuild, by name, and where to answer with the position the rebuilt model took over at.
+pub type RebuildRequest = (String, tokio::sync::oneshot::Sender<Result<u64, Failure>>);
 
 /// A read that failed, with what to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -470,6 +475,19 @@ impl Reads {
         }
         let next = if more { items.last().map(|item| item["version"].clone()) } else { None };
         Ok(json!({"items": items, "next_cursor": next}))
+    }
+
+    /// Rebuilds a projection from position 0 and swaps it in (the old model serves until then):
+    /// `{"projection", "position"}`.
+    pub async fn rebuild(&self, projection: &str) -> Result<Value, Failure> {
+        let Some(rebuilds) = &self.rebuilds else { return Err(Failure::unavailable("rebuilds are not offered here")) };
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        rebuilds
+            .send((projection.to_owned(), answer))
+            .await
+            .map_err(|_| Failure::unavailable("the node is stopping"))?;
+        let position = answered.await.map_err(|_| Failure::unavailable("the node is stopping"))??;
+        Ok(json!({"projection": projection, "position": position}))
     }
 
     /// Each projection's position, the store's head, and how far behind each is (events and seconds: the age

@@ -139,6 +139,19 @@ async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors()
         assert!(ready["head"].as_u64().unwrap() >= position, "{ready}");
         assert_eq!(get(&addr, "/healthz").0, 200);
 
+        // Rebuilds: each read model is rebuilt from the log and swapped in, and reads the same afterwards.
+        let before = get(&addr, &format!("/jobs/{job}")).1;
+        for name in ["documents", "jobs", "agents", "workflows", "schedules", "history"] {
+            let response = http(&addr, "POST", &format!("/projections/{name}/rebuild"), &[], b"");
+            assert_eq!(response.status, 200, "{name}: {response:?}");
+            assert!(response.json()["position"].as_u64().unwrap() >= position, "{name}: {response:?}");
+        }
+        assert_eq!(get(&addr, &format!("/jobs/{job}")).1, before);
+        let (_, page) = get(&addr, &format!("/streams/job-{job}/events"));
+        assert_eq!(page["items"].as_array().unwrap().len(), 10, "{page}");
+        let response = http(&addr, "POST", "/projections/planets/rebuild", &[], b"");
+        assert_eq!((response.status, response.json()["error"]["kind"].as_str()), (404, Some("not_found")));
+
         // Bad input, route by route: typed JSON errors.
         let unknown = Uuid::now_v7();
         for (path, expected) in [
