@@ -1,10 +1,11 @@
-//! The `weft` command line. Nouns, then verbs: `weft bench store`.
+//! The `weft` command line. Nouns, then verbs: `weft serve`, `weft bench store`, `weft job logs <id> --follow`.
 //!
 //! Data goes to stdout, diagnostics and tables to stderr.
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
+use weft::client;
 
 /// Events are many small allocations (names, payloads) made on one thread and freed on another; mimalloc
 /// does that several times faster than the system allocator.
@@ -27,6 +28,48 @@ enum Command {
     /// Benchmarks: each prints one JSON line per case on stdout and a table on stderr.
     #[command(subcommand)]
     Bench(Bench),
+    /// Documents of a running node.
+    Document {
+        #[command(subcommand)]
+        verb: client::Read,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Jobs of a running node, and their logs.
+    Job {
+        #[command(subcommand)]
+        verb: client::JobVerb,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Agents of a running node.
+    Agent {
+        #[command(subcommand)]
+        verb: client::Read,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Workflows of a running node.
+    Workflow {
+        #[command(subcommand)]
+        verb: client::Read,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Schedules of a running node.
+    Schedule {
+        #[command(subcommand)]
+        verb: client::Read,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// The read models' projections of a running node: their lag, and rebuilds.
+    Projection {
+        #[command(subcommand)]
+        verb: client::ProjectionVerb,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,5 +106,21 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Projections(options)) => {
             actix_rt::System::new().block_on(weft::bench::projections::main(options))
         }
+        Command::Document { verb, connection } => run(client::read(connection, "documents", verb)),
+        Command::Job { verb, connection } => run(client::job(connection, verb)),
+        Command::Agent { verb, connection } => run(client::read(connection, "agents", verb)),
+        Command::Workflow { verb, connection } => run(client::read(connection, "workflows", verb)),
+        Command::Schedule { verb, connection } => run(client::read(connection, "schedules", verb)),
+        Command::Projection { verb, connection } => run(client::projection(connection, verb)),
     }
+}
+
+/// Runs a client command on a small runtime of its own. A failure is one line on stderr (the node's error
+/// kind and message, or why the node could not be reached) and exit status 1.
+fn run(command: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    if let Err(e) = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(command) {
+        eprintln!("weft: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 mod actors_on_sqlite;
 mod bus;
 mod cli;
+mod client;
 mod intake;
 mod job_crash;
 mod nats_e2e;

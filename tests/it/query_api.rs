@@ -16,7 +16,7 @@ use weft_events::domain::ids::Uuid;
 use crate::serve::{Serve, command, get, http, register};
 
 /// A one-step job's `submit` payload for `agent` over `input`.
-fn one_step_job(agent: &str, input: &str) -> Value {
+pub fn one_step_job(agent: &str, input: &str) -> Value {
     let step = json!({"name": "extract", "agent": agent, "instruction": "extract it",
         "inputs": [{"from": "job_inputs"}], "timeout_ms": 5000,
         "retry": {"max_attempts": 3, "base_delay_ms": 10, "max_delay_ms": 100}});
@@ -26,7 +26,7 @@ fn one_step_job(agent: &str, input: &str) -> Value {
 
 /// Drives a submitted one-step job through a failed attempt, a retry and a success, with a log line; returns
 /// the last reply.
-fn drive_job(addr: &str, job: &str) -> Value {
+pub fn drive_job(addr: &str, job: &str) -> Value {
     let output = Uuid::now_v7().to_string();
     let mut last = Value::Null;
     for (kind, payload) in [

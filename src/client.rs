@@ -1,0 +1,398 @@
+//! The command line's client of a running node: `weft document|job|agent|workflow|schedule list|show`,
+//! `weft job logs [--follow]`, `weft projection rebuild`, `weft status`. Each reads the node's query API over
+//! HTTP (`--url`, or `WEFT_URL`; the default is `weft serve`'s default address).
+//!
+//! Data goes to stdout, as the API's JSON (`--output json`) or as a table (`--output table`, the default);
+//! diagnostics go to stderr. An error answer of the node is printed with its kind and message, and the command
+//! exits non-zero.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::Value;
+
+/// How long one request may take (a rebuild can take long: it has its own).
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a rebuild may take.
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How often `job logs --follow` asks for more.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+/// Where the node is and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The node's query API.
+    #[arg(long, env = "WEFT_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub url: String,
+    /// How to print the data.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+/// How the data is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// The API's JSON, one document.
+    Json,
+    /// Columns for people.
+    Table,
+}
+
+/// What a list asks for.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// `name=value` filters, as the API's query parameters: `status=running`, `tenant=acme`, `since=<µs>`.
+    #[arg(long = "where", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub filters: Vec<(String, String)>,
+    /// Items per page (the API's limit, at most 1000).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Start after this id (a previous page's next cursor).
+    #[arg(long)]
+    pub cursor: Option<String>,
+    /// Every page, not just the first.
+    #[arg(long)]
+    pub all: bool,
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
+}
+
+/// The verbs of a read model.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Read {
+    /// A page of the list (or every page with --all), ordered by id.
+    List(ListArgs),
+    /// One item, with its details.
+    Show {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// The verbs of jobs: those of every read model, and the log.
+#[derive(Debug, Clone, Subcommand)]
+pub enum JobVerb {
+    /// A page of the list (or every page with --all), ordered by id.
+    List(ListArgs),
+    /// One job, with its steps and progress.
+    Show {
+        /// Its id.
+        id: String,
+    },
+    /// The job's log, oldest first.
+    Logs {
+        /// Its id.
+        id: String,
+        /// Keep printing new lines until the job ends.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+/// The verbs of projections.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ProjectionVerb {
+    /// Each projection's position and lag behind the store.
+    List,
+    /// Rebuilds a read model from the log and swaps it in; the old one serves meanwhile.
+    Rebuild {
+        /// The projection: documents, jobs, agents, workflows, schedules, history.
+        name: String,
+    },
+}
+
+/// Why a client command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node could not be reached.
+    #[error("cannot reach the node at {url} (is `weft serve` running there? set --url or WEFT_URL): {source}")]
+    Unreachable {
+        /// The address tried.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The node answered with an error.
+    #[error("{status} {kind}: {message}")]
+    Answer {
+        /// The HTTP status.
+        status: u16,
+        /// The error's kind (`invalid`, `not_found`, ...).
+        kind: String,
+        /// For people.
+        message: String,
+    },
+    /// The node's answer was not the JSON expected.
+    #[error("the node at {url} answered something that is not Weft's JSON: {detail}")]
+    Garbled {
+        /// The address asked.
+        url: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// The HTTP client of one node.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the node at `url`.
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        let base = url.trim_end_matches('/').to_owned();
+        anyhow::ensure!(
+            base.starts_with("http://") || base.starts_with("https://"),
+            "--url must start with http:// or https://, not {url:?}"
+        );
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+        Ok(Self { base, http })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, url: String) -> Result<Value, Error> {
+        let response = request.send().await.map_err(|source| Error::Unreachable { url: url.clone(), source })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|source| Error::Unreachable { url: url.clone(), source })?;
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::Garbled { url: url.clone(), detail: format!("{status}: {e}") })?;
+        if status.is_success() {
+            return Ok(value);
+        }
+        let text = |field: &str| value["error"][field].as_str().map(str::to_owned);
+        match (text("kind"), text("message")) {
+            (Some(kind), Some(message)) => Err(Error::Answer { status: status.as_u16(), kind, message }),
+            _ => Err(Error::Garbled { url, detail: format!("{status} without an error object") }),
+        }
+    }
+
+    /// `GET path?query`.
+    pub async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Value, Error> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.get(&url).query(query).timeout(TIMEOUT), url).await
+    }
+
+    /// `POST path`, no body.
+    pub async fn post(&self, path: &str, timeout: Duration) -> Result<Value, Error> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.post(&url).timeout(timeout), url).await
+    }
+}
+
+/// A path segment from user input: ids are percent-encoded so that they cannot reach another route.
+fn segment(text: &str) -> String {
+    let mut encoded = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
+}
+
+/// The columns a table of each model shows.
+fn columns(model: &str) -> &'static [&'static str] {
+    match model {
+        "documents" => &["id", "status", "name", "content_type", "size_bytes", "versions", "tenant", "updated_at"],
+        "jobs" => &["id", "status", "steps_done", "steps_total", "workflow", "tenant", "submitted_at", "finished_at"],
+        "agents" => &["id", "status", "name", "provider", "model", "tasks_done", "tasks_failed", "mean_latency_ms"],
+        "workflows" => &["id", "name", "latest_version", "steps_count", "tenant", "updated_at"],
+        "schedules" => &["id", "status", "cron", "time_zone", "workflow", "fires", "next_fire_at"],
+        _ => &[],
+    }
+}
+
+/// A cell: text as is, times (`*_at`, microseconds) as RFC 3339, null as `-`, the rest as JSON.
+fn cell(column: &str, value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(text) => text.clone(),
+        Value::Number(n) if column.ends_with("_at") => n
+            .as_i64()
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .map_or_else(|| n.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or_default()),
+        other => other.to_string(),
+    }
+}
+
+/// Rows under a header, columns padded to their widest cell.
+fn table(columns: &[&str], rows: &[Value]) -> String {
+    let cells: Vec<Vec<String>> = rows.iter().map(|row| columns.iter().map(|c| cell(c, &row[*c])).collect()).collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(c.len()))
+        .collect();
+    let mut out = String::new();
+    let line = |out: &mut String, values: &mut dyn Iterator<Item = String>| {
+        let padded: Vec<String> = values.zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &mut columns.iter().map(|c| c.to_uppercase()));
+    for row in cells {
+        line(&mut out, &mut row.into_iter());
+    }
+    out
+}
+
+/// One item as `field  value` lines; a list of objects (steps, versions, lineage) as a table under its name.
+fn item(value: &Value) -> String {
+    let Some(object) = value.as_object() else { return format!("{value}\n") };
+    let width = object.keys().map(String::len).max().unwrap_or(0);
+    let mut out = String::new();
+    let mut nested = Vec::new();
+    for (field, value) in object {
+        match value {
+            Value::Array(rows) if rows.first().is_some_and(Value::is_object) => nested.push((field, rows)),
+            _ => {
+                let _ = writeln!(out, "{field:<width$}  {}", cell(field, value));
+            }
+        }
+    }
+    for (field, rows) in nested {
+        let mut columns: Vec<&str> =
+            rows[0].as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+        // What names a row comes first.
+        columns.sort_by_key(|c| !matches!(*c, "step" | "id" | "workflow_version" | "name"));
+        let _ = write!(out, "\n{field}:\n{}", table(&columns, rows));
+    }
+    out
+}
+
+fn print(output: Output, value: &Value, as_table: impl FnOnce(&Value) -> String) {
+    match output {
+        Output::Json => println!("{value}"),
+        Output::Table => print!("{}", as_table(value)),
+    }
+}
+
+/// `weft <model> list|show`.
+pub async fn read(connection: Connection, model: &'static str, verb: Read) -> anyhow::Result<()> {
+    let client = Client::new(&connection.url)?;
+    match verb {
+        Read::Show { id } => {
+            let found = client.get(&format!("/{model}/{}", segment(&id)), &[]).await?;
+            print(connection.output, &found, item);
+        }
+        Read::List(args) => list(&client, connection.output, model, args).await?,
+    }
+    Ok(())
+}
+
+async fn list(client: &Client, output: Output, model: &'static str, args: ListArgs) -> anyhow::Result<()> {
+    let mut query = args.filters.clone();
+    if let Some(limit) = args.limit {
+        query.push(("limit".into(), limit.to_string()));
+    }
+    let mut cursor = args.cursor.clone();
+    let mut items = Vec::new();
+    let next = loop {
+        let mut page_query = query.clone();
+        if let Some(cursor) = &cursor {
+            page_query.push(("cursor".into(), cursor.clone()));
+        }
+        let page = client.get(&format!("/{model}"), &page_query).await?;
+        let (Some(page_items), next) = (page["items"].as_array(), page["next_cursor"].as_str()) else {
+            anyhow::bail!("the node answered a page without items: {page}");
+        };
+        items.extend(page_items.iter().cloned());
+        match next {
+            Some(next) if args.all => cursor = Some(next.to_owned()),
+            next => break next.map(str::to_owned),
+        }
+    };
+    let page = serde_json::json!({"items": items, "next_cursor": next});
+    print(output, &page, |page| table(columns(model), page["items"].as_array().map_or(&[], Vec::as_slice)));
+    if let (Output::Table, Some(next)) = (output, next) {
+        eprintln!("more: --cursor {next} (or --all)");
+    }
+    Ok(())
+}
+
+/// `weft job ...`.
+pub async fn job(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
+    match verb {
+        JobVerb::List(args) => read(connection, "jobs", Read::List(args)).await,
+        JobVerb::Show { id } => read(connection, "jobs", Read::Show { id }).await,
+        JobVerb::Logs { id, follow } => logs(connection, &id, follow).await,
+    }
+}
+
+/// Prints a job's log lines from the start; with `follow`, goes on until the job has ended and every line of
+/// it is printed.
+async fn logs(connection: Connection, id: &str, follow: bool) -> anyhow::Result<()> {
+    let client = Client::new(&connection.url)?;
+    let path = format!("/jobs/{}/logs", segment(id));
+    let mut cursor = 0u64;
+    loop {
+        // Whether the job had ended before this page was read: then the page holds its last lines.
+        let ended = follow && {
+            let job = client.get(&format!("/jobs/{}", segment(id)), &[]).await?;
+            job["status"].as_str().is_some_and(|s| s != "running")
+        };
+        let page = client.get(&path, &[("cursor".into(), cursor.to_string())]).await?;
+        let Some(lines) = page["items"].as_array() else { anyhow::bail!("the node answered a page without items") };
+        for line in lines {
+            match connection.output {
+                Output::Json => println!("{line}"),
+                Output::Table => {
+                    println!(
+                        "{}  {:<5}  {}",
+                        cell("at", &line["at"]),
+                        cell("", &line["level"]),
+                        cell("", &line["message"])
+                    )
+                }
+            }
+            cursor = line["seq"].as_u64().unwrap_or(cursor);
+        }
+        if page["next_cursor"].is_null() && (!follow || ended) {
+            return Ok(());
+        }
+        if page["next_cursor"].is_null() {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
+    }
+}
+
+/// `weft projection ...`.
+pub async fn projection(connection: Connection, verb: ProjectionVerb) -> anyhow::Result<()> {
+    let client = Client::new(&connection.url)?;
+    match verb {
+        ProjectionVerb::List => {
+            let ready = client.get("/readyz", &[]).await?;
+            print(connection.output, &ready, |ready| {
+                let rows: Vec<Value> = ready["projections"]
+                    .as_object()
+                    .map(|projections| {
+                        projections
+                            .iter()
+                            .map(|(name, p)| {
+                                let mut row = p.clone();
+                                row["name"] = Value::String(name.clone());
+                                row
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                table(&["name", "position", "lag_events", "lag_seconds"], &rows)
+            });
+        }
+        ProjectionVerb::Rebuild { name } => {
+            eprintln!("rebuilding {name}; the old read model serves until the new one is swapped in");
+            let done = client.post(&format!("/projections/{}/rebuild", segment(&name)), REBUILD_TIMEOUT).await?;
+            print(connection.output, &done, item);
+        }
+    }
+    Ok(())
+}
