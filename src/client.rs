@@ -107,6 +107,26 @@ pub enum ProjectionVerb {
     },
 }
 
+/// What `weft send` sends.
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    /// The aggregate: document, workflow, job, agent, schedule.
+    pub aggregate: String,
+    /// The instance's id (a UUID; `weft id` makes one).
+    pub id: String,
+    /// The command's type, such as `register` or `submit` (see `schemas/commands/`).
+    pub kind: String,
+    /// The command's payload, a JSON object (`{}` when left out).
+    pub payload: Option<String>,
+    /// The command's id, for a retry that must not act twice (a fresh one when left out).
+    #[arg(long)]
+    pub command_id: Option<String>,
+    /// Return as soon as the command is answered, before the read models show its events (by default `send`
+    /// waits, up to 5 s, so that the next read sees them).
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
 /// Why a client command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -178,10 +198,14 @@ impl Client {
         self.send(self.http.get(&url).query(query).timeout(TIMEOUT), url).await
     }
 
-    /// `POST path`, no body.
-    pub async fn post(&self, path: &str, timeout: Duration) -> Result<Value, Error> {
+    /// `POST path` with a JSON body, or none.
+    pub async fn post(&self, path: &str, body: Option<&Value>, timeout: Duration) -> Result<Value, Error> {
         let url = format!("{}{path}", self.base);
-        self.send(self.http.post(&url).timeout(timeout), url).await
+        let mut request = self.http.post(&url).timeout(timeout);
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        self.send(request, url).await
     }
 }
 
@@ -390,9 +414,67 @@ pub async fn projection(connection: Connection, verb: ProjectionVerb) -> anyhow:
         }
         ProjectionVerb::Rebuild { name } => {
             eprintln!("rebuilding {name}; the old read model serves until the new one is swapped in");
-            let done = client.post(&format!("/projections/{}/rebuild", segment(&name)), REBUILD_TIMEOUT).await?;
+            let done = client.post(&format!("/projections/{}/rebuild", segment(&name)), None, REBUILD_TIMEOUT).await?;
             print(connection.output, &done, item);
         }
     }
+    Ok(())
+}
+
+/// `weft send`: one command through the node's command intake; prints the reply (with the positions its events
+/// took, for `?after=` reads).
+pub async fn send(connection: Connection, args: SendArgs) -> anyhow::Result<()> {
+    let client = Client::new(&connection.url)?;
+    let payload: Value = match &args.payload {
+        Some(text) => serde_json::from_str(text).map_err(|e| anyhow::anyhow!("the payload is not JSON: {e}"))?,
+        None => Value::Object(Default::default()),
+    };
+    let command_id = args.command_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let body = serde_json::json!({"command_id": command_id, "type": args.kind, "payload": payload});
+    let path = format!("/commands/{}/{}", segment(&args.aggregate), segment(&args.id));
+    let reply = client.post(&path, Some(&body), TIMEOUT).await?;
+    if let (false, Some(position)) = (args.no_wait, reply["last_position"].as_u64()) {
+        caught_up(&client, position).await?;
+    }
+    print(connection.output, &reply, item);
+    Ok(())
+}
+
+/// Waits (up to 5 s) until every projection of the node applied `position`.
+async fn caught_up(client: &Client, position: u64) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ready = client.get("/readyz", &[]).await?;
+        let lowest = ready["projections"].as_object().and_then(|p| p.values().map(|p| p["position"].as_u64()).min());
+        if lowest.flatten().is_some_and(|lowest| lowest >= position) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("weft: the read models have not reached position {position} yet; reads may not show it");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `weft stream events <stream>`: a stream's events, oldest first, every page.
+pub async fn stream_events(connection: Connection, stream: &str) -> anyhow::Result<()> {
+    let client = Client::new(&connection.url)?;
+    let path = format!("/streams/{}/events", segment(stream));
+    let mut cursor = 0u64;
+    let mut events = Vec::new();
+    loop {
+        let page = client.get(&path, &[("cursor".into(), cursor.to_string())]).await?;
+        let Some(items) = page["items"].as_array() else { anyhow::bail!("the node answered a page without items") };
+        events.extend(items.iter().cloned());
+        match page["next_cursor"].as_u64() {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    let events = Value::Array(events);
+    print(connection.output, &events, |events| {
+        table(&["version", "position", "type", "recorded_at", "actor"], events.as_array().map_or(&[], Vec::as_slice))
+    });
     Ok(())
 }

@@ -63,12 +63,37 @@ enum Command {
         #[command(flatten)]
         connection: client::Connection,
     },
+    /// Sends a command to a running node, through its command intake, and prints the reply.
+    Send {
+        #[command(flatten)]
+        args: client::SendArgs,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// A stream's events on a running node, oldest first: `weft stream events job-<id>`.
+    Stream {
+        #[command(subcommand)]
+        verb: StreamVerb,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Prints a fresh id (a UUID v7) for a new document, job, agent, workflow or schedule.
+    Id,
     /// The read models' projections of a running node: their lag, and rebuilds.
     Projection {
         #[command(subcommand)]
         verb: client::ProjectionVerb,
         #[command(flatten)]
         connection: client::Connection,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StreamVerb {
+    /// Every event of the stream, with its metadata and payload.
+    Events {
+        /// The stream, such as `job-<uuid>`.
+        stream: String,
     },
 }
 
@@ -112,6 +137,14 @@ fn main() -> anyhow::Result<()> {
         Command::Workflow { verb, connection } => run(client::read(connection, "workflows", verb)),
         Command::Schedule { verb, connection } => run(client::read(connection, "schedules", verb)),
         Command::Projection { verb, connection } => run(client::projection(connection, verb)),
+        Command::Send { args, connection } => run(client::send(connection, args)),
+        Command::Stream { verb: StreamVerb::Events { stream }, connection } => {
+            run(client::stream_events(connection, &stream))
+        }
+        Command::Id => {
+            println!("{}", uuid::Uuid::now_v7());
+            Ok(())
+        }
     }
 }
 

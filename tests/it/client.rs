@@ -89,10 +89,22 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.starts_with("ID") && text.lines().count() == 4, "{text}");
     assert!(documents.iter().all(|d| text.contains(d.as_str())), "{text}");
-    for noun in ["agent", "workflow", "schedule"] {
+    for noun in ["workflow", "schedule"] {
         let page = stdout_json(&weft(&url, &[noun, "list", "--output", "json"]));
         assert_eq!(page["items"], serde_json::json!([]), "{noun}");
     }
+
+    // Commands and a stream's history.
+    let id = String::from_utf8(weft(&url, &["id"]).stdout).unwrap();
+    let agent = id.trim().parse::<Uuid>().unwrap().to_string();
+    let profile = r#"{"profile": {"name": "a", "role": "r", "goal": "g", "instructions": "i", "provider": "builtin",
+        "model": "m", "parameters": {}, "concurrency_limit": 1}}"#;
+    let reply = stdout_json(&weft(&url, &["send", "agent", &agent, "register", profile, "--output", "json"]));
+    assert_eq!(reply["status"], "ok", "{reply}");
+    // `send` waited for the read models: the agent is there at once.
+    assert_eq!(stdout_json(&weft(&url, &["agent", "show", &agent, "--output", "json"]))["name"], "a");
+    let events = stdout_json(&weft(&url, &["stream", "events", &format!("job-{job}"), "--output", "json"]));
+    assert_eq!(events.as_array().unwrap().len(), 10, "{events}");
 
     // Projections: their lag, and a rebuild.
     let ready = stdout_json(&weft(&url, &["projection", "list", "--output", "json"]));
@@ -116,6 +128,10 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
         (vec!["document", "list", "--output", "yaml"], 2, "yaml"),
         (vec!["document", "list", "--where", "colour"], 2, "NAME=VALUE"),
         (vec!["document", "fetch"], 2, "fetch"),
+        (vec!["send", "document", &documents[0], "register", "{not json"], 1, "not JSON"),
+        (vec!["send", "document", &documents[0], "register", "{}"], 1, "invalid"),
+        (vec!["send", "planet", &documents[0], "register"], 1, "not_found"),
+        (vec!["stream", "events", "a b"], 1, "invalid"),
     ] {
         let output = weft(&url, &args);
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -12,6 +12,7 @@ mod nats_faults;
 mod nats_server;
 mod projection_crash;
 mod query_api;
+mod quickstart;
 mod reaped;
 mod schemas;
 mod serve;
