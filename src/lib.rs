@@ -18,6 +18,7 @@
 //! - [`lease`]: which of the nodes sharing a store runs the process managers and the publisher.
 //! - [`nats`]: NATS: local servers for tests and benchmarks.
 //! - [`node`]: a node, everything wired together: what `weft serve` runs.
+//! - [`config`]: `weft serve --config FILE`, the node's options from TOML.
 //! - [`client`]: the command line's client of a running node (`weft job show`, `weft job logs --follow`).
 //! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose (`store`, `actors`,
 //!   `nats`, `projections`).
@@ -25,6 +26,7 @@
 pub mod bench;
 pub mod bus;
 pub mod client;
+pub mod config;
 pub mod gateway;
 pub mod intake;
 pub mod lease;

@@ -2,7 +2,7 @@
 //!
 //! Data goes to stdout, diagnostics and tables to stderr.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 use weft::client;
@@ -114,7 +114,16 @@ enum Bench {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::Serve(weft::node::NodeOptions { config: Some(file), .. }) = &cli.command {
+        let command = Cli::command();
+        let serve = command.find_subcommand("serve").expect("serve is a subcommand");
+        for (variable, value) in weft::config::settings(file, serve)? {
+            // SAFETY: nothing else runs yet: no thread has started that could read the environment.
+            unsafe { std::env::set_var(variable, value) };
+        }
+        cli = Cli::parse();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)

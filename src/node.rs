@@ -45,10 +45,10 @@ pub struct NodeOptions {
     #[arg(long, env = "WEFT_NATS")]
     pub nats: Option<String>,
     /// Largest command body in bytes.
-    #[arg(long, default_value_t = crate::protocol::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, default_value_t = crate::protocol::DEFAULT_MAX_BODY_BYTES, env = "WEFT_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
     /// Do not run the process managers (job orchestrator, timers) on this node.
-    #[arg(long)]
+    #[arg(long, env = "WEFT_NO_PROCESSES")]
     pub no_processes: bool,
     /// Where the query API listens (HTTP); port 0 takes a free port.
     #[arg(long, default_value = "127.0.0.1:8080", env = "WEFT_HTTP_ADDR")]
@@ -57,14 +57,18 @@ pub struct NodeOptions {
     #[arg(long, default_value = "weft-data/read.db", env = "WEFT_READ_MODELS")]
     pub read_models: PathBuf,
     /// Keep the events in JetStream on the `--nats` servers instead of the SQLite file.
-    #[arg(long, requires = "nats")]
+    #[arg(long, requires = "nats", env = "WEFT_JETSTREAM")]
     pub jetstream: bool,
     /// Replicas of the JetStream stream and buckets (1, or 3 or 5 in a cluster).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), requires = "jetstream")]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), requires = "jetstream", env = "WEFT_JETSTREAM_REPLICAS")]
     pub jetstream_replicas: u8,
     /// The JetStream stream of the events.
-    #[arg(long, default_value = "WEFT_EVENTS", requires = "jetstream")]
+    #[arg(long, default_value = "WEFT_EVENTS", requires = "jetstream", env = "WEFT_JETSTREAM_STREAM")]
     pub jetstream_stream: String,
+    /// A TOML file of these options, keyed by their long names (`http-addr = "0.0.0.0:8080"`); the command
+    /// line and the WEFT_* variables win over it.
+    #[arg(long, env = "WEFT_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// The store a node opened.

@@ -155,9 +155,10 @@ fn start_with<P: Projection>(
     let subscription = store.subscribe_all(saved + 1);
     let runtime = tokio::runtime::Handle::current();
     let sender = position_tx.clone();
+    let thread_path = path.to_owned();
     let thread = std::thread::Builder::new()
         .name(format!("projection-{name}"))
-        .spawn(move || apply_loop(projection, db, subscription, runtime, stopped, &sender))
+        .spawn(move || apply_loop(projection, db, subscription, runtime, stopped, &sender, thread_path))
         .map_err(|source| Error::Thread { name, source })?;
     Ok(Running { name, path: path.to_owned(), store, position_tx, position, stop: Some(stop), thread: Some(thread) })
 }
@@ -217,6 +218,8 @@ fn swap<P: Projection>(projection: P, path: &Path, scratch: &Path, position: u64
     let open_error = |source| Error::Open { path: path.to_owned(), source };
     let mut db = open(path)?;
     db.execute("ATTACH DATABASE ?1 AS fresh", [scratch.to_string_lossy()]).map_err(open_error)?;
+    let writer = writer_lock(path);
+    let _turn = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(open_error)?;
     for table in projection.tables() {
         tx.execute_batch(&format!("DROP TABLE IF EXISTS main.{table}")).map_err(open_error)?;
@@ -234,6 +237,15 @@ fn swap<P: Projection>(projection: P, path: &Path, scratch: &Path, position: u64
     tx.commit().map_err(open_error)?;
     db.execute("DETACH DATABASE fresh", []).map_err(open_error)?;
     Ok(())
+}
+
+/// The in-process lock of the projections writing to `path` (one per file, shared by its runners).
+fn writer_lock(path: &Path) -> Arc<std::sync::Mutex<()>> {
+    static LOCKS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<std::sync::Mutex<()>>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let mut locks = LOCKS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    locks.entry(key).or_default().clone()
 }
 
 fn scratch_path(path: &Path, name: &str) -> PathBuf {
@@ -257,8 +269,10 @@ fn apply_loop<P: Projection>(
     runtime: tokio::runtime::Handle,
     mut stopped: oneshot::Receiver<()>,
     position: &watch::Sender<u64>,
+    path: PathBuf,
 ) -> Result<(), Error> {
     let name = projection.name();
+    let writer = writer_lock(&path);
     loop {
         // The subscription is dropped with this loop on stop, so cancelling its read is fine.
         let batch = runtime.block_on(async {
@@ -271,7 +285,10 @@ fn apply_loop<P: Projection>(
         let batch = batch.map_err(|source| Error::Store { name, source })?;
         let Some(last) = batch.last().map(|e| e.position) else { continue };
         let mut apply = |db: &mut Connection| -> Result<(), ApplyError> {
-            let tx = db.transaction()?;
+            // One writer at a time per file, taken here rather than in SQLite: SQLite's busy handler waits by
+            // sleeping (up to 100 ms a try), which showed as lag; a mutex hands over as soon as it is free.
+            let _turn = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for event in &batch {
                 projection.apply(&tx, event)?;
             }

@@ -105,6 +105,8 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, "not a folder").unwrap();
     let under_a_file = blocker.join("events.db");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = listener.local_addr().unwrap().to_string();
     for (args, expected) in [
         (vec!["serve", "--store", store.to_str().unwrap(), "--nats", "nats://bad host:-1"], "NATS URL"),
         (vec!["serve", "--store", under_a_file.to_str().unwrap()], "cannot create"),
@@ -112,6 +114,11 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
         (vec!["serve", "--jetstream"], "--nats <NATS>"),
         (vec!["serve", "--nats", "nats://127.0.0.1:1", "--jetstream", "--jetstream-replicas", "9"], "1..=5"),
         (vec!["bench", "nats", "--nats", "nats://bad host:-1"], "NATS URL"),
+        (
+            vec!["serve", "--store", store.to_str().unwrap(), "--read-models", under_a_file.to_str().unwrap()],
+            "cannot create",
+        ),
+        (vec!["serve", "--store", store.to_str().unwrap(), "--http-addr", &taken], "cannot listen"),
     ] {
         let out = weft(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -119,4 +126,62 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// Runs `weft serve` with `args` and `env` until it announces itself, then stops it; returns the announcement.
+fn serve_line(args: &[&str], env: &[(&str, &str)]) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+    command.args(args).stderr(std::process::Stdio::piped());
+    for variable in ["WEFT_STORE", "WEFT_READ_MODELS", "WEFT_HTTP_ADDR", "WEFT_NATS", "WEFT_CONFIG"] {
+        command.env_remove(variable);
+    }
+    command.envs(env.iter().copied());
+    let mut child = crate::reaped::Reaped(command.spawn().unwrap());
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn serve_takes_its_options_from_a_config_file_below_the_environment_and_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let config = at("weft.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "store = {:?}\nread_models = {:?}\nhttp-addr = \"127.0.0.1:0\"\nmax-body-bytes = 4096\nno-processes = true\n",
+            at("file.db"),
+            at("read.db")
+        ),
+    )
+    .unwrap();
+    let line = serve_line(&["serve", "--config", &config], &[]);
+    assert!(line.contains(&format!("SQLite {}", at("file.db"))), "the file's store: {line}");
+    let line = serve_line(&["serve"], &[("WEFT_CONFIG", &config), ("WEFT_STORE", &at("env.db"))]);
+    assert!(line.contains(&format!("SQLite {}", at("env.db"))), "the environment wins over the file: {line}");
+    let line = serve_line(&["serve", "--config", &config, "--store", &at("cli.db")], &[("WEFT_STORE", &at("env.db"))]);
+    assert!(line.contains(&format!("SQLite {}", at("cli.db"))), "the command line wins: {line}");
+
+    // Bad files: refused with the file and the key named, nothing started.
+    for (text, expected) in [
+        ("colour = \"red\"", "unknown key \"colour\""),
+        ("config = \"other.toml\"", "unknown key"),
+        ("store = [1, 2]", "store must be"),
+        ("nats = [\"nats://a:1\", 2]", "nats must be"),
+        ("[store]\npath = 1", "store must be"),
+        ("store = ", "config"),
+        ("max-body-bytes = \"lots\"", "invalid value 'lots'"),
+        ("jetstream = true", "--nats"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_weft")).args(["serve", "--config", &config]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text:?} was accepted");
+        assert!(stderr.contains(expected), "{text:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{text:?}: {stderr}");
+    }
+    let out = weft(&["serve", "--config", &at("missing.toml")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"), "{out:?}");
 }
