@@ -1,5 +1,11 @@
-//! Live updates as server-sent events: every change of one document's or job's stream, in order, and after
-//! them the item's state exactly as of the last change sent (`version` equal to its `id:`).
+//! Live updates as server-sent events.
+//!
+//! - One item (`GET /<model>/{id}/live`): every change of its stream, in order, and after them the item's
+//!   state exactly as of the last change sent (`version` equal to its `id:`).
+//! - A list (`GET /<model>/live?<filters>`): `event: item` with the item's new state each time an item that
+//!   matches the filters changes; `id:` is the log position of the change, and `Last-Event-ID` resumes after
+//!   it (without it the feed starts at the read model's current position). An item that stops matching is
+//!   sent once more as `event: left`, with its id.
 //!
 //! The changes come from the history read model (one row per event), so a client sees every change even when
 //! the projections apply several in one batch; `id:` is the stream version, and a client that reconnects with
@@ -108,6 +114,120 @@ async fn feed(
         }
         if tx.send(event("state", None, &state)).await.is_err() {
             return;
+        }
+        if *closing.borrow() {
+            return;
+        }
+    }
+}
+
+/// Most events of the log read per step of a list feed.
+const LIST_PAGE: usize = 1000;
+
+pub(super) async fn serve_list(
+    state: web::Data<State>,
+    request: HttpRequest,
+    params: super::Params,
+    model: &'static Model,
+) -> HttpResponse {
+    if let Err(failure) = read::check_keys(&params, model.filters) {
+        return failure.respond();
+    }
+    let from = match request.headers().get("Last-Event-ID").map(|v| v.to_str().ok().and_then(|v| v.parse().ok())) {
+        None => None,
+        Some(Some(position)) => Some(position),
+        Some(None) => return Failure::invalid("Last-Event-ID is not a log position").respond(),
+    };
+    let Some(position) = state.reads.position(model.projection) else {
+        return Failure::unavailable("no such projection").respond();
+    };
+    let from = from.unwrap_or_else(|| *position.borrow());
+    let filters: Vec<(String, String)> = params.into_inner().into_iter().collect();
+    let (tx, rx) = mpsc::channel(64);
+    actix_rt::spawn(feed_list(state.reads.clone(), state.closing.clone(), model, filters, from, position, tx));
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk: String| (Ok::<_, actix_web::Error>(web::Bytes::from(chunk)), rx))
+    });
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .streaming(body)
+}
+
+/// Whether `item` has each filter's value (numbers compared as their text).
+fn matches(item: &Value, filters: &[(String, String)]) -> bool {
+    filters.iter().all(|(column, value)| match &item[column.as_str()] {
+        Value::String(text) => text == value,
+        Value::Null => false,
+        other => serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other),
+    })
+}
+
+/// Follows the read model's position; for the log's events it applied after `from`, sends the changed items
+/// of the model's kind, each once per step, with the position of its last change there.
+async fn feed_list(
+    reads: Reads,
+    mut closing: tokio::sync::watch::Receiver<bool>,
+    model: &'static Model,
+    filters: Vec<(String, String)>,
+    mut from: u64,
+    mut applied: tokio::sync::watch::Receiver<u64>,
+    tx: mpsc::Sender<String>,
+) {
+    let prefix = format!("{}-", model.kind);
+    let mut matched = std::collections::HashSet::new();
+    loop {
+        let upto = *applied.borrow_and_update();
+        if upto <= from {
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return },
+                _ = closing.changed() => return,
+                _ = tokio::time::sleep(KEEP_ALIVE) => if tx.send(": keep-alive\n\n".into()).await.is_err() { return },
+            }
+            continue;
+        }
+        let events = match reads.store.read_all(from + 1, LIST_PAGE).await {
+            Ok(events) => events,
+            Err(e) => {
+                let data = serde_json::json!({"kind": "unavailable", "message": e.to_string()});
+                let _ = tx.send(event("error", None, &data)).await;
+                return;
+            }
+        };
+        // Each changed item once, at its last change within what the read model has applied.
+        let mut changed: Vec<(String, u64)> = Vec::new();
+        for envelope in events.iter().take_while(|e| e.position <= upto) {
+            if let Some(id) = envelope.stream.as_str().strip_prefix(&prefix) {
+                changed.retain(|(seen, _)| seen != id);
+                changed.push((id.to_owned(), envelope.position));
+            }
+            from = envelope.position;
+        }
+        if events.is_empty() {
+            from = upto;
+        }
+        for (id, position) in changed {
+            let item = match reads.show(model, &id, None).await {
+                Ok(item) => item,
+                Err(failure) if failure.kind == "not_found" => continue,
+                Err(failure) => {
+                    let data = serde_json::json!({"kind": failure.kind, "message": failure.message});
+                    let _ = tx.send(event("error", None, &data)).await;
+                    return;
+                }
+            };
+            let id_value = Value::from(position);
+            let sent = if matches(&item, &filters) {
+                matched.insert(id.clone());
+                tx.send(event("item", Some(&id_value), &item)).await
+            } else if matched.remove(&id) {
+                tx.send(event("left", Some(&id_value), &serde_json::json!({"id": id}))).await
+            } else {
+                Ok(())
+            };
+            if sent.is_err() {
+                return;
+            }
         }
         if *closing.borrow() {
             return;

@@ -12,6 +12,8 @@
 //!   latency, a workflow's versions, a schedule's next fire time.
 //! - `GET /jobs/{id}/logs`: a job's log in order, paged by `cursor`.
 //! - `GET /streams/{stream}/events`: a stream's events with metadata and payloads (operators).
+//! - `GET /<model>/live?<filters>`: server-sent events of a list: each change of a matching item (`event:
+//!   item`, `id:` its log position; `Last-Event-ID` resumes), and `event: left` when one stops matching.
 //! - `GET /<model>/{id}/live`: server-sent events: every change of the stream in
 //!   order (`event: change`, `id:` its version; `Last-Event-ID` resumes), each followed by the item's new state
 //!   (`event: state`).
@@ -79,19 +81,24 @@ impl QueryApi {
                 .route("/readyz", web::get().to(readyz))
                 .route("/openapi.json", web::get().to(|req: HttpRequest| async move { ok(&req, openapi::document()) }))
                 .route("/documents", web::get().to(|s, r, q| list(s, r, q, &DOCUMENTS)))
+                .route("/documents/live", web::get().to(|s, r, q| live::serve_list(s, r, q, &DOCUMENTS)))
                 .route("/documents/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &DOCUMENTS)))
                 .route("/documents/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &DOCUMENTS)))
                 .route("/jobs", web::get().to(|s, r, q| list(s, r, q, &JOBS)))
+                .route("/jobs/live", web::get().to(|s, r, q| live::serve_list(s, r, q, &JOBS)))
                 .route("/jobs/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &JOBS)))
                 .route("/jobs/{id}/logs", web::get().to(job_logs))
                 .route("/jobs/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &JOBS)))
                 .route("/agents", web::get().to(|s, r, q| list(s, r, q, &AGENTS)))
+                .route("/agents/live", web::get().to(|s, r, q| live::serve_list(s, r, q, &AGENTS)))
                 .route("/agents/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &AGENTS)))
                 .route("/agents/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &AGENTS)))
                 .route("/workflows", web::get().to(|s, r, q| list(s, r, q, &WORKFLOWS)))
+                .route("/workflows/live", web::get().to(|s, r, q| live::serve_list(s, r, q, &WORKFLOWS)))
                 .route("/workflows/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &WORKFLOWS)))
                 .route("/workflows/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &WORKFLOWS)))
                 .route("/schedules", web::get().to(|s, r, q| list(s, r, q, &SCHEDULES)))
+                .route("/schedules/live", web::get().to(|s, r, q| live::serve_list(s, r, q, &SCHEDULES)))
                 .route("/schedules/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &SCHEDULES)))
                 .route("/schedules/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &SCHEDULES)))
                 .route("/streams/{stream}/events", web::get().to(history))

@@ -12,19 +12,24 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/readyz", "Each projection's position and lag behind the store"),
     ("get", "/openapi.json", "This document"),
     ("get", "/documents", "A page of documents"),
+    ("get", "/documents/live", "Server-sent events: each change of a document that matches the filters"),
     ("get", "/documents/{id}", "One document with its lineage"),
     ("get", "/documents/{id}/live", "Server-sent events: each change of a document, then its state"),
     ("get", "/jobs", "A page of jobs"),
+    ("get", "/jobs/live", "Server-sent events: each change of a job that matches the filters"),
     ("get", "/jobs/{id}", "One job with its steps and progress"),
     ("get", "/jobs/{id}/logs", "A page of a job's log, oldest first"),
     ("get", "/jobs/{id}/live", "Server-sent events: each change of a job, then its state"),
     ("get", "/agents", "A page of agents"),
+    ("get", "/agents/live", "Server-sent events: each change of an agent that matches the filters"),
     ("get", "/agents/{id}", "One agent with its tasks, tokens and mean latency"),
     ("get", "/agents/{id}/live", "Server-sent events: each change of an agent, then its state"),
     ("get", "/workflows", "A page of workflows"),
+    ("get", "/workflows/live", "Server-sent events: each change of a workflow that matches the filters"),
     ("get", "/workflows/{id}", "One workflow with every version it had"),
     ("get", "/workflows/{id}/live", "Server-sent events: each change of a workflow, then its state"),
     ("get", "/schedules", "A page of schedules"),
+    ("get", "/schedules/live", "Server-sent events: each change of a schedule that matches the filters"),
     ("get", "/schedules/{id}", "One schedule with its next fire time"),
     ("get", "/schedules/{id}/live", "Server-sent events: each change of a schedule, then its state"),
     ("get", "/streams/{stream}/events", "A page of a stream's events, oldest first"),
@@ -126,6 +131,13 @@ fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
         one.clone(),
         json!({"get": operation(summary(&one), vec![id(), after()], json_response(item_schema(model)))}),
     );
+    let list_live = format!("{base}/live");
+    let mut filters: Vec<Value> =
+        model.filters.iter().map(|f| param(f, "query", json!({"type": "string"}), "Equal to")).collect();
+    filters.push(param("Last-Event-ID", "header", json!({"type": "integer"}), "Resume after this log position"));
+    let list_sse = json!({"description": "text/event-stream of `item` and `left` events",
+                          "content": {"text/event-stream": {"schema": {"type": "string"}}}});
+    paths.insert(list_live.clone(), json!({"get": operation(summary(&list_live), filters, list_sse)}));
     let live = format!("{one}/live");
     let sse = json!({"description": "text/event-stream of `change` and `state` events",
                      "content": {"text/event-stream": {"schema": {"type": "string"}}}});

@@ -400,7 +400,7 @@ fn read_events(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_updates_carry_every_change_of_a_job_in_order_and_resume_after_the_last_seen() {
+async fn live_updates_carry_every_change_of_a_job_and_of_a_list_in_order_and_resume_after_the_last_seen() {
     let dir = tempfile::tempdir().unwrap();
     let node = Serve::start(dir.path(), &["--no-processes"]);
     let addr = node.addr.clone();
@@ -416,8 +416,20 @@ async fn live_updates_carry_every_change_of_a_job_in_order_and_resume_after_the_
                 name == "state" && data["status"] == "succeeded"
             })
         });
+        // The list of running jobs, from just after the submit: the job as it changes, then its leaving.
+        let (addr3, from) = (addr.clone(), submitted["last_position"].to_string());
+        let list_watcher = std::thread::spawn(move || {
+            read_events(&addr3, "/jobs/live?status=running", Some(from.as_str()), |name, _| name == "left")
+        });
         drive_job(&addr, &job);
         let events = watcher.join().unwrap();
+        let listed = list_watcher.join().unwrap();
+        let (last, items) = listed.split_last().unwrap();
+        assert_eq!((last.0.as_str(), &last.2), ("left", &json!({"id": job})), "{listed:?}");
+        assert!(!items.is_empty(), "{listed:?}");
+        assert!(items.iter().all(|e| e.0 == "item" && e.2["id"] == json!(job) && e.2["status"] == "running"));
+        let positions: Vec<u64> = listed.iter().map(|e| e.1.unwrap()).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "log positions in order: {positions:?}");
         let changes: Vec<u64> = events.iter().filter(|e| e.0 == "change").map(|e| e.1.unwrap()).collect();
         assert_eq!(changes, (1..=10).collect::<Vec<_>>(), "{events:?}");
         let types: Vec<&str> =
@@ -436,6 +448,11 @@ async fn live_updates_carry_every_change_of_a_job_in_order_and_resume_after_the_
         let resumed = read_events(&addr, &format!("/jobs/{job}/live"), Some("8"), |name, _| name == "state");
         let resumed: Vec<u64> = resumed.iter().filter(|e| e.0 == "change").map(|e| e.1.unwrap()).collect();
         assert_eq!(resumed, [9, 10]);
+        for (path, header) in [("/jobs/live?colour=red", None), ("/jobs/live", Some("soon"))] {
+            let headers: Vec<(&str, &str)> = header.map(|h| ("Last-Event-ID", h)).into_iter().collect();
+            let response = http(&addr, "GET", path, &headers, b"");
+            assert_eq!((response.status, response.json()["error"]["kind"].as_str()), (400, Some("invalid")), "{path}");
+        }
     })
     .await
     .unwrap();
