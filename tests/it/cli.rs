@@ -107,6 +107,7 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
     let under_a_file = blocker.join("events.db");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = listener.local_addr().unwrap().to_string();
+    let read_models = dir.path().join("read.db").to_str().unwrap().to_owned();
     for (args, expected) in [
         (vec!["serve", "--store", store.to_str().unwrap(), "--nats", "nats://bad host:-1"], "NATS URL"),
         (vec!["serve", "--store", under_a_file.to_str().unwrap()], "cannot create"),
@@ -118,7 +119,10 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
             vec!["serve", "--store", store.to_str().unwrap(), "--read-models", under_a_file.to_str().unwrap()],
             "cannot create",
         ),
-        (vec!["serve", "--store", store.to_str().unwrap(), "--http-addr", &taken], "cannot listen"),
+        (
+            vec!["serve", "--store", store.to_str().unwrap(), "--read-models", &read_models, "--http-addr", &taken],
+            "cannot listen",
+        ),
     ] {
         let out = weft(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
