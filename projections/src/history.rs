@@ -7,7 +7,6 @@
 //! `NULL` for events that are not an aggregate's (their payload stays in the log).
 
 use rusqlite::{Transaction, params};
-use serde_json::Value;
 use weft_events::Envelope;
 use weft_events::domain::{DecodeError, DomainEvent, agent, document, job, schedule, workflow};
 
@@ -17,20 +16,22 @@ use crate::{ApplyError, Projection};
 #[derive(Debug, Default)]
 pub struct History;
 
-/// The payload of an aggregate's event as JSON: the variant's fields, without the enum's tag.
-fn payload_json<E: DomainEvent + serde::Serialize>(envelope: &Envelope) -> Result<Value, DecodeError> {
+/// The payload of an aggregate's event as JSON text: the variant's fields, without the enum's tag. Serde writes
+/// an event as `{"Variant":{...}}`; the text between the tag's colon and the closing brace is the payload, so
+/// it is cut out of the text rather than built as a tree and written again (a third of the projection's time).
+fn payload_json<E: DomainEvent + serde::Serialize>(envelope: &Envelope) -> Result<String, DecodeError> {
     let event = E::from_envelope(envelope)?;
-    Ok(match serde_json::to_value(&event) {
-        Ok(Value::Object(mut tagged)) if tagged.len() == 1 => {
-            tagged.values_mut().next().map(std::mem::take).unwrap_or_default()
-        }
-        Ok(other) => other,
-        Err(_) => Value::Null,
-    })
+    let text = serde_json::to_string(&event).unwrap_or_else(|_| "null".into());
+    let payload = text
+        .strip_prefix("{\"")
+        .and_then(|rest| rest.split_once("\":"))
+        .filter(|(tag, _)| tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .and_then(|(_, payload)| payload.strip_suffix('}'));
+    Ok(payload.map_or_else(|| text.clone(), str::to_owned))
 }
 
-/// The event's payload as JSON when its stream is an aggregate's.
-pub fn event_json(envelope: &Envelope) -> Result<Option<Value>, DecodeError> {
+/// The event's payload as JSON text when its stream is an aggregate's.
+pub fn event_json(envelope: &Envelope) -> Result<Option<String>, DecodeError> {
     let kind = envelope.stream.as_str().split_once('-').map_or("", |(kind, _)| kind);
     Ok(Some(match kind {
         document::Event::AGGREGATE => payload_json::<document::Event>(envelope)?,
@@ -73,7 +74,7 @@ impl Projection for History {
     fn apply(&mut self, tx: &Transaction<'_>, e: &Envelope) -> Result<(), ApplyError> {
         // A stream whose name looks like an aggregate's but whose event is not one of it is still history:
         // it is kept without a payload rather than stopping the projection.
-        let event = event_json(e).ok().flatten().map(|v| v.to_string());
+        let event = event_json(e).ok().flatten();
         tx.prepare_cached(
             "INSERT INTO stream_events (stream, version, position, type, schema_version, recorded_at, tenant, actor,
                                         correlation_id, causation_id, event)
@@ -93,5 +94,35 @@ impl Projection for History {
             event,
         ])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_events::domain::DomainEvent;
+    use weft_events::domain::document::{Event, Registered, VersionAdded};
+    use weft_events::{EventRead, EventWrite};
+    use weft_events::{ExpectedVersion, MemoryStore, Timestamp};
+
+    #[tokio::test]
+    async fn the_payload_is_the_variant_s_fields_as_json() {
+        let store = MemoryStore::default();
+        let id = weft_events::domain::ids::DocumentId::new();
+        let registered = Registered {
+            name: "a \"quoted\" }name{".into(),
+            content_type: "text/plain".into(),
+            declared_size_bytes: 3,
+            tenant: "t".into(),
+            owner: "o".into(),
+            at: Timestamp(5),
+        };
+        let added = VersionAdded { size_bytes: 4, etag: "e".into(), at: Timestamp(6) };
+        let events: Vec<Event> = vec![registered.clone().into(), added.clone().into()];
+        let new = events.iter().map(|e| e.to_new_event().unwrap()).collect();
+        store.append(&id.stream(), ExpectedVersion::NoStream, new).await.unwrap();
+        let stored = store.read_all(1, 10).await.unwrap();
+        let json = |e| serde_json::from_str::<serde_json::Value>(&super::event_json(e).unwrap().unwrap()).unwrap();
+        assert_eq!(json(&stored[0]), serde_json::to_value(&registered).unwrap());
+        assert_eq!(json(&stored[1]), serde_json::to_value(&added).unwrap());
     }
 }
