@@ -3,8 +3,9 @@
 //! the log, and feeds the query API's live updates (each new row of a stream is one change).
 //!
 //! Table `stream_events (stream, version, position, type, schema_version, recorded_at, tenant, actor,
-//! correlation_id, causation_id, event)`, keyed by `(stream, version)`; `event` is the payload as JSON, or
-//! `NULL` for events that are not an aggregate's (their payload stays in the log).
+//! correlation_id, causation_id, event)`, keyed by `position` (so rows, payloads and all, are appended at the
+//! table's end in log order) with a unique index on `(stream, version)` for reading a stream; `event` is the
+//! payload as JSON, or `NULL` for events that are not an aggregate's (their payload stays in the log).
 
 use rusqlite::{Transaction, params};
 use weft_events::Envelope;
@@ -57,7 +58,7 @@ impl Projection for History {
             "CREATE TABLE IF NOT EXISTS stream_events (
                  stream TEXT NOT NULL,
                  version INTEGER NOT NULL,
-                 position INTEGER NOT NULL,
+                 position INTEGER PRIMARY KEY,
                  type TEXT NOT NULL,
                  schema_version INTEGER NOT NULL,
                  recorded_at INTEGER NOT NULL,
@@ -65,9 +66,9 @@ impl Projection for History {
                  actor TEXT NOT NULL,
                  correlation_id TEXT,
                  causation_id TEXT,
-                 event TEXT,
-                 PRIMARY KEY (stream, version)
-             ) WITHOUT ROWID;",
+                 event TEXT
+             );
+             CREATE UNIQUE INDEX IF NOT EXISTS stream_events_by_stream ON stream_events (stream, version);",
         )
     }
 
