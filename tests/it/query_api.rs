@@ -235,6 +235,12 @@ async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors()
     tokio::task::spawn_blocking(move || {
         let (status, document) = get(&addr2, "/openapi.json");
         assert_eq!((status, document["openapi"].as_str()), (200, Some("3.1.0")));
+        // It is an OpenAPI 3.1 document by a parser of that specification, not only by our reading of it.
+        let spec = oas3::from_json(document.to_string()).expect("the document is OpenAPI 3.1");
+        let mut broken = document.clone();
+        broken["paths"]["/healthz"]["get"]["responses"]["200"] = json!(42);
+        assert!(oas3::from_json(broken.to_string()).is_err(), "the parser checks what it reads");
+        assert_eq!(spec.paths.as_ref().map(|p| p.len()), document["paths"].as_object().map(|p| p.len()));
         let paths = document["paths"].as_object().unwrap();
         let documented: BTreeSet<String> = paths
             .iter()
