@@ -121,6 +121,9 @@ pub struct SendArgs {
     /// The command's id, for a retry that must not act twice (a fresh one when left out).
     #[arg(long)]
     pub command_id: Option<String>,
+    /// The tenant the command acts for (header `Weft-Tenant`; `default` without it).
+    #[arg(long)]
+    pub tenant: Option<String>,
     /// Return as soon as the command is answered, before the read models show its events (by default `send`
     /// waits, up to 5 s, so that the next read sees them).
     #[arg(long)]
@@ -199,9 +202,18 @@ impl Client {
     }
 
     /// `POST path` with a JSON body, or none.
-    pub async fn post(&self, path: &str, body: Option<&Value>, timeout: Duration) -> Result<Value, Error> {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Value, Error> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.post(&url).timeout(timeout);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_string());
         }
@@ -414,7 +426,8 @@ pub async fn projection(connection: Connection, verb: ProjectionVerb) -> anyhow:
         }
         ProjectionVerb::Rebuild { name } => {
             eprintln!("rebuilding {name}; the old read model serves until the new one is swapped in");
-            let done = client.post(&format!("/projections/{}/rebuild", segment(&name)), None, REBUILD_TIMEOUT).await?;
+            let done =
+                client.post(&format!("/projections/{}/rebuild", segment(&name)), None, &[], REBUILD_TIMEOUT).await?;
             print(connection.output, &done, item);
         }
     }
@@ -432,7 +445,8 @@ pub async fn send(connection: Connection, args: SendArgs) -> anyhow::Result<()> 
     let command_id = args.command_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let body = serde_json::json!({"command_id": command_id, "type": args.kind, "payload": payload});
     let path = format!("/commands/{}/{}", segment(&args.aggregate), segment(&args.id));
-    let reply = client.post(&path, Some(&body), TIMEOUT).await?;
+    let headers: Vec<(&str, &str)> = args.tenant.as_deref().map(|t| (crate::bus::TENANT, t)).into_iter().collect();
+    let reply = client.post(&path, Some(&body), &headers, TIMEOUT).await?;
     if let (false, Some(position)) = (args.no_wait, reply["last_position"].as_u64()) {
         caught_up(&client, position).await?;
     }

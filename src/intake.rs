@@ -16,7 +16,7 @@ use weft_events::envelope::check_label;
 
 use crate::bus::trace::TraceParent;
 use crate::bus::{
-    ACTOR, Bus, BusError, CONTENT_TYPE, CORRELATION_ID, Headers, JSON, Message, Subscription, TRACEPARENT,
+    ACTOR, Bus, BusError, CONTENT_TYPE, CORRELATION_ID, Headers, JSON, Message, Subscription, TENANT, TRACEPARENT,
 };
 use crate::protocol::{self, BodyLimits, Reply};
 
@@ -159,7 +159,14 @@ fn decode<A: Aggregate>(message: &Message, json: bool, limits: BodyLimits) -> Re
         }
         None => None,
     };
-    let metadata = Metadata { tenant: None, actor, correlation_id };
+    let tenant = match message.headers.get(TENANT) {
+        Some(tenant) => {
+            check_label("tenant", tenant).map_err(|e| format!("header {TENANT}: {e}"))?;
+            Some(tenant.clone())
+        }
+        None => None,
+    };
+    let metadata = Metadata { tenant, actor, correlation_id };
     let execute = Execute {
         command_id: decoded.command_id,
         command: decoded.command,

@@ -29,6 +29,9 @@ pub const CORRELATION_ID: &str = "Weft-Correlation-Id";
 /// The header naming who sends a command (`system:orchestrator`, `user:ann`). Unauthenticated: it is
 /// recorded on the events as a claim.
 pub const ACTOR: &str = "Weft-Actor";
+/// The header naming the tenant a command acts for; stamped on its events (`default` without it).
+/// Unauthenticated, like the actor.
+pub const TENANT: &str = "Weft-Tenant";
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
 /// The content type header; `application/json` for JSON bodies, MessagePack otherwise.

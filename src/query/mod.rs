@@ -244,7 +244,8 @@ const AGGREGATES: [&str; 5] = ["document", "workflow", "job", "agent", "schedule
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTP headers passed on to the intake as the bus headers of the same name.
-const FORWARDED: [&str; 3] = [crate::bus::CORRELATION_ID, crate::bus::ACTOR, crate::bus::TRACEPARENT];
+const FORWARDED: [&str; 4] =
+    [crate::bus::CORRELATION_ID, crate::bus::ACTOR, crate::bus::TENANT, crate::bus::TRACEPARENT];
 
 async fn command(
     state: web::Data<State>,

@@ -99,8 +99,13 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
     let agent = id.trim().parse::<Uuid>().unwrap().to_string();
     let profile = r#"{"profile": {"name": "a", "role": "r", "goal": "g", "instructions": "i", "provider": "builtin",
         "model": "m", "parameters": {}, "concurrency_limit": 1}}"#;
-    let reply = stdout_json(&weft(&url, &["send", "agent", &agent, "register", profile, "--output", "json"]));
+    let reply = stdout_json(&weft(
+        &url,
+        &["send", "agent", &agent, "register", profile, "--tenant", "acme", "--output", "json"],
+    ));
     assert_eq!(reply["status"], "ok", "{reply}");
+    let page = stdout_json(&weft(&url, &["agent", "list", "--where", "tenant=acme", "--output", "json"]));
+    assert_eq!(page["items"][0]["id"], serde_json::json!(agent), "the tenant the command named: {page}");
     // `send` waited for the read models: the agent is there at once.
     assert_eq!(stdout_json(&weft(&url, &["agent", "show", &agent, "--output", "json"]))["name"], "a");
     let events = stdout_json(&weft(&url, &["stream", "events", &format!("job-{job}"), "--output", "json"]));
@@ -132,6 +137,7 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
         (vec!["send", "document", &documents[0], "register", "{}"], 1, "invalid"),
         (vec!["send", "planet", &documents[0], "register"], 1, "not_found"),
         (vec!["stream", "events", "a b"], 1, "invalid"),
+        (vec!["send", "agent", &documents[0], "disable", r#"{"reason": "x"}"#, "--tenant", "a b"], 1, "Weft-Tenant"),
     ] {
         let output = weft(&url, &args);
         let stderr = String::from_utf8_lossy(&output.stderr);
