@@ -78,13 +78,9 @@ pub enum Read {
 /// The verbs of jobs: those of every read model, and the log.
 #[derive(Debug, Clone, Subcommand)]
 pub enum JobVerb {
-    /// A page of the list (or every page with --all), ordered by id.
-    List(ListArgs),
-    /// One job, with its steps and progress.
-    Show {
-        /// Its id.
-        id: String,
-    },
+    /// `list` and `show`, as for every read model.
+    #[command(flatten)]
+    Read(Read),
     /// The job's log, oldest first.
     Logs {
         /// Its id.
@@ -358,8 +354,7 @@ async fn list(client: &Client, output: Output, model: &'static str, args: ListAr
 /// `weft job ...`.
 pub async fn job(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
     match verb {
-        JobVerb::List(args) => read(connection, "jobs", Read::List(args)).await,
-        JobVerb::Show { id } => read(connection, "jobs", Read::Show { id }).await,
+        JobVerb::Read(verb) => read(connection, "jobs", verb).await,
         JobVerb::Logs { id, follow } => logs(connection, &id, follow).await,
     }
 }

@@ -28,12 +28,6 @@ use crate::publisher::Publisher;
 use crate::query::{QueryApi, Reads};
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::sqlite::{self, SqliteStore};
-use weft_projections::agents::Agents;
-use weft_projections::documents::Documents;
-use weft_projections::history::History;
-use weft_projections::jobs::Jobs;
-use weft_projections::schedules::Schedules;
-use weft_projections::workflows::Workflows;
 
 /// What a node runs on.
 #[derive(Debug, Clone, clap::Args)]
@@ -204,14 +198,7 @@ impl Node {
                 .map_err(|e| anyhow::anyhow!("cannot create {} for the read models: {e}", folder.display()))?;
         }
         let reader: Arc<dyn weft_events::EventRead> = store.reader();
-        let projections: Vec<weft_projections::Running> = vec![
-            weft_projections::start(Documents, &options.read_models, reader.clone())?,
-            weft_projections::start(Jobs, &options.read_models, reader.clone())?,
-            weft_projections::start(Agents, &options.read_models, reader.clone())?,
-            weft_projections::start(Workflows, &options.read_models, reader.clone())?,
-            weft_projections::start(Schedules, &options.read_models, reader.clone())?,
-            weft_projections::start(History, &options.read_models, reader.clone())?,
-        ];
+        let projections = weft_projections::start_all(&options.read_models, reader.clone())?;
         let positions = projections.iter().map(|p| (p.name(), p.watch())).collect();
         let projections: Projections = Arc::new(tokio::sync::Mutex::new(projections));
         let (rebuild_tx, rebuild_rx) = tokio::sync::mpsc::channel(8);
@@ -336,7 +323,6 @@ async fn serve_rebuilds(
     mut requests: tokio::sync::mpsc::Receiver<crate::query::read::RebuildRequest>,
 ) {
     use crate::query::read::Failure;
-    use weft_projections::rebuild;
     while let Some((name, answer)) = requests.recv().await {
         let mut running = projections.lock().await;
         let Some(live) = running.iter_mut().find(|p| p.name() == name) else {
@@ -344,14 +330,7 @@ async fn serve_rebuilds(
             continue;
         };
         tracing::info!(projection = %name, "rebuilding a projection");
-        let result = match live.name() {
-            "documents" => rebuild::<Documents>(live).await,
-            "jobs" => rebuild::<Jobs>(live).await,
-            "agents" => rebuild::<Agents>(live).await,
-            "workflows" => rebuild::<Workflows>(live).await,
-            "schedules" => rebuild::<Schedules>(live).await,
-            _ => rebuild::<History>(live).await,
-        };
+        let result = weft_projections::rebuild_running(live).await;
         match &result {
             Ok(position) => tracing::info!(projection = %name, position, "a projection was rebuilt and swapped in"),
             Err(e) => tracing::error!(projection = %name, error = %e, "a projection's rebuild failed"),

@@ -27,6 +27,33 @@ pub mod workflows;
 
 pub use runner::{Running, rebuild, start};
 
+/// Starts every projection of this crate on the read models at `path` (what a node runs).
+pub fn start_all(
+    path: &std::path::Path,
+    store: std::sync::Arc<dyn weft_events::EventRead>,
+) -> Result<Vec<Running>, runner::Error> {
+    Ok(vec![
+        start(documents::Documents, path, store.clone())?,
+        start(jobs::Jobs, path, store.clone())?,
+        start(agents::Agents, path, store.clone())?,
+        start(workflows::Workflows, path, store.clone())?,
+        start(schedules::Schedules, path, store.clone())?,
+        start(history::History, path, store)?,
+    ])
+}
+
+/// [`rebuild`]s `live`, whichever of this crate's projections it runs.
+pub async fn rebuild_running(live: &mut Running) -> Result<u64, runner::Error> {
+    match live.name() {
+        "documents" => rebuild::<documents::Documents>(live).await,
+        "jobs" => rebuild::<jobs::Jobs>(live).await,
+        "agents" => rebuild::<agents::Agents>(live).await,
+        "workflows" => rebuild::<workflows::Workflows>(live).await,
+        "schedules" => rebuild::<schedules::Schedules>(live).await,
+        _ => rebuild::<history::History>(live).await,
+    }
+}
+
 /// Why a projection could not apply an event. The runner stops the projection on it rather than skip the
 /// event: a read model that silently missed an event would be wrong from then on.
 #[derive(Debug, thiserror::Error)]

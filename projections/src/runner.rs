@@ -43,6 +43,12 @@ pub enum Error {
         /// Why.
         source: std::io::Error,
     },
+    /// A rebuild's projection stopped before it caught up.
+    #[error("projection {name}: the rebuild stopped before it caught up")]
+    Stopped {
+        /// The projection.
+        name: &'static str,
+    },
     /// The store failed.
     #[error("projection {name}: reading the log: {source}")]
     Store {
@@ -192,7 +198,8 @@ async fn rebuild_into<P: Projection + Default>(live: &mut Running, scratch: &Pat
     let fresh = start(P::default(), scratch, live.store.clone())?;
     let head = live.store.head().await.map_err(|source| Error::Store { name, source })?;
     if !fresh.reached(head).await {
-        return fresh.stop().map(|()| 0);
+        fresh.stop()?;
+        return Err(Error::Stopped { name });
     }
     if let Err(e) = live.finish() {
         // A projection that stopped on an event is what a rebuild (with the fix) is for: go on.
@@ -200,7 +207,8 @@ async fn rebuild_into<P: Projection + Default>(live: &mut Running, scratch: &Pat
     }
     let live_position = live.position();
     if !fresh.reached(live_position).await {
-        return fresh.stop().map(|()| 0);
+        fresh.stop()?;
+        return Err(Error::Stopped { name });
     }
     let rebuilt = fresh.position();
     fresh.stop()?;

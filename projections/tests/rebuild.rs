@@ -133,12 +133,21 @@ async fn a_rebuild_under_live_load_swaps_in_atomically_and_ends_equal_to_a_fresh
         })
     };
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The load is on: more rounds are appended before, during and after the rebuilds.
+    let more_rounds = |store: MemoryStore| async move {
+        let from = store.head().await.unwrap();
+        let mut head = from;
+        while head < from + 50 * 7 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            head = store.head().await.unwrap();
+        }
+    };
+    more_rounds(store.clone()).await;
     let rebuilt = weft_projections::rebuild::<Documents>(&mut live_documents).await.unwrap();
     assert!(rebuilt >= 2_000 * 4, "the rebuild reached {rebuilt}");
     let rebuilt = weft_projections::rebuild::<Jobs>(&mut live_jobs).await.unwrap();
     assert!(rebuilt >= 2_000 * 4);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    more_rounds(store.clone()).await;
     stop.store(true, Ordering::Relaxed);
     let rounds = writer.await.unwrap();
     let reads = reading.join().unwrap();

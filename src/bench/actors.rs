@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use uuid::Uuid;
 use weft_actors::document::{Command, Document};
 use weft_actors::host::{Execute, Host, Metadata, Options as HostOptions};
@@ -19,7 +18,7 @@ use weft_events::domain::document::UploadSource;
 use weft_events::domain::ids::DocumentId;
 use weft_events::{DomainEvent, EventWrite, ExpectedVersion, StreamName, Timestamp};
 
-use super::{Latencies, Report, print_table, rate};
+use super::{Latencies, Report, rate};
 use crate::store::sqlite::{Options as StoreOptions, SqliteStore, Synchronous};
 
 /// Options of `weft bench actors`.
@@ -85,17 +84,8 @@ pub(crate) async fn documents(host: &Host<Document>, count: usize) -> anyhow::Re
 
 /// Runs every case and prints the reports.
 pub async fn main(options: Options) -> anyhow::Result<()> {
-    let parent = options.path.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = parent.join(format!("weft-bench-{}", Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = run_in(&dir, &options).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let reports = result?;
-    print_table(&reports);
-    for report in &reports {
-        report.print_json();
-    }
-    Ok(())
+    let path = options.path.clone();
+    super::in_scratch_folder(path.as_deref(), |dir| async move { run_in(&dir, &options).await }).await
 }
 
 async fn run_in(dir: &std::path::Path, options: &Options) -> anyhow::Result<Vec<Report>> {

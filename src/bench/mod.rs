@@ -113,6 +113,29 @@ impl Latencies {
     }
 }
 
+/// Runs `run` in a fresh folder under `path` (the temp folder when `None`), removes the folder whatever
+/// happened, and prints the reports: the table on stderr, one JSON line each on stdout.
+pub async fn in_scratch_folder<F>(
+    path: Option<&std::path::Path>,
+    run: impl FnOnce(std::path::PathBuf) -> F,
+) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<Vec<Report>>>,
+{
+    use anyhow::Context as _;
+    let parent = path.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+    let dir = parent.join(format!("weft-bench-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = run(dir.clone()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let reports = result?;
+    print_table(&reports);
+    for report in &reports {
+        report.print_json();
+    }
+    Ok(())
+}
+
 /// Ops per second.
 pub fn rate(ops: u64, elapsed: Duration) -> f64 {
     ops as f64 / elapsed.as_secs_f64().max(1e-9)

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
@@ -16,7 +15,7 @@ use weft_actors::host::{Host, Options as HostOptions};
 use weft_actors::process::Hosts;
 use weft_events::domain::ids::Uuid;
 
-use super::{Latencies, Report, print_table, rate};
+use super::{Latencies, Report, rate};
 use crate::bus::Bus;
 use crate::bus::nats::NatsBus;
 use crate::intake::{Intake, IntakeOptions};
@@ -54,17 +53,8 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
             _server.url()
         }
     };
-    let parent = options.path.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = parent.join(format!("weft-bench-{}", Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = run_in(&dir, &url, &options).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let reports = result?;
-    print_table(&reports);
-    for report in &reports {
-        report.print_json();
-    }
-    Ok(())
+    let path = options.path.clone();
+    super::in_scratch_folder(path.as_deref(), |dir| async move { run_in(&dir, &url, &options).await }).await
 }
 
 async fn run_in(dir: &std::path::Path, url: &str, options: &Options) -> anyhow::Result<Vec<Report>> {

@@ -19,7 +19,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use uuid::Uuid;
 use weft_actors::document::{Command, Document};
 use weft_actors::host::{Execute, Host, Metadata, Options as HostOptions};
@@ -28,14 +27,11 @@ use weft_events::domain::ids::{AgentId, DocumentId, JobId, WorkflowId};
 use weft_events::domain::job::{self, Level};
 use weft_events::domain::workflow::{Input, RetryPolicy, Step};
 use weft_events::{DomainEvent, EventRead, EventWrite, ExpectedVersion, NewEvent, Timestamp};
-use weft_projections::agents::Agents;
 use weft_projections::documents::Documents;
 use weft_projections::history::History;
 use weft_projections::jobs::Jobs;
-use weft_projections::schedules::Schedules;
-use weft_projections::workflows::Workflows;
 
-use super::{Latencies, Report, print_table, rate};
+use super::{Latencies, Report, rate};
 use crate::bus::memory::MemoryBus;
 use crate::query::{QueryApi, Reads};
 use crate::store::sqlite::{Options as StoreOptions, SqliteStore, Synchronous};
@@ -64,17 +60,8 @@ const LIVE_DOCUMENTS: usize = 1000;
 
 /// Runs every case and prints the reports.
 pub async fn main(options: Options) -> anyhow::Result<()> {
-    let parent = options.path.clone().unwrap_or_else(std::env::temp_dir);
-    let dir = parent.join(format!("weft-bench-{}", Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = run_in(&dir, &options).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    let reports = result?;
-    print_table(&reports);
-    for report in &reports {
-        report.print_json();
-    }
-    Ok(())
+    let path = options.path.clone();
+    super::in_scratch_folder(path.as_deref(), |dir| async move { run_in(&dir, &options).await }).await
 }
 
 async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
@@ -87,10 +74,10 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     let baseline = read_all_rate(&store, head).await?;
     let reader: Arc<dyn EventRead> = Arc::new(store.clone());
     let mut reports = Vec::new();
-    for (case, which) in [("rebuild-documents", 1), ("rebuild-jobs", 2), ("rebuild-history", 4), ("rebuild", ALL)] {
+    for case in ["rebuild-documents", "rebuild-jobs", "rebuild-history", "rebuild"] {
         let path = dir.join(format!("{case}.db"));
         let started = Instant::now();
-        let running = start(which, &path, &reader)?;
+        let running = start(case, &path, &reader)?;
         for projection in &running {
             anyhow::ensure!(projection.reached(head).await, "{} stopped before the head", projection.name());
         }
@@ -116,32 +103,15 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     Ok(reports)
 }
 
-/// Every projection a node runs, as bits for [`start`].
-const ALL: u8 = 63;
-
-/// Starts the projections named by the bits of `which`: 1 documents, 2 jobs, 4 history, 8 agents, 16
-/// workflows, 32 schedules.
-fn start(which: u8, path: &Path, reader: &Arc<dyn EventRead>) -> anyhow::Result<Vec<weft_projections::Running>> {
-    let mut running = Vec::new();
-    if which & 1 != 0 {
-        running.push(weft_projections::start(Documents, path, reader.clone())?);
-    }
-    if which & 2 != 0 {
-        running.push(weft_projections::start(Jobs, path, reader.clone())?);
-    }
-    if which & 4 != 0 {
-        running.push(weft_projections::start(History, path, reader.clone())?);
-    }
-    if which & 8 != 0 {
-        running.push(weft_projections::start(Agents, path, reader.clone())?);
-    }
-    if which & 16 != 0 {
-        running.push(weft_projections::start(Workflows, path, reader.clone())?);
-    }
-    if which & 32 != 0 {
-        running.push(weft_projections::start(Schedules, path, reader.clone())?);
-    }
-    Ok(running)
+/// Starts the projection named `case` (`rebuild-documents`, ...), or all of them for `rebuild`.
+fn start(case: &str, path: &Path, reader: &Arc<dyn EventRead>) -> anyhow::Result<Vec<weft_projections::Running>> {
+    let reader = reader.clone();
+    Ok(match case {
+        "rebuild-documents" => vec![weft_projections::start(Documents, path, reader)?],
+        "rebuild-jobs" => vec![weft_projections::start(Jobs, path, reader)?],
+        "rebuild-history" => vec![weft_projections::start(History, path, reader)?],
+        _ => weft_projections::start_all(path, reader)?,
+    })
 }
 
 fn encode<E: DomainEvent>(events: impl IntoIterator<Item = E>) -> anyhow::Result<Vec<NewEvent>> {
@@ -252,7 +222,7 @@ async fn live(
     jobs: &[JobId],
     options: &Options,
 ) -> anyhow::Result<Vec<Report>> {
-    let running = start(ALL, read_models, reader)?;
+    let running = start("rebuild", read_models, reader)?;
     let head = store.head().await?;
     for projection in &running {
         anyhow::ensure!(projection.reached(head).await, "{} stopped before the head", projection.name());

@@ -37,18 +37,37 @@ pub(super) async fn serve(
         Ok(after) => after,
         Err(failure) => return failure.respond(),
     };
-    let last = match request.headers().get("Last-Event-ID").map(|v| v.to_str().ok().and_then(|v| v.parse().ok())) {
-        None => 0,
-        Some(Some(version)) => version,
-        Some(None) => return Failure::invalid("Last-Event-ID is not a stream version").respond(),
+    let last = match last_event_id(&request, "a stream version") {
+        Ok(last) => last.unwrap_or(0),
+        Err(failure) => return failure.respond(),
     };
     // Unknown and malformed ids are refused here, not in the stream (`after`: once the read model has it).
     let id = match state.reads.show(model, &id, after).await {
         Ok(item) => item["id"].as_str().unwrap_or_default().to_owned(),
         Err(failure) => return failure.respond(),
     };
+    event_stream(|tx| feed(state.reads.clone(), state.closing.clone(), model, id, last, tx))
+}
+
+/// The `Last-Event-ID` a reconnecting client sends, if any; `what` says what it must be, for the error.
+fn last_event_id<T: std::str::FromStr>(request: &HttpRequest, what: &str) -> Result<Option<T>, Failure> {
+    match request.headers().get("Last-Event-ID") {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Some)
+            .ok_or_else(|| Failure::invalid(format!("Last-Event-ID is not {what}"))),
+    }
+}
+
+/// A `text/event-stream` answer of what `feed` (spawned with the sending end) sends, until it stops.
+fn event_stream<F: std::future::Future<Output = ()> + 'static>(
+    feed: impl FnOnce(mpsc::Sender<String>) -> F,
+) -> HttpResponse {
     let (tx, rx) = mpsc::channel(64);
-    actix_rt::spawn(feed(state.reads.clone(), state.closing.clone(), model, id, last, tx));
+    actix_rt::spawn(feed(tx));
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|chunk: String| (Ok::<_, actix_web::Error>(web::Bytes::from(chunk)), rx))
     });
@@ -133,25 +152,16 @@ pub(super) async fn serve_list(
     if let Err(failure) = read::check_keys(&params, model.filters) {
         return failure.respond();
     }
-    let from = match request.headers().get("Last-Event-ID").map(|v| v.to_str().ok().and_then(|v| v.parse().ok())) {
-        None => None,
-        Some(Some(position)) => Some(position),
-        Some(None) => return Failure::invalid("Last-Event-ID is not a log position").respond(),
+    let from = match last_event_id(&request, "a log position") {
+        Ok(from) => from,
+        Err(failure) => return failure.respond(),
     };
     let Some(position) = state.reads.position(model.projection) else {
         return Failure::unavailable("no such projection").respond();
     };
     let from = from.unwrap_or_else(|| *position.borrow());
     let filters: Vec<(String, String)> = params.into_inner().into_iter().collect();
-    let (tx, rx) = mpsc::channel(64);
-    actix_rt::spawn(feed_list(state.reads.clone(), state.closing.clone(), model, filters, from, position, tx));
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk: String| (Ok::<_, actix_web::Error>(web::Bytes::from(chunk)), rx))
-    });
-    HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .streaming(body)
+    event_stream(|tx| feed_list(state.reads.clone(), state.closing.clone(), model, filters, from, position, tx))
 }
 
 /// Whether `item` has each filter's value (numbers compared as their text).

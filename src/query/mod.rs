@@ -46,8 +46,8 @@ use serde_json::{Value, json};
 
 use crate::bus::{Bus, CONTENT_TYPE, Headers, JSON, Message};
 use crate::protocol;
-use read::{AGENTS, DOCUMENTS, JOBS, Model, SCHEDULES, WORKFLOWS};
 pub use read::{Failure, MAX_WAIT, Reads};
+use read::{MODELS, Model};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -73,34 +73,26 @@ impl QueryApi {
         let (closing, closed) = tokio::sync::watch::channel(false);
         let state = State { reads, bus, max_body_bytes, closing: closed };
         let server = HttpServer::new(move || {
-            App::new()
+            let mut app = App::new()
                 .app_data(web::Data::new(state.clone()))
                 .app_data(web::PathConfig::default().error_handler(|e, _| bad_request(e.to_string())))
                 .app_data(web::QueryConfig::default().error_handler(|e, _| bad_request(e.to_string())))
                 .route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }))
                 .route("/readyz", web::get().to(readyz))
-                .route("/openapi.json", web::get().to(|req: HttpRequest| async move { ok(&req, openapi::document()) }))
-                .route("/documents", web::get().to(|s, r, q| list(s, r, q, &DOCUMENTS)))
-                .route("/documents/live", web::get().to(|s, r, q| live::serve_list(s, r, q, &DOCUMENTS)))
-                .route("/documents/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &DOCUMENTS)))
-                .route("/documents/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &DOCUMENTS)))
-                .route("/jobs", web::get().to(|s, r, q| list(s, r, q, &JOBS)))
-                .route("/jobs/live", web::get().to(|s, r, q| live::serve_list(s, r, q, &JOBS)))
-                .route("/jobs/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &JOBS)))
-                .route("/jobs/{id}/logs", web::get().to(job_logs))
-                .route("/jobs/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &JOBS)))
-                .route("/agents", web::get().to(|s, r, q| list(s, r, q, &AGENTS)))
-                .route("/agents/live", web::get().to(|s, r, q| live::serve_list(s, r, q, &AGENTS)))
-                .route("/agents/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &AGENTS)))
-                .route("/agents/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &AGENTS)))
-                .route("/workflows", web::get().to(|s, r, q| list(s, r, q, &WORKFLOWS)))
-                .route("/workflows/live", web::get().to(|s, r, q| live::serve_list(s, r, q, &WORKFLOWS)))
-                .route("/workflows/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &WORKFLOWS)))
-                .route("/workflows/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &WORKFLOWS)))
-                .route("/schedules", web::get().to(|s, r, q| list(s, r, q, &SCHEDULES)))
-                .route("/schedules/live", web::get().to(|s, r, q| live::serve_list(s, r, q, &SCHEDULES)))
-                .route("/schedules/{id}", web::get().to(|s, r, p, q| show(s, r, p, q, &SCHEDULES)))
-                .route("/schedules/{id}/live", web::get().to(|s, r, p, q| live::serve(s, r, p, q, &SCHEDULES)))
+                .route("/openapi.json", web::get().to(|req: HttpRequest| async move { ok(&req, openapi::document()) }));
+            // Each model's list, list feed, item and item feed (`/<model>/live` before `/<model>/{id}`).
+            for model in MODELS {
+                let base = format!("/{}", model.name);
+                app = app
+                    .route(&base, web::get().to(move |s, r, q| list(s, r, q, model)))
+                    .route(&format!("{base}/live"), web::get().to(move |s, r, q| live::serve_list(s, r, q, model)))
+                    .route(&format!("{base}/{{id}}"), web::get().to(move |s, r, p, q| show(s, r, p, q, model)))
+                    .route(
+                        &format!("{base}/{{id}}/live"),
+                        web::get().to(move |s, r, p, q| live::serve(s, r, p, q, model)),
+                    );
+            }
+            app.route("/jobs/{id}/logs", web::get().to(job_logs))
                 .route("/streams/{stream}/events", web::get().to(history))
                 .route("/commands/{aggregate}/{id}", web::post().to(command))
                 .route("/projections/{name}/rebuild", web::post().to(rebuild))

@@ -45,6 +45,9 @@ fn bad_arguments_are_refused_with_a_message_and_no_panic() {
         (&["bench", "actors", "--synchronous", "never"][..], "invalid value 'never'"),
         (&["bench", "nats", "--commands", "5"][..], "not in 256..=10000000"),
         (&["bench", "nats", "--synchronous", "never"][..], "invalid value 'never'"),
+        (&["bench", "projections", "--events", "5"][..], "not in 1000..=50000000"),
+        (&["bench", "projections", "--rate", "0"][..], "not in 1..=1000000"),
+        (&["bench", "projections", "--seconds", "soon"][..], "invalid value 'soon'"),
         (&["bench", "nothing"][..], "unrecognized subcommand"),
         (&["--no-such-flag"][..], "unexpected argument"),
     ] {

@@ -2,9 +2,9 @@
 //! `weft serve`: tables and JSON on stdout, every page with `--all`, a job's log followed while the job runs
 //! until it ends, and bad arguments, bad ids and an unreachable node answered on stderr with a non-zero exit.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use weft_events::domain::ids::Uuid;
@@ -40,7 +40,11 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
     let (status, _) = get(&addr, &format!("/jobs/{job}?after={submitted}"));
     assert_eq!(status, 200);
 
-    // Follow the running job's log while it runs; the follower ends by itself once the job has.
+    // Follow the running job's log while it runs: the follower prints the line there is, then (the job
+    // going on only once it has) the line to come, and ends by itself once the job has.
+    let (status, reply) =
+        command(&addr, "job", &job, "append_log", serde_json::json!({"level": "info", "message": "queued"}));
+    assert_eq!(status, 200, "{reply}");
     let mut follower = Reaped(
         Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(["job", "logs", &job, "--follow", "--output", "json", "--url", &url])
@@ -49,22 +53,17 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    let mut printed = BufReader::new(follower.stdout.take().unwrap());
+    let mut first = String::new();
+    printed.read_line(&mut first).unwrap();
     drive_job(&addr, &job);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = follower.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "job logs --follow did not end after the job did");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut printed = String::new();
-    follower.stdout.take().unwrap().read_to_string(&mut printed).unwrap();
-    assert!(status.success(), "{status}: {printed}");
-    let lines: Vec<Value> = printed.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 1, "{printed}");
-    assert_eq!(lines[0]["message"], "read 3 pages");
+    let status = follower.exit_within(Duration::from_secs(30));
+    let mut rest = String::new();
+    printed.read_to_string(&mut rest).unwrap();
+    assert!(status.success(), "{status}: {first}{rest}");
+    let lines: Vec<Value> = first.lines().chain(rest.lines()).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let messages: Vec<&str> = lines.iter().map(|l| l["message"].as_str().unwrap()).collect();
+    assert_eq!(messages, ["queued", "read 3 pages"], "{first}{rest}");
 
     // Show: the API's JSON as it is, or a field per line.
     let shown = stdout_json(&weft(&url, &["job", "show", &job, "--output", "json"]));
@@ -109,7 +108,7 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
     // `send` waited for the read models: the agent is there at once.
     assert_eq!(stdout_json(&weft(&url, &["agent", "show", &agent, "--output", "json"]))["name"], "a");
     let events = stdout_json(&weft(&url, &["stream", "events", &format!("job-{job}"), "--output", "json"]));
-    assert_eq!(events.as_array().unwrap().len(), 10, "{events}");
+    assert_eq!(events.as_array().unwrap().len(), 11, "the job's 11 events: {events}");
 
     // Projections: their lag, and a rebuild.
     let ready = stdout_json(&weft(&url, &["projection", "list", "--output", "json"]));

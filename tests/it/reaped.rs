@@ -2,7 +2,8 @@
 //! would keep the suite's output pipe open and hang it.
 
 use std::ops::{Deref, DerefMut};
-use std::process::Child;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
 
 /// A child process killed (SIGKILL) and reaped when dropped.
 pub struct Reaped(pub Child);
@@ -18,6 +19,20 @@ impl Deref for Reaped {
 impl DerefMut for Reaped {
     fn deref_mut(&mut self) -> &mut Child {
         &mut self.0
+    }
+}
+
+impl Reaped {
+    /// Waits for the process to end by itself; the test fails if it has not within `limit`.
+    pub fn exit_within(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the process did not end within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
