@@ -210,8 +210,11 @@ async fn rebuild_into<P: Projection + Default>(live: &mut Running, scratch: &Pat
         fresh.stop()?;
         return Err(Error::Stopped { name });
     }
-    let rebuilt = fresh.position();
+    // The position once it has stopped: it may commit one more batch between a read of its position and the
+    // stop, and the rows swapped in must be those of the position saved with them.
+    let stopped = fresh.watch();
     fresh.stop()?;
+    let rebuilt = *stopped.borrow();
     let (path, scratch) = (live.path.clone(), scratch.to_owned());
     tokio::task::spawn_blocking(move || swap(P::default(), &path, &scratch, rebuilt))
         .await
