@@ -13,7 +13,7 @@ use weft_events::domain::ids::Uuid;
 use weft_events::{EventStore, StreamName};
 
 use crate::bus::trace::TraceParent;
-use crate::bus::{ACTOR, Bus, COMMAND_ID, CORRELATION_ID, Headers, Message, TRACEPARENT};
+use crate::bus::{ACTOR, Bus, COMMAND_ID, CORRELATION_ID, Headers, Message, TENANT, TRACEPARENT};
 use crate::protocol::{self, CommandRequest, Reply};
 
 /// How long a command may take over the bus by default.
@@ -61,6 +61,9 @@ impl Gateway for BusGateway {
         }
         if let Some(actor) = &execute.metadata.actor {
             headers.insert(ACTOR.into(), actor.clone());
+        }
+        if let Some(tenant) = &execute.metadata.tenant {
+            headers.insert(TENANT.into(), tenant.clone());
         }
         let body = CommandRequest {
             command_id: execute.command_id,

@@ -31,6 +31,7 @@ pub mod gateway;
 pub mod intake;
 pub mod lease;
 pub mod nats;
+pub mod objects;
 pub mod node;
 pub mod protocol;
 pub mod publisher;

@@ -24,6 +24,10 @@ use crate::bus::nats::NatsBus;
 use crate::gateway::BusGateway;
 use crate::intake::{Intake, IntakeOptions};
 use crate::lease::{Lease, LeaseOptions};
+use crate::objects::ObjectStore;
+use crate::objects::documents::{Documents, serve_notifications};
+use crate::objects::local::LocalStore;
+use crate::objects::s3::{S3Options, S3Store};
 use crate::publisher::Publisher;
 use crate::query::{QueryApi, Reads};
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
@@ -59,6 +63,9 @@ pub struct NodeOptions {
     /// The JetStream stream of the events.
     #[arg(long, default_value = "WEFT_EVENTS", requires = "jetstream", env = "WEFT_JETSTREAM_STREAM")]
     pub jetstream_stream: String,
+    /// Where documents are kept.
+    #[command(flatten)]
+    pub objects: crate::objects::ObjectsOptions,
     /// A TOML file of these options, keyed by their long names (`http-addr = "0.0.0.0:8080"`); the command
     /// line and the WEFT_* variables win over it.
     #[arg(long, env = "WEFT_CONFIG")]
@@ -129,6 +136,8 @@ pub struct Node {
     rebuilds: actix_rt::task::JoinHandle<()>,
     query: QueryApi,
     queries: tokio::task::JoinHandle<()>,
+    notifications: actix_rt::task::JoinHandle<()>,
+    objects: String,
 }
 
 /// What runs on one node at a time: the process managers (unless `--no-processes`) and the publisher.
@@ -188,7 +197,7 @@ impl Node {
                     LeaseOptions { replicas: options.jetstream_replicas.into(), ..LeaseOptions::default() };
                 let lease = Lease::new(client, lease_options, holder_name()).await?;
                 let managers = Rc::new(RefCell::new(None));
-                let task = actix_rt::spawn(hold_lease(lease, bus.clone(), shared, managers.clone()));
+                let task = actix_rt::spawn(hold_lease(lease, bus.clone(), shared.clone(), managers.clone()));
                 Duty::Elected { task, managers }
             }
             _ => Duty::Always(Managers::start(&bus, &shared, !options.no_processes)),
@@ -206,8 +215,27 @@ impl Node {
         let reads =
             Reads { read_models: options.read_models.clone(), positions, store: reader, rebuilds: Some(rebuild_tx) };
         let queries = crate::query::nats::start(bus.clone(), reads.clone()).await?;
-        let query = QueryApi::start(options.http_addr, reads, bus.clone(), options.max_body_bytes)?;
-        Ok(Self { store, bus, intake, duty, projections, rebuilds, query, queries })
+        let listener = std::net::TcpListener::bind(options.http_addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.http_addr))?;
+        let http_addr = listener.local_addr()?;
+        let gateway = BusGateway::new(bus.clone(), shared.clone(), crate::gateway::DEFAULT_TIMEOUT);
+        let objects_dir = options.objects.objects_dir.clone().unwrap_or_else(|| {
+            options.store.parent().map(|folder| folder.join("objects")).unwrap_or_else(|| "objects".into())
+        });
+        let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
+        let description = match &local {
+            Some(_) => format!("folder {}", objects_dir.display()),
+            None => format!("S3 bucket {}", objects.bucket()),
+        };
+        let expiry = Duration::from_secs(options.objects.url_expiry_secs);
+        let documents = Documents::new(objects, gateway, expiry);
+        let subscription =
+            bus.subscribe(crate::objects::notification::SUBJECT, Some(crate::protocol::QUEUE_GROUP)).await?;
+        let notifications = actix_rt::spawn(serve_notifications(documents.clone(), subscription, bus.clone()));
+        let webhook_secret = options.objects.webhook_secret.as_deref().map(Arc::from);
+        let objects_api = crate::query::documents::Objects { documents, local, webhook_secret };
+        let query = QueryApi::start(listener, reads, bus.clone(), options.max_body_bytes, Some(objects_api))?;
+        Ok(Self { store, bus, intake, duty, projections, rebuilds, query, queries, notifications, objects: description })
     }
 
     /// Where the query API listens.
@@ -225,6 +253,7 @@ impl Node {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.query.stop().await;
         self.queries.abort();
+        self.notifications.abort();
         drop(self.intake);
         // A rebuild in progress ends first (the lock): its swap commits whole or not at all.
         let projections = std::mem::take(&mut *self.projections.lock().await);
@@ -247,6 +276,30 @@ impl Node {
         self.store.close().await?;
         Ok(())
     }
+}
+
+/// Opens the object store the options name: an S3 bucket, or the local folder (whose URLs this node's HTTP
+/// server at `http_addr` answers, and whose notifications go out on `bus`).
+async fn open_objects(
+    options: &crate::objects::ObjectsOptions,
+    folder: &std::path::Path,
+    http_addr: std::net::SocketAddr,
+    bus: &Arc<dyn Bus>,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, Option<LocalStore>)> {
+    if let Some(bucket) = &options.s3_bucket {
+        let s3 = S3Options {
+            bucket: bucket.clone(),
+            endpoint: options.s3_endpoint.clone(),
+            region: options.s3_region.clone(),
+            path_style: options.s3_path_style,
+            credentials: None,
+        };
+        return Ok((Arc::new(S3Store::connect(&s3).await), None));
+    }
+    let base_url = options.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}"));
+    let local = LocalStore::open(folder, &base_url, Some(bus.clone()))
+        .map_err(|e| anyhow::anyhow!("the object store in {}: {e}", folder.display()))?;
+    Ok((Arc::new(local.clone()), Some(local)))
 }
 
 /// Who holds a lease, for operators: the host name and the process id.
@@ -302,8 +355,14 @@ pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
     let store = node.store.describe(&options);
     let http = node.http_addr();
     match &options.nats {
-        Some(url) => eprintln!("weft: serving commands on NATS {url}, store {store}, queries on http://{http}"),
-        None => eprintln!("weft: serving on the in-process bus, store {store}, queries on http://{http}"),
+        Some(url) => eprintln!(
+            "weft: serving commands on NATS {url}, store {store}, documents in {}, queries on http://{http}",
+            node.objects
+        ),
+        None => eprintln!(
+            "weft: serving on the in-process bus, store {store}, documents in {}, queries on http://{http}",
+            node.objects
+        ),
     }
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -93,7 +93,7 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
 
 /// `count` distinct free loopback ports. The listeners are held until all are chosen, so the kernel cannot hand
 /// out one port twice; another process may still take one before the server binds it (see [`NatsServer::cluster`]).
-fn free_ports(count: usize) -> Result<Vec<u16>, ServerError> {
+pub(crate) fn free_ports(count: usize) -> Result<Vec<u16>, ServerError> {
     let listeners = (0..count)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()

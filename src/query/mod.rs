@@ -27,6 +27,7 @@
 //! (read-your-writes with a command reply's `last_position`), and answers 504 if it has not by then. Every
 //! `GET` answer carries an `ETag`; `If-None-Match` with it answers 304.
 
+pub mod documents;
 mod live;
 pub mod nats;
 pub mod openapi;
@@ -55,6 +56,8 @@ struct State {
     reads: Reads,
     bus: Arc<dyn Bus>,
     max_body_bytes: usize,
+    /// The documents' routes' needs, when the node keeps documents.
+    objects: Option<documents::Objects>,
     /// Turns true when the server stops: live streams end.
     closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -67,11 +70,18 @@ pub struct QueryApi {
 }
 
 impl QueryApi {
-    /// Binds `addr` (port 0: a free one) and serves `reads`, sending commands over `bus`. Must be called on an
-    /// actix system.
-    pub fn start(addr: SocketAddr, reads: Reads, bus: Arc<dyn Bus>, max_body_bytes: usize) -> anyhow::Result<Self> {
+    /// Serves `reads` on `listener`, sending commands over `bus`, and the documents' routes with `objects`.
+    /// Must be called on an actix system.
+    pub fn start(
+        listener: std::net::TcpListener,
+        reads: Reads,
+        bus: Arc<dyn Bus>,
+        max_body_bytes: usize,
+        objects: Option<documents::Objects>,
+    ) -> anyhow::Result<Self> {
         let (closing, closed) = tokio::sync::watch::channel(false);
-        let state = State { reads, bus, max_body_bytes, closing: closed };
+        let addr = listener.local_addr()?;
+        let state = State { reads, bus, max_body_bytes, objects, closing: closed };
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .app_data(web::Data::new(state.clone()))
@@ -79,7 +89,8 @@ impl QueryApi {
                 .app_data(web::QueryConfig::default().error_handler(|e, _| bad_request(e.to_string())))
                 .route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }))
                 .route("/readyz", web::get().to(readyz))
-                .route("/openapi.json", web::get().to(|req: HttpRequest| async move { ok(&req, openapi::document()) }));
+                .route("/openapi.json", web::get().to(|req: HttpRequest| async move { ok(&req, openapi::document()) }))
+                .configure(documents::routes);
             // Each model's list, list feed, item and item feed (`/<model>/live` before `/<model>/{id}`).
             for model in MODELS {
                 let base = format!("/{}", model.name);
@@ -100,9 +111,8 @@ impl QueryApi {
         })
         .workers(2)
         .disable_signals()
-        .bind(addr)
+        .listen(listener)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        let addr = server.addrs().first().copied().unwrap_or(addr);
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);

@@ -1,0 +1,415 @@
+//! Documents and their objects: registration with an upload URL, confirmation of an upload, download URLs,
+//! deletion, and what a storage notification does to a document.
+//!
+//! Storage is the truth about bytes: a document's recorded size and etag come from a head request, never from
+//! a client or the notification itself. That also makes notifications safe to take in any order and any
+//! number of times:
+//!
+//! - `ObjectCreated` heads the object. Gone: skipped (its removal follows). A size or etag other than the
+//!   notification's: refused (it is stale or forged). Otherwise a pending document becomes uploaded, an
+//!   uploaded one with another etag gains a version, and the same etag again changes nothing.
+//! - `ObjectRemoved` heads the object too. Still there: skipped (it was created again after the removal).
+//!   Otherwise the document is deleted (once).
+//! - A key that is not a document's, or a document never registered: skipped. A key under another tenant than
+//!   the document's, or a bucket other than the node's: refused.
+//!
+//! The commands' ids are derived from the key, the change and the etag, so a repeated notification is a
+//! repeated command, which the document answers with its first outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use weft_actors::document::{Command, Document, Rejection, Status};
+use weft_actors::host::{self, Execute, Metadata, Outcome};
+use weft_actors::process::Gateway;
+use weft_events::Timestamp;
+use weft_events::domain::document::UploadSource;
+use weft_events::domain::ids::{DocumentId, Uuid};
+
+use super::notification::{self, Change, Record};
+use super::{ObjectInfo, ObjectStore, Presigned, Upload, check_key, check_segment, document_key, parse_document_key};
+use crate::gateway::BusGateway;
+
+/// The namespace of the command ids derived here (UUID v5).
+const COMMANDS: Uuid = Uuid::from_u128(0x5745_4654_0006_4f62_6a65_6374_7353_746f);
+
+/// The actor named on the events notifications cause.
+pub const STORAGE_ACTOR: &str = "system:object-storage";
+
+/// Why a document operation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such document or object.
+    #[error("{0}")]
+    NotFound(String),
+    /// The document refuses it.
+    #[error("the document refuses: {0}")]
+    Rejected(Rejection),
+    /// The document changed meanwhile.
+    #[error("{0}")]
+    Conflict(String),
+    /// Storage, the bus or the store failed; the same request may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    /// The error's kind, as the protocol names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::NotFound(_) => "not_found",
+            Self::Rejected(_) => "rejected",
+            Self::Conflict(_) => "conflict",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<super::Error> for Error {
+    fn from(error: super::Error) -> Self {
+        match error {
+            super::Error::NotFound { .. } => Self::NotFound(error.to_string()),
+            super::Error::InvalidKey { .. } | super::Error::TooLarge { .. } => Self::Invalid(error.to_string()),
+            super::Error::Unavailable(_) => Self::Unavailable(error.to_string()),
+        }
+    }
+}
+
+impl From<host::Error<Rejection>> for Error {
+    fn from(error: host::Error<Rejection>) -> Self {
+        match error {
+            host::Error::Rejected(rejection) => Self::Rejected(rejection),
+            host::Error::Conflict { .. } => Self::Conflict(error.to_string()),
+            host::Error::Unavailable(message) => Self::Unavailable(message),
+        }
+    }
+}
+
+/// What a client asks to register.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registration {
+    /// The document's id, for a retry that must not register twice; a new one without it.
+    pub id: Option<DocumentId>,
+    /// File name.
+    pub name: String,
+    /// MIME type; the upload must declare the same.
+    pub content_type: String,
+    /// The most bytes the upload may have.
+    pub size_bytes: u64,
+}
+
+/// A registered document and where to upload it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Registered {
+    /// Its id.
+    pub id: DocumentId,
+    /// Its object's key.
+    pub key: String,
+    /// The command's outcome (`repeated` for a retry).
+    pub outcome: Outcome,
+    /// Where to `PUT` the content.
+    pub upload: Presigned,
+}
+
+/// What a notification record or a confirmation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", content = "reason", rename_all = "snake_case")]
+pub enum Effect {
+    /// A pending document is uploaded.
+    Uploaded,
+    /// An uploaded document has a new version.
+    VersionAdded,
+    /// The document is deleted.
+    Deleted,
+    /// It was done already: nothing changed.
+    Duplicate,
+    /// Nothing to do, for this reason.
+    Ignored(&'static str),
+}
+
+/// What one record of a notification did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecordReport {
+    /// Its index in the notification.
+    pub index: usize,
+    /// Its object's key.
+    pub key: String,
+    /// What it did.
+    #[serde(flatten)]
+    pub effect: Option<Effect>,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ReportError>,
+}
+
+/// A refused record's error, as the protocol shows errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportError {
+    /// `invalid`, `rejected`, `unavailable`...
+    pub kind: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+/// See the module doc. Cheap to clone.
+#[derive(Clone)]
+pub struct Documents {
+    objects: Arc<dyn ObjectStore>,
+    gateway: BusGateway,
+    expiry: Duration,
+}
+
+fn command_id(what: &str) -> Uuid {
+    Uuid::new_v5(&COMMANDS, what.as_bytes())
+}
+
+impl Documents {
+    /// Documents kept in `objects`, commanded through `gateway`; URLs valid for `expiry`.
+    pub fn new(objects: Arc<dyn ObjectStore>, gateway: BusGateway, expiry: Duration) -> Self {
+        Self { objects, gateway, expiry }
+    }
+
+    /// The object store.
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    async fn execute(&self, id: DocumentId, command_id: Uuid, command: Command, metadata: Metadata) -> Result<Outcome, Error> {
+        let execute = Execute { command_id, command, expected_version: None, metadata };
+        Ok(self.gateway.execute::<Document>(&id.stream(), execute).await?)
+    }
+
+    async fn state(&self, id: DocumentId) -> Result<Document, Error> {
+        Ok(self.gateway.state::<Document>(&id.stream()).await?)
+    }
+
+    /// A document that exists (registered, maybe deleted).
+    async fn existing(&self, id: DocumentId) -> Result<Document, Error> {
+        let state = self.state(id).await?;
+        if state.status == Status::Unregistered {
+            return Err(Error::NotFound(format!("no document {id}")));
+        }
+        Ok(state)
+    }
+
+    /// Registers a document for `metadata`'s tenant and signs its upload URL.
+    pub async fn register(&self, registration: Registration, mut metadata: Metadata) -> Result<Registered, Error> {
+        let tenant = metadata.tenant.clone().unwrap_or_else(|| weft_events::envelope::DEFAULT_TENANT.to_owned());
+        check_segment(&tenant).map_err(|reason| Error::Invalid(format!("tenant {tenant:?} cannot prefix keys: {reason}")))?;
+        metadata.tenant = Some(tenant.clone());
+        let id = registration.id.unwrap_or_default();
+        let owner = metadata.actor.clone().unwrap_or_else(|| "anonymous".to_owned());
+        let command = Command::Register {
+            name: registration.name,
+            content_type: registration.content_type.clone(),
+            declared_size_bytes: registration.size_bytes,
+            tenant: tenant.clone(),
+            owner,
+            at: Timestamp::now(),
+        };
+        let outcome = self.execute(id, command_id(&format!("register:{id}")), command, metadata).await?;
+        let key = document_key(&tenant, id);
+        let upload = self.sign_upload(&key, &registration.content_type, registration.size_bytes).await?;
+        Ok(Registered { id, key, outcome, upload })
+    }
+
+    async fn sign_upload(&self, key: &str, content_type: &str, max_bytes: u64) -> Result<Presigned, Error> {
+        let upload = Upload { key, content_type, max_bytes, expiry: self.expiry };
+        Ok(self.objects.presign_put(upload).await?)
+    }
+
+    /// A new upload URL: for a pending upload, or for a new version of an uploaded document.
+    pub async fn upload_url(&self, id: DocumentId) -> Result<Presigned, Error> {
+        let state = self.existing(id).await?;
+        if state.status == Status::Deleted {
+            return Err(Error::Rejected(Rejection::Deleted));
+        }
+        self.sign_upload(&document_key(&state.tenant, id), &state.content_type, state.declared_size_bytes).await
+    }
+
+    /// A download URL of the document's current content.
+    pub async fn download_url(&self, id: DocumentId) -> Result<Presigned, Error> {
+        let state = self.existing(id).await?;
+        match state.status {
+            Status::Deleted => Err(Error::Rejected(Rejection::Deleted)),
+            Status::Uploaded => Ok(self.objects.presign_get(&document_key(&state.tenant, id), self.expiry).await?),
+            _ => Err(Error::Rejected(Rejection::NotUploaded)),
+        }
+    }
+
+    /// Checks the document's object with a head request and records what storage says (the client's
+    /// "I have uploaded it", for when no notification comes).
+    pub async fn confirm(&self, id: DocumentId) -> Result<Effect, Error> {
+        let state = self.existing(id).await?;
+        let key = document_key(&state.tenant, id);
+        let info = match self.objects.head(&key).await {
+            Err(super::Error::NotFound { .. }) => {
+                return Err(Error::NotFound(format!("no object under {key:?} yet: upload it first")));
+            }
+            other => other?,
+        };
+        self.created(id, &key, &state, &info, UploadSource::Client).await
+    }
+
+    /// Deletes the document, then its object.
+    pub async fn delete(&self, id: DocumentId, reason: &str, metadata: Metadata) -> Result<Effect, Error> {
+        let state = self.existing(id).await?;
+        let effect = if state.status == Status::Deleted {
+            Effect::Duplicate
+        } else {
+            let command = Command::Delete { reason: reason.to_owned(), at: Timestamp::now() };
+            self.execute(id, command_id(&format!("delete:{id}")), command, metadata).await?;
+            Effect::Deleted
+        };
+        // The document first: if removing the object fails, a retry removes it, and the document is gone.
+        self.objects.delete(&document_key(&state.tenant, id)).await?;
+        Ok(effect)
+    }
+
+    /// What an object's arrival does to its document.
+    async fn created(
+        &self,
+        id: DocumentId,
+        key: &str,
+        state: &Document,
+        info: &ObjectInfo,
+        source: UploadSource,
+    ) -> Result<Effect, Error> {
+        let (command, effect) = match state.status {
+            Status::Unregistered => return Ok(Effect::Ignored("no such document")),
+            Status::Deleted => return Ok(Effect::Ignored("the document is deleted")),
+            Status::Uploaded if state.etag == info.etag && state.size_bytes == info.size_bytes => {
+                return Ok(Effect::Duplicate);
+            }
+            Status::UploadPending => (
+                Command::MarkUploaded {
+                    size_bytes: info.size_bytes,
+                    etag: info.etag.clone(),
+                    source,
+                    at: Timestamp::now(),
+                },
+                Effect::Uploaded,
+            ),
+            Status::Uploaded => (
+                Command::AddVersion { size_bytes: info.size_bytes, etag: info.etag.clone(), at: Timestamp::now() },
+                Effect::VersionAdded,
+            ),
+        };
+        let metadata = Metadata {
+            tenant: Some(state.tenant.clone()),
+            actor: Some(STORAGE_ACTOR.to_owned()),
+            correlation_id: None,
+        };
+        let outcome = self.execute(id, command_id(&format!("created:{key}:{}", info.etag)), command, metadata).await?;
+        Ok(if outcome.repeated { Effect::Duplicate } else { effect })
+    }
+
+    /// Applies a notification (see the module doc), record by record: one refused record does not stop the
+    /// others.
+    pub async fn notified(&self, body: &[u8]) -> Result<Vec<RecordReport>, notification::Error> {
+        let records = notification::parse(body)?;
+        let mut reports = Vec::with_capacity(records.len());
+        for (index, record) in records {
+            let result = self.apply(&record).await;
+            if let Err(error) = &result {
+                tracing::warn!(key = %record.key, %error, "an object notification was refused");
+            }
+            let (effect, error) = match result {
+                Ok(effect) => (Some(effect), None),
+                Err(error) => (None, Some(ReportError { kind: error.kind(), message: error.to_string() })),
+            };
+            reports.push(RecordReport { index, key: record.key, effect, error });
+        }
+        Ok(reports)
+    }
+
+    async fn apply(&self, record: &Record) -> Result<Effect, Error> {
+        if record.bucket != self.objects.bucket() {
+            return Err(Error::Invalid(format!(
+                "the notification is for bucket {:?}; this node keeps documents in {:?}",
+                record.bucket,
+                self.objects.bucket()
+            )));
+        }
+        check_key(&record.key)?;
+        let Some((tenant, id)) = parse_document_key(&record.key) else {
+            return Ok(Effect::Ignored("the key is not a document's"));
+        };
+        let state = self.state(id).await?;
+        if state.status == Status::Unregistered {
+            return Ok(Effect::Ignored("no such document"));
+        }
+        if tenant != state.tenant {
+            return Err(Error::Invalid(format!(
+                "key {:?} is outside the prefix {:?} of the document's tenant",
+                record.key,
+                format!("{}/", state.tenant)
+            )));
+        }
+        let head = match self.objects.head(&record.key).await {
+            Ok(info) => Some(info),
+            Err(super::Error::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        match (record.change, head) {
+            (Change::Created, None) => Ok(Effect::Ignored("the object is gone; its removal follows")),
+            (Change::Created, Some(info)) => {
+                if let Some(size) = record.size_bytes.filter(|s| *s != info.size_bytes) {
+                    return Err(Error::Invalid(format!(
+                        "the notification says {size} bytes; the object has {} (stale or forged)",
+                        info.size_bytes
+                    )));
+                }
+                if let Some(etag) = record.etag.as_ref().filter(|e| **e != info.etag) {
+                    return Err(Error::Invalid(format!(
+                        "the notification says etag {etag:?}; the object has {:?} (stale or forged)",
+                        info.etag
+                    )));
+                }
+                self.created(id, &record.key, &state, &info, UploadSource::Notification).await
+            }
+            (Change::Removed, Some(_)) => Ok(Effect::Ignored("the object exists again: the removal is stale")),
+            (Change::Removed, None) if state.status == Status::Deleted => Ok(Effect::Duplicate),
+            (Change::Removed, None) => {
+                let metadata = Metadata {
+                    tenant: Some(state.tenant.clone()),
+                    actor: Some(STORAGE_ACTOR.to_owned()),
+                    correlation_id: None,
+                };
+                let command =
+                    Command::Delete { reason: "its object was removed from storage".into(), at: Timestamp::now() };
+                let outcome = self.execute(id, command_id(&format!("removed:{}", record.key)), command, metadata).await?;
+                Ok(if outcome.repeated { Effect::Duplicate } else { Effect::Deleted })
+            }
+        }
+    }
+}
+
+/// Takes notifications off the bus ([`notification::SUBJECT`], queue group `weft`) until the subscription
+/// ends; answers a request with the records' reports, or the notification's error. Must run on an actix
+/// system (the commands go through the gateway there).
+pub async fn serve_notifications(documents: Documents, mut subscription: crate::bus::Subscription, bus: Arc<dyn crate::bus::Bus>) {
+    use futures::StreamExt;
+    while let Some(message) = subscription.next().await {
+        let answer = match documents.notified(&message.payload).await {
+            Ok(reports) => serde_json::json!({ "records": reports }),
+            Err(error) => {
+                tracing::warn!(%error, "an object notification was refused");
+                serde_json::json!({"error": {"kind": "invalid", "message": error.to_string()}})
+            }
+        };
+        if let Some(reply) = message.reply {
+            let mut answer = crate::bus::Message::new(reply, serde_json::to_vec(&answer).expect("JSON serialises"));
+            answer.headers.insert(crate::bus::CONTENT_TYPE.into(), crate::bus::JSON.into());
+            if let Err(error) = bus.publish(answer).await {
+                tracing::debug!(%error, "answering an object notification");
+            }
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Object storage: where documents' bytes live. Clients put them there themselves, through pre-signed URLs,
+//! and the storage tells Weft when an object was created or removed ([`notification`]).
+//!
+//! Two backends pass one contract suite (`tests/it/objects.rs`): [`local::LocalStore`], a folder on this
+//! machine whose pre-signed URLs `weft serve` answers itself (the embedded default), and [`s3::S3Store`],
+//! any S3-compatible server through `aws-sdk-s3` (AWS S3, MinIO, SeaweedFS).
+//!
+//! Keys are `<tenant>/<document id>` ([`document_key`]): one object per document, whose current content is
+//! the document's current version. Key segments hold ASCII letters, digits, `.`, `_` and `-`, never start
+//! with `.`: no `..`, no absolute path, nothing a folder backend could be tricked with.
+
+pub mod documents;
+pub mod local;
+pub mod notification;
+pub mod s3;
+pub mod seaweed;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use weft_events::domain::ids::DocumentId;
+
+/// The longest key, in bytes (S3's limit).
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// How long a pre-signed URL is valid by default.
+pub const DEFAULT_URL_EXPIRY: Duration = Duration::from_secs(15 * 60);
+
+/// The longest a pre-signed URL may be valid: S3's limit for SigV4, 7 days.
+pub const MAX_URL_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// An object's bytes, as a stream of chunks.
+pub type Body = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// Why an object-storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No object under that key.
+    #[error("no object {key:?}")]
+    NotFound {
+        /// The key.
+        key: String,
+    },
+    /// A key breaks the rules (see the module doc).
+    #[error("invalid key {key:?}: {reason}")]
+    InvalidKey {
+        /// The key.
+        key: String,
+        /// Which rule.
+        reason: &'static str,
+    },
+    /// A body is over the limit it was given.
+    #[error("the object is over {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The storage could not be reached or failed; the same request may succeed later.
+    #[error("object storage is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What storage says about an object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectInfo {
+    /// Its size.
+    pub size_bytes: u64,
+    /// Its entity tag, without quotes: S3's (an MD5 for single-part uploads), or the local backend's SHA-256.
+    pub etag: String,
+    /// Its content type, when storage kept one.
+    pub content_type: Option<String>,
+}
+
+/// A URL a client may use without credentials, until it expires.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Presigned {
+    /// The URL.
+    pub url: String,
+    /// `PUT` or `GET`.
+    pub method: &'static str,
+    /// Headers the request must carry as they are (they are part of the signature).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// When it stops working, in seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// What a pre-signed upload is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The content type the upload must declare.
+    pub content_type: &'a str,
+    /// The most bytes it may have (enforced where the backend can: the local one refuses more; S3 cannot
+    /// bound a pre-signed PUT, so the size is checked when the upload is confirmed).
+    pub max_bytes: u64,
+    /// How long the URL is valid.
+    pub expiry: Duration,
+}
+
+/// See the module doc.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// The bucket (S3) or `local`: notifications naming another are refused.
+    fn bucket(&self) -> &str;
+
+    /// A URL to upload one object with `PUT`.
+    async fn presign_put(&self, upload: Upload<'_>) -> Result<Presigned, Error>;
+
+    /// A URL to download one object with `GET`.
+    async fn presign_get(&self, key: &str, expiry: Duration) -> Result<Presigned, Error>;
+
+    /// What storage says about an object.
+    async fn head(&self, key: &str) -> Result<ObjectInfo, Error>;
+
+    /// The object's bytes.
+    async fn get(&self, key: &str) -> Result<Body, Error>;
+
+    /// Writes an object whole (S3: in parts when large); it is visible only once complete.
+    async fn put(&self, key: &str, content_type: &str, body: Body) -> Result<ObjectInfo, Error>;
+
+    /// Removes an object; removing a missing one is not an error.
+    async fn delete(&self, key: &str) -> Result<(), Error>;
+}
+
+/// Checks a key against the rules in the module doc.
+pub fn check_key(key: &str) -> Result<(), Error> {
+    let invalid = |reason| Err(Error::InvalidKey { key: key.into(), reason });
+    if key.is_empty() {
+        return invalid("it is empty");
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return invalid("it is over 1024 bytes");
+    }
+    for segment in key.split('/') {
+        check_segment(segment).or_else(|reason| invalid(reason))?;
+    }
+    Ok(())
+}
+
+/// Checks one segment of a key: a tenant, a document id.
+pub fn check_segment(segment: &str) -> Result<(), &'static str> {
+    if segment.is_empty() {
+        return Err("a segment is empty");
+    }
+    if segment.starts_with('.') {
+        return Err("a segment starts with `.`");
+    }
+    if !segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err("a segment holds a character other than ASCII letters, digits, `.`, `_` and `-`");
+    }
+    Ok(())
+}
+
+/// The key of a document's object: `<tenant>/<id>`.
+pub fn document_key(tenant: &str, id: DocumentId) -> String {
+    format!("{tenant}/{id}")
+}
+
+/// The tenant and document of a key made by [`document_key`], or `None` for any other key.
+pub fn parse_document_key(key: &str) -> Option<(&str, DocumentId)> {
+    let (tenant, id) = key.split_once('/')?;
+    check_segment(tenant).ok()?;
+    Some((tenant, id.parse().ok()?))
+}
+
+/// Seconds since the Unix epoch, `expiry` from now.
+fn expires_at(expiry: Duration) -> u64 {
+    (SystemTime::now() + expiry).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Where a node keeps documents.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ObjectsOptions {
+    /// The folder of the local object store (the default backend), created if missing; `objects` beside the
+    /// store's file without it.
+    #[arg(long, env = "WEFT_OBJECTS_DIR")]
+    pub objects_dir: Option<PathBuf>,
+    /// Keep documents in this S3 bucket instead of the folder (AWS S3, MinIO, SeaweedFS). Credentials come
+    /// from the usual AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, profiles, instance roles).
+    #[arg(long, env = "WEFT_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// The S3 endpoint, for MinIO or SeaweedFS (`http://127.0.0.1:9000`); AWS's without it.
+    #[arg(long, requires = "s3_bucket", env = "WEFT_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The S3 region.
+    #[arg(long, default_value = "us-east-1", env = "WEFT_S3_REGION")]
+    pub s3_region: String,
+    /// Address buckets by path (`endpoint/bucket/key`), as MinIO and SeaweedFS need.
+    #[arg(long, env = "WEFT_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+    /// How long pre-signed URLs are valid, in seconds (at most 7 days).
+    #[arg(long, default_value_t = DEFAULT_URL_EXPIRY.as_secs(), value_parser = clap::value_parser!(u64).range(1..=MAX_URL_EXPIRY.as_secs()), env = "WEFT_URL_EXPIRY_SECS")]
+    pub url_expiry_secs: u64,
+    /// The base URL clients reach this node's HTTP server at, for the local store's pre-signed URLs
+    /// (`https://weft.example.com`); `http://<http-addr>` without it.
+    #[arg(long, env = "WEFT_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The shared secret of the notification webhook (`POST /objects/events` with `Authorization: Bearer
+    /// <secret>`); the webhook is off without it.
+    #[arg(long, env = "WEFT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+}

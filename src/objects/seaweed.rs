@@ -1,0 +1,143 @@
+//! A local SeaweedFS S3 server (`weed mini`), for the tests and `weft bench documents`: on free loopback
+//! ports, storing in a temporary folder, enforcing SigV4 with one key pair, killed when dropped.
+//!
+//! The binary is `$WEFT_WEED`, else `weed` on `PATH`, else the one `scripts/test` installs into
+//! `.tools/venv/bin`. SeaweedFS sends no S3 notifications: tests publish them as S3 would.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::s3::{S3Options, S3Store};
+
+/// How long the server may take to serve S3 requests.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The access key id the server accepts.
+pub const ACCESS_KEY_ID: &str = "weft-test";
+
+/// Why the server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No binary found.
+    #[error("no weed found: set WEFT_WEED, put it on PATH, or run scripts/test to install it")]
+    NotFound,
+    /// It did not start.
+    #[error("weed mini did not start: {0}")]
+    Start(String),
+}
+
+/// See the module doc.
+pub struct Seaweed {
+    child: Child,
+    s3_port: u16,
+    secret: String,
+    dir: tempfile::TempDir,
+}
+
+fn binary() -> Result<PathBuf, Error> {
+    std::env::var_os("WEFT_WEED")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|p| std::env::split_paths(&p).map(|dir| dir.join("weed")).collect::<Vec<_>>()),
+        )
+        .chain([PathBuf::from(".tools/venv/bin/weed"), Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/weed")])
+        .find(|c| c.is_file())
+        .ok_or(Error::NotFound)
+}
+
+impl Seaweed {
+    /// Starts a server and waits until its S3 port accepts connections.
+    pub fn start() -> Result<Self, Error> {
+        let binary = binary()?;
+        let dir = tempfile::tempdir().map_err(|e| Error::Start(format!("no temp dir: {e}")))?;
+        let ports = crate::nats::server::free_ports(8).map_err(|e| Error::Start(e.to_string()))?;
+        let secret = format!("secret-{}", rand::random::<u64>());
+        let log = std::fs::File::create(dir.path().join("weed.log")).map_err(|e| Error::Start(e.to_string()))?;
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).map_err(|e| Error::Start(e.to_string()))?;
+        let child = Command::new(&binary)
+            .arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-webdav=false", "-admin.ui=false"])
+            .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
+            .arg(format!("-master.port={}", ports[0]))
+            .arg(format!("-master.port.grpc={}", ports[1]))
+            .arg(format!("-volume.port={}", ports[2]))
+            .arg(format!("-volume.port.grpc={}", ports[3]))
+            .arg(format!("-filer.port={}", ports[4]))
+            .arg(format!("-filer.port.grpc={}", ports[5]))
+            .arg(format!("-s3.port={}", ports[6]))
+            .arg(format!("-s3.port.grpc={}", ports[7]))
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", &secret)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| Error::Start(format!("{}: {e}", binary.display())))?;
+        let mut server = Self { child, s3_port: ports[6], secret, dir };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", server.s3_port)).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                return Err(Error::Start(format!("exited with {status}: {}", server.log_tail())));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Start(format!("no S3 port after {START_TIMEOUT:?}: {}", server.log_tail())));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
+        log.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+    }
+
+    /// The S3 endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.s3_port)
+    }
+
+    /// The access key id and secret it accepts.
+    pub fn credentials(&self) -> (String, String) {
+        (ACCESS_KEY_ID.to_owned(), self.secret.clone())
+    }
+
+    /// How to reach `bucket` on it.
+    pub fn options(&self, bucket: &str) -> S3Options {
+        S3Options {
+            bucket: bucket.to_owned(),
+            endpoint: Some(self.endpoint()),
+            region: "us-east-1".into(),
+            path_style: true,
+            credentials: Some(self.credentials()),
+        }
+    }
+
+    /// A client of `bucket`, created once the server takes requests (its filer starts after its S3 port).
+    pub async fn bucket(&self, bucket: &str) -> Result<S3Store, Error> {
+        let store = S3Store::connect(&self.options(bucket)).await;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match store.create_bucket().await {
+                Ok(()) => return Ok(store),
+                Err(e) if Instant::now() > deadline => return Err(Error::Start(format!("creating {bucket}: {e}"))),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,284 @@
+//! The documents' routes of the HTTP API: registration with an upload URL, confirmation, download URLs,
+//! deletion, the notification webhook, and (local object store) the pre-signed URLs themselves.
+//!
+//! - `POST /documents` `{name, content_type, size_bytes, id?}`: registers a document for the `Weft-Tenant`
+//!   (`default` without it), owned by `Weft-Actor`; answers 201 `{id, key, outcome, upload: {url, method,
+//!   headers, expires_at}}`. Repeating it with the same `id` registers nothing and signs a new URL.
+//! - `POST /documents/{id}/upload-url`: a new upload URL (pending upload, or a new version).
+//! - `POST /documents/{id}/confirm`: heads the object and records what storage says.
+//! - `GET /documents/{id}/download`: `{download: {url, ...}}` for the current content.
+//! - `DELETE /documents/{id}`: deletes the document, then its object.
+//! - `POST /objects/events`: S3 notifications, `Authorization: Bearer <--webhook-secret>`; answers
+//!   `{records: [{index, key, outcome | error}]}`, 200 when every record was taken, 422 when one was
+//!   refused, 503 when one could not be handled now (retry), 400 for a body that is no notification.
+//! - `PUT /objects/{key}`, `GET /objects/{key}` with `?expires&max&sig`: the local store's signed uploads and
+//!   downloads; 403 for an expired, tampered or misused URL, 413 past the signed size limit.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use weft_actors::host::Metadata;
+use weft_events::domain::ids::DocumentId;
+
+use super::{State, error};
+use crate::objects::documents::{self, Documents, Registration};
+use crate::objects::local::{LocalStore, Signed};
+use crate::objects::{Error as ObjectError, check_key, notification};
+
+/// The largest registration body, in bytes.
+const MAX_REGISTRATION_BYTES: usize = 64 * 1024;
+
+/// What the documents' routes need.
+#[derive(Clone)]
+pub struct Objects {
+    /// The documents.
+    pub documents: Documents,
+    /// The local store, when it is the backend: its URLs are served here.
+    pub local: Option<LocalStore>,
+    /// The webhook's secret; no webhook without one.
+    pub webhook_secret: Option<Arc<str>>,
+}
+
+/// Registers the routes.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/documents", web::post().to(register))
+        .route("/documents/{id}/upload-url", web::post().to(upload_url))
+        .route("/documents/{id}/confirm", web::post().to(confirm))
+        .route("/documents/{id}/download", web::get().to(download))
+        .route("/documents/{id}", web::delete().to(delete))
+        .route("/objects/events", web::post().to(webhook))
+        .route("/objects/{key:.*}", web::put().to(put_object))
+        .route("/objects/{key:.*}", web::get().to(get_object));
+}
+
+fn failed(e: documents::Error) -> HttpResponse {
+    let status = match e {
+        documents::Error::Invalid(_) => StatusCode::BAD_REQUEST,
+        documents::Error::NotFound(_) => StatusCode::NOT_FOUND,
+        documents::Error::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        documents::Error::Conflict(_) => StatusCode::CONFLICT,
+        documents::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let mut body = json!({"error": {"kind": e.kind(), "message": e.to_string()}});
+    if let documents::Error::Rejected(rejection) = &e {
+        body["error"]["rejection"] = serde_json::to_value(rejection).unwrap_or_default();
+    }
+    HttpResponse::build(status).json(body)
+}
+
+fn objects(state: &State) -> Result<&Objects, HttpResponse> {
+    state.objects.as_ref().ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "this node keeps no documents"))
+}
+
+fn document_id(id: &str) -> Result<DocumentId, HttpResponse> {
+    id.parse().map_err(|_| error(StatusCode::BAD_REQUEST, "invalid", format!("{id:?} is not a document id")))
+}
+
+/// The tenant and actor a request names.
+fn metadata(request: &HttpRequest) -> Result<Metadata, HttpResponse> {
+    let header = |name: &str| -> Result<Option<String>, HttpResponse> {
+        let Some(value) = request.headers().get(name) else { return Ok(None) };
+        let value = value
+            .to_str()
+            .map_err(|_| error(StatusCode::BAD_REQUEST, "invalid", format!("header {name} is not text")))?;
+        weft_events::envelope::check_label(if name == crate::bus::TENANT { "tenant" } else { "actor" }, value)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", format!("header {name}: {e}")))?;
+        Ok(Some(value.to_owned()))
+    };
+    Ok(Metadata { tenant: header(crate::bus::TENANT)?, actor: header(crate::bus::ACTOR)?, correlation_id: None })
+}
+
+/// Reads a JSON body up to `limit` bytes.
+async fn json_body<T: serde::de::DeserializeOwned>(mut payload: web::Payload, limit: usize) -> Result<T, HttpResponse> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| error(StatusCode::BAD_REQUEST, "invalid", "the body could not be read"))?;
+        if body.len() + chunk.len() > limit {
+            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body is over {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", format!("the body: {e}")))
+}
+
+async fn register(state: web::Data<State>, request: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let result = async {
+        let objects = objects(&state)?;
+        let metadata = metadata(&request)?;
+        let registration: Registration = json_body(payload, MAX_REGISTRATION_BYTES).await?;
+        objects.documents.register(registration, metadata).await.map_err(failed)
+    };
+    match result.await {
+        Ok(registered) => HttpResponse::Created().json(registered),
+        Err(response) => response,
+    }
+}
+
+async fn upload_url(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+    let result = async {
+        let id = document_id(&id)?;
+        objects(&state)?.documents.upload_url(id).await.map_err(failed)
+    };
+    match result.await {
+        Ok(upload) => HttpResponse::Ok().json(json!({ "upload": upload })),
+        Err(response) => response,
+    }
+}
+
+async fn download(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+    let result = async {
+        let id = document_id(&id)?;
+        objects(&state)?.documents.download_url(id).await.map_err(failed)
+    };
+    match result.await {
+        Ok(url) => HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({ "download": url })),
+        Err(response) => response,
+    }
+}
+
+async fn confirm(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+    let result = async {
+        let id = document_id(&id)?;
+        objects(&state)?.documents.confirm(id).await.map_err(failed)
+    };
+    match result.await {
+        Ok(effect) => HttpResponse::Ok().json(effect),
+        Err(response) => response,
+    }
+}
+
+async fn delete(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
+    let result = async {
+        let id = document_id(&id)?;
+        let metadata = metadata(&request)?;
+        let who = metadata.actor.clone().unwrap_or_else(|| "a client".into());
+        objects(&state)?.documents.delete(id, &format!("deleted by {who}"), metadata).await.map_err(failed)
+    };
+    match result.await {
+        Ok(effect) => HttpResponse::Ok().json(effect),
+        Err(response) => response,
+    }
+}
+
+/// Whether `given` is the secret, compared in time independent of where they differ.
+fn same_secret(given: &str, secret: &str) -> bool {
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(secret.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+async fn webhook(state: web::Data<State>, request: HttpRequest, mut payload: web::Payload) -> HttpResponse {
+    let objects = match objects(&state) {
+        Ok(objects) => objects,
+        Err(response) => return response,
+    };
+    let Some(secret) = &objects.webhook_secret else {
+        return error(StatusCode::NOT_FOUND, "not_found", "the webhook is off: start the node with --webhook-secret");
+    };
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|given| same_secret(given.trim(), secret)) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "the webhook needs `Authorization: Bearer <secret>`");
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else {
+            return error(StatusCode::BAD_REQUEST, "invalid", "the body could not be read");
+        };
+        if body.len() + chunk.len() > notification::MAX_BODY_BYTES {
+            let limit = notification::MAX_BODY_BYTES;
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("a notification is at most {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    match objects.documents.notified(&body).await {
+        Ok(reports) => {
+            let kinds = reports.iter().filter_map(|r| r.error.as_ref().map(|e| e.kind));
+            let status = kinds.fold(StatusCode::OK, |status, kind| match kind {
+                "unavailable" | "conflict" => StatusCode::SERVICE_UNAVAILABLE,
+                _ if status == StatusCode::OK => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => status,
+            });
+            HttpResponse::build(status).json(json!({ "records": reports }))
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string()),
+    }
+}
+
+/// The local store and a checked key, or the answer.
+fn local<'a>(state: &'a State, key: &str) -> Result<&'a LocalStore, HttpResponse> {
+    let local = objects(state)?
+        .local
+        .as_ref()
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "this node's documents are not in a local folder"))?;
+    check_key(key).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?;
+    Ok(local)
+}
+
+fn denied(e: crate::objects::local::Denied) -> HttpResponse {
+    error(StatusCode::FORBIDDEN, "forbidden", e.to_string())
+}
+
+async fn put_object(
+    state: web::Data<State>,
+    request: HttpRequest,
+    key: web::Path<String>,
+    signed: web::Query<Signed>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let local = match local(&state, &key) {
+        Ok(local) => local,
+        Err(response) => return response,
+    };
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let limit = match local.verify("PUT", &key, content_type, &signed) {
+        Ok(limit) => limit,
+        Err(e) => return denied(e),
+    };
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(length) = declared.filter(|length| *length > limit) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the upload is {length} bytes, over the {limit} bytes registered"),
+        );
+    }
+    let body = payload.map_err(std::io::Error::other);
+    match local.write(&key, content_type, body, limit).await {
+        Ok(info) => HttpResponse::Ok().insert_header((header::ETAG, format!("\"{}\"", info.etag))).finish(),
+        Err(ObjectError::TooLarge { limit }) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the upload is over the {limit} bytes registered"),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    }
+}
+
+async fn get_object(state: web::Data<State>, key: web::Path<String>, signed: web::Query<Signed>) -> HttpResponse {
+    use crate::objects::ObjectStore;
+    let local = match local(&state, &key) {
+        Ok(local) => local,
+        Err(response) => return response,
+    };
+    if let Err(e) = local.verify("GET", &key, "", &signed) {
+        return denied(e);
+    }
+    let info = match local.head(&key).await {
+        Ok(info) => info,
+        Err(e @ ObjectError::NotFound { .. }) => return error(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    };
+    match local.get(&key).await {
+        Ok(body) => HttpResponse::Ok()
+            .content_type(info.content_type.unwrap_or_else(|| "application/octet-stream".into()))
+            .insert_header((header::ETAG, format!("\"{}\"", info.etag)))
+            .body(actix_web::body::SizedStream::new(info.size_bytes, body)),
+        Err(e @ ObjectError::NotFound { .. }) => error(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    }
+}
