@@ -235,7 +235,18 @@ impl Node {
         let webhook_secret = options.objects.webhook_secret.as_deref().map(Arc::from);
         let objects_api = crate::query::documents::Objects { documents, local, webhook_secret };
         let query = QueryApi::start(listener, reads, bus.clone(), options.max_body_bytes, Some(objects_api))?;
-        Ok(Self { store, bus, intake, duty, projections, rebuilds, query, queries, notifications, objects: description })
+        Ok(Self {
+            store,
+            bus,
+            intake,
+            duty,
+            projections,
+            rebuilds,
+            query,
+            queries,
+            notifications,
+            objects: description,
+        })
     }
 
     /// Where the query API listens.

@@ -236,7 +236,13 @@ async fn live(
         store: reader.clone(),
         rebuilds: None,
     };
-    let api = QueryApi::start(std::net::TcpListener::bind("127.0.0.1:0")?, reads, Arc::new(MemoryBus::default()), 1 << 20, None)?;
+    let api = QueryApi::start(
+        std::net::TcpListener::bind("127.0.0.1:0")?,
+        reads,
+        Arc::new(MemoryBus::default()),
+        1 << 20,
+        None,
+    )?;
     let start_position = store.head().await?;
 
     // Lag: each acknowledged command's position and time, resolved when every projection passed it.

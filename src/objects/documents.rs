@@ -180,7 +180,13 @@ impl Documents {
         &self.objects
     }
 
-    async fn execute(&self, id: DocumentId, command_id: Uuid, command: Command, metadata: Metadata) -> Result<Outcome, Error> {
+    async fn execute(
+        &self,
+        id: DocumentId,
+        command_id: Uuid,
+        command: Command,
+        metadata: Metadata,
+    ) -> Result<Outcome, Error> {
         let execute = Execute { command_id, command, expected_version: None, metadata };
         Ok(self.gateway.execute::<Document>(&id.stream(), execute).await?)
     }
@@ -201,7 +207,8 @@ impl Documents {
     /// Registers a document for `metadata`'s tenant and signs its upload URL.
     pub async fn register(&self, registration: Registration, mut metadata: Metadata) -> Result<Registered, Error> {
         let tenant = metadata.tenant.clone().unwrap_or_else(|| weft_events::envelope::DEFAULT_TENANT.to_owned());
-        check_segment(&tenant).map_err(|reason| Error::Invalid(format!("tenant {tenant:?} cannot prefix keys: {reason}")))?;
+        check_segment(&tenant)
+            .map_err(|reason| Error::Invalid(format!("tenant {tenant:?} cannot prefix keys: {reason}")))?;
         metadata.tenant = Some(tenant.clone());
         let id = registration.id.unwrap_or_default();
         let owner = metadata.actor.clone().unwrap_or_else(|| "anonymous".to_owned());
@@ -384,7 +391,8 @@ impl Documents {
                 };
                 let command =
                     Command::Delete { reason: "its object was removed from storage".into(), at: Timestamp::now() };
-                let outcome = self.execute(id, command_id(&format!("removed:{}", record.key)), command, metadata).await?;
+                let outcome =
+                    self.execute(id, command_id(&format!("removed:{}", record.key)), command, metadata).await?;
                 Ok(if outcome.repeated { Effect::Duplicate } else { Effect::Deleted })
             }
         }
@@ -394,7 +402,11 @@ impl Documents {
 /// Takes notifications off the bus ([`notification::SUBJECT`], queue group `weft`) until the subscription
 /// ends; answers a request with the records' reports, or the notification's error. Must run on an actix
 /// system (the commands go through the gateway there).
-pub async fn serve_notifications(documents: Documents, mut subscription: crate::bus::Subscription, bus: Arc<dyn crate::bus::Bus>) {
+pub async fn serve_notifications(
+    documents: Documents,
+    mut subscription: crate::bus::Subscription,
+    bus: Arc<dyn crate::bus::Bus>,
+) {
     use futures::StreamExt;
     while let Some(message) = subscription.next().await {
         let answer = match documents.notified(&message.payload).await {

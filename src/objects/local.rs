@@ -190,7 +190,8 @@ impl LocalStore {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
         }
-        let info = ObjectInfo { size_bytes: size, etag: hex(&hash.finalize()), content_type: Some(content_type.into()) };
+        let info =
+            ObjectInfo { size_bytes: size, etag: hex(&hash.finalize()), content_type: Some(content_type.into()) };
         let (data, meta) = (self.data(key), self.meta(key));
         let result = tokio::task::spawn_blocking({
             let (tmp, info) = (tmp.clone(), info.clone());
@@ -283,7 +284,10 @@ fn signing_key(path: &Path) -> Result<[u8; 32], Error> {
     match std::fs::read(path) {
         Ok(bytes) => {
             return bytes.try_into().map_err(|_| {
-                Error::Unavailable(format!("{} is not a 32-byte signing key; remove it to make a new one", path.display()))
+                Error::Unavailable(format!(
+                    "{} is not a 32-byte signing key; remove it to make a new one",
+                    path.display()
+                ))
             });
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -385,9 +389,7 @@ mod tests {
 
     fn signed(url: &str) -> Signed {
         let query = url.split_once('?').unwrap().1;
-        let get = |name: &str| {
-            query.split('&').find_map(|p| p.strip_prefix(&format!("{name}="))).map(str::to_owned)
-        };
+        let get = |name: &str| query.split('&').find_map(|p| p.strip_prefix(&format!("{name}="))).map(str::to_owned);
         Signed {
             expires: get("expires").map(|v| v.parse().unwrap()),
             max: get("max").map(|v| v.parse().unwrap()),

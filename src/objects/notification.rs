@@ -157,10 +157,9 @@ fn decode_key(key: &str) -> Option<String> {
 pub fn record_json(change: Change, bucket: &str, key: &str, info: Option<&ObjectInfo>) -> Vec<u8> {
     let encoded = percent_encoding::utf8_percent_encode(key, KEY_ENCODE).to_string();
     let (event_name, object) = match (change, info) {
-        (Change::Created, Some(info)) => (
-            "ObjectCreated:Put",
-            serde_json::json!({"key": encoded, "size": info.size_bytes, "eTag": info.etag}),
-        ),
+        (Change::Created, Some(info)) => {
+            ("ObjectCreated:Put", serde_json::json!({"key": encoded, "size": info.size_bytes, "eTag": info.etag}))
+        }
         _ => ("ObjectRemoved:Delete", serde_json::json!({"key": encoded})),
     };
     let at = chrono::DateTime::from_timestamp_micros(weft_events::Timestamp::now().as_micros())
@@ -177,12 +176,8 @@ pub fn record_json(change: Change, bucket: &str, key: &str, info: Option<&Object
 }
 
 /// What a key keeps unencoded in a notification: what S3 keeps (`/` too, as AWS does).
-const KEY_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'/')
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+const KEY_ENCODE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'/').remove(b'-').remove(b'_').remove(b'.').remove(b'~');
 
 #[cfg(test)]
 mod tests {
@@ -237,7 +232,8 @@ mod tests {
         assert!(matches!(parse(br#"{"Records":[{}]}"#), Err(Error::BadRecord { index: 0, .. })));
         let no_key = br#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{}}}]}"#;
         assert!(matches!(parse(no_key), Err(Error::BadRecord { index: 0, reason }) if reason.contains("key")));
-        let bad_utf8 = br#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"%ff"}}}]}"#;
+        let bad_utf8 =
+            br#"{"Records":[{"eventName":"ObjectCreated:Put","s3":{"bucket":{"name":"b"},"object":{"key":"%ff"}}}]}"#;
         assert!(matches!(parse(bad_utf8), Err(Error::BadRecord { .. })));
         let big = vec![b' '; MAX_BODY_BYTES + 1];
         assert!(matches!(parse(&big), Err(Error::TooLarge { .. })));

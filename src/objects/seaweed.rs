@@ -45,7 +45,10 @@ fn binary() -> Result<PathBuf, Error> {
                 .into_iter()
                 .flat_map(|p| std::env::split_paths(&p).map(|dir| dir.join("weed")).collect::<Vec<_>>()),
         )
-        .chain([PathBuf::from(".tools/venv/bin/weed"), Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/weed")])
+        .chain([
+            PathBuf::from(".tools/venv/bin/weed"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/weed"),
+        ])
         .find(|c| c.is_file())
         .ok_or(Error::NotFound)
 }
@@ -63,7 +66,13 @@ impl Seaweed {
         let child = Command::new(&binary)
             .arg("mini")
             .arg(format!("-dir={}", data.display()))
-            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-master.telemetry=false", "-webdav=false", "-admin.ui=false"])
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                "-webdav=false",
+                "-admin.ui=false",
+            ])
             .args(["-s3.port.iceberg=0", "-s3.port.lance=0"])
             .arg(format!("-master.port={}", ports[0]))
             .arg(format!("-master.port.grpc={}", ports[1]))

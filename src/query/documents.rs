@@ -137,7 +137,9 @@ async fn download(state: web::Data<State>, id: web::Path<String>) -> HttpRespons
         objects(&state)?.documents.download_url(id).await.map_err(failed)
     };
     match result.await {
-        Ok(url) => HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({ "download": url })),
+        Ok(url) => {
+            HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({ "download": url }))
+        }
         Err(response) => response,
     }
 }
@@ -191,7 +193,11 @@ async fn webhook(state: web::Data<State>, request: HttpRequest, mut payload: web
         };
         if body.len() + chunk.len() > notification::MAX_BODY_BYTES {
             let limit = notification::MAX_BODY_BYTES;
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("a notification is at most {limit} bytes"));
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("a notification is at most {limit} bytes"),
+            );
         }
         body.extend_from_slice(&chunk);
     }

@@ -23,6 +23,11 @@ impl Serve {
     /// Starts `weft serve` with its store and read models in `dir`, the query API on a free port, and `args`;
     /// returns once it announced itself.
     pub fn start(dir: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(dir, args, &[])
+    }
+
+    /// [`Serve::start`] with these environment variables set.
+    pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Reaped(
             Command::new(env!("CARGO_BIN_EXE_weft"))
                 .args(["serve", "--http-addr", "127.0.0.1:0", "--store"])
@@ -30,6 +35,7 @@ impl Serve {
                 .arg("--read-models")
                 .arg(dir.join("read.db"))
                 .args(args)
+                .envs(env.iter().copied())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap(),

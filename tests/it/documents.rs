@@ -1,0 +1,372 @@
+//! Documents on object storage, end to end through a real `weft serve`: register, `curl --upload-file` to the
+//! pre-signed URL, the notification, the document uploaded; the object removed, the document deleted. On the
+//! local folder store and on a real SeaweedFS S3 server (with NATS carrying the notifications), and every
+//! kind of bad input at each entry point: the webhook, the NATS subject, the signed URLs and registration.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use weft::nats::server::NatsServer;
+use weft::objects::ObjectStore;
+use weft::objects::seaweed::Seaweed;
+
+use crate::serve::{Serve, get, http};
+
+const SECRET: &str = "webhook-secret-for-tests";
+
+/// `POST /documents` for `tenant`; the answer's status and body.
+fn register(addr: &str, tenant: &str, name: &str, size_bytes: u64) -> (u16, Value) {
+    let body = json!({"name": name, "content_type": "text/plain", "size_bytes": size_bytes});
+    let answer = http(
+        addr,
+        "POST",
+        "/documents",
+        &[("Weft-Tenant", tenant), ("Weft-Actor", "user:ann")],
+        body.to_string().as_bytes(),
+    );
+    (answer.status, answer.json())
+}
+
+/// `curl --upload-file` of `file` to a pre-signed upload (`{url, headers}`), with `content_type` unless the
+/// URL names its headers; the HTTP status.
+fn curl_put(upload: &Value, file: &Path, extra: &[&str]) -> u16 {
+    let mut command = Command::new("curl");
+    command.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--upload-file"]).arg(file);
+    for (name, value) in upload["headers"].as_object().unwrap() {
+        command.args(["-H", &format!("{name}: {}", value.as_str().unwrap())]);
+    }
+    if upload["headers"].as_object().unwrap().is_empty() {
+        command.args(["-H", "Content-Type: text/plain"]);
+    }
+    command.args(extra).arg(upload["url"].as_str().unwrap());
+    let output = command.output().expect("curl runs");
+    String::from_utf8_lossy(&output.stdout).parse().unwrap_or(0)
+}
+
+/// `curl` of a URL; the status and the body.
+fn curl_get(url: &str) -> (u16, Vec<u8>) {
+    let output = Command::new("curl").args(["-s", "-w", "\n%{http_code}", url]).output().expect("curl runs");
+    let text = output.stdout;
+    let split = text.iter().rposition(|b| *b == b'\n').unwrap();
+    (String::from_utf8_lossy(&text[split + 1..]).parse().unwrap(), text[..split].to_vec())
+}
+
+/// Polls a document until its status is `status`; its item.
+fn wait_status(addr: &str, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, item) = get(addr, &format!("/documents/{id}"));
+        if code == 200 && item["status"] == status {
+            return item;
+        }
+        assert!(Instant::now() < deadline, "document {id} never became {status}: {item}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `POST /objects/events` with the secret; the status and the answer.
+fn webhook(addr: &str, body: &[u8]) -> (u16, Value) {
+    let auth = format!("Bearer {SECRET}");
+    let answer = http(addr, "POST", "/objects/events", &[("Authorization", &auth)], body);
+    (answer.status, answer.json())
+}
+
+/// An S3 notification of one record.
+fn notification(event: &str, bucket: &str, key: &str, object: Value) -> Vec<u8> {
+    let mut object = object;
+    object["key"] = json!(key.replace('/', "%2F"));
+    json!({"EventName": format!("s3:{event}"), "Key": format!("{bucket}/{key}"), "Records": [{
+        "eventVersion": "2.0", "eventSource": "minio:s3", "eventName": format!("s3:{event}"),
+        "s3": {"bucket": {"name": bucket}, "object": object}}]})
+    .to_string()
+    .into_bytes()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_document_uploads_through_its_signed_url_and_is_deleted_with_its_object_on_the_local_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--webhook-secret", SECRET]);
+    let addr = serve.addr.as_str();
+
+    let (status, registered) = register(addr, "acme", "notes.txt", 100);
+    assert_eq!(status, 201, "{registered}");
+    let id = registered["id"].as_str().unwrap().to_owned();
+    let key = registered["key"].as_str().unwrap().to_owned();
+    assert_eq!(key, format!("acme/{id}"));
+    assert_eq!(wait_status(addr, &id, "registered")["tenant"], "acme");
+
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "first notes\n").unwrap();
+    assert_eq!(curl_put(&registered["upload"], &file, &[]), 200);
+    // The local store announces the object; its size and checksum are storage's.
+    let item = wait_status(addr, &id, "uploaded");
+    assert_eq!(item["size_bytes"], 12);
+    assert_eq!(item["etag"], sha256_hex(b"first notes\n"));
+
+    let (status, download) = get(addr, &format!("/documents/{id}/download"));
+    assert_eq!(status, 200, "{download}");
+    assert_eq!(curl_get(download["download"]["url"].as_str().unwrap()), (200, b"first notes\n".to_vec()));
+
+    // The same content again changes nothing; another content is a new version.
+    let again = http(addr, "POST", &format!("/documents/{id}/upload-url"), &[], b"").json();
+    assert_eq!(curl_put(&again["upload"], &file, &[]), 200);
+    assert_eq!(http(addr, "POST", &format!("/documents/{id}/confirm"), &[], b"").json()["outcome"], "duplicate");
+    std::fs::write(&file, "second notes, longer\n").unwrap();
+    assert_eq!(curl_put(&again["upload"], &file, &[]), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(addr, &format!("/documents/{id}")).1["versions"] != 2 {
+        assert!(Instant::now() < deadline, "no second version");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The object is removed behind Weft's back, and storage says so: the document is deleted, once.
+    std::fs::remove_file(dir.path().join("objects/data").join(&key)).unwrap();
+    let removed = notification("ObjectRemoved:Delete", "local", &key, json!({}));
+    let (status, answer) = webhook(addr, &removed);
+    assert_eq!((status, &answer["records"][0]["outcome"]), (200, &json!("deleted")), "{answer}");
+    assert_eq!(wait_status(addr, &id, "deleted")["deleted_reason"], "its object was removed from storage");
+    assert_eq!(webhook(addr, &removed).1["records"][0]["outcome"], "duplicate");
+
+    // Deleting through the API removes the object too.
+    let (_, other) = register(addr, "acme", "other.txt", 100);
+    let other_id = other["id"].as_str().unwrap();
+    assert_eq!(curl_put(&other["upload"], &file, &[]), 200);
+    wait_status(addr, other_id, "uploaded");
+    let answer = http(addr, "DELETE", &format!("/documents/{other_id}"), &[("Weft-Actor", "user:ann")], b"");
+    assert_eq!((answer.status, answer.json()["outcome"].clone()), (200, json!("deleted")));
+    assert_eq!(wait_status(addr, other_id, "deleted")["deleted_reason"], "deleted by user:ann");
+    assert!(!dir.path().join("objects/data/acme").join(other_id).exists());
+    assert_eq!(get(addr, &format!("/documents/{other_id}/download")).0, 422);
+
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_uploads_to_seaweedfs_and_its_notifications_arrive_over_nats_and_the_webhook() {
+    let nats = NatsServer::start().unwrap();
+    let seaweed = Seaweed::start().unwrap();
+    let s3 = seaweed.bucket("docs").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = seaweed.endpoint();
+    let (key_id, secret) = seaweed.credentials();
+    let args = [
+        "--nats",
+        &nats.url(),
+        "--s3-bucket",
+        "docs",
+        "--s3-endpoint",
+        &endpoint,
+        "--s3-path-style",
+        "--webhook-secret",
+        SECRET,
+    ];
+    let serve = Serve::start_with_env(
+        dir.path(),
+        &args,
+        &[("AWS_ACCESS_KEY_ID", &key_id), ("AWS_SECRET_ACCESS_KEY", &secret), ("AWS_EC2_METADATA_DISABLED", "true")],
+    );
+    let addr = serve.addr.clone();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let request = |body: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            let reply = client.request("weft.objects.events", body.into()).await.unwrap();
+            serde_json::from_slice::<Value>(&reply.payload).unwrap()
+        }
+    };
+
+    let (status, registered) = register(&addr, "acme", "report.txt", 1000);
+    assert_eq!(status, 201, "{registered}");
+    let id = registered["id"].as_str().unwrap().to_owned();
+    let key = registered["key"].as_str().unwrap().to_owned();
+    let file = dir.path().join("report.txt");
+    std::fs::write(&file, "a report for S3\n").unwrap();
+    assert_eq!(curl_put(&registered["upload"], &file, &[]), 200);
+
+    // SeaweedFS sends no notifications: publish the one MinIO would, from the object's real head.
+    let head = s3.head(&key).await.unwrap();
+    assert_eq!(head.size_bytes, 16);
+    let created = notification("ObjectCreated:Put", "docs", &key, json!({"size": head.size_bytes, "eTag": head.etag}));
+    let answer = request(created.clone()).await;
+    assert_eq!(answer["records"][0]["outcome"], "uploaded", "{answer}");
+    let item = wait_status(&addr, &id, "uploaded");
+    assert_eq!((item["size_bytes"].clone(), item["etag"].clone()), (json!(16), json!(head.etag)));
+    assert_eq!(request(created).await["records"][0]["outcome"], "duplicate");
+    let (_, download) = get(&addr, &format!("/documents/{id}/download"));
+    assert_eq!(curl_get(download["download"]["url"].as_str().unwrap()), (200, b"a report for S3\n".to_vec()));
+
+    // Bad input on the NATS subject gets a typed answer, and the node keeps serving.
+    let answer = request(b"not json".to_vec()).await;
+    assert_eq!(answer["error"]["kind"], "invalid", "{answer}");
+    assert_eq!(request(b"{\"Records\": []}".to_vec()).await["error"]["message"], "the notification has no records");
+
+    // A client that saw no notification confirms; storage's head decides.
+    let (_, second) = register(&addr, "acme", "second.txt", 1000);
+    let second_id = second["id"].as_str().unwrap();
+    assert_eq!(curl_put(&second["upload"], &file, &[]), 200);
+    let answer = http(&addr, "POST", &format!("/documents/{second_id}/confirm"), &[], b"");
+    assert_eq!((answer.status, answer.json()["outcome"].clone()), (200, json!("uploaded")));
+    wait_status(&addr, second_id, "uploaded");
+
+    // The object is deleted in the bucket; the removal arrives on the webhook: the document is deleted.
+    s3.delete(&key).await.unwrap();
+    let (status, answer) = webhook(&addr, &notification("ObjectRemoved:Delete", "docs", &key, json!({})));
+    assert_eq!((status, &answer["records"][0]["outcome"]), (200, &json!("deleted")), "{answer}");
+    wait_status(&addr, &id, "deleted");
+
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}
+
+#[test]
+fn bad_notifications_are_refused_with_the_reason_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--webhook-secret", SECRET]);
+    let addr = serve.addr.as_str();
+    let (_, registered) = register(addr, "acme", "a.txt", 100);
+    let id = registered["id"].as_str().unwrap().to_owned();
+    let key = registered["key"].as_str().unwrap().to_owned();
+    let file = dir.path().join("a.txt");
+    std::fs::write(&file, "twelve bytes").unwrap();
+    assert_eq!(curl_put(&registered["upload"], &file, &[]), 200);
+    let before = wait_status(addr, &id, "uploaded");
+
+    let created = |bucket: &str, key: &str, size: u64| {
+        notification("ObjectCreated:Put", bucket, key, json!({"size": size, "eTag": before["etag"]}))
+    };
+    // Without the secret, or with another one.
+    let answer = http(addr, "POST", "/objects/events", &[], &created("local", &key, 12));
+    assert_eq!(answer.status, 401);
+    let answer =
+        http(addr, "POST", "/objects/events", &[("Authorization", "Bearer guess")], &created("local", &key, 12));
+    assert_eq!(answer.status, 401);
+    // Not JSON, no records.
+    let (status, answer) = webhook(addr, b"<xml/>");
+    assert_eq!((status, answer["error"]["kind"].as_str()), (400, Some("invalid")));
+    assert!(answer["error"]["message"].as_str().unwrap().contains("not S3 event JSON"), "{answer}");
+    let (status, answer) = webhook(addr, b"{\"Records\": []}");
+    assert_eq!((status, answer["error"]["message"].as_str()), (400, Some("the notification has no records")));
+    // Another bucket; a key outside the document's tenant; a size other than the object's.
+    let (status, answer) = webhook(addr, &created("someone-elses", &key, 12));
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["records"][0]["error"]["message"].as_str().unwrap().contains("bucket \"someone-elses\""));
+    let (status, answer) = webhook(addr, &created("local", &format!("evil/{id}"), 12));
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["records"][0]["error"]["message"].as_str().unwrap().contains("outside the prefix \"acme/\""));
+    let (status, answer) = webhook(addr, &created("local", &key, 4096));
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["records"][0]["error"]["message"].as_str().unwrap().contains("4096 bytes; the object has 12"));
+    // A key that escapes the store.
+    let (status, answer) = webhook(addr, &created("local", "acme/../../etc/passwd", 12));
+    assert_eq!((status, answer["records"][0]["error"]["kind"].as_str()), (422, Some("invalid")), "{answer}");
+    // Unknown keys and stale removals are skipped, not errors (a sender would retry them forever).
+    let unknown = format!("acme/{}", uuid::Uuid::now_v7());
+    let (status, answer) = webhook(addr, &created("local", &unknown, 12));
+    assert_eq!((status, &answer["records"][0]["outcome"]), (200, &json!("ignored")), "{answer}");
+    let (status, answer) = webhook(addr, &created("local", "not-a-document-key", 12));
+    assert_eq!((status, &answer["records"][0]["reason"]), (200, &json!("the key is not a document's")), "{answer}");
+    let (status, answer) = webhook(addr, &notification("ObjectRemoved:Delete", "local", &key, json!({})));
+    assert_eq!((status, &answer["records"][0]["outcome"]), (200, &json!("ignored")), "{answer}");
+
+    // Nothing changed, and the node serves on.
+    let after = get(addr, &format!("/documents/{id}")).1;
+    assert_eq!(after, before);
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}
+
+#[test]
+fn bad_uploads_and_registrations_are_refused_and_leave_the_document_registered() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let (_, registered) = register(addr, "acme", "a.txt", 10);
+    let id = registered["id"].as_str().unwrap().to_owned();
+    let upload = &registered["upload"];
+    let url = upload["url"].as_str().unwrap();
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "ok").unwrap();
+    let large = dir.path().join("large.txt");
+    std::fs::write(&large, "eleven bytes").unwrap();
+
+    // Larger than registered: refused before the body (Content-Length) and while streaming (chunked).
+    assert_eq!(curl_put(upload, &large, &[]), 413);
+    assert_eq!(curl_put(upload, &large, &["-H", "Transfer-Encoding: chunked"]), 413);
+    // Another content type than the signed one.
+    let html = json!({"url": url, "headers": {"Content-Type": "text/html"}});
+    assert_eq!(curl_put(&html, &small, &[]), 403);
+    // A tampered signature, a raised limit, the URL used for another key.
+    let tampered = json!({"url": crate::objects::tamper(url), "headers": upload["headers"]});
+    assert_eq!(curl_put(&tampered, &small, &[]), 403);
+    let raised = json!({"url": url.replace("max=10&", "max=1000&"), "headers": upload["headers"]});
+    assert_eq!(curl_put(&raised, &large, &[]), 403);
+    let elsewhere = format!("acme/{}", uuid::Uuid::now_v7());
+    let moved = json!({"url": url.replace(&format!("acme/{id}"), &elsewhere), "headers": upload["headers"]});
+    assert_eq!(curl_put(&moved, &small, &[]), 403);
+    // Unsigned, and a path that climbs out of the store.
+    let query = url.split_once('?').unwrap().1;
+    let answer = http(addr, "PUT", &format!("/objects/acme/{id}"), &[], b"");
+    assert_eq!(answer.status, 403, "{answer:?}");
+    for path in [format!("/objects/acme/../../etc/passwd?{query}"), format!("/objects/acme/%2e%2e/x?{query}")] {
+        let answer = http(addr, "PUT", &path, &[("Content-Type", "text/plain"), ("Content-Length", "0")], b"");
+        assert!(answer.status == 400 || answer.status == 404, "{path}: {answer:?}");
+    }
+    assert!(!dir.path().join("objects/etc").exists() && !Path::new("/etc/passwd.tmp").exists());
+    assert_eq!(get(addr, &format!("/documents/{id}")).1["status"], "registered");
+    assert_eq!(std::fs::read_dir(dir.path().join("objects/tmp")).unwrap().count(), 0);
+
+    // Registrations: not JSON, unknown fields, a tenant that cannot prefix a key, a size of zero.
+    let post = |body: &str, tenant: &str| {
+        let answer = http(addr, "POST", "/documents", &[("Weft-Tenant", tenant)], body.as_bytes());
+        (answer.status, answer.json())
+    };
+    assert_eq!(post("{", "acme").0, 400);
+    assert_eq!(post(r#"{"name":"a","content_type":"text/plain","size_bytes":1,"owner":"x"}"#, "acme").0, 400);
+    let (status, answer) = post(r#"{"name":"a","content_type":"text/plain","size_bytes":1}"#, "../etc");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("cannot prefix keys"), "{answer}");
+    let (status, answer) = post(r#"{"name":"a","content_type":"text/plain","size_bytes":0}"#, "acme");
+    assert_eq!((status, answer["error"]["rejection"]["code"].as_str()), (422, Some("bad_declared_size")), "{answer}");
+    let (status, _) = get(addr, "/documents/not-a-uuid/download");
+    assert_eq!(status, 400);
+
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}
+
+#[test]
+fn an_expired_upload_url_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--url-expiry-secs", "1"]);
+    let addr = serve.addr.as_str();
+    let (_, registered) = register(addr, "acme", "a.txt", 10);
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "ok").unwrap();
+    // Its expiry is a whole second on the clock: poll until it has passed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let output = Command::new("curl")
+            .args(["-s", "--upload-file"])
+            .arg(&small)
+            .args(["-H", "Content-Type: text/plain", registered["upload"]["url"].as_str().unwrap()])
+            .output()
+            .unwrap();
+        let answer: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        if answer["error"]["kind"] == "forbidden" || Instant::now() > deadline {
+            break answer;
+        }
+        // Uploads inside the second succeed; wait for the next one.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(answer["error"]["message"].as_str().unwrap_or("").contains("expired"), "{answer}");
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}

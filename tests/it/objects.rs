@@ -1,0 +1,152 @@
+//! The object-storage contract suite, run against the local folder store and a real SeaweedFS S3 server
+//! (`weed mini` on free loopback ports), and the S3 store's pre-signed URLs used over HTTP.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use weft::objects::local::LocalStore;
+use weft::objects::seaweed::Seaweed;
+use weft::objects::{Body, Error, ObjectStore, Upload};
+
+fn body(chunks: Vec<Vec<u8>>) -> Body {
+    futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c)))).boxed()
+}
+
+async fn read(store: &dyn ObjectStore, key: &str) -> Vec<u8> {
+    let chunks: Vec<Bytes> = store.get(key).await.unwrap().try_collect().await.unwrap();
+    chunks.concat()
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// What every object store does.
+async fn contract(store: &dyn ObjectStore) {
+    let key = "acme/0192f0c4-0000-7000-8000-000000000001";
+    assert!(matches!(store.head(key).await, Err(Error::NotFound { .. })));
+    assert!(matches!(store.get(key).await, Err(Error::NotFound { .. })));
+    store.delete(key).await.expect("removing a missing object is not an error");
+
+    let written = store.put(key, "text/plain", body(vec![b"hello ".to_vec(), b"world".to_vec()])).await.unwrap();
+    assert_eq!(written.size_bytes, 11);
+    assert!(!written.etag.is_empty());
+    let head = store.head(key).await.unwrap();
+    assert_eq!((head.size_bytes, &head.etag), (11, &written.etag));
+    assert_eq!(head.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(read(store, key).await, b"hello world");
+
+    let replaced = store.put(key, "text/plain", body(vec![b"goodbye world".to_vec()])).await.unwrap();
+    assert_ne!(replaced.etag, written.etag, "another content has another etag");
+    assert_eq!(store.head(key).await.unwrap().size_bytes, 13);
+
+    // Larger than one part of a multipart write (8 MiB), in 1 MiB chunks.
+    let large: Vec<Vec<u8>> = (0..9u8).map(|i| vec![i; 1024 * 1024]).collect();
+    let expected = large.concat();
+    let big = "acme/0192f0c4-0000-7000-8000-000000000002";
+    let info = store.put(big, "application/octet-stream", body(large)).await.unwrap();
+    assert_eq!(info.size_bytes, 9 * 1024 * 1024);
+    assert_eq!(store.head(big).await.unwrap().size_bytes, 9 * 1024 * 1024);
+    assert!(read(store, big).await == expected, "a large object reads back as written");
+
+    let expiry = Duration::from_secs(60);
+    let put = store.presign_put(Upload { key, content_type: "text/plain", max_bytes: 100, expiry }).await.unwrap();
+    assert_eq!(put.method, "PUT");
+    assert!(put.url.starts_with("http://"), "{}", put.url);
+    assert!(put.expires_at > now() && put.expires_at <= now() + 61, "{put:?}");
+    let get = store.presign_get(key, expiry).await.unwrap();
+    assert_eq!(get.method, "GET");
+    assert_ne!(get.url, put.url);
+
+    for bad in ["../etc/passwd", "/abs", "acme//x", ".hidden/x", "acme/a b", "acme/x/..", ""] {
+        assert!(matches!(store.head(bad).await, Err(Error::InvalidKey { .. })), "{bad:?}");
+        assert!(matches!(store.put(bad, "text/plain", body(vec![])).await, Err(Error::InvalidKey { .. })), "{bad:?}");
+        let upload = Upload { key: bad, content_type: "text/plain", max_bytes: 1, expiry };
+        assert!(matches!(store.presign_put(upload).await, Err(Error::InvalidKey { .. })), "{bad:?}");
+    }
+
+    store.delete(key).await.unwrap();
+    store.delete(big).await.unwrap();
+    assert!(matches!(store.head(key).await, Err(Error::NotFound { .. })));
+    assert!(matches!(store.get(big).await, Err(Error::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn the_local_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path(), "http://127.0.0.1:1", None).unwrap();
+    contract(&store).await;
+    let leftovers = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
+    assert_eq!(leftovers, 0, "no temporary file is left behind");
+}
+
+#[tokio::test]
+async fn an_upload_over_its_limit_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path(), "http://127.0.0.1:1", None).unwrap();
+    let key = "acme/0192f0c4-0000-7000-8000-000000000003";
+    let result = store.write(key, "text/plain", body(vec![vec![1; 10], vec![2; 10]]), 15).await;
+    assert!(matches!(result, Err(Error::TooLarge { limit: 15 })), "{result:?}");
+    assert!(matches!(store.head(key).await, Err(Error::NotFound { .. })));
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn seaweedfs_keeps_the_contract_and_its_urls_work_over_http() {
+    let server = Seaweed::start().unwrap();
+    let store = server.bucket("contract").await.unwrap();
+    contract(&store).await;
+
+    // A pre-signed PUT as a client sends it: the signed Content-Type, no credentials.
+    let http = reqwest::Client::new();
+    let key = "acme/0192f0c4-0000-7000-8000-000000000004";
+    let expiry = Duration::from_secs(60);
+    let upload = Upload { key, content_type: "text/plain", max_bytes: 100, expiry };
+    let put = store.presign_put(upload.clone()).await.unwrap();
+    let mut request = http.put(&put.url).body("via a signed URL");
+    for (name, value) in &put.headers {
+        request = request.header(name, value);
+    }
+    if !put.headers.keys().any(|h| h.eq_ignore_ascii_case("content-type")) {
+        request = request.header("Content-Type", "text/plain");
+    }
+    let answer = request.send().await.unwrap();
+    assert!(answer.status().is_success(), "{:?}", answer.text().await);
+    assert_eq!(store.head(key).await.unwrap().size_bytes, 16);
+
+    // Another content type than the signed one, a tampered signature, or the URL used for another key: 403.
+    let answer = http.put(&put.url).header("Content-Type", "text/html").body("x").send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 403);
+    let tampered = tamper(&put.url);
+    let answer = http.put(&tampered).header("Content-Type", "text/plain").body("x").send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 403);
+    let elsewhere = put.url.replace("000000000004", "000000000005");
+    let answer = http.put(&elsewhere).header("Content-Type", "text/plain").body("x").send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 403);
+    assert!(matches!(store.head("acme/0192f0c4-0000-7000-8000-000000000005").await, Err(Error::NotFound { .. })));
+
+    let get = store.presign_get(key, expiry).await.unwrap();
+    let answer = http.get(&get.url).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(answer.text().await.unwrap(), "via a signed URL");
+    let answer = http.get(tamper(&get.url)).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 403);
+
+    // Wrong credentials get nowhere.
+    let mut options = server.options("contract");
+    options.credentials = Some((weft::objects::seaweed::ACCESS_KEY_ID.into(), "not-the-secret".into()));
+    let stranger = weft::objects::s3::S3Store::connect(&options).await;
+    assert!(matches!(stranger.head(key).await, Err(Error::Unavailable(_))));
+}
+
+/// The URL with the last hex digit of its signature changed.
+pub fn tamper(url: &str) -> String {
+    let (at, name) =
+        ["X-Amz-Signature=", "sig="].iter().find_map(|n| Some((url.find(n)?, n.len()))).expect("a signed URL");
+    let at = at + name;
+    let end = url[at..].find('&').map_or(url.len(), |i| at + i);
+    let mut chars: Vec<char> = url.chars().collect();
+    chars[end - 1] = if chars[end - 1] == '0' { '1' } else { '0' };
+    chars.into_iter().collect()
+}
