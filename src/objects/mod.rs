@@ -136,7 +136,7 @@ pub fn check_key(key: &str) -> Result<(), Error> {
         return invalid("it is over 1024 bytes");
     }
     for segment in key.split('/') {
-        check_segment(segment).or_else(|reason| invalid(reason))?;
+        check_segment(segment).or_else(&invalid)?;
     }
     Ok(())
 }

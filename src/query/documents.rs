@@ -57,102 +57,122 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/objects/{key:.*}", web::get().to(get_object));
 }
 
-fn failed(e: documents::Error) -> HttpResponse {
-    let status = match e {
-        documents::Error::Invalid(_) => StatusCode::BAD_REQUEST,
-        documents::Error::NotFound(_) => StatusCode::NOT_FOUND,
-        documents::Error::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        documents::Error::Conflict(_) => StatusCode::CONFLICT,
-        documents::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let mut body = json!({"error": {"kind": e.kind(), "message": e.to_string()}});
-    if let documents::Error::Rejected(rejection) = &e {
-        body["error"]["rejection"] = serde_json::to_value(rejection).unwrap_or_default();
+/// A refused request: its status and the error body.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
+        Self { status, body: json!({"error": {"kind": kind, "message": message.into()}}) }
     }
-    HttpResponse::build(status).json(body)
+
+    fn respond(self) -> HttpResponse {
+        HttpResponse::build(self.status).json(self.body)
+    }
 }
 
-fn objects(state: &State) -> Result<&Objects, HttpResponse> {
-    state.objects.as_ref().ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "this node keeps no documents"))
+impl From<documents::Error> for Refusal {
+    fn from(e: documents::Error) -> Self {
+        let status = match e {
+            documents::Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            documents::Error::NotFound(_) => StatusCode::NOT_FOUND,
+            documents::Error::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            documents::Error::Conflict(_) => StatusCode::CONFLICT,
+            documents::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut refusal = Self::new(status, e.kind(), e.to_string());
+        if let documents::Error::Rejected(rejection) = &e {
+            refusal.body["error"]["rejection"] = serde_json::to_value(rejection).unwrap_or_default();
+        }
+        refusal
+    }
 }
 
-fn document_id(id: &str) -> Result<DocumentId, HttpResponse> {
-    id.parse().map_err(|_| error(StatusCode::BAD_REQUEST, "invalid", format!("{id:?} is not a document id")))
+/// 200 (or `status`) with `value` as JSON, or the refusal.
+fn respond<T: serde::Serialize>(status: StatusCode, result: Result<T, Refusal>) -> HttpResponse {
+    match result {
+        Ok(value) => HttpResponse::build(status).insert_header((header::CACHE_CONTROL, "no-store")).json(value),
+        Err(refusal) => refusal.respond(),
+    }
+}
+
+fn objects(state: &State) -> Result<&Objects, Refusal> {
+    state
+        .objects
+        .as_ref()
+        .ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "not_found", "this node keeps no documents"))
+}
+
+fn document_id(id: &str) -> Result<DocumentId, Refusal> {
+    id.parse().map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "invalid", format!("{id:?} is not a document id")))
 }
 
 /// The tenant and actor a request names.
-fn metadata(request: &HttpRequest) -> Result<Metadata, HttpResponse> {
-    let header = |name: &str| -> Result<Option<String>, HttpResponse> {
+fn metadata(request: &HttpRequest) -> Result<Metadata, Refusal> {
+    let header = |name: &str| -> Result<Option<String>, Refusal> {
         let Some(value) = request.headers().get(name) else { return Ok(None) };
         let value = value
             .to_str()
-            .map_err(|_| error(StatusCode::BAD_REQUEST, "invalid", format!("header {name} is not text")))?;
+            .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "invalid", format!("header {name} is not text")))?;
         weft_events::envelope::check_label(if name == crate::bus::TENANT { "tenant" } else { "actor" }, value)
-            .map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", format!("header {name}: {e}")))?;
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid", format!("header {name}: {e}")))?;
         Ok(Some(value.to_owned()))
     };
     Ok(Metadata { tenant: header(crate::bus::TENANT)?, actor: header(crate::bus::ACTOR)?, correlation_id: None })
 }
 
 /// Reads a JSON body up to `limit` bytes.
-async fn json_body<T: serde::de::DeserializeOwned>(mut payload: web::Payload, limit: usize) -> Result<T, HttpResponse> {
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, Refusal> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| error(StatusCode::BAD_REQUEST, "invalid", "the body could not be read"))?;
+        let chunk =
+            chunk.map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "invalid", "the body could not be read"))?;
         if body.len() + chunk.len() > limit {
-            return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body is over {limit} bytes")));
+            let message = format!("the body is over {limit} bytes");
+            return Err(Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message));
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", format!("the body: {e}")))
+    Ok(body.freeze())
 }
 
 async fn register(state: web::Data<State>, request: HttpRequest, payload: web::Payload) -> HttpResponse {
     let result = async {
         let objects = objects(&state)?;
         let metadata = metadata(&request)?;
-        let registration: Registration = json_body(payload, MAX_REGISTRATION_BYTES).await?;
-        objects.documents.register(registration, metadata).await.map_err(failed)
+        let body = read_body(payload, MAX_REGISTRATION_BYTES).await?;
+        let registration: Registration = serde_json::from_slice(&body)
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid", format!("the body: {e}")))?;
+        Ok(objects.documents.register(registration, metadata).await?)
     };
-    match result.await {
-        Ok(registered) => HttpResponse::Created().json(registered),
-        Err(response) => response,
-    }
+    respond(StatusCode::CREATED, result.await)
 }
 
 async fn upload_url(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
     let result = async {
         let id = document_id(&id)?;
-        objects(&state)?.documents.upload_url(id).await.map_err(failed)
+        Ok(json!({ "upload": objects(&state)?.documents.upload_url(id).await? }))
     };
-    match result.await {
-        Ok(upload) => HttpResponse::Ok().json(json!({ "upload": upload })),
-        Err(response) => response,
-    }
+    respond(StatusCode::OK, result.await)
 }
 
 async fn download(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
     let result = async {
         let id = document_id(&id)?;
-        objects(&state)?.documents.download_url(id).await.map_err(failed)
+        Ok(json!({ "download": objects(&state)?.documents.download_url(id).await? }))
     };
-    match result.await {
-        Ok(url) => {
-            HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({ "download": url }))
-        }
-        Err(response) => response,
-    }
+    respond(StatusCode::OK, result.await)
 }
 
 async fn confirm(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
     let result = async {
         let id = document_id(&id)?;
-        objects(&state)?.documents.confirm(id).await.map_err(failed)
+        Ok(objects(&state)?.documents.confirm(id).await?)
     };
-    match result.await {
-        Ok(effect) => HttpResponse::Ok().json(effect),
-        Err(response) => response,
-    }
+    respond(StatusCode::OK, result.await)
 }
 
 async fn delete(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
@@ -160,12 +180,9 @@ async fn delete(state: web::Data<State>, request: HttpRequest, id: web::Path<Str
         let id = document_id(&id)?;
         let metadata = metadata(&request)?;
         let who = metadata.actor.clone().unwrap_or_else(|| "a client".into());
-        objects(&state)?.documents.delete(id, &format!("deleted by {who}"), metadata).await.map_err(failed)
+        Ok(objects(&state)?.documents.delete(id, &format!("deleted by {who}"), metadata).await?)
     };
-    match result.await {
-        Ok(effect) => HttpResponse::Ok().json(effect),
-        Err(response) => response,
-    }
+    respond(StatusCode::OK, result.await)
 }
 
 /// Whether `given` is the secret, compared in time independent of where they differ.
@@ -174,34 +191,26 @@ fn same_secret(given: &str, secret: &str) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-async fn webhook(state: web::Data<State>, request: HttpRequest, mut payload: web::Payload) -> HttpResponse {
-    let objects = match objects(&state) {
-        Ok(objects) => objects,
-        Err(response) => return response,
-    };
-    let Some(secret) = &objects.webhook_secret else {
-        return error(StatusCode::NOT_FOUND, "not_found", "the webhook is off: start the node with --webhook-secret");
-    };
-    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|given| same_secret(given.trim(), secret)) {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "the webhook needs `Authorization: Bearer <secret>`");
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return error(StatusCode::BAD_REQUEST, "invalid", "the body could not be read");
+async fn webhook(state: web::Data<State>, request: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let result = async {
+        let objects = objects(&state)?;
+        let Some(secret) = &objects.webhook_secret else {
+            let message = "the webhook is off: start the node with --webhook-secret";
+            return Err(Refusal::new(StatusCode::NOT_FOUND, "not_found", message));
         };
-        if body.len() + chunk.len() > notification::MAX_BODY_BYTES {
-            let limit = notification::MAX_BODY_BYTES;
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("a notification is at most {limit} bytes"),
-            );
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|given| same_secret(given.trim(), secret)) {
+            let message = "the webhook needs `Authorization: Bearer <secret>`";
+            return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", message));
         }
-        body.extend_from_slice(&chunk);
-    }
-    match objects.documents.notified(&body).await {
+        let body = read_body(payload, notification::MAX_BODY_BYTES).await?;
+        objects
+            .documents
+            .notified(&body)
+            .await
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid", e.to_string()))
+    };
+    match result.await {
         Ok(reports) => {
             let kinds = reports.iter().filter_map(|r| r.error.as_ref().map(|e| e.kind));
             let status = kinds.fold(StatusCode::OK, |status, kind| match kind {
@@ -211,17 +220,16 @@ async fn webhook(state: web::Data<State>, request: HttpRequest, mut payload: web
             });
             HttpResponse::build(status).json(json!({ "records": reports }))
         }
-        Err(e) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string()),
+        Err(refusal) => refusal.respond(),
     }
 }
 
 /// The local store and a checked key, or the answer.
-fn local<'a>(state: &'a State, key: &str) -> Result<&'a LocalStore, HttpResponse> {
-    let local = objects(state)?
-        .local
-        .as_ref()
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, "not_found", "this node's documents are not in a local folder"))?;
-    check_key(key).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?;
+fn local<'a>(state: &'a State, key: &str) -> Result<&'a LocalStore, Refusal> {
+    let local = objects(state)?.local.as_ref().ok_or_else(|| {
+        Refusal::new(StatusCode::NOT_FOUND, "not_found", "this node's documents are not in a local folder")
+    })?;
+    check_key(key).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?;
     Ok(local)
 }
 
@@ -238,7 +246,7 @@ async fn put_object(
 ) -> HttpResponse {
     let local = match local(&state, &key) {
         Ok(local) => local,
-        Err(response) => return response,
+        Err(refusal) => return refusal.respond(),
     };
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let limit = match local.verify("PUT", &key, content_type, &signed) {
@@ -269,7 +277,7 @@ async fn get_object(state: web::Data<State>, key: web::Path<String>, signed: web
     use crate::objects::ObjectStore;
     let local = match local(&state, &key) {
         Ok(local) => local,
-        Err(response) => return response,
+        Err(refusal) => return refusal.respond(),
     };
     if let Err(e) = local.verify("GET", &key, "", &signed) {
         return denied(e);
