@@ -28,10 +28,10 @@ enum Command {
     /// Benchmarks: each prints one JSON line per case on stdout and a table on stderr.
     #[command(subcommand)]
     Bench(Bench),
-    /// Documents of a running node.
+    /// Documents of a running node: list, show, upload, download, delete.
     Document {
         #[command(subcommand)]
-        verb: client::Read,
+        verb: client::DocumentVerb,
         #[command(flatten)]
         connection: client::Connection,
     },
@@ -140,7 +140,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Projections(options)) => {
             actix_rt::System::new().block_on(weft::bench::projections::main(options))
         }
-        Command::Document { verb, connection } => run(client::read(connection, "documents", verb)),
+        Command::Document { verb, connection } => run(client::document(connection, verb)),
         Command::Job { verb, connection } => run(client::job(connection, verb)),
         Command::Agent { verb, connection } => run(client::read(connection, "agents", verb)),
         Command::Workflow { verb, connection } => run(client::read(connection, "workflows", verb)),

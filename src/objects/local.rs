@@ -22,17 +22,14 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hmac::{KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::notification::{self, Change};
-use super::{Body, Error, ObjectInfo, ObjectStore, Presigned, Upload, check_key, expires_at};
+use super::{Body, Error, ObjectInfo, ObjectStore, Presigned, READ_CHUNK_BYTES, Upload, check_key, expires_at};
 use crate::bus::{Bus, Message};
 
 /// The bucket name the local store answers to in notifications.
 pub const BUCKET: &str = "local";
-
-/// Bytes read from a file at a time when streaming it out.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
 
@@ -310,20 +307,6 @@ fn signing_key(path: &Path) -> Result<[u8; 32], Error> {
     Ok(key)
 }
 
-/// A file's bytes as a stream.
-fn read_stream(file: tokio::fs::File) -> Body {
-    futures::stream::try_unfold(file, |mut file| async move {
-        let mut buffer = vec![0; READ_CHUNK_BYTES];
-        let read = file.read(&mut buffer).await?;
-        if read == 0 {
-            return Ok(None);
-        }
-        buffer.truncate(read);
-        Ok(Some((Bytes::from(buffer), file)))
-    })
-    .boxed()
-}
-
 #[async_trait]
 impl ObjectStore for LocalStore {
     fn bucket(&self) -> &str {
@@ -353,7 +336,7 @@ impl ObjectStore for LocalStore {
         check_key(key)?;
         let data = self.data(key);
         match tokio::fs::File::open(&data).await {
-            Ok(file) => Ok(read_stream(file)),
+            Ok(file) => Ok(super::file_body(file)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound { key: key.into() }),
             Err(e) => Err(unavailable("cannot open", &data, e)),
         }

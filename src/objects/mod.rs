@@ -126,6 +126,25 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), Error>;
 }
 
+/// Bytes read from a file at a time when streaming it.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A file's bytes as a [`Body`], read in chunks.
+pub fn file_body(file: tokio::fs::File) -> Body {
+    use futures::StreamExt;
+    use tokio::io::AsyncReadExt;
+    futures::stream::try_unfold(file, |mut file| async move {
+        let mut buffer = vec![0; READ_CHUNK_BYTES];
+        let read = file.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(None);
+        }
+        buffer.truncate(read);
+        Ok(Some((Bytes::from(buffer), file)))
+    })
+    .boxed()
+}
+
 /// Checks a key against the rules in the module doc.
 pub fn check_key(key: &str) -> Result<(), Error> {
     let invalid = |reason| Err(Error::InvalidKey { key: key.into(), reason });

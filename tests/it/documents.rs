@@ -370,3 +370,48 @@ fn an_expired_upload_url_is_refused() {
     let (status, rest) = serve.terminate();
     assert!(status.success(), "{rest}");
 }
+
+/// `weft <args> --url http://addr`; the exit status, stdout and stderr.
+fn weft(addr: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .args(["--url", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+#[test]
+fn the_cli_uploads_downloads_and_deletes_a_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let file = dir.path().join("minutes.md");
+    std::fs::write(&file, "# Minutes\n\nNothing was decided.\n").unwrap();
+
+    let (ok, stdout, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap(), "--tenant", "acme"]);
+    assert!(ok, "{stderr}");
+    let id = stdout.trim().to_owned();
+    let item = get(addr, &format!("/documents/{id}")).1;
+    assert_eq!((item["status"].as_str(), item["tenant"].as_str()), (Some("uploaded"), Some("acme")), "{item}");
+    assert_eq!((item["name"].as_str(), item["content_type"].as_str()), (Some("minutes.md"), Some("text/markdown")));
+
+    let copy = dir.path().join("copy.md");
+    let (ok, _, stderr) = weft(addr, &["document", "download", &id, "--out", copy.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&file).unwrap());
+
+    let (ok, stdout, stderr) = weft(addr, &["document", "delete", &id, "--output", "json"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["outcome"], "deleted");
+    let (ok, _, stderr) = weft(addr, &["document", "download", &id, "--out", copy.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("422 rejected") && stderr.contains("deleted"), "{stderr}");
+
+    let (ok, _, stderr) = weft(addr, &["document", "upload", "/no/such/file.txt"]);
+    assert!(!ok && stderr.contains("cannot read /no/such/file.txt"), "{stderr}");
+    let (ok, _, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap(), "--tenant", "a/b"]);
+    assert!(!ok && stderr.contains("cannot prefix keys"), "{stderr}");
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}
