@@ -111,6 +111,9 @@ enum Bench {
     /// The read side: rebuilding the read models from a log, their lag behind paced commands, and job status
     /// reads over HTTP under that load, against plain read_all and plain rusqlite reads.
     Projections(weft::bench::projections::Options),
+    /// Documents: registrations through the HTTP API against the plain command, and the time from the end of
+    /// an upload to `uploaded` in the query API, on the local store and on SeaweedFS (started by the bench).
+    Documents(weft::bench::documents::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -137,6 +140,9 @@ fn main() -> anyhow::Result<()> {
         // Actors live on an actix system.
         Command::Bench(Bench::Actors(options)) => actix_rt::System::new().block_on(weft::bench::actors::main(options)),
         Command::Bench(Bench::Nats(options)) => actix_rt::System::new().block_on(weft::bench::nats::main(options)),
+        Command::Bench(Bench::Documents(options)) => {
+            actix_rt::System::new().block_on(weft::bench::documents::main(options))
+        }
         Command::Bench(Bench::Projections(options)) => {
             actix_rt::System::new().block_on(weft::bench::projections::main(options))
         }

@@ -232,7 +232,7 @@ impl Node {
         let subscription =
             bus.subscribe(crate::objects::notification::SUBJECT, Some(crate::protocol::QUEUE_GROUP)).await?;
         let notifications = actix_rt::spawn(serve_notifications(documents.clone(), subscription, bus.clone()));
-        let webhook_secret = options.objects.webhook_secret.as_deref().map(Arc::from);
+        let webhook_secret = options.objects.webhook_secret.as_ref().map(|s| Arc::from(s.expose()));
         let objects_api = crate::query::documents::Objects { documents, local, webhook_secret };
         let query = QueryApi::start(listener, reads, bus.clone(), options.max_body_bytes, Some(objects_api))?;
         Ok(Self {
@@ -303,7 +303,10 @@ async fn open_objects(
             endpoint: options.s3_endpoint.clone(),
             region: options.s3_region.clone(),
             path_style: options.s3_path_style,
-            credentials: None,
+            credentials: options
+                .s3_access_key_id
+                .clone()
+                .zip(options.s3_secret_access_key.as_ref().map(|s| s.expose().to_owned())),
         };
         return Ok((Arc::new(S3Store::connect(&s3).await), None));
     }

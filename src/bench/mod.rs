@@ -14,12 +14,14 @@
 //! - [`store`]: the event store: appends from many writers, batches, read-all and subscription catch-up.
 //! - [`nats`]: commands over NATS.
 //! - [`projections`]: rebuilding the read models, their lag under load, status reads.
+//! - [`documents`]: registrations, and from an upload's end to `uploaded` on the local store and on S3.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
 pub mod actors;
+pub mod documents;
 pub mod nats;
 pub mod projections;
 pub mod store;
@@ -57,7 +59,7 @@ impl Report {
 /// Prints reports as a table on stderr.
 pub fn print_table(reports: &[Report]) {
     eprintln!(
-        "{:<20} {:>14} {:>10} {:>10} {:>16} {:>8}  latency of",
+        "{:<26} {:>12} {:>10} {:>10} {:>16} {:>8}  latency of",
         "case", "ops/s", "p50 ms", "p99 ms", "baseline ops/s", "ratio"
     );
     for r in reports {
@@ -67,7 +69,7 @@ pub fn print_table(reports: &[Report]) {
             ("-".to_owned(), "-".to_owned())
         };
         eprintln!(
-            "{:<20} {:>14.0} {:>10.3} {:>10.3} {:>16} {:>8}  {}{}",
+            "{:<26} {:>12.0} {:>10.3} {:>10.3} {:>16} {:>8}  {}{}",
             r.case,
             r.ops_per_s,
             r.p50_ms,

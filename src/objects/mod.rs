@@ -191,6 +191,32 @@ fn expires_at(expiry: Duration) -> u64 {
     (SystemTime::now() + expiry).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
+/// A secret from the command line or the environment: printed as `***` by `Debug`, so a logged option set
+/// does not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_owned()))
+    }
+}
+
 /// Where a node keeps documents.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ObjectsOptions {
@@ -208,6 +234,12 @@ pub struct ObjectsOptions {
     /// The S3 region.
     #[arg(long, default_value = "us-east-1", env = "WEFT_S3_REGION")]
     pub s3_region: String,
+    /// The S3 access key id; the AWS chain's without it (with `--s3-secret-access-key`).
+    #[arg(long, requires = "s3_secret_access_key", env = "WEFT_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    /// The S3 secret access key (never logged, never stored in an event).
+    #[arg(long, requires = "s3_access_key_id", env = "WEFT_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<Secret>,
     /// Address buckets by path (`endpoint/bucket/key`), as MinIO and SeaweedFS need.
     #[arg(long, env = "WEFT_S3_PATH_STYLE")]
     pub s3_path_style: bool,
@@ -221,5 +253,5 @@ pub struct ObjectsOptions {
     /// The shared secret of the notification webhook (`POST /objects/events` with `Authorization: Bearer
     /// <secret>`); the webhook is off without it.
     #[arg(long, env = "WEFT_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Secret>,
 }

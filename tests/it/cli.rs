@@ -48,6 +48,8 @@ fn bad_arguments_are_refused_with_a_message_and_no_panic() {
         (&["bench", "projections", "--events", "5"][..], "not in 1000..=50000000"),
         (&["bench", "projections", "--rate", "0"][..], "not in 1..=1000000"),
         (&["bench", "projections", "--seconds", "soon"][..], "invalid value 'soon'"),
+        (&["bench", "documents", "--uploads", "1"][..], "not in 10..=100000"),
+        (&["bench", "documents", "--concurrency", "0"][..], "not in 1..=1024"),
         (&["bench", "nothing"][..], "unrecognized subcommand"),
         (&["--no-such-flag"][..], "unexpected argument"),
     ] {
@@ -64,7 +66,7 @@ fn an_unusable_path_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, "not a folder").unwrap();
-    for bench in ["store", "actors"] {
+    for bench in ["store", "actors", "documents"] {
         let out = weft(&["bench", bench, "--path", file.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{bench}: {stderr}");
@@ -191,4 +193,23 @@ fn serve_takes_its_options_from_a_config_file_below_the_environment_and_the_comm
     }
     let out = weft(&["serve", "--config", &at("missing.toml")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"), "{out:?}");
+}
+
+#[test]
+fn bench_documents_measures_both_stores_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let out = weft(&["bench", "documents", "--documents", "10", "--uploads", "10", "--path", path]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let reports: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let cases: Vec<&str> = reports.iter().map(|r| r["case"].as_str().unwrap()).collect();
+    assert_eq!(cases, ["register", "upload-to-uploaded-local", "upload-to-uploaded-s3"], "{stderr}");
+    for report in &reports {
+        assert_eq!(report["bench"], "documents");
+        assert!(report["ops_per_s"].as_f64().unwrap() > 0.0 && report["p99_ms"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    assert!(reports[0]["baseline_ops_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
