@@ -39,6 +39,14 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/projections/{name}/rebuild",
         "Rebuild a read model from the log and swap it in; the old one serves meanwhile",
     ),
+    ("post", "/documents", "Register a document (tenant: Weft-Tenant) and get its signed upload URL"),
+    ("post", "/documents/{id}/upload-url", "A new signed upload URL: a pending upload, or a new version"),
+    ("post", "/documents/{id}/confirm", "Check the document's object with a head request and record it"),
+    ("get", "/documents/{id}/download", "A signed download URL of the document's current content"),
+    ("delete", "/documents/{id}", "Delete the document, then its object"),
+    ("post", "/objects/events", "S3 event notifications (Authorization: Bearer <webhook secret>)"),
+    ("put", "/objects/{key}", "Upload through a signed URL of the local object store"),
+    ("get", "/objects/{key}", "Download through a signed URL of the local object store"),
 ];
 
 fn param(name: &str, place: &str, schema: Value, description: &str) -> Value {
@@ -145,6 +153,50 @@ fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
     paths.insert(live.clone(), json!({"get": operation(summary(&live), vec![id(), after(), last], sse)}));
 }
 
+/// The documents' routes and the local store's signed URLs.
+fn document_paths(paths: &mut serde_json::Map<String, Value>) {
+    let id = || param("id", "path", json!({"type": "string", "format": "uuid"}), "The document");
+    let object = || json!({"type": "object"});
+    let with = |summary: &str, parameters: Vec<Value>, extra: &[(&str, &str)]| {
+        let mut operation = operation(summary, parameters, json_response(object()));
+        for (code, why) in extra {
+            operation["responses"][*code] = json!({"description": why,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+        }
+        operation
+    };
+    let tenant = param("Weft-Tenant", "header", json!({"type": "string"}), "The tenant (`default` without it)");
+    let mut register = with(summary("/documents"), vec![tenant], &[("413", "Body too large"), ("422", "Rejected")]);
+    register["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["name", "content_type", "size_bytes"],
+        "properties": {"id": {"type": "string", "format": "uuid"}, "name": {"type": "string"},
+                       "content_type": {"type": "string"}, "size_bytes": {"type": "integer", "minimum": 1}}}}}});
+    register["responses"]["201"] = register["responses"]["200"].take();
+    register["responses"]["200"] = json!({"description": "Not used: a registration answers 201"});
+    paths["/documents"]["post"] = register;
+    for (path, method) in [("/documents/{id}/upload-url", "post"), ("/documents/{id}/confirm", "post")] {
+        paths.insert(path.into(), json!({ method: with(summary(path), vec![id()], &[("422", "Rejected")]) }));
+    }
+    let download = "/documents/{id}/download";
+    paths.insert(download.into(), json!({"get": with(summary(download), vec![id()], &[("422", "Not uploaded")])}));
+    paths["/documents/{id}"]["delete"] = with("Delete the document, then its object", vec![id()], &[]);
+    let events = "/objects/events";
+    let mut webhook = with(summary(events), vec![], &[("401", "No or another secret"), ("422", "A record refused")]);
+    webhook["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": object()}}});
+    paths.insert(events.into(), json!({ "post": webhook }));
+    let key = param("key", "path", json!({"type": "string"}), "The object's key, `<tenant>/<document id>`");
+    let signed = ["expires", "max", "sig"].map(|p| param(p, "query", json!({"type": "string"}), "Of the signed URL"));
+    let mut parameters = vec![key];
+    parameters.extend(signed);
+    let key_path = "/objects/{key}";
+    let refused = [("403", "Expired, tampered or misused URL"), ("413", "Over the signed size limit")];
+    paths.insert(
+        key_path.into(),
+        json!({"put": with("Upload through a signed URL of the local object store", parameters.clone(), &refused),
+               "get": with("Download through a signed URL of the local object store", parameters, &refused[..1])}),
+    );
+}
+
 /// The document.
 pub fn document() -> Value {
     let mut paths = serde_json::Map::new();
@@ -192,6 +244,7 @@ pub fn document() -> Value {
         json!({"post": {"summary": summary("/projections/{name}/rebuild"), "parameters": [names],
                          "responses": responses}}),
     );
+    document_paths(&mut paths);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Weft query API", "version": env!("CARGO_PKG_VERSION")},
