@@ -301,6 +301,7 @@ async fn open_objects(
         let s3 = S3Options {
             bucket: bucket.clone(),
             endpoint: options.s3_endpoint.clone(),
+            public_endpoint: options.s3_public_endpoint.clone(),
             region: options.s3_region.clone(),
             path_style: options.s3_path_style,
             credentials: options

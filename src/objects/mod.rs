@@ -231,6 +231,10 @@ pub struct ObjectsOptions {
     /// The S3 endpoint, for MinIO or SeaweedFS (`http://127.0.0.1:9000`); AWS's without it.
     #[arg(long, requires = "s3_bucket", env = "WEFT_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
+    /// The S3 endpoint as clients reach it, for signed URLs, when not `--s3-endpoint` (a node in a container
+    /// network reaching `http://minio:9000`, clients reaching `http://localhost:9000`).
+    #[arg(long, requires = "s3_bucket", env = "WEFT_S3_PUBLIC_ENDPOINT")]
+    pub s3_public_endpoint: Option<String>,
     /// The S3 region.
     #[arg(long, default_value = "us-east-1", env = "WEFT_S3_REGION")]
     pub s3_region: String,

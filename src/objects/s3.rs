@@ -29,6 +29,9 @@ pub struct S3Options {
     pub bucket: String,
     /// A custom endpoint (MinIO, SeaweedFS); AWS's when `None`.
     pub endpoint: Option<String>,
+    /// The endpoint clients reach the server at, for signed URLs, when it is not `endpoint` (a node inside a
+    /// container network reaching `http://minio:9000`, clients outside reaching `http://localhost:9000`).
+    pub public_endpoint: Option<String>,
     /// The region.
     pub region: String,
     /// Path-style addressing, as MinIO and SeaweedFS need.
@@ -41,6 +44,8 @@ pub struct S3Options {
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
+    /// The client that signs URLs: `client`, or one for the public endpoint.
+    signer: Client,
     bucket: String,
 }
 
@@ -61,11 +66,15 @@ impl S3Store {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(id, secret, None, None, "weft"));
         }
         let shared = loader.load().await;
-        let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(options.path_style);
-        if let Some(endpoint) = &options.endpoint {
-            config = config.endpoint_url(endpoint);
-        }
-        Self { client: Client::from_conf(config.build()), bucket: options.bucket.clone() }
+        let client = |endpoint: Option<&String>| {
+            let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(options.path_style);
+            if let Some(endpoint) = endpoint {
+                config = config.endpoint_url(endpoint);
+            }
+            Client::from_conf(config.build())
+        };
+        let signer = client(options.public_endpoint.as_ref().or(options.endpoint.as_ref()));
+        Self { client: client(options.endpoint.as_ref()), signer, bucket: options.bucket.clone() }
     }
 
     /// Creates the bucket unless it exists.
@@ -161,7 +170,7 @@ impl ObjectStore for S3Store {
     async fn presign_put(&self, upload: Upload<'_>) -> Result<Presigned, Error> {
         check_key(upload.key)?;
         let request = self
-            .client
+            .signer
             .put_object()
             .bucket(&self.bucket)
             .key(upload.key)
@@ -176,7 +185,7 @@ impl ObjectStore for S3Store {
     async fn presign_get(&self, key: &str, expiry: Duration) -> Result<Presigned, Error> {
         check_key(key)?;
         let request = self
-            .client
+            .signer
             .get_object()
             .bucket(&self.bucket)
             .key(key)

@@ -124,6 +124,7 @@ impl Seaweed {
         S3Options {
             bucket: bucket.to_owned(),
             endpoint: Some(self.endpoint()),
+            public_endpoint: None,
             region: "us-east-1".into(),
             path_style: true,
             credentials: Some(self.credentials()),

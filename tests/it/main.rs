@@ -5,6 +5,7 @@ mod actors_on_sqlite;
 mod bus;
 mod cli;
 mod client;
+mod compose;
 mod documents;
 mod intake;
 mod job_crash;

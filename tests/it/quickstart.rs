@@ -39,7 +39,15 @@ fn the_readme_quick_start_runs_green() {
     shell.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
     shell.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(status.success(), "{status}\n{stdout}\n{stderr}");
-    for expected in ["status            running", "summarise  1", "summariser", "job.submitted", "job.step_scheduled"] {
+    for expected in [
+        "status               uploaded",
+        "report.txt",
+        "status            running",
+        "summarise  1",
+        "summariser",
+        "job.submitted",
+        "job.step_scheduled",
+    ] {
         assert!(stdout.contains(expected), "{expected:?} is not in the quick start's output:\n{stdout}");
     }
     assert!(stderr.contains("weft: stopping"), "the node stopped on the kill: {stderr}");
