@@ -415,3 +415,30 @@ fn the_cli_uploads_downloads_and_deletes_a_document() {
     let (status, rest) = serve.terminate();
     assert!(status.success(), "{rest}");
 }
+
+#[test]
+fn an_acknowledged_upload_survives_kill_9_of_the_node_and_confirm_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(dir.path(), &[]);
+    let (_, registered) = register(&serve.addr, "acme", "kept.txt", 100);
+    let id = registered["id"].as_str().unwrap().to_owned();
+    let file = dir.path().join("kept.txt");
+    std::fs::write(&file, "acknowledged bytes\n").unwrap();
+    assert_eq!(curl_put(&registered["upload"], &file, &[]), 200);
+    // SIGKILL right after the acknowledgement: the notification may or may not have been applied.
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let answer = http(addr, "POST", &format!("/documents/{id}/confirm"), &[], b"");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let outcome = answer.json()["outcome"].clone();
+    assert!(outcome == "uploaded" || outcome == "duplicate", "{outcome}");
+    let item = wait_status(addr, &id, "uploaded");
+    assert_eq!(item["etag"], sha256_hex(b"acknowledged bytes\n"));
+    let (_, download) = get(addr, &format!("/documents/{id}/download"));
+    assert_eq!(curl_get(download["download"]["url"].as_str().unwrap()), (200, b"acknowledged bytes\n".to_vec()));
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}
