@@ -137,6 +137,7 @@ pub struct Node {
     query: QueryApi,
     queries: tokio::task::JoinHandle<()>,
     notifications: actix_rt::task::JoinHandle<()>,
+    sweeps: Option<actix_rt::task::JoinHandle<()>>,
     objects: String,
 }
 
@@ -232,6 +233,10 @@ impl Node {
         let subscription =
             bus.subscribe(crate::objects::notification::SUBJECT, Some(crate::protocol::QUEUE_GROUP)).await?;
         let notifications = actix_rt::spawn(serve_notifications(documents.clone(), subscription, bus.clone()));
+        let sweeps = (options.objects.sweep_every_secs > 0).then(|| {
+            let every = Duration::from_secs(options.objects.sweep_every_secs);
+            actix_rt::spawn(crate::objects::documents::sweep_every(documents.clone(), reads.clone(), every))
+        });
         let webhook_secret = options.objects.webhook_secret.as_ref().map(|s| Arc::from(s.expose()));
         let objects_api = crate::query::documents::Objects { documents, local, webhook_secret };
         let query = QueryApi::start(listener, reads, bus.clone(), options.max_body_bytes, Some(objects_api))?;
@@ -245,6 +250,7 @@ impl Node {
             query,
             queries,
             notifications,
+            sweeps,
             objects: description,
         })
     }
@@ -265,6 +271,9 @@ impl Node {
         self.query.stop().await;
         self.queries.abort();
         self.notifications.abort();
+        if let Some(sweeps) = &self.sweeps {
+            sweeps.abort();
+        }
         drop(self.intake);
         // A rebuild in progress ends first (the lock): its swap commits whole or not at all.
         let projections = std::mem::take(&mut *self.projections.lock().await);

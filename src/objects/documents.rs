@@ -399,6 +399,61 @@ impl Documents {
     }
 }
 
+/// How far back a sweep looks for documents still waiting for their upload (by registration time).
+pub const SWEEP_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// The most documents one sweep heads; the rest wait for the next sweep.
+pub const SWEEP_LIMIT: usize = 1000;
+
+/// Heals lost notifications: heads the object of each document registered in the last [`SWEEP_WINDOW`] and
+/// still waiting for its upload (at most [`SWEEP_LIMIT`], oldest first), and records those whose object is
+/// there, as `confirm` does. Core NATS delivers a notification at most once, and not at all while no node
+/// listens; a node killed between acknowledging an upload and applying its notification leaves one behind too.
+/// Answers how many documents it recorded as uploaded.
+pub async fn sweep(documents: &Documents, reads: &crate::query::Reads) -> Result<usize, Error> {
+    use crate::query::read::DOCUMENTS;
+    let head = reads.store.head().await.map_err(|e| Error::Unavailable(format!("event store: {e}")))?;
+    let since = Timestamp::now().as_micros() - i64::try_from(SWEEP_WINDOW.as_micros()).unwrap_or(i64::MAX);
+    let mut params = std::collections::BTreeMap::from([
+        ("status".to_owned(), "registered".to_owned()),
+        ("since".to_owned(), since.to_string()),
+        ("limit".to_owned(), "200".to_owned()),
+        // The read model must have applied everything stored so far, or a document registered just before a
+        // crash would be missed.
+        ("after".to_owned(), head.to_string()),
+    ]);
+    let (mut checked, mut recorded) = (0, 0);
+    while checked < SWEEP_LIMIT {
+        let page = reads.list(&DOCUMENTS, &params).await.map_err(|f| Error::Unavailable(f.message))?;
+        for id in page["items"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_str()) {
+            let Ok(id) = id.parse::<DocumentId>() else { continue };
+            checked += 1;
+            match documents.confirm(id).await {
+                Ok(Effect::Uploaded) => recorded += 1,
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(error) => tracing::warn!(%id, %error, "a sweep could not check a document's upload"),
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => params.insert("cursor".into(), cursor.to_owned()),
+            None => break,
+        };
+    }
+    Ok(recorded)
+}
+
+/// Sweeps (see [`sweep`]) now and then every `every`, until aborted.
+pub async fn sweep_every(documents: Documents, reads: crate::query::Reads, every: Duration) {
+    loop {
+        match sweep(&documents, &reads).await {
+            Ok(0) => {}
+            Ok(recorded) => tracing::info!(recorded, "a sweep recorded uploads whose notifications were lost"),
+            Err(error) => tracing::warn!(%error, "sweeping for lost upload notifications failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Takes notifications off the bus ([`notification::SUBJECT`], queue group `weft`) until the subscription
 /// ends; answers a request with the records' reports, or the notification's error. Must run on an actix
 /// system (the commands go through the gateway there).

@@ -254,6 +254,10 @@ pub struct ObjectsOptions {
     /// (`https://weft.example.com`); `http://<http-addr>` without it.
     #[arg(long, env = "WEFT_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Seconds between sweeps for uploads whose notification was lost (documents registered in the last day,
+    /// still waiting, whose object is there); 0 turns them off. The first runs at start.
+    #[arg(long, default_value_t = 60, env = "WEFT_SWEEP_EVERY_SECS")]
+    pub sweep_every_secs: u64,
     /// The shared secret of the notification webhook (`POST /objects/events` with `Authorization: Bearer
     /// <secret>`); the webhook is off without it.
     #[arg(long, env = "WEFT_WEBHOOK_SECRET", hide_env_values = true)]

@@ -417,7 +417,7 @@ fn the_cli_uploads_downloads_and_deletes_a_document() {
 }
 
 #[test]
-fn an_acknowledged_upload_survives_kill_9_of_the_node_and_confirm_records_it() {
+fn an_acknowledged_upload_survives_kill_9_of_the_node_and_the_start_up_sweep_records_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut serve = Serve::start(dir.path(), &[]);
     let (_, registered) = register(&serve.addr, "acme", "kept.txt", 100);
@@ -429,16 +429,40 @@ fn an_acknowledged_upload_survives_kill_9_of_the_node_and_confirm_records_it() {
     serve.child.kill().unwrap();
     serve.child.wait().unwrap();
 
+    // The sweep at start finds the object of the document still waiting, with no confirm and no notification.
     let serve = Serve::start(dir.path(), &[]);
     let addr = serve.addr.as_str();
-    let answer = http(addr, "POST", &format!("/documents/{id}/confirm"), &[], b"");
-    assert_eq!(answer.status, 200, "{answer:?}");
-    let outcome = answer.json()["outcome"].clone();
-    assert!(outcome == "uploaded" || outcome == "duplicate", "{outcome}");
     let item = wait_status(addr, &id, "uploaded");
+    let answer = http(addr, "POST", &format!("/documents/{id}/confirm"), &[], b"");
+    assert_eq!((answer.status, answer.json()["outcome"].clone()), (200, json!("duplicate")));
     assert_eq!(item["etag"], sha256_hex(b"acknowledged bytes\n"));
     let (_, download) = get(addr, &format!("/documents/{id}/download"));
     assert_eq!(curl_get(download["download"]["url"].as_str().unwrap()), (200, b"acknowledged bytes\n".to_vec()));
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}
+
+#[test]
+fn a_lost_notification_is_healed_by_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    // No sweeps at first: the object goes in behind the node's back, and no notification comes.
+    let serve = Serve::start(dir.path(), &["--sweep-every-secs", "0"]);
+    let (_, registered) = register(&serve.addr, "acme", "quiet.txt", 100);
+    let id = registered["id"].as_str().unwrap().to_owned();
+    let key = registered["key"].as_str().unwrap();
+    let (_, never) = register(&serve.addr, "acme", "never.txt", 100);
+    let never = never["id"].as_str().unwrap().to_owned();
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+    let data = dir.path().join("objects/data").join(key);
+    std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+    std::fs::write(&data, "placed by hand\n").unwrap();
+
+    let serve = Serve::start(dir.path(), &["--sweep-every-secs", "1"]);
+    let addr = serve.addr.as_str();
+    let item = wait_status(addr, &id, "uploaded");
+    assert_eq!(item["etag"], sha256_hex(b"placed by hand\n"), "the etag is storage's");
+    assert_eq!(get(addr, &format!("/documents/{never}")).1["status"], "registered", "no object, no upload");
     let (status, rest) = serve.terminate();
     assert!(status.success(), "{rest}");
 }
