@@ -24,7 +24,7 @@ struct Cli {
 enum Command {
     /// Runs a node: the event store, the actors, the command intake (on NATS with --nats, in process
     /// otherwise), the job orchestrator and timers, and the event publisher. Stops on Ctrl-C or SIGTERM.
-    Serve(weft::node::NodeOptions),
+    Serve(Box<weft::node::NodeOptions>),
     /// Benchmarks: each prints one JSON line per case on stdout and a table on stderr.
     #[command(subcommand)]
     Bench(Bench),
@@ -118,7 +118,9 @@ enum Bench {
 
 fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
-    if let Command::Serve(weft::node::NodeOptions { config: Some(file), .. }) = &cli.command {
+    if let Command::Serve(options) = &cli.command
+        && let Some(file) = &options.config
+    {
         let command = Cli::command();
         let serve = command.find_subcommand("serve").expect("serve is a subcommand");
         for (variable, value) in weft::config::settings(file, serve)? {
@@ -132,7 +134,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(options) => actix_rt::System::new().block_on(weft::node::serve(options)),
+        Command::Serve(options) => actix_rt::System::new().block_on(weft::node::serve(*options)),
         Command::Bench(Bench::Store(options)) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
