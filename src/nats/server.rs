@@ -60,20 +60,8 @@ pub struct NatsServer {
 
 /// Finds the binary and checks its version.
 pub fn binary() -> Result<PathBuf, ServerError> {
-    let candidates = std::env::var_os("WEFT_NATS_SERVER")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            std::env::var_os("PATH")
-                .into_iter()
-                .flat_map(|p| std::env::split_paths(&p).map(|dir| dir.join("nats-server")).collect::<Vec<_>>()),
-        )
-        .chain([
-            PathBuf::from(".tools/venv/bin/nats-server"),
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/nats-server"),
-        ]);
     let mut too_old = None;
-    for candidate in candidates.filter(|c| c.is_file()) {
+    for candidate in candidates("WEFT_NATS_SERVER", "nats-server") {
         let Ok(output) = Command::new(&candidate).arg("--version").output() else { continue };
         let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
         match parse_version(&text) {
@@ -82,6 +70,24 @@ pub fn binary() -> Result<PathBuf, ServerError> {
         }
     }
     Err(too_old.unwrap_or(ServerError::NotFound))
+}
+
+/// Where a server binary the tests and benchmarks start may be, in order: the file `$variable` names, `name`
+/// on `PATH`, and the one `scripts/test` installs into `.tools/venv/bin` (of the working folder, then of this
+/// crate); only files that exist.
+pub(crate) fn candidates(variable: &str, name: &str) -> Vec<PathBuf> {
+    let tools = Path::new(".tools/venv/bin").join(name);
+    std::env::var_os(variable)
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|p| std::env::split_paths(&p).map(|dir| dir.join(name)).collect::<Vec<_>>()),
+        )
+        .chain([tools.clone(), Path::new(env!("CARGO_MANIFEST_DIR")).join(tools)])
+        .filter(|c| c.is_file())
+        .collect()
 }
 
 /// `nats-server: v2.15.1` -> (2, 15).

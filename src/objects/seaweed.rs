@@ -5,7 +5,7 @@
 //! `.tools/venv/bin`. SeaweedFS sends no S3 notifications: tests publish them as S3 would.
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,20 +37,7 @@ pub struct Seaweed {
 }
 
 fn binary() -> Result<PathBuf, Error> {
-    std::env::var_os("WEFT_WEED")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            std::env::var_os("PATH")
-                .into_iter()
-                .flat_map(|p| std::env::split_paths(&p).map(|dir| dir.join("weed")).collect::<Vec<_>>()),
-        )
-        .chain([
-            PathBuf::from(".tools/venv/bin/weed"),
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/weed"),
-        ])
-        .find(|c| c.is_file())
-        .ok_or(Error::NotFound)
+    crate::nats::server::candidates("WEFT_WEED", "weed").into_iter().next().ok_or(Error::NotFound)
 }
 
 impl Seaweed {
