@@ -117,6 +117,24 @@ pub enum JobVerb {
     /// `list` and `show`, as for every read model.
     #[command(flatten)]
     Read(Read),
+    /// Submits a job of a workflow (by name or id, at its latest version) over documents; with `--wait`, prints
+    /// its progress on stderr until it ends and its output documents' ids on stdout.
+    Run {
+        /// The workflow's name (`redact-then-summarize`) or id.
+        workflow: String,
+        /// An input document's id (one or more).
+        #[arg(long = "document", required = true)]
+        documents: Vec<String>,
+        /// Wait until the job ends; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// Higher runs first.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// The tenant the job runs for (header `Weft-Tenant`).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// The job's log, oldest first.
     Logs {
         /// Its id.
@@ -520,6 +538,84 @@ pub async fn job(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
     match verb {
         JobVerb::Read(verb) => read(connection, "jobs", verb).await,
         JobVerb::Logs { id, follow } => logs(connection, &id, follow).await,
+        JobVerb::Run { workflow, documents, wait, priority, tenant } => {
+            run_job(connection, &workflow, &documents, wait, priority, tenant.as_deref()).await
+        }
+    }
+}
+
+/// How often `job run --wait` reads the job.
+const WAIT_EVERY: Duration = Duration::from_millis(100);
+
+/// `weft job run`.
+async fn run_job(
+    connection: Connection,
+    workflow: &str,
+    documents: &[String],
+    wait: bool,
+    priority: i32,
+    tenant: Option<&str>,
+) -> anyhow::Result<()> {
+    let client = Client::new(&connection.url)?;
+    let id = match uuid::Uuid::parse_str(workflow) {
+        Ok(id) => id.to_string(),
+        Err(_) => {
+            let query = [("name".to_owned(), workflow.to_owned()), ("limit".to_owned(), "2".to_owned())];
+            let page = client.get("/workflows", &query).await?;
+            match page["items"].as_array().map(Vec::as_slice) {
+                Some([one]) => one["id"].as_str().unwrap_or_default().to_owned(),
+                Some([]) => anyhow::bail!("no workflow named {workflow:?} (weft workflow list shows them)"),
+                _ => anyhow::bail!("more than one workflow is named {workflow:?}: name it by id"),
+            }
+        }
+    };
+    let defined = client.get(&format!("/workflows/{}", segment(&id)), &[]).await?;
+    let job = uuid::Uuid::now_v7().to_string();
+    let payload = serde_json::json!({
+        "workflow": id, "workflow_version": defined["latest_version"], "steps": defined["steps"],
+        "inputs": documents, "priority": priority, "idempotency_key": null,
+    });
+    let body = serde_json::json!({"command_id": uuid::Uuid::now_v7(), "type": "submit", "payload": payload});
+    let headers: Vec<(&str, &str)> = tenant.map(|t| (crate::bus::TENANT, t)).into_iter().collect();
+    client.post(&format!("/commands/job/{job}"), Some(&body), &headers, TIMEOUT).await?;
+    eprintln!("weft: job {job} submitted ({} steps)", defined["steps"].as_array().map_or(0, Vec::len));
+    if !wait {
+        println!("{job}");
+        return Ok(());
+    }
+    let mut seen = String::new();
+    loop {
+        let state = client.get(&format!("/jobs/{job}"), &[]).await?;
+        let steps: Vec<String> = state["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                format!(
+                    "{} {} (attempt {})",
+                    s["step"].as_str().unwrap_or("?"),
+                    s["status"].as_str().unwrap_or("?"),
+                    s["attempts"]
+                )
+            })
+            .collect();
+        let line = format!("{}: {}", state["status"].as_str().unwrap_or("?"), steps.join(", "));
+        if line != seen {
+            eprintln!("weft: {line}");
+            seen = line;
+        }
+        match state["status"].as_str() {
+            Some("succeeded") => {
+                for step in state["steps"].as_array().into_iter().flatten() {
+                    println!("{}\t{}", step["step"].as_str().unwrap_or("?"), step["output"].as_str().unwrap_or("-"));
+                }
+                return Ok(());
+            }
+            Some(status @ ("failed" | "cancelled")) => {
+                anyhow::bail!("job {job} {status}: {}", state["error"].as_str().unwrap_or("no error recorded"));
+            }
+            _ => tokio::time::sleep(WAIT_EVERY).await,
+        }
     }
 }
 

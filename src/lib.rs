@@ -23,6 +23,7 @@
 //! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose (`store`, `actors`,
 //!   `nats`, `projections`).
 
+pub mod agents;
 pub mod bench;
 pub mod bus;
 pub mod client;

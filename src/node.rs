@@ -15,9 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weft_actors::host;
+use weft_actors::process::worker::Executor;
 use weft_actors::process::{self, Hosts, Processes, RunOptions, Running};
 use weft_events::EventStore;
 
+use crate::agents::executor::DocumentExecutor;
 use crate::bus::Bus;
 use crate::bus::memory::MemoryBus;
 use crate::bus::nats::NatsBus;
@@ -148,11 +150,10 @@ struct Managers {
 }
 
 impl Managers {
-    fn start(bus: &Arc<dyn Bus>, store: &Arc<dyn EventStore>, processes: bool) -> Self {
-        let processes = processes.then(|| {
+    fn start(bus: &Arc<dyn Bus>, store: &Arc<dyn EventStore>, executor: Option<Rc<dyn Executor>>) -> Self {
+        let processes = executor.map(|executor| {
             let gateway = BusGateway::new(bus.clone(), store.clone(), Duration::from_secs(10));
-            // No executor until agents can run tasks: assigned tasks wait, and time out.
-            Processes::start(gateway, store.clone(), None, RunOptions::default())
+            Processes::start(gateway, store.clone(), Some(executor), RunOptions::default())
         });
         let publisher = process::start(Publisher::new(bus.clone()), store.clone(), RunOptions::default());
         Self { processes, publisher }
@@ -189,6 +190,26 @@ impl Node {
         let hosts = Hosts::new(shared.clone(), host::Options::default());
         let limits = crate::protocol::BodyLimits { max_bytes: options.max_body_bytes, ..Default::default() };
         let intake = Intake::start(bus.clone(), hosts, IntakeOptions { limits, ..IntakeOptions::default() }).await?;
+        let listener = std::net::TcpListener::bind(options.http_addr)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.http_addr))?;
+        let http_addr = listener.local_addr()?;
+        let gateway = BusGateway::new(bus.clone(), shared.clone(), crate::gateway::DEFAULT_TIMEOUT);
+        let objects_dir = options.objects.objects_dir.clone().unwrap_or_else(|| {
+            options.store.parent().map(|folder| folder.join("objects")).unwrap_or_else(|| "objects".into())
+        });
+        let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
+        let description = match &local {
+            Some(_) => format!("folder {}", objects_dir.display()),
+            None => format!("S3 bucket {}", objects.bucket()),
+        };
+        let expiry = Duration::from_secs(options.objects.url_expiry_secs);
+        let documents = Documents::new(objects.clone(), gateway.clone(), expiry);
+        crate::agents::catalog::register(&gateway).await?;
+        let executor: Rc<dyn Executor> = Rc::new(DocumentExecutor::new(
+            objects.clone(),
+            gateway.clone(),
+            vec![Arc::new(crate::agents::builtin::Builtin)],
+        ));
         let duty = match (&store, client) {
             // Nodes sharing a JetStream store run their managers one at a time, under a lease; a node that
             // runs no process managers does not run for it.
@@ -198,10 +219,11 @@ impl Node {
                     LeaseOptions { replicas: options.jetstream_replicas.into(), ..LeaseOptions::default() };
                 let lease = Lease::new(client, lease_options, holder_name()).await?;
                 let managers = Rc::new(RefCell::new(None));
-                let task = actix_rt::spawn(hold_lease(lease, bus.clone(), shared.clone(), managers.clone()));
+                let task =
+                    actix_rt::spawn(hold_lease(lease, bus.clone(), shared.clone(), executor.clone(), managers.clone()));
                 Duty::Elected { task, managers }
             }
-            _ => Duty::Always(Managers::start(&bus, &shared, !options.no_processes)),
+            _ => Duty::Always(Managers::start(&bus, &shared, (!options.no_processes).then(|| executor.clone()))),
         };
         if let Some(folder) = options.read_models.parent().filter(|f| !f.as_os_str().is_empty()) {
             std::fs::create_dir_all(folder)
@@ -216,20 +238,6 @@ impl Node {
         let reads =
             Reads { read_models: options.read_models.clone(), positions, store: reader, rebuilds: Some(rebuild_tx) };
         let queries = crate::query::nats::start(bus.clone(), reads.clone()).await?;
-        let listener = std::net::TcpListener::bind(options.http_addr)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.http_addr))?;
-        let http_addr = listener.local_addr()?;
-        let gateway = BusGateway::new(bus.clone(), shared.clone(), crate::gateway::DEFAULT_TIMEOUT);
-        let objects_dir = options.objects.objects_dir.clone().unwrap_or_else(|| {
-            options.store.parent().map(|folder| folder.join("objects")).unwrap_or_else(|| "objects".into())
-        });
-        let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
-        let description = match &local {
-            Some(_) => format!("folder {}", objects_dir.display()),
-            None => format!("S3 bucket {}", objects.bucket()),
-        };
-        let expiry = Duration::from_secs(options.objects.url_expiry_secs);
-        let documents = Documents::new(objects, gateway, expiry);
         let subscription =
             bus.subscribe(crate::objects::notification::SUBJECT, Some(crate::protocol::QUEUE_GROUP)).await?;
         let notifications = actix_rt::spawn(serve_notifications(documents.clone(), subscription, bus.clone()));
@@ -338,6 +346,7 @@ async fn hold_lease(
     mut lease: Lease,
     bus: Arc<dyn Bus>,
     store: Arc<dyn EventStore>,
+    executor: Rc<dyn Executor>,
     managers: Rc<RefCell<Option<Managers>>>,
 ) {
     let mut last_held = Instant::now();
@@ -347,7 +356,7 @@ async fn hold_lease(
                 last_held = Instant::now();
                 if managers.borrow().is_none() {
                     tracing::info!("took the process managers' lease; starting them");
-                    *managers.borrow_mut() = Some(Managers::start(&bus, &store, true));
+                    *managers.borrow_mut() = Some(Managers::start(&bus, &store, Some(executor.clone())));
                 }
                 false
             }

@@ -30,6 +30,8 @@ pub enum UploadSource {
     Notification,
     /// The client said it finished.
     Client,
+    /// An agent wrote it, as a job step's output.
+    Agent,
 }
 
 /// The content arrived in object storage.

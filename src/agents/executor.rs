@@ -1,0 +1,193 @@
+//! The node's executor: runs a job step's task through its agent's provider, with documents in object storage.
+//!
+//! A task reads its input documents' current content (each at most [`MAX_INPUT_BYTES`], UTF-8), fills in the
+//! step's instruction (`{{input}}`, `{{job}}`, `{{step}}`, `{{attempt}}` are replaced), asks the provider, and
+//! writes the answer as a new document: registered for the first input's tenant and owned by the agent, its
+//! content put into object storage, recorded as uploaded with storage's size and etag, and recorded on every
+//! input as a derivative (the lineage). The output document's id is derived from the task's id, so a
+//! repeated recording after a crash names the same document.
+//!
+//! The worker bounds each task by the step's time-out and drops it when the time is up, which aborts an
+//! in-flight provider call.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use weft_actors::document::{Command, Document, Status};
+use weft_actors::host::{Execute, Metadata};
+use weft_actors::process::Gateway;
+use weft_actors::process::worker::{Executor, Task, TaskError, TaskOutput};
+use weft_events::Timestamp;
+use weft_events::domain::document::UploadSource;
+use weft_events::domain::ids::{DocumentId, Uuid};
+
+use super::{Error, Provider, Request};
+use crate::gateway::BusGateway;
+use crate::objects::{ObjectStore, document_key};
+
+/// The most bytes read from one input document.
+pub const MAX_INPUT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// See the module doc.
+pub struct DocumentExecutor {
+    objects: Arc<dyn ObjectStore>,
+    gateway: BusGateway,
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+}
+
+fn permanent(message: impl Into<String>) -> TaskError {
+    TaskError { message: message.into(), retryable: false }
+}
+
+fn transient(message: impl Into<String>) -> TaskError {
+    TaskError { message: message.into(), retryable: true }
+}
+
+/// The extension of a file of this content type, for the output's name.
+fn extension(content_type: &str) -> &'static str {
+    match content_type {
+        "text/markdown" => "md",
+        "text/html" => "html",
+        "application/json" => "json",
+        _ => "txt",
+    }
+}
+
+impl DocumentExecutor {
+    /// An executor with these providers, keyed by their names.
+    pub fn new(objects: Arc<dyn ObjectStore>, gateway: BusGateway, providers: Vec<Arc<dyn Provider>>) -> Self {
+        let providers = providers.into_iter().map(|p| (p.name().to_owned(), p)).collect();
+        Self { objects, gateway, providers }
+    }
+
+    async fn document(&self, id: DocumentId) -> Result<Document, TaskError> {
+        self.gateway.state::<Document>(&id.stream()).await.map_err(|e| transient(format!("reading {id}: {e}")))
+    }
+
+    async fn read(&self, id: DocumentId, state: &Document) -> Result<String, TaskError> {
+        if state.status != Status::Uploaded {
+            return Err(permanent(format!("input {id} is not uploaded (it is {:?})", state.status)));
+        }
+        let mut body = match self.objects.get(&document_key(&state.tenant, id)).await {
+            Ok(body) => body,
+            Err(crate::objects::Error::NotFound { key }) => {
+                return Err(permanent(format!("input {id} has no object at {key:?}")));
+            }
+            Err(e) => return Err(transient(format!("reading input {id}: {e}"))),
+        };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| transient(format!("reading input {id}: {e}")))?;
+            if bytes.len() as u64 + chunk.len() as u64 > MAX_INPUT_BYTES {
+                return Err(permanent(format!("input {id} is over {MAX_INPUT_BYTES} bytes")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        String::from_utf8(bytes).map_err(|_| permanent(format!("input {id} is not UTF-8 text")))
+    }
+
+    async fn command(
+        &self,
+        id: DocumentId,
+        command_id: Uuid,
+        command: Command,
+        tenant: &str,
+        actor: &str,
+    ) -> Result<(), TaskError> {
+        let metadata =
+            Metadata { tenant: Some(tenant.to_owned()), actor: Some(actor.to_owned()), correlation_id: None };
+        let execute = Execute { command_id, command, expected_version: None, metadata };
+        match self.gateway.execute::<Document>(&id.stream(), execute).await {
+            Ok(_) => Ok(()),
+            Err(weft_actors::host::Error::Rejected(rejection)) => {
+                Err(permanent(format!("document {id} refused: {rejection}")))
+            }
+            Err(e) => Err(transient(format!("document {id}: {e}"))),
+        }
+    }
+}
+
+#[async_trait::async_trait(?Send)]
+impl Executor for DocumentExecutor {
+    async fn run(&self, task: Task) -> Result<TaskOutput, TaskError> {
+        let provider = self.providers.get(&task.profile.provider).ok_or_else(|| {
+            permanent(format!(
+                "no provider {:?} on this node; it has {:?}",
+                task.profile.provider,
+                self.providers.keys().collect::<Vec<_>>()
+            ))
+        })?;
+        let first = *task.inputs.first().ok_or_else(|| permanent("the step has no input document"))?;
+        let mut texts = Vec::with_capacity(task.inputs.len());
+        let mut states = Vec::with_capacity(task.inputs.len());
+        for &input in &task.inputs {
+            let state = self.document(input).await?;
+            texts.push(self.read(input, &state).await?);
+            states.push(state);
+        }
+        let input = texts.join("\n\n");
+        let prompt = task
+            .step
+            .instruction
+            .replace("{{input}}", &input)
+            .replace("{{job}}", &task.job.to_string())
+            .replace("{{step}}", &task.step.name)
+            .replace("{{attempt}}", &task.attempt.to_string());
+        let request = Request {
+            model: task.profile.model.clone(),
+            instructions: task.profile.instructions.clone(),
+            prompt,
+            input,
+            input_content_type: states[0].content_type.clone(),
+            parameters: task.profile.parameters.clone(),
+        };
+        let completion = provider.complete(request).await.map_err(|e| match e {
+            Error::Invalid(message) => permanent(message),
+            Error::Unavailable(message) => transient(message),
+        })?;
+
+        let tenant = states[0].tenant.clone();
+        let actor = format!("agent:{}", task.agent);
+        let output = DocumentId(Uuid::new_v5(&task.id, b"output"));
+        let size = completion.text.len() as u64;
+        let register = Command::Register {
+            name: format!("{}-{first}.{}", task.step.name, extension(&completion.content_type)),
+            content_type: completion.content_type.clone(),
+            declared_size_bytes: size.max(1),
+            tenant: tenant.clone(),
+            owner: actor.clone(),
+            at: Timestamp::now(),
+        };
+        self.command(output, Uuid::new_v5(&task.id, b"register-output"), register, &tenant, &actor).await?;
+        let key = document_key(&tenant, output);
+        let body = futures::stream::iter([Ok(bytes::Bytes::from(completion.text))]).boxed();
+        let info = self
+            .objects
+            .put(&key, &completion.content_type, body)
+            .await
+            .map_err(|e| transient(format!("writing the output {output}: {e}")))?;
+        let uploaded = Command::MarkUploaded {
+            size_bytes: info.size_bytes,
+            etag: info.etag,
+            source: UploadSource::Agent,
+            at: Timestamp::now(),
+        };
+        self.command(output, Uuid::new_v5(&task.id, b"upload-output"), uploaded, &tenant, &actor).await?;
+        for (&input, state) in task.inputs.iter().zip(&states) {
+            let derived = Command::RecordDerivative {
+                child: output,
+                job: task.job,
+                step: task.step.name.clone(),
+                at: Timestamp::now(),
+            };
+            let id = Uuid::new_v5(&task.id, format!("derivative-{input}").as_bytes());
+            self.command(input, id, derived, &state.tenant, &actor).await?;
+        }
+        Ok(TaskOutput {
+            document: output,
+            input_tokens: completion.input_tokens,
+            output_tokens: completion.output_tokens,
+        })
+    }
+}
