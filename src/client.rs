@@ -251,6 +251,18 @@ impl Client {
         self.send(self.http.get(&url).query(query).timeout(TIMEOUT), url).await
     }
 
+    /// The body of `GET url` as text: a signed download URL, which is not the node's.
+    pub async fn text(&self, url: &str) -> Result<String, Error> {
+        let unreachable = |source| Error::Unreachable { url: url.to_owned(), source };
+        let answer = self.http.get(url).timeout(TRANSFER_TIMEOUT).send().await.map_err(unreachable)?;
+        let status = answer.status();
+        let text = answer.text().await.map_err(unreachable)?;
+        if !status.is_success() {
+            return Err(Error::Garbled { url: url.to_owned(), detail: format!("{status}: {text}") });
+        }
+        Ok(text)
+    }
+
     /// `POST path` with a JSON body, or none.
     pub async fn post(
         &self,
@@ -442,52 +454,63 @@ fn guess_content_type(path: &std::path::Path) -> &'static str {
     }
 }
 
+/// Registers `file` as a document, streams it to its signed URL and waits until the node records it (asking it
+/// to `confirm` when no notification came within [`NOTIFICATION_WAIT`]); the document's id.
+pub async fn upload(
+    client: &Client,
+    file: &std::path::Path,
+    content_type: Option<String>,
+    name: Option<String>,
+    tenant: Option<&str>,
+) -> anyhow::Result<String> {
+    let content_type = content_type.unwrap_or_else(|| guess_content_type(file).to_owned());
+    let name = match name {
+        Some(name) => name,
+        None => file.file_name().and_then(|n| n.to_str()).unwrap_or("document").to_owned(),
+    };
+    let opened =
+        tokio::fs::File::open(file).await.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let size_bytes = opened.metadata().await?.len();
+    anyhow::ensure!(size_bytes > 0, "{} is empty", file.display());
+    let body = serde_json::json!({"name": name, "content_type": content_type, "size_bytes": size_bytes});
+    let headers: Vec<(&str, &str)> = tenant.map(|t| (crate::bus::TENANT, t)).into_iter().collect();
+    let registered = client.post("/documents", Some(&body), &headers, TIMEOUT).await?;
+    let id = registered["id"].as_str().ok_or_else(|| anyhow::anyhow!("no id in {registered}"))?.to_owned();
+    let upload = &registered["upload"];
+    let url = upload["url"].as_str().ok_or_else(|| anyhow::anyhow!("no upload URL in {registered}"))?;
+    let mut put = client.http.put(url).timeout(TRANSFER_TIMEOUT).header("content-length", size_bytes);
+    for (header, value) in upload["headers"].as_object().into_iter().flatten() {
+        put = put.header(header, value.as_str().unwrap_or_default());
+    }
+    if !upload["headers"].as_object().is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type"))) {
+        put = put.header("content-type", &content_type);
+    }
+    let stream = crate::objects::file_body(opened);
+    let answer = put.body(reqwest::Body::wrap_stream(stream)).send().await?;
+    if !answer.status().is_success() {
+        let status = answer.status();
+        anyhow::bail!("the upload of {id} failed: {status} {}", answer.text().await.unwrap_or_default());
+    }
+    eprintln!("weft: uploaded {size_bytes} bytes; waiting for the node to have them");
+    let path = format!("/documents/{}", segment(&id));
+    let deadline = tokio::time::Instant::now() + NOTIFICATION_WAIT;
+    while client.get(&path, &[]).await.ok().is_none_or(|d| d["status"] != "uploaded") {
+        if tokio::time::Instant::now() >= deadline {
+            client.post(&format!("{path}/confirm"), None, &[], TIMEOUT).await?;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(id)
+}
+
 /// `weft document ...`.
 pub async fn document(connection: Connection, verb: DocumentVerb) -> anyhow::Result<()> {
     let client = Client::new(&connection.url)?;
     match verb {
         DocumentVerb::Read(verb) => read(connection, "documents", verb).await,
         DocumentVerb::Upload { file, content_type, name, tenant } => {
-            let content_type = content_type.unwrap_or_else(|| guess_content_type(&file).to_owned());
-            let name = match name {
-                Some(name) => name,
-                None => file.file_name().and_then(|n| n.to_str()).unwrap_or("document").to_owned(),
-            };
-            let opened = tokio::fs::File::open(&file)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let size_bytes = opened.metadata().await?.len();
-            anyhow::ensure!(size_bytes > 0, "{} is empty", file.display());
-            let body = serde_json::json!({"name": name, "content_type": content_type, "size_bytes": size_bytes});
-            let headers: Vec<(&str, &str)> = tenant.as_deref().map(|t| (crate::bus::TENANT, t)).into_iter().collect();
-            let registered = client.post("/documents", Some(&body), &headers, TIMEOUT).await?;
-            let id = registered["id"].as_str().ok_or_else(|| anyhow::anyhow!("no id in {registered}"))?.to_owned();
-            let upload = &registered["upload"];
-            let url = upload["url"].as_str().ok_or_else(|| anyhow::anyhow!("no upload URL in {registered}"))?;
-            let mut put = client.http.put(url).timeout(TRANSFER_TIMEOUT).header("content-length", size_bytes);
-            for (header, value) in upload["headers"].as_object().into_iter().flatten() {
-                put = put.header(header, value.as_str().unwrap_or_default());
-            }
-            if !upload["headers"].as_object().is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type")))
-            {
-                put = put.header("content-type", &content_type);
-            }
-            let stream = crate::objects::file_body(opened);
-            let answer = put.body(reqwest::Body::wrap_stream(stream)).send().await?;
-            if !answer.status().is_success() {
-                let status = answer.status();
-                anyhow::bail!("the upload of {id} failed: {status} {}", answer.text().await.unwrap_or_default());
-            }
-            eprintln!("weft: uploaded {size_bytes} bytes; waiting for the node to have them");
-            let path = format!("/documents/{}", segment(&id));
-            let deadline = tokio::time::Instant::now() + NOTIFICATION_WAIT;
-            while client.get(&path, &[]).await.ok().is_none_or(|d| d["status"] != "uploaded") {
-                if tokio::time::Instant::now() >= deadline {
-                    client.post(&format!("{path}/confirm"), None, &[], TIMEOUT).await?;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let id = upload(&client, &file, content_type, name, tenant.as_deref()).await?;
             println!("{id}");
             Ok(())
         }
@@ -539,7 +562,15 @@ pub async fn job(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
         JobVerb::Read(verb) => read(connection, "jobs", verb).await,
         JobVerb::Logs { id, follow } => logs(connection, &id, follow).await,
         JobVerb::Run { workflow, documents, wait, priority, tenant } => {
-            run_job(connection, &workflow, &documents, wait, priority, tenant.as_deref()).await
+            let client = Client::new(&connection.url)?;
+            let (job, outputs) = run_job(&client, &workflow, &documents, wait, priority, tenant.as_deref()).await?;
+            if !wait {
+                println!("{job}");
+            }
+            for (step, output) in outputs {
+                println!("{step}\t{output}");
+            }
+            Ok(())
         }
     }
 }
@@ -547,16 +578,16 @@ pub async fn job(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
 /// How often `job run --wait` reads the job.
 const WAIT_EVERY: Duration = Duration::from_millis(100);
 
-/// `weft job run`.
-async fn run_job(
-    connection: Connection,
+/// Submits a job of `workflow` (a name or an id) over `documents`; with `wait`, prints its progress on stderr
+/// until it ends. The job's id and, when it succeeded, each step's output document.
+pub async fn run_job(
+    client: &Client,
     workflow: &str,
     documents: &[String],
     wait: bool,
     priority: i32,
     tenant: Option<&str>,
-) -> anyhow::Result<()> {
-    let client = Client::new(&connection.url)?;
+) -> anyhow::Result<(String, Vec<(String, String)>)> {
     let id = match uuid::Uuid::parse_str(workflow) {
         Ok(id) => id.to_string(),
         Err(_) => {
@@ -580,8 +611,7 @@ async fn run_job(
     client.post(&format!("/commands/job/{job}"), Some(&body), &headers, TIMEOUT).await?;
     eprintln!("weft: job {job} submitted ({} steps)", defined["steps"].as_array().map_or(0, Vec::len));
     if !wait {
-        println!("{job}");
-        return Ok(());
+        return Ok((job, vec![]));
     }
     let mut seen = String::new();
     loop {
@@ -606,10 +636,15 @@ async fn run_job(
         }
         match state["status"].as_str() {
             Some("succeeded") => {
-                for step in state["steps"].as_array().into_iter().flatten() {
-                    println!("{}\t{}", step["step"].as_str().unwrap_or("?"), step["output"].as_str().unwrap_or("-"));
-                }
-                return Ok(());
+                let outputs = state["steps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        (s["step"].as_str().unwrap_or("?").to_owned(), s["output"].as_str().unwrap_or("-").to_owned())
+                    })
+                    .collect();
+                return Ok((job, outputs));
             }
             Some(status @ ("failed" | "cancelled")) => {
                 anyhow::bail!("job {job} {status}: {}", state["error"].as_str().unwrap_or("no error recorded"));

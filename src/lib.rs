@@ -28,6 +28,7 @@ pub mod bench;
 pub mod bus;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod gateway;
 pub mod intake;
 pub mod lease;

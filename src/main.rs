@@ -77,6 +77,9 @@ enum Command {
         #[command(flatten)]
         connection: client::Connection,
     },
+    /// Runs a node in a temporary folder, uploads a sample document, runs `redact-then-summarize` on it, and
+    /// prints the progress, the outputs and the job's history.
+    Demo,
     /// Prints a fresh id (a UUID v7) for a new document, job, agent, workflow or schedule.
     Id,
     /// The read models' projections of a running node: their lag, and rebuilds.
@@ -158,6 +161,7 @@ fn main() -> anyhow::Result<()> {
         Command::Stream { verb: StreamVerb::Events { stream }, connection } => {
             run(client::stream_events(connection, &stream))
         }
+        Command::Demo => actix_rt::System::new().block_on(weft::demo::main()),
         Command::Id => {
             println!("{}", uuid::Uuid::now_v7());
             Ok(())

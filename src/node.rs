@@ -263,6 +263,23 @@ impl Node {
         })
     }
 
+    /// Starts a node on the embedded defaults with its files in `dir` and its query API on a free loopback port;
+    /// `args` are further `weft serve` options. For benchmarks and `weft demo`.
+    pub async fn start_in(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Self> {
+        #[derive(clap::Parser)]
+        struct Serve {
+            #[command(flatten)]
+            node: NodeOptions,
+        }
+        let utf8 =
+            |p: std::path::PathBuf| p.into_os_string().into_string().map_err(|_| anyhow::anyhow!("a non-UTF-8 path"));
+        let (store, read) = (utf8(dir.join("events.db"))?, utf8(dir.join("read.db"))?);
+        let mut all = vec!["serve", "--http-addr", "127.0.0.1:0", "--store", &store, "--read-models", &read];
+        all.extend(args);
+        let options = <Serve as clap::Parser>::try_parse_from(all)?.node;
+        Self::start(&options).await
+    }
+
     /// Where the query API listens.
     pub fn http_addr(&self) -> std::net::SocketAddr {
         self.query.addr()

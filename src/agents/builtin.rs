@@ -53,7 +53,9 @@ impl Provider for Builtin {
                 let to = match request.parameters.get("to") {
                     Some(Param::Text(to)) => Format::parse(to)?,
                     _ => {
-                        return Err(Error::Invalid("`convert` needs the parameter `to`: markdown, html or text".into()));
+                        return Err(Error::Invalid(
+                            "`convert` needs the parameter `to`: markdown, html or text".into(),
+                        ));
                     }
                 };
                 (convert(input, from, to), to.content_type())

@@ -14,12 +14,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use clap::Parser;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::{Latencies, Report, rate};
-use crate::node::{Node, NodeOptions};
+use crate::node::Node;
 use crate::objects::notification::{self, Change};
 use crate::objects::seaweed::Seaweed;
 use crate::objects::{ObjectInfo, ObjectStore};
@@ -47,24 +46,6 @@ const UPLOAD_BYTES: usize = 1024;
 /// How often a client asks whether the document is uploaded.
 const POLL_EVERY: Duration = Duration::from_millis(1);
 
-/// Node options parsed as `weft serve` would parse them.
-#[derive(Parser)]
-struct Serve {
-    #[command(flatten)]
-    node: NodeOptions,
-}
-
-async fn start_node(dir: &Path, extra: &[&str]) -> anyhow::Result<Node> {
-    let store = dir.join("events.db");
-    let read = dir.join("read.db");
-    let mut args = vec!["serve", "--http-addr", "127.0.0.1:0", "--store"];
-    args.push(store.to_str().context("a UTF-8 path")?);
-    args.extend(["--read-models", read.to_str().context("a UTF-8 path")?]);
-    args.extend(extra);
-    let options = Serve::try_parse_from(args)?.node;
-    Node::start(&options).await
-}
-
 /// Runs every case and prints the reports.
 pub async fn main(options: Options) -> anyhow::Result<()> {
     let path = options.path.clone();
@@ -77,7 +58,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
 
     let local_dir = dir.join("local");
     std::fs::create_dir_all(&local_dir)?;
-    let node = start_node(&local_dir, &[]).await?;
+    let node = Node::start_in(&local_dir, &[]).await?;
     let base = format!("http://{}", node.http_addr());
     reports.push(register(&http, &base, options).await?);
     reports.push(uploads(&http, &base, options.uploads, "upload-to-uploaded-local", None).await?);
@@ -101,7 +82,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
                 "--s3-secret-access-key",
                 &secret,
             ];
-            let node = start_node(&s3_dir, &args).await?;
+            let node = Node::start_in(&s3_dir, &args).await?;
             let base = format!("http://{}", node.http_addr());
             let notify = Notify { node: &node, s3: &s3 };
             reports.push(uploads(&http, &base, options.uploads, "upload-to-uploaded-s3", Some(notify)).await?);

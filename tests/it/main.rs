@@ -2,6 +2,7 @@
 //! and with one binary per file linking dominated the build of the suite.
 
 mod actors_on_sqlite;
+mod agents;
 mod bus;
 mod cli;
 mod client;

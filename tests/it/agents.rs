@@ -1,0 +1,152 @@
+//! Agents at work through a real `weft serve`: the built-in `redact-then-summarize` workflow over an uploaded
+//! document, on the embedded defaults and on NATS + JetStream + SeaweedFS; steps that cannot succeed end the
+//! job failed with their error visible.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use weft::nats::server::NatsServer;
+use weft::objects::seaweed::Seaweed;
+
+use crate::serve::{Serve, command, get};
+
+const REPORT: &str = "Contact ann.lee@example.com or +44 20 7946 0958 about this report. Revenue rose in the \
+    third quarter. Revenue growth came from new customers in Europe. The weather was mild. Customers in Europe \
+    bought more licences.\n";
+
+/// `weft <args> --url http://addr`; the exit status, stdout and stderr.
+fn weft(addr: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .args(["--url", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+/// Uploads the report and runs `redact-then-summarize` on it; checks the outputs, their lineage and the job.
+fn redact_then_summarize(addr: &str, dir: &std::path::Path) {
+    let file = dir.join("report.txt");
+    std::fs::write(&file, REPORT).unwrap();
+    let (ok, stdout, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap(), "--tenant", "acme"]);
+    assert!(ok, "{stderr}");
+    let input = stdout.trim().to_owned();
+
+    let (ok, stdout, stderr) = weft(addr, &["job", "run", "redact-then-summarize", "--document", &input, "--wait"]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("succeeded: redact succeeded (attempt 1), summarize succeeded (attempt 1)"), "{stderr}");
+    let outputs: Vec<(&str, &str)> = stdout.lines().filter_map(|l| l.split_once('\t')).collect();
+    let [("redact", redacted), ("summarize", summary)] = outputs[..] else { panic!("{stdout}") };
+
+    let read = |id: &str| {
+        let out = dir.join(format!("{id}.txt"));
+        let (ok, _, stderr) = weft(addr, &["document", "download", id, "--out", out.to_str().unwrap()]);
+        assert!(ok, "{stderr}");
+        std::fs::read_to_string(out).unwrap()
+    };
+    assert_eq!(read(redacted), REPORT.replace("ann.lee@example.com", "[email]").replace("+44 20 7946 0958", "[phone]"));
+    let text = read(summary);
+    assert!(!text.contains('@') && !text.contains("7946"), "the summary reads the redacted text: {text}");
+    assert_eq!(
+        text,
+        "Revenue rose in the third quarter. Revenue growth came from new customers in Europe. Customers in Europe bought more licences.\n"
+    );
+
+    // Lineage: input -> redacted -> summary, each output owned by its agent, in the input's tenant.
+    let (_, item) = get(addr, &format!("/documents/{input}"));
+    assert_eq!(item["derivatives"][0]["id"], redacted, "{item}");
+    let (_, item) = get(addr, &format!("/documents/{redacted}"));
+    assert_eq!((item["parents"][0]["id"].as_str(), item["tenant"].as_str()), (Some(input.as_str()), Some("acme")));
+    assert_eq!(item["derivatives"][0]["id"], summary, "{item}");
+    assert!(item["owner"].as_str().unwrap().starts_with("agent:"), "{item}");
+    let (_, item) = get(addr, &format!("/documents/{summary}"));
+    assert_eq!(item["status"], "uploaded");
+}
+
+#[test]
+fn a_two_step_workflow_redacts_then_summarises_an_uploaded_document_on_the_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    redact_then_summarize(&serve.addr, dir.path());
+    // The built-in agents recorded the tasks.
+    let (_, agents) = get(&serve.addr, "/agents?name=summarize");
+    assert_eq!(agents["items"][0]["tasks_done"], 1, "{agents}");
+    assert!(agents["items"][0]["input_tokens"].as_u64().unwrap() > 0, "{agents}");
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_step_workflow_runs_on_nats_jetstream_and_seaweedfs() {
+    let nats = NatsServer::start().unwrap();
+    let seaweed = Seaweed::start().unwrap();
+    seaweed.bucket("docs").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (id, secret) = seaweed.credentials();
+    let endpoint = seaweed.endpoint();
+    let url = nats.url();
+    let args = [
+        "--nats",
+        &url,
+        "--jetstream",
+        "--s3-bucket",
+        "docs",
+        "--s3-endpoint",
+        &endpoint,
+        "--s3-path-style",
+        "--s3-access-key-id",
+        &id,
+        "--s3-secret-access-key",
+        &secret,
+    ];
+    let serve = Serve::start(dir.path(), &args);
+    let addr = serve.addr.clone();
+    let path = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || redact_then_summarize(&addr, &path)).await.unwrap();
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}
+
+#[test]
+fn a_step_that_cannot_succeed_fails_the_job_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let file = dir.path().join("a.txt");
+    std::fs::write(&file, "Some text.").unwrap();
+    let (_, stdout, _) = weft(addr, &["document", "upload", file.to_str().unwrap()]);
+    let document = stdout.trim().to_owned();
+
+    // An agent whose model needs a parameter it was not given, and one on a provider this node does not have.
+    for (provider, model, expected) in [
+        ("builtin", "convert", "`convert` needs the parameter `to`"),
+        ("openai", "gpt-4o-mini", "no provider \"openai\" on this node"),
+    ] {
+        let agent = uuid::Uuid::now_v7().to_string();
+        let profile = json!({"profile": {"name": model, "role": "r", "goal": "g", "instructions": "i",
+            "provider": provider, "model": model, "parameters": {}, "concurrency_limit": 1}});
+        assert_eq!(command(addr, "agent", &agent, "register", profile).0, 200);
+        let job = uuid::Uuid::now_v7().to_string();
+        let submit = json!({"workflow": uuid::Uuid::now_v7(), "workflow_version": 1, "inputs": [document],
+            "priority": 0, "steps": [{"name": "only", "agent": agent, "instruction": "do it",
+            "inputs": [{"from": "job_inputs"}], "timeout_ms": 10000,
+            "retry": {"max_attempts": 3, "base_delay_ms": 10, "max_delay_ms": 10}}]});
+        let (status, reply) = command(addr, "job", &job, "submit", submit);
+        assert_eq!(status, 200, "{reply}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let state: Value = loop {
+            let (_, state) = get(addr, &format!("/jobs/{job}"));
+            if state["status"] == "failed" {
+                break state;
+            }
+            assert!(std::time::Instant::now() < deadline, "{state}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // Not retryable: one attempt, and the error is the provider's.
+        assert_eq!(state["steps"][0]["attempts"], 1, "{state}");
+        assert!(state["error"].as_str().unwrap_or("").contains(expected), "{state}");
+    }
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}
