@@ -608,14 +608,16 @@ pub async fn run_job(
     });
     let body = serde_json::json!({"command_id": uuid::Uuid::now_v7(), "type": "submit", "payload": payload});
     let headers: Vec<(&str, &str)> = tenant.map(|t| (crate::bus::TENANT, t)).into_iter().collect();
-    client.post(&format!("/commands/job/{job}"), Some(&body), &headers, TIMEOUT).await?;
+    let reply = client.post(&format!("/commands/job/{job}"), Some(&body), &headers, TIMEOUT).await?;
+    // The first read waits until the read model has the submission.
+    let after = reply["last_position"].as_u64().unwrap_or(0).to_string();
     eprintln!("weft: job {job} submitted ({} steps)", defined["steps"].as_array().map_or(0, Vec::len));
     if !wait {
         return Ok((job, vec![]));
     }
     let mut seen = String::new();
     loop {
-        let state = client.get(&format!("/jobs/{job}"), &[]).await?;
+        let state = client.get(&format!("/jobs/{job}"), &[("after".to_owned(), after.clone())]).await?;
         let steps: Vec<String> = state["steps"]
             .as_array()
             .into_iter()

@@ -70,9 +70,10 @@ fn a_two_step_workflow_redacts_then_summarises_an_uploaded_document_on_the_embed
     let serve = Serve::start(dir.path(), &[]);
     redact_then_summarize(&serve.addr, dir.path());
     // The built-in agents recorded the tasks.
-    let (_, agents) = get(&serve.addr, "/agents?name=summarize");
-    assert_eq!(agents["items"][0]["tasks_done"], 1, "{agents}");
-    assert!(agents["items"][0]["input_tokens"].as_u64().unwrap() > 0, "{agents}");
+    let summarize = weft::agents::catalog::agent_id("summarize");
+    let (_, agent) = get(&serve.addr, &format!("/agents/{summarize}"));
+    assert_eq!(agent["tasks_done"], 1, "{agent}");
+    assert!(agent["input_tokens"].as_u64().unwrap() > 0, "{agent}");
     let (status, rest) = serve.terminate();
     assert!(status.success(), "{rest}");
 }
