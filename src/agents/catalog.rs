@@ -29,6 +29,9 @@ const AGENTS: [(&str, &str, &str); 3] = [
     ("keywords", "indexer", "the words a document is about"),
 ];
 
+/// The events the catalog appends to a fresh store: one per agent and one per workflow.
+pub const EVENTS: u64 = 3 + 4;
+
 /// The id of the built-in agent `name`.
 pub fn agent_id(name: &str) -> AgentId {
     AgentId(Uuid::new_v5(&CATALOG, format!("agent:{name}").as_bytes()))

@@ -91,7 +91,8 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
     let page = stdout_json(&weft(&url, &["schedule", "list", "--output", "json"]));
     assert_eq!(page["items"], serde_json::json!([]));
     // A node defines the built-in workflows on start.
-    let page = stdout_json(&weft(&url, &["workflow", "list", "--where", "name=redact-then-summarize", "--output", "json"]));
+    let page =
+        stdout_json(&weft(&url, &["workflow", "list", "--where", "name=redact-then-summarize", "--output", "json"]));
     assert_eq!(page["items"][0]["steps_count"], 2, "{page}");
 
     // Commands and a stream's history.

@@ -181,7 +181,7 @@ async fn serve_on_jetstream_keeps_every_acknowledged_command_through_kill_9_of_w
         let stream = StreamName::new(format!("document-{id}")).unwrap();
         assert_eq!(store.stream_version(&stream).await.unwrap(), 1, "{stream} lost or doubled");
     }
-    assert_eq!(store.head().await.unwrap(), COMMANDS as u64);
+    assert_eq!(store.head().await.unwrap(), COMMANDS as u64 + weft::agents::catalog::EVENTS);
 }
 
 /// Two `weft serve --jetstream` processes share the command load; one is killed with `kill -9` mid-load.
@@ -265,7 +265,7 @@ async fn a_killed_node_s_commands_are_answered_by_the_other_on_retry() {
         let stream = StreamName::new(format!("document-{id}")).unwrap();
         assert_eq!(store.stream_version(&stream).await.unwrap(), 1, "{stream} lost or appended twice");
     }
-    assert_eq!(store.head().await.unwrap(), (SENDERS * PER_SENDER) as u64);
+    assert_eq!(store.head().await.unwrap(), (SENDERS * PER_SENDER) as u64 + weft::agents::catalog::EVENTS);
     eprintln!("{retries} commands were retried after node A was killed");
     nodes[1].kill().unwrap();
 }
