@@ -42,9 +42,9 @@ fn the_readme_quick_start_runs_green() {
     for expected in [
         "status               uploaded",
         "report.txt",
-        "status            running",
-        "summarise  1",
-        "summariser",
+        "Write to [email]. Revenue rose 12% in the third quarter.",
+        "owner                agent:",
+        "counter",
         "job.submitted",
         "job.step_scheduled",
     ] {
