@@ -455,7 +455,7 @@ fn guess_content_type(path: &std::path::Path) -> &'static str {
 }
 
 /// Registers `file` as a document, streams it to its signed URL and waits until the node records it (asking it
-/// to `confirm` when no notification came within [`NOTIFICATION_WAIT`]); the document's id.
+/// to `confirm` when no notification came within 2 s); the document's id.
 pub async fn upload(
     client: &Client,
     file: &std::path::Path,

@@ -68,6 +68,9 @@ pub struct NodeOptions {
     /// Where documents are kept.
     #[command(flatten)]
     pub objects: crate::objects::ObjectsOptions,
+    /// The LLM providers agents may use besides `builtin`.
+    #[command(flatten)]
+    pub providers: crate::agents::ProviderOptions,
     /// A TOML file of these options, keyed by their long names (`http-addr = "0.0.0.0:8080"`); the command
     /// line and the WEFT_* variables win over it.
     #[arg(long, env = "WEFT_CONFIG")]
@@ -208,7 +211,7 @@ impl Node {
         let executor: Rc<dyn Executor> = Rc::new(DocumentExecutor::new(
             objects.clone(),
             gateway.clone(),
-            vec![Arc::new(crate::agents::builtin::Builtin)],
+            crate::agents::providers(&options.providers)?,
         ));
         let duty = match (&store, client) {
             // Nodes sharing a JetStream store run their managers one at a time, under a lease; a node that

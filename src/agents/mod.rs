@@ -2,11 +2,14 @@
 //! through one (reads the input documents, asks the provider, writes the output document).
 //!
 //! - [`builtin`]: the offline, deterministic provider, the embedded default.
+//! - [`remote`]: LLM providers over HTTP, `openai` (and OpenAI-compatible servers) and `anthropic`.
 //! - [`executor`]: the [`weft_actors::process::worker::Executor`] of a node.
+//! - [`catalog`]: the agents and workflows a node registers on start.
 
 pub mod builtin;
 pub mod catalog;
 pub mod executor;
+pub mod remote;
 
 use std::collections::BTreeMap;
 
@@ -61,4 +64,75 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Answers one request.
     async fn complete(&self, request: Request) -> Result<Completion, Error>;
+}
+
+/// The default base URL of the `openai` provider.
+pub const OPENAI_URL: &str = "https://api.openai.com/v1";
+
+/// The default base URL of the `anthropic` provider.
+pub const ANTHROPIC_URL: &str = "https://api.anthropic.com/v1";
+
+/// Which LLM providers a node offers besides `builtin`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProviderOptions {
+    /// The `openai` provider's base URL; another one (`http://127.0.0.1:11434/v1` for Ollama) serves an
+    /// OpenAI-compatible server, which needs no key.
+    #[arg(long, default_value = OPENAI_URL, env = "WEFT_OPENAI_BASE_URL")]
+    pub openai_base_url: String,
+    /// A file holding the OpenAI key; `OPENAI_API_KEY` without it. With neither (and the default URL) there is
+    /// no `openai` provider.
+    #[arg(long, env = "WEFT_OPENAI_API_KEY_FILE")]
+    pub openai_api_key_file: Option<std::path::PathBuf>,
+    /// The `anthropic` provider's base URL.
+    #[arg(long, default_value = ANTHROPIC_URL, env = "WEFT_ANTHROPIC_BASE_URL")]
+    pub anthropic_base_url: String,
+    /// A file holding the Anthropic key; `ANTHROPIC_API_KEY` without it. With neither there is no `anthropic`
+    /// provider.
+    #[arg(long, env = "WEFT_ANTHROPIC_API_KEY_FILE")]
+    pub anthropic_api_key_file: Option<std::path::PathBuf>,
+    /// The time-out of one call to a provider, in seconds.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600), env = "WEFT_PROVIDER_TIMEOUT_SECS")]
+    pub provider_timeout_secs: u64,
+}
+
+/// A key from a file (trimmed) or else from an environment variable; `None` when neither has one.
+fn key(file: Option<&std::path::Path>, variable: &str) -> anyhow::Result<Option<String>> {
+    if let Some(file) = file {
+        let key = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("the key file {}: {e}", file.display()))?;
+        let key = key.trim().to_owned();
+        anyhow::ensure!(!key.is_empty(), "the key file {} is empty", file.display());
+        return Ok(Some(key));
+    }
+    Ok(std::env::var(variable).ok().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()))
+}
+
+/// The providers `options` configure, `builtin` first.
+pub fn providers(options: &ProviderOptions) -> anyhow::Result<Vec<std::sync::Arc<dyn Provider>>> {
+    use remote::{Api, Remote, RemoteOptions};
+    let timeout = std::time::Duration::from_secs(options.provider_timeout_secs);
+    let mut providers: Vec<std::sync::Arc<dyn Provider>> = vec![std::sync::Arc::new(builtin::Builtin)];
+    let openai_key = key(options.openai_api_key_file.as_deref(), "OPENAI_API_KEY")?;
+    if openai_key.is_some() || options.openai_base_url != OPENAI_URL {
+        let base_url = options.openai_base_url.clone();
+        let remote = Remote::new(RemoteOptions {
+            api: Api::OpenAi,
+            base_url,
+            api_key: openai_key,
+            timeout,
+            base_delay: remote::BASE_DELAY,
+        })?;
+        providers.push(std::sync::Arc::new(remote));
+    }
+    if let Some(api_key) = key(options.anthropic_api_key_file.as_deref(), "ANTHROPIC_API_KEY")? {
+        let base_url = options.anthropic_base_url.clone();
+        let remote = Remote::new(RemoteOptions {
+            api: Api::Anthropic,
+            base_url,
+            api_key: Some(api_key),
+            timeout,
+            base_delay: remote::BASE_DELAY,
+        })?;
+        providers.push(std::sync::Arc::new(remote));
+    }
+    Ok(providers)
 }

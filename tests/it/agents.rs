@@ -151,3 +151,38 @@ fn a_step_that_cannot_succeed_fails_the_job_with_its_error() {
     let (status, rest) = serve.terminate();
     assert!(status.success(), "{rest}");
 }
+
+#[test]
+fn an_agent_on_an_openai_compatible_server_writes_its_answer_as_the_output_document() {
+    use crate::providers::{Fake, OPENAI_OK, answer};
+    let fake = Fake::start(vec![answer(200, OPENAI_OK)]);
+    let dir = tempfile::tempdir().unwrap();
+    // A base URL other than OpenAI's: a local server, which needs no key.
+    let serve = Serve::start(dir.path(), &["--openai-base-url", &fake.url]);
+    let addr = serve.addr.as_str();
+    let file = dir.path().join("a.txt");
+    std::fs::write(&file, "Say hello.").unwrap();
+    let (_, stdout, _) = weft(addr, &["document", "upload", file.to_str().unwrap()]);
+    let document = stdout.trim().to_owned();
+    let agent = uuid::Uuid::now_v7().to_string();
+    let profile = json!({"profile": {"name": "greeter", "role": "r", "goal": "g", "instructions": "Be kind.",
+        "provider": "openai", "model": "gpt-4o-mini", "parameters": {}, "concurrency_limit": 1}});
+    assert_eq!(command(addr, "agent", &agent, "register", profile).0, 200);
+    let workflow = uuid::Uuid::now_v7().to_string();
+    let steps = json!({"name": "greet", "steps": [{"name": "greet", "agent": agent, "instruction": "Answer: {{input}}",
+        "inputs": [{"from": "job_inputs"}], "timeout_ms": 10000,
+        "retry": {"max_attempts": 1, "base_delay_ms": 10, "max_delay_ms": 10}}]});
+    assert_eq!(command(addr, "workflow", &workflow, "define", steps).0, 200);
+    let (ok, stdout, stderr) = weft(addr, &["job", "run", &workflow, "--document", &document, "--wait"]);
+    assert!(ok, "{stderr}");
+    let output = stdout.trim().split_once('\t').unwrap().1.to_owned();
+    let out = dir.path().join("out.txt");
+    assert!(weft(addr, &["document", "download", &output, "--out", out.to_str().unwrap()]).0);
+    assert_eq!(std::fs::read_to_string(out).unwrap(), "Hello there, how may I assist you today?");
+    let seen = fake.seen();
+    assert_eq!(seen[0].body["messages"][1]["content"], "Answer: Say hello.");
+    let (_, agent) = get(addr, &format!("/agents/{agent}"));
+    assert_eq!((agent["input_tokens"].as_u64(), agent["output_tokens"].as_u64()), (Some(9), Some(12)), "{agent}");
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}

@@ -15,6 +15,7 @@ mod nats_faults;
 mod nats_server;
 mod objects;
 mod projection_crash;
+mod providers;
 mod query_api;
 mod quickstart;
 mod reaped;
