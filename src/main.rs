@@ -117,6 +117,9 @@ enum Bench {
     /// Documents: registrations through the HTTP API against the plain command, and the time from the end of
     /// an upload to `uploaded` in the query API, on the local store and on SeaweedFS (started by the bench).
     Documents(weft::bench::documents::Options),
+    /// Jobs: one-step builtin jobs from submit to done, on the embedded defaults and on NATS + JetStream (a
+    /// local nats-server, started by the bench).
+    Jobs(weft::bench::jobs::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -145,6 +148,7 @@ fn main() -> anyhow::Result<()> {
         // Actors live on an actix system.
         Command::Bench(Bench::Actors(options)) => actix_rt::System::new().block_on(weft::bench::actors::main(options)),
         Command::Bench(Bench::Nats(options)) => actix_rt::System::new().block_on(weft::bench::nats::main(options)),
+        Command::Bench(Bench::Jobs(options)) => actix_rt::System::new().block_on(weft::bench::jobs::main(options)),
         Command::Bench(Bench::Documents(options)) => {
             actix_rt::System::new().block_on(weft::bench::documents::main(options))
         }

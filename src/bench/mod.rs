@@ -15,6 +15,7 @@
 //! - [`nats`]: commands over NATS.
 //! - [`projections`]: rebuilding the read models, their lag under load, status reads.
 //! - [`documents`]: registrations, and from an upload's end to `uploaded` on the local store and on S3.
+//! - [`jobs`]: one-step builtin jobs from submit to done, embedded and on NATS + JetStream.
 
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 pub mod actors;
 pub mod documents;
+pub mod jobs;
 pub mod nats;
 pub mod projections;
 pub mod store;

@@ -50,6 +50,7 @@ fn bad_arguments_are_refused_with_a_message_and_no_panic() {
         (&["bench", "projections", "--seconds", "soon"][..], "invalid value 'soon'"),
         (&["bench", "documents", "--uploads", "1"][..], "not in 10..=100000"),
         (&["bench", "documents", "--concurrency", "0"][..], "not in 1..=1024"),
+        (&["bench", "jobs", "--jobs", "1"][..], "not in 10..=1000000"),
         (&["bench", "nothing"][..], "unrecognized subcommand"),
         (&["--no-such-flag"][..], "unexpected argument"),
     ] {
@@ -226,5 +227,20 @@ fn bench_documents_measures_both_stores_and_cleans_up() {
         assert!(report["ops_per_s"].as_f64().unwrap() > 0.0 && report["p99_ms"].as_f64().unwrap() > 0.0, "{report}");
     }
     assert!(reports[0]["baseline_ops_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bench_jobs_runs_jobs_to_the_end_on_both_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weft(&["bench", "jobs", "--jobs", "10", "--path", dir.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let reports: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let cases: Vec<&str> = reports.iter().map(|r| r["case"].as_str().unwrap()).collect();
+    assert_eq!(cases, ["builtin-embedded", "builtin-nats"], "{stderr}");
+    assert!(reports.iter().all(|r| r["ops_per_s"].as_f64().unwrap() > 0.0), "{stdout}");
+    assert!(stderr.contains("mean task"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -1,0 +1,174 @@
+//! `weft bench jobs`: jobs run to the end, through a node's HTTP API.
+//!
+//! | case | what runs | an op | baseline |
+//! | --- | --- | --- | --- |
+//! | `builtin-embedded` | `--jobs` one-step jobs of the built-in `summarize` workflow (builtin provider) over small uploaded documents, submitted by `--concurrency` clients, on the embedded defaults (SQLite, in-process bus, local object store) | a job done; latency from `submitted_at` to `finished_at` in the jobs read model | - |
+//! | `builtin-nats` | the same with the node on NATS and its events in JetStream (a local `nats-server`, started by the bench) | the same | - |
+//!
+//! Where the time goes is printed on stderr: the mean task time the agent recorded (read the input, the
+//! provider, write the output document and record it), against the job's whole latency.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::{Latencies, Report};
+use crate::nats::server::NatsServer;
+use crate::node::Node;
+
+/// Options of `weft bench jobs`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Folder to make the benchmark's files in (a fresh sub-folder, removed afterwards).
+    #[arg(long)]
+    pub path: Option<std::path::PathBuf>,
+    /// Jobs per case.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub jobs: u64,
+    /// Clients submitting at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: u64,
+}
+
+/// Input documents the jobs share.
+const DOCUMENTS: u64 = 20;
+
+/// How long the jobs of a case may take in all.
+const CASE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs every case and prints the reports.
+pub async fn main(options: Options) -> anyhow::Result<()> {
+    let path = options.path.clone();
+    super::in_scratch_folder(path.as_deref(), |dir| async move { run_in(&dir, &options).await }).await
+}
+
+async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
+    let embedded = dir.join("embedded");
+    std::fs::create_dir_all(&embedded)?;
+    let node = Node::start_in(&embedded, &[]).await?;
+    let mut reports = vec![case(&node, "builtin-embedded", options).await?];
+    node.stop().await?;
+
+    let server = NatsServer::start()?;
+    let nats = dir.join("nats");
+    std::fs::create_dir_all(&nats)?;
+    let url = server.url();
+    let node = Node::start_in(&nats, &["--nats", &url, "--jetstream"]).await?;
+    reports.push(case(&node, "builtin-nats", options).await?);
+    node.stop().await?;
+    Ok(reports)
+}
+
+async fn case(node: &Node, name: &str, options: &Options) -> anyhow::Result<Report> {
+    let base = format!("http://{}", node.http_addr());
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
+    let text = "Revenue rose in the third quarter. Costs were flat. Customers in Europe bought more licences. \
+                The weather was mild. Revenue per customer rose as well.\n";
+    let mut documents = Vec::new();
+    for i in 0..DOCUMENTS {
+        let body = json!({"name": format!("in-{i}.txt"), "content_type": "text/plain", "size_bytes": text.len()});
+        let registered: Value = http.post(format!("{base}/documents")).json(&body).send().await?.json().await?;
+        let upload = &registered["upload"];
+        let mut put = http.put(upload["url"].as_str().context("no URL")?).body(text);
+        for (header, value) in upload["headers"].as_object().into_iter().flatten() {
+            put = put.header(header, value.as_str().unwrap_or_default());
+        }
+        anyhow::ensure!(put.send().await?.status().is_success(), "an upload failed");
+        let id = registered["id"].as_str().context("no id")?.to_owned();
+        http.post(format!("{base}/documents/{id}/confirm")).send().await?;
+        documents.push(id);
+    }
+    let workflow = crate::agents::catalog::workflow_id("summarize");
+    let defined: Value = http.get(format!("{base}/workflows/{workflow}")).send().await?.json().await?;
+    let steps = defined["steps"].clone();
+    anyhow::ensure!(steps.is_array(), "no built-in summarize workflow: {defined}");
+
+    let started = Instant::now();
+    let concurrency = usize::try_from(options.concurrency)?;
+    let submitted: Vec<anyhow::Result<String>> = futures::stream::iter(0..options.jobs)
+        .map(|i| {
+            let (http, base, steps) = (http.clone(), base.clone(), steps.clone());
+            let input = documents[(i % DOCUMENTS) as usize].clone();
+            async move {
+                let job = uuid::Uuid::now_v7().to_string();
+                let payload = json!({"workflow": workflow, "workflow_version": 1, "steps": steps, "inputs": [input],
+                                     "priority": 0, "idempotency_key": null});
+                let body = json!({"command_id": uuid::Uuid::now_v7(), "type": "submit", "payload": payload});
+                let answer = http.post(format!("{base}/commands/job/{job}")).json(&body).send().await?;
+                anyhow::ensure!(answer.status().is_success(), "submit: {}", answer.text().await?);
+                Ok(job)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    for job in &submitted {
+        job.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    // Wait until every job has ended, reading the count of succeeded ones.
+    let deadline = Instant::now() + CASE_TIMEOUT;
+    let jobs = loop {
+        let all = list_jobs(&http, &base).await?;
+        let done = all.iter().filter(|j| j["status"] != "running").count() as u64;
+        if done >= options.jobs {
+            break all;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{done} of {} jobs done after {CASE_TIMEOUT:?}", options.jobs);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let failed = jobs.iter().filter(|j| j["status"] != "succeeded").count();
+    anyhow::ensure!(failed == 0, "{failed} jobs did not succeed");
+    let mut latencies = Latencies::default();
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    for job in &jobs {
+        let (Some(submitted), Some(finished)) = (job["submitted_at"].as_i64(), job["finished_at"].as_i64()) else {
+            anyhow::bail!("a job without its times: {job}");
+        };
+        first = first.min(submitted);
+        last = last.max(finished);
+        latencies.record(Duration::from_micros(u64::try_from(finished - submitted).unwrap_or(0)));
+    }
+    let span = Duration::from_micros(u64::try_from(last - first).unwrap_or(1).max(1));
+    let agent = crate::agents::catalog::agent_id("summarize");
+    let agent: Value = http.get(format!("{base}/agents/{agent}")).send().await?.json().await?;
+    let tasks = agent["tasks_done"].as_f64().unwrap_or(0.0).max(1.0);
+    let task_ms = agent["latency_total_ms"].as_f64().unwrap_or(0.0) / tasks;
+    let p50 = latencies.percentile_ms(50.0);
+    eprintln!(
+        "{name}: {} jobs in {:.2} s (wall {:.2} s); mean task {task_ms:.2} ms of a p50 job {p50:.2} ms",
+        options.jobs,
+        span.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Report {
+        bench: "jobs",
+        case: name.into(),
+        ops_per_s: options.jobs as f64 / span.as_secs_f64(),
+        p50_ms: p50,
+        p99_ms: latencies.percentile_ms(99.0),
+        baseline_ops_per_s: 0.0,
+        bytes: None,
+        note: format!("submit to done, one builtin step, {} clients", options.concurrency),
+    })
+}
+
+/// Every job of the node (the bench's only).
+async fn list_jobs(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec<Value>> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/jobs?limit=1000");
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: Value = http.get(url).send().await?.json().await?;
+        all.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return Ok(all),
+        }
+    }
+}
