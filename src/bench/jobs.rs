@@ -119,8 +119,10 @@ async fn case(node: &Node, name: &str, options: &Options) -> anyhow::Result<Repo
         anyhow::ensure!(Instant::now() < deadline, "{done} of {} jobs done after {CASE_TIMEOUT:?}", options.jobs);
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let failed = jobs.iter().filter(|j| j["status"] != "succeeded").count();
-    anyhow::ensure!(failed == 0, "{failed} jobs did not succeed");
+    let failed: Vec<&Value> = jobs.iter().filter(|j| j["status"] != "succeeded").collect();
+    if let Some(first) = failed.first() {
+        anyhow::bail!("{} jobs did not succeed; the first: {first}", failed.len());
+    }
     let mut latencies = Latencies::default();
     let (mut first, mut last) = (i64::MAX, i64::MIN);
     for job in &jobs {

@@ -186,3 +186,45 @@ fn an_agent_on_an_openai_compatible_server_writes_its_answer_as_the_output_docum
     let (status, rest) = serve.terminate();
     assert!(status.success(), "{rest}");
 }
+
+#[test]
+fn jobs_wait_for_a_busy_agent_instead_of_spending_their_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let file = dir.path().join("a.txt");
+    std::fs::write(&file, REPORT).unwrap();
+    let (_, stdout, _) = weft(addr, &["document", "upload", file.to_str().unwrap()]);
+    let document = stdout.trim().to_owned();
+    // One task at a time, and a single attempt per step: a refusal would fail the job.
+    let agent = uuid::Uuid::now_v7().to_string();
+    let profile = json!({"profile": {"name": "one-at-a-time", "role": "r", "goal": "g", "instructions": "i",
+        "provider": "builtin", "model": "summarize", "parameters": {}, "concurrency_limit": 1}});
+    assert_eq!(command(addr, "agent", &agent, "register", profile).0, 200);
+    let jobs: Vec<String> = (0..12)
+        .map(|_| {
+            let job = uuid::Uuid::now_v7().to_string();
+            let submit = json!({"workflow": uuid::Uuid::now_v7(), "workflow_version": 1, "inputs": [document],
+                "priority": 0, "steps": [{"name": "only", "agent": agent, "instruction": "sum up",
+                "inputs": [{"from": "job_inputs"}], "timeout_ms": 30000,
+                "retry": {"max_attempts": 1, "base_delay_ms": 10, "max_delay_ms": 10}}]});
+            assert_eq!(command(addr, "job", &job, "submit", submit).0, 200);
+            job
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for job in &jobs {
+        let state = loop {
+            let (_, state) = get(addr, &format!("/jobs/{job}"));
+            if state["status"] != "running" {
+                break state;
+            }
+            assert!(std::time::Instant::now() < deadline, "{state}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(state["status"], "succeeded", "{state}");
+        assert_eq!(state["steps"][0]["attempts"], 1, "{state}");
+    }
+    let (status, rest) = serve.terminate();
+    assert!(status.success(), "{rest}");
+}

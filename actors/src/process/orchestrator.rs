@@ -2,8 +2,11 @@
 //! becomes the step's. The job itself decides what follows (the next ready steps, a retry, the end of the
 //! job), so the orchestrator keeps no state of its own.
 //!
-//! An agent that refuses a task fails the step: retryably when the agent is at its concurrency limit (the
-//! step's retry policy spaces out the next try), for good when the agent is disabled or unknown.
+//! An agent at its concurrency limit does not fail the step: the orchestrator waits for a free slot (trying
+//! again every [`CAPACITY_POLL`] for up to [`CAPACITY_WAIT`], then through the process's back-off), so a busy
+//! agent holds back the jobs behind it instead of spending their attempts. While it waits, the events after
+//! this one wait too (one orchestrator handles the log in order): the back-pressure of a busy agent reaches
+//! every job. An agent that is disabled or unknown fails the step for good.
 
 use weft_events::Envelope;
 use weft_events::domain::ids::{AgentId, JobId};
@@ -12,6 +15,12 @@ use weft_events::domain::{agent as agent_events, job as job_events};
 use super::{Gateway, Process, Retry, decode, derived_id, inspect, jitter_of, send};
 use crate::agent::{self, Agent, Rejection as AgentRejection};
 use crate::job::{self, Job, StepState};
+
+/// How often a step waiting for a busy agent asks again.
+pub const CAPACITY_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// How long a step waits for a busy agent before the process's back-off takes over.
+pub const CAPACITY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// See the module doc.
 pub struct Orchestrator<G> {
@@ -40,20 +49,29 @@ impl<G: Gateway> Orchestrator<G> {
             at: scheduled.at,
         };
         let correlation = event.correlation_id;
-        let refused = match send::<Agent, _>(
-            &self.gateway,
-            &step.agent.stream(),
-            derived_id(event.event_id, "assign"),
-            assign,
-            Self::NAME,
-            correlation,
-        )
-        .await?
-        {
-            Ok(_) | Err(AgentRejection::DuplicateTask(_)) => return Ok(()),
-            Err(rejection) => rejection,
+        let waited = std::time::Instant::now();
+        let refused = loop {
+            let outcome = send::<Agent, _>(
+                &self.gateway,
+                &step.agent.stream(),
+                derived_id(event.event_id, "assign"),
+                assign.clone(),
+                Self::NAME,
+                correlation,
+            )
+            .await?;
+            match outcome {
+                Ok(_) | Err(AgentRejection::DuplicateTask(_)) => return Ok(()),
+                Err(AgentRejection::AtCapacity { .. }) if waited.elapsed() < CAPACITY_WAIT => {
+                    tokio::time::sleep(CAPACITY_POLL).await;
+                }
+                Err(AgentRejection::AtCapacity { running }) => {
+                    return Err(Retry(format!("agent {} runs {running} tasks, its limit", step.agent)));
+                }
+                Err(rejection) => break rejection,
+            }
         };
-        let retryable = matches!(refused, AgentRejection::AtCapacity { .. });
+        let retryable = false;
         let fail = job::Command::FailStep {
             step: scheduled.step,
             attempt: scheduled.attempt,
