@@ -69,19 +69,8 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
             let s3 = seaweed.bucket("weft-bench").await?;
             let s3_dir = dir.join("s3");
             std::fs::create_dir_all(&s3_dir)?;
-            let (id, secret) = seaweed.credentials();
-            let endpoint = seaweed.endpoint();
-            let args = [
-                "--s3-bucket",
-                "weft-bench",
-                "--s3-endpoint",
-                &endpoint,
-                "--s3-path-style",
-                "--s3-access-key-id",
-                &id,
-                "--s3-secret-access-key",
-                &secret,
-            ];
+            let args = seaweed.node_args("weft-bench");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let node = Node::start_in(&s3_dir, &args).await?;
             let base = format!("http://{}", node.http_addr());
             let notify = Notify { node: &node, s3: &s3 };

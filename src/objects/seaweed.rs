@@ -118,6 +118,24 @@ impl Seaweed {
         }
     }
 
+    /// The `weft serve` options of a node keeping its documents in `bucket` here.
+    pub fn node_args(&self, bucket: &str) -> Vec<String> {
+        let (id, secret) = self.credentials();
+        [
+            "--s3-bucket",
+            bucket,
+            "--s3-endpoint",
+            &self.endpoint(),
+            "--s3-path-style",
+            "--s3-access-key-id",
+            &id,
+            "--s3-secret-access-key",
+            &secret,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
     /// A client of `bucket`, created once the server takes requests (its filer starts after its S3 port).
     pub async fn bucket(&self, bucket: &str) -> Result<S3Store, Error> {
         let store = S3Store::connect(&self.options(bucket)).await;

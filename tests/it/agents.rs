@@ -2,28 +2,15 @@
 //! document, on the embedded defaults and on NATS + JetStream + SeaweedFS; steps that cannot succeed end the
 //! job failed with their error visible.
 
-use std::process::Command;
-
 use serde_json::{Value, json};
 use weft::nats::server::NatsServer;
 use weft::objects::seaweed::Seaweed;
 
-use crate::serve::{Serve, command, get};
+use crate::serve::{Serve, command, get, weft};
 
 const REPORT: &str = "Contact ann.lee@example.com or +44 20 7946 0958 about this report. Revenue rose in the \
     third quarter. Revenue growth came from new customers in Europe. The weather was mild. Customers in Europe \
     bought more licences.\n";
-
-/// `weft <args> --url http://addr`; the exit status, stdout and stderr.
-fn weft(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(args)
-        .args(["--url", &format!("http://{addr}")])
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (output.status.success(), text(&output.stdout), text(&output.stderr))
-}
 
 /// Uploads the report and runs `redact-then-summarize` on it; checks the outputs, their lineage and the job.
 fn redact_then_summarize(addr: &str, dir: &std::path::Path) {
@@ -74,8 +61,7 @@ fn a_two_step_workflow_redacts_then_summarises_an_uploaded_document_on_the_embed
     let (_, agent) = get(&serve.addr, &format!("/agents/{summarize}"));
     assert_eq!(agent["tasks_done"], 1, "{agent}");
     assert!(agent["input_tokens"].as_u64().unwrap() > 0, "{agent}");
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,29 +70,15 @@ async fn a_two_step_workflow_runs_on_nats_jetstream_and_seaweedfs() {
     let seaweed = Seaweed::start().unwrap();
     seaweed.bucket("docs").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (id, secret) = seaweed.credentials();
-    let endpoint = seaweed.endpoint();
     let url = nats.url();
-    let args = [
-        "--nats",
-        &url,
-        "--jetstream",
-        "--s3-bucket",
-        "docs",
-        "--s3-endpoint",
-        &endpoint,
-        "--s3-path-style",
-        "--s3-access-key-id",
-        &id,
-        "--s3-secret-access-key",
-        &secret,
-    ];
+    let mut args = vec!["--nats".to_owned(), url, "--jetstream".to_owned()];
+    args.extend(seaweed.node_args("docs"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let serve = Serve::start(dir.path(), &args);
     let addr = serve.addr.clone();
     let path = dir.path().to_owned();
     tokio::task::spawn_blocking(move || redact_then_summarize(&addr, &path)).await.unwrap();
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }
 
 #[test]
@@ -148,8 +120,7 @@ fn a_step_that_cannot_succeed_fails_the_job_with_its_error() {
         assert_eq!(state["steps"][0]["attempts"], 1, "{state}");
         assert!(state["error"].as_str().unwrap_or("").contains(expected), "{state}");
     }
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }
 
 #[test]
@@ -183,8 +154,7 @@ fn an_agent_on_an_openai_compatible_server_writes_its_answer_as_the_output_docum
     assert_eq!(seen[0].body["messages"][1]["content"], "Answer: Say hello.");
     let (_, agent) = get(addr, &format!("/agents/{agent}"));
     assert_eq!((agent["input_tokens"].as_u64(), agent["output_tokens"].as_u64()), (Some(9), Some(12)), "{agent}");
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }
 
 #[test]
@@ -225,6 +195,5 @@ fn jobs_wait_for_a_busy_agent_instead_of_spending_their_attempts() {
         assert_eq!(state["status"], "succeeded", "{state}");
         assert_eq!(state["steps"][0]["attempts"], 1, "{state}");
     }
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }

@@ -13,7 +13,7 @@ use weft::nats::server::NatsServer;
 use weft::objects::ObjectStore;
 use weft::objects::seaweed::Seaweed;
 
-use crate::serve::{Serve, get, http};
+use crate::serve::{Serve, get, http, weft};
 
 const SECRET: &str = "webhook-secret-for-tests";
 
@@ -145,8 +145,7 @@ fn a_document_uploads_through_its_signed_url_and_is_deleted_with_its_object_on_t
     assert!(!dir.path().join("objects/data/acme").join(other_id).exists());
     assert_eq!(get(addr, &format!("/documents/{other_id}/download")).0, 422);
 
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,8 +221,7 @@ async fn a_document_uploads_to_seaweedfs_and_its_notifications_arrive_over_nats_
     assert_eq!((status, &answer["records"][0]["outcome"]), (200, &json!("deleted")), "{answer}");
     wait_status(&addr, &id, "deleted");
 
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }
 
 #[test]
@@ -279,8 +277,7 @@ fn bad_notifications_are_refused_with_the_reason_and_change_nothing() {
     // Nothing changed, and the node serves on.
     let after = get(addr, &format!("/documents/{id}")).1;
     assert_eq!(after, before);
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }
 
 #[test]
@@ -338,8 +335,7 @@ fn bad_uploads_and_registrations_are_refused_and_leave_the_document_registered()
     let (status, _) = get(addr, "/documents/not-a-uuid/download");
     assert_eq!(status, 400);
 
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }
 
 #[test]
@@ -367,19 +363,7 @@ fn an_expired_upload_url_is_refused() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(answer["error"]["message"].as_str().unwrap_or("").contains("expired"), "{answer}");
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
-}
-
-/// `weft <args> --url http://addr`; the exit status, stdout and stderr.
-fn weft(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(args)
-        .args(["--url", &format!("http://{addr}")])
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (output.status.success(), text(&output.stdout), text(&output.stderr))
+    serve.stop();
 }
 
 #[test]
@@ -412,8 +396,7 @@ fn the_cli_uploads_downloads_and_deletes_a_document() {
     assert!(!ok && stderr.contains("cannot read /no/such/file.txt"), "{stderr}");
     let (ok, _, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap(), "--tenant", "a/b"]);
     assert!(!ok && stderr.contains("cannot prefix keys"), "{stderr}");
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }
 
 #[test]
@@ -438,8 +421,7 @@ fn an_acknowledged_upload_survives_kill_9_of_the_node_and_the_start_up_sweep_rec
     assert_eq!(item["etag"], sha256_hex(b"acknowledged bytes\n"));
     let (_, download) = get(addr, &format!("/documents/{id}/download"));
     assert_eq!(curl_get(download["download"]["url"].as_str().unwrap()), (200, b"acknowledged bytes\n".to_vec()));
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }
 
 #[test]
@@ -452,8 +434,7 @@ fn a_lost_notification_is_healed_by_the_sweep() {
     let key = registered["key"].as_str().unwrap();
     let (_, never) = register(&serve.addr, "acme", "never.txt", 100);
     let never = never["id"].as_str().unwrap().to_owned();
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
     let data = dir.path().join("objects/data").join(key);
     std::fs::create_dir_all(data.parent().unwrap()).unwrap();
     std::fs::write(&data, "placed by hand\n").unwrap();
@@ -463,6 +444,5 @@ fn a_lost_notification_is_healed_by_the_sweep() {
     let item = wait_status(addr, &id, "uploaded");
     assert_eq!(item["etag"], sha256_hex(b"placed by hand\n"), "the etag is storage's");
     assert_eq!(get(addr, &format!("/documents/{never}")).1["status"], "registered", "no object, no upload");
-    let (status, rest) = serve.terminate();
-    assert!(status.success(), "{rest}");
+    serve.stop();
 }

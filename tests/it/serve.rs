@@ -48,6 +48,12 @@ impl Serve {
         Self { child, addr, stderr }
     }
 
+    /// Sends SIGTERM and asserts a clean exit.
+    pub fn stop(self) {
+        let (status, rest) = self.terminate();
+        assert!(status.success(), "{status}: {rest}");
+    }
+
     /// Sends SIGTERM and waits for a clean exit; returns the status and the rest of stderr.
     pub fn terminate(mut self) -> (ExitStatus, String) {
         Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
@@ -123,4 +129,15 @@ pub fn command(addr: &str, aggregate: &str, id: &str, kind: &str, payload: Value
 pub fn register(name: &str, tenant: &str) -> Value {
     serde_json::json!({"name": name, "content_type": "application/pdf", "declared_size_bytes": 1000,
                        "tenant": tenant, "owner": "ann"})
+}
+
+/// `weft <args> --url http://addr` against a served node; the exit status, stdout and stderr.
+pub fn weft(addr: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .args(["--url", &format!("http://{addr}")])
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
 }
