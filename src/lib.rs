@@ -15,13 +15,16 @@
 //! - [`protocol`]: the wire protocol: subjects, command bodies, replies, events.
 //! - [`publisher`]: every committed event out on its subject.
 //! - [`query`]: the query API over HTTP, reading the projections' read models.
+//! - [`objects`]: object storage for documents (a local folder, S3), signed URLs, storage notifications.
+//! - [`agents`]: the providers agents use (builtin, OpenAI, Anthropic), the executor of job steps, the catalog.
 //! - [`lease`]: which of the nodes sharing a store runs the process managers and the publisher.
 //! - [`nats`]: NATS: local servers for tests and benchmarks.
 //! - [`node`]: a node, everything wired together: what `weft serve` runs.
 //! - [`config`]: `weft serve --config FILE`, the node's options from TOML.
 //! - [`client`]: the command line's client of a running node (`weft job show`, `weft job logs --follow`).
+//! - [`demo`]: `weft demo`, the platform at work on a node of its own.
 //! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose (`store`, `actors`,
-//!   `nats`, `projections`).
+//!   `nats`, `projections`, `documents`, `jobs`).
 
 pub mod agents;
 pub mod bench;
