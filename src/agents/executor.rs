@@ -16,11 +16,13 @@ use std::sync::Arc;
 use futures::StreamExt;
 use weft_actors::document::{Command, Document, Status};
 use weft_actors::host::{Execute, Metadata};
+use weft_actors::job::{self, Job};
 use weft_actors::process::Gateway;
 use weft_actors::process::worker::{Executor, Task, TaskError, TaskOutput};
 use weft_events::Timestamp;
 use weft_events::domain::document::UploadSource;
 use weft_events::domain::ids::{DocumentId, Uuid};
+use weft_events::domain::job::Level;
 
 use super::{Error, Provider, Request};
 use crate::gateway::BusGateway;
@@ -108,9 +110,47 @@ impl DocumentExecutor {
     }
 }
 
+impl DocumentExecutor {
+    /// Adds a line to the task's job's log (best effort: a log line that cannot be written is not a failure).
+    async fn log(&self, task: &Task, what: &str, level: Level, message: String) {
+        let command = job::Command::AppendLog { level, message, at: Timestamp::now() };
+        let metadata = Metadata { tenant: None, actor: Some(format!("agent:{}", task.agent)), correlation_id: None };
+        let execute =
+            Execute { command_id: Uuid::new_v5(&task.id, what.as_bytes()), command, expected_version: None, metadata };
+        if let Err(error) = self.gateway.execute::<Job>(&task.job.stream(), execute).await {
+            tracing::debug!(job = %task.job, %error, "a job log line was not written");
+        }
+    }
+}
+
 #[async_trait::async_trait(?Send)]
 impl Executor for DocumentExecutor {
     async fn run(&self, task: Task) -> Result<TaskOutput, TaskError> {
+        let (provider, model) = (task.profile.provider.clone(), task.profile.model.clone());
+        let started = format!("step {} attempt {}: asking {provider} ({model})", task.step.name, task.attempt);
+        self.log(&task, "log-start", Level::Info, started).await;
+        let result = self.work(&task).await;
+        let (level, line) = match &result {
+            Ok(output) => (
+                Level::Info,
+                format!(
+                    "step {} attempt {}: wrote document {} ({} tokens in, {} out)",
+                    task.step.name, task.attempt, output.document, output.input_tokens, output.output_tokens
+                ),
+            ),
+            Err(error) => (
+                if error.retryable { Level::Warn } else { Level::Error },
+                format!("step {} attempt {} failed: {}", task.step.name, task.attempt, error.message),
+            ),
+        };
+        self.log(&task, "log-end", level, line).await;
+        result
+    }
+}
+
+impl DocumentExecutor {
+    async fn work(&self, task: &Task) -> Result<TaskOutput, TaskError> {
+        let task = task.clone();
         let provider = self.providers.get(&task.profile.provider).ok_or_else(|| {
             permanent(format!(
                 "no provider {:?} on this node; it has {:?}",

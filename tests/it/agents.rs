@@ -197,3 +197,143 @@ fn jobs_wait_for_a_busy_agent_instead_of_spending_their_attempts() {
     }
     serve.stop();
 }
+
+/// Registers an agent on the `openai` provider and submits a one-step job over `document` with `attempts`
+/// attempts; the job's id.
+fn openai_job(addr: &str, document: &str, attempts: u32) -> String {
+    let agent = uuid::Uuid::now_v7().to_string();
+    let profile = json!({"profile": {"name": "remote", "role": "r", "goal": "g", "instructions": "i",
+        "provider": "openai", "model": "gpt-4o-mini", "parameters": {}, "concurrency_limit": 2}});
+    assert_eq!(command(addr, "agent", &agent, "register", profile).0, 200);
+    let job = uuid::Uuid::now_v7().to_string();
+    let submit = json!({"workflow": uuid::Uuid::now_v7(), "workflow_version": 1, "inputs": [document],
+        "priority": 0, "steps": [{"name": "ask", "agent": agent, "instruction": "{{input}}",
+        "inputs": [{"from": "job_inputs"}], "timeout_ms": 30000,
+        "retry": {"max_attempts": attempts, "base_delay_ms": 10, "max_delay_ms": 10}}]});
+    assert_eq!(command(addr, "job", &job, "submit", submit).0, 200);
+    job
+}
+
+/// Polls a job until `done` holds of it; its state.
+fn wait_job(addr: &str, job: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, state) = get(addr, &format!("/jobs/{job}"));
+        if done(&state) {
+            return state;
+        }
+        assert!(std::time::Instant::now() < deadline, "{state}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn upload(addr: &str, dir: &std::path::Path) -> String {
+    let file = dir.join("input.txt");
+    std::fs::write(&file, "Say hello.").unwrap();
+    let (ok, stdout, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    stdout.trim().to_owned()
+}
+
+#[test]
+fn a_flaky_step_that_fails_twice_then_succeeds_ends_the_job_succeeded_on_its_third_attempt() {
+    use crate::providers::{Fake, OPENAI_OK, answer};
+    // Each attempt's call is tried 4 times by the provider: two attempts' worth of 503s, then an answer.
+    let mut script: Vec<_> = (0..8).map(|_| answer(503, r#"{"error":{"message":"busy"}}"#)).collect();
+    script.push(answer(200, OPENAI_OK));
+    let fake = Fake::start(script);
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--openai-base-url", &fake.url]);
+    let document = upload(&serve.addr, dir.path());
+    let job = openai_job(&serve.addr, &document, 3);
+    let state = wait_job(&serve.addr, &job, |s| s["status"] != "running");
+    assert_eq!(
+        (state["status"].as_str(), state["steps"][0]["attempts"].as_u64()),
+        (Some("succeeded"), Some(3)),
+        "{state}"
+    );
+    assert_eq!(fake.seen().len(), 9);
+    let (_, logs) = get(&serve.addr, &format!("/jobs/{job}/logs"));
+    let lines: Vec<&str> = logs["items"].as_array().unwrap().iter().filter_map(|l| l["message"].as_str()).collect();
+    assert!(lines.contains(&"step ask attempt 1 failed: openai answered 503: busy"), "{logs}");
+    assert!(lines.iter().any(|l| l.starts_with("step ask attempt 3: wrote document")), "{logs}");
+    serve.stop();
+}
+
+#[test]
+fn a_node_killed_in_the_middle_of_a_provider_call_finishes_the_job_after_a_restart() {
+    use crate::providers::{Answer, Fake, OPENAI_OK, answer};
+    // The first call hangs past the kill; the second, after the restart, answers.
+    let hang = Answer { delay: std::time::Duration::from_secs(20), ..answer(200, OPENAI_OK) };
+    let fake = Fake::start(vec![hang, answer(200, OPENAI_OK)]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(dir.path(), &["--openai-base-url", &fake.url]);
+    let document = upload(&serve.addr, dir.path());
+    let job = openai_job(&serve.addr, &document, 3);
+    wait_job(&serve.addr, &job, |s| s["steps"][0]["status"] == "running");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fake.seen().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the provider was never called");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+
+    let serve = Serve::start(dir.path(), &["--openai-base-url", &fake.url]);
+    let state = wait_job(&serve.addr, &job, |s| s["status"] != "running");
+    // The interrupted call is an attempt of its own: the task is retried as a new one.
+    assert_eq!(
+        (state["status"].as_str(), state["steps"][0]["attempts"].as_u64()),
+        (Some("succeeded"), Some(2)),
+        "{state}"
+    );
+    assert_eq!(fake.seen().len(), 2);
+    serve.stop();
+}
+
+#[test]
+fn a_one_second_schedule_fires_jobs_that_run_and_a_paused_or_restarted_one_does_not_fire_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Serve::start(dir.path(), &[]);
+    let document = upload(&serve.addr, dir.path());
+    let workflow = weft::agents::catalog::workflow_id("summarize").to_string();
+    let schedule = uuid::Uuid::now_v7().to_string();
+    let create = json!({"cron": "* * * * * *", "time_zone": "UTC", "workflow": workflow,
+        "target": {"documents": [document]}, "strategy": "per_document"});
+    let (status, reply) = command(&serve.addr, "schedule", &schedule, "create", create);
+    assert_eq!(status, 200, "{reply}");
+    let jobs = |addr: &str| -> Vec<Value> {
+        let (_, page) = get(addr, &format!("/jobs?workflow={workflow}&limit=1000"));
+        page["items"].as_array().cloned().unwrap_or_default()
+    };
+    let wait_jobs = |addr: &str, at_least: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while jobs(addr).iter().filter(|j| j["status"] == "succeeded").count() < at_least {
+            assert!(std::time::Instant::now() < deadline, "fewer than {at_least} jobs ran: {:?}", jobs(addr));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_jobs(&serve.addr, 2);
+    // A crash and a restart: the schedule goes on, and no occurrence fires twice.
+    serve.child.kill().unwrap();
+    serve.child.wait().unwrap();
+    serve = Serve::start(dir.path(), &[]);
+    let before = jobs(&serve.addr).len();
+    wait_jobs(&serve.addr, before + 2);
+    assert_eq!(command(&serve.addr, "schedule", &schedule, "pause", json!({})).0, 200);
+    let (_, history) = get(&serve.addr, &format!("/streams/schedule-{schedule}/events?limit=1000"));
+    let fired: Vec<&Value> =
+        history["items"].as_array().unwrap().iter().filter(|e| e["type"] == "schedule.fired").collect();
+    let occurrences: std::collections::BTreeSet<i64> =
+        fired.iter().map(|e| e["event"]["due_at"].as_i64().unwrap()).collect();
+    assert_eq!(occurrences.len(), fired.len(), "an occurrence fired twice: {history}");
+    let submitted: usize = fired.iter().map(|e| e["event"]["jobs"].as_array().unwrap().len()).sum();
+    // Paused: besides a firing in flight when the pause landed, no more jobs come (two seconds of a one-second
+    // cron, twice: nothing to poll for, so the test waits).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let settled = jobs(&serve.addr).len();
+    assert!(settled <= submitted + 1, "{settled} jobs, {submitted} recorded by firings");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(jobs(&serve.addr).len(), settled, "a paused schedule fired");
+    serve.stop();
+}

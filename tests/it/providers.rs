@@ -16,10 +16,10 @@ const KEY: &str = "sk-test-0123456789abcdef";
 
 /// One scripted answer: status, extra headers, body, and a delay before it.
 pub struct Answer {
-    status: u16,
-    headers: Vec<(&'static str, &'static str)>,
-    body: String,
-    delay: Duration,
+    pub status: u16,
+    pub headers: Vec<(&'static str, &'static str)>,
+    pub body: String,
+    pub delay: Duration,
 }
 
 pub fn answer(status: u16, body: &str) -> Answer {
