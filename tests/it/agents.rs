@@ -337,3 +337,38 @@ fn a_one_second_schedule_fires_jobs_that_run_and_a_paused_or_restarted_one_does_
     assert_eq!(jobs(&serve.addr).len(), settled, "a paused schedule fired");
     serve.stop();
 }
+
+#[test]
+fn cancelling_a_job_mid_step_aborts_the_provider_call_and_frees_the_agent() {
+    use crate::providers::{Answer, Fake, OPENAI_OK, answer};
+    let hang = Answer { delay: std::time::Duration::from_secs(20), ..answer(200, OPENAI_OK) };
+    let fake = Fake::start(vec![hang]);
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--openai-base-url", &fake.url]);
+    let addr = serve.addr.as_str();
+    let document = upload(addr, dir.path());
+    let job = openai_job(addr, &document, 3);
+    wait_job(addr, &job, |s| s["steps"][0]["status"] == "running");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fake.seen().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the provider was never called");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (status, reply) = command(addr, "job", &job, "cancel", json!({"reason": "not needed after all"}));
+    assert_eq!(status, 200, "{reply}");
+    let state = wait_job(addr, &job, |s| s["status"] != "running");
+    assert_eq!(state["status"], "cancelled", "{state}");
+    // The agent's slot is free again: its task failed (cancelled), none is running, and nothing was retried.
+    let (_, agents) = get(addr, "/agents?provider=openai");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut agent = agents["items"][0].clone();
+    while agent["tasks_running"] != 0 || agent["tasks_failed"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "{agent}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        agent = get(addr, "/agents?provider=openai").1["items"][0].clone();
+    }
+    assert_eq!(fake.seen().len(), 1, "a cancelled job's step is not tried again");
+    let (_, logs) = get(addr, &format!("/jobs/{job}/logs"));
+    assert!(!logs.to_string().contains("wrote document"), "{logs}");
+    serve.stop();
+}

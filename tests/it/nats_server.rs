@@ -45,24 +45,31 @@ async fn three_nodes_form_a_cluster_that_survives_losing_one() {
     })
     .await
     .unwrap();
-    js.publish("s.x", "one".into()).await.unwrap().await.unwrap();
+    // A new replicated stream takes a moment to elect its leader (under load the first publish can meet "no
+    // stream"), so the first publish is retried like the one after the kill.
+    publish_until_acked(&js, "one").await;
     cluster.kill(1);
     // The client may have been on the killed node, or the stream's leader may have been there: publishing
-    // works again once the client has reconnected and the cluster has elected a new leader. The message id
-    // makes the retries one message.
+    // works again once the client has reconnected and the cluster has elected a new leader.
+    publish_until_acked(&js, "two").await;
+    assert_eq!(stream_messages(&cluster.node_url(0)).await, 2);
+}
+
+/// Publishes `body` to `s.x` until it is acknowledged, within a minute; its message id makes the retries one
+/// message.
+async fn publish_until_acked(js: &async_nats::jetstream::Context, body: &'static str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", "two");
-        let acked = match js.publish_with_headers("s.x", headers, "two".into()).await {
+        headers.insert("Nats-Msg-Id", body);
+        let acked = match js.publish_with_headers("s.x", headers, body.into()).await {
             Ok(ack) => ack.await.is_ok(),
             Err(_) => false,
         };
         if acked {
-            break;
+            return;
         }
-        assert!(std::time::Instant::now() < deadline, "no publish went through after losing one of three nodes");
+        assert!(std::time::Instant::now() < deadline, "no publish of {body:?} went through in a minute");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(stream_messages(&cluster.node_url(0)).await, 2);
 }

@@ -6,8 +6,12 @@
 //! outcome is recorded. A task found started but not finished after a restart was interrupted: the worker
 //! fails it as retryable instead of running it again, so the job's retry policy decides, as a new attempt,
 //! whether it runs again. Every run of a step is therefore one of its recorded attempts.
+//!
+//! When a job is cancelled, its tasks in flight on this worker are aborted (dropping the executor's future
+//! drops its provider call) and failed, not retryably, so their agents' slots are free again.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -77,12 +81,15 @@ pub type InFlight = BTreeMap<Uuid, AgentId>;
 pub struct Worker<G> {
     gateway: G,
     executor: Rc<dyn Executor>,
+    /// The tasks running in this process, by job, to abort when their job is cancelled. Not checkpointed: after
+    /// a restart no task runs here.
+    running: Rc<RefCell<HashMap<JobId, Vec<(Uuid, AgentId, tokio::task::AbortHandle)>>>>,
 }
 
 impl<G: Gateway> Worker<G> {
     /// A worker sending its commands through `gateway` and running tasks with `executor`.
     pub fn new(gateway: G, executor: Rc<dyn Executor>) -> Self {
-        Self { gateway, executor }
+        Self { gateway, executor, running: Rc::default() }
     }
 
     async fn assigned(&self, in_flight: &mut InFlight, event: &Envelope, assigned: TaskAssigned) -> Result<(), Retry> {
@@ -144,7 +151,29 @@ impl<G: Gateway> Worker<G> {
         let task =
             Task { id: task, agent, profile, job: assigned.job, step: step.clone(), attempt: assigned.attempt, inputs };
         let (gateway, executor) = (self.gateway.clone(), self.executor.clone());
-        actix::spawn(async move { execute(gateway, executor, task, correlation).await });
+        let (job, id) = (task.job, task.id);
+        let running = self.running.clone();
+        // The task cannot start before this handler returns (one thread), so it is registered before it ends.
+        let handle = actix::spawn(async move {
+            execute(gateway, executor, task, correlation).await;
+            if let Some(tasks) = running.borrow_mut().get_mut(&job) {
+                tasks.retain(|(task, ..)| *task != id);
+            }
+        });
+        self.running.borrow_mut().entry(job).or_default().push((id, agent, handle.abort_handle()));
+        Ok(())
+    }
+
+    /// Aborts the job's tasks running here and fails them, for good.
+    async fn cancelled(&self, event: &Envelope) -> Result<(), Retry> {
+        let Some(job) = JobId::from_stream(&event.stream) else { return Ok(()) };
+        let tasks = self.running.borrow_mut().remove(&job).unwrap_or_default();
+        for (task, agent, abort) in tasks {
+            abort.abort();
+            tracing::info!(%job, %task, "the job was cancelled; its running task is aborted");
+            let error = TaskError { message: "cancelled: the job was cancelled".into(), retryable: false };
+            fail(&self.gateway, agent, task, error, event.correlation_id).await?;
+        }
         Ok(())
     }
 }
@@ -235,6 +264,7 @@ impl<G: Gateway> Process for Worker<G> {
                 Some(AgentEvent::TaskAssigned(assigned)) => self.assigned(in_flight, event, assigned).await,
                 _ => Ok(()),
             },
+            "job.cancelled" => self.cancelled(event).await,
             "agent.task_completed" | "agent.task_failed" => {
                 match decode::<AgentEvent>(event) {
                     Some(AgentEvent::TaskCompleted(e)) => {
