@@ -83,8 +83,11 @@ pub struct Worker<G> {
     executor: Rc<dyn Executor>,
     /// The tasks running in this process, by job, to abort when their job is cancelled. Not checkpointed: after
     /// a restart no task runs here.
-    running: Rc<RefCell<HashMap<JobId, Vec<(Uuid, AgentId, tokio::task::AbortHandle)>>>>,
+    running: Rc<RefCell<Running>>,
 }
+
+/// The tasks running in a worker's process: by job, each task with its agent and the handle that aborts it.
+type Running = HashMap<JobId, Vec<(Uuid, AgentId, tokio::task::AbortHandle)>>;
 
 impl<G: Gateway> Worker<G> {
     /// A worker sending its commands through `gateway` and running tasks with `executor`.
