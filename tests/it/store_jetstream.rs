@@ -5,9 +5,19 @@ use futures::StreamExt;
 use weft::nats::{self, NatsServer};
 use weft::store::jetstream::{JetStreamConfig, JetStreamStore, OpenError};
 
+/// Opens the store; while a freshly formed cluster is still electing its JetStream leaders, its requests time
+/// out, so an unavailable server is tried again for up to a minute (a misconfiguration is not).
 async fn open(server: &NatsServer, config: JetStreamConfig) -> Result<JetStreamStore, OpenError> {
     let client = nats::connect(&server.url(), "store-test").await.expect("connect");
-    JetStreamStore::open(client, config).await
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match JetStreamStore::open(client.clone(), config.clone()).await {
+            Err(OpenError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 mod single {
