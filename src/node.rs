@@ -208,11 +208,9 @@ impl Node {
         let expiry = Duration::from_secs(options.objects.url_expiry_secs);
         let documents = Documents::new(objects.clone(), gateway.clone(), expiry);
         crate::agents::catalog::register(&gateway).await?;
-        let executor: Rc<dyn Executor> = Rc::new(DocumentExecutor::new(
-            objects.clone(),
-            gateway.clone(),
-            crate::agents::providers(&options.providers)?,
-        ));
+        let providers = crate::agents::providers(&options.providers)?;
+        let executor: Rc<dyn Executor> =
+            Rc::new(DocumentExecutor::new(objects.clone(), gateway.clone(), providers.clone()));
         let duty = match (&store, client) {
             // Nodes sharing a JetStream store run their managers one at a time, under a lease; a node that
             // runs no process managers does not run for it.
@@ -250,7 +248,8 @@ impl Node {
         });
         let webhook_secret = options.objects.webhook_secret.as_ref().map(|s| Arc::from(s.expose()));
         let objects_api = crate::query::documents::Objects { documents, local, webhook_secret };
-        let query = QueryApi::start(listener, reads, bus.clone(), options.max_body_bytes, Some(objects_api))?;
+        let query =
+            QueryApi::start(listener, reads, bus.clone(), options.max_body_bytes, Some(objects_api), providers)?;
         Ok(Self {
             store,
             bus,

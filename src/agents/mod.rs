@@ -64,6 +64,22 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Answers one request.
     async fn complete(&self, request: Request) -> Result<Completion, Error>;
+
+    /// Its health, for operators (`GET /providers`); a provider without a circuit is always closed.
+    fn health(&self) -> Health {
+        Health { name: self.name().to_owned(), circuit: remote::Circuit::Closed, consecutive_failures: 0 }
+    }
+}
+
+/// A provider's health.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Health {
+    /// Its name.
+    pub name: String,
+    /// Whether requests go through.
+    pub circuit: remote::Circuit,
+    /// Failed requests since the last success.
+    pub consecutive_failures: u32,
 }
 
 /// The default base URL of the `openai` provider.

@@ -305,6 +305,11 @@ impl Provider for Remote {
         self.name
     }
 
+    fn health(&self) -> super::Health {
+        let failures = self.breaker.lock().expect("the breaker's lock is never poisoned").failures;
+        super::Health { name: self.name.to_owned(), circuit: self.circuit(), consecutive_failures: failures }
+    }
+
     async fn complete(&self, request: Request) -> Result<Completion, Error> {
         if self.circuit() == Circuit::Open {
             return Err(Error::Unavailable(format!(

@@ -242,6 +242,7 @@ async fn live(
         Arc::new(MemoryBus::default()),
         1 << 20,
         None,
+        vec![],
     )?;
     let start_position = store.head().await?;
 

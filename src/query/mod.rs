@@ -20,6 +20,7 @@
 //! - `POST /commands/{aggregate}/{id}`: a command (the NATS body, JSON), sent through the command intake on
 //!   the bus exactly as a NATS client's would be; the answer is the intake's reply.
 //!
+//! - `GET /providers`: the node's LLM providers and their circuits (`closed`, `open`), failures in a row.
 //! - `POST /projections/{name}/rebuild`: rebuilds a read model from position 0 into a scratch file while the
 //!   old one serves, swaps it in in one transaction, and answers with the position it took over at.
 //!
@@ -58,6 +59,8 @@ struct State {
     max_body_bytes: usize,
     /// The documents' routes' needs, when the node keeps documents.
     objects: Option<documents::Objects>,
+    /// The node's LLM providers, for `GET /providers`.
+    providers: Vec<Arc<dyn crate::agents::Provider>>,
     /// Turns true when the server stops: live streams end.
     closing: tokio::sync::watch::Receiver<bool>,
 }
@@ -78,10 +81,11 @@ impl QueryApi {
         bus: Arc<dyn Bus>,
         max_body_bytes: usize,
         objects: Option<documents::Objects>,
+        providers: Vec<Arc<dyn crate::agents::Provider>>,
     ) -> anyhow::Result<Self> {
         let (closing, closed) = tokio::sync::watch::channel(false);
         let addr = listener.local_addr()?;
-        let state = State { reads, bus, max_body_bytes, objects, closing: closed };
+        let state = State { reads, bus, max_body_bytes, objects, providers, closing: closed };
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .app_data(web::Data::new(state.clone()))
@@ -104,6 +108,7 @@ impl QueryApi {
                     );
             }
             app.route("/jobs/{id}/logs", web::get().to(job_logs))
+                .route("/providers", web::get().to(provider_health))
                 .route("/streams/{stream}/events", web::get().to(history))
                 .route("/commands/{aggregate}/{id}", web::post().to(command))
                 .route("/projections/{name}/rebuild", web::post().to(rebuild))
@@ -233,6 +238,11 @@ async fn history(
     params: Params,
 ) -> HttpResponse {
     answer(&request, state.reads.history(&stream, &params).await)
+}
+
+async fn provider_health(state: web::Data<State>, request: HttpRequest) -> HttpResponse {
+    let health: Vec<_> = state.providers.iter().map(|p| p.health()).collect();
+    ok(&request, json!({ "providers": health }))
 }
 
 async fn rebuild(state: web::Data<State>, request: HttpRequest, name: web::Path<String>) -> HttpResponse {

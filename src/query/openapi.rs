@@ -39,6 +39,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/projections/{name}/rebuild",
         "Rebuild a read model from the log and swap it in; the old one serves meanwhile",
     ),
+    ("get", "/providers", "The node's LLM providers, their circuits and failures in a row"),
     ("post", "/documents", "Register a document (tenant: Weft-Tenant) and get its signed upload URL"),
     ("post", "/documents/{id}/upload-url", "A new signed upload URL: a pending upload, or a new version"),
     ("post", "/documents/{id}/confirm", "Check the document's object with a head request and record it"),
@@ -244,6 +245,7 @@ pub fn document() -> Value {
         json!({"post": {"summary": summary("/projections/{name}/rebuild"), "parameters": [names],
                          "responses": responses}}),
     );
+    paths.insert("/providers".into(), plain(summary("/providers")));
     document_paths(&mut paths);
     json!({
         "openapi": "3.1.0",

@@ -154,6 +154,14 @@ fn an_agent_on_an_openai_compatible_server_writes_its_answer_as_the_output_docum
     assert_eq!(seen[0].body["messages"][1]["content"], "Answer: Say hello.");
     let (_, agent) = get(addr, &format!("/agents/{agent}"));
     assert_eq!((agent["input_tokens"].as_u64(), agent["output_tokens"].as_u64()), (Some(9), Some(12)), "{agent}");
+    // The providers and their circuits, for operators.
+    let (status, providers) = get(addr, "/providers");
+    assert_eq!(status, 200);
+    assert_eq!(
+        providers["providers"],
+        json!([{"name": "builtin", "circuit": "closed", "consecutive_failures": 0},
+               {"name": "openai", "circuit": "closed", "consecutive_failures": 0}])
+    );
     serve.stop();
 }
 
