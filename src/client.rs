@@ -454,6 +454,25 @@ fn guess_content_type(path: &std::path::Path) -> &'static str {
     }
 }
 
+/// The `PUT` of a signed upload (`{url, headers}` as `POST /documents` answers it) with its signed headers, and
+/// `content_type` when they do not name one; the body is the caller's.
+pub fn signed_put(
+    http: &reqwest::Client,
+    upload: &Value,
+    content_type: &str,
+) -> anyhow::Result<reqwest::RequestBuilder> {
+    let url = upload["url"].as_str().ok_or_else(|| anyhow::anyhow!("no upload URL in {upload}"))?;
+    let mut put = http.put(url);
+    let headers = upload["headers"].as_object();
+    for (header, value) in headers.into_iter().flatten() {
+        put = put.header(header, value.as_str().unwrap_or_default());
+    }
+    if !headers.is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type"))) {
+        put = put.header("content-type", content_type);
+    }
+    Ok(put)
+}
+
 /// Registers `file` as a document, streams it to its signed URL and waits until the node records it (asking it
 /// to `confirm` when no notification came within 2 s); the document's id.
 pub async fn upload(
@@ -477,14 +496,8 @@ pub async fn upload(
     let registered = client.post("/documents", Some(&body), &headers, TIMEOUT).await?;
     let id = registered["id"].as_str().ok_or_else(|| anyhow::anyhow!("no id in {registered}"))?.to_owned();
     let upload = &registered["upload"];
-    let url = upload["url"].as_str().ok_or_else(|| anyhow::anyhow!("no upload URL in {registered}"))?;
-    let mut put = client.http.put(url).timeout(TRANSFER_TIMEOUT).header("content-length", size_bytes);
-    for (header, value) in upload["headers"].as_object().into_iter().flatten() {
-        put = put.header(header, value.as_str().unwrap_or_default());
-    }
-    if !upload["headers"].as_object().is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type"))) {
-        put = put.header("content-type", &content_type);
-    }
+    let put =
+        signed_put(&client.http, upload, &content_type)?.timeout(TRANSFER_TIMEOUT).header("content-length", size_bytes);
     let stream = crate::objects::file_body(opened);
     let answer = put.body(reqwest::Body::wrap_stream(stream)).send().await?;
     if !answer.status().is_success() {

@@ -150,7 +150,6 @@ impl Executor for DocumentExecutor {
 
 impl DocumentExecutor {
     async fn work(&self, task: &Task) -> Result<TaskOutput, TaskError> {
-        let task = task.clone();
         let provider = self.providers.get(&task.profile.provider).ok_or_else(|| {
             permanent(format!(
                 "no provider {:?} on this node; it has {:?}",

@@ -164,14 +164,7 @@ async fn uploads(
         let registered: Value = http.post(format!("{base}/documents")).json(&body).send().await?.json().await?;
         let id = registered["id"].as_str().with_context(|| format!("no id in {registered}"))?;
         let upload = &registered["upload"];
-        let mut put = http.put(upload["url"].as_str().context("no URL")?).body(content.clone());
-        for (name, value) in upload["headers"].as_object().into_iter().flatten() {
-            put = put.header(name, value.as_str().unwrap_or_default());
-        }
-        if !upload["headers"].as_object().is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type"))) {
-            put = put.header("content-type", "text/plain");
-        }
-        let answer = put.send().await?;
+        let answer = crate::client::signed_put(http, upload, "text/plain")?.body(content.clone()).send().await?;
         anyhow::ensure!(answer.status().is_success(), "PUT: {}", answer.text().await?);
         let put_done = Instant::now();
         if let Some(notify) = &notify {

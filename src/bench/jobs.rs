@@ -72,10 +72,7 @@ async fn case(node: &Node, name: &str, options: &Options) -> anyhow::Result<Repo
         let body = json!({"name": format!("in-{i}.txt"), "content_type": "text/plain", "size_bytes": text.len()});
         let registered: Value = http.post(format!("{base}/documents")).json(&body).send().await?.json().await?;
         let upload = &registered["upload"];
-        let mut put = http.put(upload["url"].as_str().context("no URL")?).body(text);
-        for (header, value) in upload["headers"].as_object().into_iter().flatten() {
-            put = put.header(header, value.as_str().unwrap_or_default());
-        }
+        let put = crate::client::signed_put(&http, upload, "text/plain")?.body(text);
         anyhow::ensure!(put.send().await?.status().is_success(), "an upload failed");
         let id = registered["id"].as_str().context("no id")?.to_owned();
         http.post(format!("{base}/documents/{id}/confirm")).send().await?;

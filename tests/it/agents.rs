@@ -91,6 +91,12 @@ fn a_step_that_cannot_succeed_fails_the_job_with_its_error() {
     let (_, stdout, _) = weft(addr, &["document", "upload", file.to_str().unwrap()]);
     let document = stdout.trim().to_owned();
 
+    // `weft job run` with a workflow that does not exist, or an input that is not a document id.
+    let (ok, _, stderr) = weft(addr, &["job", "run", "no-such-workflow", "--document", &document]);
+    assert!(!ok && stderr.contains("no workflow named \"no-such-workflow\""), "{stderr}");
+    let (ok, _, stderr) = weft(addr, &["job", "run", "summarize", "--document", "not-a-uuid", "--wait"]);
+    assert!(!ok && stderr.contains("400 invalid"), "{stderr}");
+
     // An agent whose model needs a parameter it was not given, and one on a provider this node does not have.
     for (provider, model, expected) in [
         ("builtin", "convert", "`convert` needs the parameter `to`"),

@@ -119,6 +119,19 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
         (vec!["serve", "--store", under_a_file.to_str().unwrap()], "cannot create"),
         (vec!["serve", "--max-body-bytes", "lots"], "invalid value 'lots'"),
         (vec!["serve", "--url-expiry-secs", "0"], "not in 1..=604800"),
+        (
+            vec![
+                "serve",
+                "--store",
+                store.to_str().unwrap(),
+                "--read-models",
+                &read_models,
+                "--openai-api-key-file",
+                "/no/such/key",
+            ],
+            "the key file /no/such/key",
+        ),
+        (vec!["serve", "--provider-timeout-secs", "0"], "not in 1..=3600"),
         (vec!["serve", "--s3-endpoint", "http://127.0.0.1:1"], "--s3-bucket <S3_BUCKET>"),
         (vec!["serve", "--s3-bucket", "b", "--s3-access-key-id", "k"], "--s3-secret-access-key"),
         (
