@@ -6,6 +6,7 @@
 //! diagnostics go to stderr. An error answer of the node is printed with its kind and message, and the command
 //! exits non-zero.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -134,6 +135,29 @@ pub enum JobVerb {
         /// The tenant the job runs for (header `Weft-Tenant`).
         #[arg(long)]
         tenant: Option<String>,
+        /// A job parameter for the steps' instructions (`{{param.NAME}}`), as `NAME=VALUE`; repeatable.
+        #[arg(long = "param", value_parser = parameter)]
+        parameters: Vec<(String, String)>,
+    },
+    /// Runs a failed or dead-lettered job again from the steps that had not succeeded, each with a fresh set
+    /// of attempts; with `--wait`, as `run --wait`.
+    Retry {
+        /// Its id.
+        id: String,
+        /// Why, for the job's history.
+        #[arg(long, default_value = "retried by an operator")]
+        reason: String,
+        /// Wait until the job ends again; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancels a running job: its running provider calls are aborted.
+    Cancel {
+        /// Its id.
+        id: String,
+        /// Why, for the job's history.
+        #[arg(long, default_value = "cancelled by an operator")]
+        reason: String,
     },
     /// The job's log, oldest first.
     Logs {
@@ -574,9 +598,10 @@ pub async fn job(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
     match verb {
         JobVerb::Read(verb) => read(connection, "jobs", verb).await,
         JobVerb::Logs { id, follow } => logs(connection, &id, follow).await,
-        JobVerb::Run { workflow, documents, wait, priority, tenant } => {
+        JobVerb::Run { workflow, documents, wait, priority, tenant, parameters } => {
             let client = Client::new(&connection.url)?;
-            let (job, outputs) = run_job(&client, &workflow, &documents, wait, priority, tenant.as_deref()).await?;
+            let run = JobRun { workflow: &workflow, documents: &documents, priority, tenant: tenant.as_deref() };
+            let (job, outputs) = run_job(&client, run, &parameters.into_iter().collect(), wait).await?;
             if !wait {
                 println!("{job}");
             }
@@ -585,22 +610,64 @@ pub async fn job(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        JobVerb::Retry { id, reason, wait } => {
+            let client = Client::new(&connection.url)?;
+            let after = job_command(&client, &id, "retry", &reason).await?;
+            eprintln!("weft: job {id} retried");
+            if wait {
+                for (step, output) in wait_job(&client, &id, after).await? {
+                    println!("{step}\t{output}");
+                }
+            }
+            Ok(())
+        }
+        JobVerb::Cancel { id, reason } => {
+            let client = Client::new(&connection.url)?;
+            job_command(&client, &id, "cancel", &reason).await?;
+            eprintln!("weft: job {id} cancelled");
+            Ok(())
+        }
     }
+}
+
+/// A `NAME=VALUE` job parameter from the command line.
+fn parameter(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// Sends a `retry` or `cancel` with its reason to a job; the position its events reached.
+async fn job_command(client: &Client, id: &str, kind: &str, reason: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({"command_id": uuid::Uuid::now_v7(), "type": kind, "payload": {"reason": reason}});
+    let reply = client.post(&format!("/commands/job/{}", segment(id)), Some(&body), &[], TIMEOUT).await?;
+    Ok(reply["last_position"].as_u64().unwrap_or(0).to_string())
+}
+
+/// What `weft job run` submits.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRun<'a> {
+    /// The workflow's name or id.
+    pub workflow: &'a str,
+    /// The input documents' ids.
+    pub documents: &'a [String],
+    /// Higher runs first.
+    pub priority: i32,
+    /// The tenant it runs for.
+    pub tenant: Option<&'a str>,
 }
 
 /// How often `job run --wait` reads the job.
 const WAIT_EVERY: Duration = Duration::from_millis(100);
 
-/// Submits a job of `workflow` (a name or an id) over `documents`; with `wait`, prints its progress on stderr
-/// until it ends. The job's id and, when it succeeded, each step's output document.
+/// Submits a job of `run.workflow` (a name or an id) over `run.documents`; with `wait`, prints its progress on
+/// stderr until it ends. The job's id and, when it succeeded, each step's output document.
 pub async fn run_job(
     client: &Client,
-    workflow: &str,
-    documents: &[String],
+    run: JobRun<'_>,
+    parameters: &BTreeMap<String, String>,
     wait: bool,
-    priority: i32,
-    tenant: Option<&str>,
 ) -> anyhow::Result<(String, Vec<(String, String)>)> {
+    let JobRun { workflow, documents, priority, tenant } = run;
     let id = match uuid::Uuid::parse_str(workflow) {
         Ok(id) => id.to_string(),
         Err(_) => {
@@ -617,7 +684,7 @@ pub async fn run_job(
     let job = uuid::Uuid::now_v7().to_string();
     let payload = serde_json::json!({
         "workflow": id, "workflow_version": defined["latest_version"], "steps": defined["steps"],
-        "inputs": documents, "priority": priority, "idempotency_key": null,
+        "inputs": documents, "priority": priority, "idempotency_key": null, "parameters": parameters,
     });
     let body = serde_json::json!({"command_id": uuid::Uuid::now_v7(), "type": "submit", "payload": payload});
     let headers: Vec<(&str, &str)> = tenant.map(|t| (crate::bus::TENANT, t)).into_iter().collect();
@@ -628,9 +695,16 @@ pub async fn run_job(
     if !wait {
         return Ok((job, vec![]));
     }
+    let outputs = wait_job(client, &job, after).await?;
+    Ok((job, outputs))
+}
+
+/// Prints a job's progress on stderr until it ends, reading from the read model once it has reached `after`;
+/// each step's output document when it succeeded, an error naming its status and error otherwise.
+async fn wait_job(client: &Client, job: &str, after: String) -> anyhow::Result<Vec<(String, String)>> {
     let mut seen = String::new();
     loop {
-        let state = client.get(&format!("/jobs/{job}"), &[("after".to_owned(), after.clone())]).await?;
+        let state = client.get(&format!("/jobs/{}", segment(job)), &[("after".to_owned(), after.clone())]).await?;
         let steps: Vec<String> = state["steps"]
             .as_array()
             .into_iter()
@@ -659,9 +733,9 @@ pub async fn run_job(
                         (s["step"].as_str().unwrap_or("?").to_owned(), s["output"].as_str().unwrap_or("-").to_owned())
                     })
                     .collect();
-                return Ok((job, outputs));
+                return Ok(outputs);
             }
-            Some(status @ ("failed" | "cancelled")) => {
+            Some(status @ ("failed" | "dead_lettered" | "cancelled")) => {
                 anyhow::bail!("job {job} {status}: {}", state["error"].as_str().unwrap_or("no error recorded"));
             }
             _ => tokio::time::sleep(WAIT_EVERY).await,

@@ -33,7 +33,13 @@ async fn run(node: &Node, dir: &std::path::Path) -> anyhow::Result<()> {
     let document = client::upload(&client, &file, None, None, Some("demo")).await?;
     println!("== uploaded as document {document}\n");
     println!("== running redact-then-summarize (progress on stderr)");
-    let (job, outputs) = client::run_job(&client, "redact-then-summarize", &[document], true, 0, Some("demo")).await?;
+    let (job, outputs) = client::run_job(
+        &client,
+        client::JobRun { workflow: "redact-then-summarize", documents: &[document], priority: 0, tenant: Some("demo") },
+        &Default::default(),
+        true,
+    )
+    .await?;
     for (step, output) in &outputs {
         let download = client.get(&format!("/documents/{output}/download"), &[]).await?;
         let link = download["download"]["url"].as_str().ok_or_else(|| anyhow::anyhow!("no URL in {download}"))?;

@@ -5,10 +5,17 @@
 //! are scheduled at submission). A failed attempt that may be retried, and has attempts left, is retried
 //! after an exponential back-off with jitter: the delay before attempt `n + 1` is
 //! `d = min(max_delay, base_delay * 2^(n - 1))`, then `d/2 + jitter * d/2` with the command's `jitter` in
-//! `[0, 1]` (so the randomness comes in with the command and `decide` stays pure). Any other failure fails
-//! the job. The job succeeds when every step has.
+//! `[0, 1]` (so the randomness comes in with the command and `decide` stays pure). A step that has failed
+//! every attempt its policy allows dead-letters the job (`dead_lettered`, its last error kept); a failure that
+//! is not retryable fails it (`failed`). The job succeeds when every step has.
+//!
+//! An operator can retry a failed or dead-lettered job: the steps that had not succeeded are scheduled again,
+//! each as its next attempt (the count goes on, so the history shows every run) and each with its policy's
+//! full number of attempts again; the outputs of the steps that had succeeded are kept.
 
 use std::collections::{BTreeMap, HashSet};
+
+use weft_events::domain::job::{DeadLettered, Retried};
 
 use weft_events::Timestamp;
 use weft_events::domain::ids::{DocumentId, WorkflowId};
@@ -33,6 +40,15 @@ pub const MAX_LOG_LINES: u32 = 10_000;
 /// Longest idempotency key, in bytes.
 pub const MAX_KEY_BYTES: usize = 200;
 
+/// Most parameters of one job.
+pub const MAX_PARAMETERS: usize = 64;
+
+/// Longest parameter name, in bytes; names are ASCII letters, digits, `_`, `-` and `.`.
+pub const MAX_PARAMETER_NAME_BYTES: usize = 64;
+
+/// Longest parameter value, in bytes.
+pub const MAX_PARAMETER_VALUE_BYTES: usize = 8 * 1024;
+
 /// What can be asked of a job.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
@@ -51,6 +67,9 @@ pub enum Command {
         priority: i32,
         /// The client's key against submitting twice.
         idempotency_key: Option<String>,
+        /// Named values for the steps' instructions (`{{param.NAME}}`).
+        #[serde(default)]
+        parameters: BTreeMap<String, String>,
         /// When.
         #[serde(default = "Timestamp::now")]
         at: Timestamp,
@@ -113,6 +132,14 @@ pub enum Command {
         #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
+    /// Run a failed or dead-lettered job again from the steps that had not succeeded.
+    Retry {
+        /// Why, for the record.
+        reason: String,
+        /// When.
+        #[serde(default = "Timestamp::now")]
+        at: Timestamp,
+    },
     /// Stop the job.
     Cancel {
         /// Why.
@@ -133,8 +160,10 @@ pub enum Status {
     Running,
     /// Every step succeeded.
     Succeeded,
-    /// A step failed for good.
+    /// A step failed for good (a failure that is not retryable).
     Failed,
+    /// A step failed every attempt its retry policy allows; an operator may retry the job.
+    DeadLettered,
     /// Cancelled.
     Cancelled,
 }
@@ -222,6 +251,12 @@ pub enum Rejection {
         /// Its limit.
         limit: usize,
     },
+    /// Only a failed or dead-lettered job can be retried.
+    #[error("only a failed or dead-lettered job can be retried; it is {0:?}")]
+    NotRetryable(Status),
+    /// The parameters are too many, or one has a bad name or value.
+    #[error("parameters: {0}")]
+    InvalidParameters(String),
     /// The log is full.
     #[error("the job's log holds {limit} lines already")]
     LogFull {
@@ -241,8 +276,15 @@ pub struct Job {
     pub progress: BTreeMap<String, StepState>,
     /// Its input documents.
     pub inputs: Vec<DocumentId>,
+    /// Its parameters, for the steps' instructions.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
     /// Lines in its log.
     pub log_lines: u32,
+    /// The first attempt of each step's current round, for steps run again by a retry of the job (a step not
+    /// here is in its first round, from attempt 1). Its retry policy counts attempts from there.
+    #[serde(default)]
+    pub rounds: BTreeMap<String, u32>,
 }
 
 fn text(field: &'static str, value: &str, limit: usize) -> Result<(), Rejection> {
@@ -260,6 +302,29 @@ pub fn retry_delay_ms(step: &Step, next_attempt: u32, jitter: f64) -> u64 {
     half + ((capped - half) as f64 * jitter).round() as u64
 }
 
+fn check_parameters(parameters: &BTreeMap<String, String>) -> Result<(), Rejection> {
+    if parameters.len() > MAX_PARAMETERS {
+        return Err(Rejection::InvalidParameters(format!("at most {MAX_PARAMETERS}, not {}", parameters.len())));
+    }
+    for (name, value) in parameters {
+        let name_ok = !name.is_empty()
+            && name.len() <= MAX_PARAMETER_NAME_BYTES
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !name_ok {
+            return Err(Rejection::InvalidParameters(format!(
+                "name {name:?} must be 1 to {MAX_PARAMETER_NAME_BYTES} ASCII letters, digits, '_', '-' or '.'"
+            )));
+        }
+        if value.len() > MAX_PARAMETER_VALUE_BYTES {
+            return Err(Rejection::InvalidParameters(format!(
+                "{name:?} is {} bytes, over {MAX_PARAMETER_VALUE_BYTES}",
+                value.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Job {
     /// Refuses commands to a job that is not running.
     fn running(&self) -> Result<(), Rejection> {
@@ -273,6 +338,22 @@ impl Job {
     fn step(&self, name: &str) -> Result<(&Step, StepState), Rejection> {
         let step = self.steps.iter().find(|s| s.name == name).ok_or_else(|| Rejection::UnknownStep(name.into()))?;
         Ok((step, self.progress.get(name).copied().unwrap_or(StepState::Waiting)))
+    }
+
+    /// The steps a retry of the job runs again, each with its next attempt: every step that had been handed
+    /// out and not succeeded (the failed one, and those whose outcome the end of the job left unrecorded).
+    fn next_round(&self) -> Vec<(&Step, u32)> {
+        self.steps
+            .iter()
+            .filter_map(|s| match self.progress.get(&s.name).copied().unwrap_or(StepState::Waiting) {
+                StepState::Waiting | StepState::Succeeded { .. } => None,
+                StepState::Scheduled { attempt } | StepState::Running { attempt } | StepState::Failed { attempt } => {
+                    Some((s, attempt + 1))
+                }
+                // The retry was scheduled and never became due: that attempt never ran.
+                StepState::RetryWaiting { attempt, .. } => Some((s, attempt)),
+            })
+            .collect()
     }
 
     /// The steps that become ready once `done` has succeeded too.
@@ -295,7 +376,16 @@ impl Aggregate for Job {
 
     fn decide(&self, command: &Command) -> Result<Vec<Event>, Rejection> {
         match command {
-            Command::Submit { workflow, workflow_version, steps, inputs, priority, idempotency_key, at } => {
+            Command::Submit {
+                workflow,
+                workflow_version,
+                steps,
+                inputs,
+                priority,
+                idempotency_key,
+                parameters,
+                at,
+            } => {
                 if self.status != Status::Unsubmitted {
                     return Err(Rejection::AlreadySubmitted);
                 }
@@ -309,6 +399,7 @@ impl Aggregate for Job {
                 if let Some(key) = idempotency_key {
                     text("idempotency key", key, MAX_KEY_BYTES)?;
                 }
+                check_parameters(parameters)?;
                 let mut events: Vec<Event> = vec![
                     Submitted {
                         workflow: *workflow,
@@ -317,6 +408,7 @@ impl Aggregate for Job {
                         inputs: inputs.clone(),
                         priority: *priority,
                         idempotency_key: idempotency_key.clone(),
+                        parameters: parameters.clone(),
                         at: *at,
                     }
                     .into(),
@@ -387,17 +479,20 @@ impl Aggregate for Job {
                     }
                     .into(),
                 ];
-                if *retryable && *attempt < definition.retry.max_attempts {
+                // Attempts of this round: a retry of the job starts a new one.
+                let first = self.rounds.get(step).copied().unwrap_or(1);
+                let in_round = attempt.saturating_sub(first) + 1;
+                if *retryable && in_round < definition.retry.max_attempts {
                     let next = attempt + 1;
-                    let due_at = at.plus_millis(retry_delay_ms(definition, next, *jitter));
+                    let due_at = at.plus_millis(retry_delay_ms(definition, in_round + 1, *jitter));
                     events.push(RetryScheduled { step: step.clone(), attempt: next, due_at }.into());
+                } else if *retryable {
+                    events.push(
+                        DeadLettered { step: step.clone(), attempts: *attempt, last_error: error.clone(), at: *at }
+                            .into(),
+                    );
                 } else {
-                    let reason = if *retryable {
-                        format!("failed {attempt} times, the last with: {error}")
-                    } else {
-                        error.clone()
-                    };
-                    events.push(Failed { step: step.clone(), reason, at: *at }.into());
+                    events.push(Failed { step: step.clone(), reason: error.clone(), at: *at }.into());
                 }
                 Ok(events)
             }
@@ -427,6 +522,27 @@ impl Aggregate for Job {
                 }
                 Ok(vec![LogAppended { level: *level, message: message.clone(), at: *at }.into()])
             }
+            Command::Retry { reason, at } => {
+                if !matches!(self.status, Status::Failed | Status::DeadLettered) {
+                    return Err(Rejection::NotRetryable(self.status));
+                }
+                text("reason", reason, MAX_MESSAGE_BYTES)?;
+                let again = self.next_round();
+                let mut events: Vec<Event> = vec![
+                    Retried {
+                        steps: again.iter().map(|(s, _)| s.name.clone()).collect(),
+                        reason: reason.clone(),
+                        at: *at,
+                    }
+                    .into(),
+                ];
+                events.extend(
+                    again
+                        .into_iter()
+                        .map(|(s, attempt)| Event::from(StepScheduled { step: s.name.clone(), attempt, at: *at })),
+                );
+                Ok(events)
+            }
             Command::Cancel { reason, at } => {
                 self.running()?;
                 text("reason", reason, MAX_MESSAGE_BYTES)?;
@@ -436,6 +552,17 @@ impl Aggregate for Job {
     }
 
     fn evolve(mut self, event: &Event) -> Self {
+        if let Event::Retried(e) = event {
+            let rounds: Vec<(String, u32)> = self
+                .next_round()
+                .into_iter()
+                .filter(|(s, _)| e.steps.contains(&s.name))
+                .map(|(s, attempt)| (s.name.clone(), attempt))
+                .collect();
+            self.rounds.extend(rounds);
+            self.status = Status::Running;
+            return self;
+        }
         let mut set = |step: &str, state: StepState| {
             self.progress.insert(step.to_owned(), state);
         };
@@ -444,6 +571,7 @@ impl Aggregate for Job {
                 self.status = Status::Running;
                 self.steps = e.steps.clone();
                 self.inputs = e.inputs.clone();
+                self.parameters = e.parameters.clone();
                 self.progress = e.steps.iter().map(|s| (s.name.clone(), StepState::Waiting)).collect();
             }
             Event::StepScheduled(e) => set(&e.step, StepState::Scheduled { attempt: e.attempt }),
@@ -454,7 +582,10 @@ impl Aggregate for Job {
             Event::LogAppended(_) => self.log_lines += 1,
             Event::Succeeded(_) => self.status = Status::Succeeded,
             Event::Failed(_) => self.status = Status::Failed,
+            Event::DeadLettered(_) => self.status = Status::DeadLettered,
             Event::Cancelled(_) => self.status = Status::Cancelled,
+            // Handled before the others: it reads the state the closure above borrows.
+            Event::Retried(_) => {}
         }
         self
     }
@@ -498,6 +629,7 @@ mod tests {
             inputs: vec![input()],
             priority: 0,
             idempotency_key: Some("k1".into()),
+            parameters: BTreeMap::new(),
             at: AT,
         }
     }
@@ -510,6 +642,7 @@ mod tests {
             inputs: vec![input()],
             priority: 0,
             idempotency_key: Some("k1".into()),
+            parameters: BTreeMap::new(),
             at: AT,
         }
         .into()
@@ -673,9 +806,104 @@ mod tests {
             StepFailed { step: "extract".into(), attempt: 1, error: "boom".into(), retryable: false, at: AT }.into(),
             Failed { step: "extract".into(), reason: "boom".into(), at: AT }.into(),
         ]);
+    }
+
+    fn dead_lettered() -> Vec<Event> {
+        let mut history = vec![submitted(), scheduled("extract", 3), started("extract", 3)];
+        history.push(
+            StepFailed { step: "extract".into(), attempt: 3, error: "boom".into(), retryable: true, at: AT }.into(),
+        );
+        history.push(DeadLettered { step: "extract".into(), attempts: 3, last_error: "boom".into(), at: AT }.into());
+        history
+    }
+
+    #[test]
+    fn a_retryable_failure_on_the_last_attempt_dead_letters_the_job_with_its_error() {
         let last = vec![submitted(), scheduled("extract", 3), started("extract", 3)];
-        let events = given::<Job>(last).when(fail("extract", 3, true, 0.0)).events();
-        assert!(matches!(&events[1], Event::Failed(f) if f.reason.contains("failed 3 times")), "{events:?}");
+        let history = dead_lettered();
+        given::<Job>(last).when(fail("extract", 3, true, 0.0)).then(history[3..].to_vec());
+        assert_eq!(Job::replay(&history).status, Status::DeadLettered);
+    }
+
+    #[test]
+    fn retrying_a_dead_lettered_job_runs_its_failed_step_again_with_a_fresh_set_of_attempts() {
+        let retry = Command::Retry { reason: "the provider is back".into(), at: AT };
+        let mut history = dead_lettered();
+        given::<Job>(history.clone()).when(retry.clone()).then([
+            Retried { steps: vec!["extract".into()], reason: "the provider is back".into(), at: AT }.into(),
+            scheduled("extract", 4),
+        ]);
+        history.extend(Job::replay(&history).decide(&retry).unwrap());
+        history.push(started("extract", 4));
+        let job = Job::replay(&history);
+        assert_eq!(job.status, Status::Running);
+        // Attempt 4 is the first of the new round: its failure is retried (max 3 attempts per round) ...
+        let events = given::<Job>(history.clone()).when(fail("extract", 4, true, 1.0)).events();
+        assert_eq!(
+            events[1],
+            RetryScheduled { step: "extract".into(), attempt: 5, due_at: AT.plus_millis(1_000) }.into(),
+            "{events:?}"
+        );
+        // ... and its success carries on with the job.
+        given::<Job>(history).when(complete("extract", 4, 1)).then([
+            succeeded("extract", 4, 1),
+            scheduled("summarise", 1),
+            scheduled("keywords", 1),
+        ]);
+    }
+
+    #[test]
+    fn retrying_a_failed_job_keeps_the_outputs_of_its_steps_that_succeeded() {
+        // extract succeeded; summarise failed for good while keywords was running.
+        let mut history = running();
+        history.extend([
+            succeeded("extract", 1, 1),
+            scheduled("summarise", 1),
+            scheduled("keywords", 1),
+            started("keywords", 1),
+            StepFailed { step: "summarise".into(), attempt: 1, error: "bad".into(), retryable: false, at: AT }.into(),
+            Failed { step: "summarise".into(), reason: "bad".into(), at: AT }.into(),
+        ]);
+        given::<Job>(history.clone()).when(Command::Retry { reason: "fixed the agent".into(), at: AT }).then([
+            Retried { steps: vec!["summarise".into(), "keywords".into()], reason: "fixed the agent".into(), at: AT }
+                .into(),
+            scheduled("summarise", 2),
+            scheduled("keywords", 2),
+        ]);
+        // The old attempt's late report is refused.
+        history.extend(Job::replay(&history).decide(&Command::Retry { reason: "r".into(), at: AT }).unwrap());
+        let job = Job::replay(&history);
+        assert_eq!(job.progress["extract"], StepState::Succeeded { attempt: 1, output: out(1) });
+        assert!(matches!(job.decide(&complete("keywords", 1, 3)), Err(Rejection::WrongStepState { .. })));
+    }
+
+    #[test]
+    fn retrying_a_job_that_has_not_failed_is_rejected() {
+        let retry = Command::Retry { reason: "again".into(), at: AT };
+        given::<Job>(running()).when(retry.clone()).then_rejected(Rejection::NotRetryable(Status::Running));
+        given::<Job>([]).when(retry.clone()).then_rejected(Rejection::NotRetryable(Status::Unsubmitted));
+        let mut cancelled = running();
+        cancelled.push(Cancelled { reason: "x".into(), at: AT }.into());
+        given::<Job>(cancelled).when(retry).then_rejected(Rejection::NotRetryable(Status::Cancelled));
+        given::<Job>(dead_lettered())
+            .when(Command::Retry { reason: " ".into(), at: AT })
+            .then_rejected(Rejection::InvalidText { field: "reason".into(), limit: MAX_MESSAGE_BYTES });
+    }
+
+    #[test]
+    fn submitting_with_bad_parameters_is_rejected() {
+        for parameters in [
+            BTreeMap::from([("has space".to_owned(), "v".to_owned())]),
+            BTreeMap::from([(String::new(), "v".to_owned())]),
+            BTreeMap::from([("long".to_owned(), "v".repeat(MAX_PARAMETER_VALUE_BYTES + 1))]),
+            (0..=MAX_PARAMETERS).map(|n| (format!("p{n}"), String::new())).collect(),
+        ] {
+            let mut command = submit();
+            if let Command::Submit { parameters: p, .. } = &mut command {
+                *p = parameters;
+            }
+            assert!(matches!(Job::default().decide(&command), Err(Rejection::InvalidParameters(_))), "{command:?}");
+        }
     }
 
     #[test]

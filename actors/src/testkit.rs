@@ -106,6 +106,7 @@ pub fn one_step_job() -> crate::job::Command {
         inputs: vec![DocumentId::new()],
         priority: 0,
         idempotency_key: None,
+        parameters: Default::default(),
         at: Timestamp(1),
     }
 }

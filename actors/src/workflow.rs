@@ -132,11 +132,9 @@ pub fn check_steps(steps: &[Step]) -> Result<(), Rejection> {
         }
     }
     for step in steps {
-        for input in &step.inputs {
-            if let Input::Step(name) = input
-                && !names.contains(name.as_str())
-            {
-                return Err(Rejection::DanglingInput { step: step.name.clone(), input: name.clone() });
+        for name in dependencies(step) {
+            if !names.contains(name) {
+                return Err(Rejection::DanglingInput { step: step.name.clone(), input: name.to_owned() });
             }
         }
     }
@@ -177,12 +175,31 @@ pub fn topological_order(steps: &[Step]) -> Result<Vec<&Step>, Rejection> {
     Ok(order)
 }
 
-/// The names of the steps `step` reads from, each once.
+/// The names of the steps `step` reads from, each once: those among its inputs, and those whose output its
+/// instruction names (`{{output.STEP}}`), which it must wait for too.
 pub fn dependencies(step: &Step) -> impl Iterator<Item = &str> {
     let mut seen = HashSet::new();
-    step.inputs.iter().filter_map(move |input| match input {
-        Input::Step(name) if seen.insert(name.as_str()) => Some(name.as_str()),
-        _ => None,
+    let inputs = step.inputs.iter().filter_map(|input| match input {
+        Input::Step(name) => Some(name.as_str()),
+        Input::JobInputs => None,
+    });
+    inputs.chain(outputs_named(&step.instruction)).filter(move |name| seen.insert(*name))
+}
+
+/// The steps whose output an instruction names with `{{output.STEP}}` (spaces inside the braces allowed), in
+/// the order they appear.
+pub fn outputs_named(instruction: &str) -> impl Iterator<Item = &str> {
+    let mut rest = instruction;
+    std::iter::from_fn(move || {
+        loop {
+            let open = rest.find("{{")?;
+            let after = &rest[open + 2..];
+            let close = after.find("}}")?;
+            rest = &after[close + 2..];
+            if let Some(step) = after[..close].trim().strip_prefix("output.") {
+                return Some(step);
+            }
+        }
     })
 }
 
@@ -315,6 +332,19 @@ pub(crate) mod tests {
         given::<Workflow>([])
             .when(define(vec![step("self", &["self"])]))
             .then_rejected(Rejection::Cycle(vec!["self".into()]));
+    }
+
+    #[test]
+    fn a_step_waits_for_the_outputs_its_instruction_names_and_a_name_of_no_step_is_rejected() {
+        let mut brief = step("brief", &[]);
+        brief.instruction = "Brief on {{input}} using {{ output.title }} and {{output.title}}; {{param.x}}".into();
+        assert_eq!(dependencies(&brief).collect::<Vec<_>>(), ["title"]);
+        let steps = vec![brief.clone(), step("title", &[])];
+        let order: Vec<&str> = topological_order(&steps).unwrap().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(order, ["title", "brief"]);
+        given::<Workflow>([])
+            .when(define(vec![brief]))
+            .then_rejected(Rejection::DanglingInput { step: "brief".into(), input: "title".into() });
     }
 
     #[test]

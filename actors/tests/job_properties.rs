@@ -88,6 +88,7 @@ proptest! {
             inputs: vec![DocumentId(Uuid::from_u128(2))],
             priority: 0,
             idempotency_key: None,
+            parameters: Default::default(),
             at: now,
         });
         let mut next_outcome = outcomes.iter().cycle();

@@ -54,6 +54,7 @@ async fn submit(world: &World, steps: Vec<Step>) -> (JobId, DocumentId) {
         inputs: vec![input],
         priority: 0,
         idempotency_key: None,
+        parameters: Default::default(),
         at: Timestamp::now(),
     };
     run(&world.hosts.job, &job.stream(), submit).await;

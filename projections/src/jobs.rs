@@ -4,8 +4,9 @@
 //! Tables:
 //!
 //! - `jobs (id, tenant, workflow, workflow_version, priority, status, steps_total, steps_done, error, submitted_at,
-//!   finished_at, updated_at, version)`: `status` is `running`, `succeeded`, `failed` or `cancelled`;
-//!   progress is `steps_done / steps_total`.
+//!   finished_at, updated_at, version)`: `status` is `running`, `succeeded`, `failed`, `dead_lettered` (a
+//!   step's retries are exhausted; `error` holds its last error) or `cancelled`; a retried job is `running`
+//!   again; progress is `steps_done / steps_total`.
 //! - `job_steps (job, step, ordinal, status, attempts, output, error, retry_at, updated_at)`: `status` is
 //!   `pending`, `scheduled`, `running`, `retrying` (until `retry_at`), `succeeded` or `failed`.
 //! - `job_logs (job, seq, level, message, at)`: `seq` is the job stream's version of the log event, so a page
@@ -182,6 +183,26 @@ impl Projection for Jobs {
                     tx,
                     "UPDATE jobs SET status = 'failed', finished_at = ?2, error = ?3 WHERE id = ?1",
                     params![id, e.at.0, format!("step {}: {}", e.step, e.reason)],
+                )?;
+                e.at.0
+            }
+            Event::DeadLettered(e) => {
+                crate::exec(
+                    tx,
+                    "UPDATE jobs SET status = 'dead_lettered', finished_at = ?2, error = ?3 WHERE id = ?1",
+                    params![
+                        id,
+                        e.at.0,
+                        format!("step {}: failed {} attempts, the last with: {}", e.step, e.attempts, e.last_error)
+                    ],
+                )?;
+                e.at.0
+            }
+            Event::Retried(e) => {
+                crate::exec(
+                    tx,
+                    "UPDATE jobs SET status = 'running', finished_at = NULL, error = NULL WHERE id = ?1",
+                    params![id],
                 )?;
                 e.at.0
             }

@@ -28,6 +28,7 @@ async fn a_job_s_status_steps_and_logs_follow_its_events() {
             inputs: vec![DocumentId::new()],
             priority: 5,
             idempotency_key: None,
+            parameters: Default::default(),
             at: t(10),
         }
         .into(),

@@ -11,8 +11,8 @@ use weft_actors::testkit::three_step_dag;
 use weft_events::domain::DomainEvent;
 use weft_events::domain::ids::{AgentId, DocumentId, JobId, Uuid, WorkflowId};
 use weft_events::domain::job::{
-    Cancelled, Event, Failed, Level, LogAppended, RetryScheduled, StepFailed, StepScheduled, StepStarted,
-    StepSucceeded, Submitted, Succeeded,
+    Cancelled, DeadLettered, Event, Failed, Level, LogAppended, Retried, RetryScheduled, StepFailed, StepScheduled,
+    StepStarted, StepSucceeded, Submitted, Succeeded,
 };
 use weft_events::{EventRead, EventWrite, ExpectedVersion, MemoryStore, Timestamp};
 use weft_projections::jobs::Jobs;
@@ -28,6 +28,8 @@ enum Step {
     Log(u8),
     Succeed,
     Fail(u8),
+    DeadLetter(u8, u8),
+    RetryJob(u8),
     Cancel,
 }
 
@@ -42,7 +44,9 @@ fn step() -> impl Strategy<Value = Step> {
         (s.clone(), a).prop_map(|(s, a)| Step::Retry(s, a)),
         any::<u8>().prop_map(Step::Log),
         Just(Step::Succeed),
-        s.prop_map(Step::Fail),
+        s.clone().prop_map(Step::Fail),
+        (s.clone(), 1u8..4).prop_map(|(s, a)| Step::DeadLetter(s, a)),
+        s.prop_map(Step::RetryJob),
         Just(Step::Cancel),
     ]
 }
@@ -90,6 +94,7 @@ impl Writer {
                     inputs: vec![DocumentId::new()],
                     priority: 0,
                     idempotency_key: None,
+                    parameters: Default::default(),
                     at,
                 }
                 .into()
@@ -116,6 +121,10 @@ impl Writer {
                     Step::Log(n) => LogAppended { level: Level::Info, message: format!("line {n}"), at }.into(),
                     Step::Succeed => Succeeded { at }.into(),
                     Step::Fail(s) => Failed { step: name(s), reason: "broke".into(), at }.into(),
+                    Step::DeadLetter(s, a) => {
+                        DeadLettered { step: name(s), attempts: *a as u32, last_error: format!("e{a}"), at }.into()
+                    }
+                    Step::RetryJob(s) => Retried { steps: vec![name(s)], reason: "again".into(), at }.into(),
                     Step::Cancel => Cancelled { reason: "stop".into(), at }.into(),
                 }
             };
@@ -177,6 +186,18 @@ impl Writer {
             Event::Failed(e) => {
                 (row.job.0, row.job.3, row.job.2) =
                     ("failed".into(), Some(e.at.0), Some(format!("step {}: {}", e.step, e.reason)));
+                e.at.0
+            }
+            Event::DeadLettered(e) => {
+                (row.job.0, row.job.3, row.job.2) = (
+                    "dead_lettered".into(),
+                    Some(e.at.0),
+                    Some(format!("step {}: failed {} attempts, the last with: {}", e.step, e.attempts, e.last_error)),
+                );
+                e.at.0
+            }
+            Event::Retried(e) => {
+                (row.job.0, row.job.3, row.job.2) = ("running".into(), None, None);
                 e.at.0
             }
             Event::Cancelled(e) => {

@@ -54,6 +54,7 @@ async fn round(store: &MemoryStore, n: u64, documents: &mut Vec<DocumentId>) {
         inputs: vec![id],
         priority: 0,
         idempotency_key: None,
+        parameters: Default::default(),
         at,
     };
     let events: Vec<job::Event> = vec![

@@ -1,8 +1,10 @@
 //! The node's executor: runs a job step's task through its agent's provider, with documents in object storage.
 //!
-//! A task reads its input documents' current content (each at most [`MAX_INPUT_BYTES`], UTF-8), fills in the
-//! step's instruction (`{{input}}`, `{{job}}`, `{{step}}`, `{{attempt}}` are replaced), asks the provider, and
-//! writes the answer as a new document: registered for the first input's tenant and owned by the agent, its
+//! A task reads its input documents' current content (each at most [`MAX_INPUT_BYTES`], UTF-8), and the
+//! outputs of earlier steps its instruction names, fills in the step's instruction (a template over the
+//! input, earlier outputs and the job's parameters: see [`super::template`]), asks the provider (once per
+//! chunk when the input is over the agent's `chunk_bytes`, the answers joined), and writes the answer as a
+//! new document: registered for the first input's tenant and owned by the agent, its
 //! content put into object storage, recorded as uploaded with storage's size and etag, and recorded on every
 //! input as a derivative (the lineage). The output document's id is derived from the task's id, so a
 //! repeated recording after a crash names the same document.
@@ -24,9 +26,11 @@ use weft_events::domain::document::UploadSource;
 use weft_events::domain::ids::{DocumentId, Uuid};
 use weft_events::domain::job::Level;
 
+use super::template::{self, Values};
 use super::{Error, Provider, Request};
 use crate::gateway::BusGateway;
 use crate::objects::{ObjectStore, document_key};
+use weft_events::domain::agent::Param;
 
 /// The most bytes read from one input document.
 pub const MAX_INPUT_BYTES: u64 = 8 * 1024 * 1024;
@@ -158,6 +162,16 @@ impl DocumentExecutor {
             ))
         })?;
         let first = *task.inputs.first().ok_or_else(|| permanent("the step has no input document"))?;
+        let chunk_bytes = match task.profile.parameters.get("chunk_bytes") {
+            None => template::DEFAULT_CHUNK_BYTES,
+            Some(Param::Int(n)) if *n >= template::MIN_CHUNK_BYTES as i64 => usize::try_from(*n).unwrap_or(usize::MAX),
+            Some(other) => {
+                return Err(permanent(format!(
+                    "the agent's chunk_bytes must be a whole number of at least {}, not {other:?}",
+                    template::MIN_CHUNK_BYTES
+                )));
+            }
+        };
         let mut texts = Vec::with_capacity(task.inputs.len());
         let mut states = Vec::with_capacity(task.inputs.len());
         for &input in &task.inputs {
@@ -165,26 +179,59 @@ impl DocumentExecutor {
             texts.push(self.read(input, &state).await?);
             states.push(state);
         }
+        // Only the earlier outputs the instruction names are read; a name without an output is the template's
+        // error below.
+        let mut outputs = BTreeMap::new();
+        for step in weft_actors::workflow::outputs_named(&task.step.instruction) {
+            if let Some(&document) = task.outputs.get(step) {
+                let state = self.document(document).await?;
+                outputs.insert(step.to_owned(), self.read(document, &state).await?);
+            }
+        }
         let input = texts.join("\n\n");
-        let prompt = task
-            .step
-            .instruction
-            .replace("{{input}}", &input)
-            .replace("{{job}}", &task.job.to_string())
-            .replace("{{step}}", &task.step.name)
-            .replace("{{attempt}}", &task.attempt.to_string());
-        let request = Request {
-            model: task.profile.model.clone(),
-            instructions: task.profile.instructions.clone(),
-            prompt,
-            input,
-            input_content_type: states[0].content_type.clone(),
-            parameters: task.profile.parameters.clone(),
-        };
-        let completion = provider.complete(request).await.map_err(|e| match e {
-            Error::Invalid(message) => permanent(message),
-            Error::Unavailable(message) => transient(message),
-        })?;
+        let chunks = template::chunks(&input, chunk_bytes).map_err(|e| permanent(e.to_string()))?;
+        let mut answers = Vec::with_capacity(chunks.len());
+        let (mut content_type, mut input_tokens, mut output_tokens) = (String::new(), 0, 0);
+        for (index, chunk) in chunks.iter().enumerate() {
+            let plain = [
+                ("job", task.job.to_string()),
+                ("step", task.step.name.clone()),
+                ("attempt", task.attempt.to_string()),
+                ("chunk", (index + 1).to_string()),
+                ("chunks", chunks.len().to_string()),
+            ]
+            .into();
+            let values = Values { input: chunk, outputs: &outputs, parameters: &task.parameters, plain };
+            let prompt = template::render(&task.step.instruction, &values).map_err(|e| permanent(e.to_string()))?;
+            let request = Request {
+                model: task.profile.model.clone(),
+                instructions: task.profile.instructions.clone(),
+                prompt,
+                input: (*chunk).to_owned(),
+                input_content_type: states[0].content_type.clone(),
+                parameters: task.profile.parameters.clone(),
+            };
+            let completion = provider.complete(request).await.map_err(|e| match e {
+                Error::Invalid(message) => permanent(message),
+                Error::Unavailable(message) => transient(message),
+            })?;
+            if index == 0 {
+                content_type = completion.content_type;
+            }
+            input_tokens += completion.input_tokens;
+            output_tokens += completion.output_tokens;
+            answers.push(completion.text);
+        }
+        if chunks.len() > 1 {
+            let line = format!(
+                "step {} attempt {}: the input was split into {} chunks of at most {chunk_bytes} bytes",
+                task.step.name,
+                task.attempt,
+                chunks.len()
+            );
+            self.log(task, "log-chunks", Level::Info, line).await;
+        }
+        let completion = super::Completion { text: answers.join("\n\n"), content_type, input_tokens, output_tokens };
 
         let tenant = states[0].tenant.clone();
         let actor = format!("agent:{}", task.agent);

@@ -3,6 +3,7 @@
 //!
 //! - [`builtin`]: the offline, deterministic provider, the embedded default.
 //! - [`remote`]: LLM providers over HTTP, `openai` (and OpenAI-compatible servers) and `anthropic`.
+//! - [`template`]: a step's instruction as a template, and large inputs split into chunks.
 //! - [`executor`]: the [`weft_actors::process::worker::Executor`] of a node.
 //! - [`catalog`]: the agents and workflows a node registers on start.
 
@@ -10,6 +11,7 @@ pub mod builtin;
 pub mod catalog;
 pub mod executor;
 pub mod remote;
+pub mod template;
 
 use std::collections::BTreeMap;
 

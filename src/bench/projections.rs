@@ -158,6 +158,7 @@ fn job_events(input: DocumentId, at: Timestamp) -> anyhow::Result<Vec<NewEvent>>
         inputs: vec![input],
         priority: 0,
         idempotency_key: None,
+        parameters: Default::default(),
         at,
     })];
     for name in names {

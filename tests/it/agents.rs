@@ -387,3 +387,159 @@ fn cancelling_a_job_mid_step_aborts_the_provider_call_and_frees_the_agent() {
     assert!(!logs.to_string().contains("wrote document"), "{logs}");
     serve.stop();
 }
+
+#[test]
+fn a_step_that_always_fails_dead_letters_the_job_and_a_retry_runs_it_again_from_that_step() {
+    use crate::providers::{Fake, OPENAI_OK, answer};
+    // Two attempts of four requests each meet 503s; the retry of the job meets an answer.
+    let mut script: Vec<_> = (0..8).map(|_| answer(503, r#"{"error":{"message":"busy"}}"#)).collect();
+    script.push(answer(200, OPENAI_OK));
+    let fake = Fake::start(script);
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--openai-base-url", &fake.url]);
+    let addr = serve.addr.as_str();
+    let document = upload(addr, dir.path());
+    let job = openai_job(addr, &document, 2);
+    let state = wait_job(addr, &job, |s| s["status"] != "running");
+    assert_eq!(state["status"], "dead_lettered", "{state}");
+    assert_eq!(state["steps"][0]["attempts"], 2, "{state}");
+    assert_eq!(
+        state["error"], "step ask: failed 2 attempts, the last with: openai answered 503: busy",
+        "the last error is visible: {state}"
+    );
+    let (_, page) = get(addr, "/jobs?status=dead_lettered");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+
+    // Retrying a job that has not failed is refused with the reason; the dead-lettered one runs again.
+    let (ok, _, stderr) = weft(addr, &["job", "retry", &uuid::Uuid::now_v7().to_string()]);
+    assert!(!ok && stderr.contains("only a failed or dead-lettered job can be retried"), "{stderr}");
+    let (ok, stdout, stderr) = weft(addr, &["job", "retry", &job, "--reason", "the provider is back", "--wait"]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("succeeded: ask succeeded (attempt 3)"), "{stderr}");
+    assert!(stdout.starts_with("ask\t"), "{stdout}");
+    let (_, state) = get(addr, &format!("/jobs/{job}"));
+    assert_eq!((state["status"].as_str(), state["error"].as_str()), (Some("succeeded"), None), "{state}");
+    assert_eq!(fake.seen().len(), 9);
+    let (_, history) = get(addr, &format!("/streams/job-{job}/events?limit=1000"));
+    let types: Vec<&str> = history["items"].as_array().unwrap().iter().filter_map(|e| e["type"].as_str()).collect();
+    let at = types.iter().position(|t| *t == "job.dead_lettered").expect("dead-lettered");
+    assert_eq!(types[at + 1..at + 3], ["job.retried", "job.step_scheduled"], "{types:?}");
+    assert_eq!(types.last(), Some(&"job.succeeded"));
+    // A succeeded job cannot be retried.
+    let (ok, _, stderr) = weft(addr, &["job", "retry", &job]);
+    assert!(!ok && stderr.contains("it is Succeeded"), "{stderr}");
+    serve.stop();
+}
+
+#[test]
+fn instructions_read_earlier_outputs_and_job_parameters_and_a_large_input_is_asked_in_chunks() {
+    use crate::providers::{Fake, OPENAI_OK, answer};
+    let fake = Fake::start((0..3).map(|_| answer(200, OPENAI_OK)).collect());
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--openai-base-url", &fake.url]);
+    let addr = serve.addr.as_str();
+    // Three paragraphs of about 250 bytes: three chunks of at most 300 bytes.
+    let paragraph = |n: usize| format!("Paragraph {n}. {}", "Revenue rose again this quarter. ".repeat(7));
+    let text = format!("{}\n\n{}\n\n{}", paragraph(1), paragraph(2), paragraph(3));
+    let file = dir.path().join("long.txt");
+    std::fs::write(&file, &text).unwrap();
+    let (ok, stdout, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let document = stdout.trim().to_owned();
+
+    let keywords = weft::agents::catalog::agent_id("keywords").to_string();
+    let remote = uuid::Uuid::now_v7().to_string();
+    let profile = json!({"profile": {"name": "remote", "role": "r", "goal": "g", "instructions": "i",
+        "provider": "openai", "model": "gpt-4o-mini", "parameters": {"chunk_bytes": 300}, "concurrency_limit": 1}});
+    assert_eq!(command(addr, "agent", &remote, "register", profile).0, 200);
+    let retry = json!({"max_attempts": 1, "base_delay_ms": 10, "max_delay_ms": 10});
+    let job = uuid::Uuid::now_v7().to_string();
+    // `brief` reads only the job's input, but its instruction names `title`'s output: it waits for it.
+    let submit = json!({"workflow": uuid::Uuid::now_v7(), "workflow_version": 1, "inputs": [document],
+        "priority": 0, "parameters": {"audience": "the board"}, "steps": [
+            {"name": "brief", "agent": remote, "inputs": [{"from": "job_inputs"}],
+             "instruction": "For {{param.audience}} on {{output.title}}, part {{chunk}} of {{chunks}}: {{input}}",
+             "timeout_ms": 30000, "retry": retry},
+            {"name": "title", "agent": keywords, "instruction": "Keywords.", "inputs": [{"from": "job_inputs"}],
+             "timeout_ms": 30000, "retry": retry}]});
+    let (status, reply) = command(addr, "job", &job, "submit", submit);
+    assert_eq!(status, 200, "{reply}");
+    let state = wait_job(addr, &job, |s| s["status"] != "running");
+    assert_eq!(state["status"], "succeeded", "{state}");
+    let read = |id: &str| {
+        let out = dir.path().join(format!("{id}.txt"));
+        let (ok, _, stderr) = weft(addr, &["document", "download", id, "--out", out.to_str().unwrap()]);
+        assert!(ok, "{stderr}");
+        std::fs::read_to_string(out).unwrap()
+    };
+    let output = |name: &str| {
+        let step = state["steps"].as_array().unwrap().iter().find(|s| s["step"] == name).unwrap();
+        step["output"].as_str().unwrap().to_owned()
+    };
+    let title = read(&output("title"));
+    assert!(title.contains("revenue"), "{title}");
+
+    // Three chunks of at most 300 bytes, cut at the paragraphs, each asked with the filled-in instruction.
+    let prompts: Vec<String> =
+        fake.seen().iter().map(|s| s.body["messages"][1]["content"].as_str().unwrap_or_default().to_owned()).collect();
+    assert_eq!(prompts.len(), 3, "{prompts:?}");
+    let asked: Vec<&str> = prompts
+        .iter()
+        .enumerate()
+        .map(|(n, prompt)| {
+            let prefix = format!("For the board on {title}, part {} of 3: ", n + 1);
+            prompt.strip_prefix(&prefix).unwrap_or_else(|| panic!("{prompt:?} does not start with {prefix:?}"))
+        })
+        .collect();
+    assert!(asked.iter().all(|chunk| chunk.len() <= 300), "{asked:?}");
+    assert_eq!(asked.concat(), text, "the chunks are the whole input, in order");
+    assert!(asked[0].starts_with("Paragraph 1.") && asked[1].starts_with("Paragraph 2."), "{asked:?}");
+    let answers = ["Hello there, how may I assist you today?"; 3].join("\n\n");
+    assert_eq!(read(&output("brief")), answers, "the answers are joined");
+    let (_, agent) = get(addr, &format!("/agents/{remote}"));
+    assert_eq!(agent["input_tokens"], 27, "the chunks' tokens add up: {agent}");
+    let chunks = 3;
+    let (_, logs) = get(addr, &format!("/jobs/{job}/logs"));
+    assert!(logs.to_string().contains(&format!("split into {chunks} chunks of at most 300 bytes")), "{logs}");
+    serve.stop();
+}
+
+#[test]
+fn an_instruction_naming_a_parameter_the_job_lacks_fails_the_step_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let document = upload(addr, dir.path());
+    let job = uuid::Uuid::now_v7().to_string();
+    let submit = json!({"workflow": uuid::Uuid::now_v7(), "workflow_version": 1, "inputs": [document],
+        "priority": 0, "steps": [{"name": "only", "agent": weft::agents::catalog::agent_id("summarize"),
+        "instruction": "For {{param.audience}}: {{input}}", "inputs": [{"from": "job_inputs"}],
+        "timeout_ms": 10000, "retry": {"max_attempts": 3, "base_delay_ms": 10, "max_delay_ms": 10}}]});
+    assert_eq!(command(addr, "job", &job, "submit", submit.clone()).0, 200);
+    let state = wait_job(addr, &job, |s| s["status"] != "running");
+    assert_eq!((state["status"].as_str(), state["steps"][0]["attempts"].as_u64()), (Some("failed"), Some(1)));
+    assert!(
+        state["error"]
+            .as_str()
+            .unwrap()
+            .contains("the instruction names {{param.audience}}, which this job does not have"),
+        "{state}"
+    );
+    // Parameters that break the limits, and an instruction naming the output of a step the job does not have,
+    // are refused at submission, and nothing is stored.
+    let mut bad_parameters = submit.clone();
+    bad_parameters["parameters"] = json!({"no spaces": "x"});
+    let mut dangling = submit;
+    dangling["steps"][0]["instruction"] = json!("Use {{output.earlier}}.");
+    for (submit, expected) in [(bad_parameters, "parameters: name \"no spaces\""), (dangling, "earlier")] {
+        let bad = uuid::Uuid::now_v7().to_string();
+        let (status, reply) = command(addr, "job", &bad, "submit", submit);
+        assert_eq!(status, 422, "{reply}");
+        assert!(reply["error"]["message"].as_str().unwrap_or_default().contains(expected), "{reply}");
+        let (_, events) = get(addr, &format!("/streams/job-{bad}/events"));
+        assert_eq!(events["items"].as_array().map_or(0, Vec::len), 0, "{events}");
+    }
+    let (ok, _, stderr) = weft(addr, &["job", "run", "summarize", "--document", &document, "--param", "novalue"]);
+    assert!(!ok && stderr.contains("is not NAME=VALUE"), "{stderr}");
+    serve.stop();
+}

@@ -65,6 +65,7 @@ fn child(dir: &Path) {
             inputs: vec![input],
             priority: 0,
             idempotency_key: None,
+            parameters: Default::default(),
             at: Timestamp::now(),
         };
         once(&hosts.job, &job.stream(), 2, submit).await;

@@ -124,9 +124,11 @@ impl<G: Gateway> TimerService<G> {
                     timers.disarm(&Timer::Timeout { job, step, attempt, timeout_ms });
                 }
             }
-            E::Succeeded(_) | E::Failed(_) | E::Cancelled(_) => {
+            E::Succeeded(_) | E::Failed(_) | E::DeadLettered(_) | E::Cancelled(_) => {
                 timers.timeouts.remove(&job);
             }
+            // Handled in `handle`: the time-outs come back from the job's state.
+            E::Retried(_) => {}
             E::StepStarted(_) | E::LogAppended(_) => {}
         }
     }
@@ -221,6 +223,7 @@ impl<G: Gateway> TimerService<G> {
                 inputs,
                 priority: 0,
                 idempotency_key: Some(format!("schedule/{id}/{}/{index}", due_at.as_micros())),
+                parameters: Default::default(),
                 at: now,
             };
             match send::<Job, _>(
@@ -284,6 +287,12 @@ impl<G: Gateway> Process for TimerService<G> {
             }
             if let (Some(job), Some(decoded)) = (JobId::from_stream(&event.stream), decode::<job_events::Event>(event))
             {
+                if matches!(decoded, job_events::Event::Retried(_)) {
+                    // A retried job runs again: its steps' time-outs, dropped when it ended, are needed again.
+                    let state = inspect::<Job, _>(&self.gateway, &event.stream).await?;
+                    let steps = state.steps.into_iter().map(|s| (s.name, s.timeout_ms)).collect();
+                    timers.timeouts.insert(job, steps);
+                }
                 Self::job_event(timers, job, decoded);
             }
         } else if event.event_type.starts_with("schedule.") {

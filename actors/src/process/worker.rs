@@ -7,8 +7,9 @@
 //! fails it as retryable instead of running it again, so the job's retry policy decides, as a new attempt,
 //! whether it runs again. Every run of a step is therefore one of its recorded attempts.
 //!
-//! When a job is cancelled, its tasks in flight on this worker are aborted (dropping the executor's future
-//! drops its provider call) and failed, not retryably, so their agents' slots are free again.
+//! When a job ends before its tasks do (it is cancelled, or another step failed or was dead-lettered), its
+//! tasks in flight on this worker are aborted (dropping the executor's future drops its provider call) and
+//! failed, not retryably, so their agents' slots are free again.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +42,10 @@ pub struct Task {
     pub attempt: u32,
     /// The documents the step reads: the job's inputs and earlier steps' outputs, as the step names them.
     pub inputs: Vec<DocumentId>,
+    /// The output document of each step of the job that has succeeded so far, by step name.
+    pub outputs: BTreeMap<String, DocumentId>,
+    /// The job's parameters.
+    pub parameters: BTreeMap<String, String>,
 }
 
 /// What a task produced.
@@ -151,8 +156,25 @@ impl<G: Gateway> Worker<G> {
                 },
             })
             .collect();
-        let task =
-            Task { id: task, agent, profile, job: assigned.job, step: step.clone(), attempt: assigned.attempt, inputs };
+        let outputs = job
+            .progress
+            .iter()
+            .filter_map(|(name, state)| match state {
+                job::StepState::Succeeded { output, .. } => Some((name.clone(), *output)),
+                _ => None,
+            })
+            .collect();
+        let task = Task {
+            id: task,
+            agent,
+            profile,
+            job: assigned.job,
+            step: step.clone(),
+            attempt: assigned.attempt,
+            inputs,
+            outputs,
+            parameters: job.parameters.clone(),
+        };
         let (gateway, executor) = (self.gateway.clone(), self.executor.clone());
         let (job, id) = (task.job, task.id);
         let running = self.running.clone();
@@ -167,14 +189,16 @@ impl<G: Gateway> Worker<G> {
         Ok(())
     }
 
-    /// Aborts the job's tasks running here and fails them, for good.
-    async fn cancelled(&self, event: &Envelope) -> Result<(), Retry> {
+    /// Aborts the tasks running here of a job that has ended (cancelled, failed or dead-lettered: no outcome
+    /// of theirs would be taken) and fails them, for good.
+    async fn ended(&self, event: &Envelope) -> Result<(), Retry> {
         let Some(job) = JobId::from_stream(&event.stream) else { return Ok(()) };
         let tasks = self.running.borrow_mut().remove(&job).unwrap_or_default();
+        let how = event.event_type.strip_prefix("job.").unwrap_or(&event.event_type).replace('_', "-");
         for (task, agent, abort) in tasks {
             abort.abort();
-            tracing::info!(%job, %task, "the job was cancelled; its running task is aborted");
-            let error = TaskError { message: "cancelled: the job was cancelled".into(), retryable: false };
+            tracing::info!(%job, %task, "the job has ended ({how}); its running task is aborted");
+            let error = TaskError { message: format!("cancelled: the job has ended ({how})"), retryable: false };
             fail(&self.gateway, agent, task, error, event.correlation_id).await?;
         }
         Ok(())
@@ -267,7 +291,7 @@ impl<G: Gateway> Process for Worker<G> {
                 Some(AgentEvent::TaskAssigned(assigned)) => self.assigned(in_flight, event, assigned).await,
                 _ => Ok(()),
             },
-            "job.cancelled" => self.cancelled(event).await,
+            "job.cancelled" | "job.failed" | "job.dead_lettered" => self.ended(event).await,
             "agent.task_completed" | "agent.task_failed" => {
                 match decode::<AgentEvent>(event) {
                     Some(AgentEvent::TaskCompleted(e)) => {

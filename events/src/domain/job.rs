@@ -1,5 +1,7 @@
 //! Events of a job: one run of a workflow over input documents, step by step.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::ids::{DocumentId, WorkflowId};
@@ -22,6 +24,10 @@ pub struct Submitted {
     pub priority: i32,
     /// The client's key for not submitting the same job twice.
     pub idempotency_key: Option<String>,
+    /// Named values the steps' instructions can use (`{{param.NAME}}`). Added after version 1 of this event
+    /// was first written: an event without it has none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
     /// When.
     pub at: Timestamp,
 }
@@ -130,6 +136,34 @@ pub struct Failed {
     pub at: Timestamp,
 }
 
+/// A step failed every attempt its retry policy allows: the job is set aside for an operator, who can retry
+/// it from that step ([`Retried`]). A step that fails for good on its first attempt (a non-retryable error)
+/// fails the job instead ([`Failed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DeadLettered {
+    /// The step whose retries are exhausted.
+    pub step: String,
+    /// Its attempts in all, earlier rounds included.
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub last_error: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// A failed or dead-lettered job runs again from where it stopped: the steps that had not succeeded are
+/// scheduled anew (each a [`StepScheduled`] after this event, its attempt one more than its last), each with
+/// the full number of attempts of its retry policy; the outputs of the steps that succeeded are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Retried {
+    /// The steps scheduled again.
+    pub steps: Vec<String>,
+    /// Why, as the operator gave it.
+    pub reason: String,
+    /// When.
+    pub at: Timestamp,
+}
+
 /// Someone cancelled the job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Cancelled {
@@ -160,6 +194,10 @@ super::domain_events! { "job";
     Failed(Failed) = "job.failed", v 1,
     /// See [`Cancelled`].
     Cancelled(Cancelled) = "job.cancelled", v 1,
+    /// See [`DeadLettered`].
+    DeadLettered(DeadLettered) = "job.dead_lettered", v 1,
+    /// See [`Retried`].
+    Retried(Retried) = "job.retried", v 1,
 }
 
 #[cfg(test)]
@@ -179,6 +217,7 @@ mod tests {
                 inputs: vec![DocumentId::new()],
                 priority: -1,
                 idempotency_key: Some("k".into()),
+                parameters: [("audience".to_owned(), "board".to_owned())].into(),
                 at,
             }
             .into(),
@@ -191,6 +230,8 @@ mod tests {
             Succeeded { at }.into(),
             Failed { step: step(), reason: "gave up".into(), at }.into(),
             Cancelled { reason: "no longer needed".into(), at }.into(),
+            DeadLettered { step: step(), attempts: 3, last_error: "503".into(), at }.into(),
+            Retried { steps: vec![step()], reason: "the provider is back".into(), at }.into(),
         ];
         for event in events {
             assert_eq!(round_trip(&event), event);
