@@ -152,11 +152,15 @@ struct Managers {
     publisher: Running,
 }
 
+/// What a node's process managers work with: the executor of tasks, and the selector of documents for
+/// schedules.
+type Work = (Rc<dyn Executor>, Rc<dyn weft_actors::process::timers::Select>);
+
 impl Managers {
-    fn start(bus: &Arc<dyn Bus>, store: &Arc<dyn EventStore>, executor: Option<Rc<dyn Executor>>) -> Self {
-        let processes = executor.map(|executor| {
+    fn start(bus: &Arc<dyn Bus>, store: &Arc<dyn EventStore>, work: Option<Work>) -> Self {
+        let processes = work.map(|(executor, select)| {
             let gateway = BusGateway::new(bus.clone(), store.clone(), Duration::from_secs(10));
-            Processes::start(gateway, store.clone(), Some(executor), RunOptions::default())
+            Processes::with_select(gateway, store.clone(), Some(executor), Some(select), RunOptions::default())
         });
         let publisher = process::start(Publisher::new(bus.clone()), store.clone(), RunOptions::default());
         Self { processes, publisher }
@@ -211,21 +215,6 @@ impl Node {
         let providers = crate::agents::providers(&options.providers)?;
         let executor: Rc<dyn Executor> =
             Rc::new(DocumentExecutor::new(objects.clone(), gateway.clone(), providers.clone()));
-        let duty = match (&store, client) {
-            // Nodes sharing a JetStream store run their managers one at a time, under a lease; a node that
-            // runs no process managers does not run for it.
-            (Store::JetStream(_), _) if options.no_processes => Duty::None,
-            (Store::JetStream(_), Some(client)) => {
-                let lease_options =
-                    LeaseOptions { replicas: options.jetstream_replicas.into(), ..LeaseOptions::default() };
-                let lease = Lease::new(client, lease_options, holder_name()).await?;
-                let managers = Rc::new(RefCell::new(None));
-                let task =
-                    actix_rt::spawn(hold_lease(lease, bus.clone(), shared.clone(), executor.clone(), managers.clone()));
-                Duty::Elected { task, managers }
-            }
-            _ => Duty::Always(Managers::start(&bus, &shared, (!options.no_processes).then(|| executor.clone()))),
-        };
         if let Some(folder) = options.read_models.parent().filter(|f| !f.as_os_str().is_empty()) {
             std::fs::create_dir_all(folder)
                 .map_err(|e| anyhow::anyhow!("cannot create {} for the read models: {e}", folder.display()))?;
@@ -239,6 +228,32 @@ impl Node {
         let reads =
             Reads { read_models: options.read_models.clone(), positions, store: reader, rebuilds: Some(rebuild_tx) };
         let queries = crate::query::nats::start(bus.clone(), reads.clone()).await?;
+        // Schedules over a document selector pick their documents from the documents read model.
+        let select: Rc<dyn weft_actors::process::timers::Select> = Rc::new(reads.clone());
+        let duty = match (&store, client) {
+            // Nodes sharing a JetStream store run their managers one at a time, under a lease; a node that
+            // runs no process managers does not run for it.
+            (Store::JetStream(_), _) if options.no_processes => Duty::None,
+            (Store::JetStream(_), Some(client)) => {
+                let lease_options =
+                    LeaseOptions { replicas: options.jetstream_replicas.into(), ..LeaseOptions::default() };
+                let lease = Lease::new(client, lease_options, holder_name()).await?;
+                let managers = Rc::new(RefCell::new(None));
+                let task = actix_rt::spawn(hold_lease(
+                    lease,
+                    bus.clone(),
+                    shared.clone(),
+                    (executor.clone(), select.clone()),
+                    managers.clone(),
+                ));
+                Duty::Elected { task, managers }
+            }
+            _ => Duty::Always(Managers::start(
+                &bus,
+                &shared,
+                (!options.no_processes).then(|| (executor.clone(), select.clone())),
+            )),
+        };
         let subscription =
             bus.subscribe(crate::objects::notification::SUBJECT, Some(crate::protocol::QUEUE_GROUP)).await?;
         let notifications = actix_rt::spawn(serve_notifications(documents.clone(), subscription, bus.clone()));
@@ -365,7 +380,7 @@ async fn hold_lease(
     mut lease: Lease,
     bus: Arc<dyn Bus>,
     store: Arc<dyn EventStore>,
-    executor: Rc<dyn Executor>,
+    work: Work,
     managers: Rc<RefCell<Option<Managers>>>,
 ) {
     let mut last_held = Instant::now();
@@ -375,7 +390,7 @@ async fn hold_lease(
                 last_held = Instant::now();
                 if managers.borrow().is_none() {
                     tracing::info!("took the process managers' lease; starting them");
-                    *managers.borrow_mut() = Some(Managers::start(&bus, &store, Some(executor.clone())));
+                    *managers.borrow_mut() = Some(Managers::start(&bus, &store, Some(work.clone())));
                 }
                 false
             }

@@ -13,7 +13,7 @@ use chrono_tz::Tz;
 use croner::Cron;
 use weft_events::Timestamp;
 use weft_events::domain::ids::{JobId, WorkflowId};
-use weft_events::domain::schedule::{Created, Deleted, Event, Fired, Paused, Resumed, Strategy, Target};
+use weft_events::domain::schedule::{Created, Deleted, Event, Fired, Misfire, Paused, Resumed, Strategy, Target};
 
 use crate::aggregate::Aggregate;
 
@@ -39,6 +39,9 @@ pub enum Command {
         target: Target,
         /// How documents become jobs.
         strategy: Strategy,
+        /// What it does about missed occurrences (`fire_once` unless given).
+        #[serde(default)]
+        misfire: Misfire,
         /// When.
         #[serde(default = "Timestamp::now")]
         at: Timestamp,
@@ -61,6 +64,10 @@ pub enum Command {
         due_at: Timestamp,
         /// The jobs submitted.
         jobs: Vec<JobId>,
+        /// For a selector of documents uploaded since the last firing: the log position its uploads were
+        /// taken up to.
+        #[serde(default)]
+        through_position: Option<u64>,
         /// Now.
         #[serde(default = "Timestamp::now")]
         at: Timestamp,
@@ -103,6 +110,14 @@ pub enum Rejection {
     /// The target names no documents or too many, or a selector selects nothing in particular.
     #[error("target: {0}")]
     InvalidTarget(String),
+    /// The firing took uploads up to a log position before the one the last firing took them up to.
+    #[error("the firing takes uploads through position {through}, before the last firing's {last}")]
+    PositionBehind {
+        /// The firing's.
+        through: u64,
+        /// The last firing's.
+        last: u64,
+    },
     /// The firing is not for an occurrence of the rule, is in the future, or is not after the last one.
     #[error("{due_at:?} is not a due occurrence: {reason}")]
     NotDue {
@@ -145,6 +160,16 @@ pub struct Schedule {
     pub target: Option<Target>,
     /// How documents become jobs.
     pub strategy: Option<Strategy>,
+    /// What it does about missed occurrences.
+    #[serde(default)]
+    pub misfire: Misfire,
+    /// When it was last paused: an occurrence due before then may still be recorded while it is paused (its
+    /// jobs were submitted before the pause landed).
+    #[serde(default)]
+    pub paused_at: Option<Timestamp>,
+    /// The log position the last firing over a selector took uploads up to.
+    #[serde(default)]
+    pub through_position: Option<u64>,
     /// When it was created: occurrences before this are never due.
     pub created_at: Timestamp,
     /// When it was last resumed: occurrences while it was paused are never due.
@@ -201,7 +226,7 @@ fn check_target(target: &Target) -> Result<(), Rejection> {
                 return Err(Rejection::InvalidTarget("a document is named twice".into()));
             }
         }
-        Target::Selector { tenant, content_type, name_prefix } => {
+        Target::Selector { tenant, content_type, name_prefix, .. } => {
             let fields = [tenant, content_type, name_prefix];
             if fields.iter().all(|f| f.is_none()) {
                 return Err(Rejection::InvalidTarget("a selector needs at least one field".into()));
@@ -251,7 +276,7 @@ impl Aggregate for Schedule {
 
     fn decide(&self, command: &Command) -> Result<Vec<Event>, Rejection> {
         match command {
-            Command::Create { cron, time_zone, workflow, target, strategy, at } => {
+            Command::Create { cron, time_zone, workflow, target, strategy, misfire, at } => {
                 if self.status != Status::Uncreated {
                     return Err(Rejection::AlreadyCreated);
                 }
@@ -267,6 +292,7 @@ impl Aggregate for Schedule {
                         workflow: *workflow,
                         target: target.clone(),
                         strategy: *strategy,
+                        misfire: *misfire,
                         at: *at,
                     }
                     .into(),
@@ -286,14 +312,21 @@ impl Aggregate for Schedule {
                 }
                 Ok(vec![Resumed { at: *at }.into()])
             }
-            Command::Fire { due_at, jobs, at } => {
+            Command::Fire { due_at, jobs, through_position, at } => {
                 self.existing()?;
                 // The timer fired twice for one occurrence: it was recorded the first time.
                 if self.last_due == Some(*due_at) {
                     return Ok(vec![]);
                 }
-                if self.status == Status::Paused {
+                // A pause that landed while the timer was submitting an earlier occurrence's jobs: those jobs
+                // run, so their firing is recorded.
+                if self.status == Status::Paused && self.paused_at.is_none_or(|paused_at| *due_at >= paused_at) {
                     return Err(Rejection::Paused);
+                }
+                if let (Some(through), Some(last)) = (*through_position, self.through_position)
+                    && through < last
+                {
+                    return Err(Rejection::PositionBehind { through, last });
                 }
                 let not_due = |reason: &str| Rejection::NotDue { due_at: *due_at, reason: reason.into() };
                 if due_at > at {
@@ -311,7 +344,9 @@ impl Aggregate for Schedule {
                 if jobs.iter().collect::<HashSet<_>>().len() != jobs.len() {
                     return Err(Rejection::InvalidJobs("a job is named twice".into()));
                 }
-                Ok(vec![Fired { due_at: *due_at, jobs: jobs.clone(), at: *at }.into()])
+                Ok(vec![
+                    Fired { due_at: *due_at, jobs: jobs.clone(), through_position: *through_position, at: *at }.into(),
+                ])
             }
             Command::Delete { at } => {
                 self.existing()?;
@@ -329,15 +364,20 @@ impl Aggregate for Schedule {
                 self.workflow = Some(e.workflow);
                 self.target = Some(e.target.clone());
                 self.strategy = Some(e.strategy);
+                self.misfire = e.misfire;
                 self.created_at = e.at;
             }
-            Event::Paused(_) => self.status = Status::Paused,
+            Event::Paused(e) => {
+                self.status = Status::Paused;
+                self.paused_at = Some(e.at);
+            }
             Event::Resumed(e) => {
                 self.status = Status::Active;
                 self.resumed_at = Some(e.at);
             }
             Event::Fired(e) => {
                 self.last_due = Some(e.due_at);
+                self.through_position = e.through_position.or(self.through_position);
                 self.firings += 1;
             }
             Event::Deleted(_) => self.status = Status::Deleted,
@@ -377,6 +417,7 @@ mod tests {
             workflow: workflow(),
             target: target(),
             strategy: Strategy::PerDocument,
+            misfire: Misfire::FireOnce,
             at: at(-1),
         }
     }
@@ -388,6 +429,7 @@ mod tests {
             workflow: workflow(),
             target: target(),
             strategy: Strategy::PerDocument,
+            misfire: Misfire::FireOnce,
             at: at(-1),
         }
         .into()
@@ -411,6 +453,7 @@ mod tests {
             workflow: workflow(),
             target,
             strategy: Strategy::Combined,
+            misfire: Misfire::FireOnce,
             at: at(0),
         };
         assert!(matches!(
@@ -429,7 +472,7 @@ mod tests {
             Schedule::default().decide(&with("0 9 * * *", "UTC", Target::Documents(vec![]))),
             Err(Rejection::InvalidTarget(_))
         ));
-        let nothing = Target::Selector { tenant: None, content_type: None, name_prefix: None };
+        let nothing = Target::Selector { tenant: None, content_type: None, name_prefix: None, since_last_firing: true };
         assert!(matches!(
             Schedule::default().decide(&with("0 9 * * *", "UTC", nothing)),
             Err(Rejection::InvalidTarget(_))
@@ -447,8 +490,8 @@ mod tests {
     #[test]
     fn firing_a_due_occurrence_records_its_jobs() {
         given::<Schedule>([created()])
-            .when(Command::Fire { due_at: at(0), jobs: vec![job(1), job(2)], at: at(0) })
-            .then([Fired { due_at: at(0), jobs: vec![job(1), job(2)], at: at(0) }.into()]);
+            .when(Command::Fire { due_at: at(0), jobs: vec![job(1), job(2)], through_position: None, at: at(0) })
+            .then([Fired { due_at: at(0), jobs: vec![job(1), job(2)], through_position: None, at: at(0) }.into()]);
     }
 
     #[test]
@@ -456,35 +499,39 @@ mod tests {
         // Paused before Friday's occurrence, resumed after it: Monday's is next, Friday's is refused.
         let history = [created(), Paused { at: at(-1) }.into(), Resumed { at: at(1) }.into()];
         assert_eq!(Schedule::replay(&history).next_due(), Some(at(72)));
-        given::<Schedule>(history).when(Command::Fire { due_at: at(0), jobs: vec![job(1)], at: at(2) }).then_rejected(
-            Rejection::NotDue {
+        given::<Schedule>(history)
+            .when(Command::Fire { due_at: at(0), jobs: vec![job(1)], through_position: None, at: at(2) })
+            .then_rejected(Rejection::NotDue {
                 due_at: at(0),
                 reason: "it is not after the last occurrence fired, the creation or the resumption".into(),
-            },
-        );
+            });
     }
 
     #[test]
     fn firing_twice_for_one_occurrence_changes_nothing() {
-        given::<Schedule>([created(), Fired { due_at: at(0), jobs: vec![job(1)], at: at(0) }.into()])
-            .when(Command::Fire { due_at: at(0), jobs: vec![job(9)], at: at(1) })
-            .then([]);
+        given::<Schedule>([
+            created(),
+            Fired { due_at: at(0), jobs: vec![job(1)], through_position: None, at: at(0) }.into(),
+        ])
+        .when(Command::Fire { due_at: at(0), jobs: vec![job(9)], through_position: None, at: at(1) })
+        .then([]);
     }
 
     #[test]
     fn firing_early_off_the_rule_or_before_the_last_is_rejected() {
         let not_due = |command: Command| {
-            let history = [created(), Fired { due_at: at(0), jobs: vec![job(1)], at: at(0) }.into()];
+            let history =
+                [created(), Fired { due_at: at(0), jobs: vec![job(1)], through_position: None, at: at(0) }.into()];
             assert!(
                 matches!(Schedule::replay(&history).decide(&command), Err(Rejection::NotDue { .. })),
                 "{command:?}"
             );
         };
-        not_due(Command::Fire { due_at: at(72), jobs: vec![job(2)], at: at(71) }); // in the future
-        not_due(Command::Fire { due_at: at(1), jobs: vec![job(2)], at: at(2) }); // 10:00 Berlin is not a firing
-        not_due(Command::Fire { due_at: at(-24), jobs: vec![job(2)], at: at(2) }); // before the last
+        not_due(Command::Fire { due_at: at(72), jobs: vec![job(2)], through_position: None, at: at(71) }); // in the future
+        not_due(Command::Fire { due_at: at(1), jobs: vec![job(2)], through_position: None, at: at(2) }); // 10:00 Berlin is not a firing
+        not_due(Command::Fire { due_at: at(-24), jobs: vec![job(2)], through_position: None, at: at(2) }); // before the last
         given::<Schedule>([created()])
-            .when(Command::Fire { due_at: at(0), jobs: vec![], at: at(0) })
+            .when(Command::Fire { due_at: at(0), jobs: vec![], through_position: None, at: at(0) })
             .then_rejected(Rejection::InvalidJobs(format!("1 to {MAX_ITEMS} jobs, not 0")));
     }
 
@@ -494,10 +541,35 @@ mod tests {
         given::<Schedule>([created()]).when(Command::Pause { at: at(0) }).then([paused.clone()]);
         given::<Schedule>([created(), paused.clone()]).when(Command::Pause { at: at(0) }).then([]);
         given::<Schedule>([created(), paused.clone()])
-            .when(Command::Fire { due_at: at(0), jobs: vec![job(1)], at: at(0) })
+            .when(Command::Fire { due_at: at(0), jobs: vec![job(1)], through_position: None, at: at(0) })
             .then_rejected(Rejection::Paused);
         assert_eq!(Schedule::replay(&[created(), paused.clone()]).next_due(), None);
         given::<Schedule>([created(), paused]).when(Command::Resume { at: at(1) }).then([Resumed { at: at(1) }.into()]);
+    }
+
+    #[test]
+    fn an_occurrence_due_before_a_pause_is_still_recorded_but_none_after_it() {
+        // The timer submitted Friday's jobs, then the pause landed, then it recorded the firing.
+        let history = [created(), Paused { at: at(1) }.into()];
+        given::<Schedule>(history.clone())
+            .when(Command::Fire { due_at: at(0), jobs: vec![job(1)], through_position: None, at: at(1) })
+            .then([Fired { due_at: at(0), jobs: vec![job(1)], through_position: None, at: at(1) }.into()]);
+        given::<Schedule>(history)
+            .when(Command::Fire { due_at: at(72), jobs: vec![job(2)], through_position: None, at: at(72) })
+            .then_rejected(Rejection::Paused);
+    }
+
+    #[test]
+    fn a_firing_taking_uploads_through_an_earlier_position_than_the_last_is_rejected() {
+        let fired: Event = Fired { due_at: at(0), jobs: vec![job(1)], through_position: Some(50), at: at(0) }.into();
+        let schedule = Schedule::replay(&[created(), fired.clone()]);
+        assert_eq!(schedule.through_position, Some(50));
+        given::<Schedule>([created(), fired.clone()])
+            .when(Command::Fire { due_at: at(72), jobs: vec![job(2)], through_position: Some(49), at: at(72) })
+            .then_rejected(Rejection::PositionBehind { through: 49, last: 50 });
+        given::<Schedule>([created(), fired])
+            .when(Command::Fire { due_at: at(72), jobs: vec![job(2)], through_position: Some(50), at: at(72) })
+            .then([Fired { due_at: at(72), jobs: vec![job(2)], through_position: Some(50), at: at(72) }.into()]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use weft_actors::process::{Hosts, Processes, RunOptions, checkpoint_name};
 use weft_actors::testkit::{Scripted, ScriptedExecutor, agent_profile, three_step_dag};
 use weft_actors::{Aggregate, document, schedule, workflow};
 use weft_events::domain::ids::{AgentId, DocumentId, JobId, ScheduleId, Uuid, WorkflowId};
-use weft_events::domain::schedule::{GroupBy, Strategy, Target};
+use weft_events::domain::schedule::{GroupBy, Misfire, Strategy, Target};
 use weft_events::domain::workflow::Step;
 use weft_events::{EventStore, MemoryStore, StreamName, Timestamp, codec};
 
@@ -219,6 +219,7 @@ async fn a_schedule_fires_its_latest_missed_occurrence_once_with_a_job_per_group
             workflow,
             target: Target::Documents(documents.clone()),
             strategy: Strategy::PerGroup(GroupBy::ContentType),
+            misfire: Misfire::FireOnce,
             at: created,
         },
     )
@@ -257,4 +258,47 @@ fn derived_command_ids_are_stable_and_distinct() {
     assert_eq!(id(cause, "assign"), id(cause, "assign"));
     assert_ne!(id(cause, "assign"), id(cause, "start"));
     assert_ne!(id(cause, "assign"), id(Uuid::from_u128(43), "assign"));
+}
+
+#[actix_rt::test]
+async fn a_schedule_that_skips_misfires_does_not_fire_an_occurrence_found_long_past() {
+    let world = world().await;
+    let workflow = WorkflowId::new();
+    let steps = three_step_dag(world.agent, 1, 10, 5_000);
+    run(
+        &world.hosts.workflow,
+        &workflow.stream(),
+        workflow::Command::Define { name: "digest".into(), steps, at: Timestamp::now() },
+    )
+    .await;
+    let document = DocumentId::new();
+    // Hourly, at the minute half an hour from now: its latest occurrence is half an hour past, far beyond
+    // the misfire threshold; created two hours ago, so that occurrence was missed.
+    let minute = (Timestamp::now().0 / 60_000_000 + 30) % 60;
+    let created = Timestamp(Timestamp::now().0 - 2 * 3_600 * 1_000_000);
+    // Ids that order the skipping schedule's timer before its twin's, for timers due at the same time.
+    let (skipping, twin) = (ScheduleId(Uuid::from_u128(1)), ScheduleId(Uuid::from_u128(2)));
+    for (schedule, misfire) in [(skipping, Misfire::Skip), (twin, Misfire::FireOnce)] {
+        let create = schedule::Command::Create {
+            cron: format!("{minute} * * * *"),
+            time_zone: "UTC".into(),
+            workflow,
+            target: Target::Documents(vec![document]),
+            strategy: Strategy::PerDocument,
+            misfire,
+            at: created,
+        };
+        run(&world.hosts.schedule, &schedule.stream(), create).await;
+    }
+    let executor = Rc::new(ScriptedExecutor::new());
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), Some(executor.clone()), fast());
+    // The twin fires its missed occurrence; the skipping one, handled just before it, fired none.
+    eventually("the twin fires", async || {
+        let (state, _) = world.hosts.schedule.inspect(&twin.stream()).await.unwrap();
+        (state.firings == 1).then_some(())
+    })
+    .await;
+    processes.stop().await.unwrap();
+    let (state, _) = world.hosts.schedule.inspect(&skipping.stream()).await.unwrap();
+    assert_eq!(state.firings, 0, "{state:?}");
 }

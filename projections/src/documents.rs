@@ -6,7 +6,10 @@
 //! - `documents (id, tenant, owner, name, content_type, declared_size_bytes, status, size_bytes, etag,
 //!   versions, deleted_reason, created_at, updated_at, version)`: `status` is `registered`, `uploaded` or
 //!   `deleted`; `versions` counts the uploaded contents (the first upload and each added version); times are
-//!   microseconds since the Unix epoch; `version` is the document stream's version the row reflects.
+//!   microseconds since the Unix epoch; `version` is the document stream's version the row reflects;
+//!   `uploaded_position` is the log position of its latest upload (first or added version), by which a
+//!   schedule selects "the documents uploaded since its last firing" exactly (a read model made before the
+//!   column existed gains it on start, empty until `weft projection rebuild documents`).
 //! - `document_lineage (parent, child, job, step)`: one row per derivative recorded.
 
 use rusqlite::{Transaction, params};
@@ -57,6 +60,15 @@ impl Projection for Documents {
                  PRIMARY KEY (parent, child)
              );
              CREATE INDEX IF NOT EXISTS document_lineage_by_child ON document_lineage (child);",
+        )?;
+        let has_position =
+            db.prepare("SELECT 1 FROM pragma_table_info('documents') WHERE name = 'uploaded_position'")?.exists([])?;
+        if !has_position {
+            db.execute_batch("ALTER TABLE documents ADD COLUMN uploaded_position INTEGER")?;
+        }
+        db.execute_batch(
+            "CREATE INDEX IF NOT EXISTS documents_by_upload ON documents (uploaded_position)
+             WHERE uploaded_position IS NOT NULL",
         )
     }
 
@@ -89,16 +101,16 @@ impl Projection for Documents {
                 crate::exec(
                     tx,
                     "UPDATE documents SET status = 'uploaded', size_bytes = ?2, etag = ?3, versions = versions + 1,
-                                          updated_at = ?4, version = ?5 WHERE id = ?1",
-                    params![id, e.size_bytes as i64, e.etag, e.at.0, version],
+                                          updated_at = ?4, version = ?5, uploaded_position = ?6 WHERE id = ?1",
+                    params![id, e.size_bytes as i64, e.etag, e.at.0, version, envelope.position as i64],
                 )?;
             }
             Event::VersionAdded(e) => {
                 crate::exec(
                     tx,
                     "UPDATE documents SET size_bytes = ?2, etag = ?3, versions = versions + 1, updated_at = ?4,
-                                          version = ?5 WHERE id = ?1",
-                    params![id, e.size_bytes as i64, e.etag, e.at.0, version],
+                                          version = ?5, uploaded_position = ?6 WHERE id = ?1",
+                    params![id, e.size_bytes as i64, e.etag, e.at.0, version, envelope.position as i64],
                 )?;
             }
             Event::DerivativeRecorded(e) => {

@@ -33,6 +33,7 @@ mod live;
 pub mod nats;
 pub mod openapi;
 pub mod read;
+pub mod select;
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};

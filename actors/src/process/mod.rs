@@ -403,11 +403,22 @@ pub struct Processes {
 impl Processes {
     /// Starts them over `store`, sending commands through `gateway`, with `executor` doing the tasks; without
     /// an executor there is no worker (tasks wait for a node that has one, or time out). Must be called on an
-    /// actix system.
+    /// actix system. Schedules over a document selector need a [`timers::Select`]: see [`Self::with_select`].
     pub fn start<G: Gateway>(
         gateway: G,
         store: Arc<dyn EventStore>,
         executor: Option<std::rc::Rc<dyn worker::Executor>>,
+        options: RunOptions,
+    ) -> Self {
+        Self::with_select(gateway, store, executor, None, options)
+    }
+
+    /// As [`Self::start`], with the timers selecting documents for schedules through `select`.
+    pub fn with_select<G: Gateway>(
+        gateway: G,
+        store: Arc<dyn EventStore>,
+        executor: Option<std::rc::Rc<dyn worker::Executor>>,
+        select: Option<std::rc::Rc<dyn timers::Select>>,
         options: RunOptions,
     ) -> Self {
         let mut running = vec![(
@@ -420,7 +431,7 @@ impl Processes {
                 start(worker::Worker::new(gateway.clone(), executor), store.clone(), options.clone()),
             ));
         }
-        running.push(("timers", start(timers::TimerService::new(gateway), store, options)));
+        running.push(("timers", start(timers::TimerService::new(gateway, select), store, options)));
         Self { running }
     }
 

@@ -12,15 +12,22 @@
 //! from the timer, so a timer fired twice (fired, then a crash before the checkpoint) changes nothing.
 //!
 //! A schedule whose occurrences were missed (the service was down, or the occurrence came while the
-//! previous one was being fired) fires once, for the latest missed occurrence, not once per occurrence.
-//! Schedules whose target is a document selector are not fired yet: selecting documents needs the document
-//! projection; they are skipped with a warning.
+//! previous one was being fired) fires once, for the latest missed occurrence, not once per occurrence
+//! (`misfire: fire_once`, the default); with `misfire: skip`, an occurrence found more than
+//! [`MISFIRE_THRESHOLD`] late is not fired at all and the schedule waits for the next one.
+//!
+//! A schedule whose target is a document selector asks a [`Select`] (the node's documents read model, once
+//! it has caught up with the log) for the uploaded documents that match; with `since_last_firing`, only
+//! those whose latest upload is after the log position the last firing took them up to, which the firing
+//! records, so each upload is taken by exactly one firing. Without a [`Select`] such schedules are skipped
+//! with a warning. An occurrence with no documents to run over submits nothing and records no firing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use weft_events::domain::ids::{DocumentId, JobId, ScheduleId, Uuid};
-use weft_events::domain::schedule::{GroupBy, Strategy, Target};
+use weft_events::domain::schedule::{GroupBy, Misfire, Strategy, Target};
 use weft_events::domain::{job as job_events, schedule as schedule_events};
 use weft_events::{Envelope, Timestamp};
 
@@ -30,6 +37,27 @@ use crate::job::{self, Job, Rejection as JobRejection};
 use crate::schedule;
 use crate::schedule::Schedule;
 use crate::workflow::Workflow;
+
+/// How late an occurrence may be found and still fire under `misfire: skip` (Quartz's default threshold).
+pub const MISFIRE_THRESHOLD_MS: u64 = 60_000;
+
+/// Documents a selector picked for one firing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selected {
+    /// The uploaded documents that match, oldest upload first, at most the limit asked for.
+    pub documents: Vec<DocumentId>,
+    /// The log position the uploads were taken up to: the store's head when all that match were taken, the
+    /// last one's position when the limit cut them short (the next firing takes the rest).
+    pub through_position: u64,
+}
+
+/// Finds the uploaded documents a schedule's selector matches.
+#[async_trait::async_trait(?Send)]
+pub trait Select: 'static {
+    /// The documents `target` (a [`Target::Selector`]) matches, at most `limit`; with `after_position`, only
+    /// those whose latest upload is at a later log position. An error is retried with back-off.
+    async fn select(&self, target: &Target, after_position: Option<u64>, limit: usize) -> Result<Selected, String>;
+}
 
 /// What a timer does when it fires.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -94,12 +122,13 @@ impl Timers {
 /// See the module doc.
 pub struct TimerService<G> {
     gateway: G,
+    select: Option<Rc<dyn Select>>,
 }
 
 impl<G: Gateway> TimerService<G> {
-    /// A timer service sending its commands through `gateway`.
-    pub fn new(gateway: G) -> Self {
-        Self { gateway }
+    /// A timer service sending its commands through `gateway`, selecting documents with `select`.
+    pub fn new(gateway: G, select: Option<Rc<dyn Select>>) -> Self {
+        Self { gateway, select }
     }
 
     fn job_event(timers: &mut Timers, job: JobId, event: job_events::Event) {
@@ -203,13 +232,33 @@ impl<G: Gateway> TimerService<G> {
             return Ok(Some(due_at));
         }
         let after = rule.next_after(due_at);
-        let Target::Documents(documents) = target else {
-            tracing::warn!(schedule = %id, "schedules over a document selector are not fired yet; skipping the occurrence");
+        let late_ms = u64::try_from(now.as_micros().saturating_sub(due_at.as_micros()) / 1000).unwrap_or(u64::MAX);
+        if schedule.misfire == Misfire::Skip && late_ms > MISFIRE_THRESHOLD_MS {
+            tracing::info!(schedule = %id, late_ms, "an occurrence was missed; skipping it (misfire: skip)");
             return Ok(after);
-        };
+        }
         let workflow = inspect::<Workflow, _>(&self.gateway, &workflow_id.stream()).await?;
         if workflow.version == 0 {
             tracing::warn!(schedule = %id, workflow = %workflow_id, "the schedule's workflow is not defined; skipping the occurrence");
+            return Ok(after);
+        }
+        let (documents, through_position) = match &target {
+            Target::Documents(documents) => (documents.clone(), None),
+            Target::Selector { since_last_firing, .. } => {
+                let Some(select) = &self.select else {
+                    tracing::warn!(schedule = %id, "this node cannot select documents; skipping the occurrence");
+                    return Ok(after);
+                };
+                let since = since_last_firing.then(|| schedule.through_position.unwrap_or(0));
+                let selected = select
+                    .select(&target, since, schedule::MAX_ITEMS)
+                    .await
+                    .map_err(|e| Retry(format!("selecting the documents of schedule {id}: {e}")))?;
+                (selected.documents, since_last_firing.then_some(selected.through_position))
+            }
+        };
+        if documents.is_empty() {
+            tracing::debug!(schedule = %id, "no documents to run over this time");
             return Ok(after);
         }
         let groups = self.groups(documents, strategy).await?;
@@ -243,7 +292,7 @@ impl<G: Gateway> TimerService<G> {
         if jobs.is_empty() {
             return Ok(after);
         }
-        let fire = schedule::Command::Fire { due_at, jobs, at: now };
+        let fire = schedule::Command::Fire { due_at, jobs, through_position, at: now };
         let fire_id = derived_id(id.0, &format!("fire/{}", due_at.as_micros()));
         if let Err(rejection) =
             send::<Schedule, _>(&self.gateway, &stream, fire_id, fire, Self::NAME, Some(id.0)).await?

@@ -19,7 +19,23 @@ pub enum Target {
         content_type: Option<String>,
         /// Documents whose name starts with this.
         name_prefix: Option<String>,
+        /// Only the documents uploaded (or given a new version) since the last firing, so that each upload
+        /// is taken by one firing; the first firing takes every match so far. Added after version 1 of
+        /// `schedule.created` was first written: an event without it takes every match each time.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        since_last_firing: bool,
     },
+}
+
+/// What a schedule does about occurrences it missed (the node was down, or busy past the next one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Misfire {
+    /// Fire once, for the latest missed occurrence, not once per occurrence missed.
+    #[default]
+    FireOnce,
+    /// Fire nothing for an occurrence found more than the misfire threshold late; wait for the next one.
+    Skip,
 }
 
 /// What documents are grouped by, for [`Strategy::PerGroup`].
@@ -59,8 +75,16 @@ pub struct Created {
     pub target: Target,
     /// How documents become jobs.
     pub strategy: Strategy,
+    /// What it does about missed occurrences. Added after version 1 was first written: an event without it
+    /// fires once.
+    #[serde(default, skip_serializing_if = "is_fire_once")]
+    pub misfire: Misfire,
     /// When.
     pub at: Timestamp,
+}
+
+fn is_fire_once(misfire: &Misfire) -> bool {
+    *misfire == Misfire::FireOnce
 }
 
 /// The schedule stopped firing.
@@ -84,6 +108,10 @@ pub struct Fired {
     pub due_at: Timestamp,
     /// The jobs submitted.
     pub jobs: Vec<JobId>,
+    /// For a selector of documents uploaded since the last firing: the log position up to which uploads were
+    /// taken by this firing (the next takes those after it). Added after version 1 was first written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through_position: Option<u64>,
     /// When it fired.
     pub at: Timestamp,
 }
@@ -121,8 +149,14 @@ mod tests {
                 cron: "0 9 * * MON-FRI".into(),
                 time_zone: "Europe/Berlin".into(),
                 workflow: WorkflowId::new(),
-                target: Target::Selector { tenant: Some("acme".into()), content_type: None, name_prefix: None },
+                target: Target::Selector {
+                    tenant: Some("acme".into()),
+                    content_type: None,
+                    name_prefix: None,
+                    since_last_firing: true,
+                },
                 strategy: Strategy::PerGroup(GroupBy::ContentType),
+                misfire: Misfire::Skip,
                 at,
             }
             .into(),
@@ -132,16 +166,68 @@ mod tests {
                 workflow: WorkflowId::new(),
                 target: Target::Documents(vec![DocumentId::new()]),
                 strategy: Strategy::Combined,
+                misfire: Misfire::FireOnce,
                 at,
             }
             .into(),
             Paused { at }.into(),
             Resumed { at }.into(),
-            Fired { due_at: at, jobs: vec![JobId::new()], at }.into(),
+            Fired { due_at: at, jobs: vec![JobId::new()], through_position: None, at }.into(),
+            Fired { due_at: at, jobs: vec![JobId::new()], through_position: Some(42), at }.into(),
             Deleted { at }.into(),
         ];
         for event in events {
             assert_eq!(round_trip(&event), event);
         }
+    }
+
+    #[test]
+    fn events_written_before_the_misfire_selector_and_position_fields_read_with_their_defaults() {
+        // `schedule.created` and `schedule.fired` as version 1 wrote them before those fields existed.
+        #[derive(Serialize)]
+        struct OldSelector {
+            tenant: Option<String>,
+            content_type: Option<String>,
+            name_prefix: Option<String>,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum OldTarget {
+            Selector(OldSelector),
+        }
+        #[derive(Serialize)]
+        struct OldCreated {
+            cron: String,
+            time_zone: String,
+            workflow: WorkflowId,
+            target: OldTarget,
+            strategy: Strategy,
+            at: Timestamp,
+        }
+        let workflow = WorkflowId::new();
+        let old = OldCreated {
+            cron: "@daily".into(),
+            time_zone: "UTC".into(),
+            workflow,
+            target: OldTarget::Selector(OldSelector {
+                tenant: Some("acme".into()),
+                content_type: None,
+                name_prefix: None,
+            }),
+            strategy: Strategy::Combined,
+            at: Timestamp(1),
+        };
+        let created: Created = crate::codec::decode(&crate::codec::encode(&old).unwrap()).unwrap();
+        assert_eq!(created.misfire, Misfire::FireOnce);
+        assert!(matches!(created.target, Target::Selector { since_last_firing: false, .. }));
+        #[derive(Serialize)]
+        struct OldFired {
+            due_at: Timestamp,
+            jobs: Vec<JobId>,
+            at: Timestamp,
+        }
+        let old = OldFired { due_at: Timestamp(5), jobs: vec![JobId::new()], at: Timestamp(6) };
+        let fired: Fired = crate::codec::decode(&crate::codec::encode(&old).unwrap()).unwrap();
+        assert_eq!(fired.through_position, None);
     }
 }

@@ -1,0 +1,56 @@
+//! Documents for schedules over a selector, from the documents read model: the timer service's
+//! [`Select`](weft_actors::process::timers::Select).
+//!
+//! A selection first waits until the documents read model has applied the store's head (as of the firing),
+//! so that every upload recorded before the occurrence fired is seen; it then takes the `uploaded` documents
+//! that match every field given, oldest upload first, by their latest upload's log position. Agents'
+//! outputs (owner `agent:<id>`) are never selected: a schedule over "the new text documents" would otherwise
+//! take its own jobs' outputs as new work, without end.
+
+use weft_actors::process::timers::{Select, Selected};
+use weft_events::domain::ids::{DocumentId, Uuid};
+use weft_events::domain::schedule::Target;
+
+use super::read::Reads;
+
+#[async_trait::async_trait(?Send)]
+impl Select for Reads {
+    async fn select(&self, target: &Target, after_position: Option<u64>, limit: usize) -> Result<Selected, String> {
+        let Target::Selector { tenant, content_type, name_prefix, .. } = target.clone() else {
+            return Err("not a selector".into());
+        };
+        let head = self.store.head().await.map_err(|e| e.to_string())?;
+        self.caught_up("documents", Some(head)).await.map_err(|e| e.message)?;
+        let after = after_position.map_or(-1, |p| i64::try_from(p).unwrap_or(i64::MAX));
+        let head_i64 = i64::try_from(head).unwrap_or(i64::MAX);
+        let rows = self
+            .query(move |db| {
+                // `name_prefix` is matched by substr, not LIKE, so `%` and `_` in it mean themselves.
+                let mut statement = db.prepare_cached(
+                    "SELECT id, uploaded_position FROM documents
+                     WHERE status = 'uploaded' AND uploaded_position > ?1 AND uploaded_position <= ?2
+                       AND substr(owner, 1, 6) != 'agent:'
+                       AND (?3 IS NULL OR tenant = ?3) AND (?4 IS NULL OR content_type = ?4)
+                       AND (?5 IS NULL OR substr(name, 1, length(?5)) = ?5)
+                     ORDER BY uploaded_position LIMIT ?6",
+                )?;
+                let rows = statement.query_map(
+                    rusqlite::params![after, head_i64, tenant, content_type, name_prefix, limit as i64],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+                )?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .map_err(|e| e.message)?;
+        // Cut short by the limit: the next firing goes on after the last one taken.
+        let through_position = match rows.last() {
+            Some((_, position)) if rows.len() >= limit => u64::try_from(*position).unwrap_or(head),
+            _ => head,
+        };
+        let documents = rows
+            .into_iter()
+            .map(|(id, _)| Uuid::parse_str(&id).map(DocumentId).map_err(|e| format!("document id {id:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Selected { documents, through_position })
+    }
+}
