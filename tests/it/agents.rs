@@ -540,6 +540,20 @@ fn an_instruction_naming_a_parameter_the_job_lacks_fails_the_step_for_good() {
     }
     let (ok, _, stderr) = weft(addr, &["job", "run", "summarize", "--document", &document, "--param", "novalue"]);
     assert!(!ok && stderr.contains("is not NAME=VALUE"), "{stderr}");
+    let (ok, _, stderr) = weft(addr, &["job", "retry", "not-a-uuid"]);
+    assert!(!ok && stderr.contains("400 invalid"), "{stderr}");
+    // Schedules with a misfire policy or a selector flag that is not one are refused as invalid.
+    let workflow = weft::agents::catalog::workflow_id("summarize");
+    for (target, misfire) in [
+        (json!({"selector": {"tenant": "acme"}}), json!("sometimes")),
+        (json!({"selector": {"tenant": "acme", "since_last_firing": "yes"}}), json!("skip")),
+    ] {
+        let schedule = uuid::Uuid::now_v7().to_string();
+        let body = json!({"cron": "* * * * *", "time_zone": "UTC", "workflow": workflow, "target": target,
+            "strategy": "combined", "misfire": misfire});
+        let (status, reply) = command(addr, "schedule", &schedule, "create", body);
+        assert_eq!((status, reply["error"]["kind"].as_str()), (400, Some("invalid")), "{reply}");
+    }
     serve.stop();
 }
 
