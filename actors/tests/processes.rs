@@ -182,9 +182,8 @@ async fn a_pending_retry_fires_after_the_processes_restart_from_their_checkpoint
     processes.stop().await.unwrap();
 }
 
-#[actix_rt::test]
-async fn a_schedule_fires_its_latest_missed_occurrence_once_with_a_job_per_group() {
-    let world = world().await;
+/// Defines a workflow `digest` of three steps, one attempt each, for schedules to run.
+async fn digest(world: &World) -> WorkflowId {
     let workflow = WorkflowId::new();
     let steps = three_step_dag(world.agent, 1, 10, 5_000);
     run(
@@ -193,6 +192,13 @@ async fn a_schedule_fires_its_latest_missed_occurrence_once_with_a_job_per_group
         workflow::Command::Define { name: "digest".into(), steps, at: Timestamp::now() },
     )
     .await;
+    workflow
+}
+
+#[actix_rt::test]
+async fn a_schedule_fires_its_latest_missed_occurrence_once_with_a_job_per_group() {
+    let world = world().await;
+    let workflow = digest(&world).await;
     let mut documents = Vec::new();
     for (name, content_type) in [("a.pdf", "application/pdf"), ("b.txt", "text/plain"), ("c.pdf", "application/pdf")] {
         let document = DocumentId::new();
@@ -263,14 +269,7 @@ fn derived_command_ids_are_stable_and_distinct() {
 #[actix_rt::test]
 async fn a_schedule_that_skips_misfires_does_not_fire_an_occurrence_found_long_past() {
     let world = world().await;
-    let workflow = WorkflowId::new();
-    let steps = three_step_dag(world.agent, 1, 10, 5_000);
-    run(
-        &world.hosts.workflow,
-        &workflow.stream(),
-        workflow::Command::Define { name: "digest".into(), steps, at: Timestamp::now() },
-    )
-    .await;
+    let workflow = digest(&world).await;
     let document = DocumentId::new();
     // Hourly, at the minute half an hour from now: its latest occurrence is half an hour past, far beyond
     // the misfire threshold; created two hours ago, so that occurrence was missed.

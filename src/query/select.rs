@@ -1,5 +1,5 @@
 //! Documents for schedules over a selector, from the documents read model: the timer service's
-//! [`Select`](weft_actors::process::timers::Select).
+//! [`Select`].
 //!
 //! A selection first waits until the documents read model has applied the store's head (as of the firing),
 //! so that every upload recorded before the occurrence fired is seen; it then takes the `uploaded` documents

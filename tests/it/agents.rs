@@ -250,13 +250,19 @@ fn upload(addr: &str, dir: &std::path::Path) -> String {
     stdout.trim().to_owned()
 }
 
-#[test]
-fn a_flaky_step_that_fails_twice_then_succeeds_ends_the_job_succeeded_on_its_third_attempt() {
+/// A fake OpenAI server answering two attempts' worth of 503s (four requests each, the provider's own
+/// retries), then an answer.
+fn two_busy_attempts_then_an_answer() -> crate::providers::Fake {
     use crate::providers::{Fake, OPENAI_OK, answer};
-    // Each attempt's call is tried 4 times by the provider: two attempts' worth of 503s, then an answer.
     let mut script: Vec<_> = (0..8).map(|_| answer(503, r#"{"error":{"message":"busy"}}"#)).collect();
     script.push(answer(200, OPENAI_OK));
-    let fake = Fake::start(script);
+    Fake::start(script)
+}
+
+#[test]
+fn a_flaky_step_that_fails_twice_then_succeeds_ends_the_job_succeeded_on_its_third_attempt() {
+    // Each attempt's call is tried 4 times by the provider: two attempts' worth of 503s, then an answer.
+    let fake = two_busy_attempts_then_an_answer();
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &["--openai-base-url", &fake.url]);
     let document = upload(&serve.addr, dir.path());
@@ -389,11 +395,8 @@ fn cancelling_a_job_mid_step_aborts_the_provider_call_and_frees_the_agent() {
 
 #[test]
 fn a_step_that_always_fails_dead_letters_the_job_and_a_retry_runs_it_again_from_that_step() {
-    use crate::providers::{Fake, OPENAI_OK, answer};
-    // Two attempts of four requests each meet 503s; the retry of the job meets an answer.
-    let mut script: Vec<_> = (0..8).map(|_| answer(503, r#"{"error":{"message":"busy"}}"#)).collect();
-    script.push(answer(200, OPENAI_OK));
-    let fake = Fake::start(script);
+    // Two attempts meet 503s; the retry of the job meets an answer.
+    let fake = two_busy_attempts_then_an_answer();
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &["--openai-base-url", &fake.url]);
     let addr = serve.addr.as_str();

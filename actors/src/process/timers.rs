@@ -14,7 +14,7 @@
 //! A schedule whose occurrences were missed (the service was down, or the occurrence came while the
 //! previous one was being fired) fires once, for the latest missed occurrence, not once per occurrence
 //! (`misfire: fire_once`, the default); with `misfire: skip`, an occurrence found more than
-//! [`MISFIRE_THRESHOLD`] late is not fired at all and the schedule waits for the next one.
+//! [`MISFIRE_THRESHOLD_MS`] late is not fired at all and the schedule waits for the next one.
 //!
 //! A schedule whose target is a document selector asks a [`Select`] (the node's documents read model, once
 //! it has caught up with the log) for the uploaded documents that match; with `since_last_firing`, only
