@@ -33,11 +33,16 @@ async fn a_nats_restart_mid_stream_loses_no_acknowledged_command_and_retries_app
         Intake::start(node_bus, Hosts::new(store.clone(), Options::default()), IntakeOptions::default()).await.unwrap();
     let client = NatsBus::new(weft::nats::connect(&server.url(), "client").await.unwrap());
 
-    // Restart the server from another thread once a third of the commands are through.
+    // Restart the server from another thread once a third of the commands are through. The commands wait
+    // until it is down, so that some meet it down however fast the rest would have gone (a loaded CI run sent
+    // all 400 before the kill landed).
     let (restart_tx, restart_rx) = std::sync::mpsc::channel::<()>();
+    let (killed_tx, killed_rx) = std::sync::mpsc::channel::<()>();
     let restarter = std::thread::spawn(move || {
         let mut server = server;
         restart_rx.recv().unwrap();
+        server.kill(0);
+        killed_tx.send(()).unwrap();
         server.restart(0).unwrap();
         server
     });
@@ -47,6 +52,7 @@ async fn a_nats_restart_mid_stream_loses_no_acknowledged_command_and_retries_app
     for (i, (document, command_id)) in commands.iter().enumerate() {
         if i == COMMANDS / 3 {
             restart_tx.send(()).unwrap();
+            killed_rx.recv().unwrap();
         }
         outcomes.push(send(&client, *document, *command_id).await);
     }
