@@ -22,6 +22,7 @@ use weft_actors::job::{self, Job};
 use weft_actors::process::Gateway;
 use weft_actors::process::worker::{Executor, Task, TaskError, TaskOutput};
 use weft_events::Timestamp;
+use weft_events::domain::agent::Param;
 use weft_events::domain::document::UploadSource;
 use weft_events::domain::ids::{DocumentId, Uuid};
 use weft_events::domain::job::Level;
@@ -30,7 +31,6 @@ use super::template::{self, Values};
 use super::{Error, Provider, Request};
 use crate::gateway::BusGateway;
 use crate::objects::{ObjectStore, document_key};
-use weft_events::domain::agent::Param;
 
 /// The most bytes read from one input document.
 pub const MAX_INPUT_BYTES: u64 = 8 * 1024 * 1024;
@@ -71,7 +71,14 @@ impl DocumentExecutor {
         self.gateway.state::<Document>(&id.stream()).await.map_err(|e| transient(format!("reading {id}: {e}")))
     }
 
-    async fn read(&self, id: DocumentId, state: &Document) -> Result<String, TaskError> {
+    /// A document's state and its current content as text.
+    async fn read(&self, id: DocumentId) -> Result<(Document, String), TaskError> {
+        let state = self.document(id).await?;
+        let text = self.content(id, &state).await?;
+        Ok((state, text))
+    }
+
+    async fn content(&self, id: DocumentId, state: &Document) -> Result<String, TaskError> {
         if state.status != Status::Uploaded {
             return Err(permanent(format!("input {id} is not uploaded (it is {:?})", state.status)));
         }
@@ -175,8 +182,8 @@ impl DocumentExecutor {
         let mut texts = Vec::with_capacity(task.inputs.len());
         let mut states = Vec::with_capacity(task.inputs.len());
         for &input in &task.inputs {
-            let state = self.document(input).await?;
-            texts.push(self.read(input, &state).await?);
+            let (state, text) = self.read(input).await?;
+            texts.push(text);
             states.push(state);
         }
         // Only the earlier outputs the instruction names are read; a name without an output is the template's
@@ -184,8 +191,7 @@ impl DocumentExecutor {
         let mut outputs = BTreeMap::new();
         for step in weft_actors::workflow::outputs_named(&task.step.instruction) {
             if let Some(&document) = task.outputs.get(step) {
-                let state = self.document(document).await?;
-                outputs.insert(step.to_owned(), self.read(document, &state).await?);
+                outputs.insert(step.to_owned(), self.read(document).await?.1);
             }
         }
         let input = texts.join("\n\n");

@@ -531,7 +531,7 @@ fn an_instruction_naming_a_parameter_the_job_lacks_fails_the_step_for_good() {
     // are refused at submission, and nothing is stored.
     let mut bad_parameters = submit.clone();
     bad_parameters["parameters"] = json!({"no spaces": "x"});
-    let mut dangling = submit;
+    let mut dangling = submit.clone();
     dangling["steps"][0]["instruction"] = json!("Use {{output.earlier}}.");
     for (submit, expected) in [(bad_parameters, "parameters: name \"no spaces\""), (dangling, "earlier")] {
         let bad = uuid::Uuid::now_v7().to_string();
@@ -543,6 +543,24 @@ fn an_instruction_naming_a_parameter_the_job_lacks_fails_the_step_for_good() {
     }
     let (ok, _, stderr) = weft(addr, &["job", "run", "summarize", "--document", &document, "--param", "novalue"]);
     assert!(!ok && stderr.contains("is not NAME=VALUE"), "{stderr}");
+    // An agent whose chunk size is below the least, or not a number: its step fails for good, naming why.
+    for chunk_bytes in [json!(10), json!("big")] {
+        let agent = uuid::Uuid::now_v7().to_string();
+        let profile = json!({"profile": {"name": "tiny", "role": "r", "goal": "g", "instructions": "i",
+            "provider": "builtin", "model": "echo", "parameters": {"chunk_bytes": chunk_bytes}, "concurrency_limit": 1}});
+        assert_eq!(command(addr, "agent", &agent, "register", profile).0, 200);
+        let mut tiny = submit.clone();
+        tiny["steps"][0]["agent"] = json!(agent);
+        tiny["steps"][0]["instruction"] = json!("{{input}}");
+        let job = uuid::Uuid::now_v7().to_string();
+        assert_eq!(command(addr, "job", &job, "submit", tiny).0, 200);
+        let state = wait_job(addr, &job, |s| s["status"] != "running");
+        assert_eq!((state["status"].as_str(), state["steps"][0]["attempts"].as_u64()), (Some("failed"), Some(1)));
+        assert!(
+            state["error"].as_str().unwrap().contains("chunk_bytes must be a whole number of at least 256"),
+            "{state}"
+        );
+    }
     let (ok, _, stderr) = weft(addr, &["job", "retry", "not-a-uuid"]);
     assert!(!ok && stderr.contains("400 invalid"), "{stderr}");
     // Schedules with a misfire policy or a selector flag that is not one are refused as invalid.
