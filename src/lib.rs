@@ -41,4 +41,5 @@ pub mod objects;
 pub mod protocol;
 pub mod publisher;
 pub mod query;
+pub mod replay;
 pub mod store;

@@ -439,6 +439,11 @@ pub async fn metadata_round_trips<S: EventStore + Clone>(store: S) {
     assert_eq!(store.read_all(1, 10).await.unwrap(), back);
     let ids: HashSet<Uuid> = back.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), 2);
+    // An imported event keeps the time it was first recorded.
+    let imported = NewEvent::new("document.deleted", Bytes::new()).recorded_at(crate::Timestamp(1_234_567));
+    store.append(&s, ExpectedVersion::Exact(2), vec![imported]).await.unwrap();
+    let back = store.read_stream(&s, 3, Direction::Forwards, 1).await.unwrap();
+    assert_eq!(back[0].recorded_at, crate::Timestamp(1_234_567));
 }
 
 /// A snapshot saves and loads; an older one does not replace a newer one; one ahead of its stream is refused.

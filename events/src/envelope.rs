@@ -198,6 +198,10 @@ pub struct NewEvent {
     pub actor: String,
     /// The encoded payload.
     pub payload: Bytes,
+    /// When it was first recorded, for an event copied from another store (`weft events import`): the store
+    /// keeps this time instead of its commit time. `None` (the rule) means "now".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recorded_at: Option<Timestamp>,
 }
 
 impl NewEvent {
@@ -213,6 +217,7 @@ impl NewEvent {
             causation_id: None,
             actor: SYSTEM_ACTOR.to_owned(),
             payload: payload.into(),
+            recorded_at: None,
         }
     }
 
@@ -246,8 +251,15 @@ impl NewEvent {
         self
     }
 
-    /// The stored form of this event, once the store has assigned its place and time.
-    pub fn into_envelope(self, stream: StreamName, version: u64, position: u64, recorded_at: Timestamp) -> Envelope {
+    /// Keeps `at` as the time it was recorded (see [`NewEvent::recorded_at`]).
+    pub fn recorded_at(mut self, at: Timestamp) -> Self {
+        self.recorded_at = Some(at);
+        self
+    }
+
+    /// The stored form of this event, once the store has assigned its place and its commit time (which
+    /// [`NewEvent::recorded_at`] overrides).
+    pub fn into_envelope(self, stream: StreamName, version: u64, position: u64, committed_at: Timestamp) -> Envelope {
         Envelope {
             event_id: self.event_id,
             stream,
@@ -255,7 +267,7 @@ impl NewEvent {
             position,
             event_type: self.event_type.into(),
             schema_version: self.schema_version,
-            recorded_at,
+            recorded_at: self.recorded_at.unwrap_or(committed_at),
             tenant: self.tenant.into(),
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,

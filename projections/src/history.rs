@@ -9,7 +9,7 @@
 
 use rusqlite::{Transaction, params};
 use weft_events::Envelope;
-use weft_events::domain::{DecodeError, DomainEvent, agent, document, job, schedule, workflow};
+use weft_events::domain::{Any, DecodeError};
 
 use crate::{ApplyError, Projection};
 
@@ -17,31 +17,34 @@ use crate::{ApplyError, Projection};
 #[derive(Debug, Default)]
 pub struct History;
 
-/// The payload of an aggregate's event as JSON text: the variant's fields, without the enum's tag. Serde writes
-/// an event as `{"Variant":{...}}`; the text between the tag's colon and the closing brace is the payload, so
-/// it is cut out of the text rather than built as a tree and written again (a third of the projection's time).
-fn payload_json<E: DomainEvent + serde::Serialize>(envelope: &Envelope) -> Result<String, DecodeError> {
-    let event = E::from_envelope(envelope)?;
-    let text = serde_json::to_string(&event).unwrap_or_else(|_| "null".into());
-    let payload = text
-        .strip_prefix("{\"")
-        .and_then(|rest| rest.split_once("\":"))
-        .filter(|(tag, _)| tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        .and_then(|(_, payload)| payload.strip_suffix('}'));
-    Ok(payload.map_or_else(|| text.clone(), str::to_owned))
+/// The payload of an aggregate's event as JSON text: the variant's fields, without the enums' tags. Serde writes
+/// an event as `{"Aggregate":{"Variant":{...}}}`; the text inside the two tags is the payload, so it is cut out
+/// of the text rather than built as a tree and written again (a third of the projection's time).
+fn payload_json(event: &Any) -> String {
+    let text = serde_json::to_string(event).unwrap_or_else(|_| "null".into());
+    let untag = |text: &str| -> Option<(usize, usize)> {
+        let rest = text.strip_prefix("{\"")?;
+        let (tag, payload) = rest.split_once("\":")?;
+        let payload = payload.strip_suffix('}')?;
+        tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_').then(|| (text.len() - 1 - payload.len(), payload.len()))
+    };
+    let mut slice = text.as_str();
+    for _ in 0..2 {
+        match untag(slice) {
+            Some((start, len)) => slice = &slice[start..start + len],
+            None => break,
+        }
+    }
+    slice.to_owned()
 }
 
 /// The event's payload as JSON text when its stream is an aggregate's.
 pub fn event_json(envelope: &Envelope) -> Result<Option<String>, DecodeError> {
-    let kind = envelope.stream.as_str().split_once('-').map_or("", |(kind, _)| kind);
-    Ok(Some(match kind {
-        document::Event::AGGREGATE => payload_json::<document::Event>(envelope)?,
-        workflow::Event::AGGREGATE => payload_json::<workflow::Event>(envelope)?,
-        job::Event::AGGREGATE => payload_json::<job::Event>(envelope)?,
-        agent::Event::AGGREGATE => payload_json::<agent::Event>(envelope)?,
-        schedule::Event::AGGREGATE => payload_json::<schedule::Event>(envelope)?,
-        _ => return Ok(None),
-    }))
+    match Any::from_envelope(envelope) {
+        Ok(event) => Ok(Some(payload_json(&event))),
+        Err(DecodeError::UnknownStream { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 impl Projection for History {

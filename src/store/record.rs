@@ -34,15 +34,17 @@ const HAS_CORRELATION: u8 = 1;
 const HAS_CAUSATION: u8 = 2;
 const CHECKSUM_BYTES: usize = 4;
 
-/// Encodes `event` as it will be stored at (`stream`, `version`, `position`), appending to `out`.
+/// Encodes `event` as it will be stored at (`stream`, `version`, `position`), committed at `committed_at`
+/// (unless the event keeps the time it was first recorded), appending to `out`.
 pub fn encode(
     out: &mut Vec<u8>,
     event: &NewEvent,
     stream: &StreamName,
     version: u64,
     position: u64,
-    recorded_at: Timestamp,
+    committed_at: Timestamp,
 ) {
+    let recorded_at = event.recorded_at.unwrap_or(committed_at);
     out.clear();
     out.push(FORMAT);
     out.extend_from_slice(event.event_id.as_bytes());

@@ -40,6 +40,12 @@ pub enum DecodeError {
         /// The newest version this build reads.
         known: u32,
     },
+    /// The stream is not one of any aggregate's (`<kind>-<id>` with a kind this build knows).
+    #[error("stream {stream} is not the stream of any aggregate")]
+    UnknownStream {
+        /// The stream.
+        stream: String,
+    },
     /// The payload does not decode as the type says.
     #[error("{event_type}: {source}")]
     Payload {
@@ -48,6 +54,37 @@ pub enum DecodeError {
         /// The codec's error.
         source: codec::Error,
     },
+}
+
+/// An event of any of the aggregates, for readers of the whole log that are not one aggregate (operators'
+/// tools, checks).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub enum Any {
+    /// A document's.
+    Document(document::Event),
+    /// A workflow's.
+    Workflow(workflow::Event),
+    /// A job's.
+    Job(job::Event),
+    /// An agent's.
+    Agent(agent::Event),
+    /// A schedule's.
+    Schedule(schedule::Event),
+}
+
+impl Any {
+    /// Reads a stored event as the event of the aggregate its stream names (`job-<uuid>`: a job's).
+    pub fn from_envelope(envelope: &Envelope) -> Result<Self, DecodeError> {
+        let kind = envelope.stream.as_str().split_once('-').map_or("", |(kind, _)| kind);
+        Ok(match kind {
+            document::Event::AGGREGATE => Self::Document(document::Event::from_envelope(envelope)?),
+            workflow::Event::AGGREGATE => Self::Workflow(workflow::Event::from_envelope(envelope)?),
+            job::Event::AGGREGATE => Self::Job(job::Event::from_envelope(envelope)?),
+            agent::Event::AGGREGATE => Self::Agent(agent::Event::from_envelope(envelope)?),
+            schedule::Event::AGGREGATE => Self::Schedule(schedule::Event::from_envelope(envelope)?),
+            _ => return Err(DecodeError::UnknownStream { stream: envelope.stream.as_str().to_owned() }),
+        })
+    }
 }
 
 /// The events of one aggregate.

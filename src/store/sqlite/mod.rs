@@ -41,6 +41,7 @@ use weft_events::{
 };
 
 pub mod index;
+pub mod view;
 pub mod writer;
 
 use crate::store::record;

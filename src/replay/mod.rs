@@ -1,0 +1,186 @@
+//! `weft events`: the operator's tools over a store's events, working on the store itself (the SQLite file,
+//! or the JetStream stream), not through a node.
+//!
+//! - [`inspect`]: `streams`, `cat`, `show`, `tail`: what is stored, decoded; `state`, `diff`: an aggregate's
+//!   state at a version or a time, folded with the write side's own `evolve`.
+//! - [`export`]: `export` and `import` in the export format (versioned JSON lines, see `docs/replay.md`),
+//!   between any two backends.
+//! - [`verify`]: `verify`: every check the store's promises allow, as a report.
+//!
+//! Reading never writes: on SQLite it goes through a [`View`] of the files, so it works while a node has the
+//! store open. `import` writes, so on SQLite it needs the node stopped (the store's lock says so).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use weft_events::domain::{self, DecodeError};
+use weft_events::{Envelope, EventRead, EventStore, Timestamp};
+
+use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
+use crate::store::sqlite::view::View;
+use crate::store::sqlite::{self, SqliteStore};
+
+pub mod export;
+pub mod inspect;
+pub mod verify;
+
+/// Most events one read of the tools asks for: the stores' largest page.
+pub const PAGE_EVENTS: usize = weft_events::store::DEFAULT_MAX_PAGE_SIZE;
+
+/// Which store the tools work on: the same flags (and `WEFT_` variables) as `weft serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Source {
+    /// The event store's log file (SQLite).
+    #[arg(long, default_value = "weft-data/events.db", env = "WEFT_STORE", global = true)]
+    pub store: PathBuf,
+    /// NATS server URLs, comma separated (with --jetstream).
+    #[arg(long, env = "WEFT_NATS", global = true)]
+    pub nats: Option<String>,
+    /// Work on the JetStream store on the --nats servers instead of the SQLite file.
+    #[arg(long, env = "WEFT_JETSTREAM", global = true)]
+    pub jetstream: bool,
+    /// The JetStream stream of the events.
+    #[arg(long, default_value = "WEFT_EVENTS", env = "WEFT_JETSTREAM_STREAM", global = true)]
+    pub jetstream_stream: String,
+}
+
+impl Source {
+    /// What the tools print as the store's name.
+    pub fn describe(&self) -> String {
+        match (self.jetstream, &self.nats) {
+            (true, Some(url)) => format!("jetstream:{url}/{}", self.jetstream_stream),
+            _ => format!("sqlite:{}", self.store.display()),
+        }
+    }
+
+    async fn jetstream(&self) -> anyhow::Result<Option<JetStreamStore>> {
+        match (self.jetstream, &self.nats) {
+            (true, Some(url)) => {
+                let client = crate::nats::connect(url, "weft-events").await?;
+                let config = JetStreamConfig { stream: self.jetstream_stream.clone(), ..JetStreamConfig::default() };
+                Ok(Some(JetStreamStore::open(client, config).await?))
+            }
+            (true, None) => anyhow::bail!("--jetstream needs --nats"),
+            _ => Ok(None),
+        }
+    }
+
+    /// Opens the store for reading. SQLite: a read-only view, alongside a node that may have it open.
+    pub async fn reader(&self) -> anyhow::Result<Arc<dyn EventRead>> {
+        if let Some(store) = self.jetstream().await? {
+            return Ok(Arc::new(store));
+        }
+        let path = self.store.clone();
+        Ok(Arc::new(tokio::task::spawn_blocking(move || View::open(&path)).await??))
+    }
+
+    /// Opens the store for writing. SQLite: the store itself, which no node may have open meanwhile.
+    pub async fn writer(&self) -> anyhow::Result<Writer> {
+        if let Some(store) = self.jetstream().await? {
+            return Ok(Writer { store: Arc::new(store), sqlite: None });
+        }
+        let options = sqlite::Options::new(&self.store);
+        let store = tokio::task::spawn_blocking(move || SqliteStore::open(options)).await?.map_err(|e| {
+            anyhow::anyhow!("{e} (import writes to the store: stop the node that has it open, or import through JetStream)")
+        })?;
+        Ok(Writer { store: Arc::new(store.clone()), sqlite: Some(store) })
+    }
+}
+
+/// A store opened for writing; [`Writer::close`] it when done.
+pub struct Writer {
+    /// The store.
+    pub store: Arc<dyn EventStore>,
+    sqlite: Option<SqliteStore>,
+}
+
+impl Writer {
+    /// Waits for every append and closes the store's files.
+    pub async fn close(self) -> anyhow::Result<()> {
+        if let Some(store) = self.sqlite {
+            store.close().await?;
+        }
+        Ok(())
+    }
+}
+
+/// An event's payload as JSON, decoded with this build's event types (old schema versions upcast), or why it
+/// cannot be.
+pub fn payload_json(envelope: &Envelope) -> Result<Value, DecodeError> {
+    let event = domain::Any::from_envelope(envelope)?;
+    let value = serde_json::to_value(&event).unwrap_or(Value::Null);
+    // `{"Document": {"Registered": {...}}}`: the envelope already says which, so only the fields are shown.
+    let mut inner = value;
+    for _ in 0..2 {
+        inner = match inner {
+            Value::Object(map) if map.len() == 1 => map.into_iter().next().map(|(_, v)| v).unwrap_or(Value::Null),
+            other => return Ok(other),
+        };
+    }
+    Ok(inner)
+}
+
+/// Pages of the log from `from` through `to`, read by a task of their own a page or two ahead of the
+/// consumer, so that reading and what is done with the events overlap on two cores.
+pub fn read_ahead(
+    reader: Arc<dyn EventRead>,
+    from: u64,
+    to: u64,
+) -> tokio::sync::mpsc::Receiver<Result<Vec<Envelope>, weft_events::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(async move {
+        let mut next = from.max(1);
+        while next <= to {
+            let limit = PAGE_EVENTS.min(usize::try_from(to - next + 1).unwrap_or(PAGE_EVENTS));
+            let page = reader.read_all(next, limit).await;
+            let stop = match &page {
+                Ok(events) => match events.last() {
+                    Some(last) => {
+                        next = last.position + 1;
+                        false
+                    }
+                    None => true,
+                },
+                Err(_) => true,
+            };
+            if tx.send(page).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// A time as RFC 3339 with microseconds, UTC.
+pub fn rfc3339(at: Timestamp) -> String {
+    chrono::DateTime::from_timestamp_micros(at.as_micros())
+        .map_or_else(|| at.as_micros().to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+}
+
+/// An event as one JSON object: the envelope and the decoded payload (or, when it does not decode, the
+/// reason and the payload's bytes in base64).
+pub fn event_json(e: &Envelope) -> Value {
+    let mut value = json!({
+        "position": e.position,
+        "stream": e.stream.as_str(),
+        "version": e.version,
+        "event_id": e.event_id,
+        "event_type": &*e.event_type,
+        "schema_version": e.schema_version,
+        "recorded_at": rfc3339(e.recorded_at),
+        "tenant": &*e.tenant,
+        "actor": &*e.actor,
+        "correlation_id": e.correlation_id,
+        "causation_id": e.causation_id,
+    });
+    match payload_json(e) {
+        Ok(payload) => value["payload"] = payload,
+        Err(error) => {
+            use base64::Engine as _;
+            value["payload_error"] = Value::String(error.to_string());
+            value["payload_base64"] = Value::String(base64::engine::general_purpose::STANDARD.encode(&e.payload));
+        }
+    }
+    value
+}
