@@ -359,7 +359,7 @@ fn cell(column: &str, value: &Value) -> String {
 }
 
 /// Rows under a header, columns padded to their widest cell.
-fn table(columns: &[&str], rows: &[Value]) -> String {
+pub(crate) fn table(columns: &[&str], rows: &[Value]) -> String {
     let cells: Vec<Vec<String>> = rows.iter().map(|row| columns.iter().map(|c| cell(c, &row[*c])).collect()).collect();
     let widths: Vec<usize> = columns
         .iter()

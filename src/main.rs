@@ -82,7 +82,11 @@ enum Command {
     Demo,
     /// Prints a fresh id (a UUID v7) for a new document, job, agent, workflow or schedule.
     Id,
+    /// The operator's tools over a store's events, on the store itself (the SQLite file, or JetStream with
+    /// --jetstream): list, read, follow, fold, export, import, verify.
+    Events(weft::replay::cli::Events),
     /// The read models' projections of a running node: their lag, and rebuilds.
+    #[command(alias = "projections")]
     Projection {
         #[command(subcommand)]
         verb: client::ProjectionVerb,
@@ -164,6 +168,20 @@ fn main() -> anyhow::Result<()> {
         Command::Send { args, connection } => run(client::send(connection, args)),
         Command::Stream { verb: StreamVerb::Events { stream }, connection } => {
             run(client::stream_events(connection, &stream))
+        }
+        Command::Events(events) => {
+            let ran = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(weft::replay::cli::run(events));
+            match ran {
+                Ok(true) => Ok(()),
+                Ok(false) => std::process::exit(1),
+                Err(e) => {
+                    eprintln!("weft: {e:#}");
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Demo => actix_rt::System::new().block_on(weft::demo::main()),
         Command::Id => {

@@ -26,7 +26,9 @@ fn payload_json(event: &Any) -> String {
         let rest = text.strip_prefix("{\"")?;
         let (tag, payload) = rest.split_once("\":")?;
         let payload = payload.strip_suffix('}')?;
-        tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_').then(|| (text.len() - 1 - payload.len(), payload.len()))
+        tag.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            .then(|| (text.len() - 1 - payload.len(), payload.len()))
     };
     let mut slice = text.as_str();
     for _ in 0..2 {

@@ -310,10 +310,8 @@ pub async fn export_to_file(
     file.seek(SeekFrom::End(0))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let (events, last) = write_events(reader, resume.last_position + 1, streams, &mut out, progress).await?;
-    let end = End {
-        events: resume.events + events,
-        last_position: if events == 0 { resume.last_position } else { last },
-    };
+    let end =
+        End { events: resume.events + events, last_position: if events == 0 { resume.last_position } else { last } };
     writeln!(out, "{}", end_line(end))?;
     out.flush()?;
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -599,10 +597,16 @@ mod tests {
 
     #[test]
     fn headers_of_other_versions_and_other_files_are_refused_by_name() {
-        assert!(matches!(parse_header(br#"{"weft_export":2,"from_position":1}"#), Err(Error::UnknownFormat { found: 2 })));
+        assert!(matches!(
+            parse_header(br#"{"weft_export":2,"from_position":1}"#),
+            Err(Error::UnknownFormat { found: 2 })
+        ));
         assert!(matches!(parse_header(br#"{"hello":1}"#), Err(Error::NotAnExport(_))));
         assert!(matches!(parse_header(b"PK\x03\x04"), Err(Error::NotAnExport(_))));
         assert_eq!(parse_header(header_line(5).as_bytes()).unwrap(), Header { weft_export: 1, from_position: 5 });
-        assert_eq!(parse_end(end_line(End { events: 3, last_position: 9 }).as_bytes()), Some(End { events: 3, last_position: 9 }));
+        assert_eq!(
+            parse_end(end_line(End { events: 3, last_position: 9 }).as_bytes()),
+            Some(End { events: 3, last_position: 9 })
+        );
     }
 }

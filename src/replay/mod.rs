@@ -21,8 +21,10 @@ use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::sqlite::view::View;
 use crate::store::sqlite::{self, SqliteStore};
 
+pub mod cli;
 pub mod export;
 pub mod inspect;
+pub mod progress;
 pub mod verify;
 
 /// Most events one read of the tools asks for: the stores' largest page.
@@ -82,7 +84,9 @@ impl Source {
         }
         let options = sqlite::Options::new(&self.store);
         let store = tokio::task::spawn_blocking(move || SqliteStore::open(options)).await?.map_err(|e| {
-            anyhow::anyhow!("{e} (import writes to the store: stop the node that has it open, or import through JetStream)")
+            anyhow::anyhow!(
+                "{e} (import writes to the store: stop the node that has it open, or import through JetStream)"
+            )
         })?;
         Ok(Writer { store: Arc::new(store.clone()), sqlite: Some(store) })
     }

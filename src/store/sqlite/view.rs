@@ -187,7 +187,9 @@ fn read_stream(
             .query_row([to_sql(position)], |row| Ok(decode_row(row, location, &mut names)))
             .optional()
             .map_err(|e| sql_error(location, e))?
-            .ok_or_else(|| corrupt(location, format!("{stream} version {version} is missing from position {position}")))??;
+            .ok_or_else(|| {
+                corrupt(location, format!("{stream} version {version} is missing from position {position}"))
+            })??;
         events.push(event);
     }
     let dense = events.iter().zip(low..).all(|(e, v)| e.version == v && &e.stream == stream);
