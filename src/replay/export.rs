@@ -430,57 +430,74 @@ fn count_lines(path: &Path) -> std::io::Result<u64> {
     }
 }
 
-/// Reads the file once to find, for each of its streams, where the store stands: what is already there (an
-/// earlier import), and what conflicts.
+/// Reads the whole file once before anything is written: every line must decode, each stream's versions must
+/// follow on, and each stream must fit where the store stands (already there from an earlier import, next in
+/// line, or else a conflict).
 async fn plan(
     path: &Path,
+    lines: u64,
     store: &dyn EventStore,
     on_conflict: OnConflict,
 ) -> Result<(HashMap<String, Target>, Vec<String>), Error> {
     let mut targets: HashMap<String, Target> = HashMap::new();
+    let mut last_in_file: HashMap<String, u64> = HashMap::new();
     let mut conflicts = Vec::new();
-    if store.head().await? == 0 {
-        return Ok((targets, conflicts)); // an empty store: nothing to compare with
-    }
+    let empty = store.head().await? == 0;
+    let limits = store.limits();
     let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
     let mut line = Vec::new();
     reader.read_until(b'\n', &mut line)?;
-    let mut number = 1;
-    loop {
+    for number in 2..lines {
         line.clear();
-        if reader.read_until(b'\n', &mut line)? == 0 || parse_end(&line).is_some() {
-            break;
-        }
-        number += 1;
+        reader.read_until(b'\n', &mut line)?;
         let event = decode_line(number, &line)?;
-        if targets.contains_key(&event.stream) {
+        let event_id = event.event_id;
+        let (stream, version, new) = new_event(number, event)?;
+        if new.payload.len() > limits.max_append_bytes {
+            return Err(Error::BadLine {
+                line: number,
+                reason: format!(
+                    "a payload of {} bytes, over the store's {} bytes an append",
+                    new.payload.len(),
+                    limits.max_append_bytes
+                ),
+            });
+        }
+        if let Some(last) = last_in_file.get_mut(stream.as_str()) {
+            if version != *last + 1 {
+                return Err(Error::BadLine {
+                    line: number,
+                    reason: format!("{stream} jumps to version {version}, after {last}"),
+                });
+            }
+            *last = version;
             continue;
         }
-        let stream = StreamName::new(&event.stream)
-            .map_err(|e| Error::BadLine { line: number, reason: format!("stream: {e}") })?;
-        let version = store.stream_version(&stream).await?;
-        let mut target = Target { present_through: 0, next: event.version, skip: false };
-        if version >= event.version {
-            let there = store.read_stream(&stream, event.version, Direction::Forwards, 1).await?;
-            match there.first() {
-                Some(found) if found.event_id == event.event_id => target.present_through = version,
+        last_in_file.insert(stream.as_str().to_owned(), version);
+        let there = if empty { 0 } else { store.stream_version(&stream).await? };
+        let mut target = Target { present_through: 0, next: version, skip: false };
+        if there >= version {
+            let found = store.read_stream(&stream, version, Direction::Forwards, 1).await?;
+            match found.first() {
+                Some(found) if found.event_id == event_id => target.present_through = there,
                 Some(found) => {
                     target.skip = true;
                     conflicts.push(format!(
-                        "{stream} holds event {} at version {}, the file has {}",
-                        found.event_id, event.version, event.event_id
+                        "{stream} holds event {} at version {version}, the file has {event_id}",
+                        found.event_id
                     ));
                 }
                 None => unreachable!("the stream has that version"),
             }
-        } else if version + 1 != event.version {
+        } else if there + 1 != version {
             target.skip = true;
-            conflicts.push(format!(
-                "{stream} is at version {version} in the store, and the file's events of it start at {}",
-                event.version
-            ));
+            conflicts.push(if there == 0 {
+                format!("{stream} is not in the store, and the file's events of it start at version {version}")
+            } else {
+                format!("{stream} is at version {there} in the store, and the file's events of it start at {version}")
+            });
         }
-        targets.insert(event.stream, target);
+        targets.insert(stream.as_str().to_owned(), target);
     }
     if !conflicts.is_empty() && on_conflict == OnConflict::Fail {
         return Err(Error::Conflicts {
@@ -505,7 +522,14 @@ pub async fn import(
     reader.read_until(b'\n', &mut line)?;
     parse_header(&line)?;
     let (lines, end) = check_end(path)?;
-    let (mut targets, conflicts) = plan(path, store, on_conflict).await?;
+    if lines.saturating_sub(2) != end.events {
+        return Err(Error::Truncated(format!(
+            "its end line, line {lines}, counts {} events, the lines before it hold {}",
+            end.events,
+            lines.saturating_sub(2)
+        )));
+    }
+    let (mut targets, conflicts) = plan(path, lines, store, on_conflict).await?;
     let mut imported = Imported::default();
     let limits = store.limits();
     let mut number = 1;

@@ -265,6 +265,11 @@ async fn fold<A: Aggregate>(reader: &dyn EventRead, stream: &StreamName, at: Opt
     if version == 0 {
         anyhow::bail!("{stream} has no events{}", if at.is_some() { " by then" } else { "" });
     }
+    if let Some(Bound::Version(wanted)) = at
+        && wanted > version
+    {
+        anyhow::bail!("{stream} is at version {version}: it has no version {wanted}");
+    }
     Ok(json!({
         "stream": stream.as_str(),
         "version": version,

@@ -95,6 +95,8 @@ struct Checks {
     report: Report,
     versions: HashMap<StreamName, u64>,
     next_position: u64,
+    /// Positions of records that could not be read (the first few): a version missing later may be one.
+    unreadable: Vec<u64>,
 }
 
 impl Checks {
@@ -104,6 +106,17 @@ impl Checks {
         if self.report.listed.len() < MAX_LISTED_FAULTS {
             self.report.listed.push(fault);
         }
+    }
+
+    fn unreadable_before(&self, position: u64) -> Option<String> {
+        let before: Vec<String> = self
+            .unreadable
+            .iter()
+            .filter(|p| **p < position)
+            .take(3)
+            .map(|p| format!("event at position {p}"))
+            .collect();
+        (!before.is_empty()).then(|| before.join(", "))
     }
 
     fn missing_positions(&mut self, through: u64) {
@@ -142,13 +155,17 @@ impl Checks {
         };
         if e.version != last + 1 {
             let detail = if e.version > last + 1 {
-                format!(
+                let mut detail = format!(
                     "{} jumps from version {last} to {}: versions {} through {} are missing",
                     e.stream,
                     e.version,
                     last + 1,
                     e.version - 1
-                )
+                );
+                if let Some(positions) = self.unreadable_before(e.position) {
+                    detail.push_str(&format!(" (perhaps as the {positions} reported above, missing or unreadable)"));
+                }
+                detail
             } else {
                 format!("{} has version {} after version {last}", e.stream, e.version)
             };
@@ -189,7 +206,7 @@ pub async fn verify(
         listed: Vec::new(),
         ok: true,
     };
-    let mut checks = Checks { report, versions: HashMap::new(), next_position: 1 };
+    let mut checks = Checks { report, versions: HashMap::new(), next_position: 1, unreadable: Vec::new() };
     'scan: while checks.next_position <= head {
         let mut pages = read_ahead(Arc::clone(&reader), checks.next_position, head);
         while let Some(page) = pages.recv().await {
@@ -213,7 +230,25 @@ pub async fn verify(
                                 Some(e) => checks.check(e),
                                 None => break,
                             },
+                            Err(weft_events::Error::Corrupt { detail, .. })
+                                if detail.starts_with(crate::store::sqlite::MISSING_POSITION) =>
+                            {
+                                if checks.unreadable.len() < MAX_LISTED_FAULTS {
+                                    checks.unreadable.push(position);
+                                }
+                                checks.fault(Fault {
+                                    kind: FaultKind::MissingPosition,
+                                    position,
+                                    stream: None,
+                                    version: None,
+                                    detail,
+                                });
+                                checks.next_position = position + 1;
+                            }
                             Err(weft_events::Error::Corrupt { detail, .. }) => {
+                                if checks.unreadable.len() < MAX_LISTED_FAULTS {
+                                    checks.unreadable.push(position);
+                                }
                                 checks.fault(Fault {
                                     kind: FaultKind::CorruptRecord,
                                     position,

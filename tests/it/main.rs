@@ -19,6 +19,7 @@ mod providers;
 mod query_api;
 mod quickstart;
 mod reaped;
+mod replay;
 mod schemas;
 mod serve;
 mod store_corruption;

@@ -51,6 +51,9 @@ use writer::{Outcome, Reply, Request, Writer};
 /// `PRAGMA application_id` of a Weft log: "WEFT" in ASCII. A file with another id is not ours.
 const APPLICATION_ID: i32 = 0x5745_4654;
 
+/// How an [`Error::Corrupt`] of a read begins when the log lacks a position (rather than holding a bad record).
+pub const MISSING_POSITION: &str = "no event at position";
+
 /// `PRAGMA user_version`: the layout of the tables below. Bumped, with a migration, when it changes.
 const SCHEMA_VERSION: i32 = 1;
 
@@ -849,7 +852,10 @@ fn select_all(conn: &Connection, location: &str, from: u64, limit: usize) -> Res
         // Positions are dense from 1, so the page must start at `from` and run without a gap.
         let expected = from + events.len() as u64;
         if event.position != expected {
-            return Err(corrupt(location, format!("expected position {expected}, found {}", event.position)));
+            return Err(corrupt(
+                location,
+                format!("{MISSING_POSITION} {expected} (the next is at {})", event.position),
+            ));
         }
         events.push(event);
     }
