@@ -124,6 +124,9 @@ enum Bench {
     /// Jobs: one-step builtin jobs from submit to done, on the embedded defaults and on NATS + JetStream (a
     /// local nats-server, started by the bench).
     Jobs(weft::bench::jobs::Options),
+    /// The operator's tools over a log of --events events: cat, export, import, verify and projection
+    /// rebuilds, against raw rusqlite scans and inserts of the same rows.
+    Replay(weft::bench::replay::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -150,6 +153,10 @@ fn main() -> anyhow::Result<()> {
             .build()?
             .block_on(weft::bench::store::main(options)),
         // Actors live on an actix system.
+        Command::Bench(Bench::Replay(options)) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(weft::bench::replay::main(options)),
         Command::Bench(Bench::Actors(options)) => actix_rt::System::new().block_on(weft::bench::actors::main(options)),
         Command::Bench(Bench::Nats(options)) => actix_rt::System::new().block_on(weft::bench::nats::main(options)),
         Command::Bench(Bench::Jobs(options)) => actix_rt::System::new().block_on(weft::bench::jobs::main(options)),

@@ -16,6 +16,7 @@
 //! - [`projections`]: rebuilding the read models, their lag under load, status reads.
 //! - [`documents`]: registrations, and from an upload's end to `uploaded` on the local store and on S3.
 //! - [`jobs`]: one-step builtin jobs from submit to done, embedded and on NATS + JetStream.
+//! - [`replay`]: the operator's tools: cat, export, import, verify, rebuilds.
 
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ pub mod documents;
 pub mod jobs;
 pub mod nats;
 pub mod projections;
+pub mod replay;
 pub mod store;
 
 /// One case's result.

@@ -68,7 +68,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     let mut store_options = StoreOptions::new(dir.join("events.db"));
     store_options.synchronous = Synchronous::Full;
     let store = SqliteStore::open(store_options)?;
-    let jobs = fill(&store, options.events).await?;
+    let jobs = fill(&store, options.events, |_, _| {}).await?;
     let head = store.head().await?;
     eprintln!("log: {head} events");
     let baseline = read_all_rate(&store, head).await?;
@@ -104,7 +104,11 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
 }
 
 /// Starts the projection named `case` (`rebuild-documents`, ...), or all of them for `rebuild`.
-fn start(case: &str, path: &Path, reader: &Arc<dyn EventRead>) -> anyhow::Result<Vec<weft_projections::Running>> {
+pub(super) fn start(
+    case: &str,
+    path: &Path,
+    reader: &Arc<dyn EventRead>,
+) -> anyhow::Result<Vec<weft_projections::Running>> {
     let reader = reader.clone();
     Ok(match case {
         "rebuild-documents" => vec![weft_projections::start(Documents, path, reader)?],
@@ -172,29 +176,39 @@ fn job_events(input: DocumentId, at: Timestamp) -> anyhow::Result<Vec<NewEvent>>
     encode(events)
 }
 
-/// Appends about `events` events: documents of 4 events and jobs of 12 in a 2:1 ratio. Returns the jobs.
-async fn fill(store: &SqliteStore, events: u64) -> anyhow::Result<Vec<JobId>> {
+/// Appends about `events` events: documents of 4 events and jobs of 12 in a 2:1 ratio, 512 appends at a time
+/// (made as they go, so a log of millions is never held in memory). Returns the jobs.
+pub(super) async fn fill(
+    store: &SqliteStore,
+    events: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> anyhow::Result<Vec<JobId>> {
+    const UNITS_PER_ROUND: u64 = 512 / 3;
     let units = events.div_ceil(4 * 2 + 12);
     let mut jobs = Vec::new();
-    let mut appends = Vec::new();
-    for _ in 0..units {
-        let at = Timestamp::now();
-        let documents = [DocumentId::new(), DocumentId::new()];
-        for document in documents {
-            appends.push((document.stream(), document_events(at)?));
+    let mut done = 0;
+    while done < units {
+        let round = (units - done).min(UNITS_PER_ROUND);
+        let mut appends = Vec::with_capacity(round as usize * 3);
+        for _ in 0..round {
+            let at = Timestamp::now();
+            let documents = [DocumentId::new(), DocumentId::new()];
+            for document in documents {
+                appends.push((document.stream(), document_events(at)?));
+            }
+            let job = JobId::new();
+            appends.push((job.stream(), job_events(documents[0], at)?));
+            jobs.push(job);
         }
-        let job = JobId::new();
-        appends.push((job.stream(), job_events(documents[0], at)?));
-        jobs.push(job);
-    }
-    for chunk in appends.chunks(512) {
-        let writes = chunk.iter().map(|(stream, events)| {
+        let writes = appends.into_iter().map(|(stream, events)| {
             let store = store.clone();
-            async move { store.append(stream, ExpectedVersion::NoStream, events.clone()).await }
+            async move { store.append(&stream, ExpectedVersion::NoStream, events).await }
         });
         for result in futures::future::join_all(writes).await {
             result?;
         }
+        done += round;
+        progress(done * 20, units * 20);
     }
     Ok(jobs)
 }
