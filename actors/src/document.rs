@@ -1,6 +1,8 @@
 //! The document aggregate: a file in object storage, from registration through uploads and new versions to
 //! deletion, and the documents derived from it.
 
+use std::collections::BTreeMap;
+
 use weft_events::Timestamp;
 use weft_events::domain::document::{
     Deleted, DerivativeRecorded, Event, Registered, UploadSource, Uploaded, VersionAdded,
@@ -11,6 +13,9 @@ use crate::aggregate::Aggregate;
 
 /// The largest document: S3's limit for one PUT, 5 GiB.
 pub const MAX_DOCUMENT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Most labels on one document.
+pub const MAX_LABELS: usize = 32;
 
 /// Longest file name, content type, owner, tenant, etag, step or reason, in bytes.
 pub const MAX_TEXT_BYTES: usize = 1024;
@@ -31,6 +36,10 @@ pub enum Command {
         tenant: String,
         /// Who registers it.
         owner: String,
+        /// Labels to keep with it (`{"project": "q3"}`): at most [`MAX_LABELS`], keys of letters, digits, `.`,
+        /// `_`, `-` and `/`, at most 64 bytes; values at most 256 bytes.
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
         /// When.
         #[serde(default = "Timestamp::now")]
         at: Timestamp,
@@ -162,6 +171,8 @@ pub struct Document {
     pub versions: u32,
     /// Documents derived from it.
     pub derivatives: u32,
+    /// The labels it was registered with.
+    pub labels: BTreeMap<String, String>,
 }
 
 fn text(field: &'static str, value: &str) -> Result<(), Rejection> {
@@ -175,6 +186,24 @@ fn text(field: &'static str, value: &str) -> Result<(), Rejection> {
         return Ok(());
     };
     Err(Rejection::Invalid { field: field.into(), reason })
+}
+
+fn labels(labels: &BTreeMap<String, String>) -> Result<(), Rejection> {
+    let invalid = |reason: String| Err(Rejection::Invalid { field: "labels".into(), reason });
+    if labels.len() > MAX_LABELS {
+        return invalid(format!("{} labels, over the limit of {MAX_LABELS}", labels.len()));
+    }
+    for (key, value) in labels {
+        let key_ok =
+            !key.is_empty() && key.len() <= 64 && key.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
+        if !key_ok {
+            return invalid(format!("{key:?} is not a label key (1 to 64 of letters, digits, `.`, `_`, `-`, `/`)"));
+        }
+        if value.len() > 256 || value.chars().any(char::is_control) {
+            return invalid(format!("the value of {key:?} is over 256 bytes or holds control characters"));
+        }
+    }
+    Ok(())
 }
 
 fn content_type(value: &str) -> Result<(), Rejection> {
@@ -216,7 +245,7 @@ impl Aggregate for Document {
 
     fn decide(&self, command: &Command) -> Result<Vec<Event>, Rejection> {
         match command {
-            Command::Register { name, content_type: kind, declared_size_bytes, tenant, owner, at } => {
+            Command::Register { name, content_type: kind, declared_size_bytes, tenant, owner, labels: given, at } => {
                 if self.status != Status::Unregistered {
                     return Err(Rejection::AlreadyRegistered);
                 }
@@ -224,6 +253,7 @@ impl Aggregate for Document {
                 content_type(kind)?;
                 text("tenant", tenant)?;
                 text("owner", owner)?;
+                labels(given)?;
                 if *declared_size_bytes == 0 || *declared_size_bytes > MAX_DOCUMENT_BYTES {
                     return Err(Rejection::BadDeclaredSize { size: *declared_size_bytes, limit: MAX_DOCUMENT_BYTES });
                 }
@@ -234,6 +264,7 @@ impl Aggregate for Document {
                         declared_size_bytes: *declared_size_bytes,
                         tenant: tenant.clone(),
                         owner: owner.clone(),
+                        labels: given.clone(),
                         at: *at,
                     }
                     .into(),
@@ -285,6 +316,7 @@ impl Aggregate for Document {
                 self.owner = e.owner.clone();
                 self.content_type = e.content_type.clone();
                 self.declared_size_bytes = e.declared_size_bytes;
+                self.labels = e.labels.clone();
             }
             Event::Uploaded(e) => {
                 self.status = Status::Uploaded;
@@ -318,6 +350,7 @@ mod tests {
             declared_size_bytes: 100,
             tenant: "acme".into(),
             owner: "user:alice".into(),
+            labels: [("project".to_owned(), "q3".to_owned())].into(),
             at: AT,
         }
     }
@@ -329,6 +362,7 @@ mod tests {
             declared_size_bytes: 100,
             tenant: "acme".into(),
             owner: "user:alice".into(),
+            labels: [("project".to_owned(), "q3".to_owned())].into(),
             at: AT,
         }
         .into()
@@ -376,6 +410,22 @@ mod tests {
         given::<Document>([])
             .when(set_size(MAX_DOCUMENT_BYTES + 1))
             .then_rejected(Rejection::BadDeclaredSize { size: MAX_DOCUMENT_BYTES + 1, limit: MAX_DOCUMENT_BYTES });
+        let bad_labels = with(&|c| {
+            if let Command::Register { labels, .. } = c {
+                labels.insert("no spaces allowed".into(), "v".into());
+            }
+        });
+        assert!(
+            matches!(Document::default().decide(&bad_labels), Err(Rejection::Invalid { field, .. }) if field == "labels")
+        );
+        let too_many = with(&|c| {
+            if let Command::Register { labels, .. } = c {
+                labels.extend((0..=MAX_LABELS).map(|i| (format!("k{i}"), String::new())));
+            }
+        });
+        assert!(
+            matches!(Document::default().decide(&too_many), Err(Rejection::Invalid { field, .. }) if field == "labels")
+        );
         let blank_name = with(&|c| {
             if let Command::Register { name, .. } = c {
                 *name = "  ".into()

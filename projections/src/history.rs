@@ -120,6 +120,7 @@ mod tests {
             declared_size_bytes: 3,
             tenant: "t".into(),
             owner: "o".into(),
+            labels: Default::default(),
             at: Timestamp(5),
         };
         let added = VersionAdded { size_bytes: 4, etag: "e".into(), at: Timestamp(6) };

@@ -76,6 +76,7 @@ impl Writer {
                     declared_size_bytes: 1,
                     tenant: "acme".into(),
                     owner: "ann".into(),
+                    labels: Default::default(),
                     at,
                 }
                 .into()

@@ -31,6 +31,7 @@ async fn round(store: &MemoryStore, n: u64, documents: &mut Vec<DocumentId>) {
         declared_size_bytes: 100,
         tenant: "t".into(),
         owner: "o".into(),
+        labels: Default::default(),
         at,
     };
     let uploaded = document::Uploaded { size_bytes: n, etag: format!("e{n}"), source: UploadSource::Notification, at };

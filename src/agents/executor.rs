@@ -249,6 +249,8 @@ impl DocumentExecutor {
             declared_size_bytes: size.max(1),
             tenant: tenant.clone(),
             owner: actor.clone(),
+            // A derived document keeps its (first) input's labels.
+            labels: states[0].labels.clone(),
             at: Timestamp::now(),
         };
         self.command(output, Uuid::new_v5(&task.id, b"register-output"), register, &tenant, &actor).await?;

@@ -58,6 +58,7 @@ fn register() -> Command {
         declared_size_bytes: 1 << 20,
         tenant: "bench".into(),
         owner: "user:bench".into(),
+        labels: Default::default(),
         at: Timestamp::now(),
     }
 }

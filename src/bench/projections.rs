@@ -131,6 +131,7 @@ fn document_events(at: Timestamp) -> anyhow::Result<Vec<NewEvent>> {
             declared_size_bytes: 1 << 20,
             tenant: "bench".into(),
             owner: "user:bench".into(),
+            labels: Default::default(),
             at,
         }),
         document::Uploaded { size_bytes: 1000, etag: "e1".into(), source: UploadSource::Notification, at }.into(),

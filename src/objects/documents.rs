@@ -102,6 +102,9 @@ pub struct Registration {
     pub content_type: String,
     /// The most bytes the upload may have.
     pub size_bytes: u64,
+    /// Labels to keep with the document (see the `register` command).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A registered document and where to upload it.
@@ -218,6 +221,7 @@ impl Documents {
             declared_size_bytes: registration.size_bytes,
             tenant: tenant.clone(),
             owner,
+            labels: registration.labels,
             at: Timestamp::now(),
         };
         let outcome = self.execute(id, command_id(&format!("register:{id}")), command, metadata).await?;

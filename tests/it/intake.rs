@@ -292,6 +292,7 @@ async fn commands_sent_by_the_process_managers_carry_their_flow_as_trace() {
         declared_size_bytes: 10,
         tenant: "acme".into(),
         owner: "ann".into(),
+        labels: Default::default(),
         at: weft_events::Timestamp::now(),
     };
     let metadata = Metadata { correlation_id: Some(correlation), ..Metadata::default() };

@@ -293,6 +293,7 @@ async fn lists_page_over_ten_thousand_documents_without_loss_or_repetition_while
                 declared_size_bytes: 1,
                 tenant: "acme".into(),
                 owner: "ann".into(),
+                labels: Default::default(),
                 at: weft_events::envelope::Timestamp(i as i64),
             });
             let store = store.clone();

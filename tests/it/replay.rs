@@ -460,3 +460,65 @@ fn verify_finds_injected_faults_in_a_jetstream_store() {
     let ours = report["listed"].as_array().unwrap().iter().filter(|f| f["stream"] == stream_name).count();
     assert_eq!(ours, report["faults"].as_u64().unwrap() as usize, "faults only in the damaged stream: {report}");
 }
+
+/// An export written by a build whose `document.registered` was schema version 1 (before labels): a real
+/// scripted run's whole log, kept as it was.
+const V1_EXPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/export-v1.jsonl");
+/// The uploaded document of that run.
+const V1_DOCUMENT: &str = "01a24200-6cfd-71eb-9e5c-6395af48717a";
+
+/// The version-1 fixture, imported into `source`, read through every tool and, by a node on it, through the
+/// projections.
+fn version_1_reads_everywhere(source: &[String], dir: &Path, node_args: &[&str]) {
+    let imported: Value = serde_json::from_str(&ok(source, &["import", V1_EXPORT])).unwrap();
+    assert_eq!(imported["events"], 33, "{imported}");
+    let stream = format!("document-{V1_DOCUMENT}");
+    let cat = json_lines(&ok(source, &["cat", &stream]));
+    assert_eq!(cat[0]["event_type"], "document.registered");
+    assert_eq!(cat[0]["schema_version"], 1, "stored as written");
+    assert_eq!(cat[0]["payload"]["labels"], serde_json::json!({}), "upcast to version 2: {}", cat[0]);
+    assert_eq!(cat[0]["payload"]["tenant"], "acme");
+    let state: Value = serde_json::from_str(&ok(source, &["state", &stream])).unwrap();
+    assert_eq!(state["state"]["status"], "Uploaded", "{state}");
+    assert_eq!(state["state"]["labels"], serde_json::json!({}), "{state}");
+    assert_eq!(json_lines(&ok(source, &["verify"]))[0]["ok"], true);
+    // Exported again, byte for byte what was imported: the upcast is on reading, the stored event is as written.
+    assert_eq!(ok(source, &["export"]), std::fs::read_to_string(V1_EXPORT).unwrap());
+
+    // A node on the store: its projections read the version-1 events, and it writes version 2 beside them.
+    let serve = Serve::start(dir, node_args);
+    let (status, document) = crate::serve::get(&serve.addr, &format!("/documents/{V1_DOCUMENT}?after=33"));
+    assert_eq!(status, 200, "{document}");
+    assert_eq!(document["status"], "uploaded", "{document}");
+    assert_eq!(document["tenant"], "acme", "{document}");
+    let (status, history) = crate::serve::get(&serve.addr, &format!("/streams/{stream}/events?after=33"));
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["items"][0]["event"]["labels"], serde_json::json!({}), "{history}");
+    let id = uuid::Uuid::now_v7().to_string();
+    let register = serde_json::json!({"name": "b.txt", "content_type": "text/plain", "declared_size_bytes": 5,
+        "tenant": "acme", "owner": "ann", "labels": {"project": "q3"}});
+    let (status, reply) = crate::serve::command(&serve.addr, "document", &id, "register", register);
+    assert_eq!(status, 200, "{reply}");
+    serve.stop();
+    let fresh = json_lines(&ok(source, &["cat", &format!("document-{id}")]));
+    assert_eq!(fresh[0]["schema_version"], 2);
+    assert_eq!(fresh[0]["payload"]["labels"]["project"], "q3");
+    assert_eq!(json_lines(&ok(source, &["verify"]))[0]["ok"], true);
+}
+
+#[test]
+fn a_version_1_export_reads_through_every_tool_and_projection_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    version_1_reads_everywhere(&sqlite(&dir.path().join("events.db")), dir.path(), &[]);
+}
+
+#[test]
+fn a_version_1_export_reads_through_every_tool_and_projection_on_jetstream() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    version_1_reads_everywhere(
+        &jetstream(&nats.url(), "WEFT_EVENTS"),
+        dir.path(),
+        &["--nats", &nats.url(), "--jetstream"],
+    );
+}

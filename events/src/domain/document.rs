@@ -1,5 +1,7 @@
 //! Events of a document: a file in object storage, from registration to deletion.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::ids::{DocumentId, JobId};
@@ -18,8 +20,43 @@ pub struct Registered {
     pub tenant: String,
     /// Who registered it.
     pub owner: String,
+    /// The client's labels (`{"project": "q3"}`), since schema version 2; none on a version-1 event.
+    pub labels: BTreeMap<String, String>,
     /// When.
     pub at: Timestamp,
+}
+
+/// `document.registered` as schema version 1 wrote it, before labels. Frozen: only [`upcast_registered`]
+/// reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredV1 {
+    /// See [`Registered::name`].
+    pub name: String,
+    /// See [`Registered::content_type`].
+    pub content_type: String,
+    /// See [`Registered::declared_size_bytes`].
+    pub declared_size_bytes: u64,
+    /// See [`Registered::tenant`].
+    pub tenant: String,
+    /// See [`Registered::owner`].
+    pub owner: String,
+    /// See [`Registered::at`].
+    pub at: Timestamp,
+}
+
+impl From<RegisteredV1> for Registered {
+    fn from(v1: RegisteredV1) -> Self {
+        let RegisteredV1 { name, content_type, declared_size_bytes, tenant, owner, at } = v1;
+        Self { name, content_type, declared_size_bytes, tenant, owner, labels: BTreeMap::new(), at }
+    }
+}
+
+/// Reads `document.registered` of any schema version as the current [`Registered`]: version 1 had no labels.
+pub fn upcast_registered(schema_version: u32, payload: &[u8]) -> Result<Registered, crate::codec::Error> {
+    match schema_version {
+        1 => crate::codec::decode::<RegisteredV1>(payload).map(Registered::from),
+        _ => crate::codec::decode::<Registered>(payload),
+    }
 }
 
 /// Where the news of an upload came from.
@@ -82,7 +119,7 @@ pub struct Deleted {
 
 super::domain_events! { "document";
     /// See [`Registered`].
-    Registered(Registered) = "document.registered", v 1,
+    Registered(Registered) = "document.registered", v 2 via upcast_registered,
     /// See [`Uploaded`].
     Uploaded(Uploaded) = "document.uploaded", v 1,
     /// See [`DerivativeRecorded`].
@@ -100,6 +137,38 @@ mod tests {
     use crate::domain::tests::round_trip;
 
     #[test]
+    fn a_version_1_registration_reads_as_version_2_without_labels_and_a_newer_one_is_refused() {
+        let v1 = RegisteredV1 {
+            name: "a.pdf".into(),
+            content_type: "application/pdf".into(),
+            declared_size_bytes: 10,
+            tenant: "acme".into(),
+            owner: "ann".into(),
+            at: Timestamp(7),
+        };
+        let stored = |version: u32, payload: Vec<u8>| {
+            crate::envelope::NewEvent::new("document.registered", bytes::Bytes::from(payload))
+                .schema_version(version)
+                .into_envelope(crate::envelope::StreamName::new("document-x").unwrap(), 1, 1, Timestamp(0))
+        };
+        let read = Event::from_envelope(&stored(1, crate::codec::encode(&v1).unwrap())).unwrap();
+        assert_eq!(read, Event::Registered(v1.clone().into()));
+        let Event::Registered(read) = read else { unreachable!() };
+        assert!(read.labels.is_empty());
+        // Version 2 is what this build writes.
+        let v2 = Event::Registered(Registered { labels: [("k".to_owned(), "v".to_owned())].into(), ..read });
+        let new = v2.to_new_event().unwrap();
+        assert_eq!(new.schema_version, 2);
+        assert_eq!(Event::from_envelope(&stored(2, new.payload.to_vec())).unwrap(), v2);
+        // A version-1 payload claimed as version 2 lacks `labels`: refused, not guessed.
+        assert!(Event::from_envelope(&stored(2, crate::codec::encode(&v1).unwrap())).is_err());
+        assert!(matches!(
+            Event::from_envelope(&stored(3, new.payload.to_vec())),
+            Err(crate::domain::DecodeError::UnknownVersion { found: 3, known: 2, .. })
+        ));
+    }
+
+    #[test]
     fn every_document_event_round_trips_with_its_stable_name() {
         let at = Timestamp(7);
         let events: Vec<Event> = vec![
@@ -109,6 +178,7 @@ mod tests {
                 declared_size_bytes: 10,
                 tenant: "acme".into(),
                 owner: "user:alice".into(),
+                labels: [("project".to_owned(), "q3".to_owned())].into(),
                 at,
             }
             .into(),

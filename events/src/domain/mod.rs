@@ -3,8 +3,9 @@
 //! Each aggregate has one module with an `Event` enum whose variants wrap one struct each. A variant is stored
 //! as its struct alone (MessagePack, named fields), with the type name (`document.uploaded`) and schema
 //! version in the envelope, so an event's type is never read from its payload and adding an optional field
-//! keeps old events readable. Names and versions are never changed once written; a breaking change is a new
-//! schema version plus an upcaster.
+//! keeps old events readable. Names and versions are never changed once written; a change is a new schema
+//! version plus an upcaster (`via` in [`domain_events!`]), which reads each older version into the current
+//! struct: `document.registered` v1 (before labels) is the first.
 //!
 //! - [`ids`]: typed ids and the stream each lives in.
 //! - [`document`], [`workflow`], [`job`], [`agent`], [`schedule`]: the events of each aggregate.
@@ -105,10 +106,17 @@ pub trait DomainEvent: Sized {
     fn from_envelope(envelope: &Envelope) -> Result<Self, DecodeError>;
 }
 
+/// Reads a payload of any schema version as the current struct: for event types whose every older version
+/// reads as the newest (fields only ever added with a default).
+pub fn current<T: serde::de::DeserializeOwned>(_schema_version: u32, payload: &[u8]) -> Result<T, codec::Error> {
+    codec::decode(payload)
+}
+
 /// Defines an aggregate's `Event` enum and its [`DomainEvent`] impl from a list of
-/// `Variant(Struct) = "type.name", version` lines.
+/// `Variant(Struct) = "type.name", v VERSION` lines, each optionally followed by `via UPCASTER`: a
+/// `fn(schema_version, payload) -> Result<Struct, codec::Error>` that reads the older versions.
 macro_rules! domain_events {
-    ($aggregate:literal; $( $(#[$doc:meta])* $variant:ident($payload:ty) = $name:literal, v $version:literal ),* $(,)?) => {
+    ($aggregate:literal; $( $(#[$doc:meta])* $variant:ident($payload:ty) = $name:literal, v $version:literal $(via $upcast:path)? ),* $(,)?) => {
         /// Every event of this aggregate.
         #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
         pub enum Event {
@@ -163,7 +171,12 @@ macro_rules! domain_events {
                                     known: $version,
                                 });
                             }
-                            $crate::codec::decode::<$payload>(&envelope.payload)
+                            // Older schema versions go through the variant's upcaster, where it has one.
+                            #[allow(unused_variables)]
+                            let read: fn(u32, &[u8]) -> Result<$payload, $crate::codec::Error> =
+                                $crate::domain::current::<$payload>;
+                            $( let read: fn(u32, &[u8]) -> Result<$payload, $crate::codec::Error> = $upcast; )?
+                            read(envelope.schema_version, &envelope.payload)
                                 .map(Event::$variant)
                                 .map_err(|source| $crate::domain::DecodeError::Payload { event_type: $name.into(), source })
                         }
