@@ -224,9 +224,15 @@ impl Node {
         let positions = projections.iter().map(|p| (p.name(), p.watch())).collect();
         let projections: Projections = Arc::new(tokio::sync::Mutex::new(projections));
         let (rebuild_tx, rebuild_rx) = tokio::sync::mpsc::channel(8);
-        let rebuilds = actix_rt::spawn(serve_rebuilds(projections.clone(), rebuild_rx));
-        let reads =
-            Reads { read_models: options.read_models.clone(), positions, store: reader, rebuilds: Some(rebuild_tx) };
+        let maintenance = Arc::new(crate::query::read::Maintenance::default());
+        let rebuilds = actix_rt::spawn(serve_rebuilds(projections.clone(), rebuild_rx, maintenance.clone()));
+        let reads = Reads {
+            read_models: options.read_models.clone(),
+            positions,
+            store: reader,
+            rebuilds: Some(rebuild_tx),
+            maintenance,
+        };
         let queries = crate::query::nats::start(bus.clone(), reads.clone()).await?;
         // Schedules over a document selector pick their documents from the documents read model.
         let select: Rc<dyn weft_actors::process::timers::Select> = Rc::new(reads.clone());
@@ -442,25 +448,38 @@ pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
 /// The node's projections, behind a lock: a rebuild holds it while it works on one, a stop takes them all.
 type Projections = Arc<tokio::sync::Mutex<Vec<weft_projections::Running>>>;
 
-/// Rebuilds projections as asked, one at a time, on the node's runtime (the projections' threads read the log
-/// through it, so a rebuild must not start them on an HTTP worker's).
+/// Rebuilds and resets projections as asked, one at a time, on the node's runtime (the projections' threads
+/// read the log through it, so a rebuild must not start them on an HTTP worker's), recording each in
+/// `maintenance`.
 async fn serve_rebuilds(
     projections: Projections,
     mut requests: tokio::sync::mpsc::Receiver<crate::query::read::RebuildRequest>,
+    maintenance: Arc<crate::query::read::Maintenance>,
 ) {
-    use crate::query::read::Failure;
-    while let Some((name, answer)) = requests.recv().await {
+    use crate::query::read::{Failure, Work};
+    while let Some((name, work, answer)) = requests.recv().await {
         let mut running = projections.lock().await;
         let Some(live) = running.iter_mut().find(|p| p.name() == name) else {
             let _ = answer.send(Err(Failure::not_found(format!("no projection named {name:?}"))));
             continue;
         };
-        tracing::info!(projection = %name, "rebuilding a projection");
-        let result = weft_projections::rebuild_running(live).await;
+        maintenance.started(&name, work);
+        let result = match work {
+            Work::Rebuild => {
+                tracing::info!(projection = %name, "rebuilding a projection");
+                let on_start = |position, target| maintenance.progress(&name, position, target);
+                weft_projections::rebuild_running(live, on_start).await
+            }
+            Work::Reset => {
+                tracing::info!(projection = %name, "resetting a projection: it applies the log again from 0");
+                weft_projections::reset_running(live).await.map(|()| 0)
+            }
+        };
         match &result {
-            Ok(position) => tracing::info!(projection = %name, position, "a projection was rebuilt and swapped in"),
-            Err(e) => tracing::error!(projection = %name, error = %e, "a projection's rebuild failed"),
+            Ok(position) => tracing::info!(projection = %name, position, "a projection was rebuilt or reset"),
+            Err(e) => tracing::error!(projection = %name, error = %e, "a projection's rebuild or reset failed"),
         }
+        maintenance.ended(&name, result.as_ref().map(|p| *p).map_err(|e| e.to_string()));
         let _ = answer.send(result.map_err(|e| Failure::unavailable(e.to_string())));
     }
 }

@@ -208,6 +208,7 @@ async fn a_schedule_fires_its_latest_missed_occurrence_once_with_a_job_per_group
             declared_size_bytes: 1000,
             tenant: "acme".into(),
             owner: "ann".into(),
+            labels: Default::default(),
             at: Timestamp::now(),
         };
         run(&world.hosts.document, &document.stream(), register).await;

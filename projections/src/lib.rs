@@ -42,15 +42,31 @@ pub fn start_all(
     ])
 }
 
-/// [`rebuild`]s `live`, whichever of this crate's projections it runs.
-pub async fn rebuild_running(live: &mut Running) -> Result<u64, runner::Error> {
+/// [`rebuild`]s `live`, whichever of this crate's projections it runs, telling `on_start` where to watch the
+/// fresh projection's progress (see [`runner::rebuild_watched`]).
+pub async fn rebuild_running(
+    live: &mut Running,
+    on_start: impl FnOnce(tokio::sync::watch::Receiver<u64>, u64) + Send,
+) -> Result<u64, runner::Error> {
     match live.name() {
-        "documents" => rebuild::<documents::Documents>(live).await,
-        "jobs" => rebuild::<jobs::Jobs>(live).await,
-        "agents" => rebuild::<agents::Agents>(live).await,
-        "workflows" => rebuild::<workflows::Workflows>(live).await,
-        "schedules" => rebuild::<schedules::Schedules>(live).await,
-        _ => rebuild::<history::History>(live).await,
+        "documents" => runner::rebuild_watched::<documents::Documents>(live, on_start).await,
+        "jobs" => runner::rebuild_watched::<jobs::Jobs>(live, on_start).await,
+        "agents" => runner::rebuild_watched::<agents::Agents>(live, on_start).await,
+        "workflows" => runner::rebuild_watched::<workflows::Workflows>(live, on_start).await,
+        "schedules" => runner::rebuild_watched::<schedules::Schedules>(live, on_start).await,
+        _ => runner::rebuild_watched::<history::History>(live, on_start).await,
+    }
+}
+
+/// [`runner::reset`]s `live`, whichever of this crate's projections it runs.
+pub async fn reset_running(live: &mut Running) -> Result<(), runner::Error> {
+    match live.name() {
+        "documents" => runner::reset::<documents::Documents>(live).await,
+        "jobs" => runner::reset::<jobs::Jobs>(live).await,
+        "agents" => runner::reset::<agents::Agents>(live).await,
+        "workflows" => runner::reset::<workflows::Workflows>(live).await,
+        "schedules" => runner::reset::<schedules::Schedules>(live).await,
+        _ => runner::reset::<history::History>(live).await,
     }
 }
 

@@ -182,10 +182,18 @@ fn start_with<P: Projection>(
 /// Returns R. If a step fails before the swap commits, the old model is left as it was and `live` is
 /// restarted from its own position.
 pub async fn rebuild<P: Projection + Default>(live: &mut Running) -> Result<u64, Error> {
+    rebuild_watched::<P>(live, |_, _| {}).await
+}
+
+/// [`rebuild`], telling `on_start` where to watch its progress.
+pub async fn rebuild_watched<P: Projection + Default>(
+    live: &mut Running,
+    on_start: impl FnOnce(watch::Receiver<u64>, u64) + Send,
+) -> Result<u64, Error> {
     let name = live.name;
     let scratch = scratch_path(&live.path, name);
     remove_scratch(&scratch);
-    let result = rebuild_into::<P>(live, &scratch).await;
+    let result = rebuild_into::<P>(live, &scratch, on_start).await;
     remove_scratch(&scratch);
     if live.thread.is_none() {
         *live = start_with(P::default(), &live.path.clone(), live.store.clone(), Some(live.position_tx.clone()))?;
@@ -193,10 +201,15 @@ pub async fn rebuild<P: Projection + Default>(live: &mut Running) -> Result<u64,
     result
 }
 
-async fn rebuild_into<P: Projection + Default>(live: &mut Running, scratch: &Path) -> Result<u64, Error> {
+async fn rebuild_into<P: Projection + Default>(
+    live: &mut Running,
+    scratch: &Path,
+    on_start: impl FnOnce(watch::Receiver<u64>, u64),
+) -> Result<u64, Error> {
     let name = live.name;
     let fresh = start(P::default(), scratch, live.store.clone())?;
     let head = live.store.head().await.map_err(|source| Error::Store { name, source })?;
+    on_start(fresh.watch(), head);
     if !fresh.reached(head).await {
         fresh.stop()?;
         return Err(Error::Stopped { name });
@@ -221,6 +234,33 @@ async fn rebuild_into<P: Projection + Default>(live: &mut Running, scratch: &Pat
         .map_err(|e| Error::Thread { name, source: std::io::Error::other(e.to_string()) })??;
     live.position_tx.send_replace(rebuilt);
     Ok(rebuilt)
+}
+
+/// Empties `live`'s read model and has it apply the log again from position 0, in place: unlike [`rebuild`],
+/// its reads see the model fill up meanwhile (reads with `after=` wait for it), and no second copy is made.
+/// For a model too large to copy, or one whose old rows must not be served.
+pub async fn reset<P: Projection + Default>(live: &mut Running) -> Result<(), Error> {
+    let name = live.name;
+    if let Err(e) = live.finish() {
+        tracing::warn!(projection = name, error = %e, "the live projection had stopped; resetting regardless");
+    }
+    let (path, scratch) = (live.path.clone(), scratch_path(&live.path, name));
+    let emptied = tokio::task::spawn_blocking(move || {
+        remove_scratch(&scratch);
+        let result = (|| {
+            let db = open(&scratch)?;
+            P::default().create(&db).map_err(|source| Error::Open { path: scratch.clone(), source })?;
+            drop(db);
+            swap(P::default(), &path, &scratch, 0)
+        })();
+        remove_scratch(&scratch);
+        result
+    })
+    .await
+    .map_err(|e| Error::Thread { name, source: std::io::Error::other(e.to_string()) })?;
+    // Whether or not it was emptied, the projection runs again (from 0, or from where it was).
+    *live = start_with(P::default(), &live.path.clone(), live.store.clone(), Some(live.position_tx.clone()))?;
+    emptied
 }
 
 /// Replaces `projection`'s tables in `path` by those in `scratch`, with `position`, in one transaction.

@@ -251,6 +251,7 @@ async fn live(
         positions: positions.clone(),
         store: reader.clone(),
         rebuilds: None,
+        maintenance: Default::default(),
     };
     let api = QueryApi::start(
         std::net::TcpListener::bind("127.0.0.1:0")?,

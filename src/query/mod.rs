@@ -23,6 +23,9 @@
 //! - `GET /providers`: the node's LLM providers and their circuits (`closed`, `open`), failures in a row.
 //! - `POST /projections/{name}/rebuild`: rebuilds a read model from position 0 into a scratch file while the
 //!   old one serves, swaps it in in one transaction, and answers with the position it took over at.
+//! - `POST /projections/{name}/reset`: empties a read model and has it apply the log again in place.
+//! - `GET /projections/{name}`: a projection's position, lag, and latest rebuild or reset (under way: the
+//!   shadow model's position, the head it must reach, events per second).
 //!
 //! Every `GET` accepts `after=<position>`: it waits (up to 5 s) until the read model applied that position
 //! (read-your-writes with a command reply's `last_position`), and answers 504 if it has not by then. Every
@@ -50,7 +53,7 @@ use serde_json::{Value, json};
 use crate::bus::{Bus, CONTENT_TYPE, Headers, JSON, Message};
 use crate::protocol;
 pub use read::{Failure, MAX_WAIT, Reads};
-use read::{MODELS, Model};
+use read::{MODELS, Model, Work};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -112,7 +115,9 @@ impl QueryApi {
                 .route("/providers", web::get().to(provider_health))
                 .route("/streams/{stream}/events", web::get().to(history))
                 .route("/commands/{aggregate}/{id}", web::post().to(command))
-                .route("/projections/{name}/rebuild", web::post().to(rebuild))
+                .route("/projections/{name}", web::get().to(projection))
+                .route("/projections/{name}/rebuild", web::post().to(move |s, r, n| maintain(s, r, n, Work::Rebuild)))
+                .route("/projections/{name}/reset", web::post().to(move |s, r, n| maintain(s, r, n, Work::Reset)))
                 .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }))
         })
         .workers(2)
@@ -246,8 +251,12 @@ async fn provider_health(state: web::Data<State>, request: HttpRequest) -> HttpR
     ok(&request, json!({ "providers": health }))
 }
 
-async fn rebuild(state: web::Data<State>, request: HttpRequest, name: web::Path<String>) -> HttpResponse {
-    answer(&request, state.reads.rebuild(&name).await)
+async fn maintain(state: web::Data<State>, request: HttpRequest, name: web::Path<String>, work: Work) -> HttpResponse {
+    answer(&request, state.reads.rebuild(&name, work).await)
+}
+
+async fn projection(state: web::Data<State>, request: HttpRequest, name: web::Path<String>) -> HttpResponse {
+    answer(&request, state.reads.projection(&name).await)
 }
 
 /// The aggregates commands may be sent to.

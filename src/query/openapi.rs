@@ -39,6 +39,8 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
         "/projections/{name}/rebuild",
         "Rebuild a read model from the log and swap it in; the old one serves meanwhile",
     ),
+    ("post", "/projections/{name}/reset", "Empty a read model and apply the log again in place"),
+    ("get", "/projections/{name}", "A projection's position, lag, and latest rebuild or reset with its progress"),
     ("get", "/providers", "The node's LLM providers, their circuits and failures in a row"),
     ("post", "/documents", "Register a document (tenant: Weft-Tenant) and get its signed upload URL"),
     ("post", "/documents/{id}/upload-url", "A new signed upload URL: a pending upload, or a new version"),
@@ -244,6 +246,18 @@ pub fn document() -> Value {
         "/projections/{name}/rebuild".into(),
         json!({"post": {"summary": summary("/projections/{name}/rebuild"), "parameters": [names],
                          "responses": responses}}),
+    );
+    paths.insert(
+        "/projections/{name}/reset".into(),
+        json!({"post": {"summary": summary("/projections/{name}/reset"), "parameters": [names],
+                         "responses": responses}}),
+    );
+    let mut responses = errors();
+    responses["200"] = json_response(json!({"type": "object",
+        "required": ["name", "position", "head", "lag_events", "rebuild"]}));
+    paths.insert(
+        "/projections/{name}".into(),
+        json!({"get": {"summary": summary("/projections/{name}"), "parameters": [names], "responses": responses}}),
     );
     paths.insert("/providers".into(), plain(summary("/providers")));
     document_paths(&mut paths);

@@ -34,12 +34,113 @@ pub struct Reads {
     pub positions: Vec<(&'static str, watch::Receiver<u64>)>,
     /// The event store, for the head position (lag).
     pub store: Arc<dyn EventRead>,
-    /// Where to ask for a projection's rebuild (see [`weft_projections::rebuild`]); `None`: not offered.
+    /// Where to ask for a projection's rebuild or reset (see [`weft_projections::rebuild`]); `None`: not
+    /// offered.
     pub rebuilds: Option<tokio::sync::mpsc::Sender<RebuildRequest>>,
+    /// Each projection's latest rebuild or reset: under way (with its progress) or done.
+    pub maintenance: Arc<Maintenance>,
 }
 
-/// A projection to rebuild, by name, and where to answer with the position the rebuilt model took over at.
-pub type RebuildRequest = (String, tokio::sync::oneshot::Sender<Result<u64, Failure>>);
+/// What an operator may ask of a projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Rebuild into a shadow model, then swap it in; the old one serves meanwhile.
+    Rebuild,
+    /// Empty the model and apply the log again in place.
+    Reset,
+}
+
+impl Work {
+    fn name(self) -> &'static str {
+        match self {
+            Work::Rebuild => "rebuild",
+            Work::Reset => "reset",
+        }
+    }
+}
+
+/// A projection to rebuild or reset, by name, and where to answer with the position the model took over at.
+pub type RebuildRequest = (String, Work, tokio::sync::oneshot::Sender<Result<u64, Failure>>);
+
+/// One projection's latest rebuild or reset.
+#[derive(Debug, Clone)]
+struct Record {
+    work: Work,
+    started_at: weft_events::Timestamp,
+    started: std::time::Instant,
+    /// The fresh model's position and the head it must reach (a rebuild, once started).
+    progress: Option<(watch::Receiver<u64>, u64)>,
+    /// When it ended, and with what: the position taken over at, or why it failed.
+    ended: Option<(weft_events::Timestamp, Result<u64, String>)>,
+}
+
+/// The projections' latest rebuilds and resets, as the node runs them and `GET /projections/{name}` shows
+/// them.
+#[derive(Debug, Default)]
+pub struct Maintenance(std::sync::Mutex<std::collections::HashMap<String, Record>>);
+
+impl Maintenance {
+    fn records(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Record>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `work` on `name` began.
+    pub fn started(&self, name: &str, work: Work) {
+        let record = Record {
+            work,
+            started_at: weft_events::Timestamp::now(),
+            started: std::time::Instant::now(),
+            progress: None,
+            ended: None,
+        };
+        self.records().insert(name.to_owned(), record);
+    }
+
+    /// The rebuild of `name` applies the log into its shadow model: watch `position` up to `target`.
+    pub fn progress(&self, name: &str, position: watch::Receiver<u64>, target: u64) {
+        if let Some(record) = self.records().get_mut(name) {
+            record.progress = Some((position, target));
+        }
+    }
+
+    /// The work on `name` ended.
+    pub fn ended(&self, name: &str, outcome: Result<u64, String>) {
+        if let Some(record) = self.records().get_mut(name) {
+            record.ended = Some((weft_events::Timestamp::now(), outcome));
+        }
+    }
+
+    fn show(&self, name: &str) -> Value {
+        let Some(record) = self.records().get(name).cloned() else { return Value::Null };
+        let time = |t: weft_events::Timestamp| t.0;
+        let (position, target) =
+            record.progress.as_ref().map_or((0, 0), |(position, target)| (*position.borrow(), *target));
+        let seconds = record.started.elapsed().as_secs_f64();
+        let mut shown = json!({
+            "work": record.work.name(),
+            "started_at": time(record.started_at),
+            "position": position,
+            "target": target,
+        });
+        match record.ended {
+            None => {
+                shown["state"] = json!("running");
+                shown["events_per_s"] = json!(if seconds > 0.0 { (position as f64 / seconds).round() } else { 0.0 });
+            }
+            Some((at, Ok(took_over))) => {
+                shown["state"] = json!("done");
+                shown["ended_at"] = json!(time(at));
+                shown["took_over_at"] = json!(took_over);
+            }
+            Some((at, Err(error))) => {
+                shown["state"] = json!("failed");
+                shown["ended_at"] = json!(time(at));
+                shown["error"] = json!(error);
+            }
+        }
+        shown
+    }
+}
 
 /// A read that failed, with what to answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -479,15 +580,32 @@ impl Reads {
 
     /// Rebuilds a projection from position 0 and swaps it in (the old model serves until then):
     /// `{"projection", "position"}`.
-    pub async fn rebuild(&self, projection: &str) -> Result<Value, Failure> {
+    pub async fn rebuild(&self, projection: &str, work: Work) -> Result<Value, Failure> {
         let Some(rebuilds) = &self.rebuilds else { return Err(Failure::unavailable("rebuilds are not offered here")) };
         let (answer, answered) = tokio::sync::oneshot::channel();
         rebuilds
-            .send((projection.to_owned(), answer))
+            .send((projection.to_owned(), work, answer))
             .await
             .map_err(|_| Failure::unavailable("the node is stopping"))?;
         let position = answered.await.map_err(|_| Failure::unavailable("the node is stopping"))??;
         Ok(json!({"projection": projection, "position": position}))
+    }
+
+    /// One projection: its position, the store's head, its lag in events, and its latest rebuild or reset
+    /// (`null` when it had none since the node started).
+    pub async fn projection(&self, name: &str) -> Result<Value, Failure> {
+        let Some((name, position)) = self.positions.iter().find(|(n, _)| *n == name) else {
+            return Err(Failure::not_found(format!("no projection named {name:?}")));
+        };
+        let head = self.store.head().await.map_err(|e| Failure::unavailable(format!("event store: {e}")))?;
+        let position = *position.borrow();
+        Ok(json!({
+            "name": name,
+            "position": position,
+            "head": head,
+            "lag_events": head.saturating_sub(position),
+            "rebuild": self.maintenance.show(name),
+        }))
     }
 
     /// Each projection's position, the store's head, and how far behind each is (events and seconds: the age

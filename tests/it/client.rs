@@ -115,9 +115,24 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
     // Projections: their lag, and a rebuild.
     let ready = stdout_json(&weft(&url, &["projection", "list", "--output", "json"]));
     assert!(ready["projections"]["jobs"]["position"].as_u64().unwrap() >= submitted, "{ready}");
+    let status = stdout_json(&weft(&url, &["projection", "status", "jobs", "--output", "json"]));
+    assert_eq!(status["rebuild"], Value::Null, "none yet: {status}");
+    assert_eq!(status["lag_events"], 0, "{status}");
     let rebuilt = stdout_json(&weft(&url, &["projection", "rebuild", "jobs", "--output", "json"]));
     assert!(rebuilt["position"].as_u64().unwrap() >= submitted, "{rebuilt}");
     assert_eq!(stdout_json(&weft(&url, &["job", "show", &job, "--output", "json"])), shown);
+    let status = stdout_json(&weft(&url, &["projection", "status", "jobs", "--output", "json"]));
+    assert_eq!(status["rebuild"]["work"], "rebuild", "{status}");
+    assert_eq!(status["rebuild"]["state"], "done", "{status}");
+    assert_eq!(status["rebuild"]["took_over_at"], rebuilt["position"], "{status}");
+    assert_eq!(status["rebuild"]["target"], status["head"], "{status}");
+    // A reset empties the model and applies the log again in place; it waits until it has caught up.
+    let output = weft(&url, &["projection", "reset", "jobs", "--output", "json"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("jobs emptied"), "{output:?}");
+    assert_eq!(stdout_json(&output)["position"], 0);
+    assert_eq!(stdout_json(&weft(&url, &["job", "show", &job, "--output", "json"])), shown);
+    let status = stdout_json(&weft(&url, &["projection", "status", "jobs", "--output", "json"]));
+    assert_eq!((&status["rebuild"]["work"], &status["rebuild"]["state"]), (&"reset".into(), &"done".into()));
 
     // Bad input: a usage error (2) from the argument parser, or the node's error or an unreachable node (1),
     // each one line on stderr and nothing on stdout.
@@ -129,6 +144,8 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
         (vec!["document", "list", "--where", "colour=red"], 1, "unknown parameter"),
         (vec!["document", "list", "--limit", "5000"], 1, "invalid"),
         (vec!["projection", "rebuild", "planets"], 1, "not_found"),
+        (vec!["projection", "reset", "planets"], 1, "not_found"),
+        (vec!["projection", "status", "planets"], 1, "not_found"),
         (vec!["document", "list", "--url", &format!("http://{closed}")], 1, "cannot reach"),
         (vec!["document", "list", "--url", "ftp://example"], 1, "http://"),
         (vec!["document", "list", "--output", "yaml"], 2, "yaml"),
