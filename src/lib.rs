@@ -23,8 +23,10 @@
 //! - [`config`]: `weft serve --config FILE`, the node's options from TOML.
 //! - [`client`]: the command line's client of a running node (`weft job show`, `weft job logs --follow`).
 //! - [`demo`]: `weft demo`, the platform at work on a node of its own.
+//! - [`replay`]: `weft events`, the operator's tools on a store itself: list, read, follow, fold, export,
+//!   import, verify.
 //! - [`mod@bench`]: `weft bench`, the benchmarks operators run against a path they choose (`store`, `actors`,
-//!   `nats`, `projections`, `documents`, `jobs`).
+//!   `nats`, `projections`, `documents`, `jobs`, `replay`).
 
 pub mod agents;
 pub mod bench;

@@ -4,7 +4,7 @@
 //! as its struct alone (MessagePack, named fields), with the type name (`document.uploaded`) and schema
 //! version in the envelope, so an event's type is never read from its payload and adding an optional field
 //! keeps old events readable. Names and versions are never changed once written; a change is a new schema
-//! version plus an upcaster (`via` in [`domain_events!`]), which reads each older version into the current
+//! version plus an upcaster (`via` in `domain_events!`), which reads each older version into the current
 //! struct: `document.registered` v1 (before labels) is the first.
 //!
 //! - [`ids`]: typed ids and the stream each lives in.

@@ -19,7 +19,8 @@
 //! # Reading
 //!
 //! Readers use their own connections on the blocking thread pool; WAL mode gives them a consistent snapshot
-//! while the writer commits. Every record's checksum covers its position, stream and version as well as its
+//! while the writer commits. [`view`] reads the same files from another process (the operator's tools),
+//! without the lock and without writing. Every record's checksum covers its position, stream and version as well as its
 //! bytes, and reads check that positions and versions are dense, so a damaged file yields [`Error::Corrupt`]
 //! naming the file rather than a wrong event.
 
