@@ -230,32 +230,16 @@ pub async fn verify(
                                 Some(e) => checks.check(e),
                                 None => break,
                             },
-                            Err(weft_events::Error::Corrupt { detail, .. })
-                                if detail.starts_with(crate::store::sqlite::MISSING_POSITION) =>
-                            {
-                                if checks.unreadable.len() < MAX_LISTED_FAULTS {
-                                    checks.unreadable.push(position);
-                                }
-                                checks.fault(Fault {
-                                    kind: FaultKind::MissingPosition,
-                                    position,
-                                    stream: None,
-                                    version: None,
-                                    detail,
-                                });
-                                checks.next_position = position + 1;
-                            }
                             Err(weft_events::Error::Corrupt { detail, .. }) => {
                                 if checks.unreadable.len() < MAX_LISTED_FAULTS {
                                     checks.unreadable.push(position);
                                 }
-                                checks.fault(Fault {
-                                    kind: FaultKind::CorruptRecord,
-                                    position,
-                                    stream: None,
-                                    version: None,
-                                    detail,
-                                });
+                                let kind = if detail.starts_with(crate::store::sqlite::MISSING_POSITION) {
+                                    FaultKind::MissingPosition
+                                } else {
+                                    FaultKind::CorruptRecord
+                                };
+                                checks.fault(Fault { kind, position, stream: None, version: None, detail });
                                 checks.next_position = position + 1;
                             }
                             Err(other) => return Err(other.into()),

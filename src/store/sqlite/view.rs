@@ -120,11 +120,7 @@ fn locate(
     let mut found = Vec::new();
     let mut through = 0;
     if shared.indexed {
-        through = conn
-            .query_row("SELECT indexed_through FROM idx.progress WHERE id = 1", [], |r| r.get::<_, i64>(0))
-            .optional()
-            .map_err(|e| sql_error(location, e))?
-            .map_or(0, from_sql);
+        through = indexed_through(conn, location)?;
         let mut select = conn
             .prepare_cached(
                 "SELECT version, position FROM idx.stream_events WHERE stream = ?1 AND version BETWEEN ?2 AND ?3 \
@@ -208,16 +204,21 @@ fn read_stream(
     Ok(events)
 }
 
+/// How far the index file has got: it holds the streams of the positions up to this.
+fn indexed_through(conn: &Connection, location: &str) -> Result<u64, Error> {
+    Ok(conn
+        .query_row("SELECT indexed_through FROM idx.progress WHERE id = 1", [], |r| r.get::<_, i64>(0))
+        .optional()
+        .map_err(|e| sql_error(location, e))?
+        .map_or(0, from_sql))
+}
+
 fn stream_version(conn: &Connection, shared: &Shared, stream: &StreamName) -> Result<u64, Error> {
     let location = shared.location.as_str();
     let mut last = 0;
     let mut through = 0;
     if shared.indexed {
-        through = conn
-            .query_row("SELECT indexed_through FROM idx.progress WHERE id = 1", [], |r| r.get::<_, i64>(0))
-            .optional()
-            .map_err(|e| sql_error(location, e))?
-            .map_or(0, from_sql);
+        through = indexed_through(conn, location)?;
         last = conn
             .prepare_cached("SELECT max(version) FROM idx.stream_events WHERE stream = ?1 AND position <= ?2")
             .and_then(|mut s| s.query_row(params![stream.as_str(), to_sql(through)], |r| r.get::<_, Option<i64>>(0)))
