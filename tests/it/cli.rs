@@ -35,6 +35,26 @@ fn bench_store_prints_one_json_line_per_case_and_a_table() {
 }
 
 #[test]
+fn bench_replay_prints_one_json_line_per_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = weft(&["bench", "replay", "--events", "1000", "--path", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cases: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let report: serde_json::Value = serde_json::from_str(line).expect("each stdout line is JSON");
+            assert_eq!(report["bench"], "replay");
+            assert!(report["ops_per_s"].as_f64().is_some_and(|v| v > 0.0), "{line}");
+            assert!(report["baseline_ops_per_s"].as_f64().is_some_and(|v| v > 0.0), "{line}");
+            report["case"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(cases, ["cat", "export", "verify", "rebuild", "rebuild-jobs", "import"]);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the benchmark cleans up after itself");
+}
+
+#[test]
 fn bad_arguments_are_refused_with_a_message_and_no_panic() {
     for (args, expected) in [
         (&["bench", "store", "--events", "many"][..], "invalid value 'many'"),
@@ -51,6 +71,11 @@ fn bad_arguments_are_refused_with_a_message_and_no_panic() {
         (&["bench", "documents", "--uploads", "1"][..], "not in 10..=100000"),
         (&["bench", "documents", "--concurrency", "0"][..], "not in 1..=1024"),
         (&["bench", "jobs", "--jobs", "1"][..], "not in 10..=1000000"),
+        (&["bench", "replay", "--events", "5"][..], "not in 1000..=100000000"),
+        (&["events", "cat"][..], "<STREAM>"),
+        (&["events", "diff", "job-x", "one", "2"][..], "invalid value 'one'"),
+        (&["events", "import", "f", "--on-conflict", "merge"][..], "invalid value 'merge'"),
+        (&["events", "cat", "job-x", "--from", "yesterday"][..], "yesterday"),
         (&["bench", "nothing"][..], "unrecognized subcommand"),
         (&["--no-such-flag"][..], "unexpected argument"),
     ] {
