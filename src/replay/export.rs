@@ -536,6 +536,9 @@ pub async fn import(
     // The append being gathered: consecutive events of one stream.
     let mut batch: Option<(StreamName, u64, Vec<NewEvent>, usize)> = None;
     let mut in_flight = futures::stream::FuturesOrdered::new();
+    // The streams of the appends in flight, in order: a stream's next append waits for its last one, as its
+    // expected version is only there once that one committed.
+    let mut flying: std::collections::VecDeque<StreamName> = std::collections::VecDeque::new();
     let mut seen = 0u64;
     loop {
         line.clear();
@@ -577,10 +580,12 @@ pub async fn import(
         });
         if !fits && let Some((s, first, events, _)) = batch.take() {
             imported.events += events.len() as u64;
-            in_flight.push_back(append(store, s, first, events));
-            while in_flight.len() >= window.max(1) {
+            while flying.contains(&s) || in_flight.len() >= window.max(1) {
                 in_flight.next().await.expect("not empty")?;
+                flying.pop_front();
             }
+            flying.push_back(s.clone());
+            in_flight.push_back(append(store, s, first, events));
             progress(seen, end.events);
         }
         match &mut batch {
@@ -593,6 +598,10 @@ pub async fn import(
     }
     if let Some((s, first, events, _)) = batch.take() {
         imported.events += events.len() as u64;
+        while flying.contains(&s) {
+            in_flight.next().await.expect("not empty")?;
+            flying.pop_front();
+        }
         in_flight.push_back(append(store, s, first, events));
     }
     while let Some(done) = in_flight.next().await {
