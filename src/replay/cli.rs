@@ -227,7 +227,8 @@ pub async fn run(events: Events) -> anyhow::Result<bool> {
             // The file first: a store is not made (or opened for writing) for a file that is not there.
             std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let writer = source.writer().await?;
-            // SQLite commits appends in the order they were asked for; JetStream may not, so one at a time.
+            // SQLite: appends of other streams in flight together (the importer keeps each stream in order);
+            // JetStream may commit concurrent appends out of order, so one at a time.
             let window = if source.jetstream { 1 } else { export::IMPORT_WINDOW };
             let mut progress = Progress::new("import", 0);
             let result = export::import(&file, &*writer.store, on_conflict, window, |d, t| progress.update(d, t)).await;
