@@ -332,6 +332,13 @@ fn bad_uploads_and_registrations_are_refused_and_leave_the_document_registered()
     assert!(answer["error"]["message"].as_str().unwrap().contains("cannot prefix keys"), "{answer}");
     let (status, answer) = post(r#"{"name":"a","content_type":"text/plain","size_bytes":0}"#, "acme");
     assert_eq!((status, answer["error"]["rejection"]["code"].as_str()), (422, Some("bad_declared_size")), "{answer}");
+    // Labels: not an object of strings, or a key the aggregate refuses.
+    let (status, answer) = post(r#"{"name":"a","content_type":"text/plain","size_bytes":1,"labels":[1]}"#, "acme");
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) =
+        post(r#"{"name":"a","content_type":"text/plain","size_bytes":1,"labels":{"no spaces":"v"}}"#, "acme");
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("label"), "{answer}");
     let (status, _) = get(addr, "/documents/not-a-uuid/download");
     assert_eq!(status, 400);
 

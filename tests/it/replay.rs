@@ -142,6 +142,7 @@ fn every_read_verb(source: &[String], run: &Run) {
     assert!(refused(source, &["show", "neither"]).contains("neither"));
     assert!(refused(source, &["state", &job, "--at", "999"]).contains("999"));
     assert!(refused(source, &["diff", &job, "5", "2"]).contains("5"));
+    assert!(refused(source, &["export", "--file", "/no/such/folder/x.jsonl"]).contains("No such file"));
 
     // verify: a clean store passes.
     let report: Value = serde_json::from_str(&ok(source, &["verify"])).unwrap();
@@ -157,17 +158,19 @@ fn every_verb_works_on_a_sqlite_store_made_by_a_scripted_run() {
     let source = sqlite(&dir.path().join("events.db"));
     every_read_verb(&source, &run);
 
-    // The reading verbs work beside a node that has the store open, and tail follows it live.
+    // The reading verbs work beside a node that has the store open, and tail follows it live: from just past
+    // the head, the next registration is the upload's.
+    let head = json_lines(&ok(&source, &["verify"]))[0]["head"].as_u64().unwrap();
     let serve = Serve::start(dir.path(), &[]);
+    let from = (head + 1).to_string();
     let mut tail = Reaped(
         Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["events", "tail", "--event-type", "document.registered", "--count", "1"])
+            .args(["events", "tail", "--from", &from, "--event-type", "document.registered", "--count", "1"])
             .args(&source)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(500)); // let it find the head: it follows what comes after
     let file = dir.path().join("second.txt");
     std::fs::write(&file, "A second document.").unwrap();
     let (done, stdout, stderr) = weft(&serve.addr, &["document", "upload", file.to_str().unwrap()]);
