@@ -118,7 +118,7 @@ fn check_input(bytes: &[u8], limits: Limits) -> Result<(), Error> {
 /// The length in bytes of the MessagePack value at the start of `bytes`, checking that it is complete.
 /// MessagePack is written in prefix order, so one count of values still to read is all the state needed:
 /// no recursion and no allocation, whatever the input.
-fn value_len(bytes: &[u8]) -> Result<usize, Error> {
+pub(crate) fn value_len(bytes: &[u8]) -> Result<usize, Error> {
     let malformed = |what: &str| Error::Malformed { detail: what.to_owned() };
     let mut at = 0usize;
     let mut pending: u64 = 1;

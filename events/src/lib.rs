@@ -14,6 +14,8 @@
 //!   `correlation_id`, `causation_id`, `actor`, `recorded_at`).
 //! - [`codec`]: MessagePack encoding of payloads and envelopes, with decoding bounded in size and depth so
 //!   that bytes from outside can never exhaust memory or the stack.
+//! - [`seal`]: crypto-shredding of personal payload fields with per-tenant keys (no key store here: the
+//!   `weft` crate keeps the keys).
 //! - [`store`]: the store traits ([`EventWrite`] to append, [`EventRead`] to read, [`EventStore`] for both),
 //!   expected versions and conflicts, limits, snapshots and typed errors.
 //! - [`subscription`]: subscribe-all, which catches up from storage and then follows live appends with no
@@ -26,6 +28,7 @@ pub mod codec;
 pub mod domain;
 pub mod envelope;
 pub mod memory;
+pub mod seal;
 pub mod store;
 pub mod subscription;
 

@@ -285,6 +285,13 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// An event with personal fields was appended for a tenant whose key is destroyed ([`crate::seal`]):
+    /// it is refused rather than stored in the clear or under a key nobody holds.
+    #[error("tenant {tenant} is erased: no event with personal fields is accepted for it")]
+    TenantErased {
+        /// The tenant.
+        tenant: String,
+    },
     /// The store has been closed.
     #[error("the store is closed")]
     Closed,

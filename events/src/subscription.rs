@@ -54,6 +54,13 @@ impl Subscription {
         Self { reader, head, next: from.max(1), page_size, page: Vec::new().into_iter(), ahead: None }
     }
 
+    /// Reads the pages through `reader` instead: a store around another (sealing, say) follows the head of the
+    /// one inside.
+    pub fn through(mut self, reader: Arc<dyn EventRead>) -> Self {
+        self.reader = reader;
+        self
+    }
+
     /// Sets how many events one read fetches.
     pub fn page_size(mut self, events: usize) -> Self {
         self.page_size = events.clamp(1, self.reader.limits().max_page_size.max(1));

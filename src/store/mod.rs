@@ -2,9 +2,13 @@
 //!
 //! - [`sqlite`]: the embedded default.
 //! - [`jetstream`]: NATS JetStream, for nodes that share one store.
+//! - [`sealed`]: either of them with its events' personal fields sealed by their tenant's key, kept in
+//!   [`keys`] (crypto-shredding).
 
 pub mod jetstream;
+pub mod keys;
 pub mod record;
+pub mod sealed;
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;

@@ -9,6 +9,7 @@
 //!
 //! - [`ids`]: typed ids and the stream each lives in.
 //! - [`document`], [`workflow`], [`job`], [`agent`], [`schedule`]: the events of each aggregate.
+//! - [`tenant`]: the erasures of tenants (see [`crate::seal`]).
 
 use crate::codec;
 use crate::envelope::{Envelope, NewEvent};
@@ -18,6 +19,7 @@ pub mod document;
 pub mod ids;
 pub mod job;
 pub mod schedule;
+pub mod tenant;
 pub mod workflow;
 
 /// Why a stored event could not be read as a domain event.
@@ -71,6 +73,8 @@ pub enum Any {
     Agent(agent::Event),
     /// A schedule's.
     Schedule(schedule::Event),
+    /// A tenant's (its erasure).
+    Tenant(tenant::Event),
 }
 
 impl Any {
@@ -83,6 +87,7 @@ impl Any {
             job::Event::AGGREGATE => Self::Job(job::Event::from_envelope(envelope)?),
             agent::Event::AGGREGATE => Self::Agent(agent::Event::from_envelope(envelope)?),
             schedule::Event::AGGREGATE => Self::Schedule(schedule::Event::from_envelope(envelope)?),
+            tenant::Event::AGGREGATE => Self::Tenant(tenant::Event::from_envelope(envelope)?),
             _ => return Err(DecodeError::UnknownStream { stream: envelope.stream.as_str().to_owned() }),
         })
     }

@@ -846,7 +846,7 @@ async fn ensure_events_stream(
 }
 
 /// Creates a KV bucket or checks the one there.
-async fn ensure_bucket(
+pub(crate) async fn ensure_bucket(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
     bucket: &str,
