@@ -85,6 +85,13 @@ enum Command {
     /// The operator's tools over a store's events, on the store itself (the SQLite file, or JetStream with
     /// --jetstream): list, read, follow, fold, export, import, verify.
     Events(weft::replay::cli::Events),
+    /// Tenants of a running node: erase one (a GDPR request).
+    Tenant {
+        #[command(subcommand)]
+        verb: client::TenantVerb,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
     /// The read models' projections of a running node: their lag, and rebuilds.
     #[command(alias = "projections")]
     Projection {
@@ -172,6 +179,7 @@ fn main() -> anyhow::Result<()> {
         Command::Workflow { verb, connection } => run(client::read(connection, "workflows", verb)),
         Command::Schedule { verb, connection } => run(client::read(connection, "schedules", verb)),
         Command::Projection { verb, connection } => run(client::projection(connection, verb)),
+        Command::Tenant { verb, connection } => run(client::tenant(connection, verb)),
         Command::Send { args, connection } => run(client::send(connection, args)),
         Command::Stream { verb: StreamVerb::Events { stream }, connection } => {
             run(client::stream_events(connection, &stream))

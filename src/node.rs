@@ -33,6 +33,8 @@ use crate::objects::s3::{S3Options, S3Store};
 use crate::publisher::Publisher;
 use crate::query::{QueryApi, Reads};
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
+use crate::store::keys::{self, Keys};
+use crate::store::sealed::{Erase, Sealed};
 use crate::store::sqlite::{self, SqliteStore};
 
 /// What a node runs on.
@@ -41,6 +43,11 @@ pub struct NodeOptions {
     /// The event store's log file (SQLite); its folder is created if missing.
     #[arg(long, default_value = "weft-data/events.db", env = "WEFT_STORE")]
     pub store: PathBuf,
+    /// The tenants' keys, which seal their events' personal fields (SQLite; `keys.db` beside `--store` by
+    /// default). With `--jetstream` the keys are in JetStream instead. Keep it apart from the log's backups:
+    /// erasing a tenant destroys its key here.
+    #[arg(long, env = "WEFT_KEYS")]
+    pub keys: Option<PathBuf>,
     /// NATS server URLs, comma separated; without it the bus is in process.
     #[arg(long, env = "WEFT_NATS")]
     pub nats: Option<String>,
@@ -80,8 +87,8 @@ pub struct NodeOptions {
 /// The store a node opened.
 #[derive(Clone)]
 enum Store {
-    Sqlite(SqliteStore),
-    JetStream(JetStreamStore),
+    Sqlite(Sealed<SqliteStore>),
+    JetStream(Sealed<JetStreamStore>),
 }
 
 impl Store {
@@ -94,9 +101,23 @@ impl Store {
                     replicas: options.jetstream_replicas.into(),
                     ..JetStreamConfig::default()
                 };
-                Ok(Self::JetStream(JetStreamStore::open(client, config).await?))
+                let store = JetStreamStore::open(client.clone(), config).await?;
+                let keys =
+                    Keys::jetstream(client, &options.jetstream_stream, options.jetstream_replicas.into(), true).await?;
+                Ok(Self::JetStream(Sealed::new(store, keys)))
             }
-            _ => Ok(Self::Sqlite(SqliteStore::open(sqlite::Options::new(&options.store))?)),
+            _ => {
+                let store = SqliteStore::open(sqlite::Options::new(&options.store))?;
+                let keys = Keys::sqlite(&options.keys.clone().unwrap_or_else(|| keys::default_path(&options.store)))?;
+                Ok(Self::Sqlite(Sealed::new(store, keys)))
+            }
+        }
+    }
+
+    fn eraser(&self) -> Arc<dyn Erase> {
+        match self {
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            Self::JetStream(store) => Arc::new(store.clone()),
         }
     }
 
@@ -116,7 +137,7 @@ impl Store {
 
     async fn close(self) -> anyhow::Result<()> {
         if let Self::Sqlite(store) = self {
-            store.close().await?;
+            store.inner().close().await?;
         }
         Ok(())
     }
@@ -125,7 +146,8 @@ impl Store {
         match self {
             Self::Sqlite(_) => format!("SQLite {}", options.store.display()),
             Self::JetStream(store) => {
-                format!("JetStream stream {} ({} replicas)", store.config().stream, store.config().replicas)
+                let config = store.inner().config();
+                format!("JetStream stream {} ({} replicas)", config.stream, config.replicas)
             }
         }
     }
@@ -232,6 +254,7 @@ impl Node {
             store: reader,
             rebuilds: Some(rebuild_tx),
             maintenance,
+            erase: Some(store.eraser()),
         };
         let queries = crate::query::nats::start(bus.clone(), reads.clone()).await?;
         // Schedules over a document selector pick their documents from the documents read model.

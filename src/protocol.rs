@@ -55,6 +55,9 @@ pub enum ErrorKind {
     Unauthorized,
     /// Weft or its store could not do it now; the same command (same `command_id`) may be retried.
     Unavailable,
+    /// The command's tenant is erased (its personal data destroyed): nothing with personal data is accepted
+    /// for it any more.
+    Erased,
 }
 
 /// A failed command's reply.
@@ -145,6 +148,7 @@ impl<R> Reply<R> {
             }
             Err(e @ host::Error::Conflict { .. }) => Self::error(ErrorKind::Conflict, e.to_string(), None),
             Err(e @ host::Error::Unavailable(_)) => Self::error(ErrorKind::Unavailable, e.to_string(), None),
+            Err(e @ host::Error::Erased(_)) => Self::error(ErrorKind::Erased, e.to_string(), None),
         }
     }
 
@@ -163,6 +167,9 @@ impl<R> Reply<R> {
             // The versions are in the message only; a caller over the bus retries or reports either way.
             (Status::Error, Some(WireError { kind: ErrorKind::Conflict, .. })) => {
                 Err(host::Error::Conflict { expected: 0, actual: 0 })
+            }
+            (Status::Error, Some(WireError { kind: ErrorKind::Erased, message, .. })) => {
+                Err(host::Error::Erased(message))
             }
             (Status::Error, error) => Err(host::Error::Unavailable(error.map_or_else(
                 || "an error reply without an error".to_owned(),

@@ -137,6 +137,10 @@ pub enum Error<R> {
     /// The host or the store could not do it now; the same command may succeed later.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The command's tenant is erased: its events would carry personal data, which is accepted for it no more.
+    /// Retrying will not help. The message names the tenant.
+    #[error("{0}")]
+    Erased(String),
 }
 
 /// The state a snapshot holds.
@@ -361,6 +365,9 @@ async fn run<A: Aggregate>(
                     let outcome = *outcome;
                     return (loaded, Ok(outcome));
                 }
+            }
+            Err(e @ weft_events::Error::TenantErased { .. }) => {
+                return (loaded, Err(Failure::Error(Error::Erased(e.to_string()))));
             }
             Err(e) => return (loaded, Err(Failure::Error(Error::Unavailable(e.to_string())))),
         }

@@ -38,14 +38,19 @@ const FORMAT: u8 = 1;
 /// Bytes of a sealed value's header: format, kind, key id, nonce.
 const HEADER: usize = 1 + 1 + 4 + 24;
 
-/// The fields of `event_type`'s payload that hold personal data: a document's file name, owner and labels.
-/// Names are the payload's field names; fields are only ever added to this list with a new schema version of
-/// the event type (a field sealed once is sealed in every later event of the type).
+/// The event types with personal data, and the fields of their payloads that hold it: a document's file name,
+/// owner and labels. Fields are only ever added here with a new schema version of the event type.
+pub const PERSONAL: &[(&str, &[&str])] = &[("document.registered", &["name", "owner", "labels"])];
+
+/// The fields of `event_type`'s payload that hold personal data (see [`PERSONAL`]).
 pub fn personal_fields(event_type: &str) -> &'static [&'static str] {
-    match event_type {
-        "document.registered" => &["name", "owner", "labels"],
-        _ => &[],
-    }
+    PERSONAL.iter().find(|(t, _)| *t == event_type).map_or(&[], |(_, fields)| fields)
+}
+
+/// Whether the aggregate `kind` (`document`) has events with personal data: its snapshots, which would hold
+/// them in the clear, are not kept.
+pub fn has_personal_events(kind: &str) -> bool {
+    PERSONAL.iter().any(|(t, _)| t.split_once('.').is_some_and(|(aggregate, _)| aggregate == kind))
 }
 
 /// A tenant's key: 32 random bytes and a random id, kept in the key store, never in the log.

@@ -11,6 +11,9 @@
 //!   schedule selects "the documents uploaded since its last firing" exactly (a read model made before the
 //!   column existed gains it on start, empty until `weft projection rebuild documents`).
 //! - `document_lineage (parent, child, job, step)`: one row per derivative recorded.
+//!
+//! On `tenant.erased` the tenant's rows lose their personal columns (`name`, `owner` become `[erased]`), as
+//! the events read from then on.
 
 use rusqlite::{Transaction, params};
 use weft_events::Envelope;
@@ -73,6 +76,15 @@ impl Projection for Documents {
     }
 
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
+        if let Some(tenant) = crate::erased_tenant(envelope)? {
+            // The personal columns of the tenant's documents, as its events now read.
+            crate::exec(
+                tx,
+                "UPDATE documents SET name = ?2, owner = ?2 WHERE tenant = ?1",
+                params![tenant, weft_events::seal::ERASED],
+            )?;
+            return Ok(());
+        }
         let Some(id) = DocumentId::from_stream(&envelope.stream) else { return Ok(()) };
         let event = Event::from_envelope(envelope)
             .map_err(|source| ApplyError::Decode { position: envelope.position, source })?;

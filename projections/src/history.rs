@@ -5,7 +5,8 @@
 //! Table `stream_events (stream, version, position, type, schema_version, recorded_at, tenant, actor,
 //! correlation_id, causation_id, event)`, keyed by `position` (so rows, payloads and all, are appended at the
 //! table's end in log order) with a unique index on `(stream, version)` for reading a stream; `event` is the
-//! payload as JSON, or `NULL` for events that are not an aggregate's (their payload stays in the log).
+//! payload as JSON, or `NULL` for events that are not an aggregate's (their payload stays in the log). On
+//! `tenant.erased` the personal fields of the tenant's payloads are scrubbed, as the events read from then on.
 
 use rusqlite::{Transaction, params};
 use weft_events::Envelope;
@@ -99,8 +100,30 @@ impl Projection for History {
             e.causation_id.map(|id| id.to_string()),
             event,
         ])?;
+        if let Some(tenant) = crate::erased_tenant(e)? {
+            scrub(tx, &tenant)?;
+        }
         Ok(())
     }
+}
+
+/// Replaces the personal fields of `tenant`'s payloads by what they read as once it is erased: a string by
+/// the marker, a map by `{}`, an array by `[]`.
+fn scrub(tx: &Transaction<'_>, tenant: &str) -> rusqlite::Result<()> {
+    for (event_type, fields) in weft_events::seal::PERSONAL {
+        for field in *fields {
+            let path = format!("$.{field}");
+            crate::exec(
+                tx,
+                "UPDATE stream_events
+                 SET event = json_set(event, ?3, CASE json_type(event, ?3)
+                     WHEN 'text' THEN ?4 WHEN 'object' THEN json('{}') WHEN 'array' THEN json('[]') ELSE NULL END)
+                 WHERE tenant = ?1 AND type = ?2 AND event IS NOT NULL AND json_type(event, ?3) IS NOT NULL",
+                params![tenant, event_type, path, weft_events::seal::ERASED],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -87,6 +87,20 @@ pub enum ApplyError {
     Sql(#[from] rusqlite::Error),
 }
 
+/// The tenant a `tenant.erased` event erases, for the projections that scrub its personal data; `None` for
+/// every other event.
+fn erased_tenant(envelope: &Envelope) -> Result<Option<String>, ApplyError> {
+    use weft_events::domain::DomainEvent;
+    use weft_events::domain::tenant;
+    if &*envelope.event_type != "tenant.erased" || !envelope.stream.as_str().starts_with("tenant-") {
+        return Ok(None);
+    }
+    match tenant::Event::from_envelope(envelope) {
+        Ok(tenant::Event::Erased(e)) => Ok(Some(e.tenant)),
+        Err(source) => Err(ApplyError::Decode { position: envelope.position, source }),
+    }
+}
+
 /// Runs one statement through the connection's statement cache: a projection runs the same few statements for
 /// every event, and parsing each anew cost more than running it.
 fn exec(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {

@@ -252,6 +252,7 @@ async fn live(
         store: reader.clone(),
         rebuilds: None,
         maintenance: Default::default(),
+        erase: None,
     };
     let api = QueryApi::start(
         std::net::TcpListener::bind("127.0.0.1:0")?,

@@ -55,6 +55,9 @@ pub enum Error {
     /// Storage, the bus or the store failed; the same request may succeed later.
     #[error("{0}")]
     Unavailable(String),
+    /// The tenant is erased.
+    #[error("{0}")]
+    Erased(String),
 }
 
 impl Error {
@@ -66,6 +69,7 @@ impl Error {
             Self::Rejected(_) => "rejected",
             Self::Conflict(_) => "conflict",
             Self::Unavailable(_) => "unavailable",
+            Self::Erased(_) => "erased",
         }
     }
 }
@@ -86,6 +90,7 @@ impl From<host::Error<Rejection>> for Error {
             host::Error::Rejected(rejection) => Self::Rejected(rejection),
             host::Error::Conflict { .. } => Self::Conflict(error.to_string()),
             host::Error::Unavailable(message) => Self::Unavailable(message),
+            host::Error::Erased(message) => Self::Erased(message),
         }
     }
 }

@@ -82,6 +82,7 @@ impl From<documents::Error> for Refusal {
             documents::Error::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
             documents::Error::Conflict(_) => StatusCode::CONFLICT,
             documents::Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            documents::Error::Erased(_) => StatusCode::GONE,
         };
         let mut refusal = Self::new(status, e.kind(), e.to_string());
         if let documents::Error::Rejected(rejection) = &e {

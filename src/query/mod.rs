@@ -26,6 +26,11 @@
 //! - `POST /projections/{name}/reset`: empties a read model and has it apply the log again in place.
 //! - `GET /projections/{name}`: a projection's position, lag, and latest rebuild or reset (under way: the
 //!   shadow model's position, the head it must reach, events per second).
+//! - `POST /tenants/{tenant}/erase` (`{"reason": "..."}`): erases a tenant (crypto-shredding,
+//!   [`crate::store::sealed`]): its key is destroyed, the personal fields of its events read as `[erased]`
+//!   from then on, the read models are scrubbed, and commands that would store personal data for it answer
+//!   `erased` (HTTP 410). Answers with the erasure (`tenant`, `erased_at`, `destroyed_key`, `position` of its
+//!   `tenant.erased` event); again on an erased tenant it changes nothing.
 //!
 //! Every `GET` accepts `after=<position>`: it waits (up to 5 s) until the read model applied that position
 //! (read-your-writes with a command reply's `last_position`), and answers 504 if it has not by then. Every
@@ -116,6 +121,7 @@ impl QueryApi {
                 .route("/streams/{stream}/events", web::get().to(history))
                 .route("/commands/{aggregate}/{id}", web::post().to(command))
                 .route("/projections/{name}", web::get().to(projection))
+                .route("/tenants/{tenant}/erase", web::post().to(erase_tenant))
                 .route("/projections/{name}/rebuild", web::post().to(move |s, r, n| maintain(s, r, n, Work::Rebuild)))
                 .route("/projections/{name}/reset", web::post().to(move |s, r, n| maintain(s, r, n, Work::Reset)))
                 .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }))
@@ -259,6 +265,54 @@ async fn projection(state: web::Data<State>, request: HttpRequest, name: web::Pa
     answer(&request, state.reads.projection(&name).await)
 }
 
+/// What `POST /tenants/{tenant}/erase` takes.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EraseRequest {
+    /// Why, for the record.
+    reason: String,
+}
+
+/// Longest reason of an erasure, in bytes.
+const MAX_REASON_BYTES: usize = 500;
+
+async fn erase_tenant(
+    state: web::Data<State>,
+    request: HttpRequest,
+    tenant: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Some(eraser) = state.reads.erase.clone() else {
+        return error(StatusCode::NOT_FOUND, "not_found", "this node does not erase tenants");
+    };
+    let body: EraseRequest = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", format!("the body is not {{\"reason\": ...}}: {e}")),
+    };
+    if body.reason.trim().is_empty() || body.reason.len() > MAX_REASON_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("the reason must hold 1 to {MAX_REASON_BYTES} bytes"),
+        );
+    }
+    let actor = request
+        .headers()
+        .get(crate::bus::ACTOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|a| weft_events::envelope::check_label("actor", a).is_ok())
+        .unwrap_or("operator")
+        .to_owned();
+    match eraser.erase(&tenant, &body.reason, &actor).await {
+        Ok(erasure) => {
+            tracing::warn!(tenant = %erasure.tenant, destroyed_key = erasure.destroyed_key, "tenant erased");
+            HttpResponse::Ok().json(erasure)
+        }
+        Err(e @ weft_events::Error::InvalidEvent { .. }) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    }
+}
+
 /// The aggregates commands may be sent to.
 const AGGREGATES: [&str; 5] = ["document", "workflow", "job", "agent", "schedule"];
 
@@ -323,6 +377,7 @@ async fn command(
         Some("conflict") => StatusCode::CONFLICT,
         Some("not_found") => StatusCode::NOT_FOUND,
         Some("unauthorized") => StatusCode::FORBIDDEN,
+        Some("erased") => StatusCode::GONE,
         Some(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     let mut response = HttpResponse::build(status).json(reply);

@@ -39,6 +39,8 @@ pub struct Reads {
     pub rebuilds: Option<tokio::sync::mpsc::Sender<RebuildRequest>>,
     /// Each projection's latest rebuild or reset: under way (with its progress) or done.
     pub maintenance: Arc<Maintenance>,
+    /// Where to erase a tenant (`POST /tenants/{tenant}/erase`); `None`: not offered.
+    pub erase: Option<Arc<dyn crate::store::sealed::Erase>>,
 }
 
 /// What an operator may ask of a projection.

@@ -207,7 +207,7 @@ pub async fn run(events: Events) -> anyhow::Result<bool> {
         }
         Verb::Export { from, streams, file } => {
             let streams = streams.iter().map(|s| stream_name(s)).collect::<anyhow::Result<Vec<_>>>()?;
-            let reader = source.reader().await?;
+            let reader = source.raw_reader().await?;
             let mut progress = Progress::new("export", reader.head().await?);
             let end = match file {
                 Some(path) => {
@@ -239,7 +239,7 @@ pub async fn run(events: Events) -> anyhow::Result<bool> {
             out.write_all(b"\n")?;
         }
         Verb::Verify => {
-            let reader = source.reader().await?;
+            let reader = source.raw_reader().await?;
             let mut progress = Progress::new("verify", 0);
             let report = verify::verify(reader, source.describe(), |d, t| progress.update(d, t)).await?;
             progress.finish();

@@ -18,6 +18,8 @@ use weft_events::domain::{self, DecodeError};
 use weft_events::{Envelope, EventRead, EventStore, Timestamp};
 
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
+use crate::store::keys::{self, Keys};
+use crate::store::sealed::Sealed;
 use crate::store::sqlite::view::View;
 use crate::store::sqlite::{self, SqliteStore};
 
@@ -45,6 +47,14 @@ pub struct Source {
     /// The JetStream stream of the events.
     #[arg(long, default_value = "WEFT_EVENTS", env = "WEFT_JETSTREAM_STREAM", global = true)]
     pub jetstream_stream: String,
+    /// The tenants' keys (SQLite; `keys.db` beside --store by default; with --jetstream, JetStream's): the
+    /// tools show personal fields opened with them, "[erased]" for an erased tenant, and "[sealed]" where
+    /// the keys are not at hand.
+    #[arg(long, env = "WEFT_KEYS", global = true)]
+    pub keys: Option<PathBuf>,
+    /// Show personal fields as "[sealed]" instead of reading the keys.
+    #[arg(long, global = true)]
+    pub no_keys: bool,
 }
 
 impl Source {
@@ -68,8 +78,26 @@ impl Source {
         }
     }
 
-    /// Opens the store for reading. SQLite: a read-only view, alongside a node that may have it open.
+    /// Opens the store for reading, with personal fields opened by the keys (read only; see
+    /// [`Source::keys`]). SQLite: a read-only view, alongside a node that may have it open.
     pub async fn reader(&self) -> anyhow::Result<Arc<dyn EventRead>> {
+        if let Some(store) = self.jetstream().await? {
+            let keys = match self.no_keys {
+                true => Keys::none(),
+                false => Keys::jetstream(store.client().clone(), &self.jetstream_stream, 1, false).await?,
+            };
+            return Ok(Arc::new(Sealed::new(store, keys)));
+        }
+        let keys = match self.no_keys {
+            true => Keys::none(),
+            false => Keys::sqlite_read_only(&self.keys.clone().unwrap_or_else(|| keys::default_path(&self.store)))?,
+        };
+        let path = self.store.clone();
+        Ok(Arc::new(Sealed::new(tokio::task::spawn_blocking(move || View::open(&path)).await??, keys)))
+    }
+
+    /// Opens the store for reading its payloads as stored, personal fields sealed (export, verify).
+    pub async fn raw_reader(&self) -> anyhow::Result<Arc<dyn EventRead>> {
         if let Some(store) = self.jetstream().await? {
             return Ok(Arc::new(store));
         }

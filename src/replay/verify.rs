@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use weft_events::domain::{Any, DecodeError};
+use weft_events::seal::{Opening, SEALED};
 use weft_events::{Envelope, EventRead, StreamName};
 
 use super::read_ahead;
@@ -177,6 +178,26 @@ impl Checks {
                 detail,
             });
         }
+        // Sealed personal fields are checked for their form (the keys are not needed): each must read as a
+        // value of its kind, so that the payload decodes with markers in their places.
+        let opened;
+        let e = match weft_events::seal::open(e.event_id, &e.tenant, &e.payload, Opening::Marker(SEALED)) {
+            Ok(None) => e,
+            Ok(Some(payload)) => {
+                opened = Envelope { payload: payload.into(), ..e.clone() };
+                &opened
+            }
+            Err(error) => {
+                self.fault(Fault {
+                    kind: FaultKind::CorruptPayload,
+                    position: e.position,
+                    stream: Some(e.stream.to_string()),
+                    version: Some(e.version),
+                    detail: error.to_string(),
+                });
+                return;
+            }
+        };
         if let Err(error) = Any::from_envelope(e) {
             self.fault(Fault {
                 kind: FaultKind::of_decode(&error),

@@ -4,8 +4,8 @@
 //! - Beside a SQLite store: a SQLite file of its own (`keys.db` in the store's folder by default; a backup of
 //!   the log is then no backup of the keys), `secure_delete` on, a rollback journal and a full sync on every
 //!   change. A key is created, durably, before the first event it seals is appended.
-//! - Beside a JetStream store: the stream `WEFT_KEYS` (subjects `weft.keys.<tenant in base64url>`, the last
-//!   message per subject kept). Not a KV bucket: a bucket refuses the deletion of one message, and destroying a
+//! - Beside a JetStream store: the stream `<events stream>_KEYS` (`WEFT_EVENTS_KEYS`; subjects
+//!   `weft.keys.<events stream>.<tenant in base64url>`, the last message per subject kept). Not a KV bucket: a bucket refuses the deletion of one message, and destroying a
 //!   key is exactly that, done with JetStream's erase (the message overwritten, not only unlinked). Every node
 //!   follows the stream, so a tenant erased through one node is erased on all of them.
 //!
@@ -126,18 +126,24 @@ impl Keys {
 
     /// Opens (creating if missing) the keys' stream on the JetStream of `client`, and follows it: an erasure
     /// through another node drops the key from this one's cache.
-    pub async fn jetstream(client: async_nats::Client, replicas: usize, create: bool) -> Result<Self, Error> {
-        let location = format!("JetStream stream {KEYS_STREAM}");
+    pub async fn jetstream(
+        client: async_nats::Client,
+        events_stream: &str,
+        replicas: usize,
+        create: bool,
+    ) -> Result<Self, Error> {
+        let names = Names::of(events_stream);
+        let location = format!("JetStream stream {}", names.stream);
         let js = async_nats::jetstream::new(client);
         let unavailable = |reason: String| Error::Unavailable { location: location.clone(), reason };
-        let stream = match js.get_stream(KEYS_STREAM).await {
+        let stream = match js.get_stream(&names.stream).await {
             Ok(stream) => stream,
             Err(_) if !create => return Ok(Self::new(None, format!("{location} (missing)"))),
             Err(_) => js
                 .get_or_create_stream(async_nats::jetstream::stream::Config {
-                    name: KEYS_STREAM.into(),
+                    name: names.stream.clone(),
                     description: Some("Weft: the tenants' keys (destroyed on erasure)".into()),
-                    subjects: vec![format!("{KEYS_SUBJECT}.*")],
+                    subjects: vec![format!("{}.*", names.subject)],
                     max_messages_per_subject: 1,
                     discard: DiscardPolicy::Old,
                     storage: StorageType::File,
@@ -148,9 +154,9 @@ impl Keys {
                 .await
                 .map_err(|e| unavailable(format!("creating the stream: {e}")))?,
         };
-        let backend = JetStreamKeys { js: js.clone(), stream, location: location.clone() };
+        let backend = JetStreamKeys { js: js.clone(), stream, names: names.clone(), location: location.clone() };
         let keys = Self::new(Some(Arc::new(backend)), location);
-        tokio::spawn(follow(js, Arc::downgrade(&keys.cache)));
+        tokio::spawn(follow(js, names, Arc::downgrade(&keys.cache)));
         Ok(keys)
     }
 
@@ -279,11 +285,24 @@ impl Backend for SqliteKeys {
     }
 }
 
-/// The JetStream stream of the keys.
-pub const KEYS_STREAM: &str = "WEFT_KEYS";
+/// The JetStream names of the keys beside an events stream.
+#[derive(Debug, Clone)]
+struct Names {
+    /// The stream: `<events stream>_KEYS`.
+    stream: String,
+    /// The first tokens of a key's subject: `weft.keys.<events stream>`.
+    subject: String,
+}
 
-/// The first tokens of a key's subject.
-const KEYS_SUBJECT: &str = "weft.keys";
+impl Names {
+    fn of(events_stream: &str) -> Self {
+        Self { stream: format!("{events_stream}_KEYS"), subject: format!("weft.keys.{events_stream}") }
+    }
+
+    fn subject(&self, tenant: &str) -> String {
+        format!("{}.{}", self.subject, base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tenant))
+    }
+}
 
 /// A key or a tombstone, as stored in JetStream.
 #[derive(Serialize, Deserialize)]
@@ -306,13 +325,10 @@ impl Stored {
     }
 }
 
-fn subject(tenant: &str) -> String {
-    format!("{KEYS_SUBJECT}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tenant))
-}
-
 struct JetStreamKeys {
     js: async_nats::jetstream::Context,
     stream: async_nats::jetstream::stream::Stream,
+    names: Names,
     location: String,
 }
 
@@ -324,7 +340,7 @@ impl JetStreamKeys {
     /// The last message of `tenant`'s subject: its sequence and what it says.
     async fn last(&self, tenant: &str) -> Result<Option<(u64, KeyState)>, Error> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
-        match self.stream.get_last_raw_message_by_subject(&subject(tenant)).await {
+        match self.stream.get_last_raw_message_by_subject(&self.names.subject(tenant)).await {
             Ok(message) => {
                 let stored: Stored = serde_json::from_slice(&message.payload).map_err(|e| Error::Corrupt {
                     location: self.location.clone(),
@@ -345,7 +361,7 @@ impl JetStreamKeys {
         let payload = serde_json::to_vec(stored).map_err(|e| self.unavailable(e))?;
         let ack = self
             .js
-            .publish_with_headers(subject(tenant), headers, payload.into())
+            .publish_with_headers(self.names.subject(tenant), headers, payload.into())
             .await
             .map_err(|e| self.unavailable(e))?;
         match ack.await {
@@ -398,14 +414,18 @@ impl Backend for JetStreamKeys {
 
 /// Follows the keys' stream: a tombstone written by any node replaces the tenant's cached key. Stops when the
 /// key store is dropped.
-async fn follow(js: async_nats::jetstream::Context, cache: std::sync::Weak<Mutex<HashMap<String, KeyState>>>) {
+async fn follow(
+    js: async_nats::jetstream::Context,
+    names: Names,
+    cache: std::sync::Weak<Mutex<HashMap<String, KeyState>>>,
+) {
     while cache.strong_count() > 0 {
         let consumer = async {
-            let stream = js.get_stream_no_info(KEYS_STREAM).await.map_err(|e| e.to_string())?;
+            let stream = js.get_stream_no_info(&names.stream).await.map_err(|e| e.to_string())?;
             let consumer = stream
                 .create_consumer(push::OrderedConfig {
                     deliver_subject: js.client().new_inbox(),
-                    filter_subject: format!("{KEYS_SUBJECT}.*"),
+                    filter_subject: format!("{}.*", names.subject),
                     deliver_policy: DeliverPolicy::New,
                     ..Default::default()
                 })
@@ -422,7 +442,7 @@ async fn follow(js: async_nats::jetstream::Context, cache: std::sync::Weak<Mutex
                     let tenant = message
                         .subject
                         .as_str()
-                        .strip_prefix(KEYS_SUBJECT)
+                        .strip_prefix(names.subject.as_str())
                         .and_then(|s| s.strip_prefix('.'))
                         .and_then(|t| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t).ok())
                         .and_then(|t| String::from_utf8(t).ok());

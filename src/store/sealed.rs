@@ -24,12 +24,9 @@ use weft_events::{
 
 use super::keys::{KeyState, Keys};
 
-/// The aggregates whose events have personal fields: their snapshots are not kept.
-const PERSONAL_AGGREGATES: &[&str] = &["document"];
-
+/// Whether `stream` is of an aggregate whose events have personal fields: its snapshots are not kept.
 fn holds_personal(stream: &StreamName) -> bool {
-    let kind = stream.as_str().split_once('-').map_or("", |(kind, _)| kind);
-    PERSONAL_AGGREGATES.contains(&kind)
+    seal::has_personal_events(stream.as_str().split_once('-').map_or("", |(kind, _)| kind))
 }
 
 /// What [`Sealed::erase`] did.
@@ -152,6 +149,20 @@ impl<S: EventRead + EventWrite + Clone> Sealed<S> {
             destroyed_key: matches!(before, Some(KeyState::Live(_))),
             position: appended.last_position,
         })
+    }
+}
+
+/// Erasing a tenant, for the query API (`POST /tenants/{tenant}/erase`) whatever the backend.
+#[async_trait]
+pub trait Erase: Send + Sync + 'static {
+    /// See [`Sealed::erase`].
+    async fn erase(&self, tenant: &str, reason: &str, actor: &str) -> Result<Erasure, Error>;
+}
+
+#[async_trait]
+impl<S: EventRead + EventWrite + Clone> Erase for Sealed<S> {
+    async fn erase(&self, tenant: &str, reason: &str, actor: &str) -> Result<Erasure, Error> {
+        Sealed::erase(self, tenant, reason, actor).await
     }
 }
 

@@ -325,6 +325,11 @@ impl JetStreamStore {
         })
     }
 
+    /// The NATS connection it works on.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
     /// The configuration it was opened with.
     pub fn config(&self) -> &JetStreamConfig {
         &self.inner.config
@@ -846,7 +851,7 @@ async fn ensure_events_stream(
 }
 
 /// Creates a KV bucket or checks the one there.
-pub(crate) async fn ensure_bucket(
+async fn ensure_bucket(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
     bucket: &str,
