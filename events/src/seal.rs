@@ -294,7 +294,10 @@ pub fn open(event_id: Uuid, tenant: &str, payload: &[u8], how: Opening<'_>) -> R
         let name = &payload[field.name.clone()];
         let field_name = || String::from_utf8_lossy(name).into_owned();
         if data.len() < HEADER + 16 || data[0] != FORMAT {
-            return Err(SealError::Malformed(format!("field {:?} is not a sealed value this build reads", field_name())));
+            return Err(SealError::Malformed(format!(
+                "field {:?} is not a sealed value this build reads",
+                field_name()
+            )));
         }
         let out = out.get_or_insert_with(|| Vec::with_capacity(payload.len()));
         if out.is_empty() {

@@ -287,7 +287,9 @@ async fn erase_tenant(
     };
     let body: EraseRequest = match serde_json::from_slice(&body) {
         Ok(body) => body,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid", format!("the body is not {{\"reason\": ...}}: {e}")),
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, "invalid", format!("the body is not {{\"reason\": ...}}: {e}"));
+        }
     };
     if body.reason.trim().is_empty() || body.reason.len() > MAX_REASON_BYTES {
         return error(

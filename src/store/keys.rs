@@ -191,10 +191,10 @@ impl Keys {
     /// Destroys `tenant`'s key, durably, and leaves a tombstone; again on an erased tenant, nothing changes.
     /// Returns what was there before (`None`: the tenant never had a key).
     pub async fn erase(&self, tenant: &str) -> Result<Option<KeyState>, Error> {
-        let backend = self.backend.as_ref().ok_or_else(|| Error::Unavailable {
-            location: self.location.to_string(),
-            reason: "no key store".into(),
-        })?;
+        let backend = self
+            .backend
+            .as_ref()
+            .ok_or_else(|| Error::Unavailable { location: self.location.to_string(), reason: "no key store".into() })?;
         let at = Timestamp::now();
         let before = backend.erase(tenant, at).await?;
         let after = match &before {
@@ -230,18 +230,14 @@ impl SqliteKeys {
 }
 
 fn read_row(conn: &Connection, tenant: &str) -> rusqlite::Result<Option<KeyState>> {
-    conn.query_row(
-        "SELECT key_id, key, erased_at FROM tenant_keys WHERE tenant = ?1",
-        [tenant],
-        |row| {
-            let (id, key, erased): (Option<i64>, Option<Vec<u8>>, Option<i64>) = (row.get(0)?, row.get(1)?, row.get(2)?);
-            Ok(match (erased, id, key.and_then(|k| <[u8; 32]>::try_from(k).ok())) {
-                (None, Some(id), Some(bytes)) => KeyState::Live(Arc::new(TenantKey::from_parts(id as u32, bytes))),
-                // A row without a readable key is a destroyed one, whatever else it says.
-                (erased, ..) => KeyState::Erased(Timestamp(erased.unwrap_or(0))),
-            })
-        },
-    )
+    conn.query_row("SELECT key_id, key, erased_at FROM tenant_keys WHERE tenant = ?1", [tenant], |row| {
+        let (id, key, erased): (Option<i64>, Option<Vec<u8>>, Option<i64>) = (row.get(0)?, row.get(1)?, row.get(2)?);
+        Ok(match (erased, id, key.and_then(|k| <[u8; 32]>::try_from(k).ok())) {
+            (None, Some(id), Some(bytes)) => KeyState::Live(Arc::new(TenantKey::from_parts(id as u32, bytes))),
+            // A row without a readable key is a destroyed one, whatever else it says.
+            (erased, ..) => KeyState::Erased(Timestamp(erased.unwrap_or(0))),
+        })
+    })
     .optional()
 }
 

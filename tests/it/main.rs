@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod compose;
 mod documents;
+mod erasure;
 mod intake;
 mod job_crash;
 mod nats_e2e;
