@@ -197,7 +197,7 @@ pub enum ProjectionVerb {
 #[derive(Debug, Clone, Subcommand)]
 pub enum TenantVerb {
     /// Erases a tenant (crypto-shredding): destroys its key, so the personal fields of all its events (file
-    /// names, owners, labels) read as "[erased]" everywhere from now on, in every copy of the log; the read
+    /// names, owners, labels) read as `[erased]` everywhere from now on, in every copy of the log; the read
     /// models are scrubbed, and no new document is accepted for it. Cannot be undone.
     Erase {
         /// The tenant.

@@ -179,8 +179,8 @@ fn job_events(input: DocumentId, at: Timestamp) -> anyhow::Result<Vec<NewEvent>>
 
 /// Appends about `events` events: documents of 4 events and jobs of 12 in a 2:1 ratio, 512 appends at a time
 /// (made as they go, so a log of millions is never held in memory). Returns the jobs.
-pub(super) async fn fill(
-    store: &SqliteStore,
+pub(super) async fn fill<S: EventWrite + Clone>(
+    store: &S,
     events: u64,
     mut progress: impl FnMut(u64, u64),
 ) -> anyhow::Result<Vec<JobId>> {

@@ -10,7 +10,9 @@
 //! | `rebuild-jobs` | the jobs projection alone (the costliest) | an event of the log | the same raw scan |
 //!
 //! The log is made up front by the same generator as `weft bench projections` (documents of 4 events and
-//! jobs of 12), appended through the store.
+//! jobs of 12), appended through the store sealed as a node writes it (each document's registration has its
+//! personal fields sealed with the tenant's key): `cat` and the rebuilds open them with the keys, `export`
+//! copies them sealed, `verify` checks their form.
 
 use std::io::Write;
 use std::path::Path;
@@ -23,6 +25,8 @@ use super::{Report, rate};
 use crate::replay::export::{self, OnConflict};
 use crate::replay::progress::Progress;
 use crate::replay::{inspect, read_ahead, verify};
+use crate::store::keys::Keys;
+use crate::store::sealed::Sealed;
 use crate::store::sqlite::view::View;
 use crate::store::sqlite::{Options as StoreOptions, SqliteStore, Synchronous};
 
@@ -64,8 +68,11 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     let mut store_options = StoreOptions::new(&log);
     store_options.synchronous = Synchronous::Full;
     let store = SqliteStore::open(store_options)?;
+    // Sealed as a node writes it: the documents' personal fields under their tenant's key.
+    let keys = Keys::sqlite(&dir.join("keys.db"))?;
+    let sealed = Sealed::new(store.clone(), keys.clone());
     let mut progress = Progress::new("fill", options.events);
-    super::projections::fill(&store, options.events, |d, t| progress.update(d, t)).await?;
+    super::projections::fill(&sealed, options.events, |d, t| progress.update(d, t)).await?;
     progress.finish();
     let head = store.head().await?;
     eprintln!("log: {head} events");
@@ -82,7 +89,13 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     // cat: the whole log as `weft events cat` prints it.
     let started = Instant::now();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(null_device())?);
-    let mut pages = read_ahead(view.clone(), 1, head);
+    // Through the keys, as `weft events cat` reads: each registration's personal fields opened.
+    let opened: Arc<dyn EventRead> = {
+        let log = log.clone();
+        let view = tokio::task::spawn_blocking(move || View::open(&log)).await??;
+        Arc::new(Sealed::new(view, Keys::sqlite_read_only(&dir.join("keys.db"))?))
+    };
+    let mut pages = read_ahead(opened, 1, head);
     let mut printed = 0u64;
     while let Some(page) = pages.recv().await {
         for e in &page? {
@@ -110,7 +123,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     reports.push(report("verify", head, started, scan, "every check; baseline: raw scan"));
 
     // rebuilds, on the store a node would have open.
-    let reader: Arc<dyn EventRead> = Arc::new(store.clone());
+    let reader: Arc<dyn EventRead> = Arc::new(sealed.clone());
     for (case, projections) in [("rebuild", "rebuild"), ("rebuild-jobs", "rebuild-jobs")] {
         let path = dir.join(format!("{case}.db"));
         let started = Instant::now();

@@ -48,11 +48,11 @@ pub struct Source {
     #[arg(long, default_value = "WEFT_EVENTS", env = "WEFT_JETSTREAM_STREAM", global = true)]
     pub jetstream_stream: String,
     /// The tenants' keys (SQLite; `keys.db` beside --store by default; with --jetstream, JetStream's): the
-    /// tools show personal fields opened with them, "[erased]" for an erased tenant, and "[sealed]" where
+    /// tools show personal fields opened with them, `[erased]` for an erased tenant, and `[sealed]` where
     /// the keys are not at hand.
     #[arg(long, env = "WEFT_KEYS", global = true)]
     pub keys: Option<PathBuf>,
-    /// Show personal fields as "[sealed]" instead of reading the keys.
+    /// Show personal fields as `[sealed]` instead of reading the keys.
     #[arg(long, global = true)]
     pub no_keys: bool,
 }
