@@ -16,7 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use weft_events::domain::DomainEvent;
 use weft_events::domain::tenant::{self, erasures};
-use weft_events::seal::{self, ERASED, Opening, SEALED, personal_fields};
+use weft_events::seal::{self, ERASED, Opening, SEALED, SealError, personal_fields};
 use weft_events::{
     Appended, Checkpoint, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, Limits, NewEvent,
     Snapshot, StreamName, Subscription, Timestamp,
@@ -68,7 +68,8 @@ impl<S> Sealed<S> {
 
 impl<S: EventRead> Sealed<S> {
     /// Opens the sealed fields of `events`: with the tenant's key, or as markers where it is erased
-    /// ([`ERASED`]) or not at hand ([`SEALED`]).
+    /// ([`ERASED`]) or not at hand ([`SEALED`]: no key store, or a field sealed under another store's key, as
+    /// after `weft events import`). A field that does not open under the right key is corruption.
     async fn open_all(&self, mut events: Vec<Envelope>) -> Result<Vec<Envelope>, Error> {
         let mut states: HashMap<Arc<str>, Option<KeyState>> = HashMap::new();
         for event in &mut events {
@@ -84,7 +85,14 @@ impl<S: EventRead> Sealed<S> {
                 Some(KeyState::Erased(_)) => Opening::Marker(ERASED),
                 None => Opening::Marker(SEALED),
             };
-            match seal::open(event.event_id, &event.tenant, &event.payload, how) {
+            let opened = match seal::open(event.event_id, &event.tenant, &event.payload, how) {
+                // Sealed under a key this store does not hold (imported from another store): as without keys.
+                Err(SealError::WrongKey { .. }) => {
+                    seal::open(event.event_id, &event.tenant, &event.payload, Opening::Marker(SEALED))
+                }
+                other => other,
+            };
+            match opened {
                 Ok(Some(opened)) => event.payload = opened.into(),
                 Ok(None) => {}
                 Err(e) => {
@@ -316,5 +324,42 @@ mod tests {
         // The key file holds no byte run of the erased tenant's key (zeroed, not only unlinked).
         let file = std::fs::read(dir.path().join("keys.db")).unwrap();
         assert!(!file.windows(32).any(|w| w == key.bytes()), "the erased key is still in the file");
+    }
+
+    #[tokio::test]
+    async fn a_field_under_another_store_s_key_reads_sealed_and_a_changed_one_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (origin, copy) = (MemoryStore::default(), MemoryStore::default());
+        let sealed = Sealed::new(origin.clone(), Keys::sqlite(&dir.path().join("a.db")).unwrap());
+        let stream = DocumentId::new().stream();
+        sealed.append(&stream, ExpectedVersion::NoStream, vec![registration("acme")]).await.unwrap();
+        // The copy's store has its own key for the same tenant (as after an import into a store in use).
+        let target = Sealed::new(copy.clone(), Keys::sqlite(&dir.path().join("b.db")).unwrap());
+        target
+            .append(&DocumentId::new().stream(), ExpectedVersion::NoStream, vec![registration("acme")])
+            .await
+            .unwrap();
+        let stored = origin.read_all(1, 1).await.unwrap().remove(0);
+        let new = |payload: bytes::Bytes| NewEvent {
+            event_id: stored.event_id,
+            event_type: stored.event_type.to_string(),
+            schema_version: stored.schema_version,
+            tenant: stored.tenant.to_string(),
+            correlation_id: None,
+            causation_id: None,
+            actor: stored.actor.to_string(),
+            payload,
+            recorded_at: Some(stored.recorded_at),
+        };
+        copy.append(&stream, ExpectedVersion::NoStream, vec![new(stored.payload.clone())]).await.unwrap();
+        assert_eq!(name(&target.read_stream(&stream, 1, Direction::Forwards, 1).await.unwrap()[0]), SEALED);
+        // The same bytes with one flipped, read under the key they were sealed with: corruption, not a marker.
+        let mut changed = stored.payload.to_vec();
+        let at = changed.len() - 30;
+        changed[at] ^= 1;
+        let damaged = DocumentId::new().stream();
+        origin.append(&damaged, ExpectedVersion::NoStream, vec![new(changed.into())]).await.unwrap();
+        let read = sealed.read_stream(&damaged, 1, Direction::Forwards, 1).await;
+        assert!(matches!(read, Err(Error::Corrupt { .. })), "{read:?}");
     }
 }
