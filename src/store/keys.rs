@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::stream::{DiscardPolicy, StorageType};
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -416,21 +416,8 @@ async fn follow(
     cache: std::sync::Weak<Mutex<HashMap<String, KeyState>>>,
 ) {
     while cache.strong_count() > 0 {
-        let consumer = async {
-            let stream = js.get_stream_no_info(&names.stream).await.map_err(|e| e.to_string())?;
-            let consumer = stream
-                .create_consumer(push::OrderedConfig {
-                    deliver_subject: js.client().new_inbox(),
-                    filter_subject: format!("{}.*", names.subject),
-                    deliver_policy: DeliverPolicy::New,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            consumer.messages().await.map_err(|e| e.to_string())
-        }
-        .await;
-        match consumer {
+        let filter = format!("{}.*", names.subject);
+        match crate::store::jetstream::follow(&js, &names.stream, filter, DeliverPolicy::New, false).await {
             Ok(mut messages) => {
                 while let Some(message) = messages.next().await {
                     let Some(cache) = cache.upgrade() else { return };

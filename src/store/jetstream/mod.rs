@@ -895,26 +895,35 @@ async fn ensure_bucket(
 
 /// Keeps `head` at the last sequence of the events stream, from an ordered push consumer that delivers
 /// headers only. Recreates the consumer after the connection or the server comes back.
+/// An ordered push consumer's messages on `stream`'s subjects matching `filter`, delivered by `policy` (only
+/// their headers when `headers_only`): what a follower of a stream reads.
+pub(crate) async fn follow(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    filter: String,
+    policy: DeliverPolicy,
+    headers_only: bool,
+) -> Result<push::Ordered, String> {
+    let stream = js.get_stream_no_info(stream).await.map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
+            filter_subject: filter,
+            headers_only,
+            deliver_policy: policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
+}
+
 async fn follow_head(js: async_nats::jetstream::Context, config: JetStreamConfig, head: Arc<watch::Sender<u64>>) {
     let filter = format!("{}.>", config.subject_prefix);
     loop {
         let start = *head.borrow() + 1;
-        let consumer = async {
-            let stream = js.get_stream_no_info(&config.stream).await.map_err(|e| e.to_string())?;
-            let consumer = stream
-                .create_consumer(push::OrderedConfig {
-                    deliver_subject: js.client().new_inbox(),
-                    filter_subject: filter.clone(),
-                    headers_only: true,
-                    deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-            consumer.messages().await.map_err(|e| e.to_string())
-        }
-        .await;
-        match consumer {
+        let deliver = DeliverPolicy::ByStartSequence { start_sequence: start };
+        match follow(&js, &config.stream, filter.clone(), deliver, true).await {
             Ok(mut messages) => {
                 while let Some(message) = messages.next().await {
                     match message {
