@@ -3,6 +3,7 @@
 //! | case | what runs | an op | baseline |
 //! | --- | --- | --- | --- |
 //! | `cat` | every event of the log read in pages through the read-only view and printed as `weft events cat` prints it (JSON, payload decoded from MessagePack) to `/dev/null` | an event | raw rusqlite: `SELECT position, stream, version, record FROM events ORDER BY position`, every row's columns read |
+//! | `cat-sealed` | the same with the personal fields left sealed: against `cat`, what opening them costs | an event | the same raw scan |
 //! | `export` | `weft events export --file`: the whole log into an export file, fsynced at the end | an event | the same raw scan |
 //! | `import` | `weft events import`: that file into a new SQLite store (fsync on every commit), the file checked whole first | an event | raw rusqlite: the same rows (read from the log) inserted into a bare `events` table, 10,000 a transaction, `synchronous = FULL` |
 //! | `verify` | `weft events verify`: positions, versions, checksums and every payload decoded | an event | the same raw scan |
@@ -86,26 +87,31 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     };
     let mut reports = Vec::new();
 
-    // cat: the whole log as `weft events cat` prints it.
-    let started = Instant::now();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(null_device())?);
-    // Through the keys, as `weft events cat` reads: each registration's personal fields opened.
+    // cat: the whole log as `weft events cat` prints it, personal fields opened with the keys; and the same
+    // with them left sealed, which is what opening costs.
     let opened: Arc<dyn EventRead> = {
         let log = log.clone();
         let view = tokio::task::spawn_blocking(move || View::open(&log)).await??;
         Arc::new(Sealed::new(view, Keys::sqlite_read_only(&dir.join("keys.db"))?))
     };
-    let mut pages = read_ahead(opened, 1, head);
-    let mut printed = 0u64;
-    while let Some(page) = pages.recv().await {
-        for e in &page? {
-            inspect::write_json_line(&mut out, e)?;
-            printed += 1;
+    for (case, reader, note) in [
+        ("cat", opened, "JSON lines, payloads decoded, personal fields opened, to /dev/null; baseline: raw scan"),
+        ("cat-sealed", view.clone(), "the same, personal fields left sealed (not opened); baseline: raw scan"),
+    ] {
+        let started = Instant::now();
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::create(null_device())?);
+        let mut pages = read_ahead(reader, 1, head);
+        let mut printed = 0u64;
+        while let Some(page) = pages.recv().await {
+            for e in &page? {
+                inspect::write_json_line(&mut out, e)?;
+                printed += 1;
+            }
         }
+        out.flush()?;
+        anyhow::ensure!(printed == head, "{case} printed {printed} of {head} events");
+        reports.push(report(case, head, started, scan, note));
     }
-    out.flush()?;
-    anyhow::ensure!(printed == head, "cat printed {printed} of {head} events");
-    reports.push(report("cat", head, started, scan, "JSON lines, payloads decoded, to /dev/null; baseline: raw scan"));
 
     // export, into the file the import reads.
     let file = dir.join("export.jsonl");

@@ -50,7 +50,7 @@ fn bench_replay_prints_one_json_line_per_case() {
             report["case"].as_str().unwrap().to_owned()
         })
         .collect();
-    assert_eq!(cases, ["cat", "export", "verify", "rebuild", "rebuild-jobs", "import"]);
+    assert_eq!(cases, ["cat", "cat-sealed", "export", "verify", "rebuild", "rebuild-jobs", "import"]);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the benchmark cleans up after itself");
 }
 
