@@ -131,9 +131,9 @@ struct Field {
     value: std::ops::Range<usize>,
 }
 
-/// The top-level map's header length and fields, or `None` when the payload is not a map (not an aggregate's
-/// payload: left alone).
-fn fields(payload: &[u8]) -> Result<Option<(usize, Vec<Field>)>, SealError> {
+/// The top-level map's fields, or `None` when the payload is not a map (not an aggregate's payload: left
+/// alone).
+fn fields(payload: &[u8]) -> Result<Option<Vec<Field>>, SealError> {
     let malformed = |e: codec::Error| SealError::Malformed(e.to_string());
     let be = |b: &[u8]| b.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
     let (header, count) = match payload.first() {
@@ -161,7 +161,7 @@ fn fields(payload: &[u8]) -> Result<Option<(usize, Vec<Field>)>, SealError> {
     if at != payload.len() {
         return Err(SealError::Malformed(format!("{} bytes after the payload", payload.len() - at)));
     }
-    Ok(Some((header, out)))
+    Ok(Some(out))
 }
 
 /// The sealed value's bytes (format byte onwards), when `value` is one.
@@ -179,7 +179,7 @@ fn sealed_data(value: &[u8]) -> Option<&[u8]> {
 
 /// Whether any field of `payload` is sealed.
 pub fn is_sealed(payload: &[u8]) -> bool {
-    matches!(fields(payload), Ok(Some((_, fields))) if fields.iter().any(|f| sealed_data(&payload[f.value.clone()]).is_some()))
+    matches!(fields(payload), Ok(Some(fields)) if fields.iter().any(|f| sealed_data(&payload[f.value.clone()]).is_some()))
 }
 
 fn aad(event_id: Uuid, tenant: &str, field: &[u8]) -> Vec<u8> {
@@ -243,7 +243,7 @@ pub fn seal(
     if personal.is_empty() {
         return Ok(None);
     }
-    let Some((header, fields)) = fields(payload)? else { return Ok(None) };
+    let Some(fields) = fields(payload)? else { return Ok(None) };
     let to_seal = |f: &Field| {
         personal.iter().any(|p| p.as_bytes() == &payload[f.name.clone()])
             && sealed_data(&payload[f.value.clone()]).is_none()
@@ -254,8 +254,8 @@ pub fn seal(
     let cipher = XChaCha20Poly1305::new((&key.bytes).into());
     let mut rng = rand::rng();
     let mut out = Vec::with_capacity(payload.len() + fields.len() * (HEADER + 20));
-    out.extend_from_slice(&payload[..header]);
-    let mut at = header;
+    // Everything up to each sealed value (the map's header and the fields before it) is copied as it is.
+    let mut at = 0;
     for field in &fields {
         if !to_seal(field) {
             continue;
@@ -286,9 +286,9 @@ pub fn open(event_id: Uuid, tenant: &str, payload: &[u8], how: Opening<'_>) -> R
     if !payload.iter().any(|b| matches!(b, 0xc7..=0xc9)) {
         return Ok(None);
     }
-    let Some((header, fields)) = fields(payload)? else { return Ok(None) };
+    let Some(fields) = fields(payload)? else { return Ok(None) };
     let mut out: Option<Vec<u8>> = None;
-    let mut at = header;
+    let mut at = 0;
     for field in &fields {
         let Some(data) = sealed_data(&payload[field.value.clone()]) else { continue };
         let name = &payload[field.name.clone()];
@@ -300,9 +300,6 @@ pub fn open(event_id: Uuid, tenant: &str, payload: &[u8], how: Opening<'_>) -> R
             )));
         }
         let out = out.get_or_insert_with(|| Vec::with_capacity(payload.len()));
-        if out.is_empty() {
-            out.extend_from_slice(&payload[..header]);
-        }
         out.extend_from_slice(&payload[at..field.value.start]);
         at = field.value.end;
         let (kind, key_id, nonce, ciphertext) =

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::DeliverPolicy;
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::{DiscardPolicy, StorageType};
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -105,6 +106,10 @@ impl Keys {
              );",
         )
         .map_err(|e| sql(&location, e))?;
+        Self::on_connection(conn, location)
+    }
+
+    fn on_connection(conn: Connection, location: String) -> Result<Self, Error> {
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| sql(&location, e))?;
         let backend = SqliteKeys { conn: Arc::new(Mutex::new(conn)), location: location.clone() };
         Ok(Self::new(Some(Arc::new(backend)), location))
@@ -119,9 +124,7 @@ impl Keys {
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| sql(&location, e))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| sql(&location, e))?;
-        let backend = SqliteKeys { conn: Arc::new(Mutex::new(conn)), location: location.clone() };
-        Ok(Self::new(Some(Arc::new(backend)), location))
+        Self::on_connection(conn, location)
     }
 
     /// Opens (creating if missing) the keys' stream on the JetStream of `client`, and follows it: an erasure
@@ -189,20 +192,21 @@ impl Keys {
     }
 
     /// Destroys `tenant`'s key, durably, and leaves a tombstone; again on an erased tenant, nothing changes.
-    /// Returns what was there before (`None`: the tenant never had a key).
-    pub async fn erase(&self, tenant: &str) -> Result<Option<KeyState>, Error> {
+    /// Returns what was there before (`None`: the tenant never had a key) and when it was erased (the first
+    /// time).
+    pub async fn erase(&self, tenant: &str) -> Result<(Option<KeyState>, Timestamp), Error> {
         let backend = self
             .backend
             .as_ref()
             .ok_or_else(|| Error::Unavailable { location: self.location.to_string(), reason: "no key store".into() })?;
         let at = Timestamp::now();
         let before = backend.erase(tenant, at).await?;
-        let after = match &before {
-            Some(KeyState::Erased(at)) => KeyState::Erased(*at),
-            _ => KeyState::Erased(at),
+        let erased_at = match &before {
+            Some(KeyState::Erased(first)) => *first,
+            _ => at,
         };
-        self.cache.lock().expect("key cache").insert(tenant.to_owned(), after);
-        Ok(before)
+        self.cache.lock().expect("key cache").insert(tenant.to_owned(), KeyState::Erased(erased_at));
+        Ok((before, erased_at))
     }
 }
 
@@ -349,11 +353,11 @@ impl JetStreamKeys {
         }
     }
 
-    /// Publishes `stored` on `tenant`'s subject if its last sequence is `expected` (0: none). `Ok(false)`:
-    /// another node got there first.
-    async fn publish(&self, tenant: &str, stored: &Stored, expected: u64) -> Result<bool, Error> {
+    /// Publishes `stored` on `tenant`'s subject if the subject holds nothing. `Ok(false)`: another node got
+    /// there first.
+    async fn publish(&self, tenant: &str, stored: &Stored) -> Result<bool, Error> {
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
         let payload = serde_json::to_vec(stored).map_err(|e| self.unavailable(e))?;
         let ack = self
             .js
@@ -362,8 +366,7 @@ impl JetStreamKeys {
             .map_err(|e| self.unavailable(e))?;
         match ack.await {
             Ok(_) => Ok(true),
-            // 10071: wrong last sequence for the subject.
-            Err(e) if e.to_string().contains("10071") || e.to_string().contains("wrong last sequence") => Ok(false),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(false),
             Err(e) => Err(self.unavailable(e)),
         }
     }
@@ -381,7 +384,7 @@ impl Backend for JetStreamKeys {
             key: Some(base64::engine::general_purpose::STANDARD.encode(key.bytes())),
             erased_at: None,
         };
-        if self.publish(tenant, &stored, 0).await? {
+        if self.publish(tenant, &stored).await? {
             return Ok(KeyState::Live(Arc::new(key)));
         }
         self.get(tenant).await?.ok_or_else(|| self.unavailable(format!("the key of {tenant} vanished")))
@@ -401,7 +404,7 @@ impl Backend for JetStreamKeys {
             // With the key's message gone the subject holds nothing: a tombstone expects no last message, and
             // loses to a key another node made meanwhile (which is then erased in turn).
             let tombstone = Stored { id: None, key: None, erased_at: Some(at.0) };
-            if self.publish(tenant, &tombstone, 0).await? {
+            if self.publish(tenant, &tombstone).await? {
                 return Ok(last.map(|(_, state)| state));
             }
         }

@@ -114,11 +114,7 @@ impl<S: EventRead + EventWrite + Clone> Sealed<S> {
     pub async fn erase(&self, tenant: &str, reason: &str, actor: &str) -> Result<Erasure, Error> {
         weft_events::envelope::check_label("tenant", tenant)
             .map_err(|source| Error::InvalidEvent { index: 0, source })?;
-        let before = self.keys.erase(tenant).await?;
-        let erased_at = match self.keys.lookup(tenant).await? {
-            Some(KeyState::Erased(at)) => at,
-            _ => Timestamp::now(),
-        };
+        let (before, erased_at) = self.keys.erase(tenant).await?;
         let stream = erasures();
         let mut from = 1;
         loop {

@@ -73,6 +73,8 @@ fn bad_arguments_are_refused_with_a_message_and_no_panic() {
         (&["bench", "jobs", "--jobs", "1"][..], "not in 10..=1000000"),
         (&["bench", "replay", "--events", "5"][..], "not in 1000..=100000000"),
         (&["events", "cat"][..], "<STREAM>"),
+        (&["tenant", "erase", "acme"][..], "--reason"),
+        (&["tenant", "erase", "--reason", "ticket 7"][..], "<TENANT>"),
         (&["events", "diff", "job-x", "one", "2"][..], "invalid value 'one'"),
         (&["events", "import", "f", "--on-conflict", "merge"][..], "invalid value 'merge'"),
         (&["events", "cat", "job-x", "--from", "yesterday"][..], "yesterday"),
@@ -99,6 +101,21 @@ fn an_unusable_path_is_an_error_naming_it() {
         assert!(stderr.contains("a-file"), "{bench}: {stderr}");
         assert!(!stderr.contains("panicked"), "{bench}: {stderr}");
     }
+    // A key file the node cannot make: it does not start, and says where.
+    let keys = file.join("keys.db");
+    let store = dir.path().join("events.db");
+    let out = weft(&[
+        "serve",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--store",
+        store.to_str().unwrap(),
+        "--keys",
+        keys.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a-file") && !stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
