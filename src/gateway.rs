@@ -32,6 +32,11 @@ impl BusGateway {
     pub fn new(bus: Arc<dyn Bus>, store: Arc<dyn EventStore>, timeout: Duration) -> Self {
         Self { bus, store, timeout }
     }
+
+    /// The store state is read from.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
 }
 
 /// The instance id in a stream name `<kind>-<uuid>`.

@@ -1,18 +1,27 @@
 //! Command intake: one bus service per aggregate type, in queue group `weft` so that several nodes share
 //! the load. Each decodes and checks a command (see [`crate::protocol`]), runs it on the local actor host and
 //! replies. Bad input gets an `invalid` reply and never reaches an aggregate; nothing in here panics on input.
+//!
+//! A job's `submit` is checked against the workflow it names before the job sees it ([`Workflows`]): the
+//! job runs that version's steps, taken from the workflow when the submission sends none, and a submission of
+//! a version never defined, or of other steps, is rejected (`unknown_workflow`, `steps_differ`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
+use futures::future::LocalBoxFuture;
 use tokio::sync::Semaphore;
 use weft_actors::Aggregate;
-use weft_actors::host::{Execute, Host, Metadata};
+use weft_actors::host::{self, Execute, Host, Metadata};
+use weft_actors::job::{self, Job};
 use weft_actors::process::Hosts;
-use weft_events::StreamName;
-use weft_events::domain::ids::Uuid;
+use weft_actors::workflow::Workflow;
+use weft_events::domain::ids::{Uuid, WorkflowId};
+use weft_events::domain::workflow::{Event as WorkflowEvent, Step};
 use weft_events::envelope::check_label;
+use weft_events::{EventStore, StreamName};
 
 use crate::bus::trace::TraceParent;
 use crate::bus::{
@@ -51,12 +60,13 @@ impl Intake {
         let handled = Arc::new(AtomicU64::new(0));
         let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
         let shared = Shared { handled: handled.clone(), slots };
+        let workflows = Workflows::new(hosts.job.store().clone());
         let tasks = vec![
-            serve(bus.clone(), hosts.document, &options, shared.clone()).await?,
-            serve(bus.clone(), hosts.workflow, &options, shared.clone()).await?,
-            serve(bus.clone(), hosts.job, &options, shared.clone()).await?,
-            serve(bus.clone(), hosts.agent, &options, shared.clone()).await?,
-            serve(bus.clone(), hosts.schedule, &options, shared).await?,
+            serve(bus.clone(), hosts.document, AsIs, &options, shared.clone()).await?,
+            serve(bus.clone(), hosts.workflow, AsIs, &options, shared.clone()).await?,
+            serve(bus.clone(), hosts.job, workflows, &options, shared.clone()).await?,
+            serve(bus.clone(), hosts.agent, AsIs, &options, shared.clone()).await?,
+            serve(bus.clone(), hosts.schedule, AsIs, &options, shared).await?,
         ];
         bus.flush().await?;
         Ok(Self { tasks, handled })
@@ -83,9 +93,91 @@ struct Shared {
     slots: Arc<Semaphore>,
 }
 
-async fn serve<A: Aggregate>(
+/// What the intake does with a decoded command before its host runs it: checks it against the state of other
+/// aggregates, or completes it from there.
+trait Prepare<A: Aggregate>: Clone + 'static {
+    fn prepare(&self, execute: Execute<A>) -> LocalBoxFuture<'static, Result<Execute<A>, host::Error<A::Rejection>>>;
+}
+
+/// Commands run as they came.
+#[derive(Clone)]
+struct AsIs;
+
+impl<A: Aggregate> Prepare<A> for AsIs {
+    fn prepare(&self, execute: Execute<A>) -> LocalBoxFuture<'static, Result<Execute<A>, host::Error<A::Rejection>>> {
+        Box::pin(futures::future::ready(Ok(execute)))
+    }
+}
+
+/// Workflow versions' steps kept in memory: a defined version never changes, so there is nothing to
+/// invalidate. Past this many the memory is cleared.
+const KNOWN_VERSIONS: usize = 4096;
+
+/// Checks a job's submission against the workflow version it names, read from the store (see the module doc).
+#[derive(Clone)]
+struct Workflows {
+    store: Arc<dyn EventStore>,
+    known: Arc<Mutex<Known>>,
+}
+
+/// Steps by workflow and version.
+type Known = HashMap<(WorkflowId, u32), Arc<Vec<Step>>>;
+
+impl Workflows {
+    fn new(store: Arc<dyn EventStore>) -> Self {
+        Self { store, known: Arc::default() }
+    }
+
+    /// The steps of `workflow` at `version`; `None` when that version was never defined.
+    async fn steps(&self, workflow: WorkflowId, version: u32) -> Result<Option<Arc<Vec<Step>>>, String> {
+        if let Some(steps) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&(workflow, version)) {
+            return Ok(Some(steps.clone()));
+        }
+        let events = host::load_events::<Workflow>(&*self.store, &workflow.stream()).await?;
+        let found = events.into_iter().find_map(|event| match event {
+            WorkflowEvent::Defined(defined) if defined.version == version => Some(Arc::new(defined.steps)),
+            _ => None,
+        });
+        if let Some(steps) = &found {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.len() >= KNOWN_VERSIONS {
+                known.clear();
+            }
+            known.insert((workflow, version), steps.clone());
+        }
+        Ok(found)
+    }
+}
+
+impl Prepare<Job> for Workflows {
+    fn prepare(
+        &self,
+        mut execute: Execute<Job>,
+    ) -> LocalBoxFuture<'static, Result<Execute<Job>, host::Error<job::Rejection>>> {
+        let workflows = self.clone();
+        Box::pin(async move {
+            let job::Command::Submit { workflow, workflow_version, steps, .. } = &mut execute.command else {
+                return Ok(execute);
+            };
+            let (workflow, version) = (*workflow, *workflow_version);
+            let defined = workflows.steps(workflow, version).await.map_err(host::Error::Unavailable)?;
+            match defined {
+                None => Err(host::Error::Rejected(job::Rejection::UnknownWorkflow { workflow, version })),
+                Some(defined) if steps.is_empty() => {
+                    *steps = defined.as_ref().clone();
+                    Ok(execute)
+                }
+                Some(defined) if *steps == *defined => Ok(execute),
+                Some(_) => Err(host::Error::Rejected(job::Rejection::StepsDiffer { workflow, version })),
+            }
+        })
+    }
+}
+
+async fn serve<A: Aggregate, P: Prepare<A>>(
     bus: Arc<dyn Bus>,
     host: Host<A>,
+    prepare: P,
     options: &IntakeOptions,
     shared: Shared,
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
@@ -97,9 +189,9 @@ async fn serve<A: Aggregate>(
         while let Some(message) = subscription.next().await {
             shared.handled.fetch_add(1, Ordering::Relaxed);
             let Ok(slot) = shared.slots.clone().acquire_owned().await else { return };
-            let (bus, host) = (bus.clone(), host.clone());
+            let (bus, host, prepare) = (bus.clone(), host.clone(), prepare.clone());
             actix_rt::spawn(async move {
-                handle(message, bus, host, limits).await;
+                handle(message, bus, host, prepare, limits).await;
                 drop(slot);
             });
         }
@@ -107,7 +199,13 @@ async fn serve<A: Aggregate>(
 }
 
 /// Handles one command in a `command` span joined to the caller's trace when it sent a valid `traceparent`.
-async fn handle<A: Aggregate>(message: Message, bus: Arc<dyn Bus>, host: Host<A>, limits: BodyLimits) {
+async fn handle<A: Aggregate, P: Prepare<A>>(
+    message: Message,
+    bus: Arc<dyn Bus>,
+    host: Host<A>,
+    prepare: P,
+    limits: BodyLimits,
+) {
     use tracing::Instrument as _;
     let span = tracing::debug_span!(
         "command",
@@ -119,10 +217,16 @@ async fn handle<A: Aggregate>(message: Message, bus: Arc<dyn Bus>, host: Host<A>
         span.record("trace_id", tracing::field::display(parent.trace_id_hex()));
         span.record("parent_id", tracing::field::display(parent.parent_id_hex()));
     }
-    handle_in_span(message, bus, host, limits).instrument(span).await
+    handle_in_span(message, bus, host, prepare, limits).instrument(span).await
 }
 
-async fn handle_in_span<A: Aggregate>(message: Message, bus: Arc<dyn Bus>, host: Host<A>, limits: BodyLimits) {
+async fn handle_in_span<A: Aggregate, P: Prepare<A>>(
+    message: Message,
+    bus: Arc<dyn Bus>,
+    host: Host<A>,
+    prepare: P,
+    limits: BodyLimits,
+) {
     let Some(reply_to) = message.reply.clone() else {
         tracing::debug!(subject = %message.subject, "a command without a reply subject; dropped");
         return;
@@ -133,7 +237,10 @@ async fn handle_in_span<A: Aggregate>(message: Message, bus: Arc<dyn Bus>, host:
             tracing::debug!(subject = %message.subject, %why, "an invalid command");
             Reply::invalid(why)
         }
-        Ok((stream, execute)) => Reply::from_host(host.execute(&stream, execute).await),
+        Ok((stream, execute)) => match prepare.prepare(execute).await {
+            Ok(execute) => Reply::from_host(host.execute(&stream, execute).await),
+            Err(error) => Reply::from_host(Err(error)),
+        },
     };
     let mut headers = Headers::new();
     if json {

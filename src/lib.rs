@@ -19,6 +19,7 @@
 //! - [`agents`]: the providers agents use (builtin, OpenAI, Anthropic), the executor of job steps, the catalog.
 //! - [`lease`]: which of the nodes sharing a store runs the process managers and the publisher.
 //! - [`nats`]: NATS: local servers for tests and benchmarks.
+//! - [`health`]: what a node runs and how each part is doing, for `/readyz`.
 //! - [`node`]: a node, everything wired together: what `weft serve` runs.
 //! - [`config`]: `weft serve --config FILE`, the node's options from TOML.
 //! - [`client`]: the command line's client of a running node (`weft job show`, `weft job logs --follow`).
@@ -35,6 +36,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod gateway;
+pub mod health;
 pub mod intake;
 pub mod lease;
 pub mod nats;

@@ -24,6 +24,7 @@ use crate::bus::Bus;
 use crate::bus::memory::MemoryBus;
 use crate::bus::nats::NatsBus;
 use crate::gateway::BusGateway;
+use crate::health::Board;
 use crate::intake::{Intake, IntakeOptions};
 use crate::lease::{Lease, LeaseOptions};
 use crate::objects::ObjectStore;
@@ -172,6 +173,7 @@ pub struct Node {
 struct Managers {
     processes: Option<Processes>,
     publisher: Running,
+    board: Board,
 }
 
 /// What a node's process managers work with: the executor of tasks, and the selector of documents for
@@ -179,20 +181,35 @@ struct Managers {
 type Work = (Rc<dyn Executor>, Rc<dyn weft_actors::process::timers::Select>);
 
 impl Managers {
-    fn start(bus: &Arc<dyn Bus>, store: &Arc<dyn EventStore>, work: Option<Work>) -> Self {
+    /// Starts them, each on `board` (the processes by name, the publisher as `publisher`).
+    fn start(bus: &Arc<dyn Bus>, store: &Arc<dyn EventStore>, work: Option<Work>, board: &Board) -> Self {
         let processes = work.map(|(executor, select)| {
             let gateway = BusGateway::new(bus.clone(), store.clone(), Duration::from_secs(10));
             Processes::with_select(gateway, store.clone(), Some(executor), Some(select), RunOptions::default())
         });
         let publisher = process::start(Publisher::new(bus.clone()), store.clone(), RunOptions::default());
-        Self { processes, publisher }
+        for (name, health) in processes.iter().flat_map(Processes::health) {
+            board.watch(name, health);
+        }
+        board.watch("publisher", publisher.health());
+        Self { processes, publisher, board: board.clone() }
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
-        if let Some(processes) = self.processes {
-            processes.stop().await.map_err(anyhow::Error::msg)?;
+    /// Stops them, saving their checkpoints, and takes them off the board. A failure to save is logged: the
+    /// events since the last checkpoint are handled again on the next start, which is safe.
+    async fn stop(self) {
+        for (name, _) in self.processes.iter().flat_map(Processes::health) {
+            self.board.forget(name);
         }
-        self.publisher.stop().await.map_err(anyhow::Error::msg)
+        self.board.forget("publisher");
+        if let Some(processes) = self.processes
+            && let Err(error) = processes.stop().await
+        {
+            tracing::warn!(%error, "stopping the process managers");
+        }
+        if let Err(error) = self.publisher.stop().await {
+            tracing::warn!(%error, "stopping the publisher");
+        }
     }
 }
 
@@ -242,7 +259,11 @@ impl Node {
                 .map_err(|e| anyhow::anyhow!("cannot create {} for the read models: {e}", folder.display()))?;
         }
         let reader: Arc<dyn weft_events::EventRead> = store.reader();
+        let board = Board::default();
         let projections = weft_projections::start_all(&options.read_models, reader.clone())?;
+        for projection in &projections {
+            board.watch(format!("projection {}", projection.name()), projection.health());
+        }
         let positions = projections.iter().map(|p| (p.name(), p.watch())).collect();
         let projections: Projections = Arc::new(tokio::sync::Mutex::new(projections));
         let (rebuild_tx, rebuild_rx) = tokio::sync::mpsc::channel(8);
@@ -255,6 +276,7 @@ impl Node {
             rebuilds: Some(rebuild_tx),
             maintenance,
             erase: Some(store.eraser()),
+            health: board.clone(),
         };
         let queries = crate::query::nats::start(bus.clone(), reads.clone()).await?;
         // Schedules over a document selector pick their documents from the documents read model.
@@ -274,6 +296,7 @@ impl Node {
                     shared.clone(),
                     (executor.clone(), select.clone()),
                     managers.clone(),
+                    board.clone(),
                 ));
                 Duty::Elected { task, managers }
             }
@@ -281,11 +304,16 @@ impl Node {
                 &bus,
                 &shared,
                 (!options.no_processes).then(|| (executor.clone(), select.clone())),
+                &board,
             )),
         };
         let subscription =
             bus.subscribe(crate::objects::notification::SUBJECT, Some(crate::protocol::QUEUE_GROUP)).await?;
-        let notifications = actix_rt::spawn(serve_notifications(documents.clone(), subscription, bus.clone()));
+        let notifications = actix_rt::spawn(crate::health::watched(
+            &board,
+            "object notifications",
+            serve_notifications(documents.clone(), subscription, bus.clone()),
+        ));
         let sweeps = (options.objects.sweep_every_secs > 0).then(|| {
             let every = Duration::from_secs(options.objects.sweep_every_secs);
             actix_rt::spawn(crate::objects::documents::sweep_every(documents.clone(), reads.clone(), every))
@@ -337,7 +365,9 @@ impl Node {
     }
 
     /// Stops taking commands, stops the processes (saving their checkpoints) and the projections, and
-    /// closes the store.
+    /// closes the store. What fails to stop cleanly (a projection that had ended on a broken log, a
+    /// checkpoint the store did not take) is logged, not returned: nothing acknowledged depends on it, and a
+    /// stop must end whatever state the store is in. Only closing the store can fail it.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.query.stop().await;
         self.queries.abort();
@@ -350,15 +380,18 @@ impl Node {
         let projections = std::mem::take(&mut *self.projections.lock().await);
         self.rebuilds.abort();
         for projection in projections {
-            projection.stop()?;
+            let name = projection.name();
+            if let Err(error) = projection.stop() {
+                tracing::warn!(projection = name, %error, "the projection had ended on a failure");
+            }
         }
         match self.duty {
-            Duty::Always(managers) => managers.stop().await?,
+            Duty::Always(managers) => managers.stop().await,
             Duty::Elected { task, managers } => {
                 task.abort();
                 let running = managers.borrow_mut().take();
                 if let Some(running) = running {
-                    running.stop().await?;
+                    running.stop().await;
                 }
             }
             Duty::None => {}
@@ -411,21 +444,29 @@ async fn hold_lease(
     store: Arc<dyn EventStore>,
     work: Work,
     managers: Rc<RefCell<Option<Managers>>>,
+    board: Board,
 ) {
+    let health = weft_events::Health::default();
+    board.watch("lease", health.clone());
     let mut last_held = Instant::now();
     loop {
         let lost = match lease.try_hold().await {
             Ok(true) => {
+                health.running();
                 last_held = Instant::now();
                 if managers.borrow().is_none() {
                     tracing::info!("took the process managers' lease; starting them");
-                    *managers.borrow_mut() = Some(Managers::start(&bus, &store, Some(work.clone())));
+                    *managers.borrow_mut() = Some(Managers::start(&bus, &store, Some(work.clone()), &board));
                 }
                 false
             }
-            Ok(false) => managers.borrow().is_some(),
+            Ok(false) => {
+                health.running();
+                managers.borrow().is_some()
+            }
             Err(error) => {
                 tracing::warn!(%error, "renewing the process managers' lease failed");
+                health.retrying(format!("renewing the lease: {error}"));
                 lease.held() && last_held.elapsed() > lease.options().self_fence_after()
             }
         };
@@ -433,10 +474,8 @@ async fn hold_lease(
             tracing::warn!("lost the process managers' lease; stopping them");
             lease.forget();
             let running = managers.borrow_mut().take();
-            if let Some(running) = running
-                && let Err(error) = running.stop().await
-            {
-                tracing::warn!(%error, "stopping the process managers");
+            if let Some(running) = running {
+                running.stop().await;
             }
         }
         actix_rt::time::sleep(lease.options().renew_every).await;

@@ -155,6 +155,9 @@ pub enum Status {
 pub struct Document {
     /// Where it is in its life.
     pub status: Status,
+    /// Its file name, as registered (kept so a repeated registration can be told from a different one).
+    #[serde(default)]
+    pub name: String,
     /// The tenant it belongs to.
     pub tenant: String,
     /// Who registered it.
@@ -312,6 +315,7 @@ impl Aggregate for Document {
         match event {
             Event::Registered(e) => {
                 self.status = Status::UploadPending;
+                self.name = e.name.clone();
                 self.tenant = e.tenant.clone();
                 self.owner = e.owner.clone();
                 self.content_type = e.content_type.clone();

@@ -16,7 +16,9 @@
 //!   [`Error::Conflict`]. A command with an `expected_version` is not retried.
 //! - **Snapshots** every [`Options::snapshot_every`] events, saved in the background.
 //! - **Passivation** after [`Options::idle_timeout_ms`] without a command, and when more than
-//!   [`Options::max_live`] actors are live (least recently used first).
+//!   [`Options::max_live`] actors are live: the least recently used is told to stop ([`Passivate`]); it
+//!   finishes the commands already in its mailbox and stops, so the actors running are bounded by the cap
+//!   (a command sent to it after that goes to a fresh actor).
 //! - **Supervision.** A panic in `decide` or `evolve` is caught: the caller gets [`Error::Unavailable`] and the
 //!   actor stops; the next command starts a fresh actor that rehydrates from the store, never from memory.
 //!   More than [`Options::max_restarts`] panics of one instance within [`Options::restart_window_ms`] and the
@@ -29,6 +31,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -166,7 +169,7 @@ enum Failure<R> {
     Panicked(String),
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -381,28 +384,40 @@ pub struct AggregateActor<A: Aggregate> {
     options: Arc<Options>,
     /// `None` while activating, and while a command is being run.
     loaded: Option<Loaded<A>>,
-    /// Why activation failed, for the commands that were waiting for it.
-    activation_error: Option<String>,
+    /// Why activation failed, for the commands that were waiting for it (shared with the host, which tells
+    /// the senders whose commands the stopping actor dropped).
+    activation_error: Arc<Mutex<Option<String>>>,
     /// Events appended since the last snapshot.
     since_snapshot: u64,
     last_used: Instant,
     restarts: Arc<Restarts>,
+    /// Actors of this host running (started and not yet stopped), shared by all of them.
+    running: Arc<AtomicUsize>,
 }
 
 impl<A: Aggregate> Actor for AggregateActor<A> {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.running.fetch_add(1, Ordering::Relaxed);
         ctx.set_mailbox_capacity(self.options.mailbox.max(1));
         let (store, stream, remembered) = (self.store.clone(), self.stream.clone(), self.options.remembered_commands);
         ctx.wait(async move { activate::<A>(&*store, &stream, remembered).await }.into_actor(self).map(
             |result, actor, ctx| match result {
                 Ok(loaded) => actor.loaded = Some(loaded),
                 Err(failure) => {
-                    if let Failure::Panicked(message) = &failure {
-                        actor.restarts.record(&actor.stream);
-                        tracing::error!(stream = %actor.stream, %message, "evolve panicked during activation");
-                    }
+                    let reason = match &failure {
+                        Failure::Panicked(message) => {
+                            actor.restarts.record(&actor.stream);
+                            tracing::error!(stream = %actor.stream, %message, "evolve panicked during activation");
+                            format!("evolve panicked: {message}")
+                        }
+                        Failure::Error(error) => {
+                            tracing::warn!(stream = %actor.stream, %error, "activation failed");
+                            error.to_string()
+                        }
+                    };
+                    *actor.activation_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
                     ctx.stop();
                 }
             },
@@ -414,6 +429,26 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
             }
         });
     }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Tells an actor to stop once the commands already in its mailbox are done: what the host sends the least
+/// recently used actor when [`Options::max_live`] is passed.
+pub struct Passivate;
+
+impl Message for Passivate {
+    type Result = ();
+}
+
+impl<A: Aggregate> Handler<Passivate> for AggregateActor<A> {
+    type Result = ();
+
+    fn handle(&mut self, _: Passivate, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
 }
 
 impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
@@ -423,7 +458,8 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
         self.last_used = Instant::now();
         let Some(loaded) = self.loaded.take() else {
             // Activation failed and the actor is stopping.
-            let reason = self.activation_error.clone().unwrap_or_default();
+            let reason = self.activation_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let reason = reason.unwrap_or_else(|| "the actor is stopping".into());
             let error = Error::Unavailable(format!("{} could not be activated: {reason}", self.stream));
             return AtomicResponse::new(Box::pin(fut::ready(Err(error)).into_actor(self)));
         };
@@ -548,13 +584,26 @@ impl Restarts {
     }
 }
 
+/// A live actor's address, and where it says why its activation failed.
+struct Live<A: Aggregate> {
+    address: Addr<AggregateActor<A>>,
+    activation_error: Arc<Mutex<Option<String>>>,
+}
+
+impl<A: Aggregate> Clone for Live<A> {
+    fn clone(&self) -> Self {
+        Self { address: self.address.clone(), activation_error: self.activation_error.clone() }
+    }
+}
+
 /// The host of one aggregate type: finds or starts the actor of an instance and sends it commands. Cheap to
 /// clone. Actors run on the actix arbiter of the thread that starts them.
 pub struct Host<A: Aggregate> {
     store: Arc<dyn EventStore>,
     options: Arc<Options>,
-    live: Arc<Mutex<lru::LruCache<StreamName, Addr<AggregateActor<A>>>>>,
+    live: Arc<Mutex<lru::LruCache<StreamName, Live<A>>>>,
     restarts: Arc<Restarts>,
+    running: Arc<AtomicUsize>,
 }
 
 impl<A: Aggregate> Clone for Host<A> {
@@ -564,6 +613,7 @@ impl<A: Aggregate> Clone for Host<A> {
             options: self.options.clone(),
             live: self.live.clone(),
             restarts: self.restarts.clone(),
+            running: self.running.clone(),
         }
     }
 }
@@ -582,32 +632,45 @@ impl<A: Aggregate> Host<A> {
             options: Arc::new(options),
             live: Arc::new(Mutex::new(lru::LruCache::new(capacity))),
             restarts: Arc::new(restarts),
+            running: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The store the host's actors read and append to.
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
     }
 
     /// Runs a command on the instance whose events are in `stream`. Must be called on an actix system.
     pub async fn execute(&self, stream: &StreamName, message: Execute<A>) -> Result<Outcome, Error<A::Rejection>> {
         // A send can find the actor stopped (passivated or crashed) after the look-up: the command did not
         // reach it, so it goes to a fresh one. Twice is plenty; a third failure is a real problem.
+        let mut why = None;
         for _ in 0..3 {
-            let address = self.address(stream)?;
-            match address.send(message.clone()).await {
+            let live = self.address(stream)?;
+            match live.address.send(message.clone()).await {
                 Ok(result) => return result,
-                Err(MailboxError::Closed) => self.forget(stream, &address),
+                Err(MailboxError::Closed) => {
+                    // Activation failed and the actor stopped before it took the command: say why.
+                    why = live.activation_error.lock().unwrap_or_else(|p| p.into_inner()).take().or(why);
+                    self.forget(stream, &live.address);
+                }
                 Err(MailboxError::Timeout) => {
                     return Err(Error::Unavailable(format!("{stream} did not answer in time")));
                 }
             }
         }
-        Err(Error::Unavailable(format!("{stream} could not be activated")))
+        let why = why.unwrap_or_else(|| "its actor stopped each time".into());
+        Err(Error::Unavailable(format!("{stream} could not be activated: {why}")))
     }
 
     /// The state and version of an instance: its actor's, brought up to date with the store (other nodes
     /// may have appended), activating it if need be.
     pub async fn inspect(&self, stream: &StreamName) -> Result<(A, u64), Error<A::Rejection>> {
         let unavailable = |what: String| Error::Unavailable(format!("{stream}: {what}"));
-        let address = self.address(stream)?;
-        let (version, state) = address
+        let live = self.address(stream)?;
+        let (version, state) = live
+            .address
             .send(Inspect(std::marker::PhantomData))
             .await
             .map_err(|e| unavailable(e.to_string()))?
@@ -615,15 +678,16 @@ impl<A: Aggregate> Host<A> {
         Ok((state, version))
     }
 
-    /// Live actors (some may be stopping).
+    /// Actors of this host running: started and not yet stopped, whether the host still routes commands to
+    /// them or has passivated them and they are finishing their mailbox.
     pub fn live(&self) -> usize {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|(_, a)| a.connected()).count()
+        self.running.load(Ordering::Relaxed)
     }
 
-    fn address(&self, stream: &StreamName) -> Result<Addr<AggregateActor<A>>, Error<A::Rejection>> {
+    fn address(&self, stream: &StreamName) -> Result<Live<A>, Error<A::Rejection>> {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(address) = live.get(stream).filter(|a| a.connected()) {
-            return Ok(address.clone());
+        if let Some(found) = live.get(stream).filter(|l| l.address.connected()) {
+            return Ok(found.clone());
         }
         if self.restarts.exhausted(stream) {
             return Err(Error::Unavailable(format!(
@@ -631,26 +695,32 @@ impl<A: Aggregate> Host<A> {
                 self.options.max_restarts, self.options.restart_window_ms
             )));
         }
+        let activation_error = Arc::new(Mutex::new(None));
         let actor = AggregateActor::<A> {
             stream: stream.clone(),
             store: self.store.clone(),
             options: self.options.clone(),
             loaded: None,
-            activation_error: None,
+            activation_error: activation_error.clone(),
             since_snapshot: 0,
             last_used: Instant::now(),
             restarts: self.restarts.clone(),
+            running: self.running.clone(),
         };
-        let address = actor.start();
-        // Pushing past the capacity drops the least recently used address, which passivates that actor
-        // once its mailbox is empty.
-        live.push(stream.clone(), address.clone());
-        Ok(address)
+        let started = Live { address: actor.start(), activation_error };
+        // Pushing past the capacity drops the least recently used address: that actor is told to stop
+        // after its mailbox (its idle timer would otherwise keep it running beside a successor).
+        if let Some((evicted, old)) = live.push(stream.clone(), started.clone())
+            && evicted != *stream
+        {
+            old.address.do_send(Passivate);
+        }
+        Ok(started)
     }
 
     fn forget(&self, stream: &StreamName, address: &Addr<AggregateActor<A>>) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if live.peek(stream).is_some_and(|a| a == address) {
+        if live.peek(stream).is_some_and(|l| l.address == *address) {
             live.pop(stream);
         }
     }

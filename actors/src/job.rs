@@ -59,7 +59,9 @@ pub enum Command {
         workflow: WorkflowId,
         /// Its version.
         workflow_version: u32,
-        /// Its steps at that version.
+        /// Its steps at that version. From a client, none (the command intake fills in the version's steps)
+        /// or exactly those: the intake refuses other steps, and a workflow version never defined.
+        #[serde(default)]
         steps: Vec<Step>,
         /// The documents to read.
         inputs: Vec<DocumentId>,
@@ -262,6 +264,22 @@ pub enum Rejection {
     LogFull {
         /// The limit.
         limit: u32,
+    },
+    /// The submission names a workflow version that was never defined (checked by the command intake).
+    #[error("workflow {workflow} has no version {version}")]
+    UnknownWorkflow {
+        /// The workflow named.
+        workflow: WorkflowId,
+        /// The version named.
+        version: u32,
+    },
+    /// The submission's steps are not the named workflow version's (checked by the command intake).
+    #[error("the steps differ from those of workflow {workflow} version {version}: send none to run its steps")]
+    StepsDiffer {
+        /// The workflow named.
+        workflow: WorkflowId,
+        /// The version named.
+        version: u32,
     },
 }
 

@@ -153,6 +153,37 @@ async fn a_repeated_command_returns_its_first_outcome_after_passivation_and_on_a
 }
 
 #[actix_rt::test]
+async fn past_the_cap_the_least_recently_used_actors_stop() {
+    let store = MemoryStore::default();
+    // A long idle time-out: only the cap can stop them.
+    let options = Options { max_live: 10, idle_timeout_ms: 600_000, ..Options::default() };
+    let host = Host::<Counter>::new(Arc::new(store.clone()), options);
+    for i in 0..100 {
+        host.execute(&stream(&format!("counter-cap{i}")), execute::<Counter>(CounterCommand::Add(1))).await.unwrap();
+    }
+    // `live` counts actors running (started, not stopped), not addresses the host keeps.
+    eventually("the evicted actors stopped", || host.live() <= 10).await;
+    // An evicted instance comes back from the store, with one actor, not a second beside the first.
+    let s = stream("counter-cap0");
+    assert_eq!(host.execute(&s, execute::<Counter>(CounterCommand::Add(1))).await.unwrap().version, 2);
+    eventually("still at most the cap", || host.live() <= 10).await;
+    assert_eq!(total(&store, &s).await, 2);
+}
+
+#[actix_rt::test]
+async fn a_failed_activation_says_why() {
+    let store = MemoryStore::default();
+    let s = stream("counter-unreadable");
+    // An event the counter cannot read: activation fails on it.
+    let garbage = NewEvent::new("counter.added", b"\xc1 not msgpack".to_vec());
+    weft_events::EventWrite::append(&store, &s, weft_events::ExpectedVersion::NoStream, vec![garbage]).await.unwrap();
+    let host = Host::<Counter>::new(Arc::new(store), Options::default());
+    let refused = host.execute(&s, execute::<Counter>(CounterCommand::Add(1))).await;
+    let Err(Error::Unavailable(message)) = &refused else { panic!("{refused:?}") };
+    assert!(message.contains("counter.added"), "the reason is missing: {message}");
+}
+
+#[actix_rt::test]
 async fn a_command_for_another_version_is_a_conflict() {
     let store = MemoryStore::default();
     let host = Host::<Counter>::new(Arc::new(store.clone()), Options::default());

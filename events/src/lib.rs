@@ -20,6 +20,8 @@
 //!   expected versions and conflicts, limits, snapshots and typed errors.
 //! - [`subscription`]: subscribe-all, which catches up from storage and then follows live appends with no
 //!   gap and no duplicate, for any backend.
+//! - [`health`]: how a long-lived task that follows the log is doing (running, retrying, restarting), for a
+//!   node's readiness check.
 //! - [`memory`]: an in-memory backend for fast tests of the layers above; it passes the same contract suite
 //!   as the durable backends.
 //! - `contract` (feature `test-util`): the store contract suite every backend runs.
@@ -27,6 +29,7 @@
 pub mod codec;
 pub mod domain;
 pub mod envelope;
+pub mod health;
 pub mod memory;
 pub mod seal;
 pub mod store;
@@ -37,6 +40,7 @@ pub mod contract;
 
 pub use domain::{DecodeError, DomainEvent};
 pub use envelope::{Envelope, NameError, NewEvent, StreamName, Timestamp};
+pub use health::Health;
 pub use memory::MemoryStore;
 pub use store::{
     Appended, Checkpoint, Direction, Error, EventRead, EventStore, EventWrite, ExpectedVersion, Limits, Snapshot,

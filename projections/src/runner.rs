@@ -5,6 +5,11 @@
 //! subscription on the tokio runtime it was started from. Its position is published on a `watch` channel,
 //! so that the lag (the store's head less the position) can be read at any time, and a query can wait until
 //! the projection has reached a position.
+//!
+//! A runner never ends on a failure: a log it cannot read now (the store unavailable, a read timed out) is
+//! read again from the same position, and a batch that did not apply (the disk full, a bug) is applied again,
+//! each after a wait that doubles up to [`MAX_RETRY_DELAY`]; its [`Health`] says so meanwhile, for the node's
+//! `/readyz`. Only a stop, or a store that closes or hands back a gap, ends it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +17,7 @@ use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
-use weft_events::{EventRead, Subscription};
+use weft_events::{EventRead, Health, Subscription};
 
 use crate::{ApplyError, Projection};
 
@@ -59,6 +64,12 @@ pub enum Error {
     },
 }
 
+/// The first wait before a failed read or apply is tried again.
+const MIN_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The longest wait between tries of a failed read or apply.
+pub const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A running projection.
 pub struct Running {
     name: &'static str,
@@ -66,6 +77,8 @@ pub struct Running {
     store: Arc<dyn EventRead>,
     /// Kept across a [`rebuild`], so that those watching the position keep watching the one that serves.
     position_tx: Arc<watch::Sender<u64>>,
+    /// Kept across a [`rebuild`] too.
+    health: Health,
     position: watch::Receiver<u64>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), Error>>>,
@@ -85,6 +98,11 @@ impl Running {
     /// A receiver of the position, for those that wait on it (read-your-writes) or report it (lag).
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.position.clone()
+    }
+
+    /// How it is doing.
+    pub fn health(&self) -> Health {
+        self.health.clone()
     }
 
     /// Waits until the projection has applied everything up to `position` (or stopped: then `false`).
@@ -118,7 +136,7 @@ impl Drop for Running {
 /// Opens (or creates) the read-model database at `path` for `projection`, and starts applying the log from
 /// the position saved there. Must be called within a tokio runtime.
 pub fn start<P: Projection>(projection: P, path: &Path, store: Arc<dyn EventRead>) -> Result<Running, Error> {
-    start_with(projection, path, store, None)
+    start_with(projection, path, store, None, None)
 }
 
 fn open(path: &Path) -> Result<Connection, Error> {
@@ -143,6 +161,7 @@ fn start_with<P: Projection>(
     path: &Path,
     store: Arc<dyn EventRead>,
     position_tx: Option<Arc<watch::Sender<u64>>>,
+    health: Option<Health>,
 ) -> Result<Running, Error> {
     let open_error = |source| Error::Open { path: path.to_owned(), source };
     let db = open(path)?;
@@ -162,11 +181,26 @@ fn start_with<P: Projection>(
     let runtime = tokio::runtime::Handle::current();
     let sender = position_tx.clone();
     let thread_path = path.to_owned();
+    let health = health.unwrap_or_default();
+    let reporting = health.clone();
     let thread = std::thread::Builder::new()
         .name(format!("projection-{name}"))
-        .spawn(move || apply_loop(projection, db, subscription, runtime, stopped, &sender, thread_path))
+        .spawn(move || {
+            let result = apply_loop(projection, db, subscription, runtime, stopped, &sender, thread_path, &reporting);
+            reporting.stopped();
+            result
+        })
         .map_err(|source| Error::Thread { name, source })?;
-    Ok(Running { name, path: path.to_owned(), store, position_tx, position, stop: Some(stop), thread: Some(thread) })
+    Ok(Running {
+        name,
+        path: path.to_owned(),
+        store,
+        position_tx,
+        health,
+        position,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
 }
 
 /// Rebuilds `live`'s read model from position 0 and swaps it in, while `live` keeps serving until the swap.
@@ -196,7 +230,13 @@ pub async fn rebuild_watched<P: Projection + Default>(
     let result = rebuild_into::<P>(live, &scratch, on_start).await;
     remove_scratch(&scratch);
     if live.thread.is_none() {
-        *live = start_with(P::default(), &live.path.clone(), live.store.clone(), Some(live.position_tx.clone()))?;
+        *live = start_with(
+            P::default(),
+            &live.path.clone(),
+            live.store.clone(),
+            Some(live.position_tx.clone()),
+            Some(live.health.clone()),
+        )?;
     }
     result
 }
@@ -259,7 +299,13 @@ pub async fn reset<P: Projection + Default>(live: &mut Running) -> Result<(), Er
     .await
     .map_err(|e| Error::Thread { name, source: std::io::Error::other(e.to_string()) })?;
     // Whether or not it was emptied, the projection runs again (from 0, or from where it was).
-    *live = start_with(P::default(), &live.path.clone(), live.store.clone(), Some(live.position_tx.clone()))?;
+    *live = start_with(
+        P::default(),
+        &live.path.clone(),
+        live.store.clone(),
+        Some(live.position_tx.clone()),
+        Some(live.health.clone()),
+    )?;
     emptied
 }
 
@@ -313,6 +359,23 @@ fn remove_scratch(scratch: &Path) {
     }
 }
 
+/// Waits `delay` (then doubles it up to [`MAX_RETRY_DELAY`]); false when a stop came meanwhile.
+fn wait_to_retry(
+    runtime: &tokio::runtime::Handle,
+    stopped: &mut oneshot::Receiver<()>,
+    delay: &mut std::time::Duration,
+) -> bool {
+    let wait = *delay;
+    *delay = (*delay * 2).min(MAX_RETRY_DELAY);
+    runtime.block_on(async {
+        tokio::select! {
+            _ = stopped => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn apply_loop<P: Projection>(
     mut projection: P,
     mut db: Connection,
@@ -321,9 +384,12 @@ fn apply_loop<P: Projection>(
     mut stopped: oneshot::Receiver<()>,
     position: &watch::Sender<u64>,
     path: PathBuf,
+    health: &Health,
 ) -> Result<(), Error> {
     let name = projection.name();
     let writer = writer_lock(&path);
+    health.running();
+    let mut delay = MIN_RETRY_DELAY;
     loop {
         // The subscription is dropped with this loop on stop, so cancelling its read is fine.
         let batch = runtime.block_on(async {
@@ -333,7 +399,23 @@ fn apply_loop<P: Projection>(
             }
         });
         let Some(batch) = batch else { return Ok(()) };
-        let batch = batch.map_err(|source| Error::Store { name, source })?;
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(source) if source.is_retryable() => {
+                // The subscription keeps its place: the next read starts where this one failed.
+                tracing::warn!(projection = name, error = %source, "reading the log failed; trying again");
+                health.retrying(format!("reading the log after position {}: {source}", *position.borrow()));
+                if !wait_to_retry(&runtime, &mut stopped, &mut delay) {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(weft_events::Error::Closed) => return Ok(()),
+            Err(source) => {
+                tracing::error!(projection = name, error = %source, "the log cannot be read; the projection stopped");
+                return Err(Error::Store { name, source });
+            }
+        };
         let Some(last) = batch.last().map(|e| e.position) else { continue };
         let mut apply = |db: &mut Connection| -> Result<(), ApplyError> {
             // One writer at a time per file, taken here rather than in SQLite: SQLite's busy handler waits by
@@ -351,10 +433,16 @@ fn apply_loop<P: Projection>(
             tx.commit()?;
             Ok(())
         };
-        if let Err(source) = apply(&mut db) {
-            tracing::error!(projection = name, error = %source, "a projection stopped");
-            return Err(Error::Apply { name, source });
+        // A batch that did not apply left nothing behind (its transaction rolled back): apply it again.
+        while let Err(source) = apply(&mut db) {
+            tracing::error!(projection = name, error = %source, first = batch[0].position, "a batch did not apply; trying again");
+            health.retrying(format!("applying positions {}..={last}: {source}", batch[0].position));
+            if !wait_to_retry(&runtime, &mut stopped, &mut delay) {
+                return Ok(());
+            }
         }
+        delay = MIN_RETRY_DELAY;
+        health.running();
         position.send_replace(last);
     }
 }

@@ -253,6 +253,7 @@ async fn live(
         rebuilds: None,
         maintenance: Default::default(),
         erase: None,
+        health: Default::default(),
     };
     let api = QueryApi::start(
         std::net::TcpListener::bind("127.0.0.1:0")?,

@@ -221,17 +221,50 @@ impl Documents {
         let id = registration.id.unwrap_or_default();
         let owner = metadata.actor.clone().unwrap_or_else(|| "anonymous".to_owned());
         let command = Command::Register {
-            name: registration.name,
+            name: registration.name.clone(),
             content_type: registration.content_type.clone(),
             declared_size_bytes: registration.size_bytes,
             tenant: tenant.clone(),
             owner,
-            labels: registration.labels,
+            labels: registration.labels.clone(),
             at: Timestamp::now(),
         };
-        let outcome = self.execute(id, command_id(&format!("register:{id}")), command, metadata).await?;
-        let key = document_key(&tenant, id);
-        let upload = self.sign_upload(&key, &registration.content_type, registration.size_bytes).await?;
+        let outcome = match self.execute(id, command_id(&format!("register:{id}")), command, metadata).await {
+            Ok(outcome) if !outcome.repeated => {
+                let key = document_key(&tenant, id);
+                let upload = self.sign_upload(&key, &registration.content_type, registration.size_bytes).await?;
+                return Ok(Registered { id, key, outcome, upload });
+            }
+            Ok(outcome) => outcome,
+            // Registered by another request (another command id): the same rules as a repeat.
+            Err(Error::Rejected(Rejection::AlreadyRegistered)) => {
+                let version = self.gateway.store().stream_version(&id.stream()).await;
+                let version = version.map_err(|e| Error::Unavailable(e.to_string()))?;
+                Outcome { version, positions: None, repeated: true }
+            }
+            Err(error) => return Err(error),
+        };
+        // A repeat: the answer is the stored document's upload, never one built from this request, and only for
+        // the same registration from the same tenant.
+        let state = self.state(id).await?;
+        if state.tenant != tenant {
+            return Err(Error::Conflict(format!("document id {id} is taken: choose another id")));
+        }
+        let differs = [
+            ("name", state.name != registration.name),
+            ("content_type", state.content_type != registration.content_type),
+            ("size_bytes", state.declared_size_bytes != registration.size_bytes),
+            ("labels", state.labels != registration.labels),
+        ];
+        let differs: Vec<&str> = differs.iter().filter(|(_, d)| *d).map(|(field, _)| *field).collect();
+        if !differs.is_empty() {
+            return Err(Error::Conflict(format!(
+                "document {id} is registered with another {}: a repeat must send the same fields",
+                differs.join(", ")
+            )));
+        }
+        let key = document_key(&state.tenant, id);
+        let upload = self.upload_for(id, &state).await?;
         Ok(Registered { id, key, outcome, upload })
     }
 
@@ -243,6 +276,11 @@ impl Documents {
     /// A new upload URL: for a pending upload, or for a new version of an uploaded document.
     pub async fn upload_url(&self, id: DocumentId) -> Result<Presigned, Error> {
         let state = self.existing(id).await?;
+        self.upload_for(id, &state).await
+    }
+
+    /// An upload URL signed from the stored document: its key, content type and size limit.
+    async fn upload_for(&self, id: DocumentId, state: &Document) -> Result<Presigned, Error> {
         if state.status == Status::Deleted {
             return Err(Error::Rejected(Rejection::Deleted));
         }

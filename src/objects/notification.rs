@@ -82,7 +82,13 @@ pub enum Error {
 struct Body {
     #[serde(rename = "Records")]
     records: Option<Vec<RawRecord>>,
+    /// `s3:TestEvent` in the message AWS sends when a notification target is configured (no records).
+    #[serde(rename = "Event")]
+    event: Option<String>,
 }
+
+/// The `Event` of the message AWS sends to a notification target when it is configured.
+pub const TEST_EVENT: &str = "s3:TestEvent";
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -111,12 +117,16 @@ struct RawObject {
 }
 
 /// Reads a notification: its records of created and removed objects, in order, each with its index in the
-/// notification (records of other events are skipped).
+/// notification (records of other events are skipped). AWS's test message ([`TEST_EVENT`], no `Records`)
+/// reads as no records: there is nothing to record, and the sender must not see an error.
 pub fn parse(body: &[u8]) -> Result<Vec<(usize, Record)>, Error> {
     if body.len() > MAX_BODY_BYTES {
         return Err(Error::TooLarge { size: body.len(), limit: MAX_BODY_BYTES });
     }
     let parsed: Body = serde_json::from_slice(body).map_err(|e| Error::NotJson(e.to_string()))?;
+    if parsed.records.is_none() && parsed.event.as_deref() == Some(TEST_EVENT) {
+        return Ok(Vec::new());
+    }
     let raw = parsed.records.unwrap_or_default();
     if raw.is_empty() {
         return Err(Error::NoRecords);
@@ -239,6 +249,17 @@ mod tests {
         assert!(matches!(parse(&big), Err(Error::TooLarge { .. })));
         let many = format!(r#"{{"Records":[{}]}}"#, vec!["{}"; MAX_RECORDS + 1].join(","));
         assert!(matches!(parse(many.as_bytes()), Err(Error::TooManyRecords { .. })));
+    }
+
+    /// What AWS sends when a notification target is configured ("Event message structure").
+    const AWS_TEST: &str = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2014-10-13T15:57:02.089Z",
+        "Bucket":"bucketname","RequestId":"5582815E1AEA5ADF","HostId":"8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR+YstdA6Knx4Ip8EXAMPLE"}"#;
+
+    #[test]
+    fn aws_test_event_reads_as_no_records() {
+        assert_eq!(parse(AWS_TEST.as_bytes()), Ok(Vec::new()));
+        // Another `Event` with no records is still not a notification.
+        assert_eq!(parse(br#"{"Event":"s3:Other"}"#), Err(Error::NoRecords));
     }
 
     #[test]

@@ -204,12 +204,9 @@ fn answer(request: &HttpRequest, result: Result<Value, Failure>) -> HttpResponse
 type Params = web::Query<BTreeMap<String, String>>;
 
 async fn readyz(state: web::Data<State>, request: HttpRequest) -> HttpResponse {
-    match state.reads.lag().await {
-        Ok(mut lag) => {
-            lag["status"] = json!("ready");
-            ok(&request, lag)
-        }
-        Err(failure) => failure.respond(),
+    match state.reads.readiness().await {
+        (true, answer) => ok(&request, answer),
+        (false, answer) => HttpResponse::ServiceUnavailable().json(answer),
     }
 }
 

@@ -84,6 +84,7 @@ async fn answer(reads: &Reads, message: &Message) -> Result<Value, Failure> {
             reads.history(&stream, &params).await
         }
         "status.lag" => reads.lag().await,
+        "status.ready" => Ok(reads.readiness().await.1),
         _ => {
             let (model, verb) = verb.rsplit_once('.').unwrap_or((verb, ""));
             let Some(model) = MODELS.into_iter().find(|m| m.name == model) else {

@@ -41,6 +41,8 @@ pub struct Reads {
     pub maintenance: Arc<Maintenance>,
     /// Where to erase a tenant (`POST /tenants/{tenant}/erase`); `None`: not offered.
     pub erase: Option<Arc<dyn crate::store::sealed::Erase>>,
+    /// The node's tasks and how each is doing, for readiness.
+    pub health: crate::health::Board,
 }
 
 /// What an operator may ask of a projection.
@@ -608,6 +610,43 @@ impl Reads {
             "lag_events": head.saturating_sub(position),
             "rebuild": self.maintenance.show(name),
         }))
+    }
+
+    /// Whether the node is ready (see [`crate::health`]): every task on the board running, the store
+    /// answering, no read model more than [`crate::health::MAX_READY_LAG_SECS`] behind. The answer is
+    /// [`Self::lag`]'s with `status` (`ready` or `not_ready`), `tasks` (each task's report) and, when not
+    /// ready, `not_ready` (what, and why); the flag says which.
+    pub async fn readiness(&self) -> (bool, Value) {
+        let mut not_ready = self.health.not_running();
+        let mut answer = match self.lag().await {
+            Ok(lag) => lag,
+            Err(failure) => {
+                not_ready.push(failure.message);
+                json!({})
+            }
+        };
+        if let Some(projections) = answer["projections"].as_object() {
+            for (name, lag) in projections {
+                let seconds = lag["lag_seconds"].as_f64().unwrap_or(0.0);
+                if seconds > crate::health::MAX_READY_LAG_SECS {
+                    let events = lag["lag_events"].as_u64().unwrap_or(0);
+                    not_ready.push(format!("projection {name}: {events} events ({seconds:.0} s) behind the log"));
+                }
+            }
+        }
+        let tasks: serde_json::Map<String, Value> = self
+            .health
+            .reports()
+            .into_iter()
+            .map(|(name, report)| (name, serde_json::to_value(report).unwrap_or_default()))
+            .collect();
+        answer["tasks"] = Value::Object(tasks);
+        let ready = not_ready.is_empty();
+        answer["status"] = json!(if ready { "ready" } else { "not_ready" });
+        if !ready {
+            answer["not_ready"] = json!(not_ready);
+        }
+        (ready, answer)
     }
 
     /// Each projection's position, the store's head, and how far behind each is (events and seconds: the age

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use weft::nats::server::NatsServer;
 use weft::objects::seaweed::Seaweed;
 
-use crate::serve::{Serve, command, get, weft};
+use crate::serve::{Serve, command, get, submit_job, weft};
 
 const REPORT: &str = "Contact ann.lee@example.com or +44 20 7946 0958 about this report. Revenue rose in the \
     third quarter. Revenue growth came from new customers in Europe. The weather was mild. Customers in Europe \
@@ -107,11 +107,11 @@ fn a_step_that_cannot_succeed_fails_the_job_with_its_error() {
             "provider": provider, "model": model, "parameters": {}, "concurrency_limit": 1}});
         assert_eq!(command(addr, "agent", &agent, "register", profile).0, 200);
         let job = uuid::Uuid::now_v7().to_string();
-        let submit = json!({"workflow": uuid::Uuid::now_v7(), "workflow_version": 1, "inputs": [document],
+        let submit = json!({"workflow": uuid::Uuid::now_v7().to_string(), "workflow_version": 1, "inputs": [document],
             "priority": 0, "steps": [{"name": "only", "agent": agent, "instruction": "do it",
             "inputs": [{"from": "job_inputs"}], "timeout_ms": 10000,
             "retry": {"max_attempts": 3, "base_delay_ms": 10, "max_delay_ms": 10}}]});
-        let (status, reply) = command(addr, "job", &job, "submit", submit);
+        let (status, reply) = submit_job(addr, &job, submit);
         assert_eq!(status, 200, "{reply}");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let state: Value = loop {
@@ -188,11 +188,11 @@ fn jobs_wait_for_a_busy_agent_instead_of_spending_their_attempts() {
     let jobs: Vec<String> = (0..12)
         .map(|_| {
             let job = uuid::Uuid::now_v7().to_string();
-            let submit = json!({"workflow": uuid::Uuid::now_v7(), "workflow_version": 1, "inputs": [document],
+            let submit = json!({"workflow": uuid::Uuid::now_v7().to_string(), "workflow_version": 1, "inputs": [document],
                 "priority": 0, "steps": [{"name": "only", "agent": agent, "instruction": "sum up",
                 "inputs": [{"from": "job_inputs"}], "timeout_ms": 30000,
                 "retry": {"max_attempts": 1, "base_delay_ms": 10, "max_delay_ms": 10}}]});
-            assert_eq!(command(addr, "job", &job, "submit", submit).0, 200);
+            assert_eq!(submit_job(addr, &job, submit).0, 200);
             job
         })
         .collect();
@@ -220,11 +220,11 @@ fn openai_job(addr: &str, document: &str, attempts: u32) -> String {
         "provider": "openai", "model": "gpt-4o-mini", "parameters": {}, "concurrency_limit": 2}});
     assert_eq!(command(addr, "agent", &agent, "register", profile).0, 200);
     let job = uuid::Uuid::now_v7().to_string();
-    let submit = json!({"workflow": uuid::Uuid::now_v7(), "workflow_version": 1, "inputs": [document],
+    let submit = json!({"workflow": uuid::Uuid::now_v7().to_string(), "workflow_version": 1, "inputs": [document],
         "priority": 0, "steps": [{"name": "ask", "agent": agent, "instruction": "{{input}}",
         "inputs": [{"from": "job_inputs"}], "timeout_ms": 30000,
         "retry": {"max_attempts": attempts, "base_delay_ms": 10, "max_delay_ms": 10}}]});
-    assert_eq!(command(addr, "job", &job, "submit", submit).0, 200);
+    assert_eq!(submit_job(addr, &job, submit).0, 200);
     job
 }
 
@@ -457,14 +457,14 @@ fn instructions_read_earlier_outputs_and_job_parameters_and_a_large_input_is_ask
     let retry = json!({"max_attempts": 1, "base_delay_ms": 10, "max_delay_ms": 10});
     let job = uuid::Uuid::now_v7().to_string();
     // `brief` reads only the job's input, but its instruction names `title`'s output: it waits for it.
-    let submit = json!({"workflow": uuid::Uuid::now_v7(), "workflow_version": 1, "inputs": [document],
+    let submit = json!({"workflow": uuid::Uuid::now_v7().to_string(), "workflow_version": 1, "inputs": [document],
         "priority": 0, "parameters": {"audience": "the board"}, "steps": [
             {"name": "brief", "agent": remote, "inputs": [{"from": "job_inputs"}],
              "instruction": "For {{param.audience}} on {{output.title}}, part {{chunk}} of {{chunks}}: {{input}}",
              "timeout_ms": 30000, "retry": retry},
             {"name": "title", "agent": keywords, "instruction": "Keywords.", "inputs": [{"from": "job_inputs"}],
              "timeout_ms": 30000, "retry": retry}]});
-    let (status, reply) = command(addr, "job", &job, "submit", submit);
+    let (status, reply) = submit_job(addr, &job, submit);
     assert_eq!(status, 200, "{reply}");
     let state = wait_job(addr, &job, |s| s["status"] != "running");
     assert_eq!(state["status"], "succeeded", "{state}");
@@ -513,11 +513,11 @@ fn an_instruction_naming_a_parameter_the_job_lacks_fails_the_step_for_good() {
     let addr = serve.addr.as_str();
     let document = upload(addr, dir.path());
     let job = uuid::Uuid::now_v7().to_string();
-    let submit = json!({"workflow": uuid::Uuid::now_v7(), "workflow_version": 1, "inputs": [document],
+    let submit = json!({"workflow": uuid::Uuid::now_v7().to_string(), "workflow_version": 1, "inputs": [document],
         "priority": 0, "steps": [{"name": "only", "agent": weft::agents::catalog::agent_id("summarize"),
         "instruction": "For {{param.audience}}: {{input}}", "inputs": [{"from": "job_inputs"}],
         "timeout_ms": 10000, "retry": {"max_attempts": 3, "base_delay_ms": 10, "max_delay_ms": 10}}]});
-    assert_eq!(command(addr, "job", &job, "submit", submit.clone()).0, 200);
+    assert_eq!(submit_job(addr, &job, submit.clone()).0, 200);
     let state = wait_job(addr, &job, |s| s["status"] != "running");
     assert_eq!((state["status"].as_str(), state["steps"][0]["attempts"].as_u64()), (Some("failed"), Some(1)));
     assert!(
@@ -533,9 +533,10 @@ fn an_instruction_naming_a_parameter_the_job_lacks_fails_the_step_for_good() {
     bad_parameters["parameters"] = json!({"no spaces": "x"});
     let mut dangling = submit.clone();
     dangling["steps"][0]["instruction"] = json!("Use {{output.earlier}}.");
+    dangling["workflow"] = json!(uuid::Uuid::now_v7().to_string());
     for (submit, expected) in [(bad_parameters, "parameters: name \"no spaces\""), (dangling, "earlier")] {
         let bad = uuid::Uuid::now_v7().to_string();
-        let (status, reply) = command(addr, "job", &bad, "submit", submit);
+        let (status, reply) = submit_job(addr, &bad, submit);
         assert_eq!(status, 422, "{reply}");
         assert!(reply["error"]["message"].as_str().unwrap_or_default().contains(expected), "{reply}");
         let (_, events) = get(addr, &format!("/streams/job-{bad}/events"));
@@ -552,8 +553,9 @@ fn an_instruction_naming_a_parameter_the_job_lacks_fails_the_step_for_good() {
         let mut tiny = submit.clone();
         tiny["steps"][0]["agent"] = json!(agent);
         tiny["steps"][0]["instruction"] = json!("{{input}}");
+        tiny["workflow"] = json!(uuid::Uuid::now_v7().to_string());
         let job = uuid::Uuid::now_v7().to_string();
-        assert_eq!(command(addr, "job", &job, "submit", tiny).0, 200);
+        assert_eq!(submit_job(addr, &job, tiny).0, 200);
         let state = wait_job(addr, &job, |s| s["status"] != "running");
         assert_eq!((state["status"].as_str(), state["steps"][0]["attempts"].as_u64()), (Some("failed"), Some(1)));
         assert!(

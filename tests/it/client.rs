@@ -11,7 +11,7 @@ use weft_events::domain::ids::Uuid;
 
 use crate::query_api::{drive_job, one_step_job};
 use crate::reaped::Reaped;
-use crate::serve::{Serve, command, get, register};
+use crate::serve::{Serve, command, get, register, submit_job};
 
 fn weft(url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_weft")).args(args).env("WEFT_URL", url).output().unwrap()
@@ -33,8 +33,7 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
         assert_eq!(status, 200, "{reply}");
     }
     let job = Uuid::now_v7().to_string();
-    let (status, reply) =
-        command(&addr, "job", &job, "submit", one_step_job(&Uuid::now_v7().to_string(), &documents[0]));
+    let (status, reply) = submit_job(&addr, &job, one_step_job(&Uuid::now_v7().to_string(), &documents[0]));
     assert_eq!(status, 200, "{reply}");
     let submitted = reply["last_position"].as_u64().unwrap();
     let (status, _) = get(&addr, &format!("/jobs/{job}?after={submitted}"));

@@ -85,6 +85,10 @@ fn notification(event: &str, bucket: &str, key: &str, object: Value) -> Vec<u8> 
     .into_bytes()
 }
 
+/// What AWS sends a notification target when it is configured: no `Records`.
+const AWS_TEST_EVENT: &str = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2026-12-06T10:00:00.000Z",
+    "Bucket":"weft","RequestId":"5582815E1AEA5ADF","HostId":"8cLeGAmw098X5cv4Zkwcmo8vvZa3eH3eKxsPzbB9wrR"}"#;
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -206,6 +210,8 @@ async fn a_document_uploads_to_seaweedfs_and_its_notifications_arrive_over_nats_
     let answer = request(b"not json".to_vec()).await;
     assert_eq!(answer["error"]["kind"], "invalid", "{answer}");
     assert_eq!(request(b"{\"Records\": []}".to_vec()).await["error"]["message"], "the notification has no records");
+    // AWS's message on configuring a target is answered as nothing to do, not an error (it would be retried).
+    assert_eq!(request(AWS_TEST_EVENT.as_bytes().to_vec()).await, json!({"records": []}));
 
     // A client that saw no notification confirms; storage's head decides.
     let (_, second) = register(&addr, "acme", "second.txt", 1000);
@@ -252,6 +258,8 @@ fn bad_notifications_are_refused_with_the_reason_and_change_nothing() {
     assert!(answer["error"]["message"].as_str().unwrap().contains("not S3 event JSON"), "{answer}");
     let (status, answer) = webhook(addr, b"{\"Records\": []}");
     assert_eq!((status, answer["error"]["message"].as_str()), (400, Some("the notification has no records")));
+    // AWS's message on configuring a notification target: nothing to record, and no error.
+    assert_eq!(webhook(addr, AWS_TEST_EVENT.as_bytes()), (200, json!({"records": []})));
     // Another bucket; a key outside the document's tenant; a size other than the object's.
     let (status, answer) = webhook(addr, &created("someone-elses", &key, 12));
     assert_eq!(status, 422, "{answer}");
@@ -341,6 +349,35 @@ fn bad_uploads_and_registrations_are_refused_and_leave_the_document_registered()
     assert!(answer["error"]["message"].as_str().unwrap().contains("label"), "{answer}");
     let (status, _) = get(addr, "/documents/not-a-uuid/download");
     assert_eq!(status, 400);
+
+    // A registration naming an existing document's id: the same one again answers the stored document's
+    // upload; another tenant, or other fields, are refused and sign nothing.
+    let repeat = |tenant: &str, size_bytes: u64, name: &str| {
+        let body = json!({"id": id, "name": name, "content_type": "text/plain", "size_bytes": size_bytes});
+        let answer = http(
+            addr,
+            "POST",
+            "/documents",
+            &[("Weft-Tenant", tenant), ("Weft-Actor", "user:ann")],
+            body.to_string().as_bytes(),
+        );
+        (answer.status, answer.json())
+    };
+    let (status, again) = repeat("acme", 10, "a.txt");
+    assert_eq!(
+        (status, &again["outcome"]["repeated"], &again["key"]),
+        (201, &json!(true), &json!(format!("acme/{id}")))
+    );
+    assert_eq!(curl_put(&again["upload"], &large, &[]), 413, "the repeat's URL is bound to the stored size");
+    let (status, answer) = repeat("evil", 10, "a.txt");
+    assert_eq!((status, answer["error"]["kind"].as_str()), (409, Some("conflict")), "{answer}");
+    assert!(answer.get("upload").is_none() && !answer.to_string().contains("evil/"), "{answer}");
+    let (status, answer) = repeat("acme", 1_000_000, "a.txt");
+    assert_eq!((status, answer["error"]["kind"].as_str()), (409, Some("conflict")), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("size_bytes"), "{answer}");
+    let (status, answer) = repeat("acme", 10, "b.txt");
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(get(addr, &format!("/documents/{id}")).1["tenant"], "acme");
 
     serve.stop();
 }

@@ -163,6 +163,121 @@ async fn bad_input_gets_an_invalid_reply_and_appends_nothing(bus: Arc<dyn Bus>) 
     assert_eq!(ok["status"], "ok", "{ok}");
 }
 
+/// Good commands for each aggregate whose payload nests objects, with a path to each nested object; the
+/// commands must be `ok` as they are and `invalid` with an unknown field added at any of those paths.
+/// The job's names the workflow defined before it, at version 1, with the same steps.
+fn nested_commands() -> Vec<(&'static str, Uuid, Value, Vec<&'static str>)> {
+    let agent = Uuid::now_v7().to_string();
+    let workflow = Uuid::now_v7();
+    let step = json!({"name": "s", "agent": agent, "instruction": "Do it.", "inputs": [{"from": "job_inputs"}],
+                      "timeout_ms": 1000, "retry": {"max_attempts": 1, "base_delay_ms": 10, "max_delay_ms": 10}});
+    vec![
+        (
+            "agent",
+            Uuid::now_v7(),
+            json!({"type": "register", "payload": {"profile": {"name": "a", "role": "r", "goal": "g",
+                "instructions": "i", "provider": "builtin", "model": "echo", "parameters": {}, "concurrency_limit": 1}}}),
+            vec!["/payload/profile"],
+        ),
+        (
+            "workflow",
+            workflow,
+            json!({"type": "define", "payload": {"name": "w", "steps": [step.clone()]}}),
+            vec!["/payload/steps/0", "/payload/steps/0/retry", "/payload/steps/0/inputs/0"],
+        ),
+        (
+            "job",
+            Uuid::now_v7(),
+            json!({"type": "submit", "payload": {"workflow": workflow.to_string(), "workflow_version": 1,
+                "steps": [step], "inputs": [Uuid::now_v7().to_string()], "priority": 0}}),
+            vec!["/payload/steps/0", "/payload/steps/0/retry", "/payload/steps/0/inputs/0"],
+        ),
+        (
+            "schedule",
+            Uuid::now_v7(),
+            json!({"type": "create", "payload": {"cron": "0 * * * *", "time_zone": "UTC",
+                "workflow": workflow.to_string(), "target": {"selector": {"tenant": "acme"}},
+                "strategy": "per_document"}}),
+            vec!["/payload/target/selector"],
+        ),
+    ]
+}
+
+async fn nested_unknown_fields_are_refused_everywhere(bus: Arc<dyn Bus>) {
+    let node = node(bus).await;
+    for (aggregate, id, command, paths) in nested_commands() {
+        for path in paths {
+            let mut bad = command.clone();
+            bad["command_id"] = json!(Uuid::now_v7().to_string());
+            bad.pointer_mut(path).unwrap().as_object_mut().unwrap().insert("surprise".into(), json!(1));
+            let subject = format!("weft.cmd.{aggregate}.{id}");
+            let reply = json_request(&*node.bus, &subject, bad.to_string().as_bytes()).await;
+            assert_eq!(reply["error"]["kind"], "invalid", "{aggregate} {path} in JSON: {reply}");
+            assert!(reply["error"]["message"].as_str().unwrap().contains("surprise"), "{reply}");
+            let reply = msgpack_request(&*node.bus, &subject, rmp_serde::to_vec_named(&bad).unwrap()).await;
+            assert_eq!(reply["error"]["kind"], "invalid", "{aggregate} {path} in MessagePack: {reply}");
+        }
+        assert_eq!(node.store.head().await.unwrap(), 0, "{aggregate}: bad input appended something");
+    }
+    // The same commands without the surprise are taken.
+    for (aggregate, id, mut command, _) in nested_commands() {
+        command["command_id"] = json!(Uuid::now_v7().to_string());
+        let subject = format!("weft.cmd.{aggregate}.{id}");
+        let reply = json_request(&*node.bus, &subject, command.to_string().as_bytes()).await;
+        assert_eq!(reply["status"], "ok", "{aggregate}: {reply}");
+    }
+}
+
+async fn a_job_runs_the_steps_of_the_workflow_version_it_names(bus: Arc<dyn Bus>) {
+    let node = node(bus).await;
+    let commands = nested_commands();
+    let (_, workflow, define, _) = &commands[1];
+    let mut define = define.clone();
+    define["command_id"] = json!(Uuid::now_v7().to_string());
+    let defined =
+        json_request(&*node.bus, &format!("weft.cmd.workflow.{workflow}"), define.to_string().as_bytes()).await;
+    assert_eq!(defined["status"], "ok", "{defined}");
+    let steps = define["payload"]["steps"].clone();
+    let submit = |workflow: String, version: u32, steps: Option<Value>| {
+        let mut payload = json!({"workflow": workflow, "workflow_version": version,
+            "inputs": [Uuid::now_v7().to_string()], "priority": 0});
+        if let Some(steps) = steps {
+            payload["steps"] = steps;
+        }
+        json!({"command_id": Uuid::now_v7().to_string(), "type": "submit", "payload": payload}).to_string()
+    };
+    let send = |body: String| {
+        let bus = node.bus.clone();
+        async move {
+            let job = Uuid::now_v7();
+            (job, json_request(&*bus, &format!("weft.cmd.job.{job}"), body.as_bytes()).await)
+        }
+    };
+    let head = node.store.head().await.unwrap();
+    // A workflow never defined, a version never defined, steps other than the version's: rejected, nothing stored.
+    let mut other = steps.clone();
+    other[0]["instruction"] = json!("Do something else.");
+    for (body, code) in [
+        (submit(Uuid::now_v7().to_string(), 1, Some(steps.clone())), "unknown_workflow"),
+        (submit(workflow.to_string(), 2, None), "unknown_workflow"),
+        (submit(workflow.to_string(), 1, Some(other)), "steps_differ"),
+    ] {
+        let (_, reply) = send(body).await;
+        assert_eq!(reply["error"]["kind"], "rejected", "{reply}");
+        assert_eq!(reply["error"]["rejection"]["code"], code, "{reply}");
+    }
+    assert_eq!(node.store.head().await.unwrap(), head, "a refused submission stored something");
+    // Without steps the job takes the version's; with exactly them it is taken as sent.
+    for given in [None, Some(steps.clone())] {
+        let (job, reply) = send(submit(workflow.to_string(), 1, given)).await;
+        assert_eq!(reply["status"], "ok", "{reply}");
+        let stream = weft_events::StreamName::new(format!("job-{job}")).unwrap();
+        let stored = node.store.read_stream(&stream, 1, weft_events::Direction::Forwards, 1).await.unwrap();
+        let submitted: weft_events::domain::job::Submitted = weft_events::codec::decode(&stored[0].payload).unwrap();
+        assert_eq!(serde_json::to_value(&submitted.steps).unwrap(), steps);
+    }
+}
+
 macro_rules! on_both_buses {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -186,7 +301,12 @@ macro_rules! on_both_buses {
     };
 }
 
-on_both_buses!(commands_are_decided_and_replied_in_both_formats, bad_input_gets_an_invalid_reply_and_appends_nothing);
+on_both_buses!(
+    commands_are_decided_and_replied_in_both_formats,
+    bad_input_gets_an_invalid_reply_and_appends_nothing,
+    nested_unknown_fields_are_refused_everywhere,
+    a_job_runs_the_steps_of_the_workflow_version_it_names,
+);
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![

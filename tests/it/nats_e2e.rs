@@ -126,13 +126,16 @@ async fn drive_to_completion(server: &NatsServer, store: Arc<dyn EventStore>, st
         step("summarise", json!([{"from": "step", "name": "extract"}])),
         step("report", json!([{"from": "step", "name": "extract"}, {"from": "step", "name": "summarise"}])),
     ]);
+    // The job runs a defined workflow's version; sent without steps, it takes that version's.
+    let workflow = Uuid::now_v7().to_string();
+    let defined = command(&*client, "workflow", &workflow, "define", json!({"name": "report", "steps": steps})).await;
+    assert_eq!(defined["status"], "ok", "{defined}");
     command(
         &*client,
         "job",
         &job,
         "submit",
-        json!({"workflow": Uuid::now_v7().to_string(), "workflow_version": 1,
-        "steps": steps, "inputs": [document], "priority": 0}),
+        json!({"workflow": workflow, "workflow_version": 1, "inputs": [document], "priority": 0}),
     )
     .await;
 

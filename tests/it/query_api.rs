@@ -13,7 +13,7 @@ use weft::bus::{Bus, CONTENT_TYPE, JSON, Message};
 use weft::nats::{self, NatsServer};
 use weft_events::domain::ids::Uuid;
 
-use crate::serve::{Serve, command, get, http, register};
+use crate::serve::{Serve, command, get, http, register, submit_job};
 
 /// A one-step job's `submit` payload for `agent` over `input`.
 pub fn one_step_job(agent: &str, input: &str) -> Value {
@@ -82,7 +82,7 @@ async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors()
         let other = http(&addr, "GET", &format!("/documents/{document}"), &[("If-None-Match", "\"x\"")], b"");
         assert_eq!(other.status, 200);
 
-        let (status, reply) = command(&addr, "job", &job, "submit", one_step_job(&agent.to_string(), &document));
+        let (status, reply) = submit_job(&addr, &job, one_step_job(&agent.to_string(), &document));
         assert_eq!(status, 200, "{reply}");
         let reply = drive_job(&addr, &job);
         let position = reply["last_position"].as_u64().unwrap();
@@ -414,8 +414,7 @@ async fn live_updates_carry_every_change_of_a_job_and_of_a_list_in_order_and_res
     tokio::task::spawn_blocking(move || {
         let (document, job) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
         assert_eq!(command(&addr, "document", &document, "register", register("a.pdf", "acme")).0, 200);
-        let (status, submitted) =
-            command(&addr, "job", &job, "submit", one_step_job(&Uuid::now_v7().to_string(), &document));
+        let (status, submitted) = submit_job(&addr, &job, one_step_job(&Uuid::now_v7().to_string(), &document));
         assert_eq!(status, 200, "{submitted}");
         let (addr2, job2, after) = (addr.clone(), job.clone(), submitted["last_position"].clone());
         let watcher = std::thread::spawn(move || {

@@ -125,6 +125,18 @@ pub fn command(addr: &str, aggregate: &str, id: &str, kind: &str, payload: Value
     (response.status, response.json())
 }
 
+/// Submits a job whose workflow the test made up: defines the workflow `submit` names, with its steps, as
+/// version 1 (a repeat of the same definition is fine), then submits. A refused definition is the answer.
+pub fn submit_job(addr: &str, job: &str, submit: Value) -> (u16, Value) {
+    let workflow = submit["workflow"].as_str().expect("the submit names its workflow").to_owned();
+    let define = serde_json::json!({"name": "made-up", "steps": submit["steps"]});
+    let (status, reply) = command(addr, "workflow", &workflow, "define", define);
+    if status != 200 && reply["error"]["rejection"]["code"] != "already_defined" {
+        return (status, reply);
+    }
+    command(addr, "job", job, "submit", submit)
+}
+
 /// A document's `register` payload.
 pub fn register(name: &str, tenant: &str) -> Value {
     serde_json::json!({"name": name, "content_type": "application/pdf", "declared_size_bytes": 1000,

@@ -15,6 +15,11 @@
 //!
 //! A command that cannot be done now (the store is unavailable, a conflict outlasted the host's retries) is
 //! retried with back-off, holding the process at that event: nothing after it is handled out of order.
+//!
+//! **Supervision.** A process never ends on a failure it can outlast: a log it cannot read now (the store or
+//! NATS unavailable, a read timed out) is read again with bounded back-off from the same position, for as long
+//! as it takes. One that ends anyway (a corrupt checkpoint, a panic in a handler) is logged and started again
+//! from its checkpoint, with back-off. Its [`Health`] says which it is doing, for the node's `/readyz`.
 
 pub mod orchestrator;
 pub mod timers;
@@ -24,11 +29,12 @@ use std::fmt::Display;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
 use weft_events::domain::ids::Uuid;
-use weft_events::{Checkpoint, Envelope, Error as StoreError, EventStore, StreamName, Timestamp, codec};
+use weft_events::{Checkpoint, Envelope, Error as StoreError, EventStore, Health, StreamName, Timestamp, codec};
 
 use crate::Aggregate;
 use crate::agent::Agent;
@@ -205,6 +211,7 @@ impl Default for RunOptions {
 pub struct Running {
     stop: watch::Sender<bool>,
     done: oneshot::Receiver<Result<(), String>>,
+    health: Health,
 }
 
 impl Running {
@@ -213,6 +220,11 @@ impl Running {
         let _ = self.stop.send(true);
         self.done.await.unwrap_or_else(|_| Err("the process task was dropped".into()))
     }
+
+    /// How it is doing.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
 }
 
 /// The stream name a process's checkpoint is saved under.
@@ -220,18 +232,43 @@ pub fn checkpoint_name(process: &str) -> StreamName {
     StreamName::new(format!("process-{process}")).expect("process names are valid stream names")
 }
 
-/// Starts `process` over `store`. Must be called on an actix system.
+/// A process that ran at least this long before it ended is restarted after the shortest wait again.
+const STEADY_AFTER: Duration = Duration::from_secs(60);
+
+/// Starts `process` over `store`, supervised (see the module doc). Must be called on an actix system.
 pub fn start<P: Process>(process: P, store: Arc<dyn EventStore>, options: RunOptions) -> Running {
-    let (stop, stopped) = watch::channel(false);
+    let (stop, mut stopped) = watch::channel(false);
     let (report, done) = oneshot::channel();
+    let health = Health::default();
+    let watched = health.clone();
     actix::spawn(async move {
-        let result = run(process, store, options, stopped).await;
-        if let Err(error) = &result {
-            tracing::error!(process = P::NAME, %error, "the process stopped");
+        let (min_delay, max_delay) =
+            (Duration::from_millis(options.retry_min_ms.max(1)), Duration::from_millis(options.retry_max_ms.max(1)));
+        let mut delay = min_delay;
+        loop {
+            let began = Instant::now();
+            let attempt =
+                std::panic::AssertUnwindSafe(run(&process, store.clone(), &options, stopped.clone(), &watched))
+                    .catch_unwind()
+                    .await;
+            let error = match attempt {
+                Ok(Ok(())) => break,
+                Ok(Err(error)) => error,
+                Err(panic) => format!("it panicked: {}", host::panic_message(&*panic)),
+            };
+            if began.elapsed() >= STEADY_AFTER {
+                delay = min_delay;
+            }
+            tracing::error!(process = P::NAME, %error, retry_in_ms = delay.as_millis() as u64, "the process ended; restarting it from its checkpoint");
+            watched.restarting(error);
+            if !back_off(&mut stopped, &mut delay, max_delay).await {
+                break;
+            }
         }
-        let _ = report.send(result);
+        watched.stopped();
+        let _ = report.send(Ok(()));
     });
-    Running { stop, done }
+    Running { stop, done, health }
 }
 
 /// Where a process is and what it remembers.
@@ -266,11 +303,13 @@ async fn back_off(stopped: &mut watch::Receiver<bool>, delay: &mut Duration, max
     }
 }
 
+/// Runs `process` from its checkpoint until it is stopped (`Ok`) or fails in a way waiting cannot mend (`Err`).
 async fn run<P: Process>(
-    process: P,
+    process: &P,
     store: Arc<dyn EventStore>,
-    options: RunOptions,
+    options: &RunOptions,
     mut stopped: watch::Receiver<bool>,
+    health: &Health,
 ) -> Result<(), String> {
     let name = checkpoint_name(P::NAME);
     let (min_delay, max_delay) =
@@ -282,6 +321,7 @@ async fn run<P: Process>(
             Ok(checkpoint) => break checkpoint,
             Err(e) if e.is_retryable() => {
                 tracing::warn!(process = P::NAME, error = %e, "loading the checkpoint failed; trying again");
+                health.retrying(format!("loading its checkpoint: {e}"));
                 if !back_off(&mut stopped, &mut delay, max_delay).await {
                     return Ok(());
                 }
@@ -302,22 +342,36 @@ async fn run<P: Process>(
     delay = min_delay;
     while let Err(Retry(why)) = process.resume(&mut progress.state).await {
         tracing::warn!(process = P::NAME, %why, "resuming failed; trying again");
+        health.retrying(format!("resuming: {why}"));
         if !back_off(&mut stopped, &mut delay, max_delay).await {
             return Ok(());
         }
     }
 
+    health.running();
     // The subscription runs in its own task and hands batches over a channel: the loop below waits on the
-    // channel, which loses nothing when a timer wins the race, and a subscription read might.
+    // channel, which loses nothing when a timer wins the race, and a subscription read might. A read that
+    // failed in a way that may pass is reported, then tried again from the same position after a wait
+    // (the subscription keeps its place); any other failure ends the task.
     let (batches, mut incoming) = mpsc::channel::<Result<Vec<Envelope>, StoreError>>(2);
     let mut subscription = store.subscribe_all(position + 1);
     actix::spawn(async move {
+        let mut wait = min_delay;
         loop {
             tokio::select! {
                 batch = subscription.next_batch() => {
-                    let failed = batch.is_err();
-                    if batches.send(batch).await.is_err() || failed {
+                    let retryable = batch.as_ref().err().map(StoreError::is_retryable);
+                    if batch.is_ok() {
+                        wait = min_delay;
+                    }
+                    if batches.send(batch).await.is_err() || retryable == Some(false) {
                         return;
+                    }
+                    if retryable == Some(true) {
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => wait = (wait * 2).min(max_delay),
+                            _ = batches.closed() => return,
+                        }
                     }
                 }
                 _ = batches.closed() => return,
@@ -338,16 +392,24 @@ async fn run<P: Process>(
                 let batch = match batch {
                     Some(Ok(batch)) => batch,
                     Some(Err(StoreError::Closed)) | None => break 'run,
+                    Some(Err(e)) if e.is_retryable() => {
+                        tracing::warn!(process = P::NAME, at = progress.position, error = %e, "reading the log failed; trying again");
+                        health.retrying(format!("reading the log after position {}: {e}", progress.position));
+                        continue 'run;
+                    }
                     Some(Err(e)) => return Err(format!("reading the log: {e}")),
                 };
+                health.running();
                 for event in batch {
                     delay = min_delay;
                     while let Err(Retry(why)) = process.handle(&mut progress.state, &event).await {
                         tracing::warn!(process = P::NAME, position = event.position, %why, "handling failed; trying again");
+                        health.retrying(format!("handling position {}: {why}", event.position));
                         if !back_off(&mut stopped_meanwhile, &mut delay, max_delay).await {
                             break 'run;
                         }
                     }
+                    health.running();
                     progress.position = event.position;
                     progress.unsaved += 1;
                 }
@@ -355,11 +417,13 @@ async fn run<P: Process>(
             _ = tokio::time::sleep(until_due.unwrap_or_default()), if until_due.is_some() => {
                 if let Err(Retry(why)) = process.fire(&mut progress.state, Timestamp::now()).await {
                     tracing::warn!(process = P::NAME, %why, "a timer failed; trying again");
+                    health.retrying(format!("a timer: {why}"));
                     if !back_off(&mut stopped_meanwhile, &mut delay, max_delay).await {
                         break 'run;
                     }
                 } else {
                     delay = min_delay;
+                    health.running();
                 }
                 progress.unsaved += 1;
             }
@@ -433,6 +497,11 @@ impl Processes {
         }
         running.push(("timers", start(timers::TimerService::new(gateway, select), store, options)));
         Self { running }
+    }
+
+    /// Each one's name and health.
+    pub fn health(&self) -> Vec<(&'static str, Health)> {
+        self.running.iter().map(|(name, running)| (*name, running.health())).collect()
     }
 
     /// Stops them all, saving their checkpoints; the first error, if any.

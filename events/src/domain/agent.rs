@@ -24,6 +24,7 @@ pub enum Param {
 
 /// How an agent is set up; registered whole and replaced whole by an update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Profile {
     /// Human name.
     pub name: String,

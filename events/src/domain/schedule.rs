@@ -7,7 +7,7 @@ use crate::envelope::Timestamp;
 
 /// Which documents a firing runs over.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Target {
     /// These documents, every time.
     Documents(Vec<DocumentId>),

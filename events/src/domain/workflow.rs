@@ -6,7 +6,7 @@ use super::ids::AgentId;
 
 /// Where a step's input comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case", tag = "from", content = "name")]
+#[serde(rename_all = "snake_case", tag = "from", content = "name", deny_unknown_fields)]
 pub enum Input {
     /// The job's input documents.
     JobInputs,
@@ -16,6 +16,7 @@ pub enum Input {
 
 /// How a failed step is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included; 1 means no retry.
     pub max_attempts: u32,
@@ -27,6 +28,7 @@ pub struct RetryPolicy {
 
 /// One step of a workflow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Step {
     /// Unique within the workflow.
     pub name: String,
