@@ -6,7 +6,15 @@
 //! checkpoint, so delivery is at least once per position, and subscribers dedupe by the event id. An event
 //! too large for the bus goes out without its payload (header [`PAYLOAD_OMITTED`]). A bus that
 //! is down holds it at the event it could not publish; nothing is skipped.
+//!
+//! A checkpoint covers only what the server took. A NATS publish returns once the message is in the
+//! client's buffer, and a connection that dies loses what its buffer and socket held; the client reconnects
+//! and goes on, so nothing says so. Before each checkpoint the publisher therefore has the bus confirm
+//! ([`Bus::confirm`]): a round trip to the server on the same connection, and the connection's epoch. If that
+//! fails, or the epoch is not the one the publishes since the last checkpoint went out under, the checkpoint is
+//! not saved and the publisher starts again from the last one: those events go out again.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use weft_actors::process::{Process, Retry};
@@ -25,12 +33,14 @@ pub const PAYLOAD_OMITTED: &str = "Weft-Payload-Omitted";
 /// See the module doc.
 pub struct Publisher {
     bus: Arc<dyn Bus>,
+    /// The connection's epoch the publishes since the last checkpoint went out under.
+    epoch: Cell<Option<u64>>,
 }
 
 impl Publisher {
     /// A publisher onto `bus`.
     pub fn new(bus: Arc<dyn Bus>) -> Self {
-        Self { bus }
+        Self { bus, epoch: Cell::new(None) }
     }
 }
 
@@ -38,6 +48,21 @@ impl Publisher {
 impl Process for Publisher {
     const NAME: &'static str = "publisher";
     type State = ();
+
+    async fn resume(&self, _state: &mut ()) -> Result<(), Retry> {
+        let epoch = self.bus.confirm().await.map_err(|e| Retry(format!("the bus: {e}")))?;
+        self.epoch.set(Some(epoch));
+        Ok(())
+    }
+
+    async fn confirm(&self) -> Result<(), String> {
+        let epoch = self.bus.confirm().await.map_err(|e| e.to_string())?;
+        let before = self.epoch.replace(Some(epoch));
+        if before.is_some_and(|before| before != epoch) {
+            return Err("the bus connection was made anew since the last checkpoint: what it held may be lost".into());
+        }
+        Ok(())
+    }
 
     async fn handle(&self, _state: &mut (), event: &Envelope) -> Result<(), Retry> {
         let headers = Headers::from([(MESSAGE_ID.to_owned(), event.event_id.to_string())]);

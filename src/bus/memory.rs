@@ -129,6 +129,10 @@ impl Bus for MemoryBus {
         Ok(())
     }
 
+    async fn confirm(&self) -> Result<u64, BusError> {
+        Ok(0)
+    }
+
     fn max_payload(&self) -> usize {
         self.inner.max_payload
     }

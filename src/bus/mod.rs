@@ -117,6 +117,12 @@ pub trait Bus: Send + Sync + 'static {
     /// Waits until everything published so far has left this process.
     async fn flush(&self) -> Result<(), BusError>;
 
+    /// Waits until the server has taken everything this process published before the call (a round trip on
+    /// the connection that carried it), and answers the connection's epoch: a number that changes whenever
+    /// the connection is made anew. What was published under another epoch than the one answered may have
+    /// died with a connection: see [`crate::publisher`]. The in-process bus answers at once, always 0.
+    async fn confirm(&self) -> Result<u64, BusError>;
+
     /// The largest payload a message may have.
     fn max_payload(&self) -> usize;
 }

@@ -9,6 +9,9 @@ use futures::StreamExt;
 
 use super::{Bus, BusError, Headers, Message, Subscription, check_subject};
 
+/// How long [`Bus::confirm`] waits for the server.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// See the module doc. Cheap to clone.
 #[derive(Clone)]
 pub struct NatsBus {
@@ -107,6 +110,30 @@ impl Bus for NatsBus {
 
     async fn flush(&self) -> Result<(), BusError> {
         self.client.flush().await.map_err(|e| BusError::Unavailable(e.to_string()))
+    }
+
+    /// A message to an inbox of its own, on the same connection: the server handles a connection's messages
+    /// in order, so when it comes back, everything published before it was taken. (`flush` only writes
+    /// the client's buffer to the socket, which a dying connection may lose.)
+    async fn confirm(&self) -> Result<u64, BusError> {
+        let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable(format!("confirming publishes: {e}"));
+        let epoch =
+            |client: &async_nats::Client| client.statistics().connects.load(std::sync::atomic::Ordering::SeqCst);
+        let before = epoch(&self.client);
+        let inbox = self.client.new_inbox();
+        let mut echo = self.client.subscribe(inbox.clone()).await.map_err(|e| unavailable(&e))?;
+        self.client.publish(inbox, bytes::Bytes::new()).await.map_err(|e| unavailable(&e))?;
+        self.client.flush().await.map_err(|e| unavailable(&e))?;
+        match tokio::time::timeout(CONFIRM_TIMEOUT, echo.next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(unavailable(&"the connection closed")),
+            Err(_) => return Err(unavailable(&format!("no answer within {CONFIRM_TIMEOUT:?}"))),
+        }
+        let after = epoch(&self.client);
+        if after != before {
+            return Err(unavailable(&"the connection was made anew meanwhile"));
+        }
+        Ok(after)
     }
 
     fn max_payload(&self) -> usize {

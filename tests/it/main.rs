@@ -13,6 +13,7 @@ mod intake;
 mod job_crash;
 mod nats_e2e;
 mod nats_faults;
+mod nats_restart;
 mod nats_server;
 mod objects;
 mod projection_crash;

@@ -185,6 +185,13 @@ pub trait Process: 'static {
     async fn fire(&self, _state: &mut Self::State, _now: Timestamp) -> Result<(), Retry> {
         Ok(())
     }
+
+    /// Called before each checkpoint is saved: an error means that what was handled since the last checkpoint
+    /// may not have taken effect (a publish lost with its connection), so the checkpoint is not saved and the
+    /// process starts again from the last one, handling those events again.
+    async fn confirm(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// How a process runs. Defaults in [`RunOptions::default`].
@@ -429,19 +436,23 @@ async fn run<P: Process>(
             }
             _ = tokio::time::sleep(save_in.unwrap_or_default()), if save_in.is_some() => {}
         }
-        if (progress.unsaved >= options.checkpoint_every_events.max(1)
-            || (progress.unsaved > 0 && progress.saved_at.elapsed() >= save_every))
-            && let Err(error) = progress.save(&*store).await
+        if progress.unsaved >= options.checkpoint_every_events.max(1)
+            || (progress.unsaved > 0 && progress.saved_at.elapsed() >= save_every)
         {
-            // The events are handled; losing this save only means handling them again after a restart.
-            tracing::warn!(process = P::NAME, %error, "saving the checkpoint failed");
-            progress.saved_at = Instant::now();
+            process.confirm().await.map_err(|why| format!("{why}; handling again from the checkpoint"))?;
+            if let Err(error) = progress.save(&*store).await {
+                // The events are handled; losing this save only means handling them again after a restart.
+                tracing::warn!(process = P::NAME, %error, "saving the checkpoint failed");
+                progress.saved_at = Instant::now();
+            }
         }
     }
-    if progress.unsaved > 0
-        && let Err(error) = progress.save(&*store).await
-    {
-        tracing::warn!(process = P::NAME, %error, "saving the last checkpoint failed; the events since the previous one will be handled again");
+    if progress.unsaved > 0 {
+        if let Err(why) = process.confirm().await {
+            tracing::warn!(process = P::NAME, %why, "not saving the last checkpoint: the events since the previous one will be handled again");
+        } else if let Err(error) = progress.save(&*store).await {
+            tracing::warn!(process = P::NAME, %error, "saving the last checkpoint failed; the events since the previous one will be handled again");
+        }
     }
     tracing::info!(process = P::NAME, at = progress.position, "process stopped");
     Ok(())

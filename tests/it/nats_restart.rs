@@ -1,0 +1,218 @@
+//! A `nats-server` restarted under load, with a real `weft serve` on JetStream: nothing the node runs in the
+//! background stops for good. Every read model and process catches up by itself, a job submitted after the
+//! blip succeeds, every committed event reaches NATS at least once (a JetStream stream over `weft.evt.>`,
+//! as `docs/protocol.md` tells subscribers to keep, holds every position), `/readyz` says what is not running
+//! while it is not, and SIGINT stops the node with status 0.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+use weft::nats::NatsServer;
+
+use crate::reaped::Reaped;
+use crate::serve::{command, get, weft};
+
+/// Clients sending commands at once.
+const CLIENTS: usize = 16;
+
+/// The stream the test keeps of what the node publishes.
+const CAPTURE: &str = "CAPTURED_EVENTS";
+
+/// Polls `check` (which says what it saw) until it holds or the deadline passes.
+fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> (bool, String)) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (ok, seen) = check();
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}; last seen: {seen}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every position the captured stream holds.
+async fn captured_positions(url: &str) -> BTreeSet<u64> {
+    #[derive(serde::Deserialize)]
+    struct Wire {
+        position: u64,
+    }
+    let client = weft::nats::connect(url, "capture-reader").await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(CAPTURE).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut positions = BTreeSet::new();
+    if last == 0 {
+        return positions;
+    }
+    let consumer =
+        stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await.unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+        let wire: Wire = rmp_serde::from_slice(&message.payload).unwrap();
+        positions.insert(wire.position);
+        if message.info().unwrap().stream_sequence >= last {
+            break;
+        }
+    }
+    positions
+}
+
+/// A `weft serve` whose log is read as it comes (a full pipe would stall the node) and kept.
+struct Node {
+    child: Reaped,
+    addr: String,
+    log: Arc<Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Node {
+    fn start(dir: &std::path::Path, args: &[&str]) -> Self {
+        let mut child = Reaped(
+            Command::new(env!("CARGO_BIN_EXE_weft"))
+                .args(["serve", "--http-addr", "127.0.0.1:0", "--store"])
+                .arg(dir.join("events.db"))
+                .arg("--read-models")
+                .arg(dir.join("read.db"))
+                .args(args)
+                .env("WEFT_LOG", "warn")
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("http://"), "weft serve did not start: {line}");
+        let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
+        let log = Arc::new(Mutex::new(String::new()));
+        let kept = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut kept = kept.lock().unwrap();
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
+        Self { child, addr, log, reader }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_nats_restart_under_load_stops_nothing_for_good() {
+    let mut server = NatsServer::start().unwrap();
+    let url = server.url();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // What a subscriber that must not miss an event keeps (docs/protocol.md): a stream over the event subjects.
+    runtime.block_on(async {
+        let client = weft::nats::connect(&url, "capture").await.unwrap();
+        async_nats::jetstream::new(client)
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: CAPTURE.into(),
+                subjects: vec!["weft.evt.>".into()],
+                duplicate_window: Duration::from_secs(600),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--nats", &url, "--jetstream"]);
+    let addr = node.addr.clone();
+    eventually("the node is ready", Duration::from_secs(20), || {
+        let (status, body) = get(&addr, "/readyz");
+        (status == 200, body.to_string())
+    });
+
+    // Load: clients registering documents, each retrying a command (same id) until it is answered `ok`.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (addr, stop, acknowledged) = (addr.clone(), stop.clone(), acknowledged.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let document = uuid::Uuid::now_v7().to_string();
+                    let body = json!({"command_id": uuid::Uuid::now_v7().to_string(), "type": "register",
+                        "payload": {"name": "a.txt", "content_type": "text/plain", "declared_size_bytes": 10,
+                                    "tenant": "acme", "owner": "ann"}});
+                    for _ in 0..100 {
+                        let path = format!("/commands/document/{document}");
+                        let answer = crate::serve::http(&addr, "POST", &path, &[], body.to_string().as_bytes());
+                        if answer.status == 200 {
+                            acknowledged.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            })
+        })
+        .collect();
+    // The blip: the server down about a second, under load, then load on well past the moment the node
+    // used to give up (about 5 s after).
+    std::thread::sleep(Duration::from_secs(2));
+    let before = acknowledged.load(Ordering::Relaxed);
+    server.kill(0);
+    std::thread::sleep(Duration::from_secs(1));
+    server.restart(0).unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let after = acknowledged.load(Ordering::Relaxed);
+    assert!(before > 0 && after > before, "the load did not run across the blip: {before} then {after}");
+
+    // Every read model catches up with the log by itself, and the node says it is ready.
+    eventually("the node is ready with every read model at the head", Duration::from_secs(60), || {
+        let (status, ready) = get(&addr, "/readyz");
+        let head = ready["head"].as_u64().unwrap_or(u64::MAX);
+        let projections = ready["projections"].as_object().cloned().unwrap_or_default();
+        let caught_up = !projections.is_empty() && projections.values().all(|p| p["position"].as_u64() == Some(head));
+        (status == 200 && caught_up, ready.to_string())
+    });
+    let (_, ready) = get(&addr, "/readyz");
+    for task in ["orchestrator", "worker", "timers", "publisher", "projection jobs", "lease"] {
+        assert_eq!(ready["tasks"][task]["state"], "running", "{task}: {ready}");
+    }
+
+    // A job submitted after the blip runs to its end: the process managers are at work.
+    let file = dir.path().join("after.txt");
+    std::fs::write(&file, "Revenue rose in the third quarter. Costs were flat.\n").unwrap();
+    let (ok, document, stderr) = weft(&addr, &["document", "upload", file.to_str().unwrap(), "--tenant", "acme"]);
+    assert!(ok, "{stderr}");
+    let (ok, outputs, stderr) = weft(&addr, &["job", "run", "summarize", "--document", document.trim(), "--wait"]);
+    assert!(ok && outputs.contains("summarize"), "{outputs}\n{stderr}\n{}", node.log());
+
+    // Every committed event reached NATS at least once: the captured stream holds every position.
+    let (_, ready) = get(&addr, "/readyz");
+    let head = ready["head"].as_u64().unwrap();
+    let mut missing = Vec::new();
+    eventually("every position up to the head was published", Duration::from_secs(60), || {
+        let positions = runtime.block_on(captured_positions(&url));
+        missing = (1..=head).filter(|p| !positions.contains(p)).collect();
+        (missing.is_empty(), format!("{} of {head} missing, from {:?}", missing.len(), missing.first()))
+    });
+
+    // A command of a kind the log does not know changes nothing, and the node stops cleanly on SIGINT.
+    assert_eq!(command(&addr, "document", &uuid::Uuid::now_v7().to_string(), "explode", json!({})).0, 400);
+    let Node { mut child, log, reader, .. } = node;
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    assert!(status.success(), "{status}: {log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
