@@ -61,9 +61,10 @@ pub struct NodeOptions {
     /// Where the query API listens (HTTP); port 0 takes a free port.
     #[arg(long, default_value = "127.0.0.1:8080", env = "WEFT_HTTP_ADDR")]
     pub http_addr: std::net::SocketAddr,
-    /// The read models' SQLite file (projections of documents, jobs and the event history); its folder is created if missing.
-    #[arg(long, default_value = "weft-data/read.db", env = "WEFT_READ_MODELS")]
-    pub read_models: PathBuf,
+    /// The read models' SQLite file (projections of documents, jobs and the event history); its folder is
+    /// created if missing. Default: `read.db` beside `--store`.
+    #[arg(long, env = "WEFT_READ_MODELS")]
+    pub read_models: Option<PathBuf>,
     /// Keep the events in JetStream on the `--nats` servers instead of the SQLite file.
     #[arg(long, requires = "nats", env = "WEFT_JETSTREAM")]
     pub jetstream: bool,
@@ -83,6 +84,16 @@ pub struct NodeOptions {
     /// line and the WEFT_* variables win over it.
     #[arg(long, env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+impl NodeOptions {
+    /// The read models' file: `--read-models`, or `read.db` beside the store's file (as the keys and the
+    /// objects are).
+    pub fn read_models_path(&self) -> PathBuf {
+        self.read_models.clone().unwrap_or_else(|| {
+            self.store.parent().map(|folder| folder.join("read.db")).unwrap_or_else(|| "read.db".into())
+        })
+    }
 }
 
 /// The store a node opened.
@@ -254,13 +265,14 @@ impl Node {
         let providers = crate::agents::providers(&options.providers)?;
         let executor: Rc<dyn Executor> =
             Rc::new(DocumentExecutor::new(objects.clone(), gateway.clone(), providers.clone()));
-        if let Some(folder) = options.read_models.parent().filter(|f| !f.as_os_str().is_empty()) {
+        let read_models = options.read_models_path();
+        if let Some(folder) = read_models.parent().filter(|f| !f.as_os_str().is_empty()) {
             std::fs::create_dir_all(folder)
                 .map_err(|e| anyhow::anyhow!("cannot create {} for the read models: {e}", folder.display()))?;
         }
         let reader: Arc<dyn weft_events::EventRead> = store.reader();
         let board = Board::default();
-        let projections = weft_projections::start_all(&options.read_models, reader.clone())?;
+        let projections = weft_projections::start_all(&read_models, reader.clone())?;
         for projection in &projections {
             board.watch(format!("projection {}", projection.name()), projection.health());
         }
@@ -270,7 +282,7 @@ impl Node {
         let maintenance = Arc::new(crate::query::read::Maintenance::default());
         let rebuilds = actix_rt::spawn(serve_rebuilds(projections.clone(), rebuild_rx, maintenance.clone()));
         let reads = Reads {
-            read_models: options.read_models.clone(),
+            read_models,
             positions,
             store: reader,
             rebuilds: Some(rebuild_tx),

@@ -9,11 +9,13 @@
 //!   microseconds since the Unix epoch; `version` is the document stream's version the row reflects;
 //!   `uploaded_position` is the log position of its latest upload (first or added version), by which a
 //!   schedule selects "the documents uploaded since its last firing" exactly (a read model made before the
-//!   column existed gains it on start, empty until `weft projection rebuild documents`).
+//!   column existed gains it on start, empty until `weft projection rebuild documents`); `labels` is the
+//!   labels registered with it, a JSON object (likewise gained on start, empty for older rows until a
+//!   rebuild).
 //! - `document_lineage (parent, child, job, step)`: one row per derivative recorded.
 //!
-//! On `tenant.erased` the tenant's rows lose their personal columns (`name`, `owner` become `[erased]`), as
-//! the events read from then on.
+//! On `tenant.erased` the tenant's rows lose their personal columns (`name`, `owner` become `[erased]`,
+//! `labels` `{}`), as the events read from then on.
 
 use rusqlite::{Transaction, params};
 use weft_events::Envelope;
@@ -69,6 +71,10 @@ impl Projection for Documents {
         if !has_position {
             db.execute_batch("ALTER TABLE documents ADD COLUMN uploaded_position INTEGER")?;
         }
+        let has_labels = db.prepare("SELECT 1 FROM pragma_table_info('documents') WHERE name = 'labels'")?.exists([])?;
+        if !has_labels {
+            db.execute_batch("ALTER TABLE documents ADD COLUMN labels TEXT")?;
+        }
         db.execute_batch(
             "CREATE INDEX IF NOT EXISTS documents_by_upload ON documents (uploaded_position)
              WHERE uploaded_position IS NOT NULL",
@@ -80,7 +86,7 @@ impl Projection for Documents {
             // The personal columns of the tenant's documents, as its events now read.
             crate::exec(
                 tx,
-                "UPDATE documents SET name = ?2, owner = ?2 WHERE tenant = ?1",
+                "UPDATE documents SET name = ?2, owner = ?2, labels = '{}' WHERE tenant = ?1",
                 params![tenant, weft_events::seal::ERASED],
             )?;
             return Ok(());
@@ -94,8 +100,8 @@ impl Projection for Documents {
                 crate::exec(
                     tx,
                     "INSERT INTO documents (id, tenant, owner, name, content_type, declared_size_bytes, status,
-                                            created_at, updated_at, version)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'registered', ?7, ?7, ?8)
+                                            created_at, updated_at, version, labels)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'registered', ?7, ?7, ?8, ?9)
                      ON CONFLICT (id) DO NOTHING",
                     params![
                         id,
@@ -105,7 +111,8 @@ impl Projection for Documents {
                         e.content_type,
                         e.declared_size_bytes as i64,
                         e.at.0,
-                        version
+                        version,
+                        serde_json::to_string(&e.labels).unwrap_or_else(|_| "{}".to_owned())
                     ],
                 )?;
             }

@@ -1,5 +1,9 @@
 //! The OpenAPI 3.1 document of the query API, built from the same model definitions the routes read with
 //! (columns, filters), so a filter or a column added to a model shows up here without a second list.
+//!
+//! Every answer body is described as it is served (`tests/it/query_api.rs` and `tests/it/documents.rs` check
+//! real answers against these schemas): the items' columns with their types, the document routes' signed
+//! URLs and outcomes, a command's reply, readiness.
 
 use serde_json::{Value, json};
 
@@ -9,7 +13,7 @@ use super::read::{MAX_LIMIT, MODELS, Model};
 /// server serves no other.
 pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/healthz", "The process is up"),
-    ("get", "/readyz", "Each projection's position and lag behind the store"),
+    ("get", "/readyz", "Ready (200) or not (503): each task's state, each projection's position and lag"),
     ("get", "/openapi.json", "This document"),
     ("get", "/documents", "A page of documents"),
     ("get", "/documents/live", "Server-sent events: each change of a document that matches the filters"),
@@ -48,6 +52,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/documents/{id}/download", "A signed download URL of the document's current content"),
     ("delete", "/documents/{id}", "Delete the document, then its object"),
     ("post", "/objects/events", "S3 event notifications (Authorization: Bearer <webhook secret>)"),
+    ("post", "/tenants/{tenant}/erase", "Erase a tenant: destroy its key, so its personal fields read [erased]"),
     ("put", "/objects/{key}", "Upload through a signed URL of the local object store"),
     ("get", "/objects/{key}", "Download through a signed URL of the local object store"),
 ];
@@ -72,10 +77,73 @@ fn paging(cursor: Value) -> [Value; 2] {
     ]
 }
 
+/// Columns holding whole numbers (sizes, counts, versions, times in µs since the epoch).
+const INTEGER_COLUMNS: &[&str] = &[
+    "declared_size_bytes",
+    "size_bytes",
+    "versions",
+    "created_at",
+    "updated_at",
+    "version",
+    "workflow_version",
+    "priority",
+    "steps_total",
+    "steps_done",
+    "submitted_at",
+    "finished_at",
+    "tasks_assigned",
+    "tasks_running",
+    "tasks_done",
+    "tasks_failed",
+    "input_tokens",
+    "output_tokens",
+    "latency_total_ms",
+    "registered_at",
+    "latest_version",
+    "steps_count",
+    "defined_at",
+    "fires",
+    "jobs_submitted",
+    "last_due",
+    "fired_up_to",
+];
+
+/// Columns holding JSON objects.
+const OBJECT_COLUMNS: &[&str] = &["labels", "profile", "target"];
+
+/// Columns that are empty (`null`) until something happens (an upload, an end, a firing), or in rows older
+/// than the column (`labels`, until a rebuild).
+const NULLABLE_COLUMNS: &[&str] = &[
+    "size_bytes",
+    "etag",
+    "deleted_reason",
+    "labels",
+    "error",
+    "finished_at",
+    "disabled_reason",
+    "last_due",
+    "fired_up_to",
+];
+
+/// The schema of a column as served.
+fn column_schema(column: &str) -> Value {
+    let kind = if INTEGER_COLUMNS.contains(&column) {
+        "integer"
+    } else if OBJECT_COLUMNS.contains(&column) {
+        "object"
+    } else if column == "strategy" {
+        // `"per_document"`, `"combined"` or `{"per_group": "tenant"}`.
+        return json!({"type": ["string", "object"]});
+    } else {
+        "string"
+    };
+    if NULLABLE_COLUMNS.contains(&column) { json!({"type": [kind, "null"]}) } else { json!({"type": kind}) }
+}
+
 fn item_schema(model: &Model) -> Value {
     let properties: serde_json::Map<String, Value> =
-        model.columns.iter().map(|c| ((*c).to_owned(), json!({}))).collect();
-    json!({"type": "object", "properties": properties})
+        model.columns.iter().map(|c| ((*c).to_owned(), column_schema(c))).collect();
+    json!({"type": "object", "required": model.columns, "properties": properties})
 }
 
 fn page_schema(item: Value) -> Value {
@@ -114,9 +182,62 @@ fn operation(summary: &str, parameters: Vec<Value>, ok: Value) -> Value {
     json!({"summary": summary, "parameters": parameters, "responses": responses})
 }
 
-/// The summary of the route at `path`.
-fn summary(path: &str) -> &'static str {
-    ROUTES.iter().find(|r| r.1 == path).map_or("", |r| r.2)
+/// The summary of the route `method path`.
+fn summary(method: &str, path: &str) -> &'static str {
+    ROUTES.iter().find(|r| r.0 == method && r.1 == path).map_or("", |r| r.2)
+}
+
+fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// The schemas the answers name.
+fn components() -> Value {
+    let presigned = json!({"type": "object", "required": ["url", "method", "headers", "expires_at"], "properties": {
+        "url": {"type": "string"}, "method": {"type": "string", "enum": ["PUT", "GET"]},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "Headers the request must carry as they are (they are signed)"},
+        "expires_at": {"type": "integer", "description": "Seconds since the epoch"}}});
+    let outcome = json!({"type": "object", "required": ["version", "positions", "repeated"], "properties": {
+        "version": {"type": "integer"},
+        "positions": {"type": ["array", "null"], "items": {"type": "integer"},
+                      "description": "The first and last log positions of the events appended; null when none"},
+        "repeated": {"type": "boolean"}}});
+    let effect = json!({"type": "object", "required": ["outcome"], "properties": {
+        "outcome": {"type": "string", "enum": ["uploaded", "version_added", "deleted", "duplicate", "ignored"]},
+        "reason": {"type": "string", "description": "Why it was ignored"}}});
+    let error = json!({"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["kind", "message"],
+        "properties": {"kind": {"type": "string"}, "message": {"type": "string"},
+                       "rejection": {"type": "object", "description": "A rejection's code and detail"}}}}});
+    let reply = json!({"type": "object", "required": ["status", "repeated"], "properties": {
+        "status": {"type": "string", "enum": ["ok", "error"]}, "repeated": {"type": "boolean"},
+        "version": {"type": "integer"}, "first_position": {"type": "integer"}, "last_position": {"type": "integer"},
+        "error": {"type": "object", "required": ["kind", "message"], "properties": {
+            "kind": {"type": "string"}, "message": {"type": "string"}, "rejection": {"type": "object"}}}},
+        "description": "The command intake's reply (docs/protocol.md, schemas/replies/)"});
+    let task = json!({"type": "object", "required": ["state", "since", "restarts"], "properties": {
+        "state": {"type": "string", "enum": ["starting", "running", "retrying", "restarting", "stopped"]},
+        "since": {"type": "integer"}, "error": {"type": "string"}, "restarts": {"type": "integer"}}});
+    let lag = json!({"type": "object", "required": ["position", "lag_events", "lag_seconds"], "properties": {
+        "position": {"type": "integer"}, "lag_events": {"type": "integer"}, "lag_seconds": {"type": "number"}}});
+    let readiness = json!({"type": "object", "required": ["status", "tasks"], "properties": {
+        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+        "head": {"type": "integer"},
+        "projections": {"type": "object", "additionalProperties": lag},
+        "tasks": {"type": "object", "additionalProperties": task},
+        "not_ready": {"type": "array", "items": {"type": "string"}, "description": "What is not running or behind, and why"}}});
+    json!({
+        "Error": error,
+        "Presigned": presigned,
+        "Outcome": outcome,
+        "Registered": {"type": "object", "required": ["id", "key", "outcome", "upload"], "properties": {
+            "id": {"type": "string", "format": "uuid"}, "key": {"type": "string"},
+            "outcome": schema("Outcome"), "upload": schema("Presigned")}},
+        "Effect": effect,
+        "Reply": reply,
+        "Readiness": readiness,
+    })
 }
 
 fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
@@ -135,12 +256,12 @@ fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
     let base = format!("/{}", model.name);
     paths.insert(
         base.clone(),
-        json!({"get": operation(summary(&base), list, json_response(page_schema(item_schema(model))))}),
+        json!({"get": operation(summary("get", &base), list, json_response(page_schema(item_schema(model))))}),
     );
     let one = format!("{base}/{{id}}");
     paths.insert(
         one.clone(),
-        json!({"get": operation(summary(&one), vec![id(), after()], json_response(item_schema(model)))}),
+        json!({"get": operation(summary("get", &one), vec![id(), after()], json_response(item_schema(model)))}),
     );
     let list_live = format!("{base}/live");
     let mut filters: Vec<Value> =
@@ -148,20 +269,20 @@ fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
     filters.push(param("Last-Event-ID", "header", json!({"type": "integer"}), "Resume after this log position"));
     let list_sse = json!({"description": "text/event-stream of `item` and `left` events",
                           "content": {"text/event-stream": {"schema": {"type": "string"}}}});
-    paths.insert(list_live.clone(), json!({"get": operation(summary(&list_live), filters, list_sse)}));
+    paths.insert(list_live.clone(), json!({"get": operation(summary("get", &list_live), filters, list_sse)}));
     let live = format!("{one}/live");
     let sse = json!({"description": "text/event-stream of `change` and `state` events",
                      "content": {"text/event-stream": {"schema": {"type": "string"}}}});
     let last = param("Last-Event-ID", "header", json!({"type": "integer"}), "Resume after this stream version");
-    paths.insert(live.clone(), json!({"get": operation(summary(&live), vec![id(), after(), last], sse)}));
+    paths.insert(live.clone(), json!({"get": operation(summary("get", &live), vec![id(), after(), last], sse)}));
 }
 
 /// The documents' routes and the local store's signed URLs.
 fn document_paths(paths: &mut serde_json::Map<String, Value>) {
     let id = || param("id", "path", json!({"type": "string", "format": "uuid"}), "The document");
     let object = || json!({"type": "object"});
-    let with = |summary: &str, parameters: Vec<Value>, extra: &[(&str, &str)]| {
-        let mut operation = operation(summary, parameters, json_response(object()));
+    let with = |summary: &str, parameters: Vec<Value>, extra: &[(&str, &str)], answer: Value| {
+        let mut operation = operation(summary, parameters, json_response(answer));
         for (code, why) in extra {
             operation["responses"][*code] = json!({"description": why,
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
@@ -169,22 +290,46 @@ fn document_paths(paths: &mut serde_json::Map<String, Value>) {
         operation
     };
     let tenant = param("Weft-Tenant", "header", json!({"type": "string"}), "The tenant (`default` without it)");
-    let mut register = with(summary("/documents"), vec![tenant], &[("413", "Body too large"), ("422", "Rejected")]);
+    let actor = param("Weft-Actor", "header", json!({"type": "string"}), "Who (the document's owner)");
+    let registered = &[
+        ("409", "The id is another document's (another tenant's, or registered with other fields)"),
+        ("410", "The tenant is erased"),
+        ("413", "Body too large"),
+        ("422", "Rejected"),
+    ];
+    let mut register = with(summary("post", "/documents"), vec![tenant, actor], registered, schema("Registered"));
     register["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["name", "content_type", "size_bytes"],
-        "properties": {"id": {"type": "string", "format": "uuid"}, "name": {"type": "string"},
-                       "content_type": {"type": "string"}, "size_bytes": {"type": "integer", "minimum": 1}}}}}});
+        "type": "object", "required": ["name", "content_type", "size_bytes"], "additionalProperties": false,
+        "properties": {"id": {"type": "string", "format": "uuid",
+                              "description": "For a retry: the same registration again answers the same upload"},
+                       "name": {"type": "string"}, "content_type": {"type": "string"},
+                       "size_bytes": {"type": "integer", "minimum": 1},
+                       "labels": {"type": "object", "maxProperties": 32, "additionalProperties": {"type": "string"}}}}}}});
     register["responses"]["201"] = register["responses"]["200"].take();
     register["responses"]["200"] = json!({"description": "Not used: a registration answers 201"});
     paths["/documents"]["post"] = register;
-    for (path, method) in [("/documents/{id}/upload-url", "post"), ("/documents/{id}/confirm", "post")] {
-        paths.insert(path.into(), json!({ method: with(summary(path), vec![id()], &[("422", "Rejected")]) }));
-    }
+    let upload = json!({"type": "object", "required": ["upload"], "properties": {"upload": schema("Presigned")}});
+    let path = "/documents/{id}/upload-url";
+    paths.insert(path.into(), json!({"post": with(summary("post", path), vec![id()], &[("422", "Rejected")], upload)}));
+    let path = "/documents/{id}/confirm";
+    let confirm = with(summary("post", path), vec![id()], &[("422", "Rejected")], schema("Effect"));
+    paths.insert(path.into(), json!({ "post": confirm }));
     let download = "/documents/{id}/download";
-    paths.insert(download.into(), json!({"get": with(summary(download), vec![id()], &[("422", "Not uploaded")])}));
-    paths["/documents/{id}"]["delete"] = with("Delete the document, then its object", vec![id()], &[]);
+    let answer = json!({"type": "object", "required": ["download"], "properties": {"download": schema("Presigned")}});
+    paths.insert(
+        download.into(),
+        json!({"get": with(summary("get", download), vec![id()], &[("422", "Not uploaded")], answer)}),
+    );
+    paths["/documents/{id}"]["delete"] = with(summary("delete", "/documents/{id}"), vec![id()], &[], schema("Effect"));
     let events = "/objects/events";
-    let mut webhook = with(summary(events), vec![], &[("401", "No or another secret"), ("422", "A record refused")]);
+    let record = json!({"type": "object", "required": ["index", "key"], "properties": {
+        "index": {"type": "integer"}, "key": {"type": "string"},
+        "outcome": {"type": "string"}, "reason": {"type": "string"}, "error": {"type": "object"}}});
+    let records = json!({"type": "object", "required": ["records"],
+                         "properties": {"records": {"type": "array", "items": record}}});
+    let refused =
+        &[("401", "No or another secret"), ("422", "A record refused"), ("503", "A record could not be handled now")];
+    let mut webhook = with(summary("post", events), vec![], refused, records);
     webhook["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": object()}}});
     paths.insert(events.into(), json!({ "post": webhook }));
     let key = param("key", "path", json!({"type": "string"}), "The object's key, `<tenant>/<document id>`");
@@ -193,11 +338,12 @@ fn document_paths(paths: &mut serde_json::Map<String, Value>) {
     parameters.extend(signed);
     let key_path = "/objects/{key}";
     let refused = [("403", "Expired, tampered or misused URL"), ("413", "Over the signed size limit")];
-    paths.insert(
-        key_path.into(),
-        json!({"put": with("Upload through a signed URL of the local object store", parameters.clone(), &refused),
-               "get": with("Download through a signed URL of the local object store", parameters, &refused[..1])}),
-    );
+    let bytes = json!({"description": "The object's bytes", "content": {"application/octet-stream": {"schema": {"type": "string"}}}});
+    let mut put = with(summary("put", key_path), parameters.clone(), &refused, object());
+    put["responses"]["200"] = json!({"description": "Stored"});
+    let mut get = with(summary("get", key_path), parameters, &refused[..1], object());
+    get["responses"]["200"] = bytes;
+    paths.insert(key_path.into(), json!({"put": put, "get": get}));
 }
 
 /// The document.
@@ -207,6 +353,10 @@ pub fn document() -> Value {
     for (_, path, summary) in &ROUTES[..3] {
         paths.insert((*path).to_owned(), plain(summary));
     }
+    paths["/healthz"]["get"]["responses"]["200"] = json_response(json!({"type": "object", "required": ["status"],
+        "properties": {"status": {"type": "string", "enum": ["ok"]}}}));
+    paths["/readyz"]["get"]["responses"]["200"] = json_response(schema("Readiness"));
+    paths["/readyz"]["get"]["responses"]["503"] = json!({"description": "Not ready: `not_ready` says what and why", "content": {"application/json": {"schema": schema("Readiness")}}});
     for model in MODELS {
         model_paths(model, &mut paths);
     }
@@ -215,28 +365,37 @@ pub fn document() -> Value {
     logs.extend(paging(json!({"type": "integer"})));
     paths.insert(
         "/jobs/{id}/logs".into(),
-        json!({"get": operation(summary("/jobs/{id}/logs"), logs, json_response(page_schema(json!({"type": "object"}))))}),
+        json!({"get": operation(summary("get", "/jobs/{id}/logs"), logs, json_response(page_schema(json!({"type": "object"}))))}),
     );
     let stream = param("stream", "path", json!({"type": "string"}), "The stream, such as job-<uuid>");
     let mut events = vec![stream, after()];
     events.extend(paging(json!({"type": "integer"})));
     paths.insert(
         "/streams/{stream}/events".into(),
-        json!({"get": operation(summary("/streams/{stream}/events"), events, json_response(page_schema(json!({"type": "object"}))))}),
+        json!({"get": operation(summary("get", "/streams/{stream}/events"), events, json_response(page_schema(json!({"type": "object"}))))}),
     );
     let aggregate = param("aggregate", "path", json!({"enum": super::AGGREGATES}), "The aggregate");
     let id = param("id", "path", json!({"type": "string", "format": "uuid"}), "The instance");
     let mut responses = errors();
     responses["200"] =
-        json!({"description": "The intake's reply", "content": {"application/json": {"schema": {"type": "object"}}}});
-    for (code, why) in [("409", "Conflict"), ("413", "Body too large"), ("422", "Rejected by the aggregate")] {
-        responses[code] = json!({"description": why, "content": {"application/json": {"schema": {"type": "object"}}}});
+        json!({"description": "The intake's reply", "content": {"application/json": {"schema": schema("Reply")}}});
+    for (code, why) in [
+        ("409", "Conflict"),
+        ("410", "The tenant is erased"),
+        ("413", "Body too large"),
+        ("422", "Rejected by the aggregate"),
+    ] {
+        responses[code] = json!({"description": why, "content": {"application/json": {"schema": schema("Reply")}}});
     }
     paths.insert(
         "/commands/{aggregate}/{id}".into(),
-        json!({"post": {"summary": summary("/commands/{aggregate}/{id}"), "parameters": [aggregate, id],
+        json!({"post": {"summary": summary("post", "/commands/{aggregate}/{id}"), "parameters": [aggregate, id],
                          "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
-                             "required": ["command_id", "type"]}}}},
+                             "required": ["command_id", "type"], "additionalProperties": false, "properties": {
+                                 "command_id": {"type": "string", "format": "uuid"}, "type": {"type": "string"},
+                                 "id": {"type": "string", "format": "uuid"},
+                                 "expected_version": {"type": "integer"}, "payload": {"type": "object"}},
+                             "description": "The command, as on NATS (docs/protocol.md, schemas/commands/)"}}}},
                          "responses": responses}}),
     );
     let names = param("name", "path", json!({"type": "string"}), "The projection, as in /readyz");
@@ -244,12 +403,12 @@ pub fn document() -> Value {
     responses["200"] = json_response(json!({"type": "object", "required": ["projection", "position"]}));
     paths.insert(
         "/projections/{name}/rebuild".into(),
-        json!({"post": {"summary": summary("/projections/{name}/rebuild"), "parameters": [names],
+        json!({"post": {"summary": summary("post", "/projections/{name}/rebuild"), "parameters": [names],
                          "responses": responses}}),
     );
     paths.insert(
         "/projections/{name}/reset".into(),
-        json!({"post": {"summary": summary("/projections/{name}/reset"), "parameters": [names],
+        json!({"post": {"summary": summary("post", "/projections/{name}/reset"), "parameters": [names],
                          "responses": responses}}),
     );
     let mut responses = errors();
@@ -257,16 +416,29 @@ pub fn document() -> Value {
         "required": ["name", "position", "head", "lag_events", "rebuild"]}));
     paths.insert(
         "/projections/{name}".into(),
-        json!({"get": {"summary": summary("/projections/{name}"), "parameters": [names], "responses": responses}}),
+        json!({"get": {"summary": summary("get", "/projections/{name}"), "parameters": [names], "responses": responses}}),
     );
-    paths.insert("/providers".into(), plain(summary("/providers")));
+    paths.insert("/providers".into(), plain(summary("get", "/providers")));
+    let tenant = param("tenant", "path", json!({"type": "string"}), "The tenant");
+    let mut responses = errors();
+    responses["200"] = json_response(
+        json!({"type": "object", "required": ["tenant", "erased_at", "destroyed_key", "position"],
+        "properties": {"tenant": {"type": "string"}, "erased_at": {"type": "integer"}, "destroyed_key": {"type": "boolean"},
+                       "position": {"type": "integer"}}}),
+    );
+    paths.insert(
+        "/tenants/{tenant}/erase".into(),
+        json!({"post": {"summary": summary("post", "/tenants/{tenant}/erase"), "parameters": [tenant],
+                         "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
+                             "required": ["reason"], "additionalProperties": false,
+                             "properties": {"reason": {"type": "string"}}}}}},
+                         "responses": responses}}),
+    );
     document_paths(&mut paths);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Weft query API", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
-        "components": {"schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {
-            "type": "object", "required": ["kind", "message"],
-            "properties": {"kind": {"type": "string"}, "message": {"type": "string"}}}}}}},
+        "components": {"schemas": components()},
     })
 }

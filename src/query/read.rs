@@ -216,11 +216,12 @@ pub const DOCUMENTS: Model = Model {
         "created_at",
         "updated_at",
         "version",
+        "labels",
     ],
     filters: &["status", "tenant", "owner"],
     time: "created_at",
     details: document_details,
-    shape: |_| {},
+    shape: |item| parse_json_field(item, "labels"),
 };
 
 /// The jobs read model.

@@ -123,11 +123,15 @@ fn serve_runs_on_the_embedded_defaults_and_stops_cleanly_on_sigterm() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data/events.db");
+    // Run from a folder of its own: everything the node keeps goes beside `--store`, nothing here.
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
     let mut child = crate::reaped::Reaped(
         Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["serve", "--http-addr", "127.0.0.1:0", "--store", store.to_str().unwrap(), "--read-models"])
-            .arg(dir.path().join("data/read.db"))
+            .args(["serve", "--http-addr", "127.0.0.1:0", "--store", store.to_str().unwrap()])
+            .current_dir(&cwd)
             .env_remove("WEFT_NATS")
+            .env_remove("WEFT_READ_MODELS")
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
@@ -143,7 +147,10 @@ fn serve_runs_on_the_embedded_defaults_and_stops_cleanly_on_sigterm() {
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     assert!(status.success(), "{status}: {rest}");
     assert!(store.exists(), "no store at {}", store.display());
-    assert!(dir.path().join("data/read.db").exists(), "no read models");
+    for beside in ["read.db", "keys.db", "objects"] {
+        assert!(dir.path().join("data").join(beside).exists(), "no {beside} beside the store");
+    }
+    assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "the node wrote into the folder it ran from");
 }
 
 #[test]

@@ -112,10 +112,20 @@ fn a_document_uploads_through_its_signed_url_and_is_deleted_with_its_object_on_t
     // The local store announces the object; its size and checksum are storage's.
     let item = wait_status(addr, &id, "uploaded");
     assert_eq!(item["size_bytes"], 12);
+    assert_eq!(item["labels"], json!({}));
     assert_eq!(item["etag"], sha256_hex(b"first notes\n"));
 
     let (status, download) = get(addr, &format!("/documents/{id}/download"));
     assert_eq!(status, 200, "{download}");
+    // The answers are as /openapi.json describes them.
+    let (_, spec) = get(addr, "/openapi.json");
+    crate::openapi::check(&spec, "post", "/documents", 201, &registered);
+    crate::openapi::check(&spec, "get", "/documents/{id}/download", status, &download);
+    crate::openapi::check(&spec, "get", "/documents/{id}", 200, &item);
+    let answer = http(addr, "POST", &format!("/documents/{id}/confirm"), &[], b"");
+    crate::openapi::check(&spec, "post", "/documents/{id}/confirm", answer.status, &answer.json());
+    let answer = http(addr, "POST", &format!("/documents/{id}/upload-url"), &[], b"");
+    crate::openapi::check(&spec, "post", "/documents/{id}/upload-url", answer.status, &answer.json());
     assert_eq!(curl_get(download["download"]["url"].as_str().unwrap()), (200, b"first notes\n".to_vec()));
 
     // The same content again changes nothing; another content is a new version.
@@ -137,6 +147,13 @@ fn a_document_uploads_through_its_signed_url_and_is_deleted_with_its_object_on_t
     assert_eq!((status, &answer["records"][0]["outcome"]), (200, &json!("deleted")), "{answer}");
     assert_eq!(wait_status(addr, &id, "deleted")["deleted_reason"], "its object was removed from storage");
     assert_eq!(webhook(addr, &removed).1["records"][0]["outcome"], "duplicate");
+
+    // Labels given at registration are served with the document.
+    let body =
+        json!({"name": "labelled.txt", "content_type": "text/plain", "size_bytes": 10, "labels": {"project": "q3"}});
+    let labelled = http(addr, "POST", "/documents", &[("Weft-Tenant", "acme")], body.to_string().as_bytes()).json();
+    let labelled = wait_status(addr, labelled["id"].as_str().unwrap(), "registered");
+    assert_eq!(labelled["labels"], json!({"project": "q3"}));
 
     // Deleting through the API removes the object too.
     let (_, other) = register(addr, "acme", "other.txt", 100);

@@ -16,6 +16,7 @@ mod nats_faults;
 mod nats_restart;
 mod nats_server;
 mod objects;
+mod openapi;
 mod projection_crash;
 mod providers;
 mod query_api;

@@ -139,6 +139,30 @@ async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors()
         assert!(ready["head"].as_u64().unwrap() >= position, "{ready}");
         assert_eq!(get(&addr, "/healthz").0, 200);
 
+        // Every answer is as /openapi.json describes it.
+        let (_, spec) = get(&addr, "/openapi.json");
+        let workflow = get(&addr, &format!("/jobs/{job}")).1["workflow"].as_str().unwrap().to_owned();
+        for (template, path) in [
+            ("/documents", "/documents".to_owned()),
+            ("/documents/{id}", format!("/documents/{document}")),
+            ("/jobs", "/jobs".to_owned()),
+            ("/jobs/{id}", format!("/jobs/{job}")),
+            ("/jobs/{id}/logs", format!("/jobs/{job}/logs")),
+            ("/workflows", "/workflows".to_owned()),
+            ("/workflows/{id}", format!("/workflows/{workflow}")),
+            ("/agents", "/agents".to_owned()),
+            ("/schedules", "/schedules".to_owned()),
+            ("/streams/{stream}/events", format!("/streams/job-{job}/events")),
+            ("/readyz", "/readyz".to_owned()),
+            ("/healthz", "/healthz".to_owned()),
+        ] {
+            let (status, body) = get(&addr, &path);
+            crate::openapi::check(&spec, "get", template, status, &body);
+        }
+        let (status, reply) =
+            command(&addr, "document", &Uuid::now_v7().to_string(), "register", register("b.pdf", "acme"));
+        crate::openapi::check(&spec, "post", "/commands/{aggregate}/{id}", status, &reply);
+
         // Rebuilds: each read model is rebuilt from the log and swapped in, and reads the same afterwards.
         let before = get(&addr, &format!("/jobs/{job}")).1;
         for name in ["documents", "jobs", "agents", "workflows", "schedules", "history"] {
@@ -257,6 +281,7 @@ async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors()
         for (method, path, _) in weft::query::openapi::ROUTES {
             let path = path
                 .replace("{id}", &Uuid::now_v7().to_string())
+                .replace("{tenant}", "nobody")
                 .replace("{stream}", "x-1")
                 .replace("{aggregate}", "job");
             let response = http(&addr2, &method.to_uppercase(), &format!("{path}?limit=1"), &[], b"{}");
