@@ -2,7 +2,7 @@
 //! the load. Each decodes and checks a command (see [`crate::protocol`]), runs it on the local actor host and
 //! replies. Bad input gets an `invalid` reply and never reaches an aggregate; nothing in here panics on input.
 //!
-//! A job's `submit` is checked against the workflow it names before the job sees it ([`Workflows`]): the
+//! A job's `submit` is checked against the workflow it names before the job sees it (`Workflows`): the
 //! job runs that version's steps, taken from the workflow when the submission sends none, and a submission of
 //! a version never defined, or of other steps, is rejected (`unknown_workflow`, `steps_differ`).
 

@@ -18,6 +18,7 @@ mod nats_server;
 mod objects;
 mod openapi;
 mod projection_crash;
+mod protocol_doc;
 mod providers;
 mod query_api;
 mod quickstart;
