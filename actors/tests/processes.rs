@@ -302,3 +302,45 @@ async fn a_schedule_that_skips_misfires_does_not_fire_an_occurrence_found_long_p
     let (state, _) = world.hosts.schedule.inspect(&skipping.stream()).await.unwrap();
     assert_eq!(state.firings, 0, "{state:?}");
 }
+
+/// A process whose handler panics on the first event it sees, once; it records what it handled.
+struct Fragile {
+    panicked: std::cell::Cell<bool>,
+    handled: Rc<std::cell::RefCell<Vec<u64>>>,
+}
+
+#[async_trait::async_trait(?Send)]
+impl weft_actors::process::Process for Fragile {
+    const NAME: &'static str = "fragile";
+    type State = ();
+
+    async fn handle(&self, _: &mut (), event: &weft_events::Envelope) -> Result<(), weft_actors::process::Retry> {
+        if !self.panicked.replace(true) {
+            panic!("a bug in a handler");
+        }
+        self.handled.borrow_mut().push(event.position);
+        Ok(())
+    }
+}
+
+#[actix_rt::test]
+async fn a_process_that_ends_is_restarted_from_its_checkpoint_and_says_so() {
+    use weft_events::health::State;
+    let world = world().await;
+    let handled = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let fragile = Fragile { panicked: std::cell::Cell::new(false), handled: handled.clone() };
+    let running = weft_actors::process::start(fragile, world.store.clone(), fast());
+    let health = running.health();
+    let head = world.store.head().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handled.borrow().last() != Some(&head) {
+        assert!(Instant::now() < deadline, "the process never came back: {:?}", health.report());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Restarted once, from the start (nothing was checkpointed), and running again.
+    assert_eq!(*handled.borrow(), (1..=head).collect::<Vec<_>>());
+    let report = health.report();
+    assert_eq!((report.state, report.restarts), (State::Running, 1), "{report:?}");
+    running.stop().await.unwrap();
+    assert_eq!(health.report().state, State::Stopped);
+}
