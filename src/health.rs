@@ -71,6 +71,15 @@ where
     }
 }
 
+/// Marks a task stopped when it ends, however it ends (its subscription closed, or aborted).
+pub struct StoppedOnDrop(pub Health);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.stopped();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use weft_actors::workflow::Workflow;
 use weft_events::domain::ids::{Uuid, WorkflowId};
 use weft_events::domain::workflow::{Event as WorkflowEvent, Step};
 use weft_events::envelope::check_label;
-use weft_events::{EventStore, StreamName};
+use weft_events::{EventStore, Health, StreamName};
 
 use crate::bus::trace::TraceParent;
 use crate::bus::{
@@ -51,6 +51,7 @@ impl Default for IntakeOptions {
 pub struct Intake {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     handled: Arc<AtomicU64>,
+    health: Vec<(String, Health)>,
 }
 
 impl Intake {
@@ -61,7 +62,7 @@ impl Intake {
         let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
         let shared = Shared { handled: handled.clone(), slots };
         let workflows = Workflows::new(hosts.job.store().clone());
-        let tasks = vec![
+        let services = vec![
             serve(bus.clone(), hosts.document, AsIs, &options, shared.clone()).await?,
             serve(bus.clone(), hosts.workflow, AsIs, &options, shared.clone()).await?,
             serve(bus.clone(), hosts.job, workflows, &options, shared.clone()).await?,
@@ -69,7 +70,14 @@ impl Intake {
             serve(bus.clone(), hosts.schedule, AsIs, &options, shared).await?,
         ];
         bus.flush().await?;
-        Ok(Self { tasks, handled })
+        let (tasks, health) = services.into_iter().map(|(task, name, health)| (task, (name, health))).unzip();
+        Ok(Self { tasks, handled, health })
+    }
+
+    /// Each service's name (`commands <aggregate>`) and health: running while it takes commands off the bus,
+    /// stopped if its subscription ended (the connection gone for good).
+    pub fn health(&self) -> &[(String, Health)] {
+        &self.health
     }
 
     /// Commands this node has taken off the bus so far.
@@ -180,12 +188,16 @@ async fn serve<A: Aggregate, P: Prepare<A>>(
     prepare: P,
     options: &IntakeOptions,
     shared: Shared,
-) -> Result<tokio::task::JoinHandle<()>, BusError> {
+) -> Result<(tokio::task::JoinHandle<()>, String, Health), BusError> {
     let subject = format!("{}.{}.*", protocol::COMMANDS, A::KIND);
     let subscription: Subscription = bus.subscribe(&subject, Some(&options.queue_group)).await?;
     let limits = options.limits;
-    Ok(actix_rt::spawn(async move {
+    let health = Health::default();
+    health.running();
+    let watched = health.clone();
+    let task = actix_rt::spawn(async move {
         let mut subscription = subscription;
+        let _stopped = crate::health::StoppedOnDrop(watched);
         while let Some(message) = subscription.next().await {
             shared.handled.fetch_add(1, Ordering::Relaxed);
             let Ok(slot) = shared.slots.clone().acquire_owned().await else { return };
@@ -195,7 +207,12 @@ async fn serve<A: Aggregate, P: Prepare<A>>(
                 drop(slot);
             });
         }
-    }))
+        tracing::error!(
+            aggregate = A::KIND,
+            "the command service's subscription ended; restart the node to serve it again"
+        );
+    });
+    Ok((task, format!("commands {}", A::KIND), health))
 }
 
 /// Handles one command in a `command` span joined to the caller's trace when it sent a valid `traceparent`.

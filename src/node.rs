@@ -272,6 +272,9 @@ impl Node {
         }
         let reader: Arc<dyn weft_events::EventRead> = store.reader();
         let board = Board::default();
+        for (name, health) in intake.health() {
+            board.watch(name.clone(), health.clone());
+        }
         let projections = weft_projections::start_all(&read_models, reader.clone())?;
         for projection in &projections {
             board.watch(format!("projection {}", projection.name()), projection.health());
@@ -290,7 +293,9 @@ impl Node {
             erase: Some(store.eraser()),
             health: board.clone(),
         };
-        let queries = crate::query::nats::start(bus.clone(), reads.clone()).await?;
+        let query_health = weft_events::Health::default();
+        board.watch("queries", query_health.clone());
+        let queries = crate::query::nats::start(bus.clone(), reads.clone(), query_health).await?;
         // Schedules over a document selector pick their documents from the documents read model.
         let select: Rc<dyn weft_actors::process::timers::Select> = Rc::new(reads.clone());
         let duty = match (&store, client) {
@@ -328,7 +333,9 @@ impl Node {
         ));
         let sweeps = (options.objects.sweep_every_secs > 0).then(|| {
             let every = Duration::from_secs(options.objects.sweep_every_secs);
-            actix_rt::spawn(crate::objects::documents::sweep_every(documents.clone(), reads.clone(), every))
+            let health = weft_events::Health::default();
+            board.watch("upload sweep", health.clone());
+            actix_rt::spawn(crate::objects::documents::sweep_every(documents.clone(), reads.clone(), every, health))
         });
         let webhook_secret = options.objects.webhook_secret.as_ref().map(|s| Arc::from(s.expose()));
         let objects_api = crate::query::documents::Objects { documents, local, webhook_secret };

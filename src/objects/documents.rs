@@ -490,12 +490,25 @@ pub async fn sweep(documents: &Documents, reads: &crate::query::Reads) -> Result
 }
 
 /// Sweeps (see [`sweep`]) now and then every `every`, until aborted.
-pub async fn sweep_every(documents: Documents, reads: crate::query::Reads, every: Duration) {
+/// A failed sweep is logged and said on `health` (retrying, with why) until one succeeds.
+pub async fn sweep_every(
+    documents: Documents,
+    reads: crate::query::Reads,
+    every: Duration,
+    health: weft_events::Health,
+) {
     loop {
         match sweep(&documents, &reads).await {
-            Ok(0) => {}
-            Ok(recorded) => tracing::info!(recorded, "a sweep recorded uploads whose notifications were lost"),
-            Err(error) => tracing::warn!(%error, "sweeping for lost upload notifications failed"),
+            Ok(recorded) => {
+                health.running();
+                if recorded > 0 {
+                    tracing::info!(recorded, "a sweep recorded uploads whose notifications were lost");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "sweeping for lost upload notifications failed");
+                health.retrying(format!("sweeping for lost upload notifications: {error}"));
+            }
         }
         tokio::time::sleep(every).await;
     }

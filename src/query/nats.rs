@@ -26,11 +26,18 @@ pub const QUERIES: &str = "weft.qry";
 /// Largest query body.
 const MAX_QUERY_BYTES: usize = 64 * 1024;
 
-/// Serves queries until the returned task is aborted.
-pub async fn start(bus: Arc<dyn Bus>, reads: Reads) -> Result<tokio::task::JoinHandle<()>, BusError> {
+/// Serves queries until the returned task is aborted; `health` says running until then, stopped (and logged)
+/// should the subscription end (the connection gone for good).
+pub async fn start(
+    bus: Arc<dyn Bus>,
+    reads: Reads,
+    health: weft_events::Health,
+) -> Result<tokio::task::JoinHandle<()>, BusError> {
     let mut subscription = bus.subscribe(&format!("{QUERIES}.>"), Some(crate::protocol::QUEUE_GROUP)).await?;
     bus.flush().await?;
+    health.running();
     Ok(tokio::spawn(async move {
+        let _stopped = crate::health::StoppedOnDrop(health);
         while let Some(message) = subscription.next().await {
             let (bus, reads) = (bus.clone(), reads.clone());
             tokio::spawn(async move {
@@ -46,6 +53,7 @@ pub async fn start(bus: Arc<dyn Bus>, reads: Reads) -> Result<tokio::task::JoinH
                 }
             });
         }
+        tracing::error!("the query service's subscription ended; restart the node to serve it again");
     }))
 }
 
