@@ -230,13 +230,7 @@ pub async fn rebuild_watched<P: Projection + Default>(
     let result = rebuild_into::<P>(live, &scratch, on_start).await;
     remove_scratch(&scratch);
     if live.thread.is_none() {
-        *live = start_with(
-            P::default(),
-            &live.path.clone(),
-            live.store.clone(),
-            Some(live.position_tx.clone()),
-            Some(live.health.clone()),
-        )?;
+        *live = start_again::<P>(live)?;
     }
     result
 }
@@ -299,14 +293,13 @@ pub async fn reset<P: Projection + Default>(live: &mut Running) -> Result<(), Er
     .await
     .map_err(|e| Error::Thread { name, source: std::io::Error::other(e.to_string()) })?;
     // Whether or not it was emptied, the projection runs again (from 0, or from where it was).
-    *live = start_with(
-        P::default(),
-        &live.path.clone(),
-        live.store.clone(),
-        Some(live.position_tx.clone()),
-        Some(live.health.clone()),
-    )?;
+    *live = start_again::<P>(live)?;
     emptied
+}
+
+/// A stopped projection started again from its saved position, on the same position watch and health.
+fn start_again<P: Projection + Default>(live: &Running) -> Result<Running, Error> {
+    start_with(P::default(), &live.path, live.store.clone(), Some(live.position_tx.clone()), Some(live.health.clone()))
 }
 
 /// Replaces `projection`'s tables in `path` by those in `scratch`, with `position`, in one transaction.

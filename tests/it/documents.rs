@@ -19,7 +19,11 @@ const SECRET: &str = "webhook-secret-for-tests";
 
 /// `POST /documents` for `tenant`; the answer's status and body.
 fn register(addr: &str, tenant: &str, name: &str, size_bytes: u64) -> (u16, Value) {
-    let body = json!({"name": name, "content_type": "text/plain", "size_bytes": size_bytes});
+    post_document(addr, tenant, json!({"name": name, "content_type": "text/plain", "size_bytes": size_bytes}))
+}
+
+/// `POST /documents` of `body` for `tenant` by `user:ann`; the answer's status and body.
+fn post_document(addr: &str, tenant: &str, body: Value) -> (u16, Value) {
     let answer = http(
         addr,
         "POST",
@@ -370,15 +374,11 @@ fn bad_uploads_and_registrations_are_refused_and_leave_the_document_registered()
     // A registration naming an existing document's id: the same one again answers the stored document's
     // upload; another tenant, or other fields, are refused and sign nothing.
     let repeat = |tenant: &str, size_bytes: u64, name: &str| {
-        let body = json!({"id": id, "name": name, "content_type": "text/plain", "size_bytes": size_bytes});
-        let answer = http(
+        post_document(
             addr,
-            "POST",
-            "/documents",
-            &[("Weft-Tenant", tenant), ("Weft-Actor", "user:ann")],
-            body.to_string().as_bytes(),
-        );
-        (answer.status, answer.json())
+            tenant,
+            json!({"id": id, "name": name, "content_type": "text/plain", "size_bytes": size_bytes}),
+        )
     };
     let (status, again) = repeat("acme", 10, "a.txt");
     assert_eq!(

@@ -5,18 +5,15 @@
 //! while it is not, and SIGINT stops the node with status 0.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
 use weft::nats::NatsServer;
 
-use crate::reaped::Reaped;
-use crate::serve::{command, get, weft};
+use crate::serve::{Serve, command, get, weft};
 
 /// Clients sending commands at once.
 const CLIENTS: usize = 16;
@@ -64,50 +61,6 @@ async fn captured_positions(url: &str) -> BTreeSet<u64> {
     positions
 }
 
-/// A `weft serve` whose log is read as it comes (a full pipe would stall the node) and kept.
-struct Node {
-    child: Reaped,
-    addr: String,
-    log: Arc<Mutex<String>>,
-    reader: std::thread::JoinHandle<()>,
-}
-
-impl Node {
-    fn start(dir: &std::path::Path, args: &[&str]) -> Self {
-        let mut child = Reaped(
-            Command::new(env!("CARGO_BIN_EXE_weft"))
-                .args(["serve", "--http-addr", "127.0.0.1:0", "--store"])
-                .arg(dir.join("events.db"))
-                .arg("--read-models")
-                .arg(dir.join("read.db"))
-                .args(args)
-                .env("WEFT_LOG", "warn")
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        assert!(line.contains("http://"), "weft serve did not start: {line}");
-        let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
-        let log = Arc::new(Mutex::new(String::new()));
-        let kept = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let mut kept = kept.lock().unwrap();
-                kept.push_str(&line);
-                kept.push('\n');
-            }
-        });
-        Self { child, addr, log, reader }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
 #[test]
 fn a_nats_restart_under_load_stops_nothing_for_good() {
     let mut server = NatsServer::start().unwrap();
@@ -128,7 +81,7 @@ fn a_nats_restart_under_load_stops_nothing_for_good() {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &["--nats", &url, "--jetstream"]);
+    let node = Serve::start_with_env(dir.path(), &["--nats", &url, "--jetstream"], &[("WEFT_LOG", "warn")]);
     let addr = node.addr.clone();
     eventually("the node is ready", Duration::from_secs(20), || {
         let (status, body) = get(&addr, "/readyz");
@@ -216,11 +169,7 @@ fn a_nats_restart_under_load_stops_nothing_for_good() {
 
     // A command of a kind the log does not know changes nothing, and the node stops cleanly on SIGINT.
     assert_eq!(command(&addr, "document", &uuid::Uuid::now_v7().to_string(), "explode", json!({})).0, 400);
-    let Node { mut child, log, reader, .. } = node;
-    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    let log = log.lock().unwrap().clone();
+    let (status, log) = node.signal("-INT");
     assert!(status.success(), "{status}: {log}");
     assert!(!log.contains("panicked"), "{log}");
 }

@@ -4,19 +4,22 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{ChildStderr, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::reaped::Reaped;
 
-/// A running `weft serve`.
+/// A running `weft serve`. Its log (stderr) is read as it comes, on a thread of its own, and kept: a node
+/// that logs a lot (a NATS restart's warnings) would otherwise stall on a full pipe.
 pub struct Serve {
     pub child: Reaped,
     /// `127.0.0.1:PORT` of the query API.
     pub addr: String,
-    pub stderr: BufReader<ChildStderr>,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Serve {
@@ -45,7 +48,21 @@ impl Serve {
         stderr.read_line(&mut line).unwrap();
         assert!(line.contains("http://"), "weft serve did not start: {line}");
         let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
-        Self { child, addr, stderr }
+        let log = Arc::new(Mutex::new(String::new()));
+        let kept = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+                kept.push_str(&line);
+                kept.push('\n');
+            }
+        });
+        Self { child, addr, log, reader: Some(reader) }
+    }
+
+    /// What the node logged after announcing itself, so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Sends SIGTERM and asserts a clean exit.
@@ -54,13 +71,19 @@ impl Serve {
         assert!(status.success(), "{status}: {rest}");
     }
 
-    /// Sends SIGTERM and waits for a clean exit; returns the status and the rest of stderr.
-    pub fn terminate(mut self) -> (ExitStatus, String) {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+    /// Sends SIGTERM and waits for the node to exit; returns the status and its log.
+    pub fn terminate(self) -> (ExitStatus, String) {
+        self.signal("-TERM")
+    }
+
+    /// Sends `signal` (`-INT`, `-TERM`) and waits for the node to exit; returns the status and its log.
+    pub fn signal(mut self, signal: &str) -> (ExitStatus, String) {
+        Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
         let status = self.child.wait().unwrap();
-        let mut rest = String::new();
-        self.stderr.read_to_string(&mut rest).unwrap();
-        (status, rest)
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        (status, self.log())
     }
 }
 
