@@ -205,6 +205,9 @@ pub enum TenantVerb {
         /// Why, for the record (a ticket number; not personal data).
         #[arg(long)]
         reason: String,
+        /// The tenant's name again: erasing cannot be undone.
+        #[arg(long)]
+        confirm: String,
     },
 }
 
@@ -212,9 +215,9 @@ pub enum TenantVerb {
 pub async fn tenant(connection: Connection, verb: TenantVerb) -> anyhow::Result<()> {
     let client = Client::new(&connection.url)?;
     match verb {
-        TenantVerb::Erase { tenant, reason } => {
+        TenantVerb::Erase { tenant, reason, confirm } => {
             let path = format!("/tenants/{}/erase", segment(&tenant));
-            let body = serde_json::json!({ "reason": reason });
+            let body = serde_json::json!({ "reason": reason, "confirm": confirm });
             let done = client.post(&path, Some(&body), &[], Duration::from_secs(30)).await?;
             print(connection.output, &done, item);
         }

@@ -12,6 +12,11 @@ use weft::client;
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
+/// What is logged without `WEFT_LOG`: warnings and errors, but not actix's ERROR line for each request that
+/// does not parse as HTTP. Such a request is answered 400 and is the client's fault; logging it at error level
+/// let any client flood the node's log (`WEFT_LOG=warn,actix_http=debug` shows them again).
+const DEFAULT_LOG: &str = "warn,actix_http::h1::dispatcher=off";
+
 /// Weft: an event-sourced actor platform for AI document and job processing.
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about)]
@@ -150,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         cli = Cli::parse();
     }
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)))
         .with_writer(std::io::stderr)
         .init();
     match cli.command {

@@ -337,7 +337,8 @@ impl Node {
             board.watch("upload sweep", health.clone());
             actix_rt::spawn(crate::objects::documents::sweep_every(documents.clone(), reads.clone(), every, health))
         });
-        let webhook_secret = options.objects.webhook_secret.as_ref().map(|s| Arc::from(s.expose()));
+        let webhook_secret = options.objects.webhook_secret().map_err(anyhow::Error::msg)?;
+        let webhook_secret = webhook_secret.as_ref().map(|s| Arc::from(s.expose()));
         let objects_api = crate::query::documents::Objects { documents, local, webhook_secret };
         let query =
             QueryApi::start(listener, reads, bus.clone(), options.max_body_bytes, Some(objects_api), providers)?;
@@ -439,7 +440,7 @@ async fn open_objects(
             credentials: options
                 .s3_access_key_id
                 .clone()
-                .zip(options.s3_secret_access_key.as_ref().map(|s| s.expose().to_owned())),
+                .zip(options.s3_secret_access_key().map_err(anyhow::Error::msg)?.map(|s| s.expose().to_owned())),
         };
         return Ok((Arc::new(S3Store::connect(&s3).await), None));
     }
@@ -503,6 +504,9 @@ async fn hold_lease(
 
 /// `weft serve`: runs a node until Ctrl-C or SIGTERM.
 pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
+    // Everything the node creates (the log, the keys, the read models, the objects, the signing key) is
+    // its owner's alone: files 0600, folders 0700.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     // Listen for SIGTERM before saying we are up: a supervisor may send it as soon as it reads that line.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let node = Node::start(&options).await?;

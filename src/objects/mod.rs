@@ -219,6 +219,8 @@ impl std::str::FromStr for Secret {
 
 /// Where a node keeps documents.
 #[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("s3_secret").args(["s3_secret_access_key", "s3_secret_access_key_file"])))]
+#[command(group(clap::ArgGroup::new("webhook").args(["webhook_secret", "webhook_secret_file"])))]
 pub struct ObjectsOptions {
     /// The folder of the local object store (the default backend), created if missing; `objects` beside the
     /// store's file without it.
@@ -239,11 +241,15 @@ pub struct ObjectsOptions {
     #[arg(long, default_value = "us-east-1", env = "WEFT_S3_REGION")]
     pub s3_region: String,
     /// The S3 access key id; the AWS chain's without it (with `--s3-secret-access-key`).
-    #[arg(long, requires = "s3_secret_access_key", env = "WEFT_S3_ACCESS_KEY_ID")]
+    #[arg(long, requires = "s3_secret", env = "WEFT_S3_ACCESS_KEY_ID")]
     pub s3_access_key_id: Option<String>,
-    /// The S3 secret access key (never logged, never stored in an event).
+    /// The S3 secret access key (never logged, never stored in an event). Prefer the environment or
+    /// `--s3-secret-access-key-file`: a command line is readable by every user of the machine.
     #[arg(long, requires = "s3_access_key_id", env = "WEFT_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub s3_secret_access_key: Option<Secret>,
+    /// A file holding the S3 secret access key (its first line).
+    #[arg(long, requires = "s3_access_key_id", env = "WEFT_S3_SECRET_ACCESS_KEY_FILE")]
+    pub s3_secret_access_key_file: Option<PathBuf>,
     /// Address buckets by path (`endpoint/bucket/key`), as MinIO and SeaweedFS need.
     #[arg(long, env = "WEFT_S3_PATH_STYLE")]
     pub s3_path_style: bool,
@@ -260,6 +266,38 @@ pub struct ObjectsOptions {
     pub sweep_every_secs: u64,
     /// The shared secret of the notification webhook (`POST /objects/events` with `Authorization: Bearer
     /// <secret>`); the webhook is off without it.
+    /// Prefer the environment or `--webhook-secret-file`: a command line is readable by every user of the
+    /// machine.
     #[arg(long, env = "WEFT_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<Secret>,
+    /// A file holding the webhook's secret (its first line).
+    #[arg(long, env = "WEFT_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+impl ObjectsOptions {
+    /// The webhook's secret, from `--webhook-secret` or its file.
+    pub fn webhook_secret(&self) -> Result<Option<Secret>, String> {
+        secret(self.webhook_secret.as_ref(), self.webhook_secret_file.as_deref())
+    }
+
+    /// The S3 secret access key, from `--s3-secret-access-key` or its file.
+    pub fn s3_secret_access_key(&self) -> Result<Option<Secret>, String> {
+        secret(self.s3_secret_access_key.as_ref(), self.s3_secret_access_key_file.as_deref())
+    }
+}
+
+/// A secret given as itself, or read from the first line of a file; an unreadable or empty file is an error
+/// naming the file (never the secret).
+pub fn secret(given: Option<&Secret>, file: Option<&std::path::Path>) -> Result<Option<Secret>, String> {
+    if let Some(given) = given {
+        return Ok(Some(given.clone()));
+    }
+    let Some(file) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(file).map_err(|e| format!("the secret file {}: {e}", file.display()))?;
+    let line = text.lines().next().unwrap_or_default().trim();
+    if line.is_empty() {
+        return Err(format!("the secret file {} is empty", file.display()));
+    }
+    Ok(Some(Secret(line.to_owned())))
 }

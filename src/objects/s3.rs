@@ -189,6 +189,8 @@ impl ObjectStore for S3Store {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            // Saved, never shown inline, whatever type the object was uploaded as.
+            .response_content_disposition("attachment")
             .presigned(Self::presigning(expiry)?)
             .await
             .map_err(|e| unavailable("signing a download URL", e))?;

@@ -59,7 +59,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
 
 /// A refused request: its status and the error body.
 #[derive(Debug)]
-struct Refusal {
+pub(super) struct Refusal {
     status: StatusCode,
     body: serde_json::Value,
 }
@@ -69,7 +69,7 @@ impl Refusal {
         Self { status, body: json!({"error": {"kind": kind, "message": message.into()}}) }
     }
 
-    fn respond(self) -> HttpResponse {
+    pub(super) fn respond(self) -> HttpResponse {
         HttpResponse::build(self.status).json(self.body)
     }
 }
@@ -126,7 +126,7 @@ fn metadata(request: &HttpRequest) -> Result<Metadata, Refusal> {
 }
 
 /// Reads a JSON body up to `limit` bytes.
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, Refusal> {
+pub(super) async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, Refusal> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk =
@@ -274,6 +274,9 @@ async fn put_object(
     }
 }
 
+/// The content security policy of a download: no script, no plugins, no same origin, nothing loaded.
+const DOWNLOAD_POLICY: &str = "sandbox; default-src 'none'";
+
 async fn get_object(state: web::Data<State>, key: web::Path<String>, signed: web::Query<Signed>) -> HttpResponse {
     use crate::objects::ObjectStore;
     let local = match local(&state, &key) {
@@ -289,9 +292,14 @@ async fn get_object(state: web::Data<State>, key: web::Path<String>, signed: web
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
     };
     match local.get(&key).await {
+        // A download is saved, never shown in the API's origin: an object uploaded as HTML or SVG must not run
+        // script there. `attachment` makes a browser save it, `nosniff` (on every answer) keeps it from
+        // guessing another type, and a sandbox policy disarms it should it be shown anyway.
         Ok(body) => HttpResponse::Ok()
             .content_type(info.content_type.unwrap_or_else(|| "application/octet-stream".into()))
             .insert_header((header::ETAG, format!("\"{}\"", info.etag)))
+            .insert_header((header::CONTENT_DISPOSITION, "attachment"))
+            .insert_header((header::CONTENT_SECURITY_POLICY, DOWNLOAD_POLICY))
             .body(actix_web::body::SizedStream::new(info.size_bytes, body)),
         Err(e @ ObjectError::NotFound { .. }) => error(StatusCode::NOT_FOUND, "not_found", e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),

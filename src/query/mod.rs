@@ -98,6 +98,7 @@ impl QueryApi {
         let state = State { reads, bus, max_body_bytes, objects, providers, closing: closed };
         let server = HttpServer::new(move || {
             let mut app = App::new()
+                .wrap(security_headers())
                 .app_data(web::Data::new(state.clone()))
                 .app_data(web::PathConfig::default().error_handler(|e, _| bad_request(e.to_string())))
                 .app_data(web::QueryConfig::default().error_handler(|e, _| bad_request(e.to_string())))
@@ -269,26 +270,51 @@ async fn projection(state: web::Data<State>, request: HttpRequest, name: web::Pa
 struct EraseRequest {
     /// Why, for the record.
     reason: String,
+    /// The tenant's name again: erasing cannot be undone, so the caller says twice which tenant it means.
+    confirm: String,
 }
 
 /// Longest reason of an erasure, in bytes.
 const MAX_REASON_BYTES: usize = 500;
 
+/// Largest body of an erasure request, in bytes.
+const MAX_ERASE_BODY_BYTES: usize = 4096;
+
 async fn erase_tenant(
     state: web::Data<State>,
     request: HttpRequest,
     tenant: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
     let Some(eraser) = state.reads.erase.clone() else {
         return error(StatusCode::NOT_FOUND, "not_found", "this node does not erase tenants");
     };
+    let body = match documents::read_body(payload, MAX_ERASE_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal.respond(),
+    };
     let body: EraseRequest = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(e) => {
-            return error(StatusCode::BAD_REQUEST, "invalid", format!("the body is not {{\"reason\": ...}}: {e}"));
+            let message = format!("the body is not {{\"reason\": ..., \"confirm\": \"<tenant>\"}}: {e}");
+            return error(StatusCode::BAD_REQUEST, "invalid", message);
         }
     };
+    if let Err(e) = weft_events::envelope::check_label("tenant", &tenant) {
+        return error(StatusCode::BAD_REQUEST, "invalid", e.to_string());
+    }
+    if body.confirm != *tenant {
+        let message = format!("`confirm` must repeat the tenant's name, {:?}: erasing cannot be undone", *tenant);
+        return error(StatusCode::BAD_REQUEST, "invalid", message);
+    }
+    match eraser.known(&tenant).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let message = format!("no tenant {:?}: nothing of it is stored, so there is nothing to erase", *tenant);
+            return error(StatusCode::NOT_FOUND, "not_found", message);
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+    }
     if body.reason.trim().is_empty() || body.reason.len() > MAX_REASON_BYTES {
         return error(
             StatusCode::BAD_REQUEST,
@@ -311,6 +337,17 @@ async fn erase_tenant(
         Err(e @ weft_events::Error::InvalidEvent { .. }) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
     }
+}
+
+/// The headers every answer carries: no type guessing, no framing by other origins, no referrer leaking ids
+/// in URLs, and the answers kept to this origin.
+fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::X_FRAME_OPTIONS, "DENY"))
+        .add((header::REFERRER_POLICY, "no-referrer"))
+        .add(("Cross-Origin-Resource-Policy", "same-origin"))
+        .add(("Cross-Origin-Opener-Policy", "same-origin"))
 }
 
 /// The aggregates commands may be sent to.

@@ -430,8 +430,9 @@ pub fn document() -> Value {
         "/tenants/{tenant}/erase".into(),
         json!({"post": {"summary": summary("post", "/tenants/{tenant}/erase"), "parameters": [tenant],
                          "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object",
-                             "required": ["reason"], "additionalProperties": false,
-                             "properties": {"reason": {"type": "string"}}}}}},
+                             "required": ["reason", "confirm"], "additionalProperties": false,
+                             "properties": {"reason": {"type": "string"},
+                                            "confirm": {"type": "string", "description": "The tenant's name again"}}}}}},
                          "responses": responses}}),
     );
     document_paths(&mut paths);

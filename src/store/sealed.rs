@@ -161,12 +161,22 @@ impl<S: EventRead + EventWrite + Clone> Sealed<S> {
 pub trait Erase: Send + Sync + 'static {
     /// See [`Sealed::erase`].
     async fn erase(&self, tenant: &str, reason: &str, actor: &str) -> Result<Erasure, Error>;
+
+    /// Whether the store knows `tenant`: it has a key (it stored personal fields), live or erased.
+    async fn known(&self, tenant: &str) -> Result<bool, Error>;
 }
 
 #[async_trait]
 impl<S: EventRead + EventWrite + Clone> Erase for Sealed<S> {
     async fn erase(&self, tenant: &str, reason: &str, actor: &str) -> Result<Erasure, Error> {
         Sealed::erase(self, tenant, reason, actor).await
+    }
+
+    async fn known(&self, tenant: &str) -> Result<bool, Error> {
+        if weft_events::envelope::check_label("tenant", tenant).is_err() {
+            return Ok(false);
+        }
+        Ok(self.keys.lookup(tenant).await?.is_some())
     }
 }
 

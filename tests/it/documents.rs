@@ -507,3 +507,116 @@ fn a_lost_notification_is_healed_by_the_sweep() {
     assert_eq!(get(addr, &format!("/documents/{never}")).1["status"], "registered", "no object, no upload");
     serve.stop();
 }
+
+#[test]
+fn downloads_cannot_run_script_on_the_api_origin_and_every_answer_carries_the_security_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let body = json!({"name": "page.html", "content_type": "text/html", "size_bytes": 100});
+    let (status, registered) = post_document(addr, "acme", body);
+    assert_eq!(status, 201, "{registered}");
+    let id = registered["id"].as_str().unwrap().to_owned();
+    let file = dir.path().join("page.html");
+    std::fs::write(&file, "<script>alert(document.cookie)</script>").unwrap();
+    let put = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: text/html", "--upload-file"])
+        .arg(&file)
+        .arg(registered["upload"]["url"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&put.stdout), "200");
+    wait_status(addr, &id, "uploaded");
+    let (_, download) = get(addr, &format!("/documents/{id}/download"));
+    let url = download["download"]["url"].as_str().unwrap();
+    let head = Command::new("curl").args(["-s", "-D", "-", "-o", "/dev/null", url]).output().unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).to_ascii_lowercase();
+    for expected in [
+        "content-disposition: attachment",
+        "x-content-type-options: nosniff",
+        "content-security-policy: sandbox; default-src 'none'",
+    ] {
+        assert!(head.contains(expected), "the download lacks {expected:?}:\n{head}");
+    }
+    // Every answer, an error's too.
+    for path in ["/healthz", "/documents", "/nowhere"] {
+        let answer = http(addr, "GET", path, &[], b"");
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"), "{path}");
+        assert_eq!(answer.header("x-frame-options"), Some("DENY"), "{path}");
+        assert_eq!(answer.header("referrer-policy"), Some("no-referrer"), "{path}");
+    }
+    serve.stop();
+}
+
+#[test]
+fn a_node_s_files_are_its_owner_s_alone_and_secrets_come_from_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("webhook-secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let serve = Serve::start(dir.path(), &["--webhook-secret-file", secret_file.to_str().unwrap()]);
+    let addr = serve.addr.as_str();
+    // The secret is read from the file (the webhook takes it) and is not on the command line.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", serve.child.id())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains(SECRET));
+    let (_, registered) = register(addr, "acme", "a.txt", 100);
+    let id = registered["id"].as_str().unwrap().to_owned();
+    let file = dir.path().join("a.txt");
+    std::fs::write(&file, "owner only").unwrap();
+    assert_eq!(curl_put(&registered["upload"], &file, &[]), 200);
+    wait_status(addr, &id, "uploaded");
+    let (status, _) = webhook(addr, AWS_TEST_EVENT.as_bytes());
+    assert_eq!(status, 200, "the webhook did not take the secret from its file");
+
+    // Every file the node made is 0600, every folder 0700.
+    let mut seen = 0;
+    let mut folders = vec![dir.path().to_owned()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path == secret_file || path == file {
+                continue;
+            }
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            if path.is_dir() {
+                assert_eq!(mode, 0o700, "{} is {mode:o}", path.display());
+                folders.push(path);
+            } else {
+                assert_eq!(mode, 0o600, "{} is {mode:o}", path.display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 5, "the node made too few files to judge: {seen}");
+    serve.stop();
+
+    // A secret file that cannot be read stops the node at start, naming the file and not a secret.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--http-addr", "127.0.0.1:0", "--store"])
+        .arg(dir.path().join("events.db"))
+        .args(["--webhook-secret-file", "/no/such/secret"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/no/such/secret") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn malformed_requests_are_answered_400_and_do_not_flood_the_log() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    for _ in 0..50 {
+        for raw in [&b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"[..], b"GARBAGE\r\n\r\n"] {
+            let mut stream = std::net::TcpStream::connect(&serve.addr).unwrap();
+            stream.write_all(raw).unwrap();
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+        }
+    }
+    let (status, log) = serve.terminate();
+    assert!(status.success(), "{status}: {log}");
+    assert!(!log.contains("ERROR"), "a client's malformed requests filled the log:\n{log}");
+}

@@ -113,20 +113,36 @@ fn an_erased_tenant_reads_as_erased_everywhere_on_sqlite_and_its_key_is_gone_for
     assert_eq!(cat_first(&source, &format!("document-{doc}"), &["--no-keys"])["name"], "[sealed]");
 
     // Bad requests are refused with a typed error and change nothing.
-    for (tenant, body) in
-        [("acme", "{}"), ("acme", "not json"), ("acme", r#"{"reason": ""}"#), ("acme", r#"{"reason": "x", "y": 1}"#)]
-    {
+    for (tenant, body) in [
+        ("acme", "{}"),
+        ("acme", "not json"),
+        ("acme", r#"{"reason": "", "confirm": "acme"}"#),
+        ("acme", r#"{"reason": "x", "confirm": "acme", "y": 1}"#),
+        // The tenant's name must be confirmed, and be the one erased.
+        ("acme", r#"{"reason": "x"}"#),
+        ("acme", r#"{"reason": "x", "confirm": "globex"}"#),
+    ] {
         let (status, answer) = erase(&serve, tenant, body);
         assert_eq!(status, 400, "{body}: {answer}");
         assert_eq!(answer["error"]["kind"], "invalid");
     }
-    let (status, answer) = erase(&serve, "a%20b", r#"{"reason": "ticket 7"}"#);
+    let (status, answer) = erase(&serve, "a%20b", r#"{"reason": "ticket 7", "confirm": "a b"}"#);
     assert_eq!(status, 400, "{answer}");
+    // A body over the limit is refused in JSON, as everywhere else.
+    let big = format!(r#"{{"reason": "{}", "confirm": "acme"}}"#, "x".repeat(10_000));
+    let (status, answer) = erase(&serve, "acme", &big);
+    assert_eq!((status, answer["error"]["kind"].as_str()), (413, Some("too_large")), "{answer}");
+    // A tenant the store does not know cannot be erased, and stays free to use.
+    let (status, answer) = erase(&serve, "nobody", r#"{"reason": "typo", "confirm": "nobody"}"#);
+    assert_eq!((status, answer["error"]["kind"].as_str()), (404, Some("not_found")), "{answer}");
+    assert_eq!(register(&serve, "nobody", "first.txt").0, 201);
     assert_eq!(document(&serve, &doc, 0)["name"], secret);
 
     // The erasure, through the CLI.
-    let (ok, stdout, stderr) =
-        weft(&serve.addr, &["tenant", "erase", "acme", "--reason", "ticket 7", "--output", "json"]);
+    let (ok, stdout, stderr) = weft(
+        &serve.addr,
+        &["tenant", "erase", "acme", "--reason", "ticket 7", "--confirm", "acme", "--output", "json"],
+    );
     assert!(ok, "{stderr}");
     let erasure: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(erasure["destroyed_key"], true, "{erasure}");
@@ -144,7 +160,7 @@ fn an_erased_tenant_reads_as_erased_everywhere_on_sqlite_and_its_key_is_gone_for
     assert_eq!(answer["error"]["kind"], "erased", "{answer}");
     assert_eq!(register(&serve, "globex", "new.txt").0, 201);
     // Again: nothing new.
-    let (status, again) = erase(&serve, "acme", r#"{"reason": "ticket 8"}"#);
+    let (status, again) = erase(&serve, "acme", r#"{"reason": "ticket 8", "confirm": "acme"}"#);
     assert_eq!(status, 200, "{again}");
     assert_eq!((again["destroyed_key"].as_bool(), again["position"].as_u64()), (Some(false), Some(position)));
 
@@ -195,7 +211,7 @@ fn an_erasure_through_one_node_holds_on_every_node_sharing_jetstream() {
     // Node b reads what node a wrote: the key is shared through JetStream.
     assert_eq!(document(&b, &doc, 0)["name"], secret);
 
-    let (status, erasure) = erase(&b, "initech", r#"{"reason": "ticket 9"}"#);
+    let (status, erasure) = erase(&b, "initech", r#"{"reason": "ticket 9", "confirm": "initech"}"#);
     assert_eq!(status, 200, "{erasure}");
     let position = erasure["position"].as_u64().unwrap();
     for node in [&a, &b] {
