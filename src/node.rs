@@ -55,6 +55,10 @@ pub struct NodeOptions {
     /// Largest command body in bytes.
     #[arg(long, default_value_t = crate::protocol::DEFAULT_MAX_BODY_BYTES, env = "WEFT_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
+    /// Longest wait, in seconds, for the next bytes of an HTTP request's body (an upload's too); a body that
+    /// stalls longer is answered 408 and its connection closed.
+    #[arg(long, default_value_t = crate::query::DEFAULT_BODY_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600), env = "WEFT_BODY_TIMEOUT_SECS")]
+    pub body_timeout_secs: u64,
     /// Do not run the process managers (job orchestrator, timers) on this node.
     #[arg(long, env = "WEFT_NO_PROCESSES")]
     pub no_processes: bool,
@@ -177,6 +181,7 @@ pub struct Node {
     queries: tokio::task::JoinHandle<()>,
     notifications: actix_rt::task::JoinHandle<()>,
     sweeps: Option<actix_rt::task::JoinHandle<()>>,
+    tmp_sweeps: Option<actix_rt::task::JoinHandle<()>>,
     objects: String,
 }
 
@@ -255,6 +260,16 @@ impl Node {
             options.store.parent().map(|folder| folder.join("objects")).unwrap_or_else(|| "objects".into())
         });
         let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
+        // The local store's temporary files of uploads that never finished (the node killed mid-upload) are
+        // removed at open and from then on every half of their staleness.
+        let tmp_sweeps = local.clone().map(|local| {
+            actix_rt::spawn(async move {
+                loop {
+                    actix_rt::time::sleep(crate::objects::local::STALE_TMP / 2).await;
+                    local.sweep_tmp();
+                }
+            })
+        });
         let description = match &local {
             Some(_) => format!("folder {}", objects_dir.display()),
             None => format!("S3 bucket {}", objects.bucket()),
@@ -340,8 +355,11 @@ impl Node {
         let webhook_secret = options.objects.webhook_secret().map_err(anyhow::Error::msg)?;
         let webhook_secret = webhook_secret.as_ref().map(|s| Arc::from(s.expose()));
         let objects_api = crate::query::documents::Objects { documents, local, webhook_secret };
-        let query =
-            QueryApi::start(listener, reads, bus.clone(), options.max_body_bytes, Some(objects_api), providers)?;
+        let limits = crate::query::HttpLimits {
+            max_body_bytes: options.max_body_bytes,
+            body_idle_timeout: Duration::from_secs(options.body_timeout_secs),
+        };
+        let query = QueryApi::start(listener, reads, bus.clone(), limits, Some(objects_api), providers)?;
         Ok(Self {
             store,
             bus,
@@ -353,6 +371,7 @@ impl Node {
             queries,
             notifications,
             sweeps,
+            tmp_sweeps,
             objects: description,
         })
     }
@@ -392,7 +411,7 @@ impl Node {
         self.query.stop().await;
         self.queries.abort();
         self.notifications.abort();
-        if let Some(sweeps) = &self.sweeps {
+        for sweeps in self.sweeps.iter().chain(&self.tmp_sweeps) {
             sweeps.abort();
         }
         drop(self.intake);

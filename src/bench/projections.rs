@@ -259,7 +259,10 @@ async fn live(
         std::net::TcpListener::bind("127.0.0.1:0")?,
         reads,
         Arc::new(MemoryBus::default()),
-        1 << 20,
+        crate::query::HttpLimits {
+            max_body_bytes: 1 << 20,
+            body_idle_timeout: crate::query::DEFAULT_BODY_IDLE_TIMEOUT,
+        },
         None,
         vec![],
     )?;

@@ -78,7 +78,9 @@ impl From<super::Error> for Error {
     fn from(error: super::Error) -> Self {
         match error {
             super::Error::NotFound { .. } => Self::NotFound(error.to_string()),
-            super::Error::InvalidKey { .. } | super::Error::TooLarge { .. } => Self::Invalid(error.to_string()),
+            super::Error::InvalidKey { .. } | super::Error::TooLarge { .. } | super::Error::Body { .. } => {
+                Self::Invalid(error.to_string())
+            }
             super::Error::Unavailable(_) => Self::Unavailable(error.to_string()),
         }
     }

@@ -99,6 +99,27 @@ struct Record {
     content_type: String,
 }
 
+/// A temporary file untouched this long belongs to a write that will never finish (an upload writes it
+/// continuously, or it stalls and is cut off after the body time-out).
+pub const STALE_TMP: Duration = Duration::from_secs(600);
+
+/// A temporary file removed when dropped, unless disarmed (it became the object).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 impl LocalStore {
     /// Opens (creating if needed) the store in `root`; URLs start with `base_url` (`http://host:port`);
     /// notifications go out on `bus` if given.
@@ -109,7 +130,9 @@ impl LocalStore {
         }
         let signing_key = signing_key(&root.join("signing-key"))?;
         let base_url = base_url.trim_end_matches('/').to_owned();
-        Ok(Self { inner: Arc::new(Inner { root: root.to_owned(), signing_key, base_url, bus }) })
+        let store = Self { inner: Arc::new(Inner { root: root.to_owned(), signing_key, base_url, bus }) };
+        store.sweep_tmp();
+        Ok(store)
     }
 
     fn data(&self, key: &str) -> PathBuf {
@@ -167,11 +190,16 @@ impl LocalStore {
         check_key(key)?;
         let tmp = self.inner.root.join("tmp").join(uuid::Uuid::now_v7().to_string());
         let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| unavailable("cannot create", &tmp, e))?;
+        // Removed however this ends: an error, or the request dropped mid-way (a broken connection).
+        let guard = RemoveOnDrop(Some(tmp.clone()));
         let mut hash = Sha256::new();
         let mut size: u64 = 0;
         let written: Result<(), Error> = async {
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| Error::Unavailable(format!("reading the upload: {e}")))?;
+                let chunk = chunk.map_err(|e| Error::Body {
+                    timed_out: e.kind() == std::io::ErrorKind::TimedOut,
+                    reason: e.to_string(),
+                })?;
                 size += chunk.len() as u64;
                 if size > limit {
                     return Err(Error::TooLarge { limit });
@@ -183,10 +211,7 @@ impl LocalStore {
         }
         .await;
         drop(file);
-        if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
+        written?;
         let info =
             ObjectInfo { size_bytes: size, etag: hex(&hash.finalize()), content_type: Some(content_type.into()) };
         let (data, meta) = (self.data(key), self.meta(key));
@@ -196,12 +221,31 @@ impl LocalStore {
         })
         .await
         .map_err(|e| Error::Unavailable(format!("writing {key}: {e}")))?;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
         result?;
+        guard.disarm();
         self.announce(Change::Created, key, Some(&info)).await;
         Ok(info)
+    }
+
+    /// Removes the temporary files of writes that never finished (the process was killed mid-upload) and have
+    /// not changed for [`STALE_TMP`]; how many. Run at open, and periodically by the node.
+    pub fn sweep_tmp(&self) -> usize {
+        let folder = self.inner.root.join("tmp");
+        let Ok(entries) = std::fs::read_dir(&folder) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= STALE_TMP));
+            if stale && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, folder = %folder.display(), "removed the temporary files of unfinished uploads");
+        }
+        removed
     }
 
     async fn announce(&self, change: Change, key: &str, info: Option<&ObjectInfo>) {

@@ -61,6 +61,15 @@ pub enum Error {
     /// The storage could not be reached or failed; the same request may succeed later.
     #[error("object storage is unavailable: {0}")]
     Unavailable(String),
+    /// The upload's body could not be read: broken off, malformed, or stalled. The client's to fix; nothing
+    /// was stored.
+    #[error("the upload could not be read: {reason}")]
+    Body {
+        /// Why.
+        reason: String,
+        /// It stalled: no bytes for longer than the node waits.
+        timed_out: bool,
+    },
 }
 
 /// What storage says about an object.

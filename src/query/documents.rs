@@ -15,11 +15,12 @@
 //!   downloads; 403 for an expired, tampered or misused URL, 413 past the signed size limit.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use weft_actors::host::Metadata;
@@ -70,7 +71,12 @@ impl Refusal {
     }
 
     pub(super) fn respond(self) -> HttpResponse {
-        HttpResponse::build(self.status).json(self.body)
+        let mut answer = HttpResponse::build(self.status);
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a stalled body may never come: the connection is not kept for another request.
+            answer.force_close();
+        }
+        answer.json(self.body)
     }
 }
 
@@ -125,10 +131,16 @@ fn metadata(request: &HttpRequest) -> Result<Metadata, Refusal> {
     Ok(Metadata { tenant: header(crate::bus::TENANT)?, actor: header(crate::bus::ACTOR)?, correlation_id: None })
 }
 
-/// Reads a JSON body up to `limit` bytes.
-pub(super) async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, Refusal> {
+/// Reads a body up to `limit` bytes: one byte more is refused before the rest is read, and a body whose next
+/// bytes do not come within `idle` is refused with 408.
+pub(super) async fn read_body(mut payload: web::Payload, limit: usize, idle: Duration) -> Result<web::Bytes, Refusal> {
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let chunk = match tokio::time::timeout(idle, payload.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => return Err(stalled(idle)),
+        };
         let chunk =
             chunk.map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "invalid", "the body could not be read"))?;
         if body.len() + chunk.len() > limit {
@@ -144,7 +156,7 @@ async fn register(state: web::Data<State>, request: HttpRequest, payload: web::P
     let result = async {
         let objects = objects(&state)?;
         let metadata = metadata(&request)?;
-        let body = read_body(payload, MAX_REGISTRATION_BYTES).await?;
+        let body = read_body(payload, MAX_REGISTRATION_BYTES, state.limits.body_idle_timeout).await?;
         let registration: Registration = serde_json::from_slice(&body)
             .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid", format!("the body: {e}")))?;
         Ok(objects.documents.register(registration, metadata).await?)
@@ -204,7 +216,7 @@ async fn webhook(state: web::Data<State>, request: HttpRequest, payload: web::Pa
             let message = "the webhook needs `Authorization: Bearer <secret>`";
             return Err(Refusal::new(StatusCode::UNAUTHORIZED, "unauthorized", message));
         }
-        let body = read_body(payload, notification::MAX_BODY_BYTES).await?;
+        let body = read_body(payload, notification::MAX_BODY_BYTES, state.limits.body_idle_timeout).await?;
         objects
             .documents
             .notified(&body)
@@ -262,7 +274,7 @@ async fn put_object(
             format!("the upload is {length} bytes, over the {limit} bytes registered"),
         );
     }
-    let body = payload.map_err(std::io::Error::other);
+    let body = idle_limited(payload, state.limits.body_idle_timeout);
     match local.write(&key, content_type, body, limit).await {
         Ok(info) => HttpResponse::Ok().insert_header((header::ETAG, format!("\"{}\"", info.etag))).finish(),
         Err(ObjectError::TooLarge { limit }) => error(
@@ -270,8 +282,35 @@ async fn put_object(
             "too_large",
             format!("the upload is over the {limit} bytes registered"),
         ),
+        Err(ObjectError::Body { timed_out: true, .. }) => stalled(state.limits.body_idle_timeout).respond(),
+        Err(e @ ObjectError::Body { .. }) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
     }
+}
+
+/// The refusal of a body that stalled, with its connection closed.
+fn stalled(idle: Duration) -> Refusal {
+    let message = format!("no bytes of the body came for {} s", idle.as_secs_f64());
+    Refusal::new(StatusCode::REQUEST_TIMEOUT, "timeout", message)
+}
+
+/// A request body as a stream of chunks that ends in a `TimedOut` error when the next chunk does not come
+/// within `idle`.
+fn idle_limited(
+    payload: web::Payload,
+    idle: Duration,
+) -> impl futures::Stream<Item = Result<web::Bytes, std::io::Error>> + Unpin {
+    Box::pin(futures::stream::unfold(Some(payload), move |payload| async move {
+        let mut payload = payload?;
+        match tokio::time::timeout(idle, payload.next()).await {
+            Ok(Some(chunk)) => Some((chunk.map_err(std::io::Error::other), Some(payload))),
+            Ok(None) => None,
+            Err(_) => {
+                let stalled = std::io::Error::new(std::io::ErrorKind::TimedOut, "the body stalled");
+                Some((Err(stalled), None))
+            }
+        }
+    }))
 }
 
 /// The content security policy of a download: no script, no plugins, no same origin, nothing loaded.

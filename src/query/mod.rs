@@ -53,7 +53,6 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::bus::{Bus, CONTENT_TYPE, Headers, JSON, Message};
@@ -66,7 +65,7 @@ use read::{MODELS, Model, Work};
 struct State {
     reads: Reads,
     bus: Arc<dyn Bus>,
-    max_body_bytes: usize,
+    limits: HttpLimits,
     /// The documents' routes' needs, when the node keeps documents.
     objects: Option<documents::Objects>,
     /// The node's LLM providers, for `GET /providers`.
@@ -74,6 +73,19 @@ struct State {
     /// Turns true when the server stops: live streams end.
     closing: tokio::sync::watch::Receiver<bool>,
 }
+
+/// Limits on what a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Largest command body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest wait for the next bytes of a request body: a body that stalls longer is answered 408 and its
+    /// connection closed, so stalled clients cannot hold connections (and file descriptors) for ever.
+    pub body_idle_timeout: Duration,
+}
+
+/// The default of [`HttpLimits::body_idle_timeout`].
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The running HTTP server.
 pub struct QueryApi {
@@ -89,13 +101,13 @@ impl QueryApi {
         listener: std::net::TcpListener,
         reads: Reads,
         bus: Arc<dyn Bus>,
-        max_body_bytes: usize,
+        limits: HttpLimits,
         objects: Option<documents::Objects>,
         providers: Vec<Arc<dyn crate::agents::Provider>>,
     ) -> anyhow::Result<Self> {
         let (closing, closed) = tokio::sync::watch::channel(false);
         let addr = listener.local_addr()?;
-        let state = State { reads, bus, max_body_bytes, objects, providers, closing: closed };
+        let state = State { reads, bus, limits, objects, providers, closing: closed };
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .wrap(security_headers())
@@ -289,7 +301,7 @@ async fn erase_tenant(
     let Some(eraser) = state.reads.erase.clone() else {
         return error(StatusCode::NOT_FOUND, "not_found", "this node does not erase tenants");
     };
-    let body = match documents::read_body(payload, MAX_ERASE_BODY_BYTES).await {
+    let body = match documents::read_body(payload, MAX_ERASE_BODY_BYTES, state.limits.body_idle_timeout).await {
         Ok(body) => body,
         Err(refusal) => return refusal.respond(),
     };
@@ -364,7 +376,7 @@ async fn command(
     state: web::Data<State>,
     request: HttpRequest,
     path: web::Path<(String, String)>,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> HttpResponse {
     let (aggregate, id) = path.into_inner();
     if !AGGREGATES.contains(&aggregate.as_str()) {
@@ -374,21 +386,10 @@ async fn command(
         Ok(id) => id,
         Err(failure) => return failure.respond(),
     };
-    // Read the body up to the limit: one byte more is refused before the rest is read.
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let Ok(chunk) = chunk else {
-            return error(StatusCode::BAD_REQUEST, "invalid", "the request body could not be read");
-        };
-        if body.len() + chunk.len() > state.max_body_bytes {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("a command body is at most {} bytes", state.max_body_bytes),
-            );
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = match documents::read_body(payload, state.limits.max_body_bytes, state.limits.body_idle_timeout).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal.respond(),
+    };
     let mut headers = Headers::from([(CONTENT_TYPE.to_owned(), JSON.to_owned())]);
     for name in FORWARDED {
         if let Some(value) = request.headers().get(name) {
@@ -398,8 +399,7 @@ async fn command(
             headers.insert(name.to_owned(), value.to_owned());
         }
     }
-    let message =
-        Message { subject: protocol::command_subject(&aggregate, id), reply: None, headers, payload: body.freeze() };
+    let message = Message { subject: protocol::command_subject(&aggregate, id), reply: None, headers, payload: body };
     let reply = match state.bus.request(message, COMMAND_TIMEOUT).await {
         Ok(reply) => reply,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("sending the command: {e}")),
