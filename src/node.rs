@@ -298,7 +298,8 @@ impl Node {
         let projections: Projections = Arc::new(tokio::sync::Mutex::new(projections));
         let (rebuild_tx, rebuild_rx) = tokio::sync::mpsc::channel(8);
         let maintenance = Arc::new(crate::query::read::Maintenance::default());
-        let rebuilds = actix_rt::spawn(serve_rebuilds(projections.clone(), rebuild_rx, maintenance.clone()));
+        let rebuilds =
+            actix_rt::spawn(serve_rebuilds(projections.clone(), rebuild_rx, maintenance.clone(), reader.clone()));
         let reads = Reads {
             read_models,
             positions,
@@ -559,6 +560,7 @@ async fn serve_rebuilds(
     projections: Projections,
     mut requests: tokio::sync::mpsc::Receiver<crate::query::read::RebuildRequest>,
     maintenance: Arc<crate::query::read::Maintenance>,
+    store: Arc<dyn weft_events::EventRead>,
 ) {
     use crate::query::read::{Failure, Work};
     while let Some((name, work, answer)) = requests.recv().await {
@@ -576,6 +578,10 @@ async fn serve_rebuilds(
             }
             Work::Reset => {
                 tracing::info!(projection = %name, "resetting a projection: it applies the log again from 0");
+                // Reads of the model answer 503 until it has applied the log as far as it stood now.
+                // (The watch is the live model's, kept across the reset.)
+                let head = store.head().await.unwrap_or(0);
+                maintenance.progress(&name, live.watch(), head);
                 weft_projections::reset_running(live).await.map(|()| 0)
             }
         };

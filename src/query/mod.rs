@@ -179,6 +179,7 @@ impl Failure {
             "not_found" => StatusCode::NOT_FOUND,
             "not_yet" => StatusCode::GATEWAY_TIMEOUT,
             "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            "conflict" => StatusCode::CONFLICT,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

@@ -78,6 +78,15 @@ struct Record {
     ended: Option<(weft_events::Timestamp, Result<u64, String>)>,
 }
 
+impl Record {
+    /// Whether the work is under way: not ended, or a reset whose model is still filling.
+    fn busy(&self) -> bool {
+        let filling = self.work == Work::Reset
+            && self.progress.as_ref().is_some_and(|(position, target)| *position.borrow() < *target);
+        self.ended.is_none() || filling
+    }
+}
+
 /// The projections' latest rebuilds and resets, as the node runs them and `GET /projections/{name}` shows
 /// them.
 #[derive(Debug, Default)]
@@ -105,6 +114,27 @@ impl Maintenance {
         if let Some(record) = self.records().get_mut(name) {
             record.progress = Some((position, target));
         }
+    }
+
+    /// Takes `name` for `work`, unless a rebuild or reset of it is under way (or a reset's model is still
+    /// filling): one at a time per model, a second is refused rather than queued behind a whole replay.
+    pub fn claim(&self, name: &str, work: Work) -> bool {
+        let busy = self.records().get(name).is_some_and(Record::busy);
+        if !busy {
+            self.started(name, work);
+        }
+        !busy
+    }
+
+    /// A reset `name` has emptied and is filling again: its position and the head it must reach.
+    pub fn filling(&self, name: &str) -> Option<(u64, u64)> {
+        let records = self.records();
+        let record = records.get(name).filter(|r| r.work == Work::Reset)?;
+        let (position, target) = record.progress.as_ref().map(|(p, t)| (*p.borrow(), *t))?;
+        // Refused from before the model is emptied until it has applied the log again (a failed reset
+        // serves the model it left).
+        let failed = matches!(record.ended, Some((_, Err(_))));
+        (!failed && (record.ended.is_none() || position < target)).then_some((position, target))
     }
 
     /// The work on `name` ended.
@@ -466,14 +496,22 @@ impl Reads {
 
     /// Waits until `projection` has applied `after` (up to [`MAX_WAIT`]).
     pub async fn caught_up(&self, projection: &str, after: Option<u64>) -> Result<(), Failure> {
-        let (Some(after), Some(mut position)) = (after, self.position(projection)) else { return Ok(()) };
-        match tokio::time::timeout(MAX_WAIT, position.wait_for(|p| *p >= after)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Failure {
-                kind: "not_yet",
-                message: format!("the {projection} read model has not reached position {after} yet"),
-            }),
+        if let (Some(after), Some(mut position)) = (after, self.position(projection)) {
+            let reached = tokio::time::timeout(MAX_WAIT, position.wait_for(|p| *p >= after)).await;
+            if !matches!(reached, Ok(Ok(_))) {
+                return Err(Failure {
+                    kind: "not_yet",
+                    message: format!("the {projection} read model has not reached position {after} yet"),
+                });
+            }
         }
+        // A model being reset is empty, then filling: it would answer "no such item" and short lists.
+        if let Some((position, target)) = self.maintenance.filling(projection) {
+            return Err(Failure::unavailable(format!(
+                "the {projection} read model is being reset: it has applied {position} of {target} events; try again"
+            )));
+        }
+        Ok(())
     }
 
     /// One item with its details; `not_found` if there is none.
@@ -587,6 +625,17 @@ impl Reads {
     /// `{"projection", "position"}`.
     pub async fn rebuild(&self, projection: &str, work: Work) -> Result<Value, Failure> {
         let Some(rebuilds) = &self.rebuilds else { return Err(Failure::unavailable("rebuilds are not offered here")) };
+        if !self.positions.iter().any(|(name, _)| *name == projection) {
+            return Err(Failure::not_found(format!("no projection named {projection:?}")));
+        }
+        if !self.maintenance.claim(projection, work) {
+            return Err(Failure {
+                kind: "conflict",
+                message: format!(
+                    "a rebuild or reset of {projection} is under way: one at a time (see GET /projections/{projection})"
+                ),
+            });
+        }
         let (answer, answered) = tokio::sync::oneshot::channel();
         rebuilds
             .send((projection.to_owned(), work, answer))
@@ -765,4 +814,30 @@ fn limit(params: &BTreeMap<String, String>) -> Result<usize, Failure> {
 /// An id parameter.
 pub fn parse_id(id: &str) -> Result<Uuid, Failure> {
     Uuid::parse_str(id).map_err(|_| Failure::invalid(format!("{id:?} is not a UUID")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rebuild_or_reset_at_a_time_per_model_and_a_filling_reset_counts() {
+        let maintenance = Maintenance::default();
+        assert!(maintenance.claim("jobs", Work::Rebuild));
+        assert!(!maintenance.claim("jobs", Work::Reset), "a second while the first runs");
+        assert!(maintenance.claim("documents", Work::Reset), "another model is free");
+        maintenance.ended("jobs", Ok(7));
+        assert!(maintenance.claim("jobs", Work::Reset));
+        // The reset emptied the model, which fills up to 10: busy, and its reads refused, until then.
+        let (position, watch) = watch::channel(12);
+        maintenance.progress("jobs", watch, 10);
+        assert_eq!(maintenance.filling("jobs"), Some((12, 10)), "refused from before the model is emptied");
+        position.send_replace(3);
+        maintenance.ended("jobs", Ok(0));
+        assert_eq!(maintenance.filling("jobs"), Some((3, 10)));
+        assert!(!maintenance.claim("jobs", Work::Rebuild));
+        position.send_replace(10);
+        assert_eq!(maintenance.filling("jobs"), None);
+        assert!(maintenance.claim("jobs", Work::Rebuild));
+    }
 }

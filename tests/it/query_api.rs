@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weft::bus::nats::NatsBus;
@@ -378,6 +378,39 @@ async fn lists_page_over_ten_thousand_documents_without_loss_or_repetition_while
             assert!(ids.is_subset(&seen), "{} documents were lost", ids.difference(&seen).count());
             assert!(seen.len() <= ids.len() + added + 10_000);
         }
+
+        // A reset: until the model has applied the log again, its reads answer 503, never a wrong 404 or a
+        // short list; a second reset or rebuild meanwhile is refused, not queued.
+        let known = ids.iter().next().unwrap().clone();
+        let (_, before) = get(&addr, "/documents?tenant=acme&limit=1000");
+        let full = before["items"].as_array().unwrap().len();
+        let reset = http(&addr, "POST", "/projections/documents/reset", &[], b"");
+        assert_eq!(reset.status, 200, "{reset:?}");
+        let again = http(&addr, "POST", "/projections/documents/rebuild", &[], b"");
+        assert!(again.status == 409 || again.status == 200, "{again:?}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut refused = 0;
+        loop {
+            let (status, item) = get(&addr, &format!("/documents/{known}"));
+            let (list_status, page) = get(&addr, "/documents?tenant=acme&limit=1000");
+            assert!(status == 200 || status == 503, "a document read {status} during a reset: {item}");
+            assert!(list_status == 200 || list_status == 503, "{page}");
+            if list_status == 200 {
+                assert_eq!(page["items"].as_array().unwrap().len(), full, "a short list during a reset");
+            }
+            if status == 503 {
+                refused += 1;
+                assert_eq!(item["error"]["kind"], "unavailable", "{item}");
+            }
+            if status == 200 && list_status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the reset never finished");
+        }
+        if again.status == 409 {
+            assert_eq!(again.json()["error"]["kind"], "conflict");
+        }
+        let _ = refused;
     })
     .await
     .unwrap();
