@@ -25,7 +25,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::notification::{self, Change};
-use super::{Body, Error, ObjectInfo, ObjectStore, Presigned, READ_CHUNK_BYTES, Upload, check_key, expires_at};
+use super::{
+    Body, Error, ObjectInfo, ObjectStore, Presigned, READ_CHUNK_BYTES, Upload, check_key, check_segment, expires_at,
+};
 use crate::bus::{Bus, Message};
 
 /// The bucket name the local store answers to in notifications.
@@ -401,6 +403,23 @@ impl ObjectStore for LocalStore {
         let _ = tokio::fs::remove_file(self.meta(key)).await;
         self.announce(Change::Removed, key, None).await;
         Ok(())
+    }
+
+    async fn delete_tenant(&self, tenant: &str) -> Result<u64, Error> {
+        check_segment(tenant).map_err(|reason| Error::InvalidKey { key: tenant.into(), reason })?;
+        let folder = self.inner.root.join("data").join(tenant);
+        let mut entries = match tokio::fs::read_dir(&folder).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(unavailable("cannot list", &folder, e)),
+        };
+        let mut removed = 0;
+        while let Some(entry) = entries.next_entry().await.map_err(|e| unavailable("cannot list", &folder, e))? {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            self.delete(&format!("{tenant}/{name}")).await?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 }
 

@@ -133,6 +133,10 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Removes an object; removing a missing one is not an error.
     async fn delete(&self, key: &str) -> Result<(), Error>;
+
+    /// Removes every object of `tenant` (the keys under `<tenant>/`), one by one, each as [`Self::delete`]
+    /// does; how many. What erasing a tenant does to its documents' bytes.
+    async fn delete_tenant(&self, tenant: &str) -> Result<u64, Error>;
 }
 
 /// Bytes read from a file at a time when streaming it.

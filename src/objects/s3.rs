@@ -262,4 +262,32 @@ impl ObjectStore for S3Store {
             .map(|_| ())
             .map_err(|e| unavailable("removing an object", e))
     }
+
+    async fn delete_tenant(&self, tenant: &str) -> Result<u64, Error> {
+        super::check_segment(tenant).map_err(|reason| Error::InvalidKey { key: tenant.into(), reason })?;
+        let prefix = format!("{tenant}/");
+        let mut removed = 0;
+        // Listed page by page and removed as listed: the next page starts after the last key listed.
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_start_after(after.clone())
+                .send()
+                .await
+                .map_err(|e| unavailable("listing a tenant's objects", e))?;
+            let keys: Vec<String> = page.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+            if keys.is_empty() {
+                return Ok(removed);
+            }
+            for key in &keys {
+                self.delete(key).await?;
+                removed += 1;
+            }
+            after = keys.last().cloned();
+        }
+    }
 }

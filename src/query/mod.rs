@@ -345,7 +345,21 @@ async fn erase_tenant(
     match eraser.erase(&tenant, &body.reason, &actor).await {
         Ok(erasure) => {
             tracing::warn!(tenant = %erasure.tenant, destroyed_key = erasure.destroyed_key, "tenant erased");
-            HttpResponse::Ok().json(erasure)
+            let mut answer = serde_json::to_value(&erasure).unwrap_or_default();
+            // The documents' bytes go too. Their key is destroyed already: a failure here is finished by
+            // erasing again, which deletes what is left.
+            if let Some(objects) = &state.objects {
+                match objects.documents.objects().delete_tenant(&tenant).await {
+                    Ok(deleted) => answer["objects_deleted"] = json!(deleted),
+                    Err(e) => {
+                        let message = format!(
+                            "the tenant's key is destroyed, but deleting its objects failed ({e}): erase again to finish"
+                        );
+                        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+                    }
+                }
+            }
+            HttpResponse::Ok().json(answer)
         }
         Err(e @ weft_events::Error::InvalidEvent { .. }) => error(StatusCode::BAD_REQUEST, "invalid", e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),

@@ -424,7 +424,8 @@ pub fn document() -> Value {
     responses["200"] = json_response(
         json!({"type": "object", "required": ["tenant", "erased_at", "destroyed_key", "position"],
         "properties": {"tenant": {"type": "string"}, "erased_at": {"type": "integer"}, "destroyed_key": {"type": "boolean"},
-                       "position": {"type": "integer"}}}),
+                       "position": {"type": "integer"},
+                       "objects_deleted": {"type": "integer", "description": "The tenant's documents' objects deleted"}}}),
     );
     paths.insert(
         "/tenants/{tenant}/erase".into(),

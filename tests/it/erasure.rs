@@ -149,6 +149,11 @@ fn an_erased_tenant_reads_as_erased_everywhere_on_sqlite_and_its_key_is_gone_for
     let position = erasure["position"].as_u64().unwrap();
     let erased = document(&serve, &doc, position);
     assert_eq!((erased["name"].as_str(), erased["owner"].as_str()), (Some("[erased]"), Some("[erased]")), "{erased}");
+    // The documents' bytes are gone too; the other tenant's stay.
+    assert_eq!(erasure["objects_deleted"], 1, "{erasure}");
+    let objects = dir.path().join("objects/data");
+    let files = |tenant: &str| std::fs::read_dir(objects.join(tenant)).map_or(0, |d| d.count());
+    assert_eq!((files("acme"), files("globex")), (0, 1));
     assert_eq!(document(&serve, &kept, position)["name"], "bob-payslip.txt");
     let history = history_registration(&serve, &doc);
     assert_eq!((history["name"].as_str(), history["labels"].clone()), (Some("[erased]"), serde_json::json!({})));

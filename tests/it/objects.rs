@@ -66,6 +66,20 @@ async fn contract(store: &dyn ObjectStore) {
         assert!(matches!(store.presign_put(upload).await, Err(Error::InvalidKey { .. })), "{bad:?}");
     }
 
+    // A tenant's objects go all at once (erasure); the others stay.
+    let theirs = ["umbrella/0192f0c4-0000-7000-8000-000000000003", "umbrella/0192f0c4-0000-7000-8000-000000000004"];
+    for other in theirs {
+        store.put(other, "text/plain", body(vec![b"theirs".to_vec()])).await.unwrap();
+    }
+    assert_eq!(store.delete_tenant("umbrella").await.unwrap(), 2);
+    for other in theirs {
+        assert!(matches!(store.head(other).await, Err(Error::NotFound { .. })), "{other}");
+    }
+    assert_eq!(store.head(key).await.unwrap().size_bytes, 13, "another tenant's object stayed");
+    assert_eq!(store.delete_tenant("umbrella").await.unwrap(), 0);
+    assert_eq!(store.delete_tenant("nobody").await.unwrap(), 0);
+    assert!(matches!(store.delete_tenant("../acme").await, Err(Error::InvalidKey { .. })));
+
     store.delete(key).await.unwrap();
     store.delete(big).await.unwrap();
     assert!(matches!(store.head(key).await, Err(Error::NotFound { .. })));
