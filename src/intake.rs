@@ -5,6 +5,11 @@
 //! A job's `submit` is checked against the workflow it names before the job sees it (`Workflows`): the
 //! job runs that version's steps, taken from the workflow when the submission sends none, and a submission of
 //! a version never defined, or of other steps, is rejected (`unknown_workflow`, `steps_differ`).
+//!
+//! A document's `mark_uploaded` and `add_version` are checked against the object store when the node has one
+//! (`Uploads`): the size and etag must be what storage holds under the document's key, whoever claims them
+//! (a client, a notification, an agent). Otherwise the command is rejected (`invalid`, naming what storage
+//! holds) and nothing is recorded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,11 +19,12 @@ use futures::StreamExt;
 use futures::future::LocalBoxFuture;
 use tokio::sync::Semaphore;
 use weft_actors::Aggregate;
+use weft_actors::document::{self, Document};
 use weft_actors::host::{self, Execute, Host, Metadata};
 use weft_actors::job::{self, Job};
 use weft_actors::process::Hosts;
 use weft_actors::workflow::Workflow;
-use weft_events::domain::ids::{Uuid, WorkflowId};
+use weft_events::domain::ids::{DocumentId, Uuid, WorkflowId};
 use weft_events::domain::workflow::{Event as WorkflowEvent, Step};
 use weft_events::envelope::check_label;
 use weft_events::{EventStore, Health, StreamName};
@@ -27,6 +33,7 @@ use crate::bus::trace::TraceParent;
 use crate::bus::{
     ACTOR, Bus, BusError, CONTENT_TYPE, CORRELATION_ID, Headers, JSON, Message, Subscription, TENANT, TRACEPARENT,
 };
+use crate::objects::ObjectStore;
 use crate::protocol::{self, BodyLimits, Reply};
 
 /// Options of the intake.
@@ -58,12 +65,28 @@ impl Intake {
     /// Subscribes a service per aggregate type and serves commands until stopped. Must be called on an actix
     /// system: the hosts start actors on it.
     pub async fn start(bus: Arc<dyn Bus>, hosts: Hosts, options: IntakeOptions) -> Result<Self, BusError> {
+        Self::start_with_objects(bus, hosts, options, None).await
+    }
+
+    /// [`Intake::start`], checking documents' uploads against `objects` (see the module doc).
+    pub async fn start_with_objects(
+        bus: Arc<dyn Bus>,
+        hosts: Hosts,
+        options: IntakeOptions,
+        objects: Option<Arc<dyn ObjectStore>>,
+    ) -> Result<Self, BusError> {
         let handled = Arc::new(AtomicU64::new(0));
         let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
         let shared = Shared { handled: handled.clone(), slots };
         let workflows = Workflows::new(hosts.job.store().clone());
         let services = vec![
-            serve(bus.clone(), hosts.document, AsIs, &options, shared.clone()).await?,
+            match objects {
+                Some(objects) => {
+                    let uploads = Uploads { store: hosts.document.store().clone(), objects };
+                    serve(bus.clone(), hosts.document, uploads, &options, shared.clone()).await?
+                }
+                None => serve(bus.clone(), hosts.document, AsIs, &options, shared.clone()).await?,
+            },
             serve(bus.clone(), hosts.workflow, AsIs, &options, shared.clone()).await?,
             serve(bus.clone(), hosts.job, workflows, &options, shared.clone()).await?,
             serve(bus.clone(), hosts.agent, AsIs, &options, shared.clone()).await?,
@@ -104,7 +127,11 @@ struct Shared {
 /// What the intake does with a decoded command before its host runs it: checks it against the state of other
 /// aggregates, or completes it from there.
 trait Prepare<A: Aggregate>: Clone + 'static {
-    fn prepare(&self, execute: Execute<A>) -> LocalBoxFuture<'static, Result<Execute<A>, host::Error<A::Rejection>>>;
+    fn prepare(
+        &self,
+        stream: &StreamName,
+        execute: Execute<A>,
+    ) -> LocalBoxFuture<'static, Result<Execute<A>, host::Error<A::Rejection>>>;
 }
 
 /// Commands run as they came.
@@ -112,7 +139,11 @@ trait Prepare<A: Aggregate>: Clone + 'static {
 struct AsIs;
 
 impl<A: Aggregate> Prepare<A> for AsIs {
-    fn prepare(&self, execute: Execute<A>) -> LocalBoxFuture<'static, Result<Execute<A>, host::Error<A::Rejection>>> {
+    fn prepare(
+        &self,
+        _: &StreamName,
+        execute: Execute<A>,
+    ) -> LocalBoxFuture<'static, Result<Execute<A>, host::Error<A::Rejection>>> {
         Box::pin(futures::future::ready(Ok(execute)))
     }
 }
@@ -160,6 +191,7 @@ impl Workflows {
 impl Prepare<Job> for Workflows {
     fn prepare(
         &self,
+        _: &StreamName,
         mut execute: Execute<Job>,
     ) -> LocalBoxFuture<'static, Result<Execute<Job>, host::Error<job::Rejection>>> {
         let workflows = self.clone();
@@ -177,6 +209,51 @@ impl Prepare<Job> for Workflows {
                 }
                 Some(defined) if *steps == *defined => Ok(execute),
                 Some(_) => Err(host::Error::Rejected(job::Rejection::StepsDiffer { workflow, version })),
+            }
+        })
+    }
+}
+
+/// Checks what a document's upload commands claim against the object store (see the module doc).
+#[derive(Clone)]
+struct Uploads {
+    store: Arc<dyn EventStore>,
+    objects: Arc<dyn ObjectStore>,
+}
+
+impl Prepare<Document> for Uploads {
+    fn prepare(
+        &self,
+        stream: &StreamName,
+        execute: Execute<Document>,
+    ) -> LocalBoxFuture<'static, Result<Execute<Document>, host::Error<document::Rejection>>> {
+        let (store, objects, stream) = (self.store.clone(), self.objects.clone(), stream.clone());
+        Box::pin(async move {
+            let (size, etag) = match &execute.command {
+                document::Command::MarkUploaded { size_bytes, etag, .. }
+                | document::Command::AddVersion { size_bytes, etag, .. } => (*size_bytes, etag.clone()),
+                _ => return Ok(execute),
+            };
+            let (state, _) = host::load_state::<Document>(&*store, &stream).await?;
+            // What the document refuses by itself (not registered, deleted, over the declared size) it refuses
+            // with its own reason; a repeat of what it recorded changes nothing.
+            let own = matches!(state.status, document::Status::Unregistered | document::Status::Deleted)
+                || size > state.declared_size_bytes
+                || (state.status == document::Status::Uploaded && state.size_bytes == size && state.etag == etag);
+            let Some(id) = DocumentId::from_stream(&stream).filter(|_| !own) else { return Ok(execute) };
+            let key = crate::objects::document_key(&state.tenant, id);
+            let refused =
+                |reason: String| host::Error::Rejected(document::Rejection::Invalid { field: "etag".into(), reason });
+            match objects.head(&key).await {
+                Ok(info) if info.size_bytes == size && info.etag == etag => Ok(execute),
+                Ok(info) => Err(refused(format!(
+                    "storage holds {} bytes with etag {:?} under {key}, not {size} bytes with etag {etag:?}",
+                    info.size_bytes, info.etag
+                ))),
+                Err(crate::objects::Error::NotFound { .. }) => {
+                    Err(refused(format!("storage holds no object under {key}: upload it first")))
+                }
+                Err(e) => Err(host::Error::Unavailable(e.to_string())),
             }
         })
     }
@@ -254,7 +331,7 @@ async fn handle_in_span<A: Aggregate, P: Prepare<A>>(
             tracing::debug!(subject = %message.subject, %why, "an invalid command");
             Reply::invalid(why)
         }
-        Ok((stream, execute)) => match prepare.prepare(execute).await {
+        Ok((stream, execute)) => match prepare.prepare(&stream, execute).await {
             Ok(execute) => Reply::from_host(host.execute(&stream, execute).await),
             Err(error) => Reply::from_host(Err(error)),
         },

@@ -249,9 +249,6 @@ impl Node {
             Some(client) => Arc::new(NatsBus::new(client.clone())),
             None => Arc::new(MemoryBus::default()),
         };
-        let hosts = Hosts::new(shared.clone(), host::Options::default());
-        let limits = crate::protocol::BodyLimits { max_bytes: options.max_body_bytes, ..Default::default() };
-        let intake = Intake::start(bus.clone(), hosts, IntakeOptions { limits, ..IntakeOptions::default() }).await?;
         let listener = std::net::TcpListener::bind(options.http_addr)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.http_addr))?;
         let http_addr = listener.local_addr()?;
@@ -260,6 +257,11 @@ impl Node {
             options.store.parent().map(|folder| folder.join("objects")).unwrap_or_else(|| "objects".into())
         });
         let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
+        // The command intake checks documents' upload commands against the object store.
+        let hosts = Hosts::new(shared.clone(), host::Options::default());
+        let limits = crate::protocol::BodyLimits { max_bytes: options.max_body_bytes, ..Default::default() };
+        let intake_options = IntakeOptions { limits, ..IntakeOptions::default() };
+        let intake = Intake::start_with_objects(bus.clone(), hosts, intake_options, Some(objects.clone())).await?;
         // The local store's temporary files of uploads that never finished (the node killed mid-upload) are
         // removed at open and from then on every half of their staleness.
         let tmp_sweeps = local.clone().map(|local| {

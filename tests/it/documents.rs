@@ -725,3 +725,39 @@ fn uploads_broken_mid_way_are_answered_400_and_leave_no_file() {
     assert_eq!(get(addr, &format!("/documents/{}", registered["id"].as_str().unwrap())).1["status"], "registered");
     serve.stop();
 }
+
+#[test]
+fn an_upload_claimed_by_a_client_is_checked_against_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let (_, registered) = register(addr, "acme", "a.txt", 100);
+    let id = registered["id"].as_str().unwrap().to_owned();
+    let claim = |size: u64, etag: &str| {
+        crate::serve::command(
+            addr,
+            "document",
+            &id,
+            "mark_uploaded",
+            json!({"size_bytes": size, "etag": etag, "source": "client"}),
+        )
+    };
+    // Nothing in storage: the claim is refused and the document still waits.
+    let (status, reply) = claim(100, "deadbeef");
+    assert_eq!((status, reply["error"]["rejection"]["code"].as_str()), (422, Some("invalid")), "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("no object"), "{reply}");
+    wait_status(addr, &id, "registered");
+    // An object there, but another size and etag than claimed: refused, naming what storage holds.
+    let file = dir.path().join("a.txt");
+    std::fs::write(&file, "twelve bytes").unwrap();
+    assert_eq!(curl_put(&registered["upload"], &file, &[]), 200);
+    let uploaded = wait_status(addr, &id, "uploaded");
+    let (status, reply) = claim(99, "deadbeef");
+    assert_eq!(status, 422, "{reply}");
+    assert!(reply["error"]["message"].as_str().unwrap().contains("12 bytes"), "{reply}");
+    // The truth again is a repeat: nothing changes.
+    let (status, reply) = claim(12, uploaded["etag"].as_str().unwrap());
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(get(addr, &format!("/documents/{id}")).1, uploaded);
+    serve.stop();
+}

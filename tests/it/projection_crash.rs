@@ -33,9 +33,28 @@ fn serve(server: &NatsServer, dir: &Path) -> (crate::reaped::Reaped, BufReader<s
     (node, stderr)
 }
 
+/// Puts `content` as the object of `document` (tenant `t`) in the node's local folder, as an upload through
+/// its signed URL would (written aside, then renamed in); its size and etag (the SHA-256 the local store
+/// uses), which the node checks upload commands against.
+fn put_object(dir: &Path, document: Uuid, content: &str) -> (usize, String) {
+    use sha2::{Digest, Sha256};
+    let folder = dir.join("objects/data/t");
+    std::fs::create_dir_all(&folder).unwrap();
+    let aside = folder.join(format!(".{document}.tmp"));
+    std::fs::write(&aside, content).unwrap();
+    std::fs::rename(&aside, folder.join(document.to_string())).unwrap();
+    (content.len(), Sha256::digest(content.as_bytes()).iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Sends commands to `documents` (register, mark uploaded, then versions) until `until`; outcomes are not
 /// tracked beyond moving each document along: the store is the truth the read model is checked against.
-async fn send(client: &async_nats::Client, documents: &[Uuid], stage: &mut [u8], until: tokio::time::Instant) {
+async fn send(
+    client: &async_nats::Client,
+    dir: &Path,
+    documents: &[Uuid],
+    stage: &mut [u8],
+    until: tokio::time::Instant,
+) {
     let mut n = 0usize;
     while tokio::time::Instant::now() < until {
         let d = n % documents.len();
@@ -46,8 +65,14 @@ async fn send(client: &async_nats::Client, documents: &[Uuid], stage: &mut [u8],
                 serde_json::json!({"name": "a.txt", "content_type": "text/plain",
                   "declared_size_bytes": 1000, "tenant": "t", "owner": "o"}),
             ),
-            1 => ("mark_uploaded", serde_json::json!({"size_bytes": 10, "etag": "e0", "source": "client"})),
-            _ => ("add_version", serde_json::json!({"size_bytes": 10 + n, "etag": format!("e{n}")})),
+            1 => {
+                let (size, etag) = put_object(dir, documents[d], "version 0");
+                ("mark_uploaded", serde_json::json!({"size_bytes": size, "etag": etag, "source": "client"}))
+            }
+            _ => {
+                let (size, etag) = put_object(dir, documents[d], &format!("version {n}"));
+                ("add_version", serde_json::json!({"size_bytes": size, "etag": etag}))
+            }
         };
         let body = serde_json::json!({"command_id": Uuid::now_v7().to_string(), "type": kind, "payload": payload});
         let mut headers = async_nats::HeaderMap::new();
@@ -84,13 +109,14 @@ async fn projections_neither_double_apply_nor_skip_across_kill_9() {
     for _ in 0..4 {
         let (mut node, _stderr) = serve(&server, dir.path());
         let run = rand::rng().random_range(150..700);
-        send(&client, &documents, &mut stage, tokio::time::Instant::now() + Duration::from_millis(run)).await;
+        send(&client, dir.path(), &documents, &mut stage, tokio::time::Instant::now() + Duration::from_millis(run))
+            .await;
         node.kill().unwrap();
         node.wait().unwrap();
     }
     // A last run: let the projections catch up with the store, then stop cleanly.
     let (mut node, _stderr) = serve(&server, dir.path());
-    send(&client, &documents, &mut stage, tokio::time::Instant::now() + Duration::from_millis(200)).await;
+    send(&client, dir.path(), &documents, &mut stage, tokio::time::Instant::now() + Duration::from_millis(200)).await;
     node.kill().unwrap();
     node.wait().unwrap();
     let store = SqliteStore::open(Options::new(dir.path().join("events.db"))).unwrap();
