@@ -671,7 +671,7 @@ fn stalled_bodies_are_answered_408_and_the_node_keeps_serving() {
     }
     // Nothing of the stalled upload is left behind, and the document still waits for its upload.
     assert_eq!(std::fs::read_dir(dir.path().join("objects/tmp")).unwrap().count(), 0);
-    assert_eq!(get(addr, &format!("/documents/{}", registered["id"].as_str().unwrap())).1["status"], "registered");
+    wait_status(addr, registered["id"].as_str().unwrap(), "registered");
     serve.stop();
 }
 
@@ -722,7 +722,7 @@ fn uploads_broken_mid_way_are_answered_400_and_leave_no_file() {
     );
     let answer = answer_of(malformed);
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer:?}");
-    assert_eq!(get(addr, &format!("/documents/{}", registered["id"].as_str().unwrap())).1["status"], "registered");
+    wait_status(addr, registered["id"].as_str().unwrap(), "registered");
     serve.stop();
 }
 
