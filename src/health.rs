@@ -44,8 +44,7 @@ impl Board {
             .into_iter()
             .filter(|(_, report)| report.state != State::Running)
             .map(|(name, report)| {
-                let state = serde_json::to_value(report.state).ok().and_then(|v| v.as_str().map(str::to_owned));
-                let state = state.unwrap_or_default();
+                let state = report.state.name();
                 match report.error {
                     Some(error) => format!("{name}: {state} ({error})"),
                     None => format!("{name}: {state}"),
@@ -65,9 +64,9 @@ where
     board.watch(name, health.clone());
     async move {
         health.running();
+        let _stopped = StoppedOnDrop(health);
         task.await;
         tracing::error!(task = name, "a bus service ended; restart the node to serve it again");
-        health.stopped();
     }
 }
 

@@ -303,15 +303,8 @@ async fn serve<A: Aggregate, P: Prepare<A>>(
     Ok((task, format!("commands {}", A::KIND), health))
 }
 
-/// Handles one command in a `command` span joined to the caller's trace when it sent a valid `traceparent`.
-async fn handle<A: Aggregate, P: Prepare<A>>(
-    message: Message,
-    bus: Arc<dyn Bus>,
-    host: Host<A>,
-    prepare: P,
-    limits: BodyLimits,
-) {
-    use tracing::Instrument as _;
+/// The `command` span of a message, joined to the caller's trace when it sent a valid `traceparent`.
+fn command_span(message: &Message) -> tracing::Span {
     let span = tracing::debug_span!(
         "command",
         subject = %message.subject,
@@ -322,39 +315,47 @@ async fn handle<A: Aggregate, P: Prepare<A>>(
         span.record("trace_id", tracing::field::display(parent.trace_id_hex()));
         span.record("parent_id", tracing::field::display(parent.parent_id_hex()));
     }
-    handle_in_span(message, bus, host, prepare, limits).instrument(span).await
+    span
 }
 
-async fn handle_in_span<A: Aggregate, P: Prepare<A>>(
+/// Handles one command, in its [`command_span`].
+async fn handle<A: Aggregate, P: Prepare<A>>(
     message: Message,
     bus: Arc<dyn Bus>,
     host: Host<A>,
     prepare: P,
     limits: BodyLimits,
 ) {
-    let Some(reply_to) = message.reply.clone() else {
-        tracing::debug!(subject = %message.subject, "a command without a reply subject; dropped");
-        return;
-    };
-    let json = message.is_json();
-    let reply: Reply<A::Rejection> = match decode(&message, json, limits) {
-        Err(why) => {
-            tracing::debug!(subject = %message.subject, %why, "an invalid command");
-            Reply::invalid(why)
+    use tracing::Instrument as _;
+    let span = command_span(&message);
+    async move {
+        let Some(reply_to) = message.reply.clone() else {
+            tracing::debug!(subject = %message.subject, "a command without a reply subject; dropped");
+            return;
+        };
+        let json = message.is_json();
+        let reply: Reply<A::Rejection> = match decode(&message, json, limits) {
+            Err(why) => {
+                tracing::debug!(subject = %message.subject, %why, "an invalid command");
+                Reply::invalid(why)
+            }
+            Ok((stream, execute)) => match prepare.prepare(&stream, execute).await {
+                Ok(execute) => Reply::from_host(host.execute(&stream, execute).await),
+                Err(error) => Reply::from_host(Err(error)),
+            },
+        };
+        let mut headers = Headers::new();
+        if json {
+            headers.insert(CONTENT_TYPE.into(), JSON.into());
         }
-        Ok((stream, execute)) => match prepare.prepare(&stream, execute).await {
-            Ok(execute) => Reply::from_host(host.execute(&stream, execute).await),
-            Err(error) => Reply::from_host(Err(error)),
-        },
-    };
-    let mut headers = Headers::new();
-    if json {
-        headers.insert(CONTENT_TYPE.into(), JSON.into());
+        let answer =
+            Message { subject: reply_to, reply: None, headers, payload: protocol::encode(&reply, json).into() };
+        if let Err(error) = bus.publish(answer).await {
+            tracing::warn!(subject = %message.subject, %error, "replying to a command failed");
+        }
     }
-    let answer = Message { subject: reply_to, reply: None, headers, payload: protocol::encode(&reply, json).into() };
-    if let Err(error) = bus.publish(answer).await {
-        tracing::warn!(subject = %message.subject, %error, "replying to a command failed");
-    }
+    .instrument(span)
+    .await
 }
 
 /// Decodes a command and its headers; the error is the message of an `invalid` reply.

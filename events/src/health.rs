@@ -27,6 +27,19 @@ pub enum State {
     Stopped,
 }
 
+impl State {
+    /// Its name, as serialised.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Restarting => "restarting",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
 /// A task's state, since when, why (when it is not running) and how often it was restarted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {

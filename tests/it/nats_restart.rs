@@ -115,7 +115,10 @@ fn a_nats_restart_under_load_stops_nothing_for_good() {
         .collect();
     // The blip: the server down for as long as it takes to see the node say so (a second or two), under load,
     // then load on well past the moment the node used to give up (about 5 s after).
-    std::thread::sleep(Duration::from_secs(2));
+    eventually("the load is under way", Duration::from_secs(30), || {
+        let done = acknowledged.load(Ordering::Relaxed);
+        (done >= 200, format!("{done} commands acknowledged"))
+    });
     let before = acknowledged.load(Ordering::Relaxed);
     server.kill(0);
     // While the server is down the node says it is not ready, and why.
