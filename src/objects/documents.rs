@@ -7,7 +7,8 @@
 //!
 //! - `ObjectCreated` heads the object. Gone: skipped (its removal follows). A size or etag other than the
 //!   notification's: refused (it is stale or forged). Otherwise a pending document becomes uploaded, an
-//!   uploaded one with another etag gains a version, and the same etag again changes nothing.
+//!   uploaded one with another etag gains a version, the same etag again changes nothing, and under a deleted
+//!   document the object is removed (it came through an upload URL signed before the deletion).
 //! - `ObjectRemoved` heads the object too. Still there: skipped (it was created again after the removal).
 //!   Otherwise the document is deleted (once).
 //! - A key that is not a document's, or a document never registered: skipped. A key under another tenant than
@@ -81,6 +82,7 @@ impl From<super::Error> for Error {
             super::Error::InvalidKey { .. } | super::Error::TooLarge { .. } | super::Error::Body { .. } => {
                 Self::Invalid(error.to_string())
             }
+            super::Error::Superseded { .. } => Self::Conflict(error.to_string()),
             super::Error::Unavailable(_) => Self::Unavailable(error.to_string()),
         }
     }
@@ -137,6 +139,8 @@ pub enum Effect {
     VersionAdded,
     /// The document is deleted.
     Deleted,
+    /// The document is deleted: the object that came after was removed.
+    Discarded,
     /// It was done already: nothing changed.
     Duplicate,
     /// Nothing to do, for this reason.
@@ -234,7 +238,14 @@ impl Documents {
         let outcome = match self.execute(id, command_id(&format!("register:{id}")), command, metadata).await {
             Ok(outcome) if !outcome.repeated => {
                 let key = document_key(&tenant, id);
-                let upload = self.sign_upload(&key, &registration.content_type, registration.size_bytes).await?;
+                let upload = Upload {
+                    key: &key,
+                    content_type: &registration.content_type,
+                    max_bytes: registration.size_bytes,
+                    expiry: self.expiry,
+                    replaces: None,
+                };
+                let upload = self.objects.presign_put(upload).await?;
                 return Ok(Registered { id, key, outcome, upload });
             }
             Ok(outcome) => outcome,
@@ -270,23 +281,37 @@ impl Documents {
         Ok(Registered { id, key, outcome, upload })
     }
 
-    async fn sign_upload(&self, key: &str, content_type: &str, max_bytes: u64) -> Result<Presigned, Error> {
-        let upload = Upload { key, content_type, max_bytes, expiry: self.expiry };
-        Ok(self.objects.presign_put(upload).await?)
-    }
-
     /// A new upload URL: for a pending upload, or for a new version of an uploaded document.
     pub async fn upload_url(&self, id: DocumentId) -> Result<Presigned, Error> {
         let state = self.existing(id).await?;
         self.upload_for(id, &state).await
     }
 
-    /// An upload URL signed from the stored document: its key, content type and size limit.
+    /// An upload URL signed from the stored document: its key, content type and size limit, and the content
+    /// it replaces (none while the upload is pending, else the current one), so that it writes once.
     async fn upload_for(&self, id: DocumentId, state: &Document) -> Result<Presigned, Error> {
         if state.status == Status::Deleted {
             return Err(Error::Rejected(Rejection::Deleted));
         }
-        self.sign_upload(&document_key(&state.tenant, id), &state.content_type, state.declared_size_bytes).await
+        let upload = Upload {
+            key: &document_key(&state.tenant, id),
+            content_type: &state.content_type,
+            max_bytes: state.declared_size_bytes,
+            expiry: self.expiry,
+            replaces: (state.status == Status::Uploaded).then_some(state.etag.as_str()),
+        };
+        Ok(self.objects.presign_put(upload).await?)
+    }
+
+    /// Refuses an upload to a deleted document's key. The local store asks before it takes the bytes; S3
+    /// cannot ask, and an object that lands under a deleted document is removed when its notification or a
+    /// confirmation comes.
+    pub async fn check_upload(&self, key: &str) -> Result<(), Error> {
+        let Some((_, id)) = parse_document_key(key) else { return Ok(()) };
+        match self.state(id).await?.status {
+            Status::Deleted => Err(Error::Rejected(Rejection::Deleted)),
+            _ => Ok(()),
+        }
     }
 
     /// A download URL of the document's current content.
@@ -339,7 +364,11 @@ impl Documents {
     ) -> Result<Effect, Error> {
         let (command, effect) = match state.status {
             Status::Unregistered => return Ok(Effect::Ignored("no such document")),
-            Status::Deleted => return Ok(Effect::Ignored("the document is deleted")),
+            // Written after the deletion, through an upload URL signed before it (S3 cannot revoke one).
+            Status::Deleted => {
+                self.objects.delete(key).await?;
+                return Ok(Effect::Discarded);
+            }
             Status::Uploaded if state.etag == info.etag && state.size_bytes == info.size_bytes => {
                 return Ok(Effect::Duplicate);
             }

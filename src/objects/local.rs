@@ -6,9 +6,12 @@
 //! left over from an older content is recognised and recomputed rather than believed.
 //!
 //! Pre-signed URLs point at `weft serve`'s own HTTP server (`/objects/<key>`), signed with HMAC-SHA256 over
-//! the method, the key, the expiry, the size limit and the content type with a key kept in
-//! `<root>/signing-key` (made on first start, mode 0600): an expired URL, a changed parameter or a URL used
-//! for another key or method fails verification. After each write and removal the store publishes the S3
+//! the method, the key, the expiry, the size limit, the content type and (uploads) the object the upload
+//! replaces, with a key kept in `<root>/signing-key` (made on first start, mode 0600): an expired URL, a
+//! changed parameter or a URL used for another key or method fails verification. An upload URL writes once:
+//! it names the object it replaces (`replaces=<etag>`, or `replaces=none` for the first upload), and the write
+//! goes ahead only while that is what the key holds, checked and installed under the key's lock (S3's
+//! `If-Match` / `If-None-Match: *`). After each write and removal the store publishes the S3
 //! notification AWS would (see [`super::notification`]) on the bus, so both backends feed the same path.
 
 use std::io::Write;
@@ -46,6 +49,33 @@ struct Inner {
     signing_key: [u8; 32],
     base_url: String,
     bus: Option<Arc<dyn Bus>>,
+    /// Installs of keys hashing alike go one at a time: a conditional write's check and its rename are one step.
+    installs: Vec<std::sync::Mutex<()>>,
+}
+
+/// How many locks the keys' installs are spread over.
+const INSTALL_LOCKS: usize = 64;
+
+/// What a write expects under its key (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect<'a> {
+    /// Whatever is there (Weft's own writes).
+    Anything,
+    /// No object.
+    Nothing,
+    /// The object with this etag.
+    Etag(&'a str),
+}
+
+impl<'a> Expect<'a> {
+    /// The condition of an upload URL: `none`, or the etag it replaces.
+    fn parse(text: &'a str) -> Self {
+        if text == "none" { Self::Nothing } else { Self::Etag(text) }
+    }
+
+    fn text(replaces: Option<&str>) -> &str {
+        replaces.unwrap_or("none")
+    }
 }
 
 /// Why a request with a pre-signed URL was refused.
@@ -71,6 +101,8 @@ pub struct Signed {
     pub max: Option<u64>,
     /// The signature, hex.
     pub sig: Option<String>,
+    /// Uploads: the etag of the object the upload replaces, or `none` (see the module doc).
+    pub replaces: Option<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -132,7 +164,8 @@ impl LocalStore {
         }
         let signing_key = signing_key(&root.join("signing-key"))?;
         let base_url = base_url.trim_end_matches('/').to_owned();
-        let store = Self { inner: Arc::new(Inner { root: root.to_owned(), signing_key, base_url, bus }) };
+        let installs = (0..INSTALL_LOCKS).map(|_| std::sync::Mutex::new(())).collect();
+        let store = Self { inner: Arc::new(Inner { root: root.to_owned(), signing_key, base_url, bus, installs }) };
         store.sweep_tmp();
         Ok(store)
     }
@@ -145,47 +178,84 @@ impl LocalStore {
         self.inner.root.join("meta").join(format!("{key}.json"))
     }
 
-    fn signature(&self, method: &str, key: &str, expires: u64, max: u64, content_type: &str) -> HmacSha256 {
+    /// The signature of a request's fields; `replaces` is empty for a download.
+    fn signature(
+        &self,
+        method: &str,
+        key: &str,
+        expires: u64,
+        max: u64,
+        content_type: &str,
+        replaces: &str,
+    ) -> HmacSha256 {
         let mut mac = HmacSha256::new_from_slice(&self.inner.signing_key).expect("HMAC takes a key of any size");
         // Fields separated by a byte none of them can hold, so no two requests sign the same text.
-        mac.update(format!("{method}\n{key}\n{expires}\n{max}\n{content_type}").as_bytes());
+        mac.update(format!("{method}\n{key}\n{expires}\n{max}\n{content_type}\n{replaces}").as_bytes());
         mac
     }
 
-    fn url(&self, method: &'static str, key: &str, max: u64, content_type: &str, expiry: Duration) -> Presigned {
+    fn url(
+        &self,
+        method: &'static str,
+        key: &str,
+        max: u64,
+        content_type: &str,
+        replaces: &str,
+        expiry: Duration,
+    ) -> Presigned {
         let expires = expires_at(expiry);
-        let sig = hex(&self.signature(method, key, expires, max, content_type).finalize().into_bytes());
+        let sig = hex(&self.signature(method, key, expires, max, content_type, replaces).finalize().into_bytes());
         let mut headers = std::collections::BTreeMap::new();
+        let mut url = format!("{}/objects/{key}?expires={expires}&max={max}", self.inner.base_url);
         if method == "PUT" {
             headers.insert("Content-Type".to_owned(), content_type.to_owned());
+            url.push_str(&format!("&replaces={replaces}"));
         }
-        Presigned {
-            url: format!("{}/objects/{key}?expires={expires}&max={max}&sig={sig}", self.inner.base_url),
-            method,
-            headers,
-            expires_at: expires,
-        }
+        url.push_str(&format!("&sig={sig}"));
+        Presigned { url, method, headers, expires_at: expires }
     }
 
     /// Checks a request made with a pre-signed URL: its method, key, content type (uploads) and the URL's
-    /// parameters. Answers the upload's size limit.
-    pub fn verify(&self, method: &str, key: &str, content_type: &str, signed: &Signed) -> Result<u64, Denied> {
+    /// parameters. Answers the upload's size limit and what it expects under its key ([`Expect::Anything`] for
+    /// a download).
+    pub fn verify<'s>(
+        &self,
+        method: &str,
+        key: &str,
+        content_type: &str,
+        signed: &'s Signed,
+    ) -> Result<(u64, Expect<'s>), Denied> {
         let expires = signed.expires.ok_or(Denied::Malformed("`expires` is missing"))?;
         let max = signed.max.ok_or(Denied::Malformed("`max` is missing"))?;
         let sig = signed.sig.as_deref().ok_or(Denied::Malformed("`sig` is missing"))?;
         let sig = unhex(sig).ok_or(Denied::Malformed("`sig` is not hex"))?;
-        let content_type = if method == "PUT" { content_type } else { "" };
+        let (content_type, replaces) = if method == "PUT" {
+            (content_type, signed.replaces.as_deref().ok_or(Denied::Malformed("`replaces` is missing"))?)
+        } else {
+            ("", "")
+        };
         // The signature first, so a tampered expiry is reported as tampering.
-        self.signature(method, key, expires, max, content_type).verify_slice(&sig).map_err(|_| Denied::BadSignature)?;
+        self.signature(method, key, expires, max, content_type, replaces)
+            .verify_slice(&sig)
+            .map_err(|_| Denied::BadSignature)?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         if now > expires {
             return Err(Denied::Expired(now - expires));
         }
-        Ok(max)
+        let expect = if method == "PUT" { Expect::parse(replaces) } else { Expect::Anything };
+        Ok((max, expect))
     }
 
-    /// Writes an object from a stream, refusing it past `limit` bytes, and announces it.
-    pub async fn write<S>(&self, key: &str, content_type: &str, mut body: S, limit: u64) -> Result<ObjectInfo, Error>
+    /// Writes an object from a stream, refusing it past `limit` bytes, if the key still holds what `expect`
+    /// says when the body is in ([`Error::Superseded`] if not); and announces it.
+    pub async fn write<S>(
+        &self,
+        key: &str,
+        content_type: &str,
+        mut body: S,
+        limit: u64,
+        expect: Expect<'_>,
+    ) -> Result<ObjectInfo, Error>
     where
         S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
     {
@@ -216,10 +286,14 @@ impl LocalStore {
         written?;
         let info =
             ObjectInfo { size_bytes: size, etag: hex(&hash.finalize()), content_type: Some(content_type.into()) };
-        let (data, meta) = (self.data(key), self.meta(key));
         let result = tokio::task::spawn_blocking({
-            let (tmp, info) = (tmp.clone(), info.clone());
-            move || install(&tmp, &data, &meta, &info)
+            let (store, key, tmp, info) = (self.clone(), key.to_owned(), tmp.clone(), info.clone());
+            let expect = match expect {
+                Expect::Anything => None,
+                Expect::Nothing => Some(None),
+                Expect::Etag(etag) => Some(Some(etag.to_owned())),
+            };
+            move || store.install(&key, &tmp, &info, expect)
         })
         .await
         .map_err(|e| Error::Unavailable(format!("writing {key}: {e}")))?;
@@ -227,6 +301,25 @@ impl LocalStore {
         guard.disarm();
         self.announce(Change::Created, key, Some(&info)).await;
         Ok(info)
+    }
+
+    /// Installs a written object under its key's lock, after checking what the key holds (`None`: anything;
+    /// `Some(None)`: nothing; `Some(Some(etag))`: that object).
+    fn install(&self, key: &str, tmp: &Path, info: &ObjectInfo, expect: Option<Option<String>>) -> Result<(), Error> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let stripe = BuildHasherDefault::<DefaultHasher>::default().hash_one(key) as usize % INSTALL_LOCKS;
+        let _installing = self.inner.installs[stripe].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(expected) = expect {
+            let current = match self.record(key) {
+                Ok(current) => Some(current.etag),
+                Err(Error::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            if current != expected {
+                return Err(Error::Superseded { key: key.to_owned() });
+            }
+        }
+        install(tmp, &self.data(key), &self.meta(key), info)
     }
 
     /// Removes the temporary files of writes that never finished (the process was killed mid-upload) and have
@@ -361,12 +454,13 @@ impl ObjectStore for LocalStore {
 
     async fn presign_put(&self, upload: Upload<'_>) -> Result<Presigned, Error> {
         check_key(upload.key)?;
-        Ok(self.url("PUT", upload.key, upload.max_bytes, upload.content_type, upload.expiry))
+        let replaces = Expect::text(upload.replaces);
+        Ok(self.url("PUT", upload.key, upload.max_bytes, upload.content_type, replaces, upload.expiry))
     }
 
     async fn presign_get(&self, key: &str, expiry: Duration) -> Result<Presigned, Error> {
         check_key(key)?;
-        Ok(self.url("GET", key, 0, "", expiry))
+        Ok(self.url("GET", key, 0, "", "", expiry))
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo, Error> {
@@ -389,7 +483,7 @@ impl ObjectStore for LocalStore {
     }
 
     async fn put(&self, key: &str, content_type: &str, body: Body) -> Result<ObjectInfo, Error> {
-        self.write(key, content_type, body, weft_actors::document::MAX_DOCUMENT_BYTES).await
+        self.write(key, content_type, body, weft_actors::document::MAX_DOCUMENT_BYTES, Expect::Anything).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), Error> {
@@ -441,17 +535,24 @@ mod tests {
             expires: get("expires").map(|v| v.parse().unwrap()),
             max: get("max").map(|v| v.parse().unwrap()),
             sig: get("sig"),
+            replaces: get("replaces"),
         }
     }
 
     #[tokio::test]
     async fn a_signed_url_is_bound_to_its_key_method_limit_and_content_type() {
         let (_dir, store) = store();
-        let upload = Upload { key: "acme/a", content_type: "text/plain", max_bytes: 10, expiry: DEFAULT_URL_EXPIRY };
+        let upload = Upload {
+            key: "acme/a",
+            content_type: "text/plain",
+            max_bytes: 10,
+            expiry: DEFAULT_URL_EXPIRY,
+            replaces: None,
+        };
         let url = store.presign_put(upload).await.unwrap();
         assert!(url.url.starts_with("http://127.0.0.1:1/objects/acme/a?"), "{}", url.url);
         let params = signed(&url.url);
-        assert_eq!(store.verify("PUT", "acme/a", "text/plain", &params), Ok(10));
+        assert_eq!(store.verify("PUT", "acme/a", "text/plain", &params), Ok((10, Expect::Nothing)));
         assert_eq!(store.verify("PUT", "acme/b", "text/plain", &params), Err(Denied::BadSignature));
         assert_eq!(store.verify("GET", "acme/a", "", &params), Err(Denied::BadSignature));
         assert_eq!(store.verify("PUT", "acme/a", "text/html", &params), Err(Denied::BadSignature));
@@ -459,9 +560,13 @@ mod tests {
         assert_eq!(store.verify("PUT", "acme/a", "text/plain", &bigger), Err(Denied::BadSignature));
         let later = Signed { expires: params.expires.map(|e| e + 1), ..params.clone() };
         assert_eq!(store.verify("PUT", "acme/a", "text/plain", &later), Err(Denied::BadSignature));
+        let elsewhere = Signed { replaces: Some("abc".into()), ..params.clone() };
+        assert_eq!(store.verify("PUT", "acme/a", "text/plain", &elsewhere), Err(Denied::BadSignature));
+        let unconditional = Signed { replaces: None, ..params.clone() };
+        assert!(matches!(store.verify("PUT", "acme/a", "text/plain", &unconditional), Err(Denied::Malformed(_))));
         let garbled = Signed { sig: Some("zz".into()), ..params.clone() };
         assert_eq!(store.verify("PUT", "acme/a", "text/plain", &garbled), Err(Denied::Malformed("`sig` is not hex")));
-        let bare = Signed { expires: None, max: None, sig: None };
+        let bare = Signed { expires: None, max: None, sig: None, replaces: None };
         assert!(matches!(store.verify("PUT", "acme/a", "text/plain", &bare), Err(Denied::Malformed(_))));
     }
 
@@ -469,8 +574,8 @@ mod tests {
     async fn an_expired_url_is_refused() {
         let (_dir, store) = store();
         let expires = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 5;
-        let sig = hex(&store.signature("GET", "acme/a", expires, 0, "").finalize().into_bytes());
-        let params = Signed { expires: Some(expires), max: Some(0), sig: Some(sig) };
+        let sig = hex(&store.signature("GET", "acme/a", expires, 0, "", "").finalize().into_bytes());
+        let params = Signed { expires: Some(expires), max: Some(0), sig: Some(sig), replaces: None };
         assert!(matches!(store.verify("GET", "acme/a", "", &params), Err(Denied::Expired(s)) if s >= 5));
     }
 
@@ -479,7 +584,7 @@ mod tests {
         let (dir, store) = store();
         let url = store.presign_get("acme/a", DEFAULT_URL_EXPIRY).await.unwrap();
         let reopened = LocalStore::open(dir.path(), "http://127.0.0.1:1", None).unwrap();
-        assert_eq!(reopened.verify("GET", "acme/a", "", &signed(&url.url)), Ok(0));
+        assert_eq!(reopened.verify("GET", "acme/a", "", &signed(&url.url)), Ok((0, Expect::Anything)));
         let other = tempfile::tempdir().unwrap();
         let stranger = LocalStore::open(other.path(), "http://127.0.0.1:1", None).unwrap();
         assert_eq!(stranger.verify("GET", "acme/a", "", &signed(&url.url)), Err(Denied::BadSignature));

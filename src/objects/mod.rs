@@ -61,6 +61,13 @@ pub enum Error {
     /// The storage could not be reached or failed; the same request may succeed later.
     #[error("object storage is unavailable: {0}")]
     Unavailable(String),
+    /// A conditional upload found another object than the one it was signed for (see [`Upload::replaces`]):
+    /// its URL was used already, or another upload came first. Nothing was stored.
+    #[error("the object under {key:?} changed since this upload URL was signed: an upload URL writes once")]
+    Superseded {
+        /// The key.
+        key: String,
+    },
     /// The upload's body could not be read: broken off, malformed, or stalled. The client's to fix; nothing
     /// was stored.
     #[error("the upload could not be read: {reason}")]
@@ -108,6 +115,10 @@ pub struct Upload<'a> {
     pub max_bytes: u64,
     /// How long the URL is valid.
     pub expiry: Duration,
+    /// The object the upload replaces, by etag; `None` when there must be no object yet. The URL writes only
+    /// while storage still holds exactly that, so it writes once: its own upload changes what is there
+    /// (S3's `If-None-Match: *` and `If-Match`, signed into the URL; the local store checks the same).
+    pub replaces: Option<&'a str>,
 }
 
 /// See the module doc.

@@ -3,6 +3,8 @@
 //! Pre-signed URLs are SigV4 query-string URLs; a PUT URL signs its `Content-Type`, so an upload declaring
 //! another fails. S3 cannot bound the size of a pre-signed PUT (only browser POST policies can), so the
 //! registered size limit is enforced when the upload is confirmed (the document refuses an oversize object).
+//! A PUT URL also signs `If-None-Match: *` (the first upload) or `If-Match: "<etag>"` (a new version), so it
+//! writes once: S3 answers 412 to a second use, as to an upload that another one overtook.
 //! Large writes from Weft itself go in parts of [`PART_BYTES`].
 
 use std::time::Duration;
@@ -175,6 +177,9 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(upload.key)
             .content_type(upload.content_type)
+            // Signed headers: the upload writes only over what it was signed for, so the URL writes once.
+            .set_if_none_match(upload.replaces.is_none().then(|| "*".to_owned()))
+            .set_if_match(upload.replaces.map(|etag| format!("\"{etag}\"")))
             .presigned(Self::presigning(upload.expiry)?)
             .await
             .map_err(|e| unavailable("signing an upload URL", e))?;

@@ -12,7 +12,8 @@
 //!   `{records: [{index, key, outcome | error}]}`, 200 when every record was taken, 422 when one was
 //!   refused, 503 when one could not be handled now (retry), 400 for a body that is no notification.
 //! - `PUT /objects/{key}`, `GET /objects/{key}` with `?expires&max&sig`: the local store's signed uploads and
-//!   downloads; 403 for an expired, tampered or misused URL, 413 past the signed size limit.
+//!   downloads; 403 for an expired, tampered or misused URL, 413 past the signed size limit, 412 for an upload
+//!   URL used already (or overtaken by another upload: an upload URL writes once), 422 for a deleted document.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -262,10 +263,16 @@ async fn put_object(
         Err(refusal) => return refusal.respond(),
     };
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let limit = match local.verify("PUT", &key, content_type, &signed) {
-        Ok(limit) => limit,
+    let (limit, expect) = match local.verify("PUT", &key, content_type, &signed) {
+        Ok(verified) => verified,
         Err(e) => return denied(e),
     };
+    // The URL may have been signed before its document was deleted.
+    if let Ok(objects) = objects(&state)
+        && let Err(e) = objects.documents.check_upload(&key).await
+    {
+        return Refusal::from(e).respond();
+    }
     let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(length) = declared.filter(|length| *length > limit) {
         return error(
@@ -275,8 +282,14 @@ async fn put_object(
         );
     }
     let body = idle_limited(payload, state.limits.body_idle_timeout);
-    match local.write(&key, content_type, body, limit).await {
+    match local.write(&key, content_type, body, limit, expect).await {
         Ok(info) => HttpResponse::Ok().insert_header((header::ETAG, format!("\"{}\"", info.etag))).finish(),
+        // As S3 answers a failed `If-None-Match` or `If-Match`.
+        Err(e @ ObjectError::Superseded { .. }) => error(
+            StatusCode::PRECONDITION_FAILED,
+            "conflict",
+            format!("{e}; ask for a new one (POST /documents/{{id}}/upload-url) to upload a new version"),
+        ),
         Err(ObjectError::TooLarge { limit }) => error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",

@@ -204,7 +204,7 @@ fn components() -> Value {
                       "description": "The first and last log positions of the events appended; null when none"},
         "repeated": {"type": "boolean"}}});
     let effect = json!({"type": "object", "required": ["outcome"], "properties": {
-        "outcome": {"type": "string", "enum": ["uploaded", "version_added", "deleted", "duplicate", "ignored"]},
+        "outcome": {"type": "string", "enum": ["uploaded", "version_added", "deleted", "discarded", "duplicate", "ignored"]},
         "reason": {"type": "string", "description": "Why it was ignored"}}});
     let error = json!({"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["kind", "message"],
@@ -337,9 +337,21 @@ fn document_paths(paths: &mut serde_json::Map<String, Value>) {
     let mut parameters = vec![key];
     parameters.extend(signed);
     let key_path = "/objects/{key}";
-    let refused = [("403", "Expired, tampered or misused URL"), ("413", "Over the signed size limit")];
+    let refused = [
+        ("403", "Expired, tampered or misused URL"),
+        ("413", "Over the signed size limit"),
+        ("412", "The URL was used already, or another upload overtook it: an upload URL writes once"),
+        ("422", "The document is deleted"),
+    ];
     let bytes = json!({"description": "The object's bytes", "content": {"application/octet-stream": {"schema": {"type": "string"}}}});
-    let mut put = with(summary("put", key_path), parameters.clone(), &refused, object());
+    let mut uploads = parameters.clone();
+    uploads.push(param(
+        "replaces",
+        "query",
+        json!({"type": "string"}),
+        "Of the signed URL: the etag it replaces, or `none`",
+    ));
+    let mut put = with(summary("put", key_path), uploads, &refused, object());
     put["responses"]["200"] = json!({"description": "Stored"});
     let mut get = with(summary("get", key_path), parameters, &refused[..1], object());
     get["responses"]["200"] = bytes;

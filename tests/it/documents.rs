@@ -38,7 +38,10 @@ fn post_document(addr: &str, tenant: &str, body: Value) -> (u16, Value) {
 /// URL names its headers; the HTTP status.
 fn curl_put(upload: &Value, file: &Path, extra: &[&str]) -> u16 {
     let mut command = Command::new("curl");
-    command.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--upload-file"]).arg(file);
+    if !extra.contains(&"-o") {
+        command.args(["-o", "/dev/null"]);
+    }
+    command.args(["-s", "-w", "%{http_code}", "--upload-file"]).arg(file);
     for (name, value) in upload["headers"].as_object().unwrap() {
         command.args(["-H", &format!("{name}: {}", value.as_str().unwrap())]);
     }
@@ -143,6 +146,9 @@ fn a_document_uploads_through_its_signed_url_and_is_deleted_with_its_object_on_t
         assert!(Instant::now() < deadline, "no second version");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // That URL has written its version: it writes nothing more.
+    std::fs::write(&file, "third notes, never kept\n").unwrap();
+    assert_eq!(curl_put(&again["upload"], &file, &[]), 412);
 
     // The object is removed behind Weft's back, and storage says so: the document is deleted, once.
     std::fs::remove_file(dir.path().join("objects/data").join(&key)).unwrap();
@@ -247,6 +253,22 @@ async fn a_document_uploads_to_seaweedfs_and_its_notifications_arrive_over_nats_
     let (status, answer) = webhook(&addr, &notification("ObjectRemoved:Delete", "docs", &key, json!({})));
     assert_eq!((status, &answer["records"][0]["outcome"]), (200, &json!("deleted")), "{answer}");
     wait_status(&addr, &id, "deleted");
+
+    // An upload URL writes once on S3 too (signed `If-None-Match: *`, `If-Match` for a version).
+    assert_eq!(curl_put(&second["upload"], &file, &[]), 412);
+    // S3 cannot revoke a URL: one signed before its document was deleted still writes, and the object that
+    // lands under a deleted document is removed when storage says it came.
+    let (_, third) = register(&addr, "acme", "third.txt", 1000);
+    let third_id = third["id"].as_str().unwrap();
+    let third_key = third["key"].as_str().unwrap();
+    assert_eq!(http(&addr, "DELETE", &format!("/documents/{third_id}"), &[], b"").status, 200);
+    assert_eq!(curl_put(&third["upload"], &file, &[]), 200);
+    let head = s3.head(third_key).await.unwrap();
+    let created =
+        notification("ObjectCreated:Put", "docs", third_key, json!({"size": head.size_bytes, "eTag": head.etag}));
+    assert_eq!(request(created).await["records"][0]["outcome"], "discarded");
+    assert!(matches!(s3.head(third_key).await, Err(weft::objects::Error::NotFound { .. })));
+    assert_eq!(wait_status(&addr, third_id, "deleted")["versions"], 0);
 
     serve.stop();
 }
@@ -396,6 +418,54 @@ fn bad_uploads_and_registrations_are_refused_and_leave_the_document_registered()
     assert_eq!(status, 409, "{answer}");
     assert_eq!(get(addr, &format!("/documents/{id}")).1["tenant"], "acme");
 
+    serve.stop();
+}
+
+/// `curl --upload-file` as [`curl_put`]; the status and the answer's JSON.
+fn curl_put_json(upload: &Value, file: &Path) -> (u16, Value) {
+    let out = file.with_extension("answer");
+    let status = curl_put(upload, file, &["-o", out.to_str().unwrap()]);
+    (status, serde_json::from_slice(&std::fs::read(&out).unwrap_or_default()).unwrap_or(Value::Null))
+}
+
+#[test]
+fn an_upload_url_writes_once_and_never_after_its_document_is_uploaded_or_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let (_, registered) = register(addr, "acme", "once.txt", 100);
+    let id = registered["id"].as_str().unwrap().to_owned();
+    let object = dir.path().join("objects/data").join(registered["key"].as_str().unwrap());
+    // A second URL for the pending upload, as a retrying client gets.
+    let (_, repeat) = post_document(
+        addr,
+        "acme",
+        json!({"id": id, "name": "once.txt", "content_type": "text/plain", "size_bytes": 100}),
+    );
+    let file = dir.path().join("once.txt");
+    std::fs::write(&file, "the upload\n").unwrap();
+    assert_eq!(curl_put(&registered["upload"], &file, &[]), 200);
+    let uploaded = wait_status(addr, &id, "uploaded");
+
+    // The same URL again, and the other URL signed while the upload was pending: refused, bytes unchanged.
+    std::fs::write(&file, "replaced bytes\n").unwrap();
+    let (status, answer) = curl_put_json(&registered["upload"], &file);
+    assert_eq!((status, &answer["error"]["kind"]), (412, &json!("conflict")), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("writes once"), "{answer}");
+    assert_eq!(curl_put(&repeat["upload"], &file, &[]), 412);
+    assert_eq!(std::fs::read(&object).unwrap(), b"the upload\n");
+    assert_eq!(get(addr, &format!("/documents/{id}")).1["etag"], uploaded["etag"]);
+
+    // A URL for a new version, signed before the document is deleted, writes nothing after.
+    let version = http(addr, "POST", &format!("/documents/{id}/upload-url"), &[], b"").json();
+    assert_eq!(http(addr, "DELETE", &format!("/documents/{id}"), &[], b"").status, 200);
+    assert!(!object.exists());
+    for upload in [&version["upload"], &registered["upload"]] {
+        let (status, answer) = curl_put_json(upload, &file);
+        assert_eq!((status, &answer["error"]["rejection"]["code"]), (422, &json!("deleted")), "{answer}");
+    }
+    assert!(!object.exists(), "no URL writes a deleted document's file back");
+    assert_eq!(wait_status(addr, &id, "deleted")["versions"], 1);
     serve.stop();
 }
 

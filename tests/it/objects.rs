@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use weft::objects::local::LocalStore;
+use weft::objects::local::{Expect, LocalStore};
 use weft::objects::seaweed::Seaweed;
 use weft::objects::{Body, Error, ObjectStore, Upload};
 
@@ -51,7 +51,8 @@ async fn contract(store: &dyn ObjectStore) {
     assert!(read(store, big).await == expected, "a large object reads back as written");
 
     let expiry = Duration::from_secs(60);
-    let put = store.presign_put(Upload { key, content_type: "text/plain", max_bytes: 100, expiry }).await.unwrap();
+    let upload = Upload { key, content_type: "text/plain", max_bytes: 100, expiry, replaces: None };
+    let put = store.presign_put(upload).await.unwrap();
     assert_eq!(put.method, "PUT");
     assert!(put.url.starts_with("http://"), "{}", put.url);
     assert!(put.expires_at > now() && put.expires_at <= now() + 61, "{put:?}");
@@ -62,7 +63,7 @@ async fn contract(store: &dyn ObjectStore) {
     for bad in ["../etc/passwd", "/abs", "acme//x", ".hidden/x", "acme/a b", "acme/x/..", ""] {
         assert!(matches!(store.head(bad).await, Err(Error::InvalidKey { .. })), "{bad:?}");
         assert!(matches!(store.put(bad, "text/plain", body(vec![])).await, Err(Error::InvalidKey { .. })), "{bad:?}");
-        let upload = Upload { key: bad, content_type: "text/plain", max_bytes: 1, expiry };
+        let upload = Upload { key: bad, content_type: "text/plain", max_bytes: 1, expiry, replaces: None };
         assert!(matches!(store.presign_put(upload).await, Err(Error::InvalidKey { .. })), "{bad:?}");
     }
 
@@ -100,10 +101,36 @@ async fn an_upload_over_its_limit_leaves_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path(), "http://127.0.0.1:1", None).unwrap();
     let key = "acme/0192f0c4-0000-7000-8000-000000000003";
-    let result = store.write(key, "text/plain", body(vec![vec![1; 10], vec![2; 10]]), 15).await;
+    let result = store.write(key, "text/plain", body(vec![vec![1; 10], vec![2; 10]]), 15, Expect::Anything).await;
     assert!(matches!(result, Err(Error::TooLarge { limit: 15 })), "{result:?}");
     assert!(matches!(store.head(key).await, Err(Error::NotFound { .. })));
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_conditional_local_write_goes_ahead_only_over_what_it_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path(), "http://127.0.0.1:1", None).unwrap();
+    let key = "acme/0192f0c4-0000-7000-8000-000000000007";
+    let write = |text: &'static str, expect| store.write(key, "text/plain", body(vec![text.into()]), 100, expect);
+    let first = write("first", Expect::Nothing).await.unwrap();
+    assert!(matches!(write("again", Expect::Nothing).await, Err(Error::Superseded { .. })));
+    let second = write("second", Expect::Etag(&first.etag)).await.unwrap();
+    assert!(matches!(write("stale", Expect::Etag(&first.etag)).await, Err(Error::Superseded { .. })));
+    assert_eq!(store.head(key).await.unwrap().etag, second.etag);
+    assert_eq!(read(&store, key).await, b"second");
+    store.delete(key).await.unwrap();
+    assert!(matches!(write("back", Expect::Etag(&second.etag)).await, Err(Error::Superseded { .. })));
+    assert!(matches!(store.head(key).await, Err(Error::NotFound { .. })));
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "refused writes leave no file");
+
+    // Of two writes racing with the same condition, one wins.
+    let racing = futures::future::join_all((0..8).map(|i| {
+        let text = format!("racer {i}");
+        store.write(key, "text/plain", body(vec![text.into_bytes()]), 100, Expect::Nothing)
+    }))
+    .await;
+    assert_eq!(racing.iter().filter(|r| r.is_ok()).count(), 1, "{racing:?}");
 }
 
 #[tokio::test]
@@ -116,18 +143,41 @@ async fn seaweedfs_keeps_the_contract_and_its_urls_work_over_http() {
     let http = reqwest::Client::new();
     let key = "acme/0192f0c4-0000-7000-8000-000000000004";
     let expiry = Duration::from_secs(60);
-    let upload = Upload { key, content_type: "text/plain", max_bytes: 100, expiry };
+    let upload = Upload { key, content_type: "text/plain", max_bytes: 100, expiry, replaces: None };
     let put = store.presign_put(upload.clone()).await.unwrap();
-    let mut request = http.put(&put.url).body("via a signed URL");
-    for (name, value) in &put.headers {
-        request = request.header(name, value);
-    }
-    if !put.headers.keys().any(|h| h.eq_ignore_ascii_case("content-type")) {
-        request = request.header("Content-Type", "text/plain");
-    }
-    let answer = request.send().await.unwrap();
-    assert!(answer.status().is_success(), "{:?}", answer.text().await);
-    assert_eq!(store.head(key).await.unwrap().size_bytes, 16);
+    let send = |put: &weft::objects::Presigned, body: &'static str| {
+        let mut request = http.put(&put.url).body(body);
+        for (name, value) in &put.headers {
+            request = request.header(name, value);
+        }
+        if !put.headers.keys().any(|h| h.eq_ignore_ascii_case("content-type")) {
+            request = request.header("Content-Type", "text/plain");
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(send(&put, "via a signed URL").await, 200);
+    let first = store.head(key).await.unwrap();
+    assert_eq!(first.size_bytes, 16);
+
+    // An upload URL writes once: again, it is refused and the object stays as it was.
+    assert_eq!(send(&put, "again, other bytes").await, 412);
+    // A URL for the next version writes over the content it was signed for, once.
+    let next = store.presign_put(Upload { replaces: Some(&first.etag), ..upload.clone() }).await.unwrap();
+    let stale = next.clone();
+    assert_eq!(send(&next, "the second version").await, 200);
+    let second = store.head(key).await.unwrap();
+    assert_eq!(second.size_bytes, 18);
+    assert_eq!(send(&next, "a third, with the same URL").await, 412);
+    assert_eq!(send(&stale, "overtaken").await, 412);
+    assert_eq!(store.head(key).await.unwrap(), second);
+    // A version URL after the object is gone writes nothing either.
+    let gone = "acme/0192f0c4-0000-7000-8000-000000000006";
+    store.put(gone, "text/plain", body(vec![b"short-lived".to_vec()])).await.unwrap();
+    let etag = store.head(gone).await.unwrap().etag;
+    let late = store.presign_put(Upload { key: gone, replaces: Some(&etag), ..upload.clone() }).await.unwrap();
+    store.delete(gone).await.unwrap();
+    assert_eq!(send(&late, "written back").await, 412);
+    assert!(matches!(store.head(gone).await, Err(Error::NotFound { .. })));
 
     // Another content type than the signed one, a tampered signature, or the URL used for another key: 403.
     let answer = http.put(&put.url).header("Content-Type", "text/html").body("x").send().await.unwrap();
@@ -143,7 +193,7 @@ async fn seaweedfs_keeps_the_contract_and_its_urls_work_over_http() {
     let get = store.presign_get(key, expiry).await.unwrap();
     let answer = http.get(&get.url).send().await.unwrap();
     assert_eq!(answer.status().as_u16(), 200);
-    assert_eq!(answer.text().await.unwrap(), "via a signed URL");
+    assert_eq!(answer.text().await.unwrap(), "the second version");
     let answer = http.get(tamper(&get.url)).send().await.unwrap();
     assert_eq!(answer.status().as_u16(), 403);
 
