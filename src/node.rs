@@ -59,6 +59,10 @@ pub struct NodeOptions {
     /// stalls longer is answered 408 and its connection closed.
     #[arg(long, default_value_t = crate::query::DEFAULT_BODY_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600), env = "WEFT_BODY_TIMEOUT_SECS")]
     pub body_timeout_secs: u64,
+    /// Most HTTP connections one client address may hold open; a request on a connection past it is answered
+    /// 429 and the connection closed.
+    #[arg(long, default_value_t = crate::query::connections::DEFAULT_MAX_PER_CLIENT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), env = "WEFT_MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: usize,
     /// Do not run the process managers (job orchestrator, timers) on this node.
     #[arg(long, env = "WEFT_NO_PROCESSES")]
     pub no_processes: bool,
@@ -361,6 +365,7 @@ impl Node {
         let limits = crate::query::HttpLimits {
             max_body_bytes: options.max_body_bytes,
             body_idle_timeout: Duration::from_secs(options.body_timeout_secs),
+            max_connections_per_client: options.max_connections_per_client,
         };
         let query = QueryApi::start(listener, reads, bus.clone(), limits, Some(objects_api), providers)?;
         Ok(Self {

@@ -262,6 +262,7 @@ async fn live(
         crate::query::HttpLimits {
             max_body_bytes: 1 << 20,
             body_idle_timeout: crate::query::DEFAULT_BODY_IDLE_TIMEOUT,
+            max_connections_per_client: crate::query::connections::DEFAULT_MAX_PER_CLIENT,
         },
         None,
         vec![],

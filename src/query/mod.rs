@@ -37,6 +37,7 @@
 //! (read-your-writes with a command reply's `last_position`), and answers 504 if it has not by then. Every
 //! `GET` answer carries an `ETag`; `If-None-Match` with it answers 304.
 
+pub mod connections;
 pub mod documents;
 mod live;
 pub mod nats;
@@ -82,6 +83,8 @@ pub struct HttpLimits {
     /// Longest wait for the next bytes of a request body: a body that stalls longer is answered 408 and its
     /// connection closed, so stalled clients cannot hold connections (and file descriptors) for ever.
     pub body_idle_timeout: Duration,
+    /// Most connections open from one client address (see [`connections`]).
+    pub max_connections_per_client: usize,
 }
 
 /// The default of [`HttpLimits::body_idle_timeout`].
@@ -108,8 +111,10 @@ impl QueryApi {
         let (closing, closed) = tokio::sync::watch::channel(false);
         let addr = listener.local_addr()?;
         let state = State { reads, bus, limits, objects, providers, closing: closed };
+        let counted = connections::Connections::new(limits.max_connections_per_client);
         let server = HttpServer::new(move || {
             let mut app = App::new()
+                .wrap(actix_web::middleware::from_fn(connections::refuse_over_limit))
                 .wrap(security_headers())
                 .app_data(web::Data::new(state.clone()))
                 .app_data(web::PathConfig::default().error_handler(|e, _| bad_request(e.to_string())))
@@ -140,6 +145,7 @@ impl QueryApi {
                 .route("/projections/{name}/reset", web::post().to(move |s, r, n| maintain(s, r, n, Work::Reset)))
                 .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }))
         })
+        .on_connect(move |io, data| counted.accepted(io, data))
         .workers(2)
         .disable_signals()
         .listen(listener)

@@ -77,6 +77,7 @@ fn bad_arguments_are_refused_with_a_message_and_no_panic() {
         (&["tenant", "erase", "--reason", "ticket 7"][..], "<TENANT>"),
         (&["tenant", "erase", "acme", "--reason", "ticket 7"][..], "--confirm"),
         (&["serve", "--body-timeout-secs", "0"][..], "not in 1..=3600"),
+        (&["serve", "--max-connections-per-client", "0"][..], "not in 1..=1000000"),
         (&["serve", "--webhook-secret", "a", "--webhook-secret-file", "f"][..], "cannot be used with"),
         (&["serve", "--s3-bucket", "b", "--s3-secret-access-key-file", "f"][..], "--s3-access-key-id"),
         (&["events", "diff", "job-x", "one", "2"][..], "invalid value 'one'"),
