@@ -14,7 +14,9 @@
 //! - [`intake`]: the command services on the bus, one per aggregate type.
 //! - [`protocol`]: the wire protocol: subjects, command bodies, replies, events.
 //! - [`publisher`]: every committed event out on its subject.
-//! - [`query`]: the query API over HTTP, reading the projections' read models.
+//! - [`query`]: the read side: reads over the projections' read models, for every transport.
+//! - [`http`]: the HTTP edge: every route, one file per area, and the middleware.
+//! - [`selections`]: the read models serving the write side: documents for schedules' selectors.
 //! - [`objects`]: object storage for documents (a local folder, S3), signed URLs, storage notifications.
 //! - [`agents`]: the providers agents use (builtin, OpenAI, Anthropic), the executor of job steps, the catalog.
 //! - [`lease`]: which of the nodes sharing a store runs the process managers and the publisher.
@@ -37,6 +39,7 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod health;
+pub mod http;
 pub mod intake;
 pub mod lease;
 pub mod nats;
@@ -46,4 +49,5 @@ pub mod protocol;
 pub mod publisher;
 pub mod query;
 pub mod replay;
+pub mod selections;
 pub mod store;

@@ -25,6 +25,7 @@ use crate::bus::memory::MemoryBus;
 use crate::bus::nats::NatsBus;
 use crate::gateway::BusGateway;
 use crate::health::Board;
+use crate::http::HttpApi;
 use crate::intake::{Intake, IntakeOptions};
 use crate::lease::{Lease, LeaseOptions};
 use crate::objects::ObjectStore;
@@ -32,7 +33,7 @@ use crate::objects::documents::{Documents, serve_notifications};
 use crate::objects::local::LocalStore;
 use crate::objects::s3::{S3Options, S3Store};
 use crate::publisher::Publisher;
-use crate::query::{QueryApi, Reads};
+use crate::query::Reads;
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::keys::{self, Keys};
 use crate::store::sealed::{Erase, Sealed};
@@ -57,11 +58,11 @@ pub struct NodeOptions {
     pub max_body_bytes: usize,
     /// Longest wait, in seconds, for the next bytes of an HTTP request's body (an upload's too); a body that
     /// stalls longer is answered 408 and its connection closed.
-    #[arg(long, default_value_t = crate::query::DEFAULT_BODY_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600), env = "WEFT_BODY_TIMEOUT_SECS")]
+    #[arg(long, default_value_t = crate::http::DEFAULT_BODY_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600), env = "WEFT_BODY_TIMEOUT_SECS")]
     pub body_timeout_secs: u64,
     /// Most HTTP connections one client address may hold open; a request on a connection past it is answered
     /// 429 and the connection closed.
-    #[arg(long, default_value_t = crate::query::connections::DEFAULT_MAX_PER_CLIENT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), env = "WEFT_MAX_CONNECTIONS_PER_CLIENT")]
+    #[arg(long, default_value_t = crate::http::middleware::DEFAULT_MAX_PER_CLIENT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), env = "WEFT_MAX_CONNECTIONS_PER_CLIENT")]
     pub max_connections_per_client: usize,
     /// Do not run the process managers (job orchestrator, timers) on this node.
     #[arg(long, env = "WEFT_NO_PROCESSES")]
@@ -181,7 +182,7 @@ pub struct Node {
     duty: Duty,
     projections: Projections,
     rebuilds: actix_rt::task::JoinHandle<()>,
-    query: QueryApi,
+    query: HttpApi,
     queries: tokio::task::JoinHandle<()>,
     notifications: actix_rt::task::JoinHandle<()>,
     sweeps: Option<actix_rt::task::JoinHandle<()>>,
@@ -306,18 +307,11 @@ impl Node {
         let maintenance = Arc::new(crate::query::read::Maintenance::default());
         let rebuilds =
             actix_rt::spawn(serve_rebuilds(projections.clone(), rebuild_rx, maintenance.clone(), reader.clone()));
-        let reads = Reads {
-            read_models,
-            positions,
-            store: reader,
-            rebuilds: Some(rebuild_tx),
-            maintenance,
-            erase: Some(store.eraser()),
-            health: board.clone(),
-        };
+        let reads = Reads { read_models, positions, store: reader, maintenance, health: board.clone() };
+        let admin = crate::http::admin::Admin { rebuilds: Some(rebuild_tx), erase: Some(store.eraser()) };
         let query_health = weft_events::Health::default();
         board.watch("queries", query_health.clone());
-        let queries = crate::query::nats::start(bus.clone(), reads.clone(), query_health).await?;
+        let queries = crate::bus::queries::start(bus.clone(), reads.clone(), query_health).await?;
         // Schedules over a document selector pick their documents from the documents read model.
         let select: Rc<dyn weft_actors::process::timers::Select> = Rc::new(reads.clone());
         let duty = match (&store, client) {
@@ -357,17 +351,22 @@ impl Node {
             let every = Duration::from_secs(options.objects.sweep_every_secs);
             let health = weft_events::Health::default();
             board.watch("upload sweep", health.clone());
-            actix_rt::spawn(crate::objects::documents::sweep_every(documents.clone(), reads.clone(), every, health))
+            actix_rt::spawn(crate::objects::documents::sweep_every(
+                documents.clone(),
+                Arc::new(reads.clone()),
+                every,
+                health,
+            ))
         });
         let webhook_secret = options.objects.webhook_secret().map_err(anyhow::Error::msg)?;
         let webhook_secret = webhook_secret.as_ref().map(|s| Arc::from(s.expose()));
-        let objects_api = crate::query::documents::Objects { documents, local, webhook_secret };
-        let limits = crate::query::HttpLimits {
+        let objects_api = crate::http::documents::Objects { documents, local, webhook_secret };
+        let limits = crate::http::HttpLimits {
             max_body_bytes: options.max_body_bytes,
             body_idle_timeout: Duration::from_secs(options.body_timeout_secs),
             max_connections_per_client: options.max_connections_per_client,
         };
-        let query = QueryApi::start(listener, reads, bus.clone(), limits, Some(objects_api), providers)?;
+        let query = HttpApi::start(listener, reads, admin, bus.clone(), limits, Some(objects_api), providers)?;
         Ok(Self {
             store,
             bus,

@@ -6,11 +6,7 @@
 //! a firing is for a real occurrence of the rule, after the last one fired.
 
 use std::collections::HashSet;
-use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
-use croner::Cron;
 use weft_events::Timestamp;
 use weft_events::domain::ids::{JobId, WorkflowId};
 use weft_events::domain::schedule::{Created, Deleted, Event, Fired, Misfire, Paused, Resumed, Strategy, Target};
@@ -180,39 +176,16 @@ pub struct Schedule {
     pub firings: u64,
 }
 
-/// A cron rule read in a time zone.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    cron: Cron,
-    zone: Tz,
-}
+/// A cron rule read in a time zone (one of the facts: the read side computes next fire times with it too).
+pub use weft_events::domain::schedule::Rule;
 
-impl Rule {
-    /// Parses an expression and a zone.
-    pub fn parse(cron: &str, time_zone: &str) -> Result<Self, Rejection> {
-        if cron.len() > MAX_TEXT_BYTES {
-            return Err(Rejection::InvalidCron { cron: cron.into(), reason: format!("over {MAX_TEXT_BYTES} bytes") });
+impl From<weft_events::domain::schedule::RuleError> for Rejection {
+    fn from(error: weft_events::domain::schedule::RuleError) -> Self {
+        use weft_events::domain::schedule::RuleError;
+        match error {
+            RuleError::InvalidCron { cron, reason } => Self::InvalidCron { cron, reason },
+            RuleError::InvalidTimeZone(zone) => Self::InvalidTimeZone(zone),
         }
-        let parsed =
-            Cron::from_str(cron).map_err(|e| Rejection::InvalidCron { cron: cron.into(), reason: e.to_string() })?;
-        let zone = Tz::from_str(time_zone).map_err(|_| Rejection::InvalidTimeZone(time_zone.into()))?;
-        Ok(Self { cron: parsed, zone })
-    }
-
-    fn local(&self, at: Timestamp) -> Option<DateTime<Tz>> {
-        DateTime::<Utc>::from_timestamp_micros(at.as_micros()).map(|t| t.with_timezone(&self.zone))
-    }
-
-    /// Whether `at` is an occurrence of the rule.
-    pub fn matches(&self, at: Timestamp) -> bool {
-        self.local(at).is_some_and(|t| self.cron.is_time_matching(&t).unwrap_or(false))
-    }
-
-    /// The first occurrence strictly after `after`, if the rule has one.
-    pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
-        let start = self.local(after)?;
-        let next = self.cron.find_next_occurrence(&start, false).ok()?;
-        Some(Timestamp(next.timestamp_micros()))
     }
 }
 
@@ -279,6 +252,10 @@ impl Aggregate for Schedule {
             Command::Create { cron, time_zone, workflow, target, strategy, misfire, at } => {
                 if self.status != Status::Uncreated {
                     return Err(Rejection::AlreadyCreated);
+                }
+                if cron.len() > MAX_TEXT_BYTES {
+                    let reason = format!("over {MAX_TEXT_BYTES} bytes");
+                    return Err(Rejection::InvalidCron { cron: cron.clone(), reason });
                 }
                 let rule = Rule::parse(cron, time_zone)?;
                 if rule.next_after(*at).is_none() {

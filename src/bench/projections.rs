@@ -33,7 +33,8 @@ use weft_projections::jobs::Jobs;
 
 use super::{Latencies, Report, rate};
 use crate::bus::memory::MemoryBus;
-use crate::query::{QueryApi, Reads};
+use crate::http::HttpApi;
+use crate::query::Reads;
 use crate::store::sqlite::{Options as StoreOptions, SqliteStore, Synchronous};
 
 /// Options of `weft bench projections`.
@@ -250,19 +251,18 @@ async fn live(
         read_models: read_models.to_owned(),
         positions: positions.clone(),
         store: reader.clone(),
-        rebuilds: None,
         maintenance: Default::default(),
-        erase: None,
         health: Default::default(),
     };
-    let api = QueryApi::start(
+    let api = HttpApi::start(
         std::net::TcpListener::bind("127.0.0.1:0")?,
         reads,
+        Default::default(),
         Arc::new(MemoryBus::default()),
-        crate::query::HttpLimits {
+        crate::http::HttpLimits {
             max_body_bytes: 1 << 20,
-            body_idle_timeout: crate::query::DEFAULT_BODY_IDLE_TIMEOUT,
-            max_connections_per_client: crate::query::connections::DEFAULT_MAX_PER_CLIENT,
+            body_idle_timeout: crate::http::DEFAULT_BODY_IDLE_TIMEOUT,
+            max_connections_per_client: crate::http::middleware::DEFAULT_MAX_PER_CLIENT,
         },
         None,
         vec![],

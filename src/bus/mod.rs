@@ -11,6 +11,7 @@
 
 pub mod memory;
 pub mod nats;
+pub mod queries;
 pub mod trace;
 
 use std::collections::BTreeMap;

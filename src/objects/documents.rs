@@ -483,28 +483,26 @@ pub const SWEEP_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// The most documents one sweep heads; the rest wait for the next sweep.
 pub const SWEEP_LIMIT: usize = 1000;
 
+/// Where a sweep finds the documents still waiting for their upload: the documents read model (see
+/// [`crate::selections`]), kept behind this trait so that object storage does not depend on the read side.
+#[async_trait::async_trait]
+pub trait Pending: Send + Sync {
+    /// A page of the documents registered since `since` (µs since the epoch) and still waiting for their
+    /// upload, as of everything stored so far, after `cursor`; and the next page's cursor, if any.
+    async fn pending(&self, since: i64, cursor: Option<String>) -> Result<(Vec<DocumentId>, Option<String>), Error>;
+}
+
 /// Heals lost notifications: heads the object of each document registered in the last [`SWEEP_WINDOW`] and
 /// still waiting for its upload (at most [`SWEEP_LIMIT`], oldest first), and records those whose object is
 /// there, as `confirm` does. Core NATS delivers a notification at most once, and not at all while no node
 /// listens; a node killed between acknowledging an upload and applying its notification leaves one behind too.
 /// Answers how many documents it recorded as uploaded.
-pub async fn sweep(documents: &Documents, reads: &crate::query::Reads) -> Result<usize, Error> {
-    use crate::query::read::DOCUMENTS;
-    let head = reads.store.head().await.map_err(|e| Error::Unavailable(format!("event store: {e}")))?;
+pub async fn sweep(documents: &Documents, pending: &dyn Pending) -> Result<usize, Error> {
     let since = Timestamp::now().as_micros() - i64::try_from(SWEEP_WINDOW.as_micros()).unwrap_or(i64::MAX);
-    let mut params = std::collections::BTreeMap::from([
-        ("status".to_owned(), "registered".to_owned()),
-        ("since".to_owned(), since.to_string()),
-        ("limit".to_owned(), "200".to_owned()),
-        // The read model must have applied everything stored so far, or a document registered just before a
-        // crash would be missed.
-        ("after".to_owned(), head.to_string()),
-    ]);
-    let (mut checked, mut recorded) = (0, 0);
+    let (mut checked, mut recorded, mut cursor) = (0, 0, None);
     while checked < SWEEP_LIMIT {
-        let page = reads.list(&DOCUMENTS, &params).await.map_err(|f| Error::Unavailable(f.message))?;
-        for id in page["items"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_str()) {
-            let Ok(id) = id.parse::<DocumentId>() else { continue };
+        let (ids, next) = pending.pending(since, cursor).await?;
+        for id in ids {
             checked += 1;
             match documents.confirm(id).await {
                 Ok(Effect::Uploaded) => recorded += 1,
@@ -512,10 +510,10 @@ pub async fn sweep(documents: &Documents, reads: &crate::query::Reads) -> Result
                 Err(error) => tracing::warn!(%id, %error, "a sweep could not check a document's upload"),
             }
         }
-        match page["next_cursor"].as_str() {
-            Some(cursor) => params.insert("cursor".into(), cursor.to_owned()),
+        match next {
+            Some(next) => cursor = Some(next),
             None => break,
-        };
+        }
     }
     Ok(recorded)
 }
@@ -524,12 +522,12 @@ pub async fn sweep(documents: &Documents, reads: &crate::query::Reads) -> Result
 /// A failed sweep is logged and said on `health` (retrying, with why) until one succeeds.
 pub async fn sweep_every(
     documents: Documents,
-    reads: crate::query::Reads,
+    pending: Arc<dyn Pending>,
     every: Duration,
     health: weft_events::Health,
 ) {
     loop {
-        match sweep(&documents, &reads).await {
+        match sweep(&documents, pending.as_ref()).await {
             Ok(recorded) => {
                 health.running();
                 if recorded > 0 {

@@ -1,5 +1,6 @@
-//! The reads behind the query API, free of HTTP: what each read model is, and reading one item or a page of
-//! a list from the read models' SQLite file. Both the HTTP routes and the NATS query service call these.
+//! The reads, free of HTTP and NATS: what each read model is, and reading one item or a page of a list from
+//! the read models' SQLite file. Both the HTTP routes ([`crate::http`]) and the NATS query service
+//! ([`crate::bus::queries`]) call these.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,13 +35,8 @@ pub struct Reads {
     pub positions: Vec<(&'static str, watch::Receiver<u64>)>,
     /// The event store, for the head position (lag).
     pub store: Arc<dyn EventRead>,
-    /// Where to ask for a projection's rebuild or reset (see [`weft_projections::rebuild`]); `None`: not
-    /// offered.
-    pub rebuilds: Option<tokio::sync::mpsc::Sender<RebuildRequest>>,
     /// Each projection's latest rebuild or reset: under way (with its progress) or done.
     pub maintenance: Arc<Maintenance>,
-    /// Where to erase a tenant (`POST /tenants/{tenant}/erase`); `None`: not offered.
-    pub erase: Option<Arc<dyn crate::store::sealed::Erase>>,
     /// The node's tasks and how each is doing, for readiness.
     pub health: crate::health::Board,
 }
@@ -401,7 +397,7 @@ fn shape_schedule(schedule: &mut Value) {
     parse_json_field(schedule, "strategy");
     let active = schedule["status"] == "active";
     let next = match (schedule["cron"].as_str(), schedule["time_zone"].as_str(), schedule["fired_up_to"].as_i64()) {
-        (Some(cron), Some(zone), Some(after)) if active => weft_actors::schedule::Rule::parse(cron, zone)
+        (Some(cron), Some(zone), Some(after)) if active => weft_events::domain::schedule::Rule::parse(cron, zone)
             .ok()
             .and_then(|rule| rule.next_after(weft_events::Timestamp(after))),
         _ => None,
@@ -619,30 +615,6 @@ impl Reads {
         }
         let next = if more { items.last().map(|item| item["version"].clone()) } else { None };
         Ok(json!({"items": items, "next_cursor": next}))
-    }
-
-    /// Rebuilds a projection from position 0 and swaps it in (the old model serves until then):
-    /// `{"projection", "position"}`.
-    pub async fn rebuild(&self, projection: &str, work: Work) -> Result<Value, Failure> {
-        let Some(rebuilds) = &self.rebuilds else { return Err(Failure::unavailable("rebuilds are not offered here")) };
-        if !self.positions.iter().any(|(name, _)| *name == projection) {
-            return Err(Failure::not_found(format!("no projection named {projection:?}")));
-        }
-        if !self.maintenance.claim(projection, work) {
-            return Err(Failure {
-                kind: "conflict",
-                message: format!(
-                    "a rebuild or reset of {projection} is under way: one at a time (see GET /projections/{projection})"
-                ),
-            });
-        }
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        rebuilds
-            .send((projection.to_owned(), work, answer))
-            .await
-            .map_err(|_| Failure::unavailable("the node is stopping"))?;
-        let position = answered.await.map_err(|_| Failure::unavailable("the node is stopping"))??;
-        Ok(json!({"projection": projection, "position": position}))
     }
 
     /// One projection: its position, the store's head, its lag in events, and its latest rebuild or reset

@@ -80,3 +80,64 @@ fn the_checker_tells_a_body_that_differs() {
     assert!(conforms(&document, &schema, &serde_json::json!({"b": "x"}), "").is_err());
     assert!(conforms(&document, &schema, &serde_json::json!({"a": 1, "b": "y"}), "").is_err());
 }
+
+/// The routes every node answered before the HTTP edge moved to `src/http/` (issue 21): the redesign keeps
+/// each of them, and a new route is added here on purpose.
+const ROUTES_BEFORE_THE_REDESIGN: &[&str] = &[
+    "GET /agents",
+    "GET /agents/live",
+    "GET /agents/{id}",
+    "GET /agents/{id}/live",
+    "POST /commands/{aggregate}/{id}",
+    "GET /documents",
+    "POST /documents",
+    "GET /documents/live",
+    "DELETE /documents/{id}",
+    "GET /documents/{id}",
+    "POST /documents/{id}/confirm",
+    "GET /documents/{id}/download",
+    "GET /documents/{id}/live",
+    "POST /documents/{id}/upload-url",
+    "GET /healthz",
+    "GET /jobs",
+    "GET /jobs/live",
+    "GET /jobs/{id}",
+    "GET /jobs/{id}/live",
+    "GET /jobs/{id}/logs",
+    "POST /objects/events",
+    "GET /objects/{key}",
+    "PUT /objects/{key}",
+    "GET /openapi.json",
+    "GET /projections/{name}",
+    "POST /projections/{name}/rebuild",
+    "POST /projections/{name}/reset",
+    "GET /providers",
+    "GET /readyz",
+    "GET /schedules",
+    "GET /schedules/live",
+    "GET /schedules/{id}",
+    "GET /schedules/{id}/live",
+    "GET /streams/{stream}/events",
+    "POST /tenants/{tenant}/erase",
+    "GET /workflows",
+    "GET /workflows/live",
+    "GET /workflows/{id}",
+    "GET /workflows/{id}/live",
+];
+
+#[test]
+fn the_document_names_the_same_routes_as_before_the_edge_redesign() {
+    let document = weft::http::openapi::document();
+    let mut routes: Vec<String> = document["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, operations)| {
+            operations.as_object().unwrap().keys().map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    routes.sort();
+    let mut expected: Vec<String> = ROUTES_BEFORE_THE_REDESIGN.iter().map(|r| (*r).to_owned()).collect();
+    expected.sort();
+    assert_eq!(routes, expected);
+}

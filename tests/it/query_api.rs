@@ -274,15 +274,14 @@ async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors()
             .iter()
             .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| format!("{m} {p}")))
             .collect();
-        let routes: BTreeSet<String> =
-            weft::query::openapi::ROUTES.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
+        let routes: BTreeSet<String> = weft::http::openapi::ROUTES.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
         assert_eq!(documented, routes);
         for (_, operations) in paths {
             for (_, operation) in operations.as_object().unwrap() {
                 assert!(operation["responses"]["200"].is_object(), "{operation}");
             }
         }
-        for (method, path, _) in weft::query::openapi::ROUTES {
+        for (method, path, _) in weft::http::openapi::ROUTES {
             let path = path
                 .replace("{id}", &Uuid::now_v7().to_string())
                 .replace("{tenant}", "nobody")

@@ -1,5 +1,10 @@
 //! Events of a schedule: a cron rule, in a time zone, that submits jobs of a workflow.
 
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
 use serde::{Deserialize, Serialize};
 
 use super::ids::{DocumentId, JobId, WorkflowId};
@@ -229,5 +234,54 @@ mod tests {
         let old = OldFired { due_at: Timestamp(5), jobs: vec![JobId::new()], at: Timestamp(6) };
         let fired: Fired = crate::codec::decode(&crate::codec::encode(&old).unwrap()).unwrap();
         assert_eq!(fired.through_position, None);
+    }
+}
+
+/// Why a cron rule does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// The expression does not parse.
+    #[error("invalid cron expression {cron:?}: {reason}")]
+    InvalidCron {
+        /// The expression.
+        cron: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// No such IANA time zone.
+    #[error("unknown time zone {0:?}")]
+    InvalidTimeZone(String),
+}
+
+/// A cron rule read in a time zone: when a schedule fires.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    cron: Cron,
+    zone: Tz,
+}
+
+impl Rule {
+    /// Parses an expression and an IANA time zone.
+    pub fn parse(cron: &str, time_zone: &str) -> Result<Self, RuleError> {
+        let parsed =
+            Cron::from_str(cron).map_err(|e| RuleError::InvalidCron { cron: cron.into(), reason: e.to_string() })?;
+        let zone = Tz::from_str(time_zone).map_err(|_| RuleError::InvalidTimeZone(time_zone.into()))?;
+        Ok(Self { cron: parsed, zone })
+    }
+
+    fn local(&self, at: Timestamp) -> Option<DateTime<Tz>> {
+        DateTime::<Utc>::from_timestamp_micros(at.as_micros()).map(|t| t.with_timezone(&self.zone))
+    }
+
+    /// Whether `at` is an occurrence of the rule.
+    pub fn matches(&self, at: Timestamp) -> bool {
+        self.local(at).is_some_and(|t| self.cron.is_time_matching(&t).unwrap_or(false))
+    }
+
+    /// The first occurrence strictly after `after`, if the rule has one.
+    pub fn next_after(&self, after: Timestamp) -> Option<Timestamp> {
+        let start = self.local(after)?;
+        let next = self.cron.find_next_occurrence(&start, false).ok()?;
+        Some(Timestamp(next.timestamp_micros()))
     }
 }

@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::read::{MAX_LIMIT, MODELS, Model};
+use crate::query::read::{MAX_LIMIT, MODELS, Model};
 
 /// The routes: method, path, summary. `tests/it/query_api.rs` checks that each is served and that the
 /// server serves no other.
@@ -386,7 +386,7 @@ pub fn document() -> Value {
         "/streams/{stream}/events".into(),
         json!({"get": operation(summary("get", "/streams/{stream}/events"), events, json_response(page_schema(json!({"type": "object"}))))}),
     );
-    let aggregate = param("aggregate", "path", json!({"enum": super::AGGREGATES}), "The aggregate");
+    let aggregate = param("aggregate", "path", json!({"enum": super::commands::AGGREGATES}), "The aggregate");
     let id = param("id", "path", json!({"type": "string", "format": "uuid"}), "The instance");
     let mut responses = errors();
     responses["200"] =

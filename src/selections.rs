@@ -1,5 +1,5 @@
-//! Documents for schedules over a selector, from the documents read model: the timer service's
-//! [`Select`].
+//! The read models serving the write side: documents for schedules over a selector (the timer service's
+//! [`Select`]), and documents still waiting for their upload (the upload sweep's [`Pending`]).
 //!
 //! A selection first waits until the documents read model has applied the store's head (as of the firing),
 //! so that every upload recorded before the occurrence fired is seen; it then takes the `uploaded` documents
@@ -11,7 +11,8 @@ use weft_actors::process::timers::{Select, Selected};
 use weft_events::domain::ids::{DocumentId, Uuid};
 use weft_events::domain::schedule::Target;
 
-use super::read::Reads;
+use crate::objects::documents::{Error, Pending};
+use crate::query::read::{DOCUMENTS, Reads};
 
 #[async_trait::async_trait(?Send)]
 impl Select for Reads {
@@ -52,5 +53,26 @@ impl Select for Reads {
             .map(|(id, _)| Uuid::parse_str(&id).map(DocumentId).map_err(|e| format!("document id {id:?}: {e}")))
             .collect::<Result<_, _>>()?;
         Ok(Selected { documents, through_position })
+    }
+}
+
+#[async_trait::async_trait]
+impl Pending for Reads {
+    async fn pending(&self, since: i64, cursor: Option<String>) -> Result<(Vec<DocumentId>, Option<String>), Error> {
+        let head = self.store.head().await.map_err(|e| Error::Unavailable(format!("event store: {e}")))?;
+        let mut params = std::collections::BTreeMap::from([
+            ("status".to_owned(), "registered".to_owned()),
+            ("since".to_owned(), since.to_string()),
+            ("limit".to_owned(), "200".to_owned()),
+            // The read model must have applied everything stored so far, or a document registered just before
+            // a crash would be missed.
+            ("after".to_owned(), head.to_string()),
+        ]);
+        if let Some(cursor) = cursor {
+            params.insert("cursor".into(), cursor);
+        }
+        let page = self.list(&DOCUMENTS, &params).await.map_err(|f| Error::Unavailable(f.message))?;
+        let ids = page["items"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_str()?.parse().ok());
+        Ok((ids.collect(), page["next_cursor"].as_str().map(str::to_owned)))
     }
 }

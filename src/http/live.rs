@@ -18,8 +18,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::read::{self, HISTORY, Model, Reads};
 use super::{Failure, State};
+use crate::query::read::{self, HISTORY, Model, Reads};
 
 /// How often an idle stream sends a keep-alive comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);

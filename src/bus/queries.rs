@@ -18,8 +18,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use super::read::{Failure, MODELS, Reads};
 use crate::bus::{Bus, BusError, CONTENT_TYPE, Headers, JSON, Message};
+use crate::query::read::{Failure, MODELS, Reads};
 
 /// The first tokens of query subjects.
 pub const QUERIES: &str = "weft.qry";
@@ -101,8 +101,8 @@ async fn answer(reads: &Reads, message: &Message) -> Result<Value, Failure> {
             match verb {
                 "get" => {
                     let id = take("id")?;
-                    super::read::check_keys(&params, &["after"])?;
-                    reads.show(model, &id, super::read::number(&params, "after")?).await
+                    crate::query::read::check_keys(&params, &["after"])?;
+                    reads.show(model, &id, crate::query::read::number(&params, "after")?).await
                 }
                 "list" => reads.list(model, &params).await,
                 _ => Err(Failure::not_found(format!("no query {:?}", message.subject))),

@@ -1,3 +1,6 @@
+//! What wraps every route: the security headers ([`security_headers`]), and the connections per client
+//! address ([`Connections`], [`refuse_over_limit`]). Identity, rate limits and metrics plug in here.
+//!
 //! Connections per client address: each connection is counted from accept to close, and a request on a
 //! connection past [`HttpLimits::max_connections_per_client`](super::HttpLimits) of its address is answered
 //! 429 and the connection closed, so one client cannot hold every file descriptor of the node.
@@ -81,4 +84,15 @@ pub async fn refuse_over_limit(
     answer.force_close();
     let answer = answer.json(serde_json::json!({"error": {"kind": "too_many", "message": message}}));
     Ok(request.into_response(answer))
+}
+
+/// The headers every answer carries: no type guessing, no framing by other origins, no referrer leaking ids
+/// in URLs, and the answers kept to this origin.
+pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((actix_web::http::header::X_FRAME_OPTIONS, "DENY"))
+        .add((actix_web::http::header::REFERRER_POLICY, "no-referrer"))
+        .add(("Cross-Origin-Resource-Policy", "same-origin"))
+        .add(("Cross-Origin-Opener-Policy", "same-origin"))
 }
