@@ -18,10 +18,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tokio::sync::watch;
 use weft_events::{Checkpoint, Direction, Envelope, Error, EventRead, Limits, Snapshot, StreamName, Subscription};
 
-use super::{
-    BUSY_TIMEOUT_MS, check_header, corrupt, decode_row, from_sql, index_path, load_checkpoint, load_snapshot,
-    select_all, sql_error, to_sql,
-};
+use super::files::{check_header, index_path};
+use super::read::{decode_row, load_checkpoint, load_snapshot, select_all};
+use super::{BUSY_TIMEOUT_MS, corrupt, from_sql, sql_error, to_sql};
 use crate::store::record;
 
 /// How often a following view looks for new events.

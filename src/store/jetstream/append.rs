@@ -1,0 +1,104 @@
+//! Appending: publishing one message or one atomic batch against the stream's expected last sequence, and
+//! reading the stream's end again after a conflict.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use uuid::Uuid;
+use weft_events::{Error, StreamName};
+
+use super::JetStreamStore;
+use super::wire::{PubReply, PublishError, WRONG_LAST_SEQUENCE};
+
+impl JetStreamStore {
+    /// The version of a stream that an append decided against version `expected` found moved. A clustered
+    /// stream checks expectations against what it has accepted, not only applied: the event that moved the
+    /// stream may still be on its way, so read the leader until it shows.
+    pub(super) async fn version_after_conflict(&self, stream: &StreamName, expected: u64) -> Result<u64, Error> {
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let (version, _) = self.tail(stream).await?;
+            if version > expected {
+                return Ok(version);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.unavailable(format!(
+                    "an append to {stream} at version {expected} conflicted, but no later version shows"
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Publishes `messages` (subject, body, event id) as one message or one atomic batch, the first
+    /// expecting the stream's last event at `last_sequence`. Returns the sequence of the last one.
+    pub(super) async fn publish(
+        &self,
+        stream: &StreamName,
+        last_sequence: u64,
+        messages: &[(String, Bytes, Uuid)],
+    ) -> Result<u64, PublishError> {
+        let client = &self.inner.client;
+        let batch_id = (messages.len() > 1).then(|| Uuid::now_v7().simple().to_string());
+        let filter = self.stream_filter(stream);
+        let last_sequence = last_sequence.to_string();
+        for (i, (subject, body, event_id)) in messages.iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
+            if i == 0 {
+                headers.insert("Nats-Expected-Stream", self.inner.config.stream.as_str());
+                headers.insert("Nats-Expected-Last-Subject-Sequence", last_sequence.as_str());
+                headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", filter.as_str());
+            }
+            if let Some(batch_id) = &batch_id {
+                headers.insert("Nats-Batch-Id", batch_id.as_str());
+                headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+            }
+            if i + 1 < messages.len() {
+                client
+                    .publish_with_headers(subject.clone(), headers, body.clone())
+                    .await
+                    .map_err(|e| PublishError::Ambiguous(e.to_string()))?;
+                continue;
+            }
+            if batch_id.is_some() {
+                headers.insert("Nats-Batch-Commit", "1");
+            }
+            let request = async_nats::Request::new()
+                .headers(headers)
+                .payload(body.clone())
+                .timeout(Some(self.inner.config.timeout));
+            let reply = client.send_request(subject.clone(), request).await.map_err(|e| {
+                use async_nats::RequestErrorKind as Kind;
+                match e.kind() {
+                    Kind::NoResponders => PublishError::NoLeader,
+                    _ => PublishError::Ambiguous(e.to_string()),
+                }
+            })?;
+            let reply: PubReply = serde_json::from_slice(&reply.payload)
+                .map_err(|e| PublishError::Ambiguous(format!("unreadable acknowledgement: {e}")))?;
+            if let Some(error) = reply.error {
+                if WRONG_LAST_SEQUENCE.contains(&error.err_code) {
+                    return Err(PublishError::WrongLastSequence);
+                }
+                return Err(PublishError::Refused(format!(
+                    "{} (code {}, error {})",
+                    error.description, error.code, error.err_code
+                )));
+            }
+            if let Some(count) = reply.count
+                && count != messages.len() as u64
+            {
+                return Err(PublishError::Refused(format!(
+                    "the server stored {count} of an append's {} events",
+                    messages.len()
+                )));
+            }
+            return Ok(reply.seq);
+        }
+        unreachable!("an append holds at least one event")
+    }
+}

@@ -1,0 +1,270 @@
+//! Opening: the server version check, names that make valid subjects, the events stream and the buckets
+//! created or checked, and the follower that keeps the head position.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use super::wire::{InfoReply, STREAM_NOT_FOUND};
+use super::{JetStreamConfig, OpenError};
+
+pub(super) fn version_at_least(version: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (a, b) >= (major, minor)
+}
+
+pub(super) fn check_names(config: &JetStreamConfig) -> Result<(), OpenError> {
+    let name_ok = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    for (what, name) in [
+        ("stream", &config.stream),
+        ("snapshots bucket", &config.snapshots_bucket),
+        ("checkpoints bucket", &config.checkpoints_bucket),
+    ] {
+        if !name_ok(name) {
+            return Err(OpenError::InvalidConfig(format!("{what} name {name:?}: use letters, digits, - and _")));
+        }
+    }
+    let prefix_ok = config.subject_prefix.split('.').all(name_ok);
+    if !prefix_ok {
+        return Err(OpenError::InvalidConfig(format!(
+            "subject prefix {:?}: dot-separated tokens of letters, digits, - and _",
+            config.subject_prefix
+        )));
+    }
+    if config.replicas == 0 || config.replicas > 5 {
+        return Err(OpenError::InvalidConfig(format!("replicas {}: 1 to 5", config.replicas)));
+    }
+    Ok(())
+}
+
+/// A request that is sent again while nothing answers its subject, for up to `timeout`: a stream (or a
+/// bucket) answers nothing between its creation, or the loss of its leader, and the election of a leader.
+/// Nothing was delivered then, so sending again is safe.
+pub(super) async fn request(
+    client: &async_nats::Client,
+    subject: String,
+    headers: Option<HeaderMap>,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<async_nats::Message, async_nats::RequestError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let mut request = async_nats::Request::new().payload(payload.clone()).timeout(Some(timeout));
+        if let Some(headers) = &headers {
+            request = request.headers(headers.clone());
+        }
+        match client.send_request(subject.clone(), request).await {
+            Err(e)
+                if e.kind() == async_nats::RequestErrorKind::NoResponders && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            other => return other,
+        }
+    }
+}
+
+pub(super) async fn request_info(
+    client: &async_nats::Client,
+    stream: &str,
+    timeout: Duration,
+) -> Result<InfoReply, String> {
+    let reply = request(client, format!("$JS.API.STREAM.INFO.{stream}"), None, Bytes::new(), timeout)
+        .await
+        .map_err(|e| format!("stream info of {stream}: {e}"))?;
+    serde_json::from_slice(&reply.payload).map_err(|e| format!("stream info of {stream} unreadable: {e}"))
+}
+
+/// The stream's info, or `None` when it does not exist.
+pub(super) async fn existing(
+    client: &async_nats::Client,
+    stream: &str,
+    timeout: Duration,
+) -> Result<Option<(stream::Config, u64)>, OpenError> {
+    let info = request_info(client, stream, timeout).await.map_err(OpenError::Unavailable)?;
+    match (info.error, info.config) {
+        (Some(e), _) if e.err_code == STREAM_NOT_FOUND => Ok(None),
+        (Some(e), _) => Err(OpenError::Unavailable(format!("stream info of {stream}: {}", e.description))),
+        (None, Some(config)) => Ok(Some((config, info.state.map_or(0, |s| s.last_seq)))),
+        (None, None) => Err(OpenError::Unavailable(format!("stream info of {stream} came without a config"))),
+    }
+}
+
+/// Creates the events stream or checks the one there; returns its last sequence.
+pub(super) async fn ensure_events_stream(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    config: &JetStreamConfig,
+) -> Result<u64, OpenError> {
+    let subjects = format!("{}.>", config.subject_prefix);
+    let (found, last) = match existing(client, &config.stream, config.timeout).await? {
+        Some(found) => found,
+        None => {
+            let wanted = stream::Config {
+                name: config.stream.clone(),
+                description: Some("Weft events: <prefix>.<stream>.<version>, position = sequence".into()),
+                subjects: vec![subjects.clone()],
+                storage: StorageType::File,
+                num_replicas: config.replicas,
+                retention: RetentionPolicy::Limits,
+                discard: DiscardPolicy::New,
+                allow_direct: true,
+                allow_atomic_publish: true,
+                deny_delete: true,
+                deny_purge: true,
+                ..Default::default()
+            };
+            // A cluster's meta leader can be slow to answer on a loaded machine: ask again a few times.
+            let mut attempt = 0;
+            let created = loop {
+                attempt += 1;
+                match js.create_stream(wanted.clone()).await {
+                    Ok(created) => break created,
+                    Err(e) if attempt < 4 && e.to_string().contains("timed out") => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        return Err(OpenError::Unavailable(format!("creating stream {}: {e}", config.stream)));
+                    }
+                }
+            };
+            (created.cached_info().config.clone(), 0)
+        }
+    };
+    let mut problems = Vec::new();
+    if !found.subjects.contains(&subjects) {
+        problems.push(format!("subjects are {:?}, they must include {subjects:?}", found.subjects));
+    }
+    if found.storage != StorageType::File {
+        problems.push("storage must be file".into());
+    }
+    if found.num_replicas.max(1) != config.replicas {
+        problems.push(format!("replicas are {}, configured {}", found.num_replicas, config.replicas));
+    }
+    if found.retention != RetentionPolicy::Limits {
+        problems.push("retention must be limits (nothing is removed when consumed)".into());
+    }
+    if found.max_messages > 0 || found.max_bytes > 0 || !found.max_age.is_zero() || found.max_messages_per_subject > 0 {
+        problems.push("it has a message, byte, age or per-subject limit: events would be deleted".into());
+    }
+    if !found.allow_atomic_publish {
+        problems.push("atomic batches are not allowed (allow_atomic; a server older than 2.12 drops it)".into());
+    }
+    if !found.allow_direct {
+        problems.push("direct gets are not allowed (allow_direct)".into());
+    }
+    if !problems.is_empty() {
+        return Err(OpenError::Misconfigured { stream: config.stream.clone(), problems });
+    }
+    Ok(last)
+}
+
+/// Creates a KV bucket or checks the one there.
+pub(super) async fn ensure_bucket(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    config: &JetStreamConfig,
+) -> Result<(), OpenError> {
+    let stream = format!("KV_{bucket}");
+    let found = match existing(client, &stream, config.timeout).await? {
+        Some((found, _)) => found,
+        None => {
+            js.create_key_value(async_nats::jetstream::kv::Config {
+                bucket: bucket.to_owned(),
+                description: "Weft: one entry per name, newest wins".into(),
+                history: 1,
+                storage: StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| OpenError::Unavailable(format!("creating bucket {bucket}: {e}")))?;
+            return Ok(());
+        }
+    };
+    let mut problems = Vec::new();
+    if found.storage != StorageType::File {
+        problems.push("storage must be file".into());
+    }
+    if found.num_replicas.max(1) != config.replicas {
+        problems.push(format!("replicas are {}, configured {}", found.num_replicas, config.replicas));
+    }
+    if !found.allow_direct {
+        problems.push("direct gets are not allowed (allow_direct)".into());
+    }
+    if !found.max_age.is_zero() {
+        problems.push("entries expire (max_age): saved states would vanish".into());
+    }
+    if !problems.is_empty() {
+        return Err(OpenError::Misconfigured { stream, problems });
+    }
+    Ok(())
+}
+
+/// An ordered push consumer's messages on `stream`'s subjects matching `filter`, delivered by `policy` (only
+/// their headers when `headers_only`): what a follower of a stream reads.
+pub async fn follow(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    filter: String,
+    policy: DeliverPolicy,
+    headers_only: bool,
+) -> Result<push::Ordered, String> {
+    let stream = js.get_stream_no_info(stream).await.map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
+            filter_subject: filter,
+            headers_only,
+            deliver_policy: policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
+}
+
+/// Keeps `head` at the last sequence of the events stream, from an ordered push consumer that delivers
+/// headers only. Recreates the consumer after the connection or the server comes back.
+pub(super) async fn follow_head(
+    js: async_nats::jetstream::Context,
+    config: JetStreamConfig,
+    head: Arc<watch::Sender<u64>>,
+) {
+    let filter = format!("{}.>", config.subject_prefix);
+    loop {
+        let start = *head.borrow() + 1;
+        let deliver = DeliverPolicy::ByStartSequence { start_sequence: start };
+        match follow(&js, &config.stream, filter.clone(), deliver, true).await {
+            Ok(mut messages) => {
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(message) => {
+                            if let Ok(info) = message.info() {
+                                let sequence = info.stream_sequence;
+                                head.send_if_modified(|h| {
+                                    let moved = sequence > *h;
+                                    *h = (*h).max(sequence);
+                                    moved
+                                });
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "following the event log's head"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot follow the event log's head; retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

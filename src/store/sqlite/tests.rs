@@ -1,0 +1,136 @@
+//! The SQLite store's own tests (the contract suite runs in `tests/it`).
+
+use std::path::Path;
+
+use super::*;
+
+weft_events::store_contract_tests!(|| async {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(Options::new(dir.path().join("events.db"))).unwrap();
+    (store, dir)
+});
+
+#[tokio::test]
+async fn a_second_process_cannot_open_an_open_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(Options::new(&path)).unwrap();
+    let Err(err) = SqliteStore::open(Options::new(&path)) else { panic!("opened twice") };
+    assert!(matches!(&err, Error::Unavailable { reason, .. } if reason.contains("another process")), "{err}");
+    store.close().await.unwrap();
+    SqliteStore::open(Options::new(&path)).unwrap();
+}
+
+#[tokio::test]
+async fn a_closed_store_refuses_appends_and_reopens_with_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let s = StreamName::new("s").unwrap();
+    let store = SqliteStore::open(Options::new(&path)).unwrap();
+    store.append(&s, ExpectedVersion::NoStream, vec![NewEvent::new("a.b", vec![1])]).await.unwrap();
+    store.close().await.unwrap();
+    assert_eq!(
+        store.append(&s, ExpectedVersion::Any, vec![NewEvent::new("a.b", vec![2])]).await.unwrap_err(),
+        Error::Closed
+    );
+    assert!(
+        !Path::new(&format!("{}-wal", path.display())).exists()
+            || std::fs::metadata(format!("{}-wal", path.display())).unwrap().len() == 0
+    );
+    let store = SqliteStore::open(Options::new(&path)).unwrap();
+    assert_eq!(store.head().await.unwrap(), 1);
+    assert_eq!(store.verify().await.unwrap(), 1);
+    let e = store.append(&s, ExpectedVersion::Exact(1), vec![NewEvent::new("a.b", vec![2])]).await.unwrap();
+    assert_eq!((e.version, e.first_position), (2, 2));
+}
+
+/// Writers append to many streams while readers read them whole, again and again, as the indexer keeps
+/// moving entries from the tail to the file: every read must be complete and no shorter than the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_stay_complete_while_the_indexer_moves_entries() {
+    const STREAMS: usize = 20;
+    const APPENDS: u64 = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(Options::new(dir.path().join("events.db"))).unwrap();
+    let streams: Vec<StreamName> = (0..STREAMS).map(|i| StreamName::new(format!("moving-{i}")).unwrap()).collect();
+    let mut writers = Vec::new();
+    for s in streams.clone() {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for n in 0..APPENDS {
+                store
+                    .append(&s, ExpectedVersion::Exact(n), vec![NewEvent::new("a.b", n.to_be_bytes().to_vec())])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let mut readers = Vec::new();
+    for s in streams.clone() {
+        let store = store.clone();
+        readers.push(tokio::spawn(async move {
+            let mut seen = 0;
+            while seen < APPENDS {
+                let version = store.stream_version(&s).await.unwrap();
+                let events = store.read_stream(&s, 1, Direction::Forwards, 1000).await.unwrap();
+                assert!(events.len() as u64 >= version.max(seen), "a read went backwards");
+                assert!(events.iter().zip(1..).all(|(e, v)| e.version == v && e.stream == s));
+                let back = store.read_stream(&s, u64::MAX, Direction::Backwards, 7).await.unwrap();
+                assert!(back.first().map_or(0, |e| e.version) >= events.len() as u64);
+                seen = events.len() as u64;
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for task in writers.into_iter().chain(readers) {
+        task.await.unwrap();
+    }
+    assert_eq!(store.verify().await.unwrap(), STREAMS as u64 * APPENDS);
+}
+
+#[tokio::test]
+async fn events_read_the_same_from_the_index_file_and_the_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let s = StreamName::new("halves").unwrap();
+    let store = SqliteStore::open(Options::new(&path)).unwrap();
+    store
+        .append(&s, ExpectedVersion::NoStream, (1..=30u8).map(|n| NewEvent::new("a.b", vec![n])).collect())
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    // Reopened, the first 30 are in the index file; the next 30 start in the tail.
+    let store = SqliteStore::open(Options::new(&path)).unwrap();
+    store
+        .append(&s, ExpectedVersion::Exact(30), (31..=60u8).map(|n| NewEvent::new("a.b", vec![n])).collect())
+        .await
+        .unwrap();
+    for (from, direction, limit, want) in [
+        (1, Direction::Forwards, 100, (1..=60).collect::<Vec<u8>>()),
+        (25, Direction::Forwards, 10, (25..=34).collect()),
+        (35, Direction::Backwards, 10, (26..=35).rev().collect()),
+        (u64::MAX, Direction::Backwards, 40, (21..=60).rev().collect()),
+    ] {
+        let got: Vec<u8> =
+            store.read_stream(&s, from, direction, limit).await.unwrap().iter().map(|e| e.payload[0]).collect();
+        assert_eq!(got, want, "from {from} {direction:?} limit {limit}");
+    }
+    assert_eq!(store.stream_version(&s).await.unwrap(), 60);
+}
+
+#[tokio::test]
+async fn a_file_of_another_kind_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "just some text that is long enough to look like it could be a header, but is not at all")
+        .unwrap();
+    let Err(err) = SqliteStore::open(Options::new(&path)) else { panic!("opened a text file") };
+    assert!(matches!(&err, Error::Corrupt { location, .. } if location.contains("notes.txt")), "{err}");
+
+    let other = dir.path().join("other.db");
+    let conn = Connection::open(&other).unwrap();
+    conn.execute_batch("PRAGMA application_id = 42; CREATE TABLE t (x);").unwrap();
+    drop(conn);
+    let Err(err) = SqliteStore::open(Options::new(&other)) else { panic!("opened another app's database") };
+    assert!(err.to_string().contains("another application"), "{err}");
+}
