@@ -3,7 +3,7 @@
 //! store's notification), runs the built-in `redact-then-summarize` workflow on it while printing the job's
 //! progress, prints each step's output document, then the job's event history, and stops the node.
 
-use crate::client::{self, Client, Connection, Output};
+use crate::cli::{self, Client, Connection, Output};
 use crate::node::Node;
 
 /// The sample document.
@@ -30,12 +30,12 @@ async fn run(node: &Node, dir: &std::path::Path) -> anyhow::Result<()> {
     let file = dir.join("quarterly-report.txt");
     std::fs::write(&file, SAMPLE)?;
     println!("== the input document\n{SAMPLE}");
-    let document = client::upload(&client, &file, None, None, Some("demo")).await?;
+    let document = cli::upload(&client, &file, None, None, Some("demo")).await?;
     println!("== uploaded as document {document}\n");
     println!("== running redact-then-summarize (progress on stderr)");
-    let (job, outputs) = client::run_job(
+    let (job, outputs) = cli::run_job(
         &client,
-        client::JobRun { workflow: "redact-then-summarize", documents: &[document], priority: 0, tenant: Some("demo") },
+        cli::JobRun { workflow: "redact-then-summarize", documents: &[document], priority: 0, tenant: Some("demo") },
         &Default::default(),
         true,
     )
@@ -47,5 +47,5 @@ async fn run(node: &Node, dir: &std::path::Path) -> anyhow::Result<()> {
         println!("\n== step {step} wrote document {output}\n{text}");
     }
     println!("== the job's history (job-{job})");
-    client::stream_events(Connection { url, output: Output::Table }, &format!("job-{job}")).await
+    cli::stream_events(Connection { url, output: Output::Table }, &format!("job-{job}")).await
 }

@@ -24,7 +24,7 @@
 //! - [`health`]: what a node runs and how each part is doing, for `/readyz`.
 //! - [`node`]: a node, everything wired together: what `weft serve` runs.
 //! - [`config`]: `weft serve --config FILE`, the node's options from TOML.
-//! - [`client`]: the command line's client of a running node (`weft job show`, `weft job logs --follow`).
+//! - [`cli`]: the command line's client of a running node, one file per noun (`weft job show`, `weft job logs --follow`).
 //! - [`demo`]: `weft demo`, the platform at work on a node of its own.
 //! - [`replay`]: `weft events`, the operator's tools on a store itself: list, read, follow, fold, export,
 //!   import, verify.
@@ -34,7 +34,7 @@
 pub mod agents;
 pub mod bench;
 pub mod bus;
-pub mod client;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod gateway;

@@ -5,7 +5,7 @@
 use clap::{CommandFactory, Parser, Subcommand};
 use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
-use weft::client;
+use weft::cli;
 
 /// Events are many small allocations (names, payloads) made on one thread and freed on another; mimalloc
 /// does that several times faster than the system allocator.
@@ -36,51 +36,51 @@ enum Command {
     /// Documents of a running node: list, show, upload, download, delete.
     Document {
         #[command(subcommand)]
-        verb: client::DocumentVerb,
+        verb: cli::DocumentVerb,
         #[command(flatten)]
-        connection: client::Connection,
+        connection: cli::Connection,
     },
     /// Jobs of a running node, and their logs.
     Job {
         #[command(subcommand)]
-        verb: client::JobVerb,
+        verb: cli::JobVerb,
         #[command(flatten)]
-        connection: client::Connection,
+        connection: cli::Connection,
     },
     /// Agents of a running node.
     Agent {
         #[command(subcommand)]
-        verb: client::Read,
+        verb: cli::Read,
         #[command(flatten)]
-        connection: client::Connection,
+        connection: cli::Connection,
     },
     /// Workflows of a running node.
     Workflow {
         #[command(subcommand)]
-        verb: client::Read,
+        verb: cli::Read,
         #[command(flatten)]
-        connection: client::Connection,
+        connection: cli::Connection,
     },
     /// Schedules of a running node.
     Schedule {
         #[command(subcommand)]
-        verb: client::Read,
+        verb: cli::Read,
         #[command(flatten)]
-        connection: client::Connection,
+        connection: cli::Connection,
     },
     /// Sends a command to a running node, through its command intake, and prints the reply.
     Send {
         #[command(flatten)]
-        args: client::SendArgs,
+        args: cli::SendArgs,
         #[command(flatten)]
-        connection: client::Connection,
+        connection: cli::Connection,
     },
     /// A stream's events on a running node, oldest first: `weft stream events job-<id>`.
     Stream {
         #[command(subcommand)]
         verb: StreamVerb,
         #[command(flatten)]
-        connection: client::Connection,
+        connection: cli::Connection,
     },
     /// Runs a node in a temporary folder, uploads a sample document, runs `redact-then-summarize` on it, and
     /// prints the progress, the outputs and the job's history.
@@ -93,17 +93,17 @@ enum Command {
     /// Tenants of a running node: erase one (a GDPR request).
     Tenant {
         #[command(subcommand)]
-        verb: client::TenantVerb,
+        verb: cli::TenantVerb,
         #[command(flatten)]
-        connection: client::Connection,
+        connection: cli::Connection,
     },
     /// The read models' projections of a running node: their lag, and rebuilds.
     #[command(alias = "projections")]
     Projection {
         #[command(subcommand)]
-        verb: client::ProjectionVerb,
+        verb: cli::ProjectionVerb,
         #[command(flatten)]
-        connection: client::Connection,
+        connection: cli::Connection,
     },
 }
 
@@ -178,16 +178,16 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Projections(options)) => {
             actix_rt::System::new().block_on(weft::bench::projections::main(options))
         }
-        Command::Document { verb, connection } => run(client::document(connection, verb)),
-        Command::Job { verb, connection } => run(client::job(connection, verb)),
-        Command::Agent { verb, connection } => run(client::read(connection, "agents", verb)),
-        Command::Workflow { verb, connection } => run(client::read(connection, "workflows", verb)),
-        Command::Schedule { verb, connection } => run(client::read(connection, "schedules", verb)),
-        Command::Projection { verb, connection } => run(client::projection(connection, verb)),
-        Command::Tenant { verb, connection } => run(client::tenant(connection, verb)),
-        Command::Send { args, connection } => run(client::send(connection, args)),
+        Command::Document { verb, connection } => run(cli::document::run(connection, verb)),
+        Command::Job { verb, connection } => run(cli::job::run(connection, verb)),
+        Command::Agent { verb, connection } => run(cli::read(connection, "agents", verb)),
+        Command::Workflow { verb, connection } => run(cli::read(connection, "workflows", verb)),
+        Command::Schedule { verb, connection } => run(cli::read(connection, "schedules", verb)),
+        Command::Projection { verb, connection } => run(cli::projection::run(connection, verb)),
+        Command::Tenant { verb, connection } => run(cli::tenant::run(connection, verb)),
+        Command::Send { args, connection } => run(cli::send::run(connection, args)),
         Command::Stream { verb: StreamVerb::Events { stream }, connection } => {
-            run(client::stream_events(connection, &stream))
+            run(cli::stream_events(connection, &stream))
         }
         Command::Events(events) => {
             let ran = tokio::runtime::Builder::new_multi_thread()

@@ -164,7 +164,7 @@ async fn uploads(
         let registered: Value = http.post(format!("{base}/documents")).json(&body).send().await?.json().await?;
         let id = registered["id"].as_str().with_context(|| format!("no id in {registered}"))?;
         let upload = &registered["upload"];
-        let answer = crate::client::signed_put(http, upload, "text/plain")?.body(content.clone()).send().await?;
+        let answer = crate::cli::signed_put(http, upload, "text/plain")?.body(content.clone()).send().await?;
         anyhow::ensure!(answer.status().is_success(), "PUT: {}", answer.text().await?);
         let put_done = Instant::now();
         if let Some(notify) = &notify {

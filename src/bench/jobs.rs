@@ -141,7 +141,7 @@ async fn case(node: &Node, dir: &Path, name: &str, options: &Options) -> anyhow:
         let body = json!({"name": format!("in-{i}.txt"), "content_type": "text/plain", "size_bytes": text.len()});
         let registered: Value = http.post(format!("{base}/documents")).json(&body).send().await?.json().await?;
         let upload = &registered["upload"];
-        let put = crate::client::signed_put(&http, upload, "text/plain")?.body(text);
+        let put = crate::cli::signed_put(&http, upload, "text/plain")?.body(text);
         anyhow::ensure!(put.send().await?.status().is_success(), "an upload failed");
         let id = registered["id"].as_str().context("no id")?.to_owned();
         http.post(format!("{base}/documents/{id}/confirm")).send().await?;

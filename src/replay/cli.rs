@@ -126,7 +126,7 @@ pub async fn run(events: Events) -> anyhow::Result<bool> {
                 Format::Table => {
                     let rows: Vec<Value> = rows.iter().map(|r| serde_json::to_value(r).unwrap_or_default()).collect();
                     let columns = ["stream", "type", "version", "tenant", "last_event_type", "last_change"];
-                    write!(out, "{}", crate::client::table(&columns, &rows))?;
+                    write!(out, "{}", crate::cli::table(&columns, &rows))?;
                 }
             }
             if left_out > 0 {
@@ -201,7 +201,7 @@ pub async fn run(events: Events) -> anyhow::Result<bool> {
                     out.write_all(b"\n")?;
                 }
                 Format::Table => {
-                    write!(out, "{}", crate::client::table(&["path", "before", "after"], &changes))?;
+                    write!(out, "{}", crate::cli::table(&["path", "before", "after"], &changes))?;
                 }
             }
         }

@@ -1,0 +1,187 @@
+//! `weft document`: upload a file (register, PUT to the signed URL, confirm), download, delete, and the
+//! reads.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::Value;
+
+use super::reads::{Read, read};
+use super::render::item;
+use super::{Client, Connection, TIMEOUT, print, segment};
+
+/// The verbs of documents: those of every read model, and their content.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DocumentVerb {
+    /// `list` and `show`, as for every read model.
+    #[command(flatten)]
+    Read(Read),
+    /// Registers a file as a document, uploads it through its signed URL, waits until the node has it, and
+    /// prints its id.
+    Upload {
+        /// The file.
+        file: std::path::PathBuf,
+        /// Its MIME type; guessed from the file's extension without it.
+        #[arg(long)]
+        content_type: Option<String>,
+        /// Its name; the file's name without it.
+        #[arg(long)]
+        name: Option<String>,
+        /// The tenant it belongs to (header `Weft-Tenant`; `default` without it).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Writes a document's current content to a file (`-` for stdout).
+    Download {
+        /// Its id.
+        id: String,
+        /// Where to write it; the document's name in this folder without it.
+        #[arg(long, short)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// Deletes a document and its content (its history stays).
+    Delete {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// How long `document upload` waits for the storage's notification before it asks the node to check the
+/// object itself (`confirm`): S3 servers without notifications configured send none.
+const NOTIFICATION_WAIT: Duration = Duration::from_secs(2);
+
+/// How long an upload or a download may take.
+pub(crate) const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A MIME type from a file's extension (the common ones of documents); `application/octet-stream` otherwise.
+fn guess_content_type(path: &std::path::Path) -> &'static str {
+    let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match extension.as_str() {
+        "txt" | "text" | "log" => "text/plain",
+        "md" | "markdown" => "text/markdown",
+        "html" | "htm" => "text/html",
+        "csv" => "text/csv",
+        "json" => "application/json",
+        "pdf" => "application/pdf",
+        "xml" => "application/xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The `PUT` of a signed upload (`{url, headers}` as `POST /documents` answers it) with its signed headers, and
+/// `content_type` when they do not name one; the body is the caller's.
+pub fn signed_put(
+    http: &reqwest::Client,
+    upload: &Value,
+    content_type: &str,
+) -> anyhow::Result<reqwest::RequestBuilder> {
+    let url = upload["url"].as_str().ok_or_else(|| anyhow::anyhow!("no upload URL in {upload}"))?;
+    let mut put = http.put(url);
+    let headers = upload["headers"].as_object();
+    for (header, value) in headers.into_iter().flatten() {
+        put = put.header(header, value.as_str().unwrap_or_default());
+    }
+    if !headers.is_some_and(|h| h.keys().any(|k| k.eq_ignore_ascii_case("content-type"))) {
+        put = put.header("content-type", content_type);
+    }
+    Ok(put)
+}
+
+/// Registers `file` as a document, streams it to its signed URL and waits until the node records it (asking it
+/// to `confirm` when no notification came within 2 s); the document's id.
+pub async fn upload(
+    client: &Client,
+    file: &std::path::Path,
+    content_type: Option<String>,
+    name: Option<String>,
+    tenant: Option<&str>,
+) -> anyhow::Result<String> {
+    let content_type = content_type.unwrap_or_else(|| guess_content_type(file).to_owned());
+    let name = match name {
+        Some(name) => name,
+        None => file.file_name().and_then(|n| n.to_str()).unwrap_or("document").to_owned(),
+    };
+    let opened =
+        tokio::fs::File::open(file).await.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let size_bytes = opened.metadata().await?.len();
+    anyhow::ensure!(size_bytes > 0, "{} is empty", file.display());
+    let body = serde_json::json!({"name": name, "content_type": content_type, "size_bytes": size_bytes});
+    let headers: Vec<(&str, &str)> = tenant.map(|t| (crate::bus::TENANT, t)).into_iter().collect();
+    let registered = client.post("/documents", Some(&body), &headers, TIMEOUT).await?;
+    let id = registered["id"].as_str().ok_or_else(|| anyhow::anyhow!("no id in {registered}"))?.to_owned();
+    let upload = &registered["upload"];
+    let put =
+        signed_put(&client.http, upload, &content_type)?.timeout(TRANSFER_TIMEOUT).header("content-length", size_bytes);
+    let stream = crate::objects::file_body(opened);
+    let answer = put.body(reqwest::Body::wrap_stream(stream)).send().await?;
+    if !answer.status().is_success() {
+        let status = answer.status();
+        anyhow::bail!("the upload of {id} failed: {status} {}", answer.text().await.unwrap_or_default());
+    }
+    eprintln!("weft: uploaded {size_bytes} bytes; waiting for the node to have them");
+    let path = format!("/documents/{}", segment(&id));
+    let deadline = tokio::time::Instant::now() + NOTIFICATION_WAIT;
+    while client.get(&path, &[]).await.ok().is_none_or(|d| d["status"] != "uploaded") {
+        if tokio::time::Instant::now() >= deadline {
+            client.post(&format!("{path}/confirm"), None, &[], TIMEOUT).await?;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(id)
+}
+
+/// `weft document ...`.
+pub async fn run(connection: Connection, verb: DocumentVerb) -> anyhow::Result<()> {
+    let client = Client::new(&connection.url)?;
+    match verb {
+        DocumentVerb::Read(verb) => read(connection, "documents", verb).await,
+        DocumentVerb::Upload { file, content_type, name, tenant } => {
+            let id = upload(&client, &file, content_type, name, tenant.as_deref()).await?;
+            println!("{id}");
+            Ok(())
+        }
+        DocumentVerb::Download { id, out } => {
+            let path = format!("/documents/{}", segment(&id));
+            let download = client.get(&format!("{path}/download"), &[]).await?;
+            let url = download["download"]["url"].as_str().ok_or_else(|| anyhow::anyhow!("no URL in {download}"))?;
+            let out = match out {
+                Some(out) => out,
+                None => {
+                    let name = client.get(&path, &[]).await?["name"].as_str().unwrap_or(&id).to_owned();
+                    // Only the last component of a name a client chose: never a path elsewhere.
+                    let name = std::path::Path::new(&name).file_name().map(|n| n.to_owned()).unwrap_or(id.into());
+                    std::path::PathBuf::from(name)
+                }
+            };
+            let mut answer = client.http.get(url).timeout(TRANSFER_TIMEOUT).send().await?;
+            anyhow::ensure!(answer.status().is_success(), "the download failed: {}", answer.status());
+            let mut sink: Box<dyn std::io::Write> = if out.as_os_str() == "-" {
+                Box::new(std::io::stdout().lock())
+            } else {
+                Box::new(
+                    std::fs::File::create(&out).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?,
+                )
+            };
+            let mut size: u64 = 0;
+            while let Some(chunk) = answer.chunk().await? {
+                size += chunk.len() as u64;
+                sink.write_all(&chunk)?;
+            }
+            sink.flush()?;
+            if out.as_os_str() != "-" {
+                eprintln!("weft: wrote {size} bytes to {}", out.display());
+            }
+            Ok(())
+        }
+        DocumentVerb::Delete { id } => {
+            let path = format!("/documents/{}", segment(&id));
+            let answer = client.request(reqwest::Method::DELETE, &path, None, &[], TIMEOUT).await?;
+            print(connection.output, &answer, item);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! `weft job`: run a workflow over documents and wait, cancel, retry, follow the logs, and the reads.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::reads::{Read, read};
+use super::render::cell;
+use super::{Client, Connection, FOLLOW_EVERY, Output, TIMEOUT, segment};
+
+/// The verbs of jobs: those of every read model, and the log.
+#[derive(Debug, Clone, Subcommand)]
+pub enum JobVerb {
+    /// `list` and `show`, as for every read model.
+    #[command(flatten)]
+    Read(Read),
+    /// Submits a job of a workflow (by name or id, at its latest version) over documents; with `--wait`, prints
+    /// its progress on stderr until it ends and its output documents' ids on stdout.
+    Run {
+        /// The workflow's name (`redact-then-summarize`) or id.
+        workflow: String,
+        /// An input document's id (one or more).
+        #[arg(long = "document", required = true)]
+        documents: Vec<String>,
+        /// Wait until the job ends; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// Higher runs first.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// The tenant the job runs for (header `Weft-Tenant`).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A job parameter for the steps' instructions (`{{param.NAME}}`), as `NAME=VALUE`; repeatable.
+        #[arg(long = "param", value_parser = parameter)]
+        parameters: Vec<(String, String)>,
+    },
+    /// Runs a failed or dead-lettered job again from the steps that had not succeeded, each with a fresh set
+    /// of attempts; with `--wait`, as `run --wait`.
+    Retry {
+        /// Its id.
+        id: String,
+        /// Why, for the job's history.
+        #[arg(long, default_value = "retried by an operator")]
+        reason: String,
+        /// Wait until the job ends again; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancels a running job: its running provider calls are aborted.
+    Cancel {
+        /// Its id.
+        id: String,
+        /// Why, for the job's history.
+        #[arg(long, default_value = "cancelled by an operator")]
+        reason: String,
+    },
+    /// The job's log, oldest first.
+    Logs {
+        /// Its id.
+        id: String,
+        /// Keep printing new lines until the job ends.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+/// `weft job ...`.
+pub async fn run(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
+    match verb {
+        JobVerb::Read(verb) => read(connection, "jobs", verb).await,
+        JobVerb::Logs { id, follow } => logs(connection, &id, follow).await,
+        JobVerb::Run { workflow, documents, wait, priority, tenant, parameters } => {
+            let client = Client::new(&connection.url)?;
+            let run = JobRun { workflow: &workflow, documents: &documents, priority, tenant: tenant.as_deref() };
+            let (job, outputs) = run_job(&client, run, &parameters.into_iter().collect(), wait).await?;
+            if !wait {
+                println!("{job}");
+            }
+            for (step, output) in outputs {
+                println!("{step}\t{output}");
+            }
+            Ok(())
+        }
+        JobVerb::Retry { id, reason, wait } => {
+            let client = Client::new(&connection.url)?;
+            let after = job_command(&client, &id, "retry", &reason).await?;
+            eprintln!("weft: job {id} retried");
+            if wait {
+                for (step, output) in wait_job(&client, &id, after).await? {
+                    println!("{step}\t{output}");
+                }
+            }
+            Ok(())
+        }
+        JobVerb::Cancel { id, reason } => {
+            let client = Client::new(&connection.url)?;
+            job_command(&client, &id, "cancel", &reason).await?;
+            eprintln!("weft: job {id} cancelled");
+            Ok(())
+        }
+    }
+}
+
+/// A `NAME=VALUE` job parameter from the command line.
+fn parameter(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+/// Sends a `retry` or `cancel` with its reason to a job; the position its events reached.
+async fn job_command(client: &Client, id: &str, kind: &str, reason: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({"command_id": uuid::Uuid::now_v7(), "type": kind, "payload": {"reason": reason}});
+    let reply = client.post(&format!("/commands/job/{}", segment(id)), Some(&body), &[], TIMEOUT).await?;
+    Ok(reply["last_position"].as_u64().unwrap_or(0).to_string())
+}
+
+/// What `weft job run` submits.
+#[derive(Debug, Clone, Copy)]
+pub struct JobRun<'a> {
+    /// The workflow's name or id.
+    pub workflow: &'a str,
+    /// The input documents' ids.
+    pub documents: &'a [String],
+    /// Higher runs first.
+    pub priority: i32,
+    /// The tenant it runs for.
+    pub tenant: Option<&'a str>,
+}
+
+/// How often `job run --wait` reads the job.
+const WAIT_EVERY: Duration = Duration::from_millis(100);
+
+/// Submits a job of `run.workflow` (a name or an id) over `run.documents`; with `wait`, prints its progress on
+/// stderr until it ends. The job's id and, when it succeeded, each step's output document.
+pub async fn run_job(
+    client: &Client,
+    run: JobRun<'_>,
+    parameters: &BTreeMap<String, String>,
+    wait: bool,
+) -> anyhow::Result<(String, Vec<(String, String)>)> {
+    let JobRun { workflow, documents, priority, tenant } = run;
+    let id = match uuid::Uuid::parse_str(workflow) {
+        Ok(id) => id.to_string(),
+        Err(_) => {
+            let query = [("name".to_owned(), workflow.to_owned()), ("limit".to_owned(), "2".to_owned())];
+            let page = client.get("/workflows", &query).await?;
+            match page["items"].as_array().map(Vec::as_slice) {
+                Some([one]) => one["id"].as_str().unwrap_or_default().to_owned(),
+                Some([]) => anyhow::bail!("no workflow named {workflow:?} (weft workflow list shows them)"),
+                _ => anyhow::bail!("more than one workflow is named {workflow:?}: name it by id"),
+            }
+        }
+    };
+    let defined = client.get(&format!("/workflows/{}", segment(&id)), &[]).await?;
+    let job = uuid::Uuid::now_v7().to_string();
+    let payload = serde_json::json!({
+        "workflow": id, "workflow_version": defined["latest_version"], "steps": defined["steps"],
+        "inputs": documents, "priority": priority, "idempotency_key": null, "parameters": parameters,
+    });
+    let body = serde_json::json!({"command_id": uuid::Uuid::now_v7(), "type": "submit", "payload": payload});
+    let headers: Vec<(&str, &str)> = tenant.map(|t| (crate::bus::TENANT, t)).into_iter().collect();
+    let reply = client.post(&format!("/commands/job/{job}"), Some(&body), &headers, TIMEOUT).await?;
+    // The first read waits until the read model has the submission.
+    let after = reply["last_position"].as_u64().unwrap_or(0).to_string();
+    eprintln!("weft: job {job} submitted ({} steps)", defined["steps"].as_array().map_or(0, Vec::len));
+    if !wait {
+        return Ok((job, vec![]));
+    }
+    let outputs = wait_job(client, &job, after).await?;
+    Ok((job, outputs))
+}
+
+/// Prints a job's progress on stderr until it ends, reading from the read model once it has reached `after`;
+/// each step's output document when it succeeded, an error naming its status and error otherwise.
+async fn wait_job(client: &Client, job: &str, after: String) -> anyhow::Result<Vec<(String, String)>> {
+    let mut seen = String::new();
+    loop {
+        let state = client.get(&format!("/jobs/{}", segment(job)), &[("after".to_owned(), after.clone())]).await?;
+        let steps: Vec<String> = state["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                format!(
+                    "{} {} (attempt {})",
+                    s["step"].as_str().unwrap_or("?"),
+                    s["status"].as_str().unwrap_or("?"),
+                    s["attempts"]
+                )
+            })
+            .collect();
+        let line = format!("{}: {}", state["status"].as_str().unwrap_or("?"), steps.join(", "));
+        if line != seen {
+            eprintln!("weft: {line}");
+            seen = line;
+        }
+        match state["status"].as_str() {
+            Some("succeeded") => {
+                let outputs = state["steps"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        (s["step"].as_str().unwrap_or("?").to_owned(), s["output"].as_str().unwrap_or("-").to_owned())
+                    })
+                    .collect();
+                return Ok(outputs);
+            }
+            Some(status @ ("failed" | "dead_lettered" | "cancelled")) => {
+                anyhow::bail!("job {job} {status}: {}", state["error"].as_str().unwrap_or("no error recorded"));
+            }
+            _ => tokio::time::sleep(WAIT_EVERY).await,
+        }
+    }
+}
+
+/// Prints a job's log lines from the start; with `follow`, goes on until the job has ended and every line of
+/// it is printed.
+async fn logs(connection: Connection, id: &str, follow: bool) -> anyhow::Result<()> {
+    let client = Client::new(&connection.url)?;
+    let path = format!("/jobs/{}/logs", segment(id));
+    let mut cursor = 0u64;
+    loop {
+        // Whether the job had ended before this page was read: then the page holds its last lines.
+        let ended = follow && {
+            let job = client.get(&format!("/jobs/{}", segment(id)), &[]).await?;
+            job["status"].as_str().is_some_and(|s| s != "running")
+        };
+        let page = client.get(&path, &[("cursor".into(), cursor.to_string())]).await?;
+        let Some(lines) = page["items"].as_array() else { anyhow::bail!("the node answered a page without items") };
+        for line in lines {
+            match connection.output {
+                Output::Json => println!("{line}"),
+                Output::Table => {
+                    println!(
+                        "{}  {:<5}  {}",
+                        cell("at", &line["at"]),
+                        cell("", &line["level"]),
+                        cell("", &line["message"])
+                    )
+                }
+            }
+            cursor = line["seq"].as_u64().unwrap_or(cursor);
+        }
+        if page["next_cursor"].is_null() && (!follow || ended) {
+            return Ok(());
+        }
+        if page["next_cursor"].is_null() {
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
+    }
+}

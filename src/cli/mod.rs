@@ -1,0 +1,196 @@
+//! The command line's client of a running node, one file per noun: `weft document` ([`document`]), `weft job`
+//! ([`job`]), `weft agent|workflow|schedule list|show` ([`reads`]), `weft projection` ([`projection`]),
+//! `weft tenant` ([`tenant`]), `weft send` ([`send`]), `weft stream events` ([`stream`]); tables are drawn by
+//! [`render`]. Each speaks to the node's HTTP API with one [`Client`] (`--url`, or `WEFT_URL`; the default is
+//! `weft serve`'s default address).
+//!
+//! Data goes to stdout, as the API's JSON (`--output json`) or as a table (`--output table`, the default);
+//! diagnostics go to stderr. An error answer of the node is printed with its kind and message, and the command
+//! exits non-zero.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde_json::Value;
+
+pub mod document;
+pub mod job;
+pub mod projection;
+pub mod reads;
+pub mod render;
+pub mod send;
+pub mod stream;
+pub mod tenant;
+
+use document::TRANSFER_TIMEOUT;
+pub use document::{DocumentVerb, signed_put, upload};
+pub use job::{JobRun, JobVerb, run_job};
+pub use projection::ProjectionVerb;
+pub use reads::{ListArgs, Read, read};
+pub(crate) use render::table;
+pub use send::SendArgs;
+pub use stream::stream_events;
+pub use tenant::TenantVerb;
+
+/// How long one request may take (a rebuild can take long: it has its own).
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a rebuild may take.
+const REBUILD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How often `job logs --follow` asks for more.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+/// Where the node is and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The node's query API.
+    #[arg(long, env = "WEFT_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    pub url: String,
+    /// How to print the data.
+    #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+/// How the data is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// The API's JSON, one document.
+    Json,
+    /// Columns for people.
+    Table,
+}
+
+/// Why a client command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node could not be reached.
+    #[error("cannot reach the node at {url} (is `weft serve` running there? set --url or WEFT_URL): {source}")]
+    Unreachable {
+        /// The address tried.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The node answered with an error.
+    #[error("{status} {kind}: {message}")]
+    Answer {
+        /// The HTTP status.
+        status: u16,
+        /// The error's kind (`invalid`, `not_found`, ...).
+        kind: String,
+        /// For people.
+        message: String,
+    },
+    /// The node's answer was not the JSON expected.
+    #[error("the node at {url} answered something that is not Weft's JSON: {detail}")]
+    Garbled {
+        /// The address asked.
+        url: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// The HTTP client of one node.
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the node at `url`.
+    pub fn new(url: &str) -> anyhow::Result<Self> {
+        let base = url.trim_end_matches('/').to_owned();
+        anyhow::ensure!(
+            base.starts_with("http://") || base.starts_with("https://"),
+            "--url must start with http:// or https://, not {url:?}"
+        );
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+        Ok(Self { base, http })
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, url: String) -> Result<Value, Error> {
+        let response = request.send().await.map_err(|source| Error::Unreachable { url: url.clone(), source })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|source| Error::Unreachable { url: url.clone(), source })?;
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::Garbled { url: url.clone(), detail: format!("{status}: {e}") })?;
+        if status.is_success() {
+            return Ok(value);
+        }
+        let text = |field: &str| value["error"][field].as_str().map(str::to_owned);
+        match (text("kind"), text("message")) {
+            (Some(kind), Some(message)) => Err(Error::Answer { status: status.as_u16(), kind, message }),
+            _ => Err(Error::Garbled { url, detail: format!("{status} without an error object") }),
+        }
+    }
+
+    /// `GET path?query`.
+    pub async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Value, Error> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.get(&url).query(query).timeout(TIMEOUT), url).await
+    }
+
+    /// The body of `GET url` as text: a signed download URL, which is not the node's.
+    pub async fn text(&self, url: &str) -> Result<String, Error> {
+        let unreachable = |source| Error::Unreachable { url: url.to_owned(), source };
+        let answer = self.http.get(url).timeout(TRANSFER_TIMEOUT).send().await.map_err(unreachable)?;
+        let status = answer.status();
+        let text = answer.text().await.map_err(unreachable)?;
+        if !status.is_success() {
+            return Err(Error::Garbled { url: url.to_owned(), detail: format!("{status}: {text}") });
+        }
+        Ok(text)
+    }
+
+    /// `POST path` with a JSON body, or none.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Value, Error> {
+        self.request(reqwest::Method::POST, path, body, headers, timeout).await
+    }
+
+    /// `method path` with a JSON body, or none.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<Value, Error> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url).timeout(timeout);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.header("content-type", "application/json").body(body.to_string());
+        }
+        self.send(request, url).await
+    }
+}
+
+/// A path segment from user input: ids are percent-encoded so that they cannot reach another route.
+pub(crate) fn segment(text: &str) -> String {
+    let mut encoded = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    encoded
+}
+
+pub(crate) fn print(output: Output, value: &Value, as_table: impl FnOnce(&Value) -> String) {
+    match output {
+        Output::Json => println!("{value}"),
+        Output::Table => print!("{}", as_table(value)),
+    }
+}
