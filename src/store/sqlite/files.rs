@@ -41,14 +41,26 @@ pub(super) fn lock_file(path: &Path) -> Result<File, String> {
         .write(true)
         .open(&lock_path)
         .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(format!("another process has it open (it holds the lock on {})", lock_path.display()))
+    // A lock is held by its open file, which a process forked in this one shares until it executes its
+    // program: a store reopened just after closing can find its own lock held for that moment. So a held
+    // lock is tried again for a short while before it is taken for another process's.
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format!("another process has it open (it holds the lock on {})", lock_path.display()));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(format!("cannot lock {}: {e}", lock_path.display())),
         }
-        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", lock_path.display())),
     }
 }
+
+/// How long a held lock is tried again before the store is taken for open elsewhere.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The size of a database file according to its header: (page size, pages), or `None` where the header's
 /// page count is not valid (SQLite then goes by the file size).
