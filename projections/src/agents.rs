@@ -12,7 +12,53 @@ use weft_events::domain::DomainEvent;
 use weft_events::domain::agent::{Event, Profile};
 use weft_events::domain::ids::AgentId;
 
+use crate::model::{Model, parse_json_field};
 use crate::{ApplyError, Projection};
+use serde_json::{Value, json};
+
+/// The projection's name, as the runner, `/readyz` and `GET /projections/{name}` know it.
+pub const NAME: &str = "agents";
+
+/// The agents read model.
+pub const MODEL: Model = Model {
+    name: "agents",
+    projection: NAME,
+    kind: "agent",
+    table: "agents",
+    columns: &[
+        "id",
+        "tenant",
+        "name",
+        "role",
+        "provider",
+        "model",
+        "profile",
+        "status",
+        "disabled_reason",
+        "tasks_assigned",
+        "tasks_running",
+        "tasks_done",
+        "tasks_failed",
+        "input_tokens",
+        "output_tokens",
+        "latency_total_ms",
+        "registered_at",
+        "updated_at",
+        "version",
+    ],
+    filters: &["status", "tenant", "provider"],
+    time: "registered_at",
+    details: crate::model::no_details,
+    shape: shape_agent,
+};
+
+/// An agent's profile parsed, and its mean latency.
+fn shape_agent(agent: &mut Value) {
+    parse_json_field(agent, "profile");
+    let done = agent["tasks_done"].as_u64().unwrap_or(0);
+    let total = agent["latency_total_ms"].as_u64().unwrap_or(0);
+    agent["mean_latency_ms"] = if done > 0 { json!(total as f64 / done as f64) } else { Value::Null };
+}
 
 /// The agents projection.
 #[derive(Debug, Default)]
@@ -24,7 +70,7 @@ fn profile_json(profile: &Profile) -> String {
 
 impl Projection for Agents {
     fn name(&self) -> &'static str {
-        "agents"
+        NAME
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -23,7 +23,58 @@ use weft_events::domain::DomainEvent;
 use weft_events::domain::document::Event;
 use weft_events::domain::ids::DocumentId;
 
+use crate::model::{Model, parse_json_field, rows};
 use crate::{ApplyError, Projection};
+use serde_json::{Value, json};
+
+/// The projection's name, as the runner, `/readyz` and `GET /projections/{name}` know it.
+pub const NAME: &str = "documents";
+
+/// The documents read model.
+pub const MODEL: Model = Model {
+    name: "documents",
+    projection: NAME,
+    kind: "document",
+    table: "documents",
+    columns: &[
+        "id",
+        "tenant",
+        "owner",
+        "name",
+        "content_type",
+        "declared_size_bytes",
+        "status",
+        "size_bytes",
+        "etag",
+        "versions",
+        "deleted_reason",
+        "created_at",
+        "updated_at",
+        "version",
+        "labels",
+    ],
+    filters: &["status", "tenant", "owner"],
+    time: "created_at",
+    details: document_details,
+    shape: |item| parse_json_field(item, "labels"),
+};
+
+/// A document's lineage: the documents it came from and those made from it.
+fn document_details(db: &rusqlite::Connection, id: &str, document: &mut Value) -> rusqlite::Result<()> {
+    document["parents"] = json!(rows(
+        db,
+        "SELECT parent, job, step FROM document_lineage WHERE child = ?1",
+        &[&id],
+        &["id", "job", "step"]
+    )?);
+    document["derivatives"] = json!(rows(
+        db,
+        "SELECT child, job, step FROM document_lineage WHERE parent = ?1",
+        &[&id],
+        &["id", "job", "step"]
+    )?);
+    Ok(())
+}
 
 /// The documents projection.
 #[derive(Debug, Default)]
@@ -31,7 +82,7 @@ pub struct Documents;
 
 impl Projection for Documents {
     fn name(&self) -> &'static str {
-        "documents"
+        NAME
     }
 
     fn tables(&self) -> &'static [&'static str] {

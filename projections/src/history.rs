@@ -13,6 +13,39 @@ use weft_events::Envelope;
 use weft_events::domain::{Any, DecodeError};
 
 use crate::{ApplyError, Projection};
+use serde_json::Value;
+
+/// The projection's name, as the runner, `/readyz` and `GET /projections/{name}` know it.
+pub const NAME: &str = "history";
+
+/// The columns of a history item.
+const HISTORY_COLUMNS: &[&str] = &[
+    "version",
+    "position",
+    "type",
+    "schema_version",
+    "recorded_at",
+    "tenant",
+    "actor",
+    "correlation_id",
+    "causation_id",
+    "event",
+];
+
+/// Up to `limit` events of `stream` after version `after`, with `event` parsed back into JSON.
+pub fn rows(db: &rusqlite::Connection, stream: &str, after: i64, limit: usize) -> rusqlite::Result<Vec<Value>> {
+    let sql = format!(
+        "SELECT {} FROM stream_events WHERE stream = ?1 AND version > ?2 ORDER BY version LIMIT ?3",
+        HISTORY_COLUMNS.join(", ")
+    );
+    let mut items = crate::model::rows(db, &sql, &[&stream, &after, &(limit as i64)], HISTORY_COLUMNS)?;
+    for item in &mut items {
+        if let Some(text) = item["event"].as_str() {
+            item["event"] = serde_json::from_str(text).unwrap_or(Value::Null);
+        }
+    }
+    Ok(items)
+}
 
 /// The history projection.
 #[derive(Debug, Default)]
@@ -52,7 +85,7 @@ pub fn event_json(envelope: &Envelope) -> Result<Option<String>, DecodeError> {
 
 impl Projection for History {
     fn name(&self) -> &'static str {
-        "history"
+        NAME
     }
 
     fn tables(&self) -> &'static [&'static str] {

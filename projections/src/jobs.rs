@@ -18,7 +18,53 @@ use weft_events::domain::DomainEvent;
 use weft_events::domain::ids::JobId;
 use weft_events::domain::job::{Event, Level};
 
+use crate::model::{Model, rows};
 use crate::{ApplyError, Projection};
+use serde_json::{Value, json};
+
+/// The projection's name, as the runner, `/readyz` and `GET /projections/{name}` know it.
+pub const NAME: &str = "jobs";
+
+/// The jobs read model.
+pub const MODEL: Model = Model {
+    name: "jobs",
+    projection: NAME,
+    kind: "job",
+    table: "jobs",
+    columns: &[
+        "id",
+        "tenant",
+        "workflow",
+        "workflow_version",
+        "priority",
+        "status",
+        "steps_total",
+        "steps_done",
+        "error",
+        "submitted_at",
+        "finished_at",
+        "updated_at",
+        "version",
+    ],
+    filters: &["status", "tenant", "workflow"],
+    time: "submitted_at",
+    details: job_details,
+    shape: |_| {},
+};
+
+/// The columns of a job's step.
+const STEP_COLUMNS: &[&str] = &["step", "status", "attempts", "output", "error", "retry_at", "updated_at"];
+
+/// A job's steps and progress.
+fn job_details(db: &rusqlite::Connection, id: &str, job: &mut Value) -> rusqlite::Result<()> {
+    let sql = format!("SELECT {} FROM job_steps WHERE job = ?1 ORDER BY ordinal", STEP_COLUMNS.join(", "));
+    let steps = rows(db, &sql, &[&id], STEP_COLUMNS)?;
+    let total = job["steps_total"].as_f64().unwrap_or(0.0);
+    let done = job["steps_done"].as_f64().unwrap_or(0.0);
+    job["progress"] = json!(if total > 0.0 { done / total } else { 0.0 });
+    job["steps"] = json!(steps);
+    Ok(())
+}
 
 /// The jobs projection.
 #[derive(Debug, Default)]
@@ -35,7 +81,7 @@ fn level(level: Level) -> &'static str {
 
 impl Projection for Jobs {
     fn name(&self) -> &'static str {
-        "jobs"
+        NAME
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -12,6 +12,9 @@
 //! - [`workflows`]: every workflow's latest definition and its versions.
 //! - [`schedules`]: every schedule's rule, state and firings.
 //! - [`history`]: every stream's events with their metadata and payloads as JSON, for operators.
+//!
+//! Each projection owns its read model: its tables, and the [`model::Model`] its readers go by (columns,
+//! filters, time column, how an item is completed). [`Name`] names them all; an unknown name is an error.
 
 use rusqlite::Transaction;
 use weft_events::Envelope;
@@ -21,11 +24,52 @@ pub mod agents;
 pub mod documents;
 pub mod history;
 pub mod jobs;
+pub mod model;
 pub mod runner;
 pub mod schedules;
 pub mod workflows;
 
 pub use runner::{Running, rebuild, start};
+
+/// Every projection of this crate, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Name {
+    /// [`documents`].
+    Documents,
+    /// [`jobs`].
+    Jobs,
+    /// [`agents`].
+    Agents,
+    /// [`workflows`].
+    Workflows,
+    /// [`schedules`].
+    Schedules,
+    /// [`history`].
+    History,
+}
+
+impl Name {
+    /// Every one, in the order a node starts them.
+    pub const ALL: [Name; 6] =
+        [Name::Documents, Name::Jobs, Name::Agents, Name::Workflows, Name::Schedules, Name::History];
+
+    /// Its name, as the projection's own `NAME`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Name::Documents => documents::NAME,
+            Name::Jobs => jobs::NAME,
+            Name::Agents => agents::NAME,
+            Name::Workflows => workflows::NAME,
+            Name::Schedules => schedules::NAME,
+            Name::History => history::NAME,
+        }
+    }
+
+    /// The projection named `name`, if this crate has one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|n| n.as_str() == name)
+    }
+}
 
 /// Starts every projection of this crate on the read models at `path` (what a node runs).
 pub fn start_all(
@@ -48,25 +92,27 @@ pub async fn rebuild_running(
     live: &mut Running,
     on_start: impl FnOnce(tokio::sync::watch::Receiver<u64>, u64) + Send,
 ) -> Result<u64, runner::Error> {
-    match live.name() {
-        "documents" => runner::rebuild_watched::<documents::Documents>(live, on_start).await,
-        "jobs" => runner::rebuild_watched::<jobs::Jobs>(live, on_start).await,
-        "agents" => runner::rebuild_watched::<agents::Agents>(live, on_start).await,
-        "workflows" => runner::rebuild_watched::<workflows::Workflows>(live, on_start).await,
-        "schedules" => runner::rebuild_watched::<schedules::Schedules>(live, on_start).await,
-        _ => runner::rebuild_watched::<history::History>(live, on_start).await,
+    match Name::parse(live.name()) {
+        Some(Name::Documents) => runner::rebuild_watched::<documents::Documents>(live, on_start).await,
+        Some(Name::Jobs) => runner::rebuild_watched::<jobs::Jobs>(live, on_start).await,
+        Some(Name::Agents) => runner::rebuild_watched::<agents::Agents>(live, on_start).await,
+        Some(Name::Workflows) => runner::rebuild_watched::<workflows::Workflows>(live, on_start).await,
+        Some(Name::Schedules) => runner::rebuild_watched::<schedules::Schedules>(live, on_start).await,
+        Some(Name::History) => runner::rebuild_watched::<history::History>(live, on_start).await,
+        None => Err(runner::Error::Unknown { name: live.name() }),
     }
 }
 
 /// [`runner::reset`]s `live`, whichever of this crate's projections it runs.
 pub async fn reset_running(live: &mut Running) -> Result<(), runner::Error> {
-    match live.name() {
-        "documents" => runner::reset::<documents::Documents>(live).await,
-        "jobs" => runner::reset::<jobs::Jobs>(live).await,
-        "agents" => runner::reset::<agents::Agents>(live).await,
-        "workflows" => runner::reset::<workflows::Workflows>(live).await,
-        "schedules" => runner::reset::<schedules::Schedules>(live).await,
-        _ => runner::reset::<history::History>(live).await,
+    match Name::parse(live.name()) {
+        Some(Name::Documents) => runner::reset::<documents::Documents>(live).await,
+        Some(Name::Jobs) => runner::reset::<jobs::Jobs>(live).await,
+        Some(Name::Agents) => runner::reset::<agents::Agents>(live).await,
+        Some(Name::Workflows) => runner::reset::<workflows::Workflows>(live).await,
+        Some(Name::Schedules) => runner::reset::<schedules::Schedules>(live).await,
+        Some(Name::History) => runner::reset::<history::History>(live).await,
+        None => Err(runner::Error::Unknown { name: live.name() }),
     }
 }
 

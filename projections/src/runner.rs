@@ -54,6 +54,12 @@ pub enum Error {
         /// The projection.
         name: &'static str,
     },
+    /// No projection of this crate has that name.
+    #[error("no projection is named {name:?}")]
+    Unknown {
+        /// The name.
+        name: &'static str,
+    },
     /// The store failed.
     #[error("projection {name}: reading the log: {source}")]
     Store {

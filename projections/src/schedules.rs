@@ -13,7 +13,55 @@ use weft_events::domain::DomainEvent;
 use weft_events::domain::ids::ScheduleId;
 use weft_events::domain::schedule::Event;
 
+use crate::model::{Model, parse_json_field};
 use crate::{ApplyError, Projection};
+use serde_json::{Value, json};
+
+/// The projection's name, as the runner, `/readyz` and `GET /projections/{name}` know it.
+pub const NAME: &str = "schedules";
+
+/// The schedules read model.
+pub const MODEL: Model = Model {
+    name: "schedules",
+    projection: NAME,
+    kind: "schedule",
+    table: "schedules",
+    columns: &[
+        "id",
+        "tenant",
+        "cron",
+        "time_zone",
+        "workflow",
+        "target",
+        "strategy",
+        "status",
+        "fires",
+        "jobs_submitted",
+        "last_due",
+        "fired_up_to",
+        "created_at",
+        "updated_at",
+        "version",
+    ],
+    filters: &["status", "tenant", "workflow"],
+    time: "created_at",
+    details: crate::model::no_details,
+    shape: shape_schedule,
+};
+
+/// Parses the target and strategy, and works out the next fire time from the rule, as the schedule actor does.
+fn shape_schedule(schedule: &mut Value) {
+    parse_json_field(schedule, "target");
+    parse_json_field(schedule, "strategy");
+    let active = schedule["status"] == "active";
+    let next = match (schedule["cron"].as_str(), schedule["time_zone"].as_str(), schedule["fired_up_to"].as_i64()) {
+        (Some(cron), Some(zone), Some(after)) if active => weft_events::domain::schedule::Rule::parse(cron, zone)
+            .ok()
+            .and_then(|rule| rule.next_after(weft_events::Timestamp(after))),
+        _ => None,
+    };
+    schedule["next_fire_at"] = next.map_or(Value::Null, |t| json!(t.0));
+}
 
 /// The schedules projection.
 #[derive(Debug, Default)]
@@ -21,7 +69,7 @@ pub struct Schedules;
 
 impl Projection for Schedules {
     fn name(&self) -> &'static str {
-        "schedules"
+        NAME
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -14,7 +14,43 @@ use weft_events::domain::DomainEvent;
 use weft_events::domain::ids::WorkflowId;
 use weft_events::domain::workflow::Event;
 
+use crate::model::{Model, parse_json_field, rows};
 use crate::{ApplyError, Projection};
+use serde_json::{Value, json};
+
+/// The projection's name, as the runner, `/readyz` and `GET /projections/{name}` know it.
+pub const NAME: &str = "workflows";
+
+/// The workflows read model.
+pub const MODEL: Model = Model {
+    name: "workflows",
+    projection: NAME,
+    kind: "workflow",
+    table: "workflows",
+    columns: &["id", "tenant", "name", "latest_version", "steps_count", "defined_at", "updated_at", "version"],
+    filters: &["tenant", "name"],
+    time: "defined_at",
+    details: workflow_details,
+    shape: |_| {},
+};
+
+/// The columns of a workflow's version.
+const WORKFLOW_VERSION_COLUMNS: &[&str] = &["workflow_version", "name", "steps", "defined_at"];
+
+/// A workflow's versions, and its latest steps.
+fn workflow_details(db: &rusqlite::Connection, id: &str, workflow: &mut Value) -> rusqlite::Result<()> {
+    let sql = format!(
+        "SELECT {} FROM workflow_versions WHERE workflow = ?1 ORDER BY workflow_version",
+        WORKFLOW_VERSION_COLUMNS.join(", ")
+    );
+    let mut versions = rows(db, &sql, &[&id], WORKFLOW_VERSION_COLUMNS)?;
+    for version in &mut versions {
+        parse_json_field(version, "steps");
+    }
+    workflow["steps"] = versions.last().map_or(Value::Null, |v| v["steps"].clone());
+    workflow["versions"] = json!(versions);
+    Ok(())
+}
 
 /// The workflows projection.
 #[derive(Debug, Default)]
@@ -22,7 +58,7 @@ pub struct Workflows;
 
 impl Projection for Workflows {
     fn name(&self) -> &'static str {
-        "workflows"
+        NAME
     }
 
     fn tables(&self) -> &'static [&'static str] {

@@ -12,6 +12,10 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use weft_events::EventRead;
 use weft_events::domain::ids::Uuid;
+pub use weft_projections::documents::MODEL as DOCUMENTS;
+pub use weft_projections::history::{NAME as HISTORY, rows as history_rows};
+pub use weft_projections::model::{MODELS, Model};
+use weft_projections::model::{row_to_json, rows};
 
 /// How long a read with `after` waits for the read model.
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
@@ -198,261 +202,6 @@ impl Failure {
     }
 }
 
-/// One read model's list and item reads.
-#[derive(Debug)]
-pub struct Model {
-    /// The path segment and NATS token: `documents`, `jobs`.
-    pub name: &'static str,
-    /// The projection that writes it.
-    pub projection: &'static str,
-    /// The aggregate whose streams it reads: `document`, `job`.
-    pub kind: &'static str,
-    /// Its table; `id` is the key.
-    pub table: &'static str,
-    /// The columns of an item.
-    pub columns: &'static [&'static str],
-    /// The columns a list may be filtered on by equality, named as the query parameters.
-    pub filters: &'static [&'static str],
-    /// The time column `since`/`until` bound (microseconds since the Unix epoch).
-    pub time: &'static str,
-    /// Adds the item's parts from other tables (lineage, steps), when one item is read.
-    pub details: fn(&rusqlite::Connection, &str, &mut Value) -> rusqlite::Result<()>,
-    /// Turns a row into what is served, in lists and items alike (JSON columns parsed, figures derived).
-    pub shape: fn(&mut Value),
-}
-
-/// The documents read model.
-pub const DOCUMENTS: Model = Model {
-    name: "documents",
-    projection: "documents",
-    kind: "document",
-    table: "documents",
-    columns: &[
-        "id",
-        "tenant",
-        "owner",
-        "name",
-        "content_type",
-        "declared_size_bytes",
-        "status",
-        "size_bytes",
-        "etag",
-        "versions",
-        "deleted_reason",
-        "created_at",
-        "updated_at",
-        "version",
-        "labels",
-    ],
-    filters: &["status", "tenant", "owner"],
-    time: "created_at",
-    details: document_details,
-    shape: |item| parse_json_field(item, "labels"),
-};
-
-/// The jobs read model.
-pub const JOBS: Model = Model {
-    name: "jobs",
-    projection: "jobs",
-    kind: "job",
-    table: "jobs",
-    columns: &[
-        "id",
-        "tenant",
-        "workflow",
-        "workflow_version",
-        "priority",
-        "status",
-        "steps_total",
-        "steps_done",
-        "error",
-        "submitted_at",
-        "finished_at",
-        "updated_at",
-        "version",
-    ],
-    filters: &["status", "tenant", "workflow"],
-    time: "submitted_at",
-    details: job_details,
-    shape: |_| {},
-};
-
-/// The agents read model.
-pub const AGENTS: Model = Model {
-    name: "agents",
-    projection: "agents",
-    kind: "agent",
-    table: "agents",
-    columns: &[
-        "id",
-        "tenant",
-        "name",
-        "role",
-        "provider",
-        "model",
-        "profile",
-        "status",
-        "disabled_reason",
-        "tasks_assigned",
-        "tasks_running",
-        "tasks_done",
-        "tasks_failed",
-        "input_tokens",
-        "output_tokens",
-        "latency_total_ms",
-        "registered_at",
-        "updated_at",
-        "version",
-    ],
-    filters: &["status", "tenant", "provider"],
-    time: "registered_at",
-    details: no_details,
-    shape: shape_agent,
-};
-
-/// The workflows read model.
-pub const WORKFLOWS: Model = Model {
-    name: "workflows",
-    projection: "workflows",
-    kind: "workflow",
-    table: "workflows",
-    columns: &["id", "tenant", "name", "latest_version", "steps_count", "defined_at", "updated_at", "version"],
-    filters: &["tenant", "name"],
-    time: "defined_at",
-    details: workflow_details,
-    shape: |_| {},
-};
-
-/// The schedules read model.
-pub const SCHEDULES: Model = Model {
-    name: "schedules",
-    projection: "schedules",
-    kind: "schedule",
-    table: "schedules",
-    columns: &[
-        "id",
-        "tenant",
-        "cron",
-        "time_zone",
-        "workflow",
-        "target",
-        "strategy",
-        "status",
-        "fires",
-        "jobs_submitted",
-        "last_due",
-        "fired_up_to",
-        "created_at",
-        "updated_at",
-        "version",
-    ],
-    filters: &["status", "tenant", "workflow"],
-    time: "created_at",
-    details: no_details,
-    shape: shape_schedule,
-};
-
-/// Every model with list and item reads.
-pub const MODELS: [&Model; 5] = [&DOCUMENTS, &JOBS, &AGENTS, &WORKFLOWS, &SCHEDULES];
-
-/// Replaces the JSON text in `item[field]` by the value it holds.
-fn parse_json_field(item: &mut Value, field: &str) {
-    if let Some(text) = item[field].as_str()
-        && let Ok(value) = serde_json::from_str::<Value>(text)
-    {
-        item[field] = value;
-    }
-}
-
-fn no_details(_db: &rusqlite::Connection, _id: &str, _item: &mut Value) -> rusqlite::Result<()> {
-    Ok(())
-}
-
-fn shape_agent(agent: &mut Value) {
-    parse_json_field(agent, "profile");
-    let done = agent["tasks_done"].as_u64().unwrap_or(0);
-    let total = agent["latency_total_ms"].as_u64().unwrap_or(0);
-    agent["mean_latency_ms"] = if done > 0 { json!(total as f64 / done as f64) } else { Value::Null };
-}
-
-const WORKFLOW_VERSION_COLUMNS: &[&str] = &["workflow_version", "name", "steps", "defined_at"];
-
-fn workflow_details(db: &rusqlite::Connection, id: &str, workflow: &mut Value) -> rusqlite::Result<()> {
-    let sql = format!(
-        "SELECT {} FROM workflow_versions WHERE workflow = ?1 ORDER BY workflow_version",
-        WORKFLOW_VERSION_COLUMNS.join(", ")
-    );
-    let mut versions = rows(db, &sql, &[&id], WORKFLOW_VERSION_COLUMNS)?;
-    for version in &mut versions {
-        parse_json_field(version, "steps");
-    }
-    workflow["steps"] = versions.last().map_or(Value::Null, |v| v["steps"].clone());
-    workflow["versions"] = json!(versions);
-    Ok(())
-}
-
-/// Parses the target and strategy, and works out the next fire time from the rule, as the schedule actor does.
-fn shape_schedule(schedule: &mut Value) {
-    parse_json_field(schedule, "target");
-    parse_json_field(schedule, "strategy");
-    let active = schedule["status"] == "active";
-    let next = match (schedule["cron"].as_str(), schedule["time_zone"].as_str(), schedule["fired_up_to"].as_i64()) {
-        (Some(cron), Some(zone), Some(after)) if active => weft_events::domain::schedule::Rule::parse(cron, zone)
-            .ok()
-            .and_then(|rule| rule.next_after(weft_events::Timestamp(after))),
-        _ => None,
-    };
-    schedule["next_fire_at"] = next.map_or(Value::Null, |t| json!(t.0));
-}
-
-fn document_details(db: &rusqlite::Connection, id: &str, document: &mut Value) -> rusqlite::Result<()> {
-    document["parents"] = json!(rows(
-        db,
-        "SELECT parent, job, step FROM document_lineage WHERE child = ?1",
-        &[&id],
-        &["id", "job", "step"]
-    )?);
-    document["derivatives"] = json!(rows(
-        db,
-        "SELECT child, job, step FROM document_lineage WHERE parent = ?1",
-        &[&id],
-        &["id", "job", "step"]
-    )?);
-    Ok(())
-}
-
-const STEP_COLUMNS: &[&str] = &["step", "status", "attempts", "output", "error", "retry_at", "updated_at"];
-
-fn job_details(db: &rusqlite::Connection, id: &str, job: &mut Value) -> rusqlite::Result<()> {
-    let sql = format!("SELECT {} FROM job_steps WHERE job = ?1 ORDER BY ordinal", STEP_COLUMNS.join(", "));
-    let steps = rows(db, &sql, &[&id], STEP_COLUMNS)?;
-    let total = job["steps_total"].as_f64().unwrap_or(0.0);
-    let done = job["steps_done"].as_f64().unwrap_or(0.0);
-    job["progress"] = json!(if total > 0.0 { done / total } else { 0.0 });
-    job["steps"] = json!(steps);
-    Ok(())
-}
-
-fn row_to_json(row: &rusqlite::Row<'_>, columns: &[&str]) -> rusqlite::Result<Value> {
-    let mut object = serde_json::Map::new();
-    for (i, column) in columns.iter().enumerate() {
-        let value = match row.get_ref(i)? {
-            rusqlite::types::ValueRef::Null | rusqlite::types::ValueRef::Blob(_) => Value::Null,
-            rusqlite::types::ValueRef::Integer(n) => json!(n),
-            rusqlite::types::ValueRef::Real(x) => json!(x),
-            rusqlite::types::ValueRef::Text(t) => json!(String::from_utf8_lossy(t)),
-        };
-        object.insert((*column).to_owned(), value);
-    }
-    Ok(Value::Object(object))
-}
-
-fn rows(db: &rusqlite::Connection, sql: &str, params: &[&dyn ToSql], columns: &[&str]) -> rusqlite::Result<Vec<Value>> {
-    let mut statement = db.prepare_cached(sql)?;
-    let rows = statement.query_map(params, |row| row_to_json(row, columns))?;
-    rows.collect()
-}
-
 impl Reads {
     /// Runs `read` on a read-only connection to the read models, on the blocking pool.
     pub async fn query<T: Send + 'static>(
@@ -571,7 +320,7 @@ impl Reads {
         let after = number(params, "after")?;
         let cursor = number::<i64>(params, "cursor")?.unwrap_or(0);
         let limit = limit(params)?;
-        self.caught_up(JOBS.projection, after).await?;
+        self.caught_up(weft_projections::jobs::NAME, after).await?;
         let found = self
             .query(move |db| {
                 let exists = db.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?.exists([&id])?;
@@ -694,38 +443,6 @@ impl Reads {
         }
         Ok(json!({"head": head, "projections": projections}))
     }
-}
-
-/// The history projection's name.
-pub const HISTORY: &str = "history";
-
-/// The columns of a history item.
-const HISTORY_COLUMNS: &[&str] = &[
-    "version",
-    "position",
-    "type",
-    "schema_version",
-    "recorded_at",
-    "tenant",
-    "actor",
-    "correlation_id",
-    "causation_id",
-    "event",
-];
-
-/// Up to `limit` events of `stream` after version `after`, with `event` parsed back into JSON.
-pub fn history_rows(db: &rusqlite::Connection, stream: &str, after: i64, limit: usize) -> rusqlite::Result<Vec<Value>> {
-    let sql = format!(
-        "SELECT {} FROM stream_events WHERE stream = ?1 AND version > ?2 ORDER BY version LIMIT ?3",
-        HISTORY_COLUMNS.join(", ")
-    );
-    let mut items = rows(db, &sql, &[&stream, &after, &(limit as i64)], HISTORY_COLUMNS)?;
-    for item in &mut items {
-        if let Some(text) = item["event"].as_str() {
-            item["event"] = serde_json::from_str(text).unwrap_or(Value::Null);
-        }
-    }
-    Ok(items)
 }
 
 /// The parsed query of a list.
