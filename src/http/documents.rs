@@ -199,10 +199,12 @@ async fn delete(state: web::Data<State>, request: HttpRequest, id: web::Path<Str
     respond(StatusCode::OK, result.await)
 }
 
-/// Whether `given` is the secret, compared in time independent of where they differ.
+/// Whether `given` is the secret, compared in time independent of where they differ (and of their lengths:
+/// the digests are compared).
 fn same_secret(given: &str, secret: &str) -> bool {
+    use subtle::ConstantTimeEq;
     let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(secret.as_bytes()));
-    a.iter().zip(b.iter()).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+    a.as_slice().ct_eq(b.as_slice()).into()
 }
 
 async fn webhook(state: web::Data<State>, request: HttpRequest, payload: web::Payload) -> HttpResponse {

@@ -270,6 +270,19 @@ impl<S: EventRead + EventWrite + Clone> EventWrite for Sealed<S> {
 }
 
 #[cfg(test)]
+mod contract {
+    // The contract every store keeps, kept by the sealed store that production always runs (over SQLite here;
+    // the JetStream backend's contract runs unsealed against a real server in `tests/it/store_jetstream.rs`).
+    weft_events::store_contract_tests!(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = super::Keys::sqlite(&dir.path().join("keys.db")).unwrap();
+        let options = crate::store::sqlite::Options::new(dir.path().join("events.db"));
+        let store = super::Sealed::new(crate::store::sqlite::SqliteStore::open(options).unwrap(), keys);
+        (store, dir)
+    });
+}
+
+#[cfg(test)]
 mod tests {
     use weft_events::MemoryStore;
     use weft_events::domain::document::{self, Registered};

@@ -3,9 +3,9 @@
 //! fold of its store: no event applied twice, none skipped.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use rand::Rng;
@@ -16,19 +16,10 @@ use weft_events::domain::ids::{DocumentId, Uuid};
 
 /// Starts a node; its stderr stays open (a node writes to it when it stops) in the returned reader.
 fn serve(server: &NatsServer, dir: &Path) -> (crate::reaped::Reaped, BufReader<std::process::ChildStderr>) {
-    let mut node = crate::reaped::Reaped(
-        Command::new(env!("CARGO_BIN_EXE_weft"))
-            .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--no-processes", "--store"])
-            .arg(dir.join("events.db"))
-            .arg("--read-models")
-            .arg(dir.join("read.db"))
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stderr = BufReader::new(node.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
+    let (store, read_models) = (dir.join("events.db"), dir.join("read.db"));
+    let args = ["--nats", &server.url(), "--no-processes", "--store", store.to_str().unwrap()];
+    let (node, stderr, line) =
+        crate::serve::spawn(None, &[&args[..], &["--read-models", read_models.to_str().unwrap()]].concat(), &[]);
     assert!(line.contains("serving commands on NATS"), "{line}");
     (node, stderr)
 }

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +22,22 @@ pub struct Serve {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Spawns `weft serve` with the query API on a free port and `args`, in `folder` (this process's own when
+/// `None`), and reads the first line it logs: the node (killed when dropped), the rest of its stderr, and that
+/// line. The helper of every test that runs a node.
+pub fn spawn(folder: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> (Reaped, BufReader<ChildStderr>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+    command.args(["serve", "--http-addr", "127.0.0.1:0"]).args(args).envs(env.iter().copied()).stderr(Stdio::piped());
+    if let Some(folder) = folder {
+        command.current_dir(folder);
+    }
+    let mut child = Reaped(command.spawn().unwrap());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    (child, stderr, line)
+}
+
 impl Serve {
     /// Starts `weft serve` with its store and read models in `dir`, the query API on a free port, and `args`;
     /// returns once it announced itself.
@@ -31,21 +47,10 @@ impl Serve {
 
     /// [`Serve::start`] with these environment variables set.
     pub fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Reaped(
-            Command::new(env!("CARGO_BIN_EXE_weft"))
-                .args(["serve", "--http-addr", "127.0.0.1:0", "--store"])
-                .arg(dir.join("events.db"))
-                .arg("--read-models")
-                .arg(dir.join("read.db"))
-                .args(args)
-                .envs(env.iter().copied())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
+        let (store, read_models) = (dir.join("events.db"), dir.join("read.db"));
+        let mut all = vec!["--store", store.to_str().unwrap(), "--read-models", read_models.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let (child, stderr, line) = spawn(None, &all, env);
         assert!(line.contains("http://"), "weft serve did not start: {line}");
         let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
         let log = Arc::new(Mutex::new(String::new()));

@@ -146,22 +146,12 @@ async fn appends_continue_when_the_streams_leader_is_killed() {
 /// afterwards, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_jetstream_keeps_every_acknowledged_command_through_kill_9_of_weft_and_nats() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     use weft_events::{EventRead, StreamName};
     const COMMANDS: usize = 40;
     let mut server = NatsServer::start().expect("nats-server");
     let folder = tempfile::tempdir().unwrap();
-    let mut weft = crate::reaped::Reaped(
-        Command::new(env!("CARGO_BIN_EXE_weft"))
-            .current_dir(folder.path())
-            .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream", "--no-processes"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(weft.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let args = ["--nats", &server.url(), "--jetstream", "--no-processes"];
+    let (mut weft, _, line) = crate::serve::spawn(Some(folder.path()), &args, &[]);
     assert!(line.contains("store JetStream stream WEFT_EVENTS"), "{line}");
 
     let client = nats::connect(&server.url(), "client").await.unwrap();
@@ -199,8 +189,6 @@ async fn serve_on_jetstream_keeps_every_acknowledged_command_through_kill_9_of_w
 /// `command_id` and answered by the other), and no document got its `register` appended twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_s_commands_are_answered_by_the_other_on_retry() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     use weft_events::{EventRead, StreamName};
     const SENDERS: usize = 8;
     const PER_SENDER: usize = 40;
@@ -209,16 +197,8 @@ async fn a_killed_node_s_commands_are_answered_by_the_other_on_retry() {
     for _ in 0..2 {
         // Each node's read models in a folder of its own.
         folders.push(tempfile::tempdir().unwrap());
-        let mut node = crate::reaped::Reaped(
-            Command::new(env!("CARGO_BIN_EXE_weft"))
-                .current_dir(folders.last().unwrap().path())
-                .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream", "--no-processes"])
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut line = String::new();
-        BufReader::new(node.stderr.take().unwrap()).read_line(&mut line).unwrap();
+        let args = ["--nats", &server.url(), "--jetstream", "--no-processes"];
+        let (node, _, line) = crate::serve::spawn(Some(folders.last().unwrap().path()), &args, &[]);
         assert!(line.contains("JetStream"), "{line}");
         nodes.push(node);
     }
@@ -307,23 +287,13 @@ async fn lease_holder(client: &async_nats::Client) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_managers_run_on_one_node_and_move_when_it_is_killed() {
     use std::collections::HashMap;
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     use std::time::Duration;
     let server = NatsServer::start().expect("nats-server");
     let (mut nodes, mut folders) = (Vec::new(), Vec::new());
     for _ in 0..2 {
         folders.push(tempfile::tempdir().unwrap());
-        let mut node = crate::reaped::Reaped(
-            Command::new(env!("CARGO_BIN_EXE_weft"))
-                .current_dir(folders.last().unwrap().path())
-                .args(["serve", "--http-addr", "127.0.0.1:0", "--nats", &server.url(), "--jetstream"])
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap(),
-        );
-        let mut line = String::new();
-        BufReader::new(node.stderr.take().unwrap()).read_line(&mut line).unwrap();
+        let args = ["--nats", &server.url(), "--jetstream"];
+        let (node, _, line) = crate::serve::spawn(Some(folders.last().unwrap().path()), &args, &[]);
         assert!(line.contains("JetStream"), "{line}");
         nodes.push(node);
     }
