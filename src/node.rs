@@ -34,10 +34,7 @@ use crate::objects::local::LocalStore;
 use crate::objects::s3::{S3Options, S3Store};
 use crate::publisher::Publisher;
 use crate::query::Reads;
-use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
-use crate::store::keys::{self, Keys};
-use crate::store::sealed::{Erase, Sealed};
-use crate::store::sqlite::{self, SqliteStore};
+use crate::store::open::{self as store, Opened};
 
 /// What a node runs on.
 #[derive(Debug, Clone, clap::Args)]
@@ -96,6 +93,17 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
+    /// Where the store is (see [`crate::store::open`]): the JetStream store on `--nats` with `--jetstream`,
+    /// else the SQLite file.
+    pub fn store_options(&self) -> store::Options {
+        let jetstream = self.nats.as_ref().filter(|_| self.jetstream).map(|nats| store::JetStream {
+            nats: nats.clone(),
+            stream: self.jetstream_stream.clone(),
+            replicas: self.jetstream_replicas.into(),
+        });
+        store::Options { sqlite: self.store.clone(), jetstream, keys: self.keys.clone() }
+    }
+
     /// The read models' file: `--read-models`, or `read.db` beside the store's file (as the keys and the
     /// objects are).
     pub fn read_models_path(&self) -> PathBuf {
@@ -105,78 +113,9 @@ impl NodeOptions {
     }
 }
 
-/// The store a node opened.
-#[derive(Clone)]
-enum Store {
-    Sqlite(Sealed<SqliteStore>),
-    JetStream(Sealed<JetStreamStore>),
-}
-
-impl Store {
-    async fn open(options: &NodeOptions) -> anyhow::Result<Self> {
-        match (&options.nats, options.jetstream) {
-            (Some(url), true) => {
-                let client = crate::nats::connect(url, "weft-store").await?;
-                let config = JetStreamConfig {
-                    stream: options.jetstream_stream.clone(),
-                    replicas: options.jetstream_replicas.into(),
-                    ..JetStreamConfig::default()
-                };
-                let store = JetStreamStore::open(client.clone(), config).await?;
-                let keys =
-                    Keys::jetstream(client, &options.jetstream_stream, options.jetstream_replicas.into(), true).await?;
-                Ok(Self::JetStream(Sealed::new(store, keys)))
-            }
-            _ => {
-                let store = SqliteStore::open(sqlite::Options::new(&options.store))?;
-                let keys = Keys::sqlite(&options.keys.clone().unwrap_or_else(|| keys::default_path(&options.store)))?;
-                Ok(Self::Sqlite(Sealed::new(store, keys)))
-            }
-        }
-    }
-
-    fn eraser(&self) -> Arc<dyn Erase> {
-        match self {
-            Self::Sqlite(store) => Arc::new(store.clone()),
-            Self::JetStream(store) => Arc::new(store.clone()),
-        }
-    }
-
-    fn reader(&self) -> Arc<dyn weft_events::EventRead> {
-        match self {
-            Self::Sqlite(store) => Arc::new(store.clone()),
-            Self::JetStream(store) => Arc::new(store.clone()),
-        }
-    }
-
-    fn shared(&self) -> Arc<dyn EventStore> {
-        match self {
-            Self::Sqlite(store) => Arc::new(store.clone()),
-            Self::JetStream(store) => Arc::new(store.clone()),
-        }
-    }
-
-    async fn close(self) -> anyhow::Result<()> {
-        if let Self::Sqlite(store) = self {
-            store.inner().close().await?;
-        }
-        Ok(())
-    }
-
-    fn describe(&self, options: &NodeOptions) -> String {
-        match self {
-            Self::Sqlite(_) => format!("SQLite {}", options.store.display()),
-            Self::JetStream(store) => {
-                let config = store.inner().config();
-                format!("JetStream stream {} ({} replicas)", config.stream, config.replicas)
-            }
-        }
-    }
-}
-
 /// A running node.
 pub struct Node {
-    store: Store,
+    store: Opened,
     bus: Arc<dyn Bus>,
     intake: Intake,
     duty: Duty,
@@ -244,8 +183,8 @@ enum Duty {
 impl Node {
     /// Opens the store, connects the bus and starts everything. Must be called on an actix system.
     pub async fn start(options: &NodeOptions) -> anyhow::Result<Self> {
-        let store = Store::open(options).await?;
-        let shared = store.shared();
+        let store = store::open(&options.store_options(), store::Mode::Node, "weft-store").await?;
+        let shared = store.store().expect("a node's store writes");
         let client = match &options.nats {
             Some(url) => Some(crate::nats::connect(url, "weft").await?),
             None => None,
@@ -308,7 +247,7 @@ impl Node {
         let rebuilds =
             actix_rt::spawn(serve_rebuilds(projections.clone(), rebuild_rx, maintenance.clone(), reader.clone()));
         let reads = Reads { read_models, positions, store: reader, maintenance, health: board.clone() };
-        let admin = crate::http::admin::Admin { rebuilds: Some(rebuild_tx), erase: Some(store.eraser()) };
+        let admin = crate::http::admin::Admin { rebuilds: Some(rebuild_tx), erase: store.eraser() };
         let query_health = weft_events::Health::default();
         board.watch("queries", query_health.clone());
         let queries = crate::bus::queries::start(bus.clone(), reads.clone(), query_health).await?;
@@ -317,8 +256,8 @@ impl Node {
         let duty = match (&store, client) {
             // Nodes sharing a JetStream store run their managers one at a time, under a lease; a node that
             // runs no process managers does not run for it.
-            (Store::JetStream(_), _) if options.no_processes => Duty::None,
-            (Store::JetStream(_), Some(client)) => {
+            (Opened::JetStream(_), _) if options.no_processes => Duty::None,
+            (Opened::JetStream(_), Some(client)) => {
                 let lease_options =
                     LeaseOptions { replicas: options.jetstream_replicas.into(), ..LeaseOptions::default() };
                 let lease = Lease::new(client, lease_options, holder_name()).await?;
@@ -536,7 +475,7 @@ pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
     // Listen for SIGTERM before saying we are up: a supervisor may send it as soon as it reads that line.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let node = Node::start(&options).await?;
-    let store = node.store.describe(&options);
+    let store = node.store.describe(&options.store_options());
     let http = node.http_addr();
     match &options.nats {
         Some(url) => eprintln!(

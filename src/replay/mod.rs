@@ -7,7 +7,7 @@
 //!   between any two backends.
 //! - [`verify`]: `verify`: every check the store's promises allow, as a report.
 //!
-//! Reading never writes: on SQLite it goes through a [`View`] of the files, so it works while a node has the
+//! Reading never writes: on SQLite it goes through a [`View`](crate::store::sqlite::view::View) of the files, so it works while a node has the
 //! store open. `import` writes, so on SQLite it needs the node stopped (the store's lock says so).
 
 use std::path::PathBuf;
@@ -17,11 +17,8 @@ use serde_json::{Value, json};
 use weft_events::domain::{self, DecodeError};
 use weft_events::{Envelope, EventRead, EventStore, Timestamp};
 
-use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
-use crate::store::keys::{self, Keys};
-use crate::store::sealed::Sealed;
-use crate::store::sqlite::view::View;
-use crate::store::sqlite::{self, SqliteStore};
+use crate::store::jetstream::JetStreamConfig;
+use crate::store::open::{self as store, Mode, Opened};
 
 pub mod cli;
 pub mod export;
@@ -66,74 +63,58 @@ impl Source {
         }
     }
 
-    async fn jetstream(&self) -> anyhow::Result<Option<JetStreamStore>> {
-        match (self.jetstream, &self.nats) {
-            (true, Some(url)) => {
-                let client = crate::nats::connect(url, "weft-events").await?;
-                let config = JetStreamConfig { stream: self.jetstream_stream.clone(), ..JetStreamConfig::default() };
-                Ok(Some(JetStreamStore::open(client, config).await?))
-            }
+    /// Where the store is (see [`crate::store::open`]).
+    pub fn options(&self) -> anyhow::Result<store::Options> {
+        let jetstream = match (self.jetstream, &self.nats) {
+            (true, Some(nats)) => Some(store::JetStream {
+                nats: nats.clone(),
+                stream: self.jetstream_stream.clone(),
+                replicas: JetStreamConfig::default().replicas,
+            }),
             (true, None) => anyhow::bail!("--jetstream needs --nats"),
-            _ => Ok(None),
-        }
+            _ => None,
+        };
+        Ok(store::Options { sqlite: self.store.clone(), jetstream, keys: self.keys.clone() })
     }
 
     /// Opens the store for reading, with personal fields opened by the keys (read only; see
     /// [`Source::keys`]). SQLite: a read-only view, alongside a node that may have it open.
     pub async fn reader(&self) -> anyhow::Result<Arc<dyn EventRead>> {
-        if let Some(store) = self.jetstream().await? {
-            let keys = match self.no_keys {
-                true => Keys::none(),
-                false => Keys::jetstream(store.client().clone(), &self.jetstream_stream, 1, false).await?,
-            };
-            return Ok(Arc::new(Sealed::new(store, keys)));
-        }
-        let keys = match self.no_keys {
-            true => Keys::none(),
-            false => Keys::sqlite_read_only(&self.keys.clone().unwrap_or_else(|| keys::default_path(&self.store)))?,
-        };
-        let path = self.store.clone();
-        Ok(Arc::new(Sealed::new(tokio::task::spawn_blocking(move || View::open(&path)).await??, keys)))
+        Ok(store::open(&self.options()?, Mode::Read { keys: !self.no_keys }, CLIENT).await?.reader())
     }
 
     /// Opens the store for reading its payloads as stored, personal fields sealed (export, verify).
     pub async fn raw_reader(&self) -> anyhow::Result<Arc<dyn EventRead>> {
-        if let Some(store) = self.jetstream().await? {
-            return Ok(Arc::new(store));
-        }
-        let path = self.store.clone();
-        Ok(Arc::new(tokio::task::spawn_blocking(move || View::open(&path)).await??))
+        Ok(store::open(&self.options()?, Mode::Raw, CLIENT).await?.reader())
     }
 
     /// Opens the store for writing. SQLite: the store itself, which no node may have open meanwhile.
     pub async fn writer(&self) -> anyhow::Result<Writer> {
-        if let Some(store) = self.jetstream().await? {
-            return Ok(Writer { store: Arc::new(store), sqlite: None });
-        }
-        let options = sqlite::Options::new(&self.store);
-        let store = tokio::task::spawn_blocking(move || SqliteStore::open(options)).await?.map_err(|e| {
-            anyhow::anyhow!(
+        let opened = store::open(&self.options()?, Mode::Write, CLIENT).await.map_err(|e| match e {
+            store::OpenError::Store(e) if !self.jetstream => anyhow::anyhow!(
                 "{e} (import writes to the store: stop the node that has it open, or import through JetStream)"
-            )
+            ),
+            e => e.into(),
         })?;
-        Ok(Writer { store: Arc::new(store.clone()), sqlite: Some(store) })
+        let store = opened.store().expect("a store opened for writing writes");
+        Ok(Writer { store, opened })
     }
 }
+
+/// The NATS connection's name of the tools.
+const CLIENT: &str = "weft-events";
 
 /// A store opened for writing; [`Writer::close`] it when done.
 pub struct Writer {
     /// The store.
     pub store: Arc<dyn EventStore>,
-    sqlite: Option<SqliteStore>,
+    opened: Opened,
 }
 
 impl Writer {
     /// Waits for every append and closes the store's files.
     pub async fn close(self) -> anyhow::Result<()> {
-        if let Some(store) = self.sqlite {
-            store.close().await?;
-        }
-        Ok(())
+        Ok(self.opened.close().await?)
     }
 }
 

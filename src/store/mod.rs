@@ -4,9 +4,11 @@
 //! - [`jetstream`]: NATS JetStream, for nodes that share one store.
 //! - [`sealed`]: either of them with its events' personal fields sealed by their tenant's key, kept in
 //!   [`keys`] (crypto-shredding).
+//! - [`open`]: the one way every part of Weft opens a store.
 
 pub mod jetstream;
 pub mod keys;
+pub mod open;
 pub mod record;
 pub mod sealed;
 pub mod sqlite;
