@@ -10,9 +10,10 @@
 //! ```
 //!
 //! Precedence: the command line, then the `WEFT_*` environment variables, then the file, then the defaults. The
-//! file works through the environment: each key it sets whose variable is not set already is put there before
-//! the command line is read again, so one parser (clap's) checks every value whatever its source. An unknown
-//! key, a value of the wrong shape or an unreadable file is an error naming the file and the key.
+//! file works through the command line, never the process's environment: each key it sets that neither the
+//! command line nor its variable gave is added to the arguments as its long option ([`with_file`]), and the
+//! arguments are read again, so one parser (clap's) checks every value whatever its source. An unknown key, a
+//! value of the wrong shape or an unreadable file is an error naming the file and the key.
 
 use std::path::Path;
 
@@ -64,9 +65,21 @@ pub enum Error {
     },
 }
 
-/// The environment variables `file` sets for the options of `command`, as (variable, value), for the keys whose
-/// variable is not set already.
-pub fn settings(file: &Path, command: &clap::Command) -> Result<Vec<(String, String)>, Error> {
+/// One option the file sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The option's id (its field's name).
+    pub id: String,
+    /// Its long name.
+    pub long: String,
+    /// Its value, as text; `true`/`false` for a flag.
+    pub value: String,
+    /// Whether it is a flag (takes no value).
+    pub flag: bool,
+}
+
+/// The options `file` sets for `command`, as read from it, for the keys whose variable is not set already.
+pub fn settings(file: &Path, command: &clap::Command) -> Result<Vec<Setting>, Error> {
     let path = file.display().to_string();
     let metadata = std::fs::metadata(file).map_err(|source| Error::Read { path: path.clone(), source })?;
     if metadata.len() > MAX_BYTES {
@@ -75,16 +88,16 @@ pub fn settings(file: &Path, command: &clap::Command) -> Result<Vec<(String, Str
     let text = std::fs::read_to_string(file).map_err(|source| Error::Read { path: path.clone(), source })?;
     let table: toml::Table =
         text.parse().map_err(|e: toml::de::Error| Error::Syntax { path: path.clone(), message: e.to_string() })?;
-    let options: Vec<(String, String)> = command
+    let options: Vec<(String, String, &clap::Arg)> = command
         .get_arguments()
-        .filter_map(|arg| Some((arg.get_long()?.to_owned(), arg.get_env()?.to_string_lossy().into_owned())))
-        .filter(|(long, _)| long != "config")
+        .filter_map(|arg| Some((arg.get_long()?.to_owned(), arg.get_env()?.to_string_lossy().into_owned(), arg)))
+        .filter(|(long, _, _)| long != "config")
         .collect();
     let mut settings = Vec::new();
     for (key, value) in table {
         let long = key.replace('_', "-");
-        let Some((_, variable)) = options.iter().find(|(option, _)| *option == long) else {
-            let known = options.iter().map(|(option, _)| option.as_str()).collect::<Vec<_>>().join(", ");
+        let Some((_, variable, arg)) = options.iter().find(|(option, _, _)| *option == long) else {
+            let known = options.iter().map(|(option, _, _)| option.as_str()).collect::<Vec<_>>().join(", ");
             return Err(Error::UnknownKey { path, key, known });
         };
         let text = match value {
@@ -99,8 +112,33 @@ pub fn settings(file: &Path, command: &clap::Command) -> Result<Vec<(String, Str
             _ => return Err(Error::Shape { path, key }),
         };
         if std::env::var_os(variable).is_none() {
-            settings.push((variable.clone(), text));
+            let flag = !arg.get_action().takes_values();
+            settings.push(Setting { id: arg.get_id().to_string(), long, value: text, flag });
         }
     }
     Ok(settings)
+}
+
+/// `args` (a whole command line, program first) with the file's `settings` added as long options, but for
+/// those `matches` (of the subcommand the file is for) got from the command line.
+pub fn with_file(
+    args: Vec<std::ffi::OsString>,
+    settings: &[Setting],
+    matches: &clap::ArgMatches,
+) -> Vec<std::ffi::OsString> {
+    let mut args = args;
+    for setting in settings {
+        if matches.value_source(&setting.id) == Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        if setting.flag {
+            // A flag is given or not: `true` gives it, anything else leaves its default (off).
+            if matches!(setting.value.as_str(), "true" | "1" | "yes" | "on") {
+                args.push(format!("--{}", setting.long).into());
+            }
+        } else {
+            args.push(format!("--{}={}", setting.long, setting.value).into());
+        }
+    }
+    args
 }

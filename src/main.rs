@@ -148,11 +148,10 @@ fn main() -> anyhow::Result<()> {
     {
         let command = Cli::command();
         let serve = command.find_subcommand("serve").expect("serve is a subcommand");
-        for (variable, value) in weft::config::settings(file, serve)? {
-            // SAFETY: nothing else runs yet: no thread has started that could read the environment.
-            unsafe { std::env::set_var(variable, value) };
-        }
-        cli = Cli::parse();
+        let settings = weft::config::settings(file, serve)?;
+        let matches = Cli::command().get_matches();
+        let serve_matches = matches.subcommand_matches("serve").expect("the command is serve");
+        cli = Cli::parse_from(weft::config::with_file(std::env::args_os().collect(), &settings, serve_matches));
     }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)))
