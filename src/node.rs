@@ -80,6 +80,9 @@ pub struct NodeOptions {
     /// The JetStream stream of the events.
     #[arg(long, default_value = "WEFT_EVENTS", requires = "jetstream", env = "WEFT_JETSTREAM_STREAM")]
     pub jetstream_stream: String,
+    /// How the actors, the command intake and the lease behave.
+    #[command(flatten)]
+    pub tuning: Tuning,
     /// Where documents are kept.
     #[command(flatten)]
     pub objects: crate::objects::ObjectsOptions,
@@ -90,6 +93,58 @@ pub struct NodeOptions {
     /// line and the WEFT_* variables win over it.
     #[arg(long, env = "WEFT_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// What an operator may tune of a node's actors, command intake and lease (defaults as documented on each).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Tuning {
+    /// Save an aggregate's snapshot every this many events; 0 never.
+    #[arg(long, default_value_t = 100, env = "WEFT_SNAPSHOT_EVERY")]
+    pub snapshot_every: u64,
+    /// Passivate an actor after this many seconds without a command.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400), env = "WEFT_ACTOR_IDLE_SECS")]
+    pub actor_idle_secs: u64,
+    /// Most live actors; past it the least recently used passivate.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000), env = "WEFT_MAX_LIVE_ACTORS")]
+    pub max_live_actors: usize,
+    /// Most commands handled at once by this node's intake; past it commands wait on the bus.
+    #[arg(long, default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), env = "WEFT_MAX_COMMANDS_IN_FLIGHT")]
+    pub max_commands_in_flight: usize,
+    /// How long the process managers' lease lives without renewal, in seconds (nodes sharing JetStream): a
+    /// killed holder's managers move to another node after at most this long.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=600), env = "WEFT_LEASE_TTL_SECS")]
+    pub lease_ttl_secs: u64,
+    /// How often the lease's holder renews it, in seconds; under --lease-ttl-secs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=300), env = "WEFT_LEASE_RENEW_SECS")]
+    pub lease_renew_secs: u64,
+}
+
+impl Tuning {
+    /// The actor host's options.
+    pub fn host(&self) -> host::Options {
+        host::Options {
+            snapshot_every: self.snapshot_every,
+            idle_timeout_ms: self.actor_idle_secs * 1000,
+            max_live: self.max_live_actors,
+            ..host::Options::default()
+        }
+    }
+
+    /// The lease's options, with `replicas` for its bucket; refused when it would lapse between renewals.
+    pub fn lease(&self, replicas: usize) -> anyhow::Result<LeaseOptions> {
+        anyhow::ensure!(
+            self.lease_renew_secs < self.lease_ttl_secs,
+            "--lease-renew-secs ({}) must be under --lease-ttl-secs ({}): the lease would lapse between renewals",
+            self.lease_renew_secs,
+            self.lease_ttl_secs
+        );
+        Ok(LeaseOptions {
+            ttl: Duration::from_secs(self.lease_ttl_secs),
+            renew_every: Duration::from_secs(self.lease_renew_secs),
+            replicas,
+            ..LeaseOptions::default()
+        })
+    }
 }
 
 impl NodeOptions {
@@ -183,6 +238,8 @@ enum Duty {
 impl Node {
     /// Opens the store, connects the bus and starts everything. Must be called on an actix system.
     pub async fn start(options: &NodeOptions) -> anyhow::Result<Self> {
+        // Checked before anything opens, whether or not this node will hold a lease.
+        options.tuning.lease(1)?;
         let store = store::open(&options.store_options(), store::Mode::Node, "weft-store").await?;
         let shared = store.store().expect("a node's store writes");
         let client = match &options.nats {
@@ -202,9 +259,10 @@ impl Node {
         });
         let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
         // The command intake checks documents' upload commands against the object store.
-        let hosts = Hosts::new(shared.clone(), host::Options::default());
+        let hosts = Hosts::new(shared.clone(), options.tuning.host());
         let limits = crate::protocol::BodyLimits { max_bytes: options.max_body_bytes, ..Default::default() };
-        let intake_options = IntakeOptions { limits, ..IntakeOptions::default() };
+        let intake_options =
+            IntakeOptions { limits, max_in_flight: options.tuning.max_commands_in_flight, ..IntakeOptions::default() };
         let intake = Intake::start_with_objects(bus.clone(), hosts, intake_options, Some(objects.clone())).await?;
         // The local store's temporary files of uploads that never finished (the node killed mid-upload) are
         // removed at open and from then on every half of their staleness.
@@ -258,8 +316,7 @@ impl Node {
             // runs no process managers does not run for it.
             (Opened::JetStream(_), _) if options.no_processes => Duty::None,
             (Opened::JetStream(_), Some(client)) => {
-                let lease_options =
-                    LeaseOptions { replicas: options.jetstream_replicas.into(), ..LeaseOptions::default() };
+                let lease_options = options.tuning.lease(options.jetstream_replicas.into())?;
                 let lease = Lease::new(client, lease_options, holder_name()).await?;
                 let managers = Rc::new(RefCell::new(None));
                 let task = actix_rt::spawn(hold_lease(
@@ -536,5 +593,56 @@ async fn serve_rebuilds(
         }
         maintenance.ended(&name, result.as_ref().map(|p| *p).map_err(|e| e.to_string()));
         let _ = answer.send(result.map_err(|e| Failure::unavailable(e.to_string())));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::NodeOptions;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        options: NodeOptions,
+    }
+
+    fn options(args: &[&str]) -> NodeOptions {
+        Serve::try_parse_from([&["serve"][..], args].concat()).unwrap().options
+    }
+
+    #[test]
+    fn the_tuning_options_reach_the_host_the_intake_and_the_lease() {
+        let tuned = options(&[
+            "--snapshot-every",
+            "7",
+            "--actor-idle-secs",
+            "30",
+            "--max-live-actors",
+            "50",
+            "--lease-ttl-secs",
+            "20",
+            "--lease-renew-secs",
+            "5",
+        ]);
+        let host = tuned.tuning.host();
+        assert_eq!((host.snapshot_every, host.idle_timeout_ms, host.max_live), (7, 30_000, 50));
+        let lease = tuned.tuning.lease(3).unwrap();
+        assert_eq!((lease.ttl.as_secs(), lease.renew_every.as_secs(), lease.replicas), (20, 5, 3));
+        let defaults = options(&[]);
+        let host = defaults.tuning.host();
+        let built_in = weft_actors::host::Options::default();
+        assert_eq!(
+            (host.snapshot_every, host.idle_timeout_ms, host.max_live),
+            (built_in.snapshot_every, built_in.idle_timeout_ms, built_in.max_live)
+        );
+        assert_eq!(defaults.tuning.max_commands_in_flight, crate::intake::IntakeOptions::default().max_in_flight);
+        let lease = defaults.tuning.lease(1).unwrap();
+        let built_in = crate::lease::LeaseOptions::default();
+        assert_eq!((lease.ttl, lease.renew_every), (built_in.ttl, built_in.renew_every));
+        // A lease renewed no sooner than it lapses is refused.
+        let lapsing = options(&["--lease-ttl-secs", "5", "--lease-renew-secs", "5"]);
+        assert!(lapsing.tuning.lease(1).unwrap_err().to_string().contains("must be under --lease-ttl-secs"));
     }
 }

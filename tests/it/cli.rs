@@ -78,6 +78,9 @@ fn bad_arguments_are_refused_with_a_message_and_no_panic() {
         (&["tenant", "erase", "acme", "--reason", "ticket 7"][..], "--confirm"),
         (&["serve", "--body-timeout-secs", "0"][..], "not in 1..=3600"),
         (&["serve", "--max-connections-per-client", "0"][..], "not in 1..=1000000"),
+        (&["serve", "--max-live-actors", "0"][..], "not in 1..=10000000"),
+        (&["serve", "--lease-ttl-secs", "1"][..], "not in 2..=600"),
+        (&["serve", "--actor-idle-secs", "0"][..], "not in 1..=86400"),
         (&["serve", "--webhook-secret", "a", "--webhook-secret-file", "f"][..], "cannot be used with"),
         (&["serve", "--s3-bucket", "b", "--s3-secret-access-key-file", "f"][..], "--s3-access-key-id"),
         (&["events", "diff", "job-x", "one", "2"][..], "invalid value 'one'"),
@@ -310,4 +313,25 @@ fn bench_jobs_runs_jobs_to_the_end_on_both_stores() {
     assert!(reports.iter().all(|r| r["ops_per_s"].as_f64().unwrap() > 0.0), "{stdout}");
     assert!(stderr.contains("mean task"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn serve_refuses_a_lease_that_would_lapse_between_renewals() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("events.db");
+    let out = weft(&[
+        "serve",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--store",
+        store.to_str().unwrap(),
+        "--lease-ttl-secs",
+        "5",
+        "--lease-renew-secs",
+        "5",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--lease-renew-secs (5) must be under --lease-ttl-secs (5)"), "{stderr}");
+    assert!(!store.exists(), "nothing was opened");
 }
