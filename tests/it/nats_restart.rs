@@ -127,7 +127,12 @@ fn a_nats_restart_under_load_stops_nothing_for_good() {
         (status == 503 && ready["not_ready"].as_array().is_some_and(|n| !n.is_empty()), ready.to_string())
     });
     server.restart(0).unwrap();
-    std::thread::sleep(Duration::from_secs(8));
+    // The load goes on across the blip: commands are acknowledged again after the restart.
+    let restarted = acknowledged.load(Ordering::Relaxed);
+    eventually("commands are acknowledged after the restart", Duration::from_secs(60), || {
+        let now = acknowledged.load(Ordering::Relaxed);
+        (now >= restarted + 100, format!("{} acknowledged since the restart", now - restarted))
+    });
     stop.store(true, Ordering::Relaxed);
     for client in clients {
         client.join().unwrap();
