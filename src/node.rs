@@ -526,11 +526,23 @@ async fn hold_lease(
 
 /// `weft serve`: runs a node until Ctrl-C or SIGTERM.
 pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
+    // Listen for SIGTERM before saying we are up: a supervisor may send it as soon as it reads that line.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let signalled = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    serve_until(options, signalled).await
+}
+
+/// Runs a node until `shutdown` completes, then stops it (what [`serve`] does until a signal; an embedder's
+/// own shutdown otherwise). Says on stderr where it serves once it is up, and when it stops.
+pub async fn serve_until(options: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     // Everything the node creates (the log, the keys, the read models, the objects, the signing key) is
     // its owner's alone: files 0600, folders 0700.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    // Listen for SIGTERM before saying we are up: a supervisor may send it as soon as it reads that line.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let node = Node::start(&options).await?;
     let store = node.store.describe(&options.store_options());
     let http = node.http_addr();
@@ -544,10 +556,7 @@ pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
             node.objects
         ),
     }
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    shutdown.await;
     eprintln!("weft: stopping");
     node.stop().await
 }
@@ -644,5 +653,42 @@ mod tests {
         // A lease renewed no sooner than it lapses is refused.
         let lapsing = options(&["--lease-ttl-secs", "5", "--lease-renew-secs", "5"]);
         assert!(lapsing.tuning.lease(1).unwrap_err().to_string().contains("must be under --lease-ttl-secs"));
+    }
+
+    #[test]
+    fn a_node_runs_until_its_shutdown_future_completes() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let store = dir.path().join("events.db");
+        let node = options(&["--store", store.to_str().unwrap(), "--http-addr", &addr]);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let asker = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let answer = loop {
+                let asked = std::net::TcpStream::connect(&addr).and_then(|mut stream| {
+                    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                    let mut answer = String::new();
+                    stream.read_to_string(&mut answer)?;
+                    Ok(answer)
+                });
+                match asked {
+                    Ok(answer) => break answer,
+                    Err(_) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(20))
+                    }
+                    Err(e) => panic!("the node never answered: {e}"),
+                }
+            };
+            stop.send(()).unwrap();
+            answer
+        });
+        let ran = actix_rt::System::new().block_on(super::serve_until(node, async {
+            let _ = stopped.await;
+        }));
+        ran.unwrap();
+        assert!(asker.join().unwrap().starts_with("HTTP/1.1 200"));
+        assert!(store.exists(), "the node used the store it was given");
     }
 }
