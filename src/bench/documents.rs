@@ -20,8 +20,9 @@ use serde_json::{Value, json};
 use super::{Latencies, Report, rate};
 use crate::node::Node;
 use crate::objects::notification::{self, Change};
-use crate::objects::seaweed::Seaweed;
+use crate::objects::s3::{S3Options, S3Store};
 use crate::objects::{ObjectInfo, ObjectStore};
+use weft_harness::Seaweed;
 
 /// Options of `weft bench documents`.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,7 +67,9 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
 
     match Seaweed::start() {
         Ok(seaweed) => {
-            let s3 = seaweed.bucket("weft-bench").await?;
+            let s3 =
+                S3Store::connect(&S3Options::on_server(&seaweed.endpoint(), "weft-bench", seaweed.credentials())).await;
+            s3.create_bucket_within(Duration::from_secs(60)).await?;
             let s3_dir = dir.join("s3");
             std::fs::create_dir_all(&s3_dir)?;
             let args = seaweed.node_args("weft-bench");

@@ -22,8 +22,8 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::{Latencies, Report};
-use crate::nats::server::NatsServer;
 use crate::node::Node;
+use weft_harness::NatsServer;
 
 /// Options of `weft bench jobs`.
 #[derive(Debug, Clone, clap::Args)]

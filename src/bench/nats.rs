@@ -19,9 +19,9 @@ use super::{Latencies, Report, rate};
 use crate::bus::Bus;
 use crate::bus::nats::NatsBus;
 use crate::intake::{Intake, IntakeOptions};
-use crate::nats::NatsServer;
 use crate::store::jetstream::{JetStreamConfig, JetStreamStore};
 use crate::store::sqlite::{Options as StoreOptions, SqliteStore, Synchronous};
+use weft_harness::NatsServer;
 
 /// Options of `weft bench nats`.
 #[derive(Debug, Clone, clap::Args)]

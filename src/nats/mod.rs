@@ -1,8 +1,4 @@
-//! NATS: connecting, and local servers for tests and benchmarks.
-
-pub mod server;
-
-pub use server::NatsServer;
+//! NATS: connecting (the servers the tests and benchmarks start are in the `weft-harness` crate).
 
 /// Why connecting failed.
 #[derive(Debug, thiserror::Error)]

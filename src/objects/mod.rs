@@ -13,7 +13,6 @@ pub mod documents;
 pub mod local;
 pub mod notification;
 pub mod s3;
-pub mod seaweed;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -42,6 +42,21 @@ pub struct S3Options {
     pub credentials: Option<(String, String)>,
 }
 
+impl S3Options {
+    /// A bucket on an S3-compatible server of our own (MinIO, SeaweedFS): path-style, region `us-east-1`, the
+    /// given key pair.
+    pub fn on_server(endpoint: &str, bucket: &str, credentials: (String, String)) -> Self {
+        Self {
+            bucket: bucket.to_owned(),
+            endpoint: Some(endpoint.to_owned()),
+            public_endpoint: None,
+            region: "us-east-1".into(),
+            path_style: true,
+            credentials: Some(credentials),
+        }
+    }
+}
+
 /// See the module doc. Cheap to clone.
 #[derive(Clone)]
 pub struct S3Store {
@@ -88,6 +103,20 @@ impl S3Store {
             Ok(_) => Ok(()),
             Err(e) if e.as_service_error().is_some_and(|e| e.is_bucket_already_owned_by_you()) => Ok(()),
             Err(e) => Err(unavailable("creating the bucket", e)),
+        }
+    }
+
+    /// Creates the bucket unless it exists, trying again for up to `patience` while the server is still
+    /// starting (SeaweedFS opens its S3 port before its filer takes requests).
+    pub async fn create_bucket_within(&self, patience: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.create_bucket().await {
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                result => return result,
+            }
         }
     }
 

@@ -3,8 +3,8 @@
 //! job failed with their error visible.
 
 use serde_json::{Value, json};
-use weft::nats::server::NatsServer;
-use weft::objects::seaweed::Seaweed;
+use weft_harness::NatsServer;
+use weft_harness::Seaweed;
 
 use crate::serve::{Serve, command, get, submit_job, weft};
 
@@ -68,7 +68,7 @@ fn a_two_step_workflow_redacts_then_summarises_an_uploaded_document_on_the_embed
 async fn a_two_step_workflow_runs_on_nats_jetstream_and_seaweedfs() {
     let nats = NatsServer::start().unwrap();
     let seaweed = Seaweed::start().unwrap();
-    seaweed.bucket("docs").await.unwrap();
+    crate::support::bucket(&seaweed, "docs").await;
     let dir = tempfile::tempdir().unwrap();
     let url = nats.url();
     let mut args = vec!["--nats".to_owned(), url, "--jetstream".to_owned()];

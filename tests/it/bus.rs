@@ -6,7 +6,7 @@ use futures::StreamExt;
 use weft::bus::memory::MemoryBus;
 use weft::bus::nats::NatsBus;
 use weft::bus::{Bus, BusError, Headers, Message, Subscription};
-use weft::nats::NatsServer;
+use weft_harness::NatsServer;
 
 const WAIT: Duration = Duration::from_secs(5);
 

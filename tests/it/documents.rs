@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use weft::nats::server::NatsServer;
 use weft::objects::ObjectStore;
-use weft::objects::seaweed::Seaweed;
+use weft_harness::NatsServer;
+use weft_harness::Seaweed;
 
 use crate::serve::{Serve, get, http, weft};
 
@@ -183,7 +183,7 @@ fn a_document_uploads_through_its_signed_url_and_is_deleted_with_its_object_on_t
 async fn a_document_uploads_to_seaweedfs_and_its_notifications_arrive_over_nats_and_the_webhook() {
     let nats = NatsServer::start().unwrap();
     let seaweed = Seaweed::start().unwrap();
-    let s3 = seaweed.bucket("docs").await.unwrap();
+    let s3 = crate::support::bucket(&seaweed, "docs").await;
     let dir = tempfile::tempdir().unwrap();
     let endpoint = seaweed.endpoint();
     let (key_id, secret) = seaweed.credentials();

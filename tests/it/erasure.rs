@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::Value;
-use weft::nats::NatsServer;
+use weft_harness::NatsServer;
 
 use crate::serve::{Serve, get, http, weft};
 

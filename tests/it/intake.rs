@@ -11,13 +11,13 @@ use weft::bus::memory::MemoryBus;
 use weft::bus::nats::NatsBus;
 use weft::bus::{Bus, CONTENT_TYPE, JSON, Message};
 use weft::intake::{Intake, IntakeOptions};
-use weft::nats::NatsServer;
 use weft::protocol::{self, BodyLimits};
 use weft_actors::document::Document;
 use weft_actors::host::Options;
 use weft_actors::process::Hosts;
 use weft_events::domain::ids::Uuid;
 use weft_events::{EventStore, MemoryStore};
+use weft_harness::NatsServer;
 
 const WAIT: Duration = Duration::from_secs(5);
 

@@ -29,3 +29,4 @@ mod serve;
 mod store_corruption;
 mod store_crash;
 mod store_jetstream;
+mod support;

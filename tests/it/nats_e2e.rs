@@ -12,7 +12,6 @@ use weft::bus::nats::NatsBus;
 use weft::bus::{Bus, CONTENT_TYPE, JSON, Message};
 use weft::gateway::BusGateway;
 use weft::intake::{Intake, IntakeOptions};
-use weft::nats::NatsServer;
 use weft::publisher::{MESSAGE_ID, Publisher};
 use weft::store::jetstream::{JetStreamConfig, JetStreamStore};
 use weft_actors::host::Options;
@@ -20,6 +19,7 @@ use weft_actors::process::{self, Hosts, Processes, RunOptions};
 use weft_actors::testkit::{Scripted, ScriptedExecutor};
 use weft_events::domain::ids::Uuid;
 use weft_events::{EventStore, MemoryStore};
+use weft_harness::NatsServer;
 
 /// An event as a client reads it: the documented fields it needs, the payload as MessagePack bytes.
 #[derive(serde::Deserialize)]

@@ -7,11 +7,11 @@ use serde_json::{Value, json};
 use weft::bus::nats::NatsBus;
 use weft::bus::{Bus, CONTENT_TYPE, JSON, Message};
 use weft::intake::{Intake, IntakeOptions};
-use weft::nats::NatsServer;
 use weft_actors::host::Options;
 use weft_actors::process::Hosts;
 use weft_events::domain::ids::Uuid;
 use weft_events::{Direction, EventStore, MemoryStore, StreamName};
+use weft_harness::NatsServer;
 
 const COMMANDS: usize = 600;
 

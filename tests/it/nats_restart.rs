@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::json;
-use weft::nats::NatsServer;
+use weft_harness::NatsServer;
 
 use crate::serve::{Serve, command, get, weft};
 

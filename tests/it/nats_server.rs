@@ -1,7 +1,7 @@
 //! The test harness's `nats-server`: starts on free loopback ports with durable JetStream, restarts on the
 //! same store, forms a three-node cluster, and is gone when dropped.
 
-use weft::nats::NatsServer;
+use weft_harness::NatsServer;
 
 async fn stream_messages(url: &str) -> u64 {
     let client = weft::nats::connect(url, "test").await.unwrap();

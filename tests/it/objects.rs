@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use weft::objects::local::{Expect, LocalStore};
-use weft::objects::seaweed::Seaweed;
 use weft::objects::{Body, Error, ObjectStore, Upload};
+use weft_harness::Seaweed;
 
 fn body(chunks: Vec<Vec<u8>>) -> Body {
     futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c)))).boxed()
@@ -136,7 +136,7 @@ async fn a_conditional_local_write_goes_ahead_only_over_what_it_expects() {
 #[tokio::test]
 async fn seaweedfs_keeps_the_contract_and_its_urls_work_over_http() {
     let server = Seaweed::start().unwrap();
-    let store = server.bucket("contract").await.unwrap();
+    let store = crate::support::bucket(&server, "contract").await;
     contract(&store).await;
 
     // A pre-signed PUT as a client sends it: the signed Content-Type, no credentials.
@@ -198,8 +198,8 @@ async fn seaweedfs_keeps_the_contract_and_its_urls_work_over_http() {
     assert_eq!(answer.status().as_u16(), 403);
 
     // Wrong credentials get nowhere.
-    let mut options = server.options("contract");
-    options.credentials = Some((weft::objects::seaweed::ACCESS_KEY_ID.into(), "not-the-secret".into()));
+    let mut options = crate::support::s3_options(&server, "contract");
+    options.credentials = Some((weft_harness::ACCESS_KEY_ID.into(), "not-the-secret".into()));
     let stranger = weft::objects::s3::S3Store::connect(&options).await;
     assert!(matches!(stranger.head(key).await, Err(Error::Unavailable(_))));
 }

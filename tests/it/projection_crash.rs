@@ -9,10 +9,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use rand::Rng;
-use weft::nats::{self, NatsServer};
+use weft::nats;
 use weft::store::sqlite::{Options, SqliteStore};
 use weft_events::EventRead;
 use weft_events::domain::ids::{DocumentId, Uuid};
+use weft_harness::NatsServer;
 
 /// Starts a node; its stderr stays open (a node writes to it when it stops) in the returned reader.
 fn serve(server: &NatsServer, dir: &Path) -> (crate::reaped::Reaped, BufReader<std::process::ChildStderr>) {

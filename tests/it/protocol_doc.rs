@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use weft::nats::NatsServer;
+use weft_harness::NatsServer;
 
 use crate::serve::Serve;
 

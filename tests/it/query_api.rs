@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use weft::bus::nats::NatsBus;
 use weft::bus::{Bus, CONTENT_TYPE, JSON, Message};
-use weft::nats::{self, NatsServer};
+use weft::nats;
 use weft_events::domain::ids::Uuid;
+use weft_harness::NatsServer;
 
 use crate::serve::{Serve, command, get, http, register, submit_job};
 

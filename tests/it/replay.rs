@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use weft::nats::NatsServer;
 use weft::store::jetstream::{JetStreamConfig, JetStreamStore};
 use weft::store::record;
 use weft_events::{EventWrite, ExpectedVersion, NewEvent, StreamName, Timestamp};
+use weft_harness::NatsServer;
 
 use crate::reaped::Reaped;
 use crate::serve::{Serve, weft};

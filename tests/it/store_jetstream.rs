@@ -2,8 +2,9 @@
 //! start-up checks, and what a misconfigured stream gets.
 
 use futures::StreamExt;
-use weft::nats::{self, NatsServer};
+use weft::nats;
 use weft::store::jetstream::{JetStreamConfig, JetStreamStore, OpenError};
+use weft_harness::NatsServer;
 
 /// Opens the store; while a freshly formed cluster is still electing its JetStream leaders, its requests time
 /// out, so an unavailable server is tried again for up to a minute (a misconfiguration is not).

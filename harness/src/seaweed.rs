@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::s3::{S3Options, S3Store};
-
 /// How long the server may take to serve S3 requests.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -37,7 +35,7 @@ pub struct Seaweed {
 }
 
 fn binary() -> Result<PathBuf, Error> {
-    crate::nats::server::candidates("WEFT_WEED", "weed").into_iter().next().ok_or(Error::NotFound)
+    crate::candidates("WEFT_WEED", "weed").into_iter().next().ok_or(Error::NotFound)
 }
 
 impl Seaweed {
@@ -45,7 +43,7 @@ impl Seaweed {
     pub fn start() -> Result<Self, Error> {
         let binary = binary()?;
         let dir = tempfile::tempdir().map_err(|e| Error::Start(format!("no temp dir: {e}")))?;
-        let ports = crate::nats::server::free_ports(8).map_err(|e| Error::Start(e.to_string()))?;
+        let ports = crate::free_ports(8).map_err(|e| Error::Start(format!("no free port: {e}")))?;
         let secret = format!("secret-{}", rand::random::<u64>());
         let log = std::fs::File::create(dir.path().join("weed.log")).map_err(|e| Error::Start(e.to_string()))?;
         let data = dir.path().join("data");
@@ -106,18 +104,6 @@ impl Seaweed {
         (ACCESS_KEY_ID.to_owned(), self.secret.clone())
     }
 
-    /// How to reach `bucket` on it.
-    pub fn options(&self, bucket: &str) -> S3Options {
-        S3Options {
-            bucket: bucket.to_owned(),
-            endpoint: Some(self.endpoint()),
-            public_endpoint: None,
-            region: "us-east-1".into(),
-            path_style: true,
-            credentials: Some(self.credentials()),
-        }
-    }
-
     /// The `weft serve` options of a node keeping its documents in `bucket` here.
     pub fn node_args(&self, bucket: &str) -> Vec<String> {
         let (id, secret) = self.credentials();
@@ -134,19 +120,6 @@ impl Seaweed {
         ]
         .map(str::to_owned)
         .to_vec()
-    }
-
-    /// A client of `bucket`, created once the server takes requests (its filer starts after its S3 port).
-    pub async fn bucket(&self, bucket: &str) -> Result<S3Store, Error> {
-        let store = S3Store::connect(&self.options(bucket)).await;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match store.create_bucket().await {
-                Ok(()) => return Ok(store),
-                Err(e) if Instant::now() > deadline => return Err(Error::Start(format!("creating {bucket}: {e}"))),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
     }
 }
 

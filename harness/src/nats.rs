@@ -1,4 +1,4 @@
-//! Local `nats-server` processes with JetStream, for the tests and for `weft bench nats`: one server or a
+//! Local `nats-server` processes with JetStream, for the tests and for `weft bench`: one server or a
 //! cluster, on free loopback ports, storing in a temporary folder, fsyncing every write
 //! (`sync_interval: always`), killed when dropped.
 //!
@@ -7,8 +7,8 @@
 //! silently ignore it.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -61,7 +61,7 @@ pub struct NatsServer {
 /// Finds the binary and checks its version.
 pub fn binary() -> Result<PathBuf, ServerError> {
     let mut too_old = None;
-    for candidate in candidates("WEFT_NATS_SERVER", "nats-server") {
+    for candidate in crate::candidates("WEFT_NATS_SERVER", "nats-server") {
         let Ok(output) = Command::new(&candidate).arg("--version").output() else { continue };
         let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
         match parse_version(&text) {
@@ -72,24 +72,6 @@ pub fn binary() -> Result<PathBuf, ServerError> {
     Err(too_old.unwrap_or(ServerError::NotFound))
 }
 
-/// Where a server binary the tests and benchmarks start may be, in order: the file `$variable` names, `name`
-/// on `PATH`, and the one `scripts/test` installs into `.tools/venv/bin` (of the working folder, then of this
-/// crate); only files that exist.
-pub(crate) fn candidates(variable: &str, name: &str) -> Vec<PathBuf> {
-    let tools = Path::new(".tools/venv/bin").join(name);
-    std::env::var_os(variable)
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            std::env::var_os("PATH")
-                .into_iter()
-                .flat_map(|p| std::env::split_paths(&p).map(|dir| dir.join(name)).collect::<Vec<_>>()),
-        )
-        .chain([tools.clone(), Path::new(env!("CARGO_MANIFEST_DIR")).join(tools)])
-        .filter(|c| c.is_file())
-        .collect()
-}
-
 /// `nats-server: v2.15.1` -> (2, 15).
 fn parse_version(text: &str) -> Option<(u32, u32)> {
     let version = text.rsplit('v').next()?;
@@ -97,14 +79,8 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
     Some((parts.next()?.trim().parse().ok()?, parts.next()?.trim().parse().ok()?))
 }
 
-/// `count` distinct free loopback ports. The listeners are held until all are chosen, so the kernel cannot hand
-/// out one port twice; another process may still take one before the server binds it (see [`NatsServer::cluster`]).
-pub(crate) fn free_ports(count: usize) -> Result<Vec<u16>, ServerError> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ServerError::Start { node: "-".into(), reason: format!("no free port: {e}") })?;
-    Ok(listeners.iter().map(|l| l.local_addr().expect("a bound socket has an address").port()).collect())
+fn free_ports(count: usize) -> Result<Vec<u16>, ServerError> {
+    crate::free_ports(count).map_err(|e| ServerError::Start { node: "-".into(), reason: format!("no free port: {e}") })
 }
 
 /// How often starting a cluster is tried afresh when a port chosen for it was taken before a node bound it.
