@@ -9,6 +9,19 @@
 //! jetstream_replicas = 3
 //! ```
 //!
+//! or, the same, in the tables of `weft serve`'s sections (`store`, `bus`, `http`, `host`, `intake`,
+//! `processes`, `objects`, `providers`), where a key may leave out its section's name:
+//!
+//! ```toml
+//! [bus]
+//! nats = ["nats://a:4222", "nats://b:4222"]
+//! [store]
+//! jetstream = true
+//! jetstream-replicas = 3
+//! [http]
+//! addr = "0.0.0.0:8080"    # http-addr
+//! ```
+//!
 //! Precedence: the command line, then the `WEFT_*` environment variables, then the file, then the defaults. The
 //! file works through the command line, never the process's environment: each key it sets that neither the
 //! command line nor its variable gave is added to the arguments as its long option ([`with_file`]), and the
@@ -55,6 +68,28 @@ pub enum Error {
         /// The keys it may hold.
         known: String,
     },
+    /// A table names no section, or a key in it is none of the section's options.
+    #[error("config {path}: [{section}] has no key {key:?}; known: {known}")]
+    UnknownSectionKey {
+        /// The file.
+        path: String,
+        /// The table.
+        section: String,
+        /// The key.
+        key: String,
+        /// The keys it may hold (or the sections, when the table names none).
+        known: String,
+    },
+    /// An option is set twice (at the top and in its section).
+    #[error("config {path}: {key} sets --{long}, which another key sets too")]
+    Twice {
+        /// The file.
+        path: String,
+        /// The second key.
+        key: String,
+        /// The option.
+        long: String,
+    },
     /// A value is a table, a date or a list of something other than text.
     #[error("config {path}: {key} must be text, a number, true/false or (nats) a list of URLs")]
     Shape {
@@ -79,7 +114,8 @@ pub struct Setting {
 }
 
 /// The options `file` sets for `command`, as read from it, for the keys whose variable is not set already.
-pub fn settings(file: &Path, command: &clap::Command) -> Result<Vec<Setting>, Error> {
+/// `sections` names the tables the file may hold and the long options of each.
+pub fn settings(file: &Path, command: &clap::Command, sections: &[(&str, Vec<String>)]) -> Result<Vec<Setting>, Error> {
     let path = file.display().to_string();
     let metadata = std::fs::metadata(file).map_err(|source| Error::Read { path: path.clone(), source })?;
     if metadata.len() > MAX_BYTES {
@@ -93,13 +129,39 @@ pub fn settings(file: &Path, command: &clap::Command) -> Result<Vec<Setting>, Er
         .filter_map(|arg| Some((arg.get_long()?.to_owned(), arg.get_env()?.to_string_lossy().into_owned(), arg)))
         .filter(|(long, _, _)| long != "config")
         .collect();
-    let mut settings = Vec::new();
+    // Each key with the long option it names: top-level keys name any option, a section's only its own.
+    let mut keyed = Vec::new();
     for (key, value) in table {
-        let long = key.replace('_', "-");
-        let Some((_, variable, arg)) = options.iter().find(|(option, _, _)| *option == long) else {
-            let known = options.iter().map(|(option, _, _)| option.as_str()).collect::<Vec<_>>().join(", ");
-            return Err(Error::UnknownKey { path, key, known });
+        let toml::Value::Table(entries) = value else {
+            let long = key.replace('_', "-");
+            if !options.iter().any(|(option, _, _)| *option == long) {
+                let known = options.iter().map(|(option, _, _)| option.as_str()).collect::<Vec<_>>().join(", ");
+                return Err(Error::UnknownKey { path, key, known });
+            }
+            keyed.push((key, long, value));
+            continue;
         };
+        let Some((_, longs)) = sections.iter().find(|(name, _)| *name == key) else {
+            let known = sections.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ");
+            return Err(Error::UnknownSectionKey { path, section: key, key: String::new(), known });
+        };
+        for (entry, value) in entries {
+            let short = entry.replace('_', "-");
+            let prefixed = format!("{key}-{short}");
+            let Some(long) = [short, prefixed].into_iter().find(|l| longs.contains(l)) else {
+                return Err(Error::UnknownSectionKey { path, section: key, key: entry, known: longs.join(", ") });
+            };
+            keyed.push((format!("{key}.{entry}"), long, value));
+        }
+    }
+    let mut settings: Vec<Setting> = Vec::new();
+    for (i, (key, long, _)) in keyed.iter().enumerate() {
+        if keyed[..i].iter().any(|(_, other, _)| other == long) {
+            return Err(Error::Twice { path, key: key.clone(), long: long.clone() });
+        }
+    }
+    for (key, long, value) in keyed {
+        let (_, variable, arg) = options.iter().find(|(option, _, _)| *option == long).expect("checked above");
         let text = match value {
             toml::Value::String(text) => text,
             toml::Value::Integer(n) => n.to_string(),

@@ -68,10 +68,29 @@ struct Ack {
     error: Option<serde_json::Value>,
 }
 
+/// Why the lease could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Its bucket could not be created.
+    #[error("creating lease bucket {bucket}: {reason}")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server did not answer the write.
+    #[error("writing the lease: {0}")]
+    Request(#[from] async_nats::RequestError),
+    /// The server's answer is not JetStream's publish acknowledgement.
+    #[error("the lease write's answer: {0}")]
+    Answer(#[from] serde_json::Error),
+}
+
 impl Lease {
     /// Creates the bucket if missing (entries live `ttl`) and returns a lease for `holder` (a name that says
     /// which node holds it, for operators: `nats kv get weft_leases processes`).
-    pub async fn new(client: async_nats::Client, options: LeaseOptions, holder: String) -> anyhow::Result<Self> {
+    pub async fn new(client: async_nats::Client, options: LeaseOptions, holder: String) -> Result<Self, Error> {
         let js = async_nats::jetstream::new(client.clone());
         if js.get_key_value(&options.bucket).await.is_err() {
             js.create_key_value(async_nats::jetstream::kv::Config {
@@ -84,7 +103,7 @@ impl Lease {
                 ..Default::default()
             })
             .await
-            .map_err(|e| anyhow::anyhow!("creating lease bucket {}: {e}", options.bucket))?;
+            .map_err(|e| Error::Bucket { bucket: options.bucket.clone(), reason: e.to_string() })?;
         }
         let subject = format!("$KV.{}.{}", options.bucket, options.key);
         Ok(Self { client, options, subject, holder, revision: None })
@@ -97,7 +116,7 @@ impl Lease {
 
     /// Takes the lease if nobody holds it, or renews ours. `Ok(false)`: another node holds it (or took it
     /// from us). `Err`: the server did not answer; the caller decides by time whether we still hold it.
-    pub async fn try_hold(&mut self) -> anyhow::Result<bool> {
+    pub async fn try_hold(&mut self) -> Result<bool, Error> {
         let expected = self.revision.unwrap_or(0);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());

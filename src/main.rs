@@ -148,7 +148,7 @@ fn main() -> anyhow::Result<()> {
     {
         let command = Cli::command();
         let serve = command.find_subcommand("serve").expect("serve is a subcommand");
-        let settings = weft::config::settings(file, serve)?;
+        let settings = weft::config::settings(file, serve, &weft::node::sections())?;
         let matches = Cli::command().get_matches();
         let serve_matches = matches.subcommand_matches("serve").expect("the command is serve");
         cli = Cli::parse_from(weft::config::with_file(std::env::args_os().collect(), &settings, serve_matches));
@@ -158,7 +158,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(options) => actix_rt::System::new().block_on(weft::node::serve(*options)),
+        Command::Serve(options) => Ok(actix_rt::System::new().block_on(weft::node::serve(*options))?),
         Command::Bench(Bench::Store(options)) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

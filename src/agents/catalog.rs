@@ -64,8 +64,18 @@ pub fn workflows() -> Vec<(&'static str, Vec<Step>)> {
     all
 }
 
+/// A part of the catalog that could not be registered.
+#[derive(Debug, thiserror::Error)]
+#[error("registering the built-in {what}: {reason}")]
+pub struct Error {
+    /// Which agent or workflow.
+    pub what: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// Registers what is missing of the catalog. Must be called on an actix system, with the intake running.
-pub async fn register(gateway: &BusGateway) -> anyhow::Result<()> {
+pub async fn register(gateway: &BusGateway) -> Result<(), Error> {
     let metadata = || Metadata { tenant: None, actor: Some("system:catalog".into()), correlation_id: None };
     for (name, role, goal) in AGENTS {
         let profile = Profile {
@@ -88,7 +98,7 @@ pub async fn register(gateway: &BusGateway) -> anyhow::Result<()> {
         };
         match gateway.execute::<Agent>(&id.stream(), execute).await {
             Ok(_) | Err(host::Error::Rejected(agent::Rejection::AlreadyRegistered)) => {}
-            Err(e) => anyhow::bail!("registering the built-in agent {name}: {e}"),
+            Err(e) => return Err(Error { what: format!("agent {name}"), reason: e.to_string() }),
         }
     }
     for (name, steps) in workflows() {
@@ -102,7 +112,7 @@ pub async fn register(gateway: &BusGateway) -> anyhow::Result<()> {
         };
         match gateway.execute::<Workflow>(&id.stream(), execute).await {
             Ok(_) | Err(host::Error::Rejected(workflow::Rejection::AlreadyDefined)) => {}
-            Err(e) => anyhow::bail!("defining the built-in workflow {name}: {e}"),
+            Err(e) => return Err(Error { what: format!("workflow {name}"), reason: e.to_string() }),
         }
     }
     Ok(())

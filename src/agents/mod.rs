@@ -113,19 +113,44 @@ pub struct ProviderOptions {
     pub provider_timeout_secs: u64,
 }
 
+/// Why the providers a node's options name could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key file could not be read.
+    #[error("the key file {file}: {source}")]
+    KeyFile {
+        /// The file.
+        file: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key file holds nothing.
+    #[error("the key file {file} is empty")]
+    EmptyKeyFile {
+        /// The file.
+        file: std::path::PathBuf,
+    },
+    /// A provider's client could not be made.
+    #[error(transparent)]
+    Provider(#[from] Error),
+}
+
 /// A key from a file (trimmed) or else from an environment variable; `None` when neither has one.
-fn key(file: Option<&std::path::Path>, variable: &str) -> anyhow::Result<Option<String>> {
+fn key(file: Option<&std::path::Path>, variable: &str) -> Result<Option<String>, ConfigError> {
     if let Some(file) = file {
-        let key = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("the key file {}: {e}", file.display()))?;
+        let key =
+            std::fs::read_to_string(file).map_err(|source| ConfigError::KeyFile { file: file.to_owned(), source })?;
         let key = key.trim().to_owned();
-        anyhow::ensure!(!key.is_empty(), "the key file {} is empty", file.display());
+        if key.is_empty() {
+            return Err(ConfigError::EmptyKeyFile { file: file.to_owned() });
+        }
         return Ok(Some(key));
     }
     Ok(std::env::var(variable).ok().map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()))
 }
 
 /// The providers `options` configure, `builtin` first.
-pub fn providers(options: &ProviderOptions) -> anyhow::Result<Vec<std::sync::Arc<dyn Provider>>> {
+pub fn providers(options: &ProviderOptions) -> Result<Vec<std::sync::Arc<dyn Provider>>, ConfigError> {
     use remote::{Api, Remote, RemoteOptions};
     let timeout = std::time::Duration::from_secs(options.provider_timeout_secs);
     let mut providers: Vec<std::sync::Arc<dyn Provider>> = vec![std::sync::Arc::new(builtin::Builtin)];

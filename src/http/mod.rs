@@ -115,7 +115,7 @@ impl HttpApi {
         limits: HttpLimits,
         objects: Option<documents::Objects>,
         providers: Vec<Arc<dyn crate::agents::Provider>>,
-    ) -> anyhow::Result<Self> {
+    ) -> std::io::Result<Self> {
         let (closing, closed) = tokio::sync::watch::channel(false);
         let addr = listener.local_addr()?;
         let state = State { reads, admin, bus, limits, objects, providers, closing: closed };
@@ -138,8 +138,7 @@ impl HttpApi {
         .on_connect(move |io, data| counted.accepted(io, data))
         .workers(2)
         .disable_signals()
-        .listen(listener)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        .listen(listener)?;
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);

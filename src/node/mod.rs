@@ -36,7 +36,10 @@ use crate::store::open::{self as store, Opened};
 
 mod options;
 
-pub use options::{NodeOptions, Tuning};
+pub use options::{
+    BusSection, HostSection, HttpSection, IntakeSection, LapsingLease, NodeOptions, ProcessesSection, StoreSection,
+    sections,
+};
 
 /// A running node.
 pub struct Node {
@@ -105,45 +108,160 @@ enum Duty {
     None,
 }
 
+impl Duty {
+    /// Starts the managers as `options.processes` says: nodes sharing a JetStream store run them one at a time,
+    /// under a lease (a node that runs no process managers does not run for it); a node with its own store
+    /// runs them always (the publisher even with `--no-processes`).
+    async fn start(
+        options: &NodeOptions,
+        store: &Opened,
+        client: Option<async_nats::Client>,
+        bus: &Arc<dyn Bus>,
+        shared: &Arc<dyn EventStore>,
+        work: Work,
+        board: &Board,
+    ) -> Result<Self, Error> {
+        Ok(match (store, client) {
+            (Opened::JetStream(_), _) if options.processes.no_processes => Duty::None,
+            (Opened::JetStream(_), Some(client)) => {
+                let lease_options = options.processes.lease(options.store.jetstream_replicas.into())?;
+                let lease = Lease::new(client, lease_options, holder_name()).await?;
+                let managers = Rc::new(RefCell::new(None));
+                let task = actix_rt::spawn(hold_lease(
+                    lease,
+                    bus.clone(),
+                    shared.clone(),
+                    work,
+                    managers.clone(),
+                    board.clone(),
+                ));
+                Duty::Elected { task, managers }
+            }
+            _ => Duty::Always(Managers::start(bus, shared, (!options.processes.no_processes).then_some(work), board)),
+        })
+    }
+}
+
+/// Why a node did not start, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `Node::start_in`'s arguments are not `weft serve` options.
+    #[error(transparent)]
+    Args(#[from] clap::Error),
+    /// The lease's options would let it lapse.
+    #[error(transparent)]
+    Lease(#[from] options::LapsingLease),
+    /// The store did not open.
+    #[error(transparent)]
+    Store(#[from] store::OpenError),
+    /// The store did not close cleanly.
+    #[error("closing the store: {0}")]
+    Close(#[from] weft_events::Error),
+    /// No NATS server answered.
+    #[error(transparent)]
+    Nats(#[from] crate::nats::ConnectError),
+    /// The bus refused a subscription.
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    /// The HTTP address cannot be listened on.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A secret (S3's, the webhook's) could not be read.
+    #[error("{0}")]
+    Secret(String),
+    /// The local object store's folder could not be opened.
+    #[error("the object store in {folder}: {source}")]
+    Objects {
+        /// The folder.
+        folder: std::path::PathBuf,
+        /// Why.
+        source: crate::objects::Error,
+    },
+    /// The read models' folder could not be created.
+    #[error("cannot create {folder} for the read models: {source}")]
+    ReadModels {
+        /// The folder.
+        folder: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A projection did not start.
+    #[error(transparent)]
+    Projection(#[from] weft_projections::runner::Error),
+    /// The built-in agents and workflows could not be registered.
+    #[error(transparent)]
+    Catalog(#[from] crate::agents::catalog::Error),
+    /// A provider's options are wrong.
+    #[error(transparent)]
+    Providers(#[from] crate::agents::ConfigError),
+    /// The lease's bucket could not be made.
+    #[error(transparent)]
+    LeaseBucket(#[from] crate::lease::Error),
+    /// The signals to stop on could not be listened for.
+    #[error("listening for SIGTERM: {0}")]
+    Signals(std::io::Error),
+}
+
+/// The read side a node runs: the projections, their maintenance, and the reads over them.
+struct ReadSide {
+    projections: Projections,
+    rebuilds: actix_rt::task::JoinHandle<()>,
+    rebuild_requests: tokio::sync::mpsc::Sender<crate::query::read::RebuildRequest>,
+    reads: Reads,
+}
+
+impl ReadSide {
+    /// Starts every projection on the read models `options` name, reading `reader`, each watched on `board`.
+    fn start(options: &NodeOptions, reader: Arc<dyn weft_events::EventRead>, board: &Board) -> Result<Self, Error> {
+        let read_models = options.read_models_path();
+        if let Some(folder) = read_models.parent().filter(|f| !f.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder)
+                .map_err(|source| Error::ReadModels { folder: folder.to_owned(), source })?;
+        }
+        let projections = weft_projections::start_all(&read_models, reader.clone())?;
+        for projection in &projections {
+            board.watch(format!("projection {}", projection.name()), projection.health());
+        }
+        let positions = projections.iter().map(|p| (p.name(), p.watch())).collect();
+        let projections: Projections = Arc::new(tokio::sync::Mutex::new(projections));
+        let (rebuild_requests, requests) = tokio::sync::mpsc::channel(8);
+        let maintenance = Arc::new(crate::query::read::Maintenance::default());
+        let rebuilds =
+            actix_rt::spawn(serve_rebuilds(projections.clone(), requests, maintenance.clone(), reader.clone()));
+        let reads = Reads { read_models, positions, store: reader, maintenance, health: board.clone() };
+        Ok(Self { projections, rebuilds, rebuild_requests, reads })
+    }
+}
+
 impl Node {
-    /// Opens the store, connects the bus and starts everything. Must be called on an actix system.
-    pub async fn start(options: &NodeOptions) -> anyhow::Result<Self> {
+    /// Opens the store, connects the bus and starts everything, each part from its section of `options`.
+    /// Must be called on an actix system.
+    pub async fn start(options: &NodeOptions) -> Result<Self, Error> {
         // Checked before anything opens, whether or not this node will hold a lease.
-        options.tuning.lease(1)?;
+        options.processes.lease(1)?;
         let store = store::open(&options.store_options(), store::Mode::Node, "weft-store").await?;
         let shared = store.store().expect("a node's store writes");
-        let client = match &options.nats {
-            Some(url) => Some(crate::nats::connect(url, "weft").await?),
-            None => None,
-        };
-        let bus: Arc<dyn Bus> = match &client {
-            Some(client) => Arc::new(NatsBus::new(client.clone())),
-            None => Arc::new(MemoryBus::default()),
-        };
-        let listener = std::net::TcpListener::bind(options.http_addr)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", options.http_addr))?;
-        let http_addr = listener.local_addr()?;
+        let (client, bus) = connect_bus(&options.bus).await?;
+        let addr = options.http.addr;
+        let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+        let http_addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
         let gateway = BusGateway::new(bus.clone(), shared.clone(), crate::gateway::DEFAULT_TIMEOUT);
-        let objects_dir = options.objects.objects_dir.clone().unwrap_or_else(|| {
-            options.store.parent().map(|folder| folder.join("objects")).unwrap_or_else(|| "objects".into())
-        });
+        let objects_dir = options.objects_dir();
         let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
         // The command intake checks documents' upload commands against the object store.
-        let hosts = Hosts::new(shared.clone(), options.tuning.host());
-        let limits = crate::protocol::BodyLimits { max_bytes: options.max_body_bytes, ..Default::default() };
-        let intake_options =
-            IntakeOptions { limits, max_in_flight: options.tuning.max_commands_in_flight, ..IntakeOptions::default() };
+        let hosts = Hosts::new(shared.clone(), options.host.options());
+        let intake_options = IntakeOptions {
+            limits: crate::protocol::BodyLimits { max_bytes: options.http.max_body_bytes, ..Default::default() },
+            max_in_flight: options.intake.max_commands_in_flight,
+            ..IntakeOptions::default()
+        };
         let intake = Intake::start_with_objects(bus.clone(), hosts, intake_options, Some(objects.clone())).await?;
-        // The local store's temporary files of uploads that never finished (the node killed mid-upload) are
-        // removed at open and from then on every half of their staleness.
-        let tmp_sweeps = local.clone().map(|local| {
-            actix_rt::spawn(async move {
-                loop {
-                    actix_rt::time::sleep(crate::objects::local::STALE_TMP / 2).await;
-                    local.sweep_tmp();
-                }
-            })
-        });
+        let tmp_sweeps = local.clone().map(sweep_tmp_every);
         let description = match &local {
             Some(_) => format!("folder {}", objects_dir.display()),
             None => format!("S3 bucket {}", objects.bucket()),
@@ -154,58 +272,20 @@ impl Node {
         let providers = crate::agents::providers(&options.providers)?;
         let executor: Rc<dyn Executor> =
             Rc::new(DocumentExecutor::new(objects.clone(), gateway.clone(), providers.clone()));
-        let read_models = options.read_models_path();
-        if let Some(folder) = read_models.parent().filter(|f| !f.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder)
-                .map_err(|e| anyhow::anyhow!("cannot create {} for the read models: {e}", folder.display()))?;
-        }
-        let reader: Arc<dyn weft_events::EventRead> = store.reader();
+
         let board = Board::default();
         for (name, health) in intake.health() {
             board.watch(name.clone(), health.clone());
         }
-        let projections = weft_projections::start_all(&read_models, reader.clone())?;
-        for projection in &projections {
-            board.watch(format!("projection {}", projection.name()), projection.health());
-        }
-        let positions = projections.iter().map(|p| (p.name(), p.watch())).collect();
-        let projections: Projections = Arc::new(tokio::sync::Mutex::new(projections));
-        let (rebuild_tx, rebuild_rx) = tokio::sync::mpsc::channel(8);
-        let maintenance = Arc::new(crate::query::read::Maintenance::default());
-        let rebuilds =
-            actix_rt::spawn(serve_rebuilds(projections.clone(), rebuild_rx, maintenance.clone(), reader.clone()));
-        let reads = Reads { read_models, positions, store: reader, maintenance, health: board.clone() };
-        let admin = crate::http::admin::Admin { rebuilds: Some(rebuild_tx), erase: store.eraser() };
+        let read_side = ReadSide::start(options, store.reader(), &board)?;
+        let reads = read_side.reads.clone();
         let query_health = weft_events::Health::default();
         board.watch("queries", query_health.clone());
         let queries = crate::bus::queries::start(bus.clone(), reads.clone(), query_health).await?;
         // Schedules over a document selector pick their documents from the documents read model.
         let select: Rc<dyn weft_actors::process::timers::Select> = Rc::new(reads.clone());
-        let duty = match (&store, client) {
-            // Nodes sharing a JetStream store run their managers one at a time, under a lease; a node that
-            // runs no process managers does not run for it.
-            (Opened::JetStream(_), _) if options.no_processes => Duty::None,
-            (Opened::JetStream(_), Some(client)) => {
-                let lease_options = options.tuning.lease(options.jetstream_replicas.into())?;
-                let lease = Lease::new(client, lease_options, holder_name()).await?;
-                let managers = Rc::new(RefCell::new(None));
-                let task = actix_rt::spawn(hold_lease(
-                    lease,
-                    bus.clone(),
-                    shared.clone(),
-                    (executor.clone(), select.clone()),
-                    managers.clone(),
-                    board.clone(),
-                ));
-                Duty::Elected { task, managers }
-            }
-            _ => Duty::Always(Managers::start(
-                &bus,
-                &shared,
-                (!options.no_processes).then(|| (executor.clone(), select.clone())),
-                &board,
-            )),
-        };
+        let duty = Duty::start(options, &store, client, &bus, &shared, (executor, select), &board).await?;
+
         let subscription =
             bus.subscribe(crate::objects::notification::SUBJECT, Some(crate::protocol::QUEUE_GROUP)).await?;
         let notifications = actix_rt::spawn(crate::health::watched(
@@ -224,22 +304,24 @@ impl Node {
                 health,
             ))
         });
-        let webhook_secret = options.objects.webhook_secret().map_err(anyhow::Error::msg)?;
+        let webhook_secret = options.objects.webhook_secret().map_err(Error::Secret)?;
         let webhook_secret = webhook_secret.as_ref().map(|s| Arc::from(s.expose()));
         let objects_api = crate::http::documents::Objects { documents, local, webhook_secret };
+        let admin = crate::http::admin::Admin { rebuilds: Some(read_side.rebuild_requests), erase: store.eraser() };
         let limits = crate::http::HttpLimits {
-            max_body_bytes: options.max_body_bytes,
-            body_idle_timeout: Duration::from_secs(options.body_timeout_secs),
-            max_connections_per_client: options.max_connections_per_client,
+            max_body_bytes: options.http.max_body_bytes,
+            body_idle_timeout: Duration::from_secs(options.http.body_timeout_secs),
+            max_connections_per_client: options.http.max_connections_per_client,
         };
-        let query = HttpApi::start(listener, reads, admin, bus.clone(), limits, Some(objects_api), providers)?;
+        let query = HttpApi::start(listener, reads, admin, bus.clone(), limits, Some(objects_api), providers)
+            .map_err(|source| Error::Listen { addr, source })?;
         Ok(Self {
             store,
             bus,
             intake,
             duty,
-            projections,
-            rebuilds,
+            projections: read_side.projections,
+            rebuilds: read_side.rebuilds,
             query,
             queries,
             notifications,
@@ -251,17 +333,20 @@ impl Node {
 
     /// Starts a node on the embedded defaults with its files in `dir` and its query API on a free loopback port;
     /// `args` are further `weft serve` options. For benchmarks and `weft demo`.
-    pub async fn start_in(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<Self> {
+    pub async fn start_in(dir: &std::path::Path, args: &[&str]) -> Result<Self, Error> {
         #[derive(clap::Parser)]
         struct Serve {
             #[command(flatten)]
             node: NodeOptions,
         }
-        let utf8 =
-            |p: std::path::PathBuf| p.into_os_string().into_string().map_err(|_| anyhow::anyhow!("a non-UTF-8 path"));
-        let (store, read) = (utf8(dir.join("events.db"))?, utf8(dir.join("read.db"))?);
-        let mut all = vec!["serve", "--http-addr", "127.0.0.1:0", "--store", &store, "--read-models", &read];
-        all.extend(args);
+        let mut all: Vec<std::ffi::OsString> = ["serve", "--http-addr", "127.0.0.1:0"].map(Into::into).to_vec();
+        all.extend([
+            "--store".into(),
+            dir.join("events.db").into(),
+            "--read-models".into(),
+            dir.join("read.db").into(),
+        ]);
+        all.extend(args.iter().map(Into::into));
         let options = <Serve as clap::Parser>::try_parse_from(all)?.node;
         Self::start(&options).await
     }
@@ -280,7 +365,7 @@ impl Node {
     /// closes the store. What fails to stop cleanly (a projection that had ended on a broken log, a
     /// checkpoint the store did not take) is logged, not returned: nothing acknowledged depends on it, and a
     /// stop must end whatever state the store is in. Only closing the store can fail it.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(self) -> Result<(), Error> {
         self.query.stop().await;
         self.queries.abort();
         self.notifications.abort();
@@ -314,6 +399,17 @@ impl Node {
     }
 }
 
+/// The bus `options` name: NATS (and its client, which the lease uses), or the in-process bus.
+async fn connect_bus(options: &BusSection) -> Result<(Option<async_nats::Client>, Arc<dyn Bus>), Error> {
+    match &options.nats {
+        Some(url) => {
+            let client = crate::nats::connect(url, "weft").await?;
+            Ok((Some(client.clone()), Arc::new(NatsBus::new(client))))
+        }
+        None => Ok((None, Arc::new(MemoryBus::default()))),
+    }
+}
+
 /// Opens the object store the options name: an S3 bucket, or the local folder (whose URLs this node's HTTP
 /// server at `http_addr` answers, and whose notifications go out on `bus`).
 async fn open_objects(
@@ -321,7 +417,7 @@ async fn open_objects(
     folder: &std::path::Path,
     http_addr: std::net::SocketAddr,
     bus: &Arc<dyn Bus>,
-) -> anyhow::Result<(Arc<dyn ObjectStore>, Option<LocalStore>)> {
+) -> Result<(Arc<dyn ObjectStore>, Option<LocalStore>), Error> {
     if let Some(bucket) = &options.s3_bucket {
         let s3 = S3Options {
             bucket: bucket.clone(),
@@ -332,14 +428,25 @@ async fn open_objects(
             credentials: options
                 .s3_access_key_id
                 .clone()
-                .zip(options.s3_secret_access_key().map_err(anyhow::Error::msg)?.map(|s| s.expose().to_owned())),
+                .zip(options.s3_secret_access_key().map_err(Error::Secret)?.map(|s| s.expose().to_owned())),
         };
         return Ok((Arc::new(S3Store::connect(&s3).await), None));
     }
     let base_url = options.public_url.clone().unwrap_or_else(|| format!("http://{http_addr}"));
     let local = LocalStore::open(folder, &base_url, Some(bus.clone()))
-        .map_err(|e| anyhow::anyhow!("the object store in {}: {e}", folder.display()))?;
+        .map_err(|source| Error::Objects { folder: folder.to_owned(), source })?;
     Ok((Arc::new(local.clone()), Some(local)))
+}
+
+/// Removes the local store's temporary files of uploads that never finished (the node killed mid-upload):
+/// at open, and from then on every half of their staleness.
+fn sweep_tmp_every(local: LocalStore) -> actix_rt::task::JoinHandle<()> {
+    actix_rt::spawn(async move {
+        loop {
+            actix_rt::time::sleep(crate::objects::local::STALE_TMP / 2).await;
+            local.sweep_tmp();
+        }
+    })
 }
 
 /// Who holds a lease, for operators: the host name and the process id.
@@ -395,9 +502,10 @@ async fn hold_lease(
 }
 
 /// `weft serve`: runs a node until Ctrl-C or SIGTERM.
-pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
+pub async fn serve(options: NodeOptions) -> Result<(), Error> {
     // Listen for SIGTERM before saying we are up: a supervisor may send it as soon as it reads that line.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::Signals)?;
     let signalled = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -409,14 +517,14 @@ pub async fn serve(options: NodeOptions) -> anyhow::Result<()> {
 
 /// Runs a node until `shutdown` completes, then stops it (what [`serve`] does until a signal; an embedder's
 /// own shutdown otherwise). Says on stderr where it serves once it is up, and when it stops.
-pub async fn serve_until(options: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve_until(options: NodeOptions, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
     // Everything the node creates (the log, the keys, the read models, the objects, the signing key) is
     // its owner's alone: files 0600, folders 0700.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let node = Node::start(&options).await?;
     let store = node.store.describe(&options.store_options());
     let http = node.http_addr();
-    match &options.nats {
+    match &options.bus.nats {
         Some(url) => eprintln!(
             "weft: serving commands on NATS {url}, store {store}, documents in {}, queries on http://{http}",
             node.objects

@@ -1,5 +1,11 @@
-//! What `weft serve` is told: where the store, the bus, the HTTP API and the documents are, and what an
-//! operator may tune of the actors, the intake and the lease.
+//! What `weft serve` is told, in sections: where the store and the bus are, how the HTTP edge limits its
+//! clients, what an operator may tune of the actor host, the intake and the process managers, where the
+//! documents are and which LLM providers agents may use.
+//!
+//! Each section is a `clap::Args` flattened into [`NodeOptions`] under its own help heading: one parser reads
+//! the command line, the `WEFT_*` variables and the config file (whose keys are the long options, at the top
+//! or in a table named after the section, see [`crate::config`]), and checks every value whatever its source.
+//! The long options are the same as before the sections existed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,34 +18,65 @@ use crate::store::open as store;
 /// What a node runs on.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeOptions {
+    /// Where the events, the keys and the read models are.
+    #[command(flatten, next_help_heading = "Store")]
+    pub store: StoreSection,
+    /// Where the bus is.
+    #[command(flatten, next_help_heading = "Bus")]
+    pub bus: BusSection,
+    /// The HTTP edge.
+    #[command(flatten, next_help_heading = "HTTP")]
+    pub http: HttpSection,
+    /// The actor host.
+    #[command(flatten, next_help_heading = "Actor host")]
+    pub host: HostSection,
+    /// The command intake.
+    #[command(flatten, next_help_heading = "Command intake")]
+    pub intake: IntakeSection,
+    /// The process managers and their lease.
+    #[command(flatten, next_help_heading = "Process managers")]
+    pub processes: ProcessesSection,
+    /// Where documents are kept.
+    #[command(flatten, next_help_heading = "Objects")]
+    pub objects: crate::objects::ObjectsOptions,
+    /// The LLM providers agents may use besides `builtin`.
+    #[command(flatten, next_help_heading = "Providers")]
+    pub providers: crate::agents::ProviderOptions,
+    /// A TOML file of these options, keyed by their long names (`http-addr = "0.0.0.0:8080"`), at the top or in
+    /// a section's table (`[http]`); the command line and the WEFT_* variables win over it.
+    #[arg(long, env = "WEFT_CONFIG", help_heading = "Config")]
+    pub config: Option<PathBuf>,
+}
+
+/// The sections, by the names a config file's tables take, each with the long names of its options.
+pub fn sections() -> Vec<(&'static str, Vec<String>)> {
+    fn longs<A: clap::Args>(name: &'static str) -> (&'static str, Vec<String>) {
+        let command = A::augment_args(clap::Command::new(name));
+        (name, command.get_arguments().filter_map(|a| a.get_long().map(str::to_owned)).collect())
+    }
+    vec![
+        longs::<StoreSection>("store"),
+        longs::<BusSection>("bus"),
+        longs::<HttpSection>("http"),
+        longs::<HostSection>("host"),
+        longs::<IntakeSection>("intake"),
+        longs::<ProcessesSection>("processes"),
+        longs::<crate::objects::ObjectsOptions>("objects"),
+        longs::<crate::agents::ProviderOptions>("providers"),
+    ]
+}
+
+/// Where the events, the tenants' keys and the read models are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreSection {
     /// The event store's log file (SQLite); its folder is created if missing.
-    #[arg(long, default_value = "weft-data/events.db", env = "WEFT_STORE")]
-    pub store: PathBuf,
+    #[arg(id = "store", long = "store", default_value = "weft-data/events.db", env = "WEFT_STORE")]
+    pub log: PathBuf,
     /// The tenants' keys, which seal their events' personal fields (SQLite; `keys.db` beside `--store` by
     /// default). With `--jetstream` the keys are in JetStream instead. Keep it apart from the log's backups:
     /// erasing a tenant destroys its key here.
     #[arg(long, env = "WEFT_KEYS")]
     pub keys: Option<PathBuf>,
-    /// NATS server URLs, comma separated; without it the bus is in process.
-    #[arg(long, env = "WEFT_NATS")]
-    pub nats: Option<String>,
-    /// Largest command body in bytes.
-    #[arg(long, default_value_t = crate::protocol::DEFAULT_MAX_BODY_BYTES, env = "WEFT_MAX_BODY_BYTES")]
-    pub max_body_bytes: usize,
-    /// Longest wait, in seconds, for the next bytes of an HTTP request's body (an upload's too); a body that
-    /// stalls longer is answered 408 and its connection closed.
-    #[arg(long, default_value_t = crate::http::DEFAULT_BODY_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600), env = "WEFT_BODY_TIMEOUT_SECS")]
-    pub body_timeout_secs: u64,
-    /// Most HTTP connections one client address may hold open; a request on a connection past it is answered
-    /// 429 and the connection closed.
-    #[arg(long, default_value_t = crate::http::middleware::DEFAULT_MAX_PER_CLIENT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), env = "WEFT_MAX_CONNECTIONS_PER_CLIENT")]
-    pub max_connections_per_client: usize,
-    /// Do not run the process managers (job orchestrator, timers) on this node.
-    #[arg(long, env = "WEFT_NO_PROCESSES")]
-    pub no_processes: bool,
-    /// Where the query API listens (HTTP); port 0 takes a free port.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "WEFT_HTTP_ADDR")]
-    pub http_addr: std::net::SocketAddr,
     /// The read models' SQLite file (projections of documents, jobs and the event history); its folder is
     /// created if missing. Default: `read.db` beside `--store`.
     #[arg(long, env = "WEFT_READ_MODELS")]
@@ -53,24 +90,38 @@ pub struct NodeOptions {
     /// The JetStream stream of the events.
     #[arg(long, default_value = "WEFT_EVENTS", requires = "jetstream", env = "WEFT_JETSTREAM_STREAM")]
     pub jetstream_stream: String,
-    /// How the actors, the command intake and the lease behave.
-    #[command(flatten)]
-    pub tuning: Tuning,
-    /// Where documents are kept.
-    #[command(flatten)]
-    pub objects: crate::objects::ObjectsOptions,
-    /// The LLM providers agents may use besides `builtin`.
-    #[command(flatten)]
-    pub providers: crate::agents::ProviderOptions,
-    /// A TOML file of these options, keyed by their long names (`http-addr = "0.0.0.0:8080"`); the command
-    /// line and the WEFT_* variables win over it.
-    #[arg(long, env = "WEFT_CONFIG")]
-    pub config: Option<PathBuf>,
 }
 
-/// What an operator may tune of a node's actors, command intake and lease (defaults as documented on each).
+/// Where the bus is.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Tuning {
+pub struct BusSection {
+    /// NATS server URLs, comma separated; without it the bus is in process.
+    #[arg(long, env = "WEFT_NATS")]
+    pub nats: Option<String>,
+}
+
+/// How the HTTP edge listens and limits its clients.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpSection {
+    /// Where the query API listens (HTTP); port 0 takes a free port.
+    #[arg(id = "http_addr", long = "http-addr", default_value = "127.0.0.1:8080", env = "WEFT_HTTP_ADDR")]
+    pub addr: std::net::SocketAddr,
+    /// Largest command body in bytes (over HTTP and over NATS).
+    #[arg(long, default_value_t = crate::protocol::DEFAULT_MAX_BODY_BYTES, env = "WEFT_MAX_BODY_BYTES")]
+    pub max_body_bytes: usize,
+    /// Longest wait, in seconds, for the next bytes of an HTTP request's body (an upload's too); a body that
+    /// stalls longer is answered 408 and its connection closed.
+    #[arg(long, default_value_t = crate::http::DEFAULT_BODY_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600), env = "WEFT_BODY_TIMEOUT_SECS")]
+    pub body_timeout_secs: u64,
+    /// Most HTTP connections one client address may hold open; a request on a connection past it is answered
+    /// 429 and the connection closed.
+    #[arg(long, default_value_t = crate::http::middleware::DEFAULT_MAX_PER_CLIENT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), env = "WEFT_MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: usize,
+}
+
+/// What an operator may tune of the actor host.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostSection {
     /// Save an aggregate's snapshot every this many events; 0 never.
     #[arg(long, default_value_t = 100, env = "WEFT_SNAPSHOT_EVERY")]
     pub snapshot_every: u64,
@@ -80,9 +131,22 @@ pub struct Tuning {
     /// Most live actors; past it the least recently used passivate.
     #[arg(long, default_value_t = 100_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000), env = "WEFT_MAX_LIVE_ACTORS")]
     pub max_live_actors: usize,
+}
+
+/// What an operator may tune of the command intake.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IntakeSection {
     /// Most commands handled at once by this node's intake; past it commands wait on the bus.
     #[arg(long, default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), env = "WEFT_MAX_COMMANDS_IN_FLIGHT")]
     pub max_commands_in_flight: usize,
+}
+
+/// Whether this node runs the process managers, and their lease when nodes share a store.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProcessesSection {
+    /// Do not run the process managers (job orchestrator, timers) on this node.
+    #[arg(long, env = "WEFT_NO_PROCESSES")]
+    pub no_processes: bool,
     /// How long the process managers' lease lives without renewal, in seconds (nodes sharing JetStream): a
     /// killed holder's managers move to another node after at most this long.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=600), env = "WEFT_LEASE_TTL_SECS")]
@@ -92,9 +156,19 @@ pub struct Tuning {
     pub lease_renew_secs: u64,
 }
 
-impl Tuning {
+/// A lease that would lapse between its renewals.
+#[derive(Debug, thiserror::Error)]
+#[error("--lease-renew-secs ({renew}) must be under --lease-ttl-secs ({ttl}): the lease would lapse between renewals")]
+pub struct LapsingLease {
+    /// The renewal period.
+    pub renew: u64,
+    /// The time to live.
+    pub ttl: u64,
+}
+
+impl HostSection {
     /// The actor host's options.
-    pub fn host(&self) -> host::Options {
+    pub fn options(&self) -> host::Options {
         host::Options {
             snapshot_every: self.snapshot_every,
             idle_timeout_ms: self.actor_idle_secs * 1000,
@@ -102,15 +176,14 @@ impl Tuning {
             ..host::Options::default()
         }
     }
+}
 
+impl ProcessesSection {
     /// The lease's options, with `replicas` for its bucket; refused when it would lapse between renewals.
-    pub fn lease(&self, replicas: usize) -> anyhow::Result<LeaseOptions> {
-        anyhow::ensure!(
-            self.lease_renew_secs < self.lease_ttl_secs,
-            "--lease-renew-secs ({}) must be under --lease-ttl-secs ({}): the lease would lapse between renewals",
-            self.lease_renew_secs,
-            self.lease_ttl_secs
-        );
+    pub fn lease(&self, replicas: usize) -> Result<LeaseOptions, LapsingLease> {
+        if self.lease_renew_secs >= self.lease_ttl_secs {
+            return Err(LapsingLease { renew: self.lease_renew_secs, ttl: self.lease_ttl_secs });
+        }
         Ok(LeaseOptions {
             ttl: Duration::from_secs(self.lease_ttl_secs),
             renew_every: Duration::from_secs(self.lease_renew_secs),
@@ -124,19 +197,27 @@ impl NodeOptions {
     /// Where the store is (see [`crate::store::open`]): the JetStream store on `--nats` with `--jetstream`,
     /// else the SQLite file.
     pub fn store_options(&self) -> store::Options {
-        let jetstream = self.nats.as_ref().filter(|_| self.jetstream).map(|nats| store::JetStream {
+        let store = &self.store;
+        let jetstream = self.bus.nats.as_ref().filter(|_| store.jetstream).map(|nats| store::JetStream {
             nats: nats.clone(),
-            stream: self.jetstream_stream.clone(),
-            replicas: self.jetstream_replicas.into(),
+            stream: store.jetstream_stream.clone(),
+            replicas: store.jetstream_replicas.into(),
         });
-        store::Options { sqlite: self.store.clone(), jetstream, keys: self.keys.clone() }
+        store::Options { sqlite: store.log.clone(), jetstream, keys: store.keys.clone() }
     }
 
-    /// The read models' file: `--read-models`, or `read.db` beside the store's file (as the keys and the
-    /// objects are).
+    /// A file beside the store's log (as the keys, the read models and the objects are by default).
+    fn beside_the_log(&self, name: &str) -> PathBuf {
+        self.store.log.parent().map(|folder| folder.join(name)).unwrap_or_else(|| name.into())
+    }
+
+    /// The read models' file: `--read-models`, or `read.db` beside the store's file.
     pub fn read_models_path(&self) -> PathBuf {
-        self.read_models.clone().unwrap_or_else(|| {
-            self.store.parent().map(|folder| folder.join("read.db")).unwrap_or_else(|| "read.db".into())
-        })
+        self.store.read_models.clone().unwrap_or_else(|| self.beside_the_log("read.db"))
+    }
+
+    /// The local object store's folder: `--objects-dir`, or `objects` beside the store's file.
+    pub fn objects_dir(&self) -> PathBuf {
+        self.objects.objects_dir.clone().unwrap_or_else(|| self.beside_the_log("objects"))
     }
 }

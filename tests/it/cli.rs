@@ -265,7 +265,10 @@ fn serve_takes_its_options_from_a_config_file_below_the_environment_and_the_comm
         ("config = \"other.toml\"", "unknown key"),
         ("store = [1, 2]", "store must be"),
         ("nats = [\"nats://a:1\", 2]", "nats must be"),
-        ("[store]\npath = 1", "store must be"),
+        // `[store]` is the store section's table (see `weft serve --help`): what it holds must be of it.
+        ("[store]\npath = 1", "[store] has no key \"path\""),
+        ("[store]\nstore = [1]", "store.store must be"),
+        ("[colours]\nred = 1", "[colours] has no key"),
         ("store = ", "config"),
         ("max-body-bytes = \"lots\"", "invalid value 'lots'"),
         ("jetstream = true", "--nats"),
