@@ -11,6 +11,11 @@ use weft_events::{Direction, Envelope, EventRead, StreamName, Timestamp};
 
 use super::{PAGE_EVENTS, event_json, rfc3339};
 
+use super::Error;
+
+/// What the tools here return.
+type Result<T, E = Error> = std::result::Result<T, E>;
+
 /// Most streams `streams` lists; past it, it says how many it left out.
 pub const MAX_LISTED_STREAMS: usize = 1_000_000;
 
@@ -50,7 +55,7 @@ pub struct StreamRow {
 
 /// Every stream (that `filter` lets through), in name order, from one pass over the log: the same on every
 /// backend, and it costs a read of the whole store.
-pub async fn streams(reader: &dyn EventRead, filter: &StreamFilter) -> anyhow::Result<(Vec<StreamRow>, usize)> {
+pub async fn streams(reader: &dyn EventRead, filter: &StreamFilter) -> Result<(Vec<StreamRow>, usize)> {
     let mut rows: BTreeMap<Arc<str>, StreamRow> = BTreeMap::new();
     let mut left_out = 0usize;
     let mut from = 1;
@@ -133,8 +138,8 @@ pub async fn stream_events(
     stream: &StreamName,
     from: Option<Bound>,
     to: Option<Bound>,
-    mut each: impl FnMut(&Envelope) -> anyhow::Result<()>,
-) -> anyhow::Result<u64> {
+    mut each: impl FnMut(&Envelope) -> Result<()>,
+) -> Result<u64> {
     let mut next = match from {
         Some(Bound::Version(v)) => v.max(1),
         _ => 1,
@@ -157,19 +162,20 @@ pub async fn stream_events(
 }
 
 /// The event at `position`, or with event id `id` (a scan of the log).
-pub async fn find(reader: &dyn EventRead, key: &str) -> anyhow::Result<Envelope> {
+pub async fn find(reader: &dyn EventRead, key: &str) -> Result<Envelope> {
     if let Ok(position) = key.parse::<u64>() {
         let found = reader.read_all(position, 1).await?;
         return found
             .into_iter()
             .find(|e| e.position == position)
-            .ok_or_else(|| anyhow::anyhow!("no event at position {position}"));
+            .ok_or_else(|| Error::NotFound(format!("no event at position {position}")));
     }
-    let id: uuid::Uuid = key.parse().map_err(|_| anyhow::anyhow!("{key:?} is neither a position nor an event id"))?;
+    let id: uuid::Uuid =
+        key.parse().map_err(|_| Error::Invalid(format!("{key:?} is neither a position nor an event id")))?;
     let mut from = 1;
     loop {
         let page = reader.read_all(from, PAGE_EVENTS).await?;
-        let Some(last) = page.last() else { anyhow::bail!("no event has id {id}") };
+        let Some(last) = page.last() else { return Err(Error::NotFound(format!("no event has id {id}"))) };
         from = last.position + 1;
         if let Some(found) = page.into_iter().find(|e| e.event_id == id) {
             return Ok(found);
@@ -212,10 +218,10 @@ impl TailFilter {
 pub async fn tail(
     reader: &dyn EventRead,
     filter: &TailFilter,
-    mut each: impl FnMut(&Envelope) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+    mut each: impl FnMut(&Envelope) -> Result<()>,
+) -> Result<()> {
     if let Some(pattern) = &filter.subject {
-        crate::bus::check_subject(pattern, true).map_err(|e| anyhow::anyhow!("--subject: {e}"))?;
+        crate::bus::check_subject(pattern, true).map_err(|e| Error::Invalid(format!("--subject: {e}")))?;
     }
     let from = match filter.from {
         Some(from) => from,
@@ -237,7 +243,7 @@ pub async fn tail(
 
 /// An aggregate's state as JSON after the events of its stream up to `at`, with the version and time it
 /// reflects.
-pub async fn state(reader: &dyn EventRead, stream: &StreamName, at: Option<Bound>) -> anyhow::Result<Value> {
+pub async fn state(reader: &dyn EventRead, stream: &StreamName, at: Option<Bound>) -> Result<Value> {
     let kind = stream.as_str().split_once('-').map_or("", |(kind, _)| kind);
     match kind {
         weft_actors::document::Document::KIND => fold::<weft_actors::document::Document>(reader, stream, at).await,
@@ -245,17 +251,23 @@ pub async fn state(reader: &dyn EventRead, stream: &StreamName, at: Option<Bound
         weft_actors::agent::Agent::KIND => fold::<weft_actors::agent::Agent>(reader, stream, at).await,
         weft_actors::workflow::Workflow::KIND => fold::<weft_actors::workflow::Workflow>(reader, stream, at).await,
         weft_actors::schedule::Schedule::KIND => fold::<weft_actors::schedule::Schedule>(reader, stream, at).await,
-        _ => anyhow::bail!("{stream} is not the stream of an aggregate (document, job, agent, workflow, schedule)"),
+        _ => Err(Error::Invalid(format!(
+            "{stream} is not the stream of an aggregate (document, job, agent, workflow, schedule)"
+        ))),
     }
 }
 
-async fn fold<A: Aggregate>(reader: &dyn EventRead, stream: &StreamName, at: Option<Bound>) -> anyhow::Result<Value> {
+async fn fold<A: Aggregate>(reader: &dyn EventRead, stream: &StreamName, at: Option<Bound>) -> Result<Value> {
     let mut state = A::default();
     let mut version = 0;
     let mut recorded_at = None;
     stream_events(reader, stream, None, at, |e| {
-        let event = A::Event::from_envelope(e)
-            .map_err(|err| anyhow::anyhow!("{stream} version {} (position {}): {err}", e.version, e.position))?;
+        let event = A::Event::from_envelope(e).map_err(|err| Error::Undecodable {
+            stream: stream.to_string(),
+            version: e.version,
+            position: e.position,
+            reason: err.to_string(),
+        })?;
         state = std::mem::take(&mut state).evolve(&event);
         version = e.version;
         recorded_at = Some(e.recorded_at);
@@ -263,12 +275,12 @@ async fn fold<A: Aggregate>(reader: &dyn EventRead, stream: &StreamName, at: Opt
     })
     .await?;
     if version == 0 {
-        anyhow::bail!("{stream} has no events{}", if at.is_some() { " by then" } else { "" });
+        return Err(Error::NotFound(format!("{stream} has no events{}", if at.is_some() { " by then" } else { "" })));
     }
     if let Some(Bound::Version(wanted)) = at
         && wanted > version
     {
-        anyhow::bail!("{stream} is at version {version}: it has no version {wanted}");
+        return Err(Error::NotFound(format!("{stream} is at version {version}: it has no version {wanted}")));
     }
     Ok(json!({
         "stream": stream.as_str(),

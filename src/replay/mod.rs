@@ -64,14 +64,14 @@ impl Source {
     }
 
     /// Where the store is (see [`crate::store::open`]).
-    pub fn options(&self) -> anyhow::Result<store::Options> {
+    pub fn options(&self) -> Result<store::Options, Error> {
         let jetstream = match (self.jetstream, &self.nats) {
             (true, Some(nats)) => Some(store::JetStream {
                 nats: nats.clone(),
                 stream: self.jetstream_stream.clone(),
                 replicas: JetStreamConfig::default().replicas,
             }),
-            (true, None) => anyhow::bail!("--jetstream needs --nats"),
+            (true, None) => return Err(Error::JetStreamNeedsNats),
             _ => None,
         };
         Ok(store::Options { sqlite: self.store.clone(), jetstream, keys: self.keys.clone() })
@@ -79,26 +79,65 @@ impl Source {
 
     /// Opens the store for reading, with personal fields opened by the keys (read only; see
     /// [`Source::keys`]). SQLite: a read-only view, alongside a node that may have it open.
-    pub async fn reader(&self) -> anyhow::Result<Arc<dyn EventRead>> {
+    pub async fn reader(&self) -> Result<Arc<dyn EventRead>, Error> {
         Ok(store::open(&self.options()?, Mode::Read { keys: !self.no_keys }, CLIENT).await?.reader())
     }
 
     /// Opens the store for reading its payloads as stored, personal fields sealed (export, verify).
-    pub async fn raw_reader(&self) -> anyhow::Result<Arc<dyn EventRead>> {
+    pub async fn raw_reader(&self) -> Result<Arc<dyn EventRead>, Error> {
         Ok(store::open(&self.options()?, Mode::Raw, CLIENT).await?.reader())
     }
 
     /// Opens the store for writing. SQLite: the store itself, which no node may have open meanwhile.
-    pub async fn writer(&self) -> anyhow::Result<Writer> {
+    pub async fn writer(&self) -> Result<Writer, Error> {
         let opened = store::open(&self.options()?, Mode::Write, CLIENT).await.map_err(|e| match e {
-            store::OpenError::Store(e) if !self.jetstream => anyhow::anyhow!(
-                "{e} (import writes to the store: stop the node that has it open, or import through JetStream)"
-            ),
-            e => e.into(),
+            store::OpenError::Store(e) if !self.jetstream => Error::Held(e),
+            e => Error::Open(e),
         })?;
         let store = opened.store().expect("a store opened for writing writes");
         Ok(Writer { store, opened })
     }
+}
+
+/// Why a store tool failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `--jetstream` without `--nats`.
+    #[error("--jetstream needs --nats")]
+    JetStreamNeedsNats,
+    /// The store did not open.
+    #[error(transparent)]
+    Open(#[from] store::OpenError),
+    /// The SQLite store is held by a node, and a tool that writes needs it alone.
+    #[error("{0} (import writes to the store: stop the node that has it open, or import through JetStream)")]
+    Held(weft_events::Error),
+    /// Reading or writing the store failed.
+    #[error(transparent)]
+    Store(#[from] weft_events::Error),
+    /// What was asked for is not there (a position, an event id, a stream's events or version).
+    #[error("{0}")]
+    NotFound(String),
+    /// What was asked is not well formed (a key, a subject pattern, a stream that no aggregate has).
+    #[error("{0}")]
+    Invalid(String),
+    /// An event of a stream could not be decoded with this build's types.
+    #[error("{stream} version {version} (position {position}): {reason}")]
+    Undecodable {
+        /// The stream.
+        stream: String,
+        /// The event's version.
+        version: u64,
+        /// Its position.
+        position: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Writing the output failed.
+    #[error("writing the output: {0}")]
+    Output(#[from] std::io::Error),
+    /// A state could not be shown as JSON.
+    #[error("showing as JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// The NATS connection's name of the tools.
@@ -113,7 +152,7 @@ pub struct Writer {
 
 impl Writer {
     /// Waits for every append and closes the store's files.
-    pub async fn close(self) -> anyhow::Result<()> {
+    pub async fn close(self) -> Result<(), Error> {
         Ok(self.opened.close().await?)
     }
 }

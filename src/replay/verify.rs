@@ -215,7 +215,7 @@ pub async fn verify(
     reader: Arc<dyn EventRead>,
     store: String,
     mut progress: impl FnMut(u64, u64),
-) -> anyhow::Result<Report> {
+) -> Result<Report, super::Error> {
     let head = reader.head().await?;
     let report = Report {
         store,
