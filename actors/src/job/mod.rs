@@ -18,139 +18,23 @@ use std::collections::{BTreeMap, HashSet};
 use weft_events::domain::job::{DeadLettered, Retried};
 
 use weft_events::Timestamp;
-use weft_events::domain::ids::{DocumentId, WorkflowId};
+use weft_events::domain::ids::DocumentId;
 use weft_events::domain::job::{
-    Cancelled, Event, Failed, Level, LogAppended, RetryScheduled, StepFailed, StepScheduled, StepStarted,
-    StepSucceeded, Submitted, Succeeded,
+    Cancelled, Event, Failed, LogAppended, RetryScheduled, StepFailed, StepScheduled, StepStarted, StepSucceeded,
+    Submitted, Succeeded,
 };
 use weft_events::domain::workflow::Step;
 
 use crate::aggregate::Aggregate;
 use crate::workflow;
 
-/// Most input documents of one job.
-pub const MAX_INPUTS: usize = 1000;
+mod command;
 
-/// Longest log line or error message, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
-
-/// Most log lines of one job: a runaway agent cannot grow a job's stream without bound.
-pub const MAX_LOG_LINES: u32 = 10_000;
-
-/// Longest idempotency key, in bytes.
-pub const MAX_KEY_BYTES: usize = 200;
-
-/// Most parameters of one job.
-pub const MAX_PARAMETERS: usize = 64;
-
-/// Longest parameter name, in bytes; names are ASCII letters, digits, `_`, `-` and `.`.
-pub const MAX_PARAMETER_NAME_BYTES: usize = 64;
-
-/// Longest parameter value, in bytes.
-pub const MAX_PARAMETER_VALUE_BYTES: usize = 8 * 1024;
-
-/// What can be asked of a job.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-#[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Command {
-    /// Submit the job: run `steps` (the workflow at `workflow_version`) over `inputs`.
-    Submit {
-        /// The workflow.
-        workflow: WorkflowId,
-        /// Its version.
-        workflow_version: u32,
-        /// Its steps at that version. From a client, none (the command intake fills in the version's steps)
-        /// or exactly those: the intake refuses other steps, and a workflow version never defined.
-        #[serde(default)]
-        steps: Vec<Step>,
-        /// The documents to read.
-        inputs: Vec<DocumentId>,
-        /// Higher runs first.
-        priority: i32,
-        /// The client's key against submitting twice.
-        idempotency_key: Option<String>,
-        /// Named values for the steps' instructions (`{{param.NAME}}`).
-        #[serde(default)]
-        parameters: BTreeMap<String, String>,
-        /// When.
-        #[serde(default = "Timestamp::now")]
-        at: Timestamp,
-    },
-    /// An agent began an attempt.
-    StartStep {
-        /// The step.
-        step: String,
-        /// The attempt.
-        attempt: u32,
-        /// When.
-        #[serde(default = "Timestamp::now")]
-        at: Timestamp,
-    },
-    /// An attempt succeeded.
-    CompleteStep {
-        /// The step.
-        step: String,
-        /// The attempt.
-        attempt: u32,
-        /// The document it wrote.
-        output: DocumentId,
-        /// When.
-        #[serde(default = "Timestamp::now")]
-        at: Timestamp,
-    },
-    /// An attempt failed (or timed out).
-    FailStep {
-        /// The step.
-        step: String,
-        /// The attempt.
-        attempt: u32,
-        /// What went wrong.
-        error: String,
-        /// Whether another attempt may succeed.
-        retryable: bool,
-        /// A random number in `[0, 1]` that spreads retries out.
-        jitter: f64,
-        /// When.
-        #[serde(default = "Timestamp::now")]
-        at: Timestamp,
-    },
-    /// A retry's time has come.
-    RetryDue {
-        /// The step.
-        step: String,
-        /// The attempt that is due.
-        attempt: u32,
-        /// Now.
-        #[serde(default = "Timestamp::now")]
-        at: Timestamp,
-    },
-    /// Add a line to the job's log.
-    AppendLog {
-        /// How much it matters.
-        level: Level,
-        /// The line.
-        message: String,
-        /// When.
-        #[serde(default = "Timestamp::now")]
-        at: Timestamp,
-    },
-    /// Run a failed or dead-lettered job again from the steps that had not succeeded.
-    Retry {
-        /// Why, for the record.
-        reason: String,
-        /// When.
-        #[serde(default = "Timestamp::now")]
-        at: Timestamp,
-    },
-    /// Stop the job.
-    Cancel {
-        /// Why.
-        reason: String,
-        /// When.
-        #[serde(default = "Timestamp::now")]
-        at: Timestamp,
-    },
-}
+pub use command::{
+    Command, MAX_INPUTS, MAX_KEY_BYTES, MAX_LOG_LINES, MAX_MESSAGE_BYTES, MAX_PARAMETER_NAME_BYTES,
+    MAX_PARAMETER_VALUE_BYTES, MAX_PARAMETERS, Rejection,
+};
+use command::{check_parameters, text};
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
@@ -206,83 +90,6 @@ pub enum StepState {
     },
 }
 
-/// Why a job refuses a command.
-#[derive(Debug, Clone, PartialEq, thiserror::Error, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-#[serde(tag = "code", content = "detail", rename_all = "snake_case")]
-pub enum Rejection {
-    /// The job has not been submitted.
-    #[error("the job is not submitted")]
-    NotSubmitted,
-    /// The job was submitted already.
-    #[error("the job is submitted already")]
-    AlreadySubmitted,
-    /// The job is finished.
-    #[error("the job is finished ({0:?})")]
-    Finished(Status),
-    /// The steps given with the submission are not a valid workflow.
-    #[error("the workflow is invalid: {0}")]
-    InvalidWorkflow(workflow::Rejection),
-    /// No steps of that name.
-    #[error("the job has no step {0:?}")]
-    UnknownStep(String),
-    /// The step is not where the command needs it to be (another attempt, not scheduled, done already).
-    #[error("step {step:?} cannot do that now: it is {state:?}")]
-    WrongStepState {
-        /// The step.
-        step: String,
-        /// Where it is.
-        state: StepState,
-    },
-    /// A retry was reported due before its time.
-    #[error("the retry is due at {due_at:?}, not yet")]
-    RetryNotDue {
-        /// When it is due.
-        due_at: Timestamp,
-    },
-    /// Input documents missing, duplicated or too many.
-    #[error("inputs: {0}")]
-    InvalidInputs(String),
-    /// The jitter is not a number in `[0, 1]`.
-    #[error("jitter {0} is not in [0, 1]")]
-    InvalidJitter(f64),
-    /// A message, reason or key is empty or too long.
-    #[error("{field} must be 1 to {limit} bytes")]
-    InvalidText {
-        /// Which field.
-        field: String,
-        /// Its limit.
-        limit: usize,
-    },
-    /// Only a failed or dead-lettered job can be retried.
-    #[error("only a failed or dead-lettered job can be retried; it is {0:?}")]
-    NotRetryable(Status),
-    /// The parameters are too many, or one has a bad name or value.
-    #[error("parameters: {0}")]
-    InvalidParameters(String),
-    /// The log is full.
-    #[error("the job's log holds {limit} lines already")]
-    LogFull {
-        /// The limit.
-        limit: u32,
-    },
-    /// The submission names a workflow version that was never defined (checked by the command intake).
-    #[error("workflow {workflow} has no version {version}")]
-    UnknownWorkflow {
-        /// The workflow named.
-        workflow: WorkflowId,
-        /// The version named.
-        version: u32,
-    },
-    /// The submission's steps are not the named workflow version's (checked by the command intake).
-    #[error("the steps differ from those of workflow {workflow} version {version}: send none to run its steps")]
-    StepsDiffer {
-        /// The workflow named.
-        workflow: WorkflowId,
-        /// The version named.
-        version: u32,
-    },
-}
-
 /// The state of a job.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Job {
@@ -305,42 +112,12 @@ pub struct Job {
     pub rounds: BTreeMap<String, u32>,
 }
 
-fn text(field: &'static str, value: &str, limit: usize) -> Result<(), Rejection> {
-    if value.trim().is_empty() || value.len() > limit {
-        return Err(Rejection::InvalidText { field: field.into(), limit });
-    }
-    Ok(())
-}
-
 /// The delay before `next_attempt` of a step with this policy; see the module doc.
 pub fn retry_delay_ms(step: &Step, next_attempt: u32, jitter: f64) -> u64 {
     let exponent = next_attempt.saturating_sub(2).min(63);
     let capped = step.retry.base_delay_ms.saturating_mul(1u64 << exponent).min(step.retry.max_delay_ms);
     let half = capped / 2;
     half + ((capped - half) as f64 * jitter).round() as u64
-}
-
-fn check_parameters(parameters: &BTreeMap<String, String>) -> Result<(), Rejection> {
-    if parameters.len() > MAX_PARAMETERS {
-        return Err(Rejection::InvalidParameters(format!("at most {MAX_PARAMETERS}, not {}", parameters.len())));
-    }
-    for (name, value) in parameters {
-        let name_ok = !name.is_empty()
-            && name.len() <= MAX_PARAMETER_NAME_BYTES
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if !name_ok {
-            return Err(Rejection::InvalidParameters(format!(
-                "name {name:?} must be 1 to {MAX_PARAMETER_NAME_BYTES} ASCII letters, digits, '_', '-' or '.'"
-            )));
-        }
-        if value.len() > MAX_PARAMETER_VALUE_BYTES {
-            return Err(Rejection::InvalidParameters(format!(
-                "{name:?} is {} bytes, over {MAX_PARAMETER_VALUE_BYTES}",
-                value.len()
-            )));
-        }
-    }
-    Ok(())
 }
 
 impl Job {

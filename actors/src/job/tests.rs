@@ -2,6 +2,8 @@
 use super::*;
 use crate::testkit::given;
 use crate::workflow::tests::step;
+use weft_events::domain::ids::WorkflowId;
+use weft_events::domain::job::Level;
 
 const AT: Timestamp = Timestamp(1_000_000);
 
