@@ -2,8 +2,6 @@
 //! the projection (nothing applied twice, nothing skipped).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use proptest::prelude::*;
 use weft_events::domain::DomainEvent;
@@ -11,8 +9,10 @@ use weft_events::domain::document::{
     Deleted, DerivativeRecorded, Event, Registered, UploadSource, Uploaded, VersionAdded,
 };
 use weft_events::domain::ids::{DocumentId, JobId, Uuid};
-use weft_events::{EventRead, EventWrite, ExpectedVersion, MemoryStore, Timestamp};
+use weft_events::{EventWrite, ExpectedVersion, MemoryStore, Timestamp};
 use weft_projections::documents::Documents;
+
+mod support;
 
 /// What a row should hold: (status, size, etag, versions, deleted reason, updated_at, version, lineage children).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -174,11 +174,6 @@ fn read_model(path: &std::path::Path) -> BTreeMap<String, Row> {
     rows
 }
 
-async fn wait_for(running: &weft_projections::Running, store: &MemoryStore) {
-    let head = store.head().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), running.reached(head)).await.expect("the projection stalled");
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
@@ -197,13 +192,9 @@ proptest! {
             let split = split.min(order.len());
             // Part of the log, a projection run, a stop; the rest of the log, a restart from its position.
             writer.append(&store, &order[..split]).await;
-            let running = weft_projections::start(Documents, &path, Arc::new(store.clone())).unwrap();
-            wait_for(&running, &store).await;
-            running.stop().unwrap();
+            support::catch_up(Documents, &path, &store).await;
             writer.append(&store, &order[split..]).await;
-            let running = weft_projections::start(Documents, &path, Arc::new(store.clone())).unwrap();
-            wait_for(&running, &store).await;
-            running.stop().unwrap();
+            support::catch_up(Documents, &path, &store).await;
             assert_eq!(read_model(&path), writer.rows);
         });
     }

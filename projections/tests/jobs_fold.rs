@@ -3,8 +3,6 @@
 //! projection.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use proptest::prelude::*;
 use weft_actors::testkit::three_step_dag;
@@ -14,8 +12,10 @@ use weft_events::domain::job::{
     Cancelled, DeadLettered, Event, Failed, Level, LogAppended, Retried, RetryScheduled, StepFailed, StepScheduled,
     StepStarted, StepSucceeded, Submitted, Succeeded,
 };
-use weft_events::{EventRead, EventWrite, ExpectedVersion, MemoryStore, Timestamp};
+use weft_events::{EventWrite, ExpectedVersion, MemoryStore, Timestamp};
 use weft_projections::jobs::Jobs;
+
+mod support;
 
 /// One event of a job's history after its submission, for step `s % 3`.
 #[derive(Debug, Clone)]
@@ -246,11 +246,6 @@ fn read_model(path: &std::path::Path) -> BTreeMap<String, Row> {
     rows
 }
 
-async fn wait_for(running: &weft_projections::Running, store: &MemoryStore) {
-    let head = store.head().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), running.reached(head)).await.expect("the projection stalled");
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
@@ -268,13 +263,9 @@ proptest! {
             let mut writer = Writer::new(histories);
             let split = split.min(order.len());
             writer.append(&store, &order[..split]).await;
-            let running = weft_projections::start(Jobs, &path, Arc::new(store.clone())).unwrap();
-            wait_for(&running, &store).await;
-            running.stop().unwrap();
+            support::catch_up(Jobs, &path, &store).await;
             writer.append(&store, &order[split..]).await;
-            let running = weft_projections::start(Jobs, &path, Arc::new(store.clone())).unwrap();
-            wait_for(&running, &store).await;
-            running.stop().unwrap();
+            support::catch_up(Jobs, &path, &store).await;
             assert_eq!(read_model(&path), writer.rows);
         });
     }
