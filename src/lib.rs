@@ -32,6 +32,7 @@
 //!   `nats`, `projections`, `documents`, `jobs`, `replay`).
 
 pub mod agents;
+pub mod auth;
 pub mod bench;
 pub mod bus;
 pub mod cli;
