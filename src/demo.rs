@@ -26,7 +26,9 @@ pub async fn main() -> anyhow::Result<()> {
 
 async fn run(node: &Node, dir: &std::path::Path) -> anyhow::Result<()> {
     let url = format!("http://{}", node.http_addr());
-    let client = Client::new(&url)?;
+    // The node's admin token, written beside its store.
+    let token = std::fs::read_to_string(dir.join(crate::node::ADMIN_TOKEN_FILE))?;
+    let client = Client::new(&url, Some(token.trim()))?;
     let file = dir.join("quarterly-report.txt");
     std::fs::write(&file, SAMPLE)?;
     println!("== the input document\n{SAMPLE}");
@@ -47,5 +49,6 @@ async fn run(node: &Node, dir: &std::path::Path) -> anyhow::Result<()> {
         println!("\n== step {step} wrote document {output}\n{text}");
     }
     println!("== the job's history (job-{job})");
-    cli::stream_events(Connection { url, output: Output::Table }, &format!("job-{job}")).await
+    let connection = Connection { url, output: Output::Table, token: Some(token), token_file: None };
+    cli::stream_events(connection, &format!("job-{job}")).await
 }

@@ -87,6 +87,11 @@ enum Command {
     Demo,
     /// Prints a fresh id (a UUID v7) for a new document, job, agent, workflow or schedule.
     Id,
+    /// Bearer tokens signed with a node's secret (run beside the node's data).
+    Token {
+        #[command(subcommand)]
+        verb: cli::token::TokenVerb,
+    },
     /// The operator's tools over a store's events, on the store itself (the SQLite file, or JetStream with
     /// --jetstream): list, read, follow, fold, export, import, verify.
     Events(weft::replay::cli::Events),
@@ -203,6 +208,13 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Demo => actix_rt::System::new().block_on(weft::demo::main()),
+        Command::Token { verb } => {
+            if let Err(e) = cli::token::run(verb) {
+                eprintln!("weft: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Id => {
             println!("{}", uuid::Uuid::now_v7());
             Ok(())

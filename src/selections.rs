@@ -71,7 +71,10 @@ impl Pending for Reads {
         if let Some(cursor) = cursor {
             params.insert("cursor".into(), cursor);
         }
-        let page = self.list(&DOCUMENTS, &params).await.map_err(|f| Error::Unavailable(f.message))?;
+        let page = self
+            .list(&DOCUMENTS, &params, &crate::query::Scope::ALL)
+            .await
+            .map_err(|f| Error::Unavailable(f.message))?;
         let ids = page["items"].as_array().into_iter().flatten().filter_map(|i| i["id"].as_str()?.parse().ok());
         Ok((ids.collect(), page["next_cursor"].as_str().map(str::to_owned)))
     }

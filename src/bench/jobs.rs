@@ -54,7 +54,8 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
 async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     let embedded = dir.join("embedded");
     std::fs::create_dir_all(&embedded)?;
-    let node = Node::start_in(&embedded, &[]).await?;
+    // Measured without authentication, as Celery on Redis runs here.
+    let node = Node::start_in(&embedded, &["--insecure-no-auth"]).await?;
     let mut reports = vec![case(&node, &embedded, "builtin-embedded", options).await?];
     node.stop().await?;
 
@@ -62,7 +63,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     let nats = dir.join("nats");
     std::fs::create_dir_all(&nats)?;
     let url = server.url();
-    let node = Node::start_in(&nats, &["--nats", &url, "--jetstream"]).await?;
+    let node = Node::start_in(&nats, &["--nats", &url, "--jetstream", "--insecure-no-auth"]).await?;
     reports.push(case(&node, &nats, "builtin-nats", options).await?);
     node.stop().await?;
     Ok(reports)

@@ -254,19 +254,14 @@ async fn live(
         maintenance: Default::default(),
         health: Default::default(),
     };
-    let api = HttpApi::start(
-        std::net::TcpListener::bind("127.0.0.1:0")?,
-        reads,
-        Default::default(),
-        Arc::new(MemoryBus::default()),
-        crate::http::HttpLimits {
-            max_body_bytes: 1 << 20,
-            body_idle_timeout: crate::http::DEFAULT_BODY_IDLE_TIMEOUT,
-            max_connections_per_client: crate::http::middleware::DEFAULT_MAX_PER_CLIENT,
-        },
-        None,
-        vec![],
-    )?;
+    let limits = crate::http::HttpLimits {
+        max_body_bytes: 1 << 20,
+        body_idle_timeout: crate::http::DEFAULT_BODY_IDLE_TIMEOUT,
+        max_connections_per_client: crate::http::middleware::DEFAULT_MAX_PER_CLIENT,
+    };
+    let parts = crate::http::Parts { admin: Default::default(), limits, objects: None, providers: vec![], auth: None };
+    let api =
+        HttpApi::start(std::net::TcpListener::bind("127.0.0.1:0")?, reads, Arc::new(MemoryBus::default()), parts)?;
     let start_position = store.head().await?;
 
     // Lag: each acknowledged command's position and time, resolved when every projection passed it.

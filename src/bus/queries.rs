@@ -19,6 +19,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::bus::{Bus, BusError, CONTENT_TYPE, Headers, JSON, Message};
+use crate::query::Scope;
 use crate::query::read::{Failure, MODELS, Reads};
 
 /// The first tokens of query subjects.
@@ -85,11 +86,11 @@ async fn answer(reads: &Reads, message: &Message) -> Result<Value, Failure> {
     match verb {
         "jobs.logs" => {
             let id = take("id")?;
-            reads.job_logs(&id, &params).await
+            reads.job_logs(&id, &params, &Scope::ALL).await
         }
         "streams.events" => {
             let stream = take("stream")?;
-            reads.history(&stream, &params).await
+            reads.history(&stream, &params, &Scope::ALL).await
         }
         "status.lag" => reads.lag().await,
         "status.ready" => Ok(reads.readiness().await.1),
@@ -102,9 +103,9 @@ async fn answer(reads: &Reads, message: &Message) -> Result<Value, Failure> {
                 "get" => {
                     let id = take("id")?;
                     crate::query::read::check_keys(&params, &["after"])?;
-                    reads.show(model, &id, crate::query::read::number(&params, "after")?).await
+                    reads.show(model, &id, crate::query::read::number(&params, "after")?, &Scope::ALL).await
                 }
-                "list" => reads.list(model, &params).await,
+                "list" => reads.list(model, &params, &Scope::ALL).await,
                 _ => Err(Failure::not_found(format!("no query {:?}", message.subject))),
             }
         }

@@ -136,7 +136,7 @@ pub async fn upload(
 
 /// `weft document ...`.
 pub async fn run(connection: Connection, verb: DocumentVerb) -> anyhow::Result<()> {
-    let client = Client::new(&connection.url)?;
+    let client = connection.client()?;
     match verb {
         DocumentVerb::Read(verb) => read(connection, "documents", verb).await,
         DocumentVerb::Upload { file, content_type, name, tenant } => {

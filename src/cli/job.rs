@@ -72,7 +72,7 @@ pub async fn run(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
         JobVerb::Read(verb) => read(connection, "jobs", verb).await,
         JobVerb::Logs { id, follow } => logs(connection, &id, follow).await,
         JobVerb::Run { workflow, documents, wait, priority, tenant, parameters } => {
-            let client = Client::new(&connection.url)?;
+            let client = connection.client()?;
             let run = JobRun { workflow: &workflow, documents: &documents, priority, tenant: tenant.as_deref() };
             let (job, outputs) = run_job(&client, run, &parameters.into_iter().collect(), wait).await?;
             if !wait {
@@ -84,7 +84,7 @@ pub async fn run(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
             Ok(())
         }
         JobVerb::Retry { id, reason, wait } => {
-            let client = Client::new(&connection.url)?;
+            let client = connection.client()?;
             let after = job_command(&client, &id, "retry", &reason).await?;
             eprintln!("weft: job {id} retried");
             if wait {
@@ -95,7 +95,7 @@ pub async fn run(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
             Ok(())
         }
         JobVerb::Cancel { id, reason } => {
-            let client = Client::new(&connection.url)?;
+            let client = connection.client()?;
             job_command(&client, &id, "cancel", &reason).await?;
             eprintln!("weft: job {id} cancelled");
             Ok(())
@@ -219,7 +219,7 @@ async fn wait_job(client: &Client, job: &str, after: String) -> anyhow::Result<V
 /// Prints a job's log lines from the start; with `follow`, goes on until the job has ended and every line of
 /// it is printed.
 async fn logs(connection: Connection, id: &str, follow: bool) -> anyhow::Result<()> {
-    let client = Client::new(&connection.url)?;
+    let client = connection.client()?;
     let path = format!("/jobs/{}/logs", segment(id));
     let mut cursor = 0u64;
     loop {

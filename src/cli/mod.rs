@@ -22,6 +22,7 @@ pub mod render;
 pub mod send;
 pub mod stream;
 pub mod tenant;
+pub mod token;
 
 use document::TRANSFER_TIMEOUT;
 pub use document::{DocumentVerb, signed_put, upload};
@@ -49,6 +50,39 @@ pub struct Connection {
     /// How to print the data.
     #[arg(long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
+    /// The bearer token to send (from `weft token issue`, an API key, an OIDC provider).
+    #[arg(long, env = "WEFT_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the token, when --token is not given. Without either, the admin token a node on this
+    /// machine writes (`weft-data/admin.token`) is used if it is there.
+    #[arg(long, env = "WEFT_TOKEN_FILE", global = true)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// Where `weft serve` on its defaults writes its admin token, from the folder it runs in.
+pub const DEFAULT_TOKEN_FILE: &str = "weft-data/admin.token";
+
+impl Connection {
+    /// The token to send: --token, else the --token-file's, else the default file's if it exists.
+    pub fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        let (path, given) = match &self.token_file {
+            Some(path) => (path.clone(), true),
+            None => (std::path::PathBuf::from(DEFAULT_TOKEN_FILE), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.trim().to_owned()).filter(|t| !t.is_empty())),
+            Err(e) if !given && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => anyhow::bail!("the token file {}: {e}", path.display()),
+        }
+    }
+
+    /// A client of the node, sending the token if there is one.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.url, self.token()?.as_deref())
+    }
 }
 
 /// How the data is printed.
@@ -94,19 +128,41 @@ pub enum Error {
 /// The HTTP client of one node.
 pub struct Client {
     base: String,
+    /// A client without the token: signed URLs (the local store's, S3's) carry their own proof, and the
+    /// node's token must not go to an object store.
     http: reqwest::Client,
+    /// `Bearer <token>`, sent to the node only.
+    authorization: Option<reqwest::header::HeaderValue>,
 }
 
 impl Client {
-    /// A client of the node at `url`.
-    pub fn new(url: &str) -> anyhow::Result<Self> {
+    /// A client of the node at `url`, sending `token` as a bearer token.
+    pub fn new(url: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let base = url.trim_end_matches('/').to_owned();
         anyhow::ensure!(
             base.starts_with("http://") || base.starts_with("https://"),
             "--url must start with http:// or https://, not {url:?}"
         );
+        let authorization = match token {
+            Some(token) => {
+                let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| anyhow::anyhow!("the token holds characters a header cannot"))?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
-        Ok(Self { base, http })
+        Ok(Self { base, http, authorization })
+    }
+
+    /// A request to the node, with the token.
+    fn to_node(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.authorization {
+            Some(value) => request.header(reqwest::header::AUTHORIZATION, value.clone()),
+            None => request,
+        }
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, url: String) -> Result<Value, Error> {
@@ -128,7 +184,7 @@ impl Client {
     /// `GET path?query`.
     pub async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Value, Error> {
         let url = format!("{}{path}", self.base);
-        self.send(self.http.get(&url).query(query).timeout(TIMEOUT), url).await
+        self.send(self.to_node(reqwest::Method::GET, &url).query(query).timeout(TIMEOUT), url).await
     }
 
     /// The body of `GET url` as text: a signed download URL, which is not the node's.
@@ -164,7 +220,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Value, Error> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url).timeout(timeout);
+        let mut request = self.to_node(method, &url).timeout(timeout);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

@@ -34,7 +34,7 @@ pub enum ProjectionVerb {
 
 /// `weft projection ...`.
 pub async fn run(connection: Connection, verb: ProjectionVerb) -> anyhow::Result<()> {
-    let client = Client::new(&connection.url)?;
+    let client = connection.client()?;
     match verb {
         ProjectionVerb::List => {
             let ready = client.get("/readyz", &[]).await?;

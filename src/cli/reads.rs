@@ -43,7 +43,7 @@ pub enum Read {
 
 /// `weft <model> list|show`.
 pub async fn read(connection: Connection, model: &'static str, verb: Read) -> anyhow::Result<()> {
-    let client = Client::new(&connection.url)?;
+    let client = connection.client()?;
     match verb {
         Read::Show { id } => {
             let found = client.get(&format!("/{model}/{}", segment(&id)), &[]).await?;

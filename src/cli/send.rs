@@ -35,7 +35,7 @@ pub struct SendArgs {
 /// `weft send`: one command through the node's command intake; prints the reply (with the positions its events
 /// took, for `?after=` reads).
 pub async fn run(connection: Connection, args: SendArgs) -> anyhow::Result<()> {
-    let client = Client::new(&connection.url)?;
+    let client = connection.client()?;
     let payload: Value = match &args.payload {
         Some(text) => serde_json::from_str(text).map_err(|e| anyhow::anyhow!("the payload is not JSON: {e}"))?,
         None => Value::Object(Default::default()),

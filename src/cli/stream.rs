@@ -4,11 +4,11 @@
 use serde_json::Value;
 
 use super::render::table;
-use super::{Client, Connection, print, segment};
+use super::{Connection, print, segment};
 
 /// `weft stream events <stream>`: a stream's events, oldest first, every page.
 pub async fn stream_events(connection: Connection, stream: &str) -> anyhow::Result<()> {
-    let client = Client::new(&connection.url)?;
+    let client = connection.client()?;
     let path = format!("/streams/{}/events", segment(stream));
     let mut cursor = 0u64;
     let mut events = Vec::new();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use super::render::item;
-use super::{Client, Connection, print, segment};
+use super::{Connection, print, segment};
 
 /// The verbs of tenants.
 #[derive(Debug, Clone, Subcommand)]
@@ -27,7 +27,7 @@ pub enum TenantVerb {
 
 /// `weft tenant ...`.
 pub async fn run(connection: Connection, verb: TenantVerb) -> anyhow::Result<()> {
-    let client = Client::new(&connection.url)?;
+    let client = connection.client()?;
     match verb {
         TenantVerb::Erase { tenant, reason, confirm } => {
             let path = format!("/tenants/{}/erase", segment(&tenant));

@@ -47,6 +47,10 @@ async fn command(
         Ok(body) => body,
         Err(refusal) => return refusal.respond(),
     };
+    let checked = match super::access::check_command(&state, &request, &aggregate, id, &body).await {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
+    };
     let mut headers = Headers::from([(CONTENT_TYPE.to_owned(), JSON.to_owned())]);
     for name in FORWARDED {
         if let Some(value) = request.headers().get(name) {
@@ -55,6 +59,11 @@ async fn command(
             };
             headers.insert(name.to_owned(), value.to_owned());
         }
+    }
+    // With authentication the identity decides the tenant and the actor, whatever the headers said.
+    if let Some((tenant, actor)) = checked {
+        headers.insert(crate::bus::TENANT.to_owned(), tenant);
+        headers.insert(crate::bus::ACTOR.to_owned(), actor);
     }
     let message = Message { subject: protocol::command_subject(&aggregate, id), reply: None, headers, payload: body };
     let reply = match state.bus.request(message, COMMAND_TIMEOUT).await {

@@ -118,8 +118,35 @@ fn document_id(id: &str) -> Result<DocumentId, Refusal> {
     id.parse().map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "invalid", format!("{id:?} is not a document id")))
 }
 
-/// The tenant and actor a request names.
+/// The tenant and actor of a request: with authentication, the caller's identity's (`Weft-Tenant` picks one of
+/// its tenants); without, what its headers name.
 fn metadata(request: &HttpRequest) -> Result<Metadata, Refusal> {
+    let named = named(request)?;
+    let Some(identity) = super::access::identity(request) else { return Ok(named) };
+    let tenant = identity
+        .tenant_for(named.tenant.as_deref())
+        .ok_or_else(|| Refusal::new(StatusCode::FORBIDDEN, "forbidden", "Weft-Tenant must name one of your tenants"))?;
+    Ok(Metadata { tenant: Some(tenant), actor: Some(identity.subject), correlation_id: None })
+}
+
+/// Refuses, as if it did not exist, a document the caller's identity may not reach (another tenant's, or for a
+/// `user` another owner's). One the read model does not know yet goes on: the documents' own checks answer.
+async fn reachable(state: &State, request: &HttpRequest, id: DocumentId) -> Result<(), Refusal> {
+    if super::access::identity(request).is_none() {
+        return Ok(());
+    }
+    let model = &weft_projections::documents::MODEL;
+    let scope = super::access::scope(request);
+    match state.reads.show(model, &id.to_string(), None, &crate::query::Scope::ALL).await {
+        Ok(item) if !scope.admits(model, &item) => {
+            Err(Refusal::new(StatusCode::NOT_FOUND, "not_found", format!("no document {id}")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The tenant and actor a request's headers name.
+fn named(request: &HttpRequest) -> Result<Metadata, Refusal> {
     let header = |name: &str| -> Result<Option<String>, Refusal> {
         let Some(value) = request.headers().get(name) else { return Ok(None) };
         let value = value
@@ -165,25 +192,28 @@ async fn register(state: web::Data<State>, request: HttpRequest, payload: web::P
     respond(StatusCode::CREATED, result.await)
 }
 
-async fn upload_url(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+async fn upload_url(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
     let result = async {
         let id = document_id(&id)?;
+        reachable(&state, &request, id).await?;
         Ok(json!({ "upload": objects(&state)?.documents.upload_url(id).await? }))
     };
     respond(StatusCode::OK, result.await)
 }
 
-async fn download(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+async fn download(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
     let result = async {
         let id = document_id(&id)?;
+        reachable(&state, &request, id).await?;
         Ok(json!({ "download": objects(&state)?.documents.download_url(id).await? }))
     };
     respond(StatusCode::OK, result.await)
 }
 
-async fn confirm(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+async fn confirm(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
     let result = async {
         let id = document_id(&id)?;
+        reachable(&state, &request, id).await?;
         Ok(objects(&state)?.documents.confirm(id).await?)
     };
     respond(StatusCode::OK, result.await)
@@ -192,6 +222,7 @@ async fn confirm(state: web::Data<State>, id: web::Path<String>) -> HttpResponse
 async fn delete(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
     let result = async {
         let id = document_id(&id)?;
+        reachable(&state, &request, id).await?;
         let metadata = metadata(&request)?;
         let who = metadata.actor.clone().unwrap_or_else(|| "a client".into());
         Ok(objects(&state)?.documents.delete(id, &format!("deleted by {who}"), metadata).await?)

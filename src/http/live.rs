@@ -19,6 +19,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::{Failure, State};
+use crate::query::Scope;
 use crate::query::read::{self, HISTORY, Model, Reads};
 
 /// How often an idle stream sends a keep-alive comment.
@@ -42,11 +43,12 @@ pub(super) async fn serve(
         Err(failure) => return failure.respond(),
     };
     // Unknown and malformed ids are refused here, not in the stream (`after`: once the read model has it).
-    let id = match state.reads.show(model, &id, after).await {
+    let scope = super::access::scope(&request);
+    let id = match state.reads.show(model, &id, after, &scope).await {
         Ok(item) => item["id"].as_str().unwrap_or_default().to_owned(),
         Err(failure) => return failure.respond(),
     };
-    event_stream(|tx| feed(state.reads.clone(), state.closing.clone(), model, id, last, tx))
+    event_stream(|tx| feed(state.reads.clone(), state.closing.clone(), model, id, last, scope, tx))
 }
 
 /// The `Last-Event-ID` a reconnecting client sends, if any; `what` says what it must be, for the error.
@@ -91,6 +93,7 @@ async fn feed(
     model: &'static Model,
     id: String,
     mut last: i64,
+    scope: Scope,
     tx: mpsc::Sender<String>,
 ) {
     let stream = format!("{}-{id}", model.kind);
@@ -127,7 +130,7 @@ async fn feed(
         }
         // The state once its read model applied the newest change. When it is further on than the history
         // read model, its changes are sent first: a state always follows every change it reflects.
-        let Ok(state) = reads.show(model, &id, position).await else { continue };
+        let Ok(state) = reads.show(model, &id, position, &scope).await else { continue };
         if state["version"].as_i64().is_some_and(|v| v > last) {
             continue;
         }
@@ -161,7 +164,9 @@ pub(super) async fn serve_list(
     };
     let from = from.unwrap_or_else(|| *position.borrow());
     let filters: Vec<(String, String)> = params.into_inner().into_iter().collect();
-    event_stream(|tx| feed_list(state.reads.clone(), state.closing.clone(), model, filters, from, position, tx))
+    let scope = super::access::scope(&request);
+    let reads = state.reads.clone();
+    event_stream(|tx| feed_list(reads, state.closing.clone(), model, (filters, scope), from, position, tx))
 }
 
 /// Whether `item` has each filter's value (numbers compared as their text).
@@ -179,7 +184,7 @@ async fn feed_list(
     reads: Reads,
     mut closing: tokio::sync::watch::Receiver<bool>,
     model: &'static Model,
-    filters: Vec<(String, String)>,
+    (filters, scope): (Vec<(String, String)>, Scope),
     mut from: u64,
     mut applied: tokio::sync::watch::Receiver<u64>,
     tx: mpsc::Sender<String>,
@@ -217,7 +222,8 @@ async fn feed_list(
             from = upto;
         }
         for (id, position) in changed {
-            let item = match reads.show(model, &id, None).await {
+            // An item out of the reader's scope is skipped as a deleted one is.
+            let item = match reads.show(model, &id, None, &scope).await {
                 Ok(item) => item,
                 Err(failure) if failure.kind == "not_found" => continue,
                 Err(failure) => {

@@ -46,6 +46,7 @@
 //! (read-your-writes with a command reply's `last_position`), and answers 504 if it has not by then. Every
 //! `GET` answer carries an `ETag`; `If-None-Match` with it answers 304.
 
+pub mod access;
 pub mod admin;
 pub mod commands;
 pub mod documents;
@@ -80,6 +81,8 @@ struct State {
     providers: Vec<Arc<dyn crate::agents::Provider>>,
     /// Turns true when the server stops: live streams end.
     closing: tokio::sync::watch::Receiver<bool>,
+    /// The verifier of bearer tokens; `None` on a node without authentication (`--insecure-no-auth`).
+    auth: Option<crate::auth::token::Verifier>,
 }
 
 /// Limits on what a client sends.
@@ -104,24 +107,37 @@ pub struct HttpApi {
     closing: tokio::sync::watch::Sender<bool>,
 }
 
+/// What a node hands its HTTP edge besides the reads and the bus.
+pub struct Parts {
+    /// Rebuilds and erasure.
+    pub admin: admin::Admin,
+    /// Limits on what clients send.
+    pub limits: HttpLimits,
+    /// The documents' routes' needs, when the node keeps documents.
+    pub objects: Option<documents::Objects>,
+    /// The node's LLM providers, for `GET /providers`.
+    pub providers: Vec<Arc<dyn crate::agents::Provider>>,
+    /// The verifier of bearer tokens; `None`: no authentication (`--insecure-no-auth`).
+    pub auth: Option<crate::auth::token::Verifier>,
+}
+
 impl HttpApi {
-    /// Serves `reads` on `listener`, sending commands over `bus`, and the documents' routes with `objects`.
-    /// Must be called on an actix system.
+    /// Serves `reads` on `listener`, sending commands over `bus`, with the rest of `parts`. Must be called on
+    /// an actix system.
     pub fn start(
         listener: std::net::TcpListener,
         reads: Reads,
-        admin: admin::Admin,
         bus: Arc<dyn Bus>,
-        limits: HttpLimits,
-        objects: Option<documents::Objects>,
-        providers: Vec<Arc<dyn crate::agents::Provider>>,
+        parts: Parts,
     ) -> std::io::Result<Self> {
+        let Parts { admin, limits, objects, providers, auth } = parts;
         let (closing, closed) = tokio::sync::watch::channel(false);
         let addr = listener.local_addr()?;
-        let state = State { reads, admin, bus, limits, objects, providers, closing: closed };
+        let state = State { reads, admin, bus, limits, objects, providers, closing: closed, auth };
         let counted = middleware::Connections::new(limits.max_connections_per_client);
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(access::authenticate))
                 .wrap(actix_web::middleware::from_fn(middleware::refuse_over_limit))
                 .wrap(middleware::security_headers())
                 .app_data(web::Data::new(state.clone()))

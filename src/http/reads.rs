@@ -4,7 +4,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::{Params, State, answer, live};
+use super::{Params, State, access, answer, live};
 use crate::query::read::{self, MODELS, Model};
 
 /// Registers the routes: each model's list, list feed, item and item feed (`/<model>/live` before
@@ -25,7 +25,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
 }
 
 async fn list(state: web::Data<State>, request: HttpRequest, params: Params, model: &'static Model) -> HttpResponse {
-    answer(&request, state.reads.list(model, &params).await)
+    answer(&request, state.reads.list(model, &params, &access::scope(&request)).await)
 }
 
 async fn show(
@@ -42,7 +42,7 @@ async fn show(
         Ok(after) => after,
         Err(failure) => return failure.respond(),
     };
-    answer(&request, state.reads.show(model, &id, after).await)
+    answer(&request, state.reads.show(model, &id, after, &access::scope(&request)).await)
 }
 
 async fn job_logs(
@@ -51,7 +51,7 @@ async fn job_logs(
     id: web::Path<String>,
     params: Params,
 ) -> HttpResponse {
-    answer(&request, state.reads.job_logs(&id, &params).await)
+    answer(&request, state.reads.job_logs(&id, &params, &access::scope(&request)).await)
 }
 
 async fn history(
@@ -60,7 +60,7 @@ async fn history(
     stream: web::Path<String>,
     params: Params,
 ) -> HttpResponse {
-    answer(&request, state.reads.history(&stream, &params).await)
+    answer(&request, state.reads.history(&stream, &params, &access::scope(&request)).await)
 }
 
 async fn projection(state: web::Data<State>, request: HttpRequest, name: web::Path<String>) -> HttpResponse {

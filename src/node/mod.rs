@@ -37,8 +37,8 @@ use crate::store::open::{self as store, Opened};
 mod options;
 
 pub use options::{
-    BusSection, HostSection, HttpSection, IntakeSection, LapsingLease, NodeOptions, ProcessesSection, StoreSection,
-    sections,
+    ADMIN_TOKEN_FILE, AuthSection, BusSection, HostSection, HttpSection, IntakeSection, LapsingLease, NodeOptions,
+    ProcessesSection, StoreSection, sections,
 };
 
 /// A running node.
@@ -202,6 +202,9 @@ pub enum Error {
     /// The lease's bucket could not be made.
     #[error(transparent)]
     LeaseBucket(#[from] crate::lease::Error),
+    /// The token-signing secret could not be read or made, or the admin token not written.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::token::SecretError),
     /// The signals to stop on could not be listened for.
     #[error("listening for SIGTERM: {0}")]
     Signals(std::io::Error),
@@ -313,8 +316,10 @@ impl Node {
             body_idle_timeout: Duration::from_secs(options.http.body_timeout_secs),
             max_connections_per_client: options.http.max_connections_per_client,
         };
-        let query = HttpApi::start(listener, reads, admin, bus.clone(), limits, Some(objects_api), providers)
-            .map_err(|source| Error::Listen { addr, source })?;
+        let verifier = start_auth(options)?;
+        let parts = crate::http::Parts { admin, limits, objects: Some(objects_api), providers, auth: verifier };
+        let query =
+            HttpApi::start(listener, reads, bus.clone(), parts).map_err(|source| Error::Listen { addr, source })?;
         Ok(Self {
             store,
             bus,
@@ -397,6 +402,26 @@ impl Node {
         self.store.close().await?;
         Ok(())
     }
+}
+
+/// The verifier of bearer tokens, unless `--insecure-no-auth`: the node's secret (made on first start) and,
+/// written afresh, the admin token the `weft` command line on this machine reads.
+fn start_auth(options: &NodeOptions) -> Result<Option<crate::auth::token::Verifier>, Error> {
+    use crate::auth::{Role, token};
+    if options.auth.insecure_no_auth {
+        let addr = options.http.addr;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "authentication is off (--insecure-no-auth) on an address others can reach");
+        }
+        return Ok(None);
+    }
+    let path = options.auth_secret_path();
+    let secret = token::Secret::load_or_create(&path)?;
+    let admin = token::issue(&secret, "admin", Role::Admin, &["*".to_owned()], token::ADMIN_TOKEN_TTL);
+    let admin_path = options.admin_token_path();
+    token::write_private(&admin_path, admin.as_bytes(), false)
+        .map_err(|source| token::SecretError::Io { path: admin_path, source })?;
+    Ok(Some(token::Verifier::new(&secret)))
 }
 
 /// The bus `options` name: NATS (and its client, which the lease uses), or the in-process bus.

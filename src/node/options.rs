@@ -15,6 +15,9 @@ use weft_actors::host;
 use crate::lease::LeaseOptions;
 use crate::store::open as store;
 
+/// The name of the admin token file a node writes beside its secret.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
 /// What a node runs on.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeOptions {
@@ -33,6 +36,9 @@ pub struct NodeOptions {
     /// The command intake.
     #[command(flatten, next_help_heading = "Command intake")]
     pub intake: IntakeSection,
+    /// Who may use the node.
+    #[command(flatten, next_help_heading = "Authentication")]
+    pub auth: AuthSection,
     /// The process managers and their lease.
     #[command(flatten, next_help_heading = "Process managers")]
     pub processes: ProcessesSection,
@@ -60,6 +66,7 @@ pub fn sections() -> Vec<(&'static str, Vec<String>)> {
         longs::<HttpSection>("http"),
         longs::<HostSection>("host"),
         longs::<IntakeSection>("intake"),
+        longs::<AuthSection>("auth"),
         longs::<ProcessesSection>("processes"),
         longs::<crate::objects::ObjectsOptions>("objects"),
         longs::<crate::agents::ProviderOptions>("providers"),
@@ -117,6 +124,20 @@ pub struct HttpSection {
     /// 429 and the connection closed.
     #[arg(long, default_value_t = crate::http::middleware::DEFAULT_MAX_PER_CLIENT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), env = "WEFT_MAX_CONNECTIONS_PER_CLIENT")]
     pub max_connections_per_client: usize,
+}
+
+/// Who may use the node: bearer tokens signed with the node's secret (see `crate::auth`), or nobody checked.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthSection {
+    /// The node's token-signing secret (made, owner-only, when missing): `auth.secret` beside --store by
+    /// default. Nodes that share a store share it. The node also writes an admin token to `admin.token`
+    /// there at each start, which the `weft` command line on this machine reads by itself.
+    #[arg(long, env = "WEFT_AUTH_SECRET_FILE")]
+    pub auth_secret_file: Option<PathBuf>,
+    /// Check nobody: every route open to whoever reaches the node, `Weft-Tenant` and `Weft-Actor` as the caller
+    /// says. For a node only its own machine reaches; never on a shared network.
+    #[arg(long, env = "WEFT_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
 }
 
 /// What an operator may tune of the actor host.
@@ -214,6 +235,17 @@ impl NodeOptions {
     /// The read models' file: `--read-models`, or `read.db` beside the store's file.
     pub fn read_models_path(&self) -> PathBuf {
         self.store.read_models.clone().unwrap_or_else(|| self.beside_the_log("read.db"))
+    }
+
+    /// The token-signing secret's file: `--auth-secret-file`, or `auth.secret` beside the store's file.
+    pub fn auth_secret_path(&self) -> PathBuf {
+        self.auth.auth_secret_file.clone().unwrap_or_else(|| self.beside_the_log("auth.secret"))
+    }
+
+    /// Where a node writes its admin token at start: `admin.token` beside the secret.
+    pub fn admin_token_path(&self) -> PathBuf {
+        let secret = self.auth_secret_path();
+        secret.parent().map(|folder| folder.join(ADMIN_TOKEN_FILE)).unwrap_or_else(|| ADMIN_TOKEN_FILE.into())
     }
 
     /// The local object store's folder: `--objects-dir`, or `objects` beside the store's file.

@@ -4,5 +4,7 @@
 //! answer with these; nothing here imports the write side, the object store or the bus.
 
 pub mod read;
+pub mod scope;
 
 pub use read::{Failure, MAX_WAIT, Reads};
+pub use scope::Scope;

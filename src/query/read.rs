@@ -14,6 +14,8 @@ use weft_events::EventRead;
 use weft_events::domain::ids::Uuid;
 pub use weft_projections::documents::MODEL as DOCUMENTS;
 pub use weft_projections::history::{NAME as HISTORY, rows as history_rows};
+
+use super::Scope;
 pub use weft_projections::model::{MODELS, Model};
 use weft_projections::model::{row_to_json, rows};
 
@@ -259,16 +261,23 @@ impl Reads {
         Ok(())
     }
 
-    /// One item with its details; `not_found` if there is none.
-    pub async fn show(&self, model: &'static Model, id: &str, after: Option<u64>) -> Result<Value, Failure> {
+    /// One item with its details; `not_found` if there is none, or if `scope` does not see it.
+    pub async fn show(
+        &self,
+        model: &'static Model,
+        id: &str,
+        after: Option<u64>,
+        scope: &Scope,
+    ) -> Result<Value, Failure> {
         let id = parse_id(id)?.to_string();
+        let scope = scope.clone();
         self.caught_up(model.projection, after).await?;
         let found = self
             .query(move |db| {
                 let sql = format!("SELECT {} FROM {} WHERE id = ?1", model.columns.join(", "), model.table);
                 let item =
                     db.prepare_cached(&sql)?.query_row([&id], |row| row_to_json(row, model.columns)).optional()?;
-                let Some(mut item) = item else { return Ok(None) };
+                let Some(mut item) = item.filter(|item| scope.admits(model, item)) else { return Ok(None) };
                 (model.shape)(&mut item);
                 (model.details)(db, &id, &mut item)?;
                 Ok(Some(item))
@@ -280,8 +289,14 @@ impl Reads {
     /// A page of a list: `{"items": [...], "next_cursor": "..." | null}`, ordered by id. The cursor is the last
     /// id of the page, so paging is stable: an item present throughout is seen exactly once, whatever is added
     /// meanwhile.
-    pub async fn list(&self, model: &'static Model, params: &BTreeMap<String, String>) -> Result<Value, Failure> {
+    pub async fn list(
+        &self,
+        model: &'static Model,
+        params: &BTreeMap<String, String>,
+        scope: &Scope,
+    ) -> Result<Value, Failure> {
         let page = ListParams::parse(model, params)?;
+        let scope = scope.clone();
         self.caught_up(model.projection, page.after).await?;
         self.query(move |db| {
             let mut sql = format!("SELECT {} FROM {} WHERE 1 = 1", model.columns.join(", "), model.table);
@@ -290,6 +305,7 @@ impl Reads {
                 args.push(Box::new(value.clone()));
                 sql.push_str(&format!(" AND {column} = ?{}", args.len()));
             }
+            scope.restrict(model, &mut sql, &mut args);
             for (op, bound) in [(">=", page.since), ("<", page.until)] {
                 if let Some(bound) = bound {
                     args.push(Box::new(bound));
@@ -314,8 +330,9 @@ impl Reads {
     }
 
     /// A job's log from after `after_seq`, in order: `{"items": [...], "next_cursor": <seq> | null}`.
-    pub async fn job_logs(&self, id: &str, params: &BTreeMap<String, String>) -> Result<Value, Failure> {
+    pub async fn job_logs(&self, id: &str, params: &BTreeMap<String, String>, scope: &Scope) -> Result<Value, Failure> {
         let id = parse_id(id)?.to_string();
+        let scope = scope.clone();
         check_keys(params, &["after", "cursor", "limit"])?;
         let after = number(params, "after")?;
         let cursor = number::<i64>(params, "cursor")?.unwrap_or(0);
@@ -323,8 +340,11 @@ impl Reads {
         self.caught_up(weft_projections::jobs::NAME, after).await?;
         let found = self
             .query(move |db| {
-                let exists = db.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?.exists([&id])?;
-                if !exists {
+                let tenant: Option<String> = db
+                    .prepare_cached("SELECT tenant FROM jobs WHERE id = ?1")?
+                    .query_row([&id], |r| r.get(0))
+                    .optional()?;
+                if !tenant.is_some_and(|tenant| scope.tenant_ok(&tenant)) {
                     return Ok(None);
                 }
                 let mut items = rows(
@@ -343,7 +363,12 @@ impl Reads {
     }
 
     /// A stream's events from the history read model, from version `cursor + 1`, oldest first.
-    pub async fn history(&self, stream: &str, params: &BTreeMap<String, String>) -> Result<Value, Failure> {
+    pub async fn history(
+        &self,
+        stream: &str,
+        params: &BTreeMap<String, String>,
+        scope: &Scope,
+    ) -> Result<Value, Failure> {
         weft_events::StreamName::new(stream).map_err(|e| Failure::invalid(format!("stream: {e}")))?;
         check_keys(params, &["after", "cursor", "limit"])?;
         let after = number(params, "after")?;
@@ -359,7 +384,9 @@ impl Reads {
                 Ok((items, more))
             })
             .await?;
-        if items.is_empty() && cursor == 0 {
+        // A stream is its first event's tenant's: another tenant's answers as a missing one does.
+        let seen = |item: &Value| scope.tenant_ok(item["tenant"].as_str().unwrap_or(""));
+        if (items.is_empty() && cursor == 0) || !items.iter().all(seen) {
             return Err(Failure::not_found("no such stream"));
         }
         let next = if more { items.last().map(|item| item["version"].clone()) } else { None };

@@ -14,7 +14,12 @@ use crate::reaped::Reaped;
 use crate::serve::{Serve, command, get, register, submit_job};
 
 fn weft(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_weft")).args(args).env("WEFT_URL", url).output().unwrap()
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+    command.args(args).env("WEFT_URL", url);
+    if let Some(token) = crate::serve::token(url.trim_start_matches("http://")) {
+        command.env("WEFT_TOKEN", token);
+    }
+    command.output().unwrap()
 }
 
 fn stdout_json(output: &Output) -> Value {
@@ -47,6 +52,7 @@ fn the_command_line_reads_the_models_follows_a_job_s_log_and_reports_errors() {
     let mut follower = Reaped(
         Command::new(env!("CARGO_BIN_EXE_weft"))
             .args(["job", "logs", &job, "--follow", "--output", "json", "--url", &url])
+            .env("WEFT_TOKEN", crate::serve::token(&addr).unwrap_or_default())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -170,7 +170,18 @@ fn a_document_uploads_through_its_signed_url_and_is_deleted_with_its_object_on_t
     let other_id = other["id"].as_str().unwrap();
     assert_eq!(curl_put(&other["upload"], &file, &[]), 200);
     wait_status(addr, other_id, "uploaded");
-    let answer = http(addr, "DELETE", &format!("/documents/{other_id}"), &[("Weft-Actor", "user:ann")], b"");
+    // The actor is the identity's subject (Weft-Actor decides nothing with authentication on).
+    let secret = weft::auth::token::Secret::load(&dir.path().join("auth.secret")).unwrap();
+    let ann = weft::auth::token::issue(
+        &secret,
+        "user:ann",
+        weft::auth::Role::Operator,
+        &["acme".to_owned()],
+        Duration::from_secs(600),
+    );
+    let bearer = format!("Bearer {ann}");
+    let headers = [("Weft-Actor", "user:mallory"), ("Authorization", bearer.as_str())];
+    let answer = http(addr, "DELETE", &format!("/documents/{other_id}"), &headers, b"");
     assert_eq!((answer.status, answer.json()["outcome"].clone()), (200, json!("deleted")));
     assert_eq!(wait_status(addr, other_id, "deleted")["deleted_reason"], "deleted by user:ann");
     assert!(!dir.path().join("objects/data/acme").join(other_id).exists());
@@ -719,13 +730,15 @@ fn stalled_bodies_are_answered_408_and_the_node_keeps_serving() {
     let upload_path = &upload[upload.find("/objects/").unwrap()..];
     // Bodies that start and stop: a command, a registration, an upload to a signed URL.
     let mut clients = Vec::new();
+    // An authenticated client's stalled body (an unauthenticated one is refused before its body is read).
+    let bearer = crate::serve::token(addr).map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     for i in 0..60 {
         let head = match i % 3 {
             0 => format!(
-                "POST /commands/document/{} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+                "POST /commands/document/{} HTTP/1.1\r\nHost: x\r\n{bearer}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n",
                 uuid::Uuid::now_v7()
             ),
-            1 => "POST /documents HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".to_owned(),
+            1 => format!("POST /documents HTTP/1.1\r\nHost: x\r\n{bearer}Content-Length: 100\r\n\r\n"),
             _ => format!(
                 "PUT {upload_path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
             ),

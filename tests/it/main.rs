@@ -3,6 +3,7 @@
 
 mod actors_on_sqlite;
 mod agents;
+mod auth;
 mod bus;
 mod cli;
 mod client;

@@ -26,6 +26,34 @@ pub struct Serve {
 /// `None`), and reads the first line it logs: the node (killed when dropped), the rest of its stderr, and that
 /// line. The helper of every test that runs a node.
 pub fn spawn(folder: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> (Reaped, BufReader<ChildStderr>, String) {
+    let (child, stderr, line) = spawn_unregistered(folder, args, env);
+    if let Some(addr) = line.trim().rsplit_once("http://").map(|(_, addr)| addr.to_owned()) {
+        // The admin token the node wrote beside its store (or its secret), for the helpers below.
+        let secret = args.iter().position(|a| *a == "--auth-secret-file").map(|i| Path::new(args[i + 1]).to_owned());
+        let store = args.iter().position(|a| *a == "--store").map(|i| Path::new(args[i + 1]).to_owned());
+        let beside = secret.or(store).unwrap_or_else(|| folder.unwrap_or(Path::new(".")).join("weft-data/events.db"));
+        let file = beside.parent().unwrap_or(Path::new(".")).join("admin.token");
+        if let Ok(token) = std::fs::read_to_string(file) {
+            TOKENS.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, token.trim().to_owned());
+        }
+    }
+    (child, stderr, line)
+}
+
+/// The admin token of each node [`spawn`] started, by its address.
+static TOKENS: Mutex<std::collections::BTreeMap<String, String>> = Mutex::new(std::collections::BTreeMap::new());
+
+/// The admin token of the node at `addr`, if it has authentication on.
+pub fn token(addr: &str) -> Option<String> {
+    TOKENS.lock().unwrap_or_else(|p| p.into_inner()).get(addr).cloned()
+}
+
+/// [`spawn`] without noting the node's admin token.
+fn spawn_unregistered(
+    folder: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Reaped, BufReader<ChildStderr>, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
     command.args(["serve", "--http-addr", "127.0.0.1:0"]).args(args).envs(env.iter().copied()).stderr(Stdio::piped());
     if let Some(folder) = folder {
@@ -112,8 +140,21 @@ impl Response {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`.
+/// One HTTP/1.1 request with `Connection: close`, with the node's admin token unless `headers` carry an
+/// `Authorization` of their own (the tests of other behaviour than authentication run as the admin).
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let bearer = token(addr).map(|t| format!("Bearer {t}"));
+    let mut headers = headers.to_vec();
+    if let Some(bearer) = &bearer
+        && !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+    {
+        headers.push(("Authorization", bearer));
+    }
+    raw_http(addr, method, path, &headers, body)
+}
+
+/// [`http`] with exactly these headers.
+pub fn raw_http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -173,11 +214,12 @@ pub fn register(name: &str, tenant: &str) -> Value {
 
 /// `weft <args> --url http://addr` against a served node; the exit status, stdout and stderr.
 pub fn weft(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(args)
-        .args(["--url", &format!("http://{addr}")])
-        .output()
-        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weft"));
+    command.args(args).args(["--url", &format!("http://{addr}")]);
+    if let Some(token) = token(addr) {
+        command.env("WEFT_TOKEN", token);
+    }
+    let output = command.output().unwrap();
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (output.status.success(), text(&output.stdout), text(&output.stderr))
 }

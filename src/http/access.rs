@@ -1,0 +1,200 @@
+//! Who may use which route: every route of [`super::openapi::ROUTES`] has one rule here ([`rule`]; a test checks
+//! that none is missing), and the middleware [`authenticate`] applies it before the route runs.
+//!
+//! - `Open`: anyone (health, readiness, this API's description).
+//! - `Signed`: the request carries its own proof, checked by its handler: the local store's signed URLs, the S3
+//!   notification webhook's secret.
+//! - `Needs(permission)`: a verified bearer token whose role has the permission ([`crate::auth::PERMISSIONS`]).
+//! - `Commands`: a token whose role may send some command; the command's own permission is checked once its
+//!   type is read ([`crate::auth::command_permission`]).
+//!
+//! Without a token (or with a bad one) the answer is 401 `unauthenticated` with `WWW-Authenticate: Bearer`;
+//! with a token whose role lacks the permission, 403 `forbidden`. A node started with `--insecure-no-auth`
+//! has no verifier: every route is open and no identity is attached, as before authentication existed.
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
+
+use crate::auth::{Identity, Permission, Role, token};
+use crate::query::Scope;
+
+/// What a route asks of its caller: see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Anyone.
+    Open,
+    /// Its own proof (a signed URL, the webhook secret).
+    Signed,
+    /// A token whose role has this permission.
+    Needs(Permission),
+    /// A token whose role may send some command.
+    Commands,
+}
+
+/// The rule of the route `method pattern` (as [`super::openapi::ROUTES`] names them); `None` for no route.
+pub fn rule(method: &str, pattern: &str) -> Option<Rule> {
+    use Permission::*;
+    use Rule::*;
+    let models = ["documents", "jobs", "agents", "workflows", "schedules"];
+    let read = |p: &str| {
+        let mut parts = p.trim_start_matches('/').splitn(2, '/');
+        let (model, rest) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        models.contains(&model) && matches!(rest, "" | "live" | "{id}" | "{id}/live" | "{id}/logs")
+    };
+    Some(match (method, pattern) {
+        ("get", "/healthz" | "/readyz" | "/openapi.json") => Open,
+        ("put" | "get", "/objects/{key}") | ("post", "/objects/events") => Signed,
+        ("get", "/streams/{stream}/events") => Needs(Read),
+        ("get", "/documents/{id}/download") => Needs(Read),
+        ("post", "/documents" | "/documents/{id}/upload-url" | "/documents/{id}/confirm")
+        | ("delete", "/documents/{id}") => Needs(WriteDocuments),
+        ("post", "/commands/{aggregate}/{id}") => Commands,
+        ("get", "/projections/{name}" | "/providers") => Needs(Inspect),
+        ("post", "/projections/{name}/rebuild" | "/projections/{name}/reset") => Needs(Maintain),
+        ("post", "/tenants/{tenant}/erase") => Needs(Erase),
+        ("get", p) if read(p) => Needs(Read),
+        _ => return None,
+    })
+}
+
+/// Whether `role` may send at least one command.
+fn may_command(role: Role) -> bool {
+    [Permission::WriteDocuments, Permission::RunJobs, Permission::Command].into_iter().any(|p| role.may(p))
+}
+
+/// The answer to a request refused for `status`.
+pub fn refused(status: StatusCode, kind: &str, message: &str) -> HttpResponse {
+    let mut answer = HttpResponse::build(status);
+    if status == StatusCode::UNAUTHORIZED {
+        answer.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer realm=\"weft\""));
+    }
+    answer.json(serde_json::json!({"error": {"kind": kind, "message": message}}))
+}
+
+/// The middleware: applies the route's rule, and attaches the caller's [`Identity`] to the request.
+pub async fn authenticate(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let verifier = request.app_data::<web::Data<super::State>>().and_then(|s| s.auth.clone());
+    let method = request.method().as_str().to_ascii_lowercase();
+    let rule = request.match_pattern().and_then(|pattern| rule(&method, &pattern));
+    let (Some(verifier), Some(rule)) = (verifier, rule) else {
+        // No authentication on this node, or no such route (answered 404 by the router).
+        return next.call(request).await.map(ServiceResponse::map_into_boxed_body);
+    };
+    if matches!(rule, Rule::Open | Rule::Signed) {
+        return next.call(request).await.map(ServiceResponse::map_into_boxed_body);
+    }
+    let header = request.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let identity = match header.and_then(token::bearer).ok_or(token::Refused::Missing) {
+        Ok(token) => verifier.verify(token),
+        Err(refused) => Err(refused),
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(why) => {
+            let answer = refused(StatusCode::UNAUTHORIZED, "unauthenticated", &why.to_string());
+            return Ok(request.into_response(answer));
+        }
+    };
+    let allowed = match rule {
+        Rule::Needs(permission) => identity.role.may(permission),
+        Rule::Commands => may_command(identity.role),
+        Rule::Open | Rule::Signed => true,
+    };
+    if !allowed {
+        let message = format!("a {} may not use this route", identity.role.as_str());
+        return Ok(request.into_response(refused(StatusCode::FORBIDDEN, "forbidden", &message)));
+    }
+    request.extensions_mut().insert(identity);
+    next.call(request).await.map(ServiceResponse::map_into_boxed_body)
+}
+
+/// The verified identity of the request; `None` on a node without authentication.
+pub fn identity(request: &HttpRequest) -> Option<Identity> {
+    request.extensions().get::<Identity>().cloned()
+}
+
+/// What the request's caller may read: everything without authentication or for an identity of every
+/// tenant; else its tenants, and a `user` only its own documents.
+pub fn scope(request: &HttpRequest) -> Scope {
+    match identity(request) {
+        None => Scope::ALL,
+        Some(identity) => Scope {
+            tenants: (!identity.reaches_all()).then(|| identity.tenants.clone()),
+            owner: identity.owns_only().then(|| identity.subject.clone()),
+        },
+    }
+}
+
+/// The model of an aggregate's instances, for the tenant check of commands to them.
+fn model_of(aggregate: &str) -> Option<&'static crate::query::read::Model> {
+    crate::query::read::MODELS.into_iter().find(|m| m.kind == aggregate)
+}
+
+/// Checks a command over HTTP against the caller's identity, and says the tenant and actor it is sent with:
+/// its type must be one the caller's role may send; its tenant is one of the caller's (the `Weft-Tenant`
+/// header only picks among them) and any tenant its payload names must be that one; and the instance, when
+/// the read models know it, must be of that tenant (another tenant's answers 404 as a missing one does).
+/// `None` without authentication: the headers go on as the caller sent them.
+pub(super) async fn check_command(
+    state: &super::State,
+    request: &HttpRequest,
+    aggregate: &str,
+    id: uuid::Uuid,
+    body: &[u8],
+) -> Result<Option<(String, String)>, HttpResponse> {
+    let Some(identity) = identity(request) else { return Ok(None) };
+    let forbidden = |message: String| refused(StatusCode::FORBIDDEN, "forbidden", &message);
+    // A body that is not JSON, or has no type, is the intake's to refuse as invalid.
+    let command: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let kind = command["type"].as_str().unwrap_or("");
+    if !identity.role.may(crate::auth::command_permission(aggregate, kind)) {
+        return Err(forbidden(format!("a {} may not send {aggregate} {kind:?}", identity.role.as_str())));
+    }
+    // The tenant the caller asks for: its header's, else the one the payload names.
+    let asked = request.headers().get(crate::bus::TENANT).and_then(|v| v.to_str().ok());
+    let asked = asked.or(command["payload"]["tenant"].as_str());
+    // An instance the read models know is its tenant's: another tenant's, or for a `user` another owner's
+    // document, answers as a missing one does, and a command to it is for its tenant.
+    let scope = scope(request);
+    let mut instance_tenant = None;
+    if let Some(model) = model_of(aggregate)
+        && let Ok(item) = state.reads.show(model, &id.to_string(), None, &Scope::ALL).await
+    {
+        if !scope.admits(model, &item) {
+            return Err(refused(StatusCode::NOT_FOUND, "not_found", &format!("no such {aggregate}")));
+        }
+        instance_tenant = item["tenant"].as_str().map(str::to_owned);
+    }
+    let tenant = match instance_tenant {
+        Some(tenant) if asked.is_none_or(|asked| asked == tenant) => tenant,
+        Some(tenant) => return Err(forbidden(format!("the {aggregate} is tenant {tenant:?}'s, not {asked:?}'s"))),
+        None => identity.tenant_for(asked).ok_or_else(|| {
+            forbidden(match asked {
+                Some(asked) => format!("{asked:?} is not one of your tenants"),
+                None => "name one of your tenants in Weft-Tenant".to_owned(),
+            })
+        })?,
+    };
+    if let Some(named) = command["payload"]["tenant"].as_str()
+        && named != tenant
+    {
+        return Err(forbidden(format!("the payload names tenant {named:?}, the command is for {tenant:?}")));
+    }
+    Ok(Some((tenant, identity.subject)))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_route_has_a_rule() {
+        for (method, path, _) in super::super::openapi::ROUTES {
+            assert!(super::rule(method, path).is_some(), "{method} {path} has no rule");
+        }
+    }
+}

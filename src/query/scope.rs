@@ -1,0 +1,59 @@
+//! What a reader may see: all tenants, or some; and, for documents, only those it owns. The HTTP and NATS
+//! edges make one from the caller's identity (`crate::auth`); the reads apply it in SQL (lists) or to the
+//! item found (items), and an item out of scope answers `not_found` exactly as a missing one does.
+
+use rusqlite::ToSql;
+use serde_json::Value;
+
+use weft_projections::model::Model;
+
+/// See the module doc.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The tenants it sees; every tenant when `None`.
+    pub tenants: Option<Vec<String>>,
+    /// The owner whose documents alone it sees (lists and items of models with an `owner` column).
+    pub owner: Option<String>,
+}
+
+impl Scope {
+    /// Everything: a node without authentication, an admin, the node's own reads.
+    pub const ALL: Scope = Scope { tenants: None, owner: None };
+
+    /// Whether it sees a row of `model` holding `item`'s `tenant` and `owner`.
+    pub fn admits(&self, model: &Model, item: &Value) -> bool {
+        let tenant_ok = self.tenant_ok(item["tenant"].as_str().unwrap_or(""));
+        let owner_ok = match &self.owner {
+            Some(owner) if model.columns.contains(&"owner") => item["owner"].as_str() == Some(owner),
+            _ => true,
+        };
+        tenant_ok && owner_ok
+    }
+
+    /// Whether it sees `tenant`'s rows.
+    pub fn tenant_ok(&self, tenant: &str) -> bool {
+        self.tenants.as_ref().is_none_or(|tenants| tenants.iter().any(|t| t == tenant))
+    }
+
+    /// Appends its conditions on `model`'s rows to `sql`, their values to `args`.
+    pub fn restrict(&self, model: &Model, sql: &mut String, args: &mut Vec<Box<dyn ToSql + Send>>) {
+        if let Some(tenants) = &self.tenants {
+            if tenants.is_empty() {
+                sql.push_str(" AND 0");
+            } else {
+                let mut marks = Vec::new();
+                for tenant in tenants {
+                    args.push(Box::new(tenant.clone()));
+                    marks.push(format!("?{}", args.len()));
+                }
+                sql.push_str(&format!(" AND tenant IN ({})", marks.join(", ")));
+            }
+        }
+        if let Some(owner) = &self.owner
+            && model.columns.contains(&"owner")
+        {
+            args.push(Box::new(owner.clone()));
+            sql.push_str(&format!(" AND owner = ?{}", args.len()));
+        }
+    }
+}
