@@ -149,6 +149,7 @@ impl<R> Reply<R> {
             Err(e @ host::Error::Conflict { .. }) => Self::error(ErrorKind::Conflict, e.to_string(), None),
             Err(e @ host::Error::Unavailable(_)) => Self::error(ErrorKind::Unavailable, e.to_string(), None),
             Err(e @ host::Error::Erased(_)) => Self::error(ErrorKind::Erased, e.to_string(), None),
+            Err(e @ host::Error::OtherTenant) => Self::error(ErrorKind::NotFound, e.to_string(), None),
         }
     }
 

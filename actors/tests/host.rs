@@ -368,3 +368,30 @@ mod rehydration {
         }
     }
 }
+
+#[actix_rt::test]
+async fn an_instance_answers_only_commands_of_its_own_tenant_even_after_a_snapshot_and_a_new_host() {
+    let store = MemoryStore::default();
+    let stream = StreamName::new("counter-tenanted").unwrap();
+    let options = Options { snapshot_every: 2, idle_timeout_ms: 20, ..Options::default() };
+    let of = |tenant: Option<&str>| Execute::<Counter> {
+        command_id: Uuid::now_v7(),
+        command: CounterCommand::Add(1),
+        expected_version: None,
+        metadata: Metadata { tenant: tenant.map(str::to_owned), actor: None, correlation_id: None },
+    };
+    let host = Host::<Counter>::new(Arc::new(store.clone()), options.clone());
+    host.execute(&stream, of(Some("acme"))).await.unwrap();
+    assert_eq!(host.execute(&stream, of(Some("globex"))).await, Err(Error::OtherTenant));
+    // The node's own commands (no tenant) and the instance's tenant's go through; snapshots are taken.
+    for _ in 0..4 {
+        host.execute(&stream, of(None)).await.unwrap();
+        host.execute(&stream, of(Some("acme"))).await.unwrap();
+    }
+    // Another host activates it from its snapshot: it still knows whose it is.
+    let other = Host::<Counter>::new(Arc::new(store.clone()), options);
+    assert_eq!(other.execute(&stream, of(Some("globex"))).await, Err(Error::OtherTenant));
+    other.execute(&stream, of(Some("acme"))).await.unwrap();
+    let events = store.read_stream(&stream, 1, Direction::Forwards, 100).await.unwrap();
+    assert_eq!(events.len(), 10, "the refused commands appended nothing");
+}

@@ -8,6 +8,7 @@
 //! | `live` | `AddVersion` commands through the actor host at `--rate` per second (paced, 64 senders) while the projections run | an event applied by every projection | - |
 //! | `lag` | the same run: from a command's reply to every projection having applied its event; p50/p99 | a command | - |
 //! | `status-read` | `GET /jobs/{id}` over HTTP/1.1 keep-alive to the query API during the same run, random jobs | a read | the same row read with a prepared statement on an open rusqlite connection, alternating with the HTTP reads |
+//! | `status-read-auth` | the same reads to a second query API over the same read models with authentication on: an operator's bearer token (HS256) verified on each read, its tenant applied | a read | `status-read`, alternating with these reads in the same run |
 //!
 //! The log is made up front (`--events`, about 40% documents with uploads and versions, 60% jobs of three
 //! steps with logs), appended straight to the store.
@@ -259,9 +260,21 @@ async fn live(
         body_idle_timeout: crate::http::DEFAULT_BODY_IDLE_TIMEOUT,
         max_connections_per_client: crate::http::middleware::DEFAULT_MAX_PER_CLIENT,
     };
-    let parts = crate::http::Parts { admin: Default::default(), limits, objects: None, providers: vec![], auth: None };
-    let api =
-        HttpApi::start(std::net::TcpListener::bind("127.0.0.1:0")?, reads, Arc::new(MemoryBus::default()), parts)?;
+    let parts = |auth| crate::http::Parts { admin: Default::default(), limits, objects: None, providers: vec![], auth };
+    let bus: Arc<dyn crate::bus::Bus> = Arc::new(MemoryBus::default());
+    let api = HttpApi::start(std::net::TcpListener::bind("127.0.0.1:0")?, reads.clone(), bus.clone(), parts(None))?;
+    // The same reads behind authentication: an operator of the jobs' tenant, its token verified on every read
+    // and its tenant applied to every item.
+    let secret = crate::auth::token::Secret::from_bytes(&rand::random::<[u8; 32]>());
+    let token = crate::auth::token::issue(
+        &secret,
+        "bench",
+        crate::auth::Role::Operator,
+        &[weft_events::envelope::DEFAULT_TENANT.to_owned()],
+        Duration::from_secs(3600),
+    );
+    let verifier = Some(crate::auth::token::Verifier::new(&secret));
+    let api_auth = HttpApi::start(std::net::TcpListener::bind("127.0.0.1:0")?, reads, bus, parts(verifier))?;
     let start_position = store.head().await?;
 
     // Lag: each acknowledged command's position and time, resolved when every projection passed it.
@@ -300,9 +313,10 @@ async fn live(
     // Status reads over HTTP, alternating with the raw baseline, on a thread of their own.
     let stop_reads = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader_thread = {
-        let (addr, path, stop) = (api.addr(), read_models.to_owned(), stop_reads.clone());
+        let (path, stop) = (read_models.to_owned(), stop_reads.clone());
+        let targets = [(api.addr(), None), (api_auth.addr(), Some(token))];
         let ids: Vec<String> = jobs.iter().map(|j| j.0.to_string()).collect();
-        std::thread::spawn(move || status_reads(addr, &path, &ids, &stop))
+        std::thread::spawn(move || status_reads(targets, &path, &ids, &stop))
     };
 
     let total = options.rate * options.seconds;
@@ -337,8 +351,10 @@ async fn live(
     let elapsed = started.elapsed();
     let end = store.head().await?;
     stop_reads.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut http, raw) = reader_thread.join().map_err(|_| anyhow::anyhow!("the reader panicked"))??;
+    let ([mut http, mut http_auth], raw) =
+        reader_thread.join().map_err(|_| anyhow::anyhow!("the reader panicked"))??;
     api.stop().await;
+    api_auth.stop().await;
     for projection in running {
         projection.stop()?;
     }
@@ -377,53 +393,76 @@ async fn live(
             bytes: None,
             note: "GET /jobs/{id}, one keep-alive HTTP client; baseline: prepared rusqlite read".into(),
         },
+        Report {
+            bench: "projections",
+            case: "status-read-auth".into(),
+            ops_per_s: http_auth.serial_rate(),
+            p50_ms: http_auth.percentile_ms(50.0),
+            p99_ms: http_auth.percentile_ms(99.0),
+            baseline_ops_per_s: http.serial_rate(),
+            bytes: None,
+            note: "the same with a bearer token (HS256) and the tenant checked; baseline: status-read, alternating"
+                .into(),
+        },
     ])
 }
 
-/// Reads random jobs' status over HTTP and straight from SQLite, alternately, until `stop`.
+/// Reads random jobs' status over HTTP from each target (its address, and a token to send) and straight from
+/// SQLite, in turn, until `stop`.
 fn status_reads(
-    addr: std::net::SocketAddr,
+    targets: [(std::net::SocketAddr, Option<String>); 2],
     read_models: &Path,
     ids: &[String],
     stop: &std::sync::atomic::AtomicBool,
-) -> anyhow::Result<(Latencies, Latencies)> {
-    let mut http = Latencies::default();
+) -> anyhow::Result<([Latencies; 2], Latencies)> {
+    let mut http = [Latencies::default(), Latencies::default()];
     let mut raw = Latencies::default();
-    let stream = TcpStream::connect(addr)?;
-    stream.set_nodelay(true)?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
+    let mut connections = Vec::new();
+    for (addr, token) in &targets {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let authorization = token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        connections.push((stream.try_clone()?, BufReader::new(stream), authorization));
+    }
     let db = rusqlite::Connection::open_with_flags(read_models, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut statement = db.prepare("SELECT id, status, steps_done, steps_total, version FROM jobs WHERE id = ?1")?;
     let mut n = 0usize;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let id = &ids[(n >> 33) % ids.len()];
-        let t = Instant::now();
-        write!(writer, "GET /jobs/{id} HTTP/1.1\r\nHost: bench\r\n\r\n")?;
-        let mut length = 0usize;
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        anyhow::ensure!(line.contains(" 200 "), "a status read answered {line:?}");
-        loop {
-            line.clear();
-            reader.read_line(&mut line)?;
-            if line.trim().is_empty() {
-                break;
-            }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse()?;
-            }
+        for ((writer, reader, authorization), latencies) in connections.iter_mut().zip(http.iter_mut()) {
+            let t = Instant::now();
+            write!(writer, "GET /jobs/{id} HTTP/1.1\r\nHost: bench\r\n{authorization}\r\n")?;
+            read_answer(reader)?;
+            latencies.record(t.elapsed());
         }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body)?;
-        http.record(t.elapsed());
         let t = Instant::now();
         let _: (String, String, i64, i64, i64) =
             statement.query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?;
         raw.record(t.elapsed());
     }
     Ok((http, raw))
+}
+
+/// Reads one 200 answer with a `Content-Length` body.
+fn read_answer(reader: &mut BufReader<TcpStream>) -> anyhow::Result<()> {
+    let mut length = 0usize;
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    anyhow::ensure!(line.contains(" 200 "), "a status read answered {line:?}");
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse()?;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok(())
 }

@@ -136,7 +136,8 @@ fn model_of(aggregate: &str) -> Option<&'static crate::query::read::Model> {
     crate::query::read::MODELS.into_iter().find(|m| m.kind == aggregate)
 }
 
-/// Checks a command over HTTP against the caller's identity, and says the tenant and actor it is sent with:
+/// Checks a command over HTTP against the caller's identity, and says the tenant (`None`: the instance's) and
+/// actor it is sent with:
 /// its type must be one the caller's role may send; its tenant is one of the caller's (the `Weft-Tenant`
 /// header only picks among them) and any tenant its payload names must be that one; and the instance, when
 /// the read models know it, must be of that tenant (another tenant's answers 404 as a missing one does).
@@ -147,7 +148,7 @@ pub(super) async fn check_command(
     aggregate: &str,
     id: uuid::Uuid,
     body: &[u8],
-) -> Result<Option<(String, String)>, HttpResponse> {
+) -> Result<Option<(Option<String>, String)>, HttpResponse> {
     let Some(identity) = identity(request) else { return Ok(None) };
     let forbidden = |message: String| refused(StatusCode::FORBIDDEN, "forbidden", &message);
     // A body that is not JSON, or has no type, is the intake's to refuse as invalid.
@@ -171,6 +172,11 @@ pub(super) async fn check_command(
         }
         instance_tenant = item["tenant"].as_str().map(str::to_owned);
     }
+    // An identity of every tenant naming none, for an instance the read models do not know yet, leaves the
+    // tenant to the instance (the host refuses another tenant's on its own).
+    if instance_tenant.is_none() && asked.is_none() && identity.reaches_all() {
+        return Ok(Some((None, identity.subject)));
+    }
     let tenant = match instance_tenant {
         Some(tenant) if asked.is_none_or(|asked| asked == tenant) => tenant,
         Some(tenant) => return Err(forbidden(format!("the {aggregate} is tenant {tenant:?}'s, not {asked:?}'s"))),
@@ -186,7 +192,7 @@ pub(super) async fn check_command(
     {
         return Err(forbidden(format!("the payload names tenant {named:?}, the command is for {tenant:?}")));
     }
-    Ok(Some((tenant, identity.subject)))
+    Ok(Some((Some(tenant), identity.subject)))
 }
 
 #[cfg(test)]

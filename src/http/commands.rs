@@ -62,7 +62,10 @@ async fn command(
     }
     // With authentication the identity decides the tenant and the actor, whatever the headers said.
     if let Some((tenant, actor)) = checked {
-        headers.insert(crate::bus::TENANT.to_owned(), tenant);
+        match tenant {
+            Some(tenant) => headers.insert(crate::bus::TENANT.to_owned(), tenant),
+            None => headers.remove(crate::bus::TENANT),
+        };
         headers.insert(crate::bus::ACTOR.to_owned(), actor);
     }
     let message = Message { subject: protocol::command_subject(&aggregate, id), reply: None, headers, payload: body };

@@ -95,6 +95,7 @@ impl From<host::Error<Rejection>> for Error {
             host::Error::Conflict { .. } => Self::Conflict(error.to_string()),
             host::Error::Unavailable(message) => Self::Unavailable(message),
             host::Error::Erased(message) => Self::Erased(message),
+            host::Error::OtherTenant => Self::NotFound("no such document".into()),
         }
     }
 }

@@ -31,6 +31,9 @@ pub(super) struct Loaded<A> {
     pub(super) state: A,
     pub(super) version: u64,
     recent: VecDeque<(Uuid, Outcome)>,
+    /// The tenant of the instance's first event: commands naming another tenant are refused. `None` until
+    /// the instance has an event.
+    tenant: Option<String>,
 }
 
 /// Why running a command failed inside the actor.
@@ -74,6 +77,9 @@ pub(super) fn fold<A: Aggregate>(
         loaded.state = catch_unwind(AssertUnwindSafe(|| state.evolve(&event)))
             .map_err(|p| Failure::Panicked(panic_message(&*p)))?;
         loaded.version = envelope.version;
+        if envelope.version == 1 {
+            loaded.tenant = Some(envelope.tenant.to_string());
+        }
         if let Some(command_id) = envelope.causation_id {
             // The events of one command are one append: the last one's place is the command's outcome.
             let first = loaded
@@ -116,7 +122,7 @@ pub(super) async fn activate<A: Aggregate>(
     stream: &StreamName,
     remembered: usize,
 ) -> Result<Loaded<A>, Failure<A::Rejection>> {
-    let mut loaded = Loaded { state: A::default(), version: 0, recent: VecDeque::new() };
+    let mut loaded = Loaded { state: A::default(), version: 0, recent: VecDeque::new(), tenant: None };
     match store.load_snapshot(stream).await {
         Ok(Some(snapshot)) if snapshot.schema_version == A::SNAPSHOT_VERSION => {
             // A snapshot is at most as large as the store lets it be; the codec's default bound is for
@@ -124,7 +130,12 @@ pub(super) async fn activate<A: Aggregate>(
             let limits = codec::Limits { max_input_bytes: snapshot.payload.len(), ..codec::Limits::default() };
             match codec::decode_with::<Saved<A>>(&snapshot.payload, limits) {
                 Ok(saved) => {
-                    loaded = Loaded { state: saved.state, version: snapshot.version, recent: saved.recent.into() };
+                    loaded = Loaded {
+                        state: saved.state,
+                        version: snapshot.version,
+                        recent: saved.recent.into(),
+                        tenant: None,
+                    };
                 }
                 Err(e) => tracing::warn!(%stream, error = %e, "ignoring a snapshot that does not decode"),
             }
@@ -133,6 +144,14 @@ pub(super) async fn activate<A: Aggregate>(
         Err(e) => tracing::warn!(%stream, error = %e, "ignoring a snapshot that cannot be read"),
     }
     catch_up(store, stream, &mut loaded, remembered).await?;
+    if loaded.tenant.is_none() && loaded.version > 0 {
+        // Loaded from a snapshot: the tenant is its first event's.
+        let first = store
+            .read_stream(stream, 1, Direction::Forwards, 1)
+            .await
+            .map_err(|e| Failure::Error(Error::Unavailable(e.to_string())))?;
+        loaded.tenant = first.first().map(|e| e.tenant.to_string());
+    }
     Ok(loaded)
 }
 
@@ -146,6 +165,13 @@ pub(super) async fn run<A: Aggregate>(
 ) -> (Loaded<A>, Result<Outcome, Failure<A::Rejection>>) {
     let mut attempts = 0;
     loop {
+        // A command that names a tenant reaches only that tenant's instances (one without a tenant, the
+        // node's own, reaches any).
+        if let (Some(asked), Some(own)) = (&message.metadata.tenant, &loaded.tenant)
+            && asked != own
+        {
+            return (loaded, Err(Failure::Error(Error::OtherTenant)));
+        }
         if let Some(expected) = message.expected_version
             && expected != loaded.version
         {
@@ -208,6 +234,7 @@ pub(super) async fn run<A: Aggregate>(
                 return (loaded, Err(Failure::Error(Error::Unavailable(format!("an event does not encode: {e}")))));
             }
         };
+        let new_events_tenant = new_events.first().map(|e| e.tenant.to_string());
         match store.append(&stream, ExpectedVersion::Exact(loaded.version), new_events).await {
             Ok(appended) => {
                 for event in &events {
@@ -218,6 +245,9 @@ pub(super) async fn run<A: Aggregate>(
                     }
                 }
                 loaded.version = appended.version;
+                if loaded.tenant.is_none() {
+                    loaded.tenant = new_events_tenant.clone();
+                }
                 let outcome = Outcome {
                     version: appended.version,
                     positions: Some((appended.first_position, appended.last_position)),

@@ -147,6 +147,9 @@ pub enum Error<R> {
     /// Retrying will not help. The message names the tenant.
     #[error("{0}")]
     Erased(String),
+    /// The instance is another tenant's than the command's: it is answered as a missing one (`not_found`).
+    #[error("no such instance")]
+    OtherTenant,
 }
 
 /// Recent panics per instance, for the restart limit.
