@@ -172,6 +172,8 @@ impl<R> Reply<R> {
             (Status::Error, Some(WireError { kind: ErrorKind::Erased, message, .. })) => {
                 Err(host::Error::Erased(message))
             }
+            // The instance is another tenant's, answered as a missing one.
+            (Status::Error, Some(WireError { kind: ErrorKind::NotFound, .. })) => Err(host::Error::OtherTenant),
             (Status::Error, error) => Err(host::Error::Unavailable(error.map_or_else(
                 || "an error reply without an error".to_owned(),
                 |e| format!("{:?}: {}", e.kind, e.message),

@@ -131,9 +131,10 @@ fn metadata(request: &HttpRequest) -> Result<Metadata, Refusal> {
 
 /// Refuses, as if it did not exist, a document the caller's identity may not reach (another tenant's, or for a
 /// `user` another owner's). One the read model does not know yet goes on: the documents' own checks answer.
-async fn reachable(state: &State, request: &HttpRequest, id: DocumentId) -> Result<(), Refusal> {
+/// The document's tenant when the read model knows it.
+async fn reachable(state: &State, request: &HttpRequest, id: DocumentId) -> Result<Option<String>, Refusal> {
     if super::access::identity(request).is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let model = &weft_projections::documents::MODEL;
     let scope = super::access::scope(request);
@@ -141,7 +142,8 @@ async fn reachable(state: &State, request: &HttpRequest, id: DocumentId) -> Resu
         Ok(item) if !scope.admits(model, &item) => {
             Err(Refusal::new(StatusCode::NOT_FOUND, "not_found", format!("no document {id}")))
         }
-        _ => Ok(()),
+        Ok(item) => Ok(item["tenant"].as_str().map(str::to_owned)),
+        Err(_) => Ok(None),
     }
 }
 
@@ -222,8 +224,13 @@ async fn confirm(state: web::Data<State>, request: HttpRequest, id: web::Path<St
 async fn delete(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
     let result = async {
         let id = document_id(&id)?;
-        reachable(&state, &request, id).await?;
-        let metadata = metadata(&request)?;
+        let metadata = match (reachable(&state, &request, id).await?, super::access::identity(&request)) {
+            // A command to a known document is for its tenant.
+            (Some(tenant), Some(identity)) => {
+                Metadata { tenant: Some(tenant), actor: Some(identity.subject), correlation_id: None }
+            }
+            _ => metadata(&request)?,
+        };
         let who = metadata.actor.clone().unwrap_or_else(|| "a client".into());
         Ok(objects(&state)?.documents.delete(id, &format!("deleted by {who}"), metadata).await?)
     };
