@@ -159,6 +159,29 @@ mod tests {
     }
 
     #[test]
+    fn docs_security_md_shows_the_same_table() {
+        use Permission::*;
+        let columns = [Read, WriteDocuments, RunJobs, Command, Inspect, Maintain, Erase];
+        let doc = include_str!("../../docs/security.md");
+        for role in [Role::Admin, Role::Operator, Role::User, Role::Guest] {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| {} |", role.as_str())))
+                .unwrap_or_else(|| panic!("docs/security.md has no row for {}", role.as_str()));
+            let cells: Vec<&str> = row.trim_matches('|').split('|').map(str::trim).skip(1).collect();
+            assert_eq!(cells.len(), columns.len(), "{row}");
+            for (cell, permission) in cells.iter().zip(columns) {
+                assert_eq!(
+                    cell != &"no",
+                    role.may(permission),
+                    "{}: {permission:?} is {cell:?} in the doc",
+                    role.as_str()
+                );
+            }
+        }
+    }
+
+    #[test]
     fn an_identity_reaches_its_tenants_only() {
         let one = Identity { subject: "ann".into(), role: Role::User, tenants: vec!["acme".into()] };
         assert!(one.reaches("acme") && !one.reaches("globex"));
