@@ -67,11 +67,12 @@ fn may_command(role: Role) -> bool {
 
 /// The answer to a request refused for `status`.
 pub fn refused(status: StatusCode, kind: &str, message: &str) -> HttpResponse {
-    let mut answer = HttpResponse::build(status);
+    let mut answer = super::error(status, kind, message);
     if status == StatusCode::UNAUTHORIZED {
-        answer.insert_header((actix_web::http::header::WWW_AUTHENTICATE, "Bearer realm=\"weft\""));
+        let challenge = actix_web::http::header::HeaderValue::from_static("Bearer realm=\"weft\"");
+        answer.headers_mut().insert(actix_web::http::header::WWW_AUTHENTICATE, challenge);
     }
-    answer.json(serde_json::json!({"error": {"kind": kind, "message": message}}))
+    answer
 }
 
 /// The middleware: applies the route's rule, and attaches the caller's [`Identity`] to the request.

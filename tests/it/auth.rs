@@ -308,3 +308,51 @@ fn the_node_writes_an_admin_token_the_cli_finds_and_weft_token_issue_signs_with_
     // The token never shows in what the node logs.
     assert!(!serve.log().contains(&guest));
 }
+
+#[test]
+fn bad_token_issue_arguments_and_a_bad_secret_file_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("events.db");
+    let secret = dir.path().join("auth.secret");
+    let weft = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft")).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let issue = |extra: &[&str]| {
+        let mut args = vec!["token", "issue", "--store", store.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        weft(&args)
+    };
+    // No secret beside the store yet: refused, naming the file, and none is made.
+    let (ok, stdout, stderr) = issue(&["--subject", "s", "--role", "admin", "--tenant", "*"]);
+    assert!(!ok && stdout.is_empty() && stderr.contains("auth.secret"), "{stderr}");
+    assert!(!secret.exists());
+    std::fs::write(&secret, "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC1zZWNyZXQ=").unwrap();
+    for (args, expected) in [
+        (&["--subject", "s", "--role", "root", "--tenant", "acme"][..], "invalid value 'root'"),
+        (&["--subject", "s", "--role", "user"][..], "--tenant"),
+        (&["--subject", "s", "--role", "user", "--tenant", "a b"][..], "not a tenant name"),
+        (&["--subject", "", "--role", "user", "--tenant", "acme"][..], "--subject"),
+        (&["--subject", "s", "--role", "user", "--tenant", "acme", "--ttl", "10y"][..], "the unit is"),
+        (&["--subject", "s", "--role", "user", "--tenant", "acme", "--ttl", "0s"][..], "between 1s and 366d"),
+    ] {
+        let (ok, stdout, stderr) = issue(args);
+        assert!(!ok && stdout.is_empty(), "{args:?} was accepted");
+        assert!(stderr.contains(expected) && !stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    let (ok, stdout, _) = issue(&["--subject", "s", "--role", "user", "--tenant", "acme", "--ttl", "2h"]);
+    assert!(ok && stdout.trim().split('.').count() == 3, "{stdout}");
+    // A node given a secret file too short to sign with does not start, and says why without the secret.
+    std::fs::write(&secret, "tiny-secret-value").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--http-addr", "127.0.0.1:0", "--store", store.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("at least 32 are needed"), "{stderr}");
+    assert!(!stderr.contains("tiny-secret-value"), "the secret was printed: {stderr}");
+}
