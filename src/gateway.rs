@@ -12,8 +12,9 @@ use weft_actors::process::Gateway;
 use weft_events::domain::ids::Uuid;
 use weft_events::{EventStore, StreamName};
 
+use crate::auth::token::NodeToken;
 use crate::bus::trace::TraceParent;
-use crate::bus::{ACTOR, Bus, COMMAND_ID, CORRELATION_ID, Headers, Message, TENANT, TRACEPARENT};
+use crate::bus::{ACTOR, AUTHORIZATION, Bus, COMMAND_ID, CORRELATION_ID, Headers, Message, OWNER, TENANT, TRACEPARENT};
 use crate::protocol::{self, CommandRequest, Reply};
 
 /// How long a command may take over the bus by default.
@@ -25,12 +26,24 @@ pub struct BusGateway {
     bus: Arc<dyn Bus>,
     store: Arc<dyn EventStore>,
     timeout: Duration,
+    token: Option<NodeToken>,
 }
 
 impl BusGateway {
     /// A gateway sending commands over `bus` and reading state from `store`.
     pub fn new(bus: Arc<dyn Bus>, store: Arc<dyn EventStore>, timeout: Duration) -> Self {
-        Self { bus, store, timeout }
+        Self { bus, store, timeout, token: None }
+    }
+
+    /// The same gateway, sending its commands with the node's own token (needed by intakes that authenticate:
+    /// they take the actor, tenant and owner headers from it).
+    pub fn with_token(self, token: Option<NodeToken>) -> Self {
+        Self { token, ..self }
+    }
+
+    /// The bus commands go out on.
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
     }
 
     /// The store state is read from.
@@ -69,6 +82,12 @@ impl Gateway for BusGateway {
         }
         if let Some(tenant) = &execute.metadata.tenant {
             headers.insert(TENANT.into(), tenant.clone());
+        }
+        if let Some(owner) = &execute.metadata.owner {
+            headers.insert(OWNER.into(), owner.clone());
+        }
+        if let Some(token) = &self.token {
+            headers.insert(AUTHORIZATION.into(), token.header());
         }
         let body = CommandRequest {
             command_id: execute.command_id,

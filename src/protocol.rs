@@ -3,7 +3,7 @@
 //! - Commands: request/reply on `weft.cmd.<aggregate>.<id>`. The body is MessagePack, or JSON when the header
 //!   `Content-Type` is `application/json`: `{command_id, type, payload, expected_version?, id?}`. `id`, when
 //!   given, must equal the subject's last token. The reply ([`Reply`]) is in the request's format.
-//! - Events: `weft.evt.<aggregate>.<id>.<name>` where the event type is `<aggregate>.<name>`; the body is the
+//! - Events: `weft.evt.<tenant>.<aggregate>.<id>.<name>` where the event type is `<aggregate>.<name>`; the body is the
 //!   [`WireEvent`], MessagePack, with the header `Nats-Msg-Id` set to the event id.
 //!
 //! Ids are UUID strings and times are microseconds since the Unix epoch, in both formats.
@@ -32,11 +32,28 @@ pub fn command_subject(kind: &str, id: Uuid) -> String {
     format!("{COMMANDS}.{kind}.{id}")
 }
 
-/// The subject an event goes out on: `weft.evt.<aggregate>.<id>.<name>`.
+/// The subject an event goes out on: `weft.evt.<tenant>.<aggregate>.<id>.<name>`, so that a NATS permission
+/// on `weft.evt.<tenant>.>` confines a subscriber to one tenant's events ([`subject_token`] for the tenant).
 pub fn event_subject(event: &Envelope) -> String {
     let (kind, id) = event.stream.as_str().split_once('-').unwrap_or((event.stream.as_str(), "-"));
     let name = event.event_type.strip_prefix(kind).and_then(|n| n.strip_prefix('.')).unwrap_or(&event.event_type);
-    format!("{EVENTS}.{kind}.{id}.{name}")
+    format!("{EVENTS}.{}.{kind}.{id}.{name}", subject_token(&event.tenant))
+}
+
+/// A tenant as one token of a subject: as it is, but with the characters NATS gives a meaning in subjects
+/// (`.`, `*`, `>`) and `%` percent-encoded (`a.b` is `a%2Eb`). Tenants are printable ASCII without spaces.
+pub fn subject_token(tenant: &str) -> std::borrow::Cow<'_, str> {
+    if !tenant.contains(['.', '*', '>', '%']) {
+        return std::borrow::Cow::Borrowed(tenant);
+    }
+    let mut token = String::with_capacity(tenant.len() + 8);
+    for c in tenant.chars() {
+        match c {
+            '.' | '*' | '>' | '%' => token.push_str(&format!("%{:02X}", c as u32)),
+            c => token.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(token)
 }
 
 /// What kind of error a reply reports.
@@ -51,8 +68,10 @@ pub enum ErrorKind {
     Conflict,
     /// No such thing.
     NotFound,
-    /// Not allowed.
-    Unauthorized,
+    /// No valid `Authorization: Bearer` token (missing, malformed, expired, badly signed).
+    Unauthenticated,
+    /// The caller's identity may not send this command, or not for this tenant.
+    Forbidden,
     /// Weft or its store could not do it now; the same command (same `command_id`) may be retried.
     Unavailable,
     /// The command's tenant is erased (its personal data destroyed): nothing with personal data is accepted
@@ -134,6 +153,16 @@ impl<R> Reply<R> {
     /// An `invalid` reply.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::error(ErrorKind::Invalid, message, None)
+    }
+
+    /// An `unauthenticated` reply.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::error(ErrorKind::Unauthenticated, message, None)
+    }
+
+    /// A `forbidden` reply.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::error(ErrorKind::Forbidden, message, None)
     }
 
     /// The reply for what the host said.
@@ -278,6 +307,8 @@ pub struct Decoded<C> {
     pub id: Uuid,
     /// The command's id.
     pub command_id: Uuid,
+    /// Its type, as sent (`register`).
+    pub kind: String,
     /// The command.
     pub command: C,
     /// The version it applies at.
@@ -337,7 +368,8 @@ pub fn decode_command<A: Aggregate>(
     let command = serde_json::from_value(serde_json::Value::Object(tagged))
         .map_err(|e| format!("command {:?} of a {}: {e}", raw.kind, A::KIND))?;
     let stream = StreamName::new(format!("{}-{id}", A::KIND)).map_err(|e| e.to_string())?;
-    Ok(Decoded { stream, id, command_id: raw.command_id, command, expected_version: raw.expected_version })
+    let (command_id, kind, expected_version) = (raw.command_id, raw.kind, raw.expected_version);
+    Ok(Decoded { stream, id, command_id, kind, command, expected_version })
 }
 
 /// The deepest nesting of arrays and objects in a JSON text, counted without parsing it (strings are
@@ -450,6 +482,15 @@ mod serde_bytes_compat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tenant_is_one_subject_token_whatever_it_holds() {
+        assert_eq!(subject_token("acme"), "acme");
+        assert_eq!(subject_token("user:ann"), "user:ann");
+        assert_eq!(subject_token("a.b*c>d%e"), "a%2Eb%2Ac%3Ed%25e");
+        // Encoded tenants never collide with plain ones: `%` itself is encoded.
+        assert_ne!(subject_token("a%2Eb"), subject_token("a.b"));
+    }
 
     #[test]
     fn json_depth_counts_nesting_outside_strings() {

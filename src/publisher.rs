@@ -1,4 +1,4 @@
-//! Event publishing: every committed event goes out on `weft.evt.<aggregate>.<id>.<name>` (see
+//! Event publishing: every committed event goes out on `weft.evt.<tenant>.<aggregate>.<id>.<name>` (see
 //! [`crate::protocol::event_subject`]), in log order, as a [`crate::protocol::WireEvent`] in readable
 //! MessagePack with header `Nats-Msg-Id` set to the event id.
 //!

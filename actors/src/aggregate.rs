@@ -36,6 +36,12 @@ pub trait Aggregate: Default + Clone + Send + Unpin + serde::Serialize + serde::
     /// The state after `event`.
     fn evolve(self, event: &Self::Event) -> Self;
 
+    /// Who owns the instance, for commands confined to their owner's instances
+    /// ([`crate::host::Metadata::owner`]); `None`: nobody does (yet), and any such command reaches it.
+    fn owner(&self) -> Option<&str> {
+        None
+    }
+
     /// The state after a history of events.
     fn replay<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Self
     where

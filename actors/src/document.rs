@@ -246,6 +246,10 @@ impl Aggregate for Document {
     type Event = Event;
     type Rejection = Rejection;
 
+    fn owner(&self) -> Option<&str> {
+        (self.status != Status::Unregistered).then_some(self.owner.as_str())
+    }
+
     fn decide(&self, command: &Command) -> Result<Vec<Event>, Rejection> {
         match command {
             Command::Register { name, content_type: kind, declared_size_bytes, tenant, owner, labels: given, at } => {

@@ -110,6 +110,7 @@ async fn a_command_is_answered_after_its_events_are_stored_with_their_cause() {
         tenant: Some("acme".into()),
         actor: Some("user:alice".into()),
         correlation_id: Some(Uuid::now_v7()),
+        owner: None,
     };
     let outcome = host.execute(&s, command.clone()).await.unwrap();
     assert_eq!((outcome.version, outcome.positions, outcome.repeated), (2, Some((1, 2)), false));
@@ -378,7 +379,7 @@ async fn an_instance_answers_only_commands_of_its_own_tenant_even_after_a_snapsh
         command_id: Uuid::now_v7(),
         command: CounterCommand::Add(1),
         expected_version: None,
-        metadata: Metadata { tenant: tenant.map(str::to_owned), actor: None, correlation_id: None },
+        metadata: Metadata { tenant: tenant.map(str::to_owned), actor: None, correlation_id: None, owner: None },
     };
     let host = Host::<Counter>::new(Arc::new(store.clone()), options.clone());
     host.execute(&stream, of(Some("acme"))).await.unwrap();

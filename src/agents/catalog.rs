@@ -76,7 +76,8 @@ pub struct Error {
 
 /// Registers what is missing of the catalog. Must be called on an actix system, with the intake running.
 pub async fn register(gateway: &BusGateway) -> Result<(), Error> {
-    let metadata = || Metadata { tenant: None, actor: Some("system:catalog".into()), correlation_id: None };
+    let metadata =
+        || Metadata { tenant: None, actor: Some("system:catalog".into()), correlation_id: None, owner: None };
     for (name, role, goal) in AGENTS {
         let profile = Profile {
             name: name.to_owned(),

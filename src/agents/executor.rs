@@ -108,8 +108,12 @@ impl DocumentExecutor {
         tenant: &str,
         actor: &str,
     ) -> Result<(), TaskError> {
-        let metadata =
-            Metadata { tenant: Some(tenant.to_owned()), actor: Some(actor.to_owned()), correlation_id: None };
+        let metadata = Metadata {
+            tenant: Some(tenant.to_owned()),
+            actor: Some(actor.to_owned()),
+            correlation_id: None,
+            owner: None,
+        };
         let execute = Execute { command_id, command, expected_version: None, metadata };
         match self.gateway.execute::<Document>(&id.stream(), execute).await {
             Ok(_) => Ok(()),
@@ -125,7 +129,8 @@ impl DocumentExecutor {
     /// Adds a line to the task's job's log (best effort: a log line that cannot be written is not a failure).
     async fn log(&self, task: &Task, what: &str, level: Level, message: String) {
         let command = job::Command::AppendLog { level, message, at: Timestamp::now() };
-        let metadata = Metadata { tenant: None, actor: Some(format!("agent:{}", task.agent)), correlation_id: None };
+        let metadata =
+            Metadata { tenant: None, actor: Some(format!("agent:{}", task.agent)), correlation_id: None, owner: None };
         let execute =
             Execute { command_id: Uuid::new_v5(&task.id, what.as_bytes()), command, expected_version: None, metadata };
         if let Err(error) = self.gateway.execute::<Job>(&task.job.stream(), execute).await {

@@ -104,6 +104,9 @@ pub struct Identity {
     pub role: Role,
     /// The tenants it may reach; `*` among them: every tenant.
     pub tenants: Vec<String>,
+    /// Whether it acts for others (the node's own components, [`token::NodeToken`]): its commands carry the
+    /// actor and tenant they are for in `Weft-Actor` and `Weft-Tenant`.
+    pub delegate: bool,
 }
 
 /// The tenant of everything made without one.
@@ -183,14 +186,14 @@ mod tests {
 
     #[test]
     fn an_identity_reaches_its_tenants_only() {
-        let one = Identity { subject: "ann".into(), role: Role::User, tenants: vec!["acme".into()] };
+        let one = Identity { subject: "ann".into(), role: Role::User, tenants: vec!["acme".into()], delegate: false };
         assert!(one.reaches("acme") && !one.reaches("globex"));
         assert_eq!(one.tenant_for(None).as_deref(), Some("acme"));
         assert_eq!(one.tenant_for(Some("acme")).as_deref(), Some("acme"));
         assert_eq!(one.tenant_for(Some("globex")), None);
         let two = Identity { tenants: vec!["acme".into(), "globex".into()], ..one.clone() };
         assert_eq!(two.tenant_for(None), None);
-        let all = Identity { subject: "root".into(), role: Role::Admin, tenants: vec!["*".into()] };
+        let all = Identity { subject: "root".into(), role: Role::Admin, tenants: vec!["*".into()], delegate: false };
         assert!(all.reaches("anything"));
         assert_eq!(all.tenant_for(None).as_deref(), Some(DEFAULT_TENANT));
     }

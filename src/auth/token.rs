@@ -48,6 +48,9 @@ pub struct Claims {
     pub nbf: u64,
     /// Issued at, seconds since the epoch.
     pub iat: u64,
+    /// Whether the subject acts for others: only the node's own token ([`NodeToken`]) says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delegate: bool,
 }
 
 /// Why a token was refused. The message says what was wrong with it, never the token or the secret.
@@ -169,6 +172,10 @@ fn now() -> u64 {
 
 /// Issues tokens signed with the node's secret.
 pub fn issue(secret: &Secret, subject: &str, role: Role, tenants: &[String], ttl: Duration) -> String {
+    sign(secret, subject, role, tenants, ttl, false)
+}
+
+fn sign(secret: &Secret, subject: &str, role: Role, tenants: &[String], ttl: Duration, delegate: bool) -> String {
     let iat = now();
     let claims = Claims {
         sub: subject.to_owned(),
@@ -179,6 +186,7 @@ pub fn issue(secret: &Secret, subject: &str, role: Role, tenants: &[String], ttl
         exp: iat + ttl.as_secs(),
         nbf: iat,
         iat,
+        delegate,
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&secret.0))
         .expect("HS256 signs with any secret")
@@ -234,7 +242,50 @@ impl Verifier {
         {
             return Err(Refused::Invalid("claims"));
         }
-        Ok(Identity { subject: claims.sub, role: claims.role, tenants: claims.tenants })
+        Ok(Identity { subject: claims.sub, role: claims.role, tenants: claims.tenants, delegate: claims.delegate })
+    }
+}
+
+/// The subject of the node's own token.
+pub const NODE_SUBJECT: &str = "system:node";
+
+/// How long a node token lives; it is signed afresh when half of that has passed.
+const NODE_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// The token a node's own components send their commands with over the bus (the process managers, the
+/// documents routes, the object notifications, the agents): an admin of every tenant that acts for others, so
+/// the intake takes the `Weft-Actor` and `Weft-Tenant` headers they set (they checked their callers
+/// themselves). Every node sharing the secret accepts it. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeToken {
+    secret: Secret,
+    current: std::sync::Arc<std::sync::Mutex<(String, u64)>>,
+}
+
+impl std::fmt::Debug for NodeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeToken([redacted])")
+    }
+}
+
+impl NodeToken {
+    /// A node token signed with `secret`.
+    pub fn new(secret: &Secret) -> Self {
+        let token = Self::sign(secret);
+        Self { secret: secret.clone(), current: std::sync::Arc::new(std::sync::Mutex::new((token, now()))) }
+    }
+
+    fn sign(secret: &Secret) -> String {
+        sign(secret, NODE_SUBJECT, Role::Admin, &["*".to_owned()], NODE_TOKEN_TTL, true)
+    }
+
+    /// The `Authorization` header's value to send.
+    pub fn header(&self) -> String {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if now().saturating_sub(current.1) >= NODE_TOKEN_TTL.as_secs() / 2 {
+            *current = (Self::sign(&self.secret), now());
+        }
+        format!("Bearer {}", current.0)
     }
 }
 
@@ -266,7 +317,10 @@ mod tests {
     fn a_token_of_the_node_carries_its_identity() {
         let token = issue(&secret(), "ann", Role::Operator, &["acme".into()], Duration::from_secs(60));
         let identity = Verifier::new(&secret()).verify(&token).unwrap();
-        assert_eq!(identity, Identity { subject: "ann".into(), role: Role::Operator, tenants: vec!["acme".into()] });
+        assert_eq!(
+            identity,
+            Identity { subject: "ann".into(), role: Role::Operator, tenants: vec!["acme".into()], delegate: false }
+        );
     }
 
     #[test]

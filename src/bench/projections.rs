@@ -274,7 +274,12 @@ async fn live(
         Duration::from_secs(3600),
     );
     let verifier = Some(crate::auth::token::Verifier::new(&secret));
-    let api_auth = HttpApi::start(std::net::TcpListener::bind("127.0.0.1:0")?, reads, bus, parts(verifier))?;
+    let api_auth = HttpApi::start(
+        std::net::TcpListener::bind("127.0.0.1:0")?,
+        reads,
+        bus,
+        parts(verifier.map(std::sync::Arc::new)),
+    )?;
     let start_position = store.head().await?;
 
     // Lag: each acknowledged command's position and time, resolved when every projection passed it.

@@ -27,12 +27,17 @@ pub type Headers = BTreeMap<String, String>;
 pub const COMMAND_ID: &str = "Weft-Command-Id";
 /// The header carrying the correlation id of a flow.
 pub const CORRELATION_ID: &str = "Weft-Correlation-Id";
-/// The header naming who sends a command (`system:orchestrator`, `user:ann`). Unauthenticated: it is
-/// recorded on the events as a claim.
+/// The header naming who sends a command (`system:orchestrator`, `user:ann`). With authentication on, only
+/// the node's own token ([`crate::auth::token::NodeToken`]) may set it; other callers' subject is the actor.
 pub const ACTOR: &str = "Weft-Actor";
-/// The header naming the tenant a command acts for; stamped on its events (`default` without it).
-/// Unauthenticated, like the actor.
+/// The header naming the tenant a command acts for; stamped on its events (`default` without it). With
+/// authentication on, it picks one of the caller's tenants (the node's own token: any).
 pub const TENANT: &str = "Weft-Tenant";
+/// The header confining a command to the instances one owner owns (a `user`'s, sent for it by the node's
+/// own components); taken only with the node's own token.
+pub const OWNER: &str = "Weft-Owner";
+/// The header carrying a bearer token: `Bearer <JWT>`.
+pub const AUTHORIZATION: &str = "Authorization";
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
 /// The content type header; `application/json` for JSON bodies, MessagePack otherwise.

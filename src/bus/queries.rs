@@ -11,6 +11,11 @@
 //!
 //! A failure answers `{"error": {"kind", "message"}}` with the kinds of the HTTP API. Nodes answer in queue
 //! group `weft`, so each query is answered once.
+//!
+//! On a node with authentication on, a query carries `Authorization: Bearer <token>` as an HTTP read does:
+//! without a valid one it answers `unauthenticated`, and it answers only what the identity may read (its
+//! tenants; a `user`'s own documents), another tenant's item answering `not_found` as a missing one does. The
+//! `status` queries, like `/readyz`, are open.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +23,9 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::bus::{Bus, BusError, CONTENT_TYPE, Headers, JSON, Message};
+use crate::auth::Permission;
+use crate::auth::token::{self, Verifier};
+use crate::bus::{AUTHORIZATION, Bus, BusError, CONTENT_TYPE, Headers, JSON, Message};
 use crate::query::Scope;
 use crate::query::read::{Failure, MODELS, Reads};
 
@@ -33,6 +40,7 @@ pub async fn start(
     bus: Arc<dyn Bus>,
     reads: Reads,
     health: weft_events::Health,
+    verifier: Option<Arc<Verifier>>,
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
     let mut subscription = bus.subscribe(&format!("{QUERIES}.>"), Some(crate::protocol::QUEUE_GROUP)).await?;
     bus.flush().await?;
@@ -40,10 +48,10 @@ pub async fn start(
     Ok(tokio::spawn(async move {
         let _stopped = crate::health::StoppedOnDrop(health);
         while let Some(message) = subscription.next().await {
-            let (bus, reads) = (bus.clone(), reads.clone());
+            let (bus, reads, verifier) = (bus.clone(), reads.clone(), verifier.clone());
             tokio::spawn(async move {
                 let Some(reply) = message.reply.clone() else { return };
-                let answer = match answer(&reads, &message).await {
+                let answer = match answer(&reads, &message, verifier.as_deref()).await {
                     Ok(value) => value,
                     Err(failure) => json!({"error": {"kind": failure.kind, "message": failure.message}}),
                 };
@@ -79,18 +87,34 @@ fn params(payload: &[u8]) -> Result<BTreeMap<String, String>, Failure> {
         .collect()
 }
 
-async fn answer(reads: &Reads, message: &Message) -> Result<Value, Failure> {
-    let mut params = params(&message.payload)?;
+/// What the query's caller may read, or why it may read nothing; `status` queries are open.
+fn scope(verb: &str, message: &Message, verifier: Option<&Verifier>) -> Result<Scope, Failure> {
+    let Some(verifier) = verifier.filter(|_| !verb.starts_with("status.")) else { return Ok(Scope::ALL) };
+    let token = message.headers.get(AUTHORIZATION).map(String::as_str).and_then(token::bearer);
+    let identity = token
+        .ok_or(token::Refused::Missing)
+        .and_then(|token| verifier.verify(token))
+        .map_err(|why| Failure { kind: "unauthenticated", message: why.to_string() })?;
+    if !identity.role.may(Permission::Read) {
+        return Err(Failure { kind: "forbidden", message: format!("a {} may not read", identity.role.as_str()) });
+    }
+    Ok(Scope::of(Some(&identity)))
+}
+
+async fn answer(reads: &Reads, message: &Message, verifier: Option<&Verifier>) -> Result<Value, Failure> {
     let verb = message.subject.strip_prefix(QUERIES).and_then(|s| s.strip_prefix('.')).unwrap_or_default();
+    let scope = scope(verb, message, verifier)?;
+    let scope = &scope;
+    let mut params = params(&message.payload)?;
     let mut take = |key: &str| params.remove(key).ok_or_else(|| Failure::invalid(format!("{key} is required")));
     match verb {
         "jobs.logs" => {
             let id = take("id")?;
-            reads.job_logs(&id, &params, &Scope::ALL).await
+            reads.job_logs(&id, &params, scope).await
         }
         "streams.events" => {
             let stream = take("stream")?;
-            reads.history(&stream, &params, &Scope::ALL).await
+            reads.history(&stream, &params, scope).await
         }
         "status.lag" => reads.lag().await,
         "status.ready" => Ok(reads.readiness().await.1),
@@ -103,9 +127,9 @@ async fn answer(reads: &Reads, message: &Message) -> Result<Value, Failure> {
                 "get" => {
                     let id = take("id")?;
                     crate::query::read::check_keys(&params, &["after"])?;
-                    reads.show(model, &id, crate::query::read::number(&params, "after")?, &Scope::ALL).await
+                    reads.show(model, &id, crate::query::read::number(&params, "after")?, scope).await
                 }
-                "list" => reads.list(model, &params, &Scope::ALL).await,
+                "list" => reads.list(model, &params, scope).await,
                 _ => Err(Failure::not_found(format!("no query {:?}", message.subject))),
             }
         }

@@ -5,8 +5,9 @@
 //! - `Signed`: the request carries its own proof, checked by its handler: the local store's signed URLs, the S3
 //!   notification webhook's secret.
 //! - `Needs(permission)`: a verified bearer token whose role has the permission ([`crate::auth::PERMISSIONS`]).
-//! - `Commands`: a token whose role may send some command; the command's own permission is checked once its
-//!   type is read ([`crate::auth::command_permission`]).
+//! - `Commands`: a token whose role may send some command; the route passes the token on to the command
+//!   intake, which checks the command's type, tenant and instance as it does a NATS client's
+//!   ([`crate::intake::caller`]).
 //!
 //! Without a token (or with a bad one) the answer is 401 `unauthenticated` with `WWW-Authenticate: Bearer`;
 //! with a token whose role lacks the permission, 403 `forbidden`. A node started with `--insecure-no-auth`
@@ -123,77 +124,7 @@ pub fn identity(request: &HttpRequest) -> Option<Identity> {
 /// What the request's caller may read: everything without authentication or for an identity of every
 /// tenant; else its tenants, and a `user` only its own documents.
 pub fn scope(request: &HttpRequest) -> Scope {
-    match identity(request) {
-        None => Scope::ALL,
-        Some(identity) => Scope {
-            tenants: (!identity.reaches_all()).then(|| identity.tenants.clone()),
-            owner: identity.owns_only().then(|| identity.subject.clone()),
-        },
-    }
-}
-
-/// The model of an aggregate's instances, for the tenant check of commands to them.
-fn model_of(aggregate: &str) -> Option<&'static crate::query::read::Model> {
-    crate::query::read::MODELS.into_iter().find(|m| m.kind == aggregate)
-}
-
-/// Checks a command over HTTP against the caller's identity, and says the tenant (`None`: the instance's) and
-/// actor it is sent with:
-/// its type must be one the caller's role may send; its tenant is one of the caller's (the `Weft-Tenant`
-/// header only picks among them) and any tenant its payload names must be that one; and the instance, when
-/// the read models know it, must be of that tenant (another tenant's answers 404 as a missing one does).
-/// `None` without authentication: the headers go on as the caller sent them.
-pub(super) async fn check_command(
-    state: &super::State,
-    request: &HttpRequest,
-    aggregate: &str,
-    id: uuid::Uuid,
-    body: &[u8],
-) -> Result<Option<(Option<String>, String)>, HttpResponse> {
-    let Some(identity) = identity(request) else { return Ok(None) };
-    let forbidden = |message: String| refused(StatusCode::FORBIDDEN, "forbidden", &message);
-    // A body that is not JSON, or has no type, is the intake's to refuse as invalid.
-    let command: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    let kind = command["type"].as_str().unwrap_or("");
-    if !identity.role.may(crate::auth::command_permission(aggregate, kind)) {
-        return Err(forbidden(format!("a {} may not send {aggregate} {kind:?}", identity.role.as_str())));
-    }
-    // The tenant the caller asks for: its header's, else the one the payload names.
-    let asked = request.headers().get(crate::bus::TENANT).and_then(|v| v.to_str().ok());
-    let asked = asked.or(command["payload"]["tenant"].as_str());
-    // An instance the read models know is its tenant's: another tenant's, or for a `user` another owner's
-    // document, answers as a missing one does, and a command to it is for its tenant.
-    let scope = scope(request);
-    let mut instance_tenant = None;
-    if let Some(model) = model_of(aggregate)
-        && let Ok(item) = state.reads.show(model, &id.to_string(), None, &Scope::ALL).await
-    {
-        if !scope.admits(model, &item) {
-            return Err(refused(StatusCode::NOT_FOUND, "not_found", &format!("no such {aggregate}")));
-        }
-        instance_tenant = item["tenant"].as_str().map(str::to_owned);
-    }
-    // An identity of every tenant naming none, for an instance the read models do not know yet, leaves the
-    // tenant to the instance (the host refuses another tenant's on its own).
-    if instance_tenant.is_none() && asked.is_none() && identity.reaches_all() {
-        return Ok(Some((None, identity.subject)));
-    }
-    let tenant = match instance_tenant {
-        Some(tenant) if asked.is_none_or(|asked| asked == tenant) => tenant,
-        Some(tenant) => return Err(forbidden(format!("the {aggregate} is tenant {tenant:?}'s, not {asked:?}'s"))),
-        None => identity.tenant_for(asked).ok_or_else(|| {
-            forbidden(match asked {
-                Some(asked) => format!("{asked:?} is not one of your tenants"),
-                None => "name one of your tenants in Weft-Tenant".to_owned(),
-            })
-        })?,
-    };
-    if let Some(named) = command["payload"]["tenant"].as_str()
-        && named != tenant
-    {
-        return Err(forbidden(format!("the payload names tenant {named:?}, the command is for {tenant:?}")));
-    }
-    Ok(Some((Some(tenant), identity.subject)))
+    Scope::of(identity(request).as_ref())
 }
 
 #[cfg(test)]

@@ -25,9 +25,15 @@ pub const AGGREGATES: [&str; 5] = ["document", "workflow", "job", "agent", "sche
 /// How long a command sent over HTTP may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// HTTP headers passed on to the intake as the bus headers of the same name.
-const FORWARDED: [&str; 4] =
-    [crate::bus::CORRELATION_ID, crate::bus::ACTOR, crate::bus::TENANT, crate::bus::TRACEPARENT];
+/// HTTP headers passed on to the intake as the bus headers of the same name: the intake checks the caller's
+/// token, its command's type and tenant as it checks those of a NATS client (`crate::intake::caller`).
+const FORWARDED: [&str; 5] = [
+    crate::bus::CORRELATION_ID,
+    crate::bus::ACTOR,
+    crate::bus::TENANT,
+    crate::bus::TRACEPARENT,
+    crate::bus::AUTHORIZATION,
+];
 
 async fn command(
     state: web::Data<State>,
@@ -47,10 +53,6 @@ async fn command(
         Ok(body) => body,
         Err(refusal) => return refusal.respond(),
     };
-    let checked = match super::access::check_command(&state, &request, &aggregate, id, &body).await {
-        Ok(checked) => checked,
-        Err(refused) => return refused,
-    };
     let mut headers = Headers::from([(CONTENT_TYPE.to_owned(), JSON.to_owned())]);
     for name in FORWARDED {
         if let Some(value) = request.headers().get(name) {
@@ -59,14 +61,6 @@ async fn command(
             };
             headers.insert(name.to_owned(), value.to_owned());
         }
-    }
-    // With authentication the identity decides the tenant and the actor, whatever the headers said.
-    if let Some((tenant, actor)) = checked {
-        match tenant {
-            Some(tenant) => headers.insert(crate::bus::TENANT.to_owned(), tenant),
-            None => headers.remove(crate::bus::TENANT),
-        };
-        headers.insert(crate::bus::ACTOR.to_owned(), actor);
     }
     let message = Message { subject: protocol::command_subject(&aggregate, id), reply: None, headers, payload: body };
     let reply = match state.bus.request(message, COMMAND_TIMEOUT).await {
@@ -82,7 +76,8 @@ async fn command(
         Some("rejected") => StatusCode::UNPROCESSABLE_ENTITY,
         Some("conflict") => StatusCode::CONFLICT,
         Some("not_found") => StatusCode::NOT_FOUND,
-        Some("unauthorized") => StatusCode::FORBIDDEN,
+        Some("unauthenticated") => StatusCode::UNAUTHORIZED,
+        Some("forbidden") => StatusCode::FORBIDDEN,
         Some("erased") => StatusCode::GONE,
         Some(_) => StatusCode::SERVICE_UNAVAILABLE,
     };

@@ -126,7 +126,14 @@ fn metadata(request: &HttpRequest) -> Result<Metadata, Refusal> {
     let tenant = identity
         .tenant_for(named.tenant.as_deref())
         .ok_or_else(|| Refusal::new(StatusCode::FORBIDDEN, "forbidden", "Weft-Tenant must name one of your tenants"))?;
-    Ok(Metadata { tenant: Some(tenant), actor: Some(identity.subject), correlation_id: None })
+    Ok(of_identity(identity, tenant))
+}
+
+/// The metadata of `identity`'s commands for `tenant`: it is their actor, and a `user`'s reach only documents
+/// it owns.
+fn of_identity(identity: crate::auth::Identity, tenant: String) -> Metadata {
+    let owner = identity.owns_only().then(|| identity.subject.clone());
+    Metadata { tenant: Some(tenant), actor: Some(identity.subject), correlation_id: None, owner }
 }
 
 /// Refuses, as if it did not exist, a document the caller's identity may not reach (another tenant's, or for a
@@ -158,7 +165,8 @@ fn named(request: &HttpRequest) -> Result<Metadata, Refusal> {
             .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid", format!("header {name}: {e}")))?;
         Ok(Some(value.to_owned()))
     };
-    Ok(Metadata { tenant: header(crate::bus::TENANT)?, actor: header(crate::bus::ACTOR)?, correlation_id: None })
+    let (tenant, actor) = (header(crate::bus::TENANT)?, header(crate::bus::ACTOR)?);
+    Ok(Metadata { tenant, actor, correlation_id: None, owner: None })
 }
 
 /// Reads a body up to `limit` bytes: one byte more is refused before the rest is read, and a body whose next
@@ -226,9 +234,7 @@ async fn delete(state: web::Data<State>, request: HttpRequest, id: web::Path<Str
         let id = document_id(&id)?;
         let metadata = match (reachable(&state, &request, id).await?, super::access::identity(&request)) {
             // A command to a known document is for its tenant.
-            (Some(tenant), Some(identity)) => {
-                Metadata { tenant: Some(tenant), actor: Some(identity.subject), correlation_id: None }
-            }
+            (Some(tenant), Some(identity)) => of_identity(identity, tenant),
             _ => metadata(&request)?,
         };
         let who = metadata.actor.clone().unwrap_or_else(|| "a client".into());

@@ -82,7 +82,7 @@ struct State {
     /// Turns true when the server stops: live streams end.
     closing: tokio::sync::watch::Receiver<bool>,
     /// The verifier of bearer tokens; `None` on a node without authentication (`--insecure-no-auth`).
-    auth: Option<crate::auth::token::Verifier>,
+    auth: Option<std::sync::Arc<crate::auth::token::Verifier>>,
 }
 
 /// Limits on what a client sends.
@@ -118,7 +118,7 @@ pub struct Parts {
     /// The node's LLM providers, for `GET /providers`.
     pub providers: Vec<Arc<dyn crate::agents::Provider>>,
     /// The verifier of bearer tokens; `None`: no authentication (`--insecure-no-auth`).
-    pub auth: Option<crate::auth::token::Verifier>,
+    pub auth: Option<std::sync::Arc<crate::auth::token::Verifier>>,
 }
 
 impl HttpApi {

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use weft_actors::process::worker::Executor;
 use weft_actors::process::{self, Hosts, Processes, RunOptions, Running};
-use weft_events::EventStore;
 
 use crate::agents::executor::DocumentExecutor;
 use crate::bus::Bus;
@@ -72,13 +71,15 @@ struct Managers {
 type Work = (Rc<dyn Executor>, Rc<dyn weft_actors::process::timers::Select>);
 
 impl Managers {
-    /// Starts them, each on `board` (the processes by name, the publisher as `publisher`).
-    fn start(bus: &Arc<dyn Bus>, store: &Arc<dyn EventStore>, work: Option<Work>, board: &Board) -> Self {
+    /// Starts them, each on `board` (the processes by name, the publisher as `publisher`); the processes send
+    /// their commands through `gateway`, the publisher publishes on its bus.
+    fn start(gateway: &BusGateway, work: Option<Work>, board: &Board) -> Self {
+        let store = gateway.store();
         let processes = work.map(|(executor, select)| {
-            let gateway = BusGateway::new(bus.clone(), store.clone(), Duration::from_secs(10));
+            let gateway = gateway.clone();
             Processes::with_select(gateway, store.clone(), Some(executor), Some(select), RunOptions::default())
         });
-        let publisher = process::start(Publisher::new(bus.clone()), store.clone(), RunOptions::default());
+        let publisher = process::start(Publisher::new(gateway.bus().clone()), store.clone(), RunOptions::default());
         for (name, health) in processes.iter().flat_map(Processes::health) {
             board.watch(name, health);
         }
@@ -119,8 +120,7 @@ impl Duty {
         options: &NodeOptions,
         store: &Opened,
         client: Option<async_nats::Client>,
-        bus: &Arc<dyn Bus>,
-        shared: &Arc<dyn EventStore>,
+        gateway: &BusGateway,
         work: Work,
         board: &Board,
     ) -> Result<Self, Error> {
@@ -130,17 +130,10 @@ impl Duty {
                 let lease_options = options.processes.lease(options.store.jetstream_replicas.into())?;
                 let lease = Lease::new(client, lease_options, holder_name()).await?;
                 let managers = Rc::new(RefCell::new(None));
-                let task = actix_rt::spawn(hold_lease(
-                    lease,
-                    bus.clone(),
-                    shared.clone(),
-                    work,
-                    managers.clone(),
-                    board.clone(),
-                ));
+                let task = actix_rt::spawn(hold_lease(lease, gateway.clone(), work, managers.clone(), board.clone()));
                 Duty::Elected { task, managers }
             }
-            _ => Duty::Always(Managers::start(bus, shared, (!options.processes.no_processes).then_some(work), board)),
+            _ => Duty::Always(Managers::start(gateway, (!options.processes.no_processes).then_some(work), board)),
         })
     }
 }
@@ -188,7 +181,10 @@ impl Node {
         let addr = options.http.addr;
         let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let http_addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
-        let gateway = BusGateway::new(bus.clone(), shared.clone(), crate::gateway::DEFAULT_TIMEOUT);
+        let auth = start_auth(options)?;
+        let gateway = BusGateway::new(bus.clone(), shared.clone(), crate::gateway::DEFAULT_TIMEOUT)
+            .with_token(auth.as_ref().map(|(_, node)| node.clone()));
+        let verifier = auth.map(|(verifier, _)| Arc::new(verifier));
         let objects_dir = options.objects_dir();
         let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
         // The command intake checks documents' upload commands against the object store.
@@ -196,6 +192,7 @@ impl Node {
         let intake_options = IntakeOptions {
             limits: crate::protocol::BodyLimits { max_bytes: options.http.max_body_bytes, ..Default::default() },
             max_in_flight: options.intake.max_commands_in_flight,
+            verifier: verifier.clone(),
             ..IntakeOptions::default()
         };
         let intake = Intake::start_with_objects(bus.clone(), hosts, intake_options, Some(objects.clone())).await?;
@@ -219,10 +216,10 @@ impl Node {
         let reads = read_side.reads.clone();
         let query_health = weft_events::Health::default();
         board.watch("queries", query_health.clone());
-        let queries = crate::bus::queries::start(bus.clone(), reads.clone(), query_health).await?;
+        let queries = crate::bus::queries::start(bus.clone(), reads.clone(), query_health, verifier.clone()).await?;
         // Schedules over a document selector pick their documents from the documents read model.
         let select: Rc<dyn weft_actors::process::timers::Select> = Rc::new(reads.clone());
-        let duty = Duty::start(options, &store, client, &bus, &shared, (executor, select), &board).await?;
+        let duty = Duty::start(options, &store, client, &gateway, (executor, select), &board).await?;
 
         let subscription =
             bus.subscribe(crate::objects::notification::SUBJECT, Some(crate::protocol::QUEUE_GROUP)).await?;
@@ -251,7 +248,6 @@ impl Node {
             body_idle_timeout: Duration::from_secs(options.http.body_timeout_secs),
             max_connections_per_client: options.http.max_connections_per_client,
         };
-        let verifier = start_auth(options)?;
         let parts = crate::http::Parts { admin, limits, objects: Some(objects_api), providers, auth: verifier };
         let query =
             HttpApi::start(listener, reads, bus.clone(), parts).map_err(|source| Error::Listen { addr, source })?;
@@ -339,9 +335,11 @@ impl Node {
     }
 }
 
-/// The verifier of bearer tokens, unless `--insecure-no-auth`: the node's secret (made on first start) and,
-/// written afresh, the admin token the `weft` command line on this machine reads.
-fn start_auth(options: &NodeOptions) -> Result<Option<crate::auth::token::Verifier>, Error> {
+/// The verifier of bearer tokens and the node's own token, unless `--insecure-no-auth`: the node's secret
+/// (made on first start) and, written afresh, the admin token the `weft` command line on this machine reads.
+fn start_auth(
+    options: &NodeOptions,
+) -> Result<Option<(crate::auth::token::Verifier, crate::auth::token::NodeToken)>, Error> {
     use crate::auth::{Role, token};
     if options.auth.insecure_no_auth {
         let addr = options.http.addr;
@@ -356,7 +354,7 @@ fn start_auth(options: &NodeOptions) -> Result<Option<crate::auth::token::Verifi
     let admin_path = options.admin_token_path();
     token::write_private(&admin_path, admin.as_bytes(), false)
         .map_err(|source| token::SecretError::Io { path: admin_path, source })?;
-    Ok(Some(token::Verifier::new(&secret)))
+    Ok(Some((token::Verifier::new(&secret), token::NodeToken::new(&secret))))
 }
 
 /// The bus `options` name: NATS (and its client, which the lease uses), or the in-process bus.
@@ -419,8 +417,7 @@ fn holder_name() -> String {
 /// node has it, or when renewals have failed for longer than the lease can be trusted.
 async fn hold_lease(
     mut lease: Lease,
-    bus: Arc<dyn Bus>,
-    store: Arc<dyn EventStore>,
+    gateway: BusGateway,
     work: Work,
     managers: Rc<RefCell<Option<Managers>>>,
     board: Board,
@@ -435,7 +432,7 @@ async fn hold_lease(
                 last_held = Instant::now();
                 if managers.borrow().is_none() {
                     tracing::info!("took the process managers' lease; starting them");
-                    *managers.borrow_mut() = Some(Managers::start(&bus, &store, Some(work.clone()), &board));
+                    *managers.borrow_mut() = Some(Managers::start(&gateway, Some(work.clone()), &board));
                 }
                 false
             }

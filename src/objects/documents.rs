@@ -391,6 +391,7 @@ impl Documents {
             tenant: Some(state.tenant.clone()),
             actor: Some(STORAGE_ACTOR.to_owned()),
             correlation_id: None,
+            owner: None,
         };
         let outcome = self.execute(id, command_id(&format!("created:{key}:{}", info.etag)), command, metadata).await?;
         Ok(if outcome.repeated { Effect::Duplicate } else { effect })
@@ -467,6 +468,7 @@ impl Documents {
                     tenant: Some(state.tenant.clone()),
                     actor: Some(STORAGE_ACTOR.to_owned()),
                     correlation_id: None,
+                    owner: None,
                 };
                 let command =
                     Command::Delete { reason: "its object was removed from storage".into(), at: Timestamp::now() };

@@ -375,10 +375,10 @@ impl Reads {
         let cursor = number::<i64>(params, "cursor")?.unwrap_or(0);
         let limit = limit(params)?;
         self.caught_up(HISTORY, after).await?;
-        let stream = stream.to_owned();
+        let owned = stream.to_owned();
         let (items, more) = self
             .query(move |db| {
-                let mut items = history_rows(db, &stream, cursor, limit + 1)?;
+                let mut items = history_rows(db, &owned, cursor, limit + 1)?;
                 let more = items.len() > limit;
                 items.truncate(limit);
                 Ok((items, more))
@@ -387,6 +387,13 @@ impl Reads {
         // A stream is its first event's tenant's: another tenant's answers as a missing one does.
         let seen = |item: &Value| scope.tenant_ok(item["tenant"].as_str().unwrap_or(""));
         if (items.is_empty() && cursor == 0) || !items.iter().all(seen) {
+            return Err(Failure::not_found("no such stream"));
+        }
+        // A reader confined to its own documents reads only their histories.
+        if scope.owner.is_some()
+            && let Some(id) = stream.strip_prefix("document-")
+            && self.show(&weft_projections::documents::MODEL, id, None, scope).await.is_err()
+        {
             return Err(Failure::not_found("no such stream"));
         }
         let next = if more { items.last().map(|item| item["version"].clone()) } else { None };

@@ -20,6 +20,18 @@ impl Scope {
     /// Everything: a node without authentication, an admin, the node's own reads.
     pub const ALL: Scope = Scope { tenants: None, owner: None };
 
+    /// What `identity` may read: everything without one (no authentication) or for an identity of every
+    /// tenant; else its tenants, and a `user` only its own documents.
+    pub fn of(identity: Option<&crate::auth::Identity>) -> Scope {
+        match identity {
+            None => Scope::ALL,
+            Some(identity) => Scope {
+                tenants: (!identity.reaches_all()).then(|| identity.tenants.clone()),
+                owner: identity.owns_only().then(|| identity.subject.clone()),
+            },
+        }
+    }
+
     /// Whether it sees a row of `model` holding `item`'s `tenant` and `owner`.
     pub fn admits(&self, model: &Model, item: &Value) -> bool {
         let tenant_ok = self.tenant_ok(item["tenant"].as_str().unwrap_or(""));

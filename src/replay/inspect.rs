@@ -186,8 +186,8 @@ pub async fn find(reader: &dyn EventRead, key: &str) -> Result<Envelope> {
 /// Which events `tail` prints.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TailFilter {
-    /// Only events whose NATS subject (`weft.evt.<aggregate>.<id>.<name>`) matches this pattern, with `*` and
-    /// `>` as NATS has them: `weft.evt.job.>`.
+    /// Only events whose NATS subject (`weft.evt.<tenant>.<aggregate>.<id>.<name>`) matches this pattern, with
+    /// `*` and `>` as NATS has them: `weft.evt.*.job.>`, `weft.evt.acme.>`.
     #[arg(long)]
     pub subject: Option<String>,
     /// Only events of this type (`job.completed`), or of these with a `*` at the end (`job.*`).

@@ -21,7 +21,7 @@ fn node() -> (tempfile::TempDir, Serve, Secret) {
     (dir, serve, secret)
 }
 
-fn token_of(secret: &Secret, subject: &str, role: Role, tenants: &[&str]) -> String {
+pub fn token_of(secret: &Secret, subject: &str, role: Role, tenants: &[&str]) -> String {
     let tenants: Vec<String> = tenants.iter().map(|t| (*t).to_owned()).collect();
     issue(secret, subject, role, &tenants, Duration::from_secs(600))
 }

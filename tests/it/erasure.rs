@@ -204,7 +204,17 @@ fn an_erasure_through_one_node_holds_on_every_node_sharing_jetstream() {
     let nats = NatsServer::start().unwrap();
     let url = nats.url();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let args = ["--nats", &url, "--jetstream", "--jetstream-stream", "ERASURE"];
+    // The nodes share their auth secret, as nodes on one bus must.
+    let secret_file = a_dir.path().join("shared.secret");
+    let args = [
+        "--nats",
+        &url,
+        "--jetstream",
+        "--jetstream-stream",
+        "ERASURE",
+        "--auth-secret-file",
+        secret_file.to_str().unwrap(),
+    ];
     let a = Serve::start(a_dir.path(), &args);
     let b = Serve::start(b_dir.path(), &args);
     let secret = "carol-medical-record.txt";

@@ -4,6 +4,7 @@
 mod actors_on_sqlite;
 mod agents;
 mod auth;
+mod auth_nats;
 mod bus;
 mod cli;
 mod client;

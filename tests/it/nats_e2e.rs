@@ -92,7 +92,7 @@ async fn drive_to_completion(server: &NatsServer, store: Arc<dyn EventStore>, st
 
     let client = bus(server, "client").await;
     let (agent, document, job) = (Uuid::now_v7().to_string(), Uuid::now_v7().to_string(), Uuid::now_v7().to_string());
-    let mut job_events = client.subscribe(&format!("weft.evt.job.{job}.>"), None).await.unwrap();
+    let mut job_events = client.subscribe(&format!("weft.evt.*.job.{job}.>"), None).await.unwrap();
     client.flush().await.unwrap();
 
     let profile = json!({"name": "Sam", "role": "summariser", "goal": "short summaries", "instructions": "Be brief.",

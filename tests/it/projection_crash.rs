@@ -47,7 +47,7 @@ async fn send(
     stage: &mut [u8],
     until: tokio::time::Instant,
 ) {
-    let mut n = 0usize;
+    let (mut n, token) = (0usize, crate::support::admin_token(dir));
     while tokio::time::Instant::now() < until {
         let d = n % documents.len();
         n += 1;
@@ -67,10 +67,8 @@ async fn send(
             }
         };
         let body = serde_json::json!({"command_id": Uuid::now_v7().to_string(), "type": kind, "payload": payload});
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Content-Type", "application/json");
         let request = async_nats::Request::new()
-            .headers(headers)
+            .headers(crate::support::json_headers(&token))
             .payload(body.to_string().into())
             .timeout(Some(Duration::from_millis(500)));
         if let Ok(reply) = client.send_request(format!("weft.cmd.document.{}", documents[d]), request).await

@@ -40,7 +40,10 @@ fn the_protocol_s_worked_example_prints_what_the_page_says() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 runs");
-    let script = python.replace("nats://127.0.0.1:4222", &server.url());
+    let token = dir.path().join("admin.token");
+    let script = python
+        .replace("nats://127.0.0.1:4222", &server.url())
+        .replace("/tmp/weft/admin.token", token.to_str().unwrap());
     child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));

@@ -49,9 +49,10 @@ pub fn drive_job(addr: &str, job: &str) -> Value {
     last
 }
 
-async fn ask(bus: &NatsBus, subject: &str, body: &str) -> Value {
+async fn ask(bus: &NatsBus, token: &str, subject: &str, body: &str) -> Value {
     let mut message = Message::new(subject.to_owned(), body.to_owned());
     message.headers.insert(CONTENT_TYPE.into(), JSON.into());
+    message.headers.insert("Authorization".into(), format!("Bearer {token}"));
     let reply = bus.request(message, Duration::from_secs(10)).await.unwrap();
     serde_json::from_slice(&reply.payload).unwrap()
 }
@@ -228,24 +229,29 @@ async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors()
 
     // The same reads over NATS.
     let bus = NatsBus::new(nats::connect(&server.url(), "client").await.unwrap());
-    let over_nats = ask(&bus, "weft.qry.jobs.get", &json!({"id": job, "after": position}).to_string()).await;
+    let token = crate::support::admin_token(dir.path());
+    let over_nats = ask(&bus, &token, "weft.qry.jobs.get", &json!({"id": job, "after": position}).to_string()).await;
     let (addr2, job2) = (addr.clone(), job.clone());
     let over_http = tokio::task::spawn_blocking(move || get(&addr2, &format!("/jobs/{job2}")).1).await.unwrap();
     assert_eq!(over_nats, over_http);
-    let page = ask(&bus, "weft.qry.documents.list", r#"{"tenant": "acme", "limit": 10}"#).await;
+    let page = ask(&bus, &token, "weft.qry.documents.list", r#"{"tenant": "acme", "limit": 10}"#).await;
     assert_eq!(page["items"][0]["id"], json!(document));
     assert_eq!(
-        ask(&bus, "weft.qry.jobs.logs", &json!({"id": job}).to_string()).await["items"].as_array().unwrap().len(),
+        ask(&bus, &token, "weft.qry.jobs.logs", &json!({"id": job}).to_string()).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
         1
     );
     let history =
-        ask(&bus, "weft.qry.streams.events", &json!({"stream": format!("document-{document}")}).to_string()).await;
+        ask(&bus, &token, "weft.qry.streams.events", &json!({"stream": format!("document-{document}")}).to_string())
+            .await;
     assert_eq!(history["items"][0]["type"], "document.registered");
-    assert!(ask(&bus, "weft.qry.status.lag", "").await["head"].as_u64().is_some());
-    let ready = ask(&bus, "weft.qry.status.ready", "").await;
+    assert!(ask(&bus, &token, "weft.qry.status.lag", "").await["head"].as_u64().is_some());
+    let ready = ask(&bus, &token, "weft.qry.status.ready", "").await;
     assert_eq!(ready["status"], "ready", "{ready}");
     assert_eq!(ready["tasks"]["projection jobs"]["state"], "running", "{ready}");
-    assert_eq!(ask(&bus, "weft.qry.status.ready", "[1]").await["error"]["kind"], "invalid");
+    assert_eq!(ask(&bus, &token, "weft.qry.status.ready", "[1]").await["error"]["kind"], "invalid");
     for (subject, body, kind) in [
         ("weft.qry.jobs.get", "{}", "invalid"),
         ("weft.qry.jobs.get", "[]", "invalid"),
@@ -255,7 +261,7 @@ async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors()
         ("weft.qry.planets.list", "{}", "not_found"),
         ("weft.qry.jobs.delete", "{}", "not_found"),
     ] {
-        let answer = ask(&bus, subject, body).await;
+        let answer = ask(&bus, &token, subject, body).await;
         assert_eq!(answer["error"]["kind"], kind, "{subject} {body}: {answer}");
     }
 

@@ -133,7 +133,7 @@ fn every_read_verb(source: &[String], run: &Run) {
     // tail over what is there: the whole log from position 1, filtered, stopping after a count.
     let tail = json_lines(&ok(source, &["tail", "--from", "1", "--event-type", "job.*", "--count", "3"]));
     assert_eq!(tail.iter().map(|e| e["version"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3]);
-    let tail = json_lines(&ok(source, &["tail", "--from", "1", "--subject", "weft.evt.document.>", "--count", "2"]));
+    let tail = json_lines(&ok(source, &["tail", "--from", "1", "--subject", "weft.evt.*.document.>", "--count", "2"]));
     assert!(tail.iter().all(|e| e["stream"].as_str().unwrap().starts_with("document-")), "{tail:?}");
 
     // Bad arguments: a clear error naming what is wrong, status 1.

@@ -156,16 +156,15 @@ async fn serve_on_jetstream_keeps_every_acknowledged_command_through_kill_9_of_w
     assert!(line.contains("store JetStream stream WEFT_EVENTS"), "{line}");
 
     let client = nats::connect(&server.url(), "client").await.unwrap();
+    let token = crate::support::admin_token(&folder.path().join("weft-data"));
     let mut acknowledged = Vec::new();
     for _ in 0..COMMANDS {
         let id = uuid::Uuid::now_v7();
         let body = serde_json::json!({"command_id": uuid::Uuid::now_v7().to_string(), "type": "register",
             "payload": {"name": "a.txt", "content_type": "text/plain", "declared_size_bytes": 10,
                         "tenant": "t", "owner": "o"}});
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Content-Type", "application/json");
         let request = async_nats::Request::new()
-            .headers(headers)
+            .headers(crate::support::json_headers(&token))
             .payload(body.to_string().into())
             .timeout(Some(std::time::Duration::from_secs(10)));
         let reply = client.send_request(format!("weft.cmd.document.{id}"), request).await.unwrap();
@@ -195,19 +194,24 @@ async fn a_killed_node_s_commands_are_answered_by_the_other_on_retry() {
     const PER_SENDER: usize = 40;
     let server = NatsServer::start().expect("nats-server");
     let (mut nodes, mut folders) = (Vec::new(), Vec::new());
+    // The nodes share their auth secret, as nodes on one bus must.
+    let shared = tempfile::tempdir().unwrap();
+    let secret = shared.path().join("auth.secret");
     for _ in 0..2 {
         // Each node's read models in a folder of its own.
         folders.push(tempfile::tempdir().unwrap());
-        let args = ["--nats", &server.url(), "--jetstream", "--no-processes"];
+        let args =
+            ["--nats", &server.url(), "--jetstream", "--no-processes", "--auth-secret-file", secret.to_str().unwrap()];
         let (node, _, line) = crate::serve::spawn(Some(folders.last().unwrap().path()), &args, &[]);
         assert!(line.contains("JetStream"), "{line}");
         nodes.push(node);
     }
     let client = nats::connect(&server.url(), "client").await.unwrap();
+    let token = std::sync::Arc::new(crate::support::admin_token(shared.path()));
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut senders = Vec::new();
     for _ in 0..SENDERS {
-        let (client, sent) = (client.clone(), sent.clone());
+        let (client, sent, token) = (client.clone(), sent.clone(), token.clone());
         senders.push(tokio::spawn(async move {
             let (mut documents, mut retries) = (Vec::new(), 0);
             for _ in 0..PER_SENDER {
@@ -217,10 +221,8 @@ async fn a_killed_node_s_commands_are_answered_by_the_other_on_retry() {
                                 "tenant": "t", "owner": "o"}});
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
                 loop {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert("Content-Type", "application/json");
                     let request = async_nats::Request::new()
-                        .headers(headers)
+                        .headers(crate::support::json_headers(&token))
                         .payload(body.to_string().into())
                         .timeout(Some(std::time::Duration::from_secs(2)));
                     let reply = client.send_request(format!("weft.cmd.document.{id}"), request).await;
@@ -291,9 +293,12 @@ async fn the_process_managers_run_on_one_node_and_move_when_it_is_killed() {
     use std::time::Duration;
     let server = NatsServer::start().expect("nats-server");
     let (mut nodes, mut folders) = (Vec::new(), Vec::new());
+    // The nodes share their auth secret, as nodes on one bus must.
+    let shared = tempfile::tempdir().unwrap();
+    let secret = shared.path().join("auth.secret");
     for _ in 0..2 {
         folders.push(tempfile::tempdir().unwrap());
-        let args = ["--nats", &server.url(), "--jetstream"];
+        let args = ["--nats", &server.url(), "--jetstream", "--auth-secret-file", secret.to_str().unwrap()];
         let (node, _, line) = crate::serve::spawn(Some(folders.last().unwrap().path()), &args, &[]);
         assert!(line.contains("JetStream"), "{line}");
         nodes.push(node);
@@ -301,6 +306,8 @@ async fn the_process_managers_run_on_one_node_and_move_when_it_is_killed() {
     let client = nats::connect(&server.url(), "client").await.unwrap();
     let mut events = client.subscribe("weft.evt.>").await.unwrap();
     client.flush().await.unwrap();
+    let token = crate::support::admin_token(shared.path());
+    let token = token.as_str();
     let register = |client: async_nats::Client| async move {
         let id = uuid::Uuid::now_v7();
         let body = serde_json::json!({"command_id": uuid::Uuid::now_v7().to_string(), "type": "register",
@@ -308,10 +315,8 @@ async fn the_process_managers_run_on_one_node_and_move_when_it_is_killed() {
                         "tenant": "t", "owner": "o"}});
         // Sent again with the same command id while a loaded machine is slow to answer.
         for _ in 0..6 {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Content-Type", "application/json");
             let request = async_nats::Request::new()
-                .headers(headers)
+                .headers(crate::support::json_headers(token))
                 .payload(body.to_string().into())
                 .timeout(Some(Duration::from_secs(10)));
             if let Ok(reply) = client.send_request(format!("weft.cmd.document.{id}"), request).await {
@@ -332,7 +337,8 @@ async fn the_process_managers_run_on_one_node_and_move_when_it_is_killed() {
         let deadline = tokio::time::Instant::now() + wait;
         while ids.iter().any(|id| !seen.contains_key(&id.to_string())) {
             let Ok(Some(message)) = tokio::time::timeout_at(deadline, events.next()).await else { break };
-            let document = message.subject.split('.').nth(3).unwrap_or_default().to_owned();
+            // weft.evt.<tenant>.document.<id>.<name>
+            let document = message.subject.split('.').nth(4).unwrap_or_default().to_owned();
             *seen.entry(document).or_default() += 1;
         }
         seen

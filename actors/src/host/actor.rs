@@ -172,6 +172,11 @@ pub(super) async fn run<A: Aggregate>(
         {
             return (loaded, Err(Failure::Error(Error::OtherTenant)));
         }
+        if let (Some(asked), Some(own)) = (&message.metadata.owner, loaded.state.owner())
+            && asked != own
+        {
+            return (loaded, Err(Failure::Error(Error::OtherTenant)));
+        }
         if let Some(expected) = message.expected_version
             && expected != loaded.version
         {

@@ -96,6 +96,9 @@ pub struct Metadata {
     pub actor: Option<String>,
     /// The request or flow the command belongs to.
     pub correlation_id: Option<Uuid>,
+    /// When set, the command reaches only instances this owner owns ([`crate::Aggregate::owner`]), or that
+    /// nobody owns yet; another's is answered as a missing one (a `user`'s commands).
+    pub owner: Option<String>,
 }
 
 /// A command to one aggregate instance.
@@ -147,7 +150,8 @@ pub enum Error<R> {
     /// Retrying will not help. The message names the tenant.
     #[error("{0}")]
     Erased(String),
-    /// The instance is another tenant's than the command's: it is answered as a missing one (`not_found`).
+    /// The instance is another tenant's than the command's, or another owner's for a command confined to its owner's: it
+    /// is answered as a missing one (`not_found`).
     #[error("no such instance")]
     OtherTenant,
 }

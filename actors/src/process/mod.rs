@@ -143,7 +143,7 @@ pub(crate) async fn send<A: Aggregate, G: Gateway>(
 where
     A::Rejection: Display,
 {
-    let metadata = Metadata { tenant: None, actor: Some(format!("system:{by}")), correlation_id };
+    let metadata = Metadata { tenant: None, actor: Some(format!("system:{by}")), correlation_id, owner: None };
     match gateway.execute(stream, Execute::<A> { command_id, command, expected_version: None, metadata }).await {
         Ok(outcome) => Ok(Ok(outcome)),
         Err(host::Error::Rejected(rejection)) => Ok(Err(rejection)),

@@ -20,24 +20,25 @@ use futures::future::LocalBoxFuture;
 use tokio::sync::Semaphore;
 use weft_actors::Aggregate;
 use weft_actors::document::{self, Document};
-use weft_actors::host::{self, Execute, Host, Metadata};
+use weft_actors::host::{self, Execute, Host};
 use weft_actors::job::{self, Job};
 use weft_actors::process::Hosts;
 use weft_actors::workflow::Workflow;
-use weft_events::domain::ids::{DocumentId, Uuid, WorkflowId};
+use weft_events::domain::ids::{DocumentId, WorkflowId};
 use weft_events::domain::workflow::{Event as WorkflowEvent, Step};
-use weft_events::envelope::check_label;
 use weft_events::{EventStore, Health, StreamName};
 
+pub mod caller;
+
+use self::caller::Confined;
+use crate::auth::token::Verifier;
 use crate::bus::trace::TraceParent;
-use crate::bus::{
-    ACTOR, Bus, BusError, CONTENT_TYPE, CORRELATION_ID, Headers, JSON, Message, Subscription, TENANT, TRACEPARENT,
-};
+use crate::bus::{Bus, BusError, CONTENT_TYPE, Headers, JSON, Message, Subscription, TRACEPARENT};
 use crate::objects::ObjectStore;
 use crate::protocol::{self, BodyLimits, Reply};
 
 /// Options of the intake.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct IntakeOptions {
     /// Limits on command bodies.
     pub limits: BodyLimits,
@@ -46,11 +47,18 @@ pub struct IntakeOptions {
     /// Most commands being handled at once on this node; past it the node stops taking commands off the bus
     /// until some finish (NATS then holds them, or drops them for a slow consumer and the clients retry).
     pub max_in_flight: usize,
+    /// The verifier of callers' tokens; `None`: no authentication (see [`caller`]).
+    pub verifier: Option<Arc<Verifier>>,
 }
 
 impl Default for IntakeOptions {
     fn default() -> Self {
-        Self { limits: BodyLimits::default(), queue_group: protocol::QUEUE_GROUP.into(), max_in_flight: 4096 }
+        Self {
+            limits: BodyLimits::default(),
+            queue_group: protocol::QUEUE_GROUP.into(),
+            max_in_flight: 4096,
+            verifier: None,
+        }
     }
 }
 
@@ -236,8 +244,8 @@ impl Prepare<Document> for Uploads {
             };
             // Weft's own components (the object-storage handling, an agent writing its output) head storage
             // themselves before they send these, on the node that holds the object: a node's local folder is
-            // its own, so another node's intake must not judge them by its folder. (Until identity lands,
-            // the actor is what the sender says.)
+            // its own, so another node's intake must not judge them by its folder. (With authentication on,
+            // only the node's own token may name such an actor; without it, the actor is what the sender says.)
             let own_component =
                 execute.metadata.actor.as_deref().is_some_and(|actor| {
                     actor == crate::objects::documents::STORAGE_ACTOR || actor.starts_with("agent:")
@@ -270,7 +278,7 @@ impl Prepare<Document> for Uploads {
     }
 }
 
-async fn serve<A: Aggregate, P: Prepare<A>>(
+async fn serve<A: Confined, P: Prepare<A>>(
     bus: Arc<dyn Bus>,
     host: Host<A>,
     prepare: P,
@@ -279,7 +287,7 @@ async fn serve<A: Aggregate, P: Prepare<A>>(
 ) -> Result<(tokio::task::JoinHandle<()>, String, Health), BusError> {
     let subject = format!("{}.{}.*", protocol::COMMANDS, A::KIND);
     let subscription: Subscription = bus.subscribe(&subject, Some(&options.queue_group)).await?;
-    let limits = options.limits;
+    let (limits, verifier) = (options.limits, options.verifier.clone());
     let health = Health::default();
     health.running();
     let watched = health.clone();
@@ -289,9 +297,9 @@ async fn serve<A: Aggregate, P: Prepare<A>>(
         while let Some(message) = subscription.next().await {
             shared.handled.fetch_add(1, Ordering::Relaxed);
             let Ok(slot) = shared.slots.clone().acquire_owned().await else { return };
-            let (bus, host, prepare) = (bus.clone(), host.clone(), prepare.clone());
+            let (bus, host, prepare, verifier) = (bus.clone(), host.clone(), prepare.clone(), verifier.clone());
             actix_rt::spawn(async move {
-                handle(message, bus, host, prepare, limits).await;
+                handle(message, bus, host, prepare, limits, verifier).await;
                 drop(slot);
             });
         }
@@ -319,12 +327,13 @@ fn command_span(message: &Message) -> tracing::Span {
 }
 
 /// Handles one command, in its [`command_span`].
-async fn handle<A: Aggregate, P: Prepare<A>>(
+async fn handle<A: Confined, P: Prepare<A>>(
     message: Message,
     bus: Arc<dyn Bus>,
     host: Host<A>,
     prepare: P,
     limits: BodyLimits,
+    verifier: Option<Arc<Verifier>>,
 ) {
     use tracing::Instrument as _;
     let span = command_span(&message);
@@ -334,10 +343,11 @@ async fn handle<A: Aggregate, P: Prepare<A>>(
             return;
         };
         let json = message.is_json();
-        let reply: Reply<A::Rejection> = match decode(&message, json, limits) {
-            Err(why) => {
-                tracing::debug!(subject = %message.subject, %why, "an invalid command");
-                Reply::invalid(why)
+        let reply: Reply<A::Rejection> = match decode(&message, json, limits, verifier.as_deref()) {
+            Err(refused) => {
+                let why = refused.error.as_ref().map_or("", |e| e.message.as_str());
+                tracing::debug!(subject = %message.subject, %why, "a command refused unread");
+                refused
             }
             Ok((stream, execute)) => match prepare.prepare(&stream, execute).await {
                 Ok(execute) => Reply::from_host(host.execute(&stream, execute).await),
@@ -358,28 +368,16 @@ async fn handle<A: Aggregate, P: Prepare<A>>(
     .await
 }
 
-/// Decodes a command and its headers; the error is the message of an `invalid` reply.
-fn decode<A: Aggregate>(message: &Message, json: bool, limits: BodyLimits) -> Result<(StreamName, Execute<A>), String> {
-    let decoded = protocol::decode_command::<A>(&message.subject, &message.payload, json, limits)?;
-    let correlation_id = match message.headers.get(CORRELATION_ID) {
-        Some(c) => Some(Uuid::parse_str(c).map_err(|_| format!("header {CORRELATION_ID} {c:?} is not a UUID"))?),
-        None => None,
-    };
-    let actor = match message.headers.get(ACTOR) {
-        Some(actor) => {
-            check_label("actor", actor).map_err(|e| format!("header {ACTOR}: {e}"))?;
-            Some(actor.clone())
-        }
-        None => None,
-    };
-    let tenant = match message.headers.get(TENANT) {
-        Some(tenant) => {
-            check_label("tenant", tenant).map_err(|e| format!("header {TENANT}: {e}"))?;
-            Some(tenant.clone())
-        }
-        None => None,
-    };
-    let metadata = Metadata { tenant, actor, correlation_id };
+/// Decodes a command and checks its caller (see [`caller`]); the error is the reply refusing it.
+fn decode<A: Confined>(
+    message: &Message,
+    json: bool,
+    limits: BodyLimits,
+    verifier: Option<&Verifier>,
+) -> Result<(StreamName, Execute<A>), Reply<A::Rejection>> {
+    let mut decoded =
+        protocol::decode_command::<A>(&message.subject, &message.payload, json, limits).map_err(Reply::invalid)?;
+    let metadata = caller::metadata::<A>(&message.headers, &decoded.kind, &mut decoded.command, verifier)?;
     let execute = Execute {
         command_id: decoded.command_id,
         command: decoded.command,

@@ -1,0 +1,169 @@
+//! Identity, roles and tenant boundaries over NATS, on a real `weft serve --nats` with authentication on:
+//! commands and queries carry `Authorization: Bearer`, are checked as HTTP requests are, and events go out on
+//! `weft.evt.<tenant>.…`.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use serde_json::{Value, json};
+use weft::auth::Role;
+use weft::auth::token::Secret;
+use weft_harness::NatsServer;
+
+use crate::auth::token_of;
+use crate::serve::Serve;
+
+/// Sends `body` (JSON) on `subject` with `token` and these extra headers; the reply as JSON.
+async fn ask(
+    client: &async_nats::Client,
+    subject: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+    body: &Value,
+) -> Value {
+    let mut headers = HeaderMap::new();
+    headers.insert("Content-Type", "application/json");
+    if let Some(token) = token {
+        headers.insert("Authorization", format!("Bearer {token}").as_str());
+    }
+    for (name, value) in extra {
+        headers.insert(*name, *value);
+    }
+    let request = async_nats::Request::new()
+        .headers(headers)
+        .payload(body.to_string().into())
+        .timeout(Some(Duration::from_secs(10)));
+    let reply = client.send_request(subject.to_owned(), request).await.unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+fn command(kind: &str, payload: Value) -> Value {
+    json!({"command_id": uuid::Uuid::now_v7(), "type": kind, "payload": payload})
+}
+
+fn register(tenant: &str, owner: &str) -> Value {
+    command(
+        "register",
+        json!({"name": "a.txt", "content_type": "text/plain", "declared_size_bytes": 10,
+                               "tenant": tenant, "owner": owner}),
+    )
+}
+
+fn kind(reply: &Value) -> &str {
+    reply["error"]["kind"].as_str().unwrap_or("ok")
+}
+
+/// The subjects of the messages `subscription` has received so far.
+async fn subjects(subscription: &mut async_nats::Subscriber) -> Vec<String> {
+    use futures::StreamExt as _;
+    let mut seen = Vec::new();
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_millis(500), subscription.next()).await {
+        seen.push(message.subject.to_string());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_and_queries_over_nats_are_checked_like_http_and_events_carry_their_tenant() {
+    let server = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Serve::start(dir.path(), &["--nats", &server.url()]);
+    let secret = Secret::load(&dir.path().join("auth.secret")).unwrap();
+    let client = weft::nats::connect(&server.url(), "client").await.unwrap();
+    let mut acme_events = client.subscribe("weft.evt.acme.>").await.unwrap();
+    let mut globex_events = client.subscribe("weft.evt.globex.>").await.unwrap();
+    client.flush().await.unwrap();
+
+    let admin = token_of(&secret, "root", Role::Admin, &["*"]);
+    let olga = token_of(&secret, "olga", Role::Operator, &["acme"]);
+    let ann = token_of(&secret, "ann", Role::User, &["acme"]);
+    let bob = token_of(&secret, "bob", Role::User, &["acme"]);
+    let gus = token_of(&secret, "gus", Role::Guest, &["acme"]);
+    let globex = token_of(&secret, "gil", Role::Operator, &["globex"]);
+    let other_secret = token_of(&Secret::from_bytes(&[9; 32]), "root", Role::Admin, &["*"]);
+    let (doc, missing) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let on = |id: uuid::Uuid| format!("weft.cmd.document.{id}");
+
+    // Who may not send a command at all.
+    for (why, token) in
+        [("no token", None), ("another node's secret", Some(&*other_secret)), ("garbage", Some("x.y.z"))]
+    {
+        let reply = ask(&client, &on(doc), token, &[], &register("acme", "ann")).await;
+        assert_eq!(kind(&reply), "unauthenticated", "{why}: {reply}");
+    }
+    let reply = ask(&client, &on(doc), Some(&gus), &[], &register("acme", "gus")).await;
+    assert_eq!(kind(&reply), "forbidden", "a guest registers: {reply}");
+    let define = command("define", json!({"name": "w", "steps": []}));
+    let reply = ask(&client, &format!("weft.cmd.workflow.{doc}"), Some(&ann), &[], &define).await;
+    assert_eq!(kind(&reply), "forbidden", "a user defines a workflow: {reply}");
+    // A user registers only as the owner, only in its tenants, and a payload must name the command's tenant.
+    let reply = ask(&client, &on(doc), Some(&ann), &[], &register("acme", "bob")).await;
+    assert_eq!(kind(&reply), "forbidden", "ann registers for bob: {reply}");
+    let reply = ask(&client, &on(doc), Some(&ann), &[], &register("globex", "ann")).await;
+    assert_eq!(kind(&reply), "forbidden", "ann registers in globex: {reply}");
+    let reply = ask(&client, &on(doc), Some(&ann), &[("Weft-Tenant", "acme")], &register("globex", "ann")).await;
+    assert_eq!(kind(&reply), "forbidden", "a payload naming another tenant: {reply}");
+
+    // Ann's own registration, sent with a Weft-Actor that claims to be someone else: the token decides.
+    let reply = ask(&client, &on(doc), Some(&ann), &[("Weft-Actor", "user:root")], &register("acme", "ann")).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let position = reply["last_position"].as_u64().unwrap();
+
+    // Another tenant, another user, and a guest of the right tenant cannot touch it; each answer is a missing
+    // document's, except the guest's (its role sends no command at all).
+    let delete = || command("delete", json!({"reason": "mine now"}));
+    for (who, token) in [("globex's operator", &globex), ("bob", &bob)] {
+        let reply = ask(&client, &on(doc), Some(token), &[], &delete()).await;
+        assert_eq!(kind(&reply), "not_found", "{who} deletes ann's document: {reply}");
+    }
+    let reply = ask(&client, &on(doc), Some(&globex), &[("Weft-Tenant", "acme")], &delete()).await;
+    assert_eq!(kind(&reply), "forbidden", "globex names acme: {reply}");
+    let reply = ask(&client, &on(missing), Some(&bob), &[], &delete()).await;
+    assert_eq!(kind(&reply), "rejected", "a missing document is rejected by the document itself: {reply}");
+
+    // Queries: confined to the token's reach; status queries are open.
+    let get = json!({"id": doc, "after": position});
+    let reply = ask(&client, "weft.qry.documents.get", None, &[], &get).await;
+    assert_eq!(kind(&reply), "unauthenticated", "{reply}");
+    let reply = ask(&client, "weft.qry.documents.get", Some(&ann), &[], &get).await;
+    assert_eq!(reply["owner"], "ann", "{reply}");
+    for (who, token) in [("globex's operator", &globex), ("bob", &bob)] {
+        let reply = ask(&client, "weft.qry.documents.get", Some(token), &[], &get).await;
+        assert_eq!(kind(&reply), "not_found", "{who} reads ann's document: {reply}");
+        let history = json!({"stream": format!("document-{doc}")});
+        let reply = ask(&client, "weft.qry.streams.events", Some(token), &[], &history).await;
+        assert!(
+            kind(&reply) == "not_found" || reply["items"].as_array().is_some_and(Vec::is_empty),
+            "{who} reads ann's document's history: {reply}"
+        );
+    }
+    let list = ask(&client, "weft.qry.documents.list", Some(&globex), &[], &json!({})).await;
+    assert_eq!(list["items"], json!([]), "globex lists acme's documents: {list}");
+    let list = ask(&client, "weft.qry.documents.list", Some(&olga), &[], &json!({})).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    let reply = ask(&client, "weft.qry.status.lag", None, &[], &json!({})).await;
+    assert!(reply["head"].as_u64().is_some(), "{reply}");
+
+    // The recorded actor is ann, whatever her Weft-Actor said.
+    let history = json!({"stream": format!("document-{doc}")});
+    let reply = ask(&client, "weft.qry.streams.events", Some(&admin), &[], &history).await;
+    assert_eq!(reply["items"][0]["actor"], "ann", "{reply}");
+
+    // A schedule's selector is confined to its tenant: naming another is refused.
+    let create = |tenant: Option<&str>| {
+        command(
+            "create",
+            json!({"cron": "0 0 * * *", "time_zone": "UTC", "workflow": uuid::Uuid::now_v7(),
+            "target": {"selector": {"tenant": tenant}}, "strategy": "per_document"}),
+        )
+    };
+    let schedule = format!("weft.cmd.schedule.{}", uuid::Uuid::now_v7());
+    let reply = ask(&client, &schedule, Some(&olga), &[], &create(Some("globex"))).await;
+    assert_eq!(kind(&reply), "forbidden", "{reply}");
+
+    // Events go out under their tenant: acme's subscriber has ann's registration, globex's nothing.
+    let acme = subjects(&mut acme_events).await;
+    assert!(acme.contains(&format!("weft.evt.acme.document.{doc}.registered")), "{acme:?}");
+    assert_eq!(subjects(&mut globex_events).await, Vec::<String>::new());
+    node.stop();
+}
