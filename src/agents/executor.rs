@@ -4,10 +4,14 @@
 //! outputs of earlier steps its instruction names, fills in the step's instruction (a template over the
 //! input, earlier outputs and the job's parameters: see [`super::template`]), asks the provider (once per
 //! chunk when the input is over the agent's `chunk_bytes`, the answers joined), and writes the answer as a
-//! new document: registered for the first input's tenant and owned by the agent, its
+//! new document: registered for the job's tenant and owned by the agent, its
 //! content put into object storage, recorded as uploaded with storage's size and etag, and recorded on every
 //! input as a derivative (the lineage). The output document's id is derived from the task's id, so a
 //! repeated recording after a crash names the same document.
+//!
+//! A task reads only documents of its job's tenant (its first event's): an input or earlier output of another
+//! tenant fails the step for good, saying only that no such document is in the tenant, so that no id
+//! reaches across a tenant boundary.
 //!
 //! The worker bounds each task by the step's time-out and drops it when the time is up, which aborts an
 //! in-flight provider call.
@@ -21,11 +25,11 @@ use weft_actors::host::{Execute, Metadata};
 use weft_actors::job::{self, Job};
 use weft_actors::process::Gateway;
 use weft_actors::process::worker::{Executor, Task, TaskError, TaskOutput};
-use weft_events::Timestamp;
 use weft_events::domain::agent::Param;
 use weft_events::domain::document::UploadSource;
 use weft_events::domain::ids::{DocumentId, Uuid};
 use weft_events::domain::job::Level;
+use weft_events::{Direction, Timestamp};
 
 use super::template::{self, Values};
 use super::{Error, Provider, Request};
@@ -71,11 +75,24 @@ impl DocumentExecutor {
         self.gateway.state::<Document>(&id.stream()).await.map_err(|e| transient(format!("reading {id}: {e}")))
     }
 
-    /// A document's state and its current content as text.
-    async fn read(&self, id: DocumentId) -> Result<(Document, String), TaskError> {
+    /// A document of `tenant`: its state and its current content as text.
+    async fn read(&self, id: DocumentId, tenant: &str) -> Result<(Document, String), TaskError> {
         let state = self.document(id).await?;
+        if state.status != Status::Unregistered && state.tenant != tenant {
+            return Err(permanent(format!("input {id} is no document of tenant {tenant:?}")));
+        }
         let text = self.content(id, &state).await?;
         Ok((state, text))
+    }
+
+    /// The tenant of the task's job: its first event's.
+    async fn tenant(&self, task: &Task) -> Result<String, TaskError> {
+        let first = self.gateway.store().read_stream(&task.job.stream(), 1, Direction::Forwards, 1).await;
+        let first = first.map_err(|e| transient(format!("reading job {}: {e}", task.job)))?;
+        first
+            .first()
+            .map(|event| event.tenant.to_string())
+            .ok_or_else(|| transient(format!("job {} has no events yet", task.job)))
     }
 
     async fn content(&self, id: DocumentId, state: &Document) -> Result<String, TaskError> {
@@ -184,10 +201,11 @@ impl DocumentExecutor {
                 )));
             }
         };
+        let tenant = self.tenant(task).await?;
         let mut texts = Vec::with_capacity(task.inputs.len());
         let mut states = Vec::with_capacity(task.inputs.len());
         for &input in &task.inputs {
-            let (state, text) = self.read(input).await?;
+            let (state, text) = self.read(input, &tenant).await?;
             texts.push(text);
             states.push(state);
         }
@@ -196,7 +214,7 @@ impl DocumentExecutor {
         let mut outputs = BTreeMap::new();
         for step in weft_actors::workflow::outputs_named(&task.step.instruction) {
             if let Some(&document) = task.outputs.get(step) {
-                outputs.insert(step.to_owned(), self.read(document).await?.1);
+                outputs.insert(step.to_owned(), self.read(document, &tenant).await?.1);
             }
         }
         let input = texts.join("\n\n");
@@ -244,7 +262,6 @@ impl DocumentExecutor {
         }
         let completion = super::Completion { text: answers.join("\n\n"), content_type, input_tokens, output_tokens };
 
-        let tenant = states[0].tenant.clone();
         let actor = format!("agent:{}", task.agent);
         let output = DocumentId(Uuid::new_v5(&task.id, b"output"));
         let size = completion.text.len() as u64;

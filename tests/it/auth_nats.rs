@@ -161,9 +161,33 @@ async fn commands_and_queries_over_nats_are_checked_like_http_and_events_carry_t
     let reply = ask(&client, &schedule, Some(&olga), &[], &create(Some("globex"))).await;
     assert_eq!(kind(&reply), "forbidden", "{reply}");
 
-    // Events go out under their tenant: acme's subscriber has ann's registration, globex's nothing.
+    // A job of globex naming acme's document as its input: the step refuses to read it.
+    let job = uuid::Uuid::now_v7();
+    let submit = command(
+        "submit",
+        json!({"workflow": weft::agents::catalog::workflow_id("summarize"),
+        "workflow_version": 1, "inputs": [doc], "priority": 0}),
+    );
+    let reply = ask(&client, &format!("weft.cmd.job.{job}"), Some(&globex), &[], &submit).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let reply = ask(&client, "weft.qry.jobs.get", Some(&globex), &[], &json!({"id": job})).await;
+        if reply["status"] == "failed" {
+            break reply;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job did not fail: {reply}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("input {doc} is no document of tenant \"globex\"")), "{failed}");
+
+    // Events go out under their tenant: acme's subscriber has ann's registration, globex's only
+    // its job's events.
     let acme = subjects(&mut acme_events).await;
     assert!(acme.contains(&format!("weft.evt.acme.document.{doc}.registered")), "{acme:?}");
-    assert_eq!(subjects(&mut globex_events).await, Vec::<String>::new());
+    let globex = subjects(&mut globex_events).await;
+    assert!(globex.iter().all(|s| s.starts_with(&format!("weft.evt.globex.job.{job}."))), "{globex:?}");
+    assert!(!globex.is_empty());
     node.stop();
 }
