@@ -92,14 +92,25 @@ impl NatsServer {
         Self::cluster(1)
     }
 
+    /// Starts one server whose configuration ends with `extra` (blocks such as `tls { ... }` and
+    /// `authorization { ... }`); its health is still read from the monitoring port, which `extra` does not
+    /// secure.
+    pub fn start_with(extra: &str) -> Result<Self, ServerError> {
+        Self::retried(|| Self::try_cluster(1, extra))
+    }
+
     /// Starts `size` servers; more than one form a JetStream cluster.
     ///
     /// A free port can be taken by another process (a parallel test's client socket) between choosing it and the
     /// server binding it; such a start is retried on fresh ports.
     pub fn cluster(size: usize) -> Result<Self, ServerError> {
+        Self::retried(|| Self::try_cluster(size, ""))
+    }
+
+    fn retried(start: impl Fn() -> Result<Self, ServerError>) -> Result<Self, ServerError> {
         let mut attempt = 1;
         loop {
-            match Self::try_cluster(size) {
+            match start() {
                 Err(ServerError::Start { reason, .. })
                     if reason.contains("address already in use") && attempt < START_ATTEMPTS =>
                 {
@@ -111,7 +122,7 @@ impl NatsServer {
         }
     }
 
-    fn try_cluster(size: usize) -> Result<Self, ServerError> {
+    fn try_cluster(size: usize, extra: &str) -> Result<Self, ServerError> {
         let binary = binary()?;
         let dir = tempfile::tempdir()
             .map_err(|e| ServerError::Start { node: "-".into(), reason: format!("no temp dir: {e}") })?;
@@ -133,6 +144,7 @@ impl NatsServer {
                     routes.join(", ")
                 ));
             }
+            config.push_str(extra);
             let path = dir.path().join(format!("{name}.conf"));
             std::fs::write(&path, config)
                 .map_err(|e| ServerError::Start { node: name.clone(), reason: format!("writing its config: {e}") })?;

@@ -361,7 +361,7 @@ fn start_auth(
 async fn connect_bus(options: &BusSection) -> Result<(Option<async_nats::Client>, Arc<dyn Bus>), Error> {
     match &options.nats {
         Some(url) => {
-            let client = crate::nats::connect(url, "weft").await?;
+            let client = crate::nats::connect_with(url, "weft", &options.auth).await?;
             Ok((Some(client.clone()), Arc::new(NatsBus::new(client))))
         }
         None => Ok((None, Arc::new(MemoryBus::default()))),

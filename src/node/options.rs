@@ -105,6 +105,9 @@ pub struct BusSection {
     /// NATS server URLs, comma separated; without it the bus is in process.
     #[arg(long, env = "WEFT_NATS")]
     pub nats: Option<String>,
+    /// Credentials and TLS for NATS.
+    #[command(flatten)]
+    pub auth: crate::nats::NatsAuth,
 }
 
 /// How the HTTP edge listens and limits its clients.
@@ -223,6 +226,7 @@ impl NodeOptions {
             nats: nats.clone(),
             stream: store.jetstream_stream.clone(),
             replicas: store.jetstream_replicas.into(),
+            auth: self.bus.auth.clone(),
         });
         store::Options { sqlite: store.log.clone(), jetstream, keys: store.keys.clone() }
     }

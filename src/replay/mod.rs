@@ -52,6 +52,9 @@ pub struct Source {
     /// Show personal fields as `[sealed]` instead of reading the keys.
     #[arg(long, global = true)]
     pub no_keys: bool,
+    /// Credentials and TLS for NATS.
+    #[command(flatten)]
+    pub nats_auth: crate::nats::NatsAuth,
 }
 
 impl Source {
@@ -70,6 +73,7 @@ impl Source {
                 nats: nats.clone(),
                 stream: self.jetstream_stream.clone(),
                 replicas: JetStreamConfig::default().replicas,
+                auth: self.nats_auth.clone(),
             }),
             (true, None) => return Err(Error::JetStreamNeedsNats),
             _ => None,

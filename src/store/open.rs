@@ -40,6 +40,8 @@ pub struct JetStream {
     pub stream: String,
     /// Its replicas (and the keys' bucket's), when made.
     pub replicas: usize,
+    /// The credentials and TLS to connect with.
+    pub auth: crate::nats::NatsAuth,
 }
 
 /// How a store is opened (see the module doc).
@@ -111,7 +113,7 @@ impl Options {
 /// Opens the store of `options` in `mode`; `client_name` names the NATS connection.
 pub async fn open(options: &Options, mode: Mode, client_name: &str) -> Result<Opened, OpenError> {
     if let Some(at) = &options.jetstream {
-        let client = crate::nats::connect(&at.nats, client_name).await?;
+        let client = crate::nats::connect_with(&at.nats, client_name, &at.auth).await?;
         let config = JetStreamConfig { stream: at.stream.clone(), replicas: at.replicas, ..JetStreamConfig::default() };
         let store = JetStreamStore::open(client.clone(), config).await?;
         return Ok(match mode {

@@ -94,6 +94,7 @@ fn bad_arguments_are_refused_with_a_message_and_no_panic() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("SECRET-NOT-A-SEED"), "a secret file's content is in the error: {stderr}");
     }
 }
 
@@ -171,6 +172,9 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = listener.local_addr().unwrap().to_string();
     let read_models = dir.path().join("read.db").to_str().unwrap().to_owned();
+    let not_a_seed = dir.path().join("seed");
+    std::fs::write(&not_a_seed, "SECRET-NOT-A-SEED\n").unwrap();
+    let not_a_seed = not_a_seed.to_str().unwrap();
     for (args, expected) in [
         (vec!["serve", "--store", store.to_str().unwrap(), "--nats", "nats://bad host:-1"], "NATS URL"),
         (vec!["serve", "--store", under_a_file.to_str().unwrap()], "cannot create"),
@@ -206,6 +210,56 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
         (vec!["serve", "--jetstream"], "--nats <NATS>"),
         (vec!["serve", "--nats", "nats://127.0.0.1:1", "--jetstream", "--jetstream-replicas", "9"], "1..=5"),
         (vec!["bench", "nats", "--nats", "nats://bad host:-1"], "NATS URL"),
+        (vec!["serve", "--nats", "nats://127.0.0.1:1", "--nats-user", "u"], "--nats-password-file"),
+        (vec!["serve", "--nats", "nats://127.0.0.1:1", "--nats-tls-cert", "c.pem"], "--nats-tls-key"),
+        (
+            vec![
+                "serve",
+                "--store",
+                store.to_str().unwrap(),
+                "--nats",
+                "nats://127.0.0.1:1",
+                "--nats-token-file",
+                "/no/such",
+            ],
+            "reading the token file /no/such",
+        ),
+        (
+            vec![
+                "serve",
+                "--store",
+                store.to_str().unwrap(),
+                "--nats",
+                "nats://127.0.0.1:1",
+                "--nats-nkey-file",
+                not_a_seed,
+            ],
+            "holds no user NKey seed",
+        ),
+        (
+            vec![
+                "serve",
+                "--store",
+                store.to_str().unwrap(),
+                "--nats",
+                "nats://127.0.0.1:1",
+                "--nats-creds",
+                not_a_seed,
+            ],
+            "is not a .creds file",
+        ),
+        (
+            vec![
+                "serve",
+                "--store",
+                store.to_str().unwrap(),
+                "--nats",
+                "nats://127.0.0.1:1",
+                "--nats-tls-ca",
+                "/no/ca.pem",
+            ],
+            "the TLS CA file /no/ca.pem",
+        ),
         (
             vec!["serve", "--store", store.to_str().unwrap(), "--read-models", under_a_file.to_str().unwrap()],
             "cannot create",

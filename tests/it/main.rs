@@ -17,6 +17,7 @@ mod nats_e2e;
 mod nats_faults;
 mod nats_restart;
 mod nats_server;
+mod nats_tls;
 mod objects;
 mod openapi;
 mod projection_crash;
