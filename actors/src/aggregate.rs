@@ -36,6 +36,11 @@ pub trait Aggregate: Default + Clone + Send + Unpin + serde::Serialize + serde::
     /// The state after `event`.
     fn evolve(self, event: &Self::Event) -> Self;
 
+    /// Whether the actor of an instance's first event owns it (a job: whoever submitted it), for commands
+    /// confined to their owner's instances ([`crate::host::Metadata::owner`]) when [`Aggregate::owner`] says
+    /// nobody.
+    const OWNED_BY_CREATOR: bool = false;
+
     /// Who owns the instance, for commands confined to their owner's instances
     /// ([`crate::host::Metadata::owner`]); `None`: nobody does (yet), and any such command reaches it.
     fn owner(&self) -> Option<&str> {

@@ -34,6 +34,7 @@ pub const MODEL: Model = Model {
     columns: &[
         "id",
         "tenant",
+        "owner",
         "workflow",
         "workflow_version",
         "priority",
@@ -46,7 +47,7 @@ pub const MODEL: Model = Model {
         "updated_at",
         "version",
     ],
-    filters: &["status", "tenant", "workflow"],
+    filters: &["status", "tenant", "workflow", "owner"],
     time: "submitted_at",
     details: job_details,
     shape: |_| {},
@@ -128,7 +129,15 @@ impl Projection for Jobs {
                  at INTEGER NOT NULL,
                  PRIMARY KEY (job, seq)
              );",
-        )
+        )?;
+        // The owner (the submitter: the actor of `job.submitted`) came after the table: a read model made
+        // before it gains the column, empty for the jobs it already holds (a user sees none of those until the
+        // projection is rebuilt).
+        let has_owner = db.prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'owner'")?.exists([])?;
+        if !has_owner {
+            db.execute_batch("ALTER TABLE jobs ADD COLUMN owner TEXT")?;
+        }
+        db.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id)")
     }
 
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
@@ -149,8 +158,8 @@ impl Projection for Jobs {
                 crate::exec(
                     tx,
                     "INSERT INTO jobs (id, tenant, workflow, workflow_version, priority, status, steps_total,
-                                       submitted_at, updated_at, version)
-                     VALUES (?1, ?8, ?2, ?3, ?4, 'running', ?5, ?6, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+                                       submitted_at, updated_at, version, owner)
+                     VALUES (?1, ?8, ?2, ?3, ?4, 'running', ?5, ?6, ?6, ?7, ?9) ON CONFLICT (id) DO NOTHING",
                     params![
                         id,
                         e.workflow.to_string(),
@@ -159,7 +168,8 @@ impl Projection for Jobs {
                         e.steps.len() as i64,
                         e.at.0,
                         version,
-                        &*envelope.tenant
+                        &*envelope.tenant,
+                        &*envelope.actor
                     ],
                 )?;
                 for (ordinal, s) in e.steps.iter().enumerate() {

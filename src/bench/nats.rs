@@ -3,6 +3,10 @@
 //! nothing, at the same concurrency, in the same run; then the same with the JetStream store, next to raw
 //! JetStream publishes to a file stream. Starts its own `nats-server` (JetStream with `sync_interval:
 //! always`) unless given `--nats`; there it makes streams and buckets of its own and removes them after.
+//!
+//! `command-sqlite-16-auth` is `command-sqlite-16` with authentication on: every command carries an
+//! operator's bearer token, which the intake verifies and checks (role, tenant, the instance's tenant) as a
+//! node does; its baseline is `command-sqlite-16` of the same run.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,11 +135,13 @@ async fn store_cases(
 ) -> anyhow::Result<Vec<Report>> {
     let hosts = Hosts::new(store, HostOptions::default());
     let documents = Arc::new(super::actors::documents(&Host::<Document>::clone(&hosts.document), DOCUMENTS).await?);
-    let intake = Intake::start(bus.clone(), hosts, IntakeOptions::default()).await?;
+    let intake = Intake::start(bus.clone(), hosts.clone(), IntakeOptions::default()).await?;
     let mut reports = Vec::new();
+    let commands_at =
+        |in_flight: usize| (options.commands * in_flight as u64 / 256).max(in_flight as u64 * 50).min(options.commands);
     for in_flight in [1usize, 16, 256] {
-        let commands = (options.commands * in_flight as u64 / 256).max(in_flight as u64 * 50).min(options.commands);
-        let (ops, mut latencies) = commands_case(client, &documents, in_flight, commands).await?;
+        let commands = commands_at(in_flight);
+        let (ops, mut latencies) = commands_case(client, &documents, in_flight, commands, None).await?;
         let (baseline_ops, note) = match baseline {
             Baseline::RequestReply => (echo_case(client, in_flight, commands).await?, "no-op request/reply"),
             Baseline::JetStreamPublish => {
@@ -156,8 +162,45 @@ async fn store_cases(
         });
     }
     drop(intake);
+    if matches!(baseline, Baseline::RequestReply) {
+        let without = reports.iter().find(|r| r.case == format!("command-{name}-16")).map_or(0.0, |r| r.ops_per_s);
+        reports.push(auth_case(name, hosts, bus, client, &documents, commands_at(16), without).await?);
+    }
     client.flush().await?;
     Ok(reports)
+}
+
+/// `command-<store>-16-auth`: the 16-in-flight case through an intake that authenticates, each command with an
+/// operator's token of the documents' tenant; `without` is the same case's rate without authentication.
+async fn auth_case(
+    name: &str,
+    hosts: Hosts,
+    bus: &Arc<dyn Bus>,
+    client: &async_nats::Client,
+    documents: &Arc<Vec<weft_events::StreamName>>,
+    commands: u64,
+    without: f64,
+) -> anyhow::Result<Report> {
+    use crate::auth::{Role, token};
+    let secret = token::Secret::from_bytes(&rand::random::<[u8; 32]>());
+    let tenants = [crate::auth::DEFAULT_TENANT.to_owned()];
+    let bearer = format!("Bearer {}", token::issue(&secret, "bench", Role::Operator, &tenants, token::ADMIN_TOKEN_TTL));
+    let options = IntakeOptions { verifier: Some(Arc::new(token::Verifier::new(&secret))), ..IntakeOptions::default() };
+    let intake = Intake::start(bus.clone(), hosts, options).await?;
+    let (ops, mut latencies) = commands_case(client, documents, 16, commands, Some(&bearer)).await?;
+    drop(intake);
+    let case = format!("command-{name}-16-auth");
+    eprintln!("{case}: done");
+    Ok(Report {
+        bench: "nats",
+        case,
+        ops_per_s: ops,
+        p50_ms: latencies.percentile_ms(50.0),
+        p99_ms: latencies.percentile_ms(99.0),
+        baseline_ops_per_s: without,
+        bytes: None,
+        note: format!("command over NATS with a bearer token checked, {name} store; baseline: the same without"),
+    })
 }
 
 /// Sends `commands` `add_version` commands, `in_flight` at a time, as a client would: MessagePack bodies.
@@ -166,12 +209,17 @@ async fn commands_case(
     documents: &Arc<Vec<weft_events::StreamName>>,
     in_flight: usize,
     commands: u64,
+    authorization: Option<&str>,
 ) -> anyhow::Result<(f64, Latencies)> {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(value) = authorization {
+        headers.insert(crate::bus::AUTHORIZATION, value);
+    }
     let per_sender = commands.div_ceil(in_flight as u64);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for sender in 0..in_flight {
-        let (client, documents) = (client.clone(), documents.clone());
+        let (client, documents, headers) = (client.clone(), documents.clone(), headers.clone());
         tasks.push(actix_rt::spawn(async move {
             let mut latencies = Latencies::default();
             for n in 0..per_sender {
@@ -181,7 +229,8 @@ async fn commands_case(
                                   "payload": {"size_bytes": 10 + n % 100, "etag": format!("e{n}")}});
                 let body = crate::protocol::encode(&body, false);
                 let t = Instant::now();
-                let reply = client.request(format!("weft.cmd.document.{id}"), body.into()).await?;
+                let subject = format!("weft.cmd.document.{id}");
+                let reply = client.request_with_headers(subject, headers.clone(), body.into()).await?;
                 latencies.record(t.elapsed());
                 let reply: serde_json::Value =
                     crate::protocol::decode(&reply.payload, false).map_err(anyhow::Error::msg)?;

@@ -4,7 +4,8 @@
 //!
 //! A job's `submit` is checked against the workflow it names before the job sees it (`Workflows`): the
 //! job runs that version's steps, taken from the workflow when the submission sends none, and a submission of
-//! a version never defined, or of other steps, is rejected (`unknown_workflow`, `steps_differ`).
+//! a version never defined, or of other steps, is rejected (`unknown_workflow`, `steps_differ`). A submission
+//! naming no tenant (from a caller of every tenant) is for its first input document's tenant.
 //!
 //! A document's `mark_uploaded` and `add_version` are checked against the object store when the node has one
 //! (`Uploads`): the size and etag a client claims must be what storage holds under the document's key.
@@ -204,9 +205,21 @@ impl Prepare<Job> for Workflows {
     ) -> LocalBoxFuture<'static, Result<Execute<Job>, host::Error<job::Rejection>>> {
         let workflows = self.clone();
         Box::pin(async move {
-            let job::Command::Submit { workflow, workflow_version, steps, .. } = &mut execute.command else {
+            let job::Command::Submit { workflow, workflow_version, steps, inputs, .. } = &mut execute.command else {
                 return Ok(execute);
             };
+            // A job whose caller named no tenant (one of every tenant) is its first input's tenant's: a job
+            // reads only documents of its own tenant (`crate::agents::executor`).
+            if execute.metadata.tenant.is_none()
+                && let Some(first) = inputs.first()
+            {
+                let (input, _) = host::load_state::<Document>(&*workflows.store, &first.stream())
+                    .await
+                    .map_err(|e| host::Error::Unavailable(format!("reading input {first}: {e}")))?;
+                if input.status != document::Status::Unregistered {
+                    execute.metadata.tenant = Some(input.tenant);
+                }
+            }
             let (workflow, version) = (*workflow, *workflow_version);
             let defined = workflows.steps(workflow, version).await.map_err(host::Error::Unavailable)?;
             match defined {
@@ -345,8 +358,12 @@ async fn handle<A: Confined, P: Prepare<A>>(
         let json = message.is_json();
         let reply: Reply<A::Rejection> = match decode(&message, json, limits, verifier.as_deref()) {
             Err(refused) => {
-                let why = refused.error.as_ref().map_or("", |e| e.message.as_str());
-                tracing::debug!(subject = %message.subject, %why, "a command refused unread");
+                let (kind, why) = refused.error.as_ref().map_or((None, ""), |e| (Some(e.kind), e.message.as_str()));
+                if kind == Some(protocol::ErrorKind::Invalid) {
+                    tracing::debug!(subject = %message.subject, %why, "an invalid command");
+                } else {
+                    tracing::debug!(subject = %message.subject, %why, "a command refused: {kind:?}");
+                }
                 refused
             }
             Ok((stream, execute)) => match prepare.prepare(&stream, execute).await {

@@ -340,11 +340,12 @@ impl Reads {
         self.caught_up(weft_projections::jobs::NAME, after).await?;
         let found = self
             .query(move |db| {
-                let tenant: Option<String> = db
-                    .prepare_cached("SELECT tenant FROM jobs WHERE id = ?1")?
-                    .query_row([&id], |r| r.get(0))
+                let job: Option<(String, Option<String>)> = db
+                    .prepare_cached("SELECT tenant, owner FROM jobs WHERE id = ?1")?
+                    .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                if !tenant.is_some_and(|tenant| scope.tenant_ok(&tenant)) {
+                let owner_ok = |owner: &Option<String>| scope.owner.is_none() || *owner == scope.owner;
+                if !job.is_some_and(|(tenant, owner)| scope.tenant_ok(&tenant) && owner_ok(&owner)) {
                     return Ok(None);
                 }
                 let mut items = rows(
@@ -389,10 +390,14 @@ impl Reads {
         if (items.is_empty() && cursor == 0) || !items.iter().all(seen) {
             return Err(Failure::not_found("no such stream"));
         }
-        // A reader confined to its own documents reads only their histories.
+        // A reader confined to what it owns reads only the histories of its own documents and jobs.
+        let owned = MODELS
+            .into_iter()
+            .filter(|m| m.columns.contains(&"owner"))
+            .find_map(|model| stream.strip_prefix(model.kind).and_then(|s| s.strip_prefix('-')).map(|id| (model, id)));
         if scope.owner.is_some()
-            && let Some(id) = stream.strip_prefix("document-")
-            && self.show(&weft_projections::documents::MODEL, id, None, scope).await.is_err()
+            && let Some((model, id)) = owned
+            && self.show(model, id, None, scope).await.is_err()
         {
             return Err(Failure::not_found("no such stream"));
         }

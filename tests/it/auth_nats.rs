@@ -161,6 +161,31 @@ async fn commands_and_queries_over_nats_are_checked_like_http_and_events_carry_t
     let reply = ask(&client, &schedule, Some(&olga), &[], &create(Some("globex"))).await;
     assert_eq!(kind(&reply), "forbidden", "{reply}");
 
+    // A user's jobs are its own: another user of the tenant neither sees nor cancels them; an operator sees them.
+    let anns_job = uuid::Uuid::now_v7();
+    let submit_anns = command(
+        "submit",
+        json!({"workflow": weft::agents::catalog::workflow_id("summarize"),
+        "workflow_version": 1, "inputs": [doc], "priority": 0}),
+    );
+    let reply = ask(&client, &format!("weft.cmd.job.{anns_job}"), Some(&ann), &[], &submit_anns).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let after = reply["last_position"].as_u64().unwrap();
+    let get = json!({"id": anns_job, "after": after});
+    let reply = ask(&client, "weft.qry.jobs.get", Some(&ann), &[], &get).await;
+    assert_eq!(reply["owner"], "ann", "{reply}");
+    let reply = ask(&client, "weft.qry.jobs.get", Some(&olga), &[], &get).await;
+    assert_eq!(reply["owner"], "ann", "{reply}");
+    let reply = ask(&client, "weft.qry.jobs.get", Some(&bob), &[], &get).await;
+    assert_eq!(kind(&reply), "not_found", "bob reads ann's job: {reply}");
+    let list = ask(&client, "weft.qry.jobs.list", Some(&bob), &[], &json!({})).await;
+    assert_eq!(list["items"], json!([]), "bob lists ann's job: {list}");
+    let logs = ask(&client, "weft.qry.jobs.logs", Some(&bob), &[], &json!({"id": anns_job})).await;
+    assert_eq!(kind(&logs), "not_found", "bob reads ann's job's log: {logs}");
+    let cancel = command("cancel", json!({"reason": "not yours"}));
+    let reply = ask(&client, &format!("weft.cmd.job.{anns_job}"), Some(&bob), &[], &cancel).await;
+    assert_eq!(kind(&reply), "not_found", "bob cancels ann's job: {reply}");
+
     // A job of globex naming acme's document as its input: the step refuses to read it.
     let job = uuid::Uuid::now_v7();
     let submit = command(

@@ -195,7 +195,7 @@ async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors()
             ("/documents?limit=1001".to_owned(), 400),
             ("/documents?cursor=page-2".to_owned(), 400),
             ("/documents?since=yesterday".to_owned(), 400),
-            ("/jobs?owner=ann".to_owned(), 400),
+            ("/jobs?provider=builtin".to_owned(), 400),
             (format!("/jobs/{job}/logs?cursor=-x"), 400),
             ("/nowhere".to_owned(), 404),
             // A position the read model will not reach in time: 504, not a stale answer.

@@ -31,9 +31,23 @@ pub(super) struct Loaded<A> {
     pub(super) state: A,
     pub(super) version: u64,
     recent: VecDeque<(Uuid, Outcome)>,
-    /// The tenant of the instance's first event: commands naming another tenant are refused. `None` until
-    /// the instance has an event.
-    tenant: Option<String>,
+    /// The tenant and actor of the instance's first event: commands naming another tenant are refused, and
+    /// for an aggregate [owned by its creator](crate::Aggregate::OWNED_BY_CREATOR) the actor is its owner.
+    /// `None` until the instance has an event.
+    first: Option<First>,
+}
+
+/// The tenant and actor of an instance's first event.
+#[derive(Debug, Clone)]
+struct First {
+    tenant: String,
+    actor: String,
+}
+
+impl First {
+    fn of(envelope: &weft_events::Envelope) -> Self {
+        Self { tenant: envelope.tenant.to_string(), actor: envelope.actor.to_string() }
+    }
 }
 
 /// Why running a command failed inside the actor.
@@ -78,7 +92,7 @@ pub(super) fn fold<A: Aggregate>(
             .map_err(|p| Failure::Panicked(panic_message(&*p)))?;
         loaded.version = envelope.version;
         if envelope.version == 1 {
-            loaded.tenant = Some(envelope.tenant.to_string());
+            loaded.first = Some(First::of(envelope));
         }
         if let Some(command_id) = envelope.causation_id {
             // The events of one command are one append: the last one's place is the command's outcome.
@@ -122,7 +136,7 @@ pub(super) async fn activate<A: Aggregate>(
     stream: &StreamName,
     remembered: usize,
 ) -> Result<Loaded<A>, Failure<A::Rejection>> {
-    let mut loaded = Loaded { state: A::default(), version: 0, recent: VecDeque::new(), tenant: None };
+    let mut loaded = Loaded { state: A::default(), version: 0, recent: VecDeque::new(), first: None };
     match store.load_snapshot(stream).await {
         Ok(Some(snapshot)) if snapshot.schema_version == A::SNAPSHOT_VERSION => {
             // A snapshot is at most as large as the store lets it be; the codec's default bound is for
@@ -134,7 +148,7 @@ pub(super) async fn activate<A: Aggregate>(
                         state: saved.state,
                         version: snapshot.version,
                         recent: saved.recent.into(),
-                        tenant: None,
+                        first: None,
                     };
                 }
                 Err(e) => tracing::warn!(%stream, error = %e, "ignoring a snapshot that does not decode"),
@@ -144,13 +158,13 @@ pub(super) async fn activate<A: Aggregate>(
         Err(e) => tracing::warn!(%stream, error = %e, "ignoring a snapshot that cannot be read"),
     }
     catch_up(store, stream, &mut loaded, remembered).await?;
-    if loaded.tenant.is_none() && loaded.version > 0 {
-        // Loaded from a snapshot: the tenant is its first event's.
+    if loaded.first.is_none() && loaded.version > 0 {
+        // Loaded from a snapshot: the tenant and creator are its first event's.
         let first = store
             .read_stream(stream, 1, Direction::Forwards, 1)
             .await
             .map_err(|e| Failure::Error(Error::Unavailable(e.to_string())))?;
-        loaded.tenant = first.first().map(|e| e.tenant.to_string());
+        loaded.first = first.first().map(First::of);
     }
     Ok(loaded)
 }
@@ -167,15 +181,16 @@ pub(super) async fn run<A: Aggregate>(
     loop {
         // A command that names a tenant reaches only that tenant's instances (one without a tenant, the
         // node's own, reaches any).
-        if let (Some(asked), Some(own)) = (&message.metadata.tenant, &loaded.tenant)
-            && asked != own
+        if let (Some(asked), Some(own)) = (&message.metadata.tenant, &loaded.first)
+            && *asked != own.tenant
         {
             return (loaded, Err(Failure::Error(Error::OtherTenant)));
         }
-        if let (Some(asked), Some(own)) = (&message.metadata.owner, loaded.state.owner())
-            && asked != own
-        {
-            return (loaded, Err(Failure::Error(Error::OtherTenant)));
+        if let Some(asked) = &message.metadata.owner {
+            let creator = loaded.first.as_ref().filter(|_| A::OWNED_BY_CREATOR).map(|f| f.actor.as_str());
+            if loaded.state.owner().or(creator).is_some_and(|own| own != asked) {
+                return (loaded, Err(Failure::Error(Error::OtherTenant)));
+            }
         }
         if let Some(expected) = message.expected_version
             && expected != loaded.version
@@ -239,7 +254,8 @@ pub(super) async fn run<A: Aggregate>(
                 return (loaded, Err(Failure::Error(Error::Unavailable(format!("an event does not encode: {e}")))));
             }
         };
-        let new_events_tenant = new_events.first().map(|e| e.tenant.to_string());
+        let new_events_first =
+            new_events.first().map(|e| First { tenant: e.tenant.to_string(), actor: e.actor.to_string() });
         match store.append(&stream, ExpectedVersion::Exact(loaded.version), new_events).await {
             Ok(appended) => {
                 for event in &events {
@@ -250,8 +266,8 @@ pub(super) async fn run<A: Aggregate>(
                     }
                 }
                 loaded.version = appended.version;
-                if loaded.tenant.is_none() {
-                    loaded.tenant = new_events_tenant.clone();
+                if loaded.first.is_none() {
+                    loaded.first = new_events_first.clone();
                 }
                 let outcome = Outcome {
                     version: appended.version,

@@ -169,6 +169,9 @@ impl Aggregate for Job {
     type Event = Event;
     type Rejection = Rejection;
 
+    /// A job is its submitter's: a `user` cancels and retries only its own.
+    const OWNED_BY_CREATOR: bool = true;
+
     fn decide(&self, command: &Command) -> Result<Vec<Event>, Rejection> {
         match command {
             Command::Submit {
