@@ -192,16 +192,20 @@ fn sign(secret: &Secret, subject: &str, role: Role, tenants: &[String], ttl: Dur
         .expect("HS256 signs with any secret")
 }
 
-/// Verifies tokens signed with the node's secret.
+/// Verifies tokens signed with the node's secret and, when one is configured, an OIDC provider's.
 #[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    oidc: Option<super::oidc::Provider>,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Verifier(HS256)")
+        match &self.oidc {
+            Some(provider) => write!(f, "Verifier(HS256, OIDC {})", provider.issuer()),
+            None => f.write_str("Verifier(HS256)"),
+        }
     }
 }
 
@@ -215,7 +219,27 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
-        Self { key: DecodingKey::from_secret(&secret.0), validation }
+        Self { key: DecodingKey::from_secret(&secret.0), validation, oidc: None }
+    }
+
+    /// The same verifier, also taking the tokens of `provider`.
+    pub fn with_oidc(self, provider: Option<super::oidc::Provider>) -> Self {
+        Self { oidc: provider, ..self }
+    }
+
+    /// The identity `token` carries, or why it is refused: HS256 tokens are the node's own ([`Verifier::verify`]),
+    /// others an OIDC provider's, checked with its keys (see [`super::oidc`]); without a provider they are
+    /// refused.
+    pub async fn identify(&self, token: &str) -> Result<Identity, Refused> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Refused::TooLarge);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| Refused::Invalid("malformed"))?;
+        match (header.alg, &self.oidc) {
+            (Algorithm::HS256, _) => self.verify(token),
+            (_, Some(provider)) => provider.verify(token, &header).await,
+            (_, None) => Err(Refused::Invalid("wrong algorithm")),
+        }
     }
 
     /// The identity `token` carries, or why it is refused.

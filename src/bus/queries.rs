@@ -88,13 +88,14 @@ fn params(payload: &[u8]) -> Result<BTreeMap<String, String>, Failure> {
 }
 
 /// What the query's caller may read, or why it may read nothing; `status` queries are open.
-fn scope(verb: &str, message: &Message, verifier: Option<&Verifier>) -> Result<Scope, Failure> {
+async fn scope(verb: &str, message: &Message, verifier: Option<&Verifier>) -> Result<Scope, Failure> {
     let Some(verifier) = verifier.filter(|_| !verb.starts_with("status.")) else { return Ok(Scope::ALL) };
     let token = message.headers.get(AUTHORIZATION).map(String::as_str).and_then(token::bearer);
-    let identity = token
-        .ok_or(token::Refused::Missing)
-        .and_then(|token| verifier.verify(token))
-        .map_err(|why| Failure { kind: "unauthenticated", message: why.to_string() })?;
+    let identity = match token {
+        Some(token) => verifier.identify(token).await,
+        None => Err(token::Refused::Missing),
+    };
+    let identity = identity.map_err(|why| Failure { kind: "unauthenticated", message: why.to_string() })?;
     if !identity.role.may(Permission::Read) {
         return Err(Failure { kind: "forbidden", message: format!("a {} may not read", identity.role.as_str()) });
     }
@@ -103,7 +104,7 @@ fn scope(verb: &str, message: &Message, verifier: Option<&Verifier>) -> Result<S
 
 async fn answer(reads: &Reads, message: &Message, verifier: Option<&Verifier>) -> Result<Value, Failure> {
     let verb = message.subject.strip_prefix(QUERIES).and_then(|s| s.strip_prefix('.')).unwrap_or_default();
-    let scope = scope(verb, message, verifier)?;
+    let scope = scope(verb, message, verifier).await?;
     let scope = &scope;
     let mut params = params(&message.payload)?;
     let mut take = |key: &str| params.remove(key).ok_or_else(|| Failure::invalid(format!("{key} is required")));

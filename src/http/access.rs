@@ -93,7 +93,7 @@ pub async fn authenticate(
     }
     let header = request.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let identity = match header.and_then(token::bearer).ok_or(token::Refused::Missing) {
-        Ok(token) => verifier.verify(token),
+        Ok(token) => verifier.identify(token).await,
         Err(refused) => Err(refused),
     };
     let identity = match identity {

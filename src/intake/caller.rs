@@ -97,7 +97,7 @@ impl Confined for Workflow {}
 impl Confined for Agent {}
 
 /// The metadata a command runs with, from its headers and its caller's token, or the reply refusing it.
-pub fn metadata<A: Confined>(
+pub async fn metadata<A: Confined>(
     headers: &Headers,
     kind: &str,
     command: &mut A::Command,
@@ -118,8 +118,11 @@ pub fn metadata<A: Confined>(
     let as_sent = Metadata { tenant, actor, correlation_id, owner };
     let Some(verifier) = verifier else { return Ok(as_sent) };
     let token = headers.get(AUTHORIZATION).map(String::as_str).and_then(token::bearer).ok_or(token::Refused::Missing);
-    let identity =
-        token.and_then(|token| verifier.verify(token)).map_err(|why| Reply::unauthenticated(why.to_string()))?;
+    let identity = match token {
+        Ok(token) => verifier.identify(token).await,
+        Err(missing) => Err(missing),
+    };
+    let identity = identity.map_err(|why| Reply::unauthenticated(why.to_string()))?;
     if identity.delegate {
         return Ok(as_sent);
     }

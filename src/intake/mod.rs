@@ -356,7 +356,7 @@ async fn handle<A: Confined, P: Prepare<A>>(
             return;
         };
         let json = message.is_json();
-        let reply: Reply<A::Rejection> = match decode(&message, json, limits, verifier.as_deref()) {
+        let reply: Reply<A::Rejection> = match decode(&message, json, limits, verifier.as_deref()).await {
             Err(refused) => {
                 let (kind, why) = refused.error.as_ref().map_or((None, ""), |e| (Some(e.kind), e.message.as_str()));
                 if kind == Some(protocol::ErrorKind::Invalid) {
@@ -386,7 +386,7 @@ async fn handle<A: Confined, P: Prepare<A>>(
 }
 
 /// Decodes a command and checks its caller (see [`caller`]); the error is the reply refusing it.
-fn decode<A: Confined>(
+async fn decode<A: Confined>(
     message: &Message,
     json: bool,
     limits: BodyLimits,
@@ -394,7 +394,7 @@ fn decode<A: Confined>(
 ) -> Result<(StreamName, Execute<A>), Reply<A::Rejection>> {
     let mut decoded =
         protocol::decode_command::<A>(&message.subject, &message.payload, json, limits).map_err(Reply::invalid)?;
-    let metadata = caller::metadata::<A>(&message.headers, &decoded.kind, &mut decoded.command, verifier)?;
+    let metadata = caller::metadata::<A>(&message.headers, &decoded.kind, &mut decoded.command, verifier).await?;
     let execute = Execute {
         command_id: decoded.command_id,
         command: decoded.command,

@@ -36,6 +36,9 @@ pub enum Error {
     /// A secret (S3's, the webhook's) could not be read.
     #[error("{0}")]
     Secret(String),
+    /// The OIDC provider's options do not fit together.
+    #[error("OIDC: {0}")]
+    Oidc(String),
     /// The local object store's folder could not be opened.
     #[error("the object store in {folder}: {source}")]
     Objects {

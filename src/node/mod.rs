@@ -354,7 +354,8 @@ fn start_auth(
     let admin_path = options.admin_token_path();
     token::write_private(&admin_path, admin.as_bytes(), false)
         .map_err(|source| token::SecretError::Io { path: admin_path, source })?;
-    Ok(Some((token::Verifier::new(&secret), token::NodeToken::new(&secret))))
+    let oidc = options.auth.oidc.provider().map_err(Error::Oidc)?;
+    Ok(Some((token::Verifier::new(&secret).with_oidc(oidc), token::NodeToken::new(&secret))))
 }
 
 /// The bus `options` name: NATS (and its client, which the lease uses), or the in-process bus.

@@ -139,8 +139,11 @@ pub struct AuthSection {
     pub auth_secret_file: Option<PathBuf>,
     /// Check nobody: every route open to whoever reaches the node, `Weft-Tenant` and `Weft-Actor` as the caller
     /// says. For a node only its own machine reaches; never on a shared network.
-    #[arg(long, env = "WEFT_INSECURE_NO_AUTH")]
+    #[arg(long, env = "WEFT_INSECURE_NO_AUTH", conflicts_with = "oidc_issuer")]
     pub insecure_no_auth: bool,
+    /// An OIDC provider whose tokens the node takes too.
+    #[command(flatten)]
+    pub oidc: crate::auth::oidc::OidcOptions,
 }
 
 /// What an operator may tune of the actor host.

@@ -211,6 +211,34 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
         (vec!["serve", "--nats", "nats://127.0.0.1:1", "--jetstream", "--jetstream-replicas", "9"], "1..=5"),
         (vec!["bench", "nats", "--nats", "nats://bad host:-1"], "NATS URL"),
         (vec!["serve", "--nats", "nats://127.0.0.1:1", "--nats-user", "u"], "--nats-password-file"),
+        (vec!["serve", "--oidc-issuer", "https://idp"], "--oidc-audience"),
+        (
+            vec![
+                "serve",
+                "--store",
+                store.to_str().unwrap(),
+                "--oidc-issuer",
+                "https://idp",
+                "--oidc-audience",
+                "weft",
+            ],
+            "--oidc-issuer needs --oidc-jwks-url or --oidc-jwks-file",
+        ),
+        (
+            vec![
+                "serve",
+                "--store",
+                store.to_str().unwrap(),
+                "--oidc-issuer",
+                "https://idp",
+                "--oidc-audience",
+                "weft",
+                "--oidc-jwks-url",
+                "http://idp.example/certs",
+            ],
+            "keys are fetched over https",
+        ),
+        (vec!["serve", "--insecure-no-auth", "--oidc-issuer", "i", "--oidc-audience", "a"], "cannot be used with"),
         (vec!["serve", "--nats", "nats://127.0.0.1:1", "--nats-tls-cert", "c.pem"], "--nats-tls-key"),
         (
             vec![

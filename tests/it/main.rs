@@ -19,6 +19,7 @@ mod nats_restart;
 mod nats_server;
 mod nats_tls;
 mod objects;
+mod oidc;
 mod openapi;
 mod projection_crash;
 mod protocol_doc;
