@@ -6,7 +6,7 @@
 //!
 //! `command-sqlite-16-auth` is `command-sqlite-16` with authentication on: every command carries an
 //! operator's bearer token, which the intake verifies and checks (role, tenant, the instance's tenant) as a
-//! node does; its baseline is `command-sqlite-16` of the same run.
+//! node does; its baseline is the same case without authentication, run right before it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -161,17 +161,18 @@ async fn store_cases(
             note: format!("command over NATS, {name} store; baseline: {note}"),
         });
     }
-    drop(intake);
+    intake.stop().await;
+    bus.confirm().await?;
     if matches!(baseline, Baseline::RequestReply) {
-        let without = reports.iter().find(|r| r.case == format!("command-{name}-16")).map_or(0.0, |r| r.ops_per_s);
-        reports.push(auth_case(name, hosts, bus, client, &documents, commands_at(16), without).await?);
+        reports.push(auth_case(name, hosts, bus, client, &documents, commands_at(16)).await?);
     }
     client.flush().await?;
     Ok(reports)
 }
 
 /// `command-<store>-16-auth`: the 16-in-flight case through an intake that authenticates, each command with an
-/// operator's token of the documents' tenant; `without` is the same case's rate without authentication.
+/// operator's token of the documents' tenant, right after the same case without authentication (its baseline),
+/// so that both run as warm.
 async fn auth_case(
     name: &str,
     hosts: Hosts,
@@ -179,16 +180,20 @@ async fn auth_case(
     client: &async_nats::Client,
     documents: &Arc<Vec<weft_events::StreamName>>,
     commands: u64,
-    without: f64,
 ) -> anyhow::Result<Report> {
     use crate::auth::{Role, token};
     let secret = token::Secret::from_bytes(&rand::random::<[u8; 32]>());
     let tenants = [crate::auth::DEFAULT_TENANT.to_owned()];
     let bearer = format!("Bearer {}", token::issue(&secret, "bench", Role::Operator, &tenants, token::ADMIN_TOKEN_TTL));
+    let open = Intake::start(bus.clone(), hosts.clone(), IntakeOptions::default()).await?;
+    let (without, _) = commands_case(client, documents, 16, commands, None).await?;
+    open.stop().await;
+    bus.confirm().await?;
     let options = IntakeOptions { verifier: Some(Arc::new(token::Verifier::new(&secret))), ..IntakeOptions::default() };
     let intake = Intake::start(bus.clone(), hosts, options).await?;
     let (ops, mut latencies) = commands_case(client, documents, 16, commands, Some(&bearer)).await?;
-    drop(intake);
+    intake.stop().await;
+    bus.confirm().await?;
     let case = format!("command-{name}-16-auth");
     eprintln!("{case}: done");
     Ok(Report {

@@ -43,7 +43,8 @@ pub async fn start(
     verifier: Option<Arc<Verifier>>,
 ) -> Result<tokio::task::JoinHandle<()>, BusError> {
     let mut subscription = bus.subscribe(&format!("{QUERIES}.>"), Some(crate::protocol::QUEUE_GROUP)).await?;
-    bus.flush().await?;
+    // A round trip: the server has the subscription when this returns (see the intake's start).
+    bus.confirm().await?;
     health.running();
     Ok(tokio::spawn(async move {
         let _stopped = crate::health::StoppedOnDrop(health);

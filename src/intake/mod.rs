@@ -101,7 +101,10 @@ impl Intake {
             serve(bus.clone(), hosts.agent, AsIs, &options, shared.clone()).await?,
             serve(bus.clone(), hosts.schedule, AsIs, &options, shared).await?,
         ];
-        bus.flush().await?;
+        // A round trip, not a flush: when it returns the server has the subscriptions, so a command sent
+        // from now on finds the services (a flush only writes them to the socket, and a command sent right
+        // after could be answered `no responders`).
+        bus.confirm().await?;
         let (tasks, health) = services.into_iter().map(|(task, name, health)| (task, (name, health))).unzip();
         Ok(Self { tasks, handled, health })
     }
@@ -115,6 +118,16 @@ impl Intake {
     /// Commands this node has taken off the bus so far.
     pub fn handled(&self) -> u64 {
         self.handled.load(Ordering::Relaxed)
+    }
+
+    /// Unsubscribes the services and waits until they are gone, so that a bus flush after it has the server
+    /// know: no command is routed to this intake any more (a dropped one may still be, briefly, and such a
+    /// command is lost until its sender retries).
+    pub async fn stop(mut self) {
+        for task in std::mem::take(&mut self.tasks) {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }
 
