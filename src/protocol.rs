@@ -90,6 +90,9 @@ pub struct WireError<R> {
     /// For `rejected`: the aggregate's reason, `{code, detail}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejection: Option<R>,
+    /// For `unavailable` because the caller is over its rate limit: how long to wait before retrying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// The reply to a command: `status` is `ok` (with the version and positions) or `error` (with `error`).
@@ -146,7 +149,7 @@ impl<R> Reply<R> {
             first_position: None,
             last_position: None,
             repeated: false,
-            error: Some(WireError { kind, message: message.into(), rejection }),
+            error: Some(WireError { kind, message: message.into(), rejection, retry_after_ms: None }),
         }
     }
 
@@ -158,6 +161,15 @@ impl<R> Reply<R> {
     /// An `unauthenticated` reply.
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::error(ErrorKind::Unauthenticated, message, None)
+    }
+
+    /// An `unavailable` reply to a caller over its rate limit, saying how long to wait.
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        let mut reply = Self::error(ErrorKind::Unavailable, "over the request rate allowed; retry later", None);
+        if let Some(error) = &mut reply.error {
+            error.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
+        reply
     }
 
     /// A `forbidden` reply.

@@ -8,6 +8,7 @@
 //! identity's own tenants. With `--insecure-no-auth` (refused on a non-loopback address unless given on
 //! purpose) a node is open as before: no identity, headers as the caller sends them.
 
+pub mod limits;
 pub mod oidc;
 pub mod token;
 

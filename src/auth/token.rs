@@ -198,6 +198,8 @@ pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
     oidc: Option<super::oidc::Provider>,
+    verified: std::sync::Arc<std::sync::Mutex<Verified>>,
+    limits: Option<std::sync::Arc<super::limits::RateLimits>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -219,7 +221,19 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
-        Self { key: DecodingKey::from_secret(&secret.0), validation, oidc: None }
+        let verified = Default::default();
+        Self { key: DecodingKey::from_secret(&secret.0), validation, oidc: None, verified, limits: None }
+    }
+
+    /// The same verifier, with these rate limits for the identities it verifies ([`Verifier::spend`]).
+    pub fn with_limits(self, limits: super::limits::RateLimits) -> Self {
+        Self { limits: Some(std::sync::Arc::new(limits)), ..self }
+    }
+
+    /// Spends one request of `identity` for `tenant` (see [`super::limits`]); when its budget is spent, how long
+    /// until it has one again.
+    pub fn spend(&self, identity: &Identity, tenant: Option<&str>) -> Result<(), Duration> {
+        self.limits.as_ref().map_or(Ok(()), |limits| limits.check(identity, tenant))
     }
 
     /// The same verifier, also taking the tokens of `provider`.
@@ -236,7 +250,7 @@ impl Verifier {
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refused::Invalid("malformed"))?;
         match (header.alg, &self.oidc) {
-            (Algorithm::HS256, _) => self.verify(token),
+            (Algorithm::HS256, _) => self.verify_cached(token),
             (_, Some(provider)) => provider.verify(token, &header).await,
             (_, None) => Err(Refused::Invalid("wrong algorithm")),
         }
@@ -244,6 +258,11 @@ impl Verifier {
 
     /// The identity `token` carries, or why it is refused.
     pub fn verify(&self, token: &str) -> Result<Identity, Refused> {
+        self.verify_until(token).map(|(identity, _)| identity)
+    }
+
+    /// [`Verifier::verify`], with the token's expiry (seconds since the epoch).
+    fn verify_until(&self, token: &str) -> Result<(Identity, u64), Refused> {
         use jsonwebtoken::errors::ErrorKind;
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refused::TooLarge);
@@ -266,9 +285,38 @@ impl Verifier {
         {
             return Err(Refused::Invalid("claims"));
         }
-        Ok(Identity { subject: claims.sub, role: claims.role, tenants: claims.tenants, delegate: claims.delegate })
+        let identity =
+            Identity { subject: claims.sub, role: claims.role, tenants: claims.tenants, delegate: claims.delegate };
+        Ok((identity, claims.exp))
+    }
+
+    /// The node's own token, from the cache of tokens verified before while they have not expired (a client
+    /// sends the same token with every request; checking its signature and claims once is enough).
+    fn verify_cached(&self, token: &str) -> Result<Identity, Refused> {
+        let key = token.rsplit('.').next().unwrap_or(token);
+        {
+            let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((identity, exp, whole)) = cache.get(key)
+                && whole == token
+            {
+                return if now() <= exp + LEEWAY_SECS { Ok(identity.clone()) } else { Err(Refused::Expired) };
+            }
+        }
+        let (identity, exp) = self.verify_until(token)?;
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_VERIFIED {
+            cache.clear();
+        }
+        cache.insert(key.to_owned(), (identity.clone(), exp, token.to_owned()));
+        Ok(identity)
     }
 }
+
+/// How many verified tokens a verifier remembers; past it, it forgets them all.
+const MAX_VERIFIED: usize = 10_000;
+
+/// Verified tokens by their signature: the identity, the expiry and the whole token.
+type Verified = std::collections::HashMap<String, (Identity, u64, String)>;
 
 /// The subject of the node's own token.
 pub const NODE_SUBJECT: &str = "system:node";

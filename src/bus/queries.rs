@@ -54,7 +54,12 @@ pub async fn start(
                 let Some(reply) = message.reply.clone() else { return };
                 let answer = match answer(&reads, &message, verifier.as_deref()).await {
                     Ok(value) => value,
-                    Err(failure) => json!({"error": {"kind": failure.kind, "message": failure.message}}),
+                    Err(Refusal::Failure(failure)) => {
+                        json!({"error": {"kind": failure.kind, "message": failure.message}})
+                    }
+                    Err(Refusal::RateLimited(millis)) => json!({"error": {"kind": "unavailable",
+                        "message": format!("over the request rate allowed; retry in {millis} ms"),
+                        "retry_after_ms": millis}}),
                 };
                 let headers = Headers::from([(CONTENT_TYPE.to_owned(), JSON.to_owned())]);
                 let reply = Message { subject: reply, reply: None, headers, payload: answer.to_string().into() };
@@ -89,7 +94,21 @@ fn params(payload: &[u8]) -> Result<BTreeMap<String, String>, Failure> {
 }
 
 /// What the query's caller may read, or why it may read nothing; `status` queries are open.
-async fn scope(verb: &str, message: &Message, verifier: Option<&Verifier>) -> Result<Scope, Failure> {
+/// Why a query is not answered.
+enum Refusal {
+    /// As the read models or the checks of the caller say.
+    Failure(Failure),
+    /// The caller is over its rate limit: retry after this many milliseconds.
+    RateLimited(u64),
+}
+
+impl From<Failure> for Refusal {
+    fn from(failure: Failure) -> Self {
+        Self::Failure(failure)
+    }
+}
+
+async fn scope(verb: &str, message: &Message, verifier: Option<&Verifier>) -> Result<Scope, Refusal> {
     let Some(verifier) = verifier.filter(|_| !verb.starts_with("status.")) else { return Ok(Scope::ALL) };
     let token = message.headers.get(AUTHORIZATION).map(String::as_str).and_then(token::bearer);
     let identity = match token {
@@ -97,16 +116,23 @@ async fn scope(verb: &str, message: &Message, verifier: Option<&Verifier>) -> Re
         None => Err(token::Refused::Missing),
     };
     let identity = identity.map_err(|why| Failure { kind: "unauthenticated", message: why.to_string() })?;
+    if let Err(wait) = verifier.spend(&identity, None) {
+        return Err(Refusal::RateLimited(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)));
+    }
     if !identity.role.may(Permission::Read) {
-        return Err(Failure { kind: "forbidden", message: format!("a {} may not read", identity.role.as_str()) });
+        let message = format!("a {} may not read", identity.role.as_str());
+        return Err(Failure { kind: "forbidden", message }.into());
     }
     Ok(Scope::of(Some(&identity)))
 }
 
-async fn answer(reads: &Reads, message: &Message, verifier: Option<&Verifier>) -> Result<Value, Failure> {
+async fn answer(reads: &Reads, message: &Message, verifier: Option<&Verifier>) -> Result<Value, Refusal> {
     let verb = message.subject.strip_prefix(QUERIES).and_then(|s| s.strip_prefix('.')).unwrap_or_default();
     let scope = scope(verb, message, verifier).await?;
-    let scope = &scope;
+    Ok(read(reads, message, verb, &scope).await?)
+}
+
+async fn read(reads: &Reads, message: &Message, verb: &str, scope: &Scope) -> Result<Value, Failure> {
     let mut params = params(&message.payload)?;
     let mut take = |key: &str| params.remove(key).ok_or_else(|| Failure::invalid(format!("{key} is required")));
     match verb {

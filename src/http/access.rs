@@ -112,6 +112,14 @@ pub async fn authenticate(
         let message = format!("a {} may not use this route", identity.role.as_str());
         return Ok(request.into_response(refused(StatusCode::FORBIDDEN, "forbidden", &message)));
     }
+    let tenant = request.headers().get(crate::bus::TENANT).and_then(|v| v.to_str().ok());
+    if let Err(wait) = verifier.spend(&identity, tenant) {
+        let seconds = crate::auth::limits::retry_after_secs(wait);
+        let message = format!("over the request rate allowed; retry in {seconds} s");
+        let mut answer = super::error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+        answer.headers_mut().insert(actix_web::http::header::RETRY_AFTER, seconds.into());
+        return Ok(request.into_response(answer));
+    }
     request.extensions_mut().insert(identity);
     next.call(request).await.map(ServiceResponse::map_into_boxed_body)
 }

@@ -126,6 +126,7 @@ pub async fn metadata<A: Confined>(
     if identity.delegate {
         return Ok(as_sent);
     }
+    verifier.spend(&identity, as_sent.tenant.as_deref()).map_err(Reply::rate_limited)?;
     let refused = Reply::forbidden;
     if !identity.role.may(crate::auth::command_permission(A::KIND, kind)) {
         return Err(refused(format!("a {} may not send {kind:?} to a {}", identity.role.as_str(), A::KIND)));

@@ -355,7 +355,9 @@ fn start_auth(
     token::write_private(&admin_path, admin.as_bytes(), false)
         .map_err(|source| token::SecretError::Io { path: admin_path, source })?;
     let oidc = options.auth.oidc.provider().map_err(Error::Oidc)?;
-    Ok(Some((token::Verifier::new(&secret).with_oidc(oidc), token::NodeToken::new(&secret))))
+    let limits = crate::auth::limits::RateLimits::new(&options.auth.limits);
+    let verifier = token::Verifier::new(&secret).with_oidc(oidc).with_limits(limits);
+    Ok(Some((verifier, token::NodeToken::new(&secret))))
 }
 
 /// The bus `options` name: NATS (and its client, which the lease uses), or the in-process bus.

@@ -144,6 +144,9 @@ pub struct AuthSection {
     /// An OIDC provider whose tokens the node takes too.
     #[command(flatten)]
     pub oidc: crate::auth::oidc::OidcOptions,
+    /// Rate limits per identity and per tenant.
+    #[command(flatten)]
+    pub limits: crate::auth::limits::LimitOptions,
 }
 
 /// What an operator may tune of the actor host.

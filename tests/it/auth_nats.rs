@@ -216,3 +216,57 @@ async fn commands_and_queries_over_nats_are_checked_like_http_and_events_carry_t
     assert!(!globex.is_empty());
     node.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_over_its_rate_is_told_when_to_retry_on_http_and_nats() {
+    let server = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Serve::start(dir.path(), &["--nats", &server.url(), "--rate-limit-identity", "1"]);
+    let secret = Secret::load(&dir.path().join("auth.secret")).unwrap();
+    let client = weft::nats::connect(&server.url(), "client").await.unwrap();
+    let ann = token_of(&secret, "ann", Role::User, &["acme"]);
+    let bob = token_of(&secret, "bob", Role::User, &["acme"]);
+
+    // Commands over NATS: a burst of two, then `unavailable` with a retry hint.
+    let mut kinds = Vec::new();
+    let mut hint = None;
+    for _ in 0..4 {
+        let reply = ask(
+            &client,
+            &format!("weft.cmd.document.{}", uuid::Uuid::now_v7()),
+            Some(&ann),
+            &[],
+            &register("acme", "ann"),
+        )
+        .await;
+        kinds.push(kind(&reply).to_owned());
+        hint = hint.or(reply["error"]["retry_after_ms"].as_u64());
+    }
+    assert_eq!(kinds[..2], ["ok", "ok"], "{kinds:?}");
+    assert!(kinds.contains(&"unavailable".to_owned()), "{kinds:?}");
+    assert!(hint.is_some_and(|ms| ms > 0 && ms <= 1000), "{hint:?}");
+    // Queries too, while another identity still has its budget.
+    let reply = ask(&client, "weft.qry.documents.list", Some(&ann), &[], &json!({})).await;
+    assert_eq!(kind(&reply), "unavailable", "{reply}");
+    assert!(reply["error"]["retry_after_ms"].as_u64().is_some(), "{reply}");
+    let reply = ask(&client, "weft.qry.documents.list", Some(&bob), &[], &json!({})).await;
+    assert!(reply["items"].is_array(), "{reply}");
+
+    // HTTP: 429 with Retry-After.
+    let addr = node.addr.clone();
+    let statuses = tokio::task::spawn_blocking(move || {
+        let bearer = format!("Bearer {ann}");
+        (0..4)
+            .map(|_| {
+                let response = crate::serve::raw_http(&addr, "GET", "/documents", &[("Authorization", &bearer)], b"");
+                (response.status, response.header("retry-after").map(str::to_owned), response.body)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let limited = statuses.iter().find(|(status, _, _)| *status == 429).expect("a 429");
+    assert_eq!(limited.1.as_deref(), Some("1"), "{limited:?}");
+    assert!(limited.2.contains("rate_limited"), "{limited:?}");
+    node.stop();
+}
