@@ -260,7 +260,14 @@ async fn live(
         body_idle_timeout: crate::http::DEFAULT_BODY_IDLE_TIMEOUT,
         max_connections_per_client: crate::http::middleware::DEFAULT_MAX_PER_CLIENT,
     };
-    let parts = |auth| crate::http::Parts { admin: Default::default(), limits, objects: None, providers: vec![], auth };
+    let parts = |auth| crate::http::Parts {
+        admin: Default::default(),
+        limits,
+        objects: None,
+        providers: vec![],
+        auth,
+        origins: vec![],
+    };
     let bus: Arc<dyn crate::bus::Bus> = Arc::new(MemoryBus::default());
     let api = HttpApi::start(std::net::TcpListener::bind("127.0.0.1:0")?, reads.clone(), bus.clone(), parts(None))?;
     // The same reads behind authentication: an operator of the jobs' tenant, its token verified on every read

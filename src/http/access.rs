@@ -47,7 +47,8 @@ pub fn rule(method: &str, pattern: &str) -> Option<Rule> {
     };
     Some(match (method, pattern) {
         ("get", "/healthz" | "/readyz" | "/openapi.json") => Open,
-        ("put" | "get", "/objects/{key}") | ("post", "/objects/events") => Signed,
+        // The router's pattern for a key with slashes is `{key:.*}`; the API description names it `{key}`.
+        ("put" | "get", "/objects/{key}" | "/objects/{key:.*}") | ("post", "/objects/events") => Signed,
         ("get", "/streams/{stream}/events") => Needs(Read),
         ("get", "/documents/{id}/download") => Needs(Read),
         ("post", "/documents" | "/documents/{id}/upload-url" | "/documents/{id}/confirm")

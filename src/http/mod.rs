@@ -48,6 +48,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod browsers;
 pub mod commands;
 pub mod documents;
 pub mod health;
@@ -83,6 +84,8 @@ struct State {
     closing: tokio::sync::watch::Receiver<bool>,
     /// The verifier of bearer tokens; `None` on a node without authentication (`--insecure-no-auth`).
     auth: Option<std::sync::Arc<crate::auth::token::Verifier>>,
+    /// The other origins whose pages may call the API (CORS); none by default.
+    origins: Arc<Vec<String>>,
 }
 
 /// Limits on what a client sends.
@@ -119,6 +122,8 @@ pub struct Parts {
     pub providers: Vec<Arc<dyn crate::agents::Provider>>,
     /// The verifier of bearer tokens; `None`: no authentication (`--insecure-no-auth`).
     pub auth: Option<std::sync::Arc<crate::auth::token::Verifier>>,
+    /// The other origins whose pages may call the API (CORS, `--cors-origin`).
+    pub origins: Vec<String>,
 }
 
 impl HttpApi {
@@ -130,16 +135,20 @@ impl HttpApi {
         bus: Arc<dyn Bus>,
         parts: Parts,
     ) -> std::io::Result<Self> {
-        let Parts { admin, limits, objects, providers, auth } = parts;
+        let Parts { admin, limits, objects, providers, auth, origins } = parts;
+        let origins = Arc::new(origins);
         let (closing, closed) = tokio::sync::watch::channel(false);
         let addr = listener.local_addr()?;
-        let state = State { reads, admin, bus, limits, objects, providers, closing: closed, auth };
+        let state =
+            State { reads, admin, bus, limits, objects, providers, closing: closed, auth, origins: origins.clone() };
         let counted = middleware::Connections::new(limits.max_connections_per_client);
         let server = HttpServer::new(move || {
             App::new()
                 .wrap(actix_web::middleware::from_fn(access::authenticate))
+                .wrap(actix_web::middleware::from_fn(browsers::guard))
                 .wrap(actix_web::middleware::from_fn(middleware::refuse_over_limit))
                 .wrap(middleware::security_headers())
+                .wrap(browsers::cors(&origins))
                 .app_data(web::Data::new(state.clone()))
                 .app_data(web::PathConfig::default().error_handler(|e, _| bad_request(e.to_string())))
                 .app_data(web::QueryConfig::default().error_handler(|e, _| bad_request(e.to_string())))

@@ -248,7 +248,9 @@ impl Node {
             body_idle_timeout: Duration::from_secs(options.http.body_timeout_secs),
             max_connections_per_client: options.http.max_connections_per_client,
         };
-        let parts = crate::http::Parts { admin, limits, objects: Some(objects_api), providers, auth: verifier };
+        let origins = options.http.cors_origin.clone();
+        let objects = Some(objects_api);
+        let parts = crate::http::Parts { admin, limits, objects, providers, auth: verifier, origins };
         let query =
             HttpApi::start(listener, reads, bus.clone(), parts).map_err(|source| Error::Listen { addr, source })?;
         Ok(Self {

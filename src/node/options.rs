@@ -127,6 +127,10 @@ pub struct HttpSection {
     /// 429 and the connection closed.
     #[arg(long, default_value_t = crate::http::middleware::DEFAULT_MAX_PER_CLIENT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), env = "WEFT_MAX_CONNECTIONS_PER_CLIENT")]
     pub max_connections_per_client: usize,
+    /// Another origin (`https://app.example`) whose pages may call the API with a bearer token (CORS); give it
+    /// again for more. None by default: browsers keep other origins' pages from the answers.
+    #[arg(long, value_parser = crate::http::browsers::parse_origin, value_delimiter = ',', env = "WEFT_CORS_ORIGINS")]
+    pub cors_origin: Vec<String>,
 }
 
 /// Who may use the node: bearer tokens signed with the node's secret (see `crate::auth`), or nobody checked.

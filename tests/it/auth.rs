@@ -356,3 +356,71 @@ fn bad_token_issue_arguments_and_a_bad_secret_file_are_refused_by_name() {
     assert!(!out.status.success() && stderr.contains("at least 32 are needed"), "{stderr}");
     assert!(!stderr.contains("tiny-secret-value"), "the secret was printed: {stderr}");
 }
+
+#[test]
+fn pages_of_other_origins_cannot_change_anything_and_get_cors_only_where_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--cors-origin", "https://app.example"]);
+    let addr = serve.addr.as_str();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let bearer = format!("Bearer {}", admin.trim());
+    let body = br#"{"name": "a.txt", "content_type": "text/plain", "size_bytes": 3}"#;
+    let post = |headers: &[(&str, &str)]| {
+        let mut all = vec![("Authorization", bearer.as_str())];
+        all.extend_from_slice(headers);
+        raw_http(addr, "POST", "/documents", &all, body)
+    };
+    // A form's body, or none named: 415. JSON: taken.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        let answer = post(&[("Content-Type", content_type)]);
+        assert_eq!(answer.status, 415, "{content_type}: {}", answer.body);
+        assert!(answer.body.contains("unsupported_media_type"));
+    }
+    assert_eq!(post(&[("Content-Type", "application/json; charset=utf-8")]).status, 201);
+    // Another origin: 403; the node's own and the configured one: taken.
+    let json = ("Content-Type", "application/json");
+    let answer = post(&[json, ("Origin", "https://evil.example")]);
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    let own = format!("http://{addr}");
+    assert_eq!(post(&[json, ("Origin", &own)]).status, 201);
+    assert_eq!(post(&[json, ("Origin", "https://app.example")]).status, 201);
+    // Reads are not refused for their origin; CORS headers only for the configured origin.
+    let read = |origin: &str| {
+        raw_http(addr, "GET", "/documents", &[("Authorization", bearer.as_str()), ("Origin", origin)], b"")
+    };
+    let configured = read("https://app.example");
+    assert_eq!(configured.status, 200);
+    assert_eq!(configured.header("access-control-allow-origin"), Some("https://app.example"));
+    let other = read("https://evil.example");
+    assert_eq!(other.header("access-control-allow-origin"), None, "{other:?}");
+    let preflight = raw_http(
+        addr,
+        "OPTIONS",
+        "/documents",
+        &[
+            ("Origin", "https://app.example"),
+            ("Access-Control-Request-Method", "POST"),
+            ("Access-Control-Request-Headers", "authorization, content-type"),
+        ],
+        b"",
+    );
+    assert!(preflight.status < 300, "{preflight:?}");
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("https://app.example"));
+    serve.stop();
+
+    // Without --cors-origin, no CORS at all.
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let bearer = format!("Bearer {}", admin.trim());
+    let answer = raw_http(
+        &serve.addr,
+        "GET",
+        "/documents",
+        &[("Authorization", &bearer), ("Origin", "https://app.example")],
+        b"",
+    );
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("access-control-allow-origin"), None);
+    serve.stop();
+}

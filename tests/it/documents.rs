@@ -738,7 +738,9 @@ fn stalled_bodies_are_answered_408_and_the_node_keeps_serving() {
                 "POST /commands/document/{} HTTP/1.1\r\nHost: x\r\n{bearer}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n",
                 uuid::Uuid::now_v7()
             ),
-            1 => format!("POST /documents HTTP/1.1\r\nHost: x\r\n{bearer}Content-Length: 100\r\n\r\n"),
+            1 => format!(
+                "POST /documents HTTP/1.1\r\nHost: x\r\n{bearer}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            ),
             _ => format!(
                 "PUT {upload_path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
             ),
