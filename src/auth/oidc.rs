@@ -311,7 +311,6 @@ impl Provider {
 
     /// The identity a token of this provider carries.
     pub async fn verify(&self, token: &str, header: &jsonwebtoken::Header) -> Result<Identity, Refused> {
-        use jsonwebtoken::errors::ErrorKind;
         let key = self.key(header.kid.as_deref(), header.alg).await?;
         let mut validation = Validation::new(key.algorithm);
         validation.set_issuer(&[&self.settings.issuer]);
@@ -319,16 +318,8 @@ impl Provider {
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
-        let data = jsonwebtoken::decode::<Value>(token, &key.key, &validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => Refused::Expired,
-            ErrorKind::ImmatureSignature => Refused::NotYetValid,
-            ErrorKind::InvalidSignature => Refused::Invalid("bad signature"),
-            ErrorKind::InvalidIssuer => Refused::Invalid("wrong issuer"),
-            ErrorKind::InvalidAudience => Refused::Invalid("wrong audience"),
-            ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => Refused::Invalid("wrong algorithm"),
-            ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => Refused::Invalid("claims"),
-            _ => Refused::Invalid("malformed"),
-        })?;
+        let data =
+            jsonwebtoken::decode::<Value>(token, &key.key, &validation).map_err(|e| super::token::refused(&e))?;
         self.identity(&data.claims)
     }
 

@@ -263,21 +263,10 @@ impl Verifier {
 
     /// [`Verifier::verify`], with the token's expiry (seconds since the epoch).
     fn verify_until(&self, token: &str) -> Result<(Identity, u64), Refused> {
-        use jsonwebtoken::errors::ErrorKind;
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refused::TooLarge);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => Refused::Expired,
-            ErrorKind::ImmatureSignature => Refused::NotYetValid,
-            ErrorKind::InvalidSignature => Refused::Invalid("bad signature"),
-            ErrorKind::InvalidIssuer => Refused::Invalid("wrong issuer"),
-            ErrorKind::InvalidAudience => Refused::Invalid("wrong audience"),
-            ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => Refused::Invalid("wrong algorithm"),
-            ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => Refused::Invalid("claims"),
-            ErrorKind::Json(_) => Refused::Invalid("claims"),
-            _ => Refused::Invalid("malformed"),
-        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| refused(&e))?;
         let claims = data.claims;
         if claims.sub.is_empty()
             || claims.sub.len() > 256
@@ -309,6 +298,23 @@ impl Verifier {
         }
         cache.insert(key.to_owned(), (identity.clone(), exp, token.to_owned()));
         Ok(identity)
+    }
+}
+
+/// Why `jsonwebtoken` refused a token, as the node says it: never the token itself.
+pub(super) fn refused(error: &jsonwebtoken::errors::Error) -> Refused {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::ExpiredSignature => Refused::Expired,
+        ErrorKind::ImmatureSignature => Refused::NotYetValid,
+        ErrorKind::InvalidSignature => Refused::Invalid("bad signature"),
+        ErrorKind::InvalidIssuer => Refused::Invalid("wrong issuer"),
+        ErrorKind::InvalidAudience => Refused::Invalid("wrong audience"),
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => Refused::Invalid("wrong algorithm"),
+        ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) | ErrorKind::Json(_) => {
+            Refused::Invalid("claims")
+        }
+        _ => Refused::Invalid("malformed"),
     }
 }
 

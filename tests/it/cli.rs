@@ -175,6 +175,11 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
     let not_a_seed = dir.path().join("seed");
     std::fs::write(&not_a_seed, "SECRET-NOT-A-SEED\n").unwrap();
     let not_a_seed = not_a_seed.to_str().unwrap();
+    let store_path = store.to_str().unwrap();
+    // `weft serve --store <store>` and the rest.
+    fn on_store<'a>(store: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+        [&["serve", "--store", store][..], rest].concat()
+    }
     for (args, expected) in [
         (vec!["serve", "--store", store.to_str().unwrap(), "--nats", "nats://bad host:-1"], "NATS URL"),
         (vec!["serve", "--store", under_a_file.to_str().unwrap()], "cannot create"),
@@ -213,79 +218,29 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
         (vec!["serve", "--nats", "nats://127.0.0.1:1", "--nats-user", "u"], "--nats-password-file"),
         (vec!["serve", "--oidc-issuer", "https://idp"], "--oidc-audience"),
         (
-            vec![
-                "serve",
-                "--store",
-                store.to_str().unwrap(),
-                "--oidc-issuer",
-                "https://idp",
-                "--oidc-audience",
-                "weft",
-            ],
+            on_store(store_path, &["--oidc-issuer", "https://idp", "--oidc-audience", "weft"]),
             "--oidc-issuer needs --oidc-jwks-url or --oidc-jwks-file",
         ),
         (
-            vec![
-                "serve",
-                "--store",
-                store.to_str().unwrap(),
-                "--oidc-issuer",
-                "https://idp",
-                "--oidc-audience",
-                "weft",
-                "--oidc-jwks-url",
-                "http://idp.example/certs",
-            ],
+            on_store(
+                store_path,
+                &["--oidc-issuer", "https://idp", "--oidc-audience", "weft", "--oidc-jwks-url", "http://idp.example/c"],
+            ),
             "keys are fetched over https",
         ),
         (vec!["serve", "--insecure-no-auth", "--oidc-issuer", "i", "--oidc-audience", "a"], "cannot be used with"),
         (vec!["serve", "--nats", "nats://127.0.0.1:1", "--nats-tls-cert", "c.pem"], "--nats-tls-key"),
         (
-            vec![
-                "serve",
-                "--store",
-                store.to_str().unwrap(),
-                "--nats",
-                "nats://127.0.0.1:1",
-                "--nats-token-file",
-                "/no/such",
-            ],
+            on_store(store_path, &["--nats", "nats://127.0.0.1:1", "--nats-token-file", "/no/such"]),
             "reading the token file /no/such",
         ),
         (
-            vec![
-                "serve",
-                "--store",
-                store.to_str().unwrap(),
-                "--nats",
-                "nats://127.0.0.1:1",
-                "--nats-nkey-file",
-                not_a_seed,
-            ],
+            on_store(store_path, &["--nats", "nats://127.0.0.1:1", "--nats-nkey-file", not_a_seed]),
             "holds no user NKey seed",
         ),
+        (on_store(store_path, &["--nats", "nats://127.0.0.1:1", "--nats-creds", not_a_seed]), "is not a .creds file"),
         (
-            vec![
-                "serve",
-                "--store",
-                store.to_str().unwrap(),
-                "--nats",
-                "nats://127.0.0.1:1",
-                "--nats-creds",
-                not_a_seed,
-            ],
-            "is not a .creds file",
-        ),
-        (
-            vec![
-                "serve",
-                "--store",
-                store.to_str().unwrap(),
-                "--nats",
-                "nats://127.0.0.1:1",
-                "--nats-tls-ca",
-                "/no/ca.pem",
-            ],
+            on_store(store_path, &["--nats", "nats://127.0.0.1:1", "--nats-tls-ca", "/no/ca.pem"]),
             "the TLS CA file /no/ca.pem",
         ),
         (
