@@ -363,6 +363,41 @@ mod tests {
         })
     }
 
+    #[tokio::test]
+    async fn a_jwks_file_is_read_again_when_a_token_names_a_key_it_lacks() {
+        use jsonwebtoken::{EncodingKey, Header, jwk::Jwk};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwks.json");
+        let key = |kid: &str| {
+            let pair = rcgen::KeyPair::generate().unwrap();
+            let private = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+            let mut public = Jwk::from_encoding_key(&private, Algorithm::ES256).unwrap();
+            public.common.key_id = Some(kid.to_owned());
+            (private, public)
+        };
+        let ((a, a_public), (b, b_public)) = (key("a"), key("b"));
+        std::fs::write(&file, serde_json::to_vec(&JwkSet { keys: vec![a_public] }).unwrap()).unwrap();
+        let mut settings = provider("roles", "").settings.as_ref().clone();
+        settings.keys = KeySource::File(file.clone());
+        settings.min_refetch = Duration::ZERO;
+        let provider = Provider::new(settings);
+        let claims = serde_json::json!({"iss": "https://idp", "aud": "weft", "exp": u64::MAX / 2,
+            "preferred_username": "ann", "roles": ["guest"], "weft_tenants": ["acme"]});
+        let sign = |key: &EncodingKey, kid: &str| {
+            let header = Header { kid: Some(kid.into()), ..Header::new(Algorithm::ES256) };
+            let token = jsonwebtoken::encode(&header, &claims, key).unwrap();
+            (token, header)
+        };
+        let (token, header) = sign(&a, "a");
+        assert_eq!(provider.verify(&token, &header).await.unwrap().role, Role::Guest);
+        let (token, header) = sign(&b, "b");
+        assert!(provider.verify(&token, &header).await.is_err(), "key b is not in the file yet");
+        std::fs::write(&file, serde_json::to_vec(&JwkSet { keys: vec![b_public] }).unwrap()).unwrap();
+        assert_eq!(provider.verify(&token, &header).await.unwrap().subject, "ann");
+        let (token, header) = sign(&a, "a");
+        assert!(provider.verify(&token, &header).await.is_err(), "key a left the file");
+    }
+
     #[test]
     fn claims_map_to_an_identity_with_the_highest_weft_role_named() {
         let keycloak = provider("realm_access.roles", "weft-");

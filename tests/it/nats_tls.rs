@@ -175,3 +175,20 @@ async fn the_documented_nats_configuration_confines_each_tenant_and_the_node_con
     assert!(error.contains("give one of"), "{error}");
     node.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_server_takes_the_token_file_and_refuses_another() {
+    let server = NatsServer::start_with("authorization {\n  token: \"s3cret-token-of-the-test\"\n}\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (good, bad) = (dir.path().join("good"), dir.path().join("bad"));
+    std::fs::write(&good, "s3cret-token-of-the-test\n").unwrap();
+    std::fs::write(&bad, "not-the-token").unwrap();
+    let with = |file: &Path| weft::nats::NatsAuth { nats_token_file: Some(file.to_owned()), ..Default::default() };
+    let client = weft::nats::connect_with(&server.url(), "token", &with(&good)).await.unwrap();
+    client.flush().await.unwrap();
+    let error = weft::nats::connect_with(&server.url(), "token", &with(&bad)).await.unwrap_err().to_string();
+    assert!(error.contains("cannot connect to NATS"), "{error}");
+    assert!(!error.contains("not-the-token"), "the token is in the error: {error}");
+    let error = weft::nats::connect(&server.url(), "none").await.unwrap_err().to_string();
+    assert!(error.contains("cannot connect to NATS"), "{error}");
+}
