@@ -123,17 +123,22 @@ fn document_id(id: &str) -> Result<DocumentId, Refusal> {
 fn metadata(request: &HttpRequest) -> Result<Metadata, Refusal> {
     let named = named(request)?;
     let Some(identity) = super::access::identity(request) else { return Ok(named) };
+    // An identity of every tenant naming none leaves the tenant to the document (a new one is the default
+    // tenant's): the read model may not know a document registered a moment ago.
+    if named.tenant.is_none() && identity.reaches_all() {
+        return Ok(of_identity(identity, None));
+    }
     let tenant = identity
         .tenant_for(named.tenant.as_deref())
         .ok_or_else(|| Refusal::new(StatusCode::FORBIDDEN, "forbidden", "Weft-Tenant must name one of your tenants"))?;
-    Ok(of_identity(identity, tenant))
+    Ok(of_identity(identity, Some(tenant)))
 }
 
 /// The metadata of `identity`'s commands for `tenant`: it is their actor, and a `user`'s reach only documents
 /// it owns.
-fn of_identity(identity: crate::auth::Identity, tenant: String) -> Metadata {
+fn of_identity(identity: crate::auth::Identity, tenant: Option<String>) -> Metadata {
     let owner = identity.owns_only().then(|| identity.subject.clone());
-    Metadata { tenant: Some(tenant), actor: Some(identity.subject), correlation_id: None, owner }
+    Metadata { tenant, actor: Some(identity.subject), correlation_id: None, owner }
 }
 
 /// Refuses, as if it did not exist, a document the caller's identity may not reach (another tenant's, or for a
@@ -234,7 +239,7 @@ async fn delete(state: web::Data<State>, request: HttpRequest, id: web::Path<Str
         let id = document_id(&id)?;
         let metadata = match (reachable(&state, &request, id).await?, super::access::identity(&request)) {
             // A command to a known document is for its tenant.
-            (Some(tenant), Some(identity)) => of_identity(identity, tenant),
+            (Some(tenant), Some(identity)) => of_identity(identity, Some(tenant)),
             _ => metadata(&request)?,
         };
         let who = metadata.actor.clone().unwrap_or_else(|| "a client".into());

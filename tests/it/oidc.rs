@@ -129,7 +129,16 @@ fn oidc_tokens_are_verified_with_the_providers_rotating_keys_and_mapped_claims()
     assert_eq!(registered.status, 201, "{}", registered.body);
     let id = registered.json()["id"].as_str().unwrap().to_owned();
     let admin = sign(&a, &claims("root", "admin", "*"));
-    let (_, all) = documents(addr, &admin);
+    // The read model has the registration a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let all = loop {
+        let (_, all) = documents(addr, &admin);
+        if all["items"].as_array().is_some_and(|items| !items.is_empty()) {
+            break all;
+        }
+        assert!(std::time::Instant::now() < deadline, "the read model never showed the document: {all}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(all["items"][0]["owner"], "ann", "the subject claim is the owner: {all}");
     assert_eq!(all["items"][0]["id"], id.as_str());
 
