@@ -167,7 +167,7 @@ impl<R> Reply<R> {
     pub fn rate_limited(wait: std::time::Duration) -> Self {
         let mut reply = Self::error(ErrorKind::Unavailable, "over the request rate allowed; retry later", None);
         if let Some(error) = &mut reply.error {
-            error.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+            error.retry_after_ms = Some(crate::auth::limits::retry_after_ms(wait));
         }
         reply
     }

@@ -88,6 +88,11 @@ impl RateLimits {
     }
 }
 
+/// Milliseconds to wait, at least 1: what NATS replies' `retry_after_ms` says.
+pub fn retry_after_ms(wait: Duration) -> u64 {
+    u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 /// Whole seconds to wait, at least 1: what `Retry-After` says.
 pub fn retry_after_secs(wait: Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0).max(u64::from(wait.is_zero()))

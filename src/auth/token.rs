@@ -241,6 +241,15 @@ impl Verifier {
         Self { oidc: provider, ..self }
     }
 
+    /// The identity an `Authorization` header's value (`Bearer <token>`) carries, or why it is refused: what
+    /// every edge (HTTP routes, NATS commands and queries) asks.
+    pub async fn authorization(&self, header: Option<&str>) -> Result<Identity, Refused> {
+        match header.and_then(bearer) {
+            Some(token) => self.identify(token).await,
+            None => Err(Refused::Missing),
+        }
+    }
+
     /// The identity `token` carries, or why it is refused: HS256 tokens are the node's own ([`Verifier::verify`]),
     /// others an OIDC provider's, checked with its keys (see [`super::oidc`]); without a provider they are
     /// refused.
@@ -282,12 +291,9 @@ impl Verifier {
     /// The node's own token, from the cache of tokens verified before while they have not expired (a client
     /// sends the same token with every request; checking its signature and claims once is enough).
     fn verify_cached(&self, token: &str) -> Result<Identity, Refused> {
-        let key = token.rsplit('.').next().unwrap_or(token);
         {
             let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((identity, exp, whole)) = cache.get(key)
-                && whole == token
-            {
+            if let Some((identity, exp)) = cache.get(token) {
                 return if now() <= exp + LEEWAY_SECS { Ok(identity.clone()) } else { Err(Refused::Expired) };
             }
         }
@@ -296,7 +302,7 @@ impl Verifier {
         if cache.len() >= MAX_VERIFIED {
             cache.clear();
         }
-        cache.insert(key.to_owned(), (identity.clone(), exp, token.to_owned()));
+        cache.insert(token.to_owned(), (identity.clone(), exp));
         Ok(identity)
     }
 }
@@ -321,8 +327,8 @@ pub(super) fn refused(error: &jsonwebtoken::errors::Error) -> Refused {
 /// How many verified tokens a verifier remembers; past it, it forgets them all.
 const MAX_VERIFIED: usize = 10_000;
 
-/// Verified tokens by their signature: the identity, the expiry and the whole token.
-type Verified = std::collections::HashMap<String, (Identity, u64, String)>;
+/// Verified tokens: the identity and the expiry of each.
+type Verified = std::collections::HashMap<String, (Identity, u64)>;
 
 /// The subject of the node's own token.
 pub const NODE_SUBJECT: &str = "system:node";

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::auth::Permission;
-use crate::auth::token::{self, Verifier};
+use crate::auth::token::Verifier;
 use crate::bus::{AUTHORIZATION, Bus, BusError, CONTENT_TYPE, Headers, JSON, Message};
 use crate::query::Scope;
 use crate::query::read::{Failure, MODELS, Reads};
@@ -110,14 +110,12 @@ impl From<Failure> for Refusal {
 
 async fn scope(verb: &str, message: &Message, verifier: Option<&Verifier>) -> Result<Scope, Refusal> {
     let Some(verifier) = verifier.filter(|_| !verb.starts_with("status.")) else { return Ok(Scope::ALL) };
-    let token = message.headers.get(AUTHORIZATION).map(String::as_str).and_then(token::bearer);
-    let identity = match token {
-        Some(token) => verifier.identify(token).await,
-        None => Err(token::Refused::Missing),
-    };
-    let identity = identity.map_err(|why| Failure { kind: "unauthenticated", message: why.to_string() })?;
+    let identity = verifier
+        .authorization(message.headers.get(AUTHORIZATION).map(String::as_str))
+        .await
+        .map_err(|why| Failure { kind: "unauthenticated", message: why.to_string() })?;
     if let Err(wait) = verifier.spend(&identity, None) {
-        return Err(Refusal::RateLimited(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)));
+        return Err(Refusal::RateLimited(crate::auth::limits::retry_after_ms(wait)));
     }
     if !identity.role.may(Permission::Read) {
         let message = format!("a {} may not read", identity.role.as_str());

@@ -19,7 +19,7 @@ use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage as _, HttpRequest, HttpResponse, web};
 
-use crate::auth::{Identity, Permission, Role, token};
+use crate::auth::{Identity, Permission, Role};
 use crate::query::Scope;
 
 /// What a route asks of its caller: see the module doc.
@@ -93,11 +93,7 @@ pub async fn authenticate(
         return next.call(request).await.map(ServiceResponse::map_into_boxed_body);
     }
     let header = request.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let identity = match header.and_then(token::bearer).ok_or(token::Refused::Missing) {
-        Ok(token) => verifier.identify(token).await,
-        Err(refused) => Err(refused),
-    };
-    let identity = match identity {
+    let identity = match verifier.authorization(header).await {
         Ok(identity) => identity,
         Err(why) => {
             let answer = refused(StatusCode::UNAUTHORIZED, "unauthenticated", &why.to_string());

@@ -26,7 +26,7 @@ use weft_events::domain::ids::Uuid;
 use weft_events::domain::schedule::Target;
 use weft_events::envelope::check_label;
 
-use crate::auth::token::{self, Verifier};
+use crate::auth::token::Verifier;
 use crate::bus::{ACTOR, AUTHORIZATION, CORRELATION_ID, Headers, OWNER, TENANT};
 use crate::protocol::Reply;
 
@@ -117,12 +117,10 @@ pub async fn metadata<A: Confined>(
     let (actor, tenant, owner) = (label(ACTOR, "actor")?, label(TENANT, "tenant")?, label(OWNER, "owner")?);
     let as_sent = Metadata { tenant, actor, correlation_id, owner };
     let Some(verifier) = verifier else { return Ok(as_sent) };
-    let token = headers.get(AUTHORIZATION).map(String::as_str).and_then(token::bearer).ok_or(token::Refused::Missing);
-    let identity = match token {
-        Ok(token) => verifier.identify(token).await,
-        Err(missing) => Err(missing),
-    };
-    let identity = identity.map_err(|why| Reply::unauthenticated(why.to_string()))?;
+    let identity = verifier
+        .authorization(headers.get(AUTHORIZATION).map(String::as_str))
+        .await
+        .map_err(|why| Reply::unauthenticated(why.to_string()))?;
     if identity.delegate {
         return Ok(as_sent);
     }

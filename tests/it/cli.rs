@@ -217,6 +217,10 @@ fn serve_refuses_a_bad_nats_url_or_store_path_with_a_message() {
         (vec!["bench", "nats", "--nats", "nats://bad host:-1"], "NATS URL"),
         (vec!["serve", "--nats", "nats://127.0.0.1:1", "--nats-user", "u"], "--nats-password-file"),
         (vec!["serve", "--oidc-issuer", "https://idp"], "--oidc-audience"),
+        (vec!["serve", "--cors-origin", "https://app.example/path"], "is not an origin"),
+        (vec!["serve", "--cors-origin", "ftp://app.example"], "is not an origin"),
+        (vec!["serve", "--rate-limit-identity", "lots"], "invalid value 'lots'"),
+        (vec!["serve", "--oidc-jwks-refresh-secs", "0"], "not in 1..=86400"),
         (
             on_store(store_path, &["--oidc-issuer", "https://idp", "--oidc-audience", "weft"]),
             "--oidc-issuer needs --oidc-jwks-url or --oidc-jwks-file",
