@@ -1,5 +1,6 @@
 //! Event publishing: every committed event goes out on `weft.evt.<tenant>.<aggregate>.<id>.<name>` (see
-//! [`crate::protocol::event_subject`]), in log order, as a [`crate::protocol::WireEvent`] in readable
+//! [`crate::protocol::event_subject`]), in log order (but for users' and API keys' events, which are not
+//! published), as a [`crate::protocol::WireEvent`] in readable
 //! MessagePack with header `Nats-Msg-Id` set to the event id.
 //!
 //! It is a checkpointed process like the process managers: after a crash it publishes again from its last
@@ -29,6 +30,14 @@ pub const MESSAGE_ID: &str = "Nats-Msg-Id";
 /// The header set, to the payload's size, on an event published without its payload because the whole would
 /// be over the bus's message limit.
 pub const PAYLOAD_OMITTED: &str = "Weft-Payload-Omitted";
+
+/// Whether `event` is a user's or an API key's: those stay in the log (they hold hashes of secrets, and who
+/// may do what is no subscriber's business).
+fn is_identity(event: &Envelope) -> bool {
+    use weft_events::domain::identity::{apikey, user};
+    let kind = event.stream.as_str().split_once('-').map_or("", |(kind, _)| kind);
+    kind == user::AGGREGATE || kind == apikey::AGGREGATE
+}
 
 /// See the module doc.
 pub struct Publisher {
@@ -65,6 +74,9 @@ impl Process for Publisher {
     }
 
     async fn handle(&self, _state: &mut (), event: &Envelope) -> Result<(), Retry> {
+        if is_identity(event) {
+            return Ok(());
+        }
         let headers = Headers::from([(MESSAGE_ID.to_owned(), event.event_id.to_string())]);
         let mut wire = WireEvent::from(event);
         let mut message = Message {

@@ -74,9 +74,19 @@ fn payload_json(event: &Any) -> String {
     slice.to_owned()
 }
 
-/// The event's payload as JSON text when its stream is an aggregate's.
+/// The event's payload as JSON text when its stream is an aggregate's. The hashes of users' passwords and API
+/// keys' secrets are left out.
 pub fn event_json(envelope: &Envelope) -> Result<Option<String>, DecodeError> {
     match Any::from_envelope(envelope) {
+        Ok(event @ (Any::User(_) | Any::ApiKey(_))) => {
+            let mut payload: serde_json::Value = serde_json::from_str(&payload_json(&event)).unwrap_or_default();
+            if let Some(fields) = payload.as_object_mut() {
+                for field in weft_events::domain::identity::HASH_FIELDS {
+                    fields.remove(field);
+                }
+            }
+            Ok(Some(payload.to_string()))
+        }
         Ok(event) => Ok(Some(payload_json(&event))),
         Err(DecodeError::UnknownStream { .. }) => Ok(None),
         Err(e) => Err(e),

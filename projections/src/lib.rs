@@ -12,6 +12,7 @@
 //! - [`workflows`]: every workflow's latest definition and its versions.
 //! - [`schedules`]: every schedule's rule, state and firings.
 //! - [`history`]: every stream's events with their metadata and payloads as JSON, for operators.
+//! - [`identities`]: the users and API keys (without their hashes), for admins.
 //!
 //! Each projection owns its read model: its tables, and the [`model::Model`] its readers go by (columns,
 //! filters, time column, how an item is completed). [`Name`] names them all; an unknown name is an error.
@@ -23,6 +24,7 @@ use weft_events::domain::DecodeError;
 pub mod agents;
 pub mod documents;
 pub mod history;
+pub mod identities;
 pub mod jobs;
 pub mod model;
 pub mod runner;
@@ -46,12 +48,14 @@ pub enum Name {
     Schedules,
     /// [`history`].
     History,
+    /// [`identities`].
+    Identities,
 }
 
 impl Name {
     /// Every one, in the order a node starts them.
-    pub const ALL: [Name; 6] =
-        [Name::Documents, Name::Jobs, Name::Agents, Name::Workflows, Name::Schedules, Name::History];
+    pub const ALL: [Name; 7] =
+        [Name::Documents, Name::Jobs, Name::Agents, Name::Workflows, Name::Schedules, Name::History, Name::Identities];
 
     /// Its name, as the projection's own `NAME`.
     pub fn as_str(self) -> &'static str {
@@ -62,6 +66,7 @@ impl Name {
             Name::Workflows => workflows::NAME,
             Name::Schedules => schedules::NAME,
             Name::History => history::NAME,
+            Name::Identities => identities::NAME,
         }
     }
 
@@ -82,7 +87,8 @@ pub fn start_all(
         start(agents::Agents, path, store.clone())?,
         start(workflows::Workflows, path, store.clone())?,
         start(schedules::Schedules, path, store.clone())?,
-        start(history::History, path, store)?,
+        start(history::History, path, store.clone())?,
+        start(identities::Identities, path, store)?,
     ])
 }
 
@@ -99,6 +105,7 @@ pub async fn rebuild_running(
         Some(Name::Workflows) => runner::rebuild_watched::<workflows::Workflows>(live, on_start).await,
         Some(Name::Schedules) => runner::rebuild_watched::<schedules::Schedules>(live, on_start).await,
         Some(Name::History) => runner::rebuild_watched::<history::History>(live, on_start).await,
+        Some(Name::Identities) => runner::rebuild_watched::<identities::Identities>(live, on_start).await,
         None => Err(runner::Error::Unknown { name: live.name() }),
     }
 }
@@ -112,6 +119,7 @@ pub async fn reset_running(live: &mut Running) -> Result<(), runner::Error> {
         Some(Name::Workflows) => runner::reset::<workflows::Workflows>(live).await,
         Some(Name::Schedules) => runner::reset::<schedules::Schedules>(live).await,
         Some(Name::History) => runner::reset::<history::History>(live).await,
+        Some(Name::Identities) => runner::reset::<identities::Identities>(live).await,
         None => Err(runner::Error::Unknown { name: live.name() }),
     }
 }

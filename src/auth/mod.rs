@@ -8,6 +8,7 @@
 //! identity's own tenants. With `--insecure-no-auth` (refused on a non-loopback address unless given on
 //! purpose) a node is open as before: no identity, headers as the caller sends them.
 
+pub mod identities;
 pub mod limits;
 pub mod oidc;
 pub mod token;
@@ -32,6 +33,8 @@ pub enum Permission {
     Maintain,
     /// Erase a tenant (destroy its key).
     Erase,
+    /// Add and disable users, make and revoke API keys, list them.
+    Identities,
 }
 
 /// A role: what an identity may do.
@@ -60,6 +63,7 @@ pub const PERMISSIONS: [(Role, &[Permission]); 4] = [
             Permission::Inspect,
             Permission::Maintain,
             Permission::Erase,
+            Permission::Identities,
         ],
     ),
     (
@@ -74,6 +78,11 @@ impl Role {
     /// Whether this role has `permission`.
     pub fn may(self, permission: Permission) -> bool {
         PERMISSIONS.iter().any(|(role, granted)| *role == self && granted.contains(&permission))
+    }
+
+    /// The role named `name` (as in tokens), if there is one.
+    pub fn parse(name: &str) -> Option<Role> {
+        [Role::Admin, Role::Operator, Role::User, Role::Guest].into_iter().find(|r| r.as_str() == name)
     }
 
     /// Its name in tokens.
@@ -151,7 +160,7 @@ mod tests {
     #[test]
     fn the_table_grants_each_role_what_docs_security_md_says() {
         use Permission::*;
-        let all = [Read, WriteDocuments, RunJobs, Command, Inspect, Maintain, Erase];
+        let all = [Read, WriteDocuments, RunJobs, Command, Inspect, Maintain, Erase, Identities];
         let granted = |role: Role| all.iter().copied().filter(|p| role.may(*p)).collect::<Vec<_>>();
         assert_eq!(granted(Role::Admin), all.to_vec());
         assert_eq!(granted(Role::Operator), vec![Read, WriteDocuments, RunJobs, Command, Inspect]);
@@ -166,7 +175,7 @@ mod tests {
     #[test]
     fn docs_security_md_shows_the_same_table() {
         use Permission::*;
-        let columns = [Read, WriteDocuments, RunJobs, Command, Inspect, Maintain, Erase];
+        let columns = [Read, WriteDocuments, RunJobs, Command, Inspect, Maintain, Erase, Identities];
         let doc = include_str!("../../docs/security.md");
         for role in [Role::Admin, Role::Operator, Role::User, Role::Guest] {
             let row = doc

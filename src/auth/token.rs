@@ -51,6 +51,10 @@ pub struct Claims {
     /// Whether the subject acts for others: only the node's own token ([`NodeToken`]) says so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delegate: bool,
+    /// Whether a user got it by logging in (`POST /auth/token`): it holds only while the user is not disabled
+    /// and has not changed its password since ([`super::identities::Identities::login_holds`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub login: bool,
 }
 
 /// Why a token was refused. The message says what was wrong with it, never the token or the secret.
@@ -71,6 +75,9 @@ pub enum Refused {
     /// Before its not-before time.
     #[error("the token is not valid yet")]
     NotYetValid,
+    /// Its API key was revoked, or its user disabled or given a new password since it was issued.
+    #[error("the token has been revoked")]
+    Revoked,
 }
 
 /// Why the node's secret could not be had.
@@ -172,10 +179,27 @@ fn now() -> u64 {
 
 /// Issues tokens signed with the node's secret.
 pub fn issue(secret: &Secret, subject: &str, role: Role, tenants: &[String], ttl: Duration) -> String {
-    sign(secret, subject, role, tenants, ttl, false)
+    sign(secret, subject, role, tenants, ttl, Kind::Plain)
 }
 
-fn sign(secret: &Secret, subject: &str, role: Role, tenants: &[String], ttl: Duration, delegate: bool) -> String {
+/// A token for a user that logged in with its password: it holds while the user is enabled and keeps its
+/// password (see [`Claims::login`]).
+pub fn issue_login(secret: &Secret, identity: &Identity, ttl: Duration) -> String {
+    sign(secret, &identity.subject, identity.role, &identity.tenants, ttl, Kind::Login)
+}
+
+/// What a token is besides its claims.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `weft token issue`'s, the admin token.
+    Plain,
+    /// A node's own: it acts for others.
+    Delegate,
+    /// A user's login.
+    Login,
+}
+
+fn sign(secret: &Secret, subject: &str, role: Role, tenants: &[String], ttl: Duration, kind: Kind) -> String {
     let iat = now();
     let claims = Claims {
         sub: subject.to_owned(),
@@ -186,7 +210,8 @@ fn sign(secret: &Secret, subject: &str, role: Role, tenants: &[String], ttl: Dur
         exp: iat + ttl.as_secs(),
         nbf: iat,
         iat,
-        delegate,
+        delegate: kind == Kind::Delegate,
+        login: kind == Kind::Login,
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&secret.0))
         .expect("HS256 signs with any secret")
@@ -200,6 +225,7 @@ pub struct Verifier {
     oidc: Option<super::oidc::Provider>,
     verified: std::sync::Arc<std::sync::Mutex<Verified>>,
     limits: Option<std::sync::Arc<super::limits::RateLimits>>,
+    identities: Option<std::sync::Arc<super::identities::Identities>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -222,7 +248,19 @@ impl Verifier {
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
         let verified = Default::default();
-        Self { key: DecodingKey::from_secret(&secret.0), validation, oidc: None, verified, limits: None }
+        let key = DecodingKey::from_secret(&secret.0);
+        Self { key, validation, oidc: None, verified, limits: None, identities: None }
+    }
+
+    /// The same verifier, also taking the API keys of `identities` and checking that its users' login tokens
+    /// still hold.
+    pub fn with_identities(self, identities: std::sync::Arc<super::identities::Identities>) -> Self {
+        Self { identities: Some(identities), ..self }
+    }
+
+    /// The users and API keys it checks against, if any.
+    pub fn identities(&self) -> Option<&std::sync::Arc<super::identities::Identities>> {
+        self.identities.as_ref()
     }
 
     /// The same verifier, with these rate limits for the identities it verifies ([`Verifier::spend`]).
@@ -257,9 +295,23 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refused::TooLarge);
         }
+        if token.starts_with(super::identities::KEY_PREFIX) {
+            return match &self.identities {
+                Some(identities) => identities.key(token).await,
+                None => Err(Refused::Invalid("API keys are not taken here")),
+            };
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refused::Invalid("malformed"))?;
         match (header.alg, &self.oidc) {
-            (Algorithm::HS256, _) => self.verify_cached(token),
+            (Algorithm::HS256, _) => {
+                let (identity, login_at) = self.verify_cached(token)?;
+                match (login_at, &self.identities) {
+                    (Some(at), Some(identities)) => identities.login_holds(&identity.subject, at).await?,
+                    (Some(_), None) => return Err(Refused::Invalid("login tokens are not taken here")),
+                    (None, _) => {}
+                }
+                Ok(identity)
+            }
             (_, Some(provider)) => provider.verify(token, &header).await,
             (_, None) => Err(Refused::Invalid("wrong algorithm")),
         }
@@ -267,11 +319,16 @@ impl Verifier {
 
     /// The identity `token` carries, or why it is refused.
     pub fn verify(&self, token: &str) -> Result<Identity, Refused> {
-        self.verify_until(token).map(|(identity, _)| identity)
+        match self.verify_until(token)? {
+            (identity, _, None) => Ok(identity),
+            // A login token holds only while its user does, which takes a read of the store.
+            (_, _, Some(_)) => Err(Refused::Invalid("a login token is checked against its user")),
+        }
     }
 
-    /// [`Verifier::verify`], with the token's expiry (seconds since the epoch).
-    fn verify_until(&self, token: &str) -> Result<(Identity, u64), Refused> {
+    /// [`Verifier::verify`], with the token's expiry and, for a login token, when it was issued (seconds since
+    /// the epoch).
+    fn verify_until(&self, token: &str) -> Result<(Identity, u64, Option<u64>), Refused> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refused::TooLarge);
         }
@@ -283,27 +340,35 @@ impl Verifier {
         {
             return Err(Refused::Invalid("claims"));
         }
+        if claims.login && claims.delegate {
+            return Err(Refused::Invalid("claims"));
+        }
+        let login_at = claims.login.then_some(claims.iat);
         let identity =
             Identity { subject: claims.sub, role: claims.role, tenants: claims.tenants, delegate: claims.delegate };
-        Ok((identity, claims.exp))
+        Ok((identity, claims.exp, login_at))
     }
 
     /// The node's own token, from the cache of tokens verified before while they have not expired (a client
     /// sends the same token with every request; checking its signature and claims once is enough).
-    fn verify_cached(&self, token: &str) -> Result<Identity, Refused> {
+    fn verify_cached(&self, token: &str) -> Result<(Identity, Option<u64>), Refused> {
         {
             let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((identity, exp)) = cache.get(token) {
-                return if now() <= exp + LEEWAY_SECS { Ok(identity.clone()) } else { Err(Refused::Expired) };
+            if let Some((identity, exp, login_at)) = cache.get(token) {
+                return if now() <= exp + LEEWAY_SECS {
+                    Ok((identity.clone(), *login_at))
+                } else {
+                    Err(Refused::Expired)
+                };
             }
         }
-        let (identity, exp) = self.verify_until(token)?;
+        let (identity, exp, login_at) = self.verify_until(token)?;
         let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_VERIFIED {
             cache.clear();
         }
-        cache.insert(token.to_owned(), (identity.clone(), exp));
-        Ok(identity)
+        cache.insert(token.to_owned(), (identity.clone(), exp, login_at));
+        Ok((identity, login_at))
     }
 }
 
@@ -327,8 +392,8 @@ pub(super) fn refused(error: &jsonwebtoken::errors::Error) -> Refused {
 /// How many verified tokens a verifier remembers; past it, it forgets them all.
 const MAX_VERIFIED: usize = 10_000;
 
-/// Verified tokens: the identity and the expiry of each.
-type Verified = std::collections::HashMap<String, (Identity, u64)>;
+/// Verified tokens: the identity, the expiry and (for a login token) the time of issue of each.
+type Verified = std::collections::HashMap<String, (Identity, u64, Option<u64>)>;
 
 /// The subject of the node's own token.
 pub const NODE_SUBJECT: &str = "system:node";
@@ -360,7 +425,7 @@ impl NodeToken {
     }
 
     fn sign(secret: &Secret) -> String {
-        sign(secret, NODE_SUBJECT, Role::Admin, &["*".to_owned()], NODE_TOKEN_TTL, true)
+        sign(secret, NODE_SUBJECT, Role::Admin, &["*".to_owned()], NODE_TOKEN_TTL, Kind::Delegate)
     }
 
     /// The `Authorization` header's value to send.

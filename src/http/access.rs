@@ -57,6 +57,12 @@ pub fn rule(method: &str, pattern: &str) -> Option<Rule> {
         ("get", "/projections/{name}" | "/providers") => Needs(Inspect),
         ("post", "/projections/{name}/rebuild" | "/projections/{name}/reset") => Needs(Maintain),
         ("post", "/tenants/{tenant}/erase") => Needs(Erase),
+        // A password is its own proof; ten attempts a minute per user name.
+        ("post", "/auth/token") => Open,
+        // Every role changes its own password; the route lets only an admin change another's.
+        ("post", "/auth/users/{name}/password") => Needs(Read),
+        ("get" | "post", "/auth/users" | "/auth/keys")
+        | ("post", "/auth/users/{name}/disable" | "/auth/keys/{id}/revoke") => Needs(Identities),
         ("get", p) if read(p) => Needs(Read),
         _ => return None,
     })

@@ -52,6 +52,7 @@ pub mod browsers;
 pub mod commands;
 pub mod documents;
 pub mod health;
+pub mod identities;
 mod live;
 pub mod middleware;
 pub mod openapi;
@@ -157,6 +158,7 @@ impl HttpApi {
                 .configure(documents::routes)
                 .configure(reads::routes)
                 .configure(admin::routes)
+                .configure(identities::routes)
                 .configure(commands::routes)
                 .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }))
         })

@@ -181,7 +181,7 @@ impl Node {
         let addr = options.http.addr;
         let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let http_addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
-        let auth = start_auth(options)?;
+        let auth = start_auth(options, shared.clone())?;
         let gateway = BusGateway::new(bus.clone(), shared.clone(), crate::gateway::DEFAULT_TIMEOUT)
             .with_token(auth.as_ref().map(|(_, node)| node.clone()));
         let verifier = auth.map(|(verifier, _)| Arc::new(verifier));
@@ -338,9 +338,11 @@ impl Node {
 }
 
 /// The verifier of bearer tokens and the node's own token, unless `--insecure-no-auth`: the node's secret
-/// (made on first start) and, written afresh, the admin token the `weft` command line on this machine reads.
+/// (made on first start) and, written afresh, the admin token the `weft` command line on this machine reads;
+/// the users and API keys of `store`.
 fn start_auth(
     options: &NodeOptions,
+    store: Arc<dyn weft_events::EventStore>,
 ) -> Result<Option<(crate::auth::token::Verifier, crate::auth::token::NodeToken)>, Error> {
     use crate::auth::{Role, token};
     if options.auth.insecure_no_auth {
@@ -358,7 +360,8 @@ fn start_auth(
         .map_err(|source| token::SecretError::Io { path: admin_path, source })?;
     let oidc = options.auth.oidc.provider().map_err(Error::Oidc)?;
     let limits = crate::auth::limits::RateLimits::new(&options.auth.limits);
-    let verifier = token::Verifier::new(&secret).with_oidc(oidc).with_limits(limits);
+    let identities = Arc::new(crate::auth::identities::Identities::new(store, secret.clone()));
+    let verifier = token::Verifier::new(&secret).with_oidc(oidc).with_limits(limits).with_identities(identities);
     Ok(Some((verifier, token::NodeToken::new(&secret))))
 }
 

@@ -10,12 +10,14 @@
 //! - [`ids`]: typed ids and the stream each lives in.
 //! - [`document`], [`workflow`], [`job`], [`agent`], [`schedule`]: the events of each aggregate.
 //! - [`tenant`]: the erasures of tenants (see [`crate::seal`]).
+//! - [`identity`]: users with passwords and API keys.
 
 use crate::codec;
 use crate::envelope::{Envelope, NewEvent};
 
 pub mod agent;
 pub mod document;
+pub mod identity;
 pub mod ids;
 pub mod job;
 pub mod schedule;
@@ -75,6 +77,10 @@ pub enum Any {
     Schedule(schedule::Event),
     /// A tenant's (its erasure).
     Tenant(tenant::Event),
+    /// A user's.
+    User(identity::user::Event),
+    /// An API key's.
+    ApiKey(identity::apikey::Event),
 }
 
 impl Any {
@@ -88,6 +94,8 @@ impl Any {
             agent::Event::AGGREGATE => Self::Agent(agent::Event::from_envelope(envelope)?),
             schedule::Event::AGGREGATE => Self::Schedule(schedule::Event::from_envelope(envelope)?),
             tenant::Event::AGGREGATE => Self::Tenant(tenant::Event::from_envelope(envelope)?),
+            identity::user::AGGREGATE => Self::User(identity::user::Event::from_envelope(envelope)?),
+            identity::apikey::AGGREGATE => Self::ApiKey(identity::apikey::Event::from_envelope(envelope)?),
             _ => return Err(DecodeError::UnknownStream { stream: envelope.stream.as_str().to_owned() }),
         })
     }
