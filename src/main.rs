@@ -95,6 +95,29 @@ enum Command {
     /// The operator's tools over a store's events, on the store itself (the SQLite file, or JetStream with
     /// --jetstream): list, read, follow, fold, export, import, verify.
     Events(weft::replay::cli::Events),
+    /// Users of a running node, who log in with a password: add, passwd, disable, list (admins; passwd also
+    /// for oneself).
+    User {
+        #[command(subcommand)]
+        verb: cli::identity::UserVerb,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
+    /// API keys of a running node, for services: create (shown once), revoke, list (admins).
+    Key {
+        #[command(subcommand)]
+        verb: cli::identity::KeyVerb,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
+    /// Logs in to a running node with a user's password, and keeps the token for later commands
+    /// (WEFT_LOGIN_FILE, else ~/.config/weft/token).
+    Login {
+        #[command(flatten)]
+        args: cli::identity::LoginArgs,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
     /// Tenants of a running node: erase one (a GDPR request).
     Tenant {
         #[command(subcommand)]
@@ -189,6 +212,9 @@ fn main() -> anyhow::Result<()> {
         Command::Schedule { verb, connection } => run(cli::read(connection, "schedules", verb)),
         Command::Projection { verb, connection } => run(cli::projection::run(connection, verb)),
         Command::Tenant { verb, connection } => run(cli::tenant::run(connection, verb)),
+        Command::User { verb, connection } => run(cli::identity::user(connection, verb)),
+        Command::Key { verb, connection } => run(cli::identity::key(connection, verb)),
+        Command::Login { args, connection } => run(cli::identity::login(connection, args)),
         Command::Send { args, connection } => run(cli::send::run(connection, args)),
         Command::Stream { verb: StreamVerb::Events { stream }, connection } => {
             run(cli::stream_events(connection, &stream))

@@ -88,8 +88,7 @@ struct UserState {
     tenants: Vec<String>,
     password_hash: String,
     disabled: bool,
-    /// When its password last changed or it was disabled: login tokens issued before are refused.
-    changed_at: Timestamp,
+    /// Its stream's version: a login token holds for the version it was issued at.
     version: u64,
 }
 
@@ -118,6 +117,15 @@ pub enum LoginError {
     Refused(Refused),
     /// Too many attempts for this user name: how long to wait.
     TooMany(Duration),
+}
+
+/// A user that logged in: who it is, and its stream's version then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// Who.
+    pub identity: Identity,
+    /// The version its token holds for.
+    pub version: u64,
 }
 
 /// Login attempts per minute one user name may have, right or wrong.
@@ -216,10 +224,6 @@ fn sha256_hex(secret: &str) -> String {
     sha2::Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 impl Identities {
     /// The users and keys of `store`; login tokens are signed with `secret`.
     pub fn new(store: Arc<dyn EventStore>, secret: super::token::Secret) -> Self {
@@ -233,9 +237,9 @@ impl Identities {
         }
     }
 
-    /// A login token of `identity` (from [`Identities::login`]), valid for `ttl`.
-    pub fn issue_login(&self, identity: &Identity, ttl: Duration) -> String {
-        super::token::issue_login(&self.secret, identity, ttl)
+    /// A login token of `login` (from [`Identities::login`]), valid for `ttl`.
+    pub fn issue_login(&self, login: &Login, ttl: Duration) -> String {
+        super::token::issue_login(&self.secret, &login.identity, login.version, ttl)
     }
 
     /// Folds `stream`: the user or key it holds, if any.
@@ -273,18 +277,11 @@ impl Identities {
                                 tenants: e.tenants,
                                 password_hash: e.password_hash,
                                 disabled: false,
-                                changed_at: e.at,
                                 version: event.version,
                             })
                         }
-                        (user::Event::PasswordChanged(e), Some(s)) => {
-                            s.password_hash = e.password_hash;
-                            s.changed_at = e.at;
-                        }
-                        (user::Event::Disabled(e), Some(s)) => {
-                            s.disabled = true;
-                            s.changed_at = e.at;
-                        }
+                        (user::Event::PasswordChanged(e), Some(s)) => s.password_hash = e.password_hash,
+                        (user::Event::Disabled(_), Some(s)) => s.disabled = true,
                         _ => return Err(corrupt(&"a user's events out of order")),
                     }
                     state.map(|mut s| {
@@ -445,7 +442,7 @@ impl Identities {
 
     /// The identity of the user `name` if `password` is its password and it is not disabled. Every refusal is
     /// the same, so a caller cannot tell a wrong name from a wrong password; an unknown name costs a hash too.
-    pub async fn login(&self, name: &str, password: &str) -> Result<Identity, LoginError> {
+    pub async fn login(&self, name: &str, password: &str) -> Result<Login, LoginError> {
         use governor::clock::{Clock as _, DefaultClock};
         const REFUSED: LoginError = LoginError::Refused(Refused::Invalid("wrong user name or password"));
         if name.len() > identity::MAX_USER_NAME_BYTES || password.len() > MAX_PASSWORD_BYTES {
@@ -483,32 +480,25 @@ impl Identities {
         let clear = password.to_owned();
         let matches = tokio::task::spawn_blocking(move || password_matches(&clear, &hash)).await.unwrap_or(false);
         match state {
-            Some(state) if matches && !state.disabled => Ok(Identity {
-                subject: state.name.clone(),
-                role: state.role,
-                tenants: state.tenants.clone(),
-                delegate: false,
+            Some(state) if matches && !state.disabled => Ok(Login {
+                identity: Identity {
+                    subject: state.name.clone(),
+                    role: state.role,
+                    tenants: state.tenants.clone(),
+                    delegate: false,
+                },
+                version: state.version,
             }),
             _ => Err(REFUSED),
         }
     }
 
-    /// Whether a login token of `subject` issued at `issued_at` (seconds since the epoch) still holds: its
-    /// user exists, is not disabled and has not changed its password since.
-    pub async fn login_holds(&self, subject: &str, issued_at: u64) -> Result<(), Refused> {
+    /// Whether a login token of `subject` issued at its stream's `version` still holds: the user is as it was
+    /// then (not disabled since, its password not changed).
+    pub async fn login_holds(&self, subject: &str, version: u64) -> Result<(), Refused> {
         let stream = user_name(subject).map_err(|_| Refused::Invalid("claims"))?;
         match self.lookup(&stream).await {
-            Ok(Some(Known::User(state))) => {
-                let changed = u64::try_from(state.changed_at.0 / 1_000_000).unwrap_or(0);
-                if state.disabled {
-                    Err(Refused::Revoked)
-                } else if issued_at < changed {
-                    // Issued before the password changed (in the same second: refused too).
-                    Err(Refused::Revoked)
-                } else {
-                    Ok(())
-                }
-            }
+            Ok(Some(Known::User(state))) if state.version == version && !state.disabled => Ok(()),
             Ok(_) => Err(Refused::Revoked),
             Err(e) => {
                 tracing::warn!(error = %e, "a token's user could not be read");
@@ -594,7 +584,7 @@ impl Identities {
         if state.revoked {
             return Err(Refused::Revoked);
         }
-        if state.expires_at.is_some_and(|at| at.0 / 1_000_000 < now_secs() as i64) {
+        if state.expires_at.is_some_and(|at| at < Timestamp::now()) {
             return Err(Refused::Expired);
         }
         Ok(Identity {
@@ -625,16 +615,21 @@ mod tests {
         ids.add_user("alice@acme.example", "user", &["acme".into()], Password::Clear("correct horse".into()), "admin")
             .await
             .unwrap();
-        let again = ids.add_user("alice@acme.example", "user", &["acme".into()], Password::Clear("x".repeat(9)), "a");
-        assert!(matches!(again.await, Err(IdentityError::Exists(_))));
-        let identity = ids.login("alice@acme.example", "correct horse").await.unwrap();
-        assert_eq!((identity.subject.as_str(), identity.role), ("alice@acme.example", Role::User));
+        let acme = ["acme".to_owned()];
+        let again = ids.add_user("alice@acme.example", "user", &acme, Password::Clear("x".repeat(9)), "a").await;
+        assert!(matches!(again, Err(IdentityError::Exists(_))));
+        let login = ids.login("alice@acme.example", "correct horse").await.unwrap();
+        assert_eq!((login.identity.subject.as_str(), login.identity.role), ("alice@acme.example", Role::User));
         assert!(ids.login("alice@acme.example", "wrong horse").await.is_err());
         assert!(ids.login("bob", "correct horse").await.is_err());
-        ids.login_holds("alice@acme.example", now_secs()).await.unwrap();
+        ids.login_holds("alice@acme.example", login.version).await.unwrap();
+        ids.set_password("alice@acme.example", Password::Clear("battery staple".into()), "alice").await.unwrap();
+        assert_eq!(ids.login_holds("alice@acme.example", login.version).await, Err(Refused::Revoked));
+        let again = ids.login("alice@acme.example", "battery staple").await.unwrap();
+        ids.login_holds("alice@acme.example", again.version).await.unwrap();
         ids.disable_user("alice@acme.example", "left", "admin").await.unwrap();
-        assert!(ids.login("alice@acme.example", "correct horse").await.is_err());
-        assert_eq!(ids.login_holds("alice@acme.example", now_secs() + 5).await, Err(Refused::Revoked));
+        assert!(ids.login("alice@acme.example", "battery staple").await.is_err());
+        assert_eq!(ids.login_holds("alice@acme.example", again.version).await, Err(Refused::Revoked));
     }
 
     #[tokio::test]
@@ -642,7 +637,7 @@ mod tests {
         let ids = identities();
         let hash = bcrypt::hash("imported secret", 4).unwrap();
         ids.add_user("carol", "guest", &["*".into()], Password::Hash(hash), "admin").await.unwrap();
-        assert_eq!(ids.login("carol", "imported secret").await.unwrap().role, Role::Guest);
+        assert_eq!(ids.login("carol", "imported secret").await.unwrap().identity.role, Role::Guest);
         let bad = ids.add_user("dave", "guest", &["a".into()], Password::Hash("plain".into()), "admin").await;
         assert!(matches!(bad, Err(IdentityError::Invalid(_))));
         let short = ids.add_user("erin", "guest", &["a".into()], Password::Clear("short".into()), "admin").await;

@@ -51,10 +51,11 @@ pub struct Claims {
     /// Whether the subject acts for others: only the node's own token ([`NodeToken`]) says so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delegate: bool,
-    /// Whether a user got it by logging in (`POST /auth/token`): it holds only while the user is not disabled
-    /// and has not changed its password since ([`super::identities::Identities::login_holds`]).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub login: bool,
+    /// For a token a user got by logging in (`POST /auth/token`), the version of the user's stream then: it
+    /// holds only while the user is unchanged, not disabled and with the same password
+    /// ([`super::identities::Identities::login_holds`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<u64>,
 }
 
 /// Why a token was refused. The message says what was wrong with it, never the token or the secret.
@@ -182,10 +183,10 @@ pub fn issue(secret: &Secret, subject: &str, role: Role, tenants: &[String], ttl
     sign(secret, subject, role, tenants, ttl, Kind::Plain)
 }
 
-/// A token for a user that logged in with its password: it holds while the user is enabled and keeps its
-/// password (see [`Claims::login`]).
-pub fn issue_login(secret: &Secret, identity: &Identity, ttl: Duration) -> String {
-    sign(secret, &identity.subject, identity.role, &identity.tenants, ttl, Kind::Login)
+/// A token for a user that logged in with its password, its stream at `version`: it holds while the user
+/// stays so (see [`Claims::login`]).
+pub fn issue_login(secret: &Secret, identity: &Identity, version: u64, ttl: Duration) -> String {
+    sign(secret, &identity.subject, identity.role, &identity.tenants, ttl, Kind::Login(version))
 }
 
 /// What a token is besides its claims.
@@ -195,8 +196,8 @@ enum Kind {
     Plain,
     /// A node's own: it acts for others.
     Delegate,
-    /// A user's login.
-    Login,
+    /// A user's login, at this version of its stream.
+    Login(u64),
 }
 
 fn sign(secret: &Secret, subject: &str, role: Role, tenants: &[String], ttl: Duration, kind: Kind) -> String {
@@ -211,7 +212,10 @@ fn sign(secret: &Secret, subject: &str, role: Role, tenants: &[String], ttl: Dur
         nbf: iat,
         iat,
         delegate: kind == Kind::Delegate,
-        login: kind == Kind::Login,
+        login: match kind {
+            Kind::Login(version) => Some(version),
+            _ => None,
+        },
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&secret.0))
         .expect("HS256 signs with any secret")
@@ -304,8 +308,8 @@ impl Verifier {
         let header = jsonwebtoken::decode_header(token).map_err(|_| Refused::Invalid("malformed"))?;
         match (header.alg, &self.oidc) {
             (Algorithm::HS256, _) => {
-                let (identity, login_at) = self.verify_cached(token)?;
-                match (login_at, &self.identities) {
+                let (identity, login_version) = self.verify_cached(token)?;
+                match (login_version, &self.identities) {
                     (Some(at), Some(identities)) => identities.login_holds(&identity.subject, at).await?,
                     (Some(_), None) => return Err(Refused::Invalid("login tokens are not taken here")),
                     (None, _) => {}
@@ -326,8 +330,8 @@ impl Verifier {
         }
     }
 
-    /// [`Verifier::verify`], with the token's expiry and, for a login token, when it was issued (seconds since
-    /// the epoch).
+    /// [`Verifier::verify`], with the token's expiry (seconds since the epoch) and, for a login token, the
+    /// version of its user it holds for.
     fn verify_until(&self, token: &str) -> Result<(Identity, u64, Option<u64>), Refused> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Refused::TooLarge);
@@ -340,13 +344,13 @@ impl Verifier {
         {
             return Err(Refused::Invalid("claims"));
         }
-        if claims.login && claims.delegate {
+        if claims.login.is_some() && claims.delegate {
             return Err(Refused::Invalid("claims"));
         }
-        let login_at = claims.login.then_some(claims.iat);
+        let login_version = claims.login;
         let identity =
             Identity { subject: claims.sub, role: claims.role, tenants: claims.tenants, delegate: claims.delegate };
-        Ok((identity, claims.exp, login_at))
+        Ok((identity, claims.exp, login_version))
     }
 
     /// The node's own token, from the cache of tokens verified before while they have not expired (a client
@@ -354,21 +358,21 @@ impl Verifier {
     fn verify_cached(&self, token: &str) -> Result<(Identity, Option<u64>), Refused> {
         {
             let cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((identity, exp, login_at)) = cache.get(token) {
+            if let Some((identity, exp, login_version)) = cache.get(token) {
                 return if now() <= exp + LEEWAY_SECS {
-                    Ok((identity.clone(), *login_at))
+                    Ok((identity.clone(), *login_version))
                 } else {
                     Err(Refused::Expired)
                 };
             }
         }
-        let (identity, exp, login_at) = self.verify_until(token)?;
+        let (identity, exp, login_version) = self.verify_until(token)?;
         let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_VERIFIED {
             cache.clear();
         }
-        cache.insert(token.to_owned(), (identity.clone(), exp, login_at));
-        Ok((identity, login_at))
+        cache.insert(token.to_owned(), (identity.clone(), exp, login_version));
+        Ok((identity, login_version))
     }
 }
 
@@ -392,7 +396,7 @@ pub(super) fn refused(error: &jsonwebtoken::errors::Error) -> Refused {
 /// How many verified tokens a verifier remembers; past it, it forgets them all.
 const MAX_VERIFIED: usize = 10_000;
 
-/// Verified tokens: the identity, the expiry and (for a login token) the time of issue of each.
+/// Verified tokens: the identity, the expiry and (for a login token) the user's version of each.
 type Verified = std::collections::HashMap<String, (Identity, u64, Option<u64>)>;
 
 /// The subject of the node's own token.

@@ -15,6 +15,7 @@ use clap::{Args, ValueEnum};
 use serde_json::Value;
 
 pub mod document;
+pub mod identity;
 pub mod job;
 pub mod projection;
 pub mod reads;
@@ -53,8 +54,8 @@ pub struct Connection {
     /// The bearer token to send (from `weft token issue`, an API key, an OIDC provider).
     #[arg(long, env = "WEFT_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
-    /// A file holding the token, when --token is not given. Without either, the admin token a node on this
-    /// machine writes (`weft-data/admin.token`) is used if it is there.
+    /// A file holding the token, when --token is not given. Without either, the token `weft login` kept, else
+    /// the admin token a node on this machine writes (`weft-data/admin.token`), is used if it is there.
     #[arg(long, env = "WEFT_TOKEN_FILE", global = true)]
     pub token_file: Option<std::path::PathBuf>,
 }
@@ -63,14 +64,17 @@ pub struct Connection {
 pub const DEFAULT_TOKEN_FILE: &str = "weft-data/admin.token";
 
 impl Connection {
-    /// The token to send: --token, else the --token-file's, else the default file's if it exists.
+    /// The token to send: --token, else the --token-file's, else `weft login`'s, else the default file's if
+    /// it exists.
     pub fn token(&self) -> anyhow::Result<Option<String>> {
         if let Some(token) = &self.token {
             return Ok(Some(token.trim().to_owned()));
         }
-        let (path, given) = match &self.token_file {
-            Some(path) => (path.clone(), true),
-            None => (std::path::PathBuf::from(DEFAULT_TOKEN_FILE), false),
+        let login = identity::login_file().filter(|file| file.exists());
+        let (path, given) = match (&self.token_file, login) {
+            (Some(path), _) => (path.clone(), true),
+            (None, Some(login)) => (login, true),
+            (None, None) => (std::path::PathBuf::from(DEFAULT_TOKEN_FILE), false),
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(Some(text.trim().to_owned()).filter(|t| !t.is_empty())),

@@ -67,7 +67,7 @@ pub(super) struct Refusal {
 }
 
 impl Refusal {
-    fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
         Self { status, body: json!({"error": {"kind": kind, "message": message.into()}}) }
     }
 
@@ -100,7 +100,7 @@ impl From<documents::Error> for Refusal {
 }
 
 /// 200 (or `status`) with `value` as JSON, or the refusal.
-fn respond<T: serde::Serialize>(status: StatusCode, result: Result<T, Refusal>) -> HttpResponse {
+pub(super) fn respond<T: serde::Serialize>(status: StatusCode, result: Result<T, Refusal>) -> HttpResponse {
     match result {
         Ok(value) => HttpResponse::build(status).insert_header((header::CACHE_CONTROL, "no-store")).json(value),
         Err(refusal) => refusal.respond(),

@@ -19,7 +19,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use super::{State, access, documents, error};
+use super::documents::{self, Refusal};
+use super::{State, access};
 use crate::auth::identities::{Identities, IdentityError, LoginError, Password};
 use crate::auth::{Identity, Permission};
 use crate::query::Failure;
@@ -47,10 +48,10 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/auth/keys/{id}/revoke", web::post().to(revoke_key));
 }
 
-/// The node's users and keys, or the answer of a node that has none.
-fn identities(state: &State) -> Result<Arc<Identities>, HttpResponse> {
+/// The node's users and keys, or the refusal of a node that has none.
+fn identities(state: &State) -> Result<Arc<Identities>, Refusal> {
     state.auth.as_ref().and_then(|verifier| verifier.identities().cloned()).ok_or_else(|| {
-        error(
+        Refusal::new(
             StatusCode::NOT_FOUND,
             "not_found",
             "this node runs without authentication (--insecure-no-auth): it has no users or API keys",
@@ -59,28 +60,26 @@ fn identities(state: &State) -> Result<Arc<Identities>, HttpResponse> {
 }
 
 /// The body, read and parsed as `T`.
-async fn body<T: serde::de::DeserializeOwned>(
-    state: &State,
-    payload: web::Payload,
-    shape: &str,
-) -> Result<T, HttpResponse> {
-    let bytes = documents::read_body(payload, MAX_BODY_BYTES, state.limits.body_idle_timeout)
-        .await
-        .map_err(|refusal| refusal.respond())?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        // serde's message names the field, never its value.
-        error(StatusCode::BAD_REQUEST, "invalid", format!("the body is not {shape}: {e}"))
-    })
+async fn body<T: serde::de::DeserializeOwned>(state: &State, payload: web::Payload, shape: &str) -> Result<T, Refusal> {
+    let bytes = documents::read_body(payload, MAX_BODY_BYTES, state.limits.body_idle_timeout).await?;
+    // serde's message names the field, never its value.
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid", format!("the body is not {shape}: {e}")))
 }
 
-/// The answer to a refused change.
-fn refused(e: IdentityError) -> HttpResponse {
-    match e {
-        IdentityError::Invalid(m) => error(StatusCode::BAD_REQUEST, "invalid", m),
-        IdentityError::Exists(m) => error(StatusCode::CONFLICT, "conflict", m),
-        IdentityError::NotFound(m) => error(StatusCode::NOT_FOUND, "not_found", m),
-        IdentityError::Store(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+impl From<IdentityError> for Refusal {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::Invalid(m) => Refusal::new(StatusCode::BAD_REQUEST, "invalid", m),
+            IdentityError::Exists(m) => Refusal::new(StatusCode::CONFLICT, "conflict", m),
+            IdentityError::NotFound(m) => Refusal::new(StatusCode::NOT_FOUND, "not_found", m),
+            IdentityError::Store(e) => Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        }
     }
+}
+
+fn invalid(message: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, "invalid", message)
 }
 
 /// Who is asking: the actor the change records.
@@ -89,21 +88,19 @@ fn actor(request: &HttpRequest) -> String {
 }
 
 /// A password as a body gives it: in the clear or as an imported hash, not both.
-fn password(clear: Option<String>, hash: Option<String>) -> Result<Password, HttpResponse> {
+fn password(clear: Option<String>, hash: Option<String>) -> Result<Password, Refusal> {
     match (clear, hash) {
         (Some(clear), None) => Ok(Password::Clear(clear)),
         (None, Some(hash)) => Ok(Password::Hash(hash)),
-        _ => Err(error(StatusCode::BAD_REQUEST, "invalid", "give `password` or `password_hash`, one of them")),
+        _ => Err(invalid("give `password` or `password_hash`, one of them")),
     }
 }
 
-fn ttl(secs: Option<u64>, default: Option<Duration>, max: Duration) -> Result<Option<Duration>, HttpResponse> {
+/// `ttl_secs` of a body, at most `max`.
+fn ttl(secs: Option<u64>, max: Duration) -> Result<Option<Duration>, Refusal> {
     match secs.map(Duration::from_secs) {
-        Some(ttl) if ttl.is_zero() || ttl > max => {
-            Err(error(StatusCode::BAD_REQUEST, "invalid", format!("ttl_secs must be 1 to {}", max.as_secs())))
-        }
-        Some(ttl) => Ok(Some(ttl)),
-        None => Ok(default),
+        Some(ttl) if ttl.is_zero() || ttl > max => Err(invalid(format!("ttl_secs must be 1 to {}", max.as_secs()))),
+        ttl => Ok(ttl),
     }
 }
 
@@ -116,37 +113,42 @@ struct LoginRequest {
     ttl_secs: Option<u64>,
 }
 
+/// A login's identities and request, and the life of its token.
+async fn login_request(
+    state: &State,
+    payload: web::Payload,
+) -> Result<(Arc<Identities>, LoginRequest, Duration), Refusal> {
+    let identities = identities(state)?;
+    let body: LoginRequest = body(state, payload, "{\"user\": ..., \"password\": ...}").await?;
+    let ttl = ttl(body.ttl_secs, MAX_LOGIN_TTL)?.unwrap_or(LOGIN_TTL);
+    Ok((identities, body, ttl))
+}
+
 async fn login(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
-    let identities = match identities(&state) {
-        Ok(identities) => identities,
-        Err(answer) => return answer,
-    };
-    let body: LoginRequest = match body(&state, payload, "{\"user\": ..., \"password\": ...}").await {
-        Ok(body) => body,
-        Err(answer) => return answer,
-    };
-    let ttl = match ttl(body.ttl_secs, Some(LOGIN_TTL), MAX_LOGIN_TTL) {
-        Ok(ttl) => ttl.unwrap_or(LOGIN_TTL),
-        Err(answer) => return answer,
+    let (identities, body, ttl) = match login_request(&state, payload).await {
+        Ok(request) => request,
+        Err(refusal) => return refusal.respond(),
     };
     match identities.login(&body.user, &body.password).await {
-        Ok(identity) => {
-            let token = identities.issue_login(&identity, ttl);
+        Ok(login) => {
+            let token = identities.issue_login(&login, ttl);
+            let identity = login.identity;
             tracing::info!(user = %identity.subject, "a user logged in");
-            HttpResponse::Ok().json(json!({
+            let answer = json!({
                 "token": token,
                 "token_type": "Bearer",
                 "expires_in": ttl.as_secs(),
                 "subject": identity.subject,
                 "role": identity.role,
                 "tenants": identity.tenants,
-            }))
+            });
+            documents::respond(StatusCode::OK, Ok::<_, Refusal>(answer))
         }
         Err(LoginError::Refused(why)) => access::refused(StatusCode::UNAUTHORIZED, "unauthenticated", &why.to_string()),
         Err(LoginError::TooMany(wait)) => {
             let seconds = crate::auth::limits::retry_after_secs(wait);
             let message = format!("too many login attempts for this user; retry in {seconds} s");
-            let mut answer = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
+            let mut answer = super::error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
             answer.headers_mut().insert(actix_web::http::header::RETRY_AFTER, seconds.into());
             answer
         }
@@ -166,25 +168,17 @@ struct NewUser {
 }
 
 async fn add_user(state: web::Data<State>, request: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let identities = match identities(&state) {
-        Ok(identities) => identities,
-        Err(answer) => return answer,
-    };
-    let shape = "{\"name\", \"role\", \"tenants\", \"password\" or \"password_hash\"}";
-    let body: NewUser = match body(&state, payload, shape).await {
-        Ok(body) => body,
-        Err(answer) => return answer,
-    };
-    let password = match password(body.password, body.password_hash) {
-        Ok(password) => password,
-        Err(answer) => return answer,
-    };
-    match identities.add_user(&body.name, &body.role, &body.tenants, password, &actor(&request)).await {
-        Ok(position) => HttpResponse::Created().json(json!({
+    let added = async {
+        let identities = identities(&state)?;
+        let shape = "{\"name\", \"role\", \"tenants\", \"password\" or \"password_hash\"}";
+        let body: NewUser = body(&state, payload, shape).await?;
+        let password = password(body.password, body.password_hash)?;
+        let position = identities.add_user(&body.name, &body.role, &body.tenants, password, &actor(&request)).await?;
+        Ok::<_, Refusal>(json!({
             "name": body.name, "role": body.role, "tenants": body.tenants, "status": "active", "position": position,
-        })),
-        Err(e) => refused(e),
-    }
+        }))
+    };
+    documents::respond(StatusCode::CREATED, added.await)
 }
 
 #[derive(serde::Deserialize)]
@@ -202,27 +196,20 @@ async fn set_password(
     name: web::Path<String>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let identities = match identities(&state) {
-        Ok(identities) => identities,
-        Err(answer) => return answer,
+    let changed = async {
+        let identities = identities(&state)?;
+        // A user changes its own password; only an admin another's. To anyone else another user is as
+        // missing as one that does not exist.
+        let caller = access::identity(&request);
+        if caller.as_ref().is_some_and(|c: &Identity| c.subject != *name && !c.role.may(Permission::Identities)) {
+            return Err(Refusal::new(StatusCode::NOT_FOUND, "not_found", format!("no user named {:?}", *name)));
+        }
+        let body: NewPassword = body(&state, payload, "{\"password\"} or {\"password_hash\"}").await?;
+        let password = password(body.password, body.password_hash)?;
+        let position = identities.set_password(&name, password, &actor(&request)).await?;
+        Ok(json!({"name": *name, "position": position}))
     };
-    // A user changes its own password; only an admin another's.
-    let caller = access::identity(&request);
-    if caller.as_ref().is_some_and(|c: &Identity| c.subject != *name && !c.role.may(Permission::Identities)) {
-        return error(StatusCode::FORBIDDEN, "forbidden", "only an admin changes another user's password");
-    }
-    let body: NewPassword = match body(&state, payload, "{\"password\"} or {\"password_hash\"}").await {
-        Ok(body) => body,
-        Err(answer) => return answer,
-    };
-    let password = match password(body.password, body.password_hash) {
-        Ok(password) => password,
-        Err(answer) => return answer,
-    };
-    match identities.set_password(&name, password, &actor(&request)).await {
-        Ok(position) => HttpResponse::Ok().json(json!({"name": *name, "position": position})),
-        Err(e) => refused(e),
-    }
+    documents::respond(StatusCode::OK, changed.await)
 }
 
 #[derive(serde::Deserialize)]
@@ -237,21 +224,14 @@ async fn disable_user(
     name: web::Path<String>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let identities = match identities(&state) {
-        Ok(identities) => identities,
-        Err(answer) => return answer,
+    let disabled = async {
+        let identities = identities(&state)?;
+        let body: Reason = body(&state, payload, "{\"reason\": ...}").await?;
+        let position = identities.disable_user(&name, &body.reason, &actor(&request)).await?;
+        tracing::warn!(user = %*name, "user disabled");
+        Ok::<_, Refusal>(json!({"name": *name, "status": "disabled", "position": position}))
     };
-    let body: Reason = match body(&state, payload, "{\"reason\": ...}").await {
-        Ok(body) => body,
-        Err(answer) => return answer,
-    };
-    match identities.disable_user(&name, &body.reason, &actor(&request)).await {
-        Ok(position) => {
-            tracing::warn!(user = %*name, "user disabled");
-            HttpResponse::Ok().json(json!({"name": *name, "status": "disabled", "position": position}))
-        }
-        Err(e) => refused(e),
-    }
+    documents::respond(StatusCode::OK, disabled.await)
 }
 
 #[derive(serde::Deserialize)]
@@ -268,25 +248,15 @@ struct NewKeyRequest {
 const MAX_KEY_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 async fn create_key(state: web::Data<State>, request: HttpRequest, payload: web::Payload) -> HttpResponse {
-    let identities = match identities(&state) {
-        Ok(identities) => identities,
-        Err(answer) => return answer,
+    let made = async {
+        let identities = identities(&state)?;
+        let body: NewKeyRequest = body(&state, payload, "{\"name\", \"role\", \"tenants\", \"ttl_secs\"?}").await?;
+        let ttl = ttl(body.ttl_secs, MAX_KEY_TTL)?;
+        let key = identities.create_key(&body.name, &body.role, &body.tenants, ttl, &actor(&request)).await?;
+        tracing::info!(key = %key.id, name = %key.name, "API key made");
+        Ok::<_, Refusal>(key)
     };
-    let body: NewKeyRequest = match body(&state, payload, "{\"name\", \"role\", \"tenants\", \"ttl_secs\"?}").await {
-        Ok(body) => body,
-        Err(answer) => return answer,
-    };
-    let ttl = match ttl(body.ttl_secs, None, MAX_KEY_TTL) {
-        Ok(ttl) => ttl,
-        Err(answer) => return answer,
-    };
-    match identities.create_key(&body.name, &body.role, &body.tenants, ttl, &actor(&request)).await {
-        Ok(key) => {
-            tracing::info!(key = %key.id, name = %key.name, "API key made");
-            HttpResponse::Created().json(key)
-        }
-        Err(e) => refused(e),
-    }
+    documents::respond(StatusCode::CREATED, made.await)
 }
 
 async fn revoke_key(
@@ -295,21 +265,14 @@ async fn revoke_key(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let identities = match identities(&state) {
-        Ok(identities) => identities,
-        Err(answer) => return answer,
+    let revoked = async {
+        let identities = identities(&state)?;
+        let body: Reason = body(&state, payload, "{\"reason\": ...}").await?;
+        let position = identities.revoke_key(&id, &body.reason, &actor(&request)).await?;
+        tracing::warn!(key = %*id, "API key revoked");
+        Ok::<_, Refusal>(json!({"id": *id, "status": "revoked", "position": position}))
     };
-    let body: Reason = match body(&state, payload, "{\"reason\": ...}").await {
-        Ok(body) => body,
-        Err(answer) => return answer,
-    };
-    match identities.revoke_key(&id, &body.reason, &actor(&request)).await {
-        Ok(position) => {
-            tracing::warn!(key = %*id, "API key revoked");
-            HttpResponse::Ok().json(json!({"id": *id, "status": "revoked", "position": position}))
-        }
-        Err(e) => refused(e),
-    }
+    documents::respond(StatusCode::OK, revoked.await)
 }
 
 /// A page of the `identities` read model's `table`, ordered by `key`.
@@ -354,16 +317,16 @@ async fn page(
 }
 
 async fn list_users(state: web::Data<State>, request: HttpRequest, params: super::Params) -> HttpResponse {
-    if let Err(answer) = identities(&state) {
-        return answer;
+    if let Err(refusal) = identities(&state) {
+        return refusal.respond();
     }
     const COLUMNS: &[&str] = &["name", "role", "tenants", "status", "created_at", "updated_at", "created_by"];
     super::answer(&request, page(&state, &params, "users", "name", COLUMNS).await)
 }
 
 async fn list_keys(state: web::Data<State>, request: HttpRequest, params: super::Params) -> HttpResponse {
-    if let Err(answer) = identities(&state) {
-        return answer;
+    if let Err(refusal) = identities(&state) {
+        return refusal.respond();
     }
     const COLUMNS: &[&str] =
         &["id", "name", "role", "tenants", "status", "expires_at", "created_at", "updated_at", "created_by"];

@@ -26,6 +26,7 @@ use weft_events::domain::ids::Uuid;
 use weft_events::domain::schedule::Target;
 use weft_events::envelope::check_label;
 
+use crate::auth::Identity;
 use crate::auth::token::Verifier;
 use crate::bus::{ACTOR, AUTHORIZATION, CORRELATION_ID, Headers, OWNER, TENANT};
 use crate::protocol::Reply;
@@ -96,12 +97,28 @@ impl Confined for Job {}
 impl Confined for Workflow {}
 impl Confined for Agent {}
 
-/// The metadata a command runs with, from its headers and its caller's token, or the reply refusing it.
-pub async fn metadata<A: Confined>(
+/// The caller's identity, from its token, before anything of its command is read (a caller that cannot
+/// say who it is learns nothing of what is wrong with its command); `None` on a node without authentication.
+pub async fn identify<A: Confined>(
+    headers: &Headers,
+    verifier: Option<&Verifier>,
+) -> Result<Option<Identity>, Reply<A::Rejection>> {
+    let Some(verifier) = verifier else { return Ok(None) };
+    let identity = verifier
+        .authorization(headers.get(AUTHORIZATION).map(String::as_str))
+        .await
+        .map_err(|why| Reply::unauthenticated(why.to_string()))?;
+    Ok(Some(identity))
+}
+
+/// The metadata a command of `identity` (from [`identify`]) runs with, from its headers, or the reply
+/// refusing it.
+pub fn metadata<A: Confined>(
     headers: &Headers,
     kind: &str,
     command: &mut A::Command,
     verifier: Option<&Verifier>,
+    identity: Option<Identity>,
 ) -> Result<Metadata, Reply<A::Rejection>> {
     let correlation_id = match headers.get(CORRELATION_ID) {
         Some(c) => Some(
@@ -116,11 +133,7 @@ pub async fn metadata<A: Confined>(
     };
     let (actor, tenant, owner) = (label(ACTOR, "actor")?, label(TENANT, "tenant")?, label(OWNER, "owner")?);
     let as_sent = Metadata { tenant, actor, correlation_id, owner };
-    let Some(verifier) = verifier else { return Ok(as_sent) };
-    let identity = verifier
-        .authorization(headers.get(AUTHORIZATION).map(String::as_str))
-        .await
-        .map_err(|why| Reply::unauthenticated(why.to_string()))?;
+    let (Some(verifier), Some(identity)) = (verifier, identity) else { return Ok(as_sent) };
     if identity.delegate {
         return Ok(as_sent);
     }

@@ -405,9 +405,10 @@ async fn decode<A: Confined>(
     limits: BodyLimits,
     verifier: Option<&Verifier>,
 ) -> Result<(StreamName, Execute<A>), Reply<A::Rejection>> {
+    let identity = caller::identify::<A>(&message.headers, verifier).await?;
     let mut decoded =
         protocol::decode_command::<A>(&message.subject, &message.payload, json, limits).map_err(Reply::invalid)?;
-    let metadata = caller::metadata::<A>(&message.headers, &decoded.kind, &mut decoded.command, verifier).await?;
+    let metadata = caller::metadata::<A>(&message.headers, &decoded.kind, &mut decoded.command, verifier, identity)?;
     let execute = Execute {
         command_id: decoded.command_id,
         command: decoded.command,

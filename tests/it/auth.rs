@@ -27,16 +27,16 @@ pub fn token_of(secret: &Secret, subject: &str, role: Role, tenants: &[&str]) ->
 }
 
 /// A token signed with the node's secret whose claims are these.
-fn forged(secret_bytes: &[u8], claims: Value, alg: Algorithm) -> String {
+pub fn forged(secret_bytes: &[u8], claims: Value, alg: Algorithm) -> String {
     jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret_bytes)).unwrap()
 }
 
-fn now() -> i64 {
+pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// `method path` with `token` (none: no Authorization) and these headers and body.
-fn call(
+pub fn call(
     addr: &str,
     token: Option<&str>,
     method: &str,
@@ -74,6 +74,45 @@ fn register(addr: &str, token: &str, tenant: &str, name: &str) -> String {
     answer["id"].as_str().unwrap().to_owned()
 }
 
+/// A new API key of `role` in tenant acme.
+pub fn api_key(addr: &str, admin: &str, role: &str) -> String {
+    let body = json!({"name": format!("svc-{role}"), "role": role, "tenants": ["acme"]});
+    let (status, made) = call(addr, Some(admin), "POST", "/auth/keys", &[], &body);
+    assert_eq!(status, 201, "{made}");
+    made["key"].as_str().unwrap().to_owned()
+}
+
+/// An API key made and revoked.
+pub fn revoked_key(addr: &str, admin: &str) -> String {
+    let body = json!({"name": "leaked", "role": "admin", "tenants": ["*"]});
+    let (status, made) = call(addr, Some(admin), "POST", "/auth/keys", &[], &body);
+    assert_eq!(status, 201, "{made}");
+    let revoke = format!("/auth/keys/{}/revoke", made["id"].as_str().unwrap());
+    assert_eq!(call(addr, Some(admin), "POST", &revoke, &[], &json!({"reason": "leaked"})).0, 200);
+    made["key"].as_str().unwrap().to_owned()
+}
+
+/// The login token of a new user of `role` in tenant acme.
+pub fn user_login(addr: &str, admin: &str, role: &str) -> String {
+    let name = format!("login-{role}");
+    let body = json!({"name": name, "role": role, "tenants": ["acme"], "password": "a long password"});
+    let (status, answer) = call(addr, Some(admin), "POST", "/auth/users", &[], &body);
+    assert_eq!(status, 201, "{answer}");
+    let (status, answer) =
+        call(addr, None, "POST", "/auth/token", &[], &json!({"user": name, "password": "a long password"}));
+    assert_eq!(status, 200, "{answer}");
+    answer["token"].as_str().unwrap().to_owned()
+}
+
+/// The login token of an admin that was disabled after it logged in.
+fn disabled_login(addr: &str, admin: &str) -> String {
+    let token = user_login(addr, admin, "admin");
+    let (status, answer) =
+        call(addr, Some(admin), "POST", "/auth/users/login-admin/disable", &[], &json!({"reason": "x"}));
+    assert_eq!(status, 200, "{answer}");
+    token
+}
+
 /// The route's path with its parameters filled in.
 fn concrete(path: &str, document: &str) -> String {
     path.replace("{id}", document)
@@ -84,14 +123,12 @@ fn concrete(path: &str, document: &str) -> String {
         .replace("{key}", "acme/x")
 }
 
-#[test]
-fn every_route_refuses_bad_tokens_and_lets_in_only_the_roles_its_rule_names() {
-    let (_dir, serve, secret) = node();
-    let addr = &serve.addr;
-    let admin = token_of(&secret, "root", Role::Admin, &["*"]);
-    let document = register(addr, &admin, "acme", "a.txt");
+/// Tokens every route and subject must refuse as `unauthenticated`, with why: forged claims signed with the
+/// node's own secret (read from `secret_file`), other algorithms and signatures, garbage, and credentials of
+/// the node's own users and keys that no longer hold.
+pub fn bad_tokens(secret_file: &std::path::Path, addr: &str, admin: &str) -> Vec<(&'static str, Option<String>)> {
     // The secret's bytes, to forge tokens the node must refuse for their claims rather than their signature.
-    let bytes = std::fs::read_to_string(_dir.path().join("auth.secret")).unwrap();
+    let bytes = std::fs::read_to_string(secret_file).unwrap();
     let bytes = {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.decode(bytes.trim()).unwrap()
@@ -105,7 +142,7 @@ fn every_route_refuses_bad_tokens_and_lets_in_only_the_roles_its_rule_names() {
         let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
         format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&claims(600, 0, "weft", "weft").to_string()))
     };
-    let bad: Vec<(&str, Option<String>)> = vec![
+    vec![
         ("no token", None),
         ("expired", Some(forged(&bytes, claims(-600, -700, "weft", "weft"), Algorithm::HS256))),
         ("not yet valid", Some(forged(&bytes, claims(1200, 600, "weft", "weft"), Algorithm::HS256))),
@@ -116,12 +153,26 @@ fn every_route_refuses_bad_tokens_and_lets_in_only_the_roles_its_rule_names() {
         ("another algorithm", Some(forged(&bytes, claims(600, 0, "weft", "weft"), Algorithm::HS384))),
         ("garbage", Some("not.a.token".into())),
         ("oversized", Some("a".repeat(token::MAX_TOKEN_BYTES + 10))),
-    ];
+        ("revoked key", Some(revoked_key(addr, admin))),
+        ("unknown key", Some(format!("weft_{}_{}", "0".repeat(32), "A".repeat(43)))),
+        ("disabled user's login", Some(disabled_login(addr, admin))),
+    ]
+}
+
+#[test]
+fn every_route_refuses_bad_tokens_and_lets_in_only_the_roles_its_rule_names() {
+    let (_dir, serve, secret) = node();
+    let addr = &serve.addr;
+    let admin = token_of(&secret, "root", Role::Admin, &["*"]);
+    let document = register(addr, &admin, "acme", "a.txt");
+    let bad = bad_tokens(&_dir.path().join("auth.secret"), addr, &admin);
     let roles = [
         ("admin", Role::Admin, admin.clone()),
         ("operator", Role::Operator, token_of(&secret, "olga", Role::Operator, &["acme"])),
         ("user", Role::User, token_of(&secret, "ann", Role::User, &["acme"])),
         ("guest", Role::Guest, token_of(&secret, "gus", Role::Guest, &["acme"])),
+        ("operator's API key", Role::Operator, api_key(addr, &admin, "operator")),
+        ("user's login", Role::User, user_login(addr, &admin, "user")),
     ];
     let body = json!({"command_id": uuid::Uuid::now_v7(), "type": "delete", "payload": {"reason": "x"},
                       "name": "b.txt", "content_type": "text/plain", "size_bytes": 10, "reason": "test"});

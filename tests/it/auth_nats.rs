@@ -270,3 +270,85 @@ async fn an_identity_over_its_rate_is_told_when_to_retry_on_http_and_nats() {
     assert!(limited.2.contains("rate_limited"), "{limited:?}");
     node.stop();
 }
+
+/// Every command and query subject of the protocol against every kind of bad credential and every role (the
+/// node's tokens, an API key, a user's login): bad credentials answer `unauthenticated`, a role without the
+/// permission `forbidden`, the others are let through to the command or the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subject_refuses_bad_credentials_and_lets_in_only_the_roles_that_may() {
+    let server = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let node = Serve::start(dir.path(), &["--nats", &server.url()]);
+    let secret = Secret::load(&dir.path().join("auth.secret")).unwrap();
+    let client = weft::nats::connect(&server.url(), "client").await.unwrap();
+    let mut events = client.subscribe("weft.evt.>").await.unwrap();
+    client.flush().await.unwrap();
+    let admin = token_of(&secret, "root", Role::Admin, &["*"]);
+    let (addr, secret_file) = (node.addr.clone(), dir.path().join("auth.secret"));
+    let (bad, key, login) = tokio::task::spawn_blocking(move || {
+        let bad = crate::auth::bad_tokens(&secret_file, &addr, &token_of(&secret, "root", Role::Admin, &["*"]));
+        let key = crate::auth::api_key(&addr, &token_of(&secret, "root", Role::Admin, &["*"]), "operator");
+        let login = crate::auth::user_login(&addr, &token_of(&secret, "root", Role::Admin, &["*"]), "user");
+        (bad, key, login)
+    })
+    .await
+    .unwrap();
+    let secret = Secret::load(&dir.path().join("auth.secret")).unwrap();
+    let roles = [
+        ("admin", Role::Admin, admin.clone()),
+        ("operator", Role::Operator, token_of(&secret, "olga", Role::Operator, &["acme"])),
+        ("user", Role::User, token_of(&secret, "ann", Role::User, &["acme"])),
+        ("guest", Role::Guest, token_of(&secret, "gus", Role::Guest, &["acme"])),
+        ("operator's API key", Role::Operator, key),
+        ("user's login", Role::User, login),
+    ];
+    let id = uuid::Uuid::now_v7();
+    let mut cases: Vec<(String, Value, Option<weft::auth::Permission>)> = Vec::new();
+    for aggregate in weft::http::commands::AGGREGATES {
+        // A well-formed command of each aggregate: a malformed one is `invalid` to any caller that may send
+        // commands at all, before its type is known.
+        let (kind, payload) = match aggregate {
+            "document" => ("delete", json!({"reason": "matrix"})),
+            "workflow" => ("define", json!({"name": "w", "steps": []})),
+            "job" => ("cancel", json!({"reason": "matrix"})),
+            "agent" => ("disable", json!({"reason": "matrix"})),
+            "schedule" => ("pause", json!({})),
+            other => panic!("a command of {other} for the matrix"),
+        };
+        let body = command(kind, payload);
+        let permission = weft::auth::command_permission(aggregate, kind);
+        cases.push((format!("weft.cmd.{aggregate}.{id}"), body, Some(permission)));
+    }
+    for model in weft::query::read::MODELS {
+        cases.push((format!("weft.qry.{}.get", model.name), json!({"id": id}), None));
+        cases.push((format!("weft.qry.{}.list", model.name), json!({}), None));
+    }
+    cases.push(("weft.qry.jobs.logs".into(), json!({"id": id}), None));
+    cases.push(("weft.qry.streams.events".into(), json!({"stream": format!("job-{id}")}), None));
+    for (subject, body, permission) in &cases {
+        for (why, token) in &bad {
+            let reply = ask(&client, subject, token.as_deref(), &[], body).await;
+            assert_eq!(kind(&reply), "unauthenticated", "{subject} with {why}: {reply}");
+        }
+        for (name, role, token) in &roles {
+            let reply = ask(&client, subject, Some(token), &[("Weft-Tenant", "acme")], body).await;
+            let allowed = role.may(permission.unwrap_or(weft::auth::Permission::Read));
+            if allowed {
+                assert!(
+                    !matches!(kind(&reply), "unauthenticated" | "forbidden"),
+                    "{subject} refused a {name}: {reply}"
+                );
+            } else {
+                assert_eq!(kind(&reply), "forbidden", "{subject} let a {name} in: {reply}");
+            }
+        }
+    }
+    // No user's or key's event is published: a subscriber of every event gets a document's registration,
+    // made after them, and none of theirs.
+    let reply = ask(&client, &format!("weft.cmd.document.{id}"), Some(&admin), &[], &register("acme", "ann")).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let seen = subjects(&mut events).await;
+    assert!(seen.iter().any(|s| s.contains(".document.")), "{seen:?}");
+    assert!(seen.iter().all(|s| !s.contains(".user.") && !s.contains(".apikey.")), "{seen:?}");
+    node.stop();
+}

@@ -11,6 +11,7 @@ mod client;
 mod compose;
 mod documents;
 mod erasure;
+mod identities;
 mod intake;
 mod job_crash;
 mod nats_e2e;

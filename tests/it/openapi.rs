@@ -123,6 +123,15 @@ const ROUTES_BEFORE_THE_REDESIGN: &[&str] = &[
     "GET /workflows/live",
     "GET /workflows/{id}",
     "GET /workflows/{id}/live",
+    // Users and API keys (issue 22), added after the redesign.
+    "POST /auth/token",
+    "GET /auth/users",
+    "POST /auth/users",
+    "POST /auth/users/{name}/password",
+    "POST /auth/users/{name}/disable",
+    "GET /auth/keys",
+    "POST /auth/keys",
+    "POST /auth/keys/{id}/revoke",
 ];
 
 #[test]
