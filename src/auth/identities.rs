@@ -237,6 +237,21 @@ impl Identities {
         }
     }
 
+    /// The CSRF token of a browser session whose cookie holds `token`: an HMAC of it with the node's secret,
+    /// so any node sharing the secret checks it without keeping sessions.
+    pub fn csrf(&self, token: &str) -> String {
+        use hmac::{KeyInit as _, Mac as _};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.secret.bytes()).expect("HMAC takes any key");
+        mac.update(b"weft csrf\0");
+        mac.update(token.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `given` is the CSRF token of the session `token`.
+    pub fn csrf_matches(&self, token: &str, given: &str) -> bool {
+        bool::from(subtle::ConstantTimeEq::ct_eq(self.csrf(token).as_bytes(), given.as_bytes()))
+    }
+
     /// A login token of `login` (from [`Identities::login`]), valid for `ttl`.
     pub fn issue_login(&self, login: &Login, ttl: Duration) -> String {
         super::token::issue_login(&self.secret, &login.identity, login.version, ttl)

@@ -147,6 +147,11 @@ impl Secret {
         Ok(Self(bytes))
     }
 
+    /// Its bytes, to key an HMAC with (never to show).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// A secret of these bytes (tests, benchmarks).
     pub fn from_bytes(bytes: &[u8]) -> Self {
         Self(bytes.to_vec())

@@ -58,7 +58,7 @@ pub fn rule(method: &str, pattern: &str) -> Option<Rule> {
         ("post", "/projections/{name}/rebuild" | "/projections/{name}/reset") => Needs(Maintain),
         ("post", "/tenants/{tenant}/erase") => Needs(Erase),
         // A password is its own proof; ten attempts a minute per user name.
-        ("post", "/auth/token") => Open,
+        ("post", "/auth/token" | "/auth/session") | ("delete", "/auth/session") => Open,
         // Every role changes its own password; the route lets only an admin change another's.
         ("post", "/auth/users/{name}/password") => Needs(Read),
         ("get" | "post", "/auth/users" | "/auth/keys")
@@ -99,7 +99,24 @@ pub async fn authenticate(
         return next.call(request).await.map(ServiceResponse::map_into_boxed_body);
     }
     let header = request.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let identity = match verifier.authorization(header).await {
+    // A browser session: the token from its cookie, and for a request that changes state, the session's CSRF
+    // token in its header (a page of another site makes the browser send the cookie, not the header).
+    let session = match header {
+        Some(_) => None,
+        None => request.cookie(super::identities::SESSION_COOKIE).map(|c| c.value().to_owned()),
+    };
+    let from_cookie = session.as_ref().map(|token| format!("Bearer {token}"));
+    if let Some(token) = &session
+        && !matches!(request.method().as_str(), "GET" | "HEAD" | "OPTIONS")
+    {
+        let given = request.headers().get(super::identities::CSRF_HEADER).and_then(|v| v.to_str().ok());
+        let valid = verifier.identities().zip(given).is_some_and(|(ids, given)| ids.csrf_matches(token, given));
+        if !valid {
+            let message = "a session's request that changes state carries its CSRF token in X-CSRF-Token";
+            return Ok(request.into_response(refused(StatusCode::FORBIDDEN, "forbidden", message)));
+        }
+    }
+    let identity = match verifier.authorization(header.or(from_cookie.as_deref())).await {
         Ok(identity) => identity,
         Err(why) => {
             let answer = refused(StatusCode::UNAUTHORIZED, "unauthenticated", &why.to_string());

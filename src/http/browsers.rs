@@ -8,7 +8,8 @@
 //!   notification webhook) are exempt: their clients are object stores and upload tools, not pages.
 //! - CORS is off unless origins are configured: a page of another origin gets no `Access-Control-Allow-*`
 //!   headers, so its browser keeps the answers from it. With `--cors-origin`, those origins may call the API
-//!   with a bearer token (no cookies are involved).
+//!   with a bearer token; never with the session cookie (credentials are not allowed), whose requests that
+//!   change state carry a CSRF token besides (see [`super::access`]).
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};

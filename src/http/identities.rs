@@ -9,13 +9,17 @@
 //! - `POST /auth/keys` (`{"name", "role", "tenants", "ttl_secs"?}`): a new key, shown once in the answer;
 //!   `GET /auth/keys`; `POST /auth/keys/{id}/revoke` (`{"reason"}`): admins.
 //!
+//! - `POST /auth/session` (as `/auth/token`): the token in an `HttpOnly`, `SameSite=Strict` cookie
+//!   (`weft_session`; `Secure` over TLS) for a browser page, and a CSRF token in the answer that each request
+//!   of the session that changes state must carry in `X-CSRF-Token`; `DELETE /auth/session` drops the cookie.
+//!
 //! A node without authentication (`--insecure-no-auth`) has no users or keys: these routes answer 404.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
@@ -39,6 +43,8 @@ pub const MAX_LOGIN_TTL: Duration = Duration::from_secs(24 * 3600);
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/auth/token", web::post().to(login))
+        .route("/auth/session", web::post().to(start_session))
+        .route("/auth/session", web::delete().to(end_session))
         .route("/auth/users", web::get().to(list_users))
         .route("/auth/users", web::post().to(add_user))
         .route("/auth/users/{name}/password", web::post().to(set_password))
@@ -125,6 +131,51 @@ async fn login_request(
 }
 
 async fn login(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
+    logged_in(state, payload, |answer, _, _| documents::respond(StatusCode::OK, Ok::<_, Refusal>(answer))).await
+}
+
+/// The cookie of a browser session.
+pub const SESSION_COOKIE: &str = "weft_session";
+
+/// The header a browser session's requests that change state carry their CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// `POST /auth/session`: a login whose token goes into an `HttpOnly`, `SameSite=Strict` cookie (`Secure` when
+/// the request came over TLS) rather than the answer; the answer holds the CSRF token the page sends in
+/// `X-CSRF-Token` with every request that changes state.
+async fn start_session(state: web::Data<State>, request: HttpRequest, payload: web::Payload) -> HttpResponse {
+    let secure = request.connection_info().scheme() == "https";
+    logged_in(state, payload, move |mut answer, token, identities| {
+        let cookie = actix_web::cookie::Cookie::build(SESSION_COOKIE, token.clone())
+            .http_only(true)
+            .secure(secure)
+            .same_site(actix_web::cookie::SameSite::Strict)
+            .path("/")
+            .max_age(actix_web::cookie::time::Duration::seconds(answer["expires_in"].as_i64().unwrap_or(0)))
+            .finish();
+        if let Some(fields) = answer.as_object_mut() {
+            fields.remove("token");
+            fields.insert("csrf_token".into(), json!(identities.csrf(&token)));
+        }
+        HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).cookie(cookie).json(answer)
+    })
+    .await
+}
+
+/// `DELETE /auth/session`: the browser forgets its session cookie. (The token in it lapses at its expiry; to
+/// refuse it before, change the password or disable the user.)
+async fn end_session() -> HttpResponse {
+    let mut cookie = actix_web::cookie::Cookie::build(SESSION_COOKIE, "").path("/").http_only(true).finish();
+    cookie.make_removal();
+    HttpResponse::NoContent().cookie(cookie).finish()
+}
+
+/// A login, answered by `answer` with the token's JSON answer, the token, and the node's identities.
+async fn logged_in(
+    state: web::Data<State>,
+    payload: web::Payload,
+    answer: impl FnOnce(Value, String, &Identities) -> HttpResponse,
+) -> HttpResponse {
     let (identities, body, ttl) = match login_request(&state, payload).await {
         Ok(request) => request,
         Err(refusal) => return refusal.respond(),
@@ -134,7 +185,7 @@ async fn login(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
             let token = identities.issue_login(&login, ttl);
             let identity = login.identity;
             tracing::info!(user = %identity.subject, "a user logged in");
-            let answer = json!({
+            let json = json!({
                 "token": token,
                 "token_type": "Bearer",
                 "expires_in": ttl.as_secs(),
@@ -142,7 +193,7 @@ async fn login(state: web::Data<State>, payload: web::Payload) -> HttpResponse {
                 "role": identity.role,
                 "tenants": identity.tenants,
             });
-            documents::respond(StatusCode::OK, Ok::<_, Refusal>(answer))
+            answer(json, token, &identities)
         }
         Err(LoginError::Refused(why)) => access::refused(StatusCode::UNAUTHORIZED, "unauthenticated", &why.to_string()),
         Err(LoginError::TooMany(wait)) => {

@@ -54,6 +54,8 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/objects/events", "S3 event notifications (Authorization: Bearer <webhook secret>)"),
     ("post", "/tenants/{tenant}/erase", "Erase a tenant: destroy its key, so its personal fields read [erased]"),
     ("post", "/auth/token", "A user's name and password for a short-lived bearer token"),
+    ("post", "/auth/session", "A login for a browser: the token in an HttpOnly cookie, a CSRF token in the answer"),
+    ("delete", "/auth/session", "End a browser session: its cookie is removed"),
     ("get", "/auth/users", "A page of the users (admins)"),
     ("post", "/auth/users", "Add a user with a password or an imported hash (admins)"),
     ("post", "/auth/users/{name}/password", "Change a user's password (the user itself, or an admin)"),
@@ -408,6 +410,28 @@ fn identity_paths(paths: &mut serde_json::Map<String, Value>) {
     token["responses"]["200"] = json_response(json!({"type": "object",
         "required": ["token", "token_type", "expires_in", "subject", "role", "tenants"]}));
     paths.insert("/auth/token".into(), json!({ "post": token }));
+    let login = body(
+        &["user", "password"],
+        json!({"user": string, "password": string,
+        "ttl_secs": {"type": "integer", "minimum": 1, "maximum": 86400}}),
+    );
+    let mut session = with(
+        "post",
+        "/auth/session",
+        vec![],
+        login,
+        &[
+            ("401", "Wrong user name or password, or a disabled user"),
+            ("429", "Too many attempts for this user name (Retry-After)"),
+        ],
+    );
+    session["responses"]["200"] = json_response(json!({"type": "object",
+        "required": ["csrf_token", "expires_in", "subject", "role", "tenants"],
+        "properties": {"csrf_token": {"type": "string",
+            "description": "Send it in X-CSRF-Token with every request of the session that changes state"}}}));
+    let mut end = operation(summary("delete", "/auth/session"), vec![], json!({"description": "Not used"}));
+    end["responses"]["204"] = json!({"description": "The cookie is removed"});
+    paths.insert("/auth/session".into(), json!({"post": session, "delete": end}));
     let user = body(
         &["name", "role", "tenants"],
         json!({"name": string, "role": role, "tenants": tenants,

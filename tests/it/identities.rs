@@ -312,3 +312,61 @@ fn the_command_line_adds_users_logs_in_and_makes_and_revokes_keys() {
     let (ok, _, stderr) = weft(&["user", "add", "x", "--role", "user", "--tenant", "a"], Some(&admin), "");
     assert!(!ok && stderr.contains("empty"), "{stderr}");
 }
+
+#[test]
+fn a_browser_session_lives_in_an_http_only_cookie_and_changes_state_only_with_its_csrf_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--no-processes"]);
+    let addr = serve.addr.clone();
+    let admin = crate::support::admin_token(dir.path());
+    let body = json!({"name": "pat", "role": "user", "tenants": ["acme"], "password": "a long password"});
+    assert_eq!(call(&addr, Some(&admin), "POST", "/auth/users", &body).0, 201);
+    let json = [("Content-Type", "application/json")];
+    let credentials = json!({"user": "pat", "password": "a long password"}).to_string();
+    let session = raw_http(&addr, "POST", "/auth/session", &json, credentials.as_bytes());
+    assert_eq!(session.status, 200, "{}", session.body);
+    let set_cookie = session.headers.iter().find(|(n, _)| n == "set-cookie").map(|(_, v)| v.clone()).unwrap();
+    for attribute in ["weft_session=", "HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=3600"] {
+        assert!(set_cookie.contains(attribute), "{attribute} missing: {set_cookie}");
+    }
+    assert!(!set_cookie.contains("Secure"), "plain HTTP: {set_cookie}");
+    let answer = session.json();
+    assert!(answer.get("token").is_none(), "the token is only in the cookie: {answer}");
+    let csrf = answer["csrf_token"].as_str().unwrap().to_owned();
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    // Behind a TLS proxy the cookie is Secure.
+    let forwarded = [("Content-Type", "application/json"), ("X-Forwarded-Proto", "https")];
+    let tls = raw_http(&addr, "POST", "/auth/session", &forwarded, credentials.as_bytes());
+    assert!(tls.headers.iter().any(|(n, v)| n == "set-cookie" && v.contains("Secure")), "{:?}", tls.headers);
+
+    // Reads go with the cookie alone; a change needs the session's CSRF token too.
+    let read = raw_http(&addr, "GET", "/documents", &[("Cookie", &cookie)], b"");
+    assert_eq!(read.status, 200, "{}", read.body);
+    let registration = json!({"name": "a.txt", "content_type": "text/plain", "size_bytes": 10}).to_string();
+    let post = |headers: &[(&str, &str)]| {
+        let mut all = vec![("Content-Type", "application/json"), ("Cookie", cookie.as_str())];
+        all.extend_from_slice(headers);
+        raw_http(&addr, "POST", "/documents", &all, registration.as_bytes())
+    };
+    for (why, headers) in [
+        ("no CSRF token", vec![]),
+        ("a wrong CSRF token", vec![("X-CSRF-Token", "forged")]),
+        ("another origin", vec![("X-CSRF-Token", csrf.as_str()), ("Origin", "https://evil.example")]),
+    ] {
+        let refused = post(&headers);
+        assert_eq!(refused.status, 403, "{why}: {}", refused.body);
+    }
+    let made = post(&[("X-CSRF-Token", &csrf)]);
+    assert_eq!(made.status, 201, "{}", made.body);
+    // A cookie that holds no valid token is refused as a bad bearer token is.
+    let bad = raw_http(&addr, "GET", "/documents", &[("Cookie", "weft_session=garbage")], b"");
+    assert_eq!(bad.status, 401);
+
+    // Ending the session removes the cookie; disabling the user refuses the cookie's token.
+    let end = raw_http(&addr, "DELETE", "/auth/session", &[("Cookie", &cookie)], b"");
+    assert_eq!(end.status, 204);
+    assert!(end.headers.iter().any(|(n, v)| n == "set-cookie" && v.contains("Max-Age=0")), "{:?}", end.headers);
+    assert_eq!(call(&addr, Some(&admin), "POST", "/auth/users/pat/disable", &json!({"reason": "left"})).0, 200);
+    let read = raw_http(&addr, "GET", "/documents", &[("Cookie", &cookie)], b"");
+    assert_eq!(read.status, 401, "{}", read.body);
+}

@@ -125,6 +125,8 @@ const ROUTES_BEFORE_THE_REDESIGN: &[&str] = &[
     "GET /workflows/{id}/live",
     // Users and API keys (issue 22), added after the redesign.
     "POST /auth/token",
+    "POST /auth/session",
+    "DELETE /auth/session",
     "GET /auth/users",
     "POST /auth/users",
     "POST /auth/users/{name}/password",
