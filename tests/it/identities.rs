@@ -370,3 +370,53 @@ fn a_browser_session_lives_in_an_http_only_cookie_and_changes_state_only_with_it
     let read = raw_http(&addr, "GET", "/documents", &[("Cookie", &cookie)], b"");
     assert_eq!(read.status, 401, "{}", read.body);
 }
+
+#[test]
+fn a_key_revoked_and_a_user_disabled_on_one_node_are_refused_by_every_node_sharing_jetstream() {
+    let nats = weft_harness::NatsServer::start().unwrap();
+    let url = nats.url();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let secret_file = a_dir.path().join("shared.secret");
+    let args = ["--nats", &url, "--jetstream", "--jetstream-stream", "IDENTITIES", "--auth-secret-file"];
+    let mut args: Vec<&str> = args.to_vec();
+    args.push(secret_file.to_str().unwrap());
+    args.push("--no-processes");
+    let a = Serve::start(a_dir.path(), &args);
+    let b = Serve::start(b_dir.path(), &args);
+    let admin = crate::serve::token(&a.addr).unwrap();
+    // Made through node a, used through node b.
+    let (status, made) = call(
+        &a.addr,
+        Some(&admin),
+        "POST",
+        "/auth/keys",
+        &json!({"name": "svc", "role": "guest", "tenants": ["acme"]}),
+    );
+    assert_eq!(status, 201, "{made}");
+    let key = made["key"].as_str().unwrap().to_owned();
+    let user = json!({"name": "quinn", "role": "guest", "tenants": ["acme"], "password": "a long password"});
+    assert_eq!(call(&a.addr, Some(&admin), "POST", "/auth/users", &user).0, 201);
+    let (status, session) = login(&b.addr, "quinn", "a long password");
+    assert_eq!(status, 200, "{session}");
+    let quinn = token(&session);
+    for credential in [&key, &quinn] {
+        assert_eq!(call(&b.addr, Some(credential), "GET", "/documents", &json!(null)).0, 200);
+    }
+    // Revoked and disabled through node a: node b refuses both within its recheck time.
+    let revoke = format!("/auth/keys/{}/revoke", made["id"].as_str().unwrap());
+    assert_eq!(call(&a.addr, Some(&admin), "POST", &revoke, &json!({"reason": "leaked"})).0, 200);
+    assert_eq!(call(&a.addr, Some(&admin), "POST", "/auth/users/quinn/disable", &json!({"reason": "left"})).0, 200);
+    let deadline = std::time::Instant::now() + weft::auth::identities::RECHECK + std::time::Duration::from_secs(3);
+    for credential in [&key, &quinn] {
+        loop {
+            let (status, answer) = call(&b.addr, Some(credential), "GET", "/documents", &json!(null));
+            if status == 401 {
+                assert_eq!(answer["error"]["message"], "the token has been revoked");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "node b still takes a revoked credential: {status}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    assert_eq!(login(&b.addr, "quinn", "a long password").0, 401);
+}
