@@ -381,7 +381,8 @@ async fn live(
             baseline_ops_per_s: rate(events, sent),
             bytes: None,
             note: format!(
-                "events applied by all 6 projections; baseline: the commands' own rate ({} offered)",
+                "events applied by all {} projections; baseline: the commands' own rate ({} offered)",
+                weft_projections::Name::ALL.len(),
                 options.rate
             ),
         },
