@@ -6,15 +6,19 @@
 //! - [`worker`] does the tasks assigned to agents by handing them to an [`worker::Executor`].
 //! - [`timers`] fires what is due later: retries, step time-outs, schedule occurrences.
 //!
-//! Each runs as one task on the actix system ([`start`]). It handles events strictly in log order and saves
-//! its position and state as a store [`Checkpoint`] every so many events or milliseconds, and when it stops.
+//! Each runs as one task on the actix system ([`start`]). It handles events in log order and saves its position
+//! and state as a store [`Checkpoint`] every so many events or milliseconds, and when it stops. A process
+//! without state may overlap ([`Process::OVERLAP`]): it handles the events of different instances at once
+//! (at most [`OVERLAP_WINDOW`] in hand), each instance's one after another in log order, and its checkpoint is
+//! the watermark below which every event is handled; a retry then holds back only its instance.
 //! After a crash it handles again the events since its last checkpoint, so handling must be idempotent:
 //! every command a process sends has an id derived from the event (or timer) that caused it
 //! ([`derived_id`]), so the host answers a repeat with the first outcome and appends nothing; a repeat the
 //! host has forgotten meets a rejection that the process recognises as "done already".
 //!
 //! A command that cannot be done now (the store is unavailable, a conflict outlasted the host's retries) is
-//! retried with back-off, holding the process at that event: nothing after it is handled out of order.
+//! retried with back-off, holding the process (an overlapping one: the instance) at that event: nothing after
+//! it is handled out of order.
 //!
 //! **Supervision.** A process never ends on a failure it can outlast: a log it cannot read now (the store or
 //! NATS unavailable, a read timed out) is read again with bounded back-off from the same position, for as long
@@ -29,7 +33,7 @@ use std::fmt::Display;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -175,6 +179,25 @@ pub trait Process: 'static {
     /// Handles one event. Called again with the same event after a [`Retry`], and after a restart for every
     /// event since the last checkpoint.
     async fn handle(&self, state: &mut Self::State, event: &Envelope) -> Result<(), Retry>;
+
+    /// How many events it may handle at once, each of another instance ([`Process::instance`]); 1 (the
+    /// default): one at a time, in log order. A process that overlaps gets a fresh default state for each
+    /// event; what it must remember it keeps itself and hands over for each checkpoint ([`Process::kept`]).
+    const OVERLAP: usize = 1;
+
+    /// For a process that overlaps: the state to save with the next checkpoint, which it keeps itself (the
+    /// state after every event it has handled, some of them beyond the checkpoint's position: handling them
+    /// again after a restart must agree with it). `None`: nothing to save.
+    fn kept(&self) -> Option<Self::State> {
+        None
+    }
+
+    /// The instance `event` is for, when the process overlaps: the events of one instance are handled one
+    /// after another in log order, a retry holding back only them; `None`: the process has nothing to do with
+    /// it. Not called when the process does not overlap.
+    fn instance(&self, event: &Envelope) -> Option<String> {
+        Some(event.stream.as_str().to_owned())
+    }
 
     /// When [`Process::fire`] should next be called, if ever.
     fn next_due(&self, _state: &Self::State) -> Option<Timestamp> {
@@ -388,6 +411,7 @@ async fn run<P: Process>(
 
     // The handlers below back off watching a second receiver: the first is borrowed by the select.
     let mut stopped_meanwhile = stopped.clone();
+    let mut overlap = Overlap::new(position);
     'run: loop {
         let due = process.next_due(&progress.state);
         let until_due = due.map(|d| Duration::from_micros(u64::try_from(d.0 - Timestamp::now().0).unwrap_or(0)));
@@ -395,7 +419,11 @@ async fn run<P: Process>(
         tokio::select! {
             biased;
             _ = stopped.wait_for(|s| *s) => break 'run,
-            batch = incoming.recv() => {
+            done = overlap.running.next(), if !overlap.running.is_empty() => {
+                let Some(Some((instance, position))) = done else { break 'run };
+                overlap.done(instance, position, process, &stopped_meanwhile, health, (min_delay, max_delay), &mut progress);
+            }
+            batch = incoming.recv(), if overlap.backlog.is_empty() => {
                 let batch = match batch {
                     Some(Ok(batch)) => batch,
                     Some(Err(StoreError::Closed)) | None => break 'run,
@@ -407,6 +435,11 @@ async fn run<P: Process>(
                     Some(Err(e)) => return Err(format!("reading the log: {e}")),
                 };
                 health.running();
+                if P::OVERLAP > 1 {
+                    overlap.backlog.extend(batch);
+                    overlap.dispatch(process, &stopped_meanwhile, health, (min_delay, max_delay), &mut progress);
+                    continue 'run;
+                }
                 for event in batch {
                     delay = min_delay;
                     while let Err(Retry(why)) = process.handle(&mut progress.state, &event).await {
@@ -440,6 +473,9 @@ async fn run<P: Process>(
             || (progress.unsaved > 0 && progress.saved_at.elapsed() >= save_every)
         {
             process.confirm().await.map_err(|why| format!("{why}; handling again from the checkpoint"))?;
+            if let Some(kept) = process.kept() {
+                progress.state = kept;
+            }
             if let Err(error) = progress.save(&*store).await {
                 // The events are handled; losing this save only means handling them again after a restart.
                 tracing::warn!(process = P::NAME, %error, "saving the checkpoint failed");
@@ -448,6 +484,9 @@ async fn run<P: Process>(
         }
     }
     if progress.unsaved > 0 {
+        if let Some(kept) = process.kept() {
+            progress.state = kept;
+        }
         if let Err(why) = process.confirm().await {
             tracing::warn!(process = P::NAME, %why, "not saving the last checkpoint: the events since the previous one will be handled again");
         } else if let Err(error) = progress.save(&*store).await {
@@ -456,6 +495,124 @@ async fn run<P: Process>(
     }
     tracing::info!(process = P::NAME, at = progress.position, "process stopped");
     Ok(())
+}
+
+/// The most events an overlapping process holds at once: being handled, or waiting behind their instance's.
+pub const OVERLAP_WINDOW: usize = 4096;
+
+/// A handler of one event of an overlapping process: the event's instance and position once handled, `None`
+/// when the process was stopped while the handler waited to try again.
+type Handling<'a> = futures::future::LocalBoxFuture<'a, Option<(String, u64)>>;
+
+/// What an overlapping process ([`Process::OVERLAP`]) has in hand: the events read and not yet taken up, the
+/// positions taken up and not handled, the events waiting behind their instance's, and the handlers running.
+/// Its checkpoint is the watermark: the position below which every event is handled.
+struct Overlap<'a> {
+    backlog: std::collections::VecDeque<Envelope>,
+    window: std::collections::BTreeSet<u64>,
+    waiting: std::collections::HashMap<String, std::collections::VecDeque<Envelope>>,
+    running: futures::stream::FuturesUnordered<Handling<'a>>,
+    /// The last position taken up (or passed over).
+    taken: u64,
+}
+
+impl<'a> Overlap<'a> {
+    fn new(position: u64) -> Self {
+        Self {
+            backlog: Default::default(),
+            window: Default::default(),
+            waiting: Default::default(),
+            running: Default::default(),
+            taken: position,
+        }
+    }
+
+    /// The position below which everything taken up is handled.
+    fn watermark(&self) -> u64 {
+        self.window.first().map_or(self.taken, |first| first - 1)
+    }
+
+    /// Takes up events from the backlog while the window has room: an event of an instance with a handler
+    /// running waits behind it; one of no instance is passed over.
+    fn dispatch<P: Process, S>(
+        &mut self,
+        process: &'a P,
+        stopped: &watch::Receiver<bool>,
+        health: &'a Health,
+        delays: (Duration, Duration),
+        progress: &mut Progress<S>,
+    ) {
+        while self.window.len() < OVERLAP_WINDOW.min(P::OVERLAP.saturating_mul(64))
+            && let Some(event) = self.backlog.pop_front()
+        {
+            self.taken = event.position;
+            let Some(instance) = process.instance(&event) else { continue };
+            self.window.insert(event.position);
+            match self.waiting.get_mut(&instance) {
+                Some(queue) => queue.push_back(event),
+                None => {
+                    self.waiting.insert(instance.clone(), Default::default());
+                    self.running.push(handling(process, event, instance, stopped.clone(), health, delays));
+                }
+            }
+        }
+        self.advance(progress);
+    }
+
+    /// An event of `instance` at `position` is handled: the next of its instance starts, and more are taken up.
+    #[allow(clippy::too_many_arguments)]
+    fn done<P: Process, S>(
+        &mut self,
+        instance: String,
+        position: u64,
+        process: &'a P,
+        stopped: &watch::Receiver<bool>,
+        health: &'a Health,
+        delays: (Duration, Duration),
+        progress: &mut Progress<S>,
+    ) {
+        self.window.remove(&position);
+        health.running();
+        match self.waiting.get_mut(&instance).and_then(std::collections::VecDeque::pop_front) {
+            Some(next) => self.running.push(handling(process, next, instance, stopped.clone(), health, delays)),
+            None => {
+                self.waiting.remove(&instance);
+            }
+        }
+        self.dispatch(process, stopped, health, delays, progress);
+    }
+
+    /// Moves the checkpoint's position up to the watermark.
+    fn advance<S>(&self, progress: &mut Progress<S>) {
+        let watermark = self.watermark();
+        if watermark > progress.position {
+            progress.unsaved += watermark - progress.position;
+            progress.position = watermark;
+        }
+    }
+}
+
+/// Handles `event` with a fresh state, trying again with back-off until it is handled or the process stops.
+fn handling<'a, P: Process>(
+    process: &'a P,
+    event: Envelope,
+    instance: String,
+    mut stopped: watch::Receiver<bool>,
+    health: &'a Health,
+    (min_delay, max_delay): (Duration, Duration),
+) -> Handling<'a> {
+    Box::pin(async move {
+        let mut delay = min_delay;
+        let mut state = P::State::default();
+        while let Err(Retry(why)) = process.handle(&mut state, &event).await {
+            tracing::warn!(process = P::NAME, position = event.position, %why, "handling failed; trying again");
+            health.retrying(format!("handling position {}: {why}", event.position));
+            if !back_off(&mut stopped, &mut delay, max_delay).await {
+                return None;
+            }
+        }
+        Some((instance, event.position))
+    })
 }
 
 /// Decodes `event`, which the caller knows to be one of `E`'s types; one that does not decode is logged and

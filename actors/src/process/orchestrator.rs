@@ -2,11 +2,12 @@
 //! becomes the step's. The job itself decides what follows (the next ready steps, a retry, the end of the
 //! job), so the orchestrator keeps no state of its own.
 //!
+//! It handles the events of different jobs at once (up to [`Process::OVERLAP`]), each job's in log order (a
+//! task's report is its job's, not its agent's).
+//!
 //! An agent at its concurrency limit does not fail the step: the orchestrator waits for a free slot (trying
 //! again every [`CAPACITY_POLL`] for up to [`CAPACITY_WAIT`], then through the process's back-off), so a busy
-//! agent holds back the jobs behind it instead of spending their attempts. While it waits, the events after
-//! this one wait too (one orchestrator handles the log in order): the back-pressure of a busy agent reaches
-//! every job. An agent that is disabled or unknown fails the step for good.
+//! agent holds back the jobs waiting for it instead of spending their attempts; other jobs go on. An agent that is disabled or unknown fails the step for good.
 
 use weft_events::Envelope;
 use weft_events::domain::ids::{AgentId, JobId};
@@ -134,6 +135,21 @@ impl<G: Gateway> Orchestrator<G> {
 impl<G: Gateway> Process for Orchestrator<G> {
     const NAME: &'static str = "orchestrator";
     type State = ();
+
+    /// Jobs are moved along at once, each job's events in log order.
+    const OVERLAP: usize = 256;
+
+    fn instance(&self, event: &Envelope) -> Option<String> {
+        match &*event.event_type {
+            "job.step_scheduled" => Some(event.stream.as_str().to_owned()),
+            "agent.task_completed" | "agent.task_failed" => match decode::<agent_events::Event>(event)? {
+                agent_events::Event::TaskCompleted(e) => Some(e.job.stream().as_str().to_owned()),
+                agent_events::Event::TaskFailed(e) => Some(e.job.stream().as_str().to_owned()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
 
     async fn handle(&self, _state: &mut (), event: &Envelope) -> Result<(), Retry> {
         match &*event.event_type {

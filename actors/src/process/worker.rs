@@ -89,6 +89,9 @@ pub struct Worker<G> {
     /// The tasks running in this process, by job, to abort when their job is cancelled. Not checkpointed: after
     /// a restart no task runs here.
     running: Rc<RefCell<Running>>,
+    /// The tasks started and not seen to finish: its checkpointed state, kept here because the worker handles
+    /// the events of different jobs at once.
+    in_flight: Rc<RefCell<InFlight>>,
 }
 
 /// The tasks running in a worker's process: by job, each task with its agent and the handle that aborts it.
@@ -97,10 +100,10 @@ type Running = HashMap<JobId, Vec<(Uuid, AgentId, tokio::task::AbortHandle)>>;
 impl<G: Gateway> Worker<G> {
     /// A worker sending its commands through `gateway` and running tasks with `executor`.
     pub fn new(gateway: G, executor: Rc<dyn Executor>) -> Self {
-        Self { gateway, executor, running: Rc::default() }
+        Self { gateway, executor, running: Rc::default(), in_flight: Rc::default() }
     }
 
-    async fn assigned(&self, in_flight: &mut InFlight, event: &Envelope, assigned: TaskAssigned) -> Result<(), Retry> {
+    async fn assigned(&self, event: &Envelope, assigned: TaskAssigned) -> Result<(), Retry> {
         let Some(agent) = AgentId::from_stream(&event.stream) else { return Ok(()) };
         let task = assigned.task;
         let correlation = event.correlation_id;
@@ -108,7 +111,7 @@ impl<G: Gateway> Worker<G> {
         match send::<Agent, _>(&self.gateway, &event.stream, derived_id(task, "start"), start, Self::NAME, correlation)
             .await?
         {
-            Ok(outcome) if !outcome.repeated || in_flight.contains_key(&task) => {}
+            Ok(outcome) if !outcome.repeated || self.in_flight.borrow().contains_key(&task) => {}
             // Started before, by a worker that stopped before it recorded the outcome.
             Ok(_) | Err(AgentRejection::AlreadyStarted(_)) => {
                 return fail(&self.gateway, agent, task, interrupted(), correlation).await;
@@ -120,7 +123,7 @@ impl<G: Gateway> Worker<G> {
                 return Ok(());
             }
         }
-        in_flight.insert(task, agent);
+        self.in_flight.borrow_mut().insert(task, agent);
 
         let start_step =
             job::Command::StartStep { step: assigned.step.clone(), attempt: assigned.attempt, at: Timestamp::now() };
@@ -276,29 +279,53 @@ impl<G: Gateway> Process for Worker<G> {
     const NAME: &'static str = NAME;
     type State = InFlight;
 
+    /// Tasks of different jobs are taken up at once, each job's events in log order.
+    const OVERLAP: usize = 64;
+
+    fn instance(&self, event: &Envelope) -> Option<String> {
+        let job = match &*event.event_type {
+            "job.cancelled" | "job.failed" | "job.dead_lettered" => return Some(event.stream.as_str().to_owned()),
+            "agent.task_assigned" | "agent.task_completed" | "agent.task_failed" => {
+                match decode::<AgentEvent>(event)? {
+                    AgentEvent::TaskAssigned(e) => e.job,
+                    AgentEvent::TaskCompleted(e) => e.job,
+                    AgentEvent::TaskFailed(e) => e.job,
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        Some(job.stream().as_str().to_owned())
+    }
+
+    fn kept(&self) -> Option<InFlight> {
+        Some(self.in_flight.borrow().clone())
+    }
+
     async fn resume(&self, in_flight: &mut InFlight) -> Result<(), Retry> {
         while let Some((&task, &agent)) = in_flight.first_key_value() {
             tracing::info!(%agent, %task, "a task was running when the worker stopped; failing it as interrupted");
             fail(&self.gateway, agent, task, interrupted(), None).await?;
             in_flight.remove(&task);
         }
+        self.in_flight.borrow_mut().clear();
         Ok(())
     }
 
-    async fn handle(&self, in_flight: &mut InFlight, event: &Envelope) -> Result<(), Retry> {
+    async fn handle(&self, _fresh: &mut InFlight, event: &Envelope) -> Result<(), Retry> {
         match &*event.event_type {
             "agent.task_assigned" => match decode::<AgentEvent>(event) {
-                Some(AgentEvent::TaskAssigned(assigned)) => self.assigned(in_flight, event, assigned).await,
+                Some(AgentEvent::TaskAssigned(assigned)) => self.assigned(event, assigned).await,
                 _ => Ok(()),
             },
             "job.cancelled" | "job.failed" | "job.dead_lettered" => self.ended(event).await,
             "agent.task_completed" | "agent.task_failed" => {
                 match decode::<AgentEvent>(event) {
                     Some(AgentEvent::TaskCompleted(e)) => {
-                        in_flight.remove(&e.task);
+                        self.in_flight.borrow_mut().remove(&e.task);
                     }
                     Some(AgentEvent::TaskFailed(e)) => {
-                        in_flight.remove(&e.task);
+                        self.in_flight.borrow_mut().remove(&e.task);
                     }
                     _ => {}
                 }
