@@ -145,3 +145,24 @@ proptest! {
         });
     }
 }
+
+#[actix_rt::test]
+async fn events_of_different_instances_are_handled_at_once() {
+    let memory = MemoryStore::default();
+    let store: Arc<dyn EventStore> = Arc::new(memory.clone());
+    // Eight instances, five events each, every handler waiting 3 ms.
+    let plan: Vec<(u8, u8, bool)> = (0..40).map(|i| (i % 8, 3, false)).collect();
+    let expected = append(&memory, &plan).await;
+    let (recorder, handled, most) = recorder();
+    let running = start(recorder, store.clone(), options());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while handled.borrow().len() < 40 {
+        assert!(std::time::Instant::now() < deadline, "only {} of 40 handled", handled.borrow().len());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    running.stop().await.unwrap();
+    check_order(&handled.borrow().clone(), &expected);
+    assert!(*most.borrow() > 1, "one event at a time");
+    let saved = store.load_checkpoint(&checkpoint_name("recorder")).await.unwrap().unwrap();
+    assert_eq!(saved.position, 40, "the checkpoint reaches the last event once all are handled");
+}

@@ -161,8 +161,8 @@ impl Executor for DocumentExecutor {
     async fn run(&self, task: Task) -> Result<TaskOutput, TaskError> {
         let (provider, model) = (task.profile.provider.clone(), task.profile.model.clone());
         let started = format!("step {} attempt {}: asking {provider} ({model})", task.step.name, task.attempt);
-        self.log(&task, "log-start", Level::Info, started).await;
-        let result = self.work(&task).await;
+        // The first log line is written while the work begins: neither waits for the other's append.
+        let (_, result) = futures::join!(self.log(&task, "log-start", Level::Info, started), self.work(&task));
         let (level, line) = match &result {
             Ok(output) => (
                 Level::Info,
@@ -289,8 +289,10 @@ impl DocumentExecutor {
             source: UploadSource::Agent,
             at: Timestamp::now(),
         };
-        self.command(output, Uuid::new_v5(&task.id, b"upload-output"), uploaded, &tenant, &actor).await?;
-        for (&input, state) in task.inputs.iter().zip(&states) {
+        // The output's upload and the inputs' derivatives are other documents' commands: sent at once, so the
+        // task waits for one round of appends rather than one per document.
+        let upload = self.command(output, Uuid::new_v5(&task.id, b"upload-output"), uploaded, &tenant, &actor);
+        let derivatives = task.inputs.iter().zip(&states).map(|(&input, state)| {
             let derived = Command::RecordDerivative {
                 child: output,
                 job: task.job,
@@ -298,8 +300,11 @@ impl DocumentExecutor {
                 at: Timestamp::now(),
             };
             let id = Uuid::new_v5(&task.id, format!("derivative-{input}").as_bytes());
-            self.command(input, id, derived, &state.tenant, &actor).await?;
-        }
+            self.command(input, id, derived, &state.tenant, &actor)
+        });
+        let (uploaded, derived) = futures::join!(upload, futures::future::join_all(derivatives));
+        uploaded?;
+        derived.into_iter().collect::<Result<Vec<()>, _>>()?;
         Ok(TaskOutput {
             document: output,
             input_tokens: completion.input_tokens,

@@ -5,9 +5,11 @@
 //! It handles the events of different jobs at once (up to [`Process::OVERLAP`]), each job's in log order (a
 //! task's report is its job's, not its agent's).
 //!
-//! An agent at its concurrency limit does not fail the step: the orchestrator waits for a free slot (trying
-//! again every [`CAPACITY_POLL`] for up to [`CAPACITY_WAIT`], then through the process's back-off), so a busy
-//! agent holds back the jobs waiting for it instead of spending their attempts; other jobs go on. An agent that is disabled or unknown fails the step for good.
+//! An agent at its concurrency limit does not fail the step: the step waits for a free slot, so a busy agent
+//! holds back the jobs waiting for it instead of spending their attempts; other jobs go on. A waiting step is
+//! woken when the orchestrator sees a task of that agent finish (first come, first served), and asks again
+//! every [`CAPACITY_RECHECK`] in any case (a slot freed through another node, a wake-up that found the slot
+//! taken). An agent that is disabled or unknown fails the step for good.
 
 use weft_events::Envelope;
 use weft_events::domain::ids::{AgentId, JobId};
@@ -17,21 +19,37 @@ use super::{Gateway, Process, Retry, decode, derived_id, inspect, jitter_of, sen
 use crate::agent::{self, Agent, Rejection as AgentRejection};
 use crate::job::{self, Job, StepState};
 
-/// How often a step waiting for a busy agent asks again.
-pub const CAPACITY_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+/// How often the first step waiting for a busy agent asks again when nothing woke it (the others: forty times
+/// less often).
+pub const CAPACITY_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// How long a step waits for a busy agent before the process's back-off takes over.
-pub const CAPACITY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The steps waiting for a slot of each agent, first come first served.
+type Waiting = std::collections::HashMap<AgentId, std::collections::VecDeque<tokio::sync::oneshot::Sender<()>>>;
 
 /// See the module doc.
 pub struct Orchestrator<G> {
     gateway: G,
+    waiting: std::cell::RefCell<Waiting>,
 }
 
 impl<G: Gateway> Orchestrator<G> {
     /// An orchestrator sending its commands through `gateway`.
     pub fn new(gateway: G) -> Self {
-        Self { gateway }
+        Self { gateway, waiting: Default::default() }
+    }
+
+    /// Wakes the first step still waiting for a slot of `agent`.
+    fn wake_one(&self, agent: AgentId) {
+        let mut waiting = self.waiting.borrow_mut();
+        let Some(queue) = waiting.get_mut(&agent) else { return };
+        while let Some(waiter) = queue.pop_front() {
+            if waiter.send(()).is_ok() {
+                break;
+            }
+        }
+        if queue.is_empty() {
+            waiting.remove(&agent);
+        }
     }
 
     async fn step_scheduled(&self, event: &Envelope, scheduled: job_events::StepScheduled) -> Result<(), Retry> {
@@ -50,27 +68,43 @@ impl<G: Gateway> Orchestrator<G> {
             at: scheduled.at,
         };
         let correlation = event.correlation_id;
-        let waited = std::time::Instant::now();
+        let agent_id = step.agent;
+        let mut first = true;
         let refused = loop {
-            let outcome = send::<Agent, _>(
-                &self.gateway,
-                &step.agent.stream(),
-                derived_id(event.event_id, "assign"),
-                assign.clone(),
-                Self::NAME,
-                correlation,
-            )
-            .await?;
-            match outcome {
-                Ok(_) | Err(AgentRejection::DuplicateTask(_)) => return Ok(()),
-                Err(AgentRejection::AtCapacity { .. }) if waited.elapsed() < CAPACITY_WAIT => {
-                    tokio::time::sleep(CAPACITY_POLL).await;
+            // A first try goes behind the steps waiting already; a step woken for a free slot tries at once.
+            let queued = self.waiting.borrow().get(&agent_id).is_some_and(|q| !q.is_empty());
+            if !(first && queued) {
+                let outcome = send::<Agent, _>(
+                    &self.gateway,
+                    &agent_id.stream(),
+                    derived_id(event.event_id, "assign"),
+                    assign.clone(),
+                    Self::NAME,
+                    correlation,
+                )
+                .await?;
+                match outcome {
+                    Ok(_) | Err(AgentRejection::DuplicateTask(_)) => return Ok(()),
+                    Err(AgentRejection::AtCapacity { .. }) => {}
+                    Err(rejection) => break rejection,
                 }
-                Err(AgentRejection::AtCapacity { running }) => {
-                    return Err(Retry(format!("agent {} runs {running} tasks, its limit", step.agent)));
-                }
-                Err(rejection) => break rejection,
             }
+            // Wait for a slot: at the back on a first try, at the front again after a wake-up that found the
+            // slot taken. Only the first in line asks again on its own, so waiting steps do not flood the agent.
+            let (waiter, woken) = tokio::sync::oneshot::channel();
+            let head = {
+                let mut waiting = self.waiting.borrow_mut();
+                let queue = waiting.entry(agent_id).or_default();
+                if first {
+                    queue.push_back(waiter);
+                } else {
+                    queue.push_front(waiter);
+                }
+                queue.len() == 1
+            };
+            first = false;
+            let recheck = if head { CAPACITY_RECHECK } else { CAPACITY_RECHECK * 40 };
+            let _ = tokio::time::timeout(recheck, woken).await;
         };
         let retryable = false;
         let fail = job::Command::FailStep {
@@ -97,6 +131,10 @@ impl<G: Gateway> Orchestrator<G> {
     }
 
     async fn task_finished(&self, event: &Envelope, finished: agent_events::Event) -> Result<(), Retry> {
+        // The agent has a free slot now: the first step waiting for one takes it.
+        if let Some(agent) = AgentId::from_stream(&event.stream) {
+            self.wake_one(agent);
+        }
         let (job, command) = match finished {
             agent_events::Event::TaskCompleted(e) => {
                 (e.job, job::Command::CompleteStep { step: e.step, attempt: e.attempt, output: e.output, at: e.at })
