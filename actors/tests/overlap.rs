@@ -14,7 +14,7 @@ use weft_events::{Envelope, EventStore, EventWrite, ExpectedVersion, MemoryStore
 
 /// Records what it handles; sleeps a time taken from the event, fails the first try of some.
 struct Recorder {
-    handled: Rc<RefCell<Vec<(String, u64)>>>,
+    handled: Handled,
     in_hand: Rc<RefCell<HashMap<String, u64>>>,
     most_at_once: Rc<RefCell<usize>>,
     failed_once: Rc<RefCell<std::collections::HashSet<u64>>>,
@@ -43,7 +43,7 @@ impl Process for Recorder {
         let wait = u64::from(event.payload.first().copied().unwrap_or(0) % 4);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         self.in_hand.borrow_mut().remove(&instance);
-        if event.position % 7 == 0 && self.failed_once.borrow_mut().insert(event.position) {
+        if event.position.is_multiple_of(7) && self.failed_once.borrow_mut().insert(event.position) {
             return Err(Retry("the first try of every seventh event fails".into()));
         }
         self.handled.borrow_mut().push((instance, event.position));
@@ -51,7 +51,10 @@ impl Process for Recorder {
     }
 }
 
-fn recorder() -> (Recorder, Rc<RefCell<Vec<(String, u64)>>>, Rc<RefCell<usize>>) {
+/// What a recorder handled, in order.
+type Handled = Rc<RefCell<Vec<(String, u64)>>>;
+
+fn recorder() -> (Recorder, Handled, Rc<RefCell<usize>>) {
     let handled = Rc::new(RefCell::new(Vec::new()));
     let most = Rc::new(RefCell::new(0));
     let recorder = Recorder {

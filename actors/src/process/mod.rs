@@ -497,8 +497,9 @@ async fn run<P: Process>(
     Ok(())
 }
 
-/// The most events an overlapping process holds at once: being handled, or waiting behind their instance's.
-pub const OVERLAP_WINDOW: usize = 4096;
+/// The most events an overlapping process holds at once: being handled (a step waiting for a busy agent
+/// among them), or waiting behind their instance's. Past it the process reads no further until some are done.
+pub const OVERLAP_WINDOW: usize = 16_384;
 
 /// A handler of one event of an overlapping process: the event's instance and position once handled, `None`
 /// when the process was stopped while the handler waited to try again.

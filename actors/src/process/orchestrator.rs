@@ -7,9 +7,9 @@
 //!
 //! An agent at its concurrency limit does not fail the step: the step waits for a free slot, so a busy agent
 //! holds back the jobs waiting for it instead of spending their attempts; other jobs go on. A waiting step is
-//! woken when the orchestrator sees a task of that agent finish (first come, first served), and asks again
-//! every [`CAPACITY_RECHECK`] in any case (a slot freed through another node, a wake-up that found the slot
-//! taken). An agent that is disabled or unknown fails the step for good.
+//! woken when the orchestrator sees a task of that agent finish (first come, first served); the first in line
+//! also asks again every [`CAPACITY_RECHECK`] (a slot freed through another node, or finishes not yet seen
+//! because the process's window is full of waiting steps), the others every [`CAPACITY_RECHECK_IN_LINE`]. An agent that is disabled or unknown fails the step for good.
 
 use weft_events::Envelope;
 use weft_events::domain::ids::{AgentId, JobId};
@@ -19,9 +19,12 @@ use super::{Gateway, Process, Retry, decode, derived_id, inspect, jitter_of, sen
 use crate::agent::{self, Agent, Rejection as AgentRejection};
 use crate::job::{self, Job, StepState};
 
-/// How often the first step waiting for a busy agent asks again when nothing woke it (the others: forty times
-/// less often).
-pub const CAPACITY_RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often the first step waiting for a busy agent asks again when nothing woke it: a slot freed through
+/// another node, or while the events that would wake it wait behind a full window of waiting steps.
+pub const CAPACITY_RECHECK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How often every other waiting step asks again on its own (a safety net only: they are woken in turn).
+pub const CAPACITY_RECHECK_IN_LINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The steps waiting for a slot of each agent, first come first served.
 type Waiting = std::collections::HashMap<AgentId, std::collections::VecDeque<tokio::sync::oneshot::Sender<()>>>;
@@ -103,7 +106,7 @@ impl<G: Gateway> Orchestrator<G> {
                 queue.len() == 1
             };
             first = false;
-            let recheck = if head { CAPACITY_RECHECK } else { CAPACITY_RECHECK * 40 };
+            let recheck = if head { CAPACITY_RECHECK } else { CAPACITY_RECHECK_IN_LINE };
             let _ = tokio::time::timeout(recheck, woken).await;
         };
         let retryable = false;
