@@ -506,12 +506,16 @@ pub const OVERLAP_WINDOW: usize = 16_384;
 type Handling<'a> = futures::future::LocalBoxFuture<'a, Option<(String, u64)>>;
 
 /// What an overlapping process ([`Process::OVERLAP`]) has in hand: the events read and not yet taken up, the
-/// positions taken up and not handled, the events waiting behind their instance's, and the handlers running.
+/// positions taken up and not handled, the events waiting behind their instance's or for a free handler, and
+/// the handlers running (at most `OVERLAP`).
 /// Its checkpoint is the watermark: the position below which every event is handled.
 struct Overlap<'a> {
     backlog: std::collections::VecDeque<Envelope>,
     window: std::collections::BTreeSet<u64>,
     waiting: std::collections::HashMap<String, std::collections::VecDeque<Envelope>>,
+    /// The next event of each instance that has none being handled, in the order they came: started as
+    /// handlers finish, so that at most [`Process::OVERLAP`] run at once.
+    ready: std::collections::VecDeque<(String, Envelope)>,
     running: futures::stream::FuturesUnordered<Handling<'a>>,
     /// The last position taken up (or passed over).
     taken: u64,
@@ -523,6 +527,7 @@ impl<'a> Overlap<'a> {
             backlog: Default::default(),
             window: Default::default(),
             waiting: Default::default(),
+            ready: Default::default(),
             running: Default::default(),
             taken: position,
         }
@@ -553,9 +558,14 @@ impl<'a> Overlap<'a> {
                 Some(queue) => queue.push_back(event),
                 None => {
                     self.waiting.insert(instance.clone(), Default::default());
-                    self.running.push(handling(process, event, instance, stopped.clone(), health, delays));
+                    self.ready.push_back((instance, event));
                 }
             }
+        }
+        while self.running.len() < P::OVERLAP
+            && let Some((instance, event)) = self.ready.pop_front()
+        {
+            self.running.push(handling(process, event, instance, stopped.clone(), health, delays));
         }
         self.advance(progress);
     }
@@ -575,7 +585,7 @@ impl<'a> Overlap<'a> {
         self.window.remove(&position);
         health.running();
         match self.waiting.get_mut(&instance).and_then(std::collections::VecDeque::pop_front) {
-            Some(next) => self.running.push(handling(process, next, instance, stopped.clone(), health, delays)),
+            Some(next) => self.ready.push_back((instance, next)),
             None => {
                 self.waiting.remove(&instance);
             }

@@ -87,7 +87,13 @@ impl<G: Gateway> Orchestrator<G> {
                 )
                 .await?;
                 match outcome {
-                    Ok(_) | Err(AgentRejection::DuplicateTask(_)) => return Ok(()),
+                    Ok(_) | Err(AgentRejection::DuplicateTask(_)) => {
+                        // The next in line may find a slot too; if not, it waits at the front and asks again.
+                        if !first {
+                            self.wake_one(agent_id);
+                        }
+                        return Ok(());
+                    }
                     Err(AgentRejection::AtCapacity { .. }) => {}
                     Err(rejection) => break rejection,
                 }
@@ -100,10 +106,11 @@ impl<G: Gateway> Orchestrator<G> {
                 let queue = waiting.entry(agent_id).or_default();
                 if first {
                     queue.push_back(waiter);
+                    queue.len() == 1
                 } else {
                     queue.push_front(waiter);
+                    true
                 }
-                queue.len() == 1
             };
             first = false;
             let recheck = if head { CAPACITY_RECHECK } else { CAPACITY_RECHECK_IN_LINE };
@@ -178,7 +185,7 @@ impl<G: Gateway> Process for Orchestrator<G> {
     type State = ();
 
     /// Jobs are moved along at once, each job's events in log order.
-    const OVERLAP: usize = 256;
+    const OVERLAP: usize = 16;
 
     fn instance(&self, event: &Envelope) -> Option<String> {
         match &*event.event_type {

@@ -280,7 +280,7 @@ impl<G: Gateway> Process for Worker<G> {
     type State = InFlight;
 
     /// Tasks of different jobs are taken up at once, each job's events in log order.
-    const OVERLAP: usize = 64;
+    const OVERLAP: usize = 16;
 
     fn instance(&self, event: &Envelope) -> Option<String> {
         let job = match &*event.event_type {
