@@ -80,6 +80,21 @@ fn users_log_in_keys_work_until_revoked_and_no_secret_shows_anywhere() {
     );
     assert_eq!(garbled.status, 400, "{}", garbled.body);
 
+    // A login's and a list's bad input: each refused with its kind.
+    for body in [
+        json!({"user": "bob"}),
+        json!({"user": "bob", "password": "x", "admin": true}),
+        json!({"user": "bob", "password": "imported secret", "ttl_secs": 0}),
+        json!({"user": "bob", "password": "imported secret", "ttl_secs": 86_401}),
+    ] {
+        let (status, answer) = call(&addr, None, "POST", "/auth/token", &body);
+        assert_eq!((status, answer["error"]["kind"].as_str()), (400, Some("invalid")), "{body}: {answer}");
+    }
+    for query in ["limit=0", "limit=1001", "limit=x", "colour=red"] {
+        let (status, answer) = call(&addr, Some(&admin), "GET", &format!("/auth/users?{query}"), &json!(null));
+        assert_eq!((status, answer["error"]["kind"].as_str()), (400, Some("invalid")), "{query}: {answer}");
+    }
+
     // Logins: a wrong password and an unknown user are refused alike; the right one gets a token.
     let (status, wrong) = login(&addr, "alice@acme.example", "wrong horse");
     assert_eq!(status, 401, "{wrong}");

@@ -24,6 +24,7 @@ use weft_events::domain::DomainEvent;
 use weft_events::domain::identity::{self, apikey, key_stream, user, user_stream};
 use weft_events::{Direction, EventStore, ExpectedVersion, StreamName, Timestamp};
 
+use self::state::{Known, UserState};
 use super::token::Refused;
 use super::{Identity, Role};
 
@@ -78,36 +79,6 @@ impl std::fmt::Debug for Password {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Password(..)")
     }
-}
-
-/// A user, as its stream says.
-#[derive(Debug, Clone)]
-struct UserState {
-    name: String,
-    role: Role,
-    tenants: Vec<String>,
-    password_hash: String,
-    disabled: bool,
-    /// Its stream's version: a login token holds for the version it was issued at.
-    version: u64,
-}
-
-/// An API key, as its stream says.
-#[derive(Debug, Clone)]
-struct KeyState {
-    name: String,
-    role: Role,
-    tenants: Vec<String>,
-    secret_sha256: String,
-    expires_at: Option<Timestamp>,
-    revoked: bool,
-    version: u64,
-}
-
-#[derive(Debug, Clone)]
-enum Known {
-    User(Arc<UserState>),
-    Key(Arc<KeyState>),
 }
 
 /// Why a login was refused.
@@ -271,68 +242,13 @@ impl Identities {
                 break;
             }
         }
-        let corrupt = |e: &dyn std::fmt::Display| weft_events::Error::Corrupt {
-            location: format!("stream {stream}"),
-            detail: e.to_string(),
-        };
         let kind = stream.as_str().split_once('-').map_or("", |(kind, _)| kind);
-        let mut found: Option<Known> = None;
-        for event in &events {
-            found = match (kind, found) {
-                (user::AGGREGATE, found) => {
-                    let mut state = match found {
-                        Some(Known::User(state)) => Some((*state).clone()),
-                        _ => None,
-                    };
-                    match (user::Event::from_envelope(event).map_err(|e| corrupt(&e))?, &mut state) {
-                        (user::Event::Added(e), None) => {
-                            state = Some(UserState {
-                                name: e.name,
-                                role: Role::parse(&e.role).ok_or_else(|| corrupt(&"a user's role"))?,
-                                tenants: e.tenants,
-                                password_hash: e.password_hash,
-                                disabled: false,
-                                version: event.version,
-                            })
-                        }
-                        (user::Event::PasswordChanged(e), Some(s)) => s.password_hash = e.password_hash,
-                        (user::Event::Disabled(_), Some(s)) => s.disabled = true,
-                        _ => return Err(corrupt(&"a user's events out of order")),
-                    }
-                    state.map(|mut s| {
-                        s.version = event.version;
-                        Known::User(Arc::new(s))
-                    })
-                }
-                (apikey::AGGREGATE, found) => {
-                    let mut state = match found {
-                        Some(Known::Key(state)) => Some((*state).clone()),
-                        _ => None,
-                    };
-                    match (apikey::Event::from_envelope(event).map_err(|e| corrupt(&e))?, &mut state) {
-                        (apikey::Event::Created(e), None) => {
-                            state = Some(KeyState {
-                                name: e.name,
-                                role: Role::parse(&e.role).ok_or_else(|| corrupt(&"a key's role"))?,
-                                tenants: e.tenants,
-                                secret_sha256: e.secret_sha256,
-                                expires_at: e.expires_at,
-                                revoked: false,
-                                version: event.version,
-                            })
-                        }
-                        (apikey::Event::Revoked(_), Some(s)) => s.revoked = true,
-                        _ => return Err(corrupt(&"a key's events out of order")),
-                    }
-                    state.map(|mut s| {
-                        s.version = event.version;
-                        Known::Key(Arc::new(s))
-                    })
-                }
-                _ => return Ok(None),
-            };
-        }
-        Ok(found)
+        let folded = match kind {
+            user::AGGREGATE => state::user(&events).map(|user| user.map(|u| Known::User(Arc::new(u)))),
+            apikey::AGGREGATE => state::key(&events).map(|key| key.map(|k| Known::Key(Arc::new(k)))),
+            _ => Ok(None),
+        };
+        folded.map_err(|detail| weft_events::Error::Corrupt { location: format!("stream {stream}"), detail })
     }
 
     /// The user or key of `stream`, as read within [`RECHECK`] or read now.
@@ -615,71 +531,6 @@ fn encode<E: DomainEvent>(event: &E) -> Result<weft_events::NewEvent, IdentityEr
     event.to_new_event().map_err(|e| IdentityError::Invalid(e.to_string()))
 }
 
+mod state;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn identities() -> Identities {
-        let secret = crate::auth::token::Secret::from_bytes(&[7; 32]);
-        Identities::new(Arc::new(weft_events::memory::MemoryStore::default()), secret)
-    }
-
-    #[tokio::test]
-    async fn a_user_logs_in_with_its_password_only_until_disabled() {
-        let ids = identities();
-        ids.add_user("alice@acme.example", "user", &["acme".into()], Password::Clear("correct horse".into()), "admin")
-            .await
-            .unwrap();
-        let acme = ["acme".to_owned()];
-        let again = ids.add_user("alice@acme.example", "user", &acme, Password::Clear("x".repeat(9)), "a").await;
-        assert!(matches!(again, Err(IdentityError::Exists(_))));
-        let login = ids.login("alice@acme.example", "correct horse").await.unwrap();
-        assert_eq!((login.identity.subject.as_str(), login.identity.role), ("alice@acme.example", Role::User));
-        assert!(ids.login("alice@acme.example", "wrong horse").await.is_err());
-        assert!(ids.login("bob", "correct horse").await.is_err());
-        ids.login_holds("alice@acme.example", login.version).await.unwrap();
-        ids.set_password("alice@acme.example", Password::Clear("battery staple".into()), "alice").await.unwrap();
-        assert_eq!(ids.login_holds("alice@acme.example", login.version).await, Err(Refused::Revoked));
-        let again = ids.login("alice@acme.example", "battery staple").await.unwrap();
-        ids.login_holds("alice@acme.example", again.version).await.unwrap();
-        ids.disable_user("alice@acme.example", "left", "admin").await.unwrap();
-        assert!(ids.login("alice@acme.example", "battery staple").await.is_err());
-        assert_eq!(ids.login_holds("alice@acme.example", again.version).await, Err(Refused::Revoked));
-    }
-
-    #[tokio::test]
-    async fn an_imported_bcrypt_hash_logs_in_and_a_bad_hash_is_refused() {
-        let ids = identities();
-        let hash = bcrypt::hash("imported secret", 4).unwrap();
-        ids.add_user("carol", "guest", &["*".into()], Password::Hash(hash), "admin").await.unwrap();
-        assert_eq!(ids.login("carol", "imported secret").await.unwrap().identity.role, Role::Guest);
-        let bad = ids.add_user("dave", "guest", &["a".into()], Password::Hash("plain".into()), "admin").await;
-        assert!(matches!(bad, Err(IdentityError::Invalid(_))));
-        let short = ids.add_user("erin", "guest", &["a".into()], Password::Clear("short".into()), "admin").await;
-        assert!(matches!(short, Err(IdentityError::Invalid(_))));
-        for name in ["", "has space", "a:b", &"x".repeat(65)] {
-            let refused = ids.add_user(name, "guest", &["a".into()], Password::Clear("long enough".into()), "a").await;
-            assert!(matches!(refused, Err(IdentityError::Invalid(_))), "{name:?}");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_key_works_until_revoked_and_a_forged_one_never() {
-        let ids = identities();
-        let made = ids.create_key("ingest", "operator", &["acme".into()], None, "admin").await.unwrap();
-        let identity = ids.key(&made.key).await.unwrap();
-        assert_eq!((identity.subject.as_str(), identity.role), ("key:ingest", Role::Operator));
-        let mut forged = made.key.clone();
-        forged.replace_range(forged.len() - 3.., "AAA");
-        assert_eq!(ids.key(&forged).await, Err(Refused::Invalid("unknown API key")));
-        for bad in ["weft_", "weft_x", &made.key[..40], &format!("{}_", made.key)] {
-            assert!(ids.key(bad).await.is_err(), "{bad:?}");
-        }
-        ids.revoke_key(&made.id, "rotated", "admin").await.unwrap();
-        assert_eq!(ids.key(&made.key).await, Err(Refused::Revoked));
-        assert!(matches!(ids.revoke_key(&made.id, "again", "admin").await, Err(IdentityError::Exists(_))));
-        let expired = ids.create_key("old", "guest", &["a".into()], Some(Duration::ZERO), "admin").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert_eq!(ids.key(&expired.key).await, Err(Refused::Expired));
-    }
-}
+mod tests;
