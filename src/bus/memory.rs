@@ -1,12 +1,13 @@
 //! The in-process bus: NATS subject semantics without a server, for the embedded default.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Bus, BusError, Message, Subscription, check_subject, matches};
 
@@ -22,8 +23,14 @@ struct Subscriber {
     sender: mpsc::Sender<Message>,
 }
 
+/// The subjects of requests' reply inboxes.
+const INBOX_PREFIX: &str = "_INBOX.";
+
 struct Inner {
     subscribers: RwLock<Vec<Subscriber>>,
+    /// The reply inboxes of the requests waiting: each takes one reply and is gone when its request ends, so
+    /// a reply is found by its subject and the subscribers stay as many as the node's long-lived ones.
+    inboxes: Mutex<HashMap<String, oneshot::Sender<Message>>>,
     next_id: AtomicU64,
     /// Turns over queue-group members.
     turn: AtomicU64,
@@ -48,6 +55,7 @@ impl MemoryBus {
         Self {
             inner: Arc::new(Inner {
                 subscribers: RwLock::new(Vec::new()),
+                inboxes: Mutex::default(),
                 next_id: AtomicU64::new(1),
                 turn: AtomicU64::new(0),
                 max_payload,
@@ -61,9 +69,15 @@ impl MemoryBus {
         if message.payload.len() > self.inner.max_payload {
             return Err(BusError::TooLarge { size: message.payload.len(), limit: self.inner.max_payload });
         }
+        let mut delivered = 0;
+        if message.subject.starts_with(INBOX_PREFIX) {
+            let inbox = self.inbox_table().remove(&message.subject);
+            if let Some(inbox) = inbox {
+                delivered += usize::from(inbox.send(message.clone()).is_ok());
+            }
+        }
         let subscribers = self.inner.subscribers.read().unwrap_or_else(|p| p.into_inner());
         let mut groups: Vec<(&str, Vec<&Subscriber>)> = Vec::new();
-        let mut delivered = 0;
         let mut closed = false;
         for subscriber in subscribers.iter().filter(|s| matches(&s.pattern, &message.subject)) {
             if subscriber.sender.is_closed() {
@@ -94,8 +108,21 @@ impl MemoryBus {
         check_subject(pattern, true)?;
         let (sender, receiver) = mpsc::channel(SUBSCRIBER_CAPACITY);
         let subscriber = Subscriber { pattern: pattern.into(), queue_group: queue_group.map(Into::into), sender };
-        self.inner.subscribers.write().unwrap_or_else(|p| p.into_inner()).push(subscriber);
+        let mut subscribers = self.inner.subscribers.write().unwrap_or_else(|p| p.into_inner());
+        // Subscriptions dropped since, on subjects nothing was sent to after, leave now.
+        subscribers.retain(|s| !s.sender.is_closed());
+        subscribers.push(subscriber);
         Ok(receiver)
+    }
+
+    fn inbox_table(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Message>>> {
+        self.inner.inboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many subscriptions and reply inboxes the bus holds, dropped ones not yet cleared included.
+    pub fn held(&self) -> (usize, usize) {
+        let subscribers = self.inner.subscribers.read().unwrap_or_else(|p| p.into_inner()).len();
+        (subscribers, self.inbox_table().len())
     }
 }
 
@@ -110,15 +137,25 @@ impl Bus for MemoryBus {
     }
 
     async fn request(&self, mut message: Message, timeout: Duration) -> Result<Message, BusError> {
-        let inbox = format!("_INBOX.{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        let mut replies = self.add(&inbox, None)?;
+        /// Takes the request's inbox away however the request ends (answered, timed out, dropped).
+        struct Inbox<'a>(&'a MemoryBus, String);
+        impl Drop for Inbox<'_> {
+            fn drop(&mut self) {
+                self.0.inbox_table().remove(&self.1);
+            }
+        }
+        let inbox = format!("{INBOX_PREFIX}{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        check_subject(&inbox, false)?;
+        let (sender, reply) = oneshot::channel();
+        self.inbox_table().insert(inbox.clone(), sender);
+        let _inbox = Inbox(self, inbox.clone());
         let subject = message.subject.clone();
         message.reply = Some(inbox);
         if self.deliver(message)? == 0 {
             return Err(BusError::NoResponders(subject));
         }
         let timed_out = || BusError::TimedOut { subject: subject.clone(), timeout_ms: timeout.as_millis() as u64 };
-        tokio::time::timeout(timeout, replies.recv()).await.map_err(|_| timed_out())?.ok_or_else(timed_out)
+        tokio::time::timeout(timeout, reply).await.map_err(|_| timed_out())?.map_err(|_| timed_out())
     }
 
     async fn subscribe(&self, subject: &str, queue_group: Option<&str>) -> Result<Subscription, BusError> {

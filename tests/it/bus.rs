@@ -145,3 +145,34 @@ contract!(
     requests_nobody_answers_fail_typed,
     bad_subjects_and_oversized_messages_are_refused,
 );
+
+/// Every request's reply inbox is gone when the request ends, answered, timed out or dropped, and dropped
+/// subscriptions leave: before, each request left a subscriber behind that every later message was matched
+/// against, so the in-process bus slowed with every command a node had taken.
+#[tokio::test]
+async fn the_memory_bus_keeps_no_inbox_or_dropped_subscription() {
+    let bus = MemoryBus::default();
+    let mut service = bus.subscribe("svc.echo", Some("weft")).await.unwrap();
+    let _silent = bus.subscribe("svc.silent", None).await.unwrap();
+    let responder = bus.clone();
+    tokio::spawn(async move {
+        while let Some(request) = service.next().await {
+            let reply = Message::new(request.reply.unwrap(), request.payload);
+            responder.publish(reply).await.unwrap();
+        }
+    });
+    for i in 0..1_000 {
+        let reply = bus.request(Message::new("svc.echo", format!("{i}")), WAIT).await.unwrap();
+        assert_eq!(reply.payload, format!("{i}").as_bytes());
+    }
+    let silent = bus.request(Message::new("svc.silent", "x"), Duration::from_millis(20)).await;
+    assert!(matches!(silent, Err(BusError::TimedOut { .. })), "{silent:?}");
+    // A request given up before its reply (its future dropped).
+    let gone = bus.request(Message::new("svc.silent", "y"), WAIT);
+    assert!(tokio::time::timeout(Duration::from_millis(20), gone).await.is_err());
+    for _ in 0..100 {
+        drop(bus.subscribe("events.dropped", None).await.unwrap());
+    }
+    let _last = bus.subscribe("events.kept", None).await.unwrap();
+    assert_eq!(bus.held(), (3, 0), "subscriptions (echo, silent, kept) and inboxes held");
+}
