@@ -396,3 +396,54 @@ async fn an_instance_answers_only_commands_of_its_own_tenant_even_after_a_snapsh
     let events = store.read_stream(&stream, 1, Direction::Forwards, 100).await.unwrap();
     assert_eq!(events.len(), 10, "the refused commands appended nothing");
 }
+
+/// Commands sent to one instance at once: those that wait behind an append go to the store together, and
+/// each is still decided in arrival order and answered with its own place. Repeats of a command id answer the
+/// first outcome, a wrong expected version is a conflict, and nothing is stored twice or lost.
+#[actix_rt::test]
+async fn commands_that_wait_together_share_an_append_and_keep_their_own_outcomes() {
+    let store = MemoryStore::default();
+    let host = Host::<Counter>::new(Arc::new(store.clone()), Options::default());
+    let s = stream("counter-batch");
+    // The instance exists, so the commands after it can be combined.
+    host.execute(&s, execute::<Counter>(CounterCommand::Add(0))).await.unwrap();
+    let commands: Vec<Execute<Counter>> = (1..=150).map(|n| execute::<Counter>(CounterCommand::Add(n))).collect();
+    let mut sent: Vec<(usize, Execute<Counter>)> = commands.iter().cloned().enumerate().collect();
+    // Every fifth command is sent twice, the copy among the others.
+    for i in (0..150).step_by(5) {
+        sent.insert(i + 3, (i, commands[i].clone()));
+    }
+    let mut stale = execute::<Counter>(CounterCommand::Add(1_000_000));
+    stale.expected_version = Some(1);
+    let answers = futures::future::join_all(sent.into_iter().map(|(i, command)| {
+        let (host, s) = (&host, &s);
+        async move { (i, command.command_id, host.execute(s, command).await) }
+    }));
+    let (answers, stale_answer) = futures::join!(answers, host.execute(&s, stale));
+    assert!(matches!(stale_answer, Err(Error::Conflict { expected: 1, .. })), "{stale_answer:?}");
+    let stored = store.read_stream(&s, 1, Direction::Forwards, 10_000).await.unwrap();
+    assert_eq!(stored.len(), 151, "one event per distinct command and the first");
+    assert_eq!(total(&store, &s).await, (1..=150).sum::<u64>());
+    // The events of one append share their time of recording: the commands went in a few appends (each copy
+    // ends a run, as a repeat is answered alone; one at a time they would be 150).
+    let appends: std::collections::BTreeSet<i64> = stored[1..].iter().map(|e| e.recorded_at.0).collect();
+    assert!(appends.len() <= 40, "150 commands in {} appends", appends.len());
+    let mut first_outcomes = std::collections::HashMap::new();
+    for (i, id, answer) in &answers {
+        let outcome = answer.as_ref().unwrap_or_else(|e| panic!("command {i}: {e:?}"));
+        let (from, to) = outcome.positions.expect("positions");
+        assert_eq!(from, to, "one event per command");
+        let event = stored.iter().find(|e| e.position == from).expect("the event at the outcome's position");
+        assert_eq!(event.causation_id, Some(*id));
+        assert_eq!(event.version, outcome.version);
+        assert_eq!(Added::from_envelope(event).unwrap().n, *i as u64 + 1);
+        if let Some(previous) = first_outcomes.insert(*id, (outcome.version, outcome.positions)) {
+            assert_eq!(previous, (outcome.version, outcome.positions), "a repeat answers the first outcome");
+        }
+    }
+    let repeated = answers.iter().filter(|(_, _, a)| a.as_ref().unwrap().repeated).count();
+    assert_eq!(repeated, 30, "each copy, and only the copies, answered as repeats");
+    let mut versions: Vec<u64> = first_outcomes.values().map(|(v, _)| *v).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=151).collect::<Vec<_>>());
+}

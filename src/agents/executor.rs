@@ -161,22 +161,14 @@ impl Executor for DocumentExecutor {
     async fn run(&self, task: Task) -> Result<TaskOutput, TaskError> {
         let (provider, model) = (task.profile.provider.clone(), task.profile.model.clone());
         let started = format!("step {} attempt {}: asking {provider} ({model})", task.step.name, task.attempt);
-        // The first log line is written while the work begins: neither waits for the other's append.
+        // The first log line is written while the work begins: neither waits for the other's append. A task
+        // that succeeds writes its last line with its output's records (see `work`).
         let (_, result) = futures::join!(self.log(&task, "log-start", Level::Info, started), self.work(&task));
-        let (level, line) = match &result {
-            Ok(output) => (
-                Level::Info,
-                format!(
-                    "step {} attempt {}: wrote document {} ({} tokens in, {} out)",
-                    task.step.name, task.attempt, output.document, output.input_tokens, output.output_tokens
-                ),
-            ),
-            Err(error) => (
-                if error.retryable { Level::Warn } else { Level::Error },
-                format!("step {} attempt {} failed: {}", task.step.name, task.attempt, error.message),
-            ),
-        };
-        self.log(&task, "log-end", level, line).await;
+        if let Err(error) = &result {
+            let level = if error.retryable { Level::Warn } else { Level::Error };
+            let line = format!("step {} attempt {} failed: {}", task.step.name, task.attempt, error.message);
+            self.log(&task, "log-end", level, line).await;
+        }
         result
     }
 }
@@ -275,22 +267,23 @@ impl DocumentExecutor {
             labels: states[0].labels.clone(),
             at: Timestamp::now(),
         };
-        self.command(output, Uuid::new_v5(&task.id, b"register-output"), register, &tenant, &actor).await?;
+        // The output is registered while its content is written: the registration is an append, the content
+        // an object put, and neither needs the other. Only the upload's record waits for both.
+        let registered = self.command(output, Uuid::new_v5(&task.id, b"register-output"), register, &tenant, &actor);
         let key = document_key(&tenant, output);
         let body = futures::stream::iter([Ok(bytes::Bytes::from(completion.text))]).boxed();
-        let info = self
-            .objects
-            .put(&key, &completion.content_type, body)
-            .await
-            .map_err(|e| transient(format!("writing the output {output}: {e}")))?;
+        let (registered, put) = futures::join!(registered, self.objects.put(&key, &completion.content_type, body));
+        registered?;
+        let info = put.map_err(|e| transient(format!("writing the output {output}: {e}")))?;
         let uploaded = Command::MarkUploaded {
             size_bytes: info.size_bytes,
             etag: info.etag,
             source: UploadSource::Agent,
             at: Timestamp::now(),
         };
-        // The output's upload and the inputs' derivatives are other documents' commands: sent at once, so the
-        // task waits for one round of appends rather than one per document.
+        // The output's upload, the inputs' derivatives and the job's log line are other streams' commands: sent
+        // at once, so the task waits for one round of appends rather than one per stream. The line has its own
+        // id: should a record fail after it, the failure's line is written too.
         let upload = self.command(output, Uuid::new_v5(&task.id, b"upload-output"), uploaded, &tenant, &actor);
         let derivatives = task.inputs.iter().zip(&states).map(|(&input, state)| {
             let derived = Command::RecordDerivative {
@@ -302,7 +295,15 @@ impl DocumentExecutor {
             let id = Uuid::new_v5(&task.id, format!("derivative-{input}").as_bytes());
             self.command(input, id, derived, &state.tenant, &actor)
         });
-        let (uploaded, derived) = futures::join!(upload, futures::future::join_all(derivatives));
+        let line = format!(
+            "step {} attempt {}: wrote document {output} ({} tokens in, {} out)",
+            task.step.name, task.attempt, completion.input_tokens, completion.output_tokens
+        );
+        let (uploaded, derived, ()) = futures::join!(
+            upload,
+            futures::future::join_all(derivatives),
+            self.log(task, "log-wrote", Level::Info, line)
+        );
         uploaded?;
         derived.into_iter().collect::<Result<Vec<()>, _>>()?;
         Ok(TaskOutput {

@@ -1,7 +1,7 @@
 //! The in-process bus: NATS subject semantics without a server, for the embedded default.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 

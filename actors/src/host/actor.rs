@@ -1,5 +1,5 @@
-//! The actor of one aggregate instance: activation from the latest snapshot and the events after it, one
-//! command at a time (decide, append, fold), idempotency by command id, conflict retries, snapshots, panics
+//! The actor of one aggregate instance: activation from the latest snapshot and the events after it, commands
+//! decided one at a time and appended together when they wait together ([`super::batch`]), idempotency by command id, conflict retries, snapshots, panics
 //! caught, and passivation.
 
 use std::collections::VecDeque;
@@ -15,6 +15,7 @@ use weft_events::{
     Direction, DomainEvent, Envelope, EventStore, ExpectedVersion, NewEvent, Snapshot, StreamName, codec,
 };
 
+use super::batch::{Queued, run_queued, stamped};
 use super::{ACTIVATION_PAGE, Error, Execute, Options, Outcome, Restarts};
 use crate::aggregate::Aggregate;
 
@@ -30,18 +31,18 @@ pub(super) struct Saved<A: Aggregate> {
 pub(super) struct Loaded<A> {
     pub(super) state: A,
     pub(super) version: u64,
-    recent: VecDeque<(Uuid, Outcome)>,
+    pub(super) recent: VecDeque<(Uuid, Outcome)>,
     /// The tenant and actor of the instance's first event: commands naming another tenant are refused, and
     /// for an aggregate [owned by its creator](crate::Aggregate::OWNED_BY_CREATOR) the actor is its owner.
     /// `None` until the instance has an event.
-    first: Option<First>,
+    pub(super) first: Option<First>,
 }
 
 /// The tenant and actor of an instance's first event.
 #[derive(Debug, Clone)]
-struct First {
-    tenant: String,
-    actor: String,
+pub(super) struct First {
+    pub(super) tenant: String,
+    pub(super) actor: String,
 }
 
 impl First {
@@ -232,22 +233,7 @@ pub(super) async fn run<A: Aggregate>(
                 };
             }
         };
-        let new_events: Result<Vec<NewEvent>, _> = events
-            .iter()
-            .map(|event| {
-                event.to_new_event().map(|mut e| {
-                    e.causation_id = Some(message.command_id);
-                    e.correlation_id = message.metadata.correlation_id;
-                    if let Some(tenant) = &message.metadata.tenant {
-                        e.tenant.clone_from(tenant);
-                    }
-                    if let Some(actor) = &message.metadata.actor {
-                        e.actor.clone_from(actor);
-                    }
-                    e
-                })
-            })
-            .collect();
+        let new_events: Result<Vec<NewEvent>, _> = events.iter().map(|event| stamped(event, &message)).collect();
         let new_events = match new_events {
             Ok(events) => events,
             Err(e) => {
@@ -305,8 +291,16 @@ pub struct AggregateActor<A: Aggregate> {
     pub(super) stream: StreamName,
     pub(super) store: Arc<dyn EventStore>,
     pub(super) options: Arc<Options>,
-    /// `None` while activating, and while a command is being run.
+    /// `None` while activating, and while commands are being run.
     pub(super) loaded: Option<Loaded<A>>,
+    /// Commands and reads that came while others were being run: they go next, the commands in one append
+    /// (see [`super::batch`]).
+    /// (Boxed: an actor must be `Unpin`, whatever its commands are.)
+    pub(super) queue: VecDeque<Box<Queued<A>>>,
+    /// Whether work is being run (`loaded` is taken).
+    pub(super) busy: bool,
+    /// Told to passivate while busy: it stops once its queue is done.
+    pub(super) stop_when_idle: bool,
     /// Why activation failed, for the commands that were waiting for it (shared with the host, which tells
     /// the senders whose commands the stopping actor dropped).
     pub(super) activation_error: Arc<Mutex<Option<String>>>,
@@ -347,7 +341,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         ));
         let idle = Duration::from_millis(self.options.idle_timeout_ms.max(1));
         ctx.run_interval((idle / 4).max(Duration::from_millis(5)), move |actor, ctx| {
-            if actor.last_used.elapsed() >= idle {
+            if actor.last_used.elapsed() >= idle && !actor.busy && actor.queue.is_empty() {
                 ctx.stop();
             }
         });
@@ -370,53 +364,77 @@ impl<A: Aggregate> Handler<Passivate> for AggregateActor<A> {
     type Result = ();
 
     fn handle(&mut self, _: Passivate, ctx: &mut Context<Self>) {
-        ctx.stop();
+        if self.busy || !self.queue.is_empty() {
+            self.stop_when_idle = true;
+        } else {
+            ctx.stop();
+        }
     }
 }
 
 impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
-    type Result = AtomicResponse<Self, Result<Outcome, Error<A::Rejection>>>;
+    type Result = ResponseFuture<Result<Outcome, Error<A::Rejection>>>;
 
-    fn handle(&mut self, message: Execute<A>, _ctx: &mut Context<Self>) -> Self::Result {
+    /// Runs the command after the work before it; commands that wait together share one append.
+    fn handle(&mut self, message: Execute<A>, ctx: &mut Context<Self>) -> Self::Result {
         self.last_used = Instant::now();
-        let Some(loaded) = self.loaded.take() else {
-            // Activation failed and the actor is stopping.
-            let reason = self.activation_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let reason = reason.unwrap_or_else(|| "the actor is stopping".into());
-            let error = Error::Unavailable(format!("{} could not be activated: {reason}", self.stream));
-            return AtomicResponse::new(Box::pin(fut::ready(Err(error)).into_actor(self)));
-        };
-        if let Some((_, outcome)) = loaded.recent.iter().find(|(id, _)| *id == message.command_id) {
-            let outcome = Outcome { repeated: true, ..*outcome };
-            self.loaded = Some(loaded);
-            return AtomicResponse::new(Box::pin(fut::ready(Ok(outcome)).into_actor(self)));
-        }
-        let before = loaded.version;
-        let work = run::<A>(self.store.clone(), self.stream.clone(), loaded, message, self.options.clone());
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(move |(loaded, result), actor, ctx| {
-            actor.last_used = Instant::now();
-            actor.since_snapshot += loaded.version.saturating_sub(before);
-            let snapshot = actor.options.snapshot_every > 0 && actor.since_snapshot >= actor.options.snapshot_every;
-            if snapshot {
-                actor.since_snapshot = 0;
-                actor.save_snapshot(&loaded, ctx);
-            }
-            actor.loaded = Some(loaded);
-            match result {
-                Ok(outcome) => Ok(outcome),
-                Err(Failure::Error(error)) => Err(error),
-                Err(Failure::Panicked(message)) => {
-                    tracing::error!(stream = %actor.stream, %message, "the aggregate panicked; restarting it from the store");
-                    actor.restarts.record(&actor.stream);
-                    ctx.stop();
-                    Err(Error::Unavailable(format!("the aggregate failed on this command ({message}) and restarts")))
-                }
-            }
-        })))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue.push_back(Box::new(Queued::Execute(message, reply)));
+        self.drain(ctx);
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|_| Err(Error::Unavailable("the instance stopped before it ran the command".into())))
+        })
     }
 }
 
 impl<A: Aggregate> AggregateActor<A> {
+    /// Runs what is queued, unless work is running already (it drains the queue again when done).
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || self.queue.is_empty() {
+            return;
+        }
+        let Some(loaded) = self.loaded.take() else {
+            // Activation failed and the actor is stopping (it takes no message while activating).
+            let reason = self.activation_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let reason = reason.unwrap_or_else(|| "the actor is stopping".into());
+            for item in self.queue.drain(..) {
+                (*item).refuse(&format!("{} could not be activated: {reason}", self.stream));
+            }
+            return;
+        };
+        self.busy = true;
+        let before = loaded.version;
+        let queued: Vec<_> = self.queue.drain(..).collect();
+        let work = run_queued(self.store.clone(), self.stream.clone(), loaded, queued, self.options.clone());
+        ctx.spawn(work.into_actor(self).map(move |(loaded, stop), actor, ctx| {
+            actor.busy = false;
+            actor.last_used = Instant::now();
+            if let Some(why) = stop {
+                if why.starts_with("panicked") {
+                    actor.restarts.record(&actor.stream);
+                }
+                for item in actor.queue.drain(..) {
+                    (*item).refuse(&format!("{} restarts ({why}); try again", actor.stream));
+                }
+                ctx.stop();
+                return;
+            }
+            actor.since_snapshot += loaded.version.saturating_sub(before);
+            if actor.options.snapshot_every > 0 && actor.since_snapshot >= actor.options.snapshot_every {
+                actor.since_snapshot = 0;
+                actor.save_snapshot(&loaded, ctx);
+            }
+            actor.loaded = Some(loaded);
+            if actor.stop_when_idle && actor.queue.is_empty() {
+                ctx.stop();
+            } else {
+                actor.drain(ctx);
+            }
+        }));
+    }
+
     /// Saves a snapshot in the background; a failure only means the next activation replays more.
     pub(super) fn save_snapshot(&self, loaded: &Loaded<A>, ctx: &mut Context<Self>) {
         let saved = Saved::<A> { state: loaded.state.clone(), recent: loaded.recent.iter().copied().collect() };
@@ -452,29 +470,15 @@ impl<A: Aggregate> Message for Inspect<A> {
 }
 
 impl<A: Aggregate> Handler<Inspect<A>> for AggregateActor<A> {
-    type Result = AtomicResponse<Self, Option<(u64, A)>>;
+    type Result = ResponseFuture<Option<(u64, A)>>;
 
     /// The version and a copy of the state, after reading what other writers appended since the actor's
-    /// last command; `None` if activation or that read failed.
-    fn handle(&mut self, _: Inspect<A>, _: &mut Context<Self>) -> Self::Result {
+    /// last command (and after the commands sent before); `None` if activation or that read failed.
+    fn handle(&mut self, _: Inspect<A>, ctx: &mut Context<Self>) -> Self::Result {
         self.last_used = Instant::now();
-        let Some(mut loaded) = self.loaded.take() else {
-            return AtomicResponse::new(Box::pin(fut::ready(None).into_actor(self)));
-        };
-        let (store, stream, remembered) = (self.store.clone(), self.stream.clone(), self.options.remembered_commands);
-        let work = async move {
-            let caught_up = catch_up(&*store, &stream, &mut loaded, remembered).await.is_ok();
-            (loaded, caught_up)
-        };
-        AtomicResponse::new(Box::pin(work.into_actor(self).map(|(loaded, caught_up), actor, ctx| {
-            if !caught_up {
-                // A failed read or a panicking evolve may have left the state half folded: start afresh.
-                ctx.stop();
-                return None;
-            }
-            let answer = Some((loaded.version, loaded.state.clone()));
-            actor.loaded = Some(loaded);
-            answer
-        })))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue.push_back(Box::new(Queued::Inspect(reply)));
+        self.drain(ctx);
+        Box::pin(async move { answer.await.ok().flatten() })
     }
 }

@@ -4,9 +4,12 @@
 //!
 //! - **Activation.** On the first command for an instance the host starts its actor, which loads the latest
 //!   snapshot and the events after it before it takes any command (`ctx.wait` in `started`).
-//! - **One command at a time.** A command is decided, appended and folded in as one atomic step
-//!   (`AtomicResponse`): the next command waits, the await on the store included. The caller is answered
-//!   only after the store acknowledged.
+//! - **Decided one at a time, appended together.** Commands are decided in arrival order, each against the
+//!   state its predecessors leave. Those that arrive while an append is being made wait, and then go to the
+//!   store as one atomic append (one group commit), each answered with its own version and positions (see
+//!   [`batch`]); what that path does not cover (an expected version, a refusal or no-op, a repeat, a new
+//!   instance, a conflict) runs one command at a time. The caller is answered only after the store
+//!   acknowledged. Reads of the state ([`Host::inspect`]) queue behind the commands sent before them.
 //! - **Idempotency.** Every event carries its command's id as causation id. An actor remembers the outcome
 //!   of its last [`Options::remembered_commands`] commands (rebuilt from the events, and kept in snapshots):
 //!   the same `command_id` again returns the first outcome with `repeated: true` and appends nothing, after
@@ -17,7 +20,7 @@
 //! - **Snapshots** every [`Options::snapshot_every`] events, saved in the background.
 //! - **Passivation** after [`Options::idle_timeout_ms`] without a command, and when more than
 //!   [`Options::max_live`] actors are live: the least recently used is told to stop ([`Passivate`]); it
-//!   finishes the commands already in its mailbox and stops, so the actors running are bounded by the cap
+//!   finishes the commands already in its mailbox and queue and stops, so the actors running are bounded by the cap
 //!   (a command sent to it after that goes to a fresh actor).
 //! - **Supervision.** A panic in `decide` or `evolve` is caught: the caller gets [`Error::Unavailable`] and the
 //!   actor stops; the next command starts a fresh actor that rehydrates from the store, never from memory.
@@ -42,6 +45,7 @@ use weft_events::{Direction, DomainEvent, EventStore, StreamName};
 use crate::aggregate::Aggregate;
 
 mod actor;
+pub mod batch;
 
 pub(crate) use actor::panic_message;
 pub use actor::{AggregateActor, Inspect, Passivate};
@@ -306,6 +310,9 @@ impl<A: Aggregate> Host<A> {
             last_used: Instant::now(),
             restarts: self.restarts.clone(),
             running: self.running.clone(),
+            queue: Default::default(),
+            busy: false,
+            stop_when_idle: false,
         };
         let started = Live { address: actor.start(), activation_error };
         // Pushing past the capacity drops the least recently used address: that actor is told to stop

@@ -203,6 +203,11 @@ pub trait Process: 'static {
         Some(event.stream.as_str().to_owned())
     }
 
+    /// For a process that overlaps: told of each event as it is read, in log order, before it waits for a
+    /// handler (behind its instance's, behind a full set of handlers, or for room in the window). What it learns here is a hint for
+    /// handlers already waiting (a slot freed, say), never a decision: after a restart it is told again.
+    fn noticed(&self, _event: &Envelope) {}
+
     /// When [`Process::fire`] should next be called, if ever.
     fn next_due(&self, _state: &Self::State) -> Option<Timestamp> {
         None
@@ -440,7 +445,7 @@ async fn run<P: Process>(
                 };
                 health.running();
                 if P::OVERLAP > 1 {
-                    overlap.backlog.extend(batch);
+                    overlap.read(process, batch);
                     overlap.dispatch(process, &stopped_meanwhile, health, (min_delay, max_delay), &mut progress);
                     continue 'run;
                 }

@@ -7,9 +7,14 @@
 //!
 //! An agent at its concurrency limit does not fail the step: the step waits for a free slot, so a busy agent
 //! holds back the jobs waiting for it instead of spending their attempts; other jobs go on. A waiting step is
-//! woken when the orchestrator sees a task of that agent finish (first come, first served); the first in line
-//! also asks again every [`CAPACITY_RECHECK`] (a slot freed through another node, or finishes not yet seen
-//! because the process's window is full of waiting steps), the others every [`CAPACITY_RECHECK_IN_LINE`]. An agent that is disabled or unknown fails the step for good.
+//! woken as the orchestrator reads that a task of that agent finished ([`Process::noticed`], before the
+//! finish waits for a handler; first come, first served); the first in line also asks again every
+//! [`CAPACITY_RECHECK`] (a slot freed through another node), the others every [`CAPACITY_RECHECK_IN_LINE`].
+//! An agent that is disabled or unknown fails the step for good.
+//!
+//! A task's success reaches its job from the worker directly (see [`super::worker`]); the orchestrator's report
+//! of it follows and repeats it harmlessly, and is what brings it to the job should the worker stop between
+//! the two records.
 
 use weft_events::Envelope;
 use weft_events::domain::ids::{AgentId, JobId};
@@ -141,10 +146,6 @@ impl<G: Gateway> Orchestrator<G> {
     }
 
     async fn task_finished(&self, event: &Envelope, finished: agent_events::Event) -> Result<(), Retry> {
-        // The agent has a free slot now: the first step waiting for one takes it.
-        if let Some(agent) = AgentId::from_stream(&event.stream) {
-            self.wake_one(agent);
-        }
         let (job, command) = match finished {
             agent_events::Event::TaskCompleted(e) => {
                 (e.job, job::Command::CompleteStep { step: e.step, attempt: e.attempt, output: e.output, at: e.at })
@@ -186,6 +187,16 @@ impl<G: Gateway> Process for Orchestrator<G> {
 
     /// Jobs are moved along at once, each job's events in log order.
     const OVERLAP: usize = 16;
+
+    /// A task finished: its agent has a free slot, which the first step waiting for one takes. Noticed as
+    /// the finish is read, not when its handler runs: the handlers may all be steps waiting for that slot.
+    fn noticed(&self, event: &Envelope) {
+        if matches!(&*event.event_type, "agent.task_completed" | "agent.task_failed")
+            && let Some(agent) = AgentId::from_stream(&event.stream)
+        {
+            self.wake_one(agent);
+        }
+    }
 
     fn instance(&self, event: &Envelope) -> Option<String> {
         match &*event.event_type {

@@ -49,6 +49,14 @@ impl<'a> Overlap<'a> {
         self.window.first().map_or(self.taken, |first| first - 1)
     }
 
+    /// Events read from the log: the process notices each ([`Process::noticed`]) before they wait their turn.
+    pub(super) fn read<P: Process>(&mut self, process: &P, batch: Vec<Envelope>) {
+        for event in &batch {
+            process.noticed(event);
+        }
+        self.backlog.extend(batch);
+    }
+
     /// Takes up events from the backlog while the window has room: an event of an instance with a handler
     /// running waits behind it; one of no instance is passed over.
     pub(super) fn dispatch<P: Process, S>(
@@ -59,7 +67,7 @@ impl<'a> Overlap<'a> {
         delays: (Duration, Duration),
         progress: &mut Progress<S>,
     ) {
-        while self.window.len() < OVERLAP_WINDOW.min(P::OVERLAP.saturating_mul(64))
+        while self.window.len() < OVERLAP_WINDOW
             && let Some(event) = self.backlog.pop_front()
         {
             self.taken = event.position;

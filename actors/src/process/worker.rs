@@ -108,9 +108,26 @@ impl<G: Gateway> Worker<G> {
         let task = assigned.task;
         let correlation = event.correlation_id;
         let start = agent::Command::StartTask { task, at: Timestamp::now() };
-        match send::<Agent, _>(&self.gateway, &event.stream, derived_id(task, "start"), start, Self::NAME, correlation)
-            .await?
-        {
+        let start_step =
+            job::Command::StartStep { step: assigned.step.clone(), attempt: assigned.attempt, at: Timestamp::now() };
+        let job_stream = assigned.job.stream();
+        // The agent's and the job's records of the start share one group commit, and the states the task needs
+        // are read meanwhile. The job's record is the same command each time (a derived id), so one sent for a
+        // task that turns out interrupted or finished repeats an earlier record or is refused by the job.
+        let (started, step_started, job, agent_state) = futures::join!(
+            send::<Agent, _>(&self.gateway, &event.stream, derived_id(task, "start"), start, Self::NAME, correlation),
+            send::<Job, _>(
+                &self.gateway,
+                &job_stream,
+                derived_id(task, "start-step"),
+                start_step,
+                Self::NAME,
+                correlation
+            ),
+            inspect::<Job, _>(&self.gateway, &job_stream),
+            inspect::<Agent, _>(&self.gateway, &event.stream),
+        );
+        match started? {
             Ok(outcome) if !outcome.repeated || self.in_flight.borrow().contains_key(&task) => {}
             // Started before, by a worker that stopped before it recorded the outcome.
             Ok(_) | Err(AgentRejection::AlreadyStarted(_)) => {
@@ -124,26 +141,13 @@ impl<G: Gateway> Worker<G> {
             }
         }
         self.in_flight.borrow_mut().insert(task, agent);
-
-        let start_step =
-            job::Command::StartStep { step: assigned.step.clone(), attempt: assigned.attempt, at: Timestamp::now() };
-        let job_stream = assigned.job.stream();
-        if let Err(rejection) = send::<Job, _>(
-            &self.gateway,
-            &job_stream,
-            derived_id(task, "start-step"),
-            start_step,
-            Self::NAME,
-            correlation,
-        )
-        .await?
-        {
+        if let Err(rejection) = step_started? {
             let error =
                 TaskError { message: format!("the job no longer wants this attempt: {rejection}"), retryable: false };
             return fail(&self.gateway, agent, task, error, correlation).await;
         }
-        let job = inspect::<Job, _>(&self.gateway, &job_stream).await?;
-        let profile = inspect::<Agent, _>(&self.gateway, &event.stream).await?.profile;
+        // Read while the start was recorded: the step and the profile cannot change under a started attempt.
+        let (job, profile) = (job?, agent_state?.profile);
         let (Some(step), Some(profile)) = (job.steps.iter().find(|s| s.name == assigned.step), profile) else {
             let error = TaskError { message: "the step or the agent's profile is gone".into(), retryable: false };
             return fail(&self.gateway, agent, task, error, correlation).await;
@@ -217,7 +221,7 @@ fn interrupted() -> TaskError {
 async fn execute<G: Gateway>(gateway: G, executor: Rc<dyn Executor>, task: Task, correlation: Option<Uuid>) {
     let started = Instant::now();
     let timeout = Duration::from_millis(task.step.timeout_ms);
-    let (id, agent) = (task.id, task.agent);
+    let (id, agent, job, step, attempt) = (task.id, task.agent, task.job, task.step.name.clone(), task.attempt);
     let result = match tokio::time::timeout(timeout, executor.run(task)).await {
         Ok(result) => result,
         Err(_) => Err(TaskError { message: format!("timed out after {} ms", timeout.as_millis()), retryable: true }),
@@ -235,13 +239,28 @@ async fn execute<G: Gateway>(gateway: G, executor: Rc<dyn Executor>, task: Task,
                     latency_ms,
                     at: Timestamp::now(),
                 };
-                send::<Agent, _>(&gateway, &agent.stream(), derived_id(id, "complete"), complete, NAME, correlation)
-                    .await
-                    .map(|outcome| {
-                        if let Err(rejection) = outcome {
-                            tracing::warn!(%agent, task = %id, %rejection, "the agent did not take a task's output");
-                        }
-                    })
+                // The job hears of it at once too, in the same group commit, rather than from the orchestrator
+                // once the agent's record is read back (which still follows, and repeats it harmlessly). The
+                // job takes an output only for the attempt it is waiting for.
+                let report = job::Command::CompleteStep {
+                    step: step.clone(),
+                    attempt,
+                    output: output.document,
+                    at: Timestamp::now(),
+                };
+                let (agent_stream, job_stream) = (agent.stream(), job.stream());
+                let (recorded, reported) = futures::join!(
+                    send::<Agent, _>(&gateway, &agent_stream, derived_id(id, "complete"), complete, NAME, correlation),
+                    send::<Job, _>(&gateway, &job_stream, derived_id(id, "report"), report, NAME, correlation)
+                );
+                if let Ok(Err(rejection)) = reported {
+                    tracing::debug!(%job, task = %id, %rejection, "the job did not take a task's output");
+                }
+                recorded.map(|outcome| {
+                    if let Err(rejection) = outcome {
+                        tracing::warn!(%agent, task = %id, %rejection, "the agent did not take a task's output");
+                    }
+                })
             }
             Err(error) => fail(&gateway, agent, id, error.clone(), correlation).await,
         };

@@ -1,0 +1,253 @@
+//! Commands to one instance that arrive while its last append is being made wait together and then go to the
+//! store as **one append**: one group commit for all of them, where one at a time each waited for the
+//! previous one's fsync. An agent or a document that every job touches takes its commands this way at the
+//! speed of the store's commits, not of one fsync per command.
+//!
+//! Each command is still decided on its own, in arrival order, against the state its predecessors leave
+//! (their events folded in memory), and answered with its own version and positions. The append is atomic:
+//! all of the batch's events are stored, or none. Whatever the combined path does not cover runs one command
+//! at a time as before (`actor::run`): a command naming an expected version, one that changes nothing or is
+//! refused (its answer must be checked against the store, as another node may have appended), a repeated
+//! command id, a panic, the first events of an instance, and every command of a combined append the store
+//! refused (a conflict with another writer, or any error): those are decided again one by one.
+
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use weft_events::{DomainEvent, EventStore, ExpectedVersion, NewEvent, StreamName};
+
+use super::actor::{Failure, Loaded, catch_up, remember, run};
+use super::{Error, Execute, Options, Outcome};
+use crate::aggregate::Aggregate;
+
+/// The most commands one append takes.
+pub const MAX_BATCH: usize = 256;
+
+/// The answer to a command.
+pub(super) type Reply<A> = oneshot::Sender<Result<Outcome, Error<<A as Aggregate>::Rejection>>>;
+
+/// Work waiting for an instance, in arrival order.
+pub(super) enum Queued<A: Aggregate> {
+    /// A command.
+    Execute(Execute<A>, Reply<A>),
+    /// A read of the state, after what other writers appended.
+    Inspect(oneshot::Sender<Option<(u64, A)>>),
+}
+
+impl<A: Aggregate> Queued<A> {
+    /// Answers without running: the instance stops.
+    pub(super) fn refuse(self, why: &str) {
+        match self {
+            Self::Execute(_, reply) => {
+                let _ = reply.send(Err(Error::Unavailable(why.to_owned())));
+            }
+            Self::Inspect(reply) => {
+                let _ = reply.send(None);
+            }
+        }
+    }
+}
+
+/// Runs the queued work in order against `loaded`. Returns the instance and, when it must stop (a panic, or
+/// a failed read), why; the work not run then is refused.
+pub(super) async fn run_queued<A: Aggregate>(
+    store: Arc<dyn EventStore>,
+    stream: StreamName,
+    mut loaded: Loaded<A>,
+    queued: Vec<Box<Queued<A>>>,
+    options: Arc<Options>,
+) -> (Loaded<A>, Option<String>) {
+    let mut queued = VecDeque::from(queued);
+    while let Some(item) = queued.pop_front() {
+        let stop = match *item {
+            Queued::Inspect(reply) => {
+                if catch_up(&*store, &stream, &mut loaded, options.remembered_commands).await.is_ok() {
+                    let _ = reply.send(Some((loaded.version, loaded.state.clone())));
+                    None
+                } else {
+                    // A failed read or a panicking evolve may have left the state half folded: start afresh.
+                    let _ = reply.send(None);
+                    Some("reading its events failed".to_owned())
+                }
+            }
+            Queued::Execute(message, reply) => {
+                let mut group = VecDeque::from([(message, reply)]);
+                while group.len() < MAX_BATCH && queued.front().is_some_and(|q| matches!(**q, Queued::Execute(..))) {
+                    if let Some(Queued::Execute(message, reply)) = queued.pop_front().map(|q| *q) {
+                        group.push_back((message, reply));
+                    }
+                }
+                let stop;
+                (loaded, stop) = run_group(&store, &stream, loaded, group, &options).await;
+                stop
+            }
+        };
+        if let Some(why) = stop {
+            for item in queued {
+                (*item).refuse(&format!("{stream} restarts ({why}); try again"));
+            }
+            return (loaded, Some(why));
+        }
+    }
+    (loaded, None)
+}
+
+/// Runs consecutive commands: as many at a time as decide to events in one append, the others one by one.
+async fn run_group<A: Aggregate>(
+    store: &Arc<dyn EventStore>,
+    stream: &StreamName,
+    mut loaded: Loaded<A>,
+    mut group: VecDeque<(Execute<A>, Reply<A>)>,
+    options: &Arc<Options>,
+) -> (Loaded<A>, Option<String>) {
+    while !group.is_empty() {
+        let mut alone = 1;
+        if let Some((working, decided)) = decide_together(&loaded, group.iter().map(|(m, _)| m)) {
+            let taken: Vec<_> = group.drain(..decided.len()).collect();
+            match append_together(&**store, stream, &mut loaded, working, &taken, decided, options).await {
+                Ok(outcomes) => {
+                    for ((_, reply), outcome) in taken.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(%stream, error = %e, commands = taken.len(), "a combined append failed; one at a time");
+                    alone = taken.len();
+                    for entry in taken.into_iter().rev() {
+                        group.push_front(entry);
+                    }
+                }
+            }
+        }
+        for _ in 0..alone {
+            let Some((message, reply)) = group.pop_front() else { break };
+            if let Some((_, outcome)) = loaded.recent.iter().find(|(id, _)| *id == message.command_id) {
+                let _ = reply.send(Ok(Outcome { repeated: true, ..*outcome }));
+                continue;
+            }
+            let result;
+            (loaded, result) = run(store.clone(), stream.clone(), loaded, message, options.clone()).await;
+            match result {
+                Ok(outcome) => {
+                    let _ = reply.send(Ok(outcome));
+                }
+                Err(Failure::Error(error)) => {
+                    let _ = reply.send(Err(error));
+                }
+                Err(Failure::Panicked(message)) => {
+                    tracing::error!(%stream, %message, "the aggregate panicked; restarting it from the store");
+                    let why = format!("the aggregate failed on this command ({message}) and restarts");
+                    let _ = reply.send(Err(Error::Unavailable(why)));
+                    for (_, reply) in group {
+                        let _ =
+                            reply.send(Err(Error::Unavailable(format!("{stream} restarts after a panic; try again"))));
+                    }
+                    return (loaded, Some(format!("panicked: {message}")));
+                }
+            }
+        }
+    }
+    (loaded, None)
+}
+
+/// The longest run of commands from the front that can share one append, when it is two or more: the state
+/// after them and each one's events. See the module doc for what stops a run.
+fn decide_together<'a, A: Aggregate + 'a>(
+    loaded: &Loaded<A>,
+    commands: impl Iterator<Item = &'a Execute<A>>,
+) -> Option<(A, Vec<Vec<A::Event>>)> {
+    let first = loaded.first.as_ref()?;
+    let mut working: Option<A> = None;
+    let mut decided: Vec<Vec<A::Event>> = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for message in commands {
+        if message.expected_version.is_some()
+            || !ids.insert(message.command_id)
+            || loaded.recent.iter().any(|(id, _)| *id == message.command_id)
+            || message.metadata.tenant.as_ref().is_some_and(|asked| *asked != first.tenant)
+        {
+            break;
+        }
+        let state = working.as_ref().unwrap_or(&loaded.state);
+        if let Some(asked) = &message.metadata.owner {
+            let creator = Some(first.actor.as_str()).filter(|_| A::OWNED_BY_CREATOR);
+            if state.owner().or(creator).is_some_and(|own| own != asked) {
+                break;
+            }
+        }
+        let events = match catch_unwind(AssertUnwindSafe(|| state.decide(&message.command))) {
+            Ok(Ok(events)) if !events.is_empty() => events,
+            _ => break,
+        };
+        let mut next = working.take().unwrap_or_else(|| loaded.state.clone());
+        for event in &events {
+            // A panic loses the state folded so far; the commands then run one at a time, where it is reported.
+            next = catch_unwind(AssertUnwindSafe(|| next.evolve(event))).ok()?;
+        }
+        working = Some(next);
+        decided.push(events);
+    }
+    (decided.len() >= 2).then_some(())?;
+    Some((working?, decided))
+}
+
+/// Appends the events of `taken` (each command's `decided` events) at once and folds them into `loaded`;
+/// returns each command's outcome. On an error `loaded` is unchanged.
+async fn append_together<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &StreamName,
+    loaded: &mut Loaded<A>,
+    working: A,
+    taken: &[(Execute<A>, Reply<A>)],
+    decided: Vec<Vec<A::Event>>,
+    options: &Options,
+) -> Result<Vec<Outcome>, String> {
+    let mut new_events: Vec<NewEvent> = Vec::new();
+    for ((message, _), events) in taken.iter().zip(&decided) {
+        for event in events {
+            new_events.push(stamped(event, message).map_err(|e| format!("an event does not encode: {e}"))?);
+        }
+    }
+    let total = new_events.len() as u64;
+    let appended =
+        store.append(stream, ExpectedVersion::Exact(loaded.version), new_events).await.map_err(|e| e.to_string())?;
+    if appended.version != loaded.version + total || appended.last_position + 1 - appended.first_position != total {
+        // The store broke its contract: the events are stored, but the outcomes cannot be told apart.
+        return Err(format!("the store answered {appended:?} to an append of {total} events"));
+    }
+    let (mut version, mut position) = (loaded.version, appended.first_position);
+    let mut outcomes = Vec::with_capacity(taken.len());
+    for ((message, _), events) in taken.iter().zip(&decided) {
+        let count = events.len() as u64;
+        let outcome =
+            Outcome { version: version + count, positions: Some((position, position + count - 1)), repeated: false };
+        (version, position) = (version + count, position + count);
+        remember(&mut loaded.recent, options.remembered_commands, message.command_id, outcome);
+        outcomes.push(outcome);
+    }
+    loaded.state = working;
+    loaded.version = appended.version;
+    Ok(outcomes)
+}
+
+/// An event as a command stores it: caused by the command, in its correlation, and with its tenant and
+/// actor when it names them.
+pub(super) fn stamped<A: Aggregate>(
+    event: &A::Event,
+    message: &Execute<A>,
+) -> Result<NewEvent, weft_events::codec::Error> {
+    event.to_new_event().map(|mut e| {
+        e.causation_id = Some(message.command_id);
+        e.correlation_id = message.metadata.correlation_id;
+        if let Some(tenant) = &message.metadata.tenant {
+            e.tenant.clone_from(tenant);
+        }
+        if let Some(actor) = &message.metadata.actor {
+            e.actor.clone_from(actor);
+        }
+        e
+    })
+}
