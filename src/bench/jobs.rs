@@ -3,6 +3,7 @@
 //! | case | what runs | an op | baseline |
 //! | --- | --- | --- | --- |
 //! | `builtin-embedded` | `--jobs` one-step jobs of the built-in `summarize` workflow (builtin provider) over small uploaded documents, submitted by `--concurrency` clients, on the embedded defaults (SQLite, in-process bus, local object store) | a job done; latency from `submitted_at` to `finished_at` in the jobs read model | the raw work |
+//! | `builtin-embedded-1` | up to 200 of the same jobs from one client, each submitted when the one before has ended (read back from the jobs read model every 0.5 ms), on the same node after the first case | the same | the raw work one at a time |
 //! | `builtin-nats` | the same with the node on NATS and its events in JetStream (a local `nats-server`, started by the bench) | the same | the raw work |
 //!
 //! The baseline is the raw work of the same jobs without the platform, in the same run: read the input
@@ -42,6 +43,9 @@ pub struct Options {
 /// Input documents the jobs share.
 const DOCUMENTS: u64 = 20;
 
+/// The most jobs of a `-1` case (one at a time).
+const SEQUENTIAL_JOBS: u64 = 200;
+
 /// How long the jobs of a case may take in all.
 const CASE_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -57,6 +61,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     // Measured without authentication, as Celery on Redis runs here.
     let node = Node::start_in(&embedded, &["--insecure-no-auth"]).await?;
     let mut reports = vec![case(&node, &embedded, "builtin-embedded", options).await?];
+    reports.push(case(&node, &embedded, "builtin-embedded-1", options).await?);
     node.stop().await?;
 
     let server = NatsServer::start()?;
@@ -78,7 +83,7 @@ struct Raw {
 }
 
 /// The raw work of `jobs` jobs over `text`: see the module doc.
-async fn raw_work(dir: &Path, jobs: u64, text: &'static str) -> anyhow::Result<Raw> {
+async fn raw_work(dir: &Path, jobs: u64, at_once: usize, text: &'static str) -> anyhow::Result<Raw> {
     use crate::agents::Provider as _;
     use crate::objects::ObjectStore as _;
     let root = dir.join("raw-objects");
@@ -112,7 +117,7 @@ async fn raw_work(dir: &Path, jobs: u64, text: &'static str) -> anyhow::Result<R
                 Ok((t1 - t0, t2 - t1, t2.elapsed()))
             }
         })
-        .buffer_unordered(4)
+        .buffer_unordered(at_once)
         .collect()
         .await;
     let elapsed = started.elapsed();
@@ -132,6 +137,10 @@ async fn raw_work(dir: &Path, jobs: u64, text: &'static str) -> anyhow::Result<R
 
 /// One case against `node`, whose files are in `dir` (the raw work's go there too).
 async fn case(node: &Node, dir: &Path, name: &str, options: &Options) -> anyhow::Result<Report> {
+    // The `-1` cases: one client, each job submitted when the one before has ended.
+    let one_by_one = name.ends_with("-1");
+    let (jobs_n, concurrency) =
+        if one_by_one { (options.jobs.min(SEQUENTIAL_JOBS), 1) } else { (options.jobs, options.concurrency) };
     let base = format!("http://{}", node.http_addr());
     let http = reqwest::Client::builder().pool_max_idle_per_host(1024).build()?;
     const TEXT: &str = "Revenue rose in the third quarter. Costs were flat. Customers in Europe bought more licences. \
@@ -153,9 +162,14 @@ async fn case(node: &Node, dir: &Path, name: &str, options: &Options) -> anyhow:
     let steps = defined["steps"].clone();
     anyhow::ensure!(steps.is_array(), "no built-in summarize workflow: {defined}");
 
+    let agent_tasks = |agent: &Value| {
+        (agent["tasks_done"].as_f64().unwrap_or(0.0), agent["latency_total_ms"].as_f64().unwrap_or(0.0))
+    };
+    let agent_url = format!("{base}/agents/{}", crate::agents::catalog::agent_id("summarize"));
+    let before = agent_tasks(&http.get(&agent_url).send().await?.json().await?);
     let started = Instant::now();
-    let concurrency = usize::try_from(options.concurrency)?;
-    let submitted: Vec<anyhow::Result<String>> = futures::stream::iter(0..options.jobs)
+    let concurrency = usize::try_from(concurrency)?;
+    let submitted: Vec<anyhow::Result<String>> = futures::stream::iter(0..jobs_n)
         .map(|i| {
             let (http, base, steps) = (http.clone(), base.clone(), steps.clone());
             let input = documents[(i % DOCUMENTS) as usize].clone();
@@ -166,14 +180,30 @@ async fn case(node: &Node, dir: &Path, name: &str, options: &Options) -> anyhow:
                 let body = json!({"command_id": uuid::Uuid::now_v7(), "type": "submit", "payload": payload});
                 let answer = http.post(format!("{base}/commands/job/{job}")).json(&body).send().await?;
                 anyhow::ensure!(answer.status().is_success(), "submit: {}", answer.text().await?);
+                if one_by_one {
+                    // Its end is read back at once; its latency is the read model's, not this loop's.
+                    let deadline = Instant::now() + CASE_TIMEOUT;
+                    loop {
+                        let read = http.get(format!("{base}/jobs/{job}")).send().await?;
+                        if read.status().is_success() {
+                            let state: Value = read.json().await?;
+                            if state["status"] != "running" {
+                                break;
+                            }
+                        }
+                        anyhow::ensure!(Instant::now() < deadline, "job {job} still running after {CASE_TIMEOUT:?}");
+                        tokio::time::sleep(Duration::from_micros(500)).await;
+                    }
+                }
                 Ok(job)
             }
         })
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    for job in &submitted {
-        job.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut ours = std::collections::HashSet::new();
+    for job in submitted {
+        ours.insert(job.map_err(|e| anyhow::anyhow!("{e}"))?);
     }
     // Wait until every job has ended: asking whether one is still running is cheap; the whole list is read
     // only when none is (a job not yet in the read model is in neither).
@@ -182,13 +212,15 @@ async fn case(node: &Node, dir: &Path, name: &str, options: &Options) -> anyhow:
     let jobs = loop {
         let running: Value = http.get(format!("{base}/jobs?status=running&limit=1")).send().await?.json().await?;
         if running["items"].as_array().is_some_and(Vec::is_empty) {
-            let all = list_jobs(&http, &base).await?;
+            // This case's jobs only: an earlier case's ran on the same node.
+            let mut all = list_jobs(&http, &base).await?;
+            all.retain(|j| j["id"].as_str().is_some_and(|id| ours.contains(id)));
             done = all.iter().filter(|j| j["status"] != "running").count() as u64;
-            if done >= options.jobs {
+            if done >= jobs_n {
                 break all;
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "{done} of {} jobs done after {CASE_TIMEOUT:?}", options.jobs);
+        anyhow::ensure!(Instant::now() < deadline, "{done} of {jobs_n} jobs done after {CASE_TIMEOUT:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let failed: Vec<&Value> = jobs.iter().filter(|j| j["status"] != "succeeded").collect();
@@ -206,18 +238,15 @@ async fn case(node: &Node, dir: &Path, name: &str, options: &Options) -> anyhow:
         latencies.record(Duration::from_micros(u64::try_from(finished - submitted).unwrap_or(0)));
     }
     let span = Duration::from_micros(u64::try_from(last - first).unwrap_or(1).max(1));
-    let agent = crate::agents::catalog::agent_id("summarize");
-    let agent: Value = http.get(format!("{base}/agents/{agent}")).send().await?.json().await?;
-    let tasks = agent["tasks_done"].as_f64().unwrap_or(0.0).max(1.0);
-    let task_ms = agent["latency_total_ms"].as_f64().unwrap_or(0.0) / tasks;
+    let after = agent_tasks(&http.get(&agent_url).send().await?.json().await?);
+    let task_ms = (after.1 - before.1) / (after.0 - before.0).max(1.0);
     let p50 = latencies.percentile_ms(50.0);
     eprintln!(
-        "{name}: {} jobs in {:.2} s (wall {:.2} s); mean task {task_ms:.2} ms of a p50 job {p50:.2} ms",
-        options.jobs,
+        "{name}: {jobs_n} jobs in {:.2} s (wall {:.2} s); mean task {task_ms:.2} ms of a p50 job {p50:.2} ms",
         span.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    let raw = raw_work(dir, options.jobs, TEXT).await?;
+    let raw = raw_work(dir, jobs_n, if one_by_one { 1 } else { 4 }, TEXT).await?;
     eprintln!(
         "{name}: raw work {:.0} jobs/s: object read {:.3} ms, provider {:.3} ms, object write {:.3} ms; the task's \
          other {:.2} ms are the output document's commands",
@@ -230,12 +259,16 @@ async fn case(node: &Node, dir: &Path, name: &str, options: &Options) -> anyhow:
     Ok(Report {
         bench: "jobs",
         case: name.into(),
-        ops_per_s: options.jobs as f64 / span.as_secs_f64(),
+        ops_per_s: jobs_n as f64 / span.as_secs_f64(),
         p50_ms: p50,
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: raw.ops_per_s,
         bytes: None,
-        note: format!("submit to done, one builtin step, {} clients", options.concurrency),
+        note: if one_by_one {
+            "submit to done, one builtin step, 1 client, one job at a time".into()
+        } else {
+            format!("submit to done, one builtin step, {concurrency} clients")
+        },
     })
 }
 
