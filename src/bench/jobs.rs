@@ -60,8 +60,8 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     std::fs::create_dir_all(&embedded)?;
     // Measured without authentication, as Celery on Redis runs here.
     let node = Node::start_in(&embedded, &["--insecure-no-auth"]).await?;
-    let mut reports = vec![case(&node, &embedded, "builtin-embedded", options).await?];
-    reports.push(case(&node, &embedded, "builtin-embedded-1", options).await?);
+    let mut reports = vec![case(&node, &embedded, "builtin-embedded", Clients::Many, options).await?];
+    reports.push(case(&node, &embedded, "builtin-embedded-1", Clients::OneByOne, options).await?);
     node.stop().await?;
 
     let server = NatsServer::start()?;
@@ -69,7 +69,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     std::fs::create_dir_all(&nats)?;
     let url = server.url();
     let node = Node::start_in(&nats, &["--nats", &url, "--jetstream", "--insecure-no-auth"]).await?;
-    reports.push(case(&node, &nats, "builtin-nats", options).await?);
+    reports.push(case(&node, &nats, "builtin-nats", Clients::Many, options).await?);
     node.stop().await?;
     Ok(reports)
 }
@@ -135,10 +135,18 @@ async fn raw_work(dir: &Path, jobs: u64, at_once: usize, text: &'static str) -> 
     })
 }
 
+/// How a case submits its jobs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    /// `--concurrency` clients, none waiting for its jobs to end.
+    Many,
+    /// One client, each job submitted when the one before has ended.
+    OneByOne,
+}
+
 /// One case against `node`, whose files are in `dir` (the raw work's go there too).
-async fn case(node: &Node, dir: &Path, name: &str, options: &Options) -> anyhow::Result<Report> {
-    // The `-1` cases: one client, each job submitted when the one before has ended.
-    let one_by_one = name.ends_with("-1");
+async fn case(node: &Node, dir: &Path, name: &str, clients: Clients, options: &Options) -> anyhow::Result<Report> {
+    let one_by_one = clients == Clients::OneByOne;
     let (jobs_n, concurrency) =
         if one_by_one { (options.jobs.min(SEQUENTIAL_JOBS), 1) } else { (options.jobs, options.concurrency) };
     let base = format!("http://{}", node.http_addr());

@@ -145,7 +145,6 @@ impl Bus for MemoryBus {
             }
         }
         let inbox = format!("{INBOX_PREFIX}{}", self.inner.next_id.fetch_add(1, Ordering::Relaxed));
-        check_subject(&inbox, false)?;
         let (sender, reply) = oneshot::channel();
         self.inbox_table().insert(inbox.clone(), sender);
         let _inbox = Inbox(self, inbox.clone());

@@ -15,7 +15,7 @@ use weft_events::{
     Direction, DomainEvent, Envelope, EventStore, ExpectedVersion, NewEvent, Snapshot, StreamName, codec,
 };
 
-use super::batch::{Queued, run_queued, stamped};
+use super::batch::{Queued, Stop, run_queued, stamped};
 use super::{ACTIVATION_PAGE, Error, Execute, Options, Outcome, Restarts};
 use crate::aggregate::Aggregate;
 
@@ -295,8 +295,9 @@ pub struct AggregateActor<A: Aggregate> {
     pub(super) loaded: Option<Loaded<A>>,
     /// Commands and reads that came while others were being run: they go next, the commands in one append
     /// (see [`super::batch`]).
-    /// (Boxed: an actor must be `Unpin`, whatever its commands are.)
-    pub(super) queue: VecDeque<Box<Queued<A>>>,
+    /// (Boxed: an actor must be `Unpin`, and a `VecDeque` is only as `Unpin` as the commands it holds.)
+    #[allow(clippy::box_collection)]
+    pub(super) queue: Box<VecDeque<Queued<A>>>,
     /// Whether work is being run (`loaded` is taken).
     pub(super) busy: bool,
     /// Told to passivate while busy: it stops once its queue is done.
@@ -379,7 +380,7 @@ impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
     fn handle(&mut self, message: Execute<A>, ctx: &mut Context<Self>) -> Self::Result {
         self.last_used = Instant::now();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.queue.push_back(Box::new(Queued::Execute(message, reply)));
+        self.queue.push_back(Queued::Execute(message, reply));
         self.drain(ctx);
         Box::pin(async move {
             answer
@@ -400,23 +401,23 @@ impl<A: Aggregate> AggregateActor<A> {
             let reason = self.activation_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let reason = reason.unwrap_or_else(|| "the actor is stopping".into());
             for item in self.queue.drain(..) {
-                (*item).refuse(&format!("{} could not be activated: {reason}", self.stream));
+                item.refuse(&format!("{} could not be activated: {reason}", self.stream));
             }
             return;
         };
         self.busy = true;
         let before = loaded.version;
-        let queued: Vec<_> = self.queue.drain(..).collect();
+        let queued = std::mem::take(&mut *self.queue);
         let work = run_queued(self.store.clone(), self.stream.clone(), loaded, queued, self.options.clone());
         ctx.spawn(work.into_actor(self).map(move |(loaded, stop), actor, ctx| {
             actor.busy = false;
             actor.last_used = Instant::now();
-            if let Some(why) = stop {
-                if why.starts_with("panicked") {
+            if let Some((stop, not_run)) = stop {
+                if matches!(stop, Stop::Panicked(_)) {
                     actor.restarts.record(&actor.stream);
                 }
-                for item in actor.queue.drain(..) {
-                    (*item).refuse(&format!("{} restarts ({why}); try again", actor.stream));
+                for item in not_run.into_iter().chain(actor.queue.drain(..)) {
+                    item.refuse(&format!("{} restarts ({stop}); try again", actor.stream));
                 }
                 ctx.stop();
                 return;
@@ -477,7 +478,7 @@ impl<A: Aggregate> Handler<Inspect<A>> for AggregateActor<A> {
     fn handle(&mut self, _: Inspect<A>, ctx: &mut Context<Self>) -> Self::Result {
         self.last_used = Instant::now();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.queue.push_back(Box::new(Queued::Inspect(reply)));
+        self.queue.push_back(Queued::Inspect(reply));
         self.drain(ctx);
         Box::pin(async move { answer.await.ok().flatten() })
     }

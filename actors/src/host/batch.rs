@@ -50,62 +50,90 @@ impl<A: Aggregate> Queued<A> {
     }
 }
 
-/// Runs the queued work in order against `loaded`. Returns the instance and, when it must stop (a panic, or
-/// a failed read), why; the work not run then is refused.
+/// Why an instance stops after running its queue: its state in memory can no longer be trusted, so the next
+/// command starts a fresh actor that rehydrates from the store.
+#[derive(Debug)]
+pub(super) enum Stop {
+    /// `decide` or `evolve` panicked (counted towards the instance's restarts).
+    Panicked(String),
+    /// Reading the events of other writers failed, or folding them panicked.
+    ReadFailed,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Panicked(message) => write!(f, "the aggregate panicked: {message}"),
+            Self::ReadFailed => f.write_str("reading its events failed"),
+        }
+    }
+}
+
+/// Runs the queued work in order against `loaded`. Returns the instance and, when it must stop, why and the
+/// work not run.
 pub(super) async fn run_queued<A: Aggregate>(
     store: Arc<dyn EventStore>,
     stream: StreamName,
     mut loaded: Loaded<A>,
-    queued: Vec<Box<Queued<A>>>,
+    mut queue: VecDeque<Queued<A>>,
     options: Arc<Options>,
-) -> (Loaded<A>, Option<String>) {
-    let mut queued = VecDeque::from(queued);
-    while let Some(item) = queued.pop_front() {
-        let stop = match *item {
-            Queued::Inspect(reply) => {
-                if catch_up(&*store, &stream, &mut loaded, options.remembered_commands).await.is_ok() {
-                    let _ = reply.send(Some((loaded.version, loaded.state.clone())));
-                    None
-                } else {
-                    // A failed read or a panicking evolve may have left the state half folded: start afresh.
-                    let _ = reply.send(None);
-                    Some("reading its events failed".to_owned())
-                }
+) -> (Loaded<A>, Option<(Stop, VecDeque<Queued<A>>)>) {
+    while !queue.is_empty() {
+        let stop = if let Some(Queued::Inspect(reply)) = take_inspect(&mut queue) {
+            if catch_up(&*store, &stream, &mut loaded, options.remembered_commands).await.is_ok() {
+                let _ = reply.send(Some((loaded.version, loaded.state.clone())));
+                None
+            } else {
+                // A failed read or a panicking evolve may have left the state half folded: start afresh.
+                let _ = reply.send(None);
+                Some(Stop::ReadFailed)
             }
-            Queued::Execute(message, reply) => {
-                let mut group = VecDeque::from([(message, reply)]);
-                while group.len() < MAX_BATCH && queued.front().is_some_and(|q| matches!(**q, Queued::Execute(..))) {
-                    if let Some(Queued::Execute(message, reply)) = queued.pop_front().map(|q| *q) {
-                        group.push_back((message, reply));
-                    }
-                }
-                let stop;
-                (loaded, stop) = run_group(&store, &stream, loaded, group, &options).await;
-                stop
-            }
+        } else {
+            let stop;
+            (loaded, stop) = run_commands(&store, &stream, loaded, &mut queue, &options).await;
+            stop
         };
-        if let Some(why) = stop {
-            for item in queued {
-                (*item).refuse(&format!("{stream} restarts ({why}); try again"));
-            }
-            return (loaded, Some(why));
+        if let Some(stop) = stop {
+            return (loaded, Some((stop, queue)));
         }
     }
     (loaded, None)
 }
 
-/// Runs consecutive commands: as many at a time as decide to events in one append, the others one by one.
-async fn run_group<A: Aggregate>(
+/// The read at the front of `queue`, taken off it.
+fn take_inspect<A: Aggregate>(queue: &mut VecDeque<Queued<A>>) -> Option<Queued<A>> {
+    matches!(queue.front(), Some(Queued::Inspect(_))).then(|| queue.pop_front()).flatten()
+}
+
+/// The command at the front of `queue`, taken off it.
+fn take_command<A: Aggregate>(queue: &mut VecDeque<Queued<A>>) -> Option<(Execute<A>, Reply<A>)> {
+    match queue.pop_front()? {
+        Queued::Execute(message, reply) => Some((message, reply)),
+        read => {
+            queue.push_front(read);
+            None
+        }
+    }
+}
+
+/// Runs the commands at the front of `queue`, up to the next read: as many at a time as decide to events in
+/// one append, the others one by one.
+async fn run_commands<A: Aggregate>(
     store: &Arc<dyn EventStore>,
     stream: &StreamName,
     mut loaded: Loaded<A>,
-    mut group: VecDeque<(Execute<A>, Reply<A>)>,
+    queue: &mut VecDeque<Queued<A>>,
     options: &Arc<Options>,
-) -> (Loaded<A>, Option<String>) {
-    while !group.is_empty() {
+) -> (Loaded<A>, Option<Stop>) {
+    loop {
+        let commands = queue.iter().take(MAX_BATCH).map_while(|q| match q {
+            Queued::Execute(message, _) => Some(message),
+            Queued::Inspect(_) => None,
+        });
+        // How many commands from the front run one at a time: the next, or a combined append's after it failed.
         let mut alone = 1;
-        if let Some((working, decided)) = decide_together(&loaded, group.iter().map(|(m, _)| m)) {
-            let taken: Vec<_> = group.drain(..decided.len()).collect();
+        if let Some((working, decided)) = decide_together(&loaded, commands) {
+            let taken: Vec<_> = (0..decided.len()).map_while(|_| take_command(queue)).collect();
             match append_together(&**store, stream, &mut loaded, working, &taken, decided, options).await {
                 Ok(outcomes) => {
                     for ((_, reply), outcome) in taken.into_iter().zip(outcomes) {
@@ -116,14 +144,14 @@ async fn run_group<A: Aggregate>(
                 Err(e) => {
                     tracing::debug!(%stream, error = %e, commands = taken.len(), "a combined append failed; one at a time");
                     alone = taken.len();
-                    for entry in taken.into_iter().rev() {
-                        group.push_front(entry);
+                    for (message, reply) in taken.into_iter().rev() {
+                        queue.push_front(Queued::Execute(message, reply));
                     }
                 }
             }
         }
         for _ in 0..alone {
-            let Some((message, reply)) = group.pop_front() else { break };
+            let Some((message, reply)) = take_command(queue) else { return (loaded, None) };
             if let Some((_, outcome)) = loaded.recent.iter().find(|(id, _)| *id == message.command_id) {
                 let _ = reply.send(Ok(Outcome { repeated: true, ..*outcome }));
                 continue;
@@ -141,16 +169,11 @@ async fn run_group<A: Aggregate>(
                     tracing::error!(%stream, %message, "the aggregate panicked; restarting it from the store");
                     let why = format!("the aggregate failed on this command ({message}) and restarts");
                     let _ = reply.send(Err(Error::Unavailable(why)));
-                    for (_, reply) in group {
-                        let _ =
-                            reply.send(Err(Error::Unavailable(format!("{stream} restarts after a panic; try again"))));
-                    }
-                    return (loaded, Some(format!("panicked: {message}")));
+                    return (loaded, Some(Stop::Panicked(message)));
                 }
             }
         }
     }
-    (loaded, None)
 }
 
 /// The longest run of commands from the front that can share one append, when it is two or more: the state

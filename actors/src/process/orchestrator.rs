@@ -11,10 +11,6 @@
 //! finish waits for a handler; first come, first served); the first in line also asks again every
 //! [`CAPACITY_RECHECK`] (a slot freed through another node), the others every [`CAPACITY_RECHECK_IN_LINE`].
 //! An agent that is disabled or unknown fails the step for good.
-//!
-//! A task's success reaches its job from the worker directly (see [`super::worker`]); the orchestrator's report
-//! of it follows and repeats it harmlessly, and is what brings it to the job should the worker stop between
-//! the two records.
 
 use weft_events::Envelope;
 use weft_events::domain::ids::{AgentId, JobId};

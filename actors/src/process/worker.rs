@@ -2,7 +2,7 @@
 //! providers implement it), and reports the outcome to the agent.
 //!
 //! A task runs at most once. Before it runs, the worker records that it started (the agent's
-//! `task_started`, then the job's `step_started`), and the task is in the worker's checkpointed state until its
+//! `task_started` and the job's `step_started`, sent at once), and the task is in the worker's checkpointed state until its
 //! outcome is recorded. A task found started but not finished after a restart was interrupted: the worker
 //! fails it as retryable instead of running it again, so the job's retry policy decides, as a new attempt,
 //! whether it runs again. Every run of a step is therefore one of its recorded attempts.
@@ -221,7 +221,7 @@ fn interrupted() -> TaskError {
 async fn execute<G: Gateway>(gateway: G, executor: Rc<dyn Executor>, task: Task, correlation: Option<Uuid>) {
     let started = Instant::now();
     let timeout = Duration::from_millis(task.step.timeout_ms);
-    let (id, agent, job, step, attempt) = (task.id, task.agent, task.job, task.step.name.clone(), task.attempt);
+    let (id, agent) = (task.id, task.agent);
     let result = match tokio::time::timeout(timeout, executor.run(task)).await {
         Ok(result) => result,
         Err(_) => Err(TaskError { message: format!("timed out after {} ms", timeout.as_millis()), retryable: true }),
@@ -239,28 +239,13 @@ async fn execute<G: Gateway>(gateway: G, executor: Rc<dyn Executor>, task: Task,
                     latency_ms,
                     at: Timestamp::now(),
                 };
-                // The job hears of it at once too, in the same group commit, rather than from the orchestrator
-                // once the agent's record is read back (which still follows, and repeats it harmlessly). The
-                // job takes an output only for the attempt it is waiting for.
-                let report = job::Command::CompleteStep {
-                    step: step.clone(),
-                    attempt,
-                    output: output.document,
-                    at: Timestamp::now(),
-                };
-                let (agent_stream, job_stream) = (agent.stream(), job.stream());
-                let (recorded, reported) = futures::join!(
-                    send::<Agent, _>(&gateway, &agent_stream, derived_id(id, "complete"), complete, NAME, correlation),
-                    send::<Job, _>(&gateway, &job_stream, derived_id(id, "report"), report, NAME, correlation)
-                );
-                if let Ok(Err(rejection)) = reported {
-                    tracing::debug!(%job, task = %id, %rejection, "the job did not take a task's output");
-                }
-                recorded.map(|outcome| {
-                    if let Err(rejection) = outcome {
-                        tracing::warn!(%agent, task = %id, %rejection, "the agent did not take a task's output");
-                    }
-                })
+                send::<Agent, _>(&gateway, &agent.stream(), derived_id(id, "complete"), complete, NAME, correlation)
+                    .await
+                    .map(|outcome| {
+                        if let Err(rejection) = outcome {
+                            tracing::warn!(%agent, task = %id, %rejection, "the agent did not take a task's output");
+                        }
+                    })
             }
             Err(error) => fail(&gateway, agent, id, error.clone(), correlation).await,
         };
