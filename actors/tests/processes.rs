@@ -344,3 +344,82 @@ async fn a_process_that_ends_is_restarted_from_its_checkpoint_and_says_so() {
     running.stop().await.unwrap();
     assert_eq!(health.report().state, State::Stopped);
 }
+
+/// Submits a one-step job for `agent` as `tenant` with `priority`; its step is named `step`.
+async fn submit_as(world: &World, agent: AgentId, tenant: &str, priority: i32, step: &str) -> DocumentId {
+    let input = DocumentId::new();
+    let mut steps = three_step_dag(agent, 1, 10, 30_000);
+    steps.truncate(1);
+    steps[0].name = step.into();
+    let submit = job::Command::Submit {
+        workflow: WorkflowId::new(),
+        workflow_version: 1,
+        steps,
+        inputs: vec![input],
+        priority,
+        idempotency_key: None,
+        parameters: Default::default(),
+        at: Timestamp::now(),
+    };
+    let metadata = Metadata { tenant: Some(tenant.into()), ..Metadata::default() };
+    let execute = Execute { command_id: Uuid::now_v7(), command: submit, expected_version: None, metadata };
+    world.hosts.job.execute(&JobId::new().stream(), execute).await.expect("the job is submitted");
+    input
+}
+
+#[actix_rt::test]
+async fn a_saturated_agent_serves_higher_priorities_first_and_the_tenants_of_one_priority_in_turn() {
+    let world = world().await;
+    // One slot, held by a step that takes a while: everything after it waits in line.
+    let agent = AgentId::new();
+    run(&world.hosts.agent, &agent.stream(), agent::Command::Register { profile: agent_profile(1), at: Timestamp::now() })
+        .await;
+    let executor = Rc::new(ScriptedExecutor::new().on("hold", 1, Scripted::Sleep { ms: 1_500 }));
+    let processes = Processes::start(world.hosts.clone(), world.store.clone(), Some(executor.clone()), fast());
+    submit_as(&world, agent, "a", 0, "hold").await;
+    eventually("the first step holds the slot", async || (executor.runs().len() == 1).then_some(())).await;
+
+    // Submitted in this order: (tenant, priority, name).
+    let jobs = [
+        ("a", 0, "a-low-1"),
+        ("a", 0, "a-low-2"),
+        ("b", 0, "b-low-1"),
+        ("a", 0, "a-low-3"),
+        ("a", 5, "a-high-1"),
+        ("b", 0, "b-low-2"),
+        ("b", 5, "b-high-1"),
+        ("a", 5, "a-high-2"),
+        ("a", 0, "a-low-4"),
+    ];
+    for (tenant, priority, name) in jobs {
+        submit_as(&world, agent, tenant, priority, name).await;
+    }
+    eventually("every step waits in line", async || (processes.waiting() == [(agent, jobs.len())]).then_some(())).await;
+    eventually("every step has run", async || (executor.runs().len() == 1 + jobs.len()).then_some(())).await;
+
+    let served: Vec<String> = executor.runs().into_iter().skip(1).map(|r| r.step).collect();
+    let level = |priority: i32| -> Vec<&str> {
+        served.iter().map(String::as_str).filter(|s| jobs.iter().any(|(_, p, n)| n == s && *p == priority)).collect()
+    };
+    // Every high step before any low one.
+    assert_eq!(served[..3].iter().filter(|s| s.contains("high")).count(), 3, "{served:?}");
+    for priority in [5, 0] {
+        let order = level(priority);
+        for tenant in ["a", "b"] {
+            let theirs: Vec<&str> = order.iter().copied().filter(|s| s.starts_with(tenant)).collect();
+            let mut logged = theirs.clone();
+            logged.sort();
+            assert_eq!(theirs, logged, "{tenant}'s steps in log order: {served:?}");
+        }
+        // The tenants take turns while both have steps waiting: a tenant goes twice in a row only when the
+        // other has none left.
+        for (i, pair) in order.windows(2).enumerate() {
+            if pair[0][..1] == pair[1][..1] {
+                let other = if pair[0].starts_with('a') { "b" } else { "a" };
+                assert!(!order[i + 1..].iter().any(|s| s.starts_with(other)), "{other} was passed over: {served:?}");
+            }
+        }
+    }
+    assert_eq!(processes.waiting(), []);
+    processes.stop().await.unwrap();
+}

@@ -104,6 +104,9 @@ pub struct Job {
     /// Its parameters, for the steps' instructions.
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// Its priority: its steps take a busy agent's free slots before those of lower priorities.
+    #[serde(default)]
+    pub priority: i32,
     /// Lines in its log.
     pub log_lines: u32,
     /// The first attempt of each step's current round, for steps run again by a retry of the job (a step not
@@ -370,6 +373,7 @@ impl Aggregate for Job {
                 self.steps = e.steps.clone();
                 self.inputs = e.inputs.clone();
                 self.parameters = e.parameters.clone();
+                self.priority = e.priority;
                 self.progress = e.steps.iter().map(|s| (s.name.clone(), StepState::Waiting)).collect();
             }
             Event::StepScheduled(e) => set(&e.step, StepState::Scheduled { attempt: e.attempt }),

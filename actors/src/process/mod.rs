@@ -25,6 +25,7 @@
 //! as it takes. One that ends anyway (a corrupt checkpoint, a panic in a handler) is logged and started again
 //! from its checkpoint, with back-off. Its [`Health`] says which it is doing, for the node's `/readyz`.
 
+mod line;
 pub mod orchestrator;
 mod overlap;
 pub mod timers;
@@ -38,7 +39,7 @@ use futures::{FutureExt, StreamExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
-use weft_events::domain::ids::Uuid;
+use weft_events::domain::ids::{AgentId, Uuid};
 use weft_events::{Checkpoint, Envelope, Error as StoreError, EventStore, Health, StreamName, Timestamp, codec};
 
 use crate::Aggregate;
@@ -49,6 +50,7 @@ use crate::job::Job;
 use crate::schedule::Schedule;
 use crate::workflow::Workflow;
 
+pub use self::line::Lines;
 pub use self::overlap::OVERLAP_WINDOW;
 use self::overlap::Overlap;
 
@@ -521,6 +523,7 @@ pub(crate) fn decode<E: weft_events::DomainEvent>(event: &Envelope) -> Option<E>
 /// The orchestrator, the worker (when there is an executor) and the timer service, running together.
 pub struct Processes {
     running: Vec<(&'static str, Running)>,
+    lines: Lines,
 }
 
 impl Processes {
@@ -544,9 +547,10 @@ impl Processes {
         select: Option<std::rc::Rc<dyn timers::Select>>,
         options: RunOptions,
     ) -> Self {
+        let lines = Lines::default();
         let mut running = vec![(
             "orchestrator",
-            start(orchestrator::Orchestrator::new(gateway.clone()), store.clone(), options.clone()),
+            start(orchestrator::Orchestrator::new(gateway.clone(), lines.clone()), store.clone(), options.clone()),
         )];
         if let Some(executor) = executor {
             running.push((
@@ -555,7 +559,12 @@ impl Processes {
             ));
         }
         running.push(("timers", start(timers::TimerService::new(gateway, select), store, options)));
-        Self { running }
+        Self { running, lines }
+    }
+
+    /// How many steps wait on this node for a slot of a busy agent, by agent.
+    pub fn waiting(&self) -> Vec<(AgentId, usize)> {
+        self.lines.waiting()
     }
 
     /// Each one's name and health.

@@ -6,16 +6,18 @@
 //! task's report is its job's, not its agent's).
 //!
 //! An agent at its concurrency limit does not fail the step: the step waits for a free slot, so a busy agent
-//! holds back the jobs waiting for it instead of spending their attempts; other jobs go on. A waiting step is
-//! woken as the orchestrator reads that a task of that agent finished ([`Process::noticed`], before the
-//! finish waits for a handler; first come, first served); the first in line also asks again every
-//! [`CAPACITY_RECHECK`] (a slot freed through another node), the others every [`CAPACITY_RECHECK_IN_LINE`].
+//! holds back the jobs waiting for it instead of spending their attempts; other jobs go on. The steps waiting
+//! for one agent form a [`line`](super::line): higher priority first, the tenants of one priority in turn,
+//! each tenant's steps in log order. The step next in line is woken as the orchestrator reads that a task of
+//! that agent finished ([`Process::noticed`], before the finish waits for a handler); it also asks again every
+//! [`CAPACITY_RECHECK`] (a slot freed through another node). The others only wait for their turn.
 //! An agent that is disabled or unknown fails the step for good.
 
 use weft_events::Envelope;
 use weft_events::domain::ids::{AgentId, JobId};
 use weft_events::domain::{agent as agent_events, job as job_events};
 
+use super::line::Lines;
 use super::{Gateway, Process, Retry, decode, derived_id, inspect, jitter_of, send};
 use crate::agent::{self, Agent, Rejection as AgentRejection};
 use crate::job::{self, Job, StepState};
@@ -24,36 +26,20 @@ use crate::job::{self, Job, StepState};
 /// another node, or while the events that would wake it wait behind a full window of waiting steps.
 pub const CAPACITY_RECHECK: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// How often every other waiting step asks again on its own (a safety net only: they are woken in turn).
+/// How often every other waiting step looks whether it has become next in line without being woken (a safety
+/// net only: the step before it wakes it as it leaves the line).
 pub const CAPACITY_RECHECK_IN_LINE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The steps waiting for a slot of each agent, first come first served.
-type Waiting = std::collections::HashMap<AgentId, std::collections::VecDeque<tokio::sync::oneshot::Sender<()>>>;
 
 /// See the module doc.
 pub struct Orchestrator<G> {
     gateway: G,
-    waiting: std::cell::RefCell<Waiting>,
+    lines: Lines,
 }
 
 impl<G: Gateway> Orchestrator<G> {
-    /// An orchestrator sending its commands through `gateway`.
-    pub fn new(gateway: G) -> Self {
-        Self { gateway, waiting: Default::default() }
-    }
-
-    /// Wakes the first step still waiting for a slot of `agent`.
-    fn wake_one(&self, agent: AgentId) {
-        let mut waiting = self.waiting.borrow_mut();
-        let Some(queue) = waiting.get_mut(&agent) else { return };
-        while let Some(waiter) = queue.pop_front() {
-            if waiter.send(()).is_ok() {
-                break;
-            }
-        }
-        if queue.is_empty() {
-            waiting.remove(&agent);
-        }
+    /// An orchestrator sending its commands through `gateway`, its waiting steps in `lines`.
+    pub fn new(gateway: G, lines: Lines) -> Self {
+        Self { gateway, lines }
     }
 
     async fn step_scheduled(&self, event: &Envelope, scheduled: job_events::StepScheduled) -> Result<(), Retry> {
@@ -75,9 +61,9 @@ impl<G: Gateway> Orchestrator<G> {
         let agent_id = step.agent;
         let mut first = true;
         let refused = loop {
-            // A first try goes behind the steps waiting already; a step woken for a free slot tries at once.
-            let queued = self.waiting.borrow().get(&agent_id).is_some_and(|q| !q.is_empty());
-            if !(first && queued) {
+            // A first try goes behind the steps waiting already at its priority or above; a step whose turn
+            // it is tries at once.
+            if !(first && self.lines.waits_at_or_above(agent_id, state.priority)) {
                 let outcome = send::<Agent, _>(
                     &self.gateway,
                     &agent_id.stream(),
@@ -86,36 +72,45 @@ impl<G: Gateway> Orchestrator<G> {
                     Self::NAME,
                     correlation,
                 )
-                .await?;
+                .await;
                 match outcome {
-                    Ok(_) | Err(AgentRejection::DuplicateTask(_)) => {
-                        // The next in line may find a slot too; if not, it waits at the front and asks again.
+                    Ok(Ok(_) | Err(AgentRejection::DuplicateTask(_))) => {
+                        // The next in line may find a slot too; if not, it goes back and asks again.
                         if !first {
-                            self.wake_one(agent_id);
+                            self.lines.wake(agent_id);
                         }
                         return Ok(());
                     }
-                    Err(AgentRejection::AtCapacity { .. }) => {}
-                    Err(rejection) => break rejection,
+                    Ok(Err(AgentRejection::AtCapacity { .. })) => {}
+                    Ok(Err(rejection)) => {
+                        if !first {
+                            self.lines.wake(agent_id);
+                        }
+                        break rejection;
+                    }
+                    Err(retry) => {
+                        // Tried again later from the start; meanwhile the turn passes on.
+                        if !first {
+                            self.lines.wake(agent_id);
+                        }
+                        return Err(retry);
+                    }
                 }
             }
-            // Wait for a slot: at the back on a first try, at the front again after a wake-up that found the
-            // slot taken. Only the first in line asks again on its own, so waiting steps do not flood the agent.
-            let (waiter, woken) = tokio::sync::oneshot::channel();
-            let head = {
-                let mut waiting = self.waiting.borrow_mut();
-                let queue = waiting.entry(agent_id).or_default();
-                if first {
-                    queue.push_back(waiter);
-                    queue.len() == 1
-                } else {
-                    queue.push_front(waiter);
-                    true
-                }
-            };
+            // Wait for a slot: in the line on a first try, back where it was after a turn that found the slot
+            // taken. Only the step next in line asks again on its own, so waiting steps do not flood the agent.
+            let (waiter, mut woken) = tokio::sync::oneshot::channel();
+            self.lines.join(agent_id, state.priority, event.tenant.clone(), event.position, waiter, !first);
             first = false;
-            let recheck = if head { CAPACITY_RECHECK } else { CAPACITY_RECHECK_IN_LINE };
-            let _ = tokio::time::timeout(recheck, woken).await;
+            loop {
+                let head = self.lines.is_head(agent_id, event.position);
+                let recheck = if head { CAPACITY_RECHECK } else { CAPACITY_RECHECK_IN_LINE };
+                match tokio::time::timeout(recheck, &mut woken).await {
+                    Ok(_) => break,
+                    Err(_) if self.lines.take_if_head(agent_id, event.position) => break,
+                    Err(_) => {}
+                }
+            }
         };
         let retryable = false;
         let fail = job::Command::FailStep {
@@ -190,7 +185,7 @@ impl<G: Gateway> Process for Orchestrator<G> {
         if matches!(&*event.event_type, "agent.task_completed" | "agent.task_failed")
             && let Some(agent) = AgentId::from_stream(&event.stream)
         {
-            self.wake_one(agent);
+            self.lines.wake(agent);
         }
     }
 
