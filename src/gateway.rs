@@ -1,7 +1,8 @@
 //! The process managers' way to the aggregates over the bus: commands go out as requests on
 //! `weft.cmd.<aggregate>.<id>` and whichever node's intake takes them runs them; state is read from the
-//! shared store. With NATS configured, a job on one node drives an agent on another, and nothing in the
-//! domain knows which node holds which actor.
+//! shared store, through this node's own actors when it has them ([`BusGateway::with_hosts`]). With NATS
+//! configured, a job on one node drives an agent on another, and nothing in the domain knows which node
+//! holds which actor.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,12 +28,21 @@ pub struct BusGateway {
     store: Arc<dyn EventStore>,
     timeout: Duration,
     token: Option<NodeToken>,
+    hosts: Option<weft_actors::process::Hosts>,
 }
 
 impl BusGateway {
     /// A gateway sending commands over `bus` and reading state from `store`.
     pub fn new(bus: Arc<dyn Bus>, store: Arc<dyn EventStore>, timeout: Duration) -> Self {
-        Self { bus, store, timeout, token: None }
+        Self { bus, store, timeout, token: None, hosts: None }
+    }
+
+    /// The same gateway, reading state through `hosts` (this node's actors over the same store): an instance
+    /// live here reads only the events appended since it last looked (by any node: the actor catches up
+    /// from the store before it answers), instead of its snapshot and events every time; one not live is
+    /// loaded once and stays, within the hosts' `max_live`.
+    pub fn with_hosts(self, hosts: weft_actors::process::Hosts) -> Self {
+        Self { hosts: Some(hosts), ..self }
     }
 
     /// The same gateway, sending its commands with the node's own token (needed by intakes that authenticate:
@@ -109,6 +119,9 @@ impl Gateway for BusGateway {
     }
 
     async fn state<A: Aggregate>(&self, stream: &StreamName) -> Result<A, host::Error<A::Rejection>> {
-        host::load_state::<A>(&*self.store, stream).await.map(|(state, _)| state)
+        match &self.hosts {
+            Some(hosts) => hosts.state::<A>(stream).await,
+            None => host::load_state::<A>(&*self.store, stream).await.map(|(state, _)| state),
+        }
     }
 }

@@ -372,8 +372,12 @@ async fn a_saturated_agent_serves_higher_priorities_first_and_the_tenants_of_one
     let world = world().await;
     // One slot, held by a step that takes a while: everything after it waits in line.
     let agent = AgentId::new();
-    run(&world.hosts.agent, &agent.stream(), agent::Command::Register { profile: agent_profile(1), at: Timestamp::now() })
-        .await;
+    run(
+        &world.hosts.agent,
+        &agent.stream(),
+        agent::Command::Register { profile: agent_profile(1), at: Timestamp::now() },
+    )
+    .await;
     let executor = Rc::new(ScriptedExecutor::new().on("hold", 1, Scripted::Sleep { ms: 1_500 }));
     let processes = Processes::start(world.hosts.clone(), world.store.clone(), Some(executor.clone()), fast());
     submit_as(&world, agent, "a", 0, "hold").await;

@@ -182,13 +182,14 @@ impl Node {
         let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let http_addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
         let auth = start_auth(options, shared.clone())?;
+        let hosts = Hosts::new(shared.clone(), options.host.options());
         let gateway = BusGateway::new(bus.clone(), shared.clone(), crate::gateway::DEFAULT_TIMEOUT)
-            .with_token(auth.as_ref().map(|(_, node)| node.clone()));
+            .with_token(auth.as_ref().map(|(_, node)| node.clone()))
+            .with_hosts(hosts.clone());
         let verifier = auth.map(|(verifier, _)| Arc::new(verifier));
         let objects_dir = options.objects_dir();
         let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
         // The command intake checks documents' upload commands against the object store.
-        let hosts = Hosts::new(shared.clone(), options.host.options());
         let intake_options = IntakeOptions {
             limits: crate::protocol::BodyLimits { max_bytes: options.http.max_body_bytes, ..Default::default() },
             max_in_flight: options.intake.max_commands_in_flight,

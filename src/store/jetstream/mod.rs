@@ -344,11 +344,10 @@ impl EventRead for JetStreamStore {
             return Ok(Vec::new());
         }
         let from = from.max(1);
-        let filter = format!("{}.>", self.inner.config.subject_prefix);
         // Positions are dense, so everything up to the furthest sequence this store knows of must come back.
         let known = self.inner.events.seen().max(*self.inner.head.borrow());
         let want = if known >= from { limit.min((known - from + 1) as usize) } else { 0 };
-        let messages = self.complete(want, || self.get_batch(from, &filter, limit)).await?;
+        let messages = self.complete(want, || self.get_batch(from, None, limit)).await?;
         let mut names = record::Names::default();
         let mut events = Vec::new();
         for message in messages {
