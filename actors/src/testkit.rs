@@ -183,6 +183,8 @@ pub enum Scripted {
 /// One run of a task, as a [`ScriptedExecutor`] saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {
+    /// The job.
+    pub job: weft_events::domain::ids::JobId,
     /// The step.
     pub step: String,
     /// The attempt.
@@ -192,11 +194,13 @@ pub struct Run {
 }
 
 /// The test executor: does each attempt as its script says (succeed unless told otherwise), after a fixed
-/// delay, and remembers every run. With a log file it also appends `step attempt` to it, flushed to disk,
-/// before each run: what a test that kills the process counts runs from.
+/// delay, and remembers every run. With a log file it also appends `job step attempt` to it, flushed to
+/// disk, before each run: what a test that kills the process counts runs from.
 #[derive(Default)]
 pub struct ScriptedExecutor {
     script: std::collections::HashMap<(String, u32), Scripted>,
+    /// Scripts of one job, before those of every job.
+    job_script: std::collections::HashMap<(weft_events::domain::ids::JobId, String, u32), Scripted>,
     delay_ms: u64,
     log: Option<std::path::PathBuf>,
     runs: std::sync::Mutex<Vec<Run>>,
@@ -211,6 +215,12 @@ impl ScriptedExecutor {
     /// Attempt `attempt` of `step` does `what`.
     pub fn on(mut self, step: &str, attempt: u32, what: Scripted) -> Self {
         self.script.insert((step.into(), attempt), what);
+        self
+    }
+
+    /// Attempt `attempt` of `step` of `job` does `what` (before what [`Self::on`] says for every job).
+    pub fn on_job(mut self, job: weft_events::domain::ids::JobId, step: &str, attempt: u32, what: Scripted) -> Self {
+        self.job_script.insert((job, step.into(), attempt), what);
         self
     }
 
@@ -246,15 +256,21 @@ impl crate::process::worker::Executor for ScriptedExecutor {
         use std::io::Write;
         if let Some(path) = &self.log {
             let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("the run log opens");
-            writeln!(file, "{} {}", task.step.name, task.attempt).expect("the run log takes a line");
+            writeln!(file, "{} {} {}", task.job, task.step.name, task.attempt).expect("the run log takes a line");
             file.sync_all().expect("the run log syncs");
         }
         self.runs.lock().unwrap_or_else(|p| p.into_inner()).push(Run {
+            job: task.job,
             step: task.step.name.clone(),
             attempt: task.attempt,
             inputs: task.inputs.clone(),
         });
-        let what = self.script.get(&(task.step.name.clone(), task.attempt)).cloned().unwrap_or(Scripted::Succeed);
+        let what = self
+            .job_script
+            .get(&(task.job, task.step.name.clone(), task.attempt))
+            .or_else(|| self.script.get(&(task.step.name.clone(), task.attempt)))
+            .cloned()
+            .unwrap_or(Scripted::Succeed);
         let delay = match what {
             Scripted::Sleep { ms } => ms,
             _ => self.delay_ms,
