@@ -5,6 +5,7 @@
 //! | `commands-1`, `commands-100`, `commands-10000` | `AddVersion` commands to that many document aggregates, from 16 to 256 concurrent senders | a command | the same events appended straight to the store, one writer per aggregate (at most one per sender) |
 //! | `activation-replay`, `activation-snapshot` | a fresh host answering its first question about a document with 10,000 events, without and with a snapshot | an activation | - |
 //! | `memory-per-actor` | 10,000 idle live actors; `bytes` is the growth of the resident set per actor | - | - |
+//! | `touch-1m` | one `Register` to each of `--touch` (1,000,000) fresh documents from 256 senders, with `max_live` 10,000; `bytes` is the peak resident set of the process during the case | a command | - |
 //!
 //! All actors run on one actix arbiter (one thread), as a node runs them today.
 
@@ -30,6 +31,9 @@ pub struct Options {
     /// Commands in each `commands-*` case.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     pub commands: u64,
+    /// Distinct documents the `touch-1m` case sends one command each.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1_000..=10_000_000))]
+    pub touch: u64,
     /// Durability of every commit.
     #[arg(long, value_enum, default_value_t = Synchronous::Full)]
     pub synchronous: Synchronous,
@@ -46,6 +50,9 @@ const ACTIVATIONS: usize = 50;
 
 /// Idle actors for the memory case.
 const IDLE_ACTORS: usize = 10_000;
+
+/// Most live actors in the `touch-1m` case.
+const TOUCH_MAX_LIVE: usize = 10_000;
 
 fn execute(command: Command) -> Execute<Document> {
     Execute { command_id: Uuid::now_v7(), command, expected_version: None, metadata: Metadata::default() }
@@ -93,7 +100,8 @@ async fn run_in(dir: &std::path::Path, options: &Options) -> anyhow::Result<Vec<
     let mut store_options = StoreOptions::new(dir.join("events.db"));
     store_options.synchronous = options.synchronous;
     let store = SqliteStore::open(store_options)?;
-    let mut reports = Vec::new();
+    // First, so that its peak resident set is its own and not what the allocator kept of the other cases.
+    let mut reports = vec![touch_case(&store, options.touch).await?];
     for aggregates in [1usize, 100, 10_000] {
         reports.push(commands_case(&store, aggregates, options.commands).await?);
         eprintln!("commands-{aggregates}: done");
@@ -242,5 +250,71 @@ async fn memory_case(store: &SqliteStore) -> anyhow::Result<Report> {
         baseline_ops_per_s: 0.0,
         bytes: Some(after.saturating_sub(before) / IDLE_ACTORS as u64),
         note: format!("{IDLE_ACTORS} idle actors; ops: activations"),
+    })
+}
+
+/// The peak resident set of this process since [`reset_peak`], in bytes (Linux's `VmHWM`).
+fn peak_resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches("kB").trim().to_owned()))
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Starts the peak resident set again from the current one (Linux: `5` to `/proc/self/clear_refs`), so a case's
+/// peak is its own and not an earlier case's; false when the kernel refuses.
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+async fn touch_case(store: &SqliteStore, touch: u64) -> anyhow::Result<Report> {
+    let options = HostOptions { max_live: TOUCH_MAX_LIVE, ..HostOptions::default() };
+    let host = Host::<Document>::new(Arc::new(store.clone()), options);
+    let reset = reset_peak();
+    let senders = MAX_SENDERS as u64;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for sender in 0..senders {
+        let host = host.clone();
+        tasks.push(actix_rt::spawn(async move {
+            let mut latencies = Latencies::default();
+            let mut most_live = 0;
+            for _ in (sender..touch).step_by(senders as usize) {
+                let stream = DocumentId::new().stream();
+                let t = Instant::now();
+                host.execute(&stream, execute(register())).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                latencies.record(t.elapsed());
+                most_live = most_live.max(host.live());
+            }
+            anyhow::Ok((latencies, most_live))
+        }));
+    }
+    let mut latencies = Latencies::default();
+    let mut most_live = 0;
+    for task in tasks {
+        let (theirs, live) = task.await??;
+        latencies.extend(theirs);
+        most_live = most_live.max(live);
+    }
+    let elapsed = started.elapsed();
+    let peak = peak_resident_bytes();
+    eprintln!(
+        "touch-1m: {touch} documents in {:.1} s; peak resident {} MiB{}; at most {most_live} actors running (passivated ones stop after their mailbox)",
+        elapsed.as_secs_f64(),
+        peak >> 20,
+        if reset { "" } else { " (of the whole run: the kernel refused to reset the peak)" }
+    );
+    Ok(Report {
+        bench: "actors",
+        case: "touch-1m".into(),
+        ops_per_s: rate(touch, elapsed),
+        p50_ms: latencies.percentile_ms(50.0),
+        p99_ms: latencies.percentile_ms(99.0),
+        baseline_ops_per_s: 0.0,
+        bytes: Some(peak),
+        note: format!("one command to each of {touch} documents, max_live {TOUCH_MAX_LIVE}; bytes: peak resident"),
     })
 }
