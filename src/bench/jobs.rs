@@ -4,6 +4,7 @@
 //! | --- | --- | --- | --- |
 //! | `builtin-embedded` | `--jobs` one-step jobs of the built-in `summarize` workflow (builtin provider) over small uploaded documents, submitted by `--concurrency` clients, on the embedded defaults (SQLite, in-process bus, local object store) | a job done; latency from `submitted_at` to `finished_at` in the jobs read model | the raw work |
 //! | `builtin-embedded-1` | up to 200 of the same jobs from one client, each submitted when the one before has ended (read back from the jobs read model every 0.5 ms), on the same node after the first case | the same | the raw work one at a time |
+//! | `dag3-embedded-1` | up to 200 jobs of three builtin steps from one client, one after another as in `builtin-embedded-1`: `first` summarises the input, then `left` and `right` each summarise `first`'s output, at once | the same | the raw work of the same three tasks (the last two at once), one job at a time |
 //! | `builtin-nats` | the same with the node on NATS and its events in JetStream (a local `nats-server`, started by the bench) | the same | the raw work |
 //!
 //! The baseline is the raw work of the same jobs without the platform, in the same run: read the input
@@ -60,8 +61,9 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     std::fs::create_dir_all(&embedded)?;
     // Measured without authentication, as Celery on Redis runs here.
     let node = Node::start_in(&embedded, &["--insecure-no-auth"]).await?;
-    let mut reports = vec![case(&node, &embedded, "builtin-embedded", Clients::Many, options).await?];
-    reports.push(case(&node, &embedded, "builtin-embedded-1", Clients::OneByOne, options).await?);
+    let mut reports = vec![case(&node, &embedded, "builtin-embedded", (Clients::Many, Shape::One), options).await?];
+    reports.push(case(&node, &embedded, "builtin-embedded-1", (Clients::OneByOne, Shape::One), options).await?);
+    reports.push(case(&node, &embedded, "dag3-embedded-1", (Clients::OneByOne, Shape::Dag3), options).await?);
     node.stop().await?;
 
     let server = NatsServer::start()?;
@@ -69,7 +71,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     std::fs::create_dir_all(&nats)?;
     let url = server.url();
     let node = Node::start_in(&nats, &["--nats", &url, "--jetstream", "--insecure-no-auth"]).await?;
-    reports.push(case(&node, &nats, "builtin-nats", Clients::Many, options).await?);
+    reports.push(case(&node, &nats, "builtin-nats", (Clients::Many, Shape::One), options).await?);
     node.stop().await?;
     Ok(reports)
 }
@@ -82,57 +84,100 @@ struct Raw {
     write_ms: f64,
 }
 
-/// The raw work of `jobs` jobs over `text`: see the module doc.
-async fn raw_work(dir: &Path, jobs: u64, at_once: usize, text: &'static str) -> anyhow::Result<Raw> {
+/// One raw task: read the object `input`, summarise it with the builtin provider, write the summary to
+/// `output`. Returns the time of each part.
+async fn raw_task(
+    objects: &crate::objects::local::LocalStore,
+    input: &str,
+    output: &str,
+) -> anyhow::Result<(Duration, Duration, Duration)> {
     use crate::agents::Provider as _;
+    use crate::objects::ObjectStore as _;
+    let t0 = Instant::now();
+    let mut read = Vec::new();
+    let mut stream = objects.get(input).await?;
+    while let Some(chunk) = stream.next().await {
+        read.extend_from_slice(&chunk?);
+    }
+    let t1 = Instant::now();
+    let request = crate::agents::Request {
+        model: "summarize".into(),
+        instructions: String::new(),
+        prompt: String::new(),
+        input: String::from_utf8(read)?,
+        input_content_type: "text/plain".into(),
+        parameters: Default::default(),
+    };
+    let completion = crate::agents::builtin::Builtin.complete(request).await?;
+    let t2 = Instant::now();
+    let body = futures::stream::iter([Ok(bytes::Bytes::from(completion.text))]).boxed();
+    objects.put(output, "text/plain", body).await?;
+    Ok((t1 - t0, t2 - t1, t2.elapsed()))
+}
+
+/// The raw work of `jobs` jobs of `shape` over `text`, `at_once` jobs at a time: see the module doc.
+async fn raw_work(dir: &Path, jobs: u64, at_once: usize, shape: Shape, text: &'static str) -> anyhow::Result<Raw> {
     use crate::objects::ObjectStore as _;
     let root = dir.join("raw-objects");
     let objects = crate::objects::local::LocalStore::open(&root, "http://127.0.0.1:1", None)?;
-    let body = |text: String| futures::stream::iter([Ok(bytes::Bytes::from(text))]).boxed();
     let input = "bench/input".to_owned();
-    objects.put(&input, "text/plain", body(text.to_owned())).await?;
+    objects.put(&input, "text/plain", futures::stream::iter([Ok(bytes::Bytes::from(text))]).boxed()).await?;
     let started = Instant::now();
-    let parts: Vec<anyhow::Result<(Duration, Duration, Duration)>> = futures::stream::iter(0..jobs)
+    let parts: Vec<anyhow::Result<Vec<(Duration, Duration, Duration)>>> = futures::stream::iter(0..jobs)
         .map(|i| {
             let (objects, input) = (objects.clone(), input.clone());
             async move {
-                let t0 = Instant::now();
-                let mut read = Vec::new();
-                let mut stream = objects.get(&input).await?;
-                while let Some(chunk) = stream.next().await {
-                    read.extend_from_slice(&chunk?);
+                let out = format!("bench/out-{i}");
+                let first = raw_task(&objects, &input, &out).await?;
+                match shape {
+                    Shape::One => Ok(vec![first]),
+                    Shape::Dag3 => {
+                        let (left, right) = (format!("{out}-left"), format!("{out}-right"));
+                        let (left, right) =
+                            futures::join!(raw_task(&objects, &out, &left), raw_task(&objects, &out, &right));
+                        Ok(vec![first, left?, right?])
+                    }
                 }
-                let t1 = Instant::now();
-                let request = crate::agents::Request {
-                    model: "summarize".into(),
-                    instructions: String::new(),
-                    prompt: String::new(),
-                    input: String::from_utf8(read)?,
-                    input_content_type: "text/plain".into(),
-                    parameters: Default::default(),
-                };
-                let completion = crate::agents::builtin::Builtin.complete(request).await?;
-                let t2 = Instant::now();
-                objects.put(&format!("bench/out-{i}"), "text/plain", body(completion.text)).await?;
-                Ok((t1 - t0, t2 - t1, t2.elapsed()))
             }
         })
         .buffer_unordered(at_once)
         .collect()
         .await;
     let elapsed = started.elapsed();
-    let (mut read, mut provider, mut write) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    for part in parts {
-        let (r, p, w) = part?;
-        (read, provider, write) = (read + r, provider + p, write + w);
+    let (mut read, mut provider, mut write, mut tasks) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, 0u64);
+    for job in parts {
+        for (r, p, w) in job? {
+            (read, provider, write, tasks) = (read + r, provider + p, write + w, tasks + 1);
+        }
     }
-    let mean = |d: Duration| d.as_secs_f64() * 1000.0 / jobs.max(1) as f64;
+    let mean = |d: Duration| d.as_secs_f64() * 1000.0 / tasks.max(1) as f64;
     Ok(Raw {
         ops_per_s: jobs as f64 / elapsed.as_secs_f64(),
         read_ms: mean(read),
         provider_ms: mean(provider),
         write_ms: mean(write),
     })
+}
+
+/// What a case's jobs run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// The built-in `summarize` workflow's one step.
+    One,
+    /// Three steps of that kind: `first`, then `left` and `right` at once, each reading `first`'s output.
+    Dag3,
+}
+
+/// The steps of a [`Shape::Dag3`] job, each made from the one-step workflow's `template` step.
+fn dag3(template: &Value) -> Value {
+    let step = |name: &str, input: Value| {
+        let mut step = template.clone();
+        step["name"] = name.into();
+        step["inputs"] = json!([input]);
+        step
+    };
+    let first = json!({"from": "step", "name": "first"});
+    json!([step("first", json!({"from": "job_inputs"})), step("left", first.clone()), step("right", first)])
 }
 
 /// How a case submits its jobs.
@@ -145,7 +190,13 @@ enum Clients {
 }
 
 /// One case against `node`, whose files are in `dir` (the raw work's go there too).
-async fn case(node: &Node, dir: &Path, name: &str, clients: Clients, options: &Options) -> anyhow::Result<Report> {
+async fn case(
+    node: &Node,
+    dir: &Path,
+    name: &str,
+    (clients, shape): (Clients, Shape),
+    options: &Options,
+) -> anyhow::Result<Report> {
     let one_by_one = clients == Clients::OneByOne;
     let (jobs_n, concurrency) =
         if one_by_one { (options.jobs.min(SEQUENTIAL_JOBS), 1) } else { (options.jobs, options.concurrency) };
@@ -167,8 +218,19 @@ async fn case(node: &Node, dir: &Path, name: &str, clients: Clients, options: &O
     }
     let workflow = crate::agents::catalog::workflow_id("summarize");
     let defined: Value = http.get(format!("{base}/workflows/{workflow}")).send().await?.json().await?;
-    let steps = defined["steps"].clone();
-    anyhow::ensure!(steps.is_array(), "no built-in summarize workflow: {defined}");
+    let (workflow, steps) = match (shape, &defined["steps"]) {
+        (Shape::One, steps @ Value::Array(_)) => (workflow, steps.clone()),
+        (Shape::Dag3, Value::Array(one)) if one.len() == 1 => {
+            // A workflow of its own, whose steps the jobs then name.
+            let (id, steps) = (uuid::Uuid::now_v7(), dag3(&one[0]));
+            let body = json!({"command_id": uuid::Uuid::now_v7(), "type": "define",
+                              "payload": {"name": format!("bench-dag3-{id}"), "steps": steps}});
+            let answer = http.post(format!("{base}/commands/workflow/{id}")).json(&body).send().await?;
+            anyhow::ensure!(answer.status().is_success(), "define: {}", answer.text().await?);
+            (weft_events::domain::ids::WorkflowId(id), steps)
+        }
+        _ => anyhow::bail!("no built-in one-step summarize workflow: {defined}"),
+    };
 
     let agent_tasks = |agent: &Value| {
         (agent["tasks_done"].as_f64().unwrap_or(0.0), agent["latency_total_ms"].as_f64().unwrap_or(0.0))
@@ -254,7 +316,7 @@ async fn case(node: &Node, dir: &Path, name: &str, clients: Clients, options: &O
         span.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-    let raw = raw_work(dir, jobs_n, if one_by_one { 1 } else { 4 }, TEXT).await?;
+    let raw = raw_work(dir, jobs_n, if one_by_one { 1 } else { 4 }, shape, TEXT).await?;
     eprintln!(
         "{name}: raw work {:.0} jobs/s: object read {:.3} ms, provider {:.3} ms, object write {:.3} ms; the task's \
          other {:.2} ms are the output document's commands",
@@ -272,10 +334,10 @@ async fn case(node: &Node, dir: &Path, name: &str, clients: Clients, options: &O
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: raw.ops_per_s,
         bytes: None,
-        note: if one_by_one {
-            "submit to done, one builtin step, 1 client, one job at a time".into()
-        } else {
-            format!("submit to done, one builtin step, {concurrency} clients")
+        note: match (shape, one_by_one) {
+            (Shape::Dag3, _) => "submit to done, three builtin steps (two at once), 1 client, one job at a time".into(),
+            (Shape::One, true) => "submit to done, one builtin step, 1 client, one job at a time".into(),
+            (Shape::One, false) => format!("submit to done, one builtin step, {concurrency} clients"),
         },
     })
 }
