@@ -7,8 +7,8 @@
 //!
 //! An agent at its concurrency limit does not fail the step: the step waits for a free slot, so a busy agent
 //! holds back the jobs waiting for it instead of spending their attempts; other jobs go on. The steps waiting
-//! for one agent form a [`line`](super::line): higher priority first, the tenants of one priority in turn,
-//! each tenant's steps in log order. The step next in line is woken as the orchestrator reads that a task of
+//! for one agent form a line ([`Lines`]): higher priority first, the tenants of one priority in turn, each
+//! tenant's steps in log order. The step next in line is woken as the orchestrator reads that a task of
 //! that agent finished ([`Process::noticed`], before the finish waits for a handler); it also asks again every
 //! [`CAPACITY_RECHECK`] (a slot freed through another node). The others only wait for their turn.
 //! An agent that is disabled or unknown fails the step for good.
