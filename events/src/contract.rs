@@ -27,6 +27,7 @@ macro_rules! store_contract_tests {
             expected_versions_are_enforced,
             a_rejected_append_stores_nothing,
             concurrent_appends_to_one_stream_have_one_winner_per_version,
+            appends_to_many_streams_at_once_each_get_their_own_outcome,
             streams_read_forwards_and_backwards_in_pages,
             read_all_order_is_commit_order,
             subscriptions_started_during_a_write_storm_see_every_event_once_in_order,
@@ -182,6 +183,71 @@ pub async fn concurrent_appends_to_one_stream_have_one_winner_per_version<S: Eve
         let task = u64::from_be_bytes(e.payload[..8].try_into().unwrap()) / 1000;
         assert_eq!(winners[&e.version] as u64, task);
     }
+}
+
+/// Appends to many streams at once (which a store may commit together) each get their own outcome: a stale
+/// one its conflict and nothing stored, the others their versions and the positions their events are read at.
+pub async fn appends_to_many_streams_at_once_each_get_their_own_outcome<S: EventStore + Clone>(store: S) {
+    const STREAMS: u64 = 64;
+    const ROUNDS: u64 = 5;
+    let name = |i: u64| stream(&format!("many-{i}"));
+    for i in 0..STREAMS {
+        store.append(&name(i), ExpectedVersion::NoStream, vec![event(i)]).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..STREAMS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = name(i);
+            let mut outcomes = Vec::new();
+            let mut version = 1;
+            for round in 0..ROUNDS {
+                // Every seventh append is decided on a stale version; sizes vary from one to three events.
+                let stale = (i + round) % 7 == 0;
+                let expected = if stale { version - 1 } else { version };
+                let events: Vec<NewEvent> =
+                    (0..1 + (i + round) % 3).map(|k| event(i * 1000 + round * 10 + k)).collect();
+                let count = events.len() as u64;
+                match store.append(&s, ExpectedVersion::Exact(expected), events).await {
+                    Ok(appended) => {
+                        assert!(!stale, "{s}: a stale append at {expected} went through");
+                        assert_eq!(appended.version, version + count);
+                        assert_eq!(appended.last_position + 1 - appended.first_position, count);
+                        outcomes.push((round, version + 1, appended));
+                        version += count;
+                    }
+                    Err(Error::Conflict { actual, .. }) => {
+                        assert!(stale, "{s}: an append at the stream's version {expected} conflicted");
+                        assert_eq!(actual, version);
+                    }
+                    Err(other) => panic!("{s}: unexpected error: {other}"),
+                }
+            }
+            (s, version, outcomes)
+        }));
+    }
+    let mut at_position = BTreeMap::new();
+    for task in tasks {
+        let (s, version, outcomes) = task.await.unwrap();
+        let events = store.read_stream(&s, 1, Direction::Forwards, 1000).await.unwrap();
+        assert_eq!(events.len() as u64, version, "{s}: only what was acknowledged is stored");
+        for (round, first_version, appended) in outcomes {
+            for (k, position) in (appended.first_position..=appended.last_position).enumerate() {
+                let e = &events[(first_version - 1) as usize + k];
+                assert_eq!((e.version, e.position), (first_version + k as u64, position), "{s}");
+                let i: u64 = s.as_str().trim_start_matches("many-").parse().unwrap();
+                assert_eq!(e.payload.as_ref(), (i * 1000 + round * 10 + k as u64).to_be_bytes());
+                assert!(at_position.insert(position, s.clone()).is_none(), "position {position} given twice");
+            }
+        }
+    }
+    let all = read_everything(&store, 500).await;
+    for e in &all {
+        if let Some(s) = at_position.get(&e.position) {
+            assert_eq!(*s, e.stream);
+        }
+    }
+    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), (1..=all.len() as u64).collect::<Vec<_>>());
 }
 
 /// Streams read forwards and backwards from any version with any page size.

@@ -59,6 +59,7 @@ use weft_events::{
 use crate::store::record;
 
 mod append;
+mod group;
 mod kv;
 mod read;
 mod setup;
@@ -169,6 +170,8 @@ struct Inner {
     /// Follows the head for subscriptions; started by the first one, so that a node that only appends does
     /// not make the server deliver every event to it.
     follower: std::sync::OnceLock<JoinHandle<()>>,
+    /// The queue of the group commit task ([`group`]), started by the first append.
+    group: std::sync::OnceLock<tokio::sync::mpsc::Sender<group::Publish>>,
 }
 
 impl Drop for Inner {
@@ -238,6 +241,7 @@ impl JetStreamStore {
                 tails: Mutex::new(HashMap::new()),
                 head: head_tx,
                 follower: std::sync::OnceLock::new(),
+                group: std::sync::OnceLock::new(),
                 config,
             }),
         })
@@ -437,7 +441,7 @@ impl EventWrite for JetStreamStore {
             let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
             let mut pause = Duration::from_millis(20);
             let outcome = loop {
-                match self.publish(stream, last_sequence, &messages).await {
+                match self.publish_grouped(stream, last_sequence, &messages).await {
                     Err(PublishError::Ambiguous(reason)) if tokio::time::Instant::now() < deadline => {
                         tracing::debug!(%stream, %reason, "no acknowledgement for an append; sending it again");
                         unacknowledged = true;

@@ -80,6 +80,7 @@ pub(super) const WRONG_LAST_SEQUENCE: [u32; 2] = [10071, 10164];
 pub(super) const STREAM_NOT_FOUND: u32 = 10059;
 
 /// Why a publish failed.
+#[derive(Debug)]
 pub(super) enum PublishError {
     /// The expected-sequence check failed: another event of the stream came first.
     WrongLastSequence,

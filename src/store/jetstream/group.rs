@@ -1,0 +1,181 @@
+//! Group commit: appends to different streams that wait together go to the server as one atomic batch, so
+//! the server stores (and, with `sync_interval: always`, fsyncs) them once instead of once each.
+//!
+//! One task per store takes the publishes of its appends from a queue. A publish that finds the task idle goes
+//! out at once on its own, as before; those that arrive while it waits for an acknowledgement queue up and
+//! go next as one batch of at most [`MAX_GROUP_MESSAGES`] messages, each append's first message carrying its
+//! own expected-last-subject-sequence check (the server checks each one, and stores all or nothing). Two
+//! appends to one stream never share a batch: the second waits for the next.
+//!
+//! The batch's acknowledgement names its last sequence and count; an atomic batch is stored contiguously in
+//! order, so each append's sequences follow from its place. When the batch is refused (one append's check
+//! failed, a message id was seen before) or its acknowledgement is lost, nothing of it is known to be stored,
+//! and each append is published again on its own, with the same message ids: each gets its own answer, a
+//! conflict its own conflict, and a copy the batch did store is a duplicate to the server.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+use weft_events::StreamName;
+
+use super::wire::{PubReply, PublishError};
+use super::{Inner, JetStreamStore};
+
+/// Most messages in one grouped batch (the server takes up to 1,000 in an atomic batch by default).
+pub(super) const MAX_GROUP_MESSAGES: usize = 256;
+
+/// Publishes that may wait for the group task before appenders wait too.
+const QUEUE: usize = 4_096;
+
+/// One append's publish, waiting for the task.
+pub(super) struct Publish {
+    stream: StreamName,
+    last_sequence: u64,
+    messages: Vec<(String, Bytes, Uuid)>,
+    reply: oneshot::Sender<Result<u64, PublishError>>,
+}
+
+impl JetStreamStore {
+    /// Publishes one append's `messages` as [`Self::publish`] does, through the group task (started by the
+    /// first append): alone when nothing else waits, in one atomic batch with the appends waiting with it
+    /// otherwise.
+    pub(super) async fn publish_grouped(
+        &self,
+        stream: &StreamName,
+        last_sequence: u64,
+        messages: &[(String, Bytes, Uuid)],
+    ) -> Result<u64, PublishError> {
+        let queue = self.inner.group.get_or_init(|| {
+            let (queue, publishes) = mpsc::channel(QUEUE);
+            tokio::spawn(run(Arc::downgrade(&self.inner), publishes));
+            queue
+        });
+        let (reply, answer) = oneshot::channel();
+        let publish = Publish { stream: stream.clone(), last_sequence, messages: messages.to_vec(), reply };
+        if queue.send(publish).await.is_err() {
+            // The task is gone (the runtime that started it has ended): publish directly.
+            return self.publish(stream, last_sequence, messages).await;
+        }
+        answer.await.unwrap_or_else(|_| Err(PublishError::Ambiguous("the group commit task stopped".into())))
+    }
+
+    /// Publishes `group` (two or more appends to different streams) as one atomic batch and answers each.
+    async fn publish_group(&self, group: Vec<Publish>) {
+        match self.publish_batch(&group).await {
+            Ok(last) => {
+                let total: u64 = group.iter().map(|p| p.messages.len() as u64).sum();
+                let mut end = last + 1 - total;
+                for publish in group {
+                    end += publish.messages.len() as u64;
+                    let _ = publish.reply.send(Ok(end - 1));
+                }
+            }
+            Err(error) => {
+                tracing::debug!(
+                    appends = group.len(),
+                    ?error,
+                    "a grouped batch was not stored; publishing each append alone"
+                );
+                let alone = group.iter().map(|p| self.publish(&p.stream, p.last_sequence, &p.messages));
+                let answers = futures::future::join_all(alone).await;
+                for (publish, answer) in group.into_iter().zip(answers) {
+                    let _ = publish.reply.send(answer);
+                }
+            }
+        }
+    }
+
+    /// The batch of `group`'s messages, each append's first message with its own checks. Returns the
+    /// batch's last sequence.
+    async fn publish_batch(&self, group: &[Publish]) -> Result<u64, PublishError> {
+        let client = &self.inner.client;
+        let batch_id = Uuid::now_v7().simple().to_string();
+        let total: usize = group.iter().map(|p| p.messages.len()).sum();
+        let mut n = 0;
+        for publish in group {
+            let filter = self.stream_filter(&publish.stream);
+            let last_sequence = publish.last_sequence.to_string();
+            for (i, (subject, body, event_id)) in publish.messages.iter().enumerate() {
+                n += 1;
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
+                if i == 0 {
+                    headers.insert("Nats-Expected-Stream", self.inner.config.stream.as_str());
+                    headers.insert("Nats-Expected-Last-Subject-Sequence", last_sequence.as_str());
+                    headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", filter.as_str());
+                }
+                headers.insert("Nats-Batch-Id", batch_id.as_str());
+                headers.insert("Nats-Batch-Sequence", n.to_string().as_str());
+                if n < total {
+                    client
+                        .publish_with_headers(subject.clone(), headers, body.clone())
+                        .await
+                        .map_err(|e| PublishError::Ambiguous(e.to_string()))?;
+                    continue;
+                }
+                headers.insert("Nats-Batch-Commit", "1");
+                let request = async_nats::Request::new()
+                    .headers(headers)
+                    .payload(body.clone())
+                    .timeout(Some(self.inner.config.timeout));
+                let reply = client
+                    .send_request(subject.clone(), request)
+                    .await
+                    .map_err(|e| PublishError::Ambiguous(e.to_string()))?;
+                let reply: PubReply = serde_json::from_slice(&reply.payload)
+                    .map_err(|e| PublishError::Ambiguous(format!("unreadable acknowledgement: {e}")))?;
+                if let Some(error) = reply.error {
+                    return Err(PublishError::Refused(format!("{} (error {})", error.description, error.err_code)));
+                }
+                if reply.count != Some(total as u64) {
+                    return Err(PublishError::Ambiguous(format!(
+                        "the server acknowledged {:?} of a batch of {total}",
+                        reply.count
+                    )));
+                }
+                return Ok(reply.seq);
+            }
+        }
+        unreachable!("a group holds at least two appends")
+    }
+}
+
+/// The group task: see the module doc. Ends when the store is dropped.
+async fn run(weak: Weak<Inner>, mut publishes: mpsc::Receiver<Publish>) {
+    let mut carried: Option<Publish> = None;
+    loop {
+        let first = match carried.take() {
+            Some(publish) => publish,
+            None => match publishes.recv().await {
+                Some(publish) => publish,
+                None => return,
+            },
+        };
+        let mut size = first.messages.len();
+        let mut streams = HashSet::from([first.stream.clone()]);
+        let mut group = vec![first];
+        while size < MAX_GROUP_MESSAGES {
+            let Ok(next) = publishes.try_recv() else { break };
+            if streams.contains(&next.stream) || size + next.messages.len() > MAX_GROUP_MESSAGES {
+                carried = Some(next);
+                break;
+            }
+            size += next.messages.len();
+            streams.insert(next.stream.clone());
+            group.push(next);
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let store = JetStreamStore { inner };
+        if group.len() == 1 {
+            let publish = group.pop().expect("one");
+            let answer = store.publish(&publish.stream, publish.last_sequence, &publish.messages).await;
+            let _ = publish.reply.send(answer);
+        } else {
+            store.publish_group(group).await;
+        }
+    }
+}
