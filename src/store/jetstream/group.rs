@@ -1,11 +1,11 @@
 //! Group commit: appends to different streams that wait together go to the server as one atomic batch, so
 //! the server stores (and, with `sync_interval: always`, fsyncs) them once instead of once each.
 //!
-//! One task per store takes the publishes of its appends from a queue. A publish that finds the task idle goes
-//! out at once on its own, as before; those that arrive while it waits for an acknowledgement queue up and
-//! go next as one batch of at most [`MAX_GROUP_MESSAGES`] messages, each append's first message carrying its
-//! own expected-last-subject-sequence check (the server checks each one, and stores all or nothing). Two
-//! appends to one stream never share a batch: the second waits for the next.
+//! One task per store takes the publishes of its appends from a queue and keeps up to [`MAX_IN_FLIGHT`] of them
+//! out at once. A publish that comes while there is room goes out at once on its own, as before; those that
+//! come while the task is full wait, and go next as one batch of at most [`MAX_GROUP_MESSAGES`] messages, each
+//! append's first message carrying its own expected-last-subject-sequence check (the server checks each one,
+//! and stores all or nothing). Two appends to one stream never share a batch: the second waits for the next.
 //!
 //! The batch's acknowledgement names its last sequence and count; an atomic batch is stored contiguously in
 //! order, so each append's sequences follow from its place. When the batch is refused (one append's check
@@ -27,6 +27,10 @@ use super::{Inner, JetStreamStore};
 
 /// Most messages in one grouped batch (the server takes up to 1,000 in an atomic batch by default).
 pub(super) const MAX_GROUP_MESSAGES: usize = 256;
+
+/// Publishes or batches the task has out at once, unacknowledged: below it, an append goes out as soon as it
+/// comes (as without the task); at it, the appends that come meanwhile wait and go together next.
+const MAX_IN_FLIGHT: usize = 2;
 
 /// Publishes that may wait for the group task before appenders wait too.
 const QUEUE: usize = 4_096;
@@ -146,13 +150,26 @@ impl JetStreamStore {
 
 /// The group task: see the module doc. Ends when the store is dropped.
 async fn run(weak: Weak<Inner>, mut publishes: mpsc::Receiver<Publish>) {
+    use futures::StreamExt as _;
+    let mut in_flight = futures::stream::FuturesUnordered::new();
     let mut carried: Option<Publish> = None;
     loop {
+        if in_flight.len() >= MAX_IN_FLIGHT {
+            in_flight.next().await;
+            continue;
+        }
         let first = match carried.take() {
             Some(publish) => publish,
-            None => match publishes.recv().await {
+            None if in_flight.is_empty() => match publishes.recv().await {
                 Some(publish) => publish,
                 None => return,
+            },
+            None => tokio::select! {
+                _ = in_flight.next() => continue,
+                publish = publishes.recv() => match publish {
+                    Some(publish) => publish,
+                    None => return,
+                },
             },
         };
         let mut size = first.messages.len();
@@ -170,12 +187,14 @@ async fn run(weak: Weak<Inner>, mut publishes: mpsc::Receiver<Publish>) {
         }
         let Some(inner) = weak.upgrade() else { return };
         let store = JetStreamStore { inner };
-        if group.len() == 1 {
-            let publish = group.pop().expect("one");
-            let answer = store.publish(&publish.stream, publish.last_sequence, &publish.messages).await;
-            let _ = publish.reply.send(answer);
-        } else {
-            store.publish_group(group).await;
-        }
+        in_flight.push(async move {
+            if group.len() == 1 {
+                let publish = group.pop().expect("one");
+                let answer = store.publish(&publish.stream, publish.last_sequence, &publish.messages).await;
+                let _ = publish.reply.send(answer);
+            } else {
+                store.publish_group(group).await;
+            }
+        });
     }
 }
