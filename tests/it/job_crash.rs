@@ -103,6 +103,17 @@ fn spawn(dir: &Path, name: &str) -> Child {
         .unwrap()
 }
 
+/// The attempts a job recorded as started: (step, attempt).
+fn started(events: &[Event]) -> BTreeSet<(String, u32)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted(s) => Some((s.step.clone(), s.attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The runs the child's executor began, in order: (job, step, attempt).
 fn runs_of_jobs(dir: &Path) -> Vec<(JobId, String, u32)> {
     let text = std::fs::read_to_string(dir.join("runs")).unwrap_or_default();
@@ -178,13 +189,7 @@ fn a_job_survives_sigkill_and_runs_no_step_beyond_its_attempts() {
         let store = SqliteStore::open(Options::new(dir.path().join("events.db"))).unwrap();
         host::load_events::<Job>(&store, &ids().1.stream()).await.unwrap()
     });
-    let started: BTreeSet<(String, u32)> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::StepStarted(s) => Some((s.step.clone(), s.attempt)),
-            _ => None,
-        })
-        .collect();
+    let started = started(&events);
     let runs = runs(dir.path());
     let mut seen = BTreeSet::new();
     for run in &runs {
@@ -313,13 +318,7 @@ fn hundreds_of_overlapping_jobs_survive_sigkill_each_ending_as_its_events_say() 
         let events = runtime.block_on(host::load_events::<Job>(&store, &job.stream())).unwrap();
         let state = Job::replay(&events);
         assert_eq!(state.status, fate(i).0, "job {i} ended otherwise than scripted; its events: {events:#?}");
-        let started: BTreeSet<(String, u32)> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::StepStarted(s) => Some((s.step.clone(), s.attempt)),
-                _ => None,
-            })
-            .collect();
+        let started = started(&events);
         // The job's runs, each with its place in the run log.
         let mine: Vec<(usize, &str, u32)> = runs
             .iter()

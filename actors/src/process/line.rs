@@ -3,77 +3,85 @@
 //! turn, one step each, so one tenant's burst does not starve another; within one tenant the steps in log
 //! order.
 //!
-//! The orchestrator keeps one line per agent on its node ([`Lines`]); a step is woken when it is its turn and
-//! a task of that agent has finished. A step woken that finds the slot taken after all (by a step that came
-//! through another node, or one that tried before anyone waited) goes back to where it was, and its tenant
-//! keeps its turn.
+//! The orchestrator keeps one line per agent on its node ([`Lines`]); the step next in line is woken when a
+//! task of that agent has finished. A step keeps its place while it asks for the slot, and leaves the line
+//! only when it has one (its tenant's turn then passes to the next tenant). A slot freed while the step next
+//! in line is already asking is noted, and the step asks again at once if its answer was "no slot": the
+//! freed slot is its, not the next step's.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 use weft_events::domain::ids::AgentId;
 
-/// One waiting step.
-struct Waiter {
+/// One step in a line.
+struct Entry {
     /// The log position of its `step_scheduled` event: its place within its tenant, and its name in the line.
     position: u64,
-    wake: oneshot::Sender<()>,
+    /// Wakes it; gone when its handler has gone (a process stopping), which drops it from the line.
+    wake: Weak<Notify>,
+    /// Asking for the slot now.
+    trying: bool,
 }
 
 /// The steps of one priority: the tenants in turn, each with its steps in log order.
 #[derive(Default)]
 struct Level {
     turn: VecDeque<Arc<str>>,
-    steps: HashMap<Arc<str>, VecDeque<Waiter>>,
+    steps: HashMap<Arc<str>, VecDeque<Entry>>,
 }
 
 impl Level {
-    /// Drops the steps whose handlers have gone (a process stopping), and the tenants left with none.
+    /// Drops the steps whose handlers have gone, and the tenants left with none.
     fn prune(&mut self) {
         self.steps.retain(|_, steps| {
-            steps.retain(|w| !w.wake.is_closed());
+            steps.retain(|e| e.wake.strong_count() > 0);
             !steps.is_empty()
         });
         let steps = &self.steps;
         self.turn.retain(|tenant| steps.contains_key(tenant));
     }
 
-    fn head(&self) -> Option<u64> {
+    fn head(&mut self) -> Option<&mut Entry> {
         let tenant = self.turn.front()?;
-        self.steps.get(tenant)?.front().map(|w| w.position)
+        self.steps.get_mut(tenant)?.front_mut()
     }
 
-    /// Takes the first step of the tenant whose turn it is; that tenant goes to the back of the turn.
-    fn pop(&mut self) -> Option<Waiter> {
-        let tenant = self.turn.pop_front()?;
-        let steps = self.steps.get_mut(&tenant)?;
-        let waiter = steps.pop_front();
-        if steps.is_empty() {
+    fn find(&mut self, position: u64) -> Option<&mut Entry> {
+        self.steps.values_mut().flat_map(|steps| steps.iter_mut()).find(|e| e.position == position)
+    }
+
+    /// Adds a step in log order within its tenant; a new tenant takes its turn after the others.
+    fn join(&mut self, tenant: Arc<str>, entry: Entry) {
+        if !self.steps.contains_key(&tenant) {
+            self.turn.push_back(tenant.clone());
+        }
+        let steps = self.steps.entry(tenant).or_default();
+        let at = steps.partition_point(|e| e.position < entry.position);
+        steps.insert(at, entry);
+    }
+
+    /// Takes the step at `position` out; its tenant, having been served, takes its next turn after the
+    /// others. False when it is not in this level.
+    fn leave(&mut self, position: u64) -> bool {
+        let Some(tenant) =
+            self.steps.iter().find(|(_, steps)| steps.iter().any(|e| e.position == position)).map(|(t, _)| t.clone())
+        else {
+            return false;
+        };
+        let steps = self.steps.get_mut(&tenant).expect("found");
+        steps.retain(|e| e.position != position);
+        let more = !steps.is_empty();
+        if !more {
             self.steps.remove(&tenant);
-        } else {
+        }
+        self.turn.retain(|t| *t != tenant);
+        if more {
             self.turn.push_back(tenant);
         }
-        waiter
-    }
-
-    /// Adds a step in log order within its tenant; `again` gives its tenant the next turn back (it had taken
-    /// its turn and found no slot).
-    fn join(&mut self, tenant: Arc<str>, waiter: Waiter, again: bool) {
-        let steps = self.steps.entry(tenant.clone()).or_default();
-        let at = steps.partition_point(|w| w.position < waiter.position);
-        steps.insert(at, waiter);
-        if let Some(i) = self.turn.iter().position(|t| *t == tenant) {
-            if again {
-                self.turn.remove(i);
-                self.turn.push_front(tenant);
-            }
-        } else if again {
-            self.turn.push_front(tenant);
-        } else {
-            self.turn.push_back(tenant);
-        }
+        true
     }
 }
 
@@ -81,6 +89,8 @@ impl Level {
 #[derive(Default)]
 pub(crate) struct Line {
     levels: BTreeMap<Reverse<i32>, Level>,
+    /// Slots freed while the step next in line was already asking: it asks again at once on a "no slot".
+    missed: u32,
 }
 
 impl Line {
@@ -89,33 +99,14 @@ impl Line {
         self.levels.retain(|_, level| !level.turn.is_empty());
     }
 
-    /// The position of the step whose turn is next.
-    fn head(&mut self) -> Option<u64> {
+    /// The step whose turn is next.
+    fn head(&mut self) -> Option<&mut Entry> {
         self.prune();
-        self.levels.values().next().and_then(Level::head)
+        self.levels.values_mut().next().and_then(Level::head)
     }
 
-    /// Whether a step of `priority` or higher waits: a newcomer of `priority` then goes behind it.
-    fn waits_at_or_above(&mut self, priority: i32) -> bool {
-        self.prune();
-        self.levels.keys().next().is_some_and(|Reverse(p)| *p >= priority)
-    }
-
-    /// Takes the step whose turn is next, if it is the one at `position`.
-    fn take_if_head(&mut self, position: u64) -> bool {
-        if self.head() != Some(position) {
-            return false;
-        }
-        self.pop().is_some()
-    }
-
-    fn pop(&mut self) -> Option<Waiter> {
-        let mut first = self.levels.first_entry()?;
-        let waiter = first.get_mut().pop();
-        if first.get().turn.is_empty() {
-            first.remove();
-        }
-        waiter
+    fn find(&mut self, position: u64) -> Option<&mut Entry> {
+        self.levels.values_mut().find_map(|level| level.find(position))
     }
 
     fn len(&self) -> usize {
@@ -141,41 +132,81 @@ impl Lines {
 
     /// Whether a newcomer of `priority` for `agent` must go behind a step already waiting.
     pub(crate) fn waits_at_or_above(&self, agent: AgentId, priority: i32) -> bool {
-        self.with(agent, |line| line.waits_at_or_above(priority))
+        self.with(agent, |line| {
+            line.prune();
+            line.levels.keys().next().is_some_and(|Reverse(p)| *p >= priority)
+        })
     }
 
-    /// Puts the step at `position` in `agent`'s line; `wake` is sent when it is its turn. `again`: it had its
-    /// turn and found the slot taken, so its tenant keeps the turn.
-    pub(crate) fn join(
-        &self,
-        agent: AgentId,
-        priority: i32,
-        tenant: Arc<str>,
-        position: u64,
-        wake: oneshot::Sender<()>,
-        again: bool,
-    ) {
-        self.with(agent, |line| {
-            line.levels.entry(Reverse(priority)).or_default().join(tenant, Waiter { position, wake }, again)
-        });
+    /// Puts the step at `position` in `agent`'s line; `wake` is notified when it is its turn.
+    pub(crate) fn join(&self, agent: AgentId, priority: i32, tenant: Arc<str>, position: u64, wake: &Arc<Notify>) {
+        let entry = Entry { position, wake: Arc::downgrade(wake), trying: false };
+        self.with(agent, |line| line.levels.entry(Reverse(priority)).or_default().join(tenant, entry));
     }
 
     /// Whether the step at `position` is next in `agent`'s line.
     pub(crate) fn is_head(&self, agent: AgentId, position: u64) -> bool {
-        self.with(agent, |line| line.head() == Some(position))
+        self.with(agent, |line| line.head().is_some_and(|e| e.position == position))
     }
 
-    /// Takes the step at `position` out of `agent`'s line if it is next (it asks for a slot on its own).
-    pub(crate) fn take_if_head(&self, agent: AgentId, position: u64) -> bool {
-        self.with(agent, |line| line.take_if_head(position))
+    /// Marks the step at `position` as asking for the slot if it is next in line (it asks on its own).
+    pub(crate) fn try_if_head(&self, agent: AgentId, position: u64) -> bool {
+        self.with(agent, |line| match line.head() {
+            Some(head) if head.position == position => {
+                head.trying = true;
+                true
+            }
+            _ => false,
+        })
     }
 
-    /// Wakes the step whose turn is next in `agent`'s line, if any waits.
-    pub(crate) fn wake(&self, agent: AgentId) {
+    /// Marks the step at `position` as asking for the slot (woken).
+    pub(crate) fn trying(&self, agent: AgentId, position: u64) {
         self.with(agent, |line| {
-            while let Some(waiter) = line.pop() {
-                if waiter.wake.send(()).is_ok() {
+            if let Some(entry) = line.find(position) {
+                entry.trying = true;
+            }
+        });
+    }
+
+    /// The step at `position` asked and found no slot: true when a slot was freed meanwhile (it asks again at
+    /// once), otherwise it waits again in its place.
+    pub(crate) fn no_slot(&self, agent: AgentId, position: u64) -> bool {
+        self.with(agent, |line| {
+            if line.missed > 0 {
+                line.missed -= 1;
+                return true;
+            }
+            if let Some(entry) = line.find(position) {
+                entry.trying = false;
+            }
+            false
+        })
+    }
+
+    /// Takes the step at `position` out of `agent`'s line (it has its slot, or will never have one), and wakes
+    /// the next: a slot may be free for it too.
+    pub(crate) fn leave(&self, agent: AgentId, position: u64) {
+        self.with(agent, |line| {
+            for level in line.levels.values_mut() {
+                if level.leave(position) {
                     break;
+                }
+            }
+            line.missed = 0;
+        });
+        self.wake(agent);
+    }
+
+    /// A slot of `agent` is free: wakes the step whose turn is next, or notes it for the one already asking.
+    pub(crate) fn wake(&self, agent: AgentId) {
+        self.with(agent, |line| match line.head() {
+            None => {}
+            Some(head) if head.trying => line.missed += 1,
+            Some(head) => {
+                if let Some(wake) = head.wake.upgrade() {
+                    head.trying = true;
+                    wake.notify_one();
                 }
             }
         });
@@ -194,24 +225,29 @@ impl Lines {
 mod tests {
     use super::*;
 
-    /// Lines up `(priority, tenant, position)` steps and wakes them all; the positions in the order woken.
+    /// Lines up `(priority, tenant, position)` steps, then serves them one at a time (each woken step takes
+    /// the slot and leaves); the positions in the order served.
     fn order(steps: &[(i32, &str, u64)]) -> Vec<u64> {
         let (lines, agent) = (Lines::default(), AgentId::new());
-        let mut woken = Vec::new();
+        let mut waiting: Vec<(u64, Arc<Notify>)> = Vec::new();
         for (priority, tenant, position) in steps {
-            let (wake, rx) = oneshot::channel();
-            lines.join(agent, *priority, Arc::from(*tenant), *position, wake, false);
-            woken.push((*position, rx));
+            let wake = Arc::new(Notify::new());
+            lines.join(agent, *priority, Arc::from(*tenant), *position, &wake);
+            waiting.push((*position, wake));
         }
         let mut order = Vec::new();
+        lines.wake(agent);
         for _ in steps {
-            lines.wake(agent);
-            let i = woken.iter_mut().position(|(_, rx)| rx.try_recv().is_ok()).expect("one woke");
-            order.push(woken.remove(i).0);
+            let i = waiting.iter().position(|(_, w)| w.notified().now_or_never().is_some()).expect("one woke");
+            let (position, _wake) = waiting.remove(i);
+            order.push(position);
+            lines.leave(agent, position);
         }
         assert!(lines.waiting().is_empty());
         order
     }
+
+    use futures::FutureExt as _;
 
     #[test]
     fn higher_priorities_go_first_and_tenants_of_one_priority_take_turns() {
@@ -225,27 +261,31 @@ mod tests {
     }
 
     #[test]
-    fn a_step_back_in_line_keeps_its_tenants_turn_and_a_gone_step_is_skipped() {
+    fn a_step_keeps_its_place_while_it_asks_and_a_slot_freed_meanwhile_is_its() {
         let (lines, agent) = (Lines::default(), AgentId::new());
-        let (a1, _first_wait) = oneshot::channel();
-        let (b1, mut b1_woken) = oneshot::channel();
-        let (a2, a2_woken) = oneshot::channel();
-        lines.join(agent, 0, "a".into(), 1, a1, false);
-        lines.join(agent, 0, "b".into(), 2, b1, false);
-        lines.join(agent, 0, "a".into(), 3, a2, false);
+        let (a1, b1, a2) = (Arc::new(Notify::new()), Arc::new(Notify::new()), Arc::new(Notify::new()));
+        lines.join(agent, 0, "a".into(), 1, &a1);
+        lines.join(agent, 0, "b".into(), 2, &b1);
+        lines.join(agent, 0, "a".into(), 3, &a2);
         assert!(lines.is_head(agent, 1) && !lines.is_head(agent, 2));
-        // a's first step takes its turn, finds no slot and comes back: it is next again, before b.
-        assert!(lines.take_if_head(agent, 1));
-        assert!(!lines.take_if_head(agent, 1), "taken already");
-        let (a1, mut a1_woken) = oneshot::channel();
-        lines.join(agent, 0, "a".into(), 1, a1, true);
+        // a's first step asks on its own; a slot freed meanwhile does not wake b.
+        assert!(lines.try_if_head(agent, 1));
+        lines.wake(agent);
+        assert!(b1.notified().now_or_never().is_none() && a2.notified().now_or_never().is_none());
+        // Its answer was "no slot", but one was freed while it asked: it asks again.
+        assert!(lines.no_slot(agent, 1));
+        // This time nothing was freed: it waits in its place, still next.
+        assert!(!lines.no_slot(agent, 1));
         assert!(lines.is_head(agent, 1));
         lines.wake(agent);
-        assert!(a1_woken.try_recv().is_ok());
-        // A step whose handler has gone is not woken: b's is, then nobody waits.
-        drop(a2_woken);
-        lines.wake(agent);
-        assert!(b1_woken.try_recv().is_ok());
+        assert!(a1.notified().now_or_never().is_some());
+        // It gets the slot and leaves: b is next (a had its turn), and is woken in case a slot is free.
+        lines.leave(agent, 1);
+        assert!(b1.notified().now_or_never().is_some());
+        // A step whose handler has gone is not woken.
+        lines.no_slot(agent, 2);
+        drop(a2);
+        lines.leave(agent, 2);
         assert_eq!(lines.waiting(), []);
         assert!(!lines.waits_at_or_above(agent, i32::MIN));
     }

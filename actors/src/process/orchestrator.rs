@@ -59,6 +59,8 @@ impl<G: Gateway> Orchestrator<G> {
         };
         let correlation = event.correlation_id;
         let agent_id = step.agent;
+        let position = event.position;
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
         let mut first = true;
         let refused = loop {
             // A first try goes behind the steps waiting already at its priority or above; a step whose turn
@@ -74,40 +76,41 @@ impl<G: Gateway> Orchestrator<G> {
                 )
                 .await;
                 match outcome {
-                    Ok(Ok(_) | Err(AgentRejection::DuplicateTask(_))) => {
-                        // The next in line may find a slot too; if not, it goes back and asks again.
-                        if !first {
-                            self.lines.wake(agent_id);
+                    Ok(Err(AgentRejection::AtCapacity { .. })) => {
+                        // A slot freed while it asked is its: ask again at once.
+                        if !first && self.lines.no_slot(agent_id, position) {
+                            continue;
                         }
-                        return Ok(());
                     }
-                    Ok(Err(AgentRejection::AtCapacity { .. })) => {}
-                    Ok(Err(rejection)) => {
+                    other => {
+                        // It has its slot or never will (a refusal; a retry starts over): it leaves the line,
+                        // and the next may find a slot too.
                         if !first {
-                            self.lines.wake(agent_id);
+                            self.lines.leave(agent_id, position);
                         }
-                        break rejection;
-                    }
-                    Err(retry) => {
-                        // Tried again later from the start; meanwhile the turn passes on.
-                        if !first {
-                            self.lines.wake(agent_id);
+                        match other {
+                            Ok(Ok(_) | Err(AgentRejection::DuplicateTask(_))) => return Ok(()),
+                            Ok(Err(rejection)) => break rejection,
+                            Err(retry) => return Err(retry),
                         }
-                        return Err(retry);
                     }
                 }
             }
-            // Wait for a slot: in the line on a first try, back where it was after a turn that found the slot
-            // taken. Only the step next in line asks again on its own, so waiting steps do not flood the agent.
-            let (waiter, mut woken) = tokio::sync::oneshot::channel();
-            self.lines.join(agent_id, state.priority, event.tenant.clone(), event.position, waiter, !first);
-            first = false;
+            // Wait for a slot in the line, keeping its place. Only the step next in line asks again on its
+            // own, so waiting steps do not flood the agent.
+            if first {
+                self.lines.join(agent_id, state.priority, event.tenant.clone(), position, &wake);
+                first = false;
+            }
             loop {
-                let head = self.lines.is_head(agent_id, event.position);
+                let head = self.lines.is_head(agent_id, position);
                 let recheck = if head { CAPACITY_RECHECK } else { CAPACITY_RECHECK_IN_LINE };
-                match tokio::time::timeout(recheck, &mut woken).await {
-                    Ok(_) => break,
-                    Err(_) if self.lines.take_if_head(agent_id, event.position) => break,
+                match tokio::time::timeout(recheck, wake.notified()).await {
+                    Ok(()) => {
+                        self.lines.trying(agent_id, position);
+                        break;
+                    }
+                    Err(_) if self.lines.try_if_head(agent_id, position) => break,
                     Err(_) => {}
                 }
             }

@@ -11,6 +11,13 @@ use weft_events::{Error, StreamName};
 use super::JetStreamStore;
 use super::wire::{PubReply, PublishError, WRONG_LAST_SEQUENCE};
 
+/// A message of an append: its subject, its body (the event's record) and its event id.
+pub(super) type Message = (String, Bytes, Uuid);
+
+/// One append's part of a publish: its stream, the sequence its first message expects the stream's last event
+/// at, and its messages.
+pub(super) type Part<'a> = (&'a StreamName, u64, &'a [Message]);
+
 impl JetStreamStore {
     /// The version of a stream that an append decided against version `expected` found moved. A clustered
     /// stream checks expectations against what it has accepted, not only applied: the event that moved the
@@ -39,65 +46,74 @@ impl JetStreamStore {
         &self,
         stream: &StreamName,
         last_sequence: u64,
-        messages: &[(String, Bytes, Uuid)],
+        messages: &[Message],
     ) -> Result<u64, PublishError> {
+        self.publish_appends(&[(stream, last_sequence, messages)]).await
+    }
+
+    /// Publishes the messages of `appends` (each: its stream, the sequence its first message expects the
+    /// stream's last event at, its messages) as one message or one atomic batch, each append's first message
+    /// with its own checks. Returns the sequence of the last message.
+    pub(super) async fn publish_appends(&self, appends: &[Part<'_>]) -> Result<u64, PublishError> {
         let client = &self.inner.client;
-        let batch_id = (messages.len() > 1).then(|| Uuid::now_v7().simple().to_string());
-        let filter = self.stream_filter(stream);
-        let last_sequence = last_sequence.to_string();
-        for (i, (subject, body, event_id)) in messages.iter().enumerate() {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
-            if i == 0 {
-                headers.insert("Nats-Expected-Stream", self.inner.config.stream.as_str());
-                headers.insert("Nats-Expected-Last-Subject-Sequence", last_sequence.as_str());
-                headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", filter.as_str());
-            }
-            if let Some(batch_id) = &batch_id {
-                headers.insert("Nats-Batch-Id", batch_id.as_str());
-                headers.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-            }
-            if i + 1 < messages.len() {
-                client
-                    .publish_with_headers(subject.clone(), headers, body.clone())
-                    .await
-                    .map_err(|e| PublishError::Ambiguous(e.to_string()))?;
-                continue;
-            }
-            if batch_id.is_some() {
-                headers.insert("Nats-Batch-Commit", "1");
-            }
-            let request = async_nats::Request::new()
-                .headers(headers)
-                .payload(body.clone())
-                .timeout(Some(self.inner.config.timeout));
-            let reply = client.send_request(subject.clone(), request).await.map_err(|e| {
-                use async_nats::RequestErrorKind as Kind;
-                match e.kind() {
-                    Kind::NoResponders => PublishError::NoLeader,
-                    _ => PublishError::Ambiguous(e.to_string()),
+        let total: usize = appends.iter().map(|(_, _, messages)| messages.len()).sum();
+        let batch_id = (total > 1).then(|| Uuid::now_v7().simple().to_string());
+        let mut n = 0;
+        for (stream, last_sequence, messages) in appends {
+            let filter = self.stream_filter(stream);
+            let last_sequence = last_sequence.to_string();
+            for (i, (subject, body, event_id)) in messages.iter().enumerate() {
+                n += 1;
+                let mut headers = HeaderMap::new();
+                headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
+                if i == 0 {
+                    headers.insert("Nats-Expected-Stream", self.inner.config.stream.as_str());
+                    headers.insert("Nats-Expected-Last-Subject-Sequence", last_sequence.as_str());
+                    headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", filter.as_str());
                 }
-            })?;
-            let reply: PubReply = serde_json::from_slice(&reply.payload)
-                .map_err(|e| PublishError::Ambiguous(format!("unreadable acknowledgement: {e}")))?;
-            if let Some(error) = reply.error {
-                if WRONG_LAST_SEQUENCE.contains(&error.err_code) {
-                    return Err(PublishError::WrongLastSequence);
+                if let Some(batch_id) = &batch_id {
+                    headers.insert("Nats-Batch-Id", batch_id.as_str());
+                    headers.insert("Nats-Batch-Sequence", n.to_string().as_str());
                 }
-                return Err(PublishError::Refused(format!(
-                    "{} (code {}, error {})",
-                    error.description, error.code, error.err_code
-                )));
+                if n < total {
+                    client
+                        .publish_with_headers(subject.clone(), headers, body.clone())
+                        .await
+                        .map_err(|e| PublishError::Ambiguous(e.to_string()))?;
+                    continue;
+                }
+                if batch_id.is_some() {
+                    headers.insert("Nats-Batch-Commit", "1");
+                }
+                let request = async_nats::Request::new()
+                    .headers(headers)
+                    .payload(body.clone())
+                    .timeout(Some(self.inner.config.timeout));
+                let reply = client.send_request(subject.clone(), request).await.map_err(|e| {
+                    use async_nats::RequestErrorKind as Kind;
+                    match e.kind() {
+                        Kind::NoResponders => PublishError::NoLeader,
+                        _ => PublishError::Ambiguous(e.to_string()),
+                    }
+                })?;
+                let reply: PubReply = serde_json::from_slice(&reply.payload)
+                    .map_err(|e| PublishError::Ambiguous(format!("unreadable acknowledgement: {e}")))?;
+                if let Some(error) = reply.error {
+                    if WRONG_LAST_SEQUENCE.contains(&error.err_code) {
+                        return Err(PublishError::WrongLastSequence);
+                    }
+                    return Err(PublishError::Refused(format!(
+                        "{} (code {}, error {})",
+                        error.description, error.code, error.err_code
+                    )));
+                }
+                if let Some(count) = reply.count
+                    && count != total as u64
+                {
+                    return Err(PublishError::Refused(format!("the server stored {count} of a batch of {total}")));
+                }
+                return Ok(reply.seq);
             }
-            if let Some(count) = reply.count
-                && count != messages.len() as u64
-            {
-                return Err(PublishError::Refused(format!(
-                    "the server stored {count} of an append's {} events",
-                    messages.len()
-                )));
-            }
-            return Ok(reply.seq);
         }
         unreachable!("an append holds at least one event")
     }

@@ -16,13 +16,12 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 use weft_events::StreamName;
 
-use super::wire::{PubReply, PublishError};
+use super::wire::PublishError;
 use super::{Inner, JetStreamStore};
 
 /// Most messages in one grouped batch (the server takes up to 1,000 in an atomic batch by default).
@@ -69,7 +68,8 @@ impl JetStreamStore {
 
     /// Publishes `group` (two or more appends to different streams) as one atomic batch and answers each.
     async fn publish_group(&self, group: Vec<Publish>) {
-        match self.publish_batch(&group).await {
+        let appends: Vec<_> = group.iter().map(|p| (&p.stream, p.last_sequence, p.messages.as_slice())).collect();
+        match self.publish_appends(&appends).await {
             Ok(last) => {
                 let total: u64 = group.iter().map(|p| p.messages.len() as u64).sum();
                 let mut end = last + 1 - total;
@@ -91,60 +91,6 @@ impl JetStreamStore {
                 }
             }
         }
-    }
-
-    /// The batch of `group`'s messages, each append's first message with its own checks. Returns the
-    /// batch's last sequence.
-    async fn publish_batch(&self, group: &[Publish]) -> Result<u64, PublishError> {
-        let client = &self.inner.client;
-        let batch_id = Uuid::now_v7().simple().to_string();
-        let total: usize = group.iter().map(|p| p.messages.len()).sum();
-        let mut n = 0;
-        for publish in group {
-            let filter = self.stream_filter(&publish.stream);
-            let last_sequence = publish.last_sequence.to_string();
-            for (i, (subject, body, event_id)) in publish.messages.iter().enumerate() {
-                n += 1;
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
-                if i == 0 {
-                    headers.insert("Nats-Expected-Stream", self.inner.config.stream.as_str());
-                    headers.insert("Nats-Expected-Last-Subject-Sequence", last_sequence.as_str());
-                    headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", filter.as_str());
-                }
-                headers.insert("Nats-Batch-Id", batch_id.as_str());
-                headers.insert("Nats-Batch-Sequence", n.to_string().as_str());
-                if n < total {
-                    client
-                        .publish_with_headers(subject.clone(), headers, body.clone())
-                        .await
-                        .map_err(|e| PublishError::Ambiguous(e.to_string()))?;
-                    continue;
-                }
-                headers.insert("Nats-Batch-Commit", "1");
-                let request = async_nats::Request::new()
-                    .headers(headers)
-                    .payload(body.clone())
-                    .timeout(Some(self.inner.config.timeout));
-                let reply = client
-                    .send_request(subject.clone(), request)
-                    .await
-                    .map_err(|e| PublishError::Ambiguous(e.to_string()))?;
-                let reply: PubReply = serde_json::from_slice(&reply.payload)
-                    .map_err(|e| PublishError::Ambiguous(format!("unreadable acknowledgement: {e}")))?;
-                if let Some(error) = reply.error {
-                    return Err(PublishError::Refused(format!("{} (error {})", error.description, error.err_code)));
-                }
-                if reply.count != Some(total as u64) {
-                    return Err(PublishError::Ambiguous(format!(
-                        "the server acknowledged {:?} of a batch of {total}",
-                        reply.count
-                    )));
-                }
-                return Ok(reply.seq);
-            }
-        }
-        unreachable!("a group holds at least two appends")
     }
 }
 
