@@ -378,7 +378,7 @@ async fn a_saturated_agent_serves_higher_priorities_first_and_the_tenants_of_one
         agent::Command::Register { profile: agent_profile(1), at: Timestamp::now() },
     )
     .await;
-    let executor = Rc::new(ScriptedExecutor::new().on("hold", 1, Scripted::Sleep { ms: 1_500 }));
+    let executor = Rc::new(ScriptedExecutor::new().on("hold", 1, Scripted::Sleep { ms: 3_000 }));
     let processes = Processes::start(world.hosts.clone(), world.store.clone(), Some(executor.clone()), fast());
     submit_as(&world, agent, "a", 0, "hold").await;
     eventually("the first step holds the slot", async || (executor.runs().len() == 1).then_some(())).await;
