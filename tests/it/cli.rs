@@ -63,6 +63,8 @@ fn bad_arguments_are_refused_with_a_message_and_no_panic() {
         (&["bench", "actors", "--commands", "5"][..], "not in 100..=10000000"),
         (&["bench", "actors", "--commands", "-3"][..], "unexpected argument '-3'"),
         (&["bench", "actors", "--synchronous", "never"][..], "invalid value 'never'"),
+        (&["bench", "actors", "--touch", "5"][..], "not in 1000..=10000000"),
+        (&["bench", "actors", "--touch", "a-million"][..], "invalid value 'a-million'"),
         (&["bench", "nats", "--commands", "5"][..], "not in 256..=10000000"),
         (&["bench", "nats", "--synchronous", "never"][..], "invalid value 'never'"),
         (&["bench", "projections", "--events", "5"][..], "not in 1000..=50000000"),

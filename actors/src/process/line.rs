@@ -99,10 +99,32 @@ impl Line {
         self.levels.retain(|_, level| !level.turn.is_empty());
     }
 
-    /// The step whose turn is next.
-    fn head(&mut self) -> Option<&mut Entry> {
-        self.prune();
-        self.levels.values_mut().next().and_then(Level::head)
+    /// Drops the steps whose handlers have gone from the front of the line, until the step next in line is
+    /// one that waits (only the front: a full prune on every look would cost the whole line each time).
+    fn drop_gone_head(&mut self) {
+        while let Some(mut top) = self.levels.first_entry() {
+            let level = top.get_mut();
+            let Some(tenant) = level.turn.front().cloned() else {
+                top.remove();
+                continue;
+            };
+            let steps = level.steps.get_mut(&tenant).expect("a tenant in turn has steps");
+            if steps.front().is_some_and(|e| e.wake.strong_count() > 0) {
+                return;
+            }
+            steps.pop_front();
+            if steps.is_empty() {
+                level.steps.remove(&tenant);
+                level.turn.pop_front();
+            }
+        }
+    }
+
+    /// The step whose turn is next, and its priority.
+    fn head(&mut self) -> Option<(i32, &mut Entry)> {
+        self.drop_gone_head();
+        let (Reverse(priority), level) = self.levels.iter_mut().next()?;
+        level.head().map(|entry| (*priority, entry))
     }
 
     fn find(&mut self, position: u64) -> Option<&mut Entry> {
@@ -132,10 +154,7 @@ impl Lines {
 
     /// Whether a newcomer of `priority` for `agent` must go behind a step already waiting.
     pub(crate) fn waits_at_or_above(&self, agent: AgentId, priority: i32) -> bool {
-        self.with(agent, |line| {
-            line.prune();
-            line.levels.keys().next().is_some_and(|Reverse(p)| *p >= priority)
-        })
+        self.with(agent, |line| line.head().is_some_and(|(head, _)| head >= priority))
     }
 
     /// Puts the step at `position` in `agent`'s line; `wake` is notified when it is its turn.
@@ -146,13 +165,13 @@ impl Lines {
 
     /// Whether the step at `position` is next in `agent`'s line.
     pub(crate) fn is_head(&self, agent: AgentId, position: u64) -> bool {
-        self.with(agent, |line| line.head().is_some_and(|e| e.position == position))
+        self.with(agent, |line| line.head().is_some_and(|(_, e)| e.position == position))
     }
 
     /// Marks the step at `position` as asking for the slot if it is next in line (it asks on its own).
     pub(crate) fn try_if_head(&self, agent: AgentId, position: u64) -> bool {
         self.with(agent, |line| match line.head() {
-            Some(head) if head.position == position => {
+            Some((_, head)) if head.position == position => {
                 head.trying = true;
                 true
             }
@@ -202,8 +221,8 @@ impl Lines {
     pub(crate) fn wake(&self, agent: AgentId) {
         self.with(agent, |line| match line.head() {
             None => {}
-            Some(head) if head.trying => line.missed += 1,
-            Some(head) => {
+            Some((_, head)) if head.trying => line.missed += 1,
+            Some((_, head)) => {
                 if let Some(wake) = head.wake.upgrade() {
                     head.trying = true;
                     wake.notify_one();
