@@ -261,9 +261,12 @@ impl LocalStore {
     {
         check_key(key)?;
         let tmp = self.inner.root.join("tmp").join(uuid::Uuid::now_v7().to_string());
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| unavailable("cannot create", &tmp, e))?;
+        // Created here, not on a blocking thread: with an await between the file and its guard, a request
+        // dropped in between (a broken connection) left the file behind, made after the drop.
+        let file = std::fs::File::create(&tmp).map_err(|e| unavailable("cannot create", &tmp, e))?;
         // Removed however this ends: an error, or the request dropped mid-way (a broken connection).
         let guard = RemoveOnDrop(Some(tmp.clone()));
+        let mut file = tokio::fs::File::from_std(file);
         let mut hash = Sha256::new();
         let mut size: u64 = 0;
         let written: Result<(), Error> = async {
