@@ -19,7 +19,8 @@
 //! # Reading
 //!
 //! Readers use their own connections on the blocking thread pool; WAL mode gives them a consistent snapshot
-//! while the writer commits. [`view`] reads the same files from another process (the operator's tools),
+//! while the writer commits. The events committed last are also kept in memory ([`recent`]), where the subscriptions
+//! following the head read them without a trip to the file. [`view`] reads the same files from another process (the operator's tools),
 //! without the lock and without writing. Every record's checksum covers its position, stream and version as well as its
 //! bytes, and reads check that positions and versions are dense, so a damaged file yields [`Error::Corrupt`]
 //! naming the file rather than a wrong event.
@@ -42,6 +43,7 @@ use weft_events::{
 mod files;
 pub mod index;
 mod read;
+mod recent;
 #[cfg(test)]
 mod tests;
 pub mod view;
@@ -201,6 +203,7 @@ struct Shared {
     requests: mpsc::Sender<Request>,
     head: watch::Receiver<u64>,
     tail: Arc<Tail>,
+    recent: Arc<recent::Recent>,
     readers: Arc<Readers>,
     counters: Arc<Counters>,
     /// The writer and indexer threads, joined at close.
@@ -248,6 +251,7 @@ impl SqliteStore {
             .busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
             .map_err(|e| sql_error(&index_location, e))?;
         let tail = Tail::new(indexed_through);
+        let recent = Arc::new(recent::Recent::default());
 
         let (head_tx, head_rx) = watch::channel(head);
         let (requests, queue) = mpsc::channel(options.queue_capacity.max(1));
@@ -261,6 +265,7 @@ impl SqliteStore {
             next_position: head + 1,
             head: head_tx,
             tail: tail.clone(),
+            recent: recent.clone(),
             counters: counters.clone(),
             max_commit_events: options.max_commit_events.max(1),
             versions: std::collections::HashMap::new(),
@@ -293,6 +298,7 @@ impl SqliteStore {
                 requests,
                 head: head_rx,
                 tail,
+                recent,
                 readers,
                 counters,
                 threads: Mutex::new(threads),
@@ -430,6 +436,10 @@ impl EventRead for SqliteStore {
         self.shared.limits.check_page(limit)?;
         if limit == 0 {
             return Ok(Vec::new());
+        }
+        // A subscription at the head reads what was just committed: from memory.
+        if let Some(events) = self.shared.recent.read(from.max(1), limit) {
+            return Ok(events);
         }
         self.shared.readers.run(move |conn, readers| select_all(conn, &readers.location, from.max(1), limit)).await
     }

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use weft_events::{Appended, Checkpoint, Error, ExpectedVersion, NewEvent, Snapshot, StreamName, Timestamp};
 
 use super::index::{self, Tail};
+use super::recent::Recent;
 use super::{Counters, checkpoint_checksum, snapshot_checksum, sql_error, to_sql};
 use crate::store::record;
 
@@ -47,6 +48,8 @@ pub(crate) struct Writer {
     pub(crate) next_position: u64,
     pub(crate) head: watch::Sender<u64>,
     pub(crate) tail: Arc<Tail>,
+    /// The events committed last, for the subscriptions at the head.
+    pub(crate) recent: Arc<Recent>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) max_commit_events: usize,
     /// The committed version of recently appended streams. The writer is the only one that changes
@@ -159,6 +162,7 @@ impl Writer {
         let mut next_position = self.next_position;
         let mut answers: Vec<(Reply, Result<Outcome, Error>)> = Vec::with_capacity(batch.len());
         let mut pending = Pending::new();
+        let mut committed = Vec::new();
         let versions = Versions {
             cache: &self.versions,
             tail: &self.tail,
@@ -178,7 +182,7 @@ impl Writer {
                             (&stream, expected, events),
                             &mut next_position,
                             recorded_at,
-                            &mut record,
+                            (&mut record, &mut committed),
                         )?;
                         answers.push((reply, outcome));
                     }
@@ -210,6 +214,7 @@ impl Writer {
                 // Readers find streams through the tail, so it learns of the events before anyone is told.
                 self.tail
                     .add(pending.into_iter().map(|(stream, (first, positions))| (stream, first, positions)).collect());
+                self.recent.add(committed);
                 self.head.send_replace(next_position - 1);
                 for (reply, outcome) in answers {
                     let _ = reply.send(outcome);
@@ -288,7 +293,7 @@ fn append(
     (stream, expected, events): (&StreamName, ExpectedVersion, Vec<NewEvent>),
     next_position: &mut u64,
     recorded_at: Timestamp,
-    record: &mut Vec<u8>,
+    (record, committed): (&mut Vec<u8>, &mut Vec<weft_events::Envelope>),
 ) -> rusqlite::Result<Result<Outcome, Error>> {
     let actual = match versions.get(pending, stream) {
         Ok(version) => version,
@@ -302,11 +307,12 @@ fn append(
         tx.prepare_cached("INSERT INTO events (position, stream, version, record) VALUES (?1, ?2, ?3, ?4)")?;
     let mut version = actual;
     let mut positions = Vec::with_capacity(events.len());
-    for event in &events {
+    for event in events {
         version += 1;
-        record::encode(record, event, stream, version, *next_position, recorded_at);
+        record::encode(record, &event, stream, version, *next_position, recorded_at);
         insert.execute(params![to_sql(*next_position), stream.as_str(), to_sql(version), record.as_slice()])?;
         positions.push(*next_position);
+        committed.push(event.into_envelope(stream.clone(), version, *next_position, recorded_at));
         *next_position += 1;
     }
     match pending.entry(stream.clone()) {
