@@ -388,7 +388,7 @@ impl LocalStore {
     }
 }
 
-/// Renames a synced temporary file into place, then its record, and syncs the folders.
+/// Renames a synced temporary file into place, then its record (a cache, unsynced), and syncs the object's folder.
 fn install(tmp: &Path, data: &Path, meta: &Path, info: &ObjectInfo) -> Result<(), Error> {
     for path in [data, meta] {
         if let Some(folder) = path.parent() {
@@ -404,11 +404,11 @@ fn install(tmp: &Path, data: &Path, meta: &Path, info: &ObjectInfo) -> Result<()
         content_type: info.content_type.clone().unwrap_or_default(),
     };
     let meta_tmp = meta.with_extension("json.tmp");
-    let written = std::fs::File::create(&meta_tmp).and_then(|mut file| {
-        file.write_all(&serde_json::to_vec(&record).expect("a record serialises"))?;
-        file.sync_all()
-    });
-    // The record is a cache: without it the object is hashed again on its next head.
+    // The record is a cache: without it (or with a torn one, after a crash) the object is hashed again on its
+    // next head. So it is not synced: its folder never was, and a sync of its own cost each put a third of
+    // its time.
+    let written = std::fs::File::create(&meta_tmp)
+        .and_then(|mut file| file.write_all(&serde_json::to_vec(&record).expect("a record serialises")));
     if written.is_ok() {
         let _ = std::fs::rename(&meta_tmp, meta);
     }

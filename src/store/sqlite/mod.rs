@@ -268,7 +268,6 @@ impl SqliteStore {
             recent: recent.clone(),
             counters: counters.clone(),
             max_commit_events: options.max_commit_events.max(1),
-            versions: std::collections::HashMap::new(),
             checkpoints: Some(checkpoints),
             closing: Vec::new(),
         };
@@ -422,6 +421,11 @@ impl EventRead for SqliteStore {
         if limit == 0 || (direction == Direction::Backwards && from == 0) {
             return Ok(Vec::new());
         }
+        // Nothing after a stream's last version, which the store knows for the streams appended to lately:
+        // an actor making sure it has its stream's every event asks this before each read of its state.
+        if direction == Direction::Forwards && self.shared.recent.last_version(stream).is_some_and(|last| from > last) {
+            return Ok(Vec::new());
+        }
         // The tail first, then the file: entries leave the tail only after the file holds them, so the two
         // together are complete.
         let tail = self.shared.tail.stream(stream);
@@ -445,6 +449,9 @@ impl EventRead for SqliteStore {
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<u64, Error> {
+        if let Some(version) = self.shared.recent.last_version(stream) {
+            return Ok(version);
+        }
         if let Some(version) = self.shared.tail.last_version(stream) {
             return Ok(version);
         }

@@ -8,11 +8,17 @@
 //! A read that starts before the ring's first event goes to the file, as before.
 //!
 //! Bounded by events and by payload bytes, whichever is reached first: the oldest go.
+//!
+//! Beside them, the last version of each stream appended to lately. The writer is the only one that changes
+//! versions and records each commit here before it answers, so these are exact: the writer checks expected
+//! versions against them, and a read of a stream past its last version (an actor making sure it has seen
+//! every event before it answers a read of its state) is answered without the file. Bounded by
+//! [`MAX_VERSIONS`]; past it the map starts over.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use weft_events::Envelope;
+use weft_events::{Envelope, StreamName};
 
 /// Most events kept.
 pub(crate) const MAX_EVENTS: usize = 8192;
@@ -20,10 +26,14 @@ pub(crate) const MAX_EVENTS: usize = 8192;
 /// Most payload bytes kept.
 pub(crate) const MAX_BYTES: usize = 16 << 20;
 
+/// Most streams whose last version is kept.
+pub(crate) const MAX_VERSIONS: usize = 100_000;
+
 #[derive(Default)]
 struct Ring {
     events: VecDeque<Envelope>,
     bytes: usize,
+    versions: HashMap<StreamName, u64>,
 }
 
 /// The last committed events, shared by the writer and the readers.
@@ -43,6 +53,13 @@ impl Recent {
     pub(crate) fn add(&self, events: Vec<Envelope>) {
         let Some(first) = events.first() else { return };
         let mut ring = self.lock();
+        if ring.versions.len() + events.len() > MAX_VERSIONS {
+            ring.versions.clear();
+        }
+        for event in &events {
+            // In position order, so each stream's last event is its last version.
+            ring.versions.insert(event.stream.clone(), event.version);
+        }
         if ring.events.back().is_some_and(|last| last.position + 1 != first.position) {
             ring.events.clear();
             ring.bytes = 0;
@@ -55,6 +72,11 @@ impl Recent {
             let gone = ring.events.pop_front().expect("more than one event");
             ring.bytes -= gone.payload.len();
         }
+    }
+
+    /// The last version of `stream`, if it was appended to lately.
+    pub(crate) fn last_version(&self, stream: &StreamName) -> Option<u64> {
+        self.lock().versions.get(stream).copied()
     }
 
     /// Up to `limit` events from position `from` on, if the ring holds `from` (or `from` is right after
@@ -109,6 +131,18 @@ mod tests {
         recent.add(events(7..=8, 1));
         assert_eq!(positions(recent.read(3, 10)), None);
         assert_eq!(positions(recent.read(7, 10)), Some(vec![7, 8]));
+    }
+
+    #[test]
+    fn the_last_version_of_each_stream_appended_to_is_known() {
+        let recent = Recent::default();
+        let (a, b) = (StreamName::new("job-a").unwrap(), StreamName::new("job-b").unwrap());
+        assert_eq!(recent.last_version(&a), None);
+        let event = |stream: &StreamName, version, position| {
+            NewEvent::new("job.submitted", vec![]).into_envelope(stream.clone(), version, position, Timestamp(1))
+        };
+        recent.add(vec![event(&a, 1, 1), event(&b, 4, 2), event(&a, 2, 3)]);
+        assert_eq!((recent.last_version(&a), recent.last_version(&b)), (Some(2), Some(4)));
     }
 
     #[test]

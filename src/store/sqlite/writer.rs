@@ -48,14 +48,11 @@ pub(crate) struct Writer {
     pub(crate) next_position: u64,
     pub(crate) head: watch::Sender<u64>,
     pub(crate) tail: Arc<Tail>,
-    /// The events committed last, for the subscriptions at the head.
+    /// The events committed last, for the subscriptions at the head, and the versions of the streams
+    /// appended to lately.
     pub(crate) recent: Arc<Recent>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) max_commit_events: usize,
-    /// The committed version of recently appended streams. The writer is the only one that changes
-    /// versions, so this is exact; it saves a look-up in the tail or the index file for streams that append
-    /// often. Bounded by [`MAX_CACHED_VERSIONS`].
-    pub(crate) versions: HashMap<StreamName, u64>,
     /// A second connection to the log, for the checkpointer thread the writer starts.
     pub(crate) checkpoints: Option<Connection>,
     /// The requests from a `Close` on, taken out of the batch they arrived in.
@@ -78,9 +75,6 @@ fn checkpoint(conn: Connection, stop: std::sync::mpsc::Receiver<()>, location: S
         }
     }
 }
-
-/// Most streams whose version the writer keeps in memory; past it the cache starts over.
-const MAX_CACHED_VERSIONS: usize = 100_000;
 
 /// The streams a transaction appends to: first new version and positions, for the tail.
 type Pending = HashMap<StreamName, (u64, Vec<u64>)>;
@@ -164,7 +158,7 @@ impl Writer {
         let mut pending = Pending::new();
         let mut committed = Vec::new();
         let versions = Versions {
-            cache: &self.versions,
+            cache: &self.recent,
             tail: &self.tail,
             index: &self.index,
             index_location: &self.index_location,
@@ -205,12 +199,6 @@ impl Writer {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.counters.appends.fetch_add(appends as u64, Ordering::Relaxed);
                 self.counters.events.fetch_add(events, Ordering::Relaxed);
-                if self.versions.len() + pending.len() > MAX_CACHED_VERSIONS {
-                    self.versions.clear();
-                }
-                for (stream, (first, positions)) in &pending {
-                    self.versions.insert(stream.clone(), first + positions.len() as u64 - 1);
-                }
                 // Readers find streams through the tail, so it learns of the events before anyone is told.
                 self.tail
                     .add(pending.into_iter().map(|(stream, (first, positions))| (stream, first, positions)).collect());
@@ -261,7 +249,7 @@ fn request_events(request: &Request) -> usize {
 /// Where the writer finds a stream's current version: this transaction's appends, then its cache of
 /// committed versions, then the tail, then the index file.
 struct Versions<'a> {
-    cache: &'a HashMap<StreamName, u64>,
+    cache: &'a Recent,
     tail: &'a Tail,
     index: &'a Connection,
     index_location: &'a str,
@@ -272,8 +260,8 @@ impl Versions<'_> {
         if let Some((first, positions)) = pending.get(stream) {
             return Ok(first + positions.len() as u64 - 1);
         }
-        if let Some(version) = self.cache.get(stream) {
-            return Ok(*version);
+        if let Some(version) = self.cache.last_version(stream) {
+            return Ok(version);
         }
         // Entries leave the tail only after the index file holds them, so a stream missing from the tail is
         // complete in the file.
