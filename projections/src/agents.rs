@@ -106,6 +106,10 @@ impl Projection for Agents {
         )
     }
 
+    fn wants(&self, event: &Envelope) -> bool {
+        crate::of_kind(event, AgentId::KIND)
+    }
+
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
         let Some(id) = AgentId::from_stream(&envelope.stream) else { return Ok(()) };
         let event = Event::from_envelope(envelope)

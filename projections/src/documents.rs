@@ -132,6 +132,10 @@ impl Projection for Documents {
         )
     }
 
+    fn wants(&self, event: &Envelope) -> bool {
+        crate::of_kind(event, DocumentId::KIND) || crate::of_kind(event, crate::TENANT_KIND)
+    }
+
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
         if let Some(tenant) = crate::erased_tenant(envelope)? {
             // The personal columns of the tenant's documents, as its events now read.

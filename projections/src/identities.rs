@@ -57,6 +57,10 @@ impl Projection for Identities {
         )
     }
 
+    fn wants(&self, event: &Envelope) -> bool {
+        crate::of_kind(event, user::AGGREGATE) || crate::of_kind(event, apikey::AGGREGATE)
+    }
+
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
         let Some((kind, id)) = envelope.stream.as_str().split_once('-') else { return Ok(()) };
         let decode = |source| ApplyError::Decode { position: envelope.position, source };

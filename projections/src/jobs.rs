@@ -140,6 +140,10 @@ impl Projection for Jobs {
         db.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id)")
     }
 
+    fn wants(&self, event: &Envelope) -> bool {
+        crate::of_kind(event, JobId::KIND)
+    }
+
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
         let Some(id) = JobId::from_stream(&envelope.stream) else { return Ok(()) };
         let event = Event::from_envelope(envelope)

@@ -143,10 +143,19 @@ pub enum ApplyError {
 
 /// The tenant a `tenant.erased` event erases, for the projections that scrub its personal data; `None` for
 /// every other event.
+/// The kind of a tenant's stream (`tenant-<name>`), whose `tenant.erased` the models with personal columns
+/// apply.
+const TENANT_KIND: &str = "tenant";
+
+/// Whether `event` is in a stream of `kind` (`<kind>-<id>`).
+fn of_kind(event: &Envelope, kind: &str) -> bool {
+    event.stream.as_str().strip_prefix(kind).is_some_and(|rest| rest.starts_with('-'))
+}
+
 fn erased_tenant(envelope: &Envelope) -> Result<Option<String>, ApplyError> {
     use weft_events::domain::DomainEvent;
     use weft_events::domain::tenant;
-    if &*envelope.event_type != "tenant.erased" || !envelope.stream.as_str().starts_with("tenant-") {
+    if &*envelope.event_type != "tenant.erased" || !of_kind(envelope, TENANT_KIND) {
         return Ok(None);
     }
     match tenant::Event::from_envelope(envelope) {
@@ -174,4 +183,11 @@ pub trait Projection: Send + 'static {
 
     /// Applies one event (any event of the log: it skips those it does not read).
     fn apply(&mut self, tx: &Transaction<'_>, event: &Envelope) -> Result<(), ApplyError>;
+
+    /// Whether [`apply`](Projection::apply) may change anything for `event`: a cheap look at its stream and
+    /// type, never at its payload. A batch of which it wants nothing is passed over without a transaction
+    /// (its position is saved with the next batch that is applied, or at the stop). Everything by default.
+    fn wants(&self, _event: &Envelope) -> bool {
+        true
+    }
 }

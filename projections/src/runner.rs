@@ -374,6 +374,21 @@ fn wait_to_retry(
     })
 }
 
+/// Saves `position` as `name`'s, at a stop after batches passed over (best effort: a projection that does not
+/// save it reads those batches again, and passes them over again).
+fn save_position(db: &mut Connection, writer: &std::sync::Mutex<()>, name: &str, position: u64) {
+    let _turn = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let saved = db.execute(
+        "INSERT INTO projection_positions (name, position) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position
+         WHERE excluded.position > projection_positions.position",
+        params![name, position as i64],
+    );
+    if let Err(error) = saved {
+        tracing::warn!(projection = name, %error, "the position was not saved at the stop; it reads on from an earlier one");
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn apply_loop<P: Projection>(
     mut projection: P,
@@ -389,6 +404,8 @@ fn apply_loop<P: Projection>(
     let writer = writer_lock(&path);
     health.running();
     let mut delay = MIN_RETRY_DELAY;
+    // The position past the last batch passed over, not saved yet.
+    let mut unsaved = None;
     loop {
         // The subscription is dropped with this loop on stop, so cancelling its read is fine.
         let batch = runtime.block_on(async {
@@ -397,7 +414,12 @@ fn apply_loop<P: Projection>(
                 batch = subscription.next_batch() => Some(batch),
             }
         });
-        let Some(batch) = batch else { return Ok(()) };
+        let Some(batch) = batch else {
+            if let Some(last) = unsaved {
+                save_position(&mut db, &writer, name, last);
+            }
+            return Ok(());
+        };
         let batch = match batch {
             Ok(batch) => batch,
             Err(source) if source.is_retryable() => {
@@ -416,6 +438,13 @@ fn apply_loop<P: Projection>(
             }
         };
         let Some(last) = batch.last().map(|e| e.position) else { continue };
+        // Nothing in it for this model (most commits of a busy node are another model's): no transaction.
+        if !batch.iter().any(|event| projection.wants(event)) {
+            unsaved = Some(last);
+            position.send_replace(last);
+            continue;
+        }
+        unsaved = None;
         let mut apply = |db: &mut Connection| -> Result<(), ApplyError> {
             // One writer at a time per file, taken here rather than in SQLite: SQLite's busy handler waits by
             // sleeping (up to 100 ms a try), which showed as lag; a mutex hands over as soon as it is free.

@@ -101,6 +101,10 @@ impl Projection for Schedules {
         )
     }
 
+    fn wants(&self, event: &Envelope) -> bool {
+        crate::of_kind(event, ScheduleId::KIND)
+    }
+
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
         let Some(id) = ScheduleId::from_stream(&envelope.stream) else { return Ok(()) };
         let event = Event::from_envelope(envelope)

@@ -89,6 +89,10 @@ impl Projection for Workflows {
         )
     }
 
+    fn wants(&self, event: &Envelope) -> bool {
+        crate::of_kind(event, WorkflowId::KIND)
+    }
+
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
         let Some(id) = WorkflowId::from_stream(&envelope.stream) else { return Ok(()) };
         let event = Event::from_envelope(envelope)

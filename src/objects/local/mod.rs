@@ -138,17 +138,43 @@ struct Record {
 pub const STALE_TMP: Duration = Duration::from_secs(600);
 
 /// A temporary file removed when dropped, unless disarmed (it became the object).
-struct RemoveOnDrop(Option<PathBuf>);
+///
+/// The file is created on a blocking thread, which may finish after the guard has dropped (the request
+/// dropped meanwhile): the guard's `dropped` flag tells that thread to remove what it made.
+struct RemoveOnDrop {
+    path: Option<PathBuf>,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl RemoveOnDrop {
+    fn new(path: PathBuf) -> Self {
+        Self { path: Some(path), dropped: Arc::default() }
+    }
+
+    /// Creates the guarded file on a blocking thread.
+    async fn create(&self) -> Result<std::fs::File, Error> {
+        let path = self.path.clone().expect("armed until disarmed");
+        let dropped = self.dropped.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::create(&path).map_err(|e| unavailable("cannot create", &path, e));
+            if dropped.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = std::fs::remove_file(&path);
+            }
+            file
+        })
+        .await
+        .map_err(|e| Error::Unavailable(format!("creating a temporary file: {e}")))?
+    }
+
     fn disarm(mut self) {
-        self.0 = None;
+        self.path = None;
     }
 }
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
+        if let Some(path) = self.path.take() {
+            self.dropped.store(true, std::sync::atomic::Ordering::SeqCst);
             let _ = std::fs::remove_file(path);
         }
     }
@@ -261,11 +287,11 @@ impl LocalStore {
     {
         check_key(key)?;
         let tmp = self.inner.root.join("tmp").join(uuid::Uuid::now_v7().to_string());
-        // Created here, not on a blocking thread: with an await between the file and its guard, a request
-        // dropped in between (a broken connection) left the file behind, made after the drop.
-        let file = std::fs::File::create(&tmp).map_err(|e| unavailable("cannot create", &tmp, e))?;
-        // Removed however this ends: an error, or the request dropped mid-way (a broken connection).
-        let guard = RemoveOnDrop(Some(tmp.clone()));
+        // Removed however this ends: an error, or the request dropped mid-way (a broken connection), even while
+        // the file is being created. Not created on this thread: making an inode can take a while on a busy
+        // file system, and this thread may be the one that runs the actors.
+        let guard = RemoveOnDrop::new(tmp.clone());
+        let file = guard.create().await?;
         let mut file = tokio::fs::File::from_std(file);
         let mut hash = Sha256::new();
         let mut size: u64 = 0;
