@@ -85,6 +85,8 @@ impl Subscription {
 
     /// The events available now (at least one, waiting for it if need be), up to one page: for consumers
     /// that process in batches, such as projections that commit a batch with its checkpoint.
+    ///
+    /// Cancel-safe: a call dropped while it waits loses nothing; the next call yields the same events.
     pub async fn next_batch(&mut self) -> Result<Vec<Envelope>, Error> {
         if self.page.len() > 0 {
             return Ok(std::mem::replace(&mut self.page, Vec::new().into_iter()).collect());
@@ -95,8 +97,12 @@ impl Subscription {
     /// Reads the next page (never empty), waiting for a commit when caught up.
     async fn fill(&mut self) -> Result<Vec<Envelope>, Error> {
         loop {
-            if let Some(ahead) = self.ahead.take() {
-                let page = ahead.await.map_err(|e| Error::Unavailable {
+            // Awaited in place and taken only once done: a call dropped meanwhile leaves the page being read
+            // ahead (already counted past) for the next call.
+            if let Some(ahead) = self.ahead.as_mut() {
+                let page = ahead.await;
+                self.ahead = None;
+                let page = page.map_err(|e| Error::Unavailable {
                     location: "subscription".into(),
                     reason: format!("reading ahead failed: {e}"),
                 })??;

@@ -374,8 +374,12 @@ fn wait_to_retry(
     })
 }
 
-/// Saves `position` as `name`'s, at a stop after batches passed over (best effort: a projection that does not
-/// save it reads those batches again, and passes them over again).
+/// How long a projection waits after batches it passed over before it saves their position (unless a batch
+/// it applies saves it first).
+const SAVE_WHEN_IDLE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Saves `position` as `name`'s after batches passed over (best effort: a projection that does not save it
+/// reads those batches again after a restart, and passes them over again).
 fn save_position(db: &mut Connection, writer: &std::sync::Mutex<()>, name: &str, position: u64) {
     let _turn = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let saved = db.execute(
@@ -407,18 +411,28 @@ fn apply_loop<P: Projection>(
     // The position past the last batch passed over, not saved yet.
     let mut unsaved = None;
     loop {
-        // The subscription is dropped with this loop on stop, so cancelling its read is fine.
+        // `next_batch` is cancel-safe: a read cut short by the idle save is taken up again.
         let batch = runtime.block_on(async {
             tokio::select! {
                 _ = &mut stopped => None,
-                batch = subscription.next_batch() => Some(batch),
+                batch = subscription.next_batch() => Some(Some(batch)),
+                () = tokio::time::sleep(SAVE_WHEN_IDLE), if unsaved.is_some() => Some(None),
             }
         });
-        let Some(batch) = batch else {
-            if let Some(last) = unsaved {
-                save_position(&mut db, &writer, name, last);
+        let batch = match batch {
+            Some(Some(batch)) => batch,
+            Some(None) => {
+                if let Some(last) = unsaved.take() {
+                    save_position(&mut db, &writer, name, last);
+                }
+                continue;
             }
-            return Ok(());
+            None => {
+                if let Some(last) = unsaved {
+                    save_position(&mut db, &writer, name, last);
+                }
+                return Ok(());
+            }
         };
         let batch = match batch {
             Ok(batch) => batch,
@@ -441,6 +455,8 @@ fn apply_loop<P: Projection>(
         // Nothing in it for this model (most commits of a busy node are another model's): no transaction.
         if !batch.iter().any(|event| projection.wants(event)) {
             unsaved = Some(last);
+            delay = MIN_RETRY_DELAY;
+            health.running();
             position.send_replace(last);
             continue;
         }

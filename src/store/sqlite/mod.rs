@@ -19,7 +19,7 @@
 //! # Reading
 //!
 //! Readers use their own connections on the blocking thread pool; WAL mode gives them a consistent snapshot
-//! while the writer commits. The events committed last are also kept in memory ([`recent`]), where the subscriptions
+//! while the writer commits. The events committed last are also kept in memory (`recent.rs`), where the subscriptions
 //! following the head read them without a trip to the file. [`view`] reads the same files from another process (the operator's tools),
 //! without the lock and without writing. Every record's checksum covers its position, stream and version as well as its
 //! bytes, and reads check that positions and versions are dense, so a damaged file yields [`Error::Corrupt`]

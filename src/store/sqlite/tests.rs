@@ -134,3 +134,34 @@ async fn a_file_of_another_kind_is_refused_by_name() {
     let Err(err) = SqliteStore::open(Options::new(&other)) else { panic!("opened another app's database") };
     assert!(err.to_string().contains("another application"), "{err}");
 }
+
+/// What a subscription at the head reads from memory is what the file holds: the same envelopes, byte for
+/// byte, whether the event kept an imported time or not; reads from before the ring go to the file.
+#[tokio::test]
+async fn events_read_the_same_from_memory_and_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(Options::new(&path)).unwrap();
+    let (a, b) = (StreamName::new("job-a").unwrap(), StreamName::new("agent-b").unwrap());
+    let imported = NewEvent::new("job.submitted", vec![9; 40]).tenant("acme").actor("user:alice");
+    let imported = NewEvent { recorded_at: Some(weft_events::Timestamp(1_000_000)), ..imported };
+    let correlated = NewEvent::new("agent.task_assigned", vec![1, 2]).correlation_id(uuid::Uuid::now_v7());
+    store
+        .append(&a, ExpectedVersion::NoStream, vec![imported, NewEvent::new("job.step_scheduled", vec![])])
+        .await
+        .unwrap();
+    store.append(&b, ExpectedVersion::Any, vec![correlated]).await.unwrap();
+    let from_memory = store.read_all(1, 10).await.unwrap();
+    assert_eq!(from_memory.len(), 3);
+    assert_eq!(store.read_all(3, 10).await.unwrap(), from_memory[2..]);
+    assert_eq!(store.read_all(4, 10).await.unwrap(), vec![], "past the head");
+    // A stream read past its last version is answered from the versions kept beside the ring.
+    assert_eq!(store.read_stream(&a, 3, Direction::Forwards, 10).await.unwrap(), vec![]);
+    assert_eq!(store.stream_version(&a).await.unwrap(), 2);
+    store.close().await.unwrap();
+
+    let store = SqliteStore::open(Options::new(&path)).unwrap();
+    assert_eq!(store.read_all(1, 10).await.unwrap(), from_memory, "the file holds what memory handed out");
+    assert_eq!(store.read_stream(&a, 1, Direction::Forwards, 10).await.unwrap(), from_memory[..2]);
+    store.close().await.unwrap();
+}
