@@ -1,6 +1,9 @@
 //! The process managers' way to the aggregates over the bus: commands go out as requests on
 //! `weft.cmd.<aggregate>.<id>` and whichever node's intake takes them runs them; state is read from the
-//! shared store, through this node's own actors when it has them ([`BusGateway::with_hosts`]). With NATS
+//! shared store, through this node's own actors when it has them ([`BusGateway::with_hosts`]). With those
+//! actors, a command the intake would run as it came (every one but a job's submission and an upload's
+//! record that an intake checks against storage) runs on them straight, without the bus: the intake would
+//! only decode it again and check the node's own token. With NATS
 //! configured, a job on one node drives an agent on another, and nothing in the domain knows which node
 //! holds which actor.
 
@@ -80,6 +83,13 @@ impl Gateway for BusGateway {
         execute: Execute<A>,
     ) -> Result<Outcome, host::Error<A::Rejection>> {
         let id = instance::<A>(stream)?;
+        // A command the intake would run as it came goes to this node's hosts straight: the intake would only
+        // decode it and check the node's own token. The others are prepared by an intake.
+        if let Some(hosts) = &self.hosts
+            && crate::intake::runs_as_is(&execute)
+        {
+            return hosts.execute(stream, execute).await;
+        }
         let mut headers = Headers::from([(COMMAND_ID.to_owned(), execute.command_id.to_string())]);
         // One trace per flow: the trace id is the correlation id (or, without one, the command's own id).
         let flow = execute.metadata.correlation_id.unwrap_or(execute.command_id);

@@ -170,6 +170,34 @@ impl<A: Aggregate> Prepare<A> for AsIs {
     }
 }
 
+/// Whether the intake runs `execute` as it came: nothing in it is checked against, or completed from, other
+/// aggregates' state or the object store. A node's own process managers run such commands on the node's
+/// hosts directly (`crate::gateway`); the rest go through an intake, which prepares them.
+pub(crate) fn runs_as_is<A: Aggregate>(execute: &Execute<A>) -> bool {
+    let command: &dyn std::any::Any = &execute.command;
+    match A::KIND {
+        weft_actors::agent::Agent::KIND | Workflow::KIND | weft_actors::schedule::Schedule::KIND => true,
+        Job::KIND => command.downcast_ref::<job::Command>().is_some_and(|c| !matches!(c, job::Command::Submit { .. })),
+        Document::KIND => command.downcast_ref::<document::Command>().is_some_and(|c| {
+            !matches!(c, document::Command::MarkUploaded { .. } | document::Command::AddVersion { .. })
+                || own_component(&execute.metadata)
+        }),
+        _ => false,
+    }
+}
+
+/// Whether a command comes from Weft's own components that head storage themselves before they send an
+/// upload's record (the object-storage handling, an agent writing its output), on the node that holds the
+/// object: a node's local folder is its own, so another node's intake must not judge them by its folder.
+/// (With authentication on, only the node's own token may name such an actor; without it, the actor is
+/// what the sender says.)
+fn own_component(metadata: &host::Metadata) -> bool {
+    metadata
+        .actor
+        .as_deref()
+        .is_some_and(|actor| actor == crate::objects::documents::STORAGE_ACTOR || actor.starts_with("agent:"))
+}
+
 /// Workflow versions' steps kept in memory: a defined version never changes, so there is nothing to
 /// invalidate. Past this many the memory is cleared.
 const KNOWN_VERSIONS: usize = 4096;
@@ -268,15 +296,7 @@ impl Prepare<Document> for Uploads {
                 | document::Command::AddVersion { size_bytes, etag, .. } => (*size_bytes, etag.clone()),
                 _ => return Ok(execute),
             };
-            // Weft's own components (the object-storage handling, an agent writing its output) head storage
-            // themselves before they send these, on the node that holds the object: a node's local folder is
-            // its own, so another node's intake must not judge them by its folder. (With authentication on,
-            // only the node's own token may name such an actor; without it, the actor is what the sender says.)
-            let own_component =
-                execute.metadata.actor.as_deref().is_some_and(|actor| {
-                    actor == crate::objects::documents::STORAGE_ACTOR || actor.starts_with("agent:")
-                });
-            if own_component {
+            if own_component(&execute.metadata) {
                 return Ok(execute);
             }
             let (state, _) = host::load_state::<Document>(&*store, &stream).await?;
