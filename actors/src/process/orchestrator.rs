@@ -1,5 +1,5 @@
 //! The job orchestrator: a scheduled step becomes a task of the step's agent; a task's completion or failure
-//! becomes the step's. The job itself decides what follows (the next ready steps, a retry, the end of the
+//! becomes the step's (a completion the worker has reported to the job already is not sent again). The job itself decides what follows (the next ready steps, a retry, the end of the
 //! job), so the orchestrator keeps no state of its own.
 //!
 //! It handles the events of different jobs at once (up to [`Process::OVERLAP`]), each job's in log order (a
@@ -140,6 +140,16 @@ impl<G: Gateway> Orchestrator<G> {
     }
 
     async fn task_finished(&self, event: &Envelope, finished: agent_events::Event) -> Result<(), Retry> {
+        // The worker reports a success to the job itself, at the same time as to the agent: when the job
+        // has it already, there is nothing to send.
+        if let agent_events::Event::TaskCompleted(e) = &finished {
+            let state = inspect::<Job, _>(&self.gateway, &e.job.stream()).await?;
+            let taken = matches!(state.progress.get(&e.step),
+                Some(StepState::Succeeded { attempt, output }) if *attempt == e.attempt && *output == e.output);
+            if taken {
+                return Ok(());
+            }
+        }
         let (job, command) = match finished {
             agent_events::Event::TaskCompleted(e) => {
                 (e.job, job::Command::CompleteStep { step: e.step, attempt: e.attempt, output: e.output, at: e.at })

@@ -1,6 +1,10 @@
 //! The worker: does the tasks assigned to agents, by handing each to an [`Executor`] (the agents' LLM
 //! providers implement it), and reports the outcome to the agent.
 //!
+//! A task's success is reported to its agent and, at the same time, to its job (the orchestrator reports it
+//! to the job too when the job has not taken it, so the job's report is best effort here); a failure only to
+//! its agent, for the orchestrator to turn into the step's.
+//!
 //! A task runs at most once. Before it runs, the worker records that it started (the agent's
 //! `task_started` and the job's `step_started`, sent at once), and the task is in the worker's checkpointed state until its
 //! outcome is recorded. A task found started but not finished after a restart was interrupted: the worker
@@ -222,12 +226,18 @@ async fn execute<G: Gateway>(gateway: G, executor: Rc<dyn Executor>, task: Task,
     let started = Instant::now();
     let timeout = Duration::from_millis(task.step.timeout_ms);
     let (id, agent) = (task.id, task.agent);
+    let (job, step, attempt) = (task.job, task.step.name.clone(), task.attempt);
     let result = match tokio::time::timeout(timeout, executor.run(task)).await {
         Ok(result) => result,
         Err(_) => Err(TaskError { message: format!("timed out after {} ms", timeout.as_millis()), retryable: true }),
     };
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut delay = Duration::from_millis(50);
+    let at = Timestamp::now();
+    // A success is reported to the job at once, beside the agent's record: the job need not wait for the
+    // orchestrator to read the agent's. The orchestrator still reports it when the job has not taken it (this
+    // report failed, or the worker stopped between the two), so it is best effort here.
+    let mut report_to_job = result.is_ok();
     loop {
         let recorded = match &result {
             Ok(output) => {
@@ -237,15 +247,44 @@ async fn execute<G: Gateway>(gateway: G, executor: Rc<dyn Executor>, task: Task,
                     input_tokens: output.input_tokens,
                     output_tokens: output.output_tokens,
                     latency_ms,
-                    at: Timestamp::now(),
+                    at,
                 };
-                send::<Agent, _>(&gateway, &agent.stream(), derived_id(id, "complete"), complete, NAME, correlation)
-                    .await
-                    .map(|outcome| {
-                        if let Err(rejection) = outcome {
-                            tracing::warn!(%agent, task = %id, %rejection, "the agent did not take a task's output");
-                        }
-                    })
+                let step_done = job::Command::CompleteStep { step: step.clone(), attempt, output: output.document, at };
+                let report = async {
+                    if !std::mem::take(&mut report_to_job) {
+                        return;
+                    }
+                    let sent = send::<Job, _>(
+                        &gateway,
+                        &job.stream(),
+                        derived_id(id, "complete-step"),
+                        step_done,
+                        NAME,
+                        correlation,
+                    )
+                    .await;
+                    let why = match sent {
+                        Ok(Ok(_)) => return,
+                        Ok(Err(rejection)) => rejection.to_string(),
+                        Err(Retry(why)) => why,
+                    };
+                    tracing::debug!(%job, task = %id, %why, "the job did not take a task's success; the orchestrator reports it");
+                };
+                let agent_stream = agent.stream();
+                let recorded = send::<Agent, _>(
+                    &gateway,
+                    &agent_stream,
+                    derived_id(id, "complete"),
+                    complete,
+                    NAME,
+                    correlation,
+                );
+                let (recorded, ()) = futures::join!(recorded, report);
+                recorded.map(|outcome| {
+                    if let Err(rejection) = outcome {
+                        tracing::warn!(%agent, task = %id, %rejection, "the agent did not take a task's output");
+                    }
+                })
             }
             Err(error) => fail(&gateway, agent, id, error.clone(), correlation).await,
         };
