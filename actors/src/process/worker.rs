@@ -271,14 +271,8 @@ async fn execute<G: Gateway>(gateway: G, executor: Rc<dyn Executor>, task: Task,
                     tracing::debug!(%job, task = %id, %why, "the job did not take a task's success; the orchestrator reports it");
                 };
                 let agent_stream = agent.stream();
-                let recorded = send::<Agent, _>(
-                    &gateway,
-                    &agent_stream,
-                    derived_id(id, "complete"),
-                    complete,
-                    NAME,
-                    correlation,
-                );
+                let recorded =
+                    send::<Agent, _>(&gateway, &agent_stream, derived_id(id, "complete"), complete, NAME, correlation);
                 let (recorded, ()) = futures::join!(recorded, report);
                 recorded.map(|outcome| {
                     if let Err(rejection) = outcome {
