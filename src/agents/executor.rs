@@ -78,6 +78,11 @@ impl DocumentExecutor {
     /// A document of `tenant`: its state and its current content as text.
     async fn read(&self, id: DocumentId, tenant: &str) -> Result<(Document, String), TaskError> {
         let state = self.document(id).await?;
+        self.checked(id, state, tenant).await
+    }
+
+    /// The content of document `id` as text, given its `state`, once it is found to be of `tenant`.
+    async fn checked(&self, id: DocumentId, state: Document, tenant: &str) -> Result<(Document, String), TaskError> {
         if state.status != Status::Unregistered && state.tenant != tenant {
             return Err(permanent(format!("input {id} is no document of tenant {tenant:?}")));
         }
@@ -193,11 +198,19 @@ impl DocumentExecutor {
                 )));
             }
         };
-        let tenant = self.tenant(task).await?;
+        // The job's tenant and the first input's state are read at once: the one is only checked against the
+        // other.
+        let (tenant, first_state) = futures::join!(self.tenant(task), self.document(first));
+        let tenant = tenant?;
+        let mut first_state = Some(first_state?);
         let mut texts = Vec::with_capacity(task.inputs.len());
         let mut states = Vec::with_capacity(task.inputs.len());
         for &input in &task.inputs {
-            let (state, text) = self.read(input, &tenant).await?;
+            let state = match first_state.take() {
+                Some(state) if input == first => state,
+                _ => self.document(input).await?,
+            };
+            let (state, text) = self.checked(input, state, &tenant).await?;
             texts.push(text);
             states.push(state);
         }
