@@ -141,8 +141,6 @@ pub enum ApplyError {
     Sql(#[from] rusqlite::Error),
 }
 
-/// The tenant a `tenant.erased` event erases, for the projections that scrub its personal data; `None` for
-/// every other event.
 /// The kind of a tenant's stream (`tenant-<name>`), whose `tenant.erased` the models with personal columns
 /// apply.
 const TENANT_KIND: &str = "tenant";
@@ -152,6 +150,8 @@ fn of_kind(event: &Envelope, kind: &str) -> bool {
     event.stream.as_str().strip_prefix(kind).is_some_and(|rest| rest.starts_with('-'))
 }
 
+/// The tenant a `tenant.erased` event erases, for the projections that scrub its personal data; `None` for
+/// every other event.
 fn erased_tenant(envelope: &Envelope) -> Result<Option<String>, ApplyError> {
     use weft_events::domain::DomainEvent;
     use weft_events::domain::tenant;
@@ -186,7 +186,8 @@ pub trait Projection: Send + 'static {
 
     /// Whether [`apply`](Projection::apply) may change anything for `event`: a cheap look at its stream and
     /// type, never at its payload. A batch of which it wants nothing is passed over without a transaction
-    /// (its position is saved with the next batch that is applied, or at the stop). Everything by default.
+    /// (its position is saved with the next batch that is applied, when the projection is idle, or at the
+    /// stop). Everything by default.
     fn wants(&self, _event: &Envelope) -> bool {
         true
     }

@@ -389,7 +389,7 @@ fn save_position(db: &mut Connection, writer: &std::sync::Mutex<()>, name: &str,
         params![name, position as i64],
     );
     if let Err(error) = saved {
-        tracing::warn!(projection = name, %error, "the position was not saved at the stop; it reads on from an earlier one");
+        tracing::warn!(projection = name, %error, "a passed-over position was not saved; a restart reads on from an earlier one");
     }
 }
 
@@ -419,20 +419,15 @@ fn apply_loop<P: Projection>(
                 () = tokio::time::sleep(SAVE_WHEN_IDLE), if unsaved.is_some() => Some(None),
             }
         });
-        let batch = match batch {
-            Some(Some(batch)) => batch,
-            Some(None) => {
-                if let Some(last) = unsaved.take() {
-                    save_position(&mut db, &writer, name, last);
-                }
-                continue;
+        let Some(Some(batch)) = batch else {
+            // Idle (or stopping) after batches passed over: their position is saved now.
+            if let Some(last) = unsaved.take() {
+                save_position(&mut db, &writer, name, last);
             }
-            None => {
-                if let Some(last) = unsaved {
-                    save_position(&mut db, &writer, name, last);
-                }
+            if batch.is_none() {
                 return Ok(());
             }
+            continue;
         };
         let batch = match batch {
             Ok(batch) => batch,
@@ -452,37 +447,35 @@ fn apply_loop<P: Projection>(
             }
         };
         let Some(last) = batch.last().map(|e| e.position) else { continue };
-        // Nothing in it for this model (most commits of a busy node are another model's): no transaction.
+        // Nothing in it for this model (most commits of a busy node are another model's): no transaction; the
+        // position moves on all the same, and is saved with the next batch applied or when idle.
         if !batch.iter().any(|event| projection.wants(event)) {
             unsaved = Some(last);
-            delay = MIN_RETRY_DELAY;
-            health.running();
-            position.send_replace(last);
-            continue;
-        }
-        unsaved = None;
-        let mut apply = |db: &mut Connection| -> Result<(), ApplyError> {
-            // One writer at a time per file, taken here rather than in SQLite: SQLite's busy handler waits by
-            // sleeping (up to 100 ms a try), which showed as lag; a mutex hands over as soon as it is free.
-            let _turn = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for event in &batch {
-                projection.apply(&tx, event)?;
-            }
-            tx.execute(
-                "INSERT INTO projection_positions (name, position) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-                params![name, last as i64],
-            )?;
-            tx.commit()?;
-            Ok(())
-        };
-        // A batch that did not apply left nothing behind (its transaction rolled back): apply it again.
-        while let Err(source) = apply(&mut db) {
-            tracing::error!(projection = name, error = %source, first = batch[0].position, "a batch did not apply; trying again");
-            health.retrying(format!("applying positions {}..={last}: {source}", batch[0].position));
-            if !wait_to_retry(&runtime, &mut stopped, &mut delay) {
-                return Ok(());
+        } else {
+            unsaved = None;
+            let mut apply = |db: &mut Connection| -> Result<(), ApplyError> {
+                // One writer at a time per file, taken here rather than in SQLite: SQLite's busy handler waits
+                // by sleeping (up to 100 ms a try), which showed as lag; a mutex hands over as soon as it is free.
+                let _turn = writer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                for event in &batch {
+                    projection.apply(&tx, event)?;
+                }
+                tx.execute(
+                    "INSERT INTO projection_positions (name, position) VALUES (?1, ?2)
+                     ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                    params![name, last as i64],
+                )?;
+                tx.commit()?;
+                Ok(())
+            };
+            // A batch that did not apply left nothing behind (its transaction rolled back): apply it again.
+            while let Err(source) = apply(&mut db) {
+                tracing::error!(projection = name, error = %source, first = batch[0].position, "a batch did not apply; trying again");
+                health.retrying(format!("applying positions {}..={last}: {source}", batch[0].position));
+                if !wait_to_retry(&runtime, &mut stopped, &mut delay) {
+                    return Ok(());
+                }
             }
         }
         delay = MIN_RETRY_DELAY;

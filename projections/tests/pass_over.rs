@@ -22,7 +22,7 @@ async fn batches_of_other_models_move_the_position_which_is_saved_when_idle_and_
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("read.db");
     let store = MemoryStore::default();
-    // Events of streams the jobs model never reads (a workflow's, an agent's), in their own appends.
+    // Events of streams neither the jobs nor the documents model reads (agents'), each in its own append.
     for i in 0..20 {
         let stream = AgentId::new().stream();
         let event = NewEvent::new("agent.registered", vec![0x80 | (i % 8)]);

@@ -202,13 +202,14 @@ impl DocumentExecutor {
         // other.
         let (tenant, first_state) = futures::join!(self.tenant(task), self.document(first));
         let tenant = tenant?;
+        // The first input (`first`) is read already; the others are read in turn.
         let mut first_state = Some(first_state?);
         let mut texts = Vec::with_capacity(task.inputs.len());
         let mut states = Vec::with_capacity(task.inputs.len());
         for &input in &task.inputs {
             let state = match first_state.take() {
-                Some(state) if input == first => state,
-                _ => self.document(input).await?,
+                Some(state) => state,
+                None => self.document(input).await?,
             };
             let (state, text) = self.checked(input, state, &tenant).await?;
             texts.push(text);

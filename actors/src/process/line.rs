@@ -242,6 +242,8 @@ impl Lines {
 
 #[cfg(test)]
 mod tests {
+    use futures::FutureExt as _;
+
     use super::*;
 
     /// Lines up `(priority, tenant, position)` steps, then serves them one at a time (each woken step takes
@@ -265,8 +267,6 @@ mod tests {
         assert!(lines.waiting().is_empty());
         order
     }
-
-    use futures::FutureExt as _;
 
     #[test]
     fn higher_priorities_go_first_and_tenants_of_one_priority_take_turns() {

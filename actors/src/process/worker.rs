@@ -232,65 +232,57 @@ async fn execute<G: Gateway>(gateway: G, executor: Rc<dyn Executor>, task: Task,
         Err(_) => Err(TaskError { message: format!("timed out after {} ms", timeout.as_millis()), retryable: true }),
     };
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut delay = Duration::from_millis(50);
     let at = Timestamp::now();
     // A success is reported to the job at once, beside the agent's record: the job need not wait for the
     // orchestrator to read the agent's. The orchestrator still reports it when the job has not taken it (this
     // report failed, or the worker stopped between the two), so it is best effort here.
-    let mut report_to_job = result.is_ok();
-    loop {
-        let recorded = match &result {
-            Ok(output) => {
-                let complete = agent::Command::CompleteTask {
-                    task: id,
-                    output: output.document,
-                    input_tokens: output.input_tokens,
-                    output_tokens: output.output_tokens,
-                    latency_ms,
-                    at,
-                };
-                let step_done = job::Command::CompleteStep { step: step.clone(), attempt, output: output.document, at };
-                let report = async {
-                    if !std::mem::take(&mut report_to_job) {
-                        return;
-                    }
-                    let sent = send::<Job, _>(
-                        &gateway,
-                        &job.stream(),
-                        derived_id(id, "complete-step"),
-                        step_done,
-                        NAME,
-                        correlation,
-                    )
-                    .await;
-                    let why = match sent {
-                        Ok(Ok(_)) => return,
-                        Ok(Err(rejection)) => rejection.to_string(),
-                        Err(Retry(why)) => why,
-                    };
-                    tracing::debug!(%job, task = %id, %why, "the job did not take a task's success; the orchestrator reports it");
-                };
-                let agent_stream = agent.stream();
-                let recorded =
-                    send::<Agent, _>(&gateway, &agent_stream, derived_id(id, "complete"), complete, NAME, correlation);
-                let (recorded, ()) = futures::join!(recorded, report);
-                recorded.map(|outcome| {
-                    if let Err(rejection) = outcome {
-                        tracing::warn!(%agent, task = %id, %rejection, "the agent did not take a task's output");
-                    }
-                })
-            }
-            Err(error) => fail(&gateway, agent, id, error.clone(), correlation).await,
+    let report = async {
+        let Ok(output) = &result else { return };
+        let step_done = job::Command::CompleteStep { step, attempt, output: output.document, at };
+        let sent =
+            send::<Job, _>(&gateway, &job.stream(), derived_id(id, "complete-step"), step_done, NAME, correlation)
+                .await;
+        let why = match sent {
+            Ok(Ok(_)) => return,
+            Ok(Err(rejection)) => rejection.to_string(),
+            Err(Retry(why)) => why,
         };
-        match recorded {
-            Ok(()) => return,
-            Err(Retry(why)) => {
-                tracing::warn!(%agent, task = %id, %why, "recording a task's outcome failed; trying again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+        tracing::debug!(%job, task = %id, %why, "the job did not take a task's success; the orchestrator reports it");
+    };
+    let record = async {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let recorded = match &result {
+                Ok(output) => {
+                    let complete = agent::Command::CompleteTask {
+                        task: id,
+                        output: output.document,
+                        input_tokens: output.input_tokens,
+                        output_tokens: output.output_tokens,
+                        latency_ms,
+                        at,
+                    };
+                    send::<Agent, _>(&gateway, &agent.stream(), derived_id(id, "complete"), complete, NAME, correlation)
+                        .await
+                        .map(|outcome| {
+                            if let Err(rejection) = outcome {
+                                tracing::warn!(%agent, task = %id, %rejection, "the agent did not take a task's output");
+                            }
+                        })
+                }
+                Err(error) => fail(&gateway, agent, id, error.clone(), correlation).await,
+            };
+            match recorded {
+                Ok(()) => return,
+                Err(Retry(why)) => {
+                    tracing::warn!(%agent, task = %id, %why, "recording a task's outcome failed; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
             }
         }
-    }
+    };
+    futures::join!(record, report);
 }
 
 async fn fail<G: Gateway>(

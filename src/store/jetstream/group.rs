@@ -16,11 +16,10 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use uuid::Uuid;
 use weft_events::StreamName;
 
+use super::append::Message;
 use super::wire::PublishError;
 use super::{Inner, JetStreamStore};
 
@@ -38,7 +37,7 @@ const QUEUE: usize = 4_096;
 pub(super) struct Publish {
     stream: StreamName,
     last_sequence: u64,
-    messages: Vec<(String, Bytes, Uuid)>,
+    messages: Vec<Message>,
     reply: oneshot::Sender<Result<u64, PublishError>>,
 }
 
@@ -50,7 +49,7 @@ impl JetStreamStore {
         &self,
         stream: &StreamName,
         last_sequence: u64,
-        messages: &[(String, Bytes, Uuid)],
+        messages: &[Message],
     ) -> Result<u64, PublishError> {
         let queue = self.inner.group.get_or_init(|| {
             let (queue, publishes) = mpsc::channel(QUEUE);
