@@ -31,7 +31,7 @@ pub mod runner;
 pub mod schedules;
 pub mod workflows;
 
-pub use runner::{Running, rebuild, start};
+pub use runner::{Running, rebuild, start, start_group};
 
 /// Every projection of this crate, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,20 +76,25 @@ impl Name {
     }
 }
 
-/// Starts every projection of this crate on the read models at `path` (what a node runs).
+/// Starts every projection of this crate on the read models at `path` (what a node runs), as one group: one
+/// thread, one subscription and one transaction a batch for all of them (see [`runner`]).
 pub fn start_all(
     path: &std::path::Path,
     store: std::sync::Arc<dyn weft_events::EventRead>,
 ) -> Result<Vec<Running>, runner::Error> {
-    Ok(vec![
-        start(documents::Documents, path, store.clone())?,
-        start(jobs::Jobs, path, store.clone())?,
-        start(agents::Agents, path, store.clone())?,
-        start(workflows::Workflows, path, store.clone())?,
-        start(schedules::Schedules, path, store.clone())?,
-        start(history::History, path, store.clone())?,
-        start(identities::Identities, path, store)?,
-    ])
+    start_group(
+        vec![
+            Box::new(documents::Documents),
+            Box::new(jobs::Jobs),
+            Box::new(agents::Agents),
+            Box::new(workflows::Workflows),
+            Box::new(schedules::Schedules),
+            Box::new(history::History),
+            Box::new(identities::Identities),
+        ],
+        path,
+        store,
+    )
 }
 
 /// [`rebuild`]s `live`, whichever of this crate's projections it runs, telling `on_start` where to watch the
@@ -181,7 +186,9 @@ pub trait Projection: Send + 'static {
     /// The tables [`create`](Projection::create) makes: what a [`runner::rebuild`] swaps.
     fn tables(&self) -> &'static [&'static str];
 
-    /// Applies one event (any event of the log: it skips those it does not read).
+    /// Applies one event (any event of the log: it skips those it does not read). A batch whose transaction
+    /// rolled back (this model's failure, or another's of its group) is applied again: keep what it needs in
+    /// the transaction's tables, never in `self`.
     fn apply(&mut self, tx: &Transaction<'_>, event: &Envelope) -> Result<(), ApplyError>;
 
     /// Whether [`apply`](Projection::apply) may change anything for `event`: a cheap look at its stream and
