@@ -239,9 +239,7 @@ fn start_members(members: Vec<NewMember>, path: &Path, store: Arc<dyn EventRead>
         projection.create(&db).map_err(open_error)?;
         let name = projection.name();
         let saved: u64 = db
-            .query_row("SELECT position FROM projection_positions WHERE name = ?1", [name], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row("SELECT position FROM projection_positions WHERE name = ?1", [name], |row| row.get::<_, i64>(0))
             .optional()
             .map_err(open_error)?
             .map_or(0, |p| p as u64);
@@ -455,6 +453,50 @@ struct Group {
     delay: std::time::Duration,
 }
 
+/// Checkpoints a read-model file's WAL into the file on a thread of its own, every [`CHECKPOINT_EVERY`], so
+/// that the group's thread never waits for a checkpoint's `fsync` (its connection does not checkpoint).
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// How often a [`Checkpointer`] checkpoints (a passive checkpoint with nothing to copy costs a read of the
+/// WAL's index).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self, Error> {
+        let db = open(path)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let location = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("projection-wal".into())
+            .spawn(move || {
+                loop {
+                    let last = !matches!(
+                        stopped.recv_timeout(CHECKPOINT_EVERY),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    );
+                    // PASSIVE: never waits for the writer or readers; what it cannot copy now, the next one does.
+                    if let Err(error) = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(file = %location, %error, "a checkpoint of the read models failed");
+                    }
+                    if last {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| Error::Thread { name: "checkpoints", source })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Checkpoints once more and ends.
+    fn finish(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
 /// Why a batch did not apply.
 enum Failure {
     /// Member `index`'s projection failed (its transaction was rolled back with the others').
@@ -482,16 +524,30 @@ impl Group {
             1 => format!("projection-{first}"),
             _ => "projections".to_owned(),
         };
+        // A thread of its own checkpoints (see `Checkpointer`).
+        if let Err(source) = db.pragma_update(None, "wal_autocheckpoint", 0) {
+            let path = self.path.clone();
+            return Err(Box::new((self, db, Error::Open { path, source })));
+        }
         // Handed over once the thread runs, so that a thread that did not start leaves them here.
         let (give, take) = std::sync::mpsc::channel::<(Self, Connection)>();
         let started = std::thread::Builder::new().name(thread).spawn(move || {
             if let Ok((group, db)) = take.recv() {
+                let checkpoints = match Checkpointer::start(&group.path) {
+                    Ok(checkpoints) => Some(checkpoints),
+                    Err(error) => {
+                        // The connection checkpoints then, as SQLite does by default.
+                        tracing::warn!(%error, "no checkpointer: the projections checkpoint their file themselves");
+                        let _ = db.pragma_update(None, "wal_autocheckpoint", 1000);
+                        None
+                    }
+                };
                 let from = group.members.iter().map(|m| m.position).min().unwrap_or(0) + 1;
                 let subscription = {
                     let _runtime = group.runtime.enter();
                     group.store.subscribe_all(from)
                 };
-                group.run(db, subscription);
+                group.run(db, subscription, checkpoints);
             }
         });
         match started {
@@ -503,10 +559,13 @@ impl Group {
         }
     }
 
-    fn run(mut self, mut db: Connection, mut subscription: Subscription) {
+    fn run(mut self, mut db: Connection, mut subscription: Subscription, checkpoints: Option<Checkpointer>) {
         let ended = self.apply_all(&mut db, &mut subscription);
         self.save_passed_over(&mut db);
         drop(db);
+        if let Some(checkpoints) = checkpoints {
+            checkpoints.finish();
+        }
         for member in self.members.drain(..) {
             member.health.stopped();
             if let Err(source) = &ended {
@@ -620,7 +679,8 @@ impl Group {
         let first = batch[0].position;
         let last = batch[batch.len() - 1].position;
         // Each member's part: what lies past its position.
-        let part = |member: &Member| &batch[(member.position + 1).saturating_sub(first).min(batch.len() as u64) as usize..];
+        let part =
+            |member: &Member| &batch[(member.position + 1).saturating_sub(first).min(batch.len() as u64) as usize..];
         let wanted = self.members.iter().any(|m| part(m).iter().any(|event| m.projection.wants(event)));
         if wanted {
             // One writer at a time per file, taken here rather than in SQLite: SQLite's busy handler waits by
@@ -669,7 +729,9 @@ impl Group {
         })();
         match saved {
             Ok(()) => self.members.iter_mut().for_each(|m| m.unsaved = false),
-            Err(error) => tracing::warn!(%error, "a passed-over position was not saved; a restart reads on from an earlier one"),
+            Err(error) => {
+                tracing::warn!(%error, "a passed-over position was not saved; a restart reads on from an earlier one")
+            }
         }
     }
 

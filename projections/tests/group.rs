@@ -135,12 +135,9 @@ async fn members_at_different_positions_each_apply_only_what_they_have_not() {
     }
     let head = store.head().await.unwrap();
 
-    let running = weft_projections::start_group(
-        vec![Box::new(Counter("ahead")), Box::new(Counter("behind"))],
-        &path,
-        reader,
-    )
-    .unwrap();
+    let running =
+        weft_projections::start_group(vec![Box::new(Counter("ahead")), Box::new(Counter("behind"))], &path, reader)
+            .unwrap();
     for projection in &running {
         reach(projection, head).await;
     }
