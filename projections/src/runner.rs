@@ -219,6 +219,8 @@ fn open(path: &Path) -> Result<Connection, Error> {
     // Several runners may share one file: each waits its turn to write.
     db.busy_timeout(std::time::Duration::from_secs(30)).map_err(open_error)?;
     db.set_prepared_statement_cache_capacity(64);
+    // Statements prepared once: see `weft::store::sqlite::stable_plans`, which measured it.
+    db.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(open_error)?;
     db.execute_batch(
         "CREATE TABLE IF NOT EXISTS projection_positions (name TEXT PRIMARY KEY, position INTEGER NOT NULL)",
     )

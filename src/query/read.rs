@@ -216,7 +216,7 @@ impl Reads {
                 if cached.as_ref().is_none_or(|(p, _)| *p != path) {
                     let db = rusqlite::Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
                     db.busy_timeout(Duration::from_secs(5))?;
-                    db.set_prepared_statement_cache_capacity(64);
+                    crate::store::sqlite::stable_plans(&db)?;
                     *cached = Some((path, db));
                 }
                 let (_, db) = cached.as_ref().expect("just opened");

@@ -20,6 +20,7 @@ pub(super) fn index_path(path: &Path) -> PathBuf {
 
 pub fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    stable_plans(conn)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(rusqlite::Error::InvalidParameterName(format!("journal_mode is {mode}, not wal")));
@@ -28,6 +29,16 @@ pub fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Resul
         "PRAGMA synchronous = {}; PRAGMA cell_size_check = ON; PRAGMA foreign_keys = OFF;",
         synchronous.pragma()
     ))
+}
+
+/// Keeps `conn`'s cached statements prepared once (SQLite's query planner stability guarantee). Without it,
+/// SQLite prepares a statement again whenever a value bound to a `LIMIT ?` or compared in a `max(..)` look-up
+/// changes, which measured as most of the cost of a cached read (4% of a node's time running jobs); with no
+/// `ANALYZE` statistics the plan is the same either way.
+pub fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map(drop)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
 }
 
 /// Takes the exclusive lock on `PATH.lock`, so that a second process cannot open the same store for writing.

@@ -50,7 +50,7 @@ pub mod view;
 pub mod writer;
 
 use files::{check_header, check_size, check_tail, index_path, lock_file};
-pub(crate) use files::{check_schema, configure};
+pub(crate) use files::{check_schema, configure, stable_plans};
 use index::{StreamTail, Tail};
 use read::{Readers, load_checkpoint, load_snapshot, read_stream, select_all};
 use writer::{Outcome, Reply, Request, Writer};
@@ -250,6 +250,7 @@ impl SqliteStore {
         lookups
             .busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
             .map_err(|e| sql_error(&index_location, e))?;
+        stable_plans(&lookups).map_err(|e| sql_error(&index_location, e))?;
         let tail = Tail::new(indexed_through);
         let recent = Arc::new(recent::Recent::default());
 

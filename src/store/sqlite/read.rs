@@ -107,12 +107,14 @@ pub(super) fn read_stream(
 
 pub(super) fn load_snapshot(conn: &Connection, location: &str, stream: StreamName) -> Result<Option<Snapshot>, Error> {
     let row = conn
-        .query_row(
-            "SELECT version, schema_version, payload, checksum FROM snapshots WHERE stream = ?1",
-            [stream.as_str()],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?)),
-        )
-        .optional()
+        .prepare_cached("SELECT version, schema_version, payload, checksum FROM snapshots WHERE stream = ?1")
+        .and_then(|mut select| {
+            select
+                .query_row([stream.as_str()], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?))
+                })
+                .optional()
+        })
         .map_err(|e| sql_error(location, e))?;
     let Some((version, schema_version, payload, checksum)) = row else { return Ok(None) };
     let snapshot = Snapshot {
@@ -195,6 +197,7 @@ impl Readers {
         let conn = Connection::open_with_flags(&self.path, flags).map_err(|e| sql_error(&self.location, e))?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
             .map_err(|e| sql_error(&self.location, e))?;
+        super::stable_plans(&conn).map_err(|e| sql_error(&self.location, e))?;
         let index = self.index_path.to_str().ok_or_else(|| Error::Unavailable {
             location: self.location.clone(),
             reason: "the index file's path is not UTF-8".into(),

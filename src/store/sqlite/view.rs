@@ -55,6 +55,7 @@ impl View {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| sql_error(&location, e))?;
         conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS)).map_err(|e| sql_error(&location, e))?;
+        super::stable_plans(&conn).map_err(|e| sql_error(&location, e))?;
         let index = index_path(path);
         let indexed = index.is_file();
         if indexed {
