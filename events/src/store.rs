@@ -329,6 +329,15 @@ pub trait EventRead: Send + Sync + 'static {
     /// The latest saved snapshot of a stream.
     async fn load_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, Error>;
 
+    /// A stream's latest snapshot and up to `limit` of its events after it (from version 1 without one): what an
+    /// actor reads when it activates. The default reads the two in turn; a store may read both in one trip.
+    async fn read_latest(&self, stream: &StreamName, limit: usize) -> Result<(Option<Snapshot>, Vec<Envelope>), Error> {
+        let snapshot = self.load_snapshot(stream).await?;
+        let from = snapshot.as_ref().map_or(0, |s| s.version) + 1;
+        let events = self.read_stream(stream, from, Direction::Forwards, limit).await?;
+        Ok((snapshot, events))
+    }
+
     /// The saved checkpoint of that name.
     async fn load_checkpoint(&self, name: &StreamName) -> Result<Option<Checkpoint>, Error>;
 

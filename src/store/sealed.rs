@@ -213,6 +213,14 @@ impl<S: EventRead + Clone> EventRead for Sealed<S> {
         self.inner.load_snapshot(stream).await
     }
 
+    async fn read_latest(&self, stream: &StreamName, limit: usize) -> Result<(Option<Snapshot>, Vec<Envelope>), Error> {
+        if holds_personal(stream) {
+            return Ok((None, self.read_stream(stream, 1, Direction::Forwards, limit).await?));
+        }
+        let (snapshot, events) = self.inner.read_latest(stream, limit).await?;
+        Ok((snapshot, self.open_all(events).await?))
+    }
+
     async fn load_checkpoint(&self, name: &StreamName) -> Result<Option<Checkpoint>, Error> {
         self.inner.load_checkpoint(name).await
     }

@@ -131,15 +131,32 @@ pub(super) async fn catch_up<A: Aggregate>(
     }
 }
 
-/// Loads an instance: the latest usable snapshot, then the events after it.
+/// Loads an instance: the latest usable snapshot, then the events after it (the first page of them read with
+/// the snapshot, in one trip to the store).
 pub(super) async fn activate<A: Aggregate>(
     store: &dyn EventStore,
     stream: &StreamName,
     remembered: usize,
 ) -> Result<Loaded<A>, Failure<A::Rejection>> {
     let mut loaded = Loaded { state: A::default(), version: 0, recent: VecDeque::new(), first: None };
-    match store.load_snapshot(stream).await {
-        Ok(Some(snapshot)) if snapshot.schema_version == A::SNAPSHOT_VERSION => {
+    let (snapshot, page) = match store.read_latest(stream, ACTIVATION_PAGE).await {
+        Ok(latest) => latest,
+        Err(e) => {
+            // Read again in turn below: an unreadable snapshot is passed over, an unreadable stream is the error.
+            tracing::warn!(%stream, error = %e, "reading a snapshot with the events after it failed");
+            (
+                store.load_snapshot(stream).await.unwrap_or_else(|e| {
+                    tracing::warn!(%stream, error = %e, "ignoring a snapshot that cannot be read");
+                    None
+                }),
+                Vec::new(),
+            )
+        }
+    };
+    // The page read with it follows the snapshot: of use only with it, or without any snapshot.
+    let mut page = Some(page);
+    if let Some(snapshot) = snapshot {
+        let usable = snapshot.schema_version == A::SNAPSHOT_VERSION && {
             // A snapshot is at most as large as the store lets it be; the codec's default bound is for
             // messages from outside.
             let limits = codec::Limits { max_input_bytes: snapshot.payload.len(), ..codec::Limits::default() };
@@ -151,14 +168,26 @@ pub(super) async fn activate<A: Aggregate>(
                         recent: saved.recent.into(),
                         first: None,
                     };
+                    true
                 }
-                Err(e) => tracing::warn!(%stream, error = %e, "ignoring a snapshot that does not decode"),
+                Err(e) => {
+                    tracing::warn!(%stream, error = %e, "ignoring a snapshot that does not decode");
+                    false
+                }
             }
+        };
+        if !usable {
+            page = None;
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(%stream, error = %e, "ignoring a snapshot that cannot be read"),
     }
-    catch_up(store, stream, &mut loaded, remembered).await?;
+    // An empty page is the stream's end, as it is to `catch_up` (a short one need not be, on every store).
+    let ended = page.as_ref().is_some_and(Vec::is_empty);
+    if let Some(page) = page.filter(|page| !page.is_empty()) {
+        fold(&mut loaded, &page, remembered)?;
+    }
+    if !ended {
+        catch_up(store, stream, &mut loaded, remembered).await?;
+    }
     if loaded.first.is_none() && loaded.version > 0 {
         // Loaded from a snapshot: the tenant and creator are its first event's.
         let first = store

@@ -52,7 +52,7 @@ pub mod writer;
 use files::{check_header, check_size, check_tail, index_path, lock_file};
 pub(crate) use files::{check_schema, configure, stable_plans};
 use index::{StreamTail, Tail};
-use read::{Readers, load_checkpoint, load_snapshot, read_stream, select_all};
+use read::{Readers, load_checkpoint, load_snapshot, read_latest, read_stream, select_all};
 use writer::{Outcome, Reply, Request, Writer};
 
 /// `PRAGMA application_id` of a Weft log: "WEFT" in ASCII. A file with another id is not ours.
@@ -470,6 +470,16 @@ impl EventRead for SqliteStore {
     async fn load_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, Error> {
         let stream = stream.clone();
         self.shared.readers.run(move |conn, readers| load_snapshot(conn, &readers.location, stream)).await
+    }
+
+    async fn read_latest(&self, stream: &StreamName, limit: usize) -> Result<(Option<Snapshot>, Vec<Envelope>), Error> {
+        self.shared.limits.check_page(limit)?;
+        if limit == 0 {
+            return Ok((self.load_snapshot(stream).await?, Vec::new()));
+        }
+        let tail = self.shared.tail.stream(stream);
+        let stream = stream.clone();
+        self.shared.readers.run(move |conn, readers| read_latest(conn, readers, &stream, tail, limit)).await
     }
 
     async fn load_checkpoint(&self, name: &StreamName) -> Result<Option<Checkpoint>, Error> {

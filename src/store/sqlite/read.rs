@@ -26,14 +26,59 @@ pub(super) fn read_stream(
     direction: Direction,
     limit: usize,
 ) -> Result<Vec<Envelope>, Error> {
+    // One read transaction over both files, so that the index and the log are read at one moment.
+    let _tx = conn.unchecked_transaction().map_err(|e| sql_error(&readers.location, e))?;
+    let last = last_version(conn, readers, stream, &tail)?;
+    read_versions(conn, readers, stream, tail, last, from, direction, limit)
+}
+
+/// A stream's latest snapshot and up to `limit` of its events after it, in one read transaction. A stream
+/// with no event has neither (and the snapshots are not looked at).
+pub(super) fn read_latest(
+    conn: &Connection,
+    readers: &Readers,
+    stream: &StreamName,
+    tail: Option<StreamTail>,
+    limit: usize,
+) -> Result<(Option<Snapshot>, Vec<Envelope>), Error> {
+    let _tx = conn.unchecked_transaction().map_err(|e| sql_error(&readers.location, e))?;
+    let last = last_version(conn, readers, stream, &tail)?;
+    if last == 0 {
+        return Ok((None, Vec::new()));
+    }
+    let snapshot = load_snapshot(conn, &readers.location, stream.clone())?;
+    let from = snapshot.as_ref().map_or(0, |s| s.version) + 1;
+    let events = read_versions(conn, readers, stream, tail, last, from, Direction::Forwards, limit)?;
+    Ok((snapshot, events))
+}
+
+/// The stream's last version: the tail's if it has the stream, else the index file's.
+fn last_version(
+    conn: &Connection,
+    readers: &Readers,
+    stream: &StreamName,
+    tail: &Option<StreamTail>,
+) -> Result<u64, Error> {
+    match tail {
+        Some(t) => Ok(t.last_version()),
+        None => index::file_version(conn, &readers.index_location, "idx.", stream),
+    }
+}
+
+/// [`read_stream`] within a read transaction, `last` the stream's last version.
+#[allow(clippy::too_many_arguments)]
+fn read_versions(
+    tx: &Connection,
+    readers: &Readers,
+    stream: &StreamName,
+    tail: Option<StreamTail>,
+    last: u64,
+    from: u64,
+    direction: Direction,
+    limit: usize,
+) -> Result<Vec<Envelope>, Error> {
     let location = readers.location.as_str();
     let index_location = readers.index_location.as_str();
-    // One read transaction over both files, so that the index and the log are read at one moment.
-    let tx = conn.unchecked_transaction().map_err(|e| sql_error(location, e))?;
-    let last = match &tail {
-        Some(t) => t.last_version(),
-        None => index::file_version(&tx, index_location, "idx.", stream)?,
-    };
     let (low, high) = match direction {
         Direction::Forwards => {
             let low = from.max(1);

@@ -165,3 +165,38 @@ async fn events_read_the_same_from_memory_and_from_the_file() {
     assert_eq!(store.read_stream(&a, 1, Direction::Forwards, 10).await.unwrap(), from_memory[..2]);
     store.close().await.unwrap();
 }
+
+/// An actor's activation reads a stream's snapshot and the events after it in one trip: the same as reading
+/// the two in turn (the trait's default), for a stream with no event, one without a snapshot, one with a
+/// snapshot, from the tail and from the index file.
+#[tokio::test]
+async fn the_latest_snapshot_and_the_events_after_it_read_as_the_two_reads_in_turn() {
+    async fn in_turn(store: &SqliteStore, stream: &StreamName, limit: usize) -> (Option<Snapshot>, Vec<Envelope>) {
+        let snapshot = store.load_snapshot(stream).await.unwrap();
+        let from = snapshot.as_ref().map_or(0, |s| s.version) + 1;
+        (snapshot, store.read_stream(stream, from, Direction::Forwards, limit).await.unwrap())
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(Options::new(&path)).unwrap();
+    let (plain, snapped, none) =
+        (StreamName::new("job-a").unwrap(), StreamName::new("job-b").unwrap(), StreamName::new("job-c").unwrap());
+    for stream in [&plain, &snapped] {
+        let events = (0..5).map(|i| NewEvent::new("job.step_scheduled", vec![i])).collect();
+        store.append(stream, ExpectedVersion::NoStream, events).await.unwrap();
+    }
+    let snapshot =
+        Snapshot { stream: snapped.clone(), version: 3, schema_version: 1, payload: bytes::Bytes::from_static(b"s") };
+    store.save_snapshot(snapshot.clone()).await.unwrap();
+    for reopened in [false, true] {
+        let store = if reopened { SqliteStore::open(Options::new(&path)).unwrap() } else { store.clone() };
+        assert_eq!(store.read_latest(&none, 10).await.unwrap(), (None, vec![]), "reopened {reopened}");
+        for (stream, limit) in [(&plain, 10), (&plain, 2), (&snapped, 10), (&snapped, 1)] {
+            let latest = store.read_latest(stream, limit).await.unwrap();
+            assert_eq!(latest, in_turn(&store, stream, limit).await, "{stream} limit {limit} reopened {reopened}");
+        }
+        let (got, events) = store.read_latest(&snapped, 10).await.unwrap();
+        assert_eq!((got, events.iter().map(|e| e.version).collect::<Vec<_>>()), (Some(snapshot.clone()), vec![4, 5]));
+        store.close().await.unwrap();
+    }
+}
