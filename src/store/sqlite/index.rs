@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use weft_events::{Error, StreamName};
 
 use super::{corrupt, from_sql, sql_error, to_sql};
@@ -350,20 +350,16 @@ fn catch_up(
 /// The stream's recorded last version and its last entry are kept in two B-trees and must agree, so that a
 /// damaged index page shows up as [`Error::Corrupt`] rather than as a stream that ends early.
 pub(crate) fn file_version(conn: &Connection, location: &str, schema: &str, stream: &StreamName) -> Result<u64, Error> {
-    // Both look-ups must see one commit of the indexer.
-    let _snapshot = if conn.is_autocommit() {
-        Some(conn.unchecked_transaction().map_err(|e| sql_error(location, e))?)
-    } else {
-        None
-    };
-    let head: Option<(i64, i64)> = conn
-        .prepare_cached(&format!("SELECT version, checksum FROM {schema}streams WHERE stream = ?1"))
-        .and_then(|mut s| s.query_row([stream.as_str()], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+    // Both look-ups in one statement, so that they see one commit of the indexer without a transaction of
+    // their own (a `BEGIN` and a `COMMIT` parsed anew each time, on the writer's thread among others).
+    let (version, checksum, last): (Option<i64>, Option<i64>, Option<i64>) = conn
+        .prepare_cached(&format!(
+            "SELECT s.version, s.checksum, (SELECT max(version) FROM {schema}stream_events WHERE stream = ?1) \
+             FROM (SELECT 1) LEFT JOIN {schema}streams s ON s.stream = ?1"
+        ))
+        .and_then(|mut s| s.query_row([stream.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))
         .map_err(|e| sql_error(location, e))?;
-    let last: Option<i64> = conn
-        .prepare_cached(&format!("SELECT max(version) FROM {schema}stream_events WHERE stream = ?1"))
-        .and_then(|mut s| s.query_row([stream.as_str()], |r| r.get(0)))
-        .map_err(|e| sql_error(location, e))?;
+    let head = version.zip(checksum);
     match (head, last) {
         (None, None) => Ok(0),
         (Some((version, checksum)), Some(last))

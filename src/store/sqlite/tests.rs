@@ -200,3 +200,22 @@ async fn the_latest_snapshot_and_the_events_after_it_read_as_the_two_reads_in_tu
         store.close().await.unwrap();
     }
 }
+
+/// A stream's version in the index file: its recorded head and its last entry must agree, in one look-up.
+#[tokio::test]
+async fn the_index_file_answers_a_stream_s_version_and_tells_a_head_that_disagrees_with_its_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteStore::open(Options::new(&path)).unwrap();
+    let stream = StreamName::new("job-a").unwrap();
+    let events = vec![NewEvent::new("job.submitted", vec![1]), NewEvent::new("job.step_scheduled", vec![2])];
+    store.append(&stream, ExpectedVersion::NoStream, events).await.unwrap();
+    store.close().await.unwrap();
+
+    let index = Connection::open(index_path(&path)).unwrap();
+    let version = |name: &str| index::file_version(&index, "index", "", &StreamName::new(name).unwrap());
+    assert_eq!(version("job-a").unwrap(), 2);
+    assert_eq!(version("job-none").unwrap(), 0, "a stream with no event");
+    index.execute("DELETE FROM stream_events WHERE stream = 'job-a' AND version = 2", []).unwrap();
+    assert!(matches!(version("job-a"), Err(Error::Corrupt { .. })), "{:?}", version("job-a"));
+}
