@@ -163,7 +163,21 @@ async fn drive_to_completion(server: &NatsServer, store: Arc<dyn EventStore>, st
     assert!(seen.contains(&"retry_scheduled".to_owned()), "{seen:?}");
     assert_eq!(executor.runs().len(), 4);
 
-    // Both nodes share the commands of the queue group; each command has its effect once.
+    // Both nodes share the commands of the queue group; each command has its effect once. The job's commands
+    // are over first: the agent's record of each run is sent beside the job's and may land after the job's end,
+    // and would be counted with these.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = store.read_all(1, 10_000).await.unwrap();
+        let recorded =
+            events.iter().filter(|e| matches!(&*e.event_type, "agent.task_completed" | "agent.task_failed")).count();
+        if recorded == executor.runs().len() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the agent recorded {recorded} of the runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    processes.stop().await.unwrap();
     let before = store.head().await.unwrap();
     let handled = (intake_a.handled(), intake_b.handled());
     for i in 0..40 {
@@ -183,6 +197,5 @@ async fn drive_to_completion(server: &NatsServer, store: Arc<dyn EventStore>, st
     let registered = store.read_all(before + 1, 1000).await.unwrap();
     assert_eq!(registered.iter().filter(|e| &*e.event_type == "document.registered").count(), 40);
 
-    processes.stop().await.unwrap();
     publisher.stop().await.unwrap();
 }
