@@ -397,6 +397,40 @@ async fn an_instance_answers_only_commands_of_its_own_tenant_even_after_a_snapsh
     assert_eq!(events.len(), 10, "the refused commands appended nothing");
 }
 
+/// A store that finds a multi-event append worth it only from eight events (as JetStream's single-server
+/// stream does from twelve messages) gets commands that wait together one append each while fewer than eight
+/// wait, and combined appends of at least eight events otherwise; no command is lost or stored twice.
+#[actix_rt::test]
+async fn commands_that_wait_together_are_combined_only_from_the_store_s_floor() {
+    let store = MemoryStore::combining_from(8);
+    let host = Host::<Counter>::new(Arc::new(store.clone()), Options::default());
+    let s = stream("counter-floor");
+    host.execute(&s, execute::<Counter>(CounterCommand::Add(0))).await.unwrap();
+    // A few at once, then many at once, then a few again.
+    let mut n = 0;
+    for wave in [5, 150, 3] {
+        let commands: Vec<_> = (0..wave)
+            .map(|_| {
+                n += 1;
+                execute::<Counter>(CounterCommand::Add(n))
+            })
+            .collect();
+        for answer in futures::future::join_all(commands.into_iter().map(|c| host.execute(&s, c))).await {
+            answer.unwrap();
+        }
+    }
+    let stored = store.read_stream(&s, 1, Direction::Forwards, 10_000).await.unwrap();
+    assert_eq!(stored.len(), 1 + 158, "one event per command and the first");
+    assert_eq!(total(&store, &s).await, (1..=158).sum::<u64>());
+    // The events of one append share their time of recording.
+    let mut sizes = std::collections::BTreeMap::<i64, usize>::new();
+    for event in &stored[1..] {
+        *sizes.entry(event.recorded_at.0).or_default() += 1;
+    }
+    assert!(sizes.values().all(|&size| size == 1 || size >= 8), "append sizes {:?}", sizes.values());
+    assert!(sizes.values().any(|&size| size >= 8), "the 150 waited together at least in part: {:?}", sizes.values());
+}
+
 /// Commands sent to one instance at once: those that wait behind an append go to the store together, and
 /// each is still decided in arrival order and answered with its own place. Repeats of a command id answer the
 /// first outcome, a wrong expected version is a conflict, and nothing is stored twice or lost.

@@ -2,7 +2,8 @@
 //!
 //! It keeps every event in a `Vec` behind one mutex and passes the same contract suite as the durable
 //! backends, so a test that passes against it exercises the same promises. It is not durable: everything is
-//! gone when the last handle drops.
+//! gone when the last handle drops. Each append's recording time is later than the one before's, so events
+//! that share one were appended together.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +23,8 @@ pub struct MemoryStore {
 
 struct Shared {
     limits: Limits,
+    /// What [`EventWrite::combine_from`] answers.
+    combine_from: usize,
     state: Mutex<State>,
     /// The last committed position, for subscriptions to wait on.
     head: watch::Sender<u64>,
@@ -47,7 +50,15 @@ impl MemoryStore {
     /// An empty store with these limits.
     pub fn new(limits: Limits) -> Self {
         let (head, _) = watch::channel(0);
-        Self { shared: Arc::new(Shared { limits, state: Mutex::new(State::default()), head }) }
+        Self { shared: Arc::new(Shared { limits, combine_from: 2, state: Mutex::new(State::default()), head }) }
+    }
+
+    /// An empty store that answers `n` to [`EventWrite::combine_from`], as a store whose multi-event append
+    /// costs more than one event's does (a test of a writer that heeds it).
+    pub fn combining_from(n: usize) -> Self {
+        let store = Self::default();
+        let shared = Arc::into_inner(store.shared).expect("a new store has one handle");
+        Self { shared: Arc::new(Shared { combine_from: n.max(2), ..shared }) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -135,7 +146,9 @@ impl EventWrite for MemoryStore {
         if !expected.matches(actual) {
             return Err(Error::Conflict { stream: stream.clone(), expected, actual });
         }
-        let recorded_at = Timestamp::now();
+        // Each append's time is after the one before's, so the appends of one microsecond still tell apart.
+        let after = state.log.last().map_or(i64::MIN, |e| e.recorded_at.0.saturating_add(1));
+        let recorded_at = Timestamp(Timestamp::now().0.max(after));
         let first_position = state.log.len() as u64 + 1;
         let count = events.len() as u64;
         let State { log, streams, .. } = &mut *state;
@@ -178,6 +191,10 @@ impl EventWrite for MemoryStore {
             state.checkpoints.insert(checkpoint.name.clone(), checkpoint);
         }
         Ok(())
+    }
+
+    fn combine_from(&self) -> usize {
+        self.shared.combine_from
     }
 }
 

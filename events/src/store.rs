@@ -366,6 +366,14 @@ pub trait EventWrite: Send + Sync + 'static {
 
     /// Saves a checkpoint unless one further along is already saved under its name.
     async fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error>;
+
+    /// Fewest events worth one append where a writer could also make one append each (the actor host, with
+    /// several commands of one instance waiting): below it, one append each is cheaper for this store. The
+    /// default, 2, suits a store whose append costs about the same for one event as for many; a store whose
+    /// multi-event append costs more says so (JetStream, where it is an atomic batch).
+    fn combine_from(&self) -> usize {
+        2
+    }
 }
 
 /// A store that can both read and write.

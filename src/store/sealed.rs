@@ -275,6 +275,10 @@ impl<S: EventRead + EventWrite + Clone> EventWrite for Sealed<S> {
     async fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error> {
         self.inner.save_checkpoint(checkpoint).await
     }
+
+    fn combine_from(&self) -> usize {
+        self.inner.combine_from()
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,11 @@
 //! previous one's fsync. An agent or a document that every job touches takes its commands this way at the
 //! speed of the store's commits, not of one fsync per command.
 //!
+//! A store whose multi-event append costs more than a single event's says from how many events a combined
+//! append pays ([`weft_events::EventWrite::combine_from`]; JetStream's single-server stream stages every
+//! multi-message append as an atomic batch on disk): while fewer wait, they run one at a time, and the queue
+//! that builds up meanwhile goes together.
+//!
 //! Each command is still decided on its own, in arrival order, against the state its predecessors leave
 //! (their events folded in memory), and answered with its own version and positions. The append is atomic:
 //! all of the batch's events are stored, or none. Whatever the combined path does not cover runs one command
@@ -132,7 +137,9 @@ async fn run_commands<A: Aggregate>(
         });
         // How many commands from the front run one at a time: the next, or a combined append's after it failed.
         let mut alone = 1;
-        if let Some((working, decided)) = decide_together(&loaded, commands) {
+        // Fewer events than the store finds worth one append go one command at a time (see the module doc).
+        let worth = |decided: &Vec<Vec<A::Event>>| decided.iter().map(Vec::len).sum::<usize>() >= store.combine_from();
+        if let Some((working, decided)) = decide_together(&loaded, commands).filter(|(_, decided)| worth(decided)) {
             let taken: Vec<_> = (0..decided.len()).map_while(|_| take_command(queue)).collect();
             match append_together(&**store, stream, &mut loaded, working, &taken, decided, options).await {
                 Ok(outcomes) => {

@@ -1,11 +1,21 @@
-//! Group commit: appends to different streams that wait together go to the server as one atomic batch, so
-//! the server stores (and, with `sync_interval: always`, fsyncs) them once instead of once each.
+//! Group commit: appends to different streams that wait together go to the server as one atomic batch when
+//! there are enough of them, so the server stores (and, with `sync_interval: always`, fsyncs) them once instead
+//! of once each.
 //!
-//! One task per store takes the publishes of its appends from a queue and keeps up to [`MAX_IN_FLIGHT`] of them
-//! out at once. A publish that comes while there is room goes out at once on its own, as before; those that
-//! come while the task is full wait, and go next as one batch of at most [`MAX_GROUP_MESSAGES`] messages, each
-//! append's first message carrying its own expected-last-subject-sequence check (the server checks each one,
-//! and stores all or nothing). Two appends to one stream never share a batch: the second waits for the next.
+//! One task per store takes the publishes of its appends from a queue and keeps a bounded load of them out at
+//! once ([`MAX_LOAD`]: eight appends on their own, or two batches). A publish that comes while there is room goes out at once, as before; those that come while the
+//! task is full wait. What waited goes next, as one send: as one batch of at most [`MAX_GROUP_MESSAGES`]
+//! messages when it holds at least [`BATCH_FROM`] messages (a replicated stream: two), each append's first
+//! message carrying its own expected-last-subject-sequence check (the server checks each one, and stores all or
+//! nothing); below that, each append on its own, all of them out at once. Two appends to one stream never share a batch: the second
+//! waits for the next.
+//!
+//! Why a floor: a single-server stream on file storage stages every atomic batch in a store of its own on disk
+//! (nats-server's `newBatchStore`: a folder, a metadata file written and fsynced, removed after the commit),
+//! which costs the server some milliseconds of its stream loop whatever the batch's size, while a message on
+//! its own costs one fsync. A replicated stream stages a batch in memory, so there any two go together (not
+//! measured here: no cluster runs in the benchmarks). Measured in `weft bench jobs` (`builtin-nats`), where a few appends wait at a
+//! time, batching every group made the server the bottleneck; see `docs/storage.md`.
 //!
 //! The batch's acknowledgement names its last sequence and count; an atomic batch is stored contiguously in
 //! order, so each append's sequences follow from its place. When the batch is refused (one append's check
@@ -26,9 +36,20 @@ use super::{Inner, JetStreamStore};
 /// Most messages in one grouped batch (the server takes up to 1,000 in an atomic batch by default).
 pub(super) const MAX_GROUP_MESSAGES: usize = 256;
 
-/// Publishes or batches the task has out at once, unacknowledged: below it, an append goes out as soon as it
-/// comes (as without the task); at it, the appends that come meanwhile wait and go together next.
-const MAX_IN_FLIGHT: usize = 2;
+/// How much the task has out at once, unacknowledged: an append on its own weighs 1, a batch [`BATCH_WEIGHT`].
+/// Below it, an append goes out as soon as it comes (as without the task); at it, the appends that come
+/// meanwhile wait and go together next. Appends that waited together but are too few for a batch go out each
+/// on its own, all at once, and may take the load past it.
+const MAX_LOAD: usize = 8;
+
+/// What a batch in flight weighs: at most two are out at once. Fewer batches out make larger ones under a heavy
+/// load (in `weft bench nats`, `command-jetstream-256` ran at 11,389 commands/s with two out, 6,681 with
+/// eight), while eight appends on their own keep the server busy under a light one.
+const BATCH_WEIGHT: usize = 4;
+
+/// Fewest messages of waiting appends that go as one atomic batch on a single-server stream; fewer go each on
+/// its own, at once (see the module doc for why). A replicated stream batches any two.
+pub(super) const BATCH_FROM: usize = 12;
 
 /// Publishes that may wait for the group task before appenders wait too.
 const QUEUE: usize = 4_096;
@@ -95,12 +116,15 @@ impl JetStreamStore {
 
 /// The group task: see the module doc. Ends when the store is dropped.
 async fn run(weak: Weak<Inner>, mut publishes: mpsc::Receiver<Publish>) {
-    use futures::StreamExt as _;
-    let mut in_flight = futures::stream::FuturesUnordered::new();
+    use futures::future::BoxFuture;
+    use futures::{FutureExt as _, StreamExt as _};
+    // Each send in flight yields its weight when it ends; `load` is their sum.
+    let mut in_flight = futures::stream::FuturesUnordered::<BoxFuture<'static, usize>>::new();
+    let mut load = 0;
     let mut carried: Option<Publish> = None;
     loop {
-        if in_flight.len() >= MAX_IN_FLIGHT {
-            in_flight.next().await;
+        if load >= MAX_LOAD {
+            load -= in_flight.next().await.unwrap_or(load);
             continue;
         }
         let first = match carried.take() {
@@ -110,7 +134,10 @@ async fn run(weak: Weak<Inner>, mut publishes: mpsc::Receiver<Publish>) {
                 None => return,
             },
             None => tokio::select! {
-                _ = in_flight.next() => continue,
+                done = in_flight.next() => {
+                    load -= done.unwrap_or(load);
+                    continue;
+                }
                 publish = publishes.recv() => match publish {
                     Some(publish) => publish,
                     None => return,
@@ -132,14 +159,28 @@ async fn run(weak: Weak<Inner>, mut publishes: mpsc::Receiver<Publish>) {
         }
         let Some(inner) = weak.upgrade() else { return };
         let store = JetStreamStore { inner };
-        in_flight.push(async move {
-            if group.len() == 1 {
-                let publish = group.pop().expect("one");
-                let answer = store.publish(&publish.stream, publish.last_sequence, &publish.messages).await;
-                let _ = publish.reply.send(answer);
-            } else {
-                store.publish_group(group).await;
-            }
-        });
+        if group.len() > 1 && size >= store.batch_from() {
+            load += BATCH_WEIGHT;
+            in_flight.push(
+                async move {
+                    store.publish_group(group).await;
+                    BATCH_WEIGHT
+                }
+                .boxed(),
+            );
+            continue;
+        }
+        for publish in group {
+            let store = store.clone();
+            load += 1;
+            in_flight.push(
+                async move {
+                    let answer = store.publish(&publish.stream, publish.last_sequence, &publish.messages).await;
+                    let _ = publish.reply.send(answer);
+                    1
+                }
+                .boxed(),
+            );
+        }
     }
 }

@@ -261,6 +261,13 @@ impl JetStreamStore {
         format!("{}.{}.{version}", self.inner.config.subject_prefix, stream.as_str())
     }
 
+    /// Fewest messages worth one atomic batch rather than a message each ([`group`]'s floor): a single-server
+    /// stream stages each batch on disk ([`group::BATCH_FROM`]); a replicated one stages it in memory, so any
+    /// two go together.
+    fn batch_from(&self) -> usize {
+        if self.inner.config.replicas == 1 { group::BATCH_FROM } else { 2 }
+    }
+
     fn stream_filter(&self, stream: &StreamName) -> String {
         format!("{}.{}.*", self.inner.config.subject_prefix, stream.as_str())
     }
@@ -548,5 +555,9 @@ impl EventWrite for JetStreamStore {
             }
         }
         Err(self.unavailable(format!("checkpoint {} kept changing under a save", checkpoint.name)))
+    }
+
+    fn combine_from(&self) -> usize {
+        self.batch_from()
     }
 }
