@@ -14,9 +14,9 @@ use super::wire::{PubReply, PublishError, WRONG_LAST_SEQUENCE};
 /// A message of an append: its subject, its body (the event's record) and its event id.
 pub(super) type Message = (String, Bytes, Uuid);
 
-/// One append's part of a publish: its stream, the sequence its first message expects the stream's last event
-/// at, and its messages.
-pub(super) type Part<'a> = (&'a StreamName, u64, &'a [Message]);
+/// One append's part of a publish: its stream and its messages, the first on the subject of the version after
+/// the one the append was decided against.
+pub(super) type Part<'a> = (&'a StreamName, &'a [Message]);
 
 impl JetStreamStore {
     /// The version of a stream that an append decided against version `expected` found moved. A clustered
@@ -40,36 +40,35 @@ impl JetStreamStore {
         }
     }
 
-    /// Publishes `messages` (subject, body, event id) as one message or one atomic batch, the first
-    /// expecting the stream's last event at `last_sequence`. Returns the sequence of the last one.
-    pub(super) async fn publish(
-        &self,
-        stream: &StreamName,
-        last_sequence: u64,
-        messages: &[Message],
-    ) -> Result<u64, PublishError> {
-        self.publish_appends(&[(stream, last_sequence, messages)]).await
+    /// Publishes `messages` (subject, body, event id) as one message or one atomic batch, the first expecting
+    /// its subject (its version's) to hold no message yet. Returns the sequence of the last one.
+    pub(super) async fn publish(&self, stream: &StreamName, messages: &[Message]) -> Result<u64, PublishError> {
+        self.publish_appends(&[(stream, messages)]).await
     }
 
-    /// Publishes the messages of `appends` (each: its stream, the sequence its first message expects the
-    /// stream's last event at, its messages) as one message or one atomic batch, each append's first message
-    /// with its own checks. Returns the sequence of the last message.
+    /// Publishes the messages of `appends` (each: its stream and its messages) as one message or one atomic
+    /// batch, each append's first message with its own checks. Returns the sequence of the last message.
+    ///
+    /// The check is `Nats-Expected-Last-Subject-Sequence: 0` on the first message's own subject, the version
+    /// after the one the append was decided against: the server stores the append only if no event holds
+    /// that version yet. The caller has seen the version before it (remembered from an acknowledgement, or
+    /// read from the leader), and versions are dense and never deleted, so the stream was exactly at that
+    /// version. The server answers this from its index of subjects in constant time; a check of the last
+    /// sequence on the wildcard `<prefix>.<stream>.*` walked every version of the stream, so appends to a long
+    /// stream grew slower with its length.
     pub(super) async fn publish_appends(&self, appends: &[Part<'_>]) -> Result<u64, PublishError> {
         let client = &self.inner.client;
-        let total: usize = appends.iter().map(|(_, _, messages)| messages.len()).sum();
+        let total: usize = appends.iter().map(|(_, messages)| messages.len()).sum();
         let batch_id = (total > 1).then(|| Uuid::now_v7().simple().to_string());
         let mut n = 0;
-        for (stream, last_sequence, messages) in appends {
-            let filter = self.stream_filter(stream);
-            let last_sequence = last_sequence.to_string();
+        for (_, messages) in appends {
             for (i, (subject, body, event_id)) in messages.iter().enumerate() {
                 n += 1;
                 let mut headers = HeaderMap::new();
                 headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
                 if i == 0 {
                     headers.insert("Nats-Expected-Stream", self.inner.config.stream.as_str());
-                    headers.insert("Nats-Expected-Last-Subject-Sequence", last_sequence.as_str());
-                    headers.insert("Nats-Expected-Last-Subject-Sequence-Subject", filter.as_str());
+                    headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
                 }
                 if let Some(batch_id) = &batch_id {
                     headers.insert("Nats-Batch-Id", batch_id.as_str());

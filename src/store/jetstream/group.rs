@@ -6,7 +6,7 @@
 //! once ([`MAX_LOAD`]: eight appends on their own, or two batches). A publish that comes while there is room goes out at once, as before; those that come while the
 //! task is full wait. What waited goes next, as one send: as one batch of at most [`MAX_GROUP_MESSAGES`]
 //! messages when it holds at least [`BATCH_FROM`] messages (a replicated stream: two), each append's first
-//! message carrying its own expected-last-subject-sequence check (the server checks each one, and stores all or
+//! message carrying its own expected-subject check (the server checks each one, and stores all or
 //! nothing); below that, each append on its own, all of them out at once. Two appends to one stream never share a batch: the second
 //! waits for the next.
 //!
@@ -57,7 +57,6 @@ const QUEUE: usize = 4_096;
 /// One append's publish, waiting for the task.
 pub(super) struct Publish {
     stream: StreamName,
-    last_sequence: u64,
     messages: Vec<Message>,
     reply: oneshot::Sender<Result<u64, PublishError>>,
 }
@@ -66,29 +65,24 @@ impl JetStreamStore {
     /// Publishes one append's `messages` as [`Self::publish`] does, through the group task (started by the
     /// first append): alone when nothing else waits, in one atomic batch with the appends waiting with it
     /// otherwise.
-    pub(super) async fn publish_grouped(
-        &self,
-        stream: &StreamName,
-        last_sequence: u64,
-        messages: &[Message],
-    ) -> Result<u64, PublishError> {
+    pub(super) async fn publish_grouped(&self, stream: &StreamName, messages: &[Message]) -> Result<u64, PublishError> {
         let queue = self.inner.group.get_or_init(|| {
             let (queue, publishes) = mpsc::channel(QUEUE);
             tokio::spawn(run(Arc::downgrade(&self.inner), publishes));
             queue
         });
         let (reply, answer) = oneshot::channel();
-        let publish = Publish { stream: stream.clone(), last_sequence, messages: messages.to_vec(), reply };
+        let publish = Publish { stream: stream.clone(), messages: messages.to_vec(), reply };
         if queue.send(publish).await.is_err() {
             // The task is gone (the runtime that started it has ended): publish directly.
-            return self.publish(stream, last_sequence, messages).await;
+            return self.publish(stream, messages).await;
         }
         answer.await.unwrap_or_else(|_| Err(PublishError::Ambiguous("the group commit task stopped".into())))
     }
 
     /// Publishes `group` (two or more appends to different streams) as one atomic batch and answers each.
     async fn publish_group(&self, group: Vec<Publish>) {
-        let appends: Vec<_> = group.iter().map(|p| (&p.stream, p.last_sequence, p.messages.as_slice())).collect();
+        let appends: Vec<_> = group.iter().map(|p| (&p.stream, p.messages.as_slice())).collect();
         match self.publish_appends(&appends).await {
             Ok(last) => {
                 let total: u64 = group.iter().map(|p| p.messages.len() as u64).sum();
@@ -104,7 +98,7 @@ impl JetStreamStore {
                     ?error,
                     "a grouped batch was not stored; publishing each append alone"
                 );
-                let alone = group.iter().map(|p| self.publish(&p.stream, p.last_sequence, &p.messages));
+                let alone = group.iter().map(|p| self.publish(&p.stream, &p.messages));
                 let answers = futures::future::join_all(alone).await;
                 for (publish, answer) in group.into_iter().zip(answers) {
                     let _ = publish.reply.send(answer);
@@ -175,7 +169,7 @@ async fn run(weak: Weak<Inner>, mut publishes: mpsc::Receiver<Publish>) {
             load += 1;
             in_flight.push(
                 async move {
-                    let answer = store.publish(&publish.stream, publish.last_sequence, &publish.messages).await;
+                    let answer = store.publish(&publish.stream, &publish.messages).await;
                     let _ = publish.reply.send(answer);
                     1
                 }

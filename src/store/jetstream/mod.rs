@@ -14,10 +14,11 @@
 //!
 //! # Appends
 //!
-//! An append publishes its events with `Nats-Expected-Last-Subject-Sequence` set to the sequence of the
-//! stream's last event and `Nats-Expected-Last-Subject-Sequence-Subject: <prefix>.<stream>.*`: the server
-//! stores it only if no event of that stream came after the one this append was decided against, which is
-//! optimistic concurrency done by the server, across every node. Several events go as one atomic batch
+//! An append publishes its events on the subjects of their versions, the first with
+//! `Nats-Expected-Last-Subject-Sequence: 0`: the server stores it only if no event holds the version after the
+//! one this append was decided against (which the store has seen exist, and versions are dense and never
+//! deleted), which is optimistic concurrency done by the server, across every node, answered from the
+//! server's index of subjects in constant time. Several events go as one atomic batch
 //! (`Nats-Batch-Id`, `-Sequence`, `-Commit`; server 2.12+): all or nothing. Each message carries its event
 //! id as `Nats-Msg-Id`, so a publish retried after a lost acknowledgement is recognised as a duplicate
 //! instead of stored twice; and when a retried append meets a conflict, the store looks whether the event
@@ -422,19 +423,20 @@ impl EventWrite for JetStreamStore {
         // Whether a publish of this append went unacknowledged: a later conflict may then be with ourselves.
         let mut unacknowledged = false;
         for _ in 0..MAX_ANY_ATTEMPTS {
-            let (version, last_sequence) = match expected {
-                ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => (0, 0),
+            // The version the append goes after, seen to exist: the publish checks that the next is free.
+            let version = match expected {
+                ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => 0,
                 ExpectedVersion::Exact(v) => match self.remembered_tail(stream) {
-                    Some((version, sequence)) if version == v => (version, sequence),
+                    Some((version, _)) if version == v => v,
                     _ => match self.event_at(stream, v).await? {
-                        Some(event) => (v, event.position),
+                        Some(_) => v,
                         None => {
                             let actual = self.tail(stream).await?.0;
                             return Err(Error::Conflict { stream: stream.clone(), expected, actual });
                         }
                     },
                 },
-                ExpectedVersion::Any => self.tail(stream).await?,
+                ExpectedVersion::Any => self.tail(stream).await?.0,
             };
             let mut messages = Vec::with_capacity(events.len());
             for (i, event) in events.iter().enumerate() {
@@ -448,7 +450,7 @@ impl EventWrite for JetStreamStore {
             let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
             let mut pause = Duration::from_millis(20);
             let outcome = loop {
-                match self.publish_grouped(stream, last_sequence, &messages).await {
+                match self.publish_grouped(stream, &messages).await {
                     Err(PublishError::Ambiguous(reason)) if tokio::time::Instant::now() < deadline => {
                         tracing::debug!(%stream, %reason, "no acknowledgement for an append; sending it again");
                         unacknowledged = true;
