@@ -14,7 +14,8 @@
 //! Where the time goes is printed on stderr: the mean time of each raw part (object read, provider, object
 //! write), the mean task time the agent recorded (the parts plus the output document's three commands), and
 //! the job's whole latency; the rest is the store's fsynced appends, the bus and the process managers turning
-//! the job's events into commands.
+//! the job's events into commands. Then the timeline of the job whose latency is the case's p50: its events,
+//! its output's and its task's records on the agent, each with its recording time after the job's first.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -316,6 +317,7 @@ async fn case(
         span.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+    eprintln!("{name}: the p50 job's events, ms after its submission: {}", timeline(&http, &base, &jobs, p50).await?);
     let raw = raw_work(dir, jobs_n, if one_by_one { 1 } else { 4 }, shape, TEXT).await?;
     eprintln!(
         "{name}: raw work {:.0} jobs/s: object read {:.3} ms, provider {:.3} ms, object write {:.3} ms; the task's \
@@ -340,6 +342,50 @@ async fn case(
             (Shape::One, false) => format!("submit to done, one builtin step, {concurrency} clients"),
         },
     })
+}
+
+/// The events of the job whose latency is closest to `p50_ms`, of its output documents and of its tasks on the
+/// agent, each as its type and
+/// the milliseconds from the job's first event to its recording (read from the history read model): where a
+/// job's time goes.
+async fn timeline(http: &reqwest::Client, base: &str, jobs: &[Value], p50_ms: f64) -> anyhow::Result<String> {
+    let latency = |job: &Value| job["finished_at"].as_i64().unwrap_or(0) - job["submitted_at"].as_i64().unwrap_or(0);
+    let Some(job) = jobs.iter().min_by_key(|job| (latency(job) as f64 / 1e3 - p50_ms).abs() as i64) else {
+        return Ok(String::new());
+    };
+    let id = job["id"].as_str().context("a job without its id")?;
+    let page = |stream: String, cursor: i64| async move {
+        let url = format!("{base}/streams/{stream}/events?limit=1000&cursor={cursor}");
+        let history: Value = http.get(url).send().await?.json().await?;
+        anyhow::Ok((history["items"].as_array().cloned().unwrap_or_default(), history["next_cursor"].as_i64()))
+    };
+    let mut items = page(format!("job-{id}"), 0).await?.0;
+    let outputs: Vec<String> = items.iter().filter_map(|e| e["event"]["output"].as_str().map(str::to_owned)).collect();
+    for output in outputs {
+        items.extend(page(format!("document-{output}"), 0).await?.0);
+    }
+    // The agent's records of the job's tasks, from its whole history.
+    let agent = format!("agent-{}", crate::agents::catalog::agent_id("summarize"));
+    let mut tasks = std::collections::HashSet::new();
+    let mut cursor = Some(0);
+    while let Some(from) = cursor {
+        let (events, next) = page(agent.clone(), from).await?;
+        for event in events {
+            let task = event["event"]["task"].as_str().map(str::to_owned);
+            if event["event"]["job"].as_str() == Some(id) || task.as_ref().is_some_and(|t| tasks.contains(t)) {
+                tasks.extend(task);
+                items.push(event);
+            }
+        }
+        cursor = next;
+    }
+    items.sort_by_key(|e| e["recorded_at"].as_i64().unwrap_or(0));
+    let start = items.first().and_then(|e| e["recorded_at"].as_i64()).unwrap_or(0);
+    let steps = items.iter().map(|e| {
+        let at = e["recorded_at"].as_i64().unwrap_or(start) - start;
+        format!("{} {:.2}", e["type"].as_str().unwrap_or("?"), at as f64 / 1e3)
+    });
+    Ok(steps.collect::<Vec<_>>().join(", "))
 }
 
 /// Every job of the node (the bench's only).
