@@ -3,19 +3,19 @@
 //! of once each.
 //!
 //! One task per store takes the publishes of its appends from a queue and keeps a bounded load of them out at
-//! once ([`MAX_LOAD`]: eight appends on their own, or two batches). A publish that comes while there is room goes out at once, as before; those that come while the
-//! task is full wait. What waited goes next, as one send: as one batch of at most [`MAX_GROUP_MESSAGES`]
-//! messages when it holds at least [`BATCH_FROM`] messages (a replicated stream: two), each append's first
-//! message carrying its own expected-subject check (the server checks each one, and stores all or
-//! nothing); below that, each append on its own, all of them out at once. Two appends to one stream never share a batch: the second
-//! waits for the next.
+//! once ([`MAX_LOAD`]: eight appends on their own, or two batches). A publish that comes while there is room
+//! goes out at once, as before; those that come while the task is full wait. What waited goes next: as one
+//! batch of at most [`MAX_GROUP_MESSAGES`] messages when it holds at least [`BATCH_FROM`] messages (a
+//! replicated stream: two), each append's first message carrying its own expected-subject check (the server
+//! checks each one, and stores all or nothing); below that, each append on its own, all of them out at once.
+//! Two appends to one stream never share a batch: the second waits for the next.
 //!
 //! Why a floor: a single-server stream on file storage stages every atomic batch in a store of its own on disk
 //! (nats-server's `newBatchStore`: a folder, a metadata file written and fsynced, removed after the commit),
 //! which costs the server some milliseconds of its stream loop whatever the batch's size, while a message on
-//! its own costs one fsync. A replicated stream stages a batch in memory, so there any two go together (not
-//! measured here: no cluster runs in the benchmarks). Measured in `weft bench jobs` (`builtin-nats`), where a few appends wait at a
-//! time, batching every group made the server the bottleneck; see `docs/storage.md`.
+//! its own costs one fsync. Profiled while `weft bench jobs` ran on NATS, where a few appends wait at a time,
+//! staging was up to 55% of the server's time. A replicated stream stages a batch in memory, so there any two
+//! go together (not measured: no cluster runs in the benchmarks). See `docs/jetstream.md`.
 //!
 //! The batch's acknowledgement names its last sequence and count; an atomic batch is stored contiguously in
 //! order, so each append's sequences follow from its place. When the batch is refused (one append's check
@@ -63,8 +63,7 @@ pub(super) struct Publish {
 
 impl JetStreamStore {
     /// Publishes one append's `messages` as [`Self::publish`] does, through the group task (started by the
-    /// first append): alone when nothing else waits, in one atomic batch with the appends waiting with it
-    /// otherwise.
+    /// first append): alone, or in one atomic batch with the appends waiting with it when they are enough.
     pub(super) async fn publish_grouped(&self, stream: &StreamName, messages: &[Message]) -> Result<u64, PublishError> {
         let queue = self.inner.group.get_or_init(|| {
             let (queue, publishes) = mpsc::channel(QUEUE);
