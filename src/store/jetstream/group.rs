@@ -14,7 +14,7 @@
 //! (nats-server's `newBatchStore`: a folder, a metadata file written and fsynced, removed after the commit),
 //! which costs the server some milliseconds of its stream loop whatever the batch's size, while a message on
 //! its own costs one fsync. Profiled while `weft bench jobs` ran on NATS, where a few appends wait at a time,
-//! staging was up to 55% of the server's time. A replicated stream stages a batch in memory, so there any two
+//! staging was 38 - 47% of the server's samples. A replicated stream stages a batch in memory, so there any two
 //! go together (not measured: no cluster runs in the benchmarks). See `docs/jetstream.md`.
 //!
 //! The batch's acknowledgement names its last sequence and count; an atomic batch is stored contiguously in
