@@ -49,16 +49,18 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store with these limits.
     pub fn new(limits: Limits) -> Self {
-        let (head, _) = watch::channel(0);
-        Self { shared: Arc::new(Shared { limits, combine_from: 2, state: Mutex::new(State::default()), head }) }
+        Self::with(limits, 2)
     }
 
     /// An empty store that answers `n` to [`EventWrite::combine_from`], as a store whose multi-event append
     /// costs more than one event's does (a test of a writer that heeds it).
     pub fn combining_from(n: usize) -> Self {
-        let store = Self::default();
-        let shared = Arc::into_inner(store.shared).expect("a new store has one handle");
-        Self { shared: Arc::new(Shared { combine_from: n.max(2), ..shared }) }
+        Self::with(Limits::default(), n.max(2))
+    }
+
+    fn with(limits: Limits, combine_from: usize) -> Self {
+        let (head, _) = watch::channel(0);
+        Self { shared: Arc::new(Shared { limits, combine_from, state: Mutex::new(State::default()), head }) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -14,10 +14,6 @@ use super::wire::{PubReply, PublishError, WRONG_LAST_SEQUENCE};
 /// A message of an append: its subject, its body (the event's record) and its event id.
 pub(super) type Message = (String, Bytes, Uuid);
 
-/// One append's part of a publish: its stream and its messages, the first on the subject of the version after
-/// the one the append was decided against.
-pub(super) type Part<'a> = (&'a StreamName, &'a [Message]);
-
 impl JetStreamStore {
     /// The version of a stream that an append decided against version `expected` found moved. A clustered
     /// stream checks expectations against what it has accepted, not only applied: the event that moved the
@@ -42,12 +38,13 @@ impl JetStreamStore {
 
     /// Publishes `messages` (subject, body, event id) as one message or one atomic batch, the first expecting
     /// its subject (its version's) to hold no message yet. Returns the sequence of the last one.
-    pub(super) async fn publish(&self, stream: &StreamName, messages: &[Message]) -> Result<u64, PublishError> {
-        self.publish_appends(&[(stream, messages)]).await
+    pub(super) async fn publish(&self, messages: &[Message]) -> Result<u64, PublishError> {
+        self.publish_appends(&[messages]).await
     }
 
-    /// Publishes the messages of `appends` (each: its stream and its messages) as one message or one atomic
-    /// batch, each append's first message with its own checks. Returns the sequence of the last message.
+    /// Publishes the messages of `appends` (each one append's, the first on the subject of the version after the
+    /// one the append was decided against) as one message or one atomic batch, each append's first message with
+    /// its own checks. Returns the sequence of the last message.
     ///
     /// The check is `Nats-Expected-Last-Subject-Sequence: 0` on the first message's own subject, the version
     /// after the one the append was decided against: the server stores the append only if no event holds
@@ -56,12 +53,12 @@ impl JetStreamStore {
     /// version. The server answers this from its index of subjects in constant time; a check of the last
     /// sequence on the wildcard `<prefix>.<stream>.*` walked every version of the stream, so appends to a long
     /// stream grew slower with its length.
-    pub(super) async fn publish_appends(&self, appends: &[Part<'_>]) -> Result<u64, PublishError> {
+    pub(super) async fn publish_appends(&self, appends: &[&[Message]]) -> Result<u64, PublishError> {
         let client = &self.inner.client;
-        let total: usize = appends.iter().map(|(_, messages)| messages.len()).sum();
+        let total: usize = appends.iter().map(|messages| messages.len()).sum();
         let batch_id = (total > 1).then(|| Uuid::now_v7().simple().to_string());
         let mut n = 0;
-        for (_, messages) in appends {
+        for messages in appends {
             for (i, (subject, body, event_id)) in messages.iter().enumerate() {
                 n += 1;
                 let mut headers = HeaderMap::new();

@@ -74,14 +74,14 @@ impl JetStreamStore {
         let publish = Publish { stream: stream.clone(), messages: messages.to_vec(), reply };
         if queue.send(publish).await.is_err() {
             // The task is gone (the runtime that started it has ended): publish directly.
-            return self.publish(stream, messages).await;
+            return self.publish(messages).await;
         }
         answer.await.unwrap_or_else(|_| Err(PublishError::Ambiguous("the group commit task stopped".into())))
     }
 
     /// Publishes `group` (two or more appends to different streams) as one atomic batch and answers each.
     async fn publish_group(&self, group: Vec<Publish>) {
-        let appends: Vec<_> = group.iter().map(|p| (&p.stream, p.messages.as_slice())).collect();
+        let appends: Vec<_> = group.iter().map(|p| p.messages.as_slice()).collect();
         match self.publish_appends(&appends).await {
             Ok(last) => {
                 let total: u64 = group.iter().map(|p| p.messages.len() as u64).sum();
@@ -97,7 +97,7 @@ impl JetStreamStore {
                     ?error,
                     "a grouped batch was not stored; publishing each append alone"
                 );
-                let alone = group.iter().map(|p| self.publish(&p.stream, &p.messages));
+                let alone = group.iter().map(|p| self.publish(&p.messages));
                 let answers = futures::future::join_all(alone).await;
                 for (publish, answer) in group.into_iter().zip(answers) {
                     let _ = publish.reply.send(answer);
@@ -168,7 +168,7 @@ async fn run(weak: Weak<Inner>, mut publishes: mpsc::Receiver<Publish>) {
             load += 1;
             in_flight.push(
                 async move {
-                    let answer = store.publish(&publish.stream, &publish.messages).await;
+                    let answer = store.publish(&publish.messages).await;
                     let _ = publish.reply.send(answer);
                     1
                 }
