@@ -37,14 +37,19 @@ async fn three_nodes_form_a_cluster_that_survives_losing_one() {
     let mut cluster = NatsServer::cluster(3).unwrap();
     let client = weft::nats::connect(&cluster.url(), "test").await.unwrap();
     let js = async_nats::jetstream::new(client);
-    js.create_stream(async_nats::jetstream::stream::Config {
+    // The meta leader places a replicated stream only on peers it has heard from: right after the cluster
+    // forms, on a loaded machine, it can still call one offline ("no suitable peers for placement").
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let config = async_nats::jetstream::stream::Config {
         name: "S".into(),
         subjects: vec!["s.>".into()],
         num_replicas: 3,
         ..Default::default()
-    })
-    .await
-    .unwrap();
+    };
+    while let Err(e) = js.create_stream(config.clone()).await {
+        assert!(std::time::Instant::now() < deadline, "no replicated stream placed in a minute: {e}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     // A new replicated stream takes a moment to elect its leader (under load the first publish can meet "no
     // stream"), so the first publish is retried like the one after the kill.
     publish_until_acked(&js, "one").await;

@@ -99,6 +99,18 @@ pub(super) async fn existing(
     }
 }
 
+/// Whether a failed creation of the events stream may pass on try `attempt + 1`, half a second later: a
+/// time-out (a loaded meta leader) three times, a cluster that does not yet know enough of its peers to place
+/// the replicas (it has just formed) for ten seconds.
+fn may_pass_again(e: &async_nats::jetstream::context::CreateStreamError, attempt: u32) -> bool {
+    use async_nats::jetstream::{ErrorCode, context::CreateStreamErrorKind};
+    match e.kind() {
+        CreateStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::CLUSTER_NO_PEERS => attempt < 20,
+        CreateStreamErrorKind::TimedOut => attempt < 4,
+        _ => attempt < 4 && e.to_string().contains("timed out"),
+    }
+}
+
 /// Creates the events stream or checks the one there; returns its last sequence.
 pub(super) async fn ensure_events_stream(
     client: &async_nats::Client,
@@ -123,13 +135,16 @@ pub(super) async fn ensure_events_stream(
                 deny_purge: true,
                 ..Default::default()
             };
-            // A cluster's meta leader can be slow to answer on a loaded machine: ask again a few times.
+            // A cluster's meta leader can be slow to answer on a loaded machine, and right after the cluster
+            // forms it places a replicated stream only on the peers it has heard from yet: ask again for a
+            // while (creating the same stream twice is not an error).
             let mut attempt = 0;
             let created = loop {
                 attempt += 1;
                 match js.create_stream(wanted.clone()).await {
                     Ok(created) => break created,
-                    Err(e) if attempt < 4 && e.to_string().contains("timed out") => {
+                    Err(e) if may_pass_again(&e, attempt) => {
+                        tracing::debug!(attempt, error = %e, "creating the events stream again");
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     Err(e) => {
