@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use weft_events::Timestamp;
 use weft_events::domain::document::{
-    Deleted, DerivativeRecorded, Event, Registered, UploadSource, Uploaded, VersionAdded,
+    Deleted, DerivativeRecorded, Event, LabelsChanged, Registered, UploadSource, Uploaded, VersionAdded,
 };
 use weft_events::domain::ids::{DocumentId, JobId};
 
@@ -74,6 +74,20 @@ pub enum Command {
         size_bytes: u64,
         /// Its entity tag or checksum.
         etag: String,
+        /// When.
+        #[serde(default = "Timestamp::now")]
+        at: Timestamp,
+    },
+    /// Change the document's labels: `set` adds or replaces labels, `remove` takes labels away (a key it does
+    /// not have is no error). The result must keep to the limits of [`Command::Register`]'s labels. A change
+    /// that leaves the labels as they are records nothing.
+    Label {
+        /// Labels to add or replace.
+        #[serde(default)]
+        set: BTreeMap<String, String>,
+        /// Keys of labels to take away.
+        #[serde(default)]
+        remove: Vec<String>,
         /// When.
         #[serde(default = "Timestamp::now")]
         at: Timestamp,
@@ -174,7 +188,7 @@ pub struct Document {
     pub versions: u32,
     /// Documents derived from it.
     pub derivatives: u32,
-    /// The labels it was registered with.
+    /// Its labels: those it was registered with, as changed since.
     pub labels: BTreeMap<String, String>,
 }
 
@@ -197,16 +211,27 @@ fn labels(labels: &BTreeMap<String, String>) -> Result<(), Rejection> {
         return invalid(format!("{} labels, over the limit of {MAX_LABELS}", labels.len()));
     }
     for (key, value) in labels {
-        let key_ok =
-            !key.is_empty() && key.len() <= 64 && key.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c));
-        if !key_ok {
-            return invalid(format!("{key:?} is not a label key (1 to 64 of letters, digits, `.`, `_`, `-`, `/`)"));
-        }
+        label_key(key)?;
         if value.len() > 256 || value.chars().any(char::is_control) {
             return invalid(format!("the value of {key:?} is over 256 bytes or holds control characters"));
         }
     }
     Ok(())
+}
+
+/// Whether `key` can name a label: 1 to 64 of ASCII letters, digits, `.`, `_`, `-` and `/`.
+pub fn is_label_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 64 && key.chars().all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+}
+
+fn label_key(key: &str) -> Result<(), Rejection> {
+    if is_label_key(key) {
+        return Ok(());
+    }
+    Err(Rejection::Invalid {
+        field: "labels".into(),
+        reason: format!("{key:?} is not a label key (1 to 64 of letters, digits, `.`, `_`, `-`, `/`)"),
+    })
 }
 
 fn content_type(value: &str) -> Result<(), Rejection> {
@@ -307,6 +332,30 @@ impl Aggregate for Document {
                 self.fits(*size_bytes)?;
                 Ok(vec![VersionAdded { size_bytes: *size_bytes, etag: etag.clone(), at: *at }.into()])
             }
+            Command::Label { set, remove, at } => {
+                self.live()?;
+                let invalid = |reason: String| Err(Rejection::Invalid { field: "labels".into(), reason });
+                if set.is_empty() && remove.is_empty() {
+                    return invalid("the change sets no label and removes none".into());
+                }
+                if remove.len() > MAX_LABELS {
+                    return invalid(format!("{} keys to remove, over the limit of {MAX_LABELS}", remove.len()));
+                }
+                if let Some(key) = remove.iter().find(|key| set.contains_key(*key)) {
+                    return invalid(format!("{key:?} is both set and removed"));
+                }
+                for key in remove {
+                    label_key(key)?;
+                }
+                let mut changed = self.labels.clone();
+                changed.retain(|key, _| !remove.contains(key));
+                changed.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                labels(&changed)?;
+                if changed == self.labels {
+                    return Ok(vec![]);
+                }
+                Ok(vec![LabelsChanged { labels: changed, at: *at }.into()])
+            }
             Command::Delete { reason, at } => {
                 self.live()?;
                 text("reason", reason)?;
@@ -339,6 +388,7 @@ impl Aggregate for Document {
                 self.versions += 1;
             }
             Event::Deleted(_) => self.status = Status::Deleted,
+            Event::LabelsChanged(e) => self.labels = e.labels.clone(),
         }
         self
     }
@@ -551,5 +601,56 @@ mod tests {
             DerivativeRecorded { child: DocumentId::new(), job: JobId::new(), step: "s".into(), at: AT }.into(),
         ]);
         assert_eq!((state.status, state.versions, state.derivatives, state.size_bytes), (Status::Uploaded, 2, 1, 60));
+    }
+
+    fn label(set: &[(&str, &str)], remove: &[&str]) -> Command {
+        Command::Label {
+            set: set.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            remove: remove.iter().map(|k| (*k).to_owned()).collect(),
+            at: AT,
+        }
+    }
+
+    fn labels_changed(labels: &[(&str, &str)]) -> Event {
+        let labels = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        LabelsChanged { labels, at: AT }.into()
+    }
+
+    #[test]
+    fn labels_are_set_replaced_and_removed_as_one_whole_new_set() {
+        given::<Document>([registered()])
+            .when(label(&[("stage", "draft")], &[]))
+            .then([labels_changed(&[("project", "q3"), ("stage", "draft")])]);
+        given::<Document>([registered(), uploaded(), labels_changed(&[("project", "q3"), ("stage", "draft")])])
+            .when(label(&[("stage", "final")], &["project"]))
+            .then([labels_changed(&[("stage", "final")])]);
+        let state = Document::replay(&[registered(), labels_changed(&[("stage", "final")])]);
+        assert_eq!(state.labels, [("stage".to_owned(), "final".to_owned())].into());
+    }
+
+    #[test]
+    fn a_label_change_that_changes_nothing_records_nothing() {
+        given::<Document>([registered()]).when(label(&[("project", "q3")], &["absent"])).then([]);
+    }
+
+    #[test]
+    fn bad_label_changes_are_rejected_and_record_nothing() {
+        let invalid = |events: Vec<Event>, command: Command| {
+            let state = Document::replay(&events);
+            assert!(
+                matches!(state.decide(&command), Err(Rejection::Invalid { ref field, .. }) if field == "labels"),
+                "{command:?}"
+            );
+        };
+        invalid(vec![registered()], label(&[], &[]));
+        invalid(vec![registered()], label(&[("has space", "v")], &[]));
+        invalid(vec![registered()], label(&[], &["bad\nkey"]));
+        invalid(vec![registered()], label(&[("k", "v")], &["k"]));
+        invalid(vec![registered()], label(&[("k", &"v".repeat(257))], &[]));
+        let many: Vec<(String, String)> = (0..MAX_LABELS).map(|i| (format!("k{i}"), String::new())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        invalid(vec![registered()], label(&many, &[]));
+        given::<Document>([]).when(label(&[("k", "v")], &[])).then_rejected(Rejection::NotRegistered);
+        given::<Document>([registered(), deleted()]).when(label(&[("k", "v")], &[])).then_rejected(Rejection::Deleted);
     }
 }

@@ -395,6 +395,14 @@ async fn an_instance_answers_only_commands_of_its_own_tenant_even_after_a_snapsh
     other.execute(&stream, of(Some("acme"))).await.unwrap();
     let events = store.read_stream(&stream, 1, Direction::Forwards, 100).await.unwrap();
     assert_eq!(events.len(), 10, "the refused commands appended nothing");
+    // The events of commands that named no tenant are the instance's tenant's too (sealed with its key).
+    assert!(events.iter().all(|e| &*e.tenant == "acme"), "{:?}", events.iter().map(|e| &e.tenant).collect::<Vec<_>>());
+    // So are those of commands combined into one append.
+    let combined = futures::future::join_all((0..20).map(|_| other.execute(&stream, of(None)))).await;
+    assert!(combined.iter().all(Result::is_ok), "{combined:?}");
+    let events = store.read_stream(&stream, 1, Direction::Forwards, 100).await.unwrap();
+    assert_eq!(events.len(), 30);
+    assert!(events.iter().all(|e| &*e.tenant == "acme"));
 }
 
 /// A store that finds a multi-event append worth it only from eight events (as JetStream's single-server

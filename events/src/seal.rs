@@ -39,8 +39,10 @@ const FORMAT: u8 = 1;
 const HEADER: usize = 1 + 1 + 4 + 24;
 
 /// The event types with personal data, and the fields of their payloads that hold it: a document's file name,
-/// owner and labels. Fields are only ever added here with a new schema version of the event type.
-pub const PERSONAL: &[(&str, &[&str])] = &[("document.registered", &["name", "owner", "labels"])];
+/// owner and labels (at registration and when changed). Fields are only ever added here with a new schema
+/// version of the event type.
+pub const PERSONAL: &[(&str, &[&str])] =
+    &[("document.registered", &["name", "owner", "labels"]), ("document.labels_changed", &["labels"])];
 
 /// The fields of `event_type`'s payload that hold personal data (see [`PERSONAL`]).
 pub fn personal_fields(event_type: &str) -> &'static [&'static str] {

@@ -47,6 +47,7 @@ pub const MODEL: Model = Model {
         "version",
     ],
     filters: &["status", "tenant", "provider"],
+    labels: None,
     time: "registered_at",
     details: crate::model::no_details,
     shape: shape_agent,

@@ -9,9 +9,9 @@
 //!   microseconds since the Unix epoch; `version` is the document stream's version the row reflects;
 //!   `uploaded_position` is the log position of its latest upload (first or added version), by which a
 //!   schedule selects "the documents uploaded since its last firing" exactly (a read model made before the
-//!   column existed gains it on start, empty until `weft projection rebuild documents`); `labels` is the
-//!   labels registered with it, a JSON object (likewise gained on start, empty for older rows until a
-//!   rebuild).
+//!   column existed gains it on start, empty until `weft projection rebuild documents`); `labels` is its
+//!   labels, as registered and changed since (`document.labels_changed`), a JSON object (likewise gained on
+//!   start, empty for older rows until a rebuild); lists filter on them (`?label.project=q3`).
 //! - `document_lineage (parent, child, job, step)`: one row per derivative recorded.
 //!
 //! On `tenant.erased` the tenant's rows lose their personal columns (`name`, `owner` become `[erased]`,
@@ -54,6 +54,7 @@ pub const MODEL: Model = Model {
         "labels",
     ],
     filters: &["status", "tenant", "owner"],
+    labels: Some("labels"),
     time: "created_at",
     details: document_details,
     shape: |item| parse_json_field(item, "labels"),
@@ -198,6 +199,13 @@ impl Projection for Documents {
                     tx,
                     "UPDATE documents SET updated_at = ?2, version = ?3 WHERE id = ?1",
                     params![id, e.at.0, version],
+                )?;
+            }
+            Event::LabelsChanged(e) => {
+                crate::exec(
+                    tx,
+                    "UPDATE documents SET labels = ?2, updated_at = ?3, version = ?4 WHERE id = ?1",
+                    params![id, serde_json::to_string(&e.labels).unwrap_or_else(|_| "{}".to_owned()), e.at.0, version],
                 )?;
             }
             Event::Deleted(e) => {

@@ -48,6 +48,7 @@ pub const MODEL: Model = Model {
         "version",
     ],
     filters: &["status", "tenant", "workflow", "owner"],
+    labels: None,
     time: "submitted_at",
     details: job_details,
     shape: |_| {},

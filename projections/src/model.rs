@@ -21,6 +21,9 @@ pub struct Model {
     pub columns: &'static [&'static str],
     /// The columns a list may be filtered on by equality, named as the query parameters.
     pub filters: &'static [&'static str],
+    /// The column holding the items' labels as a JSON object, which lists filter on by `label.<key>=<value>`;
+    /// `None` for a model without labels.
+    pub labels: Option<&'static str>,
     /// The time column `since`/`until` bound (microseconds since the Unix epoch).
     pub time: &'static str,
     /// Adds the item's parts from other tables (lineage, steps), when one item is read.
@@ -98,7 +101,7 @@ mod tests {
             for column in model.columns {
                 assert!(columns.iter().any(|c| c == column), "{}: no column {column} in {columns:?}", model.name);
             }
-            for filter in model.filters.iter().chain([&model.time]) {
+            for filter in model.filters.iter().chain([&model.time]).chain(&model.labels) {
                 assert!(model.columns.contains(filter), "{}: {filter} is not one of its columns", model.name);
             }
             assert!(Name::parse(model.projection).is_some(), "{}: no projection {}", model.name, model.projection);

@@ -44,6 +44,7 @@ pub const MODEL: Model = Model {
         "version",
     ],
     filters: &["status", "tenant", "workflow"],
+    labels: None,
     time: "created_at",
     details: crate::model::no_details,
     shape: shape_schedule,

@@ -29,6 +29,7 @@ pub const MODEL: Model = Model {
     table: "workflows",
     columns: &["id", "tenant", "name", "latest_version", "steps_count", "defined_at", "updated_at", "version"],
     filters: &["tenant", "name"],
+    labels: None,
     time: "defined_at",
     details: workflow_details,
     shape: |_| {},

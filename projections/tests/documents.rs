@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use weft_events::domain::DomainEvent;
 use weft_events::domain::document::{
-    Deleted, DerivativeRecorded, Event, Registered, UploadSource, Uploaded, VersionAdded,
+    Deleted, DerivativeRecorded, Event, LabelsChanged, Registered, UploadSource, Uploaded, VersionAdded,
 };
 use weft_events::domain::ids::{DocumentId, JobId, Uuid};
 use weft_events::{EventWrite, ExpectedVersion, MemoryStore, Timestamp};
@@ -26,6 +26,7 @@ struct Row {
     updated_at: i64,
     version: i64,
     children: Vec<String>,
+    labels: String,
 }
 
 /// One step of a document's history, after its registration.
@@ -34,6 +35,7 @@ enum Step {
     Upload(u64),
     AddVersion(u64),
     Derive(u8),
+    Label(u8),
     Delete,
 }
 
@@ -42,6 +44,7 @@ fn step() -> impl Strategy<Value = Step> {
         (1u64..10_000).prop_map(Step::Upload),
         (1u64..10_000).prop_map(Step::AddVersion),
         any::<u8>().prop_map(Step::Derive),
+        any::<u8>().prop_map(Step::Label),
         Just(Step::Delete),
     ]
 }
@@ -76,7 +79,7 @@ impl Writer {
                     declared_size_bytes: 1,
                     tenant: "acme".into(),
                     owner: "ann".into(),
-                    labels: Default::default(),
+                    labels: [("n".to_owned(), d.to_string())].into(),
                     at,
                 }
                 .into()
@@ -96,6 +99,10 @@ impl Writer {
                         at,
                     }
                     .into(),
+                    Step::Label(n) => {
+                        let labels = (0..n % 3).map(|i| (format!("k{i}"), format!("{n}"))).collect();
+                        LabelsChanged { labels, at }.into()
+                    }
                     Step::Delete => Deleted { reason: "gone".into(), at }.into(),
                 }
             };
@@ -108,7 +115,9 @@ impl Writer {
                 Event::Registered(e) => {
                     row.name = e.name;
                     row.status = "registered".into();
+                    row.labels = serde_json::to_string(&e.labels).unwrap();
                 }
+                Event::LabelsChanged(e) => row.labels = serde_json::to_string(&e.labels).unwrap(),
                 Event::Uploaded(e) => {
                     row.status = "uploaded".into();
                     row.size = Some(e.size_bytes as i64);
@@ -141,7 +150,8 @@ fn read_model(path: &std::path::Path) -> BTreeMap<String, Row> {
     let mut rows = BTreeMap::new();
     let mut query = db
         .prepare(
-            "SELECT id, name, status, size_bytes, etag, versions, deleted_reason, updated_at, version FROM documents",
+            "SELECT id, name, status, size_bytes, etag, versions, deleted_reason, updated_at, version, labels
+             FROM documents",
         )
         .unwrap();
     let found = query
@@ -158,6 +168,7 @@ fn read_model(path: &std::path::Path) -> BTreeMap<String, Row> {
                     updated_at: r.get(7)?,
                     version: r.get(8)?,
                     children: Vec::new(),
+                    labels: r.get(9)?,
                 },
             ))
         })

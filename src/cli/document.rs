@@ -1,5 +1,5 @@
-//! `weft document`: upload a file (register, PUT to the signed URL, confirm), download, delete, and the
-//! reads.
+//! `weft document`: upload a file (register, PUT to the signed URL, confirm), download, label, delete, and
+//! the reads.
 
 use std::time::Duration;
 
@@ -38,6 +38,18 @@ pub enum DocumentVerb {
         /// Where to write it; the document's name in this folder without it.
         #[arg(long, short)]
         out: Option<std::path::PathBuf>,
+    },
+    /// Changes a document's labels: adds or replaces (`--set project=q3`) and removes (`--remove stage`)
+    /// them, in one change; prints the reply.
+    Label {
+        /// Its id.
+        id: String,
+        /// A label to add or replace, `KEY=VALUE`; repeat for more.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = super::reads::parse_pair)]
+        set: Vec<(String, String)>,
+        /// The key of a label to take away; repeat for more.
+        #[arg(long = "remove", value_name = "KEY")]
+        remove: Vec<String>,
     },
     /// Deletes a document and its content (its history stays).
     Delete {
@@ -175,6 +187,19 @@ pub async fn run(connection: Connection, verb: DocumentVerb) -> anyhow::Result<(
             if out.as_os_str() != "-" {
                 eprintln!("weft: wrote {size} bytes to {}", out.display());
             }
+            Ok(())
+        }
+        DocumentVerb::Label { id, set, remove } => {
+            anyhow::ensure!(!set.is_empty() || !remove.is_empty(), "give at least one --set KEY=VALUE or --remove KEY");
+            let set: serde_json::Map<String, Value> = set.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+            let body = serde_json::json!({
+                "command_id": uuid::Uuid::now_v7().to_string(),
+                "type": "label",
+                "payload": {"set": set, "remove": remove},
+            });
+            let path = format!("/commands/document/{}", segment(&id));
+            let reply = client.post(&path, Some(&body), &[], TIMEOUT).await?;
+            print(connection.output, &reply, item);
             Ok(())
         }
         DocumentVerb::Delete { id } => {

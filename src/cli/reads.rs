@@ -8,7 +8,8 @@ use super::{Client, Connection, Output, print, segment};
 /// What a list asks for.
 #[derive(Debug, Clone, Args)]
 pub struct ListArgs {
-    /// `name=value` filters, as the API's query parameters: `status=running`, `tenant=acme`, `since=<µs>`.
+    /// `name=value` filters, as the API's query parameters: `status=running`, `tenant=acme`, `since=<µs>`,
+    /// `label.project=q3` (documents).
     #[arg(long = "where", value_name = "NAME=VALUE", value_parser = parse_pair)]
     pub filters: Vec<(String, String)>,
     /// Items per page (the API's limit, at most 1000).
@@ -22,7 +23,7 @@ pub struct ListArgs {
     pub all: bool,
 }
 
-fn parse_pair(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_pair(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((name, value)) if !name.is_empty() => Ok((name.to_owned(), value.to_owned())),
         _ => Err(format!("{text:?} is not NAME=VALUE")),

@@ -152,7 +152,11 @@ pub(super) async fn serve_list(
     params: super::Params,
     model: &'static Model,
 ) -> HttpResponse {
-    if let Err(failure) = read::check_keys(&params, model.filters) {
+    let (labels, rest) = match read::label_filters(model, &params) {
+        Ok(split) => split,
+        Err(failure) => return failure.respond(),
+    };
+    if let Err(failure) = read::check_keys(&rest, model.filters) {
         return failure.respond();
     }
     let from = match last_event_id(&request, "a log position") {
@@ -163,19 +167,30 @@ pub(super) async fn serve_list(
         return Failure::unavailable("no such projection").respond();
     };
     let from = from.unwrap_or_else(|| *position.borrow());
-    let filters: Vec<(String, String)> = params.into_inner().into_iter().collect();
+    let labels = labels.into_iter().map(|(key, value)| (format!("label.{key}"), value));
+    let filters: Vec<(String, String)> = rest.into_iter().chain(labels).collect();
     let scope = super::access::scope(&request);
     let reads = state.reads.clone();
     event_stream(|tx| feed_list(reads, state.closing.clone(), model, (filters, scope), from, position, tx))
 }
 
-/// Whether `item` has each filter's value (numbers compared as their text).
+/// Whether `item` has each filter's value (numbers compared as their text); `label.<key>` is the item's label.
 fn matches(item: &Value, filters: &[(String, String)]) -> bool {
-    filters.iter().all(|(column, value)| match &item[column.as_str()] {
+    filters.iter().all(|(column, value)| {
+        let found = match column.strip_prefix("label.") {
+            Some(key) => &item["labels"][key],
+            None => &item[column.as_str()],
+        };
+        matches_one(found, value)
+    })
+}
+
+fn matches_one(found: &Value, value: &str) -> bool {
+    match found {
         Value::String(text) => text == value,
         Value::Null => false,
         other => serde_json::from_str::<Value>(value).is_ok_and(|v| v == *other),
-    })
+    }
 }
 
 /// Follows the read model's position; for the log's events it applied after `from`, sends the changed items

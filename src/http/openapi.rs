@@ -250,10 +250,21 @@ fn components() -> Value {
     })
 }
 
+/// The `label.<key>` filters of a model with labels, as one parameter (OpenAPI has no parameter names with a
+/// variable part).
+fn label_param() -> Value {
+    let what = format!(
+        "Equal to the item's label <key>: `label.project=q3`; a parameter per label, at most {}",
+        crate::query::read::MAX_LABEL_FILTERS
+    );
+    param("label.<key>", "query", json!({"type": "string"}), &what)
+}
+
 fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
     let id = || param("id", "path", json!({"type": "string", "format": "uuid"}), "The id");
     let mut list = vec![after()];
     list.extend(model.filters.iter().map(|f| param(f, "query", json!({"type": "string"}), "Equal to")));
+    list.extend(model.labels.map(|_| label_param()));
     for (bound, what) in [("since", "at or after"), ("until", "before")] {
         list.push(param(
             bound,
@@ -276,6 +287,7 @@ fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
     let list_live = format!("{base}/live");
     let mut filters: Vec<Value> =
         model.filters.iter().map(|f| param(f, "query", json!({"type": "string"}), "Equal to")).collect();
+    filters.extend(model.labels.map(|_| label_param()));
     filters.push(param("Last-Event-ID", "header", json!({"type": "integer"}), "Resume after this log position"));
     let list_sse = json!({"description": "text/event-stream of `item` and `left` events",
                           "content": {"text/event-stream": {"schema": {"type": "string"}}}});

@@ -305,6 +305,15 @@ impl Reads {
                 args.push(Box::new(value.clone()));
                 sql.push_str(&format!(" AND {column} = ?{}", args.len()));
             }
+            if let Some(column) = model.labels {
+                for (key, value) in &page.labels {
+                    // A label key's characters need no escaping inside the quotes of a JSON path.
+                    args.push(Box::new(format!("$.\"{key}\"")));
+                    args.push(Box::new(value.clone()));
+                    let (p, v) = (args.len() - 1, args.len());
+                    sql.push_str(&format!(" AND json_extract({column}, ?{p}) = ?{v}"));
+                }
+            }
             scope.restrict(model, &mut sql, &mut args);
             for (op, bound) in [(">=", page.since), ("<", page.until)] {
                 if let Some(bound) = bound {
@@ -484,9 +493,14 @@ impl Reads {
     }
 }
 
+/// Most `label.<key>` filters one list takes.
+pub const MAX_LABEL_FILTERS: usize = 8;
+
 /// The parsed query of a list.
 struct ListParams {
     filters: Vec<(&'static str, String)>,
+    /// `label.<key>=<value>`: the label's key and the value it must have.
+    labels: Vec<(String, String)>,
     since: Option<i64>,
     until: Option<i64>,
     cursor: Option<String>,
@@ -498,7 +512,11 @@ impl ListParams {
     fn parse(model: &Model, params: &BTreeMap<String, String>) -> Result<Self, Failure> {
         let mut known = vec!["after", "cursor", "limit", "since", "until"];
         known.extend(model.filters);
-        check_keys(params, &known)?;
+        let (labels, rest) = label_filters(model, params)?;
+        if model.labels.is_some() {
+            known.push("label.<key>");
+        }
+        check_keys(&rest, &known)?;
         let filters = model.filters.iter().filter_map(|f| params.get(*f).map(|v| (*f, v.clone()))).collect();
         let cursor = match params.get("cursor") {
             Some(c) => Some(parse_id(c).map_err(|_| Failure::invalid(format!("cursor {c:?} is not one we gave")))?),
@@ -506,6 +524,7 @@ impl ListParams {
         };
         Ok(Self {
             filters,
+            labels,
             since: number(params, "since")?,
             until: number(params, "until")?,
             cursor: cursor.map(|c| c.to_string()),
@@ -513,6 +532,39 @@ impl ListParams {
             after: number(params, "after")?,
         })
     }
+}
+
+/// A list's `label.<key>=<value>` filters, as (key, value).
+pub type LabelFilters = Vec<(String, String)>;
+
+/// The `label.<key>=<value>` parameters of a list of `model`, as (key, value), and the other parameters.
+/// Refused: a label filter on a model without labels, a key that cannot be a label's, more than
+/// [`MAX_LABEL_FILTERS`].
+pub fn label_filters(
+    model: &Model,
+    params: &BTreeMap<String, String>,
+) -> Result<(LabelFilters, BTreeMap<String, String>), Failure> {
+    let mut labels = Vec::new();
+    let mut rest = BTreeMap::new();
+    for (key, value) in params {
+        let Some(label) = key.strip_prefix("label.") else {
+            rest.insert(key.clone(), value.clone());
+            continue;
+        };
+        if model.labels.is_none() {
+            return Err(Failure::invalid(format!("{} have no labels to filter on ({key:?})", model.name)));
+        }
+        if !weft_actors::document::is_label_key(label) {
+            return Err(Failure::invalid(format!(
+                "{key:?}: {label:?} is not a label key (1 to 64 of letters, digits, `.`, `_`, `-`, `/`)"
+            )));
+        }
+        labels.push((label.to_owned(), value.clone()));
+    }
+    if labels.len() > MAX_LABEL_FILTERS {
+        return Err(Failure::invalid(format!("{} label filters, over the limit of {MAX_LABEL_FILTERS}", labels.len())));
+    }
+    Ok((labels, rest))
 }
 
 /// Refuses parameters other than `known`.

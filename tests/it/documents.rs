@@ -880,3 +880,118 @@ fn an_upload_claimed_by_a_client_is_checked_against_storage() {
     assert_eq!(get(addr, &format!("/documents/{id}")).1, uploaded);
     serve.stop();
 }
+
+/// The ids of `GET /documents?<query>`, sorted.
+fn listed(addr: &str, query: &str) -> Vec<String> {
+    let (status, page) = get(addr, &format!("/documents?{query}"));
+    assert_eq!(status, 200, "{query}: {page}");
+    let mut ids: Vec<String> =
+        page["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn labels_change_by_command_and_cli_lists_filter_on_them_and_bad_changes_and_filters_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let labelled = |labels: Value| {
+        let body = json!({"name": "a.txt", "content_type": "text/plain", "size_bytes": 10, "labels": labels});
+        let (status, answer) = post_document(addr, "acme", body);
+        assert_eq!(status, 201, "{answer}");
+        answer["id"].as_str().unwrap().to_owned()
+    };
+    let a = labelled(json!({"project": "q3", "stage": "draft"}));
+    let b = labelled(json!({"project": "q3"}));
+    let c = labelled(json!({"project": "q4"}));
+
+    // Through the CLI: one change sets and removes.
+    let (ok, stdout, stderr) =
+        weft(addr, &["document", "label", &a, "--set", "stage=final", "--remove", "project", "--output", "json"]);
+    assert!(ok, "{stderr}");
+    let reply: Value = serde_json::from_str(&stdout).unwrap();
+    let after = reply["last_position"].as_u64().unwrap_or_else(|| panic!("{reply}"));
+    let (_, item) = get(addr, &format!("/documents/{a}?after={after}"));
+    assert_eq!(item["labels"], json!({"stage": "final"}), "{item}");
+    // Through the command API, as any client sends it.
+    let (status, reply) =
+        crate::serve::command(addr, "document", &b, "label", json!({"set": {"stage": "final", "team/owner": "x"}}));
+    assert_eq!(status, 200, "{reply}");
+    let after = reply["last_position"].as_u64().unwrap().to_string();
+    // The same change again records nothing.
+    let (status, again) = crate::serve::command(addr, "document", &b, "label", json!({"set": {"stage": "final"}}));
+    assert_eq!((status, &again["version"], &again["last_position"]), (200, &reply["version"], &Value::Null), "{again}");
+
+    let mut ab = vec![a.clone(), b.clone()];
+    ab.sort();
+    assert_eq!(listed(addr, &format!("after={after}&label.stage=final")), ab);
+    assert_eq!(listed(addr, &format!("after={after}&label.project=q3")), vec![b.clone()]);
+    assert_eq!(listed(addr, &format!("after={after}&label.project=q3&label.stage=final")), vec![b.clone()]);
+    assert_eq!(listed(addr, &format!("after={after}&label.team/owner=x&tenant=acme")), vec![b.clone()]);
+    assert_eq!(listed(addr, &format!("after={after}&label.project=q4")), vec![c.clone()]);
+    assert!(listed(addr, &format!("after={after}&label.project=q5")).is_empty());
+    // The CLI's lists take the same filters.
+    let (ok, stdout, stderr) = weft(addr, &["document", "list", "--where", "label.project=q4", "--output", "json"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(serde_json::from_str::<Value>(&stdout).unwrap()["items"][0]["id"], json!(c));
+
+    // Bad filters: a typed error each.
+    let nine: Vec<String> = (0..9).map(|i| format!("label.k{i}=v")).collect();
+    for query in ["label.has%20space=x", "label.=x", "label.a%22b=x", nine.join("&").as_str()] {
+        let (status, answer) = get(addr, &format!("/documents?{query}"));
+        assert_eq!((status, answer["error"]["kind"].as_str()), (400, Some("invalid")), "{query}: {answer}");
+    }
+    let (status, answer) = get(addr, "/jobs?label.project=q3");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("no labels"), "{answer}");
+    let (status, answer) = get(addr, "/documents/live?label.bad%20key=x");
+    assert_eq!(status, 400, "{answer}");
+
+    // Bad changes: rejected with the reason, nothing recorded.
+    let (_, before) = get(addr, &format!("/documents/{c}"));
+    for payload in [
+        json!({"set": {"bad key": "x"}}),
+        json!({"remove": ["bad\nkey"]}),
+        json!({}),
+        json!({"set": {"k": "v"}, "remove": ["k"]}),
+        json!({"set": {"k": "x".repeat(257)}}),
+        json!({"set": (0..40).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}),
+    ] {
+        let (status, answer) = crate::serve::command(addr, "document", &c, "label", payload.clone());
+        assert_eq!(status, 422, "{payload}: {answer}");
+        assert!(answer.to_string().contains("labels"), "{payload}: {answer}");
+    }
+    let (status, answer) = crate::serve::command(addr, "document", &c, "label", json!({"set": {"k": 1}}));
+    assert_eq!(status, 400, "{answer}");
+    let (ok, _, stderr) = weft(addr, &["document", "label", &c]);
+    assert!(!ok && stderr.contains("--set"), "{stderr}");
+    let (ok, _, stderr) = weft(addr, &["document", "label", &c, "--set", "no-equals-sign"]);
+    assert!(!ok && stderr.contains("NAME=VALUE"), "{stderr}");
+    let (_, after_bad) = get(addr, &format!("/documents/{c}"));
+    assert_eq!(after_bad["version"], before["version"], "{after_bad}");
+
+    // A guest may read the labels but not change them.
+    let secret = weft::auth::token::Secret::load(&dir.path().join("auth.secret")).unwrap();
+    let guest = weft::auth::token::issue(
+        &secret,
+        "guest:gil",
+        weft::auth::Role::Guest,
+        &["acme".to_owned()],
+        Duration::from_secs(600),
+    );
+    let bearer = format!("Bearer {guest}");
+    let body = json!({"command_id": uuid::Uuid::now_v7().to_string(), "type": "label", "payload": {"set": {"k": "v"}}});
+    let answer = http(
+        addr,
+        "POST",
+        &format!("/commands/document/{c}"),
+        &[("Authorization", &bearer)],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(answer.status, 403, "{}", answer.json());
+    let answer = http(addr, "GET", "/documents?label.project=q4", &[("Authorization", &bearer)], b"");
+    assert_eq!(answer.status, 200);
+    assert_eq!(get(addr, &format!("/documents/{c}")).1["version"], before["version"]);
+    serve.stop();
+}

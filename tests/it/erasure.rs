@@ -94,6 +94,13 @@ fn an_erased_tenant_reads_as_erased_everywhere_on_sqlite_and_its_key_is_gone_for
     let doc = upload(&serve, dir.path(), secret, "acme");
     let kept = upload(&serve, dir.path(), "bob-payslip.txt", "globex");
     assert_eq!(document(&serve, &doc, 0)["name"], secret);
+    // Labels changed later are personal data too: sealed in the log like those of the registration.
+    let label_secret = "ann-label-secret";
+    let set = format!("client={label_secret}");
+    let (ok, stdout, stderr) = weft(&serve.addr, &["document", "label", &doc, "--set", &set, "--output", "json"]);
+    assert!(ok, "{stderr}");
+    let labelled: Value = serde_json::from_str(&stdout).unwrap();
+    let labelled = labelled["last_position"].as_u64().unwrap_or_else(|| panic!("no position in {labelled}"));
 
     // The key was stored before the registration was acknowledged: a kill -9 right after loses nothing.
     let mut serve = serve;
@@ -104,11 +111,14 @@ fn an_erased_tenant_reads_as_erased_everywhere_on_sqlite_and_its_key_is_gone_for
         if let Ok(bytes) = std::fs::read(dir.path().join(file)) {
             assert!(!contains(&bytes, secret), "{file} holds the name in the clear");
             assert!(!contains(&bytes, "bob-payslip"), "{file} holds the name in the clear");
+            assert!(!contains(&bytes, label_secret), "{file} holds a label in the clear");
         }
     }
     assert!(!contains(&exported_payloads(&source), secret));
+    assert!(!contains(&exported_payloads(&source), label_secret));
     let serve = Serve::start(dir.path(), &[]);
     assert_eq!(document(&serve, &doc, 0)["name"], secret);
+    assert_eq!(document(&serve, &doc, labelled)["labels"]["client"], label_secret);
     assert_eq!(cat_first(&source, &format!("document-{doc}"), &[])["name"], secret);
     assert_eq!(cat_first(&source, &format!("document-{doc}"), &["--no-keys"])["name"], "[sealed]");
 
@@ -157,6 +167,9 @@ fn an_erased_tenant_reads_as_erased_everywhere_on_sqlite_and_its_key_is_gone_for
     assert_eq!(document(&serve, &kept, position)["name"], "bob-payslip.txt");
     let history = history_registration(&serve, &doc);
     assert_eq!((history["name"].as_str(), history["labels"].clone()), (Some("[erased]"), serde_json::json!({})));
+    assert_eq!(erased["labels"], serde_json::json!({}), "{erased}");
+    let (_, stream) = get(&serve.addr, &format!("/streams/document-{doc}/events"));
+    assert!(!stream.to_string().contains(label_secret), "{stream}");
     assert_eq!(history_registration(&serve, &kept)["name"], "bob-payslip.txt");
 
     // No new personal data is accepted for it; the other tenant goes on.

@@ -262,7 +262,9 @@ pub(super) async fn run<A: Aggregate>(
                 };
             }
         };
-        let new_events: Result<Vec<NewEvent>, _> = events.iter().map(|event| stamped(event, &message)).collect();
+        let instance = loaded.first.as_ref().map(|first| first.tenant.as_str());
+        let new_events: Result<Vec<NewEvent>, _> =
+            events.iter().map(|event| stamped(event, &message, instance)).collect();
         let new_events = match new_events {
             Ok(events) => events,
             Err(e) => {

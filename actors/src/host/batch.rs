@@ -236,9 +236,11 @@ async fn append_together<A: Aggregate>(
     options: &Options,
 ) -> Result<Vec<Outcome>, String> {
     let mut new_events: Vec<NewEvent> = Vec::new();
+    let instance = loaded.first.as_ref().map(|first| first.tenant.clone());
     for ((message, _), events) in taken.iter().zip(&decided) {
         for event in events {
-            new_events.push(stamped(event, message).map_err(|e| format!("an event does not encode: {e}"))?);
+            let event = stamped(event, message, instance.as_deref());
+            new_events.push(event.map_err(|e| format!("an event does not encode: {e}"))?);
         }
     }
     let total = new_events.len() as u64;
@@ -264,16 +266,19 @@ async fn append_together<A: Aggregate>(
 }
 
 /// An event as a command stores it: caused by the command, in its correlation, and with its tenant and
-/// actor when it names them.
+/// actor when it names them. A command that names no tenant (the node's own, or one of an identity reaching
+/// every tenant) records the tenant of the instance (`instance`, its first event's) when it has one: the
+/// instance's events are its tenant's, whoever sent the command, so that they are sealed with its key.
 pub(super) fn stamped<A: Aggregate>(
     event: &A::Event,
     message: &Execute<A>,
+    instance: Option<&str>,
 ) -> Result<NewEvent, weft_events::codec::Error> {
     event.to_new_event().map(|mut e| {
         e.causation_id = Some(message.command_id);
         e.correlation_id = message.metadata.correlation_id;
-        if let Some(tenant) = &message.metadata.tenant {
-            e.tenant.clone_from(tenant);
+        if let Some(tenant) = message.metadata.tenant.as_deref().or(instance) {
+            e.tenant = tenant.to_owned();
         }
         if let Some(actor) = &message.metadata.actor {
             e.actor.clone_from(actor);

@@ -108,6 +108,15 @@ pub struct VersionAdded {
     pub at: Timestamp,
 }
 
+/// The document's labels were changed: `labels` is the whole set from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LabelsChanged {
+    /// Every label it has now (`{"project": "q3"}`).
+    pub labels: BTreeMap<String, String>,
+    /// When.
+    pub at: Timestamp,
+}
+
 /// The document was deleted (softly: its history stays).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Deleted {
@@ -128,6 +137,8 @@ super::domain_events! { "document";
     VersionAdded(VersionAdded) = "document.version_added", v 1,
     /// See [`Deleted`].
     Deleted(Deleted) = "document.deleted", v 1,
+    /// See [`LabelsChanged`].
+    LabelsChanged(LabelsChanged) = "document.labels_changed", v 1,
 }
 
 #[cfg(test)]
@@ -186,6 +197,7 @@ mod tests {
             DerivativeRecorded { child: DocumentId::new(), job: JobId::new(), step: "summarise".into(), at }.into(),
             VersionAdded { size_bytes: 3, etag: "f".into(), at }.into(),
             Deleted { reason: "gdpr".into(), at }.into(),
+            LabelsChanged { labels: [("stage".to_owned(), "final".to_owned())].into(), at }.into(),
         ];
         let names: Vec<&str> = events.iter().map(|e| e.event_type()).collect();
         assert_eq!(
@@ -195,7 +207,8 @@ mod tests {
                 "document.uploaded",
                 "document.derivative_recorded",
                 "document.version_added",
-                "document.deleted"
+                "document.deleted",
+                "document.labels_changed"
             ]
         );
         for event in events {
