@@ -236,6 +236,20 @@ async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors()
     assert_eq!(over_nats, over_http);
     let page = ask(&bus, &token, "weft.qry.documents.list", r#"{"tenant": "acme", "limit": 10}"#).await;
     assert_eq!(page["items"][0]["id"], json!(document));
+    // Lists filter on labels over NATS as over HTTP.
+    let (addr2, document2) = (addr.clone(), document.clone());
+    let labelled = tokio::task::spawn_blocking(move || {
+        command(&addr2, "document", &document2, "label", json!({"set": {"project": "q3"}}))
+    })
+    .await
+    .unwrap();
+    assert_eq!(labelled.0, 200, "{}", labelled.1);
+    let after = labelled.1["last_position"].as_u64().unwrap();
+    for (label, found) in [("q3", 1), ("q4", 0)] {
+        let query = json!({"tenant": "acme", "label.project": label, "after": after}).to_string();
+        let page = ask(&bus, &token, "weft.qry.documents.list", &query).await;
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(found), "{label}: {page}");
+    }
     assert_eq!(
         ask(&bus, &token, "weft.qry.jobs.logs", &json!({"id": job}).to_string()).await["items"]
             .as_array()
@@ -258,6 +272,8 @@ async fn every_route_answers_over_http_and_nats_and_bad_input_gets_json_errors()
         ("weft.qry.jobs.get", r#"{"id": "x"}"#, "invalid"),
         ("weft.qry.jobs.get", &*json!({"id": Uuid::now_v7()}).to_string(), "not_found"),
         ("weft.qry.jobs.list", r#"{"limit": {"a": 1}}"#, "invalid"),
+        ("weft.qry.jobs.list", r#"{"label.project": "q3"}"#, "invalid"),
+        ("weft.qry.documents.list", r#"{"label.bad key": "q3"}"#, "invalid"),
         ("weft.qry.planets.list", "{}", "not_found"),
         ("weft.qry.jobs.delete", "{}", "not_found"),
     ] {
