@@ -3,9 +3,10 @@
 //!
 //! A selection first waits until the documents read model has applied the store's head (as of the firing),
 //! so that every upload recorded before the occurrence fired is seen; it then takes the `uploaded` documents
-//! that match every field given, oldest upload first, by their latest upload's log position. Agents'
-//! outputs (owner `agent:<id>`) are never selected: a schedule over "the new text documents" would otherwise
-//! take its own jobs' outputs as new work, without end.
+//! that match every field given (each label a selector names, as the document's labels are then), oldest
+//! upload first, by their latest upload's log position. Agents' outputs (owner `agent:<id>`) are never
+//! selected: a schedule over "the new text documents" would otherwise take its own jobs' outputs as new
+//! work, without end.
 
 use weft_actors::process::timers::{Select, Selected};
 use weft_events::domain::ids::{DocumentId, Uuid};
@@ -17,7 +18,7 @@ use crate::query::read::{DOCUMENTS, Reads};
 #[async_trait::async_trait(?Send)]
 impl Select for Reads {
     async fn select(&self, target: &Target, after_position: Option<u64>, limit: usize) -> Result<Selected, String> {
-        let Target::Selector { tenant, content_type, name_prefix, .. } = target.clone() else {
+        let Target::Selector { tenant, content_type, name_prefix, labels, .. } = target.clone() else {
             return Err("not a selector".into());
         };
         let head = self.store.head().await.map_err(|e| e.to_string())?;
@@ -26,19 +27,32 @@ impl Select for Reads {
         let head_i64 = i64::try_from(head).unwrap_or(i64::MAX);
         let rows = self
             .query(move |db| {
-                // `name_prefix` is matched by substr, not LIKE, so `%` and `_` in it mean themselves.
-                let mut statement = db.prepare_cached(
-                    "SELECT id, uploaded_position FROM documents
+                // `name_prefix` is matched by substr, not LIKE, so `%` and `_` in it mean themselves. Each label is
+                // a JSON path (its key's characters need no escaping inside the quotes) and a value.
+                let mut sql = "SELECT id, uploaded_position FROM documents
                      WHERE status = 'uploaded' AND uploaded_position > ?1 AND uploaded_position <= ?2
                        AND substr(owner, 1, 6) != 'agent:'
                        AND (?3 IS NULL OR tenant = ?3) AND (?4 IS NULL OR content_type = ?4)
-                       AND (?5 IS NULL OR substr(name, 1, length(?5)) = ?5)
-                     ORDER BY uploaded_position LIMIT ?6",
-                )?;
-                let rows = statement.query_map(
-                    rusqlite::params![after, head_i64, tenant, content_type, name_prefix, limit as i64],
-                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
-                )?;
+                       AND (?5 IS NULL OR substr(name, 1, length(?5)) = ?5)"
+                    .to_owned();
+                let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![
+                    Box::new(after),
+                    Box::new(head_i64),
+                    Box::new(tenant),
+                    Box::new(content_type),
+                    Box::new(name_prefix),
+                    Box::new(limit as i64),
+                ];
+                for (key, value) in labels {
+                    args.push(Box::new(format!("$.\"{key}\"")));
+                    args.push(Box::new(value));
+                    sql.push_str(&format!(" AND json_extract(labels, ?{}) = ?{}", args.len() - 1, args.len()));
+                }
+                sql.push_str(" ORDER BY uploaded_position LIMIT ?6");
+                let mut statement = db.prepare_cached(&sql)?;
+                let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a.as_ref()).collect();
+                let rows = statement
+                    .query_map(params.as_slice(), |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
             })
             .await

@@ -199,10 +199,27 @@ fn check_target(target: &Target) -> Result<(), Rejection> {
                 return Err(Rejection::InvalidTarget("a document is named twice".into()));
             }
         }
-        Target::Selector { tenant, content_type, name_prefix, .. } => {
+        Target::Selector { tenant, content_type, name_prefix, labels, .. } => {
             let fields = [tenant, content_type, name_prefix];
-            if fields.iter().all(|f| f.is_none()) {
+            if fields.iter().all(|f| f.is_none()) && labels.is_empty() {
                 return Err(Rejection::InvalidTarget("a selector needs at least one field".into()));
+            }
+            if labels.len() > crate::document::MAX_LABELS {
+                return Err(Rejection::InvalidTarget(format!(
+                    "{} labels, over the limit of {}",
+                    labels.len(),
+                    crate::document::MAX_LABELS
+                )));
+            }
+            if let Some(key) = labels.keys().find(|key| !crate::document::is_label_key(key)) {
+                return Err(Rejection::InvalidTarget(format!(
+                    "{key:?} is not a label key (1 to 64 of letters, digits, `.`, `_`, `-`, `/`)"
+                )));
+            }
+            if labels.values().any(|value| value.len() > 256 || value.chars().any(char::is_control)) {
+                return Err(Rejection::InvalidTarget(
+                    "a label's value is over 256 bytes or holds control characters".into(),
+                ));
             }
             if fields.iter().flat_map(|f| f.as_deref()).any(|f| f.trim().is_empty() || f.len() > MAX_TEXT_BYTES) {
                 return Err(Rejection::InvalidTarget(format!("selector fields must be 1 to {MAX_TEXT_BYTES} bytes")));
@@ -449,7 +466,21 @@ mod tests {
             Schedule::default().decide(&with("0 9 * * *", "UTC", Target::Documents(vec![]))),
             Err(Rejection::InvalidTarget(_))
         ));
-        let nothing = Target::Selector { tenant: None, content_type: None, name_prefix: None, since_last_firing: true };
+        let selector = |labels: &[(&str, &str)]| Target::Selector {
+            tenant: None,
+            content_type: None,
+            name_prefix: None,
+            since_last_firing: true,
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        };
+        let nothing = selector(&[]);
+        for bad in [selector(&[("bad key", "x")]), selector(&[("k", "line\nbreak")])] {
+            assert!(matches!(
+                Schedule::default().decide(&with("0 9 * * *", "UTC", bad)),
+                Err(Rejection::InvalidTarget(_))
+            ));
+        }
+        assert!(Schedule::default().decide(&with("0 9 * * *", "UTC", selector(&[("project", "q3")]))).is_ok());
         assert!(matches!(
             Schedule::default().decide(&with("0 9 * * *", "UTC", nothing)),
             Err(Rejection::InvalidTarget(_))

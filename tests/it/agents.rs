@@ -626,6 +626,10 @@ fn schedules_over_selectors_take_each_new_upload_once_and_group_the_matches_per_
     };
     let mut acme = vec![upload_as("acme", "a1.txt"), upload_as("acme", "a2.txt")];
     let beta = upload_as("beta", "b1.txt");
+    // One of them is labelled after its upload.
+    let q3 = acme[0].clone();
+    let (ok, _, stderr) = weft(addr, &["document", "label", &q3, "--set", "project=q3"]);
+    assert!(ok, "{stderr}");
     acme.sort();
     let workflow = weft::agents::catalog::workflow_id("summarize").to_string();
     let create = |target: Value, strategy: Value| {
@@ -639,6 +643,9 @@ fn schedules_over_selectors_take_each_new_upload_once_and_group_the_matches_per_
     // New uploads of acme, all in one job each time; every text document, a job per tenant each time.
     let fresh = create(json!({"selector": {"tenant": "acme", "since_last_firing": true}}), json!("combined"));
     let grouped = create(json!({"selector": {"content_type": "text/plain"}}), json!({"per_group": "tenant"}));
+    // The documents labelled project=q3, as their labels are at firing time.
+    let labelled =
+        create(json!({"selector": {"labels": {"project": "q3"}, "since_last_firing": true}}), json!("combined"));
     let wait = |schedule: &str, count: usize| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
@@ -659,6 +666,13 @@ fn schedules_over_selectors_take_each_new_upload_once_and_group_the_matches_per_
         assert_eq!(inputs, [acme.clone(), vec![beta.clone()]], "{firing}");
     }
     assert_eq!(command(addr, "schedule", &grouped, "pause", json!({})).0, 200);
+    assert_eq!(wait(&labelled, 1)[0].1, [vec![q3.clone()]], "the labelled schedule takes the labelled upload");
+    assert_eq!(command(addr, "schedule", &labelled, "pause", json!({})).0, 200);
+    // A selector's labels are checked like a document's.
+    let bad = json!({"cron": "* * * * * *", "time_zone": "UTC", "workflow": workflow,
+        "target": {"selector": {"labels": {"bad key": "x"}}}, "strategy": "combined"});
+    let (status, reply) = command(addr, "schedule", &uuid::Uuid::now_v7().to_string(), "create", bad);
+    assert_eq!(status, 422, "{reply}");
 
     // A later upload is taken by the next firing, alone; the earlier ones by none again.
     let later = upload_as("acme", "a3.txt");
@@ -678,8 +692,11 @@ fn schedules_over_selectors_take_each_new_upload_once_and_group_the_matches_per_
         }
     }
     // The paused schedule's jobs are exactly those its firings recorded.
-    let recorded: usize =
-        firings(addr, &grouped).iter().map(|(f, _)| f["event"]["jobs"].as_array().unwrap().len()).sum();
+    let recorded: usize = [&grouped, &labelled]
+        .into_iter()
+        .flat_map(|schedule| firings(addr, schedule))
+        .map(|(f, _)| f["event"]["jobs"].as_array().unwrap().len())
+        .sum();
     let (_, jobs) = get(addr, &format!("/jobs?workflow={workflow}&limit=1000"));
     let all = jobs["items"].as_array().unwrap().len();
     let fresh_jobs = 2;

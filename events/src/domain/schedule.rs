@@ -1,5 +1,6 @@
 //! Events of a schedule: a cron rule, in a time zone, that submits jobs of a workflow.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
@@ -29,6 +30,10 @@ pub enum Target {
         /// `schedule.created` was first written: an event without it takes every match each time.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         since_last_firing: bool,
+        /// Documents with each of these labels (`{"project": "q3"}`), as they are at firing time. Added after
+        /// version 1 of `schedule.created` was first written: an event without it asks for none.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, String>,
     },
 }
 
@@ -159,6 +164,7 @@ mod tests {
                     content_type: None,
                     name_prefix: None,
                     since_last_firing: true,
+                    labels: [("project".to_owned(), "q3".to_owned())].into(),
                 },
                 strategy: Strategy::PerGroup(GroupBy::ContentType),
                 misfire: Misfire::Skip,
@@ -224,7 +230,9 @@ mod tests {
         };
         let created: Created = crate::codec::decode(&crate::codec::encode(&old).unwrap()).unwrap();
         assert_eq!(created.misfire, Misfire::FireOnce);
-        assert!(matches!(created.target, Target::Selector { since_last_firing: false, .. }));
+        assert!(
+            matches!(created.target, Target::Selector { since_last_firing: false, ref labels, .. } if labels.is_empty())
+        );
         #[derive(Serialize)]
         struct OldFired {
             due_at: Timestamp,
