@@ -47,10 +47,10 @@ enum Command {
         #[command(flatten)]
         connection: cli::Connection,
     },
-    /// Agents of a running node.
+    /// Agents of a running node, and one-off runs of one.
     Agent {
         #[command(subcommand)]
-        verb: cli::Read,
+        verb: cli::AgentVerb,
         #[command(flatten)]
         connection: cli::Connection,
     },
@@ -207,7 +207,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Document { verb, connection } => run(cli::document::run(connection, verb)),
         Command::Job { verb, connection } => run(cli::job::run(connection, verb)),
-        Command::Agent { verb, connection } => run(cli::read(connection, "agents", verb)),
+        Command::Agent { verb, connection } => run(cli::agent::run(connection, verb)),
         Command::Workflow { verb, connection } => run(cli::read(connection, "workflows", verb)),
         Command::Schedule { verb, connection } => run(cli::read(connection, "schedules", verb)),
         Command::Projection { verb, connection } => run(cli::projection::run(connection, verb)),

@@ -46,7 +46,7 @@ pub const MODEL: Model = Model {
         "updated_at",
         "version",
     ],
-    filters: &["status", "tenant", "provider"],
+    filters: &["status", "tenant", "provider", "name"],
     labels: None,
     time: "registered_at",
     details: crate::model::no_details,

@@ -104,7 +104,7 @@ pub async fn run(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
 }
 
 /// A `NAME=VALUE` job parameter from the command line.
-fn parameter(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parameter(text: &str) -> Result<(String, String), String> {
     let (name, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
     Ok((name.to_owned(), value.to_owned()))
 }
@@ -154,17 +154,29 @@ pub async fn run_job(
         }
     };
     let defined = client.get(&format!("/workflows/{}", segment(&id)), &[]).await?;
-    let job = uuid::Uuid::now_v7().to_string();
     let payload = serde_json::json!({
         "workflow": id, "workflow_version": defined["latest_version"], "steps": defined["steps"],
         "inputs": documents, "priority": priority, "idempotency_key": null, "parameters": parameters,
     });
+    submit(client, payload, tenant, wait).await
+}
+
+/// Submits a job with the `submit` command's `payload` as a fresh job; with `wait`, prints its progress on
+/// stderr until it ends. The job's id and, when it succeeded, each step's output document.
+pub(crate) async fn submit(
+    client: &Client,
+    payload: serde_json::Value,
+    tenant: Option<&str>,
+    wait: bool,
+) -> anyhow::Result<(String, Vec<(String, String)>)> {
+    let job = uuid::Uuid::now_v7().to_string();
+    let steps = payload["steps"].as_array().map_or(0, Vec::len);
     let body = serde_json::json!({"command_id": uuid::Uuid::now_v7(), "type": "submit", "payload": payload});
     let headers: Vec<(&str, &str)> = tenant.map(|t| (crate::bus::TENANT, t)).into_iter().collect();
     let reply = client.post(&format!("/commands/job/{job}"), Some(&body), &headers, TIMEOUT).await?;
     // The first read waits until the read model has the submission.
     let after = reply["last_position"].as_u64().unwrap_or(0).to_string();
-    eprintln!("weft: job {job} submitted ({} steps)", defined["steps"].as_array().map_or(0, Vec::len));
+    eprintln!("weft: job {job} submitted ({steps} steps)");
     if !wait {
         return Ok((job, vec![]));
     }

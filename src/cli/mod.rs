@@ -1,5 +1,6 @@
 //! The command line's client of a running node, one file per noun: `weft document` ([`document`]), `weft job`
-//! ([`job`]), `weft agent|workflow|schedule list|show` ([`reads`]), `weft projection` ([`projection`]),
+//! ([`job`]), `weft agent run` ([`agent`]), `weft agent|workflow|schedule list|show` ([`reads`]), `weft
+//! projection` ([`projection`]),
 //! `weft tenant` ([`tenant`]), `weft send` ([`send`]), `weft stream events` ([`stream`]); tables are drawn by
 //! [`render`]. Each speaks to the node's HTTP API with one [`Client`] (`--url`, or `WEFT_URL`; the default is
 //! `weft serve`'s default address).
@@ -14,6 +15,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde_json::Value;
 
+pub mod agent;
 pub mod document;
 pub mod identity;
 pub mod job;
@@ -25,6 +27,7 @@ pub mod stream;
 pub mod tenant;
 pub mod token;
 
+pub use agent::AgentVerb;
 use document::TRANSFER_TIMEOUT;
 pub use document::{DocumentVerb, signed_put, upload};
 pub use job::{JobRun, JobVerb, run_job};

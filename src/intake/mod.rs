@@ -24,7 +24,7 @@ use weft_actors::document::{self, Document};
 use weft_actors::host::{self, Execute, Host};
 use weft_actors::job::{self, Job};
 use weft_actors::process::Hosts;
-use weft_actors::workflow::Workflow;
+use weft_actors::workflow::{self, Workflow};
 use weft_events::domain::ids::{DocumentId, WorkflowId};
 use weft_events::domain::workflow::{Event as WorkflowEvent, Step};
 use weft_events::{EventStore, Health, StreamName};
@@ -262,6 +262,18 @@ impl Prepare<Job> for Workflows {
                 }
             }
             let (workflow, version) = (*workflow, *workflow_version);
+            if workflow == WorkflowId::ONE_OFF {
+                // A one-off request: its one step comes with it (the job aggregate checks the step itself).
+                let rejected = match (version, steps.len()) {
+                    (0, 1) => return Ok(execute),
+                    (0, 0) => job::Rejection::InvalidWorkflow(workflow::Rejection::NoSteps),
+                    (0, count) => {
+                        job::Rejection::InvalidWorkflow(workflow::Rejection::TooManySteps { count, limit: 1 })
+                    }
+                    _ => job::Rejection::UnknownWorkflow { workflow, version },
+                };
+                return Err(host::Error::Rejected(rejected));
+            }
             let defined = workflows.steps(workflow, version).await.map_err(host::Error::Unavailable)?;
             match defined {
                 None => Err(host::Error::Rejected(job::Rejection::UnknownWorkflow { workflow, version })),

@@ -703,3 +703,61 @@ fn schedules_over_selectors_take_each_new_upload_once_and_group_the_matches_per_
     assert_eq!(all, recorded + fresh_jobs, "{jobs}");
     serve.stop();
 }
+
+#[test]
+fn one_agent_runs_over_a_document_without_a_workflow_as_a_one_off_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let file = dir.path().join("report.txt");
+    std::fs::write(&file, REPORT).unwrap();
+    let (ok, stdout, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap(), "--tenant", "acme"]);
+    assert!(ok, "{stderr}");
+    let input = stdout.trim().to_owned();
+
+    let (ok, stdout, stderr) =
+        weft(addr, &["agent", "run", "redact", "--document", &input, "--instruction", "Redact it.", "--wait"]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("succeeded: request succeeded (attempt 1)"), "{stderr}");
+    let Some(("request", output)) = stdout.trim().split_once('\t') else { panic!("{stdout}") };
+    let out = dir.path().join("redacted.txt");
+    let (ok, _, stderr) = weft(addr, &["document", "download", output, "--out", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        REPORT.replace("ann.lee@example.com", "[email]").replace("+44 20 7946 0958", "[phone]")
+    );
+    // Recorded as a job like any other: its one step, on the one-off workflow at version 0, and the lineage.
+    let one_off = weft_events::domain::ids::WorkflowId::ONE_OFF.to_string();
+    let (_, jobs) = get(addr, &format!("/jobs?workflow={one_off}"));
+    let [job] = jobs["items"].as_array().unwrap().as_slice() else { panic!("{jobs}") };
+    assert_eq!((job["status"].as_str(), job["workflow_version"].as_u64()), (Some("succeeded"), Some(0)), "{job}");
+    assert_eq!(job["tenant"], "acme", "{job}");
+    let (_, item) = get(addr, &format!("/documents/{output}"));
+    assert_eq!(item["parents"][0]["id"], json!(input), "{item}");
+
+    // Bad requests: a typed rejection each, no job recorded.
+    let step = json!({"name": "request", "agent": weft::agents::catalog::agent_id("redact"), "instruction": "x",
+        "inputs": [{"from": "job_inputs"}], "timeout_ms": 1000,
+        "retry": {"max_attempts": 1, "base_delay_ms": 10, "max_delay_ms": 10}});
+    let mut second = step.clone();
+    second["name"] = json!("again");
+    for (version, steps, code) in [
+        (0, json!([step, second]), "too_many_steps"),
+        (0, json!([]), "no_steps"),
+        (1, json!([step]), "unknown_workflow"),
+    ] {
+        let submit = json!({"workflow": one_off, "workflow_version": version, "steps": steps, "inputs": [input],
+            "priority": 0, "idempotency_key": null});
+        let (status, reply) = command(addr, "job", &uuid::Uuid::now_v7().to_string(), "submit", submit);
+        assert_eq!(status, 422, "{reply}");
+        assert!(reply.to_string().contains(code), "{code}: {reply}");
+    }
+    let (ok, _, stderr) = weft(addr, &["agent", "run", "no-such-agent", "--document", &input, "--instruction", "x"]);
+    assert!(!ok && stderr.contains("no agent named \"no-such-agent\""), "{stderr}");
+    let (ok, _, stderr) = weft(addr, &["agent", "run", "redact", "--document", &input]);
+    assert!(!ok && stderr.contains("--instruction"), "{stderr}");
+    let (_, jobs) = get(addr, &format!("/jobs?workflow={one_off}"));
+    assert_eq!(jobs["items"].as_array().map(Vec::len), Some(1), "{jobs}");
+    serve.stop();
+}

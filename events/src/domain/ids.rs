@@ -72,6 +72,12 @@ id!(
     WorkflowId,
     "workflow"
 );
+impl WorkflowId {
+    /// The workflow of one-off jobs (the nil UUID, at version 0): one step, given with the job, on no defined
+    /// workflow (`weft agent run`). No workflow is ever defined under it.
+    pub const ONE_OFF: WorkflowId = WorkflowId(Uuid::nil());
+}
+
 id!(
     /// An agent: a configured worker that does steps.
     AgentId,
