@@ -37,7 +37,13 @@ async fn run(node: &Node, dir: &std::path::Path) -> anyhow::Result<()> {
     println!("== running redact-then-summarize (progress on stderr)");
     let (job, outputs) = cli::run_job(
         &client,
-        cli::JobRun { workflow: "redact-then-summarize", documents: &[document], priority: 0, tenant: Some("demo") },
+        cli::JobRun {
+            workflow: "redact-then-summarize",
+            version: None,
+            documents: &[document],
+            priority: 0,
+            tenant: Some("demo"),
+        },
         &Default::default(),
         true,
     )

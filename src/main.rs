@@ -54,10 +54,10 @@ enum Command {
         #[command(flatten)]
         connection: cli::Connection,
     },
-    /// Workflows of a running node.
+    /// Workflows of a running node: runs at a version, versions.
     Workflow {
         #[command(subcommand)]
-        verb: cli::Read,
+        verb: cli::WorkflowVerb,
         #[command(flatten)]
         connection: cli::Connection,
     },
@@ -208,7 +208,7 @@ fn main() -> anyhow::Result<()> {
         Command::Document { verb, connection } => run(cli::document::run(connection, verb)),
         Command::Job { verb, connection } => run(cli::job::run(connection, verb)),
         Command::Agent { verb, connection } => run(cli::agent::run(connection, verb)),
-        Command::Workflow { verb, connection } => run(cli::read(connection, "workflows", verb)),
+        Command::Workflow { verb, connection } => run(cli::workflow::run(connection, verb)),
         Command::Schedule { verb, connection } => run(cli::read(connection, "schedules", verb)),
         Command::Projection { verb, connection } => run(cli::projection::run(connection, verb)),
         Command::Tenant { verb, connection } => run(cli::tenant::run(connection, verb)),

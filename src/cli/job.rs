@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use serde_json::json;
 
 use super::reads::{Read, read};
 use super::render::cell;
@@ -15,27 +16,10 @@ pub enum JobVerb {
     /// `list` and `show`, as for every read model.
     #[command(flatten)]
     Read(Read),
-    /// Submits a job of a workflow (by name or id, at its latest version) over documents; with `--wait`, prints
-    /// its progress on stderr until it ends and its output documents' ids on stdout.
-    Run {
-        /// The workflow's name (`redact-then-summarize`) or id.
-        workflow: String,
-        /// An input document's id (one or more).
-        #[arg(long = "document", required = true)]
-        documents: Vec<String>,
-        /// Wait until the job ends; exit 1 unless it succeeded.
-        #[arg(long)]
-        wait: bool,
-        /// Higher runs first.
-        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-        priority: i32,
-        /// The tenant the job runs for (header `Weft-Tenant`).
-        #[arg(long)]
-        tenant: Option<String>,
-        /// A job parameter for the steps' instructions (`{{param.NAME}}`), as `NAME=VALUE`; repeatable.
-        #[arg(long = "param", value_parser = parameter)]
-        parameters: Vec<(String, String)>,
-    },
+    /// Submits a job of a workflow (by name or id, at its latest version unless `--version` names one) over
+    /// documents; with `--wait`, prints its progress on stderr until it ends and its output documents' ids on
+    /// stdout.
+    Run(RunArgs),
     /// Runs a failed or dead-lettered job again from the steps that had not succeeded, each with a fresh set
     /// of attempts; with `--wait`, as `run --wait`.
     Retry {
@@ -66,23 +50,52 @@ pub enum JobVerb {
     },
 }
 
+/// What `weft job run` (and `weft workflow run`) runs.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The workflow's name (`redact-then-summarize`) or id.
+    workflow: String,
+    /// The workflow's version to run (its latest without it).
+    #[arg(long)]
+    version: Option<u32>,
+    /// An input document's id (one or more).
+    #[arg(long = "document", required = true)]
+    documents: Vec<String>,
+    /// Wait until the job ends; exit 1 unless it succeeded.
+    #[arg(long)]
+    wait: bool,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// The tenant the job runs for (header `Weft-Tenant`).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// A job parameter for the steps' instructions (`{{param.NAME}}`), as `NAME=VALUE`; repeatable.
+    #[arg(long = "param", value_parser = parameter)]
+    parameters: Vec<(String, String)>,
+}
+
+/// `weft job run` and `weft workflow run`: submits the job, prints its id (or, with `--wait`, its outputs).
+pub async fn run_args(connection: Connection, args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs { workflow, version, documents, wait, priority, tenant, parameters } = args;
+    let client = connection.client()?;
+    let run = JobRun { workflow: &workflow, version, documents: &documents, priority, tenant: tenant.as_deref() };
+    let (job, outputs) = run_job(&client, run, &parameters.into_iter().collect(), wait).await?;
+    if !wait {
+        println!("{job}");
+    }
+    for (step, output) in outputs {
+        println!("{step}\t{output}");
+    }
+    Ok(())
+}
+
 /// `weft job ...`.
 pub async fn run(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
     match verb {
         JobVerb::Read(verb) => read(connection, "jobs", verb).await,
         JobVerb::Logs { id, follow } => logs(connection, &id, follow).await,
-        JobVerb::Run { workflow, documents, wait, priority, tenant, parameters } => {
-            let client = connection.client()?;
-            let run = JobRun { workflow: &workflow, documents: &documents, priority, tenant: tenant.as_deref() };
-            let (job, outputs) = run_job(&client, run, &parameters.into_iter().collect(), wait).await?;
-            if !wait {
-                println!("{job}");
-            }
-            for (step, output) in outputs {
-                println!("{step}\t{output}");
-            }
-            Ok(())
-        }
+        JobVerb::Run(args) => run_args(connection, args).await,
         JobVerb::Retry { id, reason, wait } => {
             let client = connection.client()?;
             let after = job_command(&client, &id, "retry", &reason).await?;
@@ -121,6 +134,8 @@ async fn job_command(client: &Client, id: &str, kind: &str, reason: &str) -> any
 pub struct JobRun<'a> {
     /// The workflow's name or id.
     pub workflow: &'a str,
+    /// Its version; the latest when `None`.
+    pub version: Option<u32>,
     /// The input documents' ids.
     pub documents: &'a [String],
     /// Higher runs first.
@@ -140,22 +155,25 @@ pub async fn run_job(
     parameters: &BTreeMap<String, String>,
     wait: bool,
 ) -> anyhow::Result<(String, Vec<(String, String)>)> {
-    let JobRun { workflow, documents, priority, tenant } = run;
-    let id = match uuid::Uuid::parse_str(workflow) {
-        Ok(id) => id.to_string(),
-        Err(_) => {
-            let query = [("name".to_owned(), workflow.to_owned()), ("limit".to_owned(), "2".to_owned())];
-            let page = client.get("/workflows", &query).await?;
-            match page["items"].as_array().map(Vec::as_slice) {
-                Some([one]) => one["id"].as_str().unwrap_or_default().to_owned(),
-                Some([]) => anyhow::bail!("no workflow named {workflow:?} (weft workflow list shows them)"),
-                _ => anyhow::bail!("more than one workflow is named {workflow:?}: name it by id"),
-            }
+    let JobRun { workflow, version, documents, priority, tenant } = run;
+    let id = workflow_id(client, workflow).await?;
+    let defined = client.get(&format!("/workflows/{}", segment(&id)), &[]).await?;
+    let (version, steps) = match version {
+        None => (defined["latest_version"].clone(), defined["steps"].clone()),
+        Some(version) => {
+            let versions = defined["versions"].as_array().map(Vec::as_slice).unwrap_or_default();
+            let Some(found) = versions.iter().find(|v| v["workflow_version"].as_u64() == Some(u64::from(version)))
+            else {
+                anyhow::bail!(
+                    "workflow {workflow:?} has no version {version} (it has 1 to {})",
+                    defined["latest_version"]
+                );
+            };
+            (json!(version), found["steps"].clone())
         }
     };
-    let defined = client.get(&format!("/workflows/{}", segment(&id)), &[]).await?;
     let payload = serde_json::json!({
-        "workflow": id, "workflow_version": defined["latest_version"], "steps": defined["steps"],
+        "workflow": id, "workflow_version": version, "steps": steps,
         "inputs": documents, "priority": priority, "idempotency_key": null, "parameters": parameters,
     });
     submit(client, payload, tenant, wait).await
@@ -182,6 +200,20 @@ pub(crate) async fn submit(
     }
     let outputs = wait_job(client, &job, after).await?;
     Ok((job, outputs))
+}
+
+/// The id of the workflow `workflow` names: an id, or a name exactly one workflow has.
+pub(crate) async fn workflow_id(client: &Client, workflow: &str) -> anyhow::Result<String> {
+    if let Ok(id) = uuid::Uuid::parse_str(workflow) {
+        return Ok(id.to_string());
+    }
+    let query = [("name".to_owned(), workflow.to_owned()), ("limit".to_owned(), "2".to_owned())];
+    let page = client.get("/workflows", &query).await?;
+    match page["items"].as_array().map(Vec::as_slice) {
+        Some([one]) => Ok(one["id"].as_str().unwrap_or_default().to_owned()),
+        Some([]) => anyhow::bail!("no workflow named {workflow:?} (weft workflow list shows them)"),
+        _ => anyhow::bail!("more than one workflow is named {workflow:?}: name it by id"),
+    }
 }
 
 /// Prints a job's progress on stderr until it ends, reading from the read model once it has reached `after`;

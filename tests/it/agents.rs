@@ -761,3 +761,66 @@ fn one_agent_runs_over_a_document_without_a_workflow_as_a_one_off_job() {
     assert_eq!(jobs["items"].as_array().map(Vec::len), Some(1), "{jobs}");
     serve.stop();
 }
+
+#[test]
+fn a_workflow_runs_at_the_version_named_and_lists_its_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &[]);
+    let addr = serve.addr.as_str();
+    let file = dir.path().join("report.txt");
+    std::fs::write(&file, REPORT).unwrap();
+    let (ok, stdout, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let input = stdout.trim().to_owned();
+    let step = |name: &str| {
+        json!({"name": name, "agent": weft::agents::catalog::agent_id(name), "instruction": format!("{name} it"),
+            "inputs": [{"from": "job_inputs"}], "timeout_ms": 10_000,
+            "retry": {"max_attempts": 1, "base_delay_ms": 10, "max_delay_ms": 10}})
+    };
+    let workflow = uuid::Uuid::now_v7().to_string();
+    let (status, reply) =
+        command(addr, "workflow", &workflow, "define", json!({"name": "tidy", "steps": [step("summarize")]}));
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) =
+        command(addr, "workflow", &workflow, "redefine", json!({"name": "tidy", "steps": [step("redact")]}));
+    assert_eq!(status, 200, "{reply}");
+
+    let (ok, stdout, stderr) = weft(addr, &["workflow", "versions", "tidy", "--output", "json"]);
+    assert!(ok, "{stderr}");
+    let versions: Value = serde_json::from_str(&stdout).unwrap();
+    let listed: Vec<(u64, &str)> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["workflow_version"].as_u64().unwrap(), v["steps"][0]["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, [(1, "summarize"), (2, "redact")]);
+    let (ok, stdout, stderr) = weft(addr, &["workflow", "versions", "tidy"]);
+    assert!(ok && stdout.contains("summarize") && stdout.contains("redact"), "{stdout}{stderr}");
+
+    // The version named runs, not the latest; without one, the latest.
+    let (ok, stdout, stderr) =
+        weft(addr, &["workflow", "run", "tidy", "--version", "1", "--document", &input, "--wait"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("summarize\t"), "{stdout}");
+    let (ok, stdout, stderr) = weft(addr, &["job", "run", "tidy", "--document", &input, "--wait"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("redact\t"), "{stdout}");
+    let (_, jobs) = get(addr, &format!("/jobs?workflow={workflow}"));
+    let mut ran: Vec<u64> =
+        jobs["items"].as_array().unwrap().iter().map(|j| j["workflow_version"].as_u64().unwrap()).collect();
+    ran.sort();
+    assert_eq!(ran, [1, 2], "{jobs}");
+
+    // A version it never had: refused before anything is sent, and by the node when sent anyway.
+    let (ok, _, stderr) = weft(addr, &["workflow", "run", "tidy", "--version", "3", "--document", &input]);
+    assert!(!ok && stderr.contains("has no version 3"), "{stderr}");
+    let submit = json!({"workflow": workflow, "workflow_version": 3, "inputs": [input], "priority": 0,
+        "idempotency_key": null});
+    let (status, reply) = command(addr, "job", &uuid::Uuid::now_v7().to_string(), "submit", submit);
+    assert_eq!(status, 422, "{reply}");
+    assert!(reply.to_string().contains("unknown_workflow"), "{reply}");
+    let (ok, _, stderr) = weft(addr, &["workflow", "versions", "no-such-workflow"]);
+    assert!(!ok && stderr.contains("no workflow named"), "{stderr}");
+    serve.stop();
+}

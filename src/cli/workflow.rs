@@ -1,0 +1,52 @@
+//! `weft workflow`: run a workflow at a version, its versions, and the reads.
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::job::{RunArgs, run_args};
+use super::reads::{Read, read};
+use super::render::table;
+use super::{Connection, print, segment};
+
+/// The verbs of workflows: those of every read model, a run, and the versions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum WorkflowVerb {
+    /// `list` and `show`, as for every read model.
+    #[command(flatten)]
+    Read(Read),
+    /// Submits a job of the workflow (by name or id) at its latest version, or at `--version`; as `weft job
+    /// run`.
+    Run(RunArgs),
+    /// Every version the workflow has had, oldest first, with its steps.
+    Versions {
+        /// The workflow's name or id.
+        workflow: String,
+    },
+}
+
+/// `weft workflow ...`.
+pub async fn run(connection: Connection, verb: WorkflowVerb) -> anyhow::Result<()> {
+    match verb {
+        WorkflowVerb::Read(verb) => read(connection, "workflows", verb).await,
+        WorkflowVerb::Run(args) => run_args(connection, args).await,
+        WorkflowVerb::Versions { workflow } => {
+            let client = connection.client()?;
+            let id = super::job::workflow_id(&client, &workflow).await?;
+            let defined = client.get(&format!("/workflows/{}", segment(&id)), &[]).await?;
+            let versions = defined["versions"].as_array().cloned().unwrap_or_default();
+            let rows: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let steps: Vec<&str> =
+                        v["steps"].as_array().into_iter().flatten().filter_map(|s| s["name"].as_str()).collect();
+                    json!({"version": v["workflow_version"], "name": v["name"], "steps": steps.join(", "),
+                        "defined_at": v["defined_at"]})
+                })
+                .collect();
+            print(connection.output, &Value::Array(versions), |_| {
+                table(&["version", "name", "steps", "defined_at"], &rows)
+            });
+            Ok(())
+        }
+    }
+}
