@@ -536,6 +536,20 @@ async fn live_updates_carry_every_change_of_a_job_and_of_a_list_in_order_and_res
         let resumed = read_events(&addr, &format!("/jobs/{job}/live"), Some("8"), |name, _| name == "state");
         let resumed: Vec<u64> = resumed.iter().filter(|e| e.0 == "change").map(|e| e.1.unwrap()).collect();
         assert_eq!(resumed, [9, 10]);
+        // A list on a label: the document enters it when labelled so, and leaves it when the label goes.
+        let (status, reply) = command(&addr, "document", &document, "label", json!({"set": {"stage": "draft"}}));
+        assert_eq!(status, 200, "{reply}");
+        let (addr4, from) = (addr.clone(), reply["last_position"].to_string());
+        let label_watcher = std::thread::spawn(move || {
+            read_events(&addr4, "/documents/live?label.project=q3", Some(from.as_str()), |name, _| name == "left")
+        });
+        for change in [json!({"set": {"project": "q3"}}), json!({"remove": ["project"]})] {
+            assert_eq!(command(&addr, "document", &document, "label", change).0, 200);
+        }
+        let labelled = label_watcher.join().unwrap();
+        let names: Vec<&str> = labelled.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["item", "left"], "{labelled:?}");
+        assert_eq!(labelled[0].2["labels"], json!({"stage": "draft", "project": "q3"}), "{labelled:?}");
         for (path, header) in [("/jobs/live?colour=red", None), ("/jobs/live", Some("soon"))] {
             let headers: Vec<(&str, &str)> = header.map(|h| ("Last-Event-ID", h)).into_iter().collect();
             let response = http(&addr, "GET", path, &headers, b"");
