@@ -4,7 +4,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use weft_events::domain::ids::WorkflowId;
 
-use super::job::{parameter, submit};
+use super::job::{JobOptions, print_submitted, submit};
 use super::reads::{Read, read};
 use super::{Connection, segment};
 
@@ -26,9 +26,6 @@ pub enum AgentVerb {
 pub struct RunArgs {
     /// The agent's name (`builtin`) or id.
     agent: String,
-    /// An input document's id (one or more).
-    #[arg(long = "document", required = true)]
-    documents: Vec<String>,
     /// What the agent is to do (`{{param.NAME}}` takes a `--param`).
     #[arg(long)]
     instruction: String,
@@ -38,18 +35,8 @@ pub struct RunArgs {
     /// Attempts before the job fails.
     #[arg(long, default_value_t = 3)]
     attempts: u32,
-    /// Wait until the job ends; exit 1 unless it succeeded.
-    #[arg(long)]
-    wait: bool,
-    /// Higher runs first.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    priority: i32,
-    /// The tenant the job runs for (header `Weft-Tenant`).
-    #[arg(long)]
-    tenant: Option<String>,
-    /// A job parameter for the instruction, as `NAME=VALUE`; repeatable.
-    #[arg(long = "param", value_parser = parameter)]
-    parameters: Vec<(String, String)>,
+    #[command(flatten)]
+    job: JobOptions,
 }
 
 /// `weft agent ...`.
@@ -62,7 +49,7 @@ pub async fn run(connection: Connection, verb: AgentVerb) -> anyhow::Result<()> 
 
 /// `weft agent run`.
 async fn one_off(connection: Connection, args: RunArgs) -> anyhow::Result<()> {
-    let RunArgs { agent, documents, instruction, timeout_ms, attempts, wait, priority, tenant, parameters } = args;
+    let RunArgs { agent, instruction, timeout_ms, attempts, job } = args;
     let client = connection.client()?;
     let agent = match uuid::Uuid::parse_str(&agent) {
         Ok(id) => id.to_string(),
@@ -83,17 +70,11 @@ async fn one_off(connection: Connection, args: RunArgs) -> anyhow::Result<()> {
         "timeout_ms": timeout_ms,
         "retry": {"max_attempts": attempts, "base_delay_ms": 1000, "max_delay_ms": 30_000},
     });
-    let parameters: std::collections::BTreeMap<String, String> = parameters.into_iter().collect();
+    let parameters: std::collections::BTreeMap<&String, &String> = job.parameters.iter().map(|(k, v)| (k, v)).collect();
     let payload = json!({
-        "workflow": WorkflowId::ONE_OFF, "workflow_version": 0, "steps": [step], "inputs": documents,
-        "priority": priority, "idempotency_key": null, "parameters": parameters,
+        "workflow": WorkflowId::ONE_OFF, "workflow_version": 0, "steps": [step], "inputs": job.documents,
+        "priority": job.priority, "idempotency_key": null, "parameters": parameters,
     });
-    let (job, outputs) = submit(&client, payload, tenant.as_deref(), wait).await?;
-    if !wait {
-        println!("{job}");
-    }
-    for (step, output) in outputs {
-        println!("{step}\t{output}");
-    }
+    print_submitted(submit(&client, payload, job.tenant.as_deref(), job.wait).await?, job.wait);
     Ok(())
 }

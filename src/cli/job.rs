@@ -50,6 +50,26 @@ pub enum JobVerb {
     },
 }
 
+/// What every way of submitting a job takes: its inputs, how it runs, and whether to wait for it.
+#[derive(Debug, Clone, Args)]
+pub struct JobOptions {
+    /// An input document's id (one or more).
+    #[arg(long = "document", required = true)]
+    pub documents: Vec<String>,
+    /// Wait until the job ends; exit 1 unless it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// The tenant the job runs for (header `Weft-Tenant`).
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// A job parameter for the steps' instructions (`{{param.NAME}}`), as `NAME=VALUE`; repeatable.
+    #[arg(long = "param", value_parser = parameter)]
+    pub parameters: Vec<(String, String)>,
+}
+
 /// What `weft job run` (and `weft workflow run`) runs.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -58,36 +78,34 @@ pub struct RunArgs {
     /// The workflow's version to run (its latest without it).
     #[arg(long)]
     version: Option<u32>,
-    /// An input document's id (one or more).
-    #[arg(long = "document", required = true)]
-    documents: Vec<String>,
-    /// Wait until the job ends; exit 1 unless it succeeded.
-    #[arg(long)]
-    wait: bool,
-    /// Higher runs first.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    priority: i32,
-    /// The tenant the job runs for (header `Weft-Tenant`).
-    #[arg(long)]
-    tenant: Option<String>,
-    /// A job parameter for the steps' instructions (`{{param.NAME}}`), as `NAME=VALUE`; repeatable.
-    #[arg(long = "param", value_parser = parameter)]
-    parameters: Vec<(String, String)>,
+    #[command(flatten)]
+    job: JobOptions,
 }
 
 /// `weft job run` and `weft workflow run`: submits the job, prints its id (or, with `--wait`, its outputs).
 pub async fn run_args(connection: Connection, args: RunArgs) -> anyhow::Result<()> {
-    let RunArgs { workflow, version, documents, wait, priority, tenant, parameters } = args;
+    let RunArgs { workflow, version, job } = args;
     let client = connection.client()?;
-    let run = JobRun { workflow: &workflow, version, documents: &documents, priority, tenant: tenant.as_deref() };
-    let (job, outputs) = run_job(&client, run, &parameters.into_iter().collect(), wait).await?;
-    if !wait {
+    let run = JobRun {
+        workflow: &workflow,
+        version,
+        documents: &job.documents,
+        priority: job.priority,
+        tenant: job.tenant.as_deref(),
+    };
+    let submitted = run_job(&client, run, &job.parameters.iter().cloned().collect(), job.wait).await?;
+    print_submitted(submitted, job.wait);
+    Ok(())
+}
+
+/// Prints what a submission came to: the job's id without waiting, each step's output document after.
+pub(crate) fn print_submitted((job, outputs): (String, Vec<(String, String)>), waited: bool) {
+    if !waited {
         println!("{job}");
     }
     for (step, output) in outputs {
         println!("{step}\t{output}");
     }
-    Ok(())
 }
 
 /// `weft job ...`.

@@ -12,13 +12,18 @@ const REPORT: &str = "Contact ann.lee@example.com or +44 20 7946 0958 about this
     third quarter. Revenue growth came from new customers in Europe. The weather was mild. Customers in Europe \
     bought more licences.\n";
 
-/// Uploads the report and runs `redact-then-summarize` on it; checks the outputs, their lineage and the job.
-fn redact_then_summarize(addr: &str, dir: &std::path::Path) {
+/// Uploads the report for `tenant` through the CLI; the document's id.
+fn upload_report(addr: &str, dir: &std::path::Path, tenant: &str) -> String {
     let file = dir.join("report.txt");
     std::fs::write(&file, REPORT).unwrap();
-    let (ok, stdout, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap(), "--tenant", "acme"]);
+    let (ok, stdout, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap(), "--tenant", tenant]);
     assert!(ok, "{stderr}");
-    let input = stdout.trim().to_owned();
+    stdout.trim().to_owned()
+}
+
+/// Uploads the report and runs `redact-then-summarize` on it; checks the outputs, their lineage and the job.
+fn redact_then_summarize(addr: &str, dir: &std::path::Path) {
+    let input = upload_report(addr, dir, "acme");
 
     let (ok, stdout, stderr) = weft(addr, &["job", "run", "redact-then-summarize", "--document", &input, "--wait"]);
     assert!(ok, "{stderr}");
@@ -709,11 +714,7 @@ fn one_agent_runs_over_a_document_without_a_workflow_as_a_one_off_job() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &[]);
     let addr = serve.addr.as_str();
-    let file = dir.path().join("report.txt");
-    std::fs::write(&file, REPORT).unwrap();
-    let (ok, stdout, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap(), "--tenant", "acme"]);
-    assert!(ok, "{stderr}");
-    let input = stdout.trim().to_owned();
+    let input = upload_report(addr, dir.path(), "acme");
 
     let (ok, stdout, stderr) =
         weft(addr, &["agent", "run", "redact", "--document", &input, "--instruction", "Redact it.", "--wait"]);
@@ -767,11 +768,7 @@ fn a_workflow_runs_at_the_version_named_and_lists_its_versions() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &[]);
     let addr = serve.addr.as_str();
-    let file = dir.path().join("report.txt");
-    std::fs::write(&file, REPORT).unwrap();
-    let (ok, stdout, stderr) = weft(addr, &["document", "upload", file.to_str().unwrap()]);
-    assert!(ok, "{stderr}");
-    let input = stdout.trim().to_owned();
+    let input = upload_report(addr, dir.path(), "default");
     let step = |name: &str| {
         json!({"name": name, "agent": weft::agents::catalog::agent_id(name), "instruction": format!("{name} it"),
             "inputs": [{"from": "job_inputs"}], "timeout_ms": 10_000,

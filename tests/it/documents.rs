@@ -34,6 +34,14 @@ fn post_document(addr: &str, tenant: &str, body: Value) -> (u16, Value) {
     (answer.status, answer.json())
 }
 
+/// `Authorization: Bearer <token>` of `subject` with `role` in tenant `acme`, for ten minutes, from the node's
+/// secret in `dir`.
+fn bearer(dir: &Path, subject: &str, role: weft::auth::Role) -> String {
+    let secret = weft::auth::token::Secret::load(&dir.join("auth.secret")).unwrap();
+    let token = weft::auth::token::issue(&secret, subject, role, &["acme".to_owned()], Duration::from_secs(600));
+    format!("Bearer {token}")
+}
+
 /// `curl --upload-file` of `file` to a pre-signed upload (`{url, headers}`), with `content_type` unless the
 /// URL names its headers; the HTTP status.
 fn curl_put(upload: &Value, file: &Path, extra: &[&str]) -> u16 {
@@ -171,15 +179,7 @@ fn a_document_uploads_through_its_signed_url_and_is_deleted_with_its_object_on_t
     assert_eq!(curl_put(&other["upload"], &file, &[]), 200);
     wait_status(addr, other_id, "uploaded");
     // The actor is the identity's subject (Weft-Actor decides nothing with authentication on).
-    let secret = weft::auth::token::Secret::load(&dir.path().join("auth.secret")).unwrap();
-    let ann = weft::auth::token::issue(
-        &secret,
-        "user:ann",
-        weft::auth::Role::Operator,
-        &["acme".to_owned()],
-        Duration::from_secs(600),
-    );
-    let bearer = format!("Bearer {ann}");
+    let bearer = bearer(dir.path(), "user:ann", weft::auth::Role::Operator);
     let headers = [("Weft-Actor", "user:mallory"), ("Authorization", bearer.as_str())];
     let answer = http(addr, "DELETE", &format!("/documents/{other_id}"), &headers, b"");
     assert_eq!((answer.status, answer.json()["outcome"].clone()), (200, json!("deleted")));
@@ -972,15 +972,7 @@ fn labels_change_by_command_and_cli_lists_filter_on_them_and_bad_changes_and_fil
     assert_eq!(after_bad["version"], before["version"], "{after_bad}");
 
     // A guest may read the labels but not change them.
-    let secret = weft::auth::token::Secret::load(&dir.path().join("auth.secret")).unwrap();
-    let guest = weft::auth::token::issue(
-        &secret,
-        "guest:gil",
-        weft::auth::Role::Guest,
-        &["acme".to_owned()],
-        Duration::from_secs(600),
-    );
-    let bearer = format!("Bearer {guest}");
+    let bearer = bearer(dir.path(), "guest:gil", weft::auth::Role::Guest);
     let body = json!({"command_id": uuid::Uuid::now_v7().to_string(), "type": "label", "payload": {"set": {"k": "v"}}});
     let answer = http(
         addr,
