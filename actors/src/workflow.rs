@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use weft_events::Timestamp;
-use weft_events::domain::workflow::{Defined, Event, Input, Step};
+use weft_events::domain::workflow::{Archived, Defined, Event, Input, Restored, Step};
 
 use crate::aggregate::Aggregate;
 
@@ -46,6 +46,21 @@ pub enum Command {
         #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
+    /// Archive the workflow: no new job may run it (jobs running it go on) until it is restored. Archiving
+    /// an archived workflow records nothing.
+    Archive {
+        /// Why.
+        reason: String,
+        /// When.
+        #[serde(default = "Timestamp::now")]
+        at: Timestamp,
+    },
+    /// Take the workflow out of the archive. Restoring one not archived records nothing.
+    Restore {
+        /// When.
+        #[serde(default = "Timestamp::now")]
+        at: Timestamp,
+    },
 }
 
 /// Why a workflow refuses a definition.
@@ -58,6 +73,12 @@ pub enum Rejection {
     /// `Redefine` of a workflow that does not exist.
     #[error("the workflow is not defined")]
     NotDefined,
+    /// The workflow is archived: restore it first.
+    #[error("the workflow is archived; restore it first")]
+    Archived,
+    /// An archive's reason is empty, too long or holds control characters.
+    #[error("reason: {0}")]
+    InvalidReason(String),
     /// No steps.
     #[error("a workflow needs at least one step")]
     NoSteps,
@@ -212,6 +233,9 @@ pub struct Workflow {
     pub name: String,
     /// The current version's steps.
     pub steps: Vec<Step>,
+    /// Whether it is archived: no new job may run it.
+    #[serde(default)]
+    pub archived: bool,
 }
 
 impl Aggregate for Workflow {
@@ -232,7 +256,33 @@ impl Aggregate for Workflow {
                 if self.version == 0 {
                     return Err(Rejection::NotDefined);
                 }
+                if self.archived {
+                    return Err(Rejection::Archived);
+                }
                 (name, steps, at)
+            }
+            Command::Archive { reason, at } => {
+                if self.version == 0 {
+                    return Err(Rejection::NotDefined);
+                }
+                if reason.trim().is_empty() || reason.len() > MAX_NAME_BYTES || reason.chars().any(char::is_control) {
+                    return Err(Rejection::InvalidReason(format!(
+                        "a reason must be 1 to {MAX_NAME_BYTES} bytes without control characters"
+                    )));
+                }
+                if self.archived {
+                    return Ok(vec![]);
+                }
+                return Ok(vec![Archived { reason: reason.clone(), at: *at }.into()]);
+            }
+            Command::Restore { at } => {
+                if self.version == 0 {
+                    return Err(Rejection::NotDefined);
+                }
+                if !self.archived {
+                    return Ok(vec![]);
+                }
+                return Ok(vec![Restored { at: *at }.into()]);
             }
         };
         if name.trim().is_empty() || name.len() > MAX_NAME_BYTES {
@@ -249,6 +299,8 @@ impl Aggregate for Workflow {
                 self.name = e.name.clone();
                 self.steps = e.steps.clone();
             }
+            Event::Archived(_) => self.archived = true,
+            Event::Restored(_) => self.archived = false,
         }
         self
     }
@@ -381,5 +433,32 @@ pub(crate) mod tests {
         let order: Vec<&str> = topological_order(&steps).unwrap().iter().map(|s| s.name.as_str()).collect();
         let at = |n: &str| order.iter().position(|o| *o == n).unwrap();
         assert!(at("a") < at("b") && at("a") < at("c") && at("b") < at("d") && at("c") < at("d"));
+    }
+
+    #[test]
+    fn an_archived_workflow_is_not_redefined_until_restored_and_repeats_record_nothing() {
+        let archive = |reason: &str| Command::Archive { reason: reason.into(), at: AT };
+        let archived: Event = Archived { reason: "replaced".into(), at: AT }.into();
+        let restored: Event = Restored { at: AT }.into();
+        let one = || vec![step("a", &[])];
+        given::<Workflow>([defined(1, one())]).when(archive("replaced")).then([archived.clone()]);
+        given::<Workflow>([defined(1, one()), archived.clone()]).when(archive("again")).then([]);
+        given::<Workflow>([defined(1, one()), archived.clone()])
+            .when(Command::Redefine { name: "summarise".into(), steps: one(), at: AT })
+            .then_rejected(Rejection::Archived);
+        given::<Workflow>([defined(1, one()), archived.clone()])
+            .when(Command::Restore { at: AT })
+            .then([restored.clone()]);
+        given::<Workflow>([defined(1, one())]).when(Command::Restore { at: AT }).then([]);
+        given::<Workflow>([]).when(archive("x")).then_rejected(Rejection::NotDefined);
+        given::<Workflow>([]).when(Command::Restore { at: AT }).then_rejected(Rejection::NotDefined);
+        for bad in ["", " ", "line\nbreak"] {
+            assert!(matches!(
+                Workflow::replay(&[defined(1, one())]).decide(&archive(bad)),
+                Err(Rejection::InvalidReason(_))
+            ));
+        }
+        let state = Workflow::replay(&[defined(1, one()), archived, restored]);
+        assert!(!state.archived);
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! Tables:
 //!
-//! - `workflows (id, tenant, name, latest_version, steps_count, defined_at, updated_at, version)`: the latest
-//!   definition; `defined_at` is the first definition's time.
+//! - `workflows (id, tenant, name, latest_version, steps_count, status, defined_at, updated_at, version)`: the
+//!   latest definition; `status` is `active` or `archived` (a read model made before the column existed gains
+//!   it on start, `active` until `weft projection rebuild workflows`); `defined_at` is the first definition's
+//!   time.
 //! - `workflow_versions (workflow, workflow_version, name, steps, defined_at)`: `steps` is the definition's
 //!   steps as JSON.
 
@@ -27,8 +29,18 @@ pub const MODEL: Model = Model {
     projection: NAME,
     kind: "workflow",
     table: "workflows",
-    columns: &["id", "tenant", "name", "latest_version", "steps_count", "defined_at", "updated_at", "version"],
-    filters: &["tenant", "name"],
+    columns: &[
+        "id",
+        "tenant",
+        "name",
+        "latest_version",
+        "steps_count",
+        "status",
+        "defined_at",
+        "updated_at",
+        "version",
+    ],
+    filters: &["tenant", "name", "status"],
     labels: None,
     time: "defined_at",
     details: workflow_details,
@@ -51,6 +63,16 @@ fn workflow_details(db: &rusqlite::Connection, id: &str, workflow: &mut Value) -
     workflow["steps"] = versions.last().map_or(Value::Null, |v| v["steps"].clone());
     workflow["versions"] = json!(versions);
     Ok(())
+}
+
+/// Sets a workflow's `status` (`archived` or `active`).
+fn archive(tx: &Transaction<'_>, id: &str, status: &str, at: i64, version: i64) -> rusqlite::Result<()> {
+    crate::exec(
+        tx,
+        "UPDATE workflows SET status = ?2, updated_at = ?3, version = ?4 WHERE id = ?1",
+        params![id, status, at, version],
+    )
+    .map(|_| ())
 }
 
 /// The workflows projection.
@@ -87,7 +109,12 @@ impl Projection for Workflows {
                  defined_at INTEGER NOT NULL,
                  PRIMARY KEY (workflow, workflow_version)
              );",
-        )
+        )?;
+        let has_status = db.prepare("SELECT 1 FROM pragma_table_info('workflows') WHERE name = 'status'")?.exists([])?;
+        if !has_status {
+            db.execute_batch("ALTER TABLE workflows ADD COLUMN status TEXT NOT NULL DEFAULT 'active'")?;
+        }
+        Ok(())
     }
 
     fn wants(&self, event: &Envelope) -> bool {
@@ -119,6 +146,8 @@ impl Projection for Workflows {
                     params![id, e.version, e.name, steps, e.at.0],
                 )?;
             }
+            Event::Archived(e) => archive(tx, &id, "archived", e.at.0, version)?,
+            Event::Restored(e) => archive(tx, &id, "active", e.at.0, version)?,
         }
         Ok(())
     }

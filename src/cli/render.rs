@@ -11,7 +11,7 @@ pub(crate) fn columns(model: &str) -> &'static [&'static str] {
         "documents" => &["id", "status", "name", "content_type", "size_bytes", "versions", "tenant", "updated_at"],
         "jobs" => &["id", "status", "steps_done", "steps_total", "workflow", "tenant", "submitted_at", "finished_at"],
         "agents" => &["id", "status", "name", "provider", "model", "tasks_done", "tasks_failed", "mean_latency_ms"],
-        "workflows" => &["id", "name", "latest_version", "steps_count", "tenant", "updated_at"],
+        "workflows" => &["id", "status", "name", "latest_version", "steps_count", "tenant", "updated_at"],
         "schedules" => &["id", "status", "cron", "time_zone", "workflow", "fires", "next_fire_at"],
         "auth/users" => &["name", "role", "tenants", "status", "created_at", "created_by"],
         "auth/keys" => &["id", "name", "role", "tenants", "status", "expires_at", "created_at"],

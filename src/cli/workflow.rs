@@ -1,12 +1,12 @@
-//! `weft workflow`: run a workflow at a version, its versions, and the reads.
+//! `weft workflow`: run a workflow at a version, its versions, archive and restore it, and the reads.
 
 use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::job::{RunArgs, run_args};
 use super::reads::{Read, read};
-use super::render::table;
-use super::{Connection, print, segment};
+use super::render::{item, table};
+use super::{Connection, TIMEOUT, print, segment};
 
 /// The verbs of workflows: those of every read model, a run, and the versions.
 #[derive(Debug, Clone, Subcommand)]
@@ -22,6 +22,20 @@ pub enum WorkflowVerb {
         /// The workflow's name or id.
         workflow: String,
     },
+    /// Archives the workflow: no new job may run it (jobs running it go on, its schedules skip their
+    /// occurrences) until it is restored.
+    Archive {
+        /// The workflow's name or id.
+        workflow: String,
+        /// Why, for its history.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Takes the workflow out of the archive.
+    Restore {
+        /// The workflow's name or id.
+        workflow: String,
+    },
 }
 
 /// `weft workflow ...`.
@@ -29,6 +43,10 @@ pub async fn run(connection: Connection, verb: WorkflowVerb) -> anyhow::Result<(
     match verb {
         WorkflowVerb::Read(verb) => read(connection, "workflows", verb).await,
         WorkflowVerb::Run(args) => run_args(connection, args).await,
+        WorkflowVerb::Archive { workflow, reason } => {
+            lifecycle(connection, &workflow, "archive", json!({"reason": reason})).await
+        }
+        WorkflowVerb::Restore { workflow } => lifecycle(connection, &workflow, "restore", json!({})).await,
         WorkflowVerb::Versions { workflow } => {
             let client = connection.client()?;
             let id = super::job::workflow_id(&client, &workflow).await?;
@@ -49,4 +67,14 @@ pub async fn run(connection: Connection, verb: WorkflowVerb) -> anyhow::Result<(
             Ok(())
         }
     }
+}
+
+/// Sends `kind` with `payload` to the workflow `workflow` names; prints the reply.
+async fn lifecycle(connection: Connection, workflow: &str, kind: &str, payload: Value) -> anyhow::Result<()> {
+    let client = connection.client()?;
+    let id = super::job::workflow_id(&client, workflow).await?;
+    let body = json!({"command_id": uuid::Uuid::now_v7(), "type": kind, "payload": payload});
+    let reply = client.post(&format!("/commands/workflow/{}", segment(&id)), Some(&body), &[], TIMEOUT).await?;
+    print(connection.output, &reply, item);
+    Ok(())
 }

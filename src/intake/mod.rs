@@ -4,8 +4,10 @@
 //!
 //! A job's `submit` is checked against the workflow it names before the job sees it (`Workflows`): the
 //! job runs that version's steps, taken from the workflow when the submission sends none, and a submission of
-//! a version never defined, or of other steps, is rejected (`unknown_workflow`, `steps_differ`). A submission
-//! naming no tenant (from a caller of every tenant) is for its first input document's tenant.
+//! a version never defined, or of other steps, is rejected (`unknown_workflow`, `steps_differ`), as is one of
+//! an archived workflow (`workflow_archived`: the workflow's stream version is read on every submission, so
+//! an archive on any node holds for the next one). A submission naming no tenant (from a caller of every
+//! tenant) is for its first input document's tenant.
 //!
 //! A document's `mark_uploaded` and `add_version` are checked against the object store when the node has one
 //! (`Uploads`): the size and etag a client claims must be what storage holds under the document's key.
@@ -198,9 +200,8 @@ fn own_component(metadata: &host::Metadata) -> bool {
         .is_some_and(|actor| actor == crate::objects::documents::STORAGE_ACTOR || actor.starts_with("agent:"))
 }
 
-/// Workflow versions' steps kept in memory: a defined version never changes, so there is nothing to
-/// invalidate. Past this many the memory is cleared.
-const KNOWN_VERSIONS: usize = 4096;
+/// Workflows kept in memory. Past this many the memory is cleared.
+const KNOWN_WORKFLOWS: usize = 4096;
 
 /// Checks a job's submission against the workflow version it names, read from the store (see the module doc).
 #[derive(Clone)]
@@ -209,32 +210,52 @@ struct Workflows {
     known: Arc<Mutex<Known>>,
 }
 
-/// Steps by workflow and version.
-type Known = HashMap<(WorkflowId, u32), Arc<Vec<Step>>>;
+/// What is known of a workflow, as of a version of its stream.
+struct KnownWorkflow {
+    /// The stream's version this was read at.
+    read_at: u64,
+    /// Whether it was archived then.
+    archived: bool,
+    /// The steps of each version defined then (a defined version never changes).
+    versions: HashMap<u32, Arc<Vec<Step>>>,
+}
+
+/// Workflows by id.
+type Known = HashMap<WorkflowId, Arc<KnownWorkflow>>;
 
 impl Workflows {
     fn new(store: Arc<dyn EventStore>) -> Self {
         Self { store, known: Arc::default() }
     }
 
-    /// The steps of `workflow` at `version`; `None` when that version was never defined.
-    async fn steps(&self, workflow: WorkflowId, version: u32) -> Result<Option<Arc<Vec<Step>>>, String> {
-        if let Some(steps) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&(workflow, version)) {
-            return Ok(Some(steps.clone()));
+    /// The workflow as it is now: the stream's version is read on every call (an archive on any node is seen
+    /// by the next submission), its events only when that version moved.
+    async fn current(&self, workflow: WorkflowId) -> Result<Arc<KnownWorkflow>, String> {
+        let stream = workflow.stream();
+        let now = self.store.stream_version(&stream).await.map_err(|e| e.to_string())?;
+        if let Some(known) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(&workflow)
+            && known.read_at == now
+        {
+            return Ok(known.clone());
         }
-        let events = host::load_events::<Workflow>(&*self.store, &workflow.stream()).await?;
-        let found = events.into_iter().find_map(|event| match event {
-            WorkflowEvent::Defined(defined) if defined.version == version => Some(Arc::new(defined.steps)),
-            _ => None,
-        });
-        if let Some(steps) = &found {
-            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            if known.len() >= KNOWN_VERSIONS {
-                known.clear();
+        let events = host::load_events::<Workflow>(&*self.store, &stream).await?;
+        let mut read = KnownWorkflow { read_at: events.len() as u64, archived: false, versions: HashMap::new() };
+        for event in events {
+            match event {
+                WorkflowEvent::Defined(defined) => {
+                    read.versions.insert(defined.version, Arc::new(defined.steps));
+                }
+                WorkflowEvent::Archived(_) => read.archived = true,
+                WorkflowEvent::Restored(_) => read.archived = false,
             }
-            known.insert((workflow, version), steps.clone());
         }
-        Ok(found)
+        let read = Arc::new(read);
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= KNOWN_WORKFLOWS {
+            known.clear();
+        }
+        known.insert(workflow, read.clone());
+        Ok(read)
     }
 }
 
@@ -274,14 +295,17 @@ impl Prepare<Job> for Workflows {
                 };
                 return Err(host::Error::Rejected(rejected));
             }
-            let defined = workflows.steps(workflow, version).await.map_err(host::Error::Unavailable)?;
-            match defined {
+            let known = workflows.current(workflow).await.map_err(host::Error::Unavailable)?;
+            if known.archived {
+                return Err(host::Error::Rejected(job::Rejection::WorkflowArchived(workflow)));
+            }
+            match known.versions.get(&version) {
                 None => Err(host::Error::Rejected(job::Rejection::UnknownWorkflow { workflow, version })),
                 Some(defined) if steps.is_empty() => {
                     *steps = defined.as_ref().clone();
                     Ok(execute)
                 }
-                Some(defined) if *steps == *defined => Ok(execute),
+                Some(defined) if *steps == **defined => Ok(execute),
                 Some(_) => Err(host::Error::Rejected(job::Rejection::StepsDiffer { workflow, version })),
             }
         })

@@ -819,5 +819,36 @@ fn a_workflow_runs_at_the_version_named_and_lists_its_versions() {
     assert!(reply.to_string().contains("unknown_workflow"), "{reply}");
     let (ok, _, stderr) = weft(addr, &["workflow", "versions", "no-such-workflow"]);
     assert!(!ok && stderr.contains("no workflow named"), "{stderr}");
+
+    // Archived: no new job runs it, it cannot be redefined, and the list says so; restored, it runs again.
+    let (ok, _, stderr) = weft(addr, &["workflow", "archive", "tidy", "--reason", "replaced by tidy-2"]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = weft(addr, &["workflow", "run", "tidy", "--document", &input]);
+    assert!(!ok && stderr.contains("422 rejected") && stderr.contains("is archived"), "{stderr}");
+    let submit = json!({"workflow": workflow, "workflow_version": 1, "inputs": [input], "priority": 0,
+        "idempotency_key": null});
+    let (status, reply) = command(addr, "job", &uuid::Uuid::now_v7().to_string(), "submit", submit.clone());
+    assert_eq!(status, 422, "{reply}");
+    assert!(reply.to_string().contains("workflow_archived"), "{reply}");
+    let (status, reply) =
+        command(addr, "workflow", &workflow, "redefine", json!({"name": "tidy", "steps": [step("keywords")]}));
+    assert_eq!(status, 422, "{reply}");
+    assert!(reply.to_string().contains("archived"), "{reply}");
+    let (status, reply) = command(addr, "workflow", &workflow, "archive", json!({"reason": ""}));
+    assert_eq!(status, 422, "{reply}");
+    let (_, archived) = get(addr, "/workflows?status=archived");
+    assert_eq!(archived["items"][0]["id"], json!(workflow), "{archived}");
+    // A guest may read it but not restore it.
+    let guest = crate::serve::bearer(dir.path(), "guest:gil", weft::auth::Role::Guest);
+    let body = json!({"command_id": uuid::Uuid::now_v7(), "type": "restore", "payload": {}});
+    let path = format!("/commands/workflow/{workflow}");
+    let answer = crate::serve::http(addr, "POST", &path, &[("Authorization", &guest)], body.to_string().as_bytes());
+    assert_eq!(answer.status, 403, "{}", answer.json());
+    let (ok, _, stderr) = weft(addr, &["workflow", "restore", "tidy"]);
+    assert!(ok, "{stderr}");
+    let (status, reply) = command(addr, "job", &uuid::Uuid::now_v7().to_string(), "submit", submit);
+    assert_eq!(status, 200, "{reply}");
+    let (_, active) = get(addr, &format!("/workflows/{workflow}"));
+    assert_eq!(active["status"], "active", "{active}");
     serve.stop();
 }

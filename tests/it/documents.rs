@@ -13,7 +13,7 @@ use weft::objects::ObjectStore;
 use weft_harness::NatsServer;
 use weft_harness::Seaweed;
 
-use crate::serve::{Serve, get, http, weft};
+use crate::serve::{Serve, bearer, get, http, weft};
 
 const SECRET: &str = "webhook-secret-for-tests";
 
@@ -32,14 +32,6 @@ fn post_document(addr: &str, tenant: &str, body: Value) -> (u16, Value) {
         body.to_string().as_bytes(),
     );
     (answer.status, answer.json())
-}
-
-/// `Authorization: Bearer <token>` of `subject` with `role` in tenant `acme`, for ten minutes, from the node's
-/// secret in `dir`.
-fn bearer(dir: &Path, subject: &str, role: weft::auth::Role) -> String {
-    let secret = weft::auth::token::Secret::load(&dir.join("auth.secret")).unwrap();
-    let token = weft::auth::token::issue(&secret, subject, role, &["acme".to_owned()], Duration::from_secs(600));
-    format!("Bearer {token}")
 }
 
 /// `curl --upload-file` of `file` to a pre-signed upload (`{url, headers}`), with `content_type` unless the

@@ -223,3 +223,11 @@ pub fn weft(addr: &str, args: &[&str]) -> (bool, String, String) {
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (output.status.success(), text(&output.stdout), text(&output.stderr))
 }
+
+/// `Authorization: Bearer <token>` of `subject` with `role` in tenant `acme`, for ten minutes, from the secret
+/// of the node whose store is in `dir`.
+pub fn bearer(dir: &Path, subject: &str, role: weft::auth::Role) -> String {
+    let secret = weft::auth::token::Secret::load(&dir.join("auth.secret")).unwrap();
+    let token = weft::auth::token::issue(&secret, subject, role, &["acme".to_owned()], Duration::from_secs(600));
+    format!("Bearer {token}")
+}

@@ -147,6 +147,9 @@ pub enum Rejection {
     /// The job is finished.
     #[error("the job is finished ({0:?})")]
     Finished(Status),
+    /// The workflow is archived: no new job may run it.
+    #[error("workflow {0} is archived")]
+    WorkflowArchived(WorkflowId),
     /// The steps given with the submission are not a valid workflow.
     #[error("the workflow is invalid: {0}")]
     InvalidWorkflow(workflow::Rejection),

@@ -242,6 +242,10 @@ impl<G: Gateway> TimerService<G> {
             tracing::warn!(schedule = %id, workflow = %workflow_id, "the schedule's workflow is not defined; skipping the occurrence");
             return Ok(after);
         }
+        if workflow.archived {
+            tracing::warn!(schedule = %id, workflow = %workflow_id, "the schedule's workflow is archived; skipping the occurrence");
+            return Ok(after);
+        }
         let (documents, through_position) = match &target {
             Target::Documents(documents) => (documents.clone(), None),
             Target::Selector { since_last_firing, .. } => {

@@ -57,9 +57,29 @@ pub struct Defined {
     pub at: crate::envelope::Timestamp,
 }
 
+/// The workflow was archived: no new job runs it (those running go on) until it is restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Archived {
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: crate::envelope::Timestamp,
+}
+
+/// The workflow was restored from the archive: jobs may run it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Restored {
+    /// When.
+    pub at: crate::envelope::Timestamp,
+}
+
 super::domain_events! { "workflow";
     /// See [`Defined`].
     Defined(Defined) = "workflow.defined", v 1,
+    /// See [`Archived`].
+    Archived(Archived) = "workflow.archived", v 1,
+    /// See [`Restored`].
+    Restored(Restored) = "workflow.restored", v 1,
 }
 
 #[cfg(test)]
