@@ -27,15 +27,14 @@ impl Select for Reads {
         let head_i64 = i64::try_from(head).unwrap_or(i64::MAX);
         let rows = self
             .query(move |db| {
-                // `name_prefix` is matched by substr, not LIKE, so `%` and `_` in it mean themselves. Each label is
-                // a JSON path (its key's characters need no escaping inside the quotes) and a value.
+                // `name_prefix` is matched by substr, not LIKE, so `%` and `_` in it mean themselves.
                 let mut sql = "SELECT id, uploaded_position FROM documents
                      WHERE status = 'uploaded' AND uploaded_position > ?1 AND uploaded_position <= ?2
                        AND substr(owner, 1, 6) != 'agent:'
                        AND (?3 IS NULL OR tenant = ?3) AND (?4 IS NULL OR content_type = ?4)
                        AND (?5 IS NULL OR substr(name, 1, length(?5)) = ?5)"
                     .to_owned();
-                let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![
+                let mut args: Vec<Box<dyn rusqlite::ToSql + Send>> = vec![
                     Box::new(after),
                     Box::new(head_i64),
                     Box::new(tenant),
@@ -43,14 +42,12 @@ impl Select for Reads {
                     Box::new(name_prefix),
                     Box::new(limit as i64),
                 ];
-                for (key, value) in labels {
-                    args.push(Box::new(format!("$.\"{key}\"")));
-                    args.push(Box::new(value));
-                    sql.push_str(&format!(" AND json_extract(labels, ?{}) = ?{}", args.len() - 1, args.len()));
-                }
+                let labels: Vec<(String, String)> = labels.into_iter().collect();
+                crate::query::read::label_conditions("labels", &labels, &mut sql, &mut args);
                 sql.push_str(" ORDER BY uploaded_position LIMIT ?6");
                 let mut statement = db.prepare_cached(&sql)?;
-                let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|a| a.as_ref()).collect();
+                let params: Vec<&dyn rusqlite::ToSql> =
+                    args.iter().map(|a| a.as_ref() as &dyn rusqlite::ToSql).collect();
                 let rows = statement
                     .query_map(params.as_slice(), |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()

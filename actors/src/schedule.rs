@@ -204,23 +204,7 @@ fn check_target(target: &Target) -> Result<(), Rejection> {
             if fields.iter().all(|f| f.is_none()) && labels.is_empty() {
                 return Err(Rejection::InvalidTarget("a selector needs at least one field".into()));
             }
-            if labels.len() > crate::document::MAX_LABELS {
-                return Err(Rejection::InvalidTarget(format!(
-                    "{} labels, over the limit of {}",
-                    labels.len(),
-                    crate::document::MAX_LABELS
-                )));
-            }
-            if let Some(key) = labels.keys().find(|key| !crate::document::is_label_key(key)) {
-                return Err(Rejection::InvalidTarget(format!(
-                    "{key:?} is not a label key (1 to 64 of letters, digits, `.`, `_`, `-`, `/`)"
-                )));
-            }
-            if labels.values().any(|value| value.len() > 256 || value.chars().any(char::is_control)) {
-                return Err(Rejection::InvalidTarget(
-                    "a label's value is over 256 bytes or holds control characters".into(),
-                ));
-            }
+            crate::document::check_labels(labels).map_err(Rejection::InvalidTarget)?;
             if fields.iter().flat_map(|f| f.as_deref()).any(|f| f.trim().is_empty() || f.len() > MAX_TEXT_BYTES) {
                 return Err(Rejection::InvalidTarget(format!("selector fields must be 1 to {MAX_TEXT_BYTES} bytes")));
             }

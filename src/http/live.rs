@@ -152,11 +152,9 @@ pub(super) async fn serve_list(
     params: super::Params,
     model: &'static Model,
 ) -> HttpResponse {
-    let (labels, rest) = match read::label_filters(model, &params) {
-        Ok(split) => split,
-        Err(failure) => return failure.respond(),
-    };
-    if let Err(failure) = read::check_keys(&rest, model.filters) {
+    // `label.<key>` filters are checked here and matched as they came (see `matches`).
+    let checked = read::label_filters(model, &params).and_then(|(_, rest)| read::check_keys(&rest, model.filters));
+    if let Err(failure) = checked {
         return failure.respond();
     }
     let from = match last_event_id(&request, "a log position") {
@@ -167,8 +165,7 @@ pub(super) async fn serve_list(
         return Failure::unavailable("no such projection").respond();
     };
     let from = from.unwrap_or_else(|| *position.borrow());
-    let labels = labels.into_iter().map(|(key, value)| (format!("label.{key}"), value));
-    let filters: Vec<(String, String)> = rest.into_iter().chain(labels).collect();
+    let filters: Vec<(String, String)> = params.into_inner().into_iter().collect();
     let scope = super::access::scope(&request);
     let reads = state.reads.clone();
     event_stream(|tx| feed_list(reads, state.closing.clone(), model, (filters, scope), from, position, tx))

@@ -11,11 +11,14 @@ use rusqlite::{OpenFlags, OptionalExtension, ToSql};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use weft_events::EventRead;
-use weft_events::domain::ids::Uuid;
 pub use weft_projections::documents::MODEL as DOCUMENTS;
 pub use weft_projections::history::{NAME as HISTORY, rows as history_rows};
 
 use super::Scope;
+use super::params::{ListParams, limit};
+pub use super::params::{
+    LabelFilters, MAX_LABEL_FILTERS, check_keys, label_conditions, label_filters, number, parse_id,
+};
 pub use weft_projections::model::{MODELS, Model};
 use weft_projections::model::{row_to_json, rows};
 
@@ -306,13 +309,7 @@ impl Reads {
                 sql.push_str(&format!(" AND {column} = ?{}", args.len()));
             }
             if let Some(column) = model.labels {
-                for (key, value) in &page.labels {
-                    // A label key's characters need no escaping inside the quotes of a JSON path.
-                    args.push(Box::new(format!("$.\"{key}\"")));
-                    args.push(Box::new(value.clone()));
-                    let (p, v) = (args.len() - 1, args.len());
-                    sql.push_str(&format!(" AND json_extract({column}, ?{p}) = ?{v}"));
-                }
+                label_conditions(column, &page.labels, &mut sql, &mut args);
             }
             scope.restrict(model, &mut sql, &mut args);
             for (op, bound) in [(">=", page.since), ("<", page.until)] {
@@ -491,109 +488,6 @@ impl Reads {
         }
         Ok(json!({"head": head, "projections": projections}))
     }
-}
-
-/// Most `label.<key>` filters one list takes.
-pub const MAX_LABEL_FILTERS: usize = 8;
-
-/// The parsed query of a list.
-struct ListParams {
-    filters: Vec<(&'static str, String)>,
-    /// `label.<key>=<value>`: the label's key and the value it must have.
-    labels: Vec<(String, String)>,
-    since: Option<i64>,
-    until: Option<i64>,
-    cursor: Option<String>,
-    limit: usize,
-    after: Option<u64>,
-}
-
-impl ListParams {
-    fn parse(model: &Model, params: &BTreeMap<String, String>) -> Result<Self, Failure> {
-        let mut known = vec!["after", "cursor", "limit", "since", "until"];
-        known.extend(model.filters);
-        let (labels, rest) = label_filters(model, params)?;
-        if model.labels.is_some() {
-            known.push("label.<key>");
-        }
-        check_keys(&rest, &known)?;
-        let filters = model.filters.iter().filter_map(|f| params.get(*f).map(|v| (*f, v.clone()))).collect();
-        let cursor = match params.get("cursor") {
-            Some(c) => Some(parse_id(c).map_err(|_| Failure::invalid(format!("cursor {c:?} is not one we gave")))?),
-            None => None,
-        };
-        Ok(Self {
-            filters,
-            labels,
-            since: number(params, "since")?,
-            until: number(params, "until")?,
-            cursor: cursor.map(|c| c.to_string()),
-            limit: limit(params)?,
-            after: number(params, "after")?,
-        })
-    }
-}
-
-/// A list's `label.<key>=<value>` filters, as (key, value).
-pub type LabelFilters = Vec<(String, String)>;
-
-/// The `label.<key>=<value>` parameters of a list of `model`, as (key, value), and the other parameters.
-/// Refused: a label filter on a model without labels, a key that cannot be a label's, more than
-/// [`MAX_LABEL_FILTERS`].
-pub fn label_filters(
-    model: &Model,
-    params: &BTreeMap<String, String>,
-) -> Result<(LabelFilters, BTreeMap<String, String>), Failure> {
-    let mut labels = Vec::new();
-    let mut rest = BTreeMap::new();
-    for (key, value) in params {
-        let Some(label) = key.strip_prefix("label.") else {
-            rest.insert(key.clone(), value.clone());
-            continue;
-        };
-        if model.labels.is_none() {
-            return Err(Failure::invalid(format!("{} have no labels to filter on ({key:?})", model.name)));
-        }
-        if !weft_actors::document::is_label_key(label) {
-            return Err(Failure::invalid(format!(
-                "{key:?}: {label:?} is not a label key (1 to 64 of letters, digits, `.`, `_`, `-`, `/`)"
-            )));
-        }
-        labels.push((label.to_owned(), value.clone()));
-    }
-    if labels.len() > MAX_LABEL_FILTERS {
-        return Err(Failure::invalid(format!("{} label filters, over the limit of {MAX_LABEL_FILTERS}", labels.len())));
-    }
-    Ok((labels, rest))
-}
-
-/// Refuses parameters other than `known`.
-pub fn check_keys(params: &BTreeMap<String, String>, known: &[&str]) -> Result<(), Failure> {
-    match params.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(unknown) => Err(Failure::invalid(format!("unknown parameter {unknown:?}; known: {}", known.join(", ")))),
-        None => Ok(()),
-    }
-}
-
-/// An optional number parameter.
-pub fn number<T: std::str::FromStr>(params: &BTreeMap<String, String>, key: &str) -> Result<Option<T>, Failure> {
-    params
-        .get(key)
-        .map(|v| v.parse().map_err(|_| Failure::invalid(format!("{key} {v:?} is not a number in range"))))
-        .transpose()
-}
-
-fn limit(params: &BTreeMap<String, String>) -> Result<usize, Failure> {
-    match number::<usize>(params, "limit")? {
-        None => Ok(DEFAULT_LIMIT),
-        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-        Some(n) => Err(Failure::invalid(format!("limit {n} is not within 1..={MAX_LIMIT}"))),
-    }
-}
-
-/// An id parameter.
-pub fn parse_id(id: &str) -> Result<Uuid, Failure> {
-    Uuid::parse_str(id).map_err(|_| Failure::invalid(format!("{id:?} is not a UUID")))
 }
 
 #[cfg(test)]
