@@ -15,10 +15,10 @@ pub use weft_projections::documents::MODEL as DOCUMENTS;
 pub use weft_projections::history::{NAME as HISTORY, rows as history_rows};
 
 use super::Scope;
-use super::params::{ListParams, limit};
 pub use super::params::{
     LabelFilters, MAX_LABEL_FILTERS, check_keys, label_conditions, label_filters, number, parse_id,
 };
+use super::params::{ListParams, limit};
 pub use weft_projections::model::{MODELS, Model};
 use weft_projections::model::{row_to_json, rows};
 
