@@ -32,7 +32,7 @@ async fn run(node: &Node, dir: &std::path::Path) -> anyhow::Result<()> {
     let file = dir.join("quarterly-report.txt");
     std::fs::write(&file, SAMPLE)?;
     println!("== the input document\n{SAMPLE}");
-    let document = cli::upload(&client, &file, None, None, Some("demo")).await?;
+    let document = cli::upload(&client, &file, None, None, Some("demo"), &Default::default()).await?;
     println!("== uploaded as document {document}\n");
     println!("== running redact-then-summarize (progress on stderr)");
     let (job, outputs) = cli::run_job(

@@ -68,6 +68,13 @@ enum Command {
         #[command(flatten)]
         connection: cli::Connection,
     },
+    /// Triggers of a running node: create, pause, resume, delete, and the reads.
+    Trigger {
+        #[command(subcommand)]
+        verb: cli::TriggerVerb,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
     /// Sends a command to a running node, through its command intake, and prints the reply.
     Send {
         #[command(flatten)]
@@ -210,6 +217,7 @@ fn main() -> anyhow::Result<()> {
         Command::Agent { verb, connection } => run(cli::agent::run(connection, verb)),
         Command::Workflow { verb, connection } => run(cli::workflow::run(connection, verb)),
         Command::Schedule { verb, connection } => run(cli::read(connection, "schedules", verb)),
+        Command::Trigger { verb, connection } => run(cli::trigger::run(connection, verb)),
         Command::Projection { verb, connection } => run(cli::projection::run(connection, verb)),
         Command::Tenant { verb, connection } => run(cli::tenant::run(connection, verb)),
         Command::User { verb, connection } => run(cli::identity::user(connection, verb)),

@@ -281,13 +281,14 @@ pub fn schemas() -> Vec<(String, serde_json::Value)> {
             .collect();
         out.push((format!("events/{kind}.json"), serde_json::Value::Object(events)));
     }
-    use weft_events::domain::{agent, document, job, schedule, workflow};
+    use weft_events::domain::{agent, document, job, schedule, trigger, workflow};
     let mut out = Vec::new();
     aggregate::<weft_actors::document::Document>(document::Event::payload_schemas(), &mut out);
     aggregate::<weft_actors::workflow::Workflow>(workflow::Event::payload_schemas(), &mut out);
     aggregate::<weft_actors::job::Job>(job::Event::payload_schemas(), &mut out);
     aggregate::<weft_actors::agent::Agent>(agent::Event::payload_schemas(), &mut out);
     aggregate::<weft_actors::schedule::Schedule>(schedule::Event::payload_schemas(), &mut out);
+    aggregate::<weft_actors::trigger::Trigger>(trigger::Event::payload_schemas(), &mut out);
     out.push(("event.json".into(), schemars::schema_for!(WireEvent).to_value()));
     out
 }

@@ -12,6 +12,7 @@
 //! - [`workflow`]: a versioned template of steps forming a DAG.
 //! - [`job`]: one run of a workflow: which steps are ready, retries with back-off, completion.
 //! - [`schedule`]: a cron rule in a time zone that submits jobs, fired once per occurrence.
+//! - [`trigger`]: a selector of uploads that submits a job for each upload it matches.
 //! - [`host`]: the actor host on actix: one actor per live instance, activated from its snapshot and
 //!   events, one command at a time, idempotent by command id, conflict retries, snapshots, passivation and
 //!   supervision of panics.
@@ -30,6 +31,7 @@ pub mod host;
 pub mod job;
 pub mod process;
 pub mod schedule;
+pub mod trigger;
 pub mod workflow;
 
 #[cfg(feature = "test-util")]

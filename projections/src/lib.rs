@@ -10,7 +10,7 @@
 //! - [`jobs`]: every job's status and progress, its steps, and its log.
 //! - [`agents`]: every agent's set-up, state, tasks, tokens and latency.
 //! - [`workflows`]: every workflow's latest definition and its versions.
-//! - [`schedules`]: every schedule's rule, state and firings.
+//! - [`schedules`]: every schedule's rule, state and firings, and every trigger's ([`triggers`]).
 //! - [`history`]: every stream's events with their metadata and payloads as JSON, for operators.
 //! - [`identities`]: the users and API keys (without their hashes), for admins.
 //!
@@ -29,6 +29,7 @@ pub mod jobs;
 pub mod model;
 pub mod runner;
 pub mod schedules;
+pub mod triggers;
 pub mod workflows;
 
 pub use runner::{Running, rebuild, start, start_group};

@@ -33,12 +33,13 @@ pub struct Model {
 }
 
 /// Every model with list and item reads.
-pub const MODELS: [&Model; 5] = [
+pub const MODELS: [&Model; 6] = [
     &crate::documents::MODEL,
     &crate::jobs::MODEL,
     &crate::agents::MODEL,
     &crate::workflows::MODEL,
     &crate::schedules::MODEL,
+    &crate::triggers::MODEL,
 ];
 
 /// Replaces the JSON text in `item[field]` by the value it holds.

@@ -1,4 +1,4 @@
-//! The schedules read model: each schedule's rule, target and state, how often it fired and how many jobs it
+//! The schedules read model, and the triggers read model ([`crate::triggers`]) beside it: each schedule's rule, target and state, how often it fired and how many jobs it
 //! submitted, and up to which time its occurrences are done (the next fire time is the rule's first occurrence
 //! after that, worked out when read: it needs the cron rule, which is not this crate's business).
 //!
@@ -74,7 +74,7 @@ impl Projection for Schedules {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["schedules"]
+        &["schedules", "triggers"]
     }
 
     fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
@@ -99,14 +99,18 @@ impl Projection for Schedules {
              CREATE INDEX IF NOT EXISTS schedules_by_status ON schedules (status, id);
              CREATE INDEX IF NOT EXISTS schedules_by_workflow ON schedules (workflow, id);
              CREATE INDEX IF NOT EXISTS schedules_by_tenant ON schedules (tenant, id);",
-        )
+        )?;
+        crate::triggers::create(db)
     }
 
     fn wants(&self, event: &Envelope) -> bool {
-        crate::of_kind(event, ScheduleId::KIND)
+        crate::of_kind(event, ScheduleId::KIND) || crate::triggers::wants(event)
     }
 
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
+        if crate::triggers::wants(envelope) {
+            return crate::triggers::apply(tx, envelope);
+        }
         let Some(id) = ScheduleId::from_stream(&envelope.stream) else { return Ok(()) };
         let event = Event::from_envelope(envelope)
             .map_err(|source| ApplyError::Decode { position: envelope.position, source })?;

@@ -90,13 +90,15 @@ impl DocumentExecutor {
         Ok((state, text))
     }
 
-    /// The tenant of the task's job: its first event's.
-    async fn tenant(&self, task: &Task) -> Result<String, TaskError> {
+    /// The tenant and the correlation id of the task's job: its first event's. The correlation id (a trigger's
+    /// id for the jobs it submits) goes on the records of the task's output, whichever way the task came to
+    /// run (a retry's events are not correlated).
+    async fn job_origin(&self, task: &Task) -> Result<(String, Option<Uuid>), TaskError> {
         let first = self.gateway.store().read_stream(&task.job.stream(), 1, Direction::Forwards, 1).await;
         let first = first.map_err(|e| transient(format!("reading job {}: {e}", task.job)))?;
         first
             .first()
-            .map(|event| event.tenant.to_string())
+            .map(|event| (event.tenant.to_string(), event.correlation_id))
             .ok_or_else(|| transient(format!("job {} has no events yet", task.job)))
     }
 
@@ -129,11 +131,12 @@ impl DocumentExecutor {
         command: Command,
         tenant: &str,
         actor: &str,
+        correlation: Option<Uuid>,
     ) -> Result<(), TaskError> {
         let metadata = Metadata {
             tenant: Some(tenant.to_owned()),
             actor: Some(actor.to_owned()),
-            correlation_id: None,
+            correlation_id: correlation,
             owner: None,
         };
         let execute = Execute { command_id, command, expected_version: None, metadata };
@@ -200,8 +203,8 @@ impl DocumentExecutor {
         };
         // The job's tenant and the first input's state are read at once: the one is only checked against the
         // other.
-        let (tenant, first_state) = futures::join!(self.tenant(task), self.document(first));
-        let tenant = tenant?;
+        let (origin, first_state) = futures::join!(self.job_origin(task), self.document(first));
+        let (tenant, correlation) = origin?;
         // The first input (`first`) is read already; the others are read in turn.
         let mut first_state = Some(first_state?);
         let mut texts = Vec::with_capacity(task.inputs.len());
@@ -283,7 +286,8 @@ impl DocumentExecutor {
         };
         // The output is registered while its content is written: the registration is an append, the content
         // an object put, and neither needs the other. Only the upload's record waits for both.
-        let registered = self.command(output, Uuid::new_v5(&task.id, b"register-output"), register, &tenant, &actor);
+        let registered =
+            self.command(output, Uuid::new_v5(&task.id, b"register-output"), register, &tenant, &actor, correlation);
         let key = document_key(&tenant, output);
         let body = futures::stream::iter([Ok(bytes::Bytes::from(completion.text))]).boxed();
         let (registered, put) = futures::join!(registered, self.objects.put(&key, &completion.content_type, body));
@@ -298,7 +302,8 @@ impl DocumentExecutor {
         // The output's upload, the inputs' derivatives and the job's log line are other streams' commands: sent
         // at once, so the task waits for one round of appends rather than one per stream. The line has its own
         // id: should a record fail after it, the failure's line is written too.
-        let upload = self.command(output, Uuid::new_v5(&task.id, b"upload-output"), uploaded, &tenant, &actor);
+        let upload =
+            self.command(output, Uuid::new_v5(&task.id, b"upload-output"), uploaded, &tenant, &actor, correlation);
         let derivatives = task.inputs.iter().zip(&states).map(|(&input, state)| {
             let derived = Command::RecordDerivative {
                 child: output,
@@ -307,7 +312,7 @@ impl DocumentExecutor {
                 at: Timestamp::now(),
             };
             let id = Uuid::new_v5(&task.id, format!("derivative-{input}").as_bytes());
-            self.command(input, id, derived, &state.tenant, &actor)
+            self.command(input, id, derived, &state.tenant, &actor, correlation)
         });
         let line = format!(
             "step {} attempt {}: wrote document {output} ({} tokens in, {} out)",

@@ -3,7 +3,7 @@
 //!
 //! | subject | body | HTTP twin |
 //! | --- | --- | --- |
-//! | `weft.qry.<model>.get` (`documents`, `jobs`, `agents`, `workflows`, `schedules`) | `{"id": "<uuid>", "after": <position>?}` | `GET /<model>/{id}` |
+//! | `weft.qry.<model>.get` (`documents`, `jobs`, `agents`, `workflows`, `schedules`, `triggers`) | `{"id": "<uuid>", "after": <position>?}` | `GET /<model>/{id}` |
 //! | `weft.qry.<model>.list` | the list's parameters, e.g. `{"status": "running", "limit": 10}` | `GET /<model>` |
 //! | `weft.qry.jobs.logs` | `{"id": "<uuid>", "cursor"?, "limit"?, "after"?}` | `GET /jobs/{id}/logs` |
 //! | `weft.qry.streams.events` | `{"stream": "<name>", "cursor"?, "limit"?, "after"?}` | `GET /streams/{stream}/events` |

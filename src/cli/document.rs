@@ -30,6 +30,9 @@ pub enum DocumentVerb {
         /// The tenant it belongs to (header `Weft-Tenant`; `default` without it).
         #[arg(long)]
         tenant: Option<String>,
+        /// A label to register it with, `KEY=VALUE`; repeat for more.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::reads::parse_pair)]
+        labels: Vec<(String, String)>,
     },
     /// Writes a document's current content to a file (`-` for stdout).
     Download {
@@ -110,6 +113,7 @@ pub async fn upload(
     content_type: Option<String>,
     name: Option<String>,
     tenant: Option<&str>,
+    labels: &std::collections::BTreeMap<String, String>,
 ) -> anyhow::Result<String> {
     let content_type = content_type.unwrap_or_else(|| guess_content_type(file).to_owned());
     let name = match name {
@@ -120,7 +124,8 @@ pub async fn upload(
         tokio::fs::File::open(file).await.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     let size_bytes = opened.metadata().await?.len();
     anyhow::ensure!(size_bytes > 0, "{} is empty", file.display());
-    let body = serde_json::json!({"name": name, "content_type": content_type, "size_bytes": size_bytes});
+    let body =
+        serde_json::json!({"name": name, "content_type": content_type, "size_bytes": size_bytes, "labels": labels});
     let headers: Vec<(&str, &str)> = tenant.map(|t| (crate::bus::TENANT, t)).into_iter().collect();
     let registered = client.post("/documents", Some(&body), &headers, TIMEOUT).await?;
     let id = registered["id"].as_str().ok_or_else(|| anyhow::anyhow!("no id in {registered}"))?.to_owned();
@@ -151,8 +156,9 @@ pub async fn run(connection: Connection, verb: DocumentVerb) -> anyhow::Result<(
     let client = connection.client()?;
     match verb {
         DocumentVerb::Read(verb) => read(connection, "documents", verb).await,
-        DocumentVerb::Upload { file, content_type, name, tenant } => {
-            let id = upload(&client, &file, content_type, name, tenant.as_deref()).await?;
+        DocumentVerb::Upload { file, content_type, name, tenant, labels } => {
+            let labels = labels.into_iter().collect();
+            let id = upload(&client, &file, content_type, name, tenant.as_deref(), &labels).await?;
             println!("{id}");
             Ok(())
         }

@@ -1,6 +1,6 @@
 //! The command line's client of a running node, one file per noun: `weft document` ([`document`]), `weft job`
 //! ([`job`]), `weft agent run` ([`agent`]), `weft workflow run|versions` ([`workflow`]), `weft
-//! agent|workflow|schedule list|show` ([`reads`]), `weft projection` ([`projection`]),
+//! agent|workflow|schedule list|show` ([`reads`]), `weft trigger` ([`trigger`]), `weft projection` ([`projection`]),
 //! `weft tenant` ([`tenant`]), `weft send` ([`send`]), `weft stream events` ([`stream`]); tables are drawn by
 //! [`render`]. Each speaks to the node's HTTP API with one [`Client`] (`--url`, or `WEFT_URL`; the default is
 //! `weft serve`'s default address).
@@ -26,6 +26,7 @@ pub mod send;
 pub mod stream;
 pub mod tenant;
 pub mod token;
+pub mod trigger;
 pub mod workflow;
 
 pub use agent::AgentVerb;
@@ -38,6 +39,7 @@ pub(crate) use render::table;
 pub use send::SendArgs;
 pub use stream::stream_events;
 pub use tenant::TenantVerb;
+pub use trigger::TriggerVerb;
 pub use workflow::WorkflowVerb;
 
 /// How long one request may take (a rebuild can take long: it has its own).

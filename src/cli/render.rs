@@ -13,6 +13,7 @@ pub(crate) fn columns(model: &str) -> &'static [&'static str] {
         "agents" => &["id", "status", "name", "provider", "model", "tasks_done", "tasks_failed", "mean_latency_ms"],
         "workflows" => &["id", "status", "name", "latest_version", "steps_count", "tenant", "updated_at"],
         "schedules" => &["id", "status", "cron", "time_zone", "workflow", "fires", "next_fire_at"],
+        "triggers" => &["id", "status", "workflow", "selector", "fires", "last_fired_at", "tenant", "created_at"],
         "auth/users" => &["name", "role", "tenants", "status", "created_at", "created_by"],
         "auth/keys" => &["id", "name", "role", "tenants", "status", "expires_at", "created_at"],
         _ => &[],

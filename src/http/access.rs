@@ -39,7 +39,7 @@ pub enum Rule {
 pub fn rule(method: &str, pattern: &str) -> Option<Rule> {
     use Permission::*;
     use Rule::*;
-    let models = ["documents", "jobs", "agents", "workflows", "schedules"];
+    let models = ["documents", "jobs", "agents", "workflows", "schedules", "triggers"];
     let read = |p: &str| {
         let mut parts = p.trim_start_matches('/').splitn(2, '/');
         let (model, rest) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));

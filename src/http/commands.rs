@@ -20,7 +20,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
 }
 
 /// The aggregates commands may be sent to.
-pub const AGGREGATES: [&str; 5] = ["document", "workflow", "job", "agent", "schedule"];
+pub const AGGREGATES: [&str; 6] = ["document", "workflow", "job", "agent", "schedule", "trigger"];
 
 /// How long a command sent over HTTP may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);

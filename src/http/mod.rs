@@ -14,7 +14,7 @@
 //!
 //! - `GET /healthz`: the process is up. `GET /readyz`: 200 when ready, 503 when not (see [`crate::health`]):
 //!   each task's state, each projection's position and lag behind the store, and what is not ready and why.
-//! - `GET /documents`, `/jobs`, `/agents`, `/workflows`, `/schedules`: pages of a list, ordered by id,
+//! - `GET /documents`, `/jobs`, `/agents`, `/workflows`, `/schedules`, `/triggers`: pages of a list, ordered by id,
 //!   filtered by equality on the model's filter columns (`status`, `tenant`, `owner`, `workflow`, `provider`,
 //!   `name`: see [`crate::query::read`]) and a time range `since`/`until` (microseconds); `limit` (≤ 1000) and `cursor`
 //!   (the previous page's `next_cursor`).

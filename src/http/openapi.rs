@@ -36,6 +36,10 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/schedules/live", "Server-sent events: each change of a schedule that matches the filters"),
     ("get", "/schedules/{id}", "One schedule with its next fire time"),
     ("get", "/schedules/{id}/live", "Server-sent events: each change of a schedule, then its state"),
+    ("get", "/triggers", "A page of triggers"),
+    ("get", "/triggers/live", "Server-sent events: each change of a trigger that matches the filters"),
+    ("get", "/triggers/{id}", "One trigger with how often it fired"),
+    ("get", "/triggers/{id}/live", "Server-sent events: each change of a trigger, then its state"),
     ("get", "/streams/{stream}/events", "A page of a stream's events, oldest first"),
     ("post", "/commands/{aggregate}/{id}", "A command, through the command intake"),
     (

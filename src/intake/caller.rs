@@ -21,6 +21,7 @@ use weft_actors::document::{self, Document};
 use weft_actors::host::Metadata;
 use weft_actors::job::Job;
 use weft_actors::schedule::{self, Schedule};
+use weft_actors::trigger::{self, Trigger};
 use weft_actors::workflow::Workflow;
 use weft_events::domain::ids::Uuid;
 use weft_events::domain::schedule::Target;
@@ -87,6 +88,29 @@ impl Confined for Schedule {
             }
             _ => {
                 *named = Some(tenant.to_owned());
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Confined for Trigger {
+    fn named_tenant(command: &trigger::Command) -> Option<&str> {
+        match command {
+            trigger::Command::Create { selector, .. } => selector.tenant.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// A trigger fires on documents of its own tenant only: a selector naming none is given it.
+    fn confine(command: &mut trigger::Command, tenant: &str, _: Option<&str>) -> Result<(), String> {
+        let trigger::Command::Create { selector, .. } = command else { return Ok(()) };
+        match &selector.tenant {
+            Some(named) if named != tenant => {
+                Err(format!("the selector names tenant {named:?}; the trigger is for {tenant:?}"))
+            }
+            _ => {
+                selector.tenant = Some(tenant.to_owned());
                 Ok(())
             }
         }

@@ -9,6 +9,9 @@
 //! an archive on any node holds for the next one). A submission naming no tenant (from a caller of every
 //! tenant) is for its first input document's tenant.
 //!
+//! A trigger's `create` is checked the same way: its workflow must be defined and not archived
+//! (`unknown_workflow`, `workflow_archived`).
+//!
 //! A document's `mark_uploaded` and `add_version` are checked against the object store when the node has one
 //! (`Uploads`): the size and etag a client claims must be what storage holds under the document's key.
 //! Otherwise the command is rejected (`invalid`, naming what storage holds) and nothing is recorded. Weft's
@@ -26,6 +29,7 @@ use weft_actors::document::{self, Document};
 use weft_actors::host::{self, Execute, Host};
 use weft_actors::job::{self, Job};
 use weft_actors::process::Hosts;
+use weft_actors::trigger::{self, Trigger};
 use weft_actors::workflow::{self, Workflow};
 use weft_events::domain::ids::{DocumentId, WorkflowId};
 use weft_events::domain::workflow::{Event as WorkflowEvent, Step};
@@ -99,9 +103,10 @@ impl Intake {
                 None => serve(bus.clone(), hosts.document, AsIs, &options, shared.clone()).await?,
             },
             serve(bus.clone(), hosts.workflow, AsIs, &options, shared.clone()).await?,
-            serve(bus.clone(), hosts.job, workflows, &options, shared.clone()).await?,
+            serve(bus.clone(), hosts.job, workflows.clone(), &options, shared.clone()).await?,
             serve(bus.clone(), hosts.agent, AsIs, &options, shared.clone()).await?,
-            serve(bus.clone(), hosts.schedule, AsIs, &options, shared).await?,
+            serve(bus.clone(), hosts.schedule, AsIs, &options, shared.clone()).await?,
+            serve(bus.clone(), hosts.trigger, workflows.clone(), &options, shared).await?,
         ];
         // A round trip, not a flush: when it returns the server has the subscriptions, so a command sent
         // from now on finds the services (a flush only writes them to the socket, and a command sent right
@@ -180,6 +185,9 @@ pub(crate) fn runs_as_is<A: Aggregate>(execute: &Execute<A>) -> bool {
     match A::KIND {
         weft_actors::agent::Agent::KIND | Workflow::KIND | weft_actors::schedule::Schedule::KIND => true,
         Job::KIND => command.downcast_ref::<job::Command>().is_some_and(|c| !matches!(c, job::Command::Submit { .. })),
+        Trigger::KIND => {
+            command.downcast_ref::<trigger::Command>().is_some_and(|c| !matches!(c, trigger::Command::Create { .. }))
+        }
         Document::KIND => command.downcast_ref::<document::Command>().is_some_and(|c| {
             !matches!(c, document::Command::MarkUploaded { .. } | document::Command::AddVersion { .. })
                 || own_component(&execute.metadata)
@@ -308,6 +316,29 @@ impl Prepare<Job> for Workflows {
                 Some(defined) if *steps == **defined => Ok(execute),
                 Some(_) => Err(host::Error::Rejected(job::Rejection::StepsDiffer { workflow, version })),
             }
+        })
+    }
+}
+
+impl Prepare<Trigger> for Workflows {
+    /// A trigger is created for a workflow that is defined and not archived.
+    fn prepare(
+        &self,
+        _: &StreamName,
+        execute: Execute<Trigger>,
+    ) -> LocalBoxFuture<'static, Result<Execute<Trigger>, host::Error<trigger::Rejection>>> {
+        let workflows = self.clone();
+        Box::pin(async move {
+            let trigger::Command::Create { workflow, .. } = &execute.command else { return Ok(execute) };
+            let workflow = *workflow;
+            let known = workflows.current(workflow).await.map_err(host::Error::Unavailable)?;
+            if known.versions.is_empty() {
+                return Err(host::Error::Rejected(trigger::Rejection::UnknownWorkflow(workflow)));
+            }
+            if known.archived {
+                return Err(host::Error::Rejected(trigger::Rejection::WorkflowArchived(workflow)));
+            }
+            Ok(execute)
         })
     }
 }

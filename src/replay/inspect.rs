@@ -251,8 +251,9 @@ pub async fn state(reader: &dyn EventRead, stream: &StreamName, at: Option<Bound
         weft_actors::agent::Agent::KIND => fold::<weft_actors::agent::Agent>(reader, stream, at).await,
         weft_actors::workflow::Workflow::KIND => fold::<weft_actors::workflow::Workflow>(reader, stream, at).await,
         weft_actors::schedule::Schedule::KIND => fold::<weft_actors::schedule::Schedule>(reader, stream, at).await,
+        weft_actors::trigger::Trigger::KIND => fold::<weft_actors::trigger::Trigger>(reader, stream, at).await,
         _ => Err(Error::Invalid(format!(
-            "{stream} is not the stream of an aggregate (document, job, agent, workflow, schedule)"
+            "{stream} is not the stream of an aggregate (document, job, agent, workflow, schedule, trigger)"
         ))),
     }
 }

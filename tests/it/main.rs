@@ -35,3 +35,4 @@ mod store_corruption;
 mod store_crash;
 mod store_jetstream;
 mod support;
+mod triggers;

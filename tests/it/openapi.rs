@@ -134,6 +134,11 @@ const ROUTES_BEFORE_THE_REDESIGN: &[&str] = &[
     "GET /auth/keys",
     "POST /auth/keys",
     "POST /auth/keys/{id}/revoke",
+    // Triggers (issue 24), added after the redesign.
+    "GET /triggers",
+    "GET /triggers/live",
+    "GET /triggers/{id}",
+    "GET /triggers/{id}/live",
 ];
 
 #[test]

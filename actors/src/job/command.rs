@@ -221,7 +221,8 @@ pub(super) fn text(field: &'static str, value: &str, limit: usize) -> Result<(),
     Ok(())
 }
 
-pub(super) fn check_parameters(parameters: &BTreeMap<String, String>) -> Result<(), Rejection> {
+/// Checks a job's parameters against the limits above.
+pub fn check_parameters(parameters: &BTreeMap<String, String>) -> Result<(), Rejection> {
     if parameters.len() > MAX_PARAMETERS {
         return Err(Rejection::InvalidParameters(format!("at most {MAX_PARAMETERS}, not {}", parameters.len())));
     }

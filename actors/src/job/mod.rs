@@ -30,11 +30,11 @@ use crate::workflow;
 
 mod command;
 
+use command::text;
 pub use command::{
     Command, MAX_INPUTS, MAX_KEY_BYTES, MAX_LOG_LINES, MAX_MESSAGE_BYTES, MAX_PARAMETER_NAME_BYTES,
-    MAX_PARAMETER_VALUE_BYTES, MAX_PARAMETERS, Rejection,
+    MAX_PARAMETER_VALUE_BYTES, MAX_PARAMETERS, Rejection, check_parameters,
 };
-use command::{check_parameters, text};
 
 /// Where a job is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]

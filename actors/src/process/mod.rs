@@ -5,6 +5,7 @@
 //!   or failure becomes the step's.
 //! - [`worker`] does the tasks assigned to agents by handing them to an [`worker::Executor`].
 //! - [`timers`] fires what is due later: retries, step time-outs, schedule occurrences.
+//! - [`triggers`] submits a job for each upload that an active trigger matches.
 //!
 //! Each runs as one task on the actix system ([`start`]). It handles events in log order and saves its position
 //! and state as a store [`Checkpoint`] every so many events or milliseconds, and when it stops. A process
@@ -29,6 +30,7 @@ mod line;
 pub mod orchestrator;
 mod overlap;
 pub mod timers;
+pub mod triggers;
 pub mod worker;
 
 use std::fmt::Display;
@@ -48,6 +50,7 @@ use crate::document::Document;
 use crate::host::{self, Execute, Host, Metadata, Outcome};
 use crate::job::Job;
 use crate::schedule::Schedule;
+use crate::trigger::Trigger;
 use crate::workflow::Workflow;
 
 pub use self::line::Lines;
@@ -67,6 +70,8 @@ pub struct Hosts {
     pub agent: Host<Agent>,
     /// Schedules.
     pub schedule: Host<Schedule>,
+    /// Triggers.
+    pub trigger: Host<Trigger>,
 }
 
 impl Hosts {
@@ -77,7 +82,8 @@ impl Hosts {
             workflow: Host::new(store.clone(), options.clone()),
             job: Host::new(store.clone(), options.clone()),
             agent: Host::new(store.clone(), options.clone()),
-            schedule: Host::new(store, options),
+            schedule: Host::new(store.clone(), options.clone()),
+            trigger: Host::new(store, options),
         }
     }
 }
@@ -85,7 +91,8 @@ impl Hosts {
 impl Hosts {
     /// The host of aggregate type `A`.
     pub fn host<A: Aggregate>(&self) -> &Host<A> {
-        let hosts: [&dyn std::any::Any; 5] = [&self.document, &self.workflow, &self.job, &self.agent, &self.schedule];
+        let hosts: [&dyn std::any::Any; 6] =
+            [&self.document, &self.workflow, &self.job, &self.agent, &self.schedule, &self.trigger];
         hosts
             .into_iter()
             .find_map(|h| h.downcast_ref::<Host<A>>())
@@ -520,7 +527,8 @@ pub(crate) fn decode<E: weft_events::DomainEvent>(event: &Envelope) -> Option<E>
     }
 }
 
-/// The orchestrator, the worker (when there is an executor) and the timer service, running together.
+/// The orchestrator, the worker (when there is an executor), the trigger process and the timer service, running
+/// together.
 pub struct Processes {
     running: Vec<(&'static str, Running)>,
     lines: Lines,
@@ -558,6 +566,10 @@ impl Processes {
                 start(worker::Worker::new(gateway.clone(), executor), store.clone(), options.clone()),
             ));
         }
+        running.push((
+            "triggers",
+            start(triggers::TriggerProcess::new(gateway.clone(), store.clone()), store.clone(), options.clone()),
+        ));
         running.push(("timers", start(timers::TimerService::new(gateway, select), store, options)));
         Self { running, lines }
     }

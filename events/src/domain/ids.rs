@@ -88,6 +88,11 @@ id!(
     ScheduleId,
     "schedule"
 );
+id!(
+    /// A trigger: a selector of uploads that submits jobs.
+    TriggerId,
+    "trigger"
+);
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@
 //! struct: `document.registered` v1 (before labels) is the first.
 //!
 //! - [`ids`]: typed ids and the stream each lives in.
-//! - [`document`], [`workflow`], [`job`], [`agent`], [`schedule`]: the events of each aggregate.
+//! - [`document`], [`workflow`], [`job`], [`agent`], [`schedule`], [`trigger`]: the events of each aggregate.
 //! - [`tenant`]: the erasures of tenants (see [`crate::seal`]).
 //! - [`identity`]: users with passwords and API keys.
 
@@ -22,6 +22,7 @@ pub mod ids;
 pub mod job;
 pub mod schedule;
 pub mod tenant;
+pub mod trigger;
 pub mod workflow;
 
 /// Why a stored event could not be read as a domain event.
@@ -75,6 +76,8 @@ pub enum Any {
     Agent(agent::Event),
     /// A schedule's.
     Schedule(schedule::Event),
+    /// A trigger's.
+    Trigger(trigger::Event),
     /// A tenant's (its erasure).
     Tenant(tenant::Event),
     /// A user's.
@@ -93,6 +96,7 @@ impl Any {
             job::Event::AGGREGATE => Self::Job(job::Event::from_envelope(envelope)?),
             agent::Event::AGGREGATE => Self::Agent(agent::Event::from_envelope(envelope)?),
             schedule::Event::AGGREGATE => Self::Schedule(schedule::Event::from_envelope(envelope)?),
+            trigger::Event::AGGREGATE => Self::Trigger(trigger::Event::from_envelope(envelope)?),
             tenant::Event::AGGREGATE => Self::Tenant(tenant::Event::from_envelope(envelope)?),
             identity::user::AGGREGATE => Self::User(identity::user::Event::from_envelope(envelope)?),
             identity::apikey::AGGREGATE => Self::ApiKey(identity::apikey::Event::from_envelope(envelope)?),
