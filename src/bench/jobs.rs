@@ -5,6 +5,7 @@
 //! | `builtin-embedded` | `--jobs` one-step jobs of the built-in `summarize` workflow (builtin provider) over small uploaded documents, submitted by `--concurrency` clients, on the embedded defaults (SQLite, in-process bus, local object store) | a job done; latency from `submitted_at` to `finished_at` in the jobs read model | the raw work |
 //! | `builtin-embedded-1` | up to 200 of the same jobs from one client, each submitted when the one before has ended (read back from the jobs read model every 0.5 ms), on the same node after the first case | the same | the raw work one at a time |
 //! | `dag3-embedded-1` | up to 200 jobs of three builtin steps from one client, one after another as in `builtin-embedded-1`: `first` summarises the input, then `left` and `right` each summarise `first`'s output, at once | the same | the raw work of the same three tasks (the last two at once), one job at a time |
+//! | `trigger-embedded` | `--jobs` uploads of a small text document from `--concurrency` clients, each run by a trigger on their label as a job of the built-in `summarize` workflow, on the same node (see [`super::uploads`]) | an upload whose job has finished; latency from the upload's end to the job's `finished_at` | the same uploads, each followed by its client's direct submission of the same job, in the same run |
 //! | `builtin-nats` | the same with the node on NATS and its events in JetStream (a local `nats-server`, started by the bench) | the same | the raw work |
 //!
 //! The baseline is the raw work of the same jobs without the platform, in the same run: read the input
@@ -65,6 +66,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     let mut reports = vec![case(&node, &embedded, "builtin-embedded", (Clients::Many, Shape::One), options).await?];
     reports.push(case(&node, &embedded, "builtin-embedded-1", (Clients::OneByOne, Shape::One), options).await?);
     reports.push(case(&node, &embedded, "dag3-embedded-1", (Clients::OneByOne, Shape::Dag3), options).await?);
+    reports.push(super::uploads::case(&node, options.jobs, options.concurrency).await?);
     node.stop().await?;
 
     let server = NatsServer::start()?;
@@ -389,7 +391,7 @@ async fn timeline(http: &reqwest::Client, base: &str, jobs: &[Value], p50_ms: f6
 }
 
 /// Every job of the node (the bench's only).
-async fn list_jobs(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec<Value>> {
+pub(super) async fn list_jobs(http: &reqwest::Client, base: &str) -> anyhow::Result<Vec<Value>> {
     let mut all = Vec::new();
     let mut cursor: Option<String> = None;
     loop {

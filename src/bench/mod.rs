@@ -29,6 +29,7 @@ pub mod nats;
 pub mod projections;
 pub mod replay;
 pub mod store;
+pub mod uploads;
 
 /// One case's result.
 #[derive(Debug, Clone, Serialize)]
