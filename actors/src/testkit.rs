@@ -107,6 +107,7 @@ pub fn one_step_job() -> crate::job::Command {
         priority: 0,
         idempotency_key: None,
         parameters: Default::default(),
+        input_versions: Default::default(),
         at: Timestamp(1),
     }
 }

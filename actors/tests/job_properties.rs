@@ -89,6 +89,7 @@ proptest! {
             priority: 0,
             idempotency_key: None,
             parameters: Default::default(),
+            input_versions: Default::default(),
             at: now,
         });
         let mut next_outcome = outcomes.iter().cycle();

@@ -55,6 +55,7 @@ async fn submit(world: &World, steps: Vec<Step>) -> (JobId, DocumentId) {
         priority: 0,
         idempotency_key: None,
         parameters: Default::default(),
+        input_versions: Default::default(),
         at: Timestamp::now(),
     };
     run(&world.hosts.job, &job.stream(), submit).await;
@@ -359,6 +360,7 @@ async fn submit_as(world: &World, agent: AgentId, tenant: &str, priority: i32, s
         priority,
         idempotency_key: None,
         parameters: Default::default(),
+        input_versions: Default::default(),
         at: Timestamp::now(),
     };
     let metadata = Metadata { tenant: Some(tenant.into()), ..Metadata::default() };

@@ -12,7 +12,12 @@
 //!   column existed gains it on start, empty until `weft projection rebuild documents`); `labels` is its
 //!   labels, as registered and changed since (`document.labels_changed`), a JSON object (likewise gained on
 //!   start, empty for older rows until a rebuild); lists filter on them (`?label.project=q3`).
-//! - `document_lineage (parent, child, job, step)`: one row per derivative recorded.
+//! - `document_lineage (parent, child, job, step, version)`: one row per derivative recorded; `version` is the
+//!   parent's version the step read (gained on start by an older read model, empty for its rows).
+//! - `document_contents (document, version, size_bytes, etag, kept, own_object, uploaded_at)`: one row per
+//!   version (the first upload is 1); `own_object` when its content has an object of its own, `kept` false
+//!   for a content in the document's own key that a later version replaced (before versions were kept). A
+//!   read model made before the table existed has it empty for older documents until a rebuild.
 //!
 //! On `tenant.erased` the tenant's rows lose their personal columns (`name`, `owner` become `[erased]`,
 //! `labels` `{}`), as the events read from then on.
@@ -70,10 +75,21 @@ fn document_details(db: &rusqlite::Connection, id: &str, document: &mut Value) -
     )?);
     document["derivatives"] = json!(rows(
         db,
-        "SELECT child, job, step FROM document_lineage WHERE parent = ?1",
+        "SELECT child, job, step, version FROM document_lineage WHERE parent = ?1",
         &[&id],
-        &["id", "job", "step"]
+        &["id", "job", "step", "version"]
     )?);
+    let mut contents = rows(
+        db,
+        "SELECT version, size_bytes, etag, kept, uploaded_at FROM document_contents WHERE document = ?1
+         ORDER BY version",
+        &[&id],
+        &["version", "size_bytes", "etag", "kept", "uploaded_at"],
+    )?;
+    for content in &mut contents {
+        content["kept"] = json!(content["kept"] == 1);
+    }
+    document["contents"] = json!(contents);
     Ok(())
 }
 
@@ -87,7 +103,7 @@ impl Projection for Documents {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["documents", "document_lineage"]
+        &["documents", "document_lineage", "document_contents"]
     }
 
     fn create(&self, db: &rusqlite::Connection) -> rusqlite::Result<()> {
@@ -116,8 +132,23 @@ impl Projection for Documents {
                  step TEXT NOT NULL,
                  PRIMARY KEY (parent, child)
              );
-             CREATE INDEX IF NOT EXISTS document_lineage_by_child ON document_lineage (child);",
+             CREATE INDEX IF NOT EXISTS document_lineage_by_child ON document_lineage (child);
+             CREATE TABLE IF NOT EXISTS document_contents (
+                 document TEXT NOT NULL,
+                 version INTEGER NOT NULL,
+                 size_bytes INTEGER NOT NULL,
+                 etag TEXT NOT NULL,
+                 kept INTEGER NOT NULL,
+                 own_object INTEGER NOT NULL,
+                 uploaded_at INTEGER NOT NULL,
+                 PRIMARY KEY (document, version)
+             );",
         )?;
+        let has_read_version =
+            db.prepare("SELECT 1 FROM pragma_table_info('document_lineage') WHERE name = 'version'")?.exists([])?;
+        if !has_read_version {
+            db.execute_batch("ALTER TABLE document_lineage ADD COLUMN version INTEGER")?;
+        }
         let has_position =
             db.prepare("SELECT 1 FROM pragma_table_info('documents') WHERE name = 'uploaded_position'")?.exists([])?;
         if !has_position {
@@ -179,6 +210,12 @@ impl Projection for Documents {
                                           updated_at = ?4, version = ?5, uploaded_position = ?6 WHERE id = ?1",
                     params![id, e.size_bytes as i64, e.etag, e.at.0, version, envelope.position as i64],
                 )?;
+                crate::exec(
+                    tx,
+                    "INSERT INTO document_contents (document, version, size_bytes, etag, kept, own_object, uploaded_at)
+                     VALUES (?1, 1, ?2, ?3, 1, 0, ?4) ON CONFLICT DO NOTHING",
+                    params![id, e.size_bytes as i64, e.etag, e.at.0],
+                )?;
             }
             Event::VersionAdded(e) => {
                 crate::exec(
@@ -187,13 +224,27 @@ impl Projection for Documents {
                                           version = ?5, uploaded_position = ?6 WHERE id = ?1",
                     params![id, e.size_bytes as i64, e.etag, e.at.0, version, envelope.position as i64],
                 )?;
+                if e.key.is_none() {
+                    crate::exec(
+                        tx,
+                        "UPDATE document_contents SET kept = 0 WHERE document = ?1 AND own_object = 0",
+                        params![id],
+                    )?;
+                }
+                crate::exec(
+                    tx,
+                    "INSERT INTO document_contents (document, version, size_bytes, etag, kept, own_object, uploaded_at)
+                     SELECT id, versions, ?2, ?3, 1, ?4, ?5 FROM documents WHERE id = ?1
+                     ON CONFLICT DO NOTHING",
+                    params![id, e.size_bytes as i64, e.etag, e.key.is_some(), e.at.0],
+                )?;
             }
             Event::DerivativeRecorded(e) => {
                 crate::exec(
                     tx,
-                    "INSERT INTO document_lineage (parent, child, job, step) VALUES (?1, ?2, ?3, ?4)
+                    "INSERT INTO document_lineage (parent, child, job, step, version) VALUES (?1, ?2, ?3, ?4, ?5)
                      ON CONFLICT DO NOTHING",
-                    params![id, e.child.to_string(), e.job.to_string(), e.step],
+                    params![id, e.child.to_string(), e.job.to_string(), e.step, e.version],
                 )?;
                 crate::exec(
                     tx,

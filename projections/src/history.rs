@@ -189,7 +189,7 @@ mod tests {
             labels: Default::default(),
             at: Timestamp(5),
         };
-        let added = VersionAdded { size_bytes: 4, etag: "e".into(), at: Timestamp(6) };
+        let added = VersionAdded { size_bytes: 4, etag: "e".into(), key: None, at: Timestamp(6) };
         let events: Vec<Event> = vec![registered.clone().into(), added.clone().into()];
         let new = events.iter().map(|e| e.to_new_event().unwrap()).collect();
         store.append(&id.stream(), ExpectedVersion::NoStream, new).await.unwrap();

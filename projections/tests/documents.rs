@@ -91,11 +91,14 @@ impl Writer {
                         Uploaded { size_bytes: *size, etag: format!("e{size}"), source: UploadSource::Client, at }
                             .into()
                     }
-                    Step::AddVersion(size) => VersionAdded { size_bytes: *size, etag: format!("v{size}"), at }.into(),
+                    Step::AddVersion(size) => {
+                        VersionAdded { size_bytes: *size, etag: format!("v{size}"), key: None, at }.into()
+                    }
                     Step::Derive(n) => DerivativeRecorded {
                         child: DocumentId(Uuid::from_u128(*n as u128 + 1)),
                         job: JobId(Uuid::from_u128(7)),
                         step: "summarise".into(),
+                        version: Some(1),
                         at,
                     }
                     .into(),

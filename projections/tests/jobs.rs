@@ -29,6 +29,7 @@ async fn a_job_s_status_steps_and_logs_follow_its_events() {
             priority: 5,
             idempotency_key: None,
             parameters: Default::default(),
+            input_versions: Default::default(),
             at: t(10),
         }
         .into(),

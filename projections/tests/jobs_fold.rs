@@ -95,6 +95,7 @@ impl Writer {
                     priority: 0,
                     idempotency_key: None,
                     parameters: Default::default(),
+                    input_versions: Default::default(),
                     at,
                 }
                 .into()

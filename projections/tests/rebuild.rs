@@ -44,7 +44,7 @@ async fn round(store: &MemoryStore, n: u64, documents: &mut Vec<DocumentId>) {
         .await
         .unwrap();
     if let Some(earlier) = documents.get((n as usize * 7) % documents.len().max(1)) {
-        let added = document::VersionAdded { size_bytes: n + 1, etag: format!("v{n}"), at };
+        let added = document::VersionAdded { size_bytes: n + 1, etag: format!("v{n}"), key: None, at };
         store.append(&earlier.stream(), ExpectedVersion::Any, encode([document::Event::from(added)])).await.unwrap();
     }
     documents.push(id);
@@ -56,6 +56,7 @@ async fn round(store: &MemoryStore, n: u64, documents: &mut Vec<DocumentId>) {
         priority: 0,
         idempotency_key: None,
         parameters: Default::default(),
+        input_versions: Default::default(),
         at,
     };
     let events: Vec<job::Event> = vec![

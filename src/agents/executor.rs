@@ -78,16 +78,24 @@ impl DocumentExecutor {
     /// A document of `tenant`: its state and its current content as text.
     async fn read(&self, id: DocumentId, tenant: &str) -> Result<(Document, String), TaskError> {
         let state = self.document(id).await?;
-        self.checked(id, state, tenant).await
+        self.checked(id, state, tenant, None).await.map(|(state, text, _)| (state, text))
     }
 
-    /// The content of document `id` as text, given its `state`, once it is found to be of `tenant`.
-    async fn checked(&self, id: DocumentId, state: Document, tenant: &str) -> Result<(Document, String), TaskError> {
+    /// The content of document `id` at `version` (its latest without one) as text, given its `state`, once it
+    /// is found to be of `tenant`; and the version read.
+    async fn checked(
+        &self,
+        id: DocumentId,
+        state: Document,
+        tenant: &str,
+        version: Option<u32>,
+    ) -> Result<(Document, String, u32), TaskError> {
         if state.status != Status::Unregistered && state.tenant != tenant {
             return Err(permanent(format!("input {id} is no document of tenant {tenant:?}")));
         }
-        let text = self.content(id, &state).await?;
-        Ok((state, text))
+        let version = version.unwrap_or(state.versions);
+        let text = self.content(id, &state, version).await?;
+        Ok((state, text, version))
     }
 
     /// The tenant and the correlation id of the task's job: its first event's. The correlation id (a trigger's
@@ -102,11 +110,18 @@ impl DocumentExecutor {
             .ok_or_else(|| transient(format!("job {} has no events yet", task.job)))
     }
 
-    async fn content(&self, id: DocumentId, state: &Document) -> Result<String, TaskError> {
+    async fn content(&self, id: DocumentId, state: &Document, version: u32) -> Result<String, TaskError> {
         if state.status != Status::Uploaded {
             return Err(permanent(format!("input {id} is not uploaded (it is {:?})", state.status)));
         }
-        let mut body = match self.objects.get(&document_key(&state.tenant, id)).await {
+        let content = state
+            .content(version)
+            .ok_or_else(|| permanent(format!("input {id} has no version {version}; it has {}", state.versions)))?;
+        if !content.kept {
+            return Err(permanent(format!("input {id}'s version {version} was replaced before versions were kept")));
+        }
+        let key = content.key.clone().unwrap_or_else(|| document_key(&state.tenant, id));
+        let mut body = match self.objects.get(&key).await {
             Ok(body) => body,
             Err(crate::objects::Error::NotFound { key }) => {
                 return Err(permanent(format!("input {id} has no object at {key:?}")));
@@ -209,14 +224,17 @@ impl DocumentExecutor {
         let mut first_state = Some(first_state?);
         let mut texts = Vec::with_capacity(task.inputs.len());
         let mut states = Vec::with_capacity(task.inputs.len());
+        let mut versions = Vec::with_capacity(task.inputs.len());
         for &input in &task.inputs {
             let state = match first_state.take() {
                 Some(state) => state,
                 None => self.document(input).await?,
             };
-            let (state, text) = self.checked(input, state, &tenant).await?;
+            let pinned = task.versions.get(&input).copied();
+            let (state, text, version) = self.checked(input, state, &tenant, pinned).await?;
             texts.push(text);
             states.push(state);
+            versions.push(version);
         }
         // Only the earlier outputs the instruction names are read; a name without an output is the template's
         // error below.
@@ -304,11 +322,12 @@ impl DocumentExecutor {
         // id: should a record fail after it, the failure's line is written too.
         let upload =
             self.command(output, Uuid::new_v5(&task.id, b"upload-output"), uploaded, &tenant, &actor, correlation);
-        let derivatives = task.inputs.iter().zip(&states).map(|(&input, state)| {
+        let derivatives = task.inputs.iter().zip(&states).zip(&versions).map(|((&input, state), &version)| {
             let derived = Command::RecordDerivative {
                 child: output,
                 job: task.job,
                 step: task.step.name.clone(),
+                version: Some(version),
                 at: Timestamp::now(),
             };
             let id = Uuid::new_v5(&task.id, format!("derivative-{input}").as_bytes());

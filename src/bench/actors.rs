@@ -75,7 +75,7 @@ fn uploaded() -> Command {
 }
 
 fn add_version(n: u64) -> Command {
-    Command::AddVersion { size_bytes: 10 + n % 100, etag: format!("e{n}"), at: Timestamp::now() }
+    Command::AddVersion { size_bytes: 10 + n % 100, etag: format!("e{n}"), key: None, at: Timestamp::now() }
 }
 
 /// Registers and uploads `count` documents; returns their streams.
@@ -145,6 +145,7 @@ async fn commands_case(store: &SqliteStore, aggregates: usize, commands: u64) ->
     let event = weft_events::domain::document::Event::from(weft_events::domain::document::VersionAdded {
         size_bytes: 10,
         etag: "e1".into(),
+        key: None,
         at: Timestamp::now(),
     })
     .to_new_event()?;

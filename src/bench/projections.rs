@@ -137,8 +137,8 @@ fn document_events(at: Timestamp) -> anyhow::Result<Vec<NewEvent>> {
             at,
         }),
         document::Uploaded { size_bytes: 1000, etag: "e1".into(), source: UploadSource::Notification, at }.into(),
-        document::VersionAdded { size_bytes: 1100, etag: "e2".into(), at }.into(),
-        document::VersionAdded { size_bytes: 1200, etag: "e3".into(), at }.into(),
+        document::VersionAdded { size_bytes: 1100, etag: "e2".into(), key: None, at }.into(),
+        document::VersionAdded { size_bytes: 1200, etag: "e3".into(), key: None, at }.into(),
     ])
 }
 
@@ -166,6 +166,7 @@ fn job_events(input: DocumentId, at: Timestamp) -> anyhow::Result<Vec<NewEvent>>
         priority: 0,
         idempotency_key: None,
         parameters: Default::default(),
+        input_versions: Default::default(),
         at,
     })];
     for name in names {
@@ -344,8 +345,12 @@ async fn live(
                 actix_rt::time::sleep_until(next.into()).await;
                 next += interval;
                 let stream = &streams[((sender + n * SENDERS) as usize) % streams.len()];
-                let command =
-                    Command::AddVersion { size_bytes: 10 + n % 100, etag: format!("e{n}"), at: Timestamp::now() };
+                let command = Command::AddVersion {
+                    size_bytes: 10 + n % 100,
+                    etag: format!("e{n}"),
+                    key: None,
+                    at: Timestamp::now(),
+                };
                 let outcome = host.execute(stream, execute(command)).await.map_err(|e| anyhow::anyhow!("{e}"))?;
                 if let Some((_, position)) = outcome.positions {
                     pending.lock().expect("not poisoned").insert(position, Instant::now());

@@ -34,13 +34,29 @@ pub enum DocumentVerb {
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::reads::parse_pair)]
         labels: Vec<(String, String)>,
     },
-    /// Writes a document's current content to a file (`-` for stdout).
+    /// Writes a document's current content, or that of `--version`, to a file (`-` for stdout).
     Download {
         /// Its id.
         id: String,
         /// Where to write it; the document's name in this folder without it.
         #[arg(long, short)]
         out: Option<std::path::PathBuf>,
+        /// The version to download, from 1 (the first upload); the latest without it.
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Uploads a file as the document's next version (an object of its own: the versions before keep their
+    /// content), waits until the node has it, and prints the document's version count.
+    AddVersion {
+        /// Its id.
+        id: String,
+        /// The file.
+        file: std::path::PathBuf,
+    },
+    /// Every version of the document's content, oldest first.
+    Versions {
+        /// Its id.
+        id: String,
     },
     /// Changes a document's labels: adds or replaces (`--set project=q3`) and removes (`--remove stage`)
     /// them, in one change; prints the reply.
@@ -151,6 +167,43 @@ pub async fn upload(
     Ok(id)
 }
 
+/// Uploads `file` as document `id`'s next version through a fresh upload URL, and waits until the node
+/// records it (asking it to `confirm` the object when no notification came within 2 s); the document's
+/// version count then.
+pub async fn add_version(client: &Client, id: &str, file: &std::path::Path) -> anyhow::Result<u64> {
+    let path = format!("/documents/{}", segment(id));
+    let before = client.get(&path, &[]).await?;
+    let versions = before["versions"].as_u64().unwrap_or(0);
+    let content_type = before["content_type"].as_str().unwrap_or("application/octet-stream").to_owned();
+    let opened =
+        tokio::fs::File::open(file).await.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let size_bytes = opened.metadata().await?.len();
+    anyhow::ensure!(size_bytes > 0, "{} is empty", file.display());
+    let asked = client.post(&format!("{path}/upload-url"), None, &[], TIMEOUT).await?;
+    let key = asked["key"].as_str().ok_or_else(|| anyhow::anyhow!("no key in {asked}"))?.to_owned();
+    let put = signed_put(&client.http, &asked["upload"], &content_type)?
+        .timeout(TRANSFER_TIMEOUT)
+        .header("content-length", size_bytes);
+    let answer = put.body(reqwest::Body::wrap_stream(crate::objects::file_body(opened))).send().await?;
+    if !answer.status().is_success() {
+        let status = answer.status();
+        anyhow::bail!("the upload of {id}'s new version failed: {status} {}", answer.text().await.unwrap_or_default());
+    }
+    let deadline = tokio::time::Instant::now() + NOTIFICATION_WAIT;
+    loop {
+        let now = client.get(&path, &[]).await.ok().and_then(|d| d["versions"].as_u64()).unwrap_or(0);
+        if now > versions {
+            return Ok(now);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            client.post(&format!("{path}/confirm?key={}", segment(&key)), None, &[], TIMEOUT).await?;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(client.get(&path, &[]).await?["versions"].as_u64().unwrap_or(versions + 1))
+}
+
 /// `weft document ...`.
 pub async fn run(connection: Connection, verb: DocumentVerb) -> anyhow::Result<()> {
     let client = connection.client()?;
@@ -162,9 +215,27 @@ pub async fn run(connection: Connection, verb: DocumentVerb) -> anyhow::Result<(
             println!("{id}");
             Ok(())
         }
-        DocumentVerb::Download { id, out } => {
+        DocumentVerb::AddVersion { id, file } => {
+            let versions = add_version(&client, &id, &file).await?;
+            println!("{versions}");
+            Ok(())
+        }
+        DocumentVerb::Versions { id } => {
+            let document = client.get(&format!("/documents/{}", segment(&id)), &[]).await?;
+            let contents = document["contents"].clone();
+            print(connection.output, &contents, |contents| {
+                super::table(
+                    &["version", "size_bytes", "etag", "kept", "uploaded_at"],
+                    contents.as_array().map_or(&[], Vec::as_slice),
+                )
+            });
+            Ok(())
+        }
+        DocumentVerb::Download { id, out, version } => {
             let path = format!("/documents/{}", segment(&id));
-            let download = client.get(&format!("{path}/download"), &[]).await?;
+            let query: Vec<(String, String)> =
+                version.map(|v| ("version".to_owned(), v.to_string())).into_iter().collect();
+            let download = client.get(&format!("{path}/download"), &query).await?;
             let url = download["download"]["url"].as_str().ok_or_else(|| anyhow::anyhow!("no URL in {download}"))?;
             let out = match out {
                 Some(out) => out,

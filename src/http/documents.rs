@@ -4,9 +4,12 @@
 //! - `POST /documents` `{name, content_type, size_bytes, id?}`: registers a document for the `Weft-Tenant`
 //!   (`default` without it), owned by `Weft-Actor`; answers 201 `{id, key, outcome, upload: {url, method,
 //!   headers, expires_at}}`. Repeating it with the same `id` registers nothing and signs a new URL.
-//! - `POST /documents/{id}/upload-url`: a new upload URL (pending upload, or a new version).
-//! - `POST /documents/{id}/confirm`: heads the object and records what storage says.
-//! - `GET /documents/{id}/download`: `{download: {url, ...}}` for the current content.
+//! - `POST /documents/{id}/upload-url`: `{key, upload}`, a new upload URL (pending upload, or a new version, to
+//!   an object of its own) and the object it writes.
+//! - `POST /documents/{id}/confirm[?key=K]`: heads the object (a new version's `K`) and records what storage
+//!   says.
+//! - `GET /documents/{id}/download[?version=N]`: `{download: {url, ...}}` for the content of version `N`, or
+//!   the current one.
 //! - `DELETE /documents/{id}`: deletes the document, then its object.
 //! - `POST /objects/events`: S3 notifications, `Authorization: Bearer <--webhook-secret>`; answers
 //!   `{records: [{index, key, outcome | error}]}`, 200 when every record was taken, 422 when one was
@@ -211,16 +214,39 @@ async fn upload_url(state: web::Data<State>, request: HttpRequest, id: web::Path
     let result = async {
         let id = document_id(&id)?;
         reachable(&state, &request, id).await?;
-        Ok(json!({ "upload": objects(&state)?.documents.upload_url(id).await? }))
+        let (key, upload) = objects(&state)?.documents.upload_url(id).await?;
+        Ok(json!({ "key": key, "upload": upload }))
     };
     respond(StatusCode::OK, result.await)
+}
+
+/// `?version=N` of a download.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    version: Option<u32>,
+}
+
+/// `?key=K` of a confirmation: the object a new version's upload URL wrote.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyQuery {
+    key: Option<String>,
+}
+
+/// The query of a request as `T`, or a 400 naming what is wrong with it.
+fn query<T: serde::de::DeserializeOwned>(request: &HttpRequest) -> Result<T, Refusal> {
+    web::Query::<T>::from_query(request.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid", format!("the query: {e}")))
 }
 
 async fn download(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
     let result = async {
         let id = document_id(&id)?;
+        let VersionQuery { version } = query(&request)?;
         reachable(&state, &request, id).await?;
-        Ok(json!({ "download": objects(&state)?.documents.download_url(id).await? }))
+        Ok(json!({ "download": objects(&state)?.documents.download_url(id, version).await? }))
     };
     respond(StatusCode::OK, result.await)
 }
@@ -228,8 +254,9 @@ async fn download(state: web::Data<State>, request: HttpRequest, id: web::Path<S
 async fn confirm(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
     let result = async {
         let id = document_id(&id)?;
+        let KeyQuery { key } = query(&request)?;
         reachable(&state, &request, id).await?;
-        Ok(objects(&state)?.documents.confirm(id).await?)
+        Ok(objects(&state)?.documents.confirm(id, key.as_deref()).await?)
     };
     respond(StatusCode::OK, result.await)
 }

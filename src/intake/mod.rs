@@ -13,7 +13,8 @@
 //! (`unknown_workflow`, `workflow_archived`).
 //!
 //! A document's `mark_uploaded` and `add_version` are checked against the object store when the node has one
-//! (`Uploads`): the size and etag a client claims must be what storage holds under the document's key.
+//! (`Uploads`): the size and etag a client claims must be what storage holds under the document's key (a new
+//! version's: the key it names, which must be one of the document's version objects).
 //! Otherwise the command is rejected (`invalid`, naming what storage holds) and nothing is recorded. Weft's
 //! own object-storage handling and agents check storage themselves, on the node that holds the object.
 
@@ -358,9 +359,9 @@ impl Prepare<Document> for Uploads {
     ) -> LocalBoxFuture<'static, Result<Execute<Document>, host::Error<document::Rejection>>> {
         let (store, objects, stream) = (self.store.clone(), self.objects.clone(), stream.clone());
         Box::pin(async move {
-            let (size, etag) = match &execute.command {
-                document::Command::MarkUploaded { size_bytes, etag, .. }
-                | document::Command::AddVersion { size_bytes, etag, .. } => (*size_bytes, etag.clone()),
+            let (size, etag, version_key) = match &execute.command {
+                document::Command::MarkUploaded { size_bytes, etag, .. } => (*size_bytes, etag.clone(), None),
+                document::Command::AddVersion { size_bytes, etag, key, .. } => (*size_bytes, etag.clone(), key.clone()),
                 _ => return Ok(execute),
             };
             if own_component(&execute.metadata) {
@@ -373,7 +374,22 @@ impl Prepare<Document> for Uploads {
                 || size > state.declared_size_bytes
                 || (state.status == document::Status::Uploaded && state.size_bytes == size && state.etag == etag);
             let Some(id) = DocumentId::from_stream(&stream).filter(|_| !own) else { return Ok(execute) };
-            let key = crate::objects::document_key(&state.tenant, id);
+            let key = match version_key {
+                // A new version's object: one of this document's, as its upload URL named it.
+                Some(key) => {
+                    let ours = crate::objects::is_version_key(&key)
+                        && crate::objects::parse_document_key(&key) == Some((state.tenant.as_str(), id));
+                    if !ours {
+                        let reason = format!("{key:?} is not a version's object of document {id}");
+                        return Err(host::Error::Rejected(document::Rejection::Invalid {
+                            field: "key".into(),
+                            reason,
+                        }));
+                    }
+                    key
+                }
+                None => crate::objects::document_key(&state.tenant, id),
+            };
             let refused =
                 |reason: String| host::Error::Rejected(document::Rejection::Invalid { field: "etag".into(), reason });
             match objects.head(&key).await {

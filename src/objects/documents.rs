@@ -9,6 +9,11 @@
 //!   notification's: refused (it is stale or forged). Otherwise a pending document becomes uploaded, an
 //!   uploaded one with another etag gains a version, the same etag again changes nothing, and under a deleted
 //!   document the object is removed (it came through an upload URL signed before the deletion).
+//! - Versions are kept: the first upload goes to the document's own key (`<tenant>/<id>`), each new version to
+//!   an object of its own (`<tenant>/<id>/v/<slot>`, a fresh slot per upload URL, which writes once), recorded
+//!   with the version (`document.version_added`'s `key`). A download names a version or takes the latest; a
+//!   deletion removes every version's object. (A version added before keys of their own replaced the
+//!   document's own key: the content it replaced is gone, and its download is `not_found`.)
 //! - `ObjectRemoved` heads the object too. Still there: skipped (it was created again after the removal).
 //!   Otherwise the document is deleted (once).
 //! - A key that is not a document's, or a document never registered: skipped. A key under another tenant than
@@ -29,7 +34,10 @@ use weft_events::domain::document::UploadSource;
 use weft_events::domain::ids::{DocumentId, Uuid};
 
 use super::notification::{self, Change, Record};
-use super::{ObjectInfo, ObjectStore, Presigned, Upload, check_key, check_segment, document_key, parse_document_key};
+use super::{
+    ObjectInfo, ObjectStore, Presigned, Upload, check_key, check_segment, document_key, is_version_key,
+    parse_document_key, version_key,
+};
 use crate::gateway::BusGateway;
 
 /// The namespace of the command ids derived here (UUID v5).
@@ -277,31 +285,51 @@ impl Documents {
                 differs.join(", ")
             )));
         }
-        let key = document_key(&state.tenant, id);
-        let upload = self.upload_for(id, &state).await?;
+        let (key, upload) = self.upload_for(id, &state).await?;
         Ok(Registered { id, key, outcome, upload })
     }
 
-    /// A new upload URL: for a pending upload, or for a new version of an uploaded document.
-    pub async fn upload_url(&self, id: DocumentId) -> Result<Presigned, Error> {
+    /// A new upload URL and the object it writes: for a pending upload, or for a new version of an uploaded
+    /// document.
+    pub async fn upload_url(&self, id: DocumentId) -> Result<(String, Presigned), Error> {
         let state = self.existing(id).await?;
         self.upload_for(id, &state).await
     }
 
-    /// An upload URL signed from the stored document: its key, content type and size limit, and the content
-    /// it replaces (none while the upload is pending, else the current one), so that it writes once.
-    async fn upload_for(&self, id: DocumentId, state: &Document) -> Result<Presigned, Error> {
+    /// An upload URL signed from the stored document: its key (the document's own while the upload is
+    /// pending; for a new version, an object of its own under `<tenant>/<id>/v/`, so the versions before keep
+    /// their bytes), content type and size limit, for no object there yet, so that it writes once.
+    async fn upload_for(&self, id: DocumentId, state: &Document) -> Result<(String, Presigned), Error> {
         if state.status == Status::Deleted {
             return Err(Error::Rejected(Rejection::Deleted));
         }
+        let key = match state.status {
+            Status::Uploaded => version_key(&state.tenant, id, Uuid::now_v7()),
+            _ => document_key(&state.tenant, id),
+        };
         let upload = Upload {
-            key: &document_key(&state.tenant, id),
+            key: &key,
             content_type: &state.content_type,
             max_bytes: state.declared_size_bytes,
             expiry: self.expiry,
-            replaces: (state.status == Status::Uploaded).then_some(state.etag.as_str()),
+            replaces: None,
         };
-        Ok(self.objects.presign_put(upload).await?)
+        let presigned = self.objects.presign_put(upload).await?;
+        Ok((key, presigned))
+    }
+
+    /// The object of version `version` of the document (its latest without one).
+    fn content_key(id: DocumentId, state: &Document, version: Option<u32>) -> Result<String, Error> {
+        let version = version.unwrap_or(state.versions);
+        let content = state
+            .content(version)
+            .ok_or(Error::Rejected(Rejection::NoSuchVersion { version, versions: state.versions }))?;
+        if !content.kept {
+            return Err(Error::NotFound(format!(
+                "version {version}'s content was replaced by a later one, before each version was kept"
+            )));
+        }
+        Ok(content.key.clone().unwrap_or_else(|| document_key(&state.tenant, id)))
     }
 
     /// Refuses an upload to a deleted document's key. The local store asks before it takes the bytes; S3
@@ -315,21 +343,31 @@ impl Documents {
         }
     }
 
-    /// A download URL of the document's current content.
-    pub async fn download_url(&self, id: DocumentId) -> Result<Presigned, Error> {
+    /// A download URL of the document's content at `version` (from 1; the current one without it).
+    pub async fn download_url(&self, id: DocumentId, version: Option<u32>) -> Result<Presigned, Error> {
         let state = self.existing(id).await?;
         match state.status {
             Status::Deleted => Err(Error::Rejected(Rejection::Deleted)),
-            Status::Uploaded => Ok(self.objects.presign_get(&document_key(&state.tenant, id), self.expiry).await?),
+            Status::Uploaded => {
+                let key = Self::content_key(id, &state, version)?;
+                Ok(self.objects.presign_get(&key, self.expiry).await?)
+            }
             _ => Err(Error::Rejected(Rejection::NotUploaded)),
         }
     }
 
     /// Checks the document's object with a head request and records what storage says (the client's
-    /// "I have uploaded it", for when no notification comes).
-    pub async fn confirm(&self, id: DocumentId) -> Result<Effect, Error> {
+    /// "I have uploaded it", for when no notification comes). `key`: the object of a new version's upload
+    /// URL; the document's own without it.
+    pub async fn confirm(&self, id: DocumentId, key: Option<&str>) -> Result<Effect, Error> {
         let state = self.existing(id).await?;
-        let key = document_key(&state.tenant, id);
+        let key = match key {
+            Some(key) if parse_document_key(key).is_some_and(|(tenant, of)| of == id && tenant == state.tenant) => {
+                key.to_owned()
+            }
+            Some(key) => return Err(Error::Invalid(format!("{key:?} is not an object of document {id}"))),
+            None => document_key(&state.tenant, id),
+        };
         let info = match self.objects.head(&key).await {
             Err(super::Error::NotFound { .. }) => {
                 return Err(Error::NotFound(format!("no object under {key:?} yet: upload it first")));
@@ -349,8 +387,12 @@ impl Documents {
             self.execute(id, command_id(&format!("delete:{id}")), command, metadata).await?;
             Effect::Deleted
         };
-        // The document first: if removing the object fails, a retry removes it, and the document is gone.
+        // The document first: if removing an object fails, a retry removes it, and the document is gone. Every
+        // version's object goes.
         self.objects.delete(&document_key(&state.tenant, id)).await?;
+        for key in state.contents.iter().filter_map(|c| c.key.as_deref()) {
+            self.objects.delete(key).await?;
+        }
         Ok(effect)
     }
 
@@ -373,6 +415,8 @@ impl Documents {
             Status::Uploaded if state.etag == info.etag && state.size_bytes == info.size_bytes => {
                 return Ok(Effect::Duplicate);
             }
+            // A version's object before the first upload is recorded: its URL was signed for a version.
+            Status::UploadPending if is_version_key(key) => return Ok(Effect::Ignored("no upload yet")),
             Status::UploadPending => (
                 Command::MarkUploaded {
                     size_bytes: info.size_bytes,
@@ -383,7 +427,12 @@ impl Documents {
                 Effect::Uploaded,
             ),
             Status::Uploaded => (
-                Command::AddVersion { size_bytes: info.size_bytes, etag: info.etag.clone(), at: Timestamp::now() },
+                Command::AddVersion {
+                    size_bytes: info.size_bytes,
+                    etag: info.etag.clone(),
+                    key: is_version_key(key).then(|| key.to_owned()),
+                    at: Timestamp::now(),
+                },
                 Effect::VersionAdded,
             ),
         };
@@ -463,6 +512,9 @@ impl Documents {
             }
             (Change::Removed, Some(_)) => Ok(Effect::Ignored("the object exists again: the removal is stale")),
             (Change::Removed, None) if state.status == Status::Deleted => Ok(Effect::Duplicate),
+            (Change::Removed, None) if is_version_key(&record.key) => {
+                Ok(Effect::Ignored("a version's object: the document stays"))
+            }
             (Change::Removed, None) => {
                 let metadata = Metadata {
                     tenant: Some(state.tenant.clone()),
@@ -507,7 +559,7 @@ pub async fn sweep(documents: &Documents, pending: &dyn Pending) -> Result<usize
         let (ids, next) = pending.pending(since, cursor).await?;
         for id in ids {
             checked += 1;
-            match documents.confirm(id).await {
+            match documents.confirm(id, None).await {
                 Ok(Effect::Uploaded) => recorded += 1,
                 Ok(_) | Err(Error::NotFound(_)) => {}
                 Err(error) => tracing::warn!(%id, %error, "a sweep could not check a document's upload"),

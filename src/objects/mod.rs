@@ -202,11 +202,29 @@ pub fn document_key(tenant: &str, id: DocumentId) -> String {
     format!("{tenant}/{id}")
 }
 
-/// The tenant and document of a key made by [`document_key`], or `None` for any other key.
+/// The key of one version's object of document `id`, other than the first upload's: `<tenant>/<id>/v/<slot>`,
+/// a fresh slot for each upload URL of a new version, so that no version overwrites another.
+pub fn version_key(tenant: &str, id: DocumentId, slot: uuid::Uuid) -> String {
+    format!("{tenant}/{id}/v/{slot}")
+}
+
+/// The tenant and document of a key made by [`document_key`] or [`version_key`], or `None` for any other key.
 pub fn parse_document_key(key: &str) -> Option<(&str, DocumentId)> {
-    let (tenant, id) = key.split_once('/')?;
+    let (tenant, rest) = key.split_once('/')?;
     check_segment(tenant).ok()?;
+    let id = match rest.split_once("/v/") {
+        Some((id, slot)) => {
+            slot.parse::<uuid::Uuid>().ok()?;
+            id
+        }
+        None => rest,
+    };
     Some((tenant, id.parse().ok()?))
+}
+
+/// Whether `key` is a version's object ([`version_key`]), not a document's own.
+pub fn is_version_key(key: &str) -> bool {
+    parse_document_key(key).is_some() && key.contains("/v/")
 }
 
 /// Seconds since the Unix epoch, `expiry` from now.

@@ -69,6 +69,7 @@ fn child(dir: &Path) {
             priority: 0,
             idempotency_key: None,
             parameters: Default::default(),
+            input_versions: Default::default(),
             at: Timestamp::now(),
         };
         once(&hosts.job, &job.stream(), 2, submit).await;
@@ -265,6 +266,7 @@ fn many_jobs_child(dir: &Path) {
                 priority: 0,
                 idempotency_key: None,
                 parameters: Default::default(),
+                input_versions: Default::default(),
                 at: Timestamp::now(),
             };
             once(&hosts.job, &job.stream(), 10_000 + i, submit).await;

@@ -36,3 +36,4 @@ mod store_crash;
 mod store_jetstream;
 mod support;
 mod triggers;
+mod versions;

@@ -64,16 +64,23 @@ pub enum Command {
         job: JobId,
         /// The step.
         step: String,
+        /// The version of this document the step read.
+        #[serde(default)]
+        version: Option<u32>,
         /// When.
         #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
-    /// New content replaces the current content.
+    /// New content: the document's next version.
     AddVersion {
         /// Its size.
         size_bytes: u64,
         /// Its entity tag or checksum.
         etag: String,
+        /// The object holding it: a key of its own under `<tenant>/<id>/v/`, so the versions before keep their
+        /// bytes; none: it replaced the document's own key (`<tenant>/<id>`), and the content there is gone.
+        #[serde(default)]
+        key: Option<String>,
         /// When.
         #[serde(default = "Timestamp::now")]
         at: Timestamp,
@@ -140,6 +147,22 @@ pub enum Rejection {
         /// The limit.
         limit: u64,
     },
+    /// A version's object holds other content than recorded: a version's content never changes.
+    #[error("version {version}'s object {key:?} was written again; a version's content never changes")]
+    VersionRewritten {
+        /// The version.
+        version: u32,
+        /// Its object.
+        key: String,
+    },
+    /// The version named does not exist.
+    #[error("the document has no version {version}; it has {versions}")]
+    NoSuchVersion {
+        /// The version named.
+        version: u32,
+        /// How many it has.
+        versions: u32,
+    },
     /// A text field is empty, too long, or malformed.
     #[error("{field} is invalid: {reason}")]
     Invalid {
@@ -190,6 +213,30 @@ pub struct Document {
     pub derivatives: u32,
     /// Its labels: those it was registered with, as changed since.
     pub labels: BTreeMap<String, String>,
+    /// Each version's content, the first upload first.
+    #[serde(default)]
+    pub contents: Vec<Content>,
+}
+
+/// One version's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Content {
+    /// Its size.
+    pub size_bytes: u64,
+    /// Its entity tag or checksum.
+    pub etag: String,
+    /// Its object, when it has one of its own; `None`: the document's own key.
+    pub key: Option<String>,
+    /// Whether its bytes are still there: false for a content in the document's own key that a later one
+    /// replaced (before versions had keys of their own).
+    pub kept: bool,
+}
+
+impl Document {
+    /// The content of version `version` (from 1), if it has it.
+    pub fn content(&self, version: u32) -> Option<&Content> {
+        self.contents.get(usize::try_from(version).ok()?.checked_sub(1)?)
+    }
 }
 
 fn text(field: &'static str, value: &str) -> Result<(), Rejection> {
@@ -270,6 +317,8 @@ impl Document {
 
 impl Aggregate for Document {
     const KIND: &'static str = "document";
+    /// 2: with each version's content.
+    const SNAPSHOT_VERSION: u32 = 2;
     type Command = Command;
     type Event = Event;
     type Rejection = Rejection;
@@ -318,22 +367,46 @@ impl Aggregate for Document {
                 self.fits(*size_bytes)?;
                 Ok(vec![Uploaded { size_bytes: *size_bytes, etag: etag.clone(), source: *source, at: *at }.into()])
             }
-            Command::RecordDerivative { child, job, step, at } => {
+            Command::RecordDerivative { child, job, step, version, at } => {
                 self.live()?;
                 if self.status != Status::Uploaded {
                     return Err(Rejection::NotUploaded);
                 }
                 text("step", step)?;
-                Ok(vec![DerivativeRecorded { child: *child, job: *job, step: step.clone(), at: *at }.into()])
+                if let Some(version) = *version
+                    && (version == 0 || version > self.versions)
+                {
+                    return Err(Rejection::NoSuchVersion { version, versions: self.versions });
+                }
+                let derived =
+                    DerivativeRecorded { child: *child, job: *job, step: step.clone(), version: *version, at: *at };
+                Ok(vec![derived.into()])
             }
-            Command::AddVersion { size_bytes, etag, at } => {
+            Command::AddVersion { size_bytes, etag, key, at } => {
                 self.live()?;
                 if self.status != Status::Uploaded {
                     return Err(Rejection::NotUploaded);
                 }
                 text("etag", etag)?;
+                if let Some(key) = key {
+                    text("key", key)?;
+                    if !key.starts_with(&format!("{}/", self.tenant)) || !key.contains("/v/") {
+                        let reason = format!("{key:?} is not a version's key of this document's tenant");
+                        return Err(Rejection::Invalid { field: "key".into(), reason });
+                    }
+                    // A notification delivered again, or a confirmation after it: recorded already.
+                    if let Some((index, content)) =
+                        self.contents.iter().enumerate().find(|(_, c)| c.key.as_deref() == Some(key))
+                    {
+                        if content.etag == *etag && content.size_bytes == *size_bytes {
+                            return Ok(vec![]);
+                        }
+                        return Err(Rejection::VersionRewritten { version: index as u32 + 1, key: key.clone() });
+                    }
+                }
                 self.fits(*size_bytes)?;
-                Ok(vec![VersionAdded { size_bytes: *size_bytes, etag: etag.clone(), at: *at }.into()])
+                let added = VersionAdded { size_bytes: *size_bytes, etag: etag.clone(), key: key.clone(), at: *at };
+                Ok(vec![added.into()])
             }
             Command::Label { set, remove, at } => {
                 self.live()?;
@@ -383,12 +456,21 @@ impl Aggregate for Document {
                 self.size_bytes = e.size_bytes;
                 self.etag = e.etag.clone();
                 self.versions = 1;
+                self.contents = vec![Content { size_bytes: e.size_bytes, etag: e.etag.clone(), key: None, kept: true }];
             }
             Event::DerivativeRecorded(_) => self.derivatives += 1,
             Event::VersionAdded(e) => {
                 self.size_bytes = e.size_bytes;
                 self.etag = e.etag.clone();
                 self.versions += 1;
+                if e.key.is_none() {
+                    for replaced in self.contents.iter_mut().filter(|c| c.key.is_none()) {
+                        replaced.kept = false;
+                    }
+                }
+                let content =
+                    Content { size_bytes: e.size_bytes, etag: e.etag.clone(), key: e.key.clone(), kept: true };
+                self.contents.push(content);
             }
             Event::Deleted(_) => self.status = Status::Deleted,
             Event::LabelsChanged(e) => self.labels = e.labels.clone(),

@@ -150,31 +150,72 @@ fn uploading_an_unregistered_document_is_rejected() {
 fn recording_a_derivative_of_an_uploaded_document_records_it() {
     let (child, job) = (DocumentId::new(), JobId::new());
     given::<Document>([registered(), uploaded()])
-        .when(Command::RecordDerivative { child, job, step: "summarise".into(), at: AT })
-        .then([DerivativeRecorded { child, job, step: "summarise".into(), at: AT }.into()]);
+        .when(Command::RecordDerivative { child, job, step: "summarise".into(), version: Some(1), at: AT })
+        .then([DerivativeRecorded { child, job, step: "summarise".into(), version: Some(1), at: AT }.into()]);
+    given::<Document>([registered(), uploaded()])
+        .when(Command::RecordDerivative { child, job, step: "summarise".into(), version: Some(2), at: AT })
+        .then_rejected(Rejection::NoSuchVersion { version: 2, versions: 1 });
 }
 
 #[test]
 fn deriving_from_a_document_that_never_finished_uploading_is_rejected() {
     given::<Document>([registered()])
-        .when(Command::RecordDerivative { child: DocumentId::new(), job: JobId::new(), step: "s".into(), at: AT })
+        .when(Command::RecordDerivative {
+            child: DocumentId::new(),
+            job: JobId::new(),
+            step: "s".into(),
+            version: None,
+            at: AT,
+        })
         .then_rejected(Rejection::NotUploaded);
 }
 
 #[test]
 fn adding_a_version_to_an_uploaded_document_records_it() {
     given::<Document>([registered(), uploaded()])
-        .when(Command::AddVersion { size_bytes: 90, etag: "e2".into(), at: AT })
-        .then([VersionAdded { size_bytes: 90, etag: "e2".into(), at: AT }.into()]);
+        .when(Command::AddVersion { size_bytes: 90, etag: "e2".into(), key: None, at: AT })
+        .then([VersionAdded { size_bytes: 90, etag: "e2".into(), key: None, at: AT }.into()]);
+}
+
+#[test]
+fn versions_in_objects_of_their_own_keep_every_content_and_one_is_never_rewritten() {
+    let key = |slot: &str| Some(format!("acme/d/v/{slot}"));
+    let add = |size: u64, etag: &str, key: Option<String>| Command::AddVersion {
+        size_bytes: size,
+        etag: etag.into(),
+        key,
+        at: AT,
+    };
+    let second: Event = VersionAdded { size_bytes: 90, etag: "e2".into(), key: key("a"), at: AT }.into();
+    given::<Document>([registered(), uploaded()]).when(add(90, "e2", key("a"))).then([second.clone()]);
+    // The same object again (a notification delivered twice): nothing; other content in it: refused.
+    given::<Document>([registered(), uploaded(), second.clone()]).when(add(90, "e2", key("a"))).then([]);
+    given::<Document>([registered(), uploaded(), second.clone()])
+        .when(add(91, "e3", key("a")))
+        .then_rejected(Rejection::VersionRewritten { version: 2, key: key("a").unwrap() });
+    // A key of another tenant, or not a version's.
+    for bad in ["other/d/v/a", "acme/d"] {
+        assert!(matches!(
+            given::<Document>([registered(), uploaded()]).state().decide(&add(9, "e", Some(bad.to_owned()))),
+            Err(Rejection::Invalid { field, .. }) if field == "key"
+        ));
+    }
+    let third: Event = VersionAdded { size_bytes: 95, etag: "e3".into(), key: None, at: AT }.into();
+    let state = Document::replay(&[registered(), uploaded(), second, third]);
+    // Version 1 was in the document's own key, which version 3 replaced; version 2 has its own object.
+    let kept: Vec<(u64, bool)> = state.contents.iter().map(|c| (c.size_bytes, c.kept)).collect();
+    assert_eq!(kept, [(80, false), (90, true), (95, true)]);
+    assert_eq!(state.content(2).and_then(|c| c.key.clone()), key("a"));
+    assert_eq!((state.content(0), state.content(4)), (None, None));
 }
 
 #[test]
 fn adding_a_version_before_the_upload_or_over_the_size_is_rejected() {
     given::<Document>([registered()])
-        .when(Command::AddVersion { size_bytes: 90, etag: "e2".into(), at: AT })
+        .when(Command::AddVersion { size_bytes: 90, etag: "e2".into(), key: None, at: AT })
         .then_rejected(Rejection::NotUploaded);
     given::<Document>([registered(), uploaded()])
-        .when(Command::AddVersion { size_bytes: 190, etag: "e2".into(), at: AT })
+        .when(Command::AddVersion { size_bytes: 190, etag: "e2".into(), key: None, at: AT })
         .then_rejected(Rejection::OverDeclaredSize { size: 190, declared: 100 });
 }
 
@@ -201,8 +242,9 @@ fn the_state_counts_versions_and_derivatives() {
     let state = Document::replay(&[
         registered(),
         uploaded(),
-        VersionAdded { size_bytes: 60, etag: "e2".into(), at: AT }.into(),
-        DerivativeRecorded { child: DocumentId::new(), job: JobId::new(), step: "s".into(), at: AT }.into(),
+        VersionAdded { size_bytes: 60, etag: "e2".into(), key: None, at: AT }.into(),
+        DerivativeRecorded { child: DocumentId::new(), job: JobId::new(), step: "s".into(), version: None, at: AT }
+            .into(),
     ]);
     assert_eq!((state.status, state.versions, state.derivatives, state.size_bytes), (Status::Uploaded, 2, 1, 60));
 }

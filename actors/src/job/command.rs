@@ -54,6 +54,10 @@ pub enum Command {
         /// Named values for the steps' instructions (`{{param.NAME}}`).
         #[serde(default)]
         parameters: BTreeMap<String, String>,
+        /// The version to read of some inputs (`{"<document id>": 2}`); the others are read at their latest
+        /// version when a step reads them. A version the document does not have fails the step that reads it.
+        #[serde(default)]
+        input_versions: BTreeMap<DocumentId, u32>,
         /// When.
         #[serde(default = "Timestamp::now")]
         at: Timestamp,

@@ -104,6 +104,9 @@ pub struct Job {
     /// Its parameters, for the steps' instructions.
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// The versions of the inputs it pins.
+    #[serde(default)]
+    pub input_versions: BTreeMap<DocumentId, u32>,
     /// Its priority: its steps take a busy agent's free slots before those of lower priorities.
     #[serde(default)]
     pub priority: i32,
@@ -185,6 +188,7 @@ impl Aggregate for Job {
                 priority,
                 idempotency_key,
                 parameters,
+                input_versions,
                 at,
             } => {
                 if self.status != Status::Unsubmitted {
@@ -201,6 +205,13 @@ impl Aggregate for Job {
                     text("idempotency key", key, MAX_KEY_BYTES)?;
                 }
                 check_parameters(parameters)?;
+                if let Some((document, version)) =
+                    input_versions.iter().find(|(document, version)| !inputs.contains(document) || **version == 0)
+                {
+                    return Err(Rejection::InvalidInputs(format!(
+                        "input_versions names version {version} of {document}: versions are of the inputs, from 1"
+                    )));
+                }
                 let mut events: Vec<Event> = vec![
                     Submitted {
                         workflow: *workflow,
@@ -210,6 +221,7 @@ impl Aggregate for Job {
                         priority: *priority,
                         idempotency_key: idempotency_key.clone(),
                         parameters: parameters.clone(),
+                        input_versions: input_versions.clone(),
                         at: *at,
                     }
                     .into(),
@@ -373,6 +385,7 @@ impl Aggregate for Job {
                 self.steps = e.steps.clone();
                 self.inputs = e.inputs.clone();
                 self.parameters = e.parameters.clone();
+                self.input_versions = e.input_versions.clone();
                 self.priority = e.priority;
                 self.progress = e.steps.iter().map(|s| (s.name.clone(), StepState::Waiting)).collect();
             }

@@ -38,6 +38,7 @@ fn submit() -> Command {
         priority: 0,
         idempotency_key: Some("k1".into()),
         parameters: BTreeMap::new(),
+        input_versions: Default::default(),
         at: AT,
     }
 }
@@ -51,6 +52,7 @@ fn submitted() -> Event {
         priority: 0,
         idempotency_key: Some("k1".into()),
         parameters: BTreeMap::new(),
+        input_versions: Default::default(),
         at: AT,
     }
     .into()

@@ -277,6 +277,7 @@ impl<G: Gateway> TimerService<G> {
                 priority: 0,
                 idempotency_key: Some(format!("schedule/{id}/{}/{index}", due_at.as_micros())),
                 parameters: Default::default(),
+                input_versions: Default::default(),
                 at: now,
             };
             match send::<Job, _>(

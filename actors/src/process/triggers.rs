@@ -136,6 +136,7 @@ impl<G: Gateway> TriggerProcess<G> {
             priority: definition.created.priority,
             idempotency_key: Some(format!("trigger/{id}/{}", event.event_id)),
             parameters: definition.created.parameters.clone(),
+            input_versions: Default::default(),
             at: Timestamp::now(),
         };
         let metadata = Metadata {

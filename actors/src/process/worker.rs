@@ -50,6 +50,8 @@ pub struct Task {
     pub outputs: BTreeMap<String, DocumentId>,
     /// The job's parameters.
     pub parameters: BTreeMap<String, String>,
+    /// The versions of the job's inputs it pins: a step reads the others at their latest.
+    pub versions: BTreeMap<DocumentId, u32>,
 }
 
 /// What a task produced.
@@ -185,6 +187,7 @@ impl<G: Gateway> Worker<G> {
             inputs,
             outputs,
             parameters: job.parameters.clone(),
+            versions: job.input_versions.clone(),
         };
         let (gateway, executor) = (self.gateway.clone(), self.executor.clone());
         let (job, id) = (task.job, task.id);

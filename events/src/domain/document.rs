@@ -93,17 +93,26 @@ pub struct DerivativeRecorded {
     pub job: JobId,
     /// The step's name in the job's workflow.
     pub step: String,
+    /// The version of this document the step read (1 for the first upload), since schema version 2; `None`
+    /// on a version-1 event.
+    #[serde(default)]
+    pub version: Option<u32>,
     /// When.
     pub at: Timestamp,
 }
 
-/// New content replaced the document's content; the version count went up by one.
+/// The document has new content, its next version; the version count went up by one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VersionAdded {
     /// The new content's size.
     pub size_bytes: u64,
     /// The new content's entity tag or checksum.
     pub etag: String,
+    /// The object holding it, since schema version 2: a key of its own (`<tenant>/<id>/v/<slot>`), so the
+    /// earlier versions keep their bytes. `None` (every version-1 event): the new content replaced the
+    /// document's own key (`<tenant>/<id>`), and the content that was there is gone.
+    #[serde(default)]
+    pub key: Option<String>,
     /// When.
     pub at: Timestamp,
 }
@@ -132,9 +141,9 @@ super::domain_events! { "document";
     /// See [`Uploaded`].
     Uploaded(Uploaded) = "document.uploaded", v 1,
     /// See [`DerivativeRecorded`].
-    DerivativeRecorded(DerivativeRecorded) = "document.derivative_recorded", v 1,
+    DerivativeRecorded(DerivativeRecorded) = "document.derivative_recorded", v 2,
     /// See [`VersionAdded`].
-    VersionAdded(VersionAdded) = "document.version_added", v 1,
+    VersionAdded(VersionAdded) = "document.version_added", v 2,
     /// See [`Deleted`].
     Deleted(Deleted) = "document.deleted", v 1,
     /// See [`LabelsChanged`].
@@ -194,8 +203,15 @@ mod tests {
             }
             .into(),
             Uploaded { size_bytes: 9, etag: "e".into(), source: UploadSource::Notification, at }.into(),
-            DerivativeRecorded { child: DocumentId::new(), job: JobId::new(), step: "summarise".into(), at }.into(),
-            VersionAdded { size_bytes: 3, etag: "f".into(), at }.into(),
+            DerivativeRecorded {
+                child: DocumentId::new(),
+                job: JobId::new(),
+                step: "summarise".into(),
+                version: Some(2),
+                at,
+            }
+            .into(),
+            VersionAdded { size_bytes: 3, etag: "f".into(), key: Some("t/d/v/s".into()), at }.into(),
             Deleted { reason: "gdpr".into(), at }.into(),
             LabelsChanged { labels: [("stage".to_owned(), "final".to_owned())].into(), at }.into(),
         ];

@@ -28,6 +28,10 @@ pub struct Submitted {
     /// was first written: an event without it has none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, String>,
+    /// The version of an input the job reads, for the inputs it pins (the others: their latest when a step
+    /// reads them). Added after version 1 of this event was first written: an event without it pins none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub input_versions: BTreeMap<DocumentId, u32>,
     /// When.
     pub at: Timestamp,
 }
@@ -218,6 +222,7 @@ mod tests {
                 priority: -1,
                 idempotency_key: Some("k".into()),
                 parameters: [("audience".to_owned(), "board".to_owned())].into(),
+                input_versions: Default::default(),
                 at,
             }
             .into(),
