@@ -93,6 +93,34 @@ fn document_details(db: &rusqlite::Connection, id: &str, document: &mut Value) -
     Ok(())
 }
 
+/// Most edges a lineage read returns.
+pub const MAX_LINEAGE_EDGES: usize = 1000;
+
+/// The lineage of document `id` to `depth` derivations: its ancestors (`up`: the documents it was derived
+/// from, theirs, ...) or its descendants, each edge as `{id, of, job, step, version, depth}` (`id` derived
+/// from or into `of` by `job`'s `step`, which read `version` of the parent; `depth` 1 for the document's own
+/// parents or derivatives), nearest first, at most [`MAX_LINEAGE_EDGES`]; and whether there were more.
+pub fn lineage(db: &rusqlite::Connection, id: &str, depth: u32, up: bool) -> rusqlite::Result<(Vec<Value>, bool)> {
+    // `near` is the document an edge leads from (the child going up, the parent going down), `far` the one it
+    // leads to; the walk goes on from `far`.
+    let (near, far) = if up { ("child", "parent") } else { ("parent", "child") };
+    let sql = format!(
+        "WITH RECURSIVE walk(far, near, job, step, version, depth) AS (
+             SELECT {far}, {near}, job, step, version, 1 FROM document_lineage WHERE {near} = ?1
+             UNION
+             SELECT l.{far}, l.{near}, l.job, l.step, l.version, walk.depth + 1
+             FROM document_lineage l JOIN walk ON l.{near} = walk.far WHERE walk.depth < ?2
+         )
+         SELECT far, near, job, step, version, min(depth) AS depth FROM walk
+         GROUP BY far, near ORDER BY depth, far LIMIT ?3"
+    );
+    let limit = (MAX_LINEAGE_EDGES + 1) as i64;
+    let mut edges = rows(db, &sql, &[&id, &depth, &limit], &["id", "of", "job", "step", "version", "depth"])?;
+    let more = edges.len() > MAX_LINEAGE_EDGES;
+    edges.truncate(MAX_LINEAGE_EDGES);
+    Ok((edges, more))
+}
+
 /// The documents projection.
 #[derive(Debug, Default)]
 pub struct Documents;

@@ -58,6 +58,17 @@ pub enum DocumentVerb {
         /// Its id.
         id: String,
     },
+    /// The documents it was derived from and those derived from it, to any depth, nearest first.
+    Lineage {
+        /// Its id.
+        id: String,
+        /// `ancestors`, `descendants` or `both`.
+        #[arg(long, default_value = "both")]
+        direction: String,
+        /// How many derivations to follow, 1 to 64.
+        #[arg(long, default_value_t = 64)]
+        depth: u32,
+    },
     /// Changes a document's labels: adds or replaces (`--set project=q3`) and removes (`--remove stage`)
     /// them, in one change; prints the reply.
     Label {
@@ -189,19 +200,22 @@ pub async fn add_version(client: &Client, id: &str, file: &std::path::Path) -> a
         let status = answer.status();
         anyhow::bail!("the upload of {id}'s new version failed: {status} {}", answer.text().await.unwrap_or_default());
     }
-    let deadline = tokio::time::Instant::now() + NOTIFICATION_WAIT;
+    // Until the read model shows the new version: asking the node to confirm it when no notification came in
+    // time, then waiting for the read model to apply what the confirmation recorded.
+    let started = tokio::time::Instant::now();
+    let mut confirmed = false;
     loop {
         let now = client.get(&path, &[]).await.ok().and_then(|d| d["versions"].as_u64()).unwrap_or(0);
         if now > versions {
             return Ok(now);
         }
-        if tokio::time::Instant::now() >= deadline {
+        if !confirmed && started.elapsed() >= NOTIFICATION_WAIT {
             client.post(&format!("{path}/confirm?key={}", segment(&key)), None, &[], TIMEOUT).await?;
-            break;
+            confirmed = true;
         }
+        anyhow::ensure!(started.elapsed() < TIMEOUT, "the node did not record the new version of {id} in time");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(client.get(&path, &[]).await?["versions"].as_u64().unwrap_or(versions + 1))
 }
 
 /// `weft document ...`.
@@ -228,6 +242,22 @@ pub async fn run(connection: Connection, verb: DocumentVerb) -> anyhow::Result<(
                     &["version", "size_bytes", "etag", "kept", "uploaded_at"],
                     contents.as_array().map_or(&[], Vec::as_slice),
                 )
+            });
+            Ok(())
+        }
+        DocumentVerb::Lineage { id, direction, depth } => {
+            let query = [("direction".to_owned(), direction), ("depth".to_owned(), depth.to_string())];
+            let lineage = client.get(&format!("/documents/{}/lineage", segment(&id)), &query).await?;
+            print(connection.output, &lineage, |lineage| {
+                let mut rows = Vec::new();
+                for (way, edges) in [("ancestor", &lineage["ancestors"]), ("descendant", &lineage["descendants"])] {
+                    for edge in edges.as_array().into_iter().flatten() {
+                        let mut row = edge.clone();
+                        row["way"] = Value::String(way.into());
+                        rows.push(row);
+                    }
+                }
+                super::table(&["way", "depth", "id", "of", "job", "step", "version"], &rows)
             });
             Ok(())
         }

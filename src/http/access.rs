@@ -43,7 +43,7 @@ pub fn rule(method: &str, pattern: &str) -> Option<Rule> {
     let read = |p: &str| {
         let mut parts = p.trim_start_matches('/').splitn(2, '/');
         let (model, rest) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        models.contains(&model) && matches!(rest, "" | "live" | "{id}" | "{id}/live" | "{id}/logs")
+        models.contains(&model) && matches!(rest, "" | "live" | "{id}" | "{id}/live" | "{id}/logs" | "{id}/lineage")
     };
     Some(match (method, pattern) {
         ("get", "/healthz" | "/readyz" | "/openapi.json") => Open,

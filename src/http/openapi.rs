@@ -53,7 +53,8 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("post", "/documents", "Register a document (tenant: Weft-Tenant) and get its signed upload URL"),
     ("post", "/documents/{id}/upload-url", "A new signed upload URL: a pending upload, or a new version"),
     ("post", "/documents/{id}/confirm", "Check the document's object with a head request and record it"),
-    ("get", "/documents/{id}/download", "A signed download URL of the document's current content"),
+    ("get", "/documents/{id}/download", "A signed download URL of the document's content, at any version"),
+    ("get", "/documents/{id}/lineage", "The document's ancestors and descendants, to any depth"),
     ("delete", "/documents/{id}", "Delete the document, then its object"),
     ("post", "/objects/events", "S3 event notifications (Authorization: Bearer <webhook secret>)"),
     ("post", "/tenants/{tenant}/erase", "Erase a tenant: destroy its key, so its personal fields read [erased]"),
@@ -334,17 +335,25 @@ fn document_paths(paths: &mut serde_json::Map<String, Value>) {
     register["responses"]["201"] = register["responses"]["200"].take();
     register["responses"]["200"] = json!({"description": "Not used: a registration answers 201"});
     paths["/documents"]["post"] = register;
-    let upload = json!({"type": "object", "required": ["upload"], "properties": {"upload": schema("Presigned")}});
+    let upload = json!({"type": "object", "required": ["key", "upload"], "properties": {
+        "key": {"type": "string", "description": "The object the URL writes: the document's own while its upload is pending, one of its own for a new version"},
+        "upload": schema("Presigned")}});
     let path = "/documents/{id}/upload-url";
     paths.insert(path.into(), json!({"post": with(summary("post", path), vec![id()], &[("422", "Rejected")], upload)}));
     let path = "/documents/{id}/confirm";
-    let confirm = with(summary("post", path), vec![id()], &[("422", "Rejected")], schema("Effect"));
+    let key = param("key", "query", json!({"type": "string"}), "A new version's object, as its upload URL named it");
+    let confirm = with(summary("post", path), vec![id(), key], &[("422", "Rejected")], schema("Effect"));
     paths.insert(path.into(), json!({ "post": confirm }));
     let download = "/documents/{id}/download";
     let answer = json!({"type": "object", "required": ["download"], "properties": {"download": schema("Presigned")}});
     paths.insert(
         download.into(),
-        json!({"get": with(summary("get", download), vec![id()], &[("422", "Not uploaded")], answer)}),
+        json!({"get": with(
+            summary("get", download),
+            vec![id(), param("version", "query", json!({"type": "integer", "minimum": 1}), "The version (the latest without it)")],
+            &[("422", "Not uploaded, or no such version")],
+            answer
+        )}),
     );
     paths["/documents/{id}"]["delete"] = with(summary("delete", "/documents/{id}"), vec![id()], &[], schema("Effect"));
     let events = "/objects/events";
@@ -510,6 +519,27 @@ pub fn document() -> Value {
     paths.insert(
         "/jobs/{id}/logs".into(),
         json!({"get": operation(summary("get", "/jobs/{id}/logs"), logs, json_response(page_schema(json!({"type": "object"}))))}),
+    );
+    let lineage = vec![
+        param("id", "path", json!({"type": "string", "format": "uuid"}), "The document"),
+        after(),
+        param(
+            "direction",
+            "query",
+            json!({"enum": ["ancestors", "descendants", "both"]}),
+            "Which way (both without it)",
+        ),
+        param(
+            "depth",
+            "query",
+            json!({"type": "integer", "minimum": 1, "maximum": 64}),
+            "How many derivations (64 without it)",
+        ),
+    ];
+    paths.insert(
+        "/documents/{id}/lineage".into(),
+        json!({"get": operation(summary("get", "/documents/{id}/lineage"), lineage, json_response(json!({"type": "object",
+            "required": ["id", "ancestors", "descendants", "truncated"]})))}),
     );
     let stream = param("stream", "path", json!({"type": "string"}), "The stream, such as job-<uuid>");
     let mut events = vec![stream, after()];

@@ -20,6 +20,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     }
     config
         .route("/jobs/{id}/logs", web::get().to(job_logs))
+        .route("/documents/{id}/lineage", web::get().to(lineage))
         .route("/streams/{stream}/events", web::get().to(history))
         .route("/projections/{name}", web::get().to(projection));
 }
@@ -52,6 +53,10 @@ async fn job_logs(
     params: Params,
 ) -> HttpResponse {
     answer(&request, state.reads.job_logs(&id, &params, &access::scope(&request)).await)
+}
+
+async fn lineage(state: web::Data<State>, request: HttpRequest, id: web::Path<String>, params: Params) -> HttpResponse {
+    answer(&request, state.reads.lineage(&id, &params, &access::scope(&request)).await)
 }
 
 async fn history(

@@ -369,6 +369,39 @@ impl Reads {
         found.ok_or_else(|| Failure::not_found("no such job"))
     }
 
+    /// A document's lineage to any depth: `{"ancestors": [...], "descendants": [...], "truncated"}` (see
+    /// [`weft_projections::documents::lineage`]); `direction` (`ancestors`, `descendants`, `both`, the
+    /// default) and `depth` (1 to 64, default 64).
+    pub async fn lineage(&self, id: &str, params: &BTreeMap<String, String>, scope: &Scope) -> Result<Value, Failure> {
+        let id = parse_id(id)?.to_string();
+        check_keys(params, &["after", "depth", "direction"])?;
+        let after = number(params, "after")?;
+        let depth = number::<u32>(params, "depth")?.unwrap_or(64);
+        if !(1..=64).contains(&depth) {
+            return Err(Failure::invalid(format!("depth must be 1 to 64, not {depth}")));
+        }
+        let (up, down) = match params.get("direction").map(String::as_str) {
+            None | Some("both") => (true, true),
+            Some("ancestors") => (true, false),
+            Some("descendants") => (false, true),
+            Some(other) => {
+                return Err(Failure::invalid(format!(
+                    "direction must be ancestors, descendants or both, not {other:?}"
+                )));
+            }
+        };
+        // The document itself, as its item is read: one out of reach is not found.
+        self.show(&DOCUMENTS, &id, after, scope).await?;
+        self.query(move |db| {
+            let (ancestors, more_up) =
+                if up { weft_projections::documents::lineage(db, &id, depth, true)? } else { (vec![], false) };
+            let (descendants, more_down) =
+                if down { weft_projections::documents::lineage(db, &id, depth, false)? } else { (vec![], false) };
+            Ok(json!({"id": id, "ancestors": ancestors, "descendants": descendants, "truncated": more_up || more_down}))
+        })
+        .await
+    }
+
     /// A stream's events from the history read model, from version `cursor + 1`, oldest first.
     pub async fn history(
         &self,

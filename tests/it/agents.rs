@@ -54,6 +54,32 @@ fn redact_then_summarize(addr: &str, dir: &std::path::Path) {
     assert!(item["owner"].as_str().unwrap().starts_with("agent:"), "{item}");
     let (_, item) = get(addr, &format!("/documents/{summary}"));
     assert_eq!(item["status"], "uploaded");
+
+    // Lineage to any depth: the summary's ancestors are the redacted text, then the input; the input's
+    // descendants the other way round.
+    let edges = |lineage: &Value, way: &str| -> Vec<(String, u64)> {
+        lineage[way]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["id"].as_str().unwrap().to_owned(), e["depth"].as_u64().unwrap()))
+            .collect()
+    };
+    let (status, lineage) = get(addr, &format!("/documents/{summary}/lineage?direction=ancestors"));
+    assert_eq!(status, 200, "{lineage}");
+    assert_eq!(edges(&lineage, "ancestors"), [(redacted.to_owned(), 1), (input.clone(), 2)], "{lineage}");
+    assert_eq!(edges(&lineage, "descendants"), []);
+    let (_, lineage) = get(addr, &format!("/documents/{input}/lineage"));
+    assert_eq!(edges(&lineage, "descendants"), [(redacted.to_owned(), 1), (summary.to_owned(), 2)], "{lineage}");
+    assert_eq!(lineage["descendants"][0]["version"], 1, "the step read version 1: {lineage}");
+    let (_, lineage) = get(addr, &format!("/documents/{input}/lineage?depth=1"));
+    assert_eq!(edges(&lineage, "descendants"), [(redacted.to_owned(), 1)], "{lineage}");
+    for bad in ["direction=sideways", "depth=0", "depth=65", "colour=red"] {
+        let (status, body) = get(addr, &format!("/documents/{input}/lineage?{bad}"));
+        assert_eq!((status, body["error"]["kind"].as_str()), (400, Some("invalid")), "{bad}: {body}");
+    }
+    let (ok, stdout, stderr) = weft(addr, &["document", "lineage", summary, "--direction", "ancestors"]);
+    assert!(ok && stdout.contains(&input) && stdout.contains(redacted), "{stdout}{stderr}");
 }
 
 #[test]

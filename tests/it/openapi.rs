@@ -134,7 +134,8 @@ const ROUTES_BEFORE_THE_REDESIGN: &[&str] = &[
     "GET /auth/keys",
     "POST /auth/keys",
     "POST /auth/keys/{id}/revoke",
-    // Triggers (issue 24), added after the redesign.
+    // Triggers and lineage (issue 24), added after the redesign.
+    "GET /documents/{id}/lineage",
     "GET /triggers",
     "GET /triggers/live",
     "GET /triggers/{id}",
