@@ -10,7 +10,7 @@
 //!   uploaded one with another etag gains a version, the same etag again changes nothing, and under a deleted
 //!   document the object is removed (it came through an upload URL signed before the deletion).
 //! - Versions are kept: the first upload goes to the document's own key (`<tenant>/<id>`), each new version to
-//!   an object of its own (`<tenant>/<id>/v/<slot>`, a fresh slot per upload URL, which writes once), recorded
+//!   an object of its own (`<tenant>/v/<id>/<slot>`, a fresh slot per upload URL, which writes once), recorded
 //!   with the version (`document.version_added`'s `key`). A download names a version or takes the latest; a
 //!   deletion removes every version's object. (A version added before keys of their own replaced the
 //!   document's own key: the content it replaced is gone, and its download is `not_found`.)
@@ -297,7 +297,7 @@ impl Documents {
     }
 
     /// An upload URL signed from the stored document: its key (the document's own while the upload is
-    /// pending; for a new version, an object of its own under `<tenant>/<id>/v/`, so the versions before keep
+    /// pending; for a new version, an object of its own under `<tenant>/v/<id>/`, so the versions before keep
     /// their bytes), content type and size limit, for no object there yet, so that it writes once.
     async fn upload_for(&self, id: DocumentId, state: &Document) -> Result<(String, Presigned), Error> {
         if state.status == Status::Deleted {
@@ -412,7 +412,13 @@ impl Documents {
                 self.objects.delete(key).await?;
                 return Ok(Effect::Discarded);
             }
+            // The current content again. Under a version's object nobody recorded (a new version's upload of
+            // the same bytes), that object is removed: it is no version, and would outlive the document.
             Status::Uploaded if state.etag == info.etag && state.size_bytes == info.size_bytes => {
+                let recorded = state.contents.iter().any(|c| c.key.as_deref() == Some(key));
+                if is_version_key(key) && !recorded {
+                    self.objects.delete(key).await?;
+                }
                 return Ok(Effect::Duplicate);
             }
             // A version's object before the first upload is recorded: its URL was signed for a version.

@@ -202,17 +202,18 @@ pub fn document_key(tenant: &str, id: DocumentId) -> String {
     format!("{tenant}/{id}")
 }
 
-/// The key of one version's object of document `id`, other than the first upload's: `<tenant>/<id>/v/<slot>`,
-/// a fresh slot for each upload URL of a new version, so that no version overwrites another.
+/// The key of one version's object of document `id`, other than the first upload's: `<tenant>/v/<id>/<slot>`,
+/// a fresh slot for each upload URL of a new version, so that no version overwrites another. (Not under the
+/// document's own key, which is an object itself: a folder store could not hold both.)
 pub fn version_key(tenant: &str, id: DocumentId, slot: uuid::Uuid) -> String {
-    format!("{tenant}/{id}/v/{slot}")
+    format!("{tenant}/v/{id}/{slot}")
 }
 
 /// The tenant and document of a key made by [`document_key`] or [`version_key`], or `None` for any other key.
 pub fn parse_document_key(key: &str) -> Option<(&str, DocumentId)> {
     let (tenant, rest) = key.split_once('/')?;
     check_segment(tenant).ok()?;
-    let id = match rest.split_once("/v/") {
+    let id = match rest.strip_prefix("v/").and_then(|rest| rest.split_once('/')) {
         Some((id, slot)) => {
             slot.parse::<uuid::Uuid>().ok()?;
             id
@@ -224,7 +225,7 @@ pub fn parse_document_key(key: &str) -> Option<(&str, DocumentId)> {
 
 /// Whether `key` is a version's object ([`version_key`]), not a document's own.
 pub fn is_version_key(key: &str) -> bool {
-    parse_document_key(key).is_some() && key.contains("/v/")
+    parse_document_key(key).is_some_and(|(tenant, _)| key[tenant.len()..].starts_with("/v/"))
 }
 
 /// Seconds since the Unix epoch, `expiry` from now.

@@ -312,7 +312,7 @@ async fn every_subject_refuses_bad_credentials_and_lets_in_only_the_roles_that_m
             "workflow" => ("define", json!({"name": "w", "steps": []})),
             "job" => ("cancel", json!({"reason": "matrix"})),
             "agent" => ("disable", json!({"reason": "matrix"})),
-            "schedule" => ("pause", json!({})),
+            "schedule" | "trigger" => ("pause", json!({})),
             other => panic!("a command of {other} for the matrix"),
         };
         let body = command(kind, payload);

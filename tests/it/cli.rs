@@ -355,7 +355,11 @@ fn bench_jobs_runs_jobs_to_the_end_on_both_stores() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     let reports: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let cases: Vec<&str> = reports.iter().map(|r| r["case"].as_str().unwrap()).collect();
-    assert_eq!(cases, ["builtin-embedded", "builtin-embedded-1", "dag3-embedded-1", "builtin-nats"], "{stderr}");
+    assert_eq!(
+        cases,
+        ["builtin-embedded", "builtin-embedded-1", "dag3-embedded-1", "trigger-embedded", "builtin-nats"],
+        "{stderr}"
+    );
     assert!(reports.iter().all(|r| r["ops_per_s"].as_f64().unwrap() > 0.0), "{stdout}");
     assert!(stderr.contains("mean task"), "{stderr}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);

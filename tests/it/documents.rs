@@ -135,10 +135,22 @@ fn a_document_uploads_through_its_signed_url_and_is_deleted_with_its_object_on_t
     crate::openapi::check(&spec, "post", "/documents/{id}/upload-url", answer.status, &answer.json());
     assert_eq!(curl_get(download["download"]["url"].as_str().unwrap()), (200, b"first notes\n".to_vec()));
 
-    // The same content again changes nothing; another content is a new version.
+    // The same content again changes nothing (and its object goes); another content is a new version, in an
+    // object of its own.
     let again = http(addr, "POST", &format!("/documents/{id}/upload-url"), &[], b"").json();
+    let slot = again["key"].as_str().unwrap().to_owned();
+    assert!(slot.starts_with(&format!("acme/v/{id}/")), "{again}");
     assert_eq!(curl_put(&again["upload"], &file, &[]), 200);
-    assert_eq!(http(addr, "POST", &format!("/documents/{id}/confirm"), &[], b"").json()["outcome"], "duplicate");
+    // The local store's own notification finds the current content: the slot's object goes, no version comes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dir.path().join("objects/data").join(&slot).exists() {
+        assert!(Instant::now() < deadline, "the duplicate's object stayed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let confirmed = http(addr, "POST", &format!("/documents/{id}/confirm?key={}", slot.replace('/', "%2F")), &[], b"");
+    assert_eq!(confirmed.json()["error"]["kind"], "not_found", "{}", confirmed.body);
+    assert_eq!(get(addr, &format!("/documents/{id}")).1["versions"], 1);
+    let again = http(addr, "POST", &format!("/documents/{id}/upload-url"), &[], b"").json();
     std::fs::write(&file, "second notes, longer\n").unwrap();
     assert_eq!(curl_put(&again["upload"], &file, &[]), 200);
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -135,7 +135,7 @@ async fn three_versions_keep_their_bytes_a_job_reads_the_one_it_names_and_delete
             );
         }
         // A confirmation naming another document's object is refused.
-        let other = format!("acme/{}/v/{}", uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let other = format!("acme/v/{}/{}", uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
         let response =
             http(addr, "POST", &format!("/documents/{id}/confirm?key={}", other.replace('/', "%2F")), &[], b"");
         assert_eq!(response.status, 400, "{}", response.body);
@@ -145,32 +145,33 @@ async fn three_versions_keep_their_bytes_a_job_reads_the_one_it_names_and_delete
     .await
     .unwrap();
     // Every version's object is in SeaweedFS: the first under the document's key, the others under their own.
-    let listed = list(&seaweed, &format!("acme/{id}")).await;
+    let listed = list(&seaweed, &id).await;
     assert_eq!(listed.len(), 3, "{listed:?}");
     assert_eq!(listed[0], format!("acme/{id}"));
-    assert!(listed[1..].iter().all(|k| k.starts_with(&format!("acme/{id}/v/"))), "{listed:?}");
+    assert!(listed[1..].iter().all(|k| k.starts_with(&format!("acme/v/{id}/"))), "{listed:?}");
     assert!(s3.head(&listed[1]).await.is_ok());
     let response = http(&serve.addr, "DELETE", &format!("/documents/{id}"), &[], b"");
     assert_eq!(response.status, 200, "{}", response.body);
     // Deleted: no object under the document's key or any version's, as SeaweedFS lists them.
-    let listed = list(&seaweed, &format!("acme/{id}")).await;
+    let listed = list(&seaweed, &id).await;
     assert!(listed.is_empty(), "objects left after the delete: {listed:?}");
     serve.stop();
 }
 
-/// The keys SeaweedFS holds under `prefix` in bucket `docs`, read with the S3 API.
-async fn list(seaweed: &Seaweed, prefix: &str) -> Vec<String> {
-    let (id, secret) = seaweed.credentials();
+/// The keys SeaweedFS holds of document `id` in bucket `docs` (tenant `acme`), read with the S3 API.
+async fn list(seaweed: &Seaweed, id: &str) -> Vec<String> {
+    let (key_id, secret) = seaweed.credentials();
     let config = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(id, secret, None, None, "test"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(key_id, secret, None, None, "test"))
         .endpoint_url(seaweed.endpoint())
         .force_path_style(true)
         .build();
     let client = aws_sdk_s3::Client::from_conf(config);
-    let listed = client.list_objects_v2().bucket("docs").prefix(prefix).send().await.unwrap();
-    let mut keys: Vec<String> = listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+    let listed = client.list_objects_v2().bucket("docs").prefix("acme/").send().await.unwrap();
+    let mut keys: Vec<String> =
+        listed.contents().iter().filter_map(|o| o.key().map(str::to_owned)).filter(|k| k.contains(id)).collect();
     keys.sort();
     keys
 }

@@ -108,7 +108,7 @@ pub struct VersionAdded {
     pub size_bytes: u64,
     /// The new content's entity tag or checksum.
     pub etag: String,
-    /// The object holding it, since schema version 2: a key of its own (`<tenant>/<id>/v/<slot>`), so the
+    /// The object holding it, since schema version 2: a key of its own (`<tenant>/v/<id>/<slot>`), so the
     /// earlier versions keep their bytes. `None` (every version-1 event): the new content replaced the
     /// document's own key (`<tenant>/<id>`), and the content that was there is gone.
     #[serde(default)]
@@ -211,7 +211,7 @@ mod tests {
                 at,
             }
             .into(),
-            VersionAdded { size_bytes: 3, etag: "f".into(), key: Some("t/d/v/s".into()), at }.into(),
+            VersionAdded { size_bytes: 3, etag: "f".into(), key: Some("t/v/d/s".into()), at }.into(),
             Deleted { reason: "gdpr".into(), at }.into(),
             LabelsChanged { labels: [("stage".to_owned(), "final".to_owned())].into(), at }.into(),
         ];
