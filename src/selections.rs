@@ -1,5 +1,6 @@
 //! The read models serving the write side: documents for schedules over a selector (the timer service's
-//! [`Select`]), and documents still waiting for their upload (the upload sweep's [`Pending`]).
+//! [`Select`]), documents still waiting for their upload (the upload sweep's [`Pending`]), and the jobs still
+//! running a workflow that is to be deleted (the intake's [`crate::intake::RunningJobs`]).
 //!
 //! A selection first waits until the documents read model has applied the store's head (as of the firing),
 //! so that every upload recorded before the occurrence fired is seen; it then takes the `uploaded` documents
@@ -64,6 +65,23 @@ impl Select for Reads {
             .map(|(id, _)| Uuid::parse_str(&id).map(DocumentId).map_err(|e| format!("document id {id:?}: {e}")))
             .collect::<Result<_, _>>()?;
         Ok(Selected { documents, through_position })
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::intake::RunningJobs for Reads {
+    async fn running(&self, workflow: weft_events::domain::ids::WorkflowId) -> Result<u64, String> {
+        // Every job stored so far, the ones submitted just before the workflow was archived among them.
+        let head = self.store.head().await.map_err(|e| e.to_string())?;
+        self.caught_up(weft_projections::jobs::NAME, Some(head)).await.map_err(|e| e.message)?;
+        let workflow = workflow.to_string();
+        self.query(move |db| {
+            db.prepare_cached("SELECT count(*) FROM jobs WHERE workflow = ?1 AND status = 'running'")?
+                .query_row([&workflow], |row| row.get::<_, i64>(0))
+        })
+        .await
+        .map(|n| u64::try_from(n).unwrap_or(0))
+        .map_err(|e| e.message)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use weft_events::Timestamp;
-use weft_events::domain::workflow::{Archived, Defined, Event, Input, Restored, Step};
+use weft_events::domain::workflow::{Archived, Defined, Deleted, Event, Input, Restored, Step};
 
 use crate::aggregate::Aggregate;
 
@@ -61,6 +61,15 @@ pub enum Command {
         #[serde(default = "Timestamp::now")]
         at: Timestamp,
     },
+    /// Delete the workflow, which must be archived (so that no new job starts it) and, as the command
+    /// intake checks against the jobs read model, run by no job. Deleting it again records nothing.
+    Delete {
+        /// Why.
+        reason: String,
+        /// When.
+        #[serde(default = "Timestamp::now")]
+        at: Timestamp,
+    },
 }
 
 /// Why a workflow refuses a definition.
@@ -76,6 +85,18 @@ pub enum Rejection {
     /// The workflow is archived: restore it first.
     #[error("the workflow is archived; restore it first")]
     Archived,
+    /// Only an archived workflow is deleted: archive it first, so that no new job starts it.
+    #[error("the workflow is not archived; archive it first, so that no new job starts it")]
+    NotArchived,
+    /// The workflow is deleted.
+    #[error("the workflow is deleted")]
+    Deleted,
+    /// Jobs still run the workflow (checked by the command intake).
+    #[error("{running} jobs still run the workflow; wait for them, or cancel them, then delete it")]
+    JobsRunning {
+        /// How many.
+        running: u64,
+    },
     /// An archive's reason is empty, too long or holds control characters.
     #[error("reason: {0}")]
     InvalidReason(String),
@@ -236,6 +257,9 @@ pub struct Workflow {
     /// Whether it is archived: no new job may run it.
     #[serde(default)]
     pub archived: bool,
+    /// Whether it is deleted.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 impl Aggregate for Workflow {
@@ -245,6 +269,12 @@ impl Aggregate for Workflow {
     type Rejection = Rejection;
 
     fn decide(&self, command: &Command) -> Result<Vec<Event>, Rejection> {
+        if self.deleted {
+            return match command {
+                Command::Delete { .. } => Ok(vec![]),
+                _ => Err(Rejection::Deleted),
+            };
+        }
         let (name, steps, at) = match command {
             Command::Define { name, steps, at } => {
                 if self.version > 0 {
@@ -265,15 +295,21 @@ impl Aggregate for Workflow {
                 if self.version == 0 {
                     return Err(Rejection::NotDefined);
                 }
-                if reason.trim().is_empty() || reason.len() > MAX_NAME_BYTES || reason.chars().any(char::is_control) {
-                    return Err(Rejection::InvalidReason(format!(
-                        "a reason must be 1 to {MAX_NAME_BYTES} bytes without control characters"
-                    )));
-                }
+                check_reason(reason)?;
                 if self.archived {
                     return Ok(vec![]);
                 }
                 return Ok(vec![Archived { reason: reason.clone(), at: *at }.into()]);
+            }
+            Command::Delete { reason, at } => {
+                if self.version == 0 {
+                    return Err(Rejection::NotDefined);
+                }
+                check_reason(reason)?;
+                if !self.archived {
+                    return Err(Rejection::NotArchived);
+                }
+                return Ok(vec![Deleted { reason: reason.clone(), at: *at }.into()]);
             }
             Command::Restore { at } => {
                 if self.version == 0 {
@@ -301,9 +337,20 @@ impl Aggregate for Workflow {
             }
             Event::Archived(_) => self.archived = true,
             Event::Restored(_) => self.archived = false,
+            Event::Deleted(_) => self.deleted = true,
         }
         self
     }
+}
+
+/// An archive's or a deletion's reason: 1 to [`MAX_NAME_BYTES`] bytes without control characters.
+fn check_reason(reason: &str) -> Result<(), Rejection> {
+    if reason.trim().is_empty() || reason.len() > MAX_NAME_BYTES || reason.chars().any(char::is_control) {
+        return Err(Rejection::InvalidReason(format!(
+            "a reason must be 1 to {MAX_NAME_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -460,5 +507,27 @@ pub(crate) mod tests {
         }
         let state = Workflow::replay(&[defined(1, one()), archived, restored]);
         assert!(!state.archived);
+    }
+
+    #[test]
+    fn only_an_archived_workflow_is_deleted_and_a_deleted_one_refuses_everything_but_its_deletion() {
+        let defined: Event = Defined { version: 1, name: "w".into(), steps: vec![step("a", &[])], at: AT }.into();
+        let archived: Event = Archived { reason: "old".into(), at: AT }.into();
+        let delete = || Command::Delete { reason: "gone".into(), at: AT };
+        given::<Workflow>([defined.clone()]).when(delete()).then_rejected(Rejection::NotArchived);
+        given::<Workflow>([]).when(delete()).then_rejected(Rejection::NotDefined);
+        let deleted: Event = Deleted { reason: "gone".into(), at: AT }.into();
+        given::<Workflow>([defined.clone(), archived.clone()]).when(delete()).then([deleted.clone()]);
+        let history = [defined, archived, deleted];
+        given::<Workflow>(history.clone()).when(delete()).then([]);
+        given::<Workflow>(history.clone()).when(Command::Restore { at: AT }).then_rejected(Rejection::Deleted);
+        given::<Workflow>(history.clone())
+            .when(Command::Redefine { name: "w".into(), steps: vec![step("a", &[])], at: AT })
+            .then_rejected(Rejection::Deleted);
+        assert!(Workflow::replay(&history).deleted);
+        assert!(matches!(
+            given::<Workflow>([]).state().decide(&Command::Delete { reason: " ".into(), at: AT }),
+            Err(Rejection::NotDefined)
+        ));
     }
 }

@@ -4,7 +4,7 @@
 //! Tables:
 //!
 //! - `workflows (id, tenant, name, latest_version, steps_count, status, defined_at, updated_at, version)`: the
-//!   latest definition; `status` is `active` or `archived` (a read model made before the column existed gains
+//!   latest definition; `status` is `active`, `archived` or `deleted` (a read model made before the column existed gains
 //!   it on start, `active` until `weft projection rebuild workflows`); `defined_at` is the first definition's
 //!   time.
 //! - `workflow_versions (workflow, workflow_version, name, steps, defined_at)`: `steps` is the definition's
@@ -148,6 +148,7 @@ impl Projection for Workflows {
             }
             Event::Archived(e) => archive(tx, &id, "archived", e.at.0, version)?,
             Event::Restored(e) => archive(tx, &id, "active", e.at.0, version)?,
+            Event::Deleted(e) => archive(tx, &id, "deleted", e.at.0, version)?,
         }
         Ok(())
     }

@@ -36,6 +36,15 @@ pub enum WorkflowVerb {
         /// The workflow's name or id.
         workflow: String,
     },
+    /// Deletes an archived workflow that no job runs any more: it never runs, is redefined or restored again
+    /// (its history stays).
+    Delete {
+        /// The workflow's name or id.
+        workflow: String,
+        /// Why, for its history.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `weft workflow ...`.
@@ -47,6 +56,9 @@ pub async fn run(connection: Connection, verb: WorkflowVerb) -> anyhow::Result<(
             lifecycle(connection, &workflow, "archive", json!({"reason": reason})).await
         }
         WorkflowVerb::Restore { workflow } => lifecycle(connection, &workflow, "restore", json!({})).await,
+        WorkflowVerb::Delete { workflow, reason } => {
+            lifecycle(connection, &workflow, "delete", json!({"reason": reason})).await
+        }
         WorkflowVerb::Versions { workflow } => {
             let client = connection.client()?;
             let id = super::job::workflow_id(&client, &workflow).await?;

@@ -9,6 +9,11 @@
 //! an archive on any node holds for the next one). A submission naming no tenant (from a caller of every
 //! tenant) is for its first input document's tenant.
 //!
+//! A workflow's `delete` is checked against the jobs read model (`RunningJobs`, once it has applied the store's
+//! head): refused (`jobs_running`) while a job of the workflow has not ended. The workflow must be archived
+//! first, so no new job starts it meanwhile (a submission checked just before the archive and stored just after
+//! the count is the one gap: such a job still runs, on the steps it carries).
+//!
 //! A trigger's `create` is checked the same way: its workflow must be defined and not archived
 //! (`unknown_workflow`, `workflow_archived`).
 //!
@@ -57,6 +62,23 @@ pub struct IntakeOptions {
     pub max_in_flight: usize,
     /// The verifier of callers' tokens; `None`: no authentication (see [`caller`]).
     pub verifier: Option<Arc<Verifier>>,
+    /// Where a workflow's deletion learns how many jobs still run it; `None`: deletions are refused as
+    /// `unavailable` (a node without read models cannot tell).
+    pub running_jobs: Option<Arc<dyn RunningJobs>>,
+}
+
+/// How many jobs run a workflow, as of everything stored when asked (the jobs read model, once it has
+/// applied the store's head).
+#[async_trait::async_trait]
+pub trait RunningJobs: Send + Sync {
+    /// The jobs of `workflow` that have not ended.
+    async fn running(&self, workflow: WorkflowId) -> Result<u64, String>;
+}
+
+impl std::fmt::Debug for dyn RunningJobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunningJobs")
+    }
 }
 
 impl Default for IntakeOptions {
@@ -66,6 +88,7 @@ impl Default for IntakeOptions {
             queue_group: protocol::QUEUE_GROUP.into(),
             max_in_flight: 4096,
             verifier: None,
+            running_jobs: None,
         }
     }
 }
@@ -95,6 +118,7 @@ impl Intake {
         let slots = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
         let shared = Shared { handled: handled.clone(), slots };
         let workflows = Workflows::new(hosts.job.store().clone());
+        let deletions = Deletions { store: hosts.workflow.store().clone(), running_jobs: options.running_jobs.clone() };
         let services = vec![
             match objects {
                 Some(objects) => {
@@ -103,7 +127,7 @@ impl Intake {
                 }
                 None => serve(bus.clone(), hosts.document, AsIs, &options, shared.clone()).await?,
             },
-            serve(bus.clone(), hosts.workflow, AsIs, &options, shared.clone()).await?,
+            serve(bus.clone(), hosts.workflow, deletions, &options, shared.clone()).await?,
             serve(bus.clone(), hosts.job, workflows.clone(), &options, shared.clone()).await?,
             serve(bus.clone(), hosts.agent, AsIs, &options, shared.clone()).await?,
             serve(bus.clone(), hosts.schedule, AsIs, &options, shared.clone()).await?,
@@ -184,7 +208,10 @@ impl<A: Aggregate> Prepare<A> for AsIs {
 pub(crate) fn runs_as_is<A: Aggregate>(execute: &Execute<A>) -> bool {
     let command: &dyn std::any::Any = &execute.command;
     match A::KIND {
-        weft_actors::agent::Agent::KIND | Workflow::KIND | weft_actors::schedule::Schedule::KIND => true,
+        weft_actors::agent::Agent::KIND | weft_actors::schedule::Schedule::KIND => true,
+        Workflow::KIND => {
+            command.downcast_ref::<workflow::Command>().is_some_and(|c| !matches!(c, workflow::Command::Delete { .. }))
+        }
         Job::KIND => command.downcast_ref::<job::Command>().is_some_and(|c| !matches!(c, job::Command::Submit { .. })),
         Trigger::KIND => {
             command.downcast_ref::<trigger::Command>().is_some_and(|c| !matches!(c, trigger::Command::Create { .. }))
@@ -225,6 +252,8 @@ struct KnownWorkflow {
     read_at: u64,
     /// Whether it was archived then.
     archived: bool,
+    /// Whether it was deleted then.
+    deleted: bool,
     /// The steps of each version defined then (a defined version never changes).
     versions: HashMap<u32, Arc<Vec<Step>>>,
 }
@@ -248,7 +277,8 @@ impl Workflows {
             return Ok(known.clone());
         }
         let events = host::load_events::<Workflow>(&*self.store, &stream).await?;
-        let mut read = KnownWorkflow { read_at: events.len() as u64, archived: false, versions: HashMap::new() };
+        let mut read =
+            KnownWorkflow { read_at: events.len() as u64, archived: false, deleted: false, versions: HashMap::new() };
         for event in events {
             match event {
                 WorkflowEvent::Defined(defined) => {
@@ -256,6 +286,7 @@ impl Workflows {
                 }
                 WorkflowEvent::Archived(_) => read.archived = true,
                 WorkflowEvent::Restored(_) => read.archived = false,
+                WorkflowEvent::Deleted(_) => read.deleted = true,
             }
         }
         let read = Arc::new(read);
@@ -305,6 +336,9 @@ impl Prepare<Job> for Workflows {
                 return Err(host::Error::Rejected(rejected));
             }
             let known = workflows.current(workflow).await.map_err(host::Error::Unavailable)?;
+            if known.deleted {
+                return Err(host::Error::Rejected(job::Rejection::UnknownWorkflow { workflow, version }));
+            }
             if known.archived {
                 return Err(host::Error::Rejected(job::Rejection::WorkflowArchived(workflow)));
             }
@@ -333,13 +367,51 @@ impl Prepare<Trigger> for Workflows {
             let trigger::Command::Create { workflow, .. } = &execute.command else { return Ok(execute) };
             let workflow = *workflow;
             let known = workflows.current(workflow).await.map_err(host::Error::Unavailable)?;
-            if known.versions.is_empty() {
+            if known.versions.is_empty() || known.deleted {
                 return Err(host::Error::Rejected(trigger::Rejection::UnknownWorkflow(workflow)));
             }
             if known.archived {
                 return Err(host::Error::Rejected(trigger::Rejection::WorkflowArchived(workflow)));
             }
             Ok(execute)
+        })
+    }
+}
+
+/// A workflow's deletion, checked against the jobs that still run it: refused while any does.
+#[derive(Clone)]
+struct Deletions {
+    store: Arc<dyn EventStore>,
+    running_jobs: Option<Arc<dyn RunningJobs>>,
+}
+
+impl Prepare<Workflow> for Deletions {
+    fn prepare(
+        &self,
+        stream: &StreamName,
+        execute: Execute<Workflow>,
+    ) -> LocalBoxFuture<'static, Result<Execute<Workflow>, host::Error<workflow::Rejection>>> {
+        let (store, running_jobs, stream) = (self.store.clone(), self.running_jobs.clone(), stream.clone());
+        Box::pin(async move {
+            if !matches!(execute.command, workflow::Command::Delete { .. }) {
+                return Ok(execute);
+            }
+            let Some(workflow) = WorkflowId::from_stream(&stream) else { return Ok(execute) };
+            // What the workflow refuses by itself (not defined, not archived, deleted already) it refuses with
+            // its own reason.
+            let (state, _) = host::load_state::<Workflow>(&*store, &stream).await?;
+            if state.version == 0 || !state.archived || state.deleted {
+                return Ok(execute);
+            }
+            let Some(running_jobs) = running_jobs else {
+                return Err(host::Error::Unavailable(
+                    "this node keeps no jobs read model to count running jobs".into(),
+                ));
+            };
+            match running_jobs.running(workflow).await.map_err(host::Error::Unavailable)? {
+                0 => Ok(execute),
+                running => Err(host::Error::Rejected(workflow::Rejection::JobsRunning { running })),
+            }
         })
     }
 }

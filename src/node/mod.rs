@@ -189,11 +189,16 @@ impl Node {
         let verifier = auth.map(|(verifier, _)| Arc::new(verifier));
         let objects_dir = options.objects_dir();
         let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
-        // The command intake checks documents' upload commands against the object store.
+        let board = Board::default();
+        let read_side = ReadSide::start(options, store.reader(), &board)?;
+        let reads = read_side.reads.clone();
+        // The command intake checks documents' upload commands against the object store, and a workflow's
+        // deletion against the jobs read model.
         let intake_options = IntakeOptions {
             limits: crate::protocol::BodyLimits { max_bytes: options.http.max_body_bytes, ..Default::default() },
             max_in_flight: options.intake.max_commands_in_flight,
             verifier: verifier.clone(),
+            running_jobs: Some(Arc::new(reads.clone())),
             ..IntakeOptions::default()
         };
         let intake = Intake::start_with_objects(bus.clone(), hosts, intake_options, Some(objects.clone())).await?;
@@ -209,12 +214,9 @@ impl Node {
         let executor: Rc<dyn Executor> =
             Rc::new(DocumentExecutor::new(objects.clone(), gateway.clone(), providers.clone()));
 
-        let board = Board::default();
         for (name, health) in intake.health() {
             board.watch(name.clone(), health.clone());
         }
-        let read_side = ReadSide::start(options, store.reader(), &board)?;
-        let reads = read_side.reads.clone();
         let query_health = weft_events::Health::default();
         board.watch("queries", query_health.clone());
         let queries = crate::bus::queries::start(bus.clone(), reads.clone(), query_health, verifier.clone()).await?;

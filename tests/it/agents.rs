@@ -878,3 +878,59 @@ fn a_workflow_runs_at_the_version_named_and_lists_its_versions() {
     assert_eq!(active["status"], "active", "{active}");
     serve.stop();
 }
+
+#[test]
+fn a_workflow_is_deleted_only_once_archived_and_run_by_no_job() {
+    use crate::providers::{Answer, Fake, OPENAI_OK, answer};
+    // The job's one call hangs: the job runs while the deletion is asked for.
+    let hang = Answer { delay: std::time::Duration::from_secs(30), ..answer(200, OPENAI_OK) };
+    let fake = Fake::start(vec![hang]);
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--openai-base-url", &fake.url]);
+    let addr = serve.addr.as_str();
+    let document = upload(addr, dir.path());
+    let job = openai_job(addr, &document, 1);
+    let state = wait_job(addr, &job, |s| s["steps"][0]["status"] == "running");
+    let workflow = state["workflow"].as_str().unwrap().to_owned();
+    let code = |reply: &Value| reply["error"]["rejection"]["code"].as_str().map(str::to_owned);
+
+    let delete = json!({"reason": "retired"});
+    let (status, reply) = command(addr, "workflow", &workflow, "delete", delete.clone());
+    assert_eq!((status, code(&reply).as_deref()), (422, Some("not_archived")), "{reply}");
+    let (status, reply) = command(addr, "workflow", &workflow, "archive", json!({"reason": "retiring"}));
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = command(addr, "workflow", &workflow, "delete", delete.clone());
+    assert_eq!((status, code(&reply).as_deref()), (422, Some("jobs_running")), "{reply}");
+    assert_eq!(reply["error"]["rejection"]["detail"]["running"], 1, "{reply}");
+    let (_, item) = get(addr, &format!("/workflows/{workflow}"));
+    assert_eq!(item["status"], "archived", "nothing recorded: {item}");
+
+    // Once the job has ended, the deletion goes through; a repeat records nothing.
+    let (status, reply) = command(addr, "job", &job, "cancel", json!({"reason": "make way"}));
+    assert_eq!(status, 200, "{reply}");
+    wait_job(addr, &job, |s| s["status"] == "cancelled");
+    let (ok, _, stderr) = weft(addr, &["workflow", "delete", &workflow, "--reason", "retired"]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = weft(addr, &["workflow", "delete", &workflow, "--reason", "retired"]);
+    assert!(ok, "{stderr}");
+    let (_, deleted) = get(addr, "/workflows?status=deleted");
+    assert_eq!(deleted["items"][0]["id"], json!(workflow), "{deleted}");
+
+    // Deleted: it is never restored, redefined or run again, and triggers cannot take it.
+    let (status, reply) = command(addr, "workflow", &workflow, "restore", json!({}));
+    assert_eq!((status, code(&reply).as_deref()), (422, Some("deleted")), "{reply}");
+    let submit = json!({"workflow": workflow, "workflow_version": 1, "inputs": [document], "priority": 0,
+        "idempotency_key": null});
+    let (status, reply) = command(addr, "job", &uuid::Uuid::now_v7().to_string(), "submit", submit);
+    assert_eq!((status, code(&reply).as_deref()), (422, Some("unknown_workflow")), "{reply}");
+    let trigger = json!({"workflow": workflow, "selector": {"content_type": "text/plain"}});
+    let (status, reply) = command(addr, "trigger", &uuid::Uuid::now_v7().to_string(), "create", trigger);
+    assert_eq!((status, code(&reply).as_deref()), (422, Some("unknown_workflow")), "{reply}");
+    // Only a role that may send commands deletes one.
+    let user = crate::serve::bearer(dir.path(), "ann", weft::auth::Role::User);
+    let body = json!({"command_id": uuid::Uuid::now_v7(), "type": "delete", "payload": {"reason": "x"}});
+    let path = format!("/commands/workflow/{workflow}");
+    let answer = crate::serve::http(addr, "POST", &path, &[("Authorization", &user)], body.to_string().as_bytes());
+    assert_eq!(answer.status, 403, "{}", answer.json());
+    serve.stop();
+}

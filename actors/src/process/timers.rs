@@ -242,8 +242,8 @@ impl<G: Gateway> TimerService<G> {
             tracing::warn!(schedule = %id, workflow = %workflow_id, "the schedule's workflow is not defined; skipping the occurrence");
             return Ok(after);
         }
-        if workflow.archived {
-            tracing::warn!(schedule = %id, workflow = %workflow_id, "the schedule's workflow is archived; skipping the occurrence");
+        if workflow.archived || workflow.deleted {
+            tracing::warn!(schedule = %id, workflow = %workflow_id, "the schedule's workflow is archived or deleted; skipping the occurrence");
             return Ok(after);
         }
         let (documents, through_position) = match &target {

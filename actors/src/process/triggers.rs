@@ -122,9 +122,9 @@ impl<G: Gateway> TriggerProcess<G> {
     ) -> Result<(), Retry> {
         let workflow_id = definition.created.workflow;
         let workflow = inspect::<Workflow, _>(&self.gateway, &workflow_id.stream()).await?;
-        if workflow.version == 0 || workflow.archived {
+        if workflow.version == 0 || workflow.archived || workflow.deleted {
             tracing::warn!(trigger = %id, workflow = %workflow_id, %document,
-                "the trigger's workflow is not defined or is archived; the upload fires nothing");
+                "the trigger's workflow is not defined, archived or deleted; the upload fires nothing");
             return Ok(());
         }
         let job = JobId(derived_id(id.0, &format!("job/{}", event.event_id)));

@@ -73,6 +73,15 @@ pub struct Restored {
     pub at: crate::envelope::Timestamp,
 }
 
+/// The workflow was deleted: no job runs it again, and it is never redefined or restored. Its history stays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Deleted {
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: crate::envelope::Timestamp,
+}
+
 super::domain_events! { "workflow";
     /// See [`Defined`].
     Defined(Defined) = "workflow.defined", v 1,
@@ -80,6 +89,8 @@ super::domain_events! { "workflow";
     Archived(Archived) = "workflow.archived", v 1,
     /// See [`Restored`].
     Restored(Restored) = "workflow.restored", v 1,
+    /// See [`Deleted`].
+    Deleted(Deleted) = "workflow.deleted", v 1,
 }
 
 #[cfg(test)]
