@@ -108,6 +108,7 @@ pub fn one_step_job() -> crate::job::Command {
         idempotency_key: None,
         parameters: Default::default(),
         input_versions: Default::default(),
+        replay_of: None,
         at: Timestamp(1),
     }
 }

@@ -90,6 +90,7 @@ proptest! {
             idempotency_key: None,
             parameters: Default::default(),
             input_versions: Default::default(),
+            replay_of: None,
             at: now,
         });
         let mut next_outcome = outcomes.iter().cycle();

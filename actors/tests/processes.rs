@@ -56,6 +56,7 @@ async fn submit(world: &World, steps: Vec<Step>) -> (JobId, DocumentId) {
         idempotency_key: None,
         parameters: Default::default(),
         input_versions: Default::default(),
+        replay_of: None,
         at: Timestamp::now(),
     };
     run(&world.hosts.job, &job.stream(), submit).await;
@@ -361,6 +362,7 @@ async fn submit_as(world: &World, agent: AgentId, tenant: &str, priority: i32, s
         idempotency_key: None,
         parameters: Default::default(),
         input_versions: Default::default(),
+        replay_of: None,
         at: Timestamp::now(),
     };
     let metadata = Metadata { tenant: Some(tenant.into()), ..Metadata::default() };

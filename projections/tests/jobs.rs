@@ -30,6 +30,7 @@ async fn a_job_s_status_steps_and_logs_follow_its_events() {
             idempotency_key: None,
             parameters: Default::default(),
             input_versions: Default::default(),
+            replay_of: None,
             at: t(10),
         }
         .into(),

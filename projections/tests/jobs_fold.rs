@@ -96,6 +96,7 @@ impl Writer {
                     idempotency_key: None,
                     parameters: Default::default(),
                     input_versions: Default::default(),
+                    replay_of: None,
                     at,
                 }
                 .into()

@@ -57,6 +57,7 @@ async fn round(store: &MemoryStore, n: u64, documents: &mut Vec<DocumentId>) {
         idempotency_key: None,
         parameters: Default::default(),
         input_versions: Default::default(),
+        replay_of: None,
         at,
     };
     let events: Vec<job::Event> = vec![

@@ -165,7 +165,93 @@ impl DocumentExecutor {
     }
 }
 
+/// The document recording call `chunk` (from 0) of attempt `attempt` of `step` of `job`.
+fn call_document(job: weft_events::domain::ids::JobId, step: &str, attempt: u32, chunk: usize) -> DocumentId {
+    DocumentId(Uuid::new_v5(&job.0, format!("call/{step}/{attempt}/{chunk}").as_bytes()))
+}
+
+/// What a recording document holds: the request and the answer, as JSON.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Recorded {
+    request: Request,
+    answer: super::Completion,
+}
+
 impl DocumentExecutor {
+    /// Keeps a provider call's request and answer as a document of the job's tenant (`call-<step>-<attempt>-
+    /// <chunk>.json`, labelled `weft.call.job` and `weft.call.step`, owned by the agent), for `weft job rerun
+    /// --recorded`. Its name and labels are sealed with the tenant's key as any document's.
+    async fn record(
+        &self,
+        task: &Task,
+        chunk: usize,
+        request: &Request,
+        answer: &super::Completion,
+        tenant: &str,
+        correlation: Option<Uuid>,
+    ) -> Result<(), TaskError> {
+        let id = call_document(task.job, &task.step.name, task.attempt, chunk);
+        let body = serde_json::to_vec(&Recorded { request: request.clone(), answer: answer.clone() })
+            .map_err(|e| permanent(format!("recording the call: {e}")))?;
+        let actor = format!("agent:{}", task.agent);
+        let register = Command::Register {
+            name: format!("call-{}-{}-{chunk}.json", task.step.name, task.attempt),
+            content_type: "application/json".into(),
+            declared_size_bytes: body.len() as u64,
+            tenant: tenant.to_owned(),
+            owner: actor.clone(),
+            labels: [
+                ("weft.call.job".to_owned(), task.job.to_string()),
+                ("weft.call.step".to_owned(), task.step.name.clone()),
+            ]
+            .into(),
+            at: Timestamp::now(),
+        };
+        let registered = self.command(id, Uuid::new_v5(&id.0, b"register"), register, tenant, &actor, correlation);
+        let key = document_key(tenant, id);
+        let put =
+            self.objects.put(&key, "application/json", futures::stream::iter([Ok(bytes::Bytes::from(body))]).boxed());
+        let (registered, put) = futures::join!(registered, put);
+        registered?;
+        let info = put.map_err(|e| transient(format!("writing the call's record {id}: {e}")))?;
+        let uploaded = Command::MarkUploaded {
+            size_bytes: info.size_bytes,
+            etag: info.etag,
+            source: UploadSource::Agent,
+            at: Timestamp::now(),
+        };
+        self.command(id, Uuid::new_v5(&id.0, b"upload"), uploaded, tenant, &actor, correlation).await
+    }
+
+    /// The answer job `original` recorded for this task's call `chunk`, when its step succeeded there and
+    /// asked exactly `request`; `None` otherwise (the provider is asked).
+    async fn recorded(
+        &self,
+        task: &Task,
+        original: weft_events::domain::ids::JobId,
+        chunk: usize,
+        request: &Request,
+        tenant: &str,
+    ) -> Result<Option<super::Completion>, TaskError> {
+        let job = self
+            .gateway
+            .state::<Job>(&original.stream())
+            .await
+            .map_err(|e| transient(format!("reading job {original}: {e}")))?;
+        let Some(weft_actors::job::StepState::Succeeded { attempt, .. }) = job.progress.get(&task.step.name) else {
+            return Ok(None);
+        };
+        let id = call_document(original, &task.step.name, *attempt, chunk);
+        let state = self.document(id).await?;
+        if state.status != Status::Uploaded || state.tenant != tenant {
+            return Ok(None);
+        }
+        let text = self.content(id, &state, state.versions).await?;
+        let recorded: Recorded =
+            serde_json::from_str(&text).map_err(|e| permanent(format!("the call's record {id} does not read: {e}")))?;
+        Ok((recorded.request == *request).then_some(recorded.answer))
+    }
+
     /// Adds a line to the task's job's log (best effort: a log line that cannot be written is not a failure).
     async fn log(&self, task: &Task, what: &str, level: Level, message: String) {
         let command = job::Command::AppendLog { level, message, at: Timestamp::now() };
@@ -267,10 +353,23 @@ impl DocumentExecutor {
                 input_content_type: states[0].content_type.clone(),
                 parameters: task.profile.parameters.clone(),
             };
-            let completion = provider.complete(request).await.map_err(|e| match e {
-                Error::Invalid(message) => permanent(message),
-                Error::Unavailable(message) => transient(message),
-            })?;
+            let replayed = match task.replay_of {
+                Some(original) => self.recorded(task, original, index, &request, &tenant).await?,
+                None => None,
+            };
+            let completion = match replayed {
+                Some(completion) => completion,
+                None => {
+                    let completion = provider.complete(request.clone()).await.map_err(|e| match e {
+                        Error::Invalid(message) => permanent(message),
+                        Error::Unavailable(message) => transient(message),
+                    })?;
+                    if provider.name() != super::builtin::NAME {
+                        self.record(task, index, &request, &completion, &tenant, correlation).await?;
+                    }
+                    completion
+                }
+            };
             if index == 0 {
                 content_type = completion.content_type;
             }

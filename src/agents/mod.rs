@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use weft_events::domain::agent::Param;
 
 /// What a provider is asked.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     /// The agent's model.
     pub model: String,
@@ -35,7 +35,7 @@ pub struct Request {
 }
 
 /// What a provider answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Completion {
     /// The output document's text.
     pub text: String,

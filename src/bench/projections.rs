@@ -167,6 +167,7 @@ fn job_events(input: DocumentId, at: Timestamp) -> anyhow::Result<Vec<NewEvent>>
         idempotency_key: None,
         parameters: Default::default(),
         input_versions: Default::default(),
+        replay_of: None,
         at,
     })];
     for name in names {

@@ -32,6 +32,24 @@ pub enum JobVerb {
         #[arg(long)]
         wait: bool,
     },
+    /// Runs a job's workflow again as a new job over the same inputs, at the versions the job read: with
+    /// `--recorded`, each provider call that asks what the job asked is answered from the job's recorded calls
+    /// instead of the provider (to reproduce or debug a run without cost); with `--with-workflow VERSION`, at
+    /// another version of the workflow. With `--wait`, waits for it and prints each step's output beside the
+    /// job's, and whether their bytes are the same.
+    Rerun {
+        /// The job to run again.
+        id: String,
+        /// Answer from the job's recorded provider calls where the request is the same.
+        #[arg(long)]
+        recorded: bool,
+        /// The workflow version to run (the job's without it).
+        #[arg(long = "with-workflow", value_name = "VERSION")]
+        with_workflow: Option<u32>,
+        /// Wait until the new job ends, then compare the outputs; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Cancels a running job: its running provider calls are aborted.
     Cancel {
         /// Its id.
@@ -125,6 +143,9 @@ pub async fn run(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        JobVerb::Rerun { id, recorded, with_workflow, wait } => {
+            rerun(&connection.client()?, &id, recorded, with_workflow, wait).await
+        }
         JobVerb::Cancel { id, reason } => {
             let client = connection.client()?;
             job_command(&client, &id, "cancel", &reason).await?;
@@ -132,6 +153,81 @@ pub async fn run(connection: Connection, verb: JobVerb) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `weft job rerun`: see [`JobVerb::Rerun`].
+async fn rerun(
+    client: &Client,
+    id: &str,
+    recorded: bool,
+    with_workflow: Option<u32>,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let history = client
+        .get(&format!("/streams/job-{}/events", segment(id)), &[("limit".to_owned(), "1".to_owned())])
+        .await
+        .map_err(|e| anyhow::anyhow!("job {id} has no submission to run again: {e}"))?;
+    let submitted = history["items"]
+        .as_array()
+        .and_then(|items| items.first())
+        .filter(|first| first["type"] == "job.submitted")
+        .map(|first| first["event"].clone())
+        .ok_or_else(|| anyhow::anyhow!("job {id} has no submission to run again"))?;
+    let inputs: Vec<String> =
+        submitted["inputs"].as_array().into_iter().flatten().filter_map(|i| i.as_str().map(str::to_owned)).collect();
+    // Each input at the version the job read (its derivatives say), else at the one it pinned.
+    let mut versions = submitted["input_versions"].as_object().cloned().unwrap_or_default();
+    for input in &inputs {
+        let document = client.get(&format!("/documents/{}", segment(input)), &[]).await?;
+        let read = document["derivatives"].as_array().into_iter().flatten().find(|d| d["job"] == id);
+        if let Some(version) = read.and_then(|d| d["version"].as_u64()) {
+            versions.insert(input.clone(), version.into());
+        }
+    }
+    let version = with_workflow.map_or_else(|| submitted["workflow_version"].clone(), |v| v.into());
+    let mut payload = json!({
+        "workflow": submitted["workflow"],
+        "workflow_version": version,
+        "inputs": inputs,
+        "priority": submitted["priority"],
+        "parameters": submitted["parameters"].as_object().cloned().unwrap_or_default(),
+        "input_versions": versions,
+    });
+    if recorded {
+        payload["replay_of"] = json!(id);
+    }
+    let (job, outputs) = submit(client, payload, None, wait).await?;
+    println!("{job}");
+    if !wait {
+        return Ok(());
+    }
+    // Each step's output beside the job's, and whether the bytes are the same.
+    let original = client.get(&format!("/jobs/{}", segment(id)), &[]).await?;
+    let before: BTreeMap<String, String> = original["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| Some((s["step"].as_str()?.to_owned(), s["output"].as_str()?.to_owned())))
+        .collect();
+    for (step, output) in outputs {
+        let same = match before.get(&step) {
+            Some(earlier) => Some(content(client, earlier).await? == content(client, &output).await?),
+            None => None,
+        };
+        let earlier = before.get(&step).map_or("-", String::as_str);
+        let same = same.map_or("-", |same| if same { "same" } else { "differs" });
+        println!("{step}\t{earlier}\t{output}\t{same}");
+    }
+    Ok(())
+}
+
+/// A document's current content.
+async fn content(client: &Client, document: &str) -> anyhow::Result<Vec<u8>> {
+    let download = client.get(&format!("/documents/{}/download", segment(document)), &[]).await?;
+    let url = download["download"]["url"].as_str().ok_or_else(|| anyhow::anyhow!("no URL in {download}"))?;
+    let answer = client.http.get(url).timeout(super::TRANSFER_TIMEOUT).send().await?;
+    anyhow::ensure!(answer.status().is_success(), "downloading {document}: {}", answer.status());
+    Ok(answer.bytes().await?.to_vec())
 }
 
 /// A `NAME=VALUE` job parameter from the command line.

@@ -934,3 +934,59 @@ fn a_workflow_is_deleted_only_once_archived_and_run_by_no_job() {
     assert_eq!(answer.status, 403, "{}", answer.json());
     serve.stop();
 }
+
+#[test]
+fn a_rerun_with_recorded_answers_calls_no_provider_and_writes_the_same_bytes() {
+    use crate::providers::{Fake, OPENAI_OK, answer};
+    let fake = Fake::start(vec![answer(200, OPENAI_OK), answer(200, OPENAI_OK), answer(200, OPENAI_OK)]);
+    let dir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(dir.path(), &["--openai-base-url", &fake.url]);
+    let addr = serve.addr.as_str();
+    let document = upload(addr, dir.path());
+    let job = openai_job(addr, &document, 1);
+    let state = wait_job(addr, &job, |s| s["status"] != "running");
+    assert_eq!(state["status"], "succeeded", "{state}");
+    assert_eq!(fake.seen().len(), 1);
+
+    // The call is kept as a document of the job's tenant: the request and the answer.
+    let (_, calls) = get(addr, &format!("/documents?label.weft.call.job={job}"));
+    let calls = calls["items"].as_array().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0]["owner"].as_str().unwrap().starts_with("agent:"), "{calls:?}");
+    let call = calls[0]["id"].as_str().unwrap();
+    let out = dir.path().join("call.json");
+    let (ok, _, stderr) = weft(addr, &["document", "download", call, "--out", out.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let recorded: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(recorded["request"]["input"], "Say hello.", "{recorded}");
+    assert_eq!(recorded["answer"]["text"], "Hello there, how may I assist you today?", "{recorded}");
+
+    // Run again from the recording: no provider call, the same bytes.
+    let (ok, stdout, stderr) = weft(addr, &["job", "rerun", &job, "--recorded", "--wait"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(fake.seen().len(), 1, "a recorded rerun asks no provider");
+    let line = stdout.lines().last().unwrap();
+    assert!(line.starts_with("ask\t") && line.ends_with("\tsame"), "{stdout}");
+
+    // At a newer workflow version the request differs: the provider is asked, and the outputs compared.
+    let workflow = state["workflow"].as_str().unwrap().to_owned();
+    let (_, defined) = get(addr, &format!("/workflows/{workflow}"));
+    let mut steps = defined["steps"].clone();
+    steps[0]["instruction"] = json!("Answer briefly: {{input}}");
+    let (status, reply) = command(addr, "workflow", &workflow, "redefine", json!({"name": "made-up", "steps": steps}));
+    assert_eq!(status, 200, "{reply}");
+    let (ok, stdout, stderr) = weft(addr, &["job", "rerun", &job, "--recorded", "--with-workflow", "2", "--wait"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(fake.seen().len(), 2, "a changed request is asked of the provider");
+    assert!(stdout.lines().last().unwrap().starts_with("ask\t"), "{stdout}");
+    let (_, jobs) = get(addr, &format!("/jobs?workflow={workflow}"));
+    let mut ran: Vec<u64> =
+        jobs["items"].as_array().unwrap().iter().map(|j| j["workflow_version"].as_u64().unwrap()).collect();
+    ran.sort();
+    assert_eq!(ran, [1, 1, 2], "{jobs}");
+
+    // A job that does not exist cannot be run again.
+    let (ok, _, stderr) = weft(addr, &["job", "rerun", &uuid::Uuid::now_v7().to_string(), "--recorded"]);
+    assert!(!ok && stderr.contains("no submission"), "{stderr}");
+    serve.stop();
+}

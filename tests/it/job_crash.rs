@@ -70,6 +70,7 @@ fn child(dir: &Path) {
             idempotency_key: None,
             parameters: Default::default(),
             input_versions: Default::default(),
+            replay_of: None,
             at: Timestamp::now(),
         };
         once(&hosts.job, &job.stream(), 2, submit).await;
@@ -267,6 +268,7 @@ fn many_jobs_child(dir: &Path) {
                 idempotency_key: None,
                 parameters: Default::default(),
                 input_versions: Default::default(),
+                replay_of: None,
                 at: Timestamp::now(),
             };
             once(&hosts.job, &job.stream(), 10_000 + i, submit).await;

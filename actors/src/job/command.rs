@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use weft_events::Timestamp;
-use weft_events::domain::ids::{DocumentId, WorkflowId};
+use weft_events::domain::ids::{DocumentId, JobId, WorkflowId};
 use weft_events::domain::job::Level;
 use weft_events::domain::workflow::Step;
 
@@ -58,6 +58,10 @@ pub enum Command {
         /// version when a step reads them. A version the document does not have fails the step that reads it.
         #[serde(default)]
         input_versions: BTreeMap<DocumentId, u32>,
+        /// A job whose recorded provider calls this one answers from, for each request that is the same as one
+        /// it made (the others go to the provider).
+        #[serde(default)]
+        replay_of: Option<JobId>,
         /// When.
         #[serde(default = "Timestamp::now")]
         at: Timestamp,

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use weft_events::domain::job::{DeadLettered, Retried};
 
 use weft_events::Timestamp;
-use weft_events::domain::ids::DocumentId;
+use weft_events::domain::ids::{DocumentId, JobId};
 use weft_events::domain::job::{
     Cancelled, Event, Failed, LogAppended, RetryScheduled, StepFailed, StepScheduled, StepStarted, StepSucceeded,
     Submitted, Succeeded,
@@ -107,6 +107,9 @@ pub struct Job {
     /// The versions of the inputs it pins.
     #[serde(default)]
     pub input_versions: BTreeMap<DocumentId, u32>,
+    /// The job whose recorded provider calls it answers from.
+    #[serde(default)]
+    pub replay_of: Option<JobId>,
     /// Its priority: its steps take a busy agent's free slots before those of lower priorities.
     #[serde(default)]
     pub priority: i32,
@@ -189,6 +192,7 @@ impl Aggregate for Job {
                 idempotency_key,
                 parameters,
                 input_versions,
+                replay_of,
                 at,
             } => {
                 if self.status != Status::Unsubmitted {
@@ -222,6 +226,7 @@ impl Aggregate for Job {
                         idempotency_key: idempotency_key.clone(),
                         parameters: parameters.clone(),
                         input_versions: input_versions.clone(),
+                        replay_of: *replay_of,
                         at: *at,
                     }
                     .into(),
@@ -386,6 +391,7 @@ impl Aggregate for Job {
                 self.inputs = e.inputs.clone();
                 self.parameters = e.parameters.clone();
                 self.input_versions = e.input_versions.clone();
+                self.replay_of = e.replay_of;
                 self.priority = e.priority;
                 self.progress = e.steps.iter().map(|s| (s.name.clone(), StepState::Waiting)).collect();
             }

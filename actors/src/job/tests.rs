@@ -39,6 +39,7 @@ fn submit() -> Command {
         idempotency_key: Some("k1".into()),
         parameters: BTreeMap::new(),
         input_versions: Default::default(),
+        replay_of: None,
         at: AT,
     }
 }
@@ -53,6 +54,7 @@ fn submitted() -> Event {
         idempotency_key: Some("k1".into()),
         parameters: BTreeMap::new(),
         input_versions: Default::default(),
+        replay_of: None,
         at: AT,
     }
     .into()

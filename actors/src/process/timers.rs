@@ -278,6 +278,7 @@ impl<G: Gateway> TimerService<G> {
                 idempotency_key: Some(format!("schedule/{id}/{}/{index}", due_at.as_micros())),
                 parameters: Default::default(),
                 input_versions: Default::default(),
+                replay_of: None,
                 at: now,
             };
             match send::<Job, _>(

@@ -137,6 +137,7 @@ impl<G: Gateway> TriggerProcess<G> {
             idempotency_key: Some(format!("trigger/{id}/{}", event.event_id)),
             parameters: definition.created.parameters.clone(),
             input_versions: Default::default(),
+            replay_of: None,
             at: Timestamp::now(),
         };
         let metadata = Metadata {
@@ -215,7 +216,8 @@ impl<G: Gateway> Process for TriggerProcess<G> {
             return Ok(());
         }
         let state = inspect::<Document, _>(&self.gateway, &event.stream).await?;
-        if state.status != DocumentStatus::Uploaded {
+        // Weft's own records (a provider call's, labelled `weft.*`) set off nothing.
+        if state.status != DocumentStatus::Uploaded || state.labels.keys().any(|key| key.starts_with("weft.")) {
             return Ok(());
         }
         let output_of = match state.owner.starts_with("agent:") {

@@ -52,6 +52,8 @@ pub struct Task {
     pub parameters: BTreeMap<String, String>,
     /// The versions of the job's inputs it pins: a step reads the others at their latest.
     pub versions: BTreeMap<DocumentId, u32>,
+    /// The job whose recorded provider calls answer this task's requests where they are the same.
+    pub replay_of: Option<JobId>,
 }
 
 /// What a task produced.
@@ -188,6 +190,7 @@ impl<G: Gateway> Worker<G> {
             outputs,
             parameters: job.parameters.clone(),
             versions: job.input_versions.clone(),
+            replay_of: job.replay_of,
         };
         let (gateway, executor) = (self.gateway.clone(), self.executor.clone());
         let (job, id) = (task.job, task.id);

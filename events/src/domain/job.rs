@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{DocumentId, WorkflowId};
+use super::ids::{DocumentId, JobId, WorkflowId};
 use super::workflow::Step;
 use crate::envelope::Timestamp;
 
@@ -32,6 +32,10 @@ pub struct Submitted {
     /// reads them). Added after version 1 of this event was first written: an event without it pins none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub input_versions: BTreeMap<DocumentId, u32>,
+    /// The job whose recorded provider answers this one uses, where its requests are the same (`weft job rerun
+    /// --recorded`). Added after version 1 of this event was first written: an event without it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<JobId>,
     /// When.
     pub at: Timestamp,
 }
@@ -223,6 +227,7 @@ mod tests {
                 idempotency_key: Some("k".into()),
                 parameters: [("audience".to_owned(), "board".to_owned())].into(),
                 input_versions: Default::default(),
+                replay_of: None,
                 at,
             }
             .into(),
