@@ -13,7 +13,7 @@ use weft_events::domain::schedule::{Created, Deleted, Event, Fired, Misfire, Pau
 
 use crate::aggregate::Aggregate;
 
-/// Longest cron expression, time zone or selector field, in bytes.
+/// Longest cron expression or time zone, in bytes (a selector's fields: [`crate::trigger::MAX_TEXT_BYTES`]).
 pub const MAX_TEXT_BYTES: usize = 200;
 
 /// Most documents a schedule names, and most jobs one firing submits.
@@ -200,14 +200,8 @@ fn check_target(target: &Target) -> Result<(), Rejection> {
             }
         }
         Target::Selector { tenant, content_type, name_prefix, labels, .. } => {
-            let fields = [tenant, content_type, name_prefix];
-            if fields.iter().all(|f| f.is_none()) && labels.is_empty() {
-                return Err(Rejection::InvalidTarget("a selector needs at least one field".into()));
-            }
-            crate::document::check_labels(labels).map_err(Rejection::InvalidTarget)?;
-            if fields.iter().flat_map(|f| f.as_deref()).any(|f| f.trim().is_empty() || f.len() > MAX_TEXT_BYTES) {
-                return Err(Rejection::InvalidTarget(format!("selector fields must be 1 to {MAX_TEXT_BYTES} bytes")));
-            }
+            crate::trigger::check_selector_fields([tenant, content_type, name_prefix], labels)
+                .map_err(Rejection::InvalidTarget)?;
         }
     }
     Ok(())

@@ -98,19 +98,8 @@ pub enum Rejection {
     WorkflowArchived(WorkflowId),
 }
 
-/// Where a trigger is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
-pub enum Status {
-    /// Not created.
-    #[default]
-    Uncreated,
-    /// Firing.
-    Active,
-    /// Not firing.
-    Paused,
-    /// Deleted.
-    Deleted,
-}
+/// Where a trigger is: as a schedule (not created, active, paused, deleted).
+pub use crate::schedule::Status;
 
 /// The state of a trigger.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
@@ -124,7 +113,15 @@ pub struct Trigger {
 /// Checks a selector: at least one field, each field within its limits, labels as a document's.
 pub fn check_selector(selector: &Selector) -> Result<(), String> {
     let Selector { tenant, content_type, name_prefix, labels } = selector;
-    let fields = [tenant, content_type, name_prefix];
+    check_selector_fields([tenant, content_type, name_prefix], labels)
+}
+
+/// Checks the fields of a document selector (a trigger's, a schedule's): at least one, the text ones 1 to
+/// [`MAX_TEXT_BYTES`] bytes without control characters, the labels as a document's.
+pub fn check_selector_fields(
+    fields: [&Option<String>; 3],
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
     if fields.iter().all(|f| f.is_none()) && labels.is_empty() {
         return Err("a selector needs at least one field".into());
     }
