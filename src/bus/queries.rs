@@ -6,6 +6,7 @@
 //! | `weft.qry.<model>.get` (`documents`, `jobs`, `agents`, `workflows`, `schedules`, `triggers`) | `{"id": "<uuid>", "after": <position>?}` | `GET /<model>/{id}` |
 //! | `weft.qry.<model>.list` | the list's parameters, e.g. `{"status": "running", "limit": 10}` | `GET /<model>` |
 //! | `weft.qry.jobs.logs` | `{"id": "<uuid>", "cursor"?, "limit"?, "after"?}` | `GET /jobs/{id}/logs` |
+//! | `weft.qry.documents.lineage` | `{"id": "<uuid>", "direction"?, "depth"?, "after"?}` | `GET /documents/{id}/lineage` |
 //! | `weft.qry.streams.events` | `{"stream": "<name>", "cursor"?, "limit"?, "after"?}` | `GET /streams/{stream}/events` |
 //! | `weft.qry.status.lag` | `{}` | `GET /readyz` |
 //!
@@ -141,6 +142,10 @@ async fn read(reads: &Reads, message: &Message, verb: &str, scope: &Scope) -> Re
         "streams.events" => {
             let stream = take("stream")?;
             reads.history(&stream, &params, scope).await
+        }
+        "documents.lineage" => {
+            let id = take("id")?;
+            reads.lineage(&id, &params, scope).await
         }
         "status.lag" => reads.lag().await,
         "status.ready" => Ok(reads.readiness().await.1),

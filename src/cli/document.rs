@@ -167,12 +167,16 @@ pub async fn upload(
     }
     eprintln!("weft: uploaded {size_bytes} bytes; waiting for the node to have them");
     let path = format!("/documents/{}", segment(&id));
-    let deadline = tokio::time::Instant::now() + NOTIFICATION_WAIT;
+    // Until the read model shows it uploaded: asking the node to confirm it when no notification came in time,
+    // then waiting for the read model to apply what the confirmation recorded.
+    let started = tokio::time::Instant::now();
+    let mut confirmed = false;
     while client.get(&path, &[]).await.ok().is_none_or(|d| d["status"] != "uploaded") {
-        if tokio::time::Instant::now() >= deadline {
+        if !confirmed && started.elapsed() >= NOTIFICATION_WAIT {
             client.post(&format!("{path}/confirm"), None, &[], TIMEOUT).await?;
-            break;
+            confirmed = true;
         }
+        anyhow::ensure!(started.elapsed() < TIMEOUT, "the node did not record the upload of {id} in time");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(id)

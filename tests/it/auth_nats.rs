@@ -182,6 +182,11 @@ async fn commands_and_queries_over_nats_are_checked_like_http_and_events_carry_t
     assert_eq!(list["items"], json!([]), "bob lists ann's job: {list}");
     let logs = ask(&client, "weft.qry.jobs.logs", Some(&bob), &[], &json!({"id": anns_job})).await;
     assert_eq!(kind(&logs), "not_found", "bob reads ann's job's log: {logs}");
+    // A document's lineage answers as its item does: the tenant's operator reads it, another tenant does not.
+    let lineage = ask(&client, "weft.qry.documents.lineage", Some(&olga), &[], &json!({"id": doc})).await;
+    assert!(lineage["descendants"].is_array(), "{lineage}");
+    let lineage = ask(&client, "weft.qry.documents.lineage", Some(&globex), &[], &json!({"id": doc})).await;
+    assert_eq!(kind(&lineage), "not_found", "another tenant reads the lineage: {lineage}");
     let cancel = command("cancel", json!({"reason": "not yours"}));
     let reply = ask(&client, &format!("weft.cmd.job.{anns_job}"), Some(&bob), &[], &cancel).await;
     assert_eq!(kind(&reply), "not_found", "bob cancels ann's job: {reply}");
@@ -324,6 +329,7 @@ async fn every_subject_refuses_bad_credentials_and_lets_in_only_the_roles_that_m
         cases.push((format!("weft.qry.{}.list", model.name), json!({}), None));
     }
     cases.push(("weft.qry.jobs.logs".into(), json!({"id": id}), None));
+    cases.push(("weft.qry.documents.lineage".into(), json!({"id": id}), None));
     cases.push(("weft.qry.streams.events".into(), json!({"stream": format!("job-{id}")}), None));
     for (subject, body, permission) in &cases {
         for (why, token) in &bad {
