@@ -134,24 +134,40 @@ pub fn check_schema(conn: &Connection, schema: &str) -> Result<(), String> {
 /// After the WAL has been folded into the file, the file must hold every page its header counts: a shorter
 /// file has been truncated.
 pub(super) fn check_size(conn: &Connection, path: &Path, location: &str) -> Result<(), Error> {
-    let (busy, _, _): (i64, i64, i64) = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .map_err(|e| sql_error(location, e))?;
+    // SQLite writes whole pages, to the file and in checkpoints: a file of part of a page was cut short,
+    // whatever the WAL holds.
+    let whole_pages = || -> Result<(u64, [u8; 100]), Error> {
+        let mut file = File::open(path).map_err(|e| corrupt(location, format!("cannot reopen: {e}")))?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut header = [0u8; 100];
+        file.read_exact(&mut header).map_err(|e| corrupt(location, format!("cannot read the header: {e}")))?;
+        let (page_size, _) = header_size(&header);
+        if len % page_size != 0 {
+            return Err(corrupt(
+                location,
+                format!("the file is {len} bytes, not a whole number of {page_size}-byte pages"),
+            ));
+        }
+        Ok((len, header))
+    };
+    whole_pages()?;
+    // A reader of another connection can hold the checkpoint back for a moment; it is tried a few times.
+    let mut busy: i64 = 1;
+    for _ in 0..20 {
+        busy = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| sql_error(location, e))?;
+        if busy == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     if busy != 0 {
         // Another process is reading; the file may legitimately lag the WAL. Reads still check every row.
         return Ok(());
     }
-    let mut file = File::open(path).map_err(|e| corrupt(location, format!("cannot reopen: {e}")))?;
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut header = [0u8; 100];
-    file.read_exact(&mut header).map_err(|e| corrupt(location, format!("cannot read the header: {e}")))?;
+    let (len, header) = whole_pages()?;
     let (page_size, pages) = header_size(&header);
-    if len % page_size != 0 {
-        return Err(corrupt(
-            location,
-            format!("the file is {len} bytes, not a whole number of {page_size}-byte pages"),
-        ));
-    }
     if let Some(pages) = pages
         && len < pages * page_size
     {
