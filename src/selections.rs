@@ -13,7 +13,8 @@ use weft_actors::process::timers::{Select, Selected};
 use weft_events::domain::ids::{DocumentId, Uuid};
 use weft_events::domain::schedule::Target;
 
-use crate::objects::documents::{Error, Pending};
+use crate::objects::documents::Error;
+use crate::objects::sweep::Pending;
 use crate::query::read::{DOCUMENTS, Reads};
 
 #[async_trait::async_trait(?Send)]

@@ -114,13 +114,8 @@ impl DocumentExecutor {
         if state.status != Status::Uploaded {
             return Err(permanent(format!("input {id} is not uploaded (it is {:?})", state.status)));
         }
-        let content = state
-            .content(version)
-            .ok_or_else(|| permanent(format!("input {id} has no version {version}; it has {}", state.versions)))?;
-        if !content.kept {
-            return Err(permanent(format!("input {id}'s version {version} was replaced before versions were kept")));
-        }
-        let key = content.key.clone().unwrap_or_else(|| document_key(&state.tenant, id));
+        let key = crate::objects::documents::content_key(id, state, Some(version))
+            .map_err(|e| permanent(format!("input {id}: {e}")))?;
         let mut body = match self.objects.get(&key).await {
             Ok(body) => body,
             Err(crate::objects::Error::NotFound { key }) => {
@@ -223,25 +218,32 @@ impl DocumentExecutor {
         self.command(id, Uuid::new_v5(&id.0, b"upload"), uploaded, tenant, &actor, correlation).await
     }
 
-    /// The answer job `original` recorded for this task's call `chunk`, when its step succeeded there and
-    /// asked exactly `request`; `None` otherwise (the provider is asked).
-    async fn recorded(
-        &self,
-        task: &Task,
-        original: weft_events::domain::ids::JobId,
-        chunk: usize,
-        request: &Request,
-        tenant: &str,
-    ) -> Result<Option<super::Completion>, TaskError> {
+    /// The job whose recorded calls answer this task's, and the attempt of the task's step that succeeded
+    /// there; `None` when the task replays no job, or the step did not succeed in it.
+    async fn replayed_attempt(&self, task: &Task) -> Result<Option<(weft_events::domain::ids::JobId, u32)>, TaskError> {
+        let Some(original) = task.replay_of else { return Ok(None) };
         let job = self
             .gateway
             .state::<Job>(&original.stream())
             .await
             .map_err(|e| transient(format!("reading job {original}: {e}")))?;
-        let Some(weft_actors::job::StepState::Succeeded { attempt, .. }) = job.progress.get(&task.step.name) else {
-            return Ok(None);
-        };
-        let id = call_document(original, &task.step.name, *attempt, chunk);
+        Ok(match job.progress.get(&task.step.name) {
+            Some(weft_actors::job::StepState::Succeeded { attempt, .. }) => Some((original, *attempt)),
+            _ => None,
+        })
+    }
+
+    /// The answer `original` recorded for call `chunk` of its attempt `attempt` of this task's step, when it
+    /// asked exactly `request`; `None` otherwise (the provider is asked).
+    async fn recorded(
+        &self,
+        task: &Task,
+        (original, attempt): (weft_events::domain::ids::JobId, u32),
+        chunk: usize,
+        request: &Request,
+        tenant: &str,
+    ) -> Result<Option<super::Completion>, TaskError> {
+        let id = call_document(original, &task.step.name, attempt, chunk);
         let state = self.document(id).await?;
         if state.status != Status::Uploaded || state.tenant != tenant {
             return Ok(None);
@@ -332,6 +334,7 @@ impl DocumentExecutor {
         }
         let input = texts.join("\n\n");
         let chunks = template::chunks(&input, chunk_bytes).map_err(|e| permanent(e.to_string()))?;
+        let replay = self.replayed_attempt(task).await?;
         let mut answers = Vec::with_capacity(chunks.len());
         let (mut content_type, mut input_tokens, mut output_tokens) = (String::new(), 0, 0);
         for (index, chunk) in chunks.iter().enumerate() {
@@ -353,8 +356,8 @@ impl DocumentExecutor {
                 input_content_type: states[0].content_type.clone(),
                 parameters: task.profile.parameters.clone(),
             };
-            let replayed = match task.replay_of {
-                Some(original) => self.recorded(task, original, index, &request, &tenant).await?,
+            let replayed = match replay {
+                Some(replay) => self.recorded(task, replay, index, &request, &tenant).await?,
                 None => None,
             };
             let completion = match replayed {

@@ -26,9 +26,10 @@ use crate::http::HttpApi;
 use crate::intake::{Intake, IntakeOptions};
 use crate::lease::Lease;
 use crate::objects::ObjectStore;
-use crate::objects::documents::{Documents, serve_notifications};
+use crate::objects::documents::Documents;
 use crate::objects::local::LocalStore;
 use crate::objects::s3::{S3Options, S3Store};
+use crate::objects::sweep::serve_notifications;
 use crate::publisher::Publisher;
 use crate::query::Reads;
 use crate::store::open::{self as store, Opened};
@@ -235,7 +236,7 @@ impl Node {
             let every = Duration::from_secs(options.objects.sweep_every_secs);
             let health = weft_events::Health::default();
             board.watch("upload sweep", health.clone());
-            actix_rt::spawn(crate::objects::documents::sweep_every(
+            actix_rt::spawn(crate::objects::sweep::sweep_every(
                 documents.clone(),
                 Arc::new(reads.clone()),
                 every,

@@ -13,6 +13,7 @@ pub mod documents;
 pub mod local;
 pub mod notification;
 pub mod s3;
+pub mod sweep;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

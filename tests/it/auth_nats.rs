@@ -187,6 +187,12 @@ async fn commands_and_queries_over_nats_are_checked_like_http_and_events_carry_t
     assert!(lineage["descendants"].is_array(), "{lineage}");
     let lineage = ask(&client, "weft.qry.documents.lineage", Some(&globex), &[], &json!({"id": doc})).await;
     assert_eq!(kind(&lineage), "not_found", "another tenant reads the lineage: {lineage}");
+    for bad in
+        [json!({}), json!({"id": doc, "depth": 0}), json!({"id": doc, "direction": "sideways"}), json!({"id": "x"})]
+    {
+        let reply = ask(&client, "weft.qry.documents.lineage", Some(&olga), &[], &bad).await;
+        assert_eq!(kind(&reply), "invalid", "{bad}: {reply}");
+    }
     let cancel = command("cancel", json!({"reason": "not yours"}));
     let reply = ask(&client, &format!("weft.cmd.job.{anns_job}"), Some(&bob), &[], &cancel).await;
     assert_eq!(kind(&reply), "not_found", "bob cancels ann's job: {reply}");

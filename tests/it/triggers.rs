@@ -183,8 +183,16 @@ fn pause_resume_delete_and_tenants(serve: &Serve, dir: &Path) {
 
     let (ok, _, stderr) = weft(addr, &["trigger", "pause", &id]);
     assert!(ok, "{stderr}");
+    // A sentinel on the same document: the process decides every trigger of an upload in one handling, so
+    // once the sentinel has fired, the paused trigger's turn has passed.
+    let sentinel = |prefix: &str| {
+        let sentinel = uuid::Uuid::now_v7().to_string();
+        create(addr, &sentinel, &["label.batch=life", &format!("name_prefix={prefix}")], &["--tenant", "acme"]);
+        sentinel
+    };
+    let passed = sentinel("in-5");
     upload(addr, dir, "in-5.txt", &["batch=life"], Some("acme")).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    settled_on(addr, &passed, 1);
     assert_eq!(trigger(addr, &id)["fires"], 1, "a paused trigger fires nothing");
     assert_eq!(trigger(addr, &id)["status"], "paused");
 
@@ -195,8 +203,9 @@ fn pause_resume_delete_and_tenants(serve: &Serve, dir: &Path) {
 
     let (ok, _, stderr) = weft(addr, &["trigger", "delete", &id]);
     assert!(ok, "{stderr}");
+    let passed = sentinel("in-7");
     upload(addr, dir, "in-7.txt", &["batch=life"], Some("acme")).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    settled_on(addr, &passed, 1);
     let state = trigger(addr, &id);
     assert_eq!((state["status"].as_str(), state["fires"].as_u64()), (Some("deleted"), Some(2)), "{state}");
     let (ok, _, stderr) = weft(addr, &["trigger", "resume", &id]);

@@ -5,6 +5,9 @@
 //! real answers against these schemas): the items' columns with their types, the document routes' signed
 //! URLs and outcomes, a command's reply, readiness.
 
+mod documents;
+mod identities;
+
 use serde_json::{Value, json};
 
 use crate::query::read::{MAX_LIMIT, MODELS, Model};
@@ -304,201 +307,6 @@ fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
     paths.insert(live.clone(), json!({"get": operation(summary("get", &live), vec![id(), after(), last], sse)}));
 }
 
-/// The documents' routes and the local store's signed URLs.
-fn document_paths(paths: &mut serde_json::Map<String, Value>) {
-    let id = || param("id", "path", json!({"type": "string", "format": "uuid"}), "The document");
-    let object = || json!({"type": "object"});
-    let with = |summary: &str, parameters: Vec<Value>, extra: &[(&str, &str)], answer: Value| {
-        let mut operation = operation(summary, parameters, json_response(answer));
-        for (code, why) in extra {
-            operation["responses"][*code] = json!({"description": why,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-        }
-        operation
-    };
-    let tenant = param("Weft-Tenant", "header", json!({"type": "string"}), "The tenant (`default` without it)");
-    let actor = param("Weft-Actor", "header", json!({"type": "string"}), "Who (the document's owner)");
-    let registered = &[
-        ("409", "The id is another document's (another tenant's, or registered with other fields)"),
-        ("410", "The tenant is erased"),
-        ("413", "Body too large"),
-        ("422", "Rejected"),
-    ];
-    let mut register = with(summary("post", "/documents"), vec![tenant, actor], registered, schema("Registered"));
-    register["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {
-        "type": "object", "required": ["name", "content_type", "size_bytes"], "additionalProperties": false,
-        "properties": {"id": {"type": "string", "format": "uuid",
-                              "description": "For a retry: the same registration again answers the same upload"},
-                       "name": {"type": "string"}, "content_type": {"type": "string"},
-                       "size_bytes": {"type": "integer", "minimum": 1},
-                       "labels": {"type": "object", "maxProperties": 32, "additionalProperties": {"type": "string"}}}}}}});
-    register["responses"]["201"] = register["responses"]["200"].take();
-    register["responses"]["200"] = json!({"description": "Not used: a registration answers 201"});
-    paths["/documents"]["post"] = register;
-    let upload = json!({"type": "object", "required": ["key", "upload"], "properties": {
-        "key": {"type": "string", "description": "The object the URL writes: the document's own while its upload is pending, one of its own for a new version"},
-        "upload": schema("Presigned")}});
-    let path = "/documents/{id}/upload-url";
-    paths.insert(path.into(), json!({"post": with(summary("post", path), vec![id()], &[("422", "Rejected")], upload)}));
-    let path = "/documents/{id}/confirm";
-    let key = param("key", "query", json!({"type": "string"}), "A new version's object, as its upload URL named it");
-    let confirm = with(summary("post", path), vec![id(), key], &[("422", "Rejected")], schema("Effect"));
-    paths.insert(path.into(), json!({ "post": confirm }));
-    let download = "/documents/{id}/download";
-    let answer = json!({"type": "object", "required": ["download"], "properties": {"download": schema("Presigned")}});
-    paths.insert(
-        download.into(),
-        json!({"get": with(
-            summary("get", download),
-            vec![id(), param("version", "query", json!({"type": "integer", "minimum": 1}), "The version (the latest without it)")],
-            &[("422", "Not uploaded, or no such version")],
-            answer
-        )}),
-    );
-    paths["/documents/{id}"]["delete"] = with(summary("delete", "/documents/{id}"), vec![id()], &[], schema("Effect"));
-    let events = "/objects/events";
-    let record = json!({"type": "object", "required": ["index", "key"], "properties": {
-        "index": {"type": "integer"}, "key": {"type": "string"},
-        "outcome": {"type": "string"}, "reason": {"type": "string"}, "error": {"type": "object"}}});
-    let records = json!({"type": "object", "required": ["records"],
-                         "properties": {"records": {"type": "array", "items": record}}});
-    let refused =
-        &[("401", "No or another secret"), ("422", "A record refused"), ("503", "A record could not be handled now")];
-    let mut webhook = with(summary("post", events), vec![], refused, records);
-    webhook["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": object()}}});
-    paths.insert(events.into(), json!({ "post": webhook }));
-    let key = param("key", "path", json!({"type": "string"}), "The object's key, `<tenant>/<document id>`");
-    let signed = ["expires", "max", "sig"].map(|p| param(p, "query", json!({"type": "string"}), "Of the signed URL"));
-    let mut parameters = vec![key];
-    parameters.extend(signed);
-    let key_path = "/objects/{key}";
-    let refused = [
-        ("403", "Expired, tampered or misused URL"),
-        ("413", "Over the signed size limit"),
-        ("412", "The URL was used already, or another upload overtook it: an upload URL writes once"),
-        ("422", "The document is deleted"),
-    ];
-    let bytes = json!({"description": "The object's bytes", "content": {"application/octet-stream": {"schema": {"type": "string"}}}});
-    let mut uploads = parameters.clone();
-    uploads.push(param(
-        "replaces",
-        "query",
-        json!({"type": "string"}),
-        "Of the signed URL: the etag it replaces, or `none`",
-    ));
-    let mut put = with(summary("put", key_path), uploads, &refused, object());
-    put["responses"]["200"] = json!({"description": "Stored"});
-    let mut get = with(summary("get", key_path), parameters, &refused[..1], object());
-    get["responses"]["200"] = bytes;
-    paths.insert(key_path.into(), json!({"put": put, "get": get}));
-}
-
-/// The users' and API keys' routes.
-fn identity_paths(paths: &mut serde_json::Map<String, Value>) {
-    let body = |required: &[&str], properties: Value| {
-        json!({"required": true, "content": {"application/json": {"schema": {"type": "object",
-            "required": required, "additionalProperties": false, "properties": properties}}}})
-    };
-    let with = |method: &str, path: &str, parameters: Vec<Value>, request: Value, extra: &[(&str, &str)]| {
-        let mut operation = operation(summary(method, path), parameters, json_response(json!({"type": "object"})));
-        operation["requestBody"] = request;
-        for (code, why) in extra {
-            operation["responses"][*code] = json!({"description": why,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-        }
-        operation
-    };
-    let list = |path: &str, cursor: &str| {
-        let mut parameters = vec![after(), param("status", "query", json!({"type": "string"}), "Only these")];
-        parameters.extend(paging(json!({"type": "string", "description": cursor})));
-        operation(summary("get", path), parameters, json_response(page_schema(json!({"type": "object"}))))
-    };
-    let string = json!({"type": "string"});
-    let tenants = json!({"type": "array", "items": {"type": "string"}, "minItems": 1,
-                         "description": "Its tenants; `*`: every tenant"});
-    let role = json!({"type": "string", "enum": ["admin", "operator", "user", "guest"]});
-    let login = body(
-        &["user", "password"],
-        json!({"user": string, "password": string,
-        "ttl_secs": {"type": "integer", "minimum": 1, "maximum": 86400}}),
-    );
-    let mut token = with(
-        "post",
-        "/auth/token",
-        vec![],
-        login,
-        &[
-            ("401", "Wrong user name or password, or a disabled user"),
-            ("429", "Too many attempts for this user name (Retry-After)"),
-        ],
-    );
-    token["responses"]["200"] = json_response(json!({"type": "object",
-        "required": ["token", "token_type", "expires_in", "subject", "role", "tenants"]}));
-    paths.insert("/auth/token".into(), json!({ "post": token }));
-    let login = body(
-        &["user", "password"],
-        json!({"user": string, "password": string,
-        "ttl_secs": {"type": "integer", "minimum": 1, "maximum": 86400}}),
-    );
-    let mut session = with(
-        "post",
-        "/auth/session",
-        vec![],
-        login,
-        &[
-            ("401", "Wrong user name or password, or a disabled user"),
-            ("429", "Too many attempts for this user name (Retry-After)"),
-        ],
-    );
-    session["responses"]["200"] = json_response(json!({"type": "object",
-        "required": ["csrf_token", "expires_in", "subject", "role", "tenants"],
-        "properties": {"csrf_token": {"type": "string",
-            "description": "Send it in X-CSRF-Token with every request of the session that changes state"}}}));
-    let mut end = operation(summary("delete", "/auth/session"), vec![], json!({"description": "Not used"}));
-    end["responses"]["204"] = json!({"description": "The cookie is removed"});
-    paths.insert("/auth/session".into(), json!({"post": session, "delete": end}));
-    let user = body(
-        &["name", "role", "tenants"],
-        json!({"name": string, "role": role, "tenants": tenants,
-        "password": {"type": "string", "minLength": 8},
-        "password_hash": {"type": "string", "description": "An Argon2 PHC string or a bcrypt hash, imported"}}),
-    );
-    let mut add = with("post", "/auth/users", vec![], user, &[("409", "A user of that name exists")]);
-    add["responses"]["201"] = add["responses"]["200"].take();
-    add["responses"]["200"] = json!({"description": "Not used: a new user answers 201"});
-    paths.insert(
-        "/auth/users".into(),
-        json!({"get": list("/auth/users", "The last name of the previous page"), "post": add}),
-    );
-    let name = || param("name", "path", json!({"type": "string"}), "The user's name");
-    let secret = body(&[], json!({"password": {"type": "string", "minLength": 8}, "password_hash": string}));
-    let path = "/auth/users/{name}/password";
-    paths.insert(path.into(), json!({"post": with("post", path, vec![name()], secret, &[("403", "Another user's")])}));
-    let reason = || body(&["reason"], json!({"reason": {"type": "string"}}));
-    let path = "/auth/users/{name}/disable";
-    paths.insert(
-        path.into(),
-        json!({"post": with("post", path, vec![name()], reason(), &[("409", "Disabled already")])}),
-    );
-    let key = body(
-        &["name", "role", "tenants"],
-        json!({"name": string, "role": role, "tenants": tenants,
-        "ttl_secs": {"type": "integer", "minimum": 1}}),
-    );
-    let mut create = with("post", "/auth/keys", vec![], key, &[]);
-    create["responses"]["201"] = json_response(json!({"type": "object",
-        "required": ["id", "key", "name", "role", "tenants", "expires_at"],
-        "properties": {"key": {"type": "string", "description": "The key: shown this once, never kept"}}}));
-    create["responses"]["200"] = json!({"description": "Not used: a new key answers 201"});
-    paths.insert(
-        "/auth/keys".into(),
-        json!({"get": list("/auth/keys", "The last id of the previous page"), "post": create}),
-    );
-    let id = param("id", "path", json!({"type": "string"}), "The key's id");
-    let path = "/auth/keys/{id}/revoke";
-    paths.insert(path.into(), json!({"post": with("post", path, vec![id], reason(), &[("409", "Revoked already")])}));
-}
-
 /// The document.
 pub fn document() -> Value {
     let mut paths = serde_json::Map::new();
@@ -610,8 +418,8 @@ pub fn document() -> Value {
                                             "confirm": {"type": "string", "description": "The tenant's name again"}}}}}},
                          "responses": responses}}),
     );
-    document_paths(&mut paths);
-    identity_paths(&mut paths);
+    documents::paths(&mut paths);
+    identities::paths(&mut paths);
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Weft query API", "version": env!("CARGO_PKG_VERSION")},
