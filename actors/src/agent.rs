@@ -23,8 +23,9 @@ pub const MAX_PARAMETERS: usize = 64;
 pub const MAX_CONCURRENCY: u32 = 1024;
 
 /// What can be asked of an agent.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, strum::IntoStaticStr)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
+#[strum(serialize_all = "snake_case")]
 pub enum Command {
     /// Register the agent.
     Register {
@@ -235,6 +236,10 @@ impl Aggregate for Agent {
     type Command = Command;
     type Event = Event;
     type Rejection = Rejection;
+
+    fn command_name(command: &Command) -> &'static str {
+        command.into()
+    }
 
     fn decide(&self, command: &Command) -> Result<Vec<Event>, Rejection> {
         match command {

@@ -36,6 +36,11 @@ pub trait Aggregate: Default + Clone + Send + Unpin + serde::Serialize + serde::
     /// The state after `event`.
     fn evolve(self, event: &Self::Event) -> Self;
 
+    /// The name of a command's type (`submit`), for metrics: a fixed, small set per aggregate.
+    fn command_name(_command: &Self::Command) -> &'static str {
+        "command"
+    }
+
     /// Whether the actor of an instance's first event owns it (a job: whoever submitted it), for commands
     /// confined to their owner's instances ([`crate::host::Metadata::owner`]) when [`Aggregate::owner`] says
     /// nobody.

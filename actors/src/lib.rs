@@ -31,6 +31,7 @@ pub mod host;
 pub mod job;
 pub mod process;
 pub mod schedule;
+pub mod trace;
 pub mod trigger;
 pub mod workflow;
 

@@ -21,8 +21,9 @@ use crate::aggregate::Aggregate;
 pub const MAX_TEXT_BYTES: usize = 200;
 
 /// What can be asked of a trigger.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, strum::IntoStaticStr)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
+#[strum(serialize_all = "snake_case")]
 pub enum Command {
     /// Create the trigger, active.
     Create {
@@ -151,6 +152,10 @@ impl Aggregate for Trigger {
     type Command = Command;
     type Event = Event;
     type Rejection = Rejection;
+
+    fn command_name(command: &Command) -> &'static str {
+        command.into()
+    }
 
     fn decide(&self, command: &Command) -> Result<Vec<Event>, Rejection> {
         match command {

@@ -23,8 +23,9 @@ pub const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
 pub const MAX_ATTEMPTS: u32 = 100;
 
 /// What can be asked of a workflow.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, strum::IntoStaticStr)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
+#[strum(serialize_all = "snake_case")]
 pub enum Command {
     /// Define the first version.
     Define {
@@ -267,6 +268,10 @@ impl Aggregate for Workflow {
     type Command = Command;
     type Event = Event;
     type Rejection = Rejection;
+
+    fn command_name(command: &Command) -> &'static str {
+        command.into()
+    }
 
     fn decide(&self, command: &Command) -> Result<Vec<Event>, Rejection> {
         if self.deleted {

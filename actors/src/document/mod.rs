@@ -21,8 +21,9 @@ pub const MAX_LABELS: usize = 32;
 pub const MAX_TEXT_BYTES: usize = 1024;
 
 /// What can be asked of a document.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, strum::IntoStaticStr)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
+#[strum(serialize_all = "snake_case")]
 pub enum Command {
     /// Register a new document, to be uploaded.
     Register {
@@ -322,6 +323,10 @@ impl Aggregate for Document {
     type Command = Command;
     type Event = Event;
     type Rejection = Rejection;
+
+    fn command_name(command: &Command) -> &'static str {
+        command.into()
+    }
 
     fn owner(&self) -> Option<&str> {
         (self.status != Status::Unregistered).then_some(self.owner.as_str())

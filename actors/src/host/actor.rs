@@ -16,7 +16,7 @@ use weft_events::{
 };
 
 use super::batch::{Queued, Stop, run_queued, stamped};
-use super::{ACTIVATION_PAGE, Error, Execute, Options, Outcome, Restarts};
+use super::{ACTIVATION_PAGE, Error, Execute, Options, Outcome, Restarts, Traced};
 use crate::aggregate::Aggregate;
 
 /// The state a snapshot holds.
@@ -275,6 +275,7 @@ pub(super) async fn run<A: Aggregate>(
             new_events.first().map(|e| First { tenant: e.tenant.to_string(), actor: e.actor.to_string() });
         match store.append(&stream, ExpectedVersion::Exact(loaded.version), new_events).await {
             Ok(appended) => {
+                events.iter().for_each(super::batch::counted::<A>);
                 for event in &events {
                     let state = std::mem::take(&mut loaded.state);
                     match catch_unwind(AssertUnwindSafe(|| state.evolve(event))) {
@@ -349,15 +350,20 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.running.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!("weft_actors_live", "aggregate" => A::KIND).increment(1.0);
         ctx.set_mailbox_capacity(self.options.mailbox.max(1));
         let (store, stream, remembered) = (self.store.clone(), self.stream.clone(), self.options.remembered_commands);
         ctx.wait(async move { activate::<A>(&*store, &stream, remembered).await }.into_actor(self).map(
             |result, actor, ctx| match result {
-                Ok(loaded) => actor.loaded = Some(loaded),
+                Ok(loaded) => {
+                    metrics::counter!("weft_actor_activations_total", "aggregate" => A::KIND).increment(1);
+                    actor.loaded = Some(loaded);
+                }
                 Err(failure) => {
                     let reason = match &failure {
                         Failure::Panicked(message) => {
                             actor.restarts.record(&actor.stream);
+                            metrics::counter!("weft_actor_restarts_total", "aggregate" => A::KIND).increment(1);
                             tracing::error!(stream = %actor.stream, %message, "evolve panicked during activation");
                             format!("evolve panicked: {message}")
                         }
@@ -374,6 +380,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
         let idle = Duration::from_millis(self.options.idle_timeout_ms.max(1));
         ctx.run_interval((idle / 4).max(Duration::from_millis(5)), move |actor, ctx| {
             if actor.last_used.elapsed() >= idle && !actor.busy && actor.queue.is_empty() {
+                metrics::counter!("weft_actor_passivations_total", "aggregate" => A::KIND).increment(1);
                 ctx.stop();
             }
         });
@@ -381,6 +388,7 @@ impl<A: Aggregate> Actor for AggregateActor<A> {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.running.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("weft_actors_live", "aggregate" => A::KIND).decrement(1.0);
     }
 }
 
@@ -396,6 +404,7 @@ impl<A: Aggregate> Handler<Passivate> for AggregateActor<A> {
     type Result = ();
 
     fn handle(&mut self, _: Passivate, ctx: &mut Context<Self>) {
+        metrics::counter!("weft_actor_passivations_total", "aggregate" => A::KIND).increment(1);
         if self.busy || !self.queue.is_empty() {
             self.stop_when_idle = true;
         } else {
@@ -404,14 +413,14 @@ impl<A: Aggregate> Handler<Passivate> for AggregateActor<A> {
     }
 }
 
-impl<A: Aggregate> Handler<Execute<A>> for AggregateActor<A> {
+impl<A: Aggregate> Handler<Traced<A>> for AggregateActor<A> {
     type Result = ResponseFuture<Result<Outcome, Error<A::Rejection>>>;
 
     /// Runs the command after the work before it; commands that wait together share one append.
-    fn handle(&mut self, message: Execute<A>, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, Traced(message, span): Traced<A>, ctx: &mut Context<Self>) -> Self::Result {
         self.last_used = Instant::now();
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.queue.push_back(Queued::Execute(message, reply));
+        self.queue.push_back(Queued::Execute(message, reply, span));
         self.drain(ctx);
         Box::pin(async move {
             answer
@@ -446,6 +455,7 @@ impl<A: Aggregate> AggregateActor<A> {
             if let Some((stop, not_run)) = stop {
                 if matches!(stop, Stop::Panicked(_)) {
                     actor.restarts.record(&actor.stream);
+                    metrics::counter!("weft_actor_restarts_total", "aggregate" => A::KIND).increment(1);
                 }
                 for item in not_run.into_iter().chain(actor.queue.drain(..)) {
                     item.refuse(&format!("{} restarts ({stop}); try again", actor.stream));

@@ -21,6 +21,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 use weft_events::{DomainEvent, EventStore, ExpectedVersion, NewEvent, StreamName};
 
 use super::actor::{Failure, Loaded, catch_up, remember, run};
@@ -35,8 +36,8 @@ pub(super) type Reply<A> = oneshot::Sender<Result<Outcome, Error<<A as Aggregate
 
 /// Work waiting for an instance, in arrival order.
 pub(super) enum Queued<A: Aggregate> {
-    /// A command.
-    Execute(Execute<A>, Reply<A>),
+    /// A command, and the span it runs in.
+    Execute(Execute<A>, Reply<A>, tracing::Span),
     /// A read of the state, after what other writers appended.
     Inspect(oneshot::Sender<Option<(u64, A)>>),
 }
@@ -45,7 +46,7 @@ impl<A: Aggregate> Queued<A> {
     /// Answers without running: the instance stops.
     pub(super) fn refuse(self, why: &str) {
         match self {
-            Self::Execute(_, reply) => {
+            Self::Execute(_, reply, _) => {
                 let _ = reply.send(Err(Error::Unavailable(why.to_owned())));
             }
             Self::Inspect(reply) => {
@@ -111,9 +112,9 @@ fn take_inspect<A: Aggregate>(queue: &mut VecDeque<Queued<A>>) -> Option<Queued<
 }
 
 /// The command at the front of `queue`, taken off it.
-fn take_command<A: Aggregate>(queue: &mut VecDeque<Queued<A>>) -> Option<(Execute<A>, Reply<A>)> {
+fn take_command<A: Aggregate>(queue: &mut VecDeque<Queued<A>>) -> Option<(Execute<A>, Reply<A>, tracing::Span)> {
     match queue.pop_front()? {
-        Queued::Execute(message, reply) => Some((message, reply)),
+        Queued::Execute(message, reply, span) => Some((message, reply, span)),
         read => {
             queue.push_front(read);
             None
@@ -132,7 +133,7 @@ async fn run_commands<A: Aggregate>(
 ) -> (Loaded<A>, Option<Stop>) {
     loop {
         let commands = queue.iter().take(MAX_BATCH).map_while(|q| match q {
-            Queued::Execute(message, _) => Some(message),
+            Queued::Execute(message, ..) => Some(message),
             Queued::Inspect(_) => None,
         });
         // How many commands from the front run one at a time: the next, or a combined append's after it failed.
@@ -141,9 +142,12 @@ async fn run_commands<A: Aggregate>(
         let worth = |decided: &Vec<Vec<A::Event>>| decided.iter().map(Vec::len).sum::<usize>() >= store.combine_from();
         if let Some((working, decided)) = decide_together(&loaded, commands).filter(|(_, decided)| worth(decided)) {
             let taken: Vec<_> = (0..decided.len()).map_while(|_| take_command(queue)).collect();
-            match append_together(&**store, stream, &mut loaded, working, &taken, decided, options).await {
+            // The shared append runs in the first command's span.
+            let span = taken.first().map_or_else(tracing::Span::none, |(.., span)| span.clone());
+            let together = append_together(&**store, stream, &mut loaded, working, &taken, decided, options);
+            match together.instrument(span).await {
                 Ok(outcomes) => {
-                    for ((_, reply), outcome) in taken.into_iter().zip(outcomes) {
+                    for ((_, reply, _), outcome) in taken.into_iter().zip(outcomes) {
                         let _ = reply.send(Ok(outcome));
                     }
                     continue;
@@ -151,20 +155,20 @@ async fn run_commands<A: Aggregate>(
                 Err(e) => {
                     tracing::debug!(%stream, error = %e, commands = taken.len(), "a combined append failed; one at a time");
                     alone = taken.len();
-                    for (message, reply) in taken.into_iter().rev() {
-                        queue.push_front(Queued::Execute(message, reply));
+                    for (message, reply, span) in taken.into_iter().rev() {
+                        queue.push_front(Queued::Execute(message, reply, span));
                     }
                 }
             }
         }
         for _ in 0..alone {
-            let Some((message, reply)) = take_command(queue) else { return (loaded, None) };
+            let Some((message, reply, span)) = take_command(queue) else { return (loaded, None) };
             if let Some((_, outcome)) = loaded.recent.iter().find(|(id, _)| *id == message.command_id) {
                 let _ = reply.send(Ok(Outcome { repeated: true, ..*outcome }));
                 continue;
             }
             let result;
-            (loaded, result) = run(store.clone(), stream.clone(), loaded, message, options.clone()).await;
+            (loaded, result) = run(store.clone(), stream.clone(), loaded, message, options.clone()).instrument(span).await;
             match result {
                 Ok(outcome) => {
                     let _ = reply.send(Ok(outcome));
@@ -231,13 +235,13 @@ async fn append_together<A: Aggregate>(
     stream: &StreamName,
     loaded: &mut Loaded<A>,
     working: A,
-    taken: &[(Execute<A>, Reply<A>)],
+    taken: &[(Execute<A>, Reply<A>, tracing::Span)],
     decided: Vec<Vec<A::Event>>,
     options: &Options,
 ) -> Result<Vec<Outcome>, String> {
     let mut new_events: Vec<NewEvent> = Vec::new();
     let instance = loaded.first.as_ref().map(|first| first.tenant.clone());
-    for ((message, _), events) in taken.iter().zip(&decided) {
+    for ((message, ..), events) in taken.iter().zip(&decided) {
         for event in events {
             let event = stamped(event, message, instance.as_deref());
             new_events.push(event.map_err(|e| format!("an event does not encode: {e}"))?);
@@ -246,13 +250,14 @@ async fn append_together<A: Aggregate>(
     let total = new_events.len() as u64;
     let appended =
         store.append(stream, ExpectedVersion::Exact(loaded.version), new_events).await.map_err(|e| e.to_string())?;
+    decided.iter().flatten().for_each(counted::<A>);
     if appended.version != loaded.version + total || appended.last_position + 1 - appended.first_position != total {
         // The store broke its contract: the events are stored, but the outcomes cannot be told apart.
         return Err(format!("the store answered {appended:?} to an append of {total} events"));
     }
     let (mut version, mut position) = (loaded.version, appended.first_position);
     let mut outcomes = Vec::with_capacity(taken.len());
-    for ((message, _), events) in taken.iter().zip(&decided) {
+    for ((message, ..), events) in taken.iter().zip(&decided) {
         let count = events.len() as u64;
         let outcome =
             Outcome { version: version + count, positions: Some((position, position + count - 1)), repeated: false };
@@ -265,7 +270,7 @@ async fn append_together<A: Aggregate>(
     Ok(outcomes)
 }
 
-/// An event as a command stores it: caused by the command, in its correlation, and with its tenant and
+/// An event as a command stores it: caused by the command, in its correlation (or the command's id), and with its tenant and
 /// actor when it names them. A command that names no tenant (the node's own, or one of an identity reaching
 /// every tenant) records the tenant of the instance (`instance`, its first event's) when it has one: the
 /// instance's events are its tenant's, whoever sent the command, so that they are sealed with its key.
@@ -276,7 +281,8 @@ pub(super) fn stamped<A: Aggregate>(
 ) -> Result<NewEvent, weft_events::codec::Error> {
     event.to_new_event().map(|mut e| {
         e.causation_id = Some(message.command_id);
-        e.correlation_id = message.metadata.correlation_id;
+        // A command outside any flow starts one: its own id is the flow's (and its trace's, see `crate::trace`).
+        e.correlation_id = Some(crate::trace::flow_of(message.metadata.correlation_id, message.command_id));
         if let Some(tenant) = message.metadata.tenant.as_deref().or(instance) {
             e.tenant = tenant.to_owned();
         }
@@ -285,4 +291,16 @@ pub(super) fn stamped<A: Aggregate>(
         }
         e
     })
+}
+
+/// Counts an event appended, by type (`weft_events_appended_total`), and the job events operators watch most
+/// (`weft_job_retries_total`, `weft_job_dead_letters_total`).
+pub(super) fn counted<A: Aggregate>(event: &A::Event) {
+    let kind = event.event_type();
+    metrics::counter!("weft_events_appended_total", "type" => kind).increment(1);
+    match kind {
+        "job.retry_scheduled" => metrics::counter!("weft_job_retries_total").increment(1),
+        "job.dead_lettered" => metrics::counter!("weft_job_dead_letters_total").increment(1),
+        _ => {}
+    }
 }

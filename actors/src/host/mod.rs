@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use tracing::Instrument as _;
 use serde::{Deserialize, Serialize};
 use weft_events::domain::ids::Uuid;
 use weft_events::{Direction, DomainEvent, EventStore, StreamName};
@@ -118,7 +119,17 @@ pub struct Execute<A: Aggregate> {
     pub metadata: Metadata,
 }
 
-impl<A: Aggregate> Message for Execute<A> {
+/// A command with the span it runs in, as the host hands it to the instance's actor: the append it shares
+/// runs in its first command's span.
+pub(crate) struct Traced<A: Aggregate>(pub(crate) Execute<A>, pub(crate) tracing::Span);
+
+impl<A: Aggregate> Clone for Traced<A> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone(), self.1.clone())
+    }
+}
+
+impl<A: Aggregate> Message for Traced<A> {
     type Result = Result<Outcome, Error<A::Rejection>>;
 }
 
@@ -247,6 +258,27 @@ impl<A: Aggregate> Host<A> {
 
     /// Runs a command on the instance whose events are in `stream`. Must be called on an actix system.
     pub async fn execute(&self, stream: &StreamName, message: Execute<A>) -> Result<Outcome, Error<A::Rejection>> {
+        let (command, started) = (A::command_name(&message.command), Instant::now());
+        let flow = crate::trace::flow_of(message.metadata.correlation_id, message.command_id);
+        let span = crate::trace::command_span(A::KIND, command, stream.as_str(), flow, message.command_id);
+        let result = self.send(stream, Traced(message, span.clone())).instrument(span).await;
+        let outcome = match &result {
+            Ok(outcome) if outcome.repeated => "repeated",
+            Ok(_) => "ok",
+            Err(Error::Rejected(_)) => "rejected",
+            Err(Error::Conflict { .. }) => "conflict",
+            Err(Error::Unavailable(_)) => "unavailable",
+            Err(Error::Erased(_)) => "erased",
+            Err(Error::OtherTenant) => "not_found",
+        };
+        metrics::counter!("weft_commands_total", "aggregate" => A::KIND, "command" => command, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("weft_command_duration_seconds", "aggregate" => A::KIND, "command" => command)
+            .record(started.elapsed());
+        result
+    }
+
+    async fn send(&self, stream: &StreamName, message: Traced<A>) -> Result<Outcome, Error<A::Rejection>> {
         // A send can find the actor stopped (passivated or crashed) after the look-up: the command did not
         // reach it, so it goes to a fresh one. Twice is plenty; a third failure is a real problem.
         let mut why = None;

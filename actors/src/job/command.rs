@@ -32,8 +32,9 @@ pub const MAX_PARAMETER_NAME_BYTES: usize = 64;
 pub const MAX_PARAMETER_VALUE_BYTES: usize = 8 * 1024;
 
 /// What can be asked of a job.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, strum::IntoStaticStr)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
+#[strum(serialize_all = "snake_case")]
 pub enum Command {
     /// Submit the job: run `steps` (the workflow at `workflow_version`) over `inputs`.
     Submit {

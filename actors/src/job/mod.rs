@@ -178,6 +178,10 @@ impl Aggregate for Job {
     type Event = Event;
     type Rejection = Rejection;
 
+    fn command_name(command: &Command) -> &'static str {
+        command.into()
+    }
+
     /// A job is its submitter's: a `user` cancels and retries only its own.
     const OWNED_BY_CREATOR: bool = true;
 

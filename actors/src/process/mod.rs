@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
+use tracing::Instrument as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -193,6 +194,13 @@ pub trait Process: 'static {
     /// event since the last checkpoint.
     async fn handle(&self, state: &mut Self::State, event: &Envelope) -> Result<(), Retry>;
 
+    /// Whether handling `event` is a step of a flow worth a span of its own (a `process` span, a child of the
+    /// command that appended the event): true for what the process acts on, false for the events it passes
+    /// over or only notes. Every event is handled either way.
+    fn traced(&self, _event: &Envelope) -> bool {
+        true
+    }
+
     /// How many events it may handle at once, each of another instance ([`Process::instance`]); 1 (the
     /// default): one at a time, in log order. A process that overlaps gets a fresh default state for each
     /// event; what it must remember it keeps itself and hands over for each checkpoint ([`Process::kept`]).
@@ -341,6 +349,26 @@ impl<S: Serialize> Progress<S> {
     }
 }
 
+/// The span of handling `event`: a `process` span when the process traces it, none otherwise.
+fn traced<P: Process>(process: &P, event: &Envelope) -> tracing::Span {
+    if process.traced(event) { crate::trace::process_span(P::NAME, event) } else { tracing::Span::none() }
+}
+
+/// The position of each process that has run in this process (the OS one), for the node's metrics.
+static POSITIONS: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// A process has handled everything up to `position`.
+fn moved(process: &'static str, position: u64) {
+    POSITIONS.lock().unwrap_or_else(|p| p.into_inner()).insert(process, position);
+    metrics::gauge!("weft_process_position", "process" => process).set(position as f64);
+}
+
+/// Each process manager's position (the last event it has handled with every one before it), by name.
+pub fn positions() -> Vec<(&'static str, u64)> {
+    POSITIONS.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, *v)).collect()
+}
+
 /// Waits before the next try; false when the process was asked to stop meanwhile.
 async fn back_off(stopped: &mut watch::Receiver<bool>, delay: &mut Duration, max: Duration) -> bool {
     let wait = *delay;
@@ -460,7 +488,9 @@ async fn run<P: Process>(
                 }
                 for event in batch {
                     delay = min_delay;
-                    while let Err(Retry(why)) = process.handle(&mut progress.state, &event).await {
+                    let span = traced(process, &event);
+                    while let Err(Retry(why)) = process.handle(&mut progress.state, &event).instrument(span.clone()).await {
+                        metrics::counter!("weft_process_retries_total", "process" => P::NAME).increment(1);
                         tracing::warn!(process = P::NAME, position = event.position, %why, "handling failed; trying again");
                         health.retrying(format!("handling position {}: {why}", event.position));
                         if !back_off(&mut stopped_meanwhile, &mut delay, max_delay).await {
@@ -471,6 +501,7 @@ async fn run<P: Process>(
                     progress.position = event.position;
                     progress.unsaved += 1;
                 }
+                moved(P::NAME, progress.position);
             }
             _ = tokio::time::sleep(until_due.unwrap_or_default()), if until_due.is_some() => {
                 if let Err(Retry(why)) = process.fire(&mut progress.state, Timestamp::now()).await {

@@ -214,6 +214,10 @@ impl<G: Gateway> Process for Orchestrator<G> {
         }
     }
 
+    fn traced(&self, event: &Envelope) -> bool {
+        matches!(&*event.event_type, "job.step_scheduled" | "agent.task_completed" | "agent.task_failed")
+    }
+
     async fn handle(&self, _state: &mut (), event: &Envelope) -> Result<(), Retry> {
         match &*event.event_type {
             "job.step_scheduled" => match decode::<job_events::Event>(event) {

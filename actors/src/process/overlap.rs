@@ -1,6 +1,7 @@
 //! How an overlapping process ([`super::Process::OVERLAP`]) holds its events: handlers of different instances
 //! at once, each instance's in log order, and the watermark its checkpoint is saved at.
 
+use tracing::Instrument as _;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -86,7 +87,7 @@ impl<'a> Overlap<'a> {
         {
             self.running.push(handling(process, event, instance, stopped.clone(), health, delays));
         }
-        self.advance(progress);
+        self.advance(P::NAME, progress);
     }
 
     /// An event of `instance` at `position` is handled: the next of its instance starts, and more are taken up.
@@ -113,11 +114,12 @@ impl<'a> Overlap<'a> {
     }
 
     /// Moves the checkpoint's position up to the watermark.
-    fn advance<S>(&self, progress: &mut Progress<S>) {
+    fn advance<S>(&self, process: &'static str, progress: &mut Progress<S>) {
         let watermark = self.watermark();
         if watermark > progress.position {
             progress.unsaved += watermark - progress.position;
             progress.position = watermark;
+            super::moved(process, watermark);
         }
     }
 }
@@ -134,7 +136,9 @@ fn handling<'a, P: Process>(
     Box::pin(async move {
         let mut delay = min_delay;
         let mut state = P::State::default();
-        while let Err(Retry(why)) = process.handle(&mut state, &event).await {
+        let span = super::traced(process, &event);
+        while let Err(Retry(why)) = process.handle(&mut state, &event).instrument(span.clone()).await {
+            metrics::counter!("weft_process_retries_total", "process" => P::NAME).increment(1);
             tracing::warn!(process = P::NAME, position = event.position, %why, "handling failed; trying again");
             health.retrying(format!("handling position {}: {why}", event.position));
             if !back_off(&mut stopped, &mut delay, max_delay).await {

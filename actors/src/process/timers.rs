@@ -335,6 +335,10 @@ impl<G: Gateway> Process for TimerService<G> {
     const NAME: &'static str = "timers";
     type State = Timers;
 
+    fn traced(&self, event: &Envelope) -> bool {
+        &*event.event_type == "job.retried" || event.event_type.starts_with("schedule.")
+    }
+
     async fn handle(&self, timers: &mut Timers, event: &Envelope) -> Result<(), Retry> {
         if event.event_type.starts_with("job.") {
             if matches!(&*event.event_type, "job.log_appended" | "job.step_started") {

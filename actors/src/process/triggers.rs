@@ -198,6 +198,10 @@ impl<G: Gateway> Process for TriggerProcess<G> {
         Ok(())
     }
 
+    fn traced(&self, event: &Envelope) -> bool {
+        matches!(&*event.event_type, "document.uploaded" | "document.version_added")
+    }
+
     async fn handle(&self, _fresh: &mut Triggers, event: &Envelope) -> Result<(), Retry> {
         let Some(document) = DocumentId::from_stream(&event.stream) else { return Ok(()) };
         let version = match decode::<DocumentEvent>(event) {

@@ -15,6 +15,7 @@
 //! tasks in flight on this worker are aborted (dropping the executor's future drops its provider call) and
 //! failed, not retryably, so their agents' slots are free again.
 
+use tracing::Instrument as _;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -196,8 +197,9 @@ impl<G: Gateway> Worker<G> {
         let (job, id) = (task.job, task.id);
         let running = self.running.clone();
         // The task cannot start before this handler returns (one thread), so it is registered before it ends.
+        let span = tracing::debug_span!("task", %agent, %job, step = %task.step.name, attempt = task.attempt);
         let handle = actix::spawn(async move {
-            execute(gateway, executor, task, correlation).await;
+            execute(gateway, executor, task, correlation).instrument(span).await;
             if let Some(tasks) = running.borrow_mut().get_mut(&job) {
                 tasks.retain(|(task, ..)| *task != id);
             }
@@ -233,10 +235,16 @@ async fn execute<G: Gateway>(gateway: G, executor: Rc<dyn Executor>, task: Task,
     let timeout = Duration::from_millis(task.step.timeout_ms);
     let (id, agent) = (task.id, task.agent);
     let (job, step, attempt) = (task.job, task.step.name.clone(), task.attempt);
-    let result = match tokio::time::timeout(timeout, executor.run(task)).await {
-        Ok(result) => result,
-        Err(_) => Err(TaskError { message: format!("timed out after {} ms", timeout.as_millis()), retryable: true }),
+    let (result, outcome) = match tokio::time::timeout(timeout, executor.run(task)).await {
+        Ok(Ok(output)) => (Ok(output), "ok"),
+        Ok(Err(error)) => (Err(error), "failed"),
+        Err(_) => (
+            Err(TaskError { message: format!("timed out after {} ms", timeout.as_millis()), retryable: true }),
+            "timed_out",
+        ),
     };
+    metrics::counter!("weft_tasks_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("weft_task_duration_seconds", "outcome" => outcome).record(started.elapsed());
     let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let at = Timestamp::now();
     // A success is reported to the job at once, beside the agent's record: the job need not wait for the
@@ -345,6 +353,10 @@ impl<G: Gateway> Process for Worker<G> {
         }
         self.in_flight.borrow_mut().clear();
         Ok(())
+    }
+
+    fn traced(&self, event: &Envelope) -> bool {
+        matches!(&*event.event_type, "agent.task_assigned" | "job.cancelled" | "job.failed" | "job.dead_lettered")
     }
 
     async fn handle(&self, _fresh: &mut InFlight, event: &Envelope) -> Result<(), Retry> {
