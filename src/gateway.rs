@@ -17,8 +17,7 @@ use weft_events::domain::ids::Uuid;
 use weft_events::{EventStore, StreamName};
 
 use crate::auth::token::NodeToken;
-use crate::bus::trace::TraceParent;
-use crate::bus::{ACTOR, AUTHORIZATION, Bus, COMMAND_ID, CORRELATION_ID, Headers, Message, OWNER, TENANT, TRACEPARENT};
+use crate::bus::{ACTOR, AUTHORIZATION, Bus, COMMAND_ID, CORRELATION_ID, Headers, Message, OWNER, TENANT};
 use crate::protocol::{self, CommandRequest, Reply};
 
 /// How long a command may take over the bus by default.
@@ -91,9 +90,8 @@ impl Gateway for BusGateway {
             return hosts.execute(stream, execute).await;
         }
         let mut headers = Headers::from([(COMMAND_ID.to_owned(), execute.command_id.to_string())]);
-        // One trace per flow: the trace id is the correlation id (or, without one, the command's own id).
-        let flow = execute.metadata.correlation_id.unwrap_or(execute.command_id);
-        headers.insert(TRACEPARENT.into(), TraceParent::of_flow(flow, execute.command_id).to_string());
+        // The trace goes on on the node that runs the command (W3C trace context).
+        crate::telemetry::traces::inject(&mut headers);
         if let Some(correlation) = execute.metadata.correlation_id {
             headers.insert(CORRELATION_ID.into(), correlation.to_string());
         }

@@ -52,3 +52,4 @@ pub mod query;
 pub mod replay;
 pub mod selections;
 pub mod store;
+pub mod telemetry;

@@ -4,7 +4,6 @@
 
 use clap::{CommandFactory, Parser, Subcommand};
 use mimalloc::MiMalloc;
-use tracing_subscriber::EnvFilter;
 use weft::cli;
 
 /// Events are many small allocations (names, payloads) made on one thread and freed on another; mimalloc
@@ -21,6 +20,10 @@ const DEFAULT_LOG: &str = "warn,actix_http::h1::dispatcher=off";
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about)]
 struct Cli {
+    /// How log lines are written to stderr: readable text, or one JSON object per line with the trace and
+    /// span ids (the level is set by WEFT_LOG).
+    #[arg(long, global = true, value_enum, default_value = "text", env = "WEFT_LOG_FORMAT")]
+    log_format: weft::telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -188,10 +191,7 @@ fn main() -> anyhow::Result<()> {
         let serve_matches = matches.subcommand_matches("serve").expect("the command is serve");
         cli = Cli::parse_from(weft::config::with_file(std::env::args_os().collect(), &settings, serve_matches));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)))
-        .with_writer(std::io::stderr)
-        .init();
+    let _telemetry = weft::telemetry::init(cli.log_format, DEFAULT_LOG).map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Serve(options) => Ok(actix_rt::System::new().block_on(weft::node::serve(*options))?),
         Command::Bench(Bench::Store(options)) => tokio::runtime::Builder::new_multi_thread()

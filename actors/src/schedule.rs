@@ -20,7 +20,9 @@ pub const MAX_TEXT_BYTES: usize = 200;
 pub const MAX_ITEMS: usize = 1000;
 
 /// What can be asked of a schedule.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, strum::IntoStaticStr)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, strum::IntoStaticStr,
+)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 #[strum(serialize_all = "snake_case")]
 pub enum Command {

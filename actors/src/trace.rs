@@ -36,7 +36,13 @@ pub fn flow_of(correlation_id: Option<Uuid>, command_id: Uuid) -> Uuid {
 }
 
 /// A new `command` span, joined to its flow's trace.
-pub(crate) fn command_span(kind: &'static str, command: &'static str, stream: &str, flow: Uuid, id: Uuid) -> tracing::Span {
+pub(crate) fn command_span(
+    kind: &'static str,
+    command: &'static str,
+    stream: &str,
+    flow: Uuid,
+    id: Uuid,
+) -> tracing::Span {
     let span = tracing::debug_span!("command", aggregate = kind, command, stream, command_id = %id);
     if let Some(tracer) = TRACER.get()
         && !span.is_disabled()

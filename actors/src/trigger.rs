@@ -21,7 +21,9 @@ use crate::aggregate::Aggregate;
 pub const MAX_TEXT_BYTES: usize = 200;
 
 /// What can be asked of a trigger.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, strum::IntoStaticStr)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, strum::IntoStaticStr,
+)]
 #[serde(tag = "type", content = "payload", rename_all = "snake_case", deny_unknown_fields)]
 #[strum(serialize_all = "snake_case")]
 pub enum Command {

@@ -363,7 +363,7 @@ impl DocumentExecutor {
             let completion = match replayed {
                 Some(completion) => completion,
                 None => {
-                    let completion = provider.complete(request.clone()).await.map_err(|e| match e {
+                    let completion = super::call(&**provider, request.clone()).await.map_err(|e| match e {
                         Error::Invalid(message) => permanent(message),
                         Error::Unavailable(message) => transient(message),
                     })?;

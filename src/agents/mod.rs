@@ -179,3 +179,50 @@ pub fn providers(options: &ProviderOptions) -> Result<Vec<std::sync::Arc<dyn Pro
     }
     Ok(providers)
 }
+
+/// Calls `provider` in a `provider_call` span, recording the call's metrics: calls by provider, model and
+/// outcome, their latency, errors by kind, tokens, and the circuit's state after it.
+pub async fn call(provider: &dyn Provider, request: Request) -> Result<Completion, Error> {
+    use tracing::Instrument as _;
+    let name = provider.name().to_owned();
+    let model = request.model.clone();
+    let span = tracing::debug_span!(
+        "provider_call",
+        provider = %name,
+        model = %model,
+        input_tokens = tracing::field::Empty,
+        output_tokens = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    for kind in ["invalid", "unavailable"] {
+        metrics::counter!("weft_provider_errors_total", "provider" => name.clone(), "kind" => kind).increment(0);
+    }
+    let started = std::time::Instant::now();
+    let result = provider.complete(request).instrument(span.clone()).await;
+    let outcome = match &result {
+        Ok(completion) => {
+            span.record("input_tokens", completion.input_tokens);
+            span.record("output_tokens", completion.output_tokens);
+            metrics::counter!("weft_provider_input_tokens_total", "provider" => name.clone(), "model" => model.clone())
+                .increment(completion.input_tokens);
+            metrics::counter!("weft_provider_output_tokens_total", "provider" => name.clone(), "model" => model.clone())
+                .increment(completion.output_tokens);
+            "ok"
+        }
+        Err(error) => {
+            let kind = match error {
+                Error::Invalid(_) => "invalid",
+                Error::Unavailable(_) => "unavailable",
+            };
+            span.record("error", kind);
+            metrics::counter!("weft_provider_errors_total", "provider" => name.clone(), "kind" => kind).increment(1);
+            kind
+        }
+    };
+    metrics::counter!("weft_provider_calls_total", "provider" => name.clone(), "model" => model, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("weft_provider_call_duration_seconds", "provider" => name.clone()).record(started.elapsed());
+    let open = provider.health().circuit == remote::Circuit::Open;
+    metrics::gauge!("weft_provider_circuit_open", "provider" => name).set(if open { 1.0 } else { 0.0 });
+    result
+}

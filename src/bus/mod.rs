@@ -12,7 +12,6 @@
 pub mod memory;
 pub mod nats;
 pub mod queries;
-pub mod trace;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

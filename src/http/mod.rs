@@ -6,12 +6,14 @@
 //! - [`documents`]: registration and upload URLs, the notification webhook, the local store's signed URLs.
 //! - [`admin`]: rebuilds and resets of read models, tenant erasure, the providers' circuits.
 //! - [`health`]: `/healthz` and `/readyz`.
+//! - [`metrics`]: `/metrics` (Prometheus), and the middleware counting every request.
 //! - [`openapi`]: the document served at `/openapi.json`.
 //! - [`middleware`]: what wraps every route: the security headers and the per-address connection limit.
 //!
 //! Routes (answers are JSON; errors are `{"error": {"kind", "message"}}` with the matching status; the full
 //! list with parameters is served at `/openapi.json`):
 //!
+//! - `GET /metrics`: the node's metrics in the Prometheus text format (operators and admins).
 //! - `GET /healthz`: the process is up. `GET /readyz`: 200 when ready, 503 when not (see [`crate::health`]):
 //!   each task's state, each projection's position and lag behind the store, and what is not ready and why.
 //! - `GET /documents`, `/jobs`, `/agents`, `/workflows`, `/schedules`, `/triggers`: pages of a list, ordered by id,
@@ -54,6 +56,7 @@ pub mod documents;
 pub mod health;
 pub mod identities;
 mod live;
+pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod reads;
@@ -150,10 +153,12 @@ impl HttpApi {
                 .wrap(actix_web::middleware::from_fn(middleware::refuse_over_limit))
                 .wrap(middleware::security_headers())
                 .wrap(browsers::cors(&origins))
+                .wrap(actix_web::middleware::from_fn(metrics::record))
                 .app_data(web::Data::new(state.clone()))
                 .app_data(web::PathConfig::default().error_handler(|e, _| bad_request(e.to_string())))
                 .app_data(web::QueryConfig::default().error_handler(|e, _| bad_request(e.to_string())))
                 .configure(health::routes)
+                .configure(metrics::routes)
                 .route("/openapi.json", web::get().to(|req: HttpRequest| async move { ok(&req, openapi::document()) }))
                 .configure(documents::routes)
                 .configure(reads::routes)

@@ -45,8 +45,7 @@ pub mod caller;
 
 use self::caller::Confined;
 use crate::auth::token::Verifier;
-use crate::bus::trace::TraceParent;
-use crate::bus::{Bus, BusError, CONTENT_TYPE, Headers, JSON, Message, Subscription, TRACEPARENT};
+use crate::bus::{Bus, BusError, CONTENT_TYPE, Headers, JSON, Message, Subscription};
 use crate::objects::ObjectStore;
 use crate::protocol::{self, BodyLimits, Reply};
 
@@ -512,22 +511,8 @@ async fn serve<A: Confined, P: Prepare<A>>(
     Ok((task, format!("commands {}", A::KIND), health))
 }
 
-/// The `command` span of a message, joined to the caller's trace when it sent a valid `traceparent`.
-fn command_span(message: &Message) -> tracing::Span {
-    let span = tracing::debug_span!(
-        "command",
-        subject = %message.subject,
-        trace_id = tracing::field::Empty,
-        parent_id = tracing::field::Empty
-    );
-    if let Some(parent) = message.headers.get(TRACEPARENT).and_then(|t| TraceParent::parse(t)) {
-        span.record("trace_id", tracing::field::display(parent.trace_id_hex()));
-        span.record("parent_id", tracing::field::display(parent.parent_id_hex()));
-    }
-    span
-}
-
-/// Handles one command, in its [`command_span`].
+/// Handles one command, within the trace context its message carries (W3C `traceparent`, see
+/// [`crate::telemetry::traces`]): the host's `command` span joins it.
 async fn handle<A: Confined, P: Prepare<A>>(
     message: Message,
     bus: Arc<dyn Bus>,
@@ -536,9 +521,8 @@ async fn handle<A: Confined, P: Prepare<A>>(
     limits: BodyLimits,
     verifier: Option<Arc<Verifier>>,
 ) {
-    use tracing::Instrument as _;
-    let span = command_span(&message);
-    async move {
+    let context = crate::telemetry::traces::extract(&message.headers);
+    let handling = async move {
         let Some(reply_to) = message.reply.clone() else {
             tracing::debug!(subject = %message.subject, "a command without a reply subject; dropped");
             return;
@@ -547,6 +531,18 @@ async fn handle<A: Confined, P: Prepare<A>>(
         let reply: Reply<A::Rejection> = match decode(&message, json, limits, verifier.as_deref()).await {
             Err(refused) => {
                 let (kind, why) = refused.error.as_ref().map_or((None, ""), |e| (Some(e.kind), e.message.as_str()));
+                match kind {
+                    Some(protocol::ErrorKind::Unauthenticated) => {
+                        crate::http::metrics::denied("nats", "unauthenticated")
+                    }
+                    Some(protocol::ErrorKind::Forbidden) => crate::http::metrics::denied("nats", "forbidden"),
+                    Some(protocol::ErrorKind::Unavailable)
+                        if refused.error.as_ref().is_some_and(|e| e.retry_after_ms.is_some()) =>
+                    {
+                        crate::http::metrics::denied("nats", "rate_limited")
+                    }
+                    _ => {}
+                }
                 if kind == Some(protocol::ErrorKind::Invalid) {
                     tracing::debug!(subject = %message.subject, %why, "an invalid command");
                 } else {
@@ -568,9 +564,8 @@ async fn handle<A: Confined, P: Prepare<A>>(
         if let Err(error) = bus.publish(answer).await {
             tracing::warn!(subject = %message.subject, %error, "replying to a command failed");
         }
-    }
-    .instrument(span)
-    .await
+    };
+    crate::telemetry::traces::within(context, handling).await
 }
 
 /// Decodes a command and checks its caller (see [`caller`]); the error is the reply refusing it.
@@ -583,7 +578,13 @@ async fn decode<A: Confined>(
     let identity = caller::identify::<A>(&message.headers, verifier).await?;
     let mut decoded =
         protocol::decode_command::<A>(&message.subject, &message.payload, json, limits).map_err(Reply::invalid)?;
-    let metadata = caller::metadata::<A>(&message.headers, &decoded.kind, &mut decoded.command, verifier, identity)?;
+    let mut metadata =
+        caller::metadata::<A>(&message.headers, &decoded.kind, &mut decoded.command, verifier, identity)?;
+    // A caller's trace that names no flow is the flow: the command's events carry its trace id as their
+    // correlation id, and everything they set off joins the caller's trace.
+    if metadata.correlation_id.is_none() {
+        metadata.correlation_id = crate::telemetry::traces::trace_of(&message.headers);
+    }
     let execute = Execute {
         command_id: decoded.command_id,
         command: decoded.command,

@@ -132,8 +132,40 @@ impl NatsAuth {
                 .add_client_certificate(existing(cert, "TLS client certificate")?, existing(key, "TLS client key")?);
             tls = true;
         }
-        Ok(options.require_tls(tls).name(name))
+        Ok(watched(options.require_tls(tls).name(name), name))
     }
+}
+
+/// Reports a connection's events in the node's metrics (`weft_nats_connected`, `weft_nats_reconnects_total`,
+/// `weft_nats_slow_consumer_total`, by connection name) and its log.
+fn watched(options: async_nats::ConnectOptions, name: &str) -> async_nats::ConnectOptions {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let connection: std::sync::Arc<str> = name.into();
+    let before = std::sync::Arc::new(AtomicBool::new(false));
+    options.event_callback(move |event| {
+        let (connection, before) = (connection.clone(), before.clone());
+        async move {
+            let label = connection.to_string();
+            match event {
+                async_nats::Event::Connected => {
+                    if before.swap(true, Ordering::Relaxed) {
+                        metrics::counter!("weft_nats_reconnects_total", "connection" => label.clone()).increment(1);
+                        tracing::info!(%connection, "reconnected to NATS");
+                    }
+                    metrics::gauge!("weft_nats_connected", "connection" => label).set(1.0);
+                }
+                async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                    tracing::warn!(%connection, "the NATS connection is {event}");
+                    metrics::gauge!("weft_nats_connected", "connection" => label).set(0.0);
+                }
+                async_nats::Event::SlowConsumer(_) => {
+                    tracing::warn!(%connection, "NATS dropped messages: {event}");
+                    metrics::counter!("weft_nats_slow_consumer_total", "connection" => label).increment(1);
+                }
+                other => tracing::debug!(%connection, "NATS: {other}"),
+            }
+        }
+    })
 }
 
 /// Connects to one of `urls` (comma separated), naming the connection `name` for the server's monitoring,

@@ -472,6 +472,8 @@ async fn hold_lease(
 
 /// `weft serve`: runs a node until Ctrl-C or SIGTERM.
 pub async fn serve(options: NodeOptions) -> Result<(), Error> {
+    // The node's metrics, served at `GET /metrics`.
+    crate::telemetry::metrics::install();
     // Listen for SIGTERM before saying we are up: a supervisor may send it as soon as it reads that line.
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::Signals)?;

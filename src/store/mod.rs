@@ -14,3 +14,12 @@ pub mod sealed;
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;
+
+/// Counts a commit of `appends` appends holding `events` events, made durable in `took` (the store's metrics:
+/// [`crate::telemetry::metrics`]).
+pub(crate) fn committed(appends: usize, events: usize, took: std::time::Duration) {
+    metrics::counter!("weft_store_appends_total").increment(appends as u64);
+    metrics::counter!("weft_store_fsyncs_total").increment(1);
+    metrics::histogram!("weft_store_commit_events").record(events as f64);
+    metrics::histogram!("weft_store_commit_duration_seconds").record(took);
+}

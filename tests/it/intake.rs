@@ -341,86 +341,29 @@ proptest! {
     }
 }
 
-/// What the intake logs while it handles a command carries the caller's trace id and parent span from
-/// `traceparent`; a malformed `traceparent` is ignored and the command handled as usual.
+/// A caller's `traceparent` with no correlation id names the command's flow: its events carry the trace id
+/// as their correlation id (so that the job it starts is one trace with the caller's). A malformed one is
+/// ignored, as the W3C recommendation says: the command is handled as usual, in a flow of its own.
 #[actix_rt::test]
-async fn a_command_is_handled_in_a_span_joined_to_the_caller_s_trace() {
-    use std::sync::Mutex;
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    // The actix test system runs every task on this thread.
-    let _guard = tracing::subscriber::set_default(subscriber);
-
+async fn a_caller_s_trace_is_the_flow_of_a_command_that_names_none() {
     let node = node(Arc::new(MemoryBus::default())).await;
-    let id = Uuid::now_v7();
-    let subject = format!("weft.cmd.document.{id}");
-    let send = |traceparent: &str, body: Vec<u8>| {
-        let mut message = Message::new(subject.clone(), body);
+    let send = |id: Uuid, traceparent: &str, body: Vec<u8>| {
+        let mut message = Message::new(format!("weft.cmd.document.{id}"), body);
         message.headers.insert(CONTENT_TYPE.into(), JSON.into());
         message.headers.insert(weft::bus::TRACEPARENT.into(), traceparent.into());
         message
     };
-    // An invalid body, so that the intake logs something while handling it.
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let reply = node.bus.request(send(traceparent, b"{not json".to_vec()), WAIT).await.unwrap();
-    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
-    assert_eq!(reply["error"]["kind"], "invalid", "{reply}");
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let line = log.lines().find(|l| l.contains("an invalid command")).unwrap_or_else(|| panic!("{log}"));
-    assert!(line.contains("trace_id=4bf92f3577b34da6a3ce929d0e0e4736"), "{line}");
-    assert!(line.contains("parent_id=00f067aa0ba902b7"), "{line}");
-
-    let body = register(&Uuid::now_v7().to_string()).to_string().into_bytes();
-    let reply = node.bus.request(send("00-garbage", body), WAIT).await.unwrap();
-    let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
-    assert_eq!(reply["status"], "ok", "{reply}");
-    assert_eq!(node.store.head().await.unwrap(), 1);
-}
-
-/// A command the process managers send over the bus carries a `traceparent` whose trace id is its flow's
-/// correlation id, so all commands of one job share one trace.
-#[actix_rt::test]
-async fn commands_sent_by_the_process_managers_carry_their_flow_as_trace() {
-    use futures::StreamExt;
-    use weft::bus::trace::TraceParent;
-    use weft_actors::host::{Execute, Metadata};
-    use weft_actors::process::Gateway;
-    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
-    let mut commands = bus.subscribe("weft.cmd.document.*", None).await.unwrap();
-    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::default());
-    let gateway = weft::gateway::BusGateway::new(bus.clone(), store, Duration::from_millis(200));
-    let (correlation, command_id, id) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
-    let command = weft_actors::document::Command::Register {
-        name: "a.txt".into(),
-        content_type: "text/plain".into(),
-        declared_size_bytes: 10,
-        tenant: "acme".into(),
-        owner: "ann".into(),
-        labels: Default::default(),
-        at: weft_events::Timestamp::now(),
-    };
-    let metadata = Metadata { correlation_id: Some(correlation), ..Metadata::default() };
-    let execute = Execute::<Document> { command_id, command, expected_version: None, metadata };
-    let stream = weft_events::StreamName::new(format!("document-{id}")).unwrap();
-    // Nothing answers: the request times out, but it went out.
-    let _ = gateway.execute(&stream, execute).await;
-    let sent = tokio::time::timeout(WAIT, commands.next()).await.unwrap().unwrap();
-    let parent = TraceParent::parse(&sent.headers[weft::bus::TRACEPARENT]).expect("a valid traceparent");
-    assert_eq!(parent.trace_id_hex(), correlation.simple().to_string());
+    for (traceparent, flow) in [(traceparent, Some("4bf92f3577b34da6a3ce929d0e0e4736")), ("00-garbage", None)] {
+        let (id, command_id) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut body = register(&command_id.to_string());
+        body["command_id"] = json!(command_id);
+        let reply = node.bus.request(send(id, traceparent, body.to_string().into_bytes()), WAIT).await.unwrap();
+        let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(reply["status"], "ok", "{reply}");
+        let stream = weft_events::StreamName::new(format!("document-{id}")).unwrap();
+        let events = node.store.read_stream(&stream, 1, weft_events::Direction::Forwards, 10).await.unwrap();
+        let correlation = events[0].correlation_id.unwrap().simple().to_string();
+        assert_eq!(correlation, flow.map_or_else(|| command_id.simple().to_string(), str::to_owned));
+    }
 }

@@ -35,5 +35,6 @@ mod store_corruption;
 mod store_crash;
 mod store_jetstream;
 mod support;
+mod telemetry;
 mod triggers;
 mod versions;

@@ -140,6 +140,8 @@ const ROUTES_BEFORE_THE_REDESIGN: &[&str] = &[
     "GET /triggers/live",
     "GET /triggers/{id}",
     "GET /triggers/{id}/live",
+    // Prometheus metrics (issue 25), added after the redesign.
+    "GET /metrics",
 ];
 
 #[test]

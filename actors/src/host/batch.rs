@@ -168,7 +168,8 @@ async fn run_commands<A: Aggregate>(
                 continue;
             }
             let result;
-            (loaded, result) = run(store.clone(), stream.clone(), loaded, message, options.clone()).instrument(span).await;
+            (loaded, result) =
+                run(store.clone(), stream.clone(), loaded, message, options.clone()).instrument(span).await;
             match result {
                 Ok(outcome) => {
                     let _ = reply.send(Ok(outcome));

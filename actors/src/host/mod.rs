@@ -38,8 +38,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use tracing::Instrument as _;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 use weft_events::domain::ids::Uuid;
 use weft_events::{Direction, DomainEvent, EventStore, StreamName};
 
@@ -237,6 +237,11 @@ impl<A: Aggregate> Host<A> {
     /// A host over `store`.
     pub fn new(store: Arc<dyn EventStore>, options: Options) -> Self {
         let capacity = NonZeroUsize::new(options.max_live.max(1)).expect("at least one");
+        // The series exist from the start (at zero), so that rates over them are defined.
+        for counter in ["weft_actor_activations_total", "weft_actor_passivations_total", "weft_actor_restarts_total"] {
+            metrics::counter!(counter, "aggregate" => A::KIND).increment(0);
+        }
+        metrics::gauge!("weft_actors_live", "aggregate" => A::KIND).increment(0.0);
         let restarts = Restarts {
             window: Duration::from_millis(options.restart_window_ms),
             limit: options.max_restarts,

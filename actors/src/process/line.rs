@@ -146,6 +146,7 @@ impl Lines {
         let mut lines = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let line = lines.entry(agent).or_default();
         let result = f(line);
+        metrics::gauge!("weft_agent_queue_depth", "agent" => agent.to_string()).set(line.len() as f64);
         if line.levels.is_empty() {
             lines.remove(&agent);
         }

@@ -38,10 +38,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use tracing::Instrument as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument as _;
 use weft_events::domain::ids::{AgentId, Uuid};
 use weft_events::{Checkpoint, Envelope, Error as StoreError, EventStore, Health, StreamName, Timestamp, codec};
 
@@ -413,6 +413,8 @@ async fn run<P: Process>(
         None => (0, P::State::default()),
     };
     let mut progress = Progress { name, position, state, unsaved: 0, saved_at: Instant::now() };
+    metrics::counter!("weft_process_retries_total", "process" => P::NAME).increment(0);
+    moved(P::NAME, position);
     tracing::info!(process = P::NAME, from = position, "process starting");
 
     delay = min_delay;

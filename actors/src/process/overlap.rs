@@ -1,8 +1,8 @@
 //! How an overlapping process ([`super::Process::OVERLAP`]) holds its events: handlers of different instances
 //! at once, each instance's in log order, and the watermark its checkpoint is saved at.
 
-use tracing::Instrument as _;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use tokio::sync::watch;
 use weft_events::{Envelope, Health};

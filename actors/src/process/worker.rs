@@ -15,11 +15,11 @@
 //! tasks in flight on this worker are aborted (dropping the executor's future drops its provider call) and
 //! failed, not retryably, so their agents' slots are free again.
 
-use tracing::Instrument as _;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use weft_events::domain::agent::{Event as AgentEvent, Profile, TaskAssigned};
 use weft_events::domain::ids::{AgentId, DocumentId, JobId, Uuid};
@@ -198,7 +198,13 @@ impl<G: Gateway> Worker<G> {
         let running = self.running.clone();
         // The task cannot start before this handler returns (one thread), so it is registered before it ends.
         let span = tracing::debug_span!("task", %agent, %job, step = %task.step.name, attempt = task.attempt);
+        // The agent's queue (`Lines`) reports its depth when it changes; here it is known to exist.
+        metrics::gauge!("weft_agent_queue_depth", "agent" => agent.to_string()).increment(0.0);
+        let busy = metrics::gauge!("weft_agent_busy_slots", "agent" => agent.to_string());
+        busy.increment(1.0);
         let handle = actix::spawn(async move {
+            // Freed however the task ends, aborted included.
+            let _busy = scopeguard(move || busy.decrement(1.0));
             execute(gateway, executor, task, correlation).instrument(span).await;
             if let Some(tasks) = running.borrow_mut().get_mut(&job) {
                 tasks.retain(|(task, ..)| *task != id);
@@ -381,4 +387,17 @@ impl<G: Gateway> Process for Worker<G> {
             _ => Ok(()),
         }
     }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

@@ -274,6 +274,17 @@ impl Group {
             self.members.iter().map(|m| part(m).iter().any(|event| m.projection.wants(event))).collect();
         let wanted = wanting.contains(&true);
         if wanted {
+            let (_span, started) = (
+                tracing::debug_span!(
+                    "projection_batch",
+                    events = batch.len(),
+                    first,
+                    last,
+                    models = self.members.len()
+                )
+                .entered(),
+                std::time::Instant::now(),
+            );
             // One writer at a time per file, taken here rather than in SQLite: SQLite's busy handler waits by
             // sleeping (up to 100 ms a try), which showed as lag; a mutex hands over as soon as it is free.
             let _turn = lock(&self.writer);
@@ -291,6 +302,8 @@ impl Group {
                 save(&tx, member.projection.name(), last).map_err(|e| Failure::Member(index, e.into()))?;
             }
             tx.commit().map_err(Failure::Commit)?;
+            metrics::histogram!("weft_projection_batch_duration_seconds").record(started.elapsed());
+            metrics::histogram!("weft_projection_batch_events").record(batch.len() as f64);
         }
         for member in &mut self.members {
             if member.position >= last {

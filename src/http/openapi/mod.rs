@@ -18,6 +18,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/healthz", "The process is up"),
     ("get", "/readyz", "Ready (200) or not (503): each task's state, each projection's position and lag"),
     ("get", "/openapi.json", "This document"),
+    ("get", "/metrics", "The node's metrics in the Prometheus text format (operators and admins)"),
     ("get", "/documents", "A page of documents"),
     ("get", "/documents/live", "Server-sent events: each change of a document that matches the filters"),
     ("get", "/documents/{id}", "One document with its lineage"),
@@ -318,6 +319,11 @@ pub fn document() -> Value {
         "properties": {"status": {"type": "string", "enum": ["ok"]}}}));
     paths["/readyz"]["get"]["responses"]["200"] = json_response(schema("Readiness"));
     paths["/readyz"]["get"]["responses"]["503"] = json!({"description": "Not ready: `not_ready` says what and why", "content": {"application/json": {"schema": schema("Readiness")}}});
+    paths.insert(
+        "/metrics".into(),
+        json!({"get": operation(summary("get", "/metrics"), vec![], json!({"description": "The metrics",
+            "content": {"text/plain": {"schema": {"type": "string"}}}}))}),
+    );
     for model in MODELS {
         model_paths(model, &mut paths);
     }

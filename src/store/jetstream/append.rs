@@ -55,7 +55,8 @@ impl JetStreamStore {
     /// stream grew slower with its length.
     pub(super) async fn publish_appends(&self, appends: &[&[Message]]) -> Result<u64, PublishError> {
         let client = &self.inner.client;
-        let total: usize = appends.iter().map(|messages| messages.len()).sum();
+        let (total, started): (usize, _) =
+            (appends.iter().map(|messages| messages.len()).sum(), std::time::Instant::now());
         let batch_id = (total > 1).then(|| Uuid::now_v7().simple().to_string());
         let mut n = 0;
         for messages in appends {
@@ -108,6 +109,7 @@ impl JetStreamStore {
                 {
                     return Err(PublishError::Refused(format!("the server stored {count} of a batch of {total}")));
                 }
+                crate::store::committed(appends.len(), total, started.elapsed());
                 return Ok(reply.seq);
             }
         }

@@ -163,6 +163,7 @@ impl Writer {
             index: &self.index,
             index_location: &self.index_location,
         };
+        let started = std::time::Instant::now();
         let result = (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut record = Vec::with_capacity(256);
@@ -199,6 +200,7 @@ impl Writer {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.counters.appends.fetch_add(appends as u64, Ordering::Relaxed);
                 self.counters.events.fetch_add(events, Ordering::Relaxed);
+                crate::store::committed(appends, events as usize, started.elapsed());
                 // Readers find streams through the tail, so it learns of the events before anyone is told.
                 self.tail
                     .add(pending.into_iter().map(|(stream, (first, positions))| (stream, first, positions)).collect());
