@@ -58,6 +58,11 @@ impl Process for Publisher {
     const NAME: &'static str = "publisher";
     type State = ();
 
+    /// Publishing an event is no step of its flow: a span per event of the log would be most of a trace.
+    fn traced(&self, _event: &Envelope) -> bool {
+        false
+    }
+
     async fn resume(&self, _state: &mut ()) -> Result<(), Retry> {
         let epoch = self.bus.confirm().await.map_err(|e| Retry(format!("the bus: {e}")))?;
         self.epoch.set(Some(epoch));

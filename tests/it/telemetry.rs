@@ -153,3 +153,200 @@ fn a_node_that_ran_the_quick_start_reports_every_family_with_the_values_of_the_r
     let said = format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
     assert!(checked.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
 }
+
+/// A span as the OTLP receiver got it, with the service that sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    name: String,
+    trace: String,
+    id: String,
+    parent: String,
+    attributes: BTreeMap<String, String>,
+}
+
+/// A real OTLP/HTTP receiver on a free loopback port (`POST /v1/traces`, protobuf), decoding with the official
+/// `opentelemetry-proto` definitions; it keeps every span.
+struct Receiver {
+    port: u16,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        use actix_web::{App, HttpResponse, HttpServer, web};
+        use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+        use prost::Message as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = spans.clone();
+        std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let receive = move |body: web::Bytes| {
+                    let kept = kept.clone();
+                    async move {
+                        let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+                            return HttpResponse::BadRequest().finish();
+                        };
+                        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+                        let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| {
+                            use opentelemetry_proto::tonic::common::v1::any_value::Value;
+                            match v.as_ref().and_then(|v| v.value.as_ref()) {
+                                Some(Value::StringValue(s)) => s.clone(),
+                                Some(Value::IntValue(i)) => i.to_string(),
+                                Some(other) => format!("{other:?}"),
+                                None => String::new(),
+                            }
+                        };
+                        for resource in request.resource_spans {
+                            let service = resource
+                                .resource
+                                .iter()
+                                .flat_map(|r| &r.attributes)
+                                .find(|a| a.key == "service.name")
+                                .map(|a| text(&a.value))
+                                .unwrap_or_default();
+                            for span in resource.scope_spans.into_iter().flat_map(|s| s.spans) {
+                                kept.lock().unwrap().push(Received {
+                                    service: service.clone(),
+                                    name: span.name.clone(),
+                                    trace: hex(&span.trace_id),
+                                    id: hex(&span.span_id),
+                                    parent: hex(&span.parent_span_id),
+                                    attributes: span
+                                        .attributes
+                                        .iter()
+                                        .map(|a| (a.key.clone(), text(&a.value)))
+                                        .collect(),
+                                });
+                            }
+                        }
+                        HttpResponse::Ok()
+                            .content_type("application/x-protobuf")
+                            .body(ExportTraceServiceResponse::default().encode_to_vec())
+                    }
+                };
+                HttpServer::new(move || App::new().route("/v1/traces", web::post().to(receive.clone())))
+                    .workers(1)
+                    .listen(listener)
+                    .unwrap()
+                    .run()
+                    .await
+                    .unwrap();
+            });
+        });
+        Self { port, spans }
+    }
+
+    fn spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
+    }
+}
+
+/// Jobs run through two nodes on one NATS server and JetStream store: node A takes commands only, node B
+/// also runs the process managers and the agents. A job whose submit node A ran is one trace: A's `command`
+/// span and its `append`, then B's `process` spans (children of the command that appended the event they
+/// handle), B's commands within them, the `task` and its `provider_call`; no span names a parent the trace
+/// lacks.
+#[test]
+fn a_job_run_across_two_nodes_over_nats_is_one_trace_with_its_spans_parented() {
+    let receiver = Receiver::start();
+    let server = weft_harness::NatsServer::start().expect("nats-server");
+    let shared = tempfile::tempdir().unwrap();
+    let secret = shared.path().join("auth.secret");
+    let objects = shared.path().join("objects");
+    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let common =
+        ["--nats", &server.url(), "--jetstream", "--auth-secret-file", secret.to_str().unwrap(), "--objects-dir"];
+    let env = |service: &'static str| {
+        [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_SERVICE_NAME", service.to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ]
+    };
+    let a_env = env("node-a");
+    let a_env: Vec<(&str, &str)> = a_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let b_env = env("node-b");
+    let b_env: Vec<(&str, &str)> = b_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut a_args = common.to_vec();
+    a_args.extend([objects.to_str().unwrap(), "--no-processes"]);
+    let mut b_args = common.to_vec();
+    b_args.push(objects.to_str().unwrap());
+    let node_b = crate::serve::Serve::start_with_env(b_dir.path(), &b_args, &b_env);
+    let node_a = crate::serve::Serve::start_with_env(a_dir.path(), &a_args, &a_env);
+    let addr = node_a.addr.clone();
+
+    // Each submit goes to one of the two intakes (a queue group): with eight jobs, some land on node A.
+    let file = shared.path().join("report.txt");
+    std::fs::write(&file, "Write to ann@example.com. Revenue rose 12% in the third quarter.\n").unwrap();
+    for _ in 0..8 {
+        let (ok, document, err) =
+            crate::serve::weft(&addr, &["document", "upload", file.to_str().unwrap(), "--tenant", "acme"]);
+        assert!(ok, "{err}");
+        let (ok, _, err) = crate::serve::weft(
+            &addr,
+            &["job", "run", "redact-then-summarize", "--document", document.trim(), "--wait"],
+        );
+        assert!(ok, "{err}");
+    }
+    let jobs = crate::serve::http(&addr, "GET", "/jobs?limit=100", &[], b"").json();
+    let jobs: Vec<String> =
+        jobs["items"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(jobs.len(), 8);
+
+    let mut across = 0;
+    for job in &jobs {
+        let events = crate::serve::http(&addr, "GET", &format!("/streams/job-{job}/events"), &[], b"").json();
+        let first = &events["items"][0];
+        let (flow, submit) = (first["correlation_id"].as_str().unwrap(), first["causation_id"].as_str().unwrap());
+        let trace = flow.replace('-', "");
+        let submit_span = format!("{:016x}", uuid::Uuid::parse_str(submit).unwrap().as_u128() as u64);
+        // Exported in batches every 100 ms: wait until the trace holds its provider calls.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let spans = loop {
+            let spans: Vec<Received> = receiver.spans().into_iter().filter(|s| s.trace == trace).collect();
+            if spans.iter().filter(|s| s.name == "provider_call").count() >= 2 || Instant::now() > deadline {
+                break spans;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let named = |name: &'static str| spans.iter().filter(move |s| s.name == name);
+        let by_id = |id: &str| spans.iter().find(|s| s.id == id);
+        let command = by_id(&submit_span).unwrap_or_else(|| panic!("no span of the submit {submit}: {spans:#?}"));
+        assert_eq!(command.name, "command");
+        assert_eq!(command.attributes["aggregate"], "job");
+        assert_eq!(command.attributes["command"], "submit");
+        assert!(command.parent.is_empty(), "the submit starts the trace: {command:?}");
+        assert!(named("append").any(|s| s.parent == command.id && s.service == command.service), "{spans:#?}");
+        // The orchestrator's step, on node B, is a child of the command that scheduled the step.
+        let scheduled = named("process")
+            .find(|s| {
+                s.parent == command.id
+                    && s.attributes["process"] == "orchestrator"
+                    && s.attributes["event_type"] == "job.step_scheduled"
+            })
+            .unwrap_or_else(|| panic!("no process span under the submit: {spans:#?}"));
+        assert_eq!(scheduled.service, "node-b");
+        assert!(named("command").any(|s| s.parent == scheduled.id), "the orchestrator's commands: {spans:#?}");
+        // Both steps' tasks, each with its provider call inside.
+        let calls: Vec<_> = named("provider_call").collect();
+        assert_eq!(calls.len(), 2, "{spans:#?}");
+        for call in calls {
+            let task = by_id(&call.parent).unwrap_or_else(|| panic!("the call's parent: {spans:#?}"));
+            assert_eq!(task.name, "task");
+            let worker = by_id(&task.parent).unwrap_or_else(|| panic!("the task's parent: {spans:#?}"));
+            assert_eq!((worker.name.as_str(), worker.attributes["process"].as_str()), ("process", "worker"));
+            assert_eq!(call.attributes["provider"], "builtin");
+        }
+        for span in &spans {
+            assert!(span.parent.is_empty() || by_id(&span.parent).is_some(), "a parent outside the trace: {span:?}");
+        }
+        across += usize::from(command.service == "node-a");
+    }
+    assert!(across > 0, "no submit ran on node A");
+    node_a.stop();
+    node_b.stop();
+}

@@ -411,6 +411,7 @@ impl EventRead for JetStreamStore {
 
 #[async_trait]
 impl EventWrite for JetStreamStore {
+    #[tracing::instrument(name = "append", level = "debug", skip_all, fields(store = "jetstream", %stream, events = events.len()))]
     async fn append(
         &self,
         stream: &StreamName,

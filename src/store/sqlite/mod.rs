@@ -498,7 +498,7 @@ impl EventRead for SqliteStore {
 
 #[async_trait]
 impl EventWrite for SqliteStore {
-    #[tracing::instrument(level = "debug", skip(self, events), fields(store = %self.shared.location, events = events.len()))]
+    #[tracing::instrument(name = "append", level = "debug", skip_all, fields(store = %self.shared.location, %stream, events = events.len()))]
     async fn append(
         &self,
         stream: &StreamName,
