@@ -76,7 +76,7 @@ where
 {
     fn format_event(
         &self,
-        ctx: &FmtContext<'_, S, N>,
+        _: &FmtContext<'_, S, N>,
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
@@ -98,9 +98,12 @@ where
         if !fields.is_empty() {
             line.insert("fields".into(), Value::Object(fields));
         }
-        if let Some(span) = ctx.lookup_current() {
+        // The current span, whether or not this layer's filter lets it through (a span the log level leaves
+        // out still names its trace).
+        let current = tracing::Span::current();
+        if let Some(span) = current.metadata() {
             line.insert("span".into(), span.name().into());
-            let context = tracing::Span::current().context();
+            let context = current.context();
             let found = context.span();
             let ids = found.span_context();
             if ids.is_valid() {

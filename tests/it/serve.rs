@@ -61,8 +61,14 @@ fn spawn_unregistered(
     }
     let mut child = Reaped(command.spawn().unwrap());
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // The first line that is not a JSON log line (`--log-format json` may write some before it).
     let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
+    while line.is_empty() || line.starts_with('{') {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+    }
     (child, stderr, line)
 }
 

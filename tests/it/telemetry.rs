@@ -350,3 +350,45 @@ fn a_job_run_across_two_nodes_over_nats_is_one_trace_with_its_spans_parented() {
     node_a.stop();
     node_b.stop();
 }
+
+/// `--log-format json`: one JSON object per line, and the lines within a command's span name its trace, here
+/// the caller's (its `traceparent` names the flow).
+#[test]
+fn json_log_lines_carry_the_trace_and_span_of_the_command_they_are_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = crate::serve::Serve::start_with_env(
+        dir.path(),
+        &["--log-format", "json"],
+        &[("WEFT_LOG", "warn,weft_actors::host=debug")],
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = serde_json::json!({"command_id": uuid::Uuid::now_v7(), "type": "register",
+        "payload": {"name": "a.txt", "content_type": "text/plain", "declared_size_bytes": 10, "tenant": "acme", "owner": "ann"}});
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let path = format!("/commands/document/{}", uuid::Uuid::now_v7());
+    let headers = [("Content-Type", "application/json"), ("traceparent", traceparent.as_str())];
+    let response = crate::serve::http(&node.addr, "POST", &path, &headers, body.to_string().as_bytes());
+    assert_eq!(response.status, 200, "{response:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let log = node.log();
+        if let Some(line) = log.lines().find(|l| l.contains("command run") && l.contains(trace)) {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no line of the command:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["level"], "DEBUG");
+    assert_eq!(line["span"], "command");
+    assert_eq!(line["trace_id"], trace);
+    assert_eq!(line["span_id"].as_str().map(str::len), Some(16));
+    assert_eq!(line["fields"]["outcome"], "ok");
+    assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+    let (status, log) = node.terminate();
+    assert!(status.success(), "{log}");
+    for line in log.lines().filter(|l| !l.starts_with("weft: ")) {
+        let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(parsed["level"].is_string() && parsed["message"].is_string() && parsed["target"].is_string(), "{line}");
+    }
+}

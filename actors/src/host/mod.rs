@@ -266,7 +266,7 @@ impl<A: Aggregate> Host<A> {
         let (command, started) = (A::command_name(&message.command), Instant::now());
         let flow = crate::trace::flow_of(message.metadata.correlation_id, message.command_id);
         let span = crate::trace::command_span(A::KIND, command, stream.as_str(), flow, message.command_id);
-        let result = self.send(stream, Traced(message, span.clone())).instrument(span).await;
+        let result = self.send(stream, Traced(message, span.clone())).instrument(span.clone()).await;
         let outcome = match &result {
             Ok(outcome) if outcome.repeated => "repeated",
             Ok(_) => "ok",
@@ -276,6 +276,7 @@ impl<A: Aggregate> Host<A> {
             Err(Error::Erased(_)) => "erased",
             Err(Error::OtherTenant) => "not_found",
         };
+        span.in_scope(|| tracing::debug!(outcome, "command run"));
         metrics::counter!("weft_commands_total", "aggregate" => A::KIND, "command" => command, "outcome" => outcome)
             .increment(1);
         metrics::histogram!("weft_command_duration_seconds", "aggregate" => A::KIND, "command" => command)
