@@ -167,7 +167,8 @@ pub fn settings(file: &Path, command: &clap::Command, sections: &[(&str, Vec<Str
             toml::Value::Integer(n) => n.to_string(),
             toml::Value::Float(x) => x.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(items) if long == "nats" => {
+            // A list is the option's comma-separated form (`nats`, and options that take several values).
+            toml::Value::Array(items) if long == "nats" || arg.get_value_delimiter() == Some(',') => {
                 let urls: Option<Vec<&str>> = items.iter().map(toml::Value::as_str).collect();
                 urls.ok_or_else(|| Error::Shape { path: path.clone(), key: key.clone() })?.join(",")
             }

@@ -85,6 +85,9 @@ pub enum Command {
         output_tokens: u64,
         /// Provider latency.
         latency_ms: u64,
+        /// What the provider calls cost, in billionths of a US dollar (see `TaskCompleted::cost_nanos`).
+        #[serde(default)]
+        cost_nanos: u64,
         /// When.
         #[serde(default = "Timestamp::now")]
         at: Timestamp,
@@ -283,7 +286,7 @@ impl Aggregate for Agent {
                 }
                 Ok(vec![TaskStarted { task: *task, at: *at }.into()])
             }
-            Command::CompleteTask { task, output, input_tokens, output_tokens, latency_ms, at } => {
+            Command::CompleteTask { task, output, input_tokens, output_tokens, latency_ms, cost_nanos, at } => {
                 self.registered()?;
                 let open = self.open(*task)?;
                 Ok(vec![
@@ -296,6 +299,7 @@ impl Aggregate for Agent {
                         input_tokens: *input_tokens,
                         output_tokens: *output_tokens,
                         latency_ms: *latency_ms,
+                        cost_nanos: *cost_nanos,
                         at: *at,
                     }
                     .into(),
@@ -496,6 +500,7 @@ mod tests {
                 input_tokens: 100,
                 output_tokens: 20,
                 latency_ms: 300,
+                cost_nanos: 0,
                 at: AT,
             })
             .then([completed.clone()]);

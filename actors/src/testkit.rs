@@ -287,6 +287,7 @@ impl crate::process::worker::Executor for ScriptedExecutor {
                 document: Self::output_of(task.id),
                 input_tokens: 10,
                 output_tokens: 5,
+                cost_nanos: 0,
             }),
         }
     }

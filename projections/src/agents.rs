@@ -41,6 +41,7 @@ pub const MODEL: Model = Model {
         "tasks_failed",
         "input_tokens",
         "output_tokens",
+        "cost_nanos",
         "latency_total_ms",
         "registered_at",
         "updated_at",
@@ -59,6 +60,7 @@ fn shape_agent(agent: &mut Value) {
     let done = agent["tasks_done"].as_u64().unwrap_or(0);
     let total = agent["latency_total_ms"].as_u64().unwrap_or(0);
     agent["mean_latency_ms"] = if done > 0 { json!(total as f64 / done as f64) } else { Value::Null };
+    crate::with_cost_usd(agent);
 }
 
 /// The agents projection.
@@ -96,6 +98,7 @@ impl Projection for Agents {
                  tasks_failed INTEGER NOT NULL DEFAULT 0,
                  input_tokens INTEGER NOT NULL DEFAULT 0,
                  output_tokens INTEGER NOT NULL DEFAULT 0,
+                 cost_nanos INTEGER NOT NULL DEFAULT 0,
                  latency_total_ms INTEGER NOT NULL DEFAULT 0,
                  registered_at INTEGER NOT NULL,
                  updated_at INTEGER NOT NULL,
@@ -104,7 +107,9 @@ impl Projection for Agents {
              CREATE INDEX IF NOT EXISTS agents_by_status ON agents (status, id);
              CREATE INDEX IF NOT EXISTS agents_by_provider ON agents (provider, id);
              CREATE INDEX IF NOT EXISTS agents_by_tenant ON agents (tenant, id);",
-        )
+        )?;
+        // Costs came after the table: a read model made before gains the column (0 for what it holds).
+        crate::add_column(db, "agents", "cost_nanos INTEGER NOT NULL DEFAULT 0")
     }
 
     fn wants(&self, event: &Envelope) -> bool {
@@ -175,9 +180,18 @@ impl Projection for Agents {
                     tx,
                     "UPDATE agents SET tasks_done = tasks_done + 1, tasks_running = max(tasks_running - 1, 0),
                                        input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3,
-                                       latency_total_ms = latency_total_ms + ?4, updated_at = ?5, version = ?6
+                                       latency_total_ms = latency_total_ms + ?4, updated_at = ?5, version = ?6,
+                                       cost_nanos = cost_nanos + ?7
                      WHERE id = ?1",
-                    params![id, e.input_tokens as i64, e.output_tokens as i64, e.latency_ms as i64, e.at.0, version],
+                    params![
+                        id,
+                        e.input_tokens as i64,
+                        e.output_tokens as i64,
+                        e.latency_ms as i64,
+                        e.at.0,
+                        version,
+                        crate::nanos(e.cost_nanos)
+                    ],
                 )?;
             }
             Event::TaskFailed(e) => {

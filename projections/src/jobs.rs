@@ -41,6 +41,9 @@ pub const MODEL: Model = Model {
         "status",
         "steps_total",
         "steps_done",
+        "input_tokens",
+        "output_tokens",
+        "cost_nanos",
         "error",
         "submitted_at",
         "finished_at",
@@ -51,20 +54,60 @@ pub const MODEL: Model = Model {
     labels: None,
     time: "submitted_at",
     details: job_details,
-    shape: |_| {},
+    shape: crate::with_cost_usd,
 };
 
 /// The columns of a job's step.
-const STEP_COLUMNS: &[&str] = &["step", "status", "attempts", "output", "error", "retry_at", "updated_at"];
+const STEP_COLUMNS: &[&str] = &[
+    "step",
+    "status",
+    "attempts",
+    "output",
+    "error",
+    "retry_at",
+    "input_tokens",
+    "output_tokens",
+    "cost_nanos",
+    "updated_at",
+];
 
 /// A job's steps and progress.
 fn job_details(db: &rusqlite::Connection, id: &str, job: &mut Value) -> rusqlite::Result<()> {
     let sql = format!("SELECT {} FROM job_steps WHERE job = ?1 ORDER BY ordinal", STEP_COLUMNS.join(", "));
-    let steps = rows(db, &sql, &[&id], STEP_COLUMNS)?;
+    let mut steps = rows(db, &sql, &[&id], STEP_COLUMNS)?;
+    steps.iter_mut().for_each(crate::with_cost_usd);
     let total = job["steps_total"].as_f64().unwrap_or(0.0);
     let done = job["steps_done"].as_f64().unwrap_or(0.0);
     job["progress"] = json!(if total > 0.0 { done / total } else { 0.0 });
     job["steps"] = json!(steps);
+    Ok(())
+}
+
+/// An agent's completed task: its tokens and cost go to its job and step.
+fn task_completed(tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
+    use weft_events::domain::agent::Event as AgentEvent;
+    let event = AgentEvent::from_envelope(envelope)
+        .map_err(|source| ApplyError::Decode { position: envelope.position, source })?;
+    let AgentEvent::TaskCompleted(e) = event else { return Ok(()) };
+    let (job, input, output, cost) =
+        (e.job.to_string(), e.input_tokens as i64, e.output_tokens as i64, crate::nanos(e.cost_nanos));
+    for (sql, step) in [
+        (
+            "UPDATE jobs SET input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3,
+                          cost_nanos = cost_nanos + ?4 WHERE id = ?1",
+            None,
+        ),
+        (
+            "UPDATE job_steps SET input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3,
+                               cost_nanos = cost_nanos + ?4 WHERE job = ?1 AND step = ?5",
+            Some(&e.step),
+        ),
+    ] {
+        match step {
+            None => crate::exec(tx, sql, params![job, input, output, cost])?,
+            Some(step) => crate::exec(tx, sql, params![job, input, output, cost, step])?,
+        };
+    }
     Ok(())
 }
 
@@ -138,14 +181,25 @@ impl Projection for Jobs {
         if !has_owner {
             db.execute_batch("ALTER TABLE jobs ADD COLUMN owner TEXT")?;
         }
-        db.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id)")
+        db.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id)")?;
+        // Tokens and costs (from the agents' completed tasks) came after the tables: a read model made before
+        // gains the columns, 0 for what it holds.
+        for table in ["jobs", "job_steps"] {
+            for column in ["input_tokens", "output_tokens", "cost_nanos"] {
+                crate::add_column(db, table, &format!("{column} INTEGER NOT NULL DEFAULT 0"))?;
+            }
+        }
+        Ok(())
     }
 
     fn wants(&self, event: &Envelope) -> bool {
-        crate::of_kind(event, JobId::KIND)
+        crate::of_kind(event, JobId::KIND) || &*event.event_type == "agent.task_completed"
     }
 
     fn apply(&mut self, tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), ApplyError> {
+        if &*envelope.event_type == "agent.task_completed" {
+            return task_completed(tx, envelope);
+        }
         let Some(id) = JobId::from_stream(&envelope.stream) else { return Ok(()) };
         let event = Event::from_envelope(envelope)
             .map_err(|source| ApplyError::Decode { position: envelope.position, source })?;

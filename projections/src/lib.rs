@@ -200,3 +200,25 @@ pub trait Projection: Send + 'static {
         true
     }
 }
+
+/// Nano-dollars as SQLite stores them (saturating: no sum of real costs comes near).
+pub(crate) fn nanos(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Adds `cost_usd` (dollars, from the row's `cost_nanos`) to a row read as JSON.
+pub(crate) fn with_cost_usd(row: &mut serde_json::Value) {
+    if let Some(nanos) = row["cost_nanos"].as_u64() {
+        row["cost_usd"] = serde_json::json!(nanos as f64 / 1e9);
+    }
+}
+
+/// Adds the column `column` (`<name> <type>`) to `table` when a read model made before it lacks it.
+pub(crate) fn add_column(db: &rusqlite::Connection, table: &str, column: &str) -> rusqlite::Result<()> {
+    let name = column.split_whitespace().next().unwrap_or(column);
+    let has = db.prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?.exists([name])?;
+    if !has {
+        db.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}"))?;
+    }
+    Ok(())
+}

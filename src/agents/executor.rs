@@ -44,6 +44,7 @@ pub struct DocumentExecutor {
     objects: Arc<dyn ObjectStore>,
     gateway: BusGateway,
     providers: BTreeMap<String, Arc<dyn Provider>>,
+    prices: super::prices::Prices,
 }
 
 fn permanent(message: impl Into<String>) -> TaskError {
@@ -66,9 +67,15 @@ fn extension(content_type: &str) -> &'static str {
 
 impl DocumentExecutor {
     /// An executor with these providers, keyed by their names.
-    pub fn new(objects: Arc<dyn ObjectStore>, gateway: BusGateway, providers: Vec<Arc<dyn Provider>>) -> Self {
+    /// A task's cost is its provider calls' at `prices`.
+    pub fn new(
+        objects: Arc<dyn ObjectStore>,
+        gateway: BusGateway,
+        providers: Vec<Arc<dyn Provider>>,
+        prices: super::prices::Prices,
+    ) -> Self {
         let providers = providers.into_iter().map(|p| (p.name().to_owned(), p)).collect();
-        Self { objects, gateway, providers }
+        Self { objects, gateway, providers, prices }
     }
 
     async fn document(&self, id: DocumentId) -> Result<Document, TaskError> {
@@ -336,7 +343,7 @@ impl DocumentExecutor {
         let chunks = template::chunks(&input, chunk_bytes).map_err(|e| permanent(e.to_string()))?;
         let replay = self.replayed_attempt(task).await?;
         let mut answers = Vec::with_capacity(chunks.len());
-        let (mut content_type, mut input_tokens, mut output_tokens) = (String::new(), 0, 0);
+        let (mut content_type, mut input_tokens, mut output_tokens, mut cost_nanos) = (String::new(), 0, 0, 0);
         for (index, chunk) in chunks.iter().enumerate() {
             let plain = [
                 ("job", task.job.to_string()),
@@ -363,13 +370,21 @@ impl DocumentExecutor {
             let completion = match replayed {
                 Some(completion) => completion,
                 None => {
-                    let completion = super::call(&**provider, request.clone()).await.map_err(|e| match e {
-                        Error::Invalid(message) => permanent(message),
-                        Error::Unavailable(message) => transient(message),
-                    })?;
+                    let completion =
+                        super::call(&**provider, request.clone(), &self.prices).await.map_err(|e| match e {
+                            Error::Invalid(message) => permanent(message),
+                            Error::Unavailable(message) => transient(message),
+                        })?;
                     if provider.name() != super::builtin::NAME {
                         self.record(task, index, &request, &completion, &tenant, correlation).await?;
                     }
+                    // A replayed answer cost nothing now; a call, its tokens at the prices.
+                    cost_nanos += self.prices.cost(
+                        provider.name(),
+                        &request.model,
+                        completion.input_tokens,
+                        completion.output_tokens,
+                    );
                     completion
                 }
             };
@@ -450,6 +465,7 @@ impl DocumentExecutor {
             document: output,
             input_tokens: completion.input_tokens,
             output_tokens: completion.output_tokens,
+            cost_nanos,
         })
     }
 }

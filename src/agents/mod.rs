@@ -10,6 +10,7 @@
 pub mod builtin;
 pub mod catalog;
 pub mod executor;
+pub mod prices;
 pub mod remote;
 pub mod template;
 
@@ -111,6 +112,11 @@ pub struct ProviderOptions {
     /// The time-out of one call to a provider, in seconds.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600), env = "WEFT_PROVIDER_TIMEOUT_SECS")]
     pub provider_timeout_secs: u64,
+    /// What a model costs: PROVIDER/MODEL=INPUT:OUTPUT in US dollars per million tokens read and written
+    /// (`openai/gpt-4o-mini=0.15:0.6`; MODEL `*` for every model of the provider). Repeat it or separate
+    /// entries by commas. Calls to a model without a price cost 0.
+    #[arg(long = "price", value_parser = prices::parse, value_delimiter = ',', env = "WEFT_PRICES")]
+    pub prices: Vec<prices::Price>,
 }
 
 /// Why the providers a node's options name could not be made.
@@ -181,8 +187,8 @@ pub fn providers(options: &ProviderOptions) -> Result<Vec<std::sync::Arc<dyn Pro
 }
 
 /// Calls `provider` in a `provider_call` span, recording the call's metrics: calls by provider, model and
-/// outcome, their latency, errors by kind, tokens, and the circuit's state after it.
-pub async fn call(provider: &dyn Provider, request: Request) -> Result<Completion, Error> {
+/// outcome, their latency, errors by kind, tokens and their cost at `prices`, and the circuit's state after it.
+pub async fn call(provider: &dyn Provider, request: Request, prices: &prices::Prices) -> Result<Completion, Error> {
     use tracing::Instrument as _;
     let name = provider.name().to_owned();
     let model = request.model.clone();
@@ -207,6 +213,9 @@ pub async fn call(provider: &dyn Provider, request: Request) -> Result<Completio
                 .increment(completion.input_tokens);
             metrics::counter!("weft_provider_output_tokens_total", "provider" => name.clone(), "model" => model.clone())
                 .increment(completion.output_tokens);
+            let cost = prices.cost(&name, &model, completion.input_tokens, completion.output_tokens);
+            metrics::counter!("weft_provider_cost_nanodollars_total", "provider" => name.clone(), "model" => model.clone())
+                .increment(cost);
             "ok"
         }
         Err(error) => {

@@ -8,6 +8,7 @@
 //! | `weft.qry.jobs.logs` | `{"id": "<uuid>", "cursor"?, "limit"?, "after"?}` | `GET /jobs/{id}/logs` |
 //! | `weft.qry.documents.lineage` | `{"id": "<uuid>", "direction"?, "depth"?, "after"?}` | `GET /documents/{id}/lineage` |
 //! | `weft.qry.streams.events` | `{"stream": "<name>", "cursor"?, "limit"?, "after"?}` | `GET /streams/{stream}/events` |
+//! | `weft.qry.costs.tenants` | `{"since"?, "until"?, "tenant"?}` | `GET /costs` |
 //! | `weft.qry.status.lag` | `{}` | `GET /readyz` |
 //!
 //! A failure answers `{"error": {"kind", "message"}}` with the kinds of the HTTP API. Nodes answer in queue
@@ -147,6 +148,7 @@ async fn read(reads: &Reads, message: &Message, verb: &str, scope: &Scope) -> Re
             let id = take("id")?;
             reads.lineage(&id, &params, scope).await
         }
+        "costs.tenants" => reads.costs(&params, scope).await,
         "status.lag" => reads.lag().await,
         "status.ready" => Ok(reads.readiness().await.1),
         _ => {

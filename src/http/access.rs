@@ -49,7 +49,7 @@ pub fn rule(method: &str, pattern: &str) -> Option<Rule> {
         ("get", "/healthz" | "/readyz" | "/openapi.json") => Open,
         // The router's pattern for a key with slashes is `{key:.*}`; the API description names it `{key}`.
         ("put" | "get", "/objects/{key}" | "/objects/{key:.*}") | ("post", "/objects/events") => Signed,
-        ("get", "/streams/{stream}/events") => Needs(Read),
+        ("get", "/streams/{stream}/events" | "/costs") => Needs(Read),
         ("get", "/documents/{id}/download") => Needs(Read),
         ("post", "/documents" | "/documents/{id}/upload-url" | "/documents/{id}/confirm")
         | ("delete", "/documents/{id}") => Needs(WriteDocuments),

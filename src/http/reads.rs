@@ -22,7 +22,12 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/jobs/{id}/logs", web::get().to(job_logs))
         .route("/documents/{id}/lineage", web::get().to(lineage))
         .route("/streams/{stream}/events", web::get().to(history))
-        .route("/projections/{name}", web::get().to(projection));
+        .route("/projections/{name}", web::get().to(projection))
+        .route("/costs", web::get().to(costs));
+}
+
+async fn costs(state: web::Data<State>, request: HttpRequest, params: Params) -> HttpResponse {
+    answer(&request, state.reads.costs(&params, &access::scope(&request)).await)
 }
 
 async fn list(state: web::Data<State>, request: HttpRequest, params: Params, model: &'static Model) -> HttpResponse {

@@ -212,8 +212,12 @@ impl Node {
         let documents = Documents::new(objects.clone(), gateway.clone(), expiry);
         crate::agents::catalog::register(&gateway).await?;
         let providers = crate::agents::providers(&options.providers)?;
-        let executor: Rc<dyn Executor> =
-            Rc::new(DocumentExecutor::new(objects.clone(), gateway.clone(), providers.clone()));
+        let executor: Rc<dyn Executor> = Rc::new(DocumentExecutor::new(
+            objects.clone(),
+            gateway.clone(),
+            providers.clone(),
+            crate::agents::prices::Prices::new(&options.providers.prices),
+        ));
 
         for (name, health) in intake.health() {
             board.watch(name.clone(), health.clone());

@@ -3,6 +3,7 @@
 //! ([`read`]). The HTTP routes ([`crate::http`]) and the NATS query service ([`crate::bus::queries`]) both
 //! answer with these; nothing here imports the write side, the object store or the bus.
 
+pub mod costs;
 pub mod params;
 pub mod read;
 pub mod scope;

@@ -109,6 +109,10 @@ fn describe() {
     describe_gauge!("weft_provider_circuit_open", "1 while a provider's circuit is open, 0 while closed.");
     describe_counter!("weft_provider_input_tokens_total", "Tokens read by providers.");
     describe_counter!("weft_provider_output_tokens_total", "Tokens written by providers.");
+    describe_counter!(
+        "weft_provider_cost_nanodollars_total",
+        "Cost of provider calls at the configured prices (--price), in billionths of a US dollar (exact sums)."
+    );
     describe_gauge!("weft_actors_live", "Actors running, by aggregate.");
     describe_counter!("weft_actor_activations_total", "Actors activated (state loaded from the store).");
     describe_counter!("weft_actor_passivations_total", "Actors stopped for being idle or least recently used.");

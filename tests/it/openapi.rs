@@ -142,6 +142,7 @@ const ROUTES_BEFORE_THE_REDESIGN: &[&str] = &[
     "GET /triggers/{id}/live",
     // Prometheus metrics (issue 25), added after the redesign.
     "GET /metrics",
+    "GET /costs",
 ];
 
 #[test]

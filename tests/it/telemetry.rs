@@ -347,6 +347,11 @@ fn a_job_run_across_two_nodes_over_nats_is_one_trace_with_its_spans_parented() {
         across += usize::from(command.service == "node-a");
     }
     assert!(across > 0, "no submit ran on node A");
+    // Each of node A's NATS connections is up.
+    let page = crate::serve::http(&addr, "GET", "/metrics", &[], b"").body;
+    let connected = samples(&page);
+    let connections: Vec<_> = connected.iter().filter(|(k, _)| k.starts_with("weft_nats_connected{")).collect();
+    assert!(!connections.is_empty() && connections.iter().all(|(_, v)| **v == 1.0), "{page}");
     node_a.stop();
     node_b.stop();
 }
@@ -390,5 +395,85 @@ fn json_log_lines_carry_the_trace_and_span_of_the_command_they_are_about() {
     for line in log.lines().filter(|l| !l.starts_with("weft: ")) {
         let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(parsed["level"].is_string() && parsed["message"].is_string() && parsed["target"].is_string(), "{line}");
+    }
+}
+
+/// A job's cost on a local OpenAI-compatible server is its calls' tokens times the configured prices (an exact
+/// model's price, and a provider's `*`), shown per step, job, agent and tenant, and in the metrics.
+#[test]
+fn a_job_costs_its_tokens_times_the_configured_prices_per_step_job_agent_and_tenant() {
+    use crate::providers::{Fake, OPENAI_OK, answer};
+    use crate::serve::{Serve, command, get, weft};
+    use serde_json::json;
+    // Each answer read 9 tokens and wrote 12.
+    let fake = Fake::start(vec![answer(200, OPENAI_OK), answer(200, OPENAI_OK)]);
+    let dir = tempfile::tempdir().unwrap();
+    let prices = ["--price", "openai/gpt-4o-mini=0.15:0.6", "--price", "openai/*=2.5:10"];
+    let mut args = vec!["--openai-base-url", fake.url.as_str()];
+    args.extend(prices);
+    let serve = Serve::start(dir.path(), &args);
+    let addr = serve.addr.as_str();
+    let file = dir.path().join("a.txt");
+    std::fs::write(&file, "Say hello.").unwrap();
+    let (ok, document, err) = weft(addr, &["document", "upload", file.to_str().unwrap(), "--tenant", "acme"]);
+    assert!(ok, "{err}");
+    let mut agents = Vec::new();
+    for model in ["gpt-4o-mini", "gpt-4o"] {
+        let agent = uuid::Uuid::now_v7().to_string();
+        let profile = json!({"profile": {"name": model, "role": "r", "goal": "g", "instructions": "i",
+            "provider": "openai", "model": model, "parameters": {}, "concurrency_limit": 1}});
+        assert_eq!(command(addr, "agent", &agent, "register", profile).0, 200);
+        agents.push(agent);
+    }
+    let step = |name: &str, agent: &str, from: serde_json::Value| {
+        json!({"name": name, "agent": agent, "instruction": "{{input}}", "inputs": [from], "timeout_ms": 10000,
+               "retry": {"max_attempts": 1, "base_delay_ms": 10, "max_delay_ms": 10}})
+    };
+    let workflow = uuid::Uuid::now_v7().to_string();
+    let steps = json!({"name": "priced", "steps": [step("first", &agents[0], json!({"from": "job_inputs"})),
+        step("second", &agents[1], json!({"from": "step", "name": "first"}))]});
+    assert_eq!(command(addr, "workflow", &workflow, "define", steps).0, 200);
+    let (ok, _, err) = weft(addr, &["job", "run", &workflow, "--document", document.trim(), "--wait"]);
+    assert!(ok, "{err}");
+
+    // 9 tokens at $0.15 and 12 at $0.60 per million: 1,350 + 7,200 nano-dollars; at $2.50 and $10: 22,500 + 120,000.
+    let (first, second) = (8_550, 142_500);
+    let (_, jobs) = get(addr, "/jobs?tenant=acme");
+    let job = jobs["items"][0]["id"].as_str().unwrap().to_owned();
+    let (_, job) = get(addr, &format!("/jobs/{job}"));
+    assert_eq!(job["cost_nanos"], first + second, "{job}");
+    assert_eq!(job["cost_usd"], json!((first + second) as f64 / 1e9));
+    assert_eq!((job["input_tokens"].as_u64(), job["output_tokens"].as_u64()), (Some(18), Some(24)));
+    let steps: Vec<_> = job["steps"].as_array().unwrap().iter().map(|s| s["cost_nanos"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [first, second]);
+    for (agent, cost) in agents.iter().zip([first, second]) {
+        let (_, agent) = get(addr, &format!("/agents/{agent}"));
+        assert_eq!(agent["cost_nanos"], cost, "{agent}");
+    }
+    let (status, costs) = get(addr, "/costs");
+    assert_eq!(status, 200, "{costs}");
+    assert_eq!(
+        costs["tenants"],
+        json!([{"tenant": "acme", "jobs": 1, "input_tokens": 18, "output_tokens": 24, "cost_nanos": first + second,
+                "cost_usd": (first + second) as f64 / 1e9}])
+    );
+    assert_eq!(get(addr, "/costs?tenant=other").1["tenants"], json!([]));
+    assert_eq!(get(addr, "/costs?since=x").0, 400);
+    assert_eq!(get(addr, "/costs?color=red").0, 400);
+    let page = crate::serve::http(addr, "GET", "/metrics", &[], b"").body;
+    let s = samples(&page);
+    assert_eq!(sum(&s, "weft_provider_cost_nanodollars_total", &["model=\"gpt-4o-mini\""]), first as f64);
+    assert_eq!(sum(&s, "weft_provider_cost_nanodollars_total", &["model=\"gpt-4o\""]), second as f64);
+    serve.stop();
+
+    // A price that is not one is refused at start, saying the shape it expects.
+    for bad in ["openai", "openai/gpt=1", "openai/gpt=-1:2", "openai/gpt=1:2e9"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--http-addr", "127.0.0.1:0", "--price", bad])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && said.contains("--price"), "{bad}: {said}");
     }
 }

@@ -66,6 +66,8 @@ pub struct TaskOutput {
     pub input_tokens: u64,
     /// Tokens written.
     pub output_tokens: u64,
+    /// What the provider calls cost, in billionths of a US dollar (0 when unpriced).
+    pub cost_nanos: u64,
 }
 
 /// Why a task failed.
@@ -280,6 +282,7 @@ async fn execute<G: Gateway>(gateway: G, executor: Rc<dyn Executor>, task: Task,
                         input_tokens: output.input_tokens,
                         output_tokens: output.output_tokens,
                         latency_ms,
+                        cost_nanos: output.cost_nanos,
                         at,
                     };
                     send::<Agent, _>(&gateway, &agent.stream(), derived_id(id, "complete"), complete, NAME, correlation)

@@ -115,6 +115,10 @@ pub struct TaskCompleted {
     pub output_tokens: u64,
     /// How long the provider took.
     pub latency_ms: u64,
+    /// What the provider calls cost, in billionths of a US dollar, at the prices the node that ran the task
+    /// was given (`--price`); 0 for a model without a price. Since schema version 2 (0 before).
+    #[serde(default)]
+    pub cost_nanos: u64,
     /// When.
     pub at: Timestamp,
 }
@@ -150,7 +154,7 @@ super::domain_events! { "agent";
     /// See [`TaskStarted`].
     TaskStarted(TaskStarted) = "agent.task_started", v 1,
     /// See [`TaskCompleted`].
-    TaskCompleted(TaskCompleted) = "agent.task_completed", v 1,
+    TaskCompleted(TaskCompleted) = "agent.task_completed", v 2,
     /// See [`TaskFailed`].
     TaskFailed(TaskFailed) = "agent.task_failed", v 1,
 }
@@ -194,6 +198,7 @@ mod tests {
                 input_tokens: 10,
                 output_tokens: 5,
                 latency_ms: 30,
+                cost_nanos: 45_000,
                 at,
             }
             .into(),

@@ -19,6 +19,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/readyz", "Ready (200) or not (503): each task's state, each projection's position and lag"),
     ("get", "/openapi.json", "This document"),
     ("get", "/metrics", "The node's metrics in the Prometheus text format (operators and admins)"),
+    ("get", "/costs", "Jobs, tokens and provider cost by tenant (the caller's tenants; a user's own jobs)"),
     ("get", "/documents", "A page of documents"),
     ("get", "/documents/live", "Server-sent events: each change of a document that matches the filters"),
     ("get", "/documents/{id}", "One document with its lineage"),
@@ -323,6 +324,18 @@ pub fn document() -> Value {
         "/metrics".into(),
         json!({"get": operation(summary("get", "/metrics"), vec![], json!({"description": "The metrics",
             "content": {"text/plain": {"schema": {"type": "string"}}}}))}),
+    );
+    let range = |name: &str, what: &str| param(name, "query", json!({"type": "integer"}), what);
+    paths.insert(
+        "/costs".into(),
+        json!({"get": operation(summary("get", "/costs"), vec![
+            range("since", "Jobs submitted at or after (microseconds)"),
+            range("until", "Jobs submitted before (microseconds)"),
+            param("tenant", "query", json!({"type": "string"}), "One tenant"),
+        ], json_response(json!({"type": "object", "required": ["tenants"], "properties": {"tenants": {"type": "array",
+            "items": {"type": "object", "required": ["tenant", "jobs", "input_tokens", "output_tokens", "cost_nanos", "cost_usd"],
+            "properties": {"tenant": {"type": "string"}, "jobs": {"type": "integer"}, "input_tokens": {"type": "integer"},
+            "output_tokens": {"type": "integer"}, "cost_nanos": {"type": "integer"}, "cost_usd": {"type": "number"}}}}}})))}),
     );
     for model in MODELS {
         model_paths(model, &mut paths);
