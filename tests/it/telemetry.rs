@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::serve::raw_http;
 
 /// Every family the node reports, by name.
-const FAMILIES: &[&str] = &[
+pub const FAMILIES: &[&str] = &[
     "weft_commands_total",
     "weft_command_duration_seconds",
     "weft_events_appended_total",
@@ -37,6 +37,7 @@ const FAMILIES: &[&str] = &[
     "weft_provider_circuit_open",
     "weft_provider_input_tokens_total",
     "weft_provider_output_tokens_total",
+    "weft_provider_cost_nanodollars_total",
     "weft_actors_live",
     "weft_actor_activations_total",
     "weft_actor_passivations_total",
