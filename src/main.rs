@@ -191,7 +191,13 @@ fn main() -> anyhow::Result<()> {
         let serve_matches = matches.subcommand_matches("serve").expect("the command is serve");
         cli = Cli::parse_from(weft::config::with_file(std::env::args_os().collect(), &settings, serve_matches));
     }
-    let _telemetry = weft::telemetry::init(cli.log_format, DEFAULT_LOG).map_err(anyhow::Error::msg)?;
+    // `weft bench nats` exports its traces to a receiver of its own, started first.
+    let sink = match &cli.command {
+        Command::Bench(Bench::Nats(_)) => Some(weft::bench::nats::TraceSink::start()?),
+        _ => None,
+    };
+    let _telemetry =
+        weft::telemetry::init_with(cli.log_format, DEFAULT_LOG, sink.as_deref()).map_err(anyhow::Error::msg)?;
     match cli.command {
         Command::Serve(options) => Ok(actix_rt::System::new().block_on(weft::node::serve(*options))?),
         Command::Bench(Bench::Store(options)) => tokio::runtime::Builder::new_multi_thread()

@@ -43,7 +43,7 @@ pub(crate) fn command_span(
     flow: Uuid,
     id: Uuid,
 ) -> tracing::Span {
-    let span = tracing::debug_span!("command", aggregate = kind, command, stream, command_id = %id);
+    let span = tracing::debug_span!("command", aggregate = kind, command, stream);
     if let Some(tracer) = TRACER.get()
         && !span.is_disabled()
     {

@@ -7,6 +7,10 @@
 //! `command-sqlite-16-auth` is `command-sqlite-16` with authentication on: every command carries an
 //! operator's bearer token, which the intake verifies and checks (role, tenant, the instance's tenant) as a
 //! node does; its baseline is the same case without authentication, run in turns with it.
+//!
+//! `command-sqlite-16-telemetry` is `command-sqlite-16` with metrics recorded and traces exported over OTLP to
+//! a local receiver ([`TraceSink`], started before the bench's tracing), in turns with the same case with
+//! both off (its baseline). The other cases run with both off.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -57,6 +61,9 @@ pub async fn main(options: Options) -> anyhow::Result<()> {
             _server.url()
         }
     };
+    // Metrics and traces are off but for the telemetry case's halves that measure them.
+    crate::telemetry::metrics::install();
+    crate::telemetry::set_enabled(false);
     let path = options.path.clone();
     super::in_scratch_folder(path.as_deref(), |dir| async move { run_in(&dir, &url, &options).await }).await
 }
@@ -166,7 +173,8 @@ async fn store_cases(
     if matches!(baseline, Baseline::RequestReply) {
         // The full count at 16 in flight: the two runs compared must be long enough for their difference to
         // show above the noise of a shared machine.
-        reports.push(auth_case(name, hosts, bus, client, &documents, options.commands).await?);
+        reports.push(auth_case(name, hosts.clone(), bus, client, &documents, options.commands).await?);
+        reports.push(telemetry_case(name, hosts, bus, client, &documents, options.commands).await?);
     }
     client.flush().await?;
     Ok(reports)
@@ -220,6 +228,94 @@ async fn auth_case(
         bytes: None,
         note: format!("command over NATS with a bearer token checked, {name} store; baseline: the same without"),
     })
+}
+
+/// `command-<store>-16-telemetry`: the 16-in-flight case with metrics recorded and traces exported, in turns
+/// with the same case with both off (its baseline).
+async fn telemetry_case(
+    name: &str,
+    hosts: Hosts,
+    bus: &Arc<dyn Bus>,
+    client: &async_nats::Client,
+    documents: &Arc<Vec<weft_events::StreamName>>,
+    commands: u64,
+) -> anyhow::Result<Report> {
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let mut latencies = Latencies::default();
+    let exported_before = TraceSink::received();
+    for on in [false, true, true, false] {
+        crate::telemetry::set_enabled(on);
+        let intake = Intake::start(bus.clone(), hosts.clone(), IntakeOptions::default()).await?;
+        let result = commands_case(client, documents, 16, (commands / 4).max(16 * 50), None).await;
+        intake.stop().await;
+        crate::telemetry::set_enabled(false);
+        let (ops, run) = result?;
+        bus.confirm().await?;
+        if on {
+            with.push(ops);
+            latencies.extend(run);
+        } else {
+            without.push(ops);
+        }
+    }
+    // What the exporter had in hand when the case ended reaches the receiver within its batch delay.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let exported = TraceSink::received() - exported_before;
+    let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len() as f64;
+    let case = format!("command-{name}-16-telemetry");
+    eprintln!("{case}: done");
+    Ok(Report {
+        bench: "nats",
+        case,
+        ops_per_s: mean(&with),
+        p50_ms: latencies.percentile_ms(50.0),
+        p99_ms: latencies.percentile_ms(99.0),
+        baseline_ops_per_s: mean(&without),
+        bytes: None,
+        note: format!(
+            "command over NATS with metrics on and traces exported over OTLP ({exported} bytes received), {name} \
+             store; baseline: the same with both off"
+        ),
+    })
+}
+
+/// A local OTLP/HTTP receiver that takes every export and keeps only the count of bytes: where `weft bench
+/// nats` sends its traces.
+pub struct TraceSink;
+
+static SINK_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl TraceSink {
+    /// Starts it on a free loopback port, on a thread of its own; its base URL.
+    pub fn start() -> std::io::Result<String> {
+        use actix_web::{App, HttpResponse, HttpServer, web};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        std::thread::Builder::new().name("otlp-sink".into()).spawn(move || {
+            let server = HttpServer::new(|| {
+                App::new().app_data(web::PayloadConfig::new(64 << 20)).route(
+                    "/v1/traces",
+                    web::post().to(|body: web::Bytes| async move {
+                        SINK_BYTES.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        // An empty ExportTraceServiceResponse: everything accepted.
+                        HttpResponse::Ok().content_type("application/x-protobuf").finish()
+                    }),
+                )
+            })
+            .workers(1)
+            .disable_signals();
+            let served = actix_rt::System::new().block_on(async move { server.listen(listener)?.run().await });
+            if let Err(error) = served {
+                eprintln!("weft bench: the OTLP receiver stopped: {error}");
+            }
+        })?;
+        Ok(url)
+    }
+
+    /// Bytes of exports received so far.
+    pub fn received() -> u64 {
+        SINK_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Sends `commands` `add_version` commands, `in_flight` at a time, as a client would: MessagePack bodies.

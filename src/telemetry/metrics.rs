@@ -10,6 +10,7 @@
 //! `_total` on counters. The families are listed in `docs/operations.md`.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -35,13 +36,12 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                     b.set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_events".into()), COUNTS)
                 })
                 .expect("the buckets are not empty");
-            let handle = match builder.install_recorder() {
-                Ok(handle) => handle,
-                Err(error) => {
-                    tracing::warn!(%error, "a metrics recorder is installed already; /metrics serves nothing");
-                    return None;
-                }
-            };
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if let Err(error) = metrics::set_global_recorder(Switched(recorder)) {
+                tracing::warn!(%error, "a metrics recorder is installed already; /metrics serves nothing");
+                return None;
+            }
             describe();
             zero();
             // Histograms keep their samples in buckets that upkeep folds; without it they grow.
@@ -58,6 +58,52 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
+}
+
+/// Whether metrics are recorded: on, but for the halves of a benchmark that measure their cost.
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
+/// Turns recording on or off (`weft bench nats`'s telemetry case; a node always records).
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
+}
+
+/// The Prometheus recorder, recording only while [`RECORDING`] is on. The `metrics` macros ask the recorder
+/// for a handle at each use, so the switch takes effect at once.
+struct Switched(metrics_exporter_prometheus::PrometheusRecorder);
+
+impl metrics::Recorder for Switched {
+    fn describe_counter(&self, key: metrics::KeyName, unit: Option<Unit>, description: metrics::SharedString) {
+        self.0.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: metrics::KeyName, unit: Option<Unit>, description: metrics::SharedString) {
+        self.0.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: metrics::KeyName, unit: Option<Unit>, description: metrics::SharedString) {
+        self.0.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &metrics::Key, metadata: &metrics::Metadata<'_>) -> metrics::Counter {
+        if RECORDING.load(Ordering::Relaxed) {
+            self.0.register_counter(key, metadata)
+        } else {
+            metrics::Counter::noop()
+        }
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, metadata: &metrics::Metadata<'_>) -> metrics::Gauge {
+        if RECORDING.load(Ordering::Relaxed) { self.0.register_gauge(key, metadata) } else { metrics::Gauge::noop() }
+    }
+
+    fn register_histogram(&self, key: &metrics::Key, metadata: &metrics::Metadata<'_>) -> metrics::Histogram {
+        if RECORDING.load(Ordering::Relaxed) {
+            self.0.register_histogram(key, metadata)
+        } else {
+            metrics::Histogram::noop()
+        }
+    }
 }
 
 /// The page in the Prometheus text format (version 0.0.4), after `levels` set the gauges read on demand.

@@ -42,9 +42,15 @@ impl Drop for Guard {
 /// Sets up the log lines (to stderr, filtered by `WEFT_LOG`, else `default_filter`) and, when the `OTEL_*`
 /// variables ask for it or the lines are JSON, the OpenTelemetry layer (see [`traces`]).
 pub fn init(format: LogFormat, default_filter: &str) -> Result<Guard, String> {
+    init_with(format, default_filter, None)
+}
+
+/// [`init`], exporting traces to the OTLP/HTTP `endpoint` (`http://host:port`) when one is given, whatever the
+/// `OTEL_*` variables say (`weft bench nats`, to its own receiver).
+pub fn init_with(format: LogFormat, default_filter: &str, endpoint: Option<&str>) -> Result<Guard, String> {
     let filter = || EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let export = traces::exporting();
-    let provider = (export || format == LogFormat::Json).then(|| traces::provider(export)).transpose()?;
+    let export = endpoint.is_some() || traces::exporting();
+    let provider = (export || format == LogFormat::Json).then(|| traces::provider(export, endpoint)).transpose()?;
     let lines: Box<dyn Layer<_> + Send + Sync> = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -56,14 +62,37 @@ pub fn init(format: LogFormat, default_filter: &str) -> Result<Guard, String> {
     let spans = provider.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
         // Weft's own spans, whatever the log level: they are few per command, and made only when traced.
-        let ours = tracing_subscriber::filter::filter_fn(|meta| meta.is_span() && meta.target().starts_with("weft"));
-        tracing_opentelemetry::layer().with_tracer(provider.tracer("weft")).with_filter(ours)
+        // Weft's spans, asked at each span (the benchmark turns tracing off and on); every other callsite is
+        // never of interest, once and for all (the libraries' own trace events cost nothing).
+        let ours =
+            tracing_subscriber::filter::dynamic_filter_fn(|_, _| traces::enabled()).with_callsite_filter(|meta| {
+                match meta.is_span() && meta.target().starts_with("weft") {
+                    true => tracing::subscriber::Interest::sometimes(),
+                    false => tracing::subscriber::Interest::never(),
+                }
+            });
+        // Without the source location and the busy/idle times on every span: per command they cost more than
+        // they tell (the span's name and fields say where it is).
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("weft"))
+            .with_location(false)
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            // Spans are entered at each poll of their future; what needs the trace context asks the span.
+            .with_context_activation(false)
+            .with_filter(ours)
     });
     tracing_subscriber::registry().with(lines).with(spans).try_init().map_err(|e| e.to_string())?;
     if provider.is_some() {
         traces::started();
     }
     Ok(Guard(provider))
+}
+
+/// Turns metrics and traces on or off together: the halves of `weft bench nats`'s telemetry case.
+pub fn set_enabled(on: bool) {
+    metrics::set_recording(on);
+    traces::set_tracing(on);
 }
 
 /// The JSON line format; see [`LogFormat::Json`].

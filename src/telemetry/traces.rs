@@ -34,6 +34,19 @@ use crate::bus::Headers;
 /// Whether spans go to OpenTelemetry in this process.
 static ON: AtomicBool = AtomicBool::new(false);
 
+/// Whether spans are traced while [`ON`]: always, but for the halves of a benchmark that measure their cost.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns tracing on or off (`weft bench nats`'s telemetry case).
+pub fn set_tracing(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether Weft's spans go to the OpenTelemetry layer now (read by its filter for each span).
+pub(super) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// Whether the `OTEL_*` variables ask for traces to be exported; see the module doc.
 pub fn exporting() -> bool {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
@@ -53,7 +66,7 @@ pub fn exporting() -> bool {
 
 /// The tracer provider: exporting over OTLP when `export`, otherwise only giving spans their ids (for the
 /// JSON log lines).
-pub(super) fn provider(export: bool) -> Result<SdkTracerProvider, String> {
+pub(super) fn provider(export: bool, endpoint: Option<&str>) -> Result<SdkTracerProvider, String> {
     let protocol = std::env::var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
         .unwrap_or_default();
@@ -67,11 +80,24 @@ pub(super) fn provider(export: bool) -> Result<SdkTracerProvider, String> {
     let mut builder =
         SdkTracerProvider::builder().with_id_generator(FlowIds::default()).with_resource(resource.build());
     if export {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .build()
-            .map_err(|e| format!("the OTLP exporter: {e}"))?;
-        builder = builder.with_batch_exporter(exporter);
+        use opentelemetry_otlp::WithExportConfig as _;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+        if let Some(endpoint) = endpoint {
+            exporter = exporter.with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')));
+        }
+        let exporter = exporter.build().map_err(|e| format!("the OTLP exporter: {e}"))?;
+        builder = match endpoint {
+            // The benchmark's own receiver: a queue deep enough that no span of its load is dropped.
+            Some(_) => {
+                use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
+                let config = BatchConfigBuilder::default()
+                    .with_max_queue_size(1 << 16)
+                    .with_scheduled_delay(std::time::Duration::from_millis(200))
+                    .build();
+                builder.with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(config).build())
+            }
+            None => builder.with_batch_exporter(exporter),
+        };
     }
     Ok(builder.build())
 }
@@ -84,7 +110,7 @@ pub(super) fn started() {
 
 /// Whether spans are traced in this process.
 pub fn on() -> bool {
-    ON.load(Ordering::Relaxed)
+    ON.load(Ordering::Relaxed) && enabled()
 }
 
 /// The trace context a message carries (none: an empty context).
