@@ -490,6 +490,7 @@ mod tests {
             input_tokens: 100,
             output_tokens: 20,
             latency_ms: 300,
+            cost_nanos: 4_500,
             at: AT,
         }
         .into();
@@ -500,7 +501,7 @@ mod tests {
                 input_tokens: 100,
                 output_tokens: 20,
                 latency_ms: 300,
-                cost_nanos: 0,
+                cost_nanos: 4_500,
                 at: AT,
             })
             .then([completed.clone()]);
@@ -530,6 +531,7 @@ mod tests {
                 input_tokens: 0,
                 output_tokens: 0,
                 latency_ms: 0,
+                cost_nanos: 0,
                 at: AT,
             })
             .then_rejected(Rejection::UnknownTask(task(9)));
