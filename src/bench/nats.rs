@@ -196,38 +196,13 @@ async fn auth_case(
     let tenants = [crate::auth::DEFAULT_TENANT.to_owned()];
     let bearer = format!("Bearer {}", token::issue(&secret, "bench", Role::Operator, &tenants, token::ADMIN_TOKEN_TTL));
     let verifier = Arc::new(token::Verifier::new(&secret));
-    // Without, with, with, without (each a quarter of the commands): a store that slows as it grows, or a
-    // machine that warms up, weighs on both sides alike.
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    let mut latencies = Latencies::default();
-    for authenticated in [false, true, true, false] {
+    let variant = |authenticated: bool| {
         let options = IntakeOptions { verifier: authenticated.then(|| verifier.clone()), ..IntakeOptions::default() };
-        let intake = Intake::start(bus.clone(), hosts.clone(), options).await?;
-        let bearer = authenticated.then_some(bearer.as_str());
-        let (ops, run) = commands_case(client, documents, 16, (commands / 4).max(16 * 50), bearer).await?;
-        intake.stop().await;
-        bus.confirm().await?;
-        if authenticated {
-            with.push(ops);
-            latencies.extend(run);
-        } else {
-            without.push(ops);
-        }
-    }
-    let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len() as f64;
-    let (ops, without) = (mean(&with), mean(&without));
-    let case = format!("command-{name}-16-auth");
-    eprintln!("{case}: done");
-    Ok(Report {
-        bench: "nats",
-        case,
-        ops_per_s: ops,
-        p50_ms: latencies.percentile_ms(50.0),
-        p99_ms: latencies.percentile_ms(99.0),
-        baseline_ops_per_s: without,
-        bytes: None,
-        note: format!("command over NATS with a bearer token checked, {name} store; baseline: the same without"),
-    })
+        (options, authenticated.then(|| bearer.clone()))
+    };
+    let turns = in_turns(&hosts, bus, client, documents, commands, variant).await?;
+    let note = format!("command over NATS with a bearer token checked, {name} store; baseline: the same without");
+    Ok(turns.report(format!("command-{name}-16-auth"), note))
 }
 
 /// `command-<store>-16-telemetry`: the 16-in-flight case with metrics recorded and traces exported, in turns
@@ -240,15 +215,67 @@ async fn telemetry_case(
     documents: &Arc<Vec<weft_events::StreamName>>,
     commands: u64,
 ) -> anyhow::Result<Report> {
+    let exported_before = TraceSink::received();
+    let variant = |on: bool| {
+        crate::telemetry::set_enabled(on);
+        (IntakeOptions::default(), None)
+    };
+    let turns = in_turns(&hosts, bus, client, documents, commands, variant).await;
+    crate::telemetry::set_enabled(false);
+    let turns = turns?;
+    // What the exporter had in hand when the case ended reaches the receiver within its batch delay.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let exported = TraceSink::received() - exported_before;
+    let note = format!(
+        "command over NATS with metrics on and traces exported over OTLP ({exported} bytes received), {name} \
+         store; baseline: the same with both off"
+    );
+    Ok(turns.report(format!("command-{name}-16-telemetry"), note))
+}
+
+/// The rates of a variant of the 16-in-flight case and of the plain case, run in turns, and the variant's
+/// latencies.
+struct Turns {
+    with: f64,
+    without: f64,
+    latencies: Latencies,
+}
+
+impl Turns {
+    fn report(mut self, case: String, note: String) -> Report {
+        eprintln!("{case}: done");
+        Report {
+            bench: "nats",
+            case,
+            ops_per_s: self.with,
+            p50_ms: self.latencies.percentile_ms(50.0),
+            p99_ms: self.latencies.percentile_ms(99.0),
+            baseline_ops_per_s: self.without,
+            bytes: None,
+            note,
+        }
+    }
+}
+
+/// Runs the 16-in-flight case without, with, with and without the variant (each a quarter of `commands`), so
+/// that a store that slows as it grows, or a machine that warms up, weighs on both sides alike. `variant`
+/// gives the intake's options and the commands' `Authorization` for each side (and may switch what else the
+/// side measures).
+async fn in_turns(
+    hosts: &Hosts,
+    bus: &Arc<dyn Bus>,
+    client: &async_nats::Client,
+    documents: &Arc<Vec<weft_events::StreamName>>,
+    commands: u64,
+    variant: impl Fn(bool) -> (IntakeOptions, Option<String>),
+) -> anyhow::Result<Turns> {
     let (mut with, mut without) = (Vec::new(), Vec::new());
     let mut latencies = Latencies::default();
-    let exported_before = TraceSink::received();
     for on in [false, true, true, false] {
-        crate::telemetry::set_enabled(on);
-        let intake = Intake::start(bus.clone(), hosts.clone(), IntakeOptions::default()).await?;
-        let result = commands_case(client, documents, 16, (commands / 4).max(16 * 50), None).await;
+        let (options, authorization) = variant(on);
+        let intake = Intake::start(bus.clone(), hosts.clone(), options).await?;
+        let result = commands_case(client, documents, 16, (commands / 4).max(16 * 50), authorization.as_deref()).await;
         intake.stop().await;
-        crate::telemetry::set_enabled(false);
         let (ops, run) = result?;
         bus.confirm().await?;
         if on {
@@ -258,25 +285,8 @@ async fn telemetry_case(
             without.push(ops);
         }
     }
-    // What the exporter had in hand when the case ended reaches the receiver within its batch delay.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let exported = TraceSink::received() - exported_before;
     let mean = |rates: &[f64]| rates.iter().sum::<f64>() / rates.len() as f64;
-    let case = format!("command-{name}-16-telemetry");
-    eprintln!("{case}: done");
-    Ok(Report {
-        bench: "nats",
-        case,
-        ops_per_s: mean(&with),
-        p50_ms: latencies.percentile_ms(50.0),
-        p99_ms: latencies.percentile_ms(99.0),
-        baseline_ops_per_s: mean(&without),
-        bytes: None,
-        note: format!(
-            "command over NATS with metrics on and traces exported over OTLP ({exported} bytes received), {name} \
-             store; baseline: the same with both off"
-        ),
-    })
+    Ok(Turns { with: mean(&with), without: mean(&without), latencies })
 }
 
 /// A local OTLP/HTTP receiver that takes every export and keeps only the count of bytes: where `weft bench

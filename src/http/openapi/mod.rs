@@ -117,6 +117,7 @@ const INTEGER_COLUMNS: &[&str] = &[
     "tasks_failed",
     "input_tokens",
     "output_tokens",
+    "cost_nanos",
     "latency_total_ms",
     "registered_at",
     "latest_version",
