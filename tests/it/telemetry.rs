@@ -305,11 +305,14 @@ fn a_job_run_across_two_nodes_over_nats_is_one_trace_with_its_spans_parented() {
         let (flow, submit) = (first["correlation_id"].as_str().unwrap(), first["causation_id"].as_str().unwrap());
         let trace = flow.replace('-', "");
         let submit_span = format!("{:016x}", uuid::Uuid::parse_str(submit).unwrap().as_u128() as u64);
-        // Exported in batches every 100 ms: wait until the trace holds its provider calls.
+        // Spans are exported as they end, in batches every 100 ms from each node: wait until the trace holds
+        // both tasks and their calls, and every parent a span names.
         let deadline = Instant::now() + Duration::from_secs(30);
         let spans = loop {
             let spans: Vec<Received> = receiver.spans().into_iter().filter(|s| s.trace == trace).collect();
-            if spans.iter().filter(|s| s.name == "provider_call").count() >= 2 || Instant::now() > deadline {
+            let count = |name: &str| spans.iter().filter(|s| s.name == name).count();
+            let whole = spans.iter().all(|s| s.parent.is_empty() || spans.iter().any(|p| p.id == s.parent));
+            if (count("provider_call") >= 2 && count("task") >= 2 && whole) || Instant::now() > deadline {
                 break spans;
             }
             std::thread::sleep(Duration::from_millis(100));
