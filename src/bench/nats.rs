@@ -173,8 +173,9 @@ async fn store_cases(
     if matches!(baseline, Baseline::RequestReply) {
         // The full count at 16 in flight: the two runs compared must be long enough for their difference to
         // show above the noise of a shared machine.
-        reports.push(auth_case(name, hosts.clone(), bus, client, &documents, options.commands).await?);
-        reports.push(telemetry_case(name, hosts, bus, client, &documents, options.commands).await?);
+        let target = Target { hosts: &hosts, bus, client, documents: &documents, commands: options.commands };
+        reports.push(auth_case(name, &target).await?);
+        reports.push(telemetry_case(name, &target).await?);
     }
     client.flush().await?;
     Ok(reports)
@@ -183,14 +184,7 @@ async fn store_cases(
 /// `command-<store>-16-auth`: the 16-in-flight case through an intake that authenticates, each command with an
 /// operator's token of the documents' tenant, in turns with the same case without authentication (its
 /// baseline).
-async fn auth_case(
-    name: &str,
-    hosts: Hosts,
-    bus: &Arc<dyn Bus>,
-    client: &async_nats::Client,
-    documents: &Arc<Vec<weft_events::StreamName>>,
-    commands: u64,
-) -> anyhow::Result<Report> {
+async fn auth_case(name: &str, target: &Target<'_>) -> anyhow::Result<Report> {
     use crate::auth::{Role, token};
     let secret = token::Secret::from_bytes(&rand::random::<[u8; 32]>());
     let tenants = [crate::auth::DEFAULT_TENANT.to_owned()];
@@ -200,27 +194,20 @@ async fn auth_case(
         let options = IntakeOptions { verifier: authenticated.then(|| verifier.clone()), ..IntakeOptions::default() };
         (options, authenticated.then(|| bearer.clone()))
     };
-    let turns = in_turns(&hosts, bus, client, documents, commands, variant).await?;
+    let turns = in_turns(target, variant).await?;
     let note = format!("command over NATS with a bearer token checked, {name} store; baseline: the same without");
     Ok(turns.report(format!("command-{name}-16-auth"), note))
 }
 
 /// `command-<store>-16-telemetry`: the 16-in-flight case with metrics recorded and traces exported, in turns
 /// with the same case with both off (its baseline).
-async fn telemetry_case(
-    name: &str,
-    hosts: Hosts,
-    bus: &Arc<dyn Bus>,
-    client: &async_nats::Client,
-    documents: &Arc<Vec<weft_events::StreamName>>,
-    commands: u64,
-) -> anyhow::Result<Report> {
+async fn telemetry_case(name: &str, target: &Target<'_>) -> anyhow::Result<Report> {
     let exported_before = TraceSink::received();
     let variant = |on: bool| {
         crate::telemetry::set_enabled(on);
         (IntakeOptions::default(), None)
     };
-    let turns = in_turns(&hosts, bus, client, documents, commands, variant).await;
+    let turns = in_turns(target, variant).await;
     crate::telemetry::set_enabled(false);
     let turns = turns?;
     // What the exporter had in hand when the case ended reaches the receiver within its batch delay.
@@ -231,6 +218,17 @@ async fn telemetry_case(
          store; baseline: the same with both off"
     );
     Ok(turns.report(format!("command-{name}-16-telemetry"), note))
+}
+
+/// What the 16-in-flight cases run against: the store's hosts, the node's bus, the client, the documents, and
+/// the full count of commands.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    hosts: &'a Hosts,
+    bus: &'a Arc<dyn Bus>,
+    client: &'a async_nats::Client,
+    documents: &'a Arc<Vec<weft_events::StreamName>>,
+    commands: u64,
 }
 
 /// The rates of a variant of the 16-in-flight case and of the plain case, run in turns, and the variant's
@@ -262,13 +260,10 @@ impl Turns {
 /// gives the intake's options and the commands' `Authorization` for each side (and may switch what else the
 /// side measures).
 async fn in_turns(
-    hosts: &Hosts,
-    bus: &Arc<dyn Bus>,
-    client: &async_nats::Client,
-    documents: &Arc<Vec<weft_events::StreamName>>,
-    commands: u64,
+    target: &Target<'_>,
     variant: impl Fn(bool) -> (IntakeOptions, Option<String>),
 ) -> anyhow::Result<Turns> {
+    let Target { hosts, bus, client, documents, commands } = *target;
     let (mut with, mut without) = (Vec::new(), Vec::new());
     let mut latencies = Latencies::default();
     for on in [false, true, true, false] {

@@ -113,14 +113,14 @@ pub async fn authenticate(
         let valid = verifier.identities().zip(given).is_some_and(|(ids, given)| ids.csrf_matches(token, given));
         if !valid {
             let message = "a session's request that changes state carries its CSRF token in X-CSRF-Token";
-            super::metrics::denied("http", "csrf");
+            crate::telemetry::metrics::denied("http", "csrf");
             return Ok(request.into_response(refused(StatusCode::FORBIDDEN, "forbidden", message)));
         }
     }
     let identity = match verifier.authorization(header.or(from_cookie.as_deref())).await {
         Ok(identity) => identity,
         Err(why) => {
-            super::metrics::denied("http", "unauthenticated");
+            crate::telemetry::metrics::denied("http", "unauthenticated");
             let answer = refused(StatusCode::UNAUTHORIZED, "unauthenticated", &why.to_string());
             return Ok(request.into_response(answer));
         }
@@ -131,14 +131,14 @@ pub async fn authenticate(
         Rule::Open | Rule::Signed => true,
     };
     if !allowed {
-        super::metrics::denied("http", "forbidden");
+        crate::telemetry::metrics::denied("http", "forbidden");
         let message = format!("a {} may not use this route", identity.role.as_str());
         return Ok(request.into_response(refused(StatusCode::FORBIDDEN, "forbidden", &message)));
     }
     let tenant = request.headers().get(crate::bus::TENANT).and_then(|v| v.to_str().ok());
     if let Err(wait) = verifier.spend(&identity, tenant) {
         let seconds = crate::auth::limits::retry_after_secs(wait);
-        super::metrics::denied("http", "rate_limited");
+        crate::telemetry::metrics::denied("http", "rate_limited");
         let message = format!("over the request rate allowed; retry in {seconds} s");
         let mut answer = super::error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message);
         answer.headers_mut().insert(actix_web::http::header::RETRY_AFTER, seconds.into());

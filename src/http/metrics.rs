@@ -90,9 +90,3 @@ pub async fn record(
     metrics::histogram!("weft_http_request_duration_seconds", "route" => route).record(started.elapsed());
     response
 }
-
-/// Counts a request or command refused, by where it came (`http`, `nats`) and why (`unauthenticated`,
-/// `forbidden`, `rate_limited`, ...).
-pub fn denied(surface: &'static str, reason: &'static str) {
-    metrics::counter!("weft_denials_total", "surface" => surface, "reason" => reason).increment(1);
-}

@@ -533,13 +533,13 @@ async fn handle<A: Confined, P: Prepare<A>>(
                 let (kind, why) = refused.error.as_ref().map_or((None, ""), |e| (Some(e.kind), e.message.as_str()));
                 match kind {
                     Some(protocol::ErrorKind::Unauthenticated) => {
-                        crate::http::metrics::denied("nats", "unauthenticated")
+                        crate::telemetry::metrics::denied("nats", "unauthenticated")
                     }
-                    Some(protocol::ErrorKind::Forbidden) => crate::http::metrics::denied("nats", "forbidden"),
+                    Some(protocol::ErrorKind::Forbidden) => crate::telemetry::metrics::denied("nats", "forbidden"),
                     Some(protocol::ErrorKind::Unavailable)
                         if refused.error.as_ref().is_some_and(|e| e.retry_after_ms.is_some()) =>
                     {
-                        crate::http::metrics::denied("nats", "rate_limited")
+                        crate::telemetry::metrics::denied("nats", "rate_limited")
                     }
                     _ => {}
                 }

@@ -111,6 +111,12 @@ pub fn render() -> String {
     install().map(PrometheusHandle::render).unwrap_or_default()
 }
 
+/// Counts a request or command refused, by where it came (`http`, `nats`) and why (`unauthenticated`,
+/// `forbidden`, `rate_limited`, `csrf`): never by who.
+pub fn denied(surface: &'static str, reason: &'static str) {
+    metrics::counter!("weft_denials_total", "surface" => surface, "reason" => reason).increment(1);
+}
+
 /// Counters that exist from the start at zero, so that a rate over them is defined before the first one.
 fn zero() {
     metrics::counter!("weft_job_retries_total").absolute(0);

@@ -193,6 +193,18 @@ async fn commands_and_queries_over_nats_are_checked_like_http_and_events_carry_t
         let reply = ask(&client, "weft.qry.documents.lineage", Some(&olga), &[], &bad).await;
         assert_eq!(kind(&reply), "invalid", "{bad}: {reply}");
     }
+    // Costs by tenant: bob (a user) sees only his own jobs, another tenant's caller none of acme's; bad
+    // parameters are `invalid`.
+    let costs = ask(&client, "weft.qry.costs.tenants", Some(&bob), &[], &json!({})).await;
+    assert_eq!(costs["tenants"], json!([]), "bob sees ann's job's cost: {costs}");
+    let costs = ask(&client, "weft.qry.costs.tenants", Some(&globex), &[], &json!({"tenant": "acme"})).await;
+    assert_eq!(costs["tenants"], json!([]), "another tenant sees acme's costs: {costs}");
+    let costs = ask(&client, "weft.qry.costs.tenants", Some(&olga), &[], &json!({})).await;
+    assert_eq!(costs["tenants"][0]["tenant"], "acme", "{costs}");
+    for bad in [json!({"since": "x"}), json!({"until": -1.5}), json!({"color": "red"})] {
+        let reply = ask(&client, "weft.qry.costs.tenants", Some(&olga), &[], &bad).await;
+        assert_eq!(kind(&reply), "invalid", "{bad}: {reply}");
+    }
     let cancel = command("cancel", json!({"reason": "not yours"}));
     let reply = ask(&client, &format!("weft.cmd.job.{anns_job}"), Some(&bob), &[], &cancel).await;
     assert_eq!(kind(&reply), "not_found", "bob cancels ann's job: {reply}");

@@ -396,6 +396,25 @@ fn json_log_lines_carry_the_trace_and_span_of_the_command_they_are_about() {
     assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
     let (status, log) = node.terminate();
     assert!(status.success(), "{log}");
+    // A log format or an OTLP protocol Weft does not have stops the node at start, saying so.
+    for (args, env, expected) in [
+        (vec!["--log-format", "xml"], vec![], "--log-format"),
+        (
+            vec![],
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+            "http/protobuf",
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["serve", "--http-addr", "127.0.0.1:0"])
+            .args(&args)
+            .envs(env)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && said.contains(expected), "{args:?}: {said}");
+    }
     for line in log.lines().filter(|l| !l.starts_with("weft: ")) {
         let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(parsed["level"].is_string() && parsed["message"].is_string() && parsed["target"].is_string(), "{line}");
