@@ -87,11 +87,13 @@ pub(super) fn provider(export: bool, endpoint: Option<&str>) -> Result<SdkTracer
         }
         let exporter = exporter.build().map_err(|e| format!("the OTLP exporter: {e}"))?;
         builder = match endpoint {
-            // The benchmark's own receiver: a queue deep enough that no span of its load is dropped.
+            // The benchmark's own receiver: a queue deep enough that no span of its load is dropped, sent in large
+            // batches.
             Some(_) => {
                 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
                 let config = BatchConfigBuilder::default()
                     .with_max_queue_size(1 << 16)
+                    .with_max_export_batch_size(4096)
                     .with_scheduled_delay(std::time::Duration::from_millis(200))
                     .build();
                 builder.with_span_processor(BatchSpanProcessor::builder(exporter).with_batch_config(config).build())
@@ -115,12 +117,20 @@ pub fn on() -> bool {
 
 /// The trace context a message carries (none: an empty context).
 pub fn extract(headers: &Headers) -> opentelemetry::Context {
+    if headers.is_empty() {
+        return opentelemetry::Context::new();
+    }
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
-/// Runs `future` within `context`: spans it starts without a parent of their own are its children.
+/// Runs `future` within `context`: spans it starts without a parent of their own are its children. A
+/// context without a span (a message without a `traceparent`) changes nothing, and costs nothing per poll.
 pub async fn within<F: Future>(context: opentelemetry::Context, future: F) -> F::Output {
-    opentelemetry::context::FutureExt::with_context(future, context).await
+    if context.has_active_span() {
+        opentelemetry::context::FutureExt::with_context(future, context).await
+    } else {
+        future.await
+    }
 }
 
 /// Adds the current span's trace context to a message's headers (nothing when traces are off).
@@ -159,12 +169,11 @@ impl weft_actors::trace::Tracer for Flows {
         let current = tracing::Span::current();
         let parent = if current.is_none() { opentelemetry::Context::current() } else { current.context() };
         let caller = parent.span().span_context().clone();
-        if !(caller.is_valid() && caller.trace_id() == trace) {
-            // The first span of its flow's trace here; a caller in another trace is linked.
+        if caller.is_valid() && caller.trace_id() != trace {
+            // The first span of its flow's trace here; the caller, in another trace, is linked. (Without a valid
+            // caller the span is a root already, and takes the flow's trace id below.)
             let _ = span.set_parent(opentelemetry::Context::new());
-            if caller.is_valid() {
-                span.add_link(caller);
-            }
+            span.add_link(caller);
         }
         // Starting the span now takes the ids given.
         NEXT.set(Some((trace, span_id(command_id))));

@@ -470,10 +470,11 @@ impl Aggregate for Document {
                 self.size_bytes = e.size_bytes;
                 self.etag = e.etag.clone();
                 self.versions += 1;
-                if e.key.is_none() {
-                    for replaced in self.contents.iter_mut().filter(|c| c.key.is_none()) {
-                        replaced.kept = false;
-                    }
+                // At most one content without a key of its own is kept (this rule keeps it so): the last.
+                if e.key.is_none()
+                    && let Some(replaced) = self.contents.iter_mut().rev().find(|c| c.key.is_none() && c.kept)
+                {
+                    replaced.kept = false;
                 }
                 let content =
                     Content { size_bytes: e.size_bytes, etag: e.etag.clone(), key: e.key.clone(), kept: true };

@@ -206,6 +206,16 @@ fn decide_together<'a, A: Aggregate + 'a>(
         {
             break;
         }
+        if let [events] = decided.as_slice()
+            && working.is_none()
+        {
+            // A second command: from here the state after the first is needed (a lone command costs no copy).
+            let mut next = loaded.state.clone();
+            for event in events {
+                next = catch_unwind(AssertUnwindSafe(|| next.evolve(event))).ok()?;
+            }
+            working = Some(next);
+        }
         let state = working.as_ref().unwrap_or(&loaded.state);
         if let Some(asked) = &message.metadata.owner {
             let creator = Some(first.actor.as_str()).filter(|_| A::OWNED_BY_CREATOR);
@@ -217,12 +227,14 @@ fn decide_together<'a, A: Aggregate + 'a>(
             Ok(Ok(events)) if !events.is_empty() => events,
             _ => break,
         };
-        let mut next = working.take().unwrap_or_else(|| loaded.state.clone());
-        for event in &events {
-            // A panic loses the state folded so far; the commands then run one at a time, where it is reported.
-            next = catch_unwind(AssertUnwindSafe(|| next.evolve(event))).ok()?;
+        if let Some(mut next) = working.take() {
+            for event in &events {
+                // A panic loses the state folded so far; the commands then run one at a time, where it is
+                // reported.
+                next = catch_unwind(AssertUnwindSafe(|| next.evolve(event))).ok()?;
+            }
+            working = Some(next);
         }
-        working = Some(next);
         decided.push(events);
     }
     (decided.len() >= 2).then_some(())?;

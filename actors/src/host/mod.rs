@@ -39,7 +39,6 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
-use tracing::Instrument as _;
 use weft_events::domain::ids::Uuid;
 use weft_events::{Direction, DomainEvent, EventStore, StreamName};
 
@@ -266,7 +265,8 @@ impl<A: Aggregate> Host<A> {
         let (command, started) = (A::command_name(&message.command), Instant::now());
         let flow = crate::trace::flow_of(message.metadata.correlation_id, message.command_id);
         let span = crate::trace::command_span(A::KIND, command, stream.as_str(), flow, message.command_id);
-        let result = self.send(stream, Traced(message, span.clone())).instrument(span.clone()).await;
+        // The actor runs the command within the span (entered at each poll of its work, not of this wait).
+        let result = self.send(stream, Traced(message, span.clone())).await;
         let outcome = match &result {
             Ok(outcome) if outcome.repeated => "repeated",
             Ok(_) => "ok",
@@ -276,7 +276,7 @@ impl<A: Aggregate> Host<A> {
             Err(Error::Erased(_)) => "erased",
             Err(Error::OtherTenant) => "not_found",
         };
-        span.in_scope(|| tracing::debug!(outcome, "command run"));
+        tracing::debug!(parent: &span, outcome, "command run");
         metrics::counter!("weft_commands_total", "aggregate" => A::KIND, "command" => command, "outcome" => outcome)
             .increment(1);
         metrics::histogram!("weft_command_duration_seconds", "aggregate" => A::KIND, "command" => command)

@@ -411,7 +411,7 @@ impl EventRead for JetStreamStore {
 
 #[async_trait]
 impl EventWrite for JetStreamStore {
-    #[tracing::instrument(name = "append", level = "debug", skip_all, fields(store = "jetstream", %stream, events = events.len()))]
+    #[tracing::instrument(name = "append", level = "debug", skip_all, fields(store = "jetstream", stream = stream.as_str(), events = events.len()))]
     async fn append(
         &self,
         stream: &StreamName,

@@ -498,13 +498,15 @@ impl EventRead for SqliteStore {
 
 #[async_trait]
 impl EventWrite for SqliteStore {
-    #[tracing::instrument(name = "append", level = "debug", skip_all, fields(store = %self.shared.location, %stream, events = events.len()))]
     async fn append(
         &self,
         stream: &StreamName,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, Error> {
+        // Held until the append is answered, not entered at each poll: nothing is logged within it, and on the
+        // hot path of every command each enter costs more than it tells.
+        let _span = tracing::debug_span!("append", store = "sqlite", stream = stream.as_str(), events = events.len());
         self.shared.limits.check_append(&events)?;
         let stream = stream.clone();
         match self.request(|reply| Request::Append { stream, expected, events, reply }).await? {
