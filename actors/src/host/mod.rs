@@ -276,7 +276,10 @@ impl<A: Aggregate> Host<A> {
             Err(Error::Erased(_)) => "erased",
             Err(Error::OtherTenant) => "not_found",
         };
-        tracing::debug!(parent: &span, outcome, "command run");
+        // Within the span, so that a log line names its trace; entered only when the line is wanted.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            span.in_scope(|| tracing::debug!(outcome, "command run"));
+        }
         metrics::counter!("weft_commands_total", "aggregate" => A::KIND, "command" => command, "outcome" => outcome)
             .increment(1);
         metrics::histogram!("weft_command_duration_seconds", "aggregate" => A::KIND, "command" => command)
