@@ -91,7 +91,9 @@ pub enum Error {
         long: String,
     },
     /// A value is a table, a date or a list of something other than text.
-    #[error("config {path}: {key} must be text, a number, true/false or (nats) a list of URLs")]
+    #[error(
+        "config {path}: {key} must be text, a number, true/false or a list (nats, and options that take several values)"
+    )]
     Shape {
         /// The file.
         path: String,

@@ -172,20 +172,9 @@ impl Projection for Documents {
                  PRIMARY KEY (document, version)
              );",
         )?;
-        let has_read_version =
-            db.prepare("SELECT 1 FROM pragma_table_info('document_lineage') WHERE name = 'version'")?.exists([])?;
-        if !has_read_version {
-            db.execute_batch("ALTER TABLE document_lineage ADD COLUMN version INTEGER")?;
-        }
-        let has_position =
-            db.prepare("SELECT 1 FROM pragma_table_info('documents') WHERE name = 'uploaded_position'")?.exists([])?;
-        if !has_position {
-            db.execute_batch("ALTER TABLE documents ADD COLUMN uploaded_position INTEGER")?;
-        }
-        let has_labels = db.prepare("SELECT 1 FROM pragma_table_info('documents') WHERE name = 'labels'")?.exists([])?;
-        if !has_labels {
-            db.execute_batch("ALTER TABLE documents ADD COLUMN labels TEXT")?;
-        }
+        crate::add_column(db, "document_lineage", "version INTEGER")?;
+        crate::add_column(db, "documents", "uploaded_position INTEGER")?;
+        crate::add_column(db, "documents", "labels TEXT")?;
         db.execute_batch(
             "CREATE INDEX IF NOT EXISTS documents_by_upload ON documents (uploaded_position)
              WHERE uploaded_position IS NOT NULL",

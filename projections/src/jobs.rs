@@ -91,23 +91,18 @@ fn task_completed(tx: &Transaction<'_>, envelope: &Envelope) -> Result<(), Apply
     let AgentEvent::TaskCompleted(e) = event else { return Ok(()) };
     let (job, input, output, cost) =
         (e.job.to_string(), e.input_tokens as i64, e.output_tokens as i64, crate::nanos(e.cost_nanos));
-    for (sql, step) in [
-        (
-            "UPDATE jobs SET input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3,
-                          cost_nanos = cost_nanos + ?4 WHERE id = ?1",
-            None,
-        ),
-        (
-            "UPDATE job_steps SET input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3,
-                               cost_nanos = cost_nanos + ?4 WHERE job = ?1 AND step = ?5",
-            Some(&e.step),
-        ),
-    ] {
-        match step {
-            None => crate::exec(tx, sql, params![job, input, output, cost])?,
-            Some(step) => crate::exec(tx, sql, params![job, input, output, cost, step])?,
-        };
-    }
+    crate::exec(
+        tx,
+        "UPDATE jobs SET input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3,
+                      cost_nanos = cost_nanos + ?4 WHERE id = ?1",
+        params![job, input, output, cost],
+    )?;
+    crate::exec(
+        tx,
+        "UPDATE job_steps SET input_tokens = input_tokens + ?2, output_tokens = output_tokens + ?3,
+                           cost_nanos = cost_nanos + ?4 WHERE job = ?1 AND step = ?5",
+        params![job, input, output, cost, e.step],
+    )?;
     Ok(())
 }
 
@@ -177,10 +172,7 @@ impl Projection for Jobs {
         // The owner (the submitter: the actor of `job.submitted`) came after the table: a read model made
         // before it gains the column, empty for the jobs it already holds (a user sees none of those until the
         // projection is rebuilt).
-        let has_owner = db.prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'owner'")?.exists([])?;
-        if !has_owner {
-            db.execute_batch("ALTER TABLE jobs ADD COLUMN owner TEXT")?;
-        }
+        crate::add_column(db, "jobs", "owner TEXT")?;
         db.execute_batch("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, id)")?;
         // Tokens and costs (from the agents' completed tasks) came after the tables: a read model made before
         // gains the columns, 0 for what it holds.

@@ -207,7 +207,7 @@ pub(crate) fn nanos(value: u64) -> i64 {
 }
 
 /// Adds `cost_usd` (dollars, from the row's `cost_nanos`) to a row read as JSON.
-pub(crate) fn with_cost_usd(row: &mut serde_json::Value) {
+pub fn with_cost_usd(row: &mut serde_json::Value) {
     if let Some(nanos) = row["cost_nanos"].as_u64() {
         row["cost_usd"] = serde_json::json!(nanos as f64 / 1e9);
     }

@@ -110,11 +110,7 @@ impl Projection for Workflows {
                  PRIMARY KEY (workflow, workflow_version)
              );",
         )?;
-        let has_status = db.prepare("SELECT 1 FROM pragma_table_info('workflows') WHERE name = 'status'")?.exists([])?;
-        if !has_status {
-            db.execute_batch("ALTER TABLE workflows ADD COLUMN status TEXT NOT NULL DEFAULT 'active'")?;
-        }
-        Ok(())
+        crate::add_column(db, "workflows", "status TEXT NOT NULL DEFAULT 'active'")
     }
 
     fn wants(&self, event: &Envelope) -> bool {

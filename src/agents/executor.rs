@@ -370,7 +370,7 @@ impl DocumentExecutor {
             let completion = match replayed {
                 Some(completion) => completion,
                 None => {
-                    let completion =
+                    let (completion, cost) =
                         super::call(&**provider, request.clone(), &self.prices).await.map_err(|e| match e {
                             Error::Invalid(message) => permanent(message),
                             Error::Unavailable(message) => transient(message),
@@ -379,12 +379,7 @@ impl DocumentExecutor {
                         self.record(task, index, &request, &completion, &tenant, correlation).await?;
                     }
                     // A replayed answer cost nothing now; a call, its tokens at the prices.
-                    cost_nanos += self.prices.cost(
-                        provider.name(),
-                        &request.model,
-                        completion.input_tokens,
-                        completion.output_tokens,
-                    );
+                    cost_nanos += cost;
                     completion
                 }
             };

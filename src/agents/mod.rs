@@ -188,7 +188,12 @@ pub fn providers(options: &ProviderOptions) -> Result<Vec<std::sync::Arc<dyn Pro
 
 /// Calls `provider` in a `provider_call` span, recording the call's metrics: calls by provider, model and
 /// outcome, their latency, errors by kind, tokens and their cost at `prices`, and the circuit's state after it.
-pub async fn call(provider: &dyn Provider, request: Request, prices: &prices::Prices) -> Result<Completion, Error> {
+/// The completion comes with that cost, in billionths of a US dollar.
+pub async fn call(
+    provider: &dyn Provider,
+    request: Request,
+    prices: &prices::Prices,
+) -> Result<(Completion, u64), Error> {
     use tracing::Instrument as _;
     let name = provider.name().to_owned();
     let model = request.model.clone();
@@ -205,6 +210,7 @@ pub async fn call(provider: &dyn Provider, request: Request, prices: &prices::Pr
     }
     let started = std::time::Instant::now();
     let result = provider.complete(request).instrument(span.clone()).await;
+    let mut cost = 0;
     let outcome = match &result {
         Ok(completion) => {
             span.record("input_tokens", completion.input_tokens);
@@ -213,7 +219,7 @@ pub async fn call(provider: &dyn Provider, request: Request, prices: &prices::Pr
                 .increment(completion.input_tokens);
             metrics::counter!("weft_provider_output_tokens_total", "provider" => name.clone(), "model" => model.clone())
                 .increment(completion.output_tokens);
-            let cost = prices.cost(&name, &model, completion.input_tokens, completion.output_tokens);
+            cost = prices.cost(&name, &model, completion.input_tokens, completion.output_tokens);
             metrics::counter!("weft_provider_cost_nanodollars_total", "provider" => name.clone(), "model" => model.clone())
                 .increment(cost);
             "ok"
@@ -233,5 +239,5 @@ pub async fn call(provider: &dyn Provider, request: Request, prices: &prices::Pr
     metrics::histogram!("weft_provider_call_duration_seconds", "provider" => name.clone()).record(started.elapsed());
     let open = provider.health().circuit == remote::Circuit::Open;
     metrics::gauge!("weft_provider_circuit_open", "provider" => name).set(if open { 1.0 } else { 0.0 });
-    result
+    result.map(|completion| (completion, cost))
 }

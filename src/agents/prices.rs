@@ -47,38 +47,30 @@ pub fn parse(text: &str) -> Result<Price, String> {
     })
 }
 
-/// The table; see the module doc.
+/// The table, by provider then model; see the module doc.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Prices(BTreeMap<(String, String), (f64, f64)>);
+pub struct Prices(BTreeMap<String, BTreeMap<String, (f64, f64)>>);
 
 impl Prices {
     /// The table of `prices`; a later entry for the same provider and model wins.
     pub fn new(prices: &[Price]) -> Self {
-        Self(
-            prices
-                .iter()
-                .map(|p| ((p.provider.clone(), p.model.clone()), (p.input_per_million, p.output_per_million)))
-                .collect(),
-        )
+        let mut table = Self::default();
+        for p in prices {
+            let models = table.0.entry(p.provider.clone()).or_default();
+            models.insert(p.model.clone(), (p.input_per_million, p.output_per_million));
+        }
+        table
     }
 
     /// The cost of a call to `provider`'s `model` that read `input` and wrote `output` tokens, in billionths
     /// of a US dollar (rounded to the nearest); 0 without a price.
     pub fn cost(&self, provider: &str, model: &str, input: u64, output: u64) -> u64 {
-        let found = self
-            .0
-            .get(&(provider.to_owned(), model.to_owned()))
-            .or_else(|| self.0.get(&(provider.to_owned(), "*".to_owned())));
+        let found = self.0.get(provider).and_then(|models| models.get(model).or_else(|| models.get("*")));
         let Some((input_price, output_price)) = found else { return 0 };
         // Dollars per million tokens are thousandths of a nano-dollar per token.
         let nanos = input as f64 * input_price * 1000.0 + output as f64 * output_price * 1000.0;
         nanos.round().min(u64::MAX as f64) as u64
     }
-}
-
-/// Nano-dollars as dollars.
-pub fn dollars(nanos: u64) -> f64 {
-    nanos as f64 / 1e9
 }
 
 #[cfg(test)]
@@ -98,7 +90,9 @@ mod tests {
         assert_eq!(prices.cost("anthropic", "claude-haiku", 0, 1_000_000), 4_000_000_000);
         assert_eq!(prices.cost("openai", "gpt-4o", 1000, 200), 0);
         assert_eq!(prices.cost("builtin", "extractive", 1000, 200), 0);
-        assert_eq!(dollars(270_000), 0.00027);
+        let mut row = serde_json::json!({"cost_nanos": 270_000});
+        weft_projections::with_cost_usd(&mut row);
+        assert_eq!(row["cost_usd"], 0.00027);
     }
 
     #[test]

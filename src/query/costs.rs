@@ -40,15 +40,15 @@ impl Reads {
                 let mut statement = db.prepare(&sql)?;
                 let args: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref() as &dyn ToSql).collect();
                 let rows = statement.query_map(args.as_slice(), |row| {
-                    let nanos = row.get::<_, i64>(4)?;
-                    Ok(json!({
+                    let mut tenant = json!({
                         "tenant": row.get::<_, String>(0)?,
                         "jobs": row.get::<_, i64>(1)?,
                         "input_tokens": row.get::<_, i64>(2)?,
                         "output_tokens": row.get::<_, i64>(3)?,
-                        "cost_nanos": nanos,
-                        "cost_usd": nanos as f64 / 1e9,
-                    }))
+                        "cost_nanos": row.get::<_, i64>(4)?,
+                    });
+                    weft_projections::with_cost_usd(&mut tenant);
+                    Ok(tenant)
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()
             })

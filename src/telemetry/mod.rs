@@ -61,8 +61,8 @@ pub fn init_with(format: LogFormat, default_filter: &str, endpoint: Option<&str>
     };
     let spans = provider.as_ref().map(|provider| {
         use opentelemetry::trace::TracerProvider as _;
-        // Weft's own spans, whatever the log level: they are few per command, and made only when traced.
-        // Weft's spans, asked at each span (the benchmark turns tracing off and on); every other callsite is
+        // Weft's own spans, whatever the log level (they are few per command, and made only when traced),
+        // asked at each span (the benchmark turns tracing off and on); every other callsite is
         // never of interest, once and for all (the libraries' own trace events cost nothing).
         let ours =
             tracing_subscriber::filter::dynamic_filter_fn(|_, _| traces::enabled()).with_callsite_filter(|meta| {

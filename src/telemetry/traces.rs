@@ -13,10 +13,10 @@
 //! **One trace per flow.** A flow's trace id is its correlation id (a command outside any flow starts one
 //! with its own id: see `weft_actors::trace`). A command's span id is derived from its id, so a process
 //! handling an event makes its span a child of the command that caused it from the event alone
-//! (`Flows`, a `weft_actors::trace::Tracer`). Commands sent over NATS carry the sender's span in a W3C `traceparent` header
-//! ([`inject`]); the intake runs the command within it ([`extract`], [`within`]). A caller's `traceparent`
-//! with no correlation id makes its trace the flow's; a caller's span of another trace than the flow's is
-//! linked, not parented.
+//! (`Flows`, a `weft_actors::trace::Tracer`). Commands sent over NATS carry the sender's span in a W3C
+//! `traceparent` header ([`inject`]); the intake runs the command within it ([`extract`], [`within`]). A
+//! caller's `traceparent` with no correlation id makes its trace the flow's; a caller's span of another trace
+//! than the flow's is linked, not parented.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};

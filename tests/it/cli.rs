@@ -301,6 +301,19 @@ fn serve_takes_its_options_from_a_config_file_below_the_environment_and_the_comm
     assert!(line.contains(&format!("SQLite {}", at("env.db"))), "the environment wins over the file: {line}");
     let line = serve_line(&["serve", "--config", &config, "--store", &at("cli.db")], &[("WEFT_STORE", &at("env.db"))]);
     assert!(line.contains(&format!("SQLite {}", at("cli.db"))), "the command line wins: {line}");
+    // A list is the comma-separated form of an option that takes several values (`--price`).
+    let prices = "[providers]\nprice = [\"openai/gpt-4o-mini=0.15:0.6\", \"anthropic/*=3:15\"]\n";
+    std::fs::write(
+        &config,
+        format!(
+            "store = {:?}\nread_models = {:?}\nhttp-addr = \"127.0.0.1:0\"\n{prices}",
+            at("file.db"),
+            at("read.db")
+        ),
+    )
+    .unwrap();
+    let line = serve_line(&["serve", "--config", &config], &[]);
+    assert!(line.contains(&format!("SQLite {}", at("file.db"))), "a list of prices is taken: {line}");
 
     // Bad files: refused with the file and the key named, nothing started.
     for (text, expected) in [
@@ -315,6 +328,8 @@ fn serve_takes_its_options_from_a_config_file_below_the_environment_and_the_comm
         ("store = ", "config"),
         ("max-body-bytes = \"lots\"", "invalid value 'lots'"),
         ("jetstream = true", "--nats"),
+        ("[providers]\nprice = [\"openai/gpt=1:2\", 3]", "providers.price must be"),
+        ("[providers]\nprice = [\"openai/gpt\"]", "PROVIDER/MODEL=INPUT:OUTPUT"),
     ] {
         std::fs::write(&config, text).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_weft")).args(["serve", "--config", &config]).output().unwrap();
