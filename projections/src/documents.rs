@@ -58,7 +58,7 @@ pub const MODEL: Model = Model {
         "version",
         "labels",
     ],
-    filters: &["status", "tenant", "owner"],
+    filters: &["status", "tenant", "owner", "content_type"],
     labels: Some("labels"),
     time: "created_at",
     details: document_details,

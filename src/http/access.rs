@@ -8,6 +8,9 @@
 //! - `Commands`: a token whose role may send some command; the route passes the token on to the command
 //!   intake, which checks the command's type, tenant and instance as it does a NATS client's
 //!   ([`crate::intake::caller`]).
+//! - `Page(permission)`: a page of the dashboard ([`super::ui::PAGES`]), as `Needs`, except that a browser
+//!   without a (valid) session is sent to the login page (303) and a role without the permission gets an HTML
+//!   403, not JSON.
 //!
 //! Without a token (or with a bad one) the answer is 401 `unauthenticated` with `WWW-Authenticate: Bearer`;
 //! with a token whose role lacks the permission, 403 `forbidden`. A node started with `--insecure-no-auth`
@@ -33,6 +36,8 @@ pub enum Rule {
     Needs(Permission),
     /// A token whose role may send some command.
     Commands,
+    /// A dashboard page whose viewer's role has this permission.
+    Page(Permission),
 }
 
 /// The rule of the route `method pattern` (as [`super::openapi::ROUTES`] names them); `None` for no route.
@@ -64,6 +69,11 @@ pub fn rule(method: &str, pattern: &str) -> Option<Rule> {
         ("get" | "post", "/auth/users" | "/auth/keys")
         | ("post", "/auth/users/{name}/disable" | "/auth/keys/{id}/revoke") => Needs(Identities),
         ("get", p) if read(p) => Needs(Read),
+        ("get", "/" | super::ui::LOGIN) => Open,
+        ("get", p) => match super::ui::PAGES.iter().find(|(page, _)| *page == p) {
+            Some((_, permission)) => Page(*permission),
+            None => return None,
+        },
         _ => return None,
     })
 }
@@ -121,17 +131,24 @@ pub async fn authenticate(
         Ok(identity) => identity,
         Err(why) => {
             crate::telemetry::metrics::denied("http", "unauthenticated");
+            if matches!(rule, Rule::Page(_)) {
+                let answer = super::ui::to_login(request.uri());
+                return Ok(request.into_response(answer));
+            }
             let answer = refused(StatusCode::UNAUTHORIZED, "unauthenticated", &why.to_string());
             return Ok(request.into_response(answer));
         }
     };
     let allowed = match rule {
-        Rule::Needs(permission) => identity.role.may(permission),
+        Rule::Needs(permission) | Rule::Page(permission) => identity.role.may(permission),
         Rule::Commands => may_command(identity.role),
         Rule::Open | Rule::Signed => true,
     };
     if !allowed {
         crate::telemetry::metrics::denied("http", "forbidden");
+        if matches!(rule, Rule::Page(_)) {
+            return Ok(request.into_response(super::ui::forbidden(identity.role.as_str())));
+        }
         let message = format!("a {} may not use this route", identity.role.as_str());
         return Ok(request.into_response(refused(StatusCode::FORBIDDEN, "forbidden", &message)));
     }

@@ -62,6 +62,13 @@ async fn command(
             headers.insert(name.to_owned(), value.to_owned());
         }
     }
+    // A browser session's token is in its cookie (checked, with its CSRF token, by the access middleware):
+    // the intake gets it as any caller's.
+    if !headers.contains_key(crate::bus::AUTHORIZATION)
+        && let Some(cookie) = request.cookie(super::identities::SESSION_COOKIE)
+    {
+        headers.insert(crate::bus::AUTHORIZATION.to_owned(), format!("Bearer {}", cookie.value()));
+    }
     let message = Message { subject: protocol::command_subject(&aggregate, id), reply: None, headers, payload: body };
     let reply = match state.bus.request(message, COMMAND_TIMEOUT).await {
         Ok(reply) => reply,

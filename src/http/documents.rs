@@ -65,8 +65,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
 /// A refused request: its status and the error body.
 #[derive(Debug)]
 pub(super) struct Refusal {
-    status: StatusCode,
-    body: serde_json::Value,
+    pub(super) status: StatusCode,
+    pub(super) body: serde_json::Value,
 }
 
 impl Refusal {
@@ -242,13 +242,21 @@ fn query<T: serde::de::DeserializeOwned>(request: &HttpRequest) -> Result<T, Ref
 }
 
 async fn download(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
-    let result = async {
-        let id = document_id(&id)?;
-        let VersionQuery { version } = query(&request)?;
-        reachable(&state, &request, id).await?;
-        Ok(json!({ "download": objects(&state)?.documents.download_url(id, version).await? }))
-    };
+    let result = async { Ok(json!({ "download": signed_download(&state, &request, &id).await? })) };
     respond(StatusCode::OK, result.await)
+}
+
+/// The signed download URL of document `id` (`?version=N` of the request, or its current content), if the
+/// request's caller may read it.
+pub(super) async fn signed_download(
+    state: &State,
+    request: &HttpRequest,
+    id: &str,
+) -> Result<crate::objects::Presigned, Refusal> {
+    let id = document_id(id)?;
+    let VersionQuery { version } = query(request)?;
+    reachable(state, request, id).await?;
+    Ok(objects(state)?.documents.download_url(id, version).await?)
 }
 
 async fn confirm(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {

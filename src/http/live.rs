@@ -1,7 +1,8 @@
 //! Live updates as server-sent events.
 //!
-//! - One item (`GET /<model>/{id}/live`): every change of its stream, in order, and after them the item's
-//!   state exactly as of the last change sent (`version` equal to its `id:`).
+//! - One item (`GET /<model>/{id}/live[?cursor=V]`): every change of its stream after version `V` (0 by
+//!   default), in order, and after them the item's state exactly as of the last change sent (`version` equal
+//!   to its `id:`).
 //! - A list (`GET /<model>/live?<filters>`): `event: item` with the item's new state each time an item that
 //!   matches the filters changes; `id:` is the log position of the change, and `Last-Event-ID` resumes after
 //!   it (without it the feed starts at the read model's current position). An item that stops matching is
@@ -34,11 +35,16 @@ pub(super) async fn serve(
     params: super::Params,
     model: &'static Model,
 ) -> HttpResponse {
-    let after = match read::check_keys(&params, &["after"]).and_then(|()| read::number(&params, "after")) {
+    let after = match read::check_keys(&params, &["after", "cursor"]).and_then(|()| read::number(&params, "after")) {
         Ok(after) => after,
         Err(failure) => return failure.respond(),
     };
-    let last = match last_event_id(&request, "a stream version") {
+    // Where to resume: `Last-Event-ID` (a reconnecting client), else `cursor` (a page that drew the item as of
+    // that version), else the stream's start.
+    let last = match last_event_id(&request, "a stream version").and_then(|last| match last {
+        Some(last) => Ok(Some(last)),
+        None => read::number::<i64>(&params, "cursor"),
+    }) {
         Ok(last) => last.unwrap_or(0),
         Err(failure) => return failure.respond(),
     };

@@ -9,6 +9,7 @@
 //! - [`metrics`]: `/metrics` (Prometheus), and the middleware counting every request.
 //! - [`openapi`]: the document served at `/openapi.json`.
 //! - [`middleware`]: what wraps every route: the security headers and the per-address connection limit.
+//! - [`ui`]: the dashboard, HTML pages under `/ui` for people in a browser (not part of the JSON API below).
 //!
 //! Routes (answers are JSON; errors are `{"error": {"kind", "message"}}` with the matching status; the full
 //! list with parameters is served at `/openapi.json`):
@@ -60,6 +61,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod reads;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -165,6 +167,7 @@ impl HttpApi {
                 .configure(admin::routes)
                 .configure(identities::routes)
                 .configure(commands::routes)
+                .configure(ui::routes)
                 .default_service(web::to(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") }))
         })
         .on_connect(move |io, data| counted.accepted(io, data))

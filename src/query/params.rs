@@ -22,11 +22,13 @@ pub(super) struct ListParams {
     pub(super) cursor: Option<String>,
     pub(super) limit: usize,
     pub(super) after: Option<u64>,
+    /// `order=desc`: newest first (ids are time-ordered), the cursor paging on to older items.
+    pub(super) descending: bool,
 }
 
 impl ListParams {
     pub(super) fn parse(model: &Model, params: &BTreeMap<String, String>) -> Result<Self, Failure> {
-        let mut known = vec!["after", "cursor", "limit", "since", "until"];
+        let mut known = vec!["after", "cursor", "limit", "order", "since", "until"];
         known.extend(model.filters);
         let (labels, rest) = label_filters(model, params)?;
         if model.labels.is_some() {
@@ -46,6 +48,11 @@ impl ListParams {
             cursor: cursor.map(|c| c.to_string()),
             limit: limit(params)?,
             after: number(params, "after")?,
+            descending: match params.get("order").map(String::as_str) {
+                None | Some("asc") => false,
+                Some("desc") => true,
+                Some(other) => return Err(Failure::invalid(format!("order {other:?} is not `asc` or `desc`"))),
+            },
         })
     }
 }

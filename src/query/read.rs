@@ -289,7 +289,8 @@ impl Reads {
         found.ok_or_else(|| Failure::not_found(format!("no such {}", model.kind)))
     }
 
-    /// A page of a list: `{"items": [...], "next_cursor": "..." | null}`, ordered by id. The cursor is the last
+    /// A page of a list: `{"items": [...], "next_cursor": "..." | null}`, ordered by id (`order=desc`: newest
+    /// first). The cursor is the last
     /// id of the page, so paging is stable: an item present throughout is seen exactly once, whatever is added
     /// meanwhile.
     pub async fn list(
@@ -320,10 +321,12 @@ impl Reads {
             }
             if let Some(cursor) = &page.cursor {
                 args.push(Box::new(cursor.clone()));
-                sql.push_str(&format!(" AND id > ?{}", args.len()));
+                let op = if page.descending { "<" } else { ">" };
+                sql.push_str(&format!(" AND id {op} ?{}", args.len()));
             }
             args.push(Box::new(page.limit as i64 + 1));
-            sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+            let order = if page.descending { "DESC" } else { "ASC" };
+            sql.push_str(&format!(" ORDER BY id {order} LIMIT ?{}", args.len()));
             let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref() as &dyn ToSql).collect();
             let mut items = rows(db, &sql, &params, model.columns)?;
             items.iter_mut().for_each(model.shape);

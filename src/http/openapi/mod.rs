@@ -285,6 +285,12 @@ fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
         ));
     }
     list.extend(paging(json!({"type": "string", "format": "uuid"})));
+    list.push(param(
+        "order",
+        "query",
+        json!({"type": "string", "enum": ["asc", "desc"]}),
+        "By id, oldest first (`asc`, the default) or newest first (`desc`)",
+    ));
     let base = format!("/{}", model.name);
     paths.insert(
         base.clone(),
@@ -307,7 +313,13 @@ fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
     let sse = json!({"description": "text/event-stream of `change` and `state` events",
                      "content": {"text/event-stream": {"schema": {"type": "string"}}}});
     let last = param("Last-Event-ID", "header", json!({"type": "integer"}), "Resume after this stream version");
-    paths.insert(live.clone(), json!({"get": operation(summary("get", &live), vec![id(), after(), last], sse)}));
+    let cursor = param(
+        "cursor",
+        "query",
+        json!({"type": "integer", "minimum": 0}),
+        "Start after this stream version (when no Last-Event-ID is sent)",
+    );
+    paths.insert(live.clone(), json!({"get": operation(summary("get", &live), vec![id(), after(), cursor, last], sse)}));
 }
 
 /// The document.
