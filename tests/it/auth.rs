@@ -193,7 +193,7 @@ fn every_route_refuses_bad_tokens_and_lets_in_only_the_roles_its_rule_names() {
         for (name, role, token) in &roles {
             // Commands are checked on their type too: a `delete` of a document needs WriteDocuments.
             let allowed = match rule {
-                Rule::Needs(permission) => role.may(permission),
+                Rule::Needs(permission) | Rule::Page(permission) => role.may(permission),
                 Rule::Commands => role.may(weft::auth::Permission::WriteDocuments),
                 Rule::Open | Rule::Signed => true,
             };

@@ -23,6 +23,11 @@ const PAGE_EVENTS: usize = 100;
 /// `GET /ui/streams/{stream}[?cursor=V][&at=N]`.
 pub async fn show(state: web::Data<State>, request: HttpRequest, stream: web::Path<String>, params: Params) -> HttpResponse {
     let viewer = Viewer::of(&state, &request);
+    let at = match params.get("at").filter(|a| !a.is_empty()).map(|a| a.parse::<u64>()) {
+        None => None,
+        Some(Ok(at)) if at > 0 => Some(at),
+        Some(_) => return failed(&viewer, "", Failure::invalid("`at` is a version: a whole number from 1")),
+    };
     let mut query = BTreeMap::from([("limit".to_owned(), PAGE_EVENTS.to_string())]);
     if let Some(cursor) = params.get("cursor") {
         query.insert("cursor".into(), cursor.clone());
@@ -35,11 +40,6 @@ pub async fn show(state: web::Data<State>, request: HttpRequest, stream: web::Pa
     let items = events["items"].as_array().cloned().unwrap_or_default();
     let (kind, id) = stream.split_once('-').unwrap_or((stream.as_str(), ""));
     let model = MODELS.into_iter().find(|m| m.kind == kind);
-    let at = match params.get("at").filter(|a| !a.is_empty()).map(|a| a.parse::<u64>()) {
-        None => None,
-        Some(Ok(at)) if at > 0 => Some(at),
-        Some(_) => return failed(&viewer, "", Failure::invalid("`at` is a version: a whole number from 1")),
-    };
     let folded = match at {
         Some(at) => match weft_events::StreamName::new(stream.as_str()) {
             Ok(name) => Some(inspect::state(&*state.reads.store, &name, Some(Bound::Version(at))).await),
