@@ -49,8 +49,8 @@ impl Browser {
         capabilities.insert("goog:chromeOptions".into(), json!({"binary": "/usr/bin/chromium", "args": args}));
         let deadline = Instant::now() + WAIT;
         let client = loop {
-            let connected = ClientBuilder::rustls()
-                .unwrap()
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            let connected = ClientBuilder::new(connector)
                 .capabilities(capabilities.clone())
                 .connect(&format!("http://127.0.0.1:{port}"))
                 .await;
