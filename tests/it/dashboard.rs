@@ -243,22 +243,27 @@ async fn an_operator_cancels_a_running_job_and_retries_a_dead_lettered_one_from_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_jobs_page_newest_first_and_the_pages_fit_a_phone() {
     let dir = tempfile::tempdir().unwrap();
-    // No process managers: the jobs stay as submitted.
-    let serve = Serve::start(dir.path(), &["--no-processes"]);
+    // No process managers: the jobs stay as submitted; no rate limit on the admin's thousand submissions.
+    let serve = Serve::start(dir.path(), &["--no-processes", "--rate-limit-identity", "0", "--rate-limit-tenant", "0"]);
     let addr = serve.addr.clone();
     add_user(&addr, "root", "admin", &["*"]);
     let workflow = uuid::Uuid::now_v7().to_string();
     let step = json!([{"name": "only", "agent": uuid::Uuid::now_v7().to_string(), "instruction": "x",
         "inputs": [{"from": "job_inputs"}], "timeout_ms": 1000, "retry": {"max_attempts": 1, "base_delay_ms": 1, "max_delay_ms": 1}}]);
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "Say hello.").unwrap();
+    let (ok, stdout, stderr) = weft(&addr, &["document", "upload", input.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let document = stdout.trim().to_owned();
     let first = uuid::Uuid::now_v7().to_string();
-    let submit = json!({"workflow": workflow, "workflow_version": 1, "inputs": [], "priority": 0, "steps": step});
+    let submit = json!({"workflow": workflow, "workflow_version": 1, "inputs": [document], "priority": 0, "steps": step});
     assert_eq!(crate::serve::submit_job(&addr, &first, submit).0, 200);
     let threads: Vec<_> = (0..4)
         .map(|_| {
-            let (addr, workflow) = (addr.clone(), workflow.clone());
+            let (addr, workflow, document) = (addr.clone(), workflow.clone(), document.clone());
             std::thread::spawn(move || {
                 for _ in 0..(999 / 4 + 1) {
-                    let payload = json!({"workflow": workflow, "workflow_version": 1, "inputs": [], "priority": 0});
+                    let payload = json!({"workflow": workflow, "workflow_version": 1, "inputs": [document], "priority": 0});
                     let (status, reply) = command(&addr, "job", &uuid::Uuid::now_v7().to_string(), "submit", payload);
                     assert_eq!(status, 200, "{reply}");
                 }
