@@ -177,6 +177,9 @@ enum Bench {
     /// The operator's tools over a log of --events events: cat, export, import, verify and projection
     /// rebuilds, against raw rusqlite scans and inserts of the same rows.
     Replay(weft::bench::replay::Options),
+    /// The dashboard: the jobs and documents pages over 10,000 jobs and 20,000 documents, a job's page, and
+    /// the time from a job's change being committed to its page's live feed, against the JSON reads beneath.
+    Ui(weft::bench::ui::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -215,6 +218,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(Bench::Documents(options)) => {
             actix_rt::System::new().block_on(weft::bench::documents::main(options))
         }
+        Command::Bench(Bench::Ui(options)) => actix_rt::System::new().block_on(weft::bench::ui::main(options)),
         Command::Bench(Bench::Projections(options)) => {
             actix_rt::System::new().block_on(weft::bench::projections::main(options))
         }

@@ -17,6 +17,7 @@
 //! - [`documents`]: registrations, and from an upload's end to `uploaded` on the local store and on S3.
 //! - [`jobs`]: one-step builtin jobs from submit to done, embedded and on NATS + JetStream.
 //! - [`replay`]: the operator's tools: cat, export, import, verify, rebuilds.
+//! - [`ui`]: the dashboard's pages over 10,000 jobs, and a job's page's live feed.
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ pub mod nats;
 pub mod projections;
 pub mod replay;
 pub mod store;
+pub mod ui;
 pub mod uploads;
 
 /// One case's result.

@@ -143,7 +143,7 @@ fn document_events(at: Timestamp) -> anyhow::Result<Vec<NewEvent>> {
 }
 
 /// A three-step job's events, all steps done: 12 events.
-fn job_events(input: DocumentId, at: Timestamp) -> anyhow::Result<Vec<NewEvent>> {
+pub(super) fn job_events(input: DocumentId, at: Timestamp) -> anyhow::Result<Vec<NewEvent>> {
     let agent = AgentId::new();
     let retry = RetryPolicy { max_attempts: 3, base_delay_ms: 100, max_delay_ms: 1000 };
     let names = ["extract", "summarise", "report"];

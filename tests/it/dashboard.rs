@@ -139,9 +139,18 @@ async fn an_operator_uploads_from_the_page_runs_a_workflow_on_it_and_reads_its_j
     browser.find("#logout").await.click().await.unwrap();
     browser.find("form#login").await;
     browser.sign_in(&addr, &format!("/ui/jobs/{job}"), "gus", PASSWORD).await;
-    for page in ["/ui", "/ui/jobs", "/ui/documents", &format!("/ui/documents/{document}"), &format!("/ui/jobs/{job}"),
-        "/ui/agents", "/ui/workflows", &format!("/ui/workflows/{workflow}"), "/ui/schedules", &format!("/ui/streams/job-{job}")]
-    {
+    for page in [
+        "/ui",
+        "/ui/jobs",
+        "/ui/documents",
+        &format!("/ui/documents/{document}"),
+        &format!("/ui/jobs/{job}"),
+        "/ui/agents",
+        "/ui/workflows",
+        &format!("/ui/workflows/{workflow}"),
+        "/ui/schedules",
+        &format!("/ui/streams/job-{job}"),
+    ] {
         browser.open(&format!("http://{addr}{page}")).await;
         browser.find("main h1").await;
         let changes = browser.run("return document.querySelectorAll('main button:not(form.filters button), main form:not(.filters)').length", vec![]).await;
@@ -231,7 +240,9 @@ async fn an_operator_cancels_a_running_job_and_retries_a_dead_lettered_one_from_
     browser.screenshot("dashboard-job-dead-lettered").await;
     browser.find("button[data-type=retry]:not([hidden])").await.click().await.unwrap();
     until_status(&browser, "succeeded").await;
-    browser.until("the output", "return !!document.querySelector('#steps tr[data-step=ask] [data-field=output] a')").await;
+    browser
+        .until("the output", "return !!document.querySelector('#steps tr[data-step=ask] [data-field=output] a')")
+        .await;
     let attempts = browser.find("#steps tr[data-step=ask] [data-field=attempts]").await.text().await.unwrap();
     assert_eq!(attempts, "3");
     still_marked(&browser).await;
@@ -256,14 +267,16 @@ async fn a_thousand_jobs_page_newest_first_and_the_pages_fit_a_phone() {
     assert!(ok, "{stderr}");
     let document = stdout.trim().to_owned();
     let first = uuid::Uuid::now_v7().to_string();
-    let submit = json!({"workflow": workflow, "workflow_version": 1, "inputs": [document], "priority": 0, "steps": step});
+    let submit =
+        json!({"workflow": workflow, "workflow_version": 1, "inputs": [document], "priority": 0, "steps": step});
     assert_eq!(crate::serve::submit_job(&addr, &first, submit).0, 200);
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let (addr, workflow, document) = (addr.clone(), workflow.clone(), document.clone());
             std::thread::spawn(move || {
                 for _ in 0..(999 / 4 + 1) {
-                    let payload = json!({"workflow": workflow, "workflow_version": 1, "inputs": [document], "priority": 0});
+                    let payload =
+                        json!({"workflow": workflow, "workflow_version": 1, "inputs": [document], "priority": 0});
                     let (status, reply) = command(&addr, "job", &uuid::Uuid::now_v7().to_string(), "submit", payload);
                     assert_eq!(status, 200, "{reply}");
                 }
@@ -273,7 +286,11 @@ async fn a_thousand_jobs_page_newest_first_and_the_pages_fit_a_phone() {
     threads.into_iter().for_each(|t| t.join().unwrap());
     let total = 1 + 4 * (999 / 4 + 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while get(&addr, "/jobs?limit=1000&cursor=00000000-0000-0000-0000-000000000000").1["items"].as_array().map_or(0, Vec::len) < 1000 {
+    while get(&addr, "/jobs?limit=1000&cursor=00000000-0000-0000-0000-000000000000").1["items"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 1000
+    {
         assert!(std::time::Instant::now() < deadline, "the jobs never all showed");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -284,7 +301,9 @@ async fn a_thousand_jobs_page_newest_first_and_the_pages_fit_a_phone() {
     let mut seen: Vec<String> = Vec::new();
     let mut pages = 0;
     loop {
-        let ids = browser.run("return Array.from(document.querySelectorAll('#jobs tbody tr'), r => r.dataset.id)", vec![]).await;
+        let ids = browser
+            .run("return Array.from(document.querySelectorAll('#jobs tbody tr'), r => r.dataset.id)", vec![])
+            .await;
         let ids: Vec<String> = serde_json::from_value(ids).unwrap();
         assert!(ids.len() <= 50, "a page has fifty rows at most");
         seen.extend(ids);
@@ -335,8 +354,12 @@ fn each_page_lets_in_only_the_roles_its_rule_names_and_bad_input_gets_an_error_p
     for (name, role) in [("root", "admin"), ("olga", "operator"), ("ann", "user"), ("gus", "guest")] {
         add_user(&addr, name, role, &["default"]);
     }
-    let users = [("root", weft::auth::Role::Admin), ("olga", weft::auth::Role::Operator),
-        ("ann", weft::auth::Role::User), ("gus", weft::auth::Role::Guest)];
+    let users = [
+        ("root", weft::auth::Role::Admin),
+        ("olga", weft::auth::Role::Operator),
+        ("ann", weft::auth::Role::User),
+        ("gus", weft::auth::Role::Guest),
+    ];
     let sessions: Vec<(&str, weft::auth::Role, String)> =
         users.iter().map(|(user, role)| (*user, *role, session(&addr, user))).collect();
     let job = uuid::Uuid::now_v7().to_string();

@@ -319,7 +319,8 @@ fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
         json!({"type": "integer", "minimum": 0}),
         "Start after this stream version (when no Last-Event-ID is sent)",
     );
-    paths.insert(live.clone(), json!({"get": operation(summary("get", &live), vec![id(), after(), cursor, last], sse)}));
+    paths
+        .insert(live.clone(), json!({"get": operation(summary("get", &live), vec![id(), after(), cursor, last], sse)}));
 }
 
 /// The document.

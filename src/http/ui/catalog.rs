@@ -109,7 +109,12 @@ pub async fn workflows(state: web::Data<State>, request: HttpRequest) -> HttpRes
 
 /// `GET /ui/workflows/{id}[?version=N]`: a version's DAG (the latest by default), its versions, and the run
 /// form.
-pub async fn workflow(state: web::Data<State>, request: HttpRequest, id: web::Path<String>, params: Params) -> HttpResponse {
+pub async fn workflow(
+    state: web::Data<State>,
+    request: HttpRequest,
+    id: web::Path<String>,
+    params: Params,
+) -> HttpResponse {
     let viewer = Viewer::of(&state, &request);
     let workflow = match state.reads.show(model("workflows"), &id, None, &viewer.scope).await {
         Ok(workflow) => workflow,

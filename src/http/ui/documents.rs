@@ -36,10 +36,8 @@ pub async fn list(state: web::Data<State>, request: HttpRequest, params: Params)
         Ok(found) => found,
         Err(failure) => return failed(&viewer, "/ui/documents", failure),
     };
-    let labels: Vec<String> = given
-        .iter()
-        .filter_map(|(k, v)| k.strip_prefix("label.").map(|k| format!("{k}={v}")))
-        .collect();
+    let labels: Vec<String> =
+        given.iter().filter_map(|(k, v)| k.strip_prefix("label.").map(|k| format!("{k}={v}"))).collect();
     let query = super::filters(&given, &keys);
     let first = !given.contains_key("cursor");
     let body = html! {

@@ -204,9 +204,14 @@ fn see_other(location: &str) -> HttpResponse {
 /// The page of a read that failed: its status and message, in the layout.
 fn failed(viewer: &Viewer, section: &str, failure: Failure) -> HttpResponse {
     let status = failure.status();
-    let mut answer = page(viewer, section, status.canonical_reason().unwrap_or("Error"), html! {
-        p.error { (failure.message) }
-    });
+    let mut answer = page(
+        viewer,
+        section,
+        status.canonical_reason().unwrap_or("Error"),
+        html! {
+            p.error { (failure.message) }
+        },
+    );
     *answer.status_mut() = status;
     answer
 }
@@ -220,11 +225,14 @@ pub fn to_login(uri: &actix_web::http::Uri) -> HttpResponse {
 
 /// The answer to a role without the page's permission.
 pub fn forbidden(role: &str) -> HttpResponse {
-    html_answer(StatusCode::FORBIDDEN, html! {
-        (DOCTYPE)
-        html lang="en" { head { meta charset="utf-8"; title { "Forbidden · Weft" } }
-            body { h1 { "Forbidden" } p { "A " (role) " may not open this page. " a href="/ui" { "Overview" } } } }
-    })
+    html_answer(
+        StatusCode::FORBIDDEN,
+        html! {
+            (DOCTYPE)
+            html lang="en" { head { meta charset="utf-8"; title { "Forbidden · Weft" } }
+                body { h1 { "Forbidden" } p { "A " (role) " may not open this page. " a href="/ui" { "Overview" } } } }
+        },
+    )
 }
 
 #[derive(serde::Deserialize)]

@@ -41,7 +41,8 @@ pub async fn overview(state: web::Data<State>, request: HttpRequest) -> HttpResp
             sql.push_str(" GROUP BY status ORDER BY status");
             let params: Vec<&dyn ToSql> = args.iter().map(|a| a.as_ref() as &dyn ToSql).collect();
             let mut statement = db.prepare_cached(&sql)?;
-            let rows = statement.query_map(params.as_slice(), |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
+            let rows =
+                statement.query_map(params.as_slice(), |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })
         .await;

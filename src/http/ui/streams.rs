@@ -21,7 +21,12 @@ use crate::replay::inspect::{self, Bound};
 const PAGE_EVENTS: usize = 100;
 
 /// `GET /ui/streams/{stream}[?cursor=V][&at=N]`.
-pub async fn show(state: web::Data<State>, request: HttpRequest, stream: web::Path<String>, params: Params) -> HttpResponse {
+pub async fn show(
+    state: web::Data<State>,
+    request: HttpRequest,
+    stream: web::Path<String>,
+    params: Params,
+) -> HttpResponse {
     let viewer = Viewer::of(&state, &request);
     let at = match params.get("at").filter(|a| !a.is_empty()).map(|a| a.parse::<u64>()) {
         None => None,
@@ -49,7 +54,8 @@ pub async fn show(state: web::Data<State>, request: HttpRequest, stream: web::Pa
     };
     let last = items.last().map_or(0, |e| e["version"].as_u64().unwrap_or(0));
     let cursor = params.get("cursor").and_then(|c| c.parse::<u64>().ok());
-    let live = model.filter(|_| events["next_cursor"].is_null()).map(|m| format!("/{}/{id}/live?cursor={last}", m.name));
+    let live =
+        model.filter(|_| events["next_cursor"].is_null()).map(|m| format!("/{}/{id}/live?cursor={last}", m.name));
     let body = html! {
         p {
             @if let Some(model) = model {
