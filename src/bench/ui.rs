@@ -7,7 +7,7 @@
 //! - `job-page`: `GET /ui/jobs/{id}` of random jobs; baseline: `GET /jobs/{id}`.
 //! - `job-live`: a job's page's live feed (`GET /jobs/{id}/live`, what the page's script follows): from an
 //!   event's append being acknowledged by the store to the job's new state arriving on the feed. Each job is
-//!   submitted, its feed opened, then its 13 changes appended one at a time (steps scheduled, started,
+//!   submitted, its feed opened, then its 11 changes appended one at a time (steps scheduled, started,
 //!   succeeded; its log; its end). Baseline: the same changes' time to being applied by the history read model
 //!   alone (the feed's source), as a serial rate.
 
@@ -38,7 +38,7 @@ pub struct Options {
     /// Page requests per case.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
     pub requests: u64,
-    /// Jobs followed live (13 changes each).
+    /// Jobs followed live (11 changes each).
     #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub live_jobs: u64,
 }

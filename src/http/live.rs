@@ -3,9 +3,9 @@
 //! - One item (`GET /<model>/{id}/live[?cursor=V]`): every change of its stream after version `V` (0 by
 //!   default), in order, and after them the item's state exactly as of the last change sent (`version` equal
 //!   to its `id:`).
-//! - A list (`GET /<model>/live?<filters>`): `event: item` with the item's new state each time an item that
-//!   matches the filters changes; `id:` is the log position of the change, and `Last-Event-ID` resumes after
-//!   it (without it the feed starts at the read model's current position). An item that stops matching is
+//! - A list (`GET /<model>/live?<filters>[&cursor=P]`): `event: item` with the item's new state each time an
+//!   item that matches the filters changes; `id:` is the log position of the change, and `Last-Event-ID` (or
+//!   `cursor`) resumes after it (without either the feed starts at the read model's current position). An item that stops matching is
 //!   sent once more as `event: left`, with its id.
 //!
 //! The changes come from the history read model (one row per event), so a client sees every change even when
@@ -159,19 +159,28 @@ pub(super) async fn serve_list(
     model: &'static Model,
 ) -> HttpResponse {
     // `label.<key>` filters are checked here and matched as they came (see `matches`).
-    let checked = read::label_filters(model, &params).and_then(|(_, rest)| read::check_keys(&rest, model.filters));
+    let mut known = model.filters.to_vec();
+    known.push("cursor");
+    let checked = read::label_filters(model, &params).and_then(|(_, rest)| read::check_keys(&rest, &known));
     if let Err(failure) = checked {
         return failure.respond();
     }
-    let from = match last_event_id(&request, "a log position") {
+    // Where to resume: `Last-Event-ID` (a reconnecting client), else `cursor` (a page drawn as of that log
+    // position), else the read model's current position.
+    let from = match last_event_id(&request, "a log position").and_then(|from| match from {
+        Some(from) => Ok(Some(from)),
+        None => read::number::<u64>(&params, "cursor"),
+    }) {
         Ok(from) => from,
         Err(failure) => return failure.respond(),
     };
+    let mut params = params.into_inner();
+    params.remove("cursor");
     let Some(position) = state.reads.position(model.projection) else {
         return Failure::unavailable("no such projection").respond();
     };
     let from = from.unwrap_or_else(|| *position.borrow());
-    let filters: Vec<(String, String)> = params.into_inner().into_iter().collect();
+    let filters: Vec<(String, String)> = params.into_iter().collect();
     let scope = super::access::scope(&request);
     let reads = state.reads.clone();
     event_stream(|tx| feed_list(reads, state.closing.clone(), model, (filters, scope), from, position, tx))

@@ -135,6 +135,22 @@ async fn an_operator_uploads_from_the_page_runs_a_workflow_on_it_and_reads_its_j
     assert_eq!(state["status"], "Running", "{state}");
     browser.screenshot("dashboard-stream-state").await;
 
+    // The live tail: a document's stream page shows a new event without reloading.
+    browser.open(&format!("http://{addr}/ui/streams/document-{document}")).await;
+    until_live(&browser).await;
+    mark(&browser).await;
+    let rows = browser.run("return document.querySelectorAll('#events tbody tr').length", vec![]).await;
+    let label = json!({"set": {"stage": "final"}, "remove": []});
+    assert_eq!(command(&addr, "document", &document, "label", label).0, 200);
+    browser
+        .until("the new event", &format!("return document.querySelectorAll('#events tbody tr').length > {rows}"))
+        .await;
+    let payloads =
+        browser.run("return document.querySelector('#events tbody tr:last-child pre.json').textContent", vec![]).await;
+    assert!(payloads.as_str().unwrap().contains("\"stage\": \"final\""), "the payload is decoded: {payloads}");
+    still_marked(&browser).await;
+    browser.screenshot("dashboard-stream-tail").await;
+
     // A guest sees the same job, and no button that changes anything, on any page.
     browser.find("#logout").await.click().await.unwrap();
     browser.find("form#login").await;
@@ -247,6 +263,30 @@ async fn an_operator_cancels_a_running_job_and_retries_a_dead_lettered_one_from_
     assert_eq!(attempts, "3");
     still_marked(&browser).await;
     browser.screenshot("dashboard-job-retried").await;
+
+    // A schedule: paused and resumed from its page.
+    let schedule = uuid::Uuid::now_v7().to_string();
+    let create = json!({"cron": "0 0 0 1 1 *", "time_zone": "UTC", "workflow": workflow_named(&addr, "summarize"),
+        "target": {"documents": [document]}, "strategy": "per_document"});
+    assert_eq!(command(&addr, "schedule", &schedule, "create", create).0, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while get(&addr, &format!("/schedules/{schedule}")).0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "the schedule never showed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    browser.open(&format!("http://{addr}/ui/schedules")).await;
+    let row = format!("#schedules tr[data-id='{schedule}']");
+    assert!(browser.text().await.contains("-01-01 00:00:00"), "the next firing is shown");
+    browser.find(&format!("{row} button[data-type=pause]")).await.click().await.unwrap();
+    browser
+        .until("paused", &format!("return document.querySelector(\"{row} .badge\")?.textContent === 'paused'"))
+        .await;
+    browser.screenshot("dashboard-schedule-paused").await;
+    browser.find(&format!("{row} button[data-type=resume]")).await.click().await.unwrap();
+    browser
+        .until("resumed", &format!("return document.querySelector(\"{row} .badge\")?.textContent === 'active'"))
+        .await;
+    assert_eq!(get(&addr, &format!("/schedules/{schedule}")).1["status"], "active");
     browser.close().await;
     serve.stop();
 }
@@ -322,6 +362,16 @@ async fn a_thousand_jobs_page_newest_first_and_the_pages_fit_a_phone() {
     assert_eq!(seen, newest_first, "newest first, none twice");
     assert_eq!(pages, total.div_ceil(50));
     assert_eq!(seen.last(), Some(&first));
+
+    // A projection rebuilt from its page, with its progress.
+    browser.open(&format!("http://{addr}/ui/projections")).await;
+    browser.find("button[data-rebuild=jobs]").await.click().await.unwrap();
+    browser.client.accept_alert().await.unwrap();
+    browser.until("rebuilt", "return document.getElementById('notice').textContent.startsWith('jobs rebuilt')").await;
+    let progress =
+        browser.run("return document.querySelector('tr[data-projection=jobs] progress').value", vec![]).await;
+    assert_eq!(progress, json!(100));
+    browser.screenshot("dashboard-projection-rebuilt").await;
 
     // A phone's width: the page does not scroll sideways (wide tables scroll inside themselves).
     browser.client.set_window_size(390, 844).await.unwrap();

@@ -306,6 +306,12 @@ fn model_paths(model: &Model, paths: &mut serde_json::Map<String, Value>) {
         model.filters.iter().map(|f| param(f, "query", json!({"type": "string"}), "Equal to")).collect();
     filters.extend(model.labels.map(|_| label_param()));
     filters.push(param("Last-Event-ID", "header", json!({"type": "integer"}), "Resume after this log position"));
+    filters.push(param(
+        "cursor",
+        "query",
+        json!({"type": "integer", "minimum": 0}),
+        "Start after this log position (when no Last-Event-ID is sent)",
+    ));
     let list_sse = json!({"description": "text/event-stream of `item` and `left` events",
                           "content": {"text/event-stream": {"schema": {"type": "string"}}}});
     paths.insert(list_live.clone(), json!({"get": operation(summary("get", &list_live), filters, list_sse)}));

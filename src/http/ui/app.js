@@ -204,9 +204,14 @@
       const type = button.dataset.type;
       const payload = ['cancel', 'retry'].includes(type) ? { reason: `${type} from the dashboard` } : {};
       try {
-        await command(button.dataset.command, type, payload);
+        const reply = await command(button.dataset.command, type, payload);
         say(`${type}: done`);
-        if (button.dataset.then === 'reload') location.reload();
+        if (button.dataset.then === 'reload') {
+          // Once the read model has the change (`after` waits for it), so the page shows it.
+          const [, , aggregate, id] = button.dataset.command.split('/');
+          await call('GET', `/${aggregate}s/${id}?after=${reply.last_position || 0}`).catch(() => {});
+          location.reload();
+        }
       } catch (e) {
         say(`${type}: ${e.message}`, true);
       } finally {

@@ -32,6 +32,7 @@ pub async fn list(state: web::Data<State>, request: HttpRequest, params: Params)
             given.insert(format!("label.{}", key.trim()), value.trim().to_owned());
         }
     }
+    let drawn_at = super::position(&state, &DOCUMENTS);
     let found = match state.reads.list(&DOCUMENTS, &super::list_params(&given, &keys), &viewer.scope).await {
         Ok(found) => found,
         Err(failure) => return failed(&viewer, "/ui/documents", failure),
@@ -55,7 +56,7 @@ pub async fn list(state: web::Data<State>, request: HttpRequest, params: Params)
             label { "Labels " input name="labels" value=(labels.join(", ")) placeholder="key=value, ..." size="16"; }
             button type="submit" { "Filter" }
         }
-        table.list #documents data-live={ "/documents/live?" (query) } data-prepend[first] {
+        table.list #documents data-live={ "/documents/live?" (query) (if query.is_empty() { "" } else { "&" }) "cursor=" (drawn_at) } data-prepend[first] {
             caption { "Documents, newest first" @if first { " (live)" } }
             thead { tr { th { "Document" } th { "Name" } th { "Status" } th { "Type" } th { "Size" } th { "Versions" } th { "Tenant" } th { "Owner" } th { "Updated" } } }
             tbody {

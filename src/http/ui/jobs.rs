@@ -36,6 +36,8 @@ pub async fn list(state: web::Data<State>, request: HttpRequest, params: Params)
     let viewer = Viewer::of(&state, &request);
     let keys = ["status", "tenant", "workflow", "owner"];
     let page_params = super::list_params(&params, &keys);
+    // The feed starts where the list was read (taken before it: a change in between is sent, not lost).
+    let drawn_at = super::position(&state, model("jobs"));
     let found = match state.reads.list(model("jobs"), &page_params, &viewer.scope).await {
         Ok(found) => found,
         Err(failure) => return failed(&viewer, "/ui/jobs", failure),
@@ -56,7 +58,7 @@ pub async fn list(state: web::Data<State>, request: HttpRequest, params: Params)
             label { "Owner " input name="owner" value=[params.get("owner")] size="10"; }
             button type="submit" { "Filter" }
         }
-        table.list #jobs data-live={ "/jobs/live?" (query) } data-prepend[first] {
+        table.list #jobs data-live={ "/jobs/live?" (query) (if query.is_empty() { "" } else { "&" }) "cursor=" (drawn_at) } data-prepend[first] {
             caption { "Jobs, newest first" @if first { " (live)" } }
             thead { tr { th { "Job" } th { "Workflow" } th { "Status" } th { "Steps" } th { "Tenant" } th { "Submitted" } th { "Updated" } } }
             tbody {

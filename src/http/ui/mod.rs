@@ -313,6 +313,11 @@ fn pager(base: &str, query: &str, cursor: Option<&str>, next: Option<&str>) -> M
     }
 }
 
+/// The log position `model`'s read model has applied (0 if it has none).
+fn position(state: &State, model: &crate::query::read::Model) -> u64 {
+    state.reads.position(model.projection).map_or(0, |position| *position.borrow())
+}
+
 /// A list's parameters as the reads take them: the filters given (empty ones dropped), newest first, a page.
 fn list_params(
     params: &std::collections::BTreeMap<String, String>,
