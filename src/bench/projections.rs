@@ -452,7 +452,7 @@ fn status_reads(
         for ((writer, reader, authorization), latencies) in connections.iter_mut().zip(http.iter_mut()) {
             let t = Instant::now();
             write!(writer, "GET /jobs/{id} HTTP/1.1\r\nHost: bench\r\n{authorization}\r\n")?;
-            read_answer(reader)?;
+            read_answer(reader, &format!("/jobs/{id}"))?;
             latencies.record(t.elapsed());
         }
         let t = Instant::now();
@@ -463,12 +463,12 @@ fn status_reads(
     Ok((http, raw))
 }
 
-/// Reads one 200 answer with a `Content-Length` body.
-fn read_answer(reader: &mut BufReader<TcpStream>) -> anyhow::Result<()> {
+/// Reads one 200 answer with a `Content-Length` body to `GET {path}`.
+pub(super) fn read_answer(reader: &mut BufReader<TcpStream>, path: &str) -> anyhow::Result<()> {
     let mut length = 0usize;
     let mut line = String::new();
     reader.read_line(&mut line)?;
-    anyhow::ensure!(line.contains(" 200 "), "a status read answered {line:?}");
+    anyhow::ensure!(line.contains(" 200 "), "GET {path} answered {line:?}");
     loop {
         line.clear();
         reader.read_line(&mut line)?;

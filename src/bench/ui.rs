@@ -11,7 +11,7 @@
 //!   succeeded; its log; its end). Baseline: the same changes' time to being applied by the history read model
 //!   alone (the feed's source), as a serial rate.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use weft_events::domain::ids::{DocumentId, JobId};
 use weft_events::{EventRead, EventWrite, ExpectedVersion, Timestamp};
 
-use super::projections::{fill, job_events, start};
+use super::projections::{fill, job_events, read_answer, start};
 use super::{Latencies, Report};
 use crate::http::HttpApi;
 use crate::query::read::Reads;
@@ -196,29 +196,6 @@ fn alternate(
         }
     }
     Ok((pages, baselines))
-}
-
-/// Reads one 200 answer with a `Content-Length` body.
-fn read_answer(reader: &mut BufReader<TcpStream>, path: &str) -> anyhow::Result<()> {
-    let mut length = 0usize;
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    anyhow::ensure!(line.contains(" 200 "), "GET {path} answered {line:?}");
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        if line.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':')
-            && name.eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse()?;
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    Ok(())
 }
 
 /// The live case: for each of `jobs` new jobs, its submission, its feed opened after it, then each further

@@ -245,7 +245,7 @@ fn jobs_wait_for_a_busy_agent_instead_of_spending_their_attempts() {
 
 /// Registers an agent on the `openai` provider and submits a one-step job over `document` with `attempts`
 /// attempts; the job's id.
-fn openai_job(addr: &str, document: &str, attempts: u32) -> String {
+pub fn openai_job(addr: &str, document: &str, attempts: u32) -> String {
     let agent = uuid::Uuid::now_v7().to_string();
     let profile = json!({"profile": {"name": "remote", "role": "r", "goal": "g", "instructions": "i",
         "provider": "openai", "model": "gpt-4o-mini", "parameters": {}, "concurrency_limit": 2}});
@@ -260,7 +260,7 @@ fn openai_job(addr: &str, document: &str, attempts: u32) -> String {
 }
 
 /// Polls a job until `done` holds of it; its state.
-fn wait_job(addr: &str, job: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub fn wait_job(addr: &str, job: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let (_, state) = get(addr, &format!("/jobs/{job}"));

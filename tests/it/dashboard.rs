@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::agents::{openai_job, wait_job};
 use crate::browser::Browser;
 use crate::serve::{Serve, command, get, http, raw_http, weft};
 
@@ -178,35 +179,6 @@ async fn an_operator_uploads_from_the_page_runs_a_workflow_on_it_and_reads_its_j
     assert!(browser.text().await.contains("may not open this page"));
     browser.close().await;
     serve.stop();
-}
-
-/// Registers an agent on the `openai` provider (the fake server) and submits a one-step job over `document`
-/// with `attempts` attempts; the job's id.
-fn openai_job(addr: &str, document: &str, attempts: u32) -> String {
-    let agent = uuid::Uuid::now_v7().to_string();
-    let profile = json!({"profile": {"name": "remote", "role": "r", "goal": "g", "instructions": "i",
-        "provider": "openai", "model": "gpt-4o-mini", "parameters": {}, "concurrency_limit": 2}});
-    assert_eq!(command(addr, "agent", &agent, "register", profile).0, 200);
-    let job = uuid::Uuid::now_v7().to_string();
-    let submit = json!({"workflow": uuid::Uuid::now_v7().to_string(), "workflow_version": 1, "inputs": [document],
-        "priority": 0, "steps": [{"name": "ask", "agent": agent, "instruction": "{{input}}",
-        "inputs": [{"from": "job_inputs"}], "timeout_ms": 60000,
-        "retry": {"max_attempts": attempts, "base_delay_ms": 10, "max_delay_ms": 10}}]});
-    assert_eq!(crate::serve::submit_job(addr, &job, submit).0, 200);
-    job
-}
-
-/// Polls a job over the API until `done` holds of it.
-fn wait_job(addr: &str, job: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, state) = get(addr, &format!("/jobs/{job}"));
-        if state["status"].is_string() && done(&state) {
-            return state;
-        }
-        assert!(std::time::Instant::now() < deadline, "{state}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,6 +428,8 @@ fn each_page_lets_in_only_the_roles_its_rule_names_and_bad_input_gets_an_error_p
         (&format!("/ui/streams/job-{job}"), 404),
         ("/ui/workflows/00000000-0000-0000-0000-000000000000", 404),
         ("/ui/login?next=https://evil.example", 200),
+        ("/ui/login?next=//evil.example/x", 200),
+        ("/ui/streams?stream=job-1%2F..", 303),
     ] {
         let answer = raw_http(&addr, "GET", path, &[("Cookie", &cookie)], b"");
         assert_eq!(answer.status, status, "{path}: {}", answer.body);

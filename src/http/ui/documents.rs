@@ -44,12 +44,7 @@ pub async fn list(state: web::Data<State>, request: HttpRequest, params: Params)
     let body = html! {
         @if viewer.may(Permission::WriteDocuments) && state.objects.is_some() { (upload_form(&viewer)) }
         form.filters method="get" action="/ui/documents" {
-            label { "Status " select name="status" {
-                option value="" { "any" }
-                @for status in STATUSES {
-                    option value=(status) selected[given.get("status").is_some_and(|s| s == status)] { (status) }
-                }
-            } }
+            (super::status_select(&STATUSES, given.get("status")))
             label { "Tenant " input name="tenant" value=[given.get("tenant")] size="10"; }
             label { "Owner " input name="owner" value=[given.get("owner")] size="10"; }
             label { "Type " input name="content_type" value=[given.get("content_type")] placeholder="text/plain" size="12"; }

@@ -47,12 +47,7 @@ pub async fn list(state: web::Data<State>, request: HttpRequest, params: Params)
     let first = !params.contains_key("cursor");
     let body = html! {
         form.filters method="get" action="/ui/jobs" {
-            label { "Status " select name="status" {
-                option value="" { "any" }
-                @for status in STATUSES {
-                    option value=(status) selected[params.get("status").is_some_and(|s| s == status)] { (status) }
-                }
-            } }
+            (super::status_select(&STATUSES, params.get("status")))
             label { "Tenant " input name="tenant" value=[params.get("tenant")] size="10"; }
             label { "Workflow " input name="workflow" value=[params.get("workflow")] placeholder="id" size="12"; }
             label { "Owner " input name="owner" value=[params.get("owner")] size="10"; }

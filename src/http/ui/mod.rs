@@ -1,7 +1,7 @@
 //! The dashboard: the pages a person opens in a browser, served by every node on its HTTP port under `/ui`
 //! (`docs/dashboard.md`).
 //!
-//! Pages are rendered on the server ([`maud`]) from the same reads the JSON API answers with ([`Reads`]), for
+//! Pages are rendered on the server ([`maud`]) from the same reads the JSON API answers with (`crate::query::read::Reads`), for
 //! the same identity, so a page shows exactly what its viewer may read. Each page is one answer: its style and
 //! its script are inline (allowed by their hashes in the page's `Content-Security-Policy`, nothing else is),
 //! and it needs no further request to show. The script (`app.js`) does only what cannot be done without it:
@@ -9,15 +9,15 @@
 //! commands, with the session's CSRF token), the upload (straight to the signed URL, with progress) and the
 //! login.
 //!
-//! - [`overview`]: `/ui` (store head, projections' lag, events and commands per second, jobs by status,
+//! - `overview`: `/ui` (store head, projections' lag, events and commands per second, jobs by status,
 //!   recent failures, the node's tasks) and `/ui/projections` (status, rebuild with progress).
-//! - [`jobs`]: `/ui/jobs` (live list, paged) and `/ui/jobs/{id}` (the workflow's DAG coloured by status,
+//! - `jobs`: `/ui/jobs` (live list, paged) and `/ui/jobs/{id}` (the workflow's DAG coloured by status,
 //!   steps, log, outputs, cancel and retry; live).
-//! - [`documents`]: `/ui/documents` (filters, paging, upload) and `/ui/documents/{id}` (versions, lineage
+//! - `documents`: `/ui/documents` (filters, paging, upload) and `/ui/documents/{id}` (versions, lineage
 //!   graph, downloads), `/ui/documents/{id}/download` (a redirect to the signed URL).
-//! - [`catalog`]: `/ui/agents`, `/ui/workflows`, `/ui/workflows/{id}` (versions, DAG, run form),
+//! - `catalog`: `/ui/agents`, `/ui/workflows`, `/ui/workflows/{id}` (versions, DAG, run form),
 //!   `/ui/schedules` (next firings, pause and resume).
-//! - [`streams`]: `/ui/streams/{stream}` (events with metadata and payloads, state at a version, live tail).
+//! - `streams`: `/ui/streams` (open one by name), `/ui/streams/{stream}` (events with metadata and payloads, state at a version, live tail).
 //! - `/ui/login`: the login form (a session cookie from `POST /auth/session`).
 //!
 //! Who may open each page is [`PAGES`]' permission; the access middleware sends a browser without a session
@@ -56,6 +56,7 @@ pub const PAGES: &[(&str, Permission)] = &[
     ("/ui/workflows", Permission::Read),
     ("/ui/workflows/{id}", Permission::Read),
     ("/ui/schedules", Permission::Read),
+    ("/ui/streams", Permission::Read),
     ("/ui/streams/{stream}", Permission::Read),
     ("/ui/projections", Permission::Inspect),
 ];
@@ -82,6 +83,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/ui/workflows", web::get().to(catalog::workflows))
         .route("/ui/workflows/{id}", web::get().to(catalog::workflow))
         .route("/ui/schedules", web::get().to(catalog::schedules))
+        .route("/ui/streams", web::get().to(streams::open))
         .route("/ui/streams/{stream}", web::get().to(streams::show));
 }
 
@@ -286,6 +288,18 @@ fn short(id: &str) -> Markup {
 /// JSON, pretty, in a `<pre>`.
 fn json_block(value: &Value) -> Markup {
     html! { pre.json { (serde_json::to_string_pretty(value).unwrap_or_default()) } }
+}
+
+/// A filter form's status choice: any, or one of `statuses`, `current` selected.
+fn status_select(statuses: &[&str], current: Option<&String>) -> Markup {
+    html! {
+        label { "Status " select name="status" {
+            option value="" { "any" }
+            @for status in statuses {
+                option value=(status) selected[current.is_some_and(|s| s == status)] { (status) }
+            }
+        } }
+    }
 }
 
 /// A list's query without the paging keys, for filter links and the live feed's URL.

@@ -65,6 +65,10 @@ pub async fn overview(state: web::Data<State>, request: HttpRequest) -> HttpResp
     let node = if viewer.may(Permission::Inspect) { Some(node(&state).await) } else { None };
     let body = html! {
         @if let Some(node) = &node { (node) }
+        form.filters method="get" action="/ui/streams" {
+            label { "Open a stream " input name="stream" placeholder="job-<id>" size="40" required; }
+            button type="submit" { "Open" }
+        }
         section {
             h2 { "Jobs by status" }
             ul.tiles #jobs-by-status {

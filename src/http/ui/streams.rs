@@ -1,4 +1,4 @@
-//! `/ui/streams/{stream}`: the event log of one stream, as `weft events cat` and `state` show it.
+//! `/ui/streams` (open a stream by name) and `/ui/streams/{stream}`: the event log of one stream, as `weft events cat` and `state` show it.
 //!
 //! Its events in order with their metadata (position, time, actor, correlation and causation ids) and decoded
 //! payloads, a page of them at a time (`?cursor=<version>`); the aggregate's state at any version (`?at=N`,
@@ -91,6 +91,25 @@ pub async fn show(
         }
     };
     page(&viewer, "", &format!("Stream {stream}"), body)
+}
+
+/// `GET /ui/streams[?stream=NAME]`: a form to open any stream by name (`job-<id>`, `document-<id>`, ...); with
+/// a name, that stream's page.
+pub async fn open(state: web::Data<State>, request: HttpRequest, params: Params) -> HttpResponse {
+    if let Some(stream) = params.get("stream").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        let name = percent_encoding::utf8_percent_encode(stream, percent_encoding::NON_ALPHANUMERIC);
+        return super::see_other(&format!("/ui/streams/{name}"));
+    }
+    let viewer = Viewer::of(&state, &request);
+    let body = html! {
+        form.filters method="get" action="/ui/streams" {
+            label { "Stream " input name="stream" placeholder="job-<id>" size="48" required; }
+            button type="submit" { "Open" }
+        }
+        p { "A stream is an aggregate's events: " code { "document-" } ", " code { "job-" } ", " code { "agent-" } ", "
+            code { "workflow-" } ", " code { "schedule-" } " or " code { "trigger-" } " and its id." }
+    };
+    page(&viewer, "", "Streams", body)
 }
 
 /// A row of the events table; the script draws the live tail's rows the same way.
