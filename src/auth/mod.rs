@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Permission {
     /// Read documents, jobs, agents, workflows, schedules, logs and event streams of its tenants (a `user`
-    /// only its own documents).
+    /// only its own documents and its jobs' outputs).
     Read,
     /// Register, upload, version, confirm and delete documents; read their signed download URLs.
     WriteDocuments,

@@ -171,7 +171,7 @@ pub fn identity(request: &HttpRequest) -> Option<Identity> {
 }
 
 /// What the request's caller may read: everything without authentication or for an identity of every
-/// tenant; else its tenants, and a `user` only its own documents.
+/// tenant; else its tenants, and a `user` only its own documents and its jobs' outputs.
 pub fn scope(request: &HttpRequest) -> Scope {
     Scope::of(identity(request).as_ref())
 }

@@ -144,8 +144,8 @@ fn of_identity(identity: crate::auth::Identity, tenant: Option<String>) -> Metad
     Metadata { tenant, actor: Some(identity.subject), correlation_id: None, owner }
 }
 
-/// Refuses, as if it did not exist, a document the caller's identity may not reach (another tenant's, or for a
-/// `user` another owner's). One the read model does not know yet goes on: the documents' own checks answer.
+/// Refuses, as if it did not exist, a document the caller's identity may not change (another tenant's, or for
+/// a `user` another owner's: its jobs' outputs it may read and download, not change). One the read model does not know yet goes on: the documents' own checks answer.
 /// The document's tenant when the read model knows it.
 async fn reachable(state: &State, request: &HttpRequest, id: DocumentId) -> Result<Option<String>, Refusal> {
     if super::access::identity(request).is_none() {
@@ -255,7 +255,16 @@ pub(super) async fn signed_download(
 ) -> Result<crate::objects::Presigned, Refusal> {
     let id = document_id(id)?;
     let VersionQuery { version } = query(request)?;
-    reachable(state, request, id).await?;
+    // Reading is what the read models let the caller read: for a `user`, its documents and its jobs' outputs.
+    if super::access::identity(request).is_some() {
+        let scope = super::access::scope(request);
+        let model = &weft_projections::documents::MODEL;
+        if let Err(failure) = state.reads.show(model, &id.to_string(), None, &scope).await
+            && failure.kind == "not_found"
+        {
+            return Err(Refusal::new(StatusCode::NOT_FOUND, "not_found", format!("no document {id}")));
+        }
+    }
     Ok(objects(state)?.documents.download_url(id, version).await?)
 }
 

@@ -280,7 +280,10 @@ impl Reads {
                 let sql = format!("SELECT {} FROM {} WHERE id = ?1", model.columns.join(", "), model.table);
                 let item =
                     db.prepare_cached(&sql)?.query_row([&id], |row| row_to_json(row, model.columns)).optional()?;
-                let Some(mut item) = item.filter(|item| scope.admits(model, item)) else { return Ok(None) };
+                let Some(mut item) = item else { return Ok(None) };
+                if !scope.admits_in(db, model, &item)? {
+                    return Ok(None);
+                }
                 (model.shape)(&mut item);
                 (model.details)(db, &id, &mut item)?;
                 Ok(Some(item))

@@ -16,12 +16,19 @@ pub struct Scope {
     pub owner: Option<String>,
 }
 
+/// The documents model's name.
+const DOCUMENTS: &str = "documents";
+
+/// The documents the steps of `?1`'s jobs wrote: a reader confined to what it owns reads them too.
+const OUTPUTS_OF_OWN_JOBS: &str =
+    "SELECT l.child FROM document_lineage l JOIN jobs j ON j.id = l.job WHERE j.owner = ?1";
+
 impl Scope {
     /// Everything: a node without authentication, an admin, the node's own reads.
     pub const ALL: Scope = Scope { tenants: None, owner: None };
 
     /// What `identity` may read: everything without one (no authentication) or for an identity of every
-    /// tenant; else its tenants, and a `user` only its own documents.
+    /// tenant; else its tenants, and a `user` only its own documents and its jobs' outputs.
     pub fn of(identity: Option<&crate::auth::Identity>) -> Scope {
         match identity {
             None => Scope::ALL,
@@ -40,6 +47,21 @@ impl Scope {
             _ => true,
         };
         tenant_ok && owner_ok
+    }
+
+    /// [`Scope::admits`], and for a reader confined to what it owns, a document it does not own but one of its
+    /// own jobs wrote (a step's output: its owner is the agent that wrote it), read from `db`.
+    pub fn admits_in(&self, db: &rusqlite::Connection, model: &Model, item: &Value) -> rusqlite::Result<bool> {
+        if self.admits(model, item) {
+            return Ok(true);
+        }
+        let (Some(owner), true) = (&self.owner, model.name == DOCUMENTS) else { return Ok(false) };
+        if !self.tenant_ok(item["tenant"].as_str().unwrap_or("")) {
+            return Ok(false);
+        }
+        let id = item["id"].as_str().unwrap_or("");
+        db.prepare_cached(&format!("SELECT EXISTS({OUTPUTS_OF_OWN_JOBS} AND l.child = ?2)"))?
+            .query_row(rusqlite::params![owner, id], |row| row.get(0))
     }
 
     /// Whether it sees `tenant`'s rows.
@@ -65,7 +87,13 @@ impl Scope {
             && model.columns.contains(&"owner")
         {
             args.push(Box::new(owner.clone()));
-            sql.push_str(&format!(" AND owner = ?{}", args.len()));
+            let n = args.len();
+            if model.name == DOCUMENTS {
+                let outputs = OUTPUTS_OF_OWN_JOBS.replace("?1", &format!("?{n}"));
+                sql.push_str(&format!(" AND (owner = ?{n} OR id IN ({outputs}))"));
+            } else {
+                sql.push_str(&format!(" AND owner = ?{n}"));
+            }
         }
     }
 }

@@ -475,3 +475,66 @@ fn pages_of_other_origins_cannot_change_anything_and_get_cors_only_where_configu
     assert_eq!(answer.header("access-control-allow-origin"), None);
     serve.stop();
 }
+
+/// Runs `weft` with `token` against the node at `addr`: success, stdout, stderr.
+fn weft_as(addr: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .args(["--url", &format!("http://{addr}")])
+        .env("WEFT_TOKEN", token)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+#[test]
+fn a_user_reads_and_downloads_what_its_jobs_wrote_and_no_other_user_does() {
+    let (dir, serve, secret) = node();
+    let addr = &serve.addr;
+    // The built-in workflows are the default tenant's: Ann and Bob may read them, and work in acme.
+    let ann = token_of(&secret, "ann", Role::User, &["acme", "default"]);
+    let bob = token_of(&secret, "bob", Role::User, &["acme", "default"]);
+    let file = dir.path().join("report.txt");
+    std::fs::write(&file, "Write to ann@example.com. Revenue rose.\n").unwrap();
+    let (ok, document, stderr) =
+        weft_as(addr, &ann, &["document", "upload", file.to_str().unwrap(), "--tenant", "acme"]);
+    assert!(ok, "{stderr}");
+    let document = document.trim().to_owned();
+    let (ok, outputs, stderr) = weft_as(
+        addr,
+        &ann,
+        &["job", "run", "redact-then-summarize", "--document", &document, "--tenant", "acme", "--wait"],
+    );
+    assert!(ok, "{stderr}");
+    let outputs: Vec<String> = outputs.lines().filter_map(|l| l.split('\t').nth(1)).map(str::to_owned).collect();
+    assert_eq!(outputs.len(), 2, "{outputs:?}");
+
+    for output in &outputs {
+        // Ann reads each output, its history and its download URL; Bob gets 404 for all three, as for nothing.
+        let (status, item) = call(addr, Some(&ann), "GET", &format!("/documents/{output}"), &[], &Value::Null);
+        assert_eq!(status, 200, "{item}");
+        assert!(item["owner"].as_str().unwrap().starts_with("agent:"), "{item}");
+        for path in [
+            format!("/documents/{output}"),
+            format!("/documents/{output}/download"),
+            format!("/streams/document-{output}/events"),
+        ] {
+            assert_eq!(call(addr, Some(&ann), "GET", &path, &[], &Value::Null).0, 200, "ann: {path}");
+            assert_eq!(call(addr, Some(&bob), "GET", &path, &[], &Value::Null).0, 404, "bob: {path}");
+        }
+        // Reading is not changing: Ann may not delete what her job's agent wrote.
+        let (status, _) = call(addr, Some(&ann), "DELETE", &format!("/documents/{output}"), &[], &Value::Null);
+        assert_eq!(status, 404, "a user changes only documents it owns");
+    }
+    // Lists: Ann's are her upload and both outputs; Bob's none.
+    let (_, mine) = call(addr, Some(&ann), "GET", "/documents", &[], &Value::Null);
+    let mut ids: Vec<&str> = mine["items"].as_array().unwrap().iter().filter_map(|d| d["id"].as_str()).collect();
+    ids.sort_unstable();
+    let mut expected: Vec<&str> = outputs.iter().map(String::as_str).chain([document.as_str()]).collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    let (_, theirs) = call(addr, Some(&bob), "GET", "/documents", &[], &Value::Null);
+    assert_eq!(theirs["items"], json!([]), "{theirs}");
+    serve.stop();
+}

@@ -54,13 +54,13 @@ async fn until_live(browser: &Browser) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_operator_uploads_from_the_page_runs_a_workflow_on_it_and_reads_its_job_and_history() {
+async fn a_user_uploads_from_the_page_runs_a_workflow_on_it_and_reads_its_job_and_history() {
     let dir = tempfile::tempdir().unwrap();
     let serve = Serve::start(dir.path(), &[]);
     let addr = serve.addr.clone();
-    // The built-in workflows are the `default` tenant's; Olga works in acme and may read those. (An operator:
-    // a `user` sees only documents it owns, and a job's outputs are its agents'.)
-    add_user(&addr, "olga", "operator", &["acme", "default"]);
+    // The built-in workflows are the `default` tenant's; Ann, a user, works in acme and may read those. She sees
+    // the documents she owns and those her jobs wrote.
+    add_user(&addr, "ann", "user", &["acme", "default"]);
     add_user(&addr, "gus", "guest", &["acme", "default"]);
     let browser = Browser::start(1280, 1000).await;
 
@@ -68,7 +68,7 @@ async fn an_operator_uploads_from_the_page_runs_a_workflow_on_it_and_reads_its_j
     browser.open(&format!("http://{addr}/ui/documents")).await;
     browser.find("form#login").await;
     browser.screenshot("dashboard-login").await;
-    browser.sign_in(&addr, "/ui/documents", "olga", PASSWORD).await;
+    browser.sign_in(&addr, "/ui/documents", "ann", PASSWORD).await;
 
     // Upload through the page: straight to the signed URL, then the document's page.
     let file = dir.path().join("report.txt");
@@ -88,7 +88,7 @@ async fn an_operator_uploads_from_the_page_runs_a_workflow_on_it_and_reads_its_j
     let url = browser.client.current_url().await.unwrap();
     let document = url.path().rsplit('/').next().unwrap().to_owned();
     let (_, stored) = get(&addr, &format!("/documents/{document}"));
-    assert_eq!((stored["name"].as_str(), stored["owner"].as_str()), (Some("report.txt"), Some("olga")), "{stored}");
+    assert_eq!((stored["name"].as_str(), stored["owner"].as_str()), (Some("report.txt"), Some("ann")), "{stored}");
     assert_eq!(stored["labels"], json!({"project": "q3"}));
     assert_eq!(stored["size_bytes"], report.len());
 
