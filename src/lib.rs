@@ -20,6 +20,7 @@
 //! - [`objects`]: object storage for documents (a local folder, S3), signed URLs, storage notifications.
 //! - [`agents`]: the providers agents use (builtin, OpenAI, Anthropic), the executor of job steps, the catalog.
 //! - [`lease`]: which of the nodes sharing a store runs the process managers and the publisher.
+//! - [`cluster`]: partitions of instances and their assignment to nodes (the arithmetic; not yet used).
 //! - [`nats`]: NATS: local servers for tests and benchmarks.
 //! - [`health`]: what a node runs and how each part is doing, for `/readyz`.
 //! - [`node`]: a node, everything wired together: what `weft serve` runs.
@@ -36,6 +37,7 @@ pub mod auth;
 pub mod bench;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod gateway;

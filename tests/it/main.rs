@@ -9,6 +9,7 @@ mod browser;
 mod bus;
 mod cli;
 mod client;
+mod cluster;
 mod compose;
 mod dashboard;
 mod documents;

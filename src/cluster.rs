@@ -1,0 +1,155 @@
+//! Partitions and who owns them, for nodes sharing a JetStream store (issue 27, first part: the arithmetic
+//! every node must agree on; nothing in a node uses it yet).
+//!
+//! - [`partition`]: the partition of an instance: FNV-1a (32 bits) of its aggregate's name followed by its id,
+//!   modulo the number of partitions. It is exactly what nats-server's subject mapping computes for
+//!   `weft.cmd.*.*` -> `weft.cmd.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(N,1,2)}}` (the tokens' bytes
+//!   concatenated, no separator; a test checks it against a real server), so a node that subscribes to its
+//!   partitions' mapped subjects gets exactly the commands of the instances it owns.
+//! - [`owner`], [`assignment`]: rendezvous (highest-random-weight) hashing of partitions over the live nodes:
+//!   each partition's owner is the node with the highest weight for it, a hash of both. Every node computes the
+//!   same assignment from the same membership, with no coordinator; a node joining takes only the partitions
+//!   it now weighs highest on (every moved partition moves to it), and a node leaving gives up only its own.
+//!   The hashes are specified here, not `std`'s, so that nodes of different builds agree.
+
+use std::collections::BTreeMap;
+
+/// Partitions of a store unless it was created with another number.
+pub const DEFAULT_PARTITIONS: u32 = 64;
+
+/// FNV-1a, 32 bits, over `parts` in turn (as if concatenated).
+fn fnv1a_32(parts: &[&[u8]]) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for part in parts {
+        for byte in *part {
+            hash ^= u32::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+    }
+    hash
+}
+
+/// The partition (0 to `partitions - 1`) of instance `id` of `aggregate` (`job`, `document`, ...), as
+/// nats-server's `partition(partitions, 1, 2)` maps `weft.cmd.<aggregate>.<id>`.
+///
+/// # Panics
+/// When `partitions` is 0.
+pub fn partition(aggregate: &str, id: &str, partitions: u32) -> u32 {
+    assert!(partitions > 0, "a store has at least one partition");
+    fnv1a_32(&[aggregate.as_bytes(), id.as_bytes()]) % partitions
+}
+
+/// The weight of `node` for `partition`: FNV-1a (64 bits) of the node's name and the partition's number,
+/// finished with SplitMix64's mixer so that close inputs weigh far apart.
+fn weight(node: &str, partition: u32) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in node.as_bytes().iter().chain(&[0xff]).chain(&partition.to_be_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
+}
+
+/// The owner of `partition` among `nodes`: the node of highest weight (ties, which need equal 64-bit hashes,
+/// go to the greater name); `None` when there are no nodes.
+pub fn owner<'a>(partition: u32, nodes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    nodes.into_iter().max_by_key(|node| (weight(node, partition), *node))
+}
+
+/// Each node's partitions (every node listed, with none if it owns none), for `partitions` partitions.
+pub fn assignment<'a>(partitions: u32, nodes: &[&'a str]) -> BTreeMap<&'a str, Vec<u32>> {
+    let mut owned: BTreeMap<&str, Vec<u32>> = nodes.iter().map(|n| (*n, Vec::new())).collect();
+    for partition in 0..partitions {
+        if let Some(node) = owner(partition, nodes.iter().copied()) {
+            owned.entry(node).or_default().push(partition);
+        }
+    }
+    owned
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn fnv1a_matches_its_reference_values() {
+        // The FNV reference test vectors (draft-eastlake-fnv): "" and "a" and "foobar".
+        assert_eq!(fnv1a_32(&[b""]), 0x811c_9dc5);
+        assert_eq!(fnv1a_32(&[b"a"]), 0xe40c_292c);
+        assert_eq!(fnv1a_32(&[b"foobar"]), 0xbf9c_f968);
+        assert_eq!(fnv1a_32(&[b"foo", b"bar"]), fnv1a_32(&[b"foobar"]), "parts are concatenated");
+    }
+
+    #[test]
+    fn a_partition_is_below_the_count_and_the_same_every_time() {
+        let id = "01a25123-8aa5-7932-86f8-91071cdcef9a";
+        let p = partition("job", id, DEFAULT_PARTITIONS);
+        assert!(p < DEFAULT_PARTITIONS);
+        assert_eq!(p, partition("job", id, DEFAULT_PARTITIONS));
+        assert_eq!(partition("job", id, 1), 0);
+    }
+
+    /// A membership change: a node (by number) joins or leaves.
+    #[derive(Debug, Clone)]
+    enum Change {
+        Join(u8),
+        Leave(u8),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![(0u8..12).prop_map(Change::Join), (0u8..12).prop_map(Change::Leave)]
+    }
+
+    proptest! {
+        /// After any sequence of joins and leaves: every partition has exactly one owner, a live node; a join
+        /// moves partitions only to the node that joined; a leave moves only the leaver's partitions.
+        #[test]
+        fn joins_and_leaves_move_only_their_share(changes in proptest::collection::vec(change(), 1..40),
+                                                  partitions in 1u32..200) {
+            let mut live: Vec<String> = vec!["node-0".into()];
+            for change in changes {
+                let old = live.clone();
+                let (joined, left) = match change {
+                    Change::Join(n) => {
+                        let name = format!("node-{n}");
+                        if live.contains(&name) { continue }
+                        live.push(name.clone());
+                        (Some(name), None)
+                    }
+                    Change::Leave(n) => {
+                        let name = format!("node-{n}");
+                        if !live.contains(&name) || live.len() == 1 { continue }
+                        live.retain(|l| *l != name);
+                        (None, Some(name))
+                    }
+                };
+                let new = live.clone();
+                let owned = assignment(partitions, &new.iter().map(String::as_str).collect::<Vec<_>>());
+                let total: usize = owned.values().map(Vec::len).sum();
+                prop_assert_eq!(total, partitions as usize, "every partition exactly once");
+                for partition in 0..partitions {
+                    let was = owner(partition, old.iter().map(String::as_str)).unwrap();
+                    let is = owner(partition, new.iter().map(String::as_str)).unwrap();
+                    prop_assert!(new.iter().any(|n| n == is));
+                    if was != is {
+                        if let Some(joined) = &joined { prop_assert_eq!(is, joined.as_str()); }
+                        if let Some(left) = &left { prop_assert_eq!(was, left.as_str()); }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn three_nodes_share_sixty_four_partitions_roughly_evenly() {
+        // Not a guarantee of rendezvous hashing, a property of these hashes over these names: recorded so that
+        // a change of hash that spreads worse is seen.
+        let owned = assignment(DEFAULT_PARTITIONS, &["weft-a", "weft-b", "weft-c"]);
+        let counts: Vec<usize> = owned.values().map(Vec::len).collect();
+        assert_eq!(counts.iter().sum::<usize>(), 64);
+        assert!(counts.iter().all(|c| (12..=32).contains(c)), "{counts:?}");
+    }
+}
