@@ -1,5 +1,7 @@
-//! Partitions and who owns them, for nodes sharing a JetStream store (issue 27, first part: the arithmetic
-//! every node must agree on; nothing in a node uses it yet).
+//! Nodes sharing a JetStream store: who they are ([`members`]), and the partitions of the instances and which
+//! node each belongs to (the arithmetic every node must agree on). Nodes announce themselves and `GET
+//! /cluster` shows the membership and the assignment; nodes do not yet act on it (commands still go to any
+//! node, and one node under a lease runs the process managers: see `docs/cluster.md`).
 //!
 //! - [`partition`]: the partition of an instance: FNV-1a (32 bits) of its aggregate's name followed by its id,
 //!   modulo the number of partitions. It is exactly what nats-server's subject mapping computes for
@@ -13,6 +15,8 @@
 //!   The hashes are specified here, not `std`'s, so that nodes of different builds agree.
 
 use std::collections::BTreeMap;
+
+pub mod members;
 
 /// Partitions of a store unless it was created with another number.
 pub const DEFAULT_PARTITIONS: u32 = 64;

@@ -135,6 +135,13 @@ enum Command {
         #[command(flatten)]
         connection: cli::Connection,
     },
+    /// The nodes sharing a running node's store, and their share of the partitions.
+    Cluster {
+        #[command(subcommand)]
+        verb: weft::cli::cluster::ClusterVerb,
+        #[command(flatten)]
+        connection: cli::Connection,
+    },
     /// The read models' projections of a running node: their lag, and rebuilds.
     #[command(alias = "projections")]
     Projection {
@@ -229,6 +236,7 @@ fn main() -> anyhow::Result<()> {
         Command::Schedule { verb, connection } => run(cli::read(connection, "schedules", verb)),
         Command::Trigger { verb, connection } => run(cli::trigger::run(connection, verb)),
         Command::Projection { verb, connection } => run(cli::projection::run(connection, verb)),
+        Command::Cluster { verb, connection } => run(cli::cluster::run(connection, verb)),
         Command::Tenant { verb, connection } => run(cli::tenant::run(connection, verb)),
         Command::User { verb, connection } => run(cli::identity::user(connection, verb)),
         Command::Key { verb, connection } => run(cli::identity::key(connection, verb)),

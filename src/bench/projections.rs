@@ -269,6 +269,7 @@ async fn live(
         providers: vec![],
         auth,
         origins: vec![],
+        cluster: None,
     };
     let bus: Arc<dyn crate::bus::Bus> = Arc::new(MemoryBus::default());
     let api = HttpApi::start(std::net::TcpListener::bind("127.0.0.1:0")?, reads.clone(), bus.clone(), parts(None))?;

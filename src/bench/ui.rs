@@ -88,6 +88,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
         providers: vec![],
         auth: Some(verifier),
         origins: vec![],
+        cluster: None,
     };
     let bus: Arc<dyn crate::bus::Bus> = Arc::new(crate::bus::memory::MemoryBus::default());
     let api = HttpApi::start(std::net::TcpListener::bind("127.0.0.1:0")?, reads, bus, parts)?;

@@ -16,6 +16,7 @@ use clap::{Args, ValueEnum};
 use serde_json::Value;
 
 pub mod agent;
+pub mod cluster;
 pub mod document;
 pub mod identity;
 pub mod job;

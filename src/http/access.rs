@@ -59,7 +59,7 @@ pub fn rule(method: &str, pattern: &str) -> Option<Rule> {
         ("post", "/documents" | "/documents/{id}/upload-url" | "/documents/{id}/confirm")
         | ("delete", "/documents/{id}") => Needs(WriteDocuments),
         ("post", "/commands/{aggregate}/{id}") => Commands,
-        ("get", "/projections/{name}" | "/providers" | "/metrics") => Needs(Inspect),
+        ("get", "/projections/{name}" | "/providers" | "/metrics" | "/cluster") => Needs(Inspect),
         ("post", "/projections/{name}/rebuild" | "/projections/{name}/reset") => Needs(Maintain),
         ("post", "/tenants/{tenant}/erase") => Needs(Erase),
         // A password is its own proof; ten attempts a minute per user name.

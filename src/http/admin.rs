@@ -24,6 +24,7 @@ pub struct Admin {
 pub fn routes(config: &mut web::ServiceConfig) {
     config
         .route("/providers", web::get().to(provider_health))
+        .route("/cluster", web::get().to(cluster))
         .route("/tenants/{tenant}/erase", web::post().to(erase_tenant))
         .route("/projections/{name}/rebuild", web::post().to(move |s, r, n| maintain(s, r, n, Work::Rebuild)))
         .route("/projections/{name}/reset", web::post().to(move |s, r, n| maintain(s, r, n, Work::Reset)));
@@ -54,6 +55,43 @@ async fn rebuild(state: &State, projection: &str, work: Work) -> Result<Value, F
         .map_err(|_| Failure::unavailable("the node is stopping"))?;
     let position = answered.await.map_err(|_| Failure::unavailable("the node is stopping"))??;
     Ok(json!({"projection": projection, "position": position}))
+}
+
+/// `GET /cluster`: the live nodes, the partitions and each node's share of them.
+async fn cluster(state: web::Data<State>, request: HttpRequest) -> HttpResponse {
+    use crate::cluster::{DEFAULT_PARTITIONS, assignment};
+    let (me, nodes) = match &state.cluster {
+        None => return Failure::not_found("this node serves no cluster status").respond(),
+        Some(super::Cluster::Alone(me)) => (me.id.clone(), vec![serde_json::to_value(me).unwrap_or_default()]),
+        Some(super::Cluster::Shared(members)) => match members.live().await {
+            Ok(live) => {
+                let now = weft_events::Timestamp::now().0;
+                let nodes = live
+                    .into_iter()
+                    .map(|m| {
+                        let age_ms = (now - m.beat_at).max(0) / 1000;
+                        let mut node = serde_json::to_value(&m).unwrap_or_default();
+                        node["heartbeat_age_ms"] = json!(age_ms);
+                        node
+                    })
+                    .collect();
+                (members.me().id.clone(), nodes)
+            }
+            Err(error) => return Failure::unavailable(error.to_string()).respond(),
+        },
+    };
+    let ids: Vec<&str> = nodes.iter().filter_map(|n| n["id"].as_str()).collect();
+    let owned = assignment(DEFAULT_PARTITIONS, &ids);
+    let nodes: Vec<Value> = nodes
+        .iter()
+        .map(|node| {
+            let mut node = node.clone();
+            let partitions = owned.get(node["id"].as_str().unwrap_or("")).cloned().unwrap_or_default();
+            node["partitions"] = json!(partitions);
+            node
+        })
+        .collect();
+    ok(&request, json!({"this_node": me, "partitions": DEFAULT_PARTITIONS, "partition_routing": false, "nodes": nodes}))
 }
 
 async fn provider_health(state: web::Data<State>, request: HttpRequest) -> HttpResponse {

@@ -33,6 +33,9 @@
 //! - `POST /commands/{aggregate}/{id}`: a command (the NATS body, JSON), sent through the command intake on
 //!   the bus exactly as a NATS client's would be; the answer is the intake's reply.
 //!
+//! - `GET /cluster`: the nodes sharing this node's store (each announced in JetStream KV, gone 5 s after its
+//!   last heartbeat), the partitions, and which node each partition is assigned to (rendezvous hashing; nodes
+//!   do not yet act on it: see `crate::cluster`). A node on its own store is the only one, with them all.
 //! - `GET /providers`: the node's LLM providers and their circuits (`closed`, `open`), failures in a row.
 //! - `POST /projections/{name}/rebuild`: rebuilds a read model from position 0 into a scratch file while the
 //!   old one serves, swaps it in in one transaction, and answers with the position it took over at.
@@ -92,6 +95,17 @@ struct State {
     auth: Option<std::sync::Arc<crate::auth::token::Verifier>>,
     /// The other origins whose pages may call the API (CORS); none by default.
     origins: Arc<Vec<String>>,
+    /// The nodes sharing this node's store, for `GET /cluster`.
+    cluster: Option<Cluster>,
+}
+
+/// Who a node shares its store with, for `GET /cluster`.
+#[derive(Clone)]
+pub enum Cluster {
+    /// Nodes sharing a JetStream store: this node's entry among them.
+    Shared(Box<crate::cluster::members::Members>),
+    /// A node on its own store: itself.
+    Alone(crate::cluster::members::Member),
 }
 
 /// Limits on what a client sends.
@@ -130,6 +144,8 @@ pub struct Parts {
     pub auth: Option<std::sync::Arc<crate::auth::token::Verifier>>,
     /// The other origins whose pages may call the API (CORS, `--cors-origin`).
     pub origins: Vec<String>,
+    /// The nodes sharing this node's store (`GET /cluster`); `None`: the route answers 404.
+    pub cluster: Option<Cluster>,
 }
 
 impl HttpApi {
@@ -141,12 +157,22 @@ impl HttpApi {
         bus: Arc<dyn Bus>,
         parts: Parts,
     ) -> std::io::Result<Self> {
-        let Parts { admin, limits, objects, providers, auth, origins } = parts;
+        let Parts { admin, limits, objects, providers, auth, origins, cluster } = parts;
         let origins = Arc::new(origins);
         let (closing, closed) = tokio::sync::watch::channel(false);
         let addr = listener.local_addr()?;
-        let state =
-            State { reads, admin, bus, limits, objects, providers, closing: closed, auth, origins: origins.clone() };
+        let state = State {
+            reads,
+            admin,
+            bus,
+            limits,
+            objects,
+            providers,
+            closing: closed,
+            auth,
+            origins: origins.clone(),
+            cluster,
+        };
         let counted = middleware::Connections::new(limits.max_connections_per_client);
         let server = HttpServer::new(move || {
             App::new()

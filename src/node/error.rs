@@ -67,6 +67,9 @@ pub enum Error {
     /// The lease's bucket could not be made.
     #[error(transparent)]
     LeaseBucket(#[from] crate::lease::Error),
+    /// This node could not announce itself among the nodes sharing its store.
+    #[error(transparent)]
+    Membership(#[from] crate::cluster::members::Error),
     /// The token-signing secret could not be read or made, or the admin token not written.
     #[error(transparent)]
     Auth(#[from] crate::auth::token::SecretError),

@@ -58,6 +58,8 @@ pub struct Node {
     sweeps: Option<actix_rt::task::JoinHandle<()>>,
     tmp_sweeps: Option<actix_rt::task::JoinHandle<()>>,
     objects: String,
+    /// Its entry among the nodes sharing its JetStream store, and the task that keeps it alive.
+    membership: Option<(crate::cluster::members::Members, actix_rt::task::JoinHandle<()>)>,
 }
 
 /// What runs on one node at a time: the process managers (unless `--no-processes`) and the publisher.
@@ -227,6 +229,13 @@ impl Node {
         let queries = crate::bus::queries::start(bus.clone(), reads.clone(), query_health, verifier.clone()).await?;
         // Schedules over a document selector pick their documents from the documents read model.
         let select: Rc<dyn weft_actors::process::timers::Select> = Rc::new(reads.clone());
+        let membership = match (&store, &client) {
+            (Opened::JetStream(_), Some(client)) => {
+                let replicas = options.store.jetstream_replicas.into();
+                Some(join_members(client.clone(), http_addr, replicas, &board).await?)
+            }
+            _ => None,
+        };
         let duty = Duty::start(options, &store, client, &gateway, (executor, select), &board).await?;
 
         let subscription =
@@ -258,7 +267,11 @@ impl Node {
         };
         let origins = options.http.cors_origin.clone();
         let objects = Some(objects_api);
-        let parts = crate::http::Parts { admin, limits, objects, providers, auth: verifier, origins };
+        let cluster = Some(match &membership {
+            Some((members, _)) => crate::http::Cluster::Shared(Box::new(members.clone())),
+            None => crate::http::Cluster::Alone(this_member(http_addr)),
+        });
+        let parts = crate::http::Parts { admin, limits, objects, providers, auth: verifier, origins, cluster };
         let query =
             HttpApi::start(listener, reads, bus.clone(), parts).map_err(|source| Error::Listen { addr, source })?;
         Ok(Self {
@@ -274,6 +287,7 @@ impl Node {
             sweeps,
             tmp_sweeps,
             objects: description,
+            membership,
         })
     }
 
@@ -312,6 +326,12 @@ impl Node {
     /// checkpoint the store did not take) is logged, not returned: nothing acknowledged depends on it, and a
     /// stop must end whatever state the store is in. Only closing the store can fail it.
     pub async fn stop(self) -> Result<(), Error> {
+        if let Some((members, beats)) = &self.membership {
+            beats.abort();
+            if let Err(error) = members.leave().await {
+                tracing::warn!(%error, "leaving the membership");
+            }
+        }
         self.query.stop().await;
         self.queries.abort();
         self.notifications.abort();
@@ -424,6 +444,47 @@ fn sweep_tmp_every(local: LocalStore) -> actix_rt::task::JoinHandle<()> {
 }
 
 /// Who holds a lease, for operators: the host name and the process id.
+/// This node as the membership lists it, serving HTTP on `http`.
+fn this_member(http: std::net::SocketAddr) -> crate::cluster::members::Member {
+    let now = weft_events::Timestamp::now().0;
+    crate::cluster::members::Member {
+        id: crate::cluster::members::node_id(),
+        http: Some(http.to_string()),
+        started_at: now,
+        beat_at: now,
+        version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// Announces this node among those sharing its JetStream store and keeps its entry alive, watched on `board`.
+async fn join_members(
+    client: async_nats::Client,
+    http: std::net::SocketAddr,
+    replicas: usize,
+    board: &Board,
+) -> Result<(crate::cluster::members::Members, actix_rt::task::JoinHandle<()>), Error> {
+    use crate::cluster::members::{Members, MembersOptions};
+    let options = MembersOptions { replicas, ..MembersOptions::default() };
+    let members = Members::join(client, &options, this_member(http)).await?;
+    let health = weft_events::Health::default();
+    board.watch("membership", health.clone());
+    let beating = members.clone();
+    let beats = actix_rt::spawn(async move {
+        health.running();
+        loop {
+            actix_rt::time::sleep(options.beat_every).await;
+            match beating.beat().await {
+                Ok(()) => health.running(),
+                Err(error) => {
+                    tracing::warn!(%error, "renewing this node's membership");
+                    health.retrying(error.to_string());
+                }
+            }
+        }
+    });
+    Ok((members, beats))
+}
+
 fn holder_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
     format!("{host}-{}", std::process::id())

@@ -19,6 +19,11 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/readyz", "Ready (200) or not (503): each task's state, each projection's position and lag"),
     ("get", "/openapi.json", "This document"),
     ("get", "/metrics", "The node's metrics in the Prometheus text format (operators and admins)"),
+    (
+        "get",
+        "/cluster",
+        "The nodes sharing this node's store, the partitions and each node's share (operators and admins)",
+    ),
     ("get", "/costs", "Jobs, tokens and provider cost by tenant (the caller's tenants; a user's own jobs)"),
     ("get", "/documents", "A page of documents"),
     ("get", "/documents/live", "Server-sent events: each change of a document that matches the filters"),
@@ -344,6 +349,17 @@ pub fn document() -> Value {
         "/metrics".into(),
         json!({"get": operation(summary("get", "/metrics"), vec![], json!({"description": "The metrics",
             "content": {"text/plain": {"schema": {"type": "string"}}}}))}),
+    );
+    let node = json!({"type": "object", "required": ["id", "partitions"], "properties": {
+        "id": {"type": "string"}, "http": {"type": ["string", "null"]}, "started_at": {"type": "integer"},
+        "beat_at": {"type": "integer"}, "heartbeat_age_ms": {"type": "integer"}, "version": {"type": "string"},
+        "partitions": {"type": "array", "items": {"type": "integer"}}}});
+    paths.insert(
+        "/cluster".into(),
+        json!({"get": operation(summary("get", "/cluster"), vec![], json_response(json!({"type": "object",
+            "required": ["this_node", "partitions", "partition_routing", "nodes"], "properties": {
+            "this_node": {"type": "string"}, "partitions": {"type": "integer"},
+            "partition_routing": {"type": "boolean"}, "nodes": {"type": "array", "items": node}}})))}),
     );
     let range = |name: &str, what: &str| param(name, "query", json!({"type": "integer"}), what);
     paths.insert(

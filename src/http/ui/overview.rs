@@ -123,6 +123,13 @@ async fn node(state: &State) -> maud::Markup {
         let rate = n as f64 / RATE_WINDOW_SECS as f64;
         if n >= RATE_MAX_EVENTS { format!("≥ {rate:.0}") } else { format!("{rate:.1}") }
     };
+    // The nodes sharing the store (this one alone on its own store).
+    let nodes: Vec<crate::cluster::members::Member> = match &state.cluster {
+        Some(crate::http::Cluster::Shared(members)) => members.live().await.unwrap_or_default(),
+        Some(crate::http::Cluster::Alone(me)) => vec![me.clone()],
+        None => vec![],
+    };
+    let now = weft_events::envelope::Timestamp::now().0;
     let projections = readiness["projections"].as_object().cloned().unwrap_or_default();
     let tasks = readiness["tasks"].as_object().cloned().unwrap_or_default();
     html! {
@@ -139,6 +146,21 @@ async fn node(state: &State) -> maud::Markup {
             }
             @if let Some(why) = readiness["not_ready"].as_array() {
                 ul.error { @for reason in why { li { (reason.as_str().unwrap_or("")) } } }
+            }
+            h3 { "Nodes" }
+            table.list #nodes {
+                thead { tr { th { "Node" } th { "Serves" } th { "Version" } th { "Started" } th { "Last heartbeat" } } }
+                tbody {
+                    @for node in &nodes {
+                        tr {
+                            td { (node.id) }
+                            td { (node.http.as_deref().unwrap_or("")) }
+                            td { (node.version) }
+                            td { (time(&node.started_at.into())) }
+                            td { (format!("{:.1} s ago", (now - node.beat_at).max(0) as f64 / 1e6)) }
+                        }
+                    }
+                }
             }
             h3 { "Projections" }
             table.list #lag {
