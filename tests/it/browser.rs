@@ -70,6 +70,7 @@ impl Browser {
     /// Opens `url` and waits for the page to have loaded.
     pub async fn open(&self, url: &str) {
         self.client.goto(url).await.unwrap();
+        self.until("the page loaded", "return document.readyState === 'complete'").await;
     }
 
     /// The element `css` once it is on the page (within [`WAIT`]).
@@ -110,7 +111,19 @@ impl Browser {
 
     /// Saves a screenshot of the page as `target/screenshots/<name>.png`.
     pub async fn screenshot(&self, name: &str) {
-        let png = self.client.screenshot().await.unwrap();
+        // A page still settling (its feeds connecting) can abort the capture: it is tried again.
+        let mut tries = 0;
+        let png = loop {
+            match self.client.screenshot().await {
+                Ok(png) => break png,
+                Err(e) if tries < 10 => {
+                    tries += 1;
+                    eprintln!("screenshot {name}: {e}; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("screenshot {name}: {e}"),
+            }
+        };
         std::fs::write(self.shots.join(format!("{name}.png")), png).unwrap();
     }
 
