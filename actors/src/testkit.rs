@@ -258,7 +258,10 @@ impl crate::process::worker::Executor for ScriptedExecutor {
         use std::io::Write;
         if let Some(path) = &self.log {
             let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("the run log opens");
-            writeln!(file, "{} {} {}", task.job, task.step.name, task.attempt).expect("the run log takes a line");
+            // One write of the whole line: `writeln!` on a file writes each piece apart, and a process killed
+            // between two of them left half a line that the next run's line was appended to.
+            let line = format!("{} {} {}\n", task.job, task.step.name, task.attempt);
+            file.write_all(line.as_bytes()).expect("the run log takes a line");
             file.sync_all().expect("the run log syncs");
         }
         self.runs.lock().unwrap_or_else(|p| p.into_inner()).push(Run {
