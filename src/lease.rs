@@ -91,20 +91,10 @@ impl Lease {
     /// Creates the bucket if missing (entries live `ttl`) and returns a lease for `holder` (a name that says
     /// which node holds it, for operators: `nats kv get weft_leases processes`).
     pub async fn new(client: async_nats::Client, options: LeaseOptions, holder: String) -> Result<Self, Error> {
-        let js = async_nats::jetstream::new(client.clone());
-        if js.get_key_value(&options.bucket).await.is_err() {
-            js.create_key_value(async_nats::jetstream::kv::Config {
-                bucket: options.bucket.clone(),
-                description: "Weft leases: who runs the process managers".into(),
-                history: 1,
-                max_age: options.ttl,
-                storage: async_nats::jetstream::stream::StorageType::File,
-                num_replicas: options.replicas,
-                ..Default::default()
-            })
+        let description = "Weft leases: who runs the process managers";
+        crate::nats::expiring_bucket(client.clone(), &options.bucket, description, options.ttl, options.replicas)
             .await
-            .map_err(|e| Error::Bucket { bucket: options.bucket.clone(), reason: e.to_string() })?;
-        }
+            .map_err(|reason| Error::Bucket { bucket: options.bucket.clone(), reason })?;
         let subject = format!("$KV.{}.{}", options.bucket, options.key);
         Ok(Self { client, options, subject, holder, revision: None })
     }

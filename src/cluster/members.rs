@@ -85,24 +85,10 @@ pub fn node_id() -> String {
 impl Members {
     /// Opens the bucket (creating it if missing) and announces `me`.
     pub async fn join(client: async_nats::Client, options: &MembersOptions, me: Member) -> Result<Self, Error> {
-        let js = async_nats::jetstream::new(client);
-        let bucket =
-            |e: &dyn std::fmt::Display| Error::Bucket { bucket: options.bucket.clone(), reason: e.to_string() };
-        let kv = match js.get_key_value(&options.bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(async_nats::jetstream::kv::Config {
-                    bucket: options.bucket.clone(),
-                    description: "Weft nodes sharing this store, each rewritten while the node lives".into(),
-                    history: 1,
-                    max_age: options.ttl,
-                    storage: async_nats::jetstream::stream::StorageType::File,
-                    num_replicas: options.replicas,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| bucket(&e))?,
-        };
+        let description = "Weft nodes sharing this store, each rewritten while the node lives";
+        let kv = crate::nats::expiring_bucket(client, &options.bucket, description, options.ttl, options.replicas)
+            .await
+            .map_err(|reason| Error::Bucket { bucket: options.bucket.clone(), reason })?;
         let members = Self { kv, me };
         members.beat().await?;
         Ok(members)

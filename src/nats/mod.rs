@@ -194,3 +194,29 @@ pub async fn connect_with(urls: &str, name: &str, auth: &NatsAuth) -> Result<asy
         .await
         .map_err(|e| ConnectError::Unreachable { urls: urls.to_owned(), reason: e.to_string() })
 }
+
+/// The KV bucket `bucket`, created if missing with one entry per key whose entries the server drops `ttl` after
+/// their last write (the leases' and the membership's buckets).
+pub async fn expiring_bucket(
+    client: async_nats::Client,
+    bucket: &str,
+    description: &str,
+    ttl: std::time::Duration,
+    replicas: usize,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    let js = async_nats::jetstream::new(client);
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: bucket.to_owned(),
+        description: description.to_owned(),
+        history: 1,
+        max_age: ttl,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
