@@ -429,6 +429,7 @@ fn each_page_lets_in_only_the_roles_its_rule_names_and_bad_input_gets_an_error_p
         ("/ui/workflows/00000000-0000-0000-0000-000000000000", 404),
         ("/ui/login?next=https://evil.example", 200),
         ("/ui/login?next=//evil.example/x", 200),
+        ("/ui/login?next=/%5Cevil.example", 200),
         ("/ui/streams?stream=job-1%2F..", 303),
     ] {
         let answer = raw_http(&addr, "GET", path, &[("Cookie", &cookie)], b"");

@@ -11,16 +11,12 @@ use serde_json::Value;
 use super::{Viewer, badge, dag, failed, page, short, text, time};
 use crate::auth::Permission;
 use crate::http::{Params, State};
-use crate::query::read::{DOCUMENTS, MODELS, Model};
-
-fn model(name: &str) -> &'static Model {
-    MODELS.into_iter().find(|m| m.name == name).expect("a model of the read side")
-}
+use crate::query::read::DOCUMENTS;
 
 /// A whole list (up to 1000, the most a page of the API holds), by id.
 async fn all(state: &State, viewer: &Viewer, name: &str) -> Result<Vec<Value>, crate::query::Failure> {
     let params = BTreeMap::from([("limit".to_owned(), "1000".to_owned())]);
-    let found = state.reads.list(model(name), &params, &viewer.scope).await?;
+    let found = state.reads.list(super::model(name), &params, &viewer.scope).await?;
     Ok(found["items"].as_array().cloned().unwrap_or_default())
 }
 
@@ -116,7 +112,7 @@ pub async fn workflow(
     params: Params,
 ) -> HttpResponse {
     let viewer = Viewer::of(&state, &request);
-    let workflow = match state.reads.show(model("workflows"), &id, None, &viewer.scope).await {
+    let workflow = match state.reads.show(super::model("workflows"), &id, None, &viewer.scope).await {
         Ok(workflow) => workflow,
         Err(failure) => return failed(&viewer, "/ui/workflows", failure),
     };

@@ -16,7 +16,6 @@ use serde_json::Value;
 use super::{Viewer, badge, dag, failed, page, pager, short, text, time};
 use crate::auth::Permission;
 use crate::http::{Params, State};
-use crate::query::read::MODELS;
 
 /// The statuses a job can have, for the filter.
 const STATUSES: [&str; 5] = ["running", "succeeded", "failed", "dead_lettered", "cancelled"];
@@ -27,18 +26,14 @@ pub(super) const RETRYABLE: &str = "dead_lettered";
 /// Log lines drawn with the page; the rest follow.
 const LOG_LINES: usize = 1000;
 
-fn model(name: &str) -> &'static crate::query::read::Model {
-    MODELS.into_iter().find(|m| m.name == name).expect("a model of the read side")
-}
-
 /// `GET /ui/jobs`.
 pub async fn list(state: web::Data<State>, request: HttpRequest, params: Params) -> HttpResponse {
     let viewer = Viewer::of(&state, &request);
     let keys = ["status", "tenant", "workflow", "owner"];
     let page_params = super::list_params(&params, &keys);
     // The feed starts where the list was read (taken before it: a change in between is sent, not lost).
-    let drawn_at = super::position(&state, model("jobs"));
-    let found = match state.reads.list(model("jobs"), &page_params, &viewer.scope).await {
+    let drawn_at = super::position(&state, super::model("jobs"));
+    let found = match state.reads.list(super::model("jobs"), &page_params, &viewer.scope).await {
         Ok(found) => found,
         Err(failure) => return failed(&viewer, "/ui/jobs", failure),
     };
@@ -86,7 +81,7 @@ fn row(job: &Value, names: &BTreeMap<String, String>) -> Markup {
 /// The workflows' names by id, as far as the viewer may read them.
 pub(super) async fn workflow_names(state: &State, viewer: &Viewer) -> BTreeMap<String, String> {
     let params = BTreeMap::from([("limit".to_owned(), "1000".to_owned())]);
-    let found = state.reads.list(model("workflows"), &params, &viewer.scope).await.unwrap_or_default();
+    let found = state.reads.list(super::model("workflows"), &params, &viewer.scope).await.unwrap_or_default();
     found["items"]
         .as_array()
         .into_iter()
@@ -98,7 +93,7 @@ pub(super) async fn workflow_names(state: &State, viewer: &Viewer) -> BTreeMap<S
 /// `GET /ui/jobs/{id}`.
 pub async fn show(state: web::Data<State>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
     let viewer = Viewer::of(&state, &request);
-    let job = match state.reads.show(model("jobs"), &id, None, &viewer.scope).await {
+    let job = match state.reads.show(super::model("jobs"), &id, None, &viewer.scope).await {
         Ok(job) => job,
         Err(failure) => return failed(&viewer, "/ui/jobs", failure),
     };

@@ -64,6 +64,11 @@ pub const PAGES: &[(&str, Permission)] = &[
 /// The login page's path.
 pub const LOGIN: &str = "/ui/login";
 
+/// The model named `name` (`jobs`, `workflows`, ...).
+fn model(name: &str) -> &'static crate::query::read::Model {
+    crate::query::read::MODELS.into_iter().find(|m| m.name == name).expect("a model of the read side")
+}
+
 /// Rows in a page of a list.
 const PAGE_ROWS: usize = 50;
 
@@ -244,10 +249,13 @@ struct LoginQuery {
 
 /// `GET /ui/login`: the login form; signing in sets the session cookie (`POST /auth/session`) and goes to
 /// `next` (a path of this site only).
-async fn login(state: web::Data<State>, request: HttpRequest, query: web::Query<LoginQuery>) -> HttpResponse {
-    let next = query.next.as_deref().filter(|n| n.starts_with('/') && !n.starts_with("//")).unwrap_or("/ui");
+async fn login(state: web::Data<State>, query: web::Query<LoginQuery>) -> HttpResponse {
+    // A path of this site: not `//host` nor `/\host` (which browsers read as `//host`), nothing unprintable.
+    let local = |n: &&str| {
+        n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.chars().any(|c| c.is_control())
+    };
+    let next = query.next.as_deref().filter(local).unwrap_or("/ui");
     let viewer = Viewer { identity: None, csrf: String::new(), scope: Scope::ALL };
-    let _ = request;
     let body = if state.auth.is_none() {
         html! { p { "This node runs without authentication: every page is open. " a href=(next) { "Go on" } } }
     } else {

@@ -14,7 +14,6 @@ use serde_json::Value;
 use super::{Viewer, badge, failed, page, short, text, time};
 use crate::auth::Permission;
 use crate::http::State;
-use crate::query::read::MODELS;
 
 /// The window events and commands per second are counted over.
 const RATE_WINDOW_SECS: i64 = 10;
@@ -23,14 +22,10 @@ const RATE_MAX_EVENTS: i64 = 50_000;
 /// Recent failures shown.
 const RECENT_FAILURES: usize = 10;
 
-fn jobs_model() -> &'static crate::query::read::Model {
-    MODELS.into_iter().find(|m| m.name == "jobs").expect("the jobs model")
-}
-
 /// `GET /ui`.
 pub async fn overview(state: web::Data<State>, request: HttpRequest) -> HttpResponse {
     let viewer = Viewer::of(&state, &request);
-    let model = jobs_model();
+    let model = super::model("jobs");
     let scope = viewer.scope.clone();
     let by_status = state
         .reads
