@@ -35,6 +35,7 @@ use crate::query::Reads;
 use crate::store::open::{self as store, Opened};
 
 mod error;
+mod members;
 mod options;
 
 pub use error::Error;
@@ -232,7 +233,7 @@ impl Node {
         let membership = match (&store, &client) {
             (Opened::JetStream(_), Some(client)) => {
                 let replicas = options.store.jetstream_replicas.into();
-                Some(join_members(client.clone(), http_addr, replicas, &board).await?)
+                Some(members::join(client.clone(), http_addr, replicas, &board).await?)
             }
             _ => None,
         };
@@ -269,7 +270,7 @@ impl Node {
         let objects = Some(objects_api);
         let cluster = Some(match &membership {
             Some((members, _)) => crate::http::Cluster::Shared(Box::new(members.clone())),
-            None => crate::http::Cluster::Alone(this_member(http_addr)),
+            None => crate::http::Cluster::Alone(members::this_member(http_addr)),
         });
         let parts = crate::http::Parts { admin, limits, objects, providers, auth: verifier, origins, cluster };
         let query =
@@ -444,47 +445,6 @@ fn sweep_tmp_every(local: LocalStore) -> actix_rt::task::JoinHandle<()> {
 }
 
 /// Who holds a lease, for operators: the host name and the process id.
-/// This node as the membership lists it, serving HTTP on `http`.
-fn this_member(http: std::net::SocketAddr) -> crate::cluster::members::Member {
-    let now = weft_events::Timestamp::now().0;
-    crate::cluster::members::Member {
-        id: crate::cluster::members::node_id(),
-        http: Some(http.to_string()),
-        started_at: now,
-        beat_at: now,
-        version: env!("CARGO_PKG_VERSION").into(),
-    }
-}
-
-/// Announces this node among those sharing its JetStream store and keeps its entry alive, watched on `board`.
-async fn join_members(
-    client: async_nats::Client,
-    http: std::net::SocketAddr,
-    replicas: usize,
-    board: &Board,
-) -> Result<(crate::cluster::members::Members, actix_rt::task::JoinHandle<()>), Error> {
-    use crate::cluster::members::{Members, MembersOptions};
-    let options = MembersOptions { replicas, ..MembersOptions::default() };
-    let members = Members::join(client, &options, this_member(http)).await?;
-    let health = weft_events::Health::default();
-    board.watch("membership", health.clone());
-    let beating = members.clone();
-    let beats = actix_rt::spawn(async move {
-        health.running();
-        loop {
-            actix_rt::time::sleep(options.beat_every).await;
-            match beating.beat().await {
-                Ok(()) => health.running(),
-                Err(error) => {
-                    tracing::warn!(%error, "renewing this node's membership");
-                    health.retrying(error.to_string());
-                }
-            }
-        }
-    });
-    Ok((members, beats))
-}
-
 fn holder_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
     format!("{host}-{}", std::process::id())

@@ -431,6 +431,10 @@ fn each_page_lets_in_only_the_roles_its_rule_names_and_bad_input_gets_an_error_p
         ("/ui/login?next=//evil.example/x", 200),
         ("/ui/login?next=/%5Cevil.example", 200),
         ("/ui/streams?stream=job-1%2F..", 303),
+        // The JSON API's parameters that came with the dashboard.
+        ("/jobs?order=sideways", 400),
+        ("/jobs/live?cursor=minus", 400),
+        (&format!("/jobs/{job}/live?cursor=minus"), 400),
     ] {
         let answer = raw_http(&addr, "GET", path, &[("Cookie", &cookie)], b"");
         assert_eq!(answer.status, status, "{path}: {}", answer.body);
