@@ -17,6 +17,8 @@
 use std::collections::BTreeMap;
 
 pub mod members;
+pub mod ownership;
+pub mod routing;
 
 /// Partitions of a store unless it was created with another number.
 pub const DEFAULT_PARTITIONS: u32 = 64;

@@ -31,12 +31,13 @@ pub struct BusGateway {
     timeout: Duration,
     token: Option<NodeToken>,
     hosts: Option<weft_actors::process::Hosts>,
+    partitions: Option<crate::cluster::ownership::Partitions>,
 }
 
 impl BusGateway {
     /// A gateway sending commands over `bus` and reading state from `store`.
     pub fn new(bus: Arc<dyn Bus>, store: Arc<dyn EventStore>, timeout: Duration) -> Self {
-        Self { bus, store, timeout, token: None, hosts: None }
+        Self { bus, store, timeout, token: None, hosts: None, partitions: None }
     }
 
     /// The same gateway, reading state through `hosts` (this node's actors over the same store): an instance
@@ -45,6 +46,12 @@ impl BusGateway {
     /// loaded once and stays, within the hosts' `max_live`.
     pub fn with_hosts(self, hosts: weft_actors::process::Hosts) -> Self {
         Self { hosts: Some(hosts), ..self }
+    }
+
+    /// The same gateway on a node that routes commands by partition: only commands to instances of the
+    /// partitions it holds run on its hosts straight; the others go over the bus to their partition's owner.
+    pub fn with_partitions(self, partitions: Option<crate::cluster::ownership::Partitions>) -> Self {
+        Self { partitions, ..self }
     }
 
     /// The same gateway, sending its commands with the node's own token (needed by intakes that authenticate:
@@ -86,6 +93,7 @@ impl Gateway for BusGateway {
         // decode it and check the node's own token. The others are prepared by an intake.
         if let Some(hosts) = &self.hosts
             && crate::intake::runs_as_is(&execute)
+            && self.partitions.as_ref().is_none_or(|p| p.holds(stream))
         {
             return hosts.execute(stream, execute).await;
         }
@@ -119,8 +127,9 @@ impl Gateway for BusGateway {
             headers,
             payload: protocol::encode(&body, false).into(),
         };
-        let reply =
-            self.bus.request(request, self.timeout).await.map_err(|e| host::Error::Unavailable(e.to_string()))?;
+        let reply = crate::bus::request_command(&*self.bus, request, self.timeout)
+            .await
+            .map_err(|e| host::Error::Unavailable(e.to_string()))?;
         let reply: Reply<A::Rejection> = protocol::decode(&reply.payload, reply.is_json())
             .map_err(|e| host::Error::Unavailable(format!("a reply from {stream} does not decode: {e}")))?;
         reply.into_host()

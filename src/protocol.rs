@@ -357,6 +357,11 @@ pub fn decode_command<A: Aggregate>(
         .and_then(|s| s.strip_prefix(A::KIND))
         .and_then(|s| s.strip_prefix('.'))
         .ok_or_else(|| format!("subject {subject:?} is not {COMMANDS}.{}.<id>", A::KIND))?;
+    // Routed by partition (`crate::cluster::routing`), the server appended the partition's number.
+    let id = match id.split_once('.') {
+        Some((id, partition)) if !partition.is_empty() && partition.bytes().all(|b| b.is_ascii_digit()) => id,
+        _ => id,
+    };
     let id = Uuid::parse_str(id).map_err(|_| format!("the subject's last token {id:?} is not a UUID"))?;
     if body.len() > limits.max_bytes {
         return Err(format!("the body is {} bytes, over the limit of {}", body.len(), limits.max_bytes));

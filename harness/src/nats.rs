@@ -107,6 +107,11 @@ impl NatsServer {
         Self::retried(|| Self::try_cluster(size, ""))
     }
 
+    /// [`NatsServer::cluster`] with `extra` at the end of every node's configuration (a subject mapping).
+    pub fn cluster_with(size: usize, extra: &str) -> Result<Self, ServerError> {
+        Self::retried(|| Self::try_cluster(size, extra))
+    }
+
     fn retried(start: impl Fn() -> Result<Self, ServerError>) -> Result<Self, ServerError> {
         let mut attempt = 1;
         loop {

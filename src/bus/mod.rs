@@ -132,6 +132,25 @@ pub trait Bus: Send + Sync + 'static {
     fn max_payload(&self) -> usize;
 }
 
+/// Sends a command request as [`Bus::request`] does, sending it again while nobody answers its subject, until
+/// `timeout` in all: nodes routing commands by partition hand a partition over, or take over a dead node's,
+/// in a few seconds during which its subjects have no responder. `NoResponders` means no node took the
+/// request, so sending it again (with the same command id) runs it at most once.
+pub async fn request_command(bus: &dyn Bus, message: Message, timeout: Duration) -> Result<Message, BusError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(25);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match bus.request(message.clone(), left).await {
+            Err(BusError::NoResponders(_)) if tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Checks a subject to publish to (`wildcards` false) or subscribe to (`wildcards` true).
 pub fn check_subject(subject: &str, wildcards: bool) -> Result<(), BusError> {
     let invalid = |reason| Err(BusError::InvalidSubject { subject: subject.into(), reason });

@@ -42,7 +42,7 @@ fn to_nats(headers: &Headers) -> HeaderMap {
     map
 }
 
-fn from_nats(message: async_nats::Message) -> Message {
+pub(crate) fn from_nats(message: async_nats::Message) -> Message {
     let headers = message
         .headers
         .iter()

@@ -57,13 +57,15 @@ async fn rebuild(state: &State, projection: &str, work: Work) -> Result<Value, F
     Ok(json!({"projection": projection, "position": position}))
 }
 
-/// `GET /cluster`: the live nodes, the partitions and each node's share of them.
+/// `GET /cluster`: the live nodes, the partitions and each node's share of them. With partition routing, the
+/// shares are the leases as the bucket holds them, and each partition is listed with its holder, fencing
+/// token and the age of its lease; without, the shares are the assignment the membership gives.
 async fn cluster(state: web::Data<State>, request: HttpRequest) -> HttpResponse {
     use crate::cluster::{DEFAULT_PARTITIONS, assignment};
-    let (me, nodes) = match &state.cluster {
+    let (me, nodes, routing) = match &state.cluster {
         None => return Failure::not_found("this node serves no cluster status").respond(),
-        Some(super::Cluster::Alone(me)) => (me.id.clone(), vec![serde_json::to_value(me).unwrap_or_default()]),
-        Some(super::Cluster::Shared(members)) => match members.live().await {
+        Some(super::Cluster::Alone(me)) => (me.id.clone(), vec![serde_json::to_value(me).unwrap_or_default()], None),
+        Some(super::Cluster::Shared(members, routing)) => match members.live().await {
             Ok(live) => {
                 let now = weft_events::Timestamp::now().0;
                 let nodes = live
@@ -75,13 +77,42 @@ async fn cluster(state: web::Data<State>, request: HttpRequest) -> HttpResponse 
                         node
                     })
                     .collect();
-                (members.me().id.clone(), nodes)
+                (members.me().id.clone(), nodes, routing.as_deref())
             }
             Err(error) => return Failure::unavailable(error.to_string()).respond(),
         },
     };
     let ids: Vec<&str> = nodes.iter().filter_map(|n| n["id"].as_str()).collect();
-    let owned = assignment(DEFAULT_PARTITIONS, &ids);
+    let (count, owned, leases) = match routing {
+        None => (DEFAULT_PARTITIONS, assignment(DEFAULT_PARTITIONS, &ids), Value::Null),
+        Some((partitions, kv)) => {
+            let count = partitions.count();
+            let holders = match crate::cluster::ownership::holders(kv, count).await {
+                Ok(holders) => holders,
+                Err(error) => return Failure::unavailable(error).respond(),
+            };
+            let now = weft_events::Timestamp::now().0;
+            let mut owned: std::collections::BTreeMap<&str, Vec<u32>> = ids.iter().map(|n| (*n, Vec::new())).collect();
+            let mut leases = Vec::new();
+            for partition in 0..count {
+                let Some((lease, revision, written)) = holders.get(&partition) else {
+                    leases.push(json!({"partition": partition, "owner": null}));
+                    continue;
+                };
+                if let Some(share) = owned.get_mut(lease.node.as_str()) {
+                    share.push(partition);
+                }
+                leases.push(json!({
+                    "partition": partition,
+                    "owner": lease.node,
+                    "revision": revision,
+                    "held_ms": (now - lease.since).max(0) / 1000,
+                    "renewed_ms_ago": (now - written).max(0) / 1000,
+                }));
+            }
+            (count, owned, Value::Array(leases))
+        }
+    };
     let nodes: Vec<Value> = nodes
         .iter()
         .map(|node| {
@@ -91,7 +122,12 @@ async fn cluster(state: web::Data<State>, request: HttpRequest) -> HttpResponse 
             node
         })
         .collect();
-    ok(&request, json!({"this_node": me, "partitions": DEFAULT_PARTITIONS, "partition_routing": false, "nodes": nodes}))
+    let mut answer =
+        json!({"this_node": me, "partitions": count, "partition_routing": routing.is_some(), "nodes": nodes});
+    if routing.is_some() {
+        answer["leases"] = leases;
+    }
+    ok(&request, answer)
 }
 
 async fn provider_health(state: web::Data<State>, request: HttpRequest) -> HttpResponse {

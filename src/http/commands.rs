@@ -70,7 +70,7 @@ async fn command(
         headers.insert(crate::bus::AUTHORIZATION.to_owned(), format!("Bearer {}", cookie.value()));
     }
     let message = Message { subject: protocol::command_subject(&aggregate, id), reply: None, headers, payload: body };
-    let reply = match state.bus.request(message, COMMAND_TIMEOUT).await {
+    let reply = match crate::bus::request_command(&*state.bus, message, COMMAND_TIMEOUT).await {
         Ok(reply) => reply,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("sending the command: {e}")),
     };

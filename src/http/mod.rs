@@ -102,8 +102,12 @@ struct State {
 /// Who a node shares its store with, for `GET /cluster`.
 #[derive(Clone)]
 pub enum Cluster {
-    /// Nodes sharing a JetStream store: this node's entry among them.
-    Shared(Box<crate::cluster::members::Members>),
+    /// Nodes sharing a JetStream store: this node's entry among them, and with partition routing the
+    /// partitions it holds and the bucket of every partition's lease.
+    Shared(
+        Box<crate::cluster::members::Members>,
+        Option<Box<(crate::cluster::ownership::Partitions, async_nats::jetstream::kv::Store)>>,
+    ),
     /// A node on its own store: itself.
     Alone(crate::cluster::members::Member),
 }

@@ -64,6 +64,9 @@ pub struct IntakeOptions {
     /// Where a workflow's deletion learns how many jobs still run it; `None`: deletions are refused as
     /// `unavailable` (a node without read models cannot tell).
     pub running_jobs: Option<Arc<dyn RunningJobs>>,
+    /// With partition routing, where the router hands each service the commands of the partitions this node
+    /// holds (`crate::cluster::routing`) instead of the service subscribing to its aggregate's subjects.
+    pub inboxes: Option<crate::cluster::routing::Inboxes>,
 }
 
 /// How many jobs run a workflow, as of everything stored when asked (the jobs read model, once it has
@@ -88,6 +91,7 @@ impl Default for IntakeOptions {
             max_in_flight: 4096,
             verifier: None,
             running_jobs: None,
+            inboxes: None,
         }
     }
 }
@@ -485,8 +489,16 @@ async fn serve<A: Confined, P: Prepare<A>>(
     options: &IntakeOptions,
     shared: Shared,
 ) -> Result<(tokio::task::JoinHandle<()>, String, Health), BusError> {
-    let subject = format!("{}.{}.*", protocol::COMMANDS, A::KIND);
-    let subscription: Subscription = bus.subscribe(&subject, Some(&options.queue_group)).await?;
+    let inboxes = options.inboxes.clone();
+    let subscription: Subscription = match inboxes.as_ref().and_then(|i| i.take(A::KIND)) {
+        Some(inbox) => {
+            futures::stream::unfold(inbox, |mut inbox| async { inbox.recv().await.map(|m| (m, inbox)) }).boxed()
+        }
+        None => {
+            let subject = format!("{}.{}.*", protocol::COMMANDS, A::KIND);
+            bus.subscribe(&subject, Some(&options.queue_group)).await?
+        }
+    };
     let (limits, verifier) = (options.limits, options.verifier.clone());
     let health = Health::default();
     health.running();
@@ -498,8 +510,13 @@ async fn serve<A: Confined, P: Prepare<A>>(
             shared.handled.fetch_add(1, Ordering::Relaxed);
             let Ok(slot) = shared.slots.clone().acquire_owned().await else { return };
             let (bus, host, prepare, verifier) = (bus.clone(), host.clone(), prepare.clone(), verifier.clone());
+            let inboxes = inboxes.clone();
             actix_rt::spawn(async move {
+                let subject = message.subject.clone();
                 handle(message, bus, host, prepare, limits, verifier).await;
+                if let Some(inboxes) = inboxes {
+                    inboxes.answered(&subject);
+                }
                 drop(slot);
             });
         }

@@ -13,6 +13,18 @@ pub enum Error {
     /// The lease's options would let it lapse.
     #[error(transparent)]
     Lease(#[from] options::LapsingLease),
+    /// The cluster's options would let leases lapse.
+    #[error(transparent)]
+    Cluster(#[from] options::LapsingCluster),
+    /// `--partition-routing` without a JetStream store on NATS.
+    #[error("--partition-routing needs --nats and --jetstream: partitions are held in JetStream")]
+    RoutingAlone,
+    /// The NATS server does not map command subjects into this node's partitions.
+    #[error(transparent)]
+    Mapping(#[from] crate::cluster::routing::MappingError),
+    /// The partition leases' bucket could not be made.
+    #[error(transparent)]
+    PartitionBucket(#[from] crate::cluster::ownership::BucketError),
     /// The store did not open.
     #[error(transparent)]
     Store(#[from] store::OpenError),

@@ -1,9 +1,13 @@
-//! A node's place among the nodes sharing its JetStream store (`crate::cluster::members`): its entry, and the
-//! task that keeps it alive.
+//! A node's place among the nodes sharing its JetStream store (`crate::cluster`): its entry in the membership
+//! and the task that keeps it alive, and with `--partition-routing` the partitions it holds and the routing
+//! of their commands.
 
+use crate::cluster::members::{Members, MembersOptions};
+use crate::cluster::ownership::{OwnershipOptions, Partitions};
 use crate::health::Board;
+use crate::store::open::Opened;
 
-use super::Error;
+use super::{Error, NodeOptions};
 
 /// This node as the membership lists it, serving HTTP on `http`.
 pub(super) fn this_member(http: std::net::SocketAddr) -> crate::cluster::members::Member {
@@ -21,11 +25,9 @@ pub(super) fn this_member(http: std::net::SocketAddr) -> crate::cluster::members
 pub(super) async fn join(
     client: async_nats::Client,
     http: std::net::SocketAddr,
-    replicas: usize,
+    options: MembersOptions,
     board: &Board,
-) -> Result<(crate::cluster::members::Members, actix_rt::task::JoinHandle<()>), Error> {
-    use crate::cluster::members::{Members, MembersOptions};
-    let options = MembersOptions { replicas, ..MembersOptions::default() };
+) -> Result<(Members, actix_rt::task::JoinHandle<()>), Error> {
     let members = Members::join(client, &options, this_member(http)).await?;
     let health = weft_events::Health::default();
     board.watch("membership", health.clone());
@@ -44,4 +46,70 @@ pub(super) async fn join(
         }
     });
     Ok((members, beats))
+}
+
+/// With `--partition-routing`: checks that the NATS server maps command subjects into the node's partitions,
+/// and fences the store's appends by the partitions this node will hold (none yet). `None` without it.
+pub(super) async fn partitions(
+    options: &NodeOptions,
+    store: &Opened,
+    client: Option<&async_nats::Client>,
+) -> Result<Option<Partitions>, Error> {
+    if !options.cluster.partition_routing {
+        return Ok(None);
+    }
+    let (Opened::JetStream(sealed), Some(client)) = (store, client) else { return Err(Error::RoutingAlone) };
+    crate::cluster::routing::check_mapping(client, options.cluster.partitions).await?;
+    let partitions = Partitions::new(options.cluster.partitions);
+    sealed.inner().fence_by(partitions.clone());
+    Ok(Some(partitions))
+}
+
+/// The partitions a node holds, and the tasks that hold them and route their commands.
+pub(super) struct Routing {
+    partitions: Partitions,
+    kv: async_nats::jetstream::kv::Store,
+    options: OwnershipOptions,
+    ownership: actix_rt::task::JoinHandle<()>,
+    router: actix_rt::task::JoinHandle<()>,
+}
+
+impl Routing {
+    /// Starts holding this node's partitions (`ownership`) and routing their commands to `inboxes`, each task
+    /// watched on `board`.
+    pub(super) async fn start(
+        client: async_nats::Client,
+        members: Members,
+        inboxes: crate::cluster::routing::Inboxes,
+        options: OwnershipOptions,
+        board: &Board,
+    ) -> Result<Self, Error> {
+        let partitions = inboxes.partitions().clone();
+        let kv = crate::cluster::ownership::bucket(client.clone(), &options).await?;
+        let (held, routed) = (weft_events::Health::default(), weft_events::Health::default());
+        board.watch("partitions", held.clone());
+        board.watch("partition routing", routed.clone());
+        let router = actix_rt::spawn(crate::cluster::routing::run(client, inboxes, routed));
+        let ownership = actix_rt::spawn(crate::cluster::ownership::run(
+            kv.clone(),
+            members,
+            partitions.clone(),
+            options.clone(),
+            held,
+        ));
+        partitions.settled(options.ttl + std::time::Duration::from_secs(2)).await;
+        Ok(Self { partitions, kv, options, ownership, router })
+    }
+
+    /// The partitions held, and the leases' bucket (for `GET /cluster`).
+    pub(super) fn status(&self) -> (Partitions, async_nats::jetstream::kv::Store) {
+        (self.partitions.clone(), self.kv.clone())
+    }
+
+    /// Hands every partition over (its commands in flight answered first), then stops routing.
+    pub(super) async fn stop(self) {
+        self.ownership.abort();
+        crate::cluster::ownership::release_all(&self.kv, &self.partitions, &self.options).await;
+        self.router.abort();
+    }
 }

@@ -41,8 +41,8 @@ mod options;
 pub use error::Error;
 
 pub use options::{
-    ADMIN_TOKEN_FILE, AuthSection, BusSection, HostSection, HttpSection, IntakeSection, LapsingLease, NodeOptions,
-    ProcessesSection, StoreSection, sections,
+    ADMIN_TOKEN_FILE, AuthSection, BusSection, ClusterSection, HostSection, HttpSection, IntakeSection, LapsingCluster,
+    LapsingLease, NodeOptions, ProcessesSection, StoreSection, sections,
 };
 
 /// A running node.
@@ -61,6 +61,8 @@ pub struct Node {
     objects: String,
     /// Its entry among the nodes sharing its JetStream store, and the task that keeps it alive.
     membership: Option<(crate::cluster::members::Members, actix_rt::task::JoinHandle<()>)>,
+    /// With `--partition-routing`, the partitions it holds and the routing of their commands.
+    routing: Option<members::Routing>,
 }
 
 /// What runs on one node at a time: the process managers (unless `--no-processes`) and the publisher.
@@ -179,17 +181,21 @@ impl Node {
     pub async fn start(options: &NodeOptions) -> Result<Self, Error> {
         // Checked before anything opens, whether or not this node will hold a lease.
         options.processes.lease(1)?;
+        options.cluster.options(1)?;
         let store = store::open(&options.store_options(), store::Mode::Node, "weft-store").await?;
         let shared = store.store().expect("a node's store writes");
         let (client, bus) = connect_bus(&options.bus).await?;
         let addr = options.http.addr;
         let listener = std::net::TcpListener::bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let http_addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
+        let partitions = members::partitions(options, &store, client.as_ref()).await?;
+        let inboxes = partitions.clone().map(crate::cluster::routing::Inboxes::new);
         let auth = start_auth(options, shared.clone())?;
         let hosts = Hosts::new(shared.clone(), options.host.options());
         let gateway = BusGateway::new(bus.clone(), shared.clone(), crate::gateway::DEFAULT_TIMEOUT)
             .with_token(auth.as_ref().map(|(_, node)| node.clone()))
-            .with_hosts(hosts.clone());
+            .with_hosts(hosts.clone())
+            .with_partitions(partitions);
         let verifier = auth.map(|(verifier, _)| Arc::new(verifier));
         let objects_dir = options.objects_dir();
         let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
@@ -203,6 +209,7 @@ impl Node {
             max_in_flight: options.intake.max_commands_in_flight,
             verifier: verifier.clone(),
             running_jobs: Some(Arc::new(reads.clone())),
+            inboxes: inboxes.clone(),
             ..IntakeOptions::default()
         };
         let intake = Intake::start_with_objects(bus.clone(), hosts, intake_options, Some(objects.clone())).await?;
@@ -213,6 +220,21 @@ impl Node {
         };
         let expiry = Duration::from_secs(options.objects.url_expiry_secs);
         let documents = Documents::new(objects.clone(), gateway.clone(), expiry);
+        // Routing by partition starts before this node sends its first command (the catalog's).
+        let membership = match (&store, &client) {
+            (Opened::JetStream(_), Some(client)) => {
+                let (membership, _) = options.cluster.options(options.store.jetstream_replicas.into())?;
+                Some(members::join(client.clone(), http_addr, membership, &board).await?)
+            }
+            _ => None,
+        };
+        let routing = match (inboxes, &membership, &client) {
+            (Some(inboxes), Some((members, _)), Some(client)) => {
+                let (_, ownership) = options.cluster.options(options.store.jetstream_replicas.into())?;
+                Some(members::Routing::start(client.clone(), members.clone(), inboxes, ownership, &board).await?)
+            }
+            _ => None,
+        };
         crate::agents::catalog::register(&gateway).await?;
         let providers = crate::agents::providers(&options.providers)?;
         let executor: Rc<dyn Executor> = Rc::new(DocumentExecutor::new(
@@ -230,13 +252,6 @@ impl Node {
         let queries = crate::bus::queries::start(bus.clone(), reads.clone(), query_health, verifier.clone()).await?;
         // Schedules over a document selector pick their documents from the documents read model.
         let select: Rc<dyn weft_actors::process::timers::Select> = Rc::new(reads.clone());
-        let membership = match (&store, &client) {
-            (Opened::JetStream(_), Some(client)) => {
-                let replicas = options.store.jetstream_replicas.into();
-                Some(members::join(client.clone(), http_addr, replicas, &board).await?)
-            }
-            _ => None,
-        };
         let duty = Duty::start(options, &store, client, &gateway, (executor, select), &board).await?;
 
         let subscription =
@@ -269,7 +284,9 @@ impl Node {
         let origins = options.http.cors_origin.clone();
         let objects = Some(objects_api);
         let cluster = Some(match &membership {
-            Some((members, _)) => crate::http::Cluster::Shared(Box::new(members.clone())),
+            Some((members, _)) => {
+                crate::http::Cluster::Shared(Box::new(members.clone()), routing.as_ref().map(|r| Box::new(r.status())))
+            }
             None => crate::http::Cluster::Alone(members::this_member(http_addr)),
         });
         let parts = crate::http::Parts { admin, limits, objects, providers, auth: verifier, origins, cluster };
@@ -289,6 +306,7 @@ impl Node {
             tmp_sweeps,
             objects: description,
             membership,
+            routing,
         })
     }
 
@@ -332,6 +350,9 @@ impl Node {
             if let Err(error) = members.leave().await {
                 tracing::warn!(%error, "leaving the membership");
             }
+        }
+        if let Some(routing) = self.routing {
+            routing.stop().await;
         }
         self.query.stop().await;
         self.queries.abort();

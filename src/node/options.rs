@@ -42,6 +42,9 @@ pub struct NodeOptions {
     /// The process managers and their lease.
     #[command(flatten, next_help_heading = "Process managers")]
     pub processes: ProcessesSection,
+    /// Nodes sharing a JetStream store: membership, partitions and their leases.
+    #[command(flatten, next_help_heading = "Cluster")]
+    pub cluster: ClusterSection,
     /// Where documents are kept.
     #[command(flatten, next_help_heading = "Objects")]
     pub objects: crate::objects::ObjectsOptions,
@@ -68,6 +71,7 @@ pub fn sections() -> Vec<(&'static str, Vec<String>)> {
         longs::<IntakeSection>("intake"),
         longs::<AuthSection>("auth"),
         longs::<ProcessesSection>("processes"),
+        longs::<ClusterSection>("cluster"),
         longs::<crate::objects::ObjectsOptions>("objects"),
         longs::<crate::agents::ProviderOptions>("providers"),
     ]
@@ -173,6 +177,64 @@ pub struct IntakeSection {
     /// Most commands handled at once by this node's intake; past it commands wait on the bus.
     #[arg(long, default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000), env = "WEFT_MAX_COMMANDS_IN_FLIGHT")]
     pub max_commands_in_flight: usize,
+}
+
+/// How nodes sharing a JetStream store share the work (`docs/cluster.md`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterSection {
+    /// Take only the commands of the partitions this node holds, through the NATS server's subject mapping of
+    /// `weft.cmd.*.*` into partitions (which must be configured: the node checks it at start), holding each
+    /// partition through a lease and appending to its streams only while it holds it.
+    #[arg(long, requires = "jetstream", env = "WEFT_PARTITION_ROUTING")]
+    pub partition_routing: bool,
+    /// How many partitions the instances are spread over: the number in the server's mapping
+    /// (`partition(N,1,2)`); every node of a store must use the same.
+    #[arg(long, default_value_t = crate::cluster::DEFAULT_PARTITIONS, value_parser = clap::value_parser!(u32).range(1..=1024), env = "WEFT_PARTITIONS")]
+    pub partitions: u32,
+    /// How long a node's membership and its partitions' leases live without renewal, in milliseconds: a
+    /// killed node's partitions move after about this long.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(500..=600_000), env = "WEFT_CLUSTER_TTL_MS")]
+    pub cluster_ttl_ms: u64,
+    /// How often a node renews its membership and its leases, in milliseconds; at most half of
+    /// --cluster-ttl-ms.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=300_000), env = "WEFT_CLUSTER_BEAT_MS")]
+    pub cluster_beat_ms: u64,
+}
+
+/// A membership or lease that would lapse between renewals.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--cluster-beat-ms ({beat}) must be at most half of --cluster-ttl-ms ({ttl}): leases would lapse between renewals"
+)]
+pub struct LapsingCluster {
+    /// The renewal period.
+    pub beat: u64,
+    /// The time to live.
+    pub ttl: u64,
+}
+
+impl ClusterSection {
+    /// The membership's and the ownership's options, with `replicas` for their buckets.
+    pub fn options(
+        &self,
+        replicas: usize,
+    ) -> Result<(crate::cluster::members::MembersOptions, crate::cluster::ownership::OwnershipOptions), LapsingCluster>
+    {
+        if self.cluster_beat_ms * 2 > self.cluster_ttl_ms {
+            return Err(LapsingCluster { beat: self.cluster_beat_ms, ttl: self.cluster_ttl_ms });
+        }
+        let (ttl, beat) = (Duration::from_millis(self.cluster_ttl_ms), Duration::from_millis(self.cluster_beat_ms));
+        let members = crate::cluster::members::MembersOptions { ttl, beat_every: beat, replicas, ..Default::default() };
+        let ownership = crate::cluster::ownership::OwnershipOptions {
+            partitions: self.partitions,
+            ttl,
+            renew_every: beat,
+            tick: (beat / 4).max(Duration::from_millis(50)),
+            replicas,
+            ..Default::default()
+        };
+        Ok((members, ownership))
+    }
 }
 
 /// Whether this node runs the process managers, and their lease when nodes share a store.

@@ -10,6 +10,7 @@ mod bus;
 mod cli;
 mod client;
 mod cluster;
+mod cluster_failover;
 mod compose;
 mod dashboard;
 mod documents;

@@ -120,7 +120,7 @@ async fn node(state: &State) -> maud::Markup {
     };
     // The nodes sharing the store (this one alone on its own store).
     let nodes: Vec<crate::cluster::members::Member> = match &state.cluster {
-        Some(crate::http::Cluster::Shared(members)) => members.live().await.unwrap_or_default(),
+        Some(crate::http::Cluster::Shared(members, _)) => members.live().await.unwrap_or_default(),
         Some(crate::http::Cluster::Alone(me)) => vec![me.clone()],
         None => vec![],
     };

@@ -11,8 +11,9 @@ use weft_events::{Error, StreamName};
 use super::JetStreamStore;
 use super::wire::{PubReply, PublishError, WRONG_LAST_SEQUENCE};
 
-/// A message of an append: its subject, its body (the event's record) and its event id.
-pub(super) type Message = (String, Bytes, Uuid);
+/// A message of an append: its subject, its body (the event's record), its event id, and the partition and
+/// fencing token of the node that appends it (`crate::cluster::ownership::Fence`, as its header's value).
+pub(super) type Message = (String, Bytes, Uuid, Option<std::sync::Arc<str>>);
 
 impl JetStreamStore {
     /// The version of a stream that an append decided against version `expected` found moved. A clustered
@@ -60,10 +61,13 @@ impl JetStreamStore {
         let batch_id = (total > 1).then(|| Uuid::now_v7().simple().to_string());
         let mut n = 0;
         for messages in appends {
-            for (i, (subject, body, event_id)) in messages.iter().enumerate() {
+            for (i, (subject, body, event_id, fence)) in messages.iter().enumerate() {
                 n += 1;
                 let mut headers = HeaderMap::new();
                 headers.insert("Nats-Msg-Id", event_id.to_string().as_str());
+                if let Some(fence) = fence {
+                    headers.insert(crate::cluster::ownership::FENCE_HEADER, &**fence);
+                }
                 if i == 0 {
                     headers.insert("Nats-Expected-Stream", self.inner.config.stream.as_str());
                     headers.insert("Nats-Expected-Last-Subject-Sequence", "0");

@@ -173,6 +173,9 @@ struct Inner {
     follower: std::sync::OnceLock<JoinHandle<()>>,
     /// The queue of the group commit task ([`group`]), started by the first append.
     group: std::sync::OnceLock<tokio::sync::mpsc::Sender<group::Publish>>,
+    /// With partition routing, the partitions this node holds: an append to a partitioned stream is refused
+    /// unless its partition is held, and carries its fencing token.
+    fence: std::sync::OnceLock<crate::cluster::ownership::Partitions>,
 }
 
 impl Drop for Inner {
@@ -243,6 +246,7 @@ impl JetStreamStore {
                 head: head_tx,
                 follower: std::sync::OnceLock::new(),
                 group: std::sync::OnceLock::new(),
+                fence: std::sync::OnceLock::new(),
                 config,
             }),
         })
@@ -251,6 +255,14 @@ impl JetStreamStore {
     /// The NATS connection it works on.
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client
+    }
+
+    /// Fences its appends by `partitions` from now on (a node routing commands by partition): an append to a
+    /// stream of a partition this node does not hold, or no longer trusts its lease on, is refused as
+    /// unavailable, and every other append to a partitioned stream carries the partition's fencing token in
+    /// its messages' `Weft-Fence` header. Once per store.
+    pub fn fence_by(&self, partitions: crate::cluster::ownership::Partitions) {
+        let _ = self.inner.fence.set(partitions);
     }
 
     /// The configuration it was opened with.
@@ -439,18 +451,29 @@ impl EventWrite for JetStreamStore {
                 },
                 ExpectedVersion::Any => self.tail(stream).await?.0,
             };
+            let fence: Option<Arc<str>> = match self.inner.fence.get() {
+                Some(partitions) => partitions
+                    .fence(stream)
+                    .map_err(|fenced| self.unavailable(format!("an append to {stream}: {fenced}")))?
+                    .map(|fence| fence.header().into()),
+                None => None,
+            };
             let mut messages = Vec::with_capacity(events.len());
             for (i, event) in events.iter().enumerate() {
                 let version = version + 1 + i as u64;
                 let mut body = Vec::with_capacity(event.payload.len() + 96);
                 record::encode(&mut body, event, stream, version, 0, recorded_at);
-                messages.push((self.subject(stream, version), Bytes::from(body), event.event_id));
+                messages.push((self.subject(stream, version), Bytes::from(body), event.event_id, fence.clone()));
             }
             // Sent again (same event ids, so a copy that did land is a duplicate to the server) while no
             // acknowledgement comes or no leader answers, for up to the time-out.
             let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
             let mut pause = Duration::from_millis(20);
             let outcome = loop {
+                // A node whose lease lapsed while it sent again stops sending: another may own the stream now.
+                if let Some(Err(fenced)) = self.inner.fence.get().map(|p| p.fence(stream)) {
+                    return Err(self.unavailable(format!("an append to {stream}: {fenced}")));
+                }
                 match self.publish_grouped(stream, &messages).await {
                     Err(PublishError::Ambiguous(reason)) if tokio::time::Instant::now() < deadline => {
                         tracing::debug!(%stream, %reason, "no acknowledgement for an append; sending it again");

@@ -1,0 +1,202 @@
+//! Nodes routing commands by partition (`--partition-routing`) on a three-server NATS cluster with the
+//! command mapping: a node killed with SIGKILL under load, a fourth node joining, a NATS server killed. Every
+//! acknowledged command is stored once, every partition is held again by a live node, and the fencing tokens
+//! in the log show that no partition ever had two writers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use weft_harness::NatsServer;
+
+use crate::serve::Serve;
+
+const MAPPING: &str =
+    r#"mappings = { "weft.cmd.*.*": "weft.cmd.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(64,1,2)}}" }"#;
+
+/// `GET /cluster` of the node at `addr`.
+fn cluster_of(addr: &str) -> Value {
+    let (status, answer) = crate::serve::get(addr, "/cluster");
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// The holder of each partition as `GET /cluster` lists the leases.
+fn holders(cluster: &Value) -> BTreeMap<u64, String> {
+    cluster["leases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| Some((l["partition"].as_u64()?, l["owner"].as_str()?.to_owned())))
+        .collect()
+}
+
+/// Waits until every one of the 64 partitions is held, by exactly the nodes `ids` (each holding some); returns
+/// how long that took.
+fn wait_held_by(addr: &str, ids: &BTreeSet<String>) -> Duration {
+    let started = Instant::now();
+    loop {
+        let seen = cluster_of(addr);
+        let held = holders(&seen);
+        let by: BTreeSet<String> = held.values().cloned().collect();
+        if held.len() == 64 && by == *ids {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "partitions not held by {ids:?}: {seen}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends documents' `register` commands over NATS until `stop`, each retried with its command id until it is
+/// acknowledged; returns the documents acknowledged and how many sends failed.
+fn load(url: String, token: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<uuid::Uuid>>>) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let client = weft::nats::connect(&url, "load").await.unwrap();
+        let mut failed = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let (document, command_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+            let body =
+                json!({"command_id": command_id, "type": "register", "payload": crate::serve::register("a.pdf", "t")});
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Content-Type", "application/json");
+                headers.insert("Authorization", format!("Bearer {token}").as_str());
+                let request = async_nats::Request::new()
+                    .headers(headers)
+                    .payload(body.to_string().into())
+                    .timeout(Some(Duration::from_secs(3)));
+                let answer = client.send_request(format!("weft.cmd.document.{document}"), request).await;
+                match answer.map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()) {
+                    Ok(reply) if reply["status"] == "ok" => {
+                        acked.lock().unwrap().push(document);
+                        break;
+                    }
+                    other => {
+                        failed += 1;
+                        assert!(Instant::now() < deadline, "a command is never acknowledged: {other:?}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        failed
+    })
+}
+
+#[test]
+fn partitions_move_off_a_killed_node_and_onto_a_joining_one_with_no_command_lost_and_one_writer_each() {
+    let mut nats = NatsServer::cluster_with(3, MAPPING).unwrap();
+    let url = nats.url();
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let secret = dirs[0].path().join("shared.secret");
+    let args = [
+        "--nats",
+        &url,
+        "--jetstream",
+        "--jetstream-replicas",
+        "3",
+        "--jetstream-stream",
+        "ROUTED",
+        "--partition-routing",
+        "--auth-secret-file",
+        secret.to_str().unwrap(),
+    ];
+    let mut nodes: Vec<Option<Serve>> = dirs[..3].iter().map(|d| Some(Serve::start(d.path(), &args))).collect();
+    let id = |node: &Serve| cluster_of(&node.addr)["this_node"].as_str().unwrap().to_owned();
+    let ids: Vec<String> = nodes.iter().map(|n| id(n.as_ref().unwrap())).collect();
+    let a = nodes[0].as_ref().unwrap().addr.clone();
+    wait_held_by(&a, &ids.iter().cloned().collect());
+    let seen = cluster_of(&a);
+    assert_eq!(seen["partition_routing"], true, "{seen}");
+
+    let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+    let token = crate::serve::token(&a).unwrap();
+    let loader = {
+        let (url, stop, acked) = (url.clone(), stop.clone(), acked.clone());
+        std::thread::spawn(move || load(url, token, stop, acked))
+    };
+    let settle = |n: usize| {
+        let start = acked.lock().unwrap().len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.lock().unwrap().len() < start + n {
+            assert!(Instant::now() < deadline, "the load does not go on");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    settle(100);
+
+    // Node B killed: its partitions go to A and C.
+    let (status, _) = nodes[1].take().unwrap().signal("-KILL");
+    assert!(!status.success());
+    let moved = wait_held_by(&a, &[ids[0].clone(), ids[2].clone()].into());
+    eprintln!("a killed node's partitions were held again after {moved:?}");
+    settle(100);
+
+    // A fourth node joins: it takes its share, handed over by their holders.
+    nodes.push(Some(Serve::start(dirs[3].path(), &args)));
+    let d = id(nodes[3].as_ref().unwrap());
+    let joined = wait_held_by(&a, &[ids[0].clone(), ids[2].clone(), d].into());
+    eprintln!("a joining node held its share after {joined:?}");
+    settle(100);
+
+    // A NATS server killed: the nodes connected to it reconnect to the others, and the load goes on.
+    nats.kill(2);
+    settle(100);
+    stop.store(true, Ordering::Relaxed);
+    let failed = loader.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    eprintln!("{} commands acknowledged, {failed} sends answered otherwise and sent again", acked.len());
+
+    // Every acknowledged command stored, once; and per partition, the fencing tokens never go back.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.node_url(0)).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream("ROUTED").await.unwrap();
+        for document in &acked {
+            let subject = format!("weft.store.document-{document}.1");
+            assert!(
+                stream.get_last_raw_message_by_subject(&subject).await.is_ok(),
+                "{document} was acknowledged, not stored"
+            );
+            let second = format!("weft.store.document-{document}.2");
+            assert!(stream.get_last_raw_message_by_subject(&second).await.is_err(), "{document} registered twice");
+        }
+        let consumer =
+            stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await.unwrap();
+        let last = stream.get_info().await.unwrap().state.last_sequence;
+        let mut messages = consumer.messages().await.unwrap();
+        let mut tokens: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut fenced = 0;
+        while let Some(message) = messages.next().await {
+            let message = message.unwrap();
+            let sequence = message.info().unwrap().stream_sequence;
+            let name = message.subject.as_str().strip_prefix("weft.store.").unwrap().rsplit_once('.').unwrap().0;
+            if let Some(partition) = weft::cluster::ownership::partition_of_stream(name, 64) {
+                let fence = message.headers.as_ref().and_then(|h| h.get("Weft-Fence")).map(|v| v.to_string());
+                let fence = fence.unwrap_or_else(|| panic!("{} was appended without a fence", message.subject));
+                let (p, token) = fence.split_once(':').unwrap();
+                assert_eq!(p.parse::<u32>().unwrap(), partition, "{}", message.subject);
+                let token: u64 = token.parse().unwrap();
+                let before = tokens.insert(partition, token).unwrap_or(0);
+                assert!(
+                    token >= before,
+                    "partition {partition} written with token {token} after {before}: two writers"
+                );
+                fenced += 1;
+            }
+            if sequence >= last {
+                break;
+            }
+        }
+        assert!(fenced >= acked.len(), "{fenced} fenced events, {} acknowledged", acked.len());
+    });
+    for node in nodes.into_iter().flatten() {
+        node.stop();
+    }
+}
