@@ -200,3 +200,64 @@ fn partitions_move_off_a_killed_node_and_onto_a_joining_one_with_no_command_lost
         node.stop();
     }
 }
+
+/// Sends `body` on `subject` as JSON with the admin token; the reply.
+async fn ask(client: &async_nats::Client, token: &str, subject: String, body: &Value) -> Value {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/json");
+    headers.insert("Authorization", format!("Bearer {token}").as_str());
+    let request = async_nats::Request::new().headers(headers).payload(body.to_string().into());
+    let reply = client.send_request(subject, request).await.unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+#[test]
+fn routed_commands_with_a_wrong_partition_or_aggregate_are_refused_and_routing_without_the_mapping_does_not_start() {
+    // Without the server's mapping, a node told to route by partition would never see a command: it says so.
+    let plain = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, url) = (dir.path().join("events.db"), plain.url());
+    let args = ["--store", store.to_str().unwrap(), "--nats", &url, "--jetstream", "--partition-routing"];
+    let (mut child, _, line) = crate::serve::spawn(None, &args, &[]);
+    assert!(!child.wait().unwrap().success());
+    assert!(line.contains("does not map command subjects to partitions"), "{line}");
+    // Nor without JetStream (the options say so).
+    let (mut child, _, line) = crate::serve::spawn(None, &["--partition-routing"], &[]);
+    assert!(!child.wait().unwrap().success());
+    assert!(line.contains("required arguments were not provided"), "{line}");
+
+    let nats = NatsServer::start_with(MAPPING).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = nats.url();
+    let node = Serve::start(dir.path(), &["--nats", &url, "--jetstream", "--partition-routing"]);
+    let token = crate::serve::token(&node.addr).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let register = json!({"command_id": uuid::Uuid::now_v7(), "type": "register",
+                              "payload": crate::serve::register("a.pdf", "t")});
+        let id = uuid::Uuid::now_v7();
+        let wrong = (weft::cluster::partition("document", &id.to_string(), 64) + 1) % 64;
+        // Published straight to another partition's subject, past the mapping.
+        let reply = ask(&client, &token, format!("weft.cmd.document.{id}.{wrong}"), &register).await;
+        assert_eq!(reply["error"]["kind"], "invalid", "{reply}");
+        assert!(reply["error"]["message"].as_str().unwrap().contains("partition"), "{reply}");
+        let reply = ask(&client, &token, format!("weft.cmd.bogus.{id}"), &register).await;
+        assert_eq!(reply["error"]["kind"], "invalid", "{reply}");
+        assert!(reply["error"]["message"].as_str().unwrap().contains("bogus"), "{reply}");
+        let reply = ask(&client, &token, "weft.cmd.document.not-a-uuid".into(), &register).await;
+        assert_eq!(reply["error"]["kind"], "invalid", "{reply}");
+        // Unauthenticated: refused as ever.
+        let mut json = async_nats::HeaderMap::new();
+        json.insert("Content-Type", "application/json");
+        let request = async_nats::Request::new().headers(json).payload(register.to_string().into());
+        let reply = client.send_request(format!("weft.cmd.document.{id}"), request).await.unwrap();
+        let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(reply["error"]["kind"], "unauthenticated", "{reply}");
+        // Nothing of it stored; the node still serves, through the mapping.
+        let reply = ask(&client, &token, format!("weft.cmd.document.{id}"), &register).await;
+        assert_eq!(reply["status"], "ok", "{reply}");
+        assert_eq!(reply["version"], 1, "{reply}");
+    });
+    node.stop();
+}
