@@ -75,6 +75,51 @@ pub fn assignment<'a>(partitions: u32, nodes: &[&'a str]) -> BTreeMap<&'a str, V
     owned
 }
 
+/// Each partition's owner among `nodes`, balanced and moving as few partitions as it can from their present
+/// `holders` (partition to node; holders that are not among `nodes` are gone).
+///
+/// No node owns more than `ceil(partitions / nodes)`. A partition stays with its holder while that holder is
+/// live and under the cap (a holder over it keeps those of highest [`weight`]); every other partition goes to
+/// the node of highest weight for it among those under the cap. So a node joining takes only the excess of the
+/// others (as many as bring them down to the cap), a node leaving gives only its own to the others, and every
+/// node computes the same from the same membership and holders. Rendezvous hashing alone ([`assignment`])
+/// moves as little but spreads 64 partitions over 3 nodes unevenly (12 to 32 each).
+pub fn balanced<'a>(partitions: u32, nodes: &[&'a str], holders: &BTreeMap<u32, String>) -> BTreeMap<u32, &'a str> {
+    let mut owners = BTreeMap::new();
+    if nodes.is_empty() {
+        return owners;
+    }
+    let cap = partitions.div_ceil(nodes.len() as u32) as usize;
+    let floor = (partitions / nodes.len() as u32) as usize;
+    let mut kept: BTreeMap<&str, Vec<u32>> = nodes.iter().map(|n| (*n, Vec::new())).collect();
+    for (partition, holder) in holders.range(..partitions) {
+        if let Some(share) = kept.get_mut(holder.as_str()) {
+            share.push(*partition);
+        }
+    }
+    let mut loads: BTreeMap<&str, usize> = BTreeMap::new();
+    for (node, mut share) in kept {
+        share.sort_by_key(|p| std::cmp::Reverse((weight(node, *p), *p)));
+        share.truncate(cap);
+        loads.insert(node, share.len());
+        let node = nodes.iter().copied().find(|n| *n == node).expect("a listed node");
+        owners.extend(share.into_iter().map(|p| (p, node)));
+    }
+    for partition in 0..partitions {
+        if owners.contains_key(&partition) {
+            continue;
+        }
+        // Nodes under an even share first, then those under the cap.
+        let pick = |limit: usize| {
+            nodes.iter().copied().filter(|n| loads[n] < limit).max_by_key(|n| (weight(n, partition), *n))
+        };
+        let node = pick(floor).or_else(|| pick(cap)).expect("the cap leaves room for every partition");
+        *loads.get_mut(node).expect("a listed node") += 1;
+        owners.insert(partition, node);
+    }
+    owners
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +191,75 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    proptest! {
+        /// After any sequence of joins and leaves, each settled (every node holding what the balanced
+        /// assignment gives it): every partition has exactly one owner, a live node; no node owns more than the
+        /// cap, nor fewer than what is left under the others' caps; and only what must move moves: on a leave,
+        /// the leaver's partitions; on a join, the excess of the nodes over the new cap, no more. A settled
+        /// assignment stays as it is.
+        #[test]
+        fn balanced_owners_are_even_and_move_only_what_must(changes in proptest::collection::vec(change(), 1..40),
+                                                           partitions in 1u32..200) {
+            let mut live: Vec<String> = vec!["node-0".into()];
+            let mut holders: BTreeMap<u32, String> =
+                balanced(partitions, &["node-0"], &BTreeMap::new()).into_iter().map(|(p, o)| (p, o.to_owned())).collect();
+            for change in changes {
+                let (joined, left) = match change {
+                    Change::Join(n) => {
+                        let name = format!("node-{n}");
+                        if live.contains(&name) { continue }
+                        live.push(name.clone());
+                        (Some(name), None)
+                    }
+                    Change::Leave(n) => {
+                        let name = format!("node-{n}");
+                        if !live.contains(&name) || live.len() == 1 { continue }
+                        live.retain(|l| *l != name);
+                        (None, Some(name))
+                    }
+                };
+                let nodes: Vec<&str> = live.iter().map(String::as_str).collect();
+                let owners = balanced(partitions, &nodes, &holders);
+                prop_assert_eq!(owners.len(), partitions as usize, "every partition exactly once");
+                let cap = partitions.div_ceil(nodes.len() as u32) as usize;
+                for node in &nodes {
+                    let owned = owners.values().filter(|o| *o == node).count();
+                    prop_assert!(owned <= cap, "{} owns {} over the cap {}", node, owned, cap);
+                    let floor = (partitions as usize).saturating_sub(cap * (nodes.len() - 1));
+                    prop_assert!(owned >= floor);
+                }
+                let held_by = |node: &str| holders.values().filter(|h| h.as_str() == node).count();
+                let mut moved = 0;
+                for (partition, owner) in &owners {
+                    prop_assert!(nodes.contains(owner));
+                    if let Some(was) = holders.get(partition) && was != owner {
+                        moved += 1;
+                        if let Some(left) = &left { prop_assert_eq!(was, left, "only the leaver's move"); }
+                        if joined.is_some() { prop_assert!(held_by(was) > cap, "{} gave one up under the cap", was); }
+                    }
+                }
+                if joined.is_some() {
+                    let excess: usize = nodes.iter().map(|n| held_by(n).saturating_sub(cap)).sum();
+                    prop_assert_eq!(moved, excess, "a join moves exactly the excess over the new cap");
+                }
+                // Settled: the holders now are the owners, and that is stable.
+                holders = owners.into_iter().map(|(p, o)| (p, o.to_owned())).collect();
+                let again = balanced(partitions, &nodes, &holders);
+                prop_assert!(again.iter().all(|(p, o)| holders[p] == *o), "a settled assignment moves");
+            }
+        }
+    }
+
+    #[test]
+    fn balanced_spreads_sixty_four_partitions_within_one_of_even() {
+        let (none, nodes) = (BTreeMap::new(), ["weft-a", "weft-b", "weft-c"]);
+        let owners = balanced(DEFAULT_PARTITIONS, &nodes, &none);
+        for node in nodes {
+            let owned = owners.values().filter(|o| **o == node).count();
+            assert!((21..=22).contains(&owned), "{node}: {owned}");
         }
     }
 

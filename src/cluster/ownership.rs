@@ -2,7 +2,8 @@
 //! that takes, renews and hands them over as the membership changes.
 //!
 //! Every [`OwnershipOptions::tick`] the task reads the live nodes ([`super::members`]) and computes the
-//! partitions this node should own ([`super::owner`]). It then:
+//! partitions this node should own ([`super::balanced`]: even shares, moving as few as it can from their present
+//! holders, which it follows by watching the bucket). It then:
 //!
 //! - **takes** each of those it does not hold by creating its key (`create`: only if the key holds nothing, or a
 //!   deletion). It succeeds once the old owner has released the key, or once the old owner's last renewal aged
@@ -45,7 +46,8 @@ pub struct OwnershipOptions {
     pub renew_every: Duration,
     /// How often the task looks at the membership and tries to take what it should own.
     pub tick: Duration,
-    /// Longest wait for a handed-over partition's commands in flight before its lease is released anyway.
+    /// Longest wait for a handed-over partition's commands in flight before its lease is released anyway (one
+    /// still running then is refused its append, as unavailable, and its sender tries the new owner).
     pub drain_timeout: Duration,
     /// Replicas of the bucket.
     pub replicas: usize,
@@ -59,7 +61,7 @@ impl Default for OwnershipOptions {
             ttl: Duration::from_secs(3),
             renew_every: Duration::from_secs(1),
             tick: Duration::from_millis(250),
-            drain_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(1),
             replicas: 1,
         }
     }
@@ -307,10 +309,15 @@ pub async fn run(
     health: weft_events::Health,
 ) {
     let me = members.me().id.clone();
+    let seen: Seen = Arc::default();
+    let _watching = AbortOnDrop(tokio::spawn(watch_holders(kv.clone(), seen.clone())));
     let mut last_renewal = Instant::now();
     let mut live: Vec<String> = vec![me.clone()];
     loop {
-        match members.live().await {
+        // Every request of a round is bounded by the renewal period, so that a slow server (one of a cluster
+        // gone) cannot hold back the renewals until the leases lapse.
+        let bound = options.renew_every;
+        match tokio::time::timeout(bound, members.live()).await.unwrap_or_else(|_| Err(timed_out())) {
             Ok(members) => {
                 live = members.into_iter().map(|m| m.id).collect();
                 if !live.contains(&me) {
@@ -322,24 +329,41 @@ pub async fn run(
             Err(error) => health.retrying(format!("reading the membership: {error}")),
         }
         let ids: Vec<&str> = live.iter().map(String::as_str).collect();
-        let wanted: BTreeSet<u32> =
-            (0..partitions.count()).filter(|p| super::owner(*p, ids.iter().copied()) == Some(me.as_str())).collect();
         let held = partitions.held();
-        for (partition, lease) in &held {
-            if !wanted.contains(partition) {
-                hand_over(&kv, &partitions, *partition, lease, &options).await;
-            }
-        }
+        // The holders as the bucket says (entries unwritten for longer than the TTL are gone), and as this node
+        // knows for itself.
+        let mut holders: BTreeMap<u32, String> = seen
+            .lock()
+            .expect("seen lock")
+            .iter()
+            .filter(|(_, (node, at))| at.elapsed() < options.ttl && *node != me)
+            .map(|(p, (node, _))| (*p, node.clone()))
+            .collect();
+        holders.extend(held.keys().map(|p| (*p, me.clone())));
+        let wanted: BTreeSet<u32> = super::balanced(partitions.count(), &ids, &holders)
+            .into_iter()
+            .filter(|(_, owner)| *owner == me.as_str())
+            .map(|(p, _)| p)
+            .collect();
         if last_renewal.elapsed() >= options.renew_every {
             last_renewal = Instant::now();
-            for (partition, lease) in held.iter().filter(|(p, _)| wanted.contains(p)) {
-                renew(&kv, &partitions, &me, *partition, lease, &options).await;
-            }
+            let renewals = held
+                .iter()
+                .filter(|(p, _)| wanted.contains(p))
+                .map(|(partition, lease)| renew(&kv, &partitions, &me, *partition, lease, &options));
+            futures::future::join_all(renewals).await;
         }
+        let handovers = held
+            .iter()
+            .filter(|(p, _)| !wanted.contains(p))
+            .map(|(partition, lease)| hand_over(&kv, &partitions, *partition, lease, &options));
+        futures::future::join_all(handovers).await;
         let held = partitions.held();
-        for partition in wanted.iter().filter(|p| !held.contains_key(p)) {
-            take(&kv, &partitions, &me, *partition, &options).await;
-        }
+        let takes = wanted
+            .iter()
+            .filter(|p| !held.contains_key(p))
+            .map(|partition| take(&kv, &partitions, &me, *partition, &options));
+        futures::future::join_all(takes).await;
         // Drop what could not be renewed in time, and tell the router.
         for (partition, lease) in partitions.held() {
             if Instant::now() >= lease.valid_until {
@@ -351,6 +375,58 @@ pub async fn run(
         partitions.inner.rounds.send_modify(|n| *n += 1);
         tokio::time::sleep(options.tick).await;
     }
+}
+
+/// Each partition's holder as this node last saw its key written, and when it saw it.
+type Seen = Arc<std::sync::Mutex<BTreeMap<u32, (String, Instant)>>>;
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Follows every write of the leases' bucket into `seen`, watching again after a failure. The server drops an
+/// entry that ages out without telling watchers: that is why `seen` keeps when each was written.
+async fn watch_holders(kv: async_nats::jetstream::kv::Store, seen: Seen) {
+    use async_nats::jetstream::kv::Operation;
+    loop {
+        match kv.watch_all().await {
+            Ok(mut watch) => {
+                while let Some(entry) = futures::StreamExt::next(&mut watch).await {
+                    let Ok(entry) = entry else { break };
+                    let Ok(partition) = entry.key.parse::<u32>() else { continue };
+                    let mut seen = seen.lock().expect("seen lock");
+                    match entry.operation {
+                        Operation::Put => match serde_json::from_slice::<LeaseValue>(&entry.value) {
+                            Ok(lease) => {
+                                seen.insert(partition, (lease.node, Instant::now()));
+                            }
+                            Err(_) => {
+                                seen.remove(&partition);
+                            }
+                        },
+                        Operation::Delete | Operation::Purge => {
+                            seen.remove(&partition);
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%error, "watching the partition leases"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn timed_out() -> super::members::Error {
+    super::members::Error::Read("no answer within the renewal period".into())
+}
+
+fn delete_timed_out() -> async_nats::jetstream::kv::DeleteError {
+    async_nats::jetstream::kv::DeleteError::new(async_nats::jetstream::kv::DeleteErrorKind::TimedOut)
 }
 
 fn value(me: &str, since: i64) -> Bytes {
@@ -366,7 +442,8 @@ async fn take(
 ) {
     let sent = Instant::now();
     let since = weft_events::Timestamp::now().0;
-    if let Ok(revision) = kv.create(partition.to_string(), value(me, since)).await {
+    let created = tokio::time::timeout(options.renew_every, kv.create(partition.to_string(), value(me, since))).await;
+    if let Ok(Ok(revision)) = created {
         tracing::info!(partition, token = revision, "took a partition");
         let valid_until = sent + options.ttl.saturating_sub(options.renew_every);
         partitions.insert(partition, Held { token: revision, revision, valid_until, since, renewed_at: since });
@@ -383,7 +460,12 @@ async fn renew(
 ) {
     use async_nats::jetstream::kv::UpdateErrorKind;
     let sent = Instant::now();
-    match kv.update(partition.to_string(), value(me, lease.since), lease.revision).await {
+    let update = kv.update(partition.to_string(), value(me, lease.since), lease.revision);
+    let Ok(updated) = tokio::time::timeout(options.renew_every, update).await else {
+        tracing::warn!(partition, "renewing a partition's lease timed out");
+        return;
+    };
+    match updated {
         Ok(revision) => {
             let valid_until = sent + options.ttl.saturating_sub(options.renew_every);
             let renewed_at = weft_events::Timestamp::now().0;
@@ -407,13 +489,13 @@ async fn hand_over(
     options: &OwnershipOptions,
 ) {
     partitions.stop_serving(partition);
-    let deadline =
-        Instant::now() + options.drain_timeout.min(lease.valid_until.saturating_duration_since(Instant::now()));
+    let deadline = Instant::now() + options.drain_timeout;
     while !partitions.drained(partition) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     partitions.remove(partition);
-    match kv.delete_expect_revision(partition.to_string(), Some(lease.revision)).await {
+    let delete = kv.delete_expect_revision(partition.to_string(), Some(lease.revision));
+    match tokio::time::timeout(options.drain_timeout, delete).await.unwrap_or_else(|_| Err(delete_timed_out())) {
         Ok(()) => tracing::info!(partition, "handed a partition over"),
         // Its new owner takes it when the key ages out.
         Err(error) => tracing::warn!(partition, %error, "releasing a partition's lease"),
