@@ -187,6 +187,10 @@ enum Bench {
     /// The dashboard: the jobs and documents pages over 10,000 jobs and 20,000 documents, a job's page, and
     /// the time from a job's change being committed to its page's live feed, against the JSON reads beneath.
     Ui(weft::bench::ui::Options),
+    /// Nodes routing commands by partition (one nats-server with the command mapping, started by the bench,
+    /// and `weft serve` processes): commands with 1, 2 and 3 nodes, each node's share of partitions and
+    /// commands, and the time from a node's SIGKILL to its partitions held again.
+    Cluster(weft::bench::cluster::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -226,6 +230,9 @@ fn main() -> anyhow::Result<()> {
             actix_rt::System::new().block_on(weft::bench::documents::main(options))
         }
         Command::Bench(Bench::Ui(options)) => actix_rt::System::new().block_on(weft::bench::ui::main(options)),
+        Command::Bench(Bench::Cluster(options)) => {
+            actix_rt::System::new().block_on(weft::bench::cluster::main(options))
+        }
         Command::Bench(Bench::Projections(options)) => {
             actix_rt::System::new().block_on(weft::bench::projections::main(options))
         }

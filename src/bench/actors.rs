@@ -176,6 +176,7 @@ async fn commands_case(store: &SqliteStore, aggregates: usize, commands: u64) ->
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: rate(per_writer * writers as u64, baseline),
         bytes: None,
+        shares: None,
         note: format!("one command; {senders} senders; baseline: {writers} raw appenders"),
     })
 }
@@ -214,6 +215,7 @@ async fn activation_cases(store: &SqliteStore) -> anyhow::Result<Vec<Report>> {
             p99_ms: latencies.percentile_ms(99.0),
             baseline_ops_per_s: 0.0,
             bytes: None,
+            shares: None,
             note: format!("one activation of {ACTIVATION_EVENTS} events"),
         });
     }
@@ -250,6 +252,7 @@ async fn memory_case(store: &SqliteStore) -> anyhow::Result<Report> {
         p99_ms: 0.0,
         baseline_ops_per_s: 0.0,
         bytes: Some(after.saturating_sub(before) / IDLE_ACTORS as u64),
+        shares: None,
         note: format!("{IDLE_ACTORS} idle actors; ops: activations"),
     })
 }
@@ -316,6 +319,7 @@ async fn touch_case(store: &SqliteStore, touch: u64) -> anyhow::Result<Report> {
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: 0.0,
         bytes: Some(peak),
+        shares: None,
         note: format!("one command to each of {touch} documents, max_live {TOUCH_MAX_LIVE}; bytes: peak resident"),
     })
 }

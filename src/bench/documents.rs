@@ -133,6 +133,7 @@ async fn register(http: &reqwest::Client, base: &str, options: &Options) -> anyh
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: baseline,
         bytes: None,
+        shares: None,
         note: format!("POST /documents, {concurrency} clients"),
     })
 }
@@ -194,6 +195,7 @@ async fn uploads(
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: 0.0,
         bytes: None,
+        shares: None,
         note: "end of PUT to `uploaded` in the query API".into(),
     })
 }

@@ -338,6 +338,7 @@ async fn case(
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: raw.ops_per_s,
         bytes: None,
+        shares: None,
         note: match (shape, one_by_one) {
             (Shape::Dag3, _) => "submit to done, three builtin steps (two at once), 1 client, one job at a time".into(),
             (Shape::One, true) => "submit to done, one builtin step, 1 client, one job at a time".into(),

@@ -17,6 +17,7 @@
 //! - [`documents`]: registrations, and from an upload's end to `uploaded` on the local store and on S3.
 //! - [`jobs`]: one-step builtin jobs from submit to done, embedded and on NATS + JetStream.
 //! - [`replay`]: the operator's tools: cat, export, import, verify, rebuilds.
+//! - [`cluster`]: nodes routing commands by partition: commands with 1, 2 and 3 nodes, shares, failover.
 //! - [`ui`]: the dashboard's pages over 10,000 jobs, and a job's page's live feed.
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub mod actors;
+pub mod cluster;
 pub mod documents;
 pub mod jobs;
 pub mod nats;
@@ -51,6 +53,9 @@ pub struct Report {
     /// A size the case measures, such as memory per actor.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// Shares a case measures, such as each node's share of the partitions (`weft bench cluster`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shares: Option<serde_json::Value>,
     /// What one measured call is, for the table.
     #[serde(skip)]
     pub note: String,

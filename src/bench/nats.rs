@@ -165,6 +165,7 @@ async fn store_cases(
             p99_ms: latencies.percentile_ms(99.0),
             baseline_ops_per_s: baseline_ops,
             bytes: None,
+            shares: None,
             note: format!("command over NATS, {name} store; baseline: {note}"),
         });
     }
@@ -250,6 +251,7 @@ impl Turns {
             p99_ms: self.latencies.percentile_ms(99.0),
             baseline_ops_per_s: self.without,
             bytes: None,
+            shares: None,
             note,
         }
     }

@@ -95,6 +95,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
             p99_ms: 0.0,
             baseline_ops_per_s: baseline,
             bytes: None,
+            shares: None,
             note: "events of the log; baseline: read_all alone".into(),
         });
         eprintln!("{case}: done");
@@ -387,6 +388,7 @@ async fn live(
             p99_ms: 0.0,
             baseline_ops_per_s: rate(events, sent),
             bytes: None,
+            shares: None,
             note: format!(
                 "events applied by all {} projections; baseline: the commands' own rate ({} offered)",
                 weft_projections::Name::ALL.len(),
@@ -401,6 +403,7 @@ async fn live(
             p99_ms: lags.percentile_ms(99.0),
             baseline_ops_per_s: 0.0,
             bytes: None,
+            shares: None,
             note: "command reply -> applied by every projection".into(),
         },
         Report {
@@ -411,6 +414,7 @@ async fn live(
             p99_ms: http.percentile_ms(99.0),
             baseline_ops_per_s: raw.serial_rate(),
             bytes: None,
+            shares: None,
             note: "GET /jobs/{id}, one keep-alive HTTP client; baseline: prepared rusqlite read".into(),
         },
         Report {
@@ -421,6 +425,7 @@ async fn live(
             p99_ms: http_auth.percentile_ms(99.0),
             baseline_ops_per_s: http.serial_rate(),
             bytes: None,
+            shares: None,
             note: "the same with a bearer token (HS256) and the tenant checked; baseline: status-read, alternating"
                 .into(),
         },

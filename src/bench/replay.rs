@@ -60,6 +60,7 @@ fn report(case: &str, events: u64, started: Instant, baseline: f64, note: &str) 
         p99_ms: 0.0,
         baseline_ops_per_s: baseline,
         bytes: None,
+        shares: None,
         note: note.into(),
     }
 }

@@ -174,6 +174,7 @@ async fn append_case(
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: rate(appended, baseline),
         bytes: None,
+        shares: None,
         note: format!("one append of {per_append}; {txn_size} events per commit"),
     })
 }
@@ -273,6 +274,7 @@ async fn read_all_case(
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: rate(events, baseline),
         bytes: None,
+        shares: None,
         note: format!(
             "one page of {PAGE}{}; {events} events",
             if decode_payloads { ", payloads decoded" } else { ", envelopes checked and decoded" }
@@ -308,6 +310,7 @@ async fn catch_up_case(store: &SqliteStore, options: &StoreOptions, events_optio
         p99_ms: latencies.percentile_ms(99.0),
         baseline_ops_per_s: rate(seen, baseline),
         bytes: None,
+        shares: None,
         note: format!("one batch; {seen} events"),
     })
 }

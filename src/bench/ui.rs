@@ -116,6 +116,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
             p99_ms: pages.percentile_ms(99.0),
             baseline_ops_per_s: lists.serial_rate(),
             bytes: None,
+            shares: None,
             note: "the page, one keep-alive client; baseline: its JSON list, alternating".into(),
         });
         eprintln!("{case}: done");
@@ -140,6 +141,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
         p99_ms: pages.percentile_ms(99.0),
         baseline_ops_per_s: items.serial_rate(),
         bytes: None,
+        shares: None,
         note: "a random job's page; baseline: GET /jobs/{id}, alternating".into(),
     });
     eprintln!("job-page: done");
@@ -158,6 +160,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
         p99_ms: feed.percentile_ms(99.0),
         baseline_ops_per_s: applied.serial_rate(),
         bytes: None,
+        shares: None,
         note: format!(
             "{changes} changes: append acknowledged -> the job's state on its page's feed; baseline: -> applied \
              by the history model"

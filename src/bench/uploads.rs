@@ -62,6 +62,7 @@ pub(super) async fn case(node: &Node, jobs: u64, concurrency: u64) -> anyhow::Re
         p99_ms: triggered.latencies.percentile_ms(99.0),
         baseline_ops_per_s: direct.ops_per_s,
         bytes: None,
+        shares: None,
         note: format!(
             "upload end to job done, one builtin step, {concurrency} clients; baseline: each upload then submitted"
         ),

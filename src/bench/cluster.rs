@@ -1,0 +1,271 @@
+//! `weft bench cluster`: nodes routing commands by partition (`--partition-routing`), each a `weft serve`
+//! process of this binary, on one `nats-server` with the command mapping (started by the bench) and a
+//! JetStream store.
+//!
+//! | case | what | baseline |
+//! |---|---|---|
+//! | `commands-routed-N` | document registrations over NATS, `--concurrency` in flight, with N nodes | the same with one node (`-1`'s rate) |
+//! | `shares-3` | each node's share of the partitions and of the commands it ran (from its `/metrics`), as fractions of an even share, in `shares` | - |
+//! | `failover` | from a SIGKILL of one of three nodes to every partition held by a live node again, over `--kills` kills (the killed node started again after each) | - |
+//!
+//! The nodes share one machine (and its cores) with the server and the clients: `commands-routed-N` says how
+//! the routing costs and spreads, not how N machines would scale.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use weft_harness::NatsServer;
+
+use super::{Latencies, Report, rate};
+
+/// Options of `weft bench cluster`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// Folder to make the nodes' files in (a fresh sub-folder, removed afterwards).
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Commands per `commands-routed-N` case.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub commands: u64,
+    /// Commands in flight at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub concurrency: u64,
+    /// Kills in the `failover` case.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub kills: u64,
+}
+
+/// The server's mapping of command subjects into 64 partitions.
+const MAPPING: &str =
+    r#"mappings = { "weft.cmd.*.*": "weft.cmd.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(64,1,2)}}" }"#;
+
+/// Longest wait for the partitions to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs every case and prints the reports.
+pub async fn main(options: Options) -> anyhow::Result<()> {
+    let path = options.path.clone();
+    super::in_scratch_folder(path.as_deref(), |dir| async move { run_in(&dir, &options).await }).await
+}
+
+/// One `weft serve` process.
+struct Node {
+    child: Child,
+    addr: String,
+    id: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts node number `n` with its files in `dir`, on the NATS server at `url`.
+async fn spawn(dir: &Path, n: usize, url: &str) -> anyhow::Result<Node> {
+    let folder = dir.join(format!("node-{n}"));
+    std::fs::create_dir_all(&folder)?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--http-addr", "127.0.0.1:0", "--insecure-no-auth", "--nats", url, "--jetstream"])
+        .args(["--jetstream-stream", "BENCH_CLUSTER", "--partition-routing"])
+        .env("WEFT_LOG", "warn")
+        .arg("--store")
+        .arg(folder.join("events.db"))
+        .arg("--read-models")
+        .arg(folder.join("read.db"))
+        .current_dir(&folder)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().expect("piped");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stderr).lines();
+        let first = lines.find(|l| l.as_ref().map_or(true, |l| l.contains("http://")));
+        // Keep draining its stderr so that it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        first
+    })
+    .await?;
+    let line = line.and_then(Result::ok).unwrap_or_default();
+    let Some((_, addr)) = line.trim().rsplit_once("http://") else {
+        anyhow::bail!("node {n} did not start: {line}");
+    };
+    let addr = addr.to_owned();
+    let id = cluster(&addr).await?["this_node"].as_str().unwrap_or_default().to_owned();
+    Ok(Node { child, addr, id })
+}
+
+async fn cluster(addr: &str) -> anyhow::Result<Value> {
+    Ok(reqwest::get(format!("http://{addr}/cluster")).await?.error_for_status()?.json().await?)
+}
+
+/// The holder of each partition, as the node at `addr` lists the leases.
+async fn holders(addr: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let seen = cluster(addr).await?;
+    Ok(seen["leases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| Some((l["partition"].as_u64()?, l["owner"].as_str()?.to_owned())))
+        .collect())
+}
+
+/// Waits until the 64 partitions are held by exactly `ids`, as the node at `addr` sees them.
+async fn settled(addr: &str, ids: &BTreeSet<String>) -> anyhow::Result<BTreeMap<u64, String>> {
+    let started = Instant::now();
+    loop {
+        if let Ok(held) = holders(addr).await
+            && held.len() == 64
+            && held.values().cloned().collect::<BTreeSet<_>>() == *ids
+        {
+            return Ok(held);
+        }
+        if started.elapsed() > SETTLE_TIMEOUT {
+            anyhow::bail!("the partitions did not settle on {ids:?} within {SETTLE_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Document commands the node at `addr` has run, from its metrics.
+async fn commands_run(addr: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await?.text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("weft_commands_total{") && l.contains("aggregate=\"document\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Sends `count` registrations over `client`, `concurrency` at once; the latencies and the elapsed time.
+async fn load(client: &async_nats::Client, count: u64, concurrency: u64) -> anyhow::Result<(Latencies, Duration)> {
+    let started = Instant::now();
+    let sends = futures::stream::iter(0..count).map(|_| async {
+        let (document, command_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let body = json!({"command_id": command_id, "type": "register", "payload": {
+            "name": "a.pdf", "content_type": "application/pdf", "declared_size_bytes": 1000,
+            "tenant": "bench", "owner": "bench"}});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/json");
+        let sent = Instant::now();
+        loop {
+            let request = async_nats::Request::new()
+                .headers(headers.clone())
+                .payload(body.to_string().into())
+                .timeout(Some(Duration::from_secs(10)));
+            let reply = client.send_request(format!("weft.cmd.document.{document}"), request).await?;
+            let reply: Value = serde_json::from_slice(&reply.payload)?;
+            match reply["status"].as_str() {
+                Some("ok") => return Ok::<_, anyhow::Error>(sent.elapsed()),
+                _ if reply["error"]["kind"] == "unavailable" => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ => anyhow::bail!("a registration was refused: {reply}"),
+            }
+        }
+    });
+    let mut latencies = Latencies::default();
+    let mut done = sends.buffer_unordered(concurrency as usize);
+    while let Some(latency) = done.next().await {
+        latencies.record(latency?);
+    }
+    Ok((latencies, started.elapsed()))
+}
+
+async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
+    let server = NatsServer::cluster_with(1, MAPPING)?;
+    let url = server.url();
+    let client = async_nats::connect(&url).await?;
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut reports = Vec::new();
+    let mut one_node = 0.0;
+    for n in 1..=3 {
+        nodes.push(spawn(dir, n, &url).await?);
+        let ids: BTreeSet<String> = nodes.iter().map(|n| n.id.clone()).collect();
+        settled(&nodes[0].addr, &ids).await?;
+        let before: Vec<f64> = futures::future::try_join_all(nodes.iter().map(|n| commands_run(&n.addr))).await?;
+        let (mut latencies, elapsed) = load(&client, options.commands, options.concurrency).await?;
+        let ops_per_s = rate(options.commands, elapsed);
+        if n == 1 {
+            one_node = ops_per_s;
+        }
+        reports.push(Report {
+            bench: "cluster",
+            case: format!("commands-routed-{n}"),
+            ops_per_s,
+            p50_ms: latencies.percentile_ms(50.0),
+            p99_ms: latencies.percentile_ms(99.0),
+            baseline_ops_per_s: if n == 1 { 0.0 } else { one_node },
+            bytes: None,
+            shares: None,
+            note: format!("a registration, {} in flight, {n} node(s)", options.concurrency),
+        });
+        if n == 3 {
+            let after: Vec<f64> = futures::future::try_join_all(nodes.iter().map(|n| commands_run(&n.addr))).await?;
+            let held = holders(&nodes[0].addr).await?;
+            let even_partitions = 64.0 / 3.0;
+            let even_commands = options.commands as f64 / 3.0;
+            let shares: Vec<Value> = nodes
+                .iter()
+                .zip(before.iter().zip(&after))
+                .map(|(node, (before, after))| {
+                    let partitions = held.values().filter(|h| **h == node.id).count() as f64;
+                    json!({"node": node.id, "partitions": partitions / even_partitions,
+                           "commands": (after - before) / even_commands})
+                })
+                .collect();
+            reports.push(Report {
+                bench: "cluster",
+                case: "shares-3".into(),
+                ops_per_s,
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+                baseline_ops_per_s: 0.0,
+                bytes: None,
+                shares: Some(Value::Array(shares)),
+                note: "each node's share of partitions and commands, of an even share (JSON)".into(),
+            });
+        }
+    }
+    reports.push(failover(dir, &url, &mut nodes, options.kills).await?);
+    Ok(reports)
+}
+
+/// Kills one of the nodes at a time (not the first, which is asked) and measures until its partitions are held
+/// by live nodes again; starts it again after each.
+async fn failover(dir: &Path, url: &str, nodes: &mut Vec<Node>, kills: u64) -> anyhow::Result<Report> {
+    let mut latencies = Latencies::default();
+    let mut total = Duration::ZERO;
+    for k in 0..kills as usize {
+        let victim = 1 + k % (nodes.len() - 1);
+        let mut killed = nodes.remove(victim);
+        let live: BTreeSet<String> = nodes.iter().map(|n| n.id.clone()).collect();
+        killed.child.kill()?;
+        let started = Instant::now();
+        killed.child.wait()?;
+        settled(&nodes[0].addr, &live).await?;
+        let took = started.elapsed();
+        latencies.record(took);
+        total += took;
+        let fresh = spawn(dir, 10 + k, url).await?;
+        nodes.insert(victim, fresh);
+        let ids: BTreeSet<String> = nodes.iter().map(|n| n.id.clone()).collect();
+        settled(&nodes[0].addr, &ids).await?;
+    }
+    Ok(Report {
+        bench: "cluster",
+        case: "failover".into(),
+        ops_per_s: rate(kills, total),
+        p50_ms: latencies.percentile_ms(50.0),
+        p99_ms: latencies.percentile_ms(99.0),
+        baseline_ops_per_s: 0.0,
+        bytes: None,
+        shares: None,
+        note: "from a SIGKILL to every partition held again".into(),
+    })
+}
