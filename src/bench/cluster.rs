@@ -4,7 +4,7 @@
 //!
 //! | case | what | baseline |
 //! |---|---|---|
-//! | `commands-routed-N` | document registrations over NATS, `--concurrency` in flight, with N nodes | the same with one node (`-1`'s rate) |
+//! | `commands-routed-N` | document registrations over NATS, `--concurrency` in flight, with N nodes | the same with N nodes that take any command, on a server without the mapping |
 //! | `shares-3` | each node's share of the partitions and of the commands it ran (from its `/metrics`), as fractions of an even share, in `shares` | - |
 //! | `failover` | from a SIGKILL of one of three nodes to every partition held by a live node again, over `--kills` kills (the killed node started again after each) | - |
 //!
@@ -67,13 +67,18 @@ impl Drop for Node {
     }
 }
 
-/// Starts node number `n` with its files in `dir`, on the NATS server at `url`.
-async fn spawn(dir: &Path, n: usize, url: &str) -> anyhow::Result<Node> {
+/// Starts node number `n` with its files in `dir`, on the NATS server at `url`, routing by partition or not.
+async fn spawn(dir: &Path, n: usize, url: &str, routing: bool) -> anyhow::Result<Node> {
     let folder = dir.join(format!("node-{n}"));
     std::fs::create_dir_all(&folder)?;
-    let mut child = Command::new(std::env::current_exe()?)
+    let mut command = Command::new(std::env::current_exe()?);
+    command
         .args(["serve", "--http-addr", "127.0.0.1:0", "--insecure-no-auth", "--nats", url, "--jetstream"])
-        .args(["--jetstream-stream", "BENCH_CLUSTER", "--partition-routing"])
+        .args(["--jetstream-stream", "BENCH_CLUSTER"]);
+    if routing {
+        command.arg("--partition-routing");
+    }
+    let mut child = command
         .env("WEFT_LOG", "warn")
         .arg("--store")
         .arg(folder.join("events.db"))
@@ -177,30 +182,56 @@ async fn load(client: &async_nats::Client, count: u64, concurrency: u64) -> anyh
     Ok((latencies, started.elapsed()))
 }
 
+/// Waits until the node at `addr` lists `n` live nodes.
+async fn listed(addr: &str, n: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while cluster(addr).await?["nodes"].as_array().map_or(0, Vec::len) != n {
+        if started.elapsed() > SETTLE_TIMEOUT {
+            anyhow::bail!("{n} nodes were not listed within {SETTLE_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The baselines: the same commands with 1, 2 and 3 nodes that each take any command (a server without the
+/// mapping).
+async fn any_node(dir: &Path, options: &Options) -> anyhow::Result<Vec<f64>> {
+    let server = NatsServer::start()?;
+    let url = server.url();
+    let client = async_nats::connect(&url).await?;
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut rates = Vec::new();
+    for n in 1..=3 {
+        nodes.push(spawn(dir, 100 + n, &url, false).await?);
+        listed(&nodes[0].addr, n).await?;
+        let (_, elapsed) = load(&client, options.commands, options.concurrency).await?;
+        rates.push(rate(options.commands, elapsed));
+    }
+    Ok(rates)
+}
+
 async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
+    let baselines = any_node(dir, options).await?;
     let server = NatsServer::cluster_with(1, MAPPING)?;
     let url = server.url();
     let client = async_nats::connect(&url).await?;
     let mut nodes: Vec<Node> = Vec::new();
     let mut reports = Vec::new();
-    let mut one_node = 0.0;
     for n in 1..=3 {
-        nodes.push(spawn(dir, n, &url).await?);
+        nodes.push(spawn(dir, n, &url, true).await?);
         let ids: BTreeSet<String> = nodes.iter().map(|n| n.id.clone()).collect();
         settled(&nodes[0].addr, &ids).await?;
         let before: Vec<f64> = futures::future::try_join_all(nodes.iter().map(|n| commands_run(&n.addr))).await?;
         let (mut latencies, elapsed) = load(&client, options.commands, options.concurrency).await?;
         let ops_per_s = rate(options.commands, elapsed);
-        if n == 1 {
-            one_node = ops_per_s;
-        }
         reports.push(Report {
             bench: "cluster",
             case: format!("commands-routed-{n}"),
             ops_per_s,
             p50_ms: latencies.percentile_ms(50.0),
             p99_ms: latencies.percentile_ms(99.0),
-            baseline_ops_per_s: if n == 1 { 0.0 } else { one_node },
+            baseline_ops_per_s: baselines[n - 1],
             bytes: None,
             shares: None,
             note: format!("a registration, {} in flight, {n} node(s)", options.concurrency),
@@ -252,7 +283,7 @@ async fn failover(dir: &Path, url: &str, nodes: &mut Vec<Node>, kills: u64) -> a
         let took = started.elapsed();
         latencies.record(took);
         total += took;
-        let fresh = spawn(dir, 10 + k, url).await?;
+        let fresh = spawn(dir, 10 + k, url, true).await?;
         nodes.insert(victim, fresh);
         let ids: BTreeSet<String> = nodes.iter().map(|n| n.id.clone()).collect();
         settled(&nodes[0].addr, &ids).await?;

@@ -9,8 +9,9 @@ use super::{Connection, print};
 /// The verbs of the cluster.
 #[derive(Debug, Clone, Subcommand)]
 pub enum ClusterVerb {
-    /// The live nodes (each announced in JetStream KV, gone 5 s after its last heartbeat), where each serves,
-    /// its heartbeat's age and its partitions, as `GET /cluster` answers.
+    /// The live nodes (each announced in JetStream KV, gone 3 s after its last heartbeat), where each serves,
+    /// its heartbeat's age and its partitions, and with routing by partition each partition's holder and the
+    /// age of its lease, as `GET /cluster` answers.
     Status,
 }
 
@@ -34,12 +35,21 @@ pub async fn run(connection: Connection, verb: ClusterVerb) -> anyhow::Result<()
                         row
                     })
                     .collect();
-                let routing = if cluster["partition_routing"] == true { "by partition" } else { "any node" };
-                format!(
+                let routing =
+                    if cluster["partition_routing"] == true { "the holder of their partition" } else { "any node" };
+                let mut text = format!(
                     "{}\n{} partitions; commands go to {routing}\n",
                     table(&["id", "http", "heartbeat_age_ms", "partitions", "version", "asked"], &rows).trim_end(),
                     cluster["partitions"]
-                )
+                );
+                if let Some(leases) = cluster["leases"].as_array() {
+                    text.push('\n');
+                    text.push_str(
+                        table(&["partition", "owner", "revision", "held_ms", "renewed_ms_ago"], leases).trim_end(),
+                    );
+                    text.push('\n');
+                }
+                text
             });
         }
     }

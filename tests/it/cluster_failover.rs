@@ -269,6 +269,11 @@ fn routed_commands_with_a_wrong_partition_or_aggregate_are_refused_and_routing_w
     let url = nats.url();
     let node = Serve::start(dir.path(), &["--nats", &url, "--jetstream", "--partition-routing"]);
     let token = crate::serve::token(&node.addr).unwrap();
+    // An operator sees every partition's holder.
+    let (ok, out, err) = crate::serve::weft(&node.addr, &["cluster", "status"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("commands go to the holder of their partition"), "{out}");
+    assert!(out.contains("renewed_ms_ago") && out.lines().count() > 64, "{out}");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let client = async_nats::connect(nats.url()).await.unwrap();

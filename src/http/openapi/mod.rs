@@ -359,7 +359,12 @@ pub fn document() -> Value {
         json!({"get": operation(summary("get", "/cluster"), vec![], json_response(json!({"type": "object",
             "required": ["this_node", "partitions", "partition_routing", "nodes"], "properties": {
             "this_node": {"type": "string"}, "partitions": {"type": "integer"},
-            "partition_routing": {"type": "boolean"}, "nodes": {"type": "array", "items": node}}})))}),
+            "partition_routing": {"type": "boolean"}, "nodes": {"type": "array", "items": node},
+            "leases": {"type": "array", "description": "With partition routing: every partition's lease",
+                "items": {"type": "object", "required": ["partition", "owner"], "properties": {
+                "partition": {"type": "integer"}, "owner": {"type": ["string", "null"]},
+                "revision": {"type": "integer"}, "held_ms": {"type": "integer"},
+                "renewed_ms_ago": {"type": "integer"}}}}}})))}),
     );
     let range = |name: &str, what: &str| param(name, "query", json!({"type": "integer"}), what);
     paths.insert(
