@@ -1,7 +1,7 @@
-//! Nodes sharing a JetStream store: who they are ([`members`]), and the partitions of the instances and which
-//! node each belongs to (the arithmetic every node must agree on). Nodes announce themselves and `GET
-//! /cluster` shows the membership and the assignment; nodes do not yet act on it (commands still go to any
-//! node, and one node under a lease runs the process managers: see `docs/cluster.md`).
+//! Nodes sharing a JetStream store: who they are ([`members`]), the partitions of the instances and which node
+//! each belongs to (the arithmetic every node must agree on), and with `--partition-routing` the leases through
+//! which nodes hold partitions ([`ownership`]) and the routing of commands to their holder ([`routing`]). The
+//! process managers still run on one node under a lease (`docs/cluster.md`).
 //!
 //! - [`partition`]: the partition of an instance: FNV-1a (32 bits) of its aggregate's name followed by its id,
 //!   modulo the number of partitions. It is exactly what nats-server's subject mapping computes for
@@ -79,8 +79,9 @@ pub fn assignment<'a>(partitions: u32, nodes: &[&'a str]) -> BTreeMap<&'a str, V
 /// `holders` (partition to node; holders that are not among `nodes` are gone).
 ///
 /// No node owns more than `ceil(partitions / nodes)`. A partition stays with its holder while that holder is
-/// live and under the cap (a holder over it keeps those of highest [`weight`]); every other partition goes to
-/// the node of highest weight for it among those under the cap. So a node joining takes only the excess of the
+/// live and under the cap (a holder over it keeps those of highest rendezvous weight); every other partition
+/// goes to the node of highest weight for it among those under an even share, then under the cap. So three
+/// nodes own 20 to 22 of 64 partitions, and a node joining takes only the excess of the
 /// others (as many as bring them down to the cap), a node leaving gives only its own to the others, and every
 /// node computes the same from the same membership and holders. Rendezvous hashing alone ([`assignment`])
 /// moves as little but spreads 64 partitions over 3 nodes unevenly (12 to 32 each).

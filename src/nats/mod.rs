@@ -206,6 +206,17 @@ pub async fn expiring_bucket(
 ) -> Result<async_nats::jetstream::kv::Store, String> {
     let js = async_nats::jetstream::new(client);
     if let Ok(kv) = js.get_key_value(bucket).await {
+        // A bucket made with another time-to-live (an earlier default, another setting) takes this one: the
+        // entries' time-to-live is what the leases and the membership count on.
+        if let Ok(mut stream) = js.get_stream(format!("KV_{bucket}")).await
+            && let Ok(info) = stream.info().await
+            && info.config.max_age != ttl
+        {
+            let mut config = info.config.clone();
+            config.max_age = ttl;
+            config.duplicate_window = ttl.min(std::time::Duration::from_secs(120));
+            js.update_stream(config).await.map_err(|e| format!("setting its time-to-live to {ttl:?}: {e}"))?;
+        }
         return Ok(kv);
     }
     js.create_key_value(async_nats::jetstream::kv::Config {
