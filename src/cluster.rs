@@ -151,6 +151,29 @@ mod tests {
         Leave(u8),
     }
 
+    /// Applies `change` to the `live` nodes: the node that joined or left, or `None` when it changes nothing
+    /// (a live node joining, a dead one or the last one leaving).
+    fn apply(live: &mut Vec<String>, change: &Change) -> Option<(Option<String>, Option<String>)> {
+        match change {
+            Change::Join(n) => {
+                let name = format!("node-{n}");
+                if live.contains(&name) {
+                    return None;
+                }
+                live.push(name.clone());
+                Some((Some(name), None))
+            }
+            Change::Leave(n) => {
+                let name = format!("node-{n}");
+                if !live.contains(&name) || live.len() == 1 {
+                    return None;
+                }
+                live.retain(|l| *l != name);
+                Some((None, Some(name)))
+            }
+        }
+    }
+
     fn change() -> impl Strategy<Value = Change> {
         prop_oneof![(0u8..12).prop_map(Change::Join), (0u8..12).prop_map(Change::Leave)]
     }
@@ -164,20 +187,7 @@ mod tests {
             let mut live: Vec<String> = vec!["node-0".into()];
             for change in changes {
                 let old = live.clone();
-                let (joined, left) = match change {
-                    Change::Join(n) => {
-                        let name = format!("node-{n}");
-                        if live.contains(&name) { continue }
-                        live.push(name.clone());
-                        (Some(name), None)
-                    }
-                    Change::Leave(n) => {
-                        let name = format!("node-{n}");
-                        if !live.contains(&name) || live.len() == 1 { continue }
-                        live.retain(|l| *l != name);
-                        (None, Some(name))
-                    }
-                };
+                let Some((joined, left)) = apply(&mut live, &change) else { continue };
                 let new = live.clone();
                 let owned = assignment(partitions, &new.iter().map(String::as_str).collect::<Vec<_>>());
                 let total: usize = owned.values().map(Vec::len).sum();
@@ -208,20 +218,7 @@ mod tests {
             let mut holders: BTreeMap<u32, String> =
                 balanced(partitions, &["node-0"], &BTreeMap::new()).into_iter().map(|(p, o)| (p, o.to_owned())).collect();
             for change in changes {
-                let (joined, left) = match change {
-                    Change::Join(n) => {
-                        let name = format!("node-{n}");
-                        if live.contains(&name) { continue }
-                        live.push(name.clone());
-                        (Some(name), None)
-                    }
-                    Change::Leave(n) => {
-                        let name = format!("node-{n}");
-                        if !live.contains(&name) || live.len() == 1 { continue }
-                        live.retain(|l| *l != name);
-                        (None, Some(name))
-                    }
-                };
+                let Some((joined, left)) = apply(&mut live, &change) else { continue };
                 let nodes: Vec<&str> = live.iter().map(String::as_str).collect();
                 let owners = balanced(partitions, &nodes, &holders);
                 prop_assert_eq!(owners.len(), partitions as usize, "every partition exactly once");

@@ -26,7 +26,7 @@ impl Default for MembersOptions {
     fn default() -> Self {
         Self {
             bucket: "weft_nodes".into(),
-            ttl: Duration::from_secs(5),
+            ttl: Duration::from_secs(3),
             beat_every: Duration::from_secs(1),
             replicas: 1,
         }

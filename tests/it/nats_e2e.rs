@@ -55,7 +55,7 @@ async fn command(client: &dyn Bus, aggregate: &str, id: &str, kind: &str, payloa
 async fn a_client_drives_a_document_and_a_job_to_completion_over_two_nodes() {
     let server = NatsServer::start().unwrap();
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::default());
-    drive_to_completion(&server, store.clone(), store).await;
+    drive_to_completion(&server, store.clone(), store, Default::default()).await;
 }
 
 /// The same with the JetStream store, each node with its own connection to it: the nodes share nothing but
@@ -70,20 +70,75 @@ async fn two_nodes_on_one_jetstream_store_drive_a_job_to_completion() {
         stores.push(Arc::new(store) as Arc<dyn EventStore>);
     }
     let store_b = stores.pop().unwrap();
-    drive_to_completion(&server, stores.pop().unwrap(), store_b).await;
+    drive_to_completion(&server, stores.pop().unwrap(), store_b, Default::default()).await;
 }
 
-/// Node A (`store`) and node B (`store_b`) take commands in one queue group; the process managers and the
+/// The same with the nodes routing commands by partition (`--partition-routing`): the server maps each
+/// command to its instance's partition, each node takes the commands of the partitions it holds, and appends
+/// only to those; the process managers on node A send every command to its partition's holder.
+#[actix_rt::test]
+async fn two_nodes_routing_by_partition_drive_a_job_to_completion() {
+    use weft::cluster::members::{Member, Members, MembersOptions};
+    use weft::cluster::ownership::{self, OwnershipOptions, Partitions};
+    use weft::cluster::routing::{self, Inboxes};
+    let mapping = r#"mappings = { "weft.cmd.*.*": "weft.cmd.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(64,1,2)}}" }"#;
+    let server = NatsServer::start_with(mapping).unwrap();
+    let (mut stores, mut options, mut held, mut tasks) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for name in ["store-a", "store-b"] {
+        let client = weft::nats::connect(&server.url(), name).await.unwrap();
+        let store = JetStreamStore::open(client.clone(), JetStreamConfig::default()).await.unwrap();
+        let partitions = Partitions::new(64);
+        store.fence_by(partitions.clone());
+        let inboxes = Inboxes::new(partitions.clone());
+        let me = Member { id: name.into(), http: None, started_at: 0, beat_at: 0, version: "test".into() };
+        let members = Members::join(client.clone(), &MembersOptions::default(), me).await.unwrap();
+        let kv = ownership::bucket(client.clone(), &OwnershipOptions::default()).await.unwrap();
+        let beating = members.clone();
+        tasks.push(actix_rt::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = beating.beat().await;
+            }
+        }));
+        let health = weft_events::Health::default();
+        let own = ownership::run(kv, members, partitions.clone(), OwnershipOptions::default(), health.clone());
+        tasks.push(actix_rt::spawn(own));
+        tasks.push(actix_rt::spawn(routing::run(client, inboxes.clone(), health)));
+        options.push(IntakeOptions { inboxes: Some(inboxes), ..IntakeOptions::default() });
+        held.push(partitions);
+        stores.push(Arc::new(store) as Arc<dyn EventStore>);
+    }
+    // Both nodes hold a share, all 64 together (each routes its own before a command is sent).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while held.iter().map(|p| p.held().len()).sum::<usize>() != 64 || held.iter().any(|p| p.held().is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "the partitions did not settle on both nodes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for partitions in &held {
+        partitions.settled(Duration::from_secs(5)).await;
+    }
+    let store_b = stores.pop().unwrap();
+    let option_b = options.pop().unwrap();
+    drive_to_completion(&server, stores.pop().unwrap(), store_b, [options.pop().unwrap(), option_b]).await;
+    for task in tasks {
+        task.abort();
+    }
+}
+
+/// Node A (`store`) and node B (`store_b`) take commands in one queue group (or by partition, as `options` say);
+/// the process managers and the
 /// publisher run on node A; a client drives a document and a job to completion, then 40 commands that both
 /// nodes share.
-async fn drive_to_completion(server: &NatsServer, store: Arc<dyn EventStore>, store_b: Arc<dyn EventStore>) {
+async fn drive_to_completion(
+    server: &NatsServer,
+    store: Arc<dyn EventStore>,
+    store_b: Arc<dyn EventStore>,
+    [options_a, options_b]: [IntakeOptions; 2],
+) {
     let (bus_a, bus_b) = (bus(server, "node-a").await, bus(server, "node-b").await);
     let intake_a =
-        Intake::start(bus_a.clone(), Hosts::new(store.clone(), Options::default()), IntakeOptions::default())
-            .await
-            .unwrap();
-    let intake_b =
-        Intake::start(bus_b.clone(), Hosts::new(store_b, Options::default()), IntakeOptions::default()).await.unwrap();
+        Intake::start(bus_a.clone(), Hosts::new(store.clone(), Options::default()), options_a).await.unwrap();
+    let intake_b = Intake::start(bus_b.clone(), Hosts::new(store_b, Options::default()), options_b).await.unwrap();
     // The process managers and the publisher run on node A and reach the aggregates only over the bus.
     let gateway = BusGateway::new(bus_a.clone(), store.clone(), WAIT);
     let executor = Rc::new(ScriptedExecutor::new().on("summarise", 1, Scripted::Fail { retryable: true }));
