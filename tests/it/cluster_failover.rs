@@ -322,3 +322,96 @@ fn routed_commands_with_a_wrong_partition_or_aggregate_are_refused_and_routing_w
     });
     node.stop();
 }
+
+#[test]
+fn jobs_on_nodes_routing_by_partition_all_finish_when_the_node_running_them_is_killed() {
+    let nats = NatsServer::cluster_with(3, MAPPING).unwrap();
+    let url = nats.url();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let shared = tempfile::tempdir().unwrap();
+    let (secret, objects) = (shared.path().join("shared.secret"), shared.path().join("objects"));
+    // The nodes share their documents' folder, as nodes on several machines share a bucket, and hand the
+    // process managers over within 4 s.
+    let args = [
+        "--nats",
+        &url,
+        "--jetstream",
+        "--jetstream-replicas",
+        "3",
+        "--jetstream-stream",
+        "JOBS",
+        "--partition-routing",
+        "--auth-secret-file",
+        secret.to_str().unwrap(),
+        "--objects-dir",
+        objects.to_str().unwrap(),
+        "--lease-ttl-secs",
+        "4",
+        "--lease-renew-secs",
+        "1",
+    ];
+    let mut nodes: Vec<Option<Serve>> = dirs.iter().map(|d| Some(Serve::start(d.path(), &args))).collect();
+    let ids: BTreeSet<String> =
+        nodes.iter().map(|n| cluster_of(&n.as_ref().unwrap().addr)["this_node"].as_str().unwrap().to_owned()).collect();
+    let a = nodes[0].as_ref().unwrap().addr.clone();
+    wait_held_by(&a, &ids);
+
+    let file = shared.path().join("report.txt");
+    std::fs::write(&file, "Weft runs jobs. Each job has steps. Agents do the steps. Nodes share the work.").unwrap();
+    let (ok, stdout, stderr) = crate::serve::weft(&a, &["document", "upload", file.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let document = stdout.trim().to_owned();
+    let agent = uuid::Uuid::now_v7().to_string();
+    let profile = json!({"profile": {"name": "summariser", "role": "r", "goal": "g", "instructions": "i",
+        "provider": "builtin", "model": "summarize", "parameters": {}, "concurrency_limit": 4}});
+    assert_eq!(crate::serve::command(&a, "agent", &agent, "register", profile).0, 200);
+    let submit = |addr: &str| {
+        let job = uuid::Uuid::now_v7().to_string();
+        let step = |name: &str, from: Value| {
+            json!({"name": name, "agent": agent, "instruction": "sum up", "inputs": [from], "timeout_ms": 30000,
+                   "retry": {"max_attempts": 3, "base_delay_ms": 10, "max_delay_ms": 100}})
+        };
+        let steps = [
+            step("first", json!({"from": "job_inputs"})),
+            step("second", json!({"from": "step", "name": "first"})),
+            step("third", json!({"from": "step", "name": "second"})),
+        ];
+        let submit = json!({"workflow": uuid::Uuid::now_v7().to_string(), "workflow_version": 1,
+            "inputs": [document], "priority": 0, "steps": steps});
+        let (status, reply) = crate::serve::submit_job(addr, &job, submit);
+        assert_eq!(status, 200, "{reply}");
+        job
+    };
+
+    // The node running the process managers (the holder of their lease: `<host>-<pid>`) is killed while
+    // jobs run, submitted through another node; more are submitted while they move.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let holder = runtime.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.node_url(0)).await.unwrap());
+        let kv = js.get_key_value("weft_leases").await.unwrap();
+        String::from_utf8(kv.get("processes").await.unwrap().unwrap().to_vec()).unwrap()
+    });
+    let victim = nodes
+        .iter()
+        .position(|n| holder.ends_with(&format!("-{}", n.as_ref().unwrap().child.id())))
+        .expect("a node holds the process managers' lease");
+    let survivor = nodes[(victim + 1) % 3].as_ref().unwrap().addr.clone();
+    let mut jobs: Vec<String> = (0..20).map(|_| submit(&survivor)).collect();
+    let (status, _) = nodes[victim].take().unwrap().signal("-KILL");
+    assert!(!status.success());
+    let (_, running) = crate::serve::get(&survivor, "/jobs?status=running");
+    eprintln!("killed with {} of 20 jobs running", running["items"].as_array().map_or(0, Vec::len));
+    jobs.extend((0..10).map(|_| submit(&survivor)));
+
+    // Every job ends, succeeded, and no step ran beyond its attempts.
+    for job in &jobs {
+        let state = crate::agents::wait_job(&survivor, job, |s| s["status"] != "running");
+        assert_eq!(state["status"], "succeeded", "{state}");
+        for step in state["steps"].as_array().unwrap() {
+            assert!(step["attempts"].as_u64().unwrap() <= 3, "{state}");
+        }
+    }
+    for node in nodes.into_iter().flatten() {
+        node.stop();
+    }
+}
