@@ -90,8 +90,17 @@ impl Members {
             .await
             .map_err(|reason| Error::Bucket { bucket: options.bucket.clone(), reason })?;
         let members = Self { kv, me };
-        members.beat().await?;
-        Ok(members)
+        // A bucket just created in a cluster may not be known yet to the server this node is connected to
+        // ("no stream found"): the first beat is tried again for a while.
+        let deadline = tokio::time::Instant::now() + options.ttl * 2;
+        loop {
+            match members.beat().await {
+                Ok(()) => return Ok(members),
+                Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+                Err(error) => tracing::debug!(%error, "announcing this node; trying again"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Rewrites this node's entry (with the time of the beat).

@@ -17,6 +17,17 @@ use crate::serve::Serve;
 const MAPPING: &str =
     r#"mappings = { "weft.cmd.*.*": "weft.cmd.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(64,1,2)}}" }"#;
 
+/// `weft serve` arguments of a node routing by partition on the R3 store `stream` of the servers at `url`, with
+/// the shared secret `secret`, and `more`.
+fn routed(url: &str, stream: &str, secret: &std::path::Path, more: &[&str]) -> Vec<String> {
+    let mut args = ["--nats", url, "--jetstream", "--jetstream-replicas", "3", "--jetstream-stream", stream]
+        .map(str::to_owned)
+        .to_vec();
+    args.extend(["--partition-routing", "--auth-secret-file", secret.to_str().unwrap()].map(str::to_owned));
+    args.extend(more.iter().map(|a| (*a).to_owned()));
+    args
+}
+
 /// `GET /cluster` of the node at `addr`.
 fn cluster_of(addr: &str) -> Value {
     let (status, answer) = crate::serve::get(addr, "/cluster");
@@ -119,18 +130,8 @@ fn partitions_move_off_a_killed_node_and_onto_a_joining_one_with_no_command_lost
     let url = nats.url();
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let secret = dirs[0].path().join("shared.secret");
-    let args = [
-        "--nats",
-        &url,
-        "--jetstream",
-        "--jetstream-replicas",
-        "3",
-        "--jetstream-stream",
-        "ROUTED",
-        "--partition-routing",
-        "--auth-secret-file",
-        secret.to_str().unwrap(),
-    ];
+    let args = routed(&url, "ROUTED", &secret, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut nodes: Vec<Option<Serve>> = dirs[..3].iter().map(|d| Some(Serve::start(d.path(), &args))).collect();
     let id = |node: &Serve| cluster_of(&node.addr)["this_node"].as_str().unwrap().to_owned();
     let ids: Vec<String> = nodes.iter().map(|n| id(n.as_ref().unwrap())).collect();
@@ -332,24 +333,10 @@ fn jobs_on_nodes_routing_by_partition_all_finish_when_the_node_running_them_is_k
     let (secret, objects) = (shared.path().join("shared.secret"), shared.path().join("objects"));
     // The nodes share their documents' folder, as nodes on several machines share a bucket, and hand the
     // process managers over within 4 s.
-    let args = [
-        "--nats",
-        &url,
-        "--jetstream",
-        "--jetstream-replicas",
-        "3",
-        "--jetstream-stream",
-        "JOBS",
-        "--partition-routing",
-        "--auth-secret-file",
-        secret.to_str().unwrap(),
-        "--objects-dir",
-        objects.to_str().unwrap(),
-        "--lease-ttl-secs",
-        "4",
-        "--lease-renew-secs",
-        "1",
-    ];
+    let objects = objects.to_str().unwrap();
+    let args =
+        routed(&url, "JOBS", &secret, &["--objects-dir", objects, "--lease-ttl-secs", "4", "--lease-renew-secs", "1"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut nodes: Vec<Option<Serve>> = dirs.iter().map(|d| Some(Serve::start(d.path(), &args))).collect();
     let ids: BTreeSet<String> =
         nodes.iter().map(|n| cluster_of(&n.as_ref().unwrap().addr)["this_node"].as_str().unwrap().to_owned()).collect();
