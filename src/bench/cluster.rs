@@ -5,6 +5,7 @@
 //! | case | what | baseline |
 //! |---|---|---|
 //! | `commands-routed-N` | document registrations over NATS, `--concurrency` in flight, with N nodes | the same with N nodes that take any command, on a server without the mapping |
+//! | `jobs-routed-N` | one-step jobs of the built-in `summarize` workflow, submitted over HTTP `--concurrency` at once, from submission to end, with N nodes (the process managers run on one of them) | the same with N nodes that take any command |
 //! | `shares-3` | each node's share of the partitions and of the commands it ran (from its `/metrics`), as fractions of an even share, in `shares` | - |
 //! | `failover` | from a SIGKILL of one of three nodes to every partition held by a live node again, over `--kills` kills (the killed node started again after each) | - |
 //!
@@ -35,6 +36,9 @@ pub struct Options {
     /// Commands in flight at once.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub concurrency: u64,
+    /// Jobs per `jobs-routed-N` case.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub jobs: u64,
     /// Kills in the `failover` case.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub kills: u64,
@@ -72,9 +76,13 @@ async fn spawn(dir: &Path, n: usize, url: &str, routing: bool) -> anyhow::Result
     let folder = dir.join(format!("node-{n}"));
     std::fs::create_dir_all(&folder)?;
     let mut command = Command::new(std::env::current_exe()?);
+    // The nodes of a mode share their documents' folder, as nodes on several machines share a bucket.
+    let objects = dir.join(if routing { "objects-routed" } else { "objects-any" });
     command
         .args(["serve", "--http-addr", "127.0.0.1:0", "--insecure-no-auth", "--nats", url, "--jetstream"])
-        .args(["--jetstream-stream", "BENCH_CLUSTER"]);
+        .args(["--jetstream-stream", "BENCH_CLUSTER"])
+        .arg("--objects-dir")
+        .arg(objects);
     if routing {
         command.arg("--partition-routing");
     }
@@ -194,9 +202,9 @@ async fn listed(addr: &str, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The baselines: the same commands with 1, 2 and 3 nodes that each take any command (a server without the
-/// mapping).
-async fn any_node(dir: &Path, options: &Options) -> anyhow::Result<Vec<f64>> {
+/// The baselines: the same commands and jobs with 1, 2 and 3 nodes that each take any command (a server
+/// without the mapping); commands/s and jobs/s for each.
+async fn any_node(dir: &Path, options: &Options) -> anyhow::Result<Vec<(f64, f64)>> {
     let server = NatsServer::start()?;
     let url = server.url();
     let client = async_nats::connect(&url).await?;
@@ -206,7 +214,8 @@ async fn any_node(dir: &Path, options: &Options) -> anyhow::Result<Vec<f64>> {
         nodes.push(spawn(dir, 100 + n, &url, false).await?);
         listed(&nodes[0].addr, n).await?;
         let (_, elapsed) = load(&client, options.commands, options.concurrency).await?;
-        rates.push(rate(options.commands, elapsed));
+        let (_, span) = jobs(&nodes[0].addr, options.jobs, options.concurrency).await?;
+        rates.push((rate(options.commands, elapsed), rate(options.jobs, span)));
     }
     Ok(rates)
 }
@@ -231,7 +240,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
             ops_per_s,
             p50_ms: latencies.percentile_ms(50.0),
             p99_ms: latencies.percentile_ms(99.0),
-            baseline_ops_per_s: baselines[n - 1],
+            baseline_ops_per_s: baselines[n - 1].0,
             bytes: None,
             shares: None,
             note: format!("a registration, {} in flight, {n} node(s)", options.concurrency),
@@ -262,6 +271,18 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
                 note: "each node's share of partitions and commands, of an even share (JSON)".into(),
             });
         }
+        let (mut job_latencies, span) = jobs(&nodes[0].addr, options.jobs, options.concurrency).await?;
+        reports.push(Report {
+            bench: "cluster",
+            case: format!("jobs-routed-{n}"),
+            ops_per_s: rate(options.jobs, span),
+            p50_ms: job_latencies.percentile_ms(50.0),
+            p99_ms: job_latencies.percentile_ms(99.0),
+            baseline_ops_per_s: baselines[n - 1].1,
+            bytes: None,
+            shares: None,
+            note: format!("a one-step builtin job, submitted to done, {n} node(s)"),
+        });
     }
     reports.push(failover(dir, &url, &mut nodes, options.kills).await?);
     Ok(reports)
@@ -299,4 +320,59 @@ async fn failover(dir: &Path, url: &str, nodes: &mut Vec<Node>, kills: u64) -> a
         shares: None,
         note: "from a SIGKILL to every partition held again".into(),
     })
+}
+
+/// The text of the jobs' input document.
+const TEXT: &str = "Revenue rose in the third quarter. Costs were flat. Customers in Europe bought more licences. \
+                    The weather was mild. Revenue per customer rose as well.\n";
+
+/// Uploads a document through the node at `addr` and submits `count` one-step jobs of the built-in
+/// `summarize` workflow over it, `concurrency` at once, then waits until every one has ended: each job's time
+/// from submission to its end (the read model's), and the time from the first submission to the last end.
+async fn jobs(addr: &str, count: u64, concurrency: u64) -> anyhow::Result<(Latencies, Duration)> {
+    use anyhow::Context as _;
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let body = json!({"name": "in.txt", "content_type": "text/plain", "size_bytes": TEXT.len()});
+    let registered: Value = http.post(format!("{base}/documents")).json(&body).send().await?.json().await?;
+    let put = crate::cli::signed_put(&http, &registered["upload"], "text/plain")?.body(TEXT);
+    anyhow::ensure!(put.send().await?.status().is_success(), "the upload failed");
+    let document = registered["id"].as_str().context("no document id")?.to_owned();
+    http.post(format!("{base}/documents/{document}/confirm")).send().await?.error_for_status()?;
+    let workflow = crate::agents::catalog::workflow_id("summarize");
+    let submitted: Vec<anyhow::Result<String>> = futures::stream::iter(0..count)
+        .map(|_| {
+            let (http, base, document) = (http.clone(), base.clone(), document.clone());
+            async move {
+                let job = uuid::Uuid::now_v7().to_string();
+                let payload = json!({"workflow": workflow, "workflow_version": 1, "inputs": [document], "priority": 0});
+                let body = json!({"command_id": uuid::Uuid::now_v7(), "type": "submit", "payload": payload});
+                let answer = http.post(format!("{base}/commands/job/{job}")).json(&body).send().await?;
+                anyhow::ensure!(answer.status().is_success(), "submit: {}", answer.text().await?);
+                Ok(job)
+            }
+        })
+        .buffer_unordered(concurrency as usize)
+        .collect()
+        .await;
+    let mut waiting = submitted.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let (mut latencies, mut first, mut last) = (Latencies::default(), i64::MAX, i64::MIN);
+    let deadline = Instant::now() + SETTLE_TIMEOUT * 10;
+    while let Some(job) = waiting.pop() {
+        let state: Value = http.get(format!("{base}/jobs/{job}")).send().await?.json().await?;
+        match (state["status"].as_str(), state["submitted_at"].as_i64(), state["finished_at"].as_i64()) {
+            (Some("succeeded"), Some(submitted), Some(finished)) => {
+                first = first.min(submitted);
+                last = last.max(finished);
+                latencies.record(Duration::from_micros(u64::try_from(finished - submitted).unwrap_or(0)));
+            }
+            (Some(status), ..) if status != "running" => anyhow::bail!("a job did not succeed: {state}"),
+            _ => {
+                anyhow::ensure!(Instant::now() < deadline, "job {job} has not ended: {state}");
+                waiting.insert(0, job);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    Ok((latencies, Duration::from_micros(u64::try_from(last - first).unwrap_or(1).max(1))))
 }
