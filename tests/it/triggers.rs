@@ -73,11 +73,19 @@ fn uploads(addr: &str, batch: &str) -> Vec<String> {
         .collect()
 }
 
-/// The trigger as the read model has it.
+/// The trigger as the read model has it (which has it a moment after its creation was acknowledged: asked
+/// again while it answers 404).
 fn trigger(addr: &str, id: &str) -> Value {
-    let (status, body) = get(addr, &format!("/triggers/{id}"));
-    assert_eq!(status, 200, "{body}");
-    body
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = get(addr, &format!("/triggers/{id}"));
+        if status == 404 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        assert_eq!(status, 200, "{body}");
+        return body;
+    }
 }
 
 /// How many jobs are not finished.
