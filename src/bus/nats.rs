@@ -34,7 +34,7 @@ impl NatsBus {
     }
 }
 
-fn to_nats(headers: &Headers) -> HeaderMap {
+pub(crate) fn to_nats(headers: &Headers) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         map.insert(name.as_str(), value.as_str());

@@ -78,8 +78,6 @@ pub struct Held {
     pub valid_until: Instant,
     /// When it was taken, µs since the epoch.
     pub since: i64,
-    /// When it was last renewed, µs since the epoch.
-    pub renewed_at: i64,
 }
 
 /// What a lease's key holds: who holds it, since when.
@@ -446,7 +444,7 @@ async fn take(
     if let Ok(Ok(revision)) = created {
         tracing::info!(partition, token = revision, "took a partition");
         let valid_until = sent + options.ttl.saturating_sub(options.renew_every);
-        partitions.insert(partition, Held { token: revision, revision, valid_until, since, renewed_at: since });
+        partitions.insert(partition, Held { token: revision, revision, valid_until, since });
     }
 }
 
@@ -468,8 +466,7 @@ async fn renew(
     match updated {
         Ok(revision) => {
             let valid_until = sent + options.ttl.saturating_sub(options.renew_every);
-            let renewed_at = weft_events::Timestamp::now().0;
-            partitions.insert(partition, Held { revision, valid_until, renewed_at, ..*lease });
+            partitions.insert(partition, Held { revision, valid_until, ..*lease });
         }
         Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {
             tracing::warn!(partition, "another node took a partition this node held; no longer serving it");
@@ -529,7 +526,7 @@ mod tests {
         assert_eq!(partitions.fence(&StreamName::new("user-ann").unwrap()), Ok(None));
         let p = partition_of_stream(job.as_str(), 64).unwrap();
         let now = Instant::now();
-        let held = Held { token: 7, revision: 9, valid_until: now + Duration::from_secs(5), since: 0, renewed_at: 0 };
+        let held = Held { token: 7, revision: 9, valid_until: now + Duration::from_secs(5), since: 0 };
         partitions.insert(p, held);
         assert_eq!(partitions.fence(&job), Ok(Some(Fence { partition: p, token: 7 })));
         partitions.insert(p, Held { valid_until: now, ..held });

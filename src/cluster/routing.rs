@@ -228,10 +228,6 @@ async fn forward(client: &async_nats::Client, message: async_nats::Message, part
             headers.insert(CONTENT_TYPE.into(), JSON.into());
         }
         let payload = protocol::encode(&answer, json);
-        let mut nats_headers = async_nats::HeaderMap::new();
-        for (name, value) in &headers {
-            nats_headers.insert(name.as_str(), value.as_str());
-        }
-        let _ = client.publish_with_headers(reply, nats_headers, payload.into()).await;
+        let _ = client.publish_with_headers(reply, crate::bus::nats::to_nats(&headers), payload.into()).await;
     }
 }

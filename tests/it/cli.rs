@@ -400,3 +400,25 @@ fn serve_refuses_a_lease_that_would_lapse_between_renewals() {
     assert!(stderr.contains("--lease-renew-secs (5) must be under --lease-ttl-secs (5)"), "{stderr}");
     assert!(!store.exists(), "nothing was opened");
 }
+
+#[test]
+fn serve_refuses_cluster_timings_that_would_lapse_and_partitions_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("events.db");
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--http-addr", "127.0.0.1:0", "--store", store.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = weft(&args);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = serve(&["--cluster-ttl-ms", "3000", "--cluster-beat-ms", "2000"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--cluster-beat-ms (2000) must be at most half of --cluster-ttl-ms (3000)"), "{stderr}");
+    for bad in [["--partitions", "0"], ["--partitions", "2000"], ["--cluster-ttl-ms", "10"], ["--cluster-beat-ms", "x"]]
+    {
+        let (code, stderr) = serve(&bad);
+        assert_eq!(code, Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains(bad[0]), "{bad:?}: {stderr}");
+    }
+    assert!(!store.exists(), "nothing was opened");
+}
