@@ -20,29 +20,15 @@ pub mod members;
 pub mod ownership;
 pub mod routing;
 
-/// Partitions of a store unless it was created with another number.
-pub const DEFAULT_PARTITIONS: u32 = 64;
-
-/// FNV-1a, 32 bits, over `parts` in turn (as if concatenated).
-fn fnv1a_32(parts: &[&[u8]]) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for part in parts {
-        for byte in *part {
-            hash ^= u32::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0193);
-        }
-    }
-    hash
-}
+pub use weft_events::partition::DEFAULT_PARTITIONS;
 
 /// The partition (0 to `partitions - 1`) of instance `id` of `aggregate` (`job`, `document`, ...), as
-/// nats-server's `partition(partitions, 1, 2)` maps `weft.cmd.<aggregate>.<id>`.
+/// nats-server's `partition(partitions, 1, 2)` maps `weft.cmd.<aggregate>.<id>`: [`weft_events::partition::of`].
 ///
 /// # Panics
 /// When `partitions` is 0.
 pub fn partition(aggregate: &str, id: &str, partitions: u32) -> u32 {
-    assert!(partitions > 0, "a store has at least one partition");
-    fnv1a_32(&[aggregate.as_bytes(), id.as_bytes()]) % partitions
+    weft_events::partition::of(aggregate, id, partitions)
 }
 
 /// The weight of `node` for `partition`: FNV-1a (64 bits) of the node's name and the partition's number,
@@ -125,15 +111,6 @@ pub fn balanced<'a>(partitions: u32, nodes: &[&'a str], holders: &BTreeMap<u32, 
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn fnv1a_matches_its_reference_values() {
-        // The FNV reference test vectors (draft-eastlake-fnv): "" and "a" and "foobar".
-        assert_eq!(fnv1a_32(&[b""]), 0x811c_9dc5);
-        assert_eq!(fnv1a_32(&[b"a"]), 0xe40c_292c);
-        assert_eq!(fnv1a_32(&[b"foobar"]), 0xbf9c_f968);
-        assert_eq!(fnv1a_32(&[b"foo", b"bar"]), fnv1a_32(&[b"foobar"]), "parts are concatenated");
-    }
 
     #[test]
     fn a_partition_is_below_the_count_and_the_same_every_time() {

@@ -16,6 +16,7 @@ use rand::Rng;
 use uuid::Uuid;
 
 use crate::envelope::{Envelope, NewEvent, StreamName};
+use crate::partition::Partition;
 use crate::store::{Checkpoint, DEFAULT_MAX_PAYLOAD_BYTES, Direction, Error, EventStore, ExpectedVersion, Snapshot};
 
 /// Generates one `#[tokio::test]` per contract case, each with a fresh store from `$make`, an expression
@@ -33,6 +34,7 @@ macro_rules! store_contract_tests {
             subscriptions_started_during_a_write_storm_see_every_event_once_in_order,
             a_subscription_catches_up_then_follows_live_appends,
             a_stalled_subscriber_does_not_hold_back_writers,
+            a_partition_subscription_yields_its_streams_events_only,
             a_maximal_payload_round_trips_and_limits_are_typed_errors,
             metadata_round_trips,
             snapshots_keep_the_latest,
@@ -408,6 +410,59 @@ pub async fn a_subscription_catches_up_then_follows_live_appends<S: EventStore +
     let mut late = store.subscribe_all(13);
     store.append(&s, ExpectedVersion::Any, vec![event(13)]).await.unwrap();
     assert_eq!(tokio::time::timeout(Duration::from_secs(10), late.next()).await.unwrap().unwrap().position, 13);
+}
+
+/// A subscription to one partition yields exactly the events of that partition's streams, in position order,
+/// catching up and then following live appends, and resumes after any position; streams of no partition are in
+/// none.
+pub async fn a_partition_subscription_yields_its_streams_events_only<S: EventStore + Clone>(store: S) {
+    const COUNT: u32 = 4;
+    let streams: Vec<StreamName> = (0..12)
+        .map(|i| stream(&format!("{}-{}", ["job", "document", "agent"][i % 3], Uuid::now_v7())))
+        .chain([stream("user-alice")])
+        .collect();
+    for round in 0..5u64 {
+        for s in &streams {
+            store.append(s, ExpectedVersion::Any, vec![event(round)]).await.unwrap();
+        }
+    }
+    let of = |all: &[Envelope], p: Partition| {
+        all.iter().filter(|e| p.contains(&e.stream)).map(|e| e.position).collect::<Vec<_>>()
+    };
+    let before = read_everything(&store, 1000).await;
+    let seen: usize = (0..COUNT).map(|index| of(&before, Partition { index, count: COUNT }).len()).sum();
+    for index in 0..COUNT {
+        let partition = Partition { index, count: COUNT };
+        // Fresh each time: the live appends below add to the partitions.
+        let expected = of(&read_everything(&store, 1000).await, partition);
+        let mut subscription = store.subscribe_partition(partition, 1).page_size(7);
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            let batch = tokio::time::timeout(Duration::from_secs(10), subscription.next_batch())
+                .await
+                .expect("a partition's stored events come")
+                .unwrap();
+            got.extend(batch.iter().map(|e| e.position));
+        }
+        assert_eq!(got, expected, "partition {partition}");
+        // Resumed after its third event, it yields the rest only.
+        if expected.len() > 3 {
+            let mut resumed = store.subscribe_partition(partition, expected[2] + 1);
+            assert_eq!(resumed.next().await.unwrap().position, expected[3]);
+        }
+        // Live: an append to one of its streams comes; others' do not.
+        let mine = streams.iter().find(|s| partition.contains(s));
+        let other = streams.iter().find(|s| !partition.contains(s)).unwrap();
+        store.append(other, ExpectedVersion::Any, vec![event(99)]).await.unwrap();
+        if let Some(mine) = mine {
+            let appended = store.append(mine, ExpectedVersion::Any, vec![event(100)]).await.unwrap();
+            let live = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await.unwrap().unwrap();
+            assert_eq!((live.position, &live.stream), (appended.first_position, mine));
+        } else {
+            assert!(tokio::time::timeout(Duration::from_millis(100), subscription.next()).await.is_err());
+        }
+    }
+    assert_eq!(seen, 60, "every partitioned stream's events are in exactly one partition, user-alice's in none");
 }
 
 /// A subscriber that stops reading does not slow writers or make the store buffer for it; when it reads

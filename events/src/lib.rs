@@ -20,6 +20,8 @@
 //!   expected versions and conflicts, limits, snapshots and typed errors.
 //! - [`subscription`]: subscribe-all, which catches up from storage and then follows live appends with no
 //!   gap and no duplicate, for any backend.
+//! - [`partition`]: the fixed shares of the instances (by a hash of their stream) that nodes own and readers
+//!   follow one at a time.
 //! - [`health`]: how a long-lived task that follows the log is doing (running, retrying, restarting), for a
 //!   node's readiness check.
 //! - [`memory`]: an in-memory backend for fast tests of the layers above; it passes the same contract suite
@@ -31,6 +33,7 @@ pub mod domain;
 pub mod envelope;
 pub mod health;
 pub mod memory;
+pub mod partition;
 pub mod seal;
 pub mod store;
 pub mod subscription;
@@ -42,6 +45,7 @@ pub use domain::{DecodeError, DomainEvent};
 pub use envelope::{Envelope, NameError, NewEvent, StreamName, Timestamp};
 pub use health::Health;
 pub use memory::MemoryStore;
+pub use partition::Partition;
 pub use store::{
     Appended, Checkpoint, Direction, Error, EventRead, EventStore, EventWrite, ExpectedVersion, Limits, Snapshot,
 };

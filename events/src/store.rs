@@ -19,6 +19,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{self, Envelope, NameError, NewEvent, StreamName};
+use crate::partition::Partition;
 use crate::subscription::Subscription;
 
 /// Default largest payload of one event: 1 MiB.
@@ -344,6 +345,24 @@ pub trait EventRead: Send + Sync + 'static {
     /// Every event from position `from` on: first those already stored, then each new one as it commits, in
     /// position order, with no gap and no duplicate. See [`Subscription`].
     fn subscribe_all(&self, from: u64) -> Subscription;
+
+    /// Up to `limit` events of the streams of `partition`, in position order from position `from` on, and
+    /// the position the read went through: the last event's, or further when the events after it belong to
+    /// other partitions (`from - 1` when it read nothing). The default reads `limit` events of the whole log
+    /// and keeps those of the partition; a store that files events by partition reads only theirs.
+    async fn read_partition(&self, partition: Partition, from: u64, limit: usize) -> Result<(Vec<Envelope>, u64), Error> {
+        let from = from.max(1);
+        let page = self.read_all(from, limit).await?;
+        let through = page.last().map_or(from - 1, |e| e.position);
+        Ok((page.into_iter().filter(|e| partition.contains(&e.stream)).collect(), through))
+    }
+
+    /// Every event of the streams of `partition` from position `from` on, with the promises of
+    /// [`EventRead::subscribe_all`] (positions then grow but are not dense). The default follows the whole log
+    /// through [`EventRead::read_partition`].
+    fn subscribe_partition(&self, partition: Partition, from: u64) -> Subscription {
+        self.subscribe_all(from).only(partition)
+    }
 
     /// The store's limits.
     fn limits(&self) -> Limits;

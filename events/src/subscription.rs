@@ -19,7 +19,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::envelope::Envelope;
+use crate::partition::Partition;
 use crate::store::{Error, EventRead};
+
+/// A page read, and the position the read went through.
+type Page = (Vec<Envelope>, u64);
 
 /// Default events per page a subscription reads.
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
@@ -32,10 +36,12 @@ pub struct Subscription {
     /// Position of the next event to yield.
     next: u64,
     page_size: usize,
+    /// Only the events of this partition ([`EventRead::subscribe_partition`]).
+    partition: Option<Partition>,
     /// What is left of the page being yielded: handed over whole by `next_batch`, one by one by `next`.
     page: std::vec::IntoIter<Envelope>,
     /// The page from `next` on, being read ahead while the consumer works through `page`.
-    ahead: Option<JoinHandle<Result<Vec<Envelope>, Error>>>,
+    ahead: Option<JoinHandle<Result<Page, Error>>>,
 }
 
 impl Drop for Subscription {
@@ -51,7 +57,14 @@ impl Subscription {
     /// events from position `from` on. Backends call this from their `subscribe_all`.
     pub fn new(reader: Arc<dyn EventRead>, head: watch::Receiver<u64>, from: u64) -> Self {
         let page_size = DEFAULT_PAGE_SIZE.min(reader.limits().max_page_size).max(1);
-        Self { reader, head, next: from.max(1), page_size, page: Vec::new().into_iter(), ahead: None }
+        Self { reader, head, next: from.max(1), page_size, partition: None, page: Vec::new().into_iter(), ahead: None }
+    }
+
+    /// Yields only the events of `partition`, read with [`EventRead::read_partition`]; `head` then need only
+    /// move when that partition gets an event. Backends call this from their `subscribe_partition`.
+    pub fn only(mut self, partition: Partition) -> Self {
+        self.partition = Some(partition);
+        self
     }
 
     /// Reads the pages through `reader` instead: a store around another (sealing, say) follows the head of the
@@ -106,15 +119,21 @@ impl Subscription {
                     location: "subscription".into(),
                     reason: format!("reading ahead failed: {e}"),
                 })??;
-                if self.accept(&page)? {
-                    return Ok(page);
+                if let Some(events) = self.accept(page)? {
+                    return Ok(events);
                 }
+                continue;
             }
             let head = *self.head.borrow_and_update();
             if head >= self.next {
-                let page = self.reader.read_all(self.next, self.page_size).await?;
-                if self.accept(&page)? {
-                    return Ok(page);
+                let before = self.next;
+                let page = read(&*self.reader, self.partition, self.next, self.page_size).await?;
+                if let Some(events) = self.accept(page)? {
+                    return Ok(events);
+                }
+                if self.next > before {
+                    // Only other partitions' events so far: read on.
+                    continue;
                 }
                 // The head says more is committed but the read found nothing: the head ran ahead of what a
                 // reader can see. Wait for the next change rather than spin.
@@ -123,24 +142,59 @@ impl Subscription {
         }
     }
 
-    /// Checks a page and moves past it; false when it is empty. A full page means more is probably stored,
-    /// so the next one is read ahead.
-    fn accept(&mut self, page: &[Envelope]) -> Result<bool, Error> {
-        let Some(last) = page.last() else { return Ok(false) };
-        // The backend promises dense positions from `next`; check it here too, so that a broken backend
-        // shows up as an error instead of a silent gap in a projection.
-        let first = page[0].position;
-        if first != self.next || last.position != self.next + page.len() as u64 - 1 {
-            return Err(Error::Corrupt {
-                location: "subscription".into(),
-                detail: format!("read from position {} returned positions {first}..={}", self.next, last.position),
-            });
+    /// Checks a page and moves past it; `None` when it holds no event. A page that went through a full page
+    /// of positions means more is probably stored, so the next one is read ahead.
+    fn accept(&mut self, (page, through): Page) -> Result<Option<Vec<Envelope>>, Error> {
+        let from = self.next;
+        let corrupt = |detail: String| Error::Corrupt { location: "subscription".into(), detail };
+        match self.partition {
+            // The backend promises dense positions from `next`; check it here too, so that a broken backend
+            // shows up as an error instead of a silent gap in a projection.
+            None => {
+                if let (Some(first), Some(last)) = (page.first(), page.last())
+                    && (first.position != from || last.position != from + page.len() as u64 - 1)
+                {
+                    return Err(corrupt(format!(
+                        "read from position {from} returned positions {}..={}",
+                        first.position, last.position
+                    )));
+                }
+            }
+            // A partition's positions grow but have gaps: those of the other partitions.
+            Some(partition) => {
+                let mut after = from - 1;
+                for event in &page {
+                    if event.position <= after || event.position > through || !partition.contains(&event.stream) {
+                        return Err(corrupt(format!(
+                            "read of partition {partition} from position {from} through {through} returned \
+                             position {} of {} out of place",
+                            event.position, event.stream
+                        )));
+                    }
+                    after = event.position;
+                }
+            }
         }
-        self.next = last.position + 1;
-        if page.len() >= self.page_size {
-            let (reader, from, size) = (self.reader.clone(), self.next, self.page_size);
-            self.ahead = Some(tokio::spawn(async move { reader.read_all(from, size).await }));
+        if through < from {
+            return Ok(None);
         }
-        Ok(true)
+        self.next = through + 1;
+        if through + 1 - from >= self.page_size as u64 || page.len() >= self.page_size {
+            let (reader, partition, next, size) = (self.reader.clone(), self.partition, self.next, self.page_size);
+            self.ahead = Some(tokio::spawn(async move { read(&*reader, partition, next, size).await }));
+        }
+        Ok((!page.is_empty()).then_some(page))
+    }
+}
+
+/// A page of the whole log or of `partition` from `from` on, and the position it went through.
+async fn read(reader: &dyn EventRead, partition: Option<Partition>, from: u64, size: usize) -> Result<Page, Error> {
+    match partition {
+        Some(partition) => reader.read_partition(partition, from, size).await,
+        None => {
+            let page = reader.read_all(from, size).await?;
+            let through = page.last().map_or(from - 1, |e| e.position);
+            Ok((page, through))
+        }
     }
 }

@@ -108,14 +108,12 @@ impl Fence {
 /// The header the JetStream store writes a fenced append's [`Fence::header`] under.
 pub const FENCE_HEADER: &str = "Weft-Fence";
 
-/// The aggregates whose instances are partitioned: the command subjects' `<aggregate>` tokens.
-pub const PARTITIONED: [&str; 6] = ["document", "workflow", "job", "agent", "schedule", "trigger"];
+pub use weft_events::partition::PARTITIONED;
 
 /// The partition of a stream `<aggregate>-<uuid>` of a partitioned aggregate (as its commands are mapped),
 /// `None` for any other stream (users, keys, checkpoints: not partitioned).
 pub fn partition_of_stream(stream: &str, partitions: u32) -> Option<u32> {
-    let (aggregate, id) = stream.split_once('-')?;
-    PARTITIONED.contains(&aggregate).then(|| super::partition(aggregate, id, partitions))
+    weft_events::partition::of_stream(stream, partitions)
 }
 
 /// The partitions this node holds, shared by the ownership task, the router and the store. Cheap to clone.

@@ -19,7 +19,7 @@ use weft_events::domain::tenant::{self, erasures};
 use weft_events::seal::{self, ERASED, Opening, SEALED, SealError, personal_fields};
 use weft_events::{
     Appended, Checkpoint, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, Limits, NewEvent,
-    Snapshot, StreamName, Subscription, Timestamp,
+    Partition, Snapshot, StreamName, Subscription, Timestamp,
 };
 
 use super::keys::{KeyState, Keys};
@@ -227,6 +227,20 @@ impl<S: EventRead + Clone> EventRead for Sealed<S> {
 
     fn subscribe_all(&self, from: u64) -> Subscription {
         self.inner.subscribe_all(from).through(Arc::new(self.clone()))
+    }
+
+    async fn read_partition(
+        &self,
+        partition: Partition,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<Envelope>, u64), Error> {
+        let (events, through) = self.inner.read_partition(partition, from, limit).await?;
+        Ok((self.open_all(events).await?, through))
+    }
+
+    fn subscribe_partition(&self, partition: Partition, from: u64) -> Subscription {
+        self.inner.subscribe_partition(partition, from).through(Arc::new(self.clone()))
     }
 
     fn limits(&self) -> Limits {

@@ -84,6 +84,8 @@ async fn a_reopened_store_finds_its_events_and_bad_names_are_refused() {
         JetStreamConfig { stream: "WEFT.EVENTS".into(), ..JetStreamConfig::default() },
         JetStreamConfig { subject_prefix: "weft.*".into(), ..JetStreamConfig::default() },
         JetStreamConfig { replicas: 0, ..JetStreamConfig::default() },
+        JetStreamConfig { partitions: 0, ..JetStreamConfig::default() },
+        JetStreamConfig { partitions: 1025, ..JetStreamConfig::default() },
     ] {
         let err = open(&server, config).await.err().expect("opened");
         assert!(matches!(err, OpenError::InvalidConfig(_)), "{err}");
@@ -389,7 +391,8 @@ async fn a_foreign_message_in_the_stream_reads_as_corrupt() {
     store.append(&good, ExpectedVersion::NoStream, vec![NewEvent::new("job.submitted", vec![1])]).await.unwrap();
     let client = nats::connect(&server.url(), "intruder").await.unwrap();
     let js = async_nats::jetstream::new(client);
-    js.publish("weft.store.job-bad.1", "garbage".into()).await.unwrap().await.unwrap();
+    let bad = weft_events::partition::of("job", "bad", weft::cluster::DEFAULT_PARTITIONS);
+    js.publish(format!("weft.store.{bad}.job-bad.1"), "garbage".into()).await.unwrap().await.unwrap();
     js.publish("weft.store.no-version", "garbage".into()).await.unwrap().await.unwrap();
 
     for err in [
@@ -400,9 +403,87 @@ async fn a_foreign_message_in_the_stream_reads_as_corrupt() {
     }
     let err = store.read_all(3, 10).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Corrupt { detail, .. } if detail.contains("not <prefix>.<stream>.<version>")),
+        matches!(&err, Error::Corrupt { detail, .. } if detail.contains("not <prefix>.<partition>.<stream>.<version>")),
         "{err}"
     );
     assert_eq!(store.read_all(1, 1).await.unwrap().len(), 1);
     assert_eq!(store.read_stream(&good, 1, Direction::Forwards, 10).await.unwrap().len(), 1);
+}
+
+/// A new store files each event under its stream's partition (`<prefix>.<partition>.<stream>.<version>`, the
+/// count in the stream's metadata) and a reader of one partition gets its events only; a stream made before
+/// partitions (no metadata) keeps its subjects and still reads, appends and follows a partition; metadata
+/// that is not a count is refused.
+#[tokio::test]
+async fn events_are_filed_by_partition_and_a_stream_of_the_first_layout_still_works() {
+    use async_nats::jetstream::stream::{Config, StorageType};
+    use weft_events::{EventRead, EventWrite, ExpectedVersion, NewEvent, Partition, StreamName};
+    let server = NatsServer::start().expect("nats-server");
+    let client = nats::connect(&server.url(), "store-test").await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let job = StreamName::new("job-0192aa00-0000-7000-8000-000000000001").unwrap();
+    let user = StreamName::new("user-alice").unwrap();
+    let index = weft_events::partition::of("job", "0192aa00-0000-7000-8000-000000000001", 8);
+    let partition = Partition { index, count: 8 };
+    let event = || vec![NewEvent::new("job.submitted", vec![1])];
+
+    let store = open(&server, JetStreamConfig { partitions: 8, ..JetStreamConfig::default() }).await.unwrap();
+    assert_eq!(store.partitions(), Some(8));
+    store.append(&job, ExpectedVersion::NoStream, event()).await.unwrap();
+    store.append(&user, ExpectedVersion::NoStream, event()).await.unwrap();
+    let info = js.get_stream("WEFT_EVENTS").await.unwrap().cached_info().clone();
+    assert_eq!(info.config.metadata.get("weft_partitions").map(String::as_str), Some("8"));
+    let subjects = |stream: &'static str| {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream(stream).await.unwrap();
+            stream.info_with_subjects(">").await.unwrap().map(|s| s.unwrap().0).collect::<Vec<_>>().await
+        }
+    };
+    let mut stored = subjects("WEFT_EVENTS").await;
+    stored.sort();
+    let mut expected = vec![format!("weft.store.{index}.{job}.1"), format!("weft.store._.{user}.1")];
+    expected.sort();
+    assert_eq!(stored, expected);
+    let mut follower = store.subscribe_partition(partition, 1);
+    assert_eq!(follower.next().await.unwrap().stream, job);
+    // Reopened with another count, it keeps the count it was made with.
+    let reopened = open(&server, JetStreamConfig { partitions: 64, ..JetStreamConfig::default() }).await.unwrap();
+    assert_eq!(reopened.partitions(), Some(8));
+    assert_eq!(reopened.read_partition(partition, 1, 10).await.unwrap().0.len(), 1);
+    drop((store, reopened));
+
+    let legacy = |name: &str, metadata: Option<&str>| Config {
+        name: name.into(),
+        subjects: vec![format!("{}.>", name.to_lowercase())],
+        storage: StorageType::File,
+        allow_direct: true,
+        allow_atomic_publish: true,
+        deny_delete: true,
+        deny_purge: true,
+        metadata: metadata.map(|m| [("weft_partitions".to_owned(), m.to_owned())].into()).unwrap_or_default(),
+        ..Default::default()
+    };
+    js.create_stream(legacy("OLD", None)).await.unwrap();
+    let config = |name: &str| JetStreamConfig {
+        stream: name.into(),
+        subject_prefix: name.to_lowercase(),
+        ..JetStreamConfig::default()
+    };
+    let old = open(&server, config("OLD")).await.unwrap();
+    assert_eq!(old.partitions(), None);
+    old.append(&job, ExpectedVersion::NoStream, event()).await.unwrap();
+    old.append(&user, ExpectedVersion::NoStream, event()).await.unwrap();
+    old.append(&job, ExpectedVersion::Exact(1), event()).await.unwrap();
+    assert_eq!(old.stream_version(&job).await.unwrap(), 2);
+    let mut stored = subjects("OLD").await;
+    stored.sort();
+    assert_eq!(stored, vec![format!("old.{job}.1"), format!("old.{job}.2"), format!("old.{user}.1")]);
+    let mut follower = old.subscribe_partition(partition, 1);
+    let positions = [follower.next().await.unwrap().position, follower.next().await.unwrap().position];
+    assert_eq!(positions, [1, 3]);
+
+    js.create_stream(legacy("ODD", Some("many"))).await.unwrap();
+    let err = open(&server, config("ODD")).await.err().expect("opened");
+    assert!(matches!(&err, OpenError::Misconfigured { problems, .. } if problems[0].contains("weft_partitions")), "{err}");
 }

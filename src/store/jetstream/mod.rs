@@ -4,10 +4,14 @@
 //!
 //! - **Events**: one stream (`WEFT_EVENTS` unless configured) with file storage, the configured replicas,
 //!   atomic batches and direct gets allowed, no limits (a limit would delete events and leave gaps), deletes
-//!   and purges denied. Each event is one message on `<prefix>.<stream>.<version>` (`weft.store.job-0192...
-//!   .7`) whose body is the shared record format ([`crate::store::record`]); its **position is the message's
-//!   stream sequence**, so positions are dense because nothing else is stored in that stream and nothing is
-//!   deleted.
+//!   and purges denied. Each event is one message on `<prefix>.<partition>.<stream>.<version>`
+//!   (`weft.store.17.job-0192....7`) whose body is the shared record format ([`crate::store::record`]); its
+//!   **position is the message's stream sequence**, so positions are dense because nothing else is stored in
+//!   that stream and nothing is deleted. `<partition>` is the stream's [partition](weft_events::partition)
+//!   (`_` for a stream of none) among the number the stream was created with, recorded in its metadata
+//!   (`weft_partitions`); a reader of one partition ([`EventRead::subscribe_partition`]) then reads only its
+//!   messages (`<prefix>.17.>`). A stream created before partitions (no such metadata) keeps its subjects
+//!   `<prefix>.<stream>.<version>`, and its partitions are read by filtering the whole log.
 //! - **Snapshots** and **checkpoints**: two KV buckets (`weft_snapshots`, `weft_checkpoints`), one key per
 //!   stream or checkpoint name, the value MessagePack; updates are compare-and-set on the key's revision, so
 //!   "newer wins" holds between nodes.
@@ -54,7 +58,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_events::{
     Appended, Checkpoint, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, Limits, NewEvent,
-    Snapshot, StreamName, Subscription, Timestamp, codec,
+    Partition, Snapshot, StreamName, Subscription, Timestamp, codec,
 };
 
 use crate::store::record;
@@ -69,8 +73,13 @@ mod tests;
 mod wire;
 
 pub(crate) use setup::follow;
-use setup::{check_names, ensure_bucket, ensure_events_stream, follow_head, request_info, version_at_least};
+use setup::{
+    Heads, check_names, ensure_bucket, ensure_events_stream, follow_head, raise, request_info, version_at_least,
+};
 use wire::{InfoReply, PublishError};
+
+/// The partition token of the subjects of a stream in no partition.
+const NO_PARTITION: &str = "_";
 
 /// The oldest server with atomic batches and read-after-write direct gets.
 pub const MIN_SERVER_VERSION: (u32, u32) = (2, 12);
@@ -93,8 +102,11 @@ const MAX_REMEMBERED_TAILS: usize = 100_000;
 pub struct JetStreamConfig {
     /// The JetStream stream that holds the events.
     pub stream: String,
-    /// The first tokens of every event's subject: `<prefix>.<stream>.<version>`.
+    /// The first tokens of every event's subject: `<prefix>.<partition>.<stream>.<version>`.
     pub subject_prefix: String,
+    /// Partitions of the events stream when this store creates it (default 64); an existing stream keeps its
+    /// own.
+    pub partitions: u32,
     /// Replicas of the events stream and the buckets: 1, or 3 (or 5) in a cluster.
     pub replicas: usize,
     /// The KV bucket of snapshots.
@@ -112,6 +124,7 @@ impl Default for JetStreamConfig {
         Self {
             stream: "WEFT_EVENTS".into(),
             subject_prefix: "weft.store".into(),
+            partitions: weft_events::partition::DEFAULT_PARTITIONS,
             replicas: 1,
             snapshots_bucket: "weft_snapshots".into(),
             checkpoints_bucket: "weft_checkpoints".into(),
@@ -167,7 +180,9 @@ struct Inner {
     checkpoints: Log,
     /// The last (version, sequence) of streams this store has appended to or read the end of.
     tails: Mutex<HashMap<StreamName, (u64, u64)>>,
-    head: Arc<watch::Sender<u64>>,
+    /// Partitions of the events stream, as its metadata says; `None` for a stream of the first layout.
+    partitions: Option<u32>,
+    heads: Arc<Heads>,
     /// Follows the head for subscriptions; started by the first one, so that a node that only appends does
     /// not make the server deliver every event to it.
     follower: std::sync::OnceLock<JoinHandle<()>>,
@@ -225,15 +240,13 @@ impl JetStreamStore {
         limits.max_payload_bytes = limits.max_payload_bytes.min(max_message_bytes);
 
         let js = async_nats::jetstream::new(client.clone());
-        let head = ensure_events_stream(&client, &js, &config).await?;
+        let (head, partitions) = ensure_events_stream(&client, &js, &config).await?;
         for bucket in [&config.snapshots_bucket, &config.checkpoints_bucket] {
             ensure_bucket(&client, &js, bucket, &config).await?;
         }
 
         let events = Log::new(config.stream.clone());
         events.saw(head);
-        let (head_tx, _) = watch::channel(head);
-        let head_tx = Arc::new(head_tx);
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -243,7 +256,8 @@ impl JetStreamStore {
                 snapshots: Log::new(format!("KV_{}", config.snapshots_bucket)),
                 checkpoints: Log::new(format!("KV_{}", config.checkpoints_bucket)),
                 tails: Mutex::new(HashMap::new()),
-                head: head_tx,
+                partitions,
+                heads: Arc::new(Heads::new(head, partitions)),
                 follower: std::sync::OnceLock::new(),
                 group: std::sync::OnceLock::new(),
                 fence: std::sync::OnceLock::new(),
@@ -265,13 +279,55 @@ impl JetStreamStore {
         let _ = self.inner.fence.set(partitions);
     }
 
+    /// Notes that an append to `stream` was acknowledged at `sequence`: the log's head and its partition's
+    /// move there, waking this node's readers without waiting for the follower.
+    fn saw_in(&self, stream: &StreamName, sequence: u64) {
+        self.saw(sequence);
+        if let Some(count) = self.inner.partitions
+            && let Some(partition) = weft_events::partition::of_stream(stream.as_str(), count)
+            && let Some(head) = self.inner.heads.partitions.get(partition as usize)
+        {
+            raise(head, sequence);
+        }
+    }
+
+    /// Starts following the log's head, once.
+    fn follow(&self) {
+        self.inner.follower.get_or_init(|| {
+            let js = async_nats::jetstream::new(self.inner.client.clone());
+            tokio::spawn(follow_head(js, self.inner.config.clone(), self.inner.heads.clone()))
+        });
+    }
+
+    /// The head of `partition` when the stream files its events by partitions of that count.
+    fn filed_by(&self, partition: Partition) -> Option<&watch::Sender<u64>> {
+        (self.inner.partitions == Some(partition.count)).then(|| self.inner.heads.partitions.get(partition.index as usize))?
+    }
+
     /// The configuration it was opened with.
     pub fn config(&self) -> &JetStreamConfig {
         &self.inner.config
     }
 
+    /// The number of partitions its events are filed under; `None` for a stream created before partitions.
+    pub fn partitions(&self) -> Option<u32> {
+        self.inner.partitions
+    }
+
+    /// `<prefix>.<partition>.` (`<prefix>.` in the first layout): what the subjects of `stream` begin with.
+    fn subject_base(&self, stream: &StreamName) -> String {
+        let prefix = &self.inner.config.subject_prefix;
+        match self.inner.partitions {
+            None => format!("{prefix}."),
+            Some(count) => match weft_events::partition::of_stream(stream.as_str(), count) {
+                Some(partition) => format!("{prefix}.{partition}."),
+                None => format!("{prefix}.{NO_PARTITION}."),
+            },
+        }
+    }
+
     fn subject(&self, stream: &StreamName, version: u64) -> String {
-        format!("{}.{}.{version}", self.inner.config.subject_prefix, stream.as_str())
+        format!("{}{}.{version}", self.subject_base(stream), stream.as_str())
     }
 
     /// Fewest messages worth one atomic batch rather than a message each ([`group`]'s floor): a single-server
@@ -282,7 +338,7 @@ impl JetStreamStore {
     }
 
     fn stream_filter(&self, stream: &StreamName) -> String {
-        format!("{}.{}.*", self.inner.config.subject_prefix, stream.as_str())
+        format!("{}{}.*", self.subject_base(stream), stream.as_str())
     }
 
     fn unavailable(&self, reason: impl std::fmt::Display) -> Error {
@@ -369,7 +425,7 @@ impl EventRead for JetStreamStore {
         }
         let from = from.max(1);
         // Positions are dense, so everything up to the furthest sequence this store knows of must come back.
-        let known = self.inner.events.seen().max(*self.inner.head.borrow());
+        let known = self.inner.events.seen().max(*self.inner.heads.all.borrow());
         let want = if known >= from { limit.min((known - from + 1) as usize) } else { 0 };
         let messages = self.complete(want, || self.get_batch(from, None, limit)).await?;
         let mut names = record::Names::default();
@@ -409,11 +465,43 @@ impl EventRead for JetStreamStore {
     }
 
     fn subscribe_all(&self, from: u64) -> Subscription {
-        self.inner.follower.get_or_init(|| {
-            let js = async_nats::jetstream::new(self.inner.client.clone());
-            tokio::spawn(follow_head(js, self.inner.config.clone(), self.inner.head.clone()))
-        });
-        Subscription::new(Arc::new(self.clone()), self.inner.head.subscribe(), from)
+        self.follow();
+        Subscription::new(Arc::new(self.clone()), self.inner.heads.all.subscribe(), from)
+    }
+
+    async fn read_partition(
+        &self,
+        partition: Partition,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<Envelope>, u64), Error> {
+        self.inner.limits.check_page(limit)?;
+        let from = from.max(1);
+        let Some(head) = self.filed_by(partition) else {
+            // Not filed by these partitions: the whole log, filtered.
+            let page = self.read_all(from, limit).await?;
+            let through = page.last().map_or(from - 1, |e| e.position);
+            return Ok((page.into_iter().filter(|e| partition.contains(&e.stream)).collect(), through));
+        };
+        if limit == 0 {
+            return Ok((Vec::new(), from - 1));
+        }
+        // Everything of the partition up to the furthest sequence known of it must come back: at least one.
+        let want = usize::from(*head.borrow() >= from);
+        let filter = format!("{}.{}.>", self.inner.config.subject_prefix, partition.index);
+        let messages = self.complete(want, || self.get_batch(from, Some(&filter), limit)).await?;
+        let mut names = record::Names::default();
+        let events = messages.iter().map(|m| self.decode(&mut names, m)).collect::<Result<Vec<_>, _>>()?;
+        let through = events.last().map_or(from - 1, |e| e.position);
+        Ok((events, through))
+    }
+
+    fn subscribe_partition(&self, partition: Partition, from: u64) -> Subscription {
+        self.follow();
+        match self.filed_by(partition) {
+            Some(head) => Subscription::new(Arc::new(self.clone()), head.subscribe(), from).only(partition),
+            None => self.subscribe_all(from).only(partition),
+        }
     }
 
     fn limits(&self) -> Limits {
@@ -487,7 +575,7 @@ impl EventWrite for JetStreamStore {
             };
             match outcome {
                 Ok(last) => {
-                    self.saw(last);
+                    self.saw_in(stream, last);
                     self.remember_tail(stream, version + count, last);
                     return Ok(Appended {
                         version: version + count,
@@ -502,7 +590,7 @@ impl EventWrite for JetStreamStore {
                         && first.event_id == events[0].event_id
                     {
                         let last = first.position + count - 1;
-                        self.saw(last);
+                        self.saw_in(stream, last);
                         return Ok(Appended {
                             version: version + count,
                             first_position: first.position,
@@ -559,7 +647,7 @@ impl EventWrite for JetStreamStore {
         if value.len() > self.inner.max_message_bytes {
             return Err(Error::SnapshotTooLarge { size: checkpoint.state.len(), limit: self.inner.max_message_bytes });
         }
-        if checkpoint.position > *self.inner.head.borrow() {
+        if checkpoint.position > *self.inner.heads.all.borrow() {
             let head = self.head().await?;
             if checkpoint.position > head {
                 return Err(Error::CheckpointAhead {

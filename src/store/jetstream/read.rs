@@ -63,11 +63,7 @@ impl JetStreamStore {
     /// Notes a sequence acknowledged or read in the events stream.
     pub(super) fn saw(&self, sequence: u64) {
         self.inner.events.saw(sequence);
-        self.inner.head.send_if_modified(|head| {
-            let moved = sequence > *head;
-            *head = (*head).max(sequence);
-            moved
-        });
+        super::raise(&self.inner.heads.all, sequence);
     }
 
     /// One message, from the stream's leader; `None` when there is none.
@@ -184,10 +180,14 @@ impl JetStreamStore {
         subject
             .strip_prefix(self.inner.config.subject_prefix.as_str())
             .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| match self.inner.partitions {
+                None => Some(rest),
+                Some(_) => rest.split_once('.').map(|(_, rest)| rest),
+            })
             .and_then(|rest| rest.rsplit_once('.'))
             .and_then(|(stream, version)| Some((stream, version.parse::<u64>().ok()?)))
             .ok_or_else(|| {
-                self.corrupt(format!("message {sequence} has subject {subject:?}, not <prefix>.<stream>.<version>"))
+                self.corrupt(format!("message {sequence} has subject {subject:?}, not <prefix>.<partition>.<stream>.<version>"))
             })
     }
 

@@ -41,6 +41,10 @@ pub(super) fn check_names(config: &JetStreamConfig) -> Result<(), OpenError> {
     if config.replicas == 0 || config.replicas > 5 {
         return Err(OpenError::InvalidConfig(format!("replicas {}: 1 to 5", config.replicas)));
     }
+    let most = weft_events::partition::MAX_PARTITIONS;
+    if !(1..=most).contains(&config.partitions) {
+        return Err(OpenError::InvalidConfig(format!("partitions {}: 1 to {most}", config.partitions)));
+    }
     Ok(())
 }
 
@@ -111,19 +115,25 @@ fn may_pass_again(e: &async_nats::jetstream::context::CreateStreamError, attempt
     }
 }
 
-/// Creates the events stream or checks the one there; returns its last sequence.
+/// The stream metadata key under which the events stream records its number of partitions.
+pub(super) const PARTITIONS_KEY: &str = "weft_partitions";
+
+/// Creates the events stream (its events filed under `config.partitions` partitions) or checks the one there;
+/// returns its last sequence and its number of partitions (`None`: a stream of the first layout, created
+/// before partitions, whose subjects hold none).
 pub(super) async fn ensure_events_stream(
     client: &async_nats::Client,
     js: &async_nats::jetstream::Context,
     config: &JetStreamConfig,
-) -> Result<u64, OpenError> {
+) -> Result<(u64, Option<u32>), OpenError> {
     let subjects = format!("{}.>", config.subject_prefix);
     let (found, last) = match existing(client, &config.stream, config.timeout).await? {
         Some(found) => found,
         None => {
             let wanted = stream::Config {
                 name: config.stream.clone(),
-                description: Some("Weft events: <prefix>.<stream>.<version>, position = sequence".into()),
+                description: Some("Weft events: <prefix>.<partition>.<stream>.<version>, position = sequence".into()),
+                metadata: [(PARTITIONS_KEY.to_owned(), config.partitions.to_string())].into(),
                 subjects: vec![subjects.clone()],
                 storage: StorageType::File,
                 num_replicas: config.replicas,
@@ -177,10 +187,23 @@ pub(super) async fn ensure_events_stream(
     if !found.allow_direct {
         problems.push("direct gets are not allowed (allow_direct)".into());
     }
+    let partitions = match found.metadata.get(PARTITIONS_KEY) {
+        None => None,
+        Some(count) => match count.parse::<u32>() {
+            Ok(count) if (1..=weft_events::partition::MAX_PARTITIONS).contains(&count) => Some(count),
+            _ => {
+                problems.push(format!(
+                    "metadata {PARTITIONS_KEY} is {count:?}, not a number of partitions from 1 to {}",
+                    weft_events::partition::MAX_PARTITIONS
+                ));
+                None
+            }
+        },
+    };
     if !problems.is_empty() {
         return Err(OpenError::Misconfigured { stream: config.stream.clone(), problems });
     }
-    Ok(last)
+    Ok((last, partitions))
 }
 
 /// Creates a KV bucket or checks the one there.
@@ -249,13 +272,10 @@ pub async fn follow(
     consumer.messages().await.map_err(|e| e.to_string())
 }
 
-/// Keeps `head` at the last sequence of the events stream, from an ordered push consumer that delivers
-/// headers only. Recreates the consumer after the connection or the server comes back.
-pub(super) async fn follow_head(
-    js: async_nats::jetstream::Context,
-    config: JetStreamConfig,
-    head: Arc<watch::Sender<u64>>,
-) {
+/// Keeps `heads` at the last sequence of the events stream and of each of its partitions, from an ordered push
+/// consumer that delivers headers only. Recreates the consumer after the connection or the server comes back.
+pub(super) async fn follow_head(js: async_nats::jetstream::Context, config: JetStreamConfig, heads: Arc<Heads>) {
+    let head = &heads.all;
     let filter = format!("{}.>", config.subject_prefix);
     loop {
         let start = *head.borrow() + 1;
@@ -267,11 +287,10 @@ pub(super) async fn follow_head(
                         Ok(message) => {
                             if let Ok(info) = message.info() {
                                 let sequence = info.stream_sequence;
-                                head.send_if_modified(|h| {
-                                    let moved = sequence > *h;
-                                    *h = (*h).max(sequence);
-                                    moved
-                                });
+                                if let Some(partition) = heads.partition_of(&config.subject_prefix, &message.subject) {
+                                    raise(partition, sequence);
+                                }
+                                raise(head, sequence);
                             }
                         }
                         Err(e) => tracing::debug!(error = %e, "following the event log's head"),
@@ -281,5 +300,35 @@ pub(super) async fn follow_head(
             Err(e) => tracing::warn!(error = %e, "cannot follow the event log's head; retrying"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Moves `head` up to `sequence` (never down), waking its watchers when it moved.
+pub(super) fn raise(head: &watch::Sender<u64>, sequence: u64) {
+    head.send_if_modified(|h| {
+        let moved = sequence > *h;
+        *h = (*h).max(sequence);
+        moved
+    });
+}
+
+/// The last sequence of the events stream, and of each of its partitions, as far as this store has seen.
+pub(super) struct Heads {
+    pub(super) all: watch::Sender<u64>,
+    /// One per partition; none for a stream of the first layout.
+    pub(super) partitions: Vec<watch::Sender<u64>>,
+}
+
+impl Heads {
+    pub(super) fn new(head: u64, partitions: Option<u32>) -> Self {
+        let count = partitions.unwrap_or(0) as usize;
+        // Until the follower reports them, each partition's head is the log's: a reader looks once.
+        Self { all: watch::channel(head).0, partitions: (0..count).map(|_| watch::channel(head).0).collect() }
+    }
+
+    /// The head of the partition an event's `subject` (under `prefix`) is filed under, if any.
+    pub(super) fn partition_of(&self, prefix: &str, subject: &str) -> Option<&watch::Sender<u64>> {
+        let token = subject.strip_prefix(prefix)?.strip_prefix('.')?.split('.').next()?;
+        self.partitions.get(token.parse::<usize>().ok()?)
     }
 }
