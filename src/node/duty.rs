@@ -1,12 +1,20 @@
 //! The process managers and the publisher of a node: run always (its own store), under the lease of
-//! `crate::lease` (nodes sharing a JetStream store run them one at a time), or not at all.
+//! `crate::lease` (nodes sharing a JetStream store run them one at a time), or not at all. With
+//! `--partition-routing` on a store filed by partition, the orchestrator, the worker and the timers run per
+//! partition on the partition's holder instead ([`Shares`]), and only the trigger process and the publisher
+//! stay under the lease.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
 use weft_actors::process::worker::Executor;
-use weft_actors::process::{self, Processes, RunOptions, Running};
+use weft_actors::process::{self, Lines, Processes, RunOptions, Running, Scope};
+use weft_events::Partition;
+
+use crate::cluster::ownership::Partitions;
 
 use crate::gateway::BusGateway;
 use crate::health::Board;
@@ -28,13 +36,14 @@ pub(super) struct Managers {
 pub(super) type Work = (Rc<dyn Executor>, Rc<dyn weft_actors::process::timers::Select>);
 
 impl Managers {
-    /// Starts them, each on `board` (the processes by name, the publisher as `publisher`); the processes send
-    /// their commands through `gateway`, the publisher publishes on its bus.
-    fn start(gateway: &BusGateway, work: Option<Work>, board: &Board) -> Self {
+    /// Starts them, each on `board` (the processes by name, the publisher as `publisher`); the processes (of
+    /// `scope`: all, or those that read the whole log beside the partitions' sets) send their commands through
+    /// `gateway`, the publisher publishes on its bus.
+    fn start(gateway: &BusGateway, work: Option<Work>, scope: Scope, board: &Board) -> Self {
         let store = gateway.store();
         let processes = work.map(|(executor, select)| {
-            let gateway = gateway.clone();
-            Processes::with_select(gateway, store.clone(), Some(executor), Some(select), RunOptions::default())
+            let (gateway, options) = (gateway.clone(), RunOptions::default());
+            Processes::of(scope, gateway, store.clone(), Some(executor), Some(select), options, Lines::default())
         });
         let publisher = process::start(Publisher::new(gateway.bus().clone()), store.clone(), RunOptions::default());
         for (name, health) in processes.iter().flat_map(Processes::health) {
@@ -65,7 +74,12 @@ impl Managers {
 /// How a node runs its managers: always (its own store), under a lease (a shared store), or not at all.
 pub(super) enum Duty {
     Always(Managers),
-    Elected { task: actix_rt::task::JoinHandle<()>, managers: Rc<RefCell<Option<Managers>>> },
+    Elected {
+        task: actix_rt::task::JoinHandle<()>,
+        managers: Rc<RefCell<Option<Managers>>>,
+        /// With partition routing on a store filed by partition: each held partition's processes.
+        shares: Option<Shares>,
+    },
     None,
 }
 
@@ -73,26 +87,141 @@ impl Duty {
     /// Starts the managers as `options.processes` says: nodes sharing a JetStream store run them one at a time,
     /// under a lease (a node that runs no process managers does not run for it); a node with its own store
     /// runs them always (the publisher even with `--no-processes`).
+    /// `partitions`: this node's, when it routes by partition over a store filed by partition; the
+    /// orchestrator, the worker and the timers then run per partition it holds.
     pub(super) async fn start(
         options: &NodeOptions,
         store: &Opened,
         client: Option<async_nats::Client>,
         gateway: &BusGateway,
         work: Work,
+        partitions: Option<Partitions>,
         board: &Board,
     ) -> Result<Self, Error> {
         Ok(match (store, client) {
             (Opened::JetStream(_), _) if options.processes.no_processes => Duty::None,
             (Opened::JetStream(_), Some(client)) => {
+                let shares = partitions.map(|partitions| Shares::start(gateway, work.clone(), partitions, board));
+                let scope = if shares.is_some() { Scope::Shared } else { Scope::Whole };
                 let lease_options = options.processes.lease(options.store.jetstream_replicas.into())?;
                 let lease = Lease::new(client, lease_options, holder_name()).await?;
                 let managers = Rc::new(RefCell::new(None));
-                let task = actix_rt::spawn(hold_lease(lease, gateway.clone(), work, managers.clone(), board.clone()));
-                Duty::Elected { task, managers }
+                let elected = Elected { gateway: gateway.clone(), work, scope, board: board.clone() };
+                let task = actix_rt::spawn(hold_lease(lease, elected, managers.clone()));
+                Duty::Elected { task, managers, shares }
             }
-            _ => Duty::Always(Managers::start(gateway, (!options.processes.no_processes).then_some(work), board)),
+            _ => {
+                let work = (!options.processes.no_processes).then_some(work);
+                Duty::Always(Managers::start(gateway, work, Scope::Whole, board))
+            }
         })
     }
+
+    /// Stops what runs, saving the checkpoints.
+    pub(super) async fn stop(self) {
+        match self {
+            Duty::Always(managers) => managers.stop().await,
+            Duty::Elected { task, managers, shares } => {
+                task.abort();
+                if let Some(shares) = shares {
+                    shares.stop().await;
+                }
+                let running = managers.borrow_mut().take();
+                if let Some(running) = running {
+                    running.stop().await;
+                }
+            }
+            Duty::None => {}
+        }
+    }
+}
+
+/// The processes of each partition this node holds: started when it begins serving the partition, stopped
+/// (their checkpoints saved) when it stops, before its lease is released: the router's drain
+/// ([`Partitions::began`]) waits for them, so the next holder resumes from their checkpoints.
+pub(super) struct Shares {
+    task: actix_rt::task::JoinHandle<()>,
+    running: Rc<RefCell<BTreeMap<u32, Processes>>>,
+    partitions: Partitions,
+    board: Board,
+}
+
+impl Shares {
+    fn start(gateway: &BusGateway, work: Work, partitions: Partitions, board: &Board) -> Self {
+        let running = Rc::new(RefCell::new(BTreeMap::new()));
+        let follow = follow_serving(gateway.clone(), work, partitions.clone(), running.clone(), board.clone());
+        Self { task: actix_rt::spawn(follow), running, partitions, board: board.clone() }
+    }
+
+    async fn stop(self) {
+        self.task.abort();
+        let running = std::mem::take(&mut *self.running.borrow_mut());
+        for (partition, processes) in running {
+            stop_share(partition, processes, &self.partitions, &self.board).await;
+        }
+    }
+}
+
+/// The board's name of a partition's process: `orchestrator/17`.
+fn share_name(name: &str, partition: u32) -> String {
+    format!("{name}/{partition}")
+}
+
+/// Starts and stops the partitions' processes as the partitions served change.
+async fn follow_serving(
+    gateway: BusGateway,
+    (executor, select): Work,
+    partitions: Partitions,
+    running: Rc<RefCell<BTreeMap<u32, Processes>>>,
+    board: Board,
+) {
+    let mut serving = partitions.serving();
+    // The orchestrators of one node share the lines of steps waiting for busy agents.
+    let lines = Lines::default();
+    loop {
+        let wanted = serving.borrow_and_update().clone();
+        let gone: Vec<u32> = running.borrow().keys().filter(|p| !wanted.contains(p)).copied().collect();
+        for partition in gone {
+            let processes = running.borrow_mut().remove(&partition);
+            if let Some(processes) = processes {
+                stop_share(partition, processes, &partitions, &board).await;
+            }
+        }
+        for &index in &wanted {
+            if running.borrow().contains_key(&index) {
+                continue;
+            }
+            partitions.began(index);
+            let partition = Partition { index, count: partitions.count() };
+            let processes = Processes::of(
+                Scope::Partition(partition),
+                gateway.clone(),
+                gateway.store().clone(),
+                Some(executor.clone()),
+                Some(select.clone()),
+                RunOptions::default(),
+                lines.clone(),
+            );
+            for (name, health) in processes.health() {
+                board.watch(share_name(name, index), health);
+            }
+            running.borrow_mut().insert(index, processes);
+        }
+        if serving.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Stops one partition's processes, saving their checkpoints, and lets the router's drain go on.
+async fn stop_share(partition: u32, processes: Processes, partitions: &Partitions, board: &Board) {
+    for (name, _) in processes.health() {
+        board.forget(&share_name(name, partition));
+    }
+    if let Err(error) = processes.stop().await {
+        tracing::warn!(partition, %error, "stopping a partition's process managers");
+    }
+    partitions.ended(partition);
 }
 
 /// Who holds a lease, for operators: the host name and the process id.
@@ -101,15 +230,18 @@ fn holder_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Takes the lease when it is free and runs the managers while this node holds it; stops them when another
-/// node has it, or when renewals have failed for longer than the lease can be trusted.
-async fn hold_lease(
-    mut lease: Lease,
+/// What a node runs while it holds the process managers' lease.
+struct Elected {
     gateway: BusGateway,
     work: Work,
-    managers: Rc<RefCell<Option<Managers>>>,
+    scope: Scope,
     board: Board,
-) {
+}
+
+/// Takes the lease when it is free and runs the managers while this node holds it; stops them when another
+/// node has it, or when renewals have failed for longer than the lease can be trusted.
+async fn hold_lease(mut lease: Lease, elected: Elected, managers: Rc<RefCell<Option<Managers>>>) {
+    let Elected { gateway, work, scope, board } = elected;
     let health = weft_events::Health::default();
     board.watch("lease", health.clone());
     let mut last_held = Instant::now();
@@ -120,7 +252,7 @@ async fn hold_lease(
                 last_held = Instant::now();
                 if managers.borrow().is_none() {
                     tracing::info!("took the process managers' lease; starting them");
-                    *managers.borrow_mut() = Some(Managers::start(&gateway, Some(work.clone()), &board));
+                    *managers.borrow_mut() = Some(Managers::start(&gateway, Some(work.clone()), scope, &board));
                 }
                 false
             }

@@ -19,6 +19,17 @@ pub enum Error {
     /// `--partition-routing` without a JetStream store on NATS.
     #[error("--partition-routing needs --nats and --jetstream: partitions are held in JetStream")]
     RoutingAlone,
+    /// The store's events are filed under another number of partitions than `--partitions`.
+    #[error(
+        "the JetStream store was created with {store} partitions, and --partitions is {node}: every node of a \
+         store routes by the store's number (set --partitions {store}, and map the server's subjects to as many)"
+    )]
+    PartitionCount {
+        /// The store's.
+        store: u32,
+        /// The node's.
+        node: u32,
+    },
     /// The NATS server does not map command subjects into this node's partitions.
     #[error(transparent)]
     Mapping(#[from] crate::cluster::routing::MappingError),

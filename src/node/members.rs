@@ -48,8 +48,9 @@ pub(super) async fn join(
     Ok((members, beats))
 }
 
-/// With `--partition-routing`: checks that the NATS server maps command subjects into the node's partitions,
-/// and fences the store's appends by the partitions this node will hold (none yet). `None` without it.
+/// With `--partition-routing`: checks that the store's events are filed under the node's number of partitions
+/// (or under none: a store made before partitions) and that the NATS server maps command subjects into as
+/// many, and fences the store's appends by the partitions this node will hold (none yet). `None` without it.
 pub(super) async fn partitions(
     options: &NodeOptions,
     store: &Opened,
@@ -59,6 +60,17 @@ pub(super) async fn partitions(
         return Ok(None);
     }
     let (Opened::JetStream(sealed), Some(client)) = (store, client) else { return Err(Error::RoutingAlone) };
+    match sealed.inner().partitions() {
+        Some(count) if count != options.cluster.partitions => {
+            return Err(Error::PartitionCount { store: count, node: options.cluster.partitions });
+        }
+        Some(_) => {}
+        None => tracing::warn!(
+            "the JetStream store was made before partitions (its events are not filed by partition): commands are \
+             routed by partition, but the process managers run on one node at a time under a lease; copy the \
+             log to a new store to share them"
+        ),
+    }
     crate::cluster::routing::check_mapping(client, options.cluster.partitions).await?;
     let partitions = Partitions::new(options.cluster.partitions);
     sealed.inner().fence_by(partitions.clone());
@@ -111,5 +123,16 @@ impl Routing {
         self.ownership.abort();
         crate::cluster::ownership::release_all(&self.kv, &self.partitions, &self.options).await;
         self.router.abort();
+    }
+}
+
+/// The partitions whose process managers this node runs per partition: its own, when it routes by partition
+/// over a store whose events are filed by partition.
+pub(super) fn shares(partitions: Option<&Partitions>, store: &Opened) -> Option<Partitions> {
+    match (partitions, store) {
+        (Some(partitions), Opened::JetStream(sealed)) if sealed.inner().partitions() == Some(partitions.count()) => {
+            Some(partitions.clone())
+        }
+        _ => None,
     }
 }

@@ -116,7 +116,7 @@ impl Node {
         let gateway = BusGateway::new(bus.clone(), shared.clone(), crate::gateway::DEFAULT_TIMEOUT)
             .with_token(auth.as_ref().map(|(_, node)| node.clone()))
             .with_hosts(hosts.clone())
-            .with_partitions(partitions);
+            .with_partitions(partitions.clone());
         let verifier = auth.map(|(verifier, _)| Arc::new(verifier));
         let objects_dir = options.objects_dir();
         let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
@@ -171,7 +171,8 @@ impl Node {
         let queries = crate::bus::queries::start(bus.clone(), reads.clone(), query_health, verifier.clone()).await?;
         // Schedules over a document selector pick their documents from the documents read model.
         let select: Rc<dyn weft_actors::process::timers::Select> = Rc::new(reads.clone());
-        let duty = Duty::start(options, &store, client, &gateway, (executor, select), &board).await?;
+        let shares = members::shares(partitions.as_ref(), &store);
+        let duty = Duty::start(options, &store, client, &gateway, (executor, select), shares, &board).await?;
 
         let subscription =
             bus.subscribe(crate::objects::notification::SUBJECT, Some(crate::protocol::QUEUE_GROUP)).await?;
@@ -289,17 +290,7 @@ impl Node {
                 tracing::warn!(projection = name, %error, "the projection had ended on a failure");
             }
         }
-        match self.duty {
-            Duty::Always(managers) => managers.stop().await,
-            Duty::Elected { task, managers } => {
-                task.abort();
-                let running = managers.borrow_mut().take();
-                if let Some(running) = running {
-                    running.stop().await;
-                }
-            }
-            Duty::None => {}
-        }
+        self.duty.stop().await;
         self.bus.flush().await.ok();
         self.store.close().await?;
         Ok(())

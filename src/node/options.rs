@@ -188,7 +188,8 @@ pub struct ClusterSection {
     #[arg(long, requires = "jetstream", env = "WEFT_PARTITION_ROUTING")]
     pub partition_routing: bool,
     /// How many partitions the instances are spread over: the number in the server's mapping
-    /// (`partition(N,1,2)`); every node of a store must use the same.
+    /// (`partition(N,1,2)`). A JetStream store is created with this many and keeps it; a routing node refuses
+    /// to start on a store made with another number.
     #[arg(long, default_value_t = crate::cluster::DEFAULT_PARTITIONS, value_parser = clap::value_parser!(u32).range(1..=1024), env = "WEFT_PARTITIONS")]
     pub partitions: u32,
     /// How long a node's membership and its partitions' leases live without renewal, in milliseconds: a
@@ -298,6 +299,7 @@ impl NodeOptions {
             nats: nats.clone(),
             stream: store.jetstream_stream.clone(),
             replicas: store.jetstream_replicas.into(),
+            partitions: self.cluster.partitions,
             auth: self.bus.auth.clone(),
         });
         store::Options { sqlite: store.log.clone(), jetstream, keys: store.keys.clone() }

@@ -73,6 +73,7 @@ impl Source {
                 nats: nats.clone(),
                 stream: self.jetstream_stream.clone(),
                 replicas: JetStreamConfig::default().replicas,
+                partitions: JetStreamConfig::default().partitions,
                 auth: self.nats_auth.clone(),
             }),
             (true, None) => return Err(Error::JetStreamNeedsNats),

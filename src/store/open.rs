@@ -40,6 +40,8 @@ pub struct JetStream {
     pub stream: String,
     /// Its replicas (and the keys' bucket's), when made.
     pub replicas: usize,
+    /// Its partitions, when made (an existing stream keeps its own).
+    pub partitions: u32,
     /// The credentials and TLS to connect with.
     pub auth: crate::nats::NatsAuth,
 }
@@ -114,7 +116,12 @@ impl Options {
 pub async fn open(options: &Options, mode: Mode, client_name: &str) -> Result<Opened, OpenError> {
     if let Some(at) = &options.jetstream {
         let client = crate::nats::connect_with(&at.nats, client_name, &at.auth).await?;
-        let config = JetStreamConfig { stream: at.stream.clone(), replicas: at.replicas, ..JetStreamConfig::default() };
+        let config = JetStreamConfig {
+            stream: at.stream.clone(),
+            replicas: at.replicas,
+            partitions: at.partitions,
+            ..JetStreamConfig::default()
+        };
         let store = JetStreamStore::open(client.clone(), config).await?;
         return Ok(match mode {
             Mode::Node => {

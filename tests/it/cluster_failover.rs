@@ -202,8 +202,10 @@ fn partitions_move_off_a_killed_node_and_onto_a_joining_one_with_no_command_lost
             }
         };
         for document in &acked {
-            assert!(stored(format!("weft.store.document-{document}.1")).await, "{document} acknowledged, not stored");
-            assert!(!stored(format!("weft.store.document-{document}.2")).await, "{document} registered twice");
+            let p = weft::cluster::partition("document", &document.to_string(), 64);
+            let subject = |version| format!("weft.store.{p}.document-{document}.{version}");
+            assert!(stored(subject(1)).await, "{document} acknowledged, not stored");
+            assert!(!stored(subject(2)).await, "{document} registered twice");
         }
         let stream = js.get_stream("ROUTED").await.unwrap();
         let consumer =
@@ -215,8 +217,12 @@ fn partitions_move_off_a_killed_node_and_onto_a_joining_one_with_no_command_lost
         while let Some(message) = messages.next().await {
             let message = message.unwrap();
             let sequence = message.info().unwrap().stream_sequence;
-            let name = message.subject.as_str().strip_prefix("weft.store.").unwrap().rsplit_once('.').unwrap().0;
-            if let Some(partition) = weft::cluster::ownership::partition_of_stream(name, 64) {
+            // weft.store.<partition>.<stream>.<version>
+            let (filed, name) = message.subject.as_str().strip_prefix("weft.store.").unwrap().split_once('.').unwrap();
+            let name = name.rsplit_once('.').unwrap().0;
+            let partition = weft::cluster::ownership::partition_of_stream(name, 64);
+            assert_eq!(filed, partition.map_or("_".to_owned(), |p| p.to_string()), "{}", message.subject);
+            if let Some(partition) = partition {
                 let fence = message.headers.as_ref().and_then(|h| h.get("Weft-Fence")).map(|v| v.to_string());
                 let fence = fence.unwrap_or_else(|| panic!("{} was appended without a fence", message.subject));
                 let (p, token) = fence.split_once(':').unwrap();
@@ -324,8 +330,12 @@ fn routed_commands_with_a_wrong_partition_or_aggregate_are_refused_and_routing_w
     node.stop();
 }
 
+/// Jobs on three routing nodes: the orchestrator, the worker and the timers run per partition on its holder;
+/// the holder of the agent's partition (whose worker does every task) is killed under load, and every job
+/// still succeeds, with no step beyond its attempts, each partition's processes resuming from their own
+/// checkpoint on the new holder.
 #[test]
-fn jobs_on_nodes_routing_by_partition_all_finish_when_the_node_running_them_is_killed() {
+fn jobs_run_per_partition_and_all_finish_when_the_holder_of_their_agent_is_killed() {
     let nats = NatsServer::cluster_with(3, MAPPING).unwrap();
     let url = nats.url();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -370,18 +380,13 @@ fn jobs_on_nodes_routing_by_partition_all_finish_when_the_node_running_them_is_k
         job
     };
 
-    // The node running the process managers (the holder of their lease: `<host>-<pid>`) is killed while
-    // jobs run, submitted through another node; more are submitted while they move.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let holder = runtime.block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(nats.node_url(0)).await.unwrap());
-        let kv = js.get_key_value("weft_leases").await.unwrap();
-        String::from_utf8(kv.get("processes").await.unwrap().unwrap().to_vec()).unwrap()
-    });
+    // The holder of the agent's partition, whose worker does every task of the agent, is killed while jobs
+    // run, submitted through another node; more are submitted while its partitions move.
+    let owner = holders(&cluster_of(&a))[&u64::from(weft::cluster::partition("agent", &agent, 64))].clone();
     let victim = nodes
         .iter()
-        .position(|n| holder.ends_with(&format!("-{}", n.as_ref().unwrap().child.id())))
-        .expect("a node holds the process managers' lease");
+        .position(|n| cluster_of(&n.as_ref().unwrap().addr)["this_node"] == owner.as_str())
+        .expect("a node holds the agent's partition");
     let survivor = nodes[(victim + 1) % 3].as_ref().unwrap().addr.clone();
     let mut jobs: Vec<String> = (0..20).map(|_| submit(&survivor)).collect();
     let (status, _) = nodes[victim].take().unwrap().signal("-KILL");
@@ -398,6 +403,25 @@ fn jobs_on_nodes_routing_by_partition_all_finish_when_the_node_running_them_is_k
             assert!(step["attempts"].as_u64().unwrap() <= 3, "{state}");
         }
     }
+    // The orchestrator ran per partition, each on its partition's holder, with a checkpoint of its own; none
+    // read the whole log.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (whole, per_partition) = runtime.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.node_url(0)).await.unwrap());
+        let kv = js.get_key_value("weft_checkpoints").await.unwrap();
+        let wanted: BTreeSet<String> =
+            jobs.iter().map(|j| format!("process-orchestrator-{}", weft::cluster::partition("job", j, 64))).collect();
+        for _ in 0..100 {
+            let keys: BTreeSet<String> = kv.keys().await.unwrap().map(|k| k.unwrap()).collect().await;
+            if wanted.is_subset(&keys) {
+                return (keys.contains("process-orchestrator"), wanted.len());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no checkpoint of their own for the jobs' partitions' orchestrators");
+    });
+    assert!(!whole, "an orchestrator read the whole log");
+    assert!(per_partition > 3, "the jobs fell in {per_partition} partitions");
     for node in nodes.into_iter().flatten() {
         node.stop();
     }

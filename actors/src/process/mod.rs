@@ -44,7 +44,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 use weft_events::domain::ids::Uuid;
-use weft_events::{Checkpoint, Envelope, Error as StoreError, EventStore, Health, StreamName, Timestamp, codec};
+use weft_events::{
+    Checkpoint, Envelope, Error as StoreError, EventStore, Health, Partition, StreamName, Timestamp, codec,
+};
 
 use crate::Aggregate;
 use crate::agent::Agent;
@@ -58,7 +60,7 @@ use crate::workflow::Workflow;
 pub use self::line::Lines;
 pub use self::overlap::OVERLAP_WINDOW;
 use self::overlap::Overlap;
-pub use self::running::Processes;
+pub use self::running::{Processes, Scope};
 
 /// The hosts of every aggregate type over one store: what process managers send commands to.
 #[derive(Clone)]
@@ -290,11 +292,30 @@ pub fn checkpoint_name(process: &str) -> StreamName {
     StreamName::new(format!("process-{process}")).expect("process names are valid stream names")
 }
 
+/// The checkpoint name of a process that reads one partition (`process-<name>-<partition>`), or the whole log.
+pub fn checkpoint_name_in(process: &str, partition: Option<Partition>) -> StreamName {
+    match partition {
+        None => checkpoint_name(process),
+        Some(p) => StreamName::new(format!("process-{process}-{}", p.index)).expect("process names are valid"),
+    }
+}
+
 /// A process that ran at least this long before it ended is restarted after the shortest wait again.
 const STEADY_AFTER: Duration = Duration::from_secs(60);
 
 /// Starts `process` over `store`, supervised (see the module doc). Must be called on an actix system.
 pub fn start<P: Process>(process: P, store: Arc<dyn EventStore>, options: RunOptions) -> Running {
+    start_in(process, store, options, None)
+}
+
+/// Starts `process` over the events of `partition` only (the whole log with `None`), with a checkpoint of its
+/// own ([`checkpoint_name_in`]): one of a set that share the work by partition, each partition's on its owner.
+pub fn start_in<P: Process>(
+    process: P,
+    store: Arc<dyn EventStore>,
+    options: RunOptions,
+    partition: Option<Partition>,
+) -> Running {
     let (stop, mut stopped) = watch::channel(false);
     let (report, done) = oneshot::channel();
     let health = Health::default();
@@ -306,7 +327,7 @@ pub fn start<P: Process>(process: P, store: Arc<dyn EventStore>, options: RunOpt
         loop {
             let began = Instant::now();
             let attempt =
-                std::panic::AssertUnwindSafe(run(&process, store.clone(), &options, stopped.clone(), &watched))
+                std::panic::AssertUnwindSafe(run(&process, store.clone(), &options, partition, stopped.clone(), &watched))
                     .catch_unwind()
                     .await;
             let error = match attempt {
@@ -324,6 +345,9 @@ pub fn start<P: Process>(process: P, store: Arc<dyn EventStore>, options: RunOpt
             }
         }
         watched.stopped();
+        if let Some(partition) = partition {
+            forget(P::NAME, partition.index);
+        }
         let _ = report.send(Ok(()));
     });
     Running { stop, done, health }
@@ -332,6 +356,8 @@ pub fn start<P: Process>(process: P, store: Arc<dyn EventStore>, options: RunOpt
 /// Where a process is and what it remembers.
 struct Progress<S> {
     name: StreamName,
+    /// The partition it reads, if only one.
+    partition: Option<u32>,
     position: u64,
     state: S,
     /// Events or timers handled since the last save.
@@ -356,19 +382,30 @@ fn traced<P: Process>(process: &P, event: &Envelope) -> tracing::Span {
     if process.traced(event) { crate::trace::process_span(P::NAME, event) } else { tracing::Span::none() }
 }
 
-/// The position of each process that has run in this process (the OS one), for the node's metrics.
-static POSITIONS: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
+/// The position of each process that runs in this process (the OS one), by name and partition, for the
+/// node's metrics.
+type Positions = std::collections::BTreeMap<(&'static str, Option<u32>), u64>;
+static POSITIONS: std::sync::Mutex<Positions> = std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-/// A process has handled everything up to `position`.
-fn moved(process: &'static str, position: u64) {
-    POSITIONS.lock().unwrap_or_else(|p| p.into_inner()).insert(process, position);
-    metrics::gauge!("weft_process_position", "process" => process).set(position as f64);
+/// A process (of one partition, or of the whole log) has handled everything up to `position`.
+fn moved(process: &'static str, partition: Option<u32>, position: u64) {
+    POSITIONS.lock().unwrap_or_else(|p| p.into_inner()).insert((process, partition), position);
+    match partition {
+        None => metrics::gauge!("weft_process_position", "process" => process).set(position as f64),
+        Some(p) => metrics::gauge!("weft_process_position", "process" => process, "partition" => p.to_string())
+            .set(position as f64),
+    }
 }
 
-/// Each process manager's position (the last event it has handled with every one before it), by name.
-pub fn positions() -> Vec<(&'static str, u64)> {
-    POSITIONS.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (*k, *v)).collect()
+/// A process of one partition stopped here (its partition moved): it has no position on this node any more.
+fn forget(process: &'static str, partition: u32) {
+    POSITIONS.lock().unwrap_or_else(|p| p.into_inner()).remove(&(process, Some(partition)));
+}
+
+/// Each process manager's position (the last event it has handled with every one before it), by name and
+/// partition (`None`: it reads the whole log).
+pub fn positions() -> Vec<(&'static str, Option<u32>, u64)> {
+    POSITIONS.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|((k, p), v)| (*k, *p, *v)).collect()
 }
 
 /// Waits before the next try; false when the process was asked to stop meanwhile.
@@ -386,10 +423,11 @@ async fn run<P: Process>(
     process: &P,
     store: Arc<dyn EventStore>,
     options: &RunOptions,
+    partition: Option<Partition>,
     mut stopped: watch::Receiver<bool>,
     health: &Health,
 ) -> Result<(), String> {
-    let name = checkpoint_name(P::NAME);
+    let name = checkpoint_name_in(P::NAME, partition);
     let (min_delay, max_delay) =
         (Duration::from_millis(options.retry_min_ms.max(1)), Duration::from_millis(options.retry_max_ms.max(1)));
     let save_every = Duration::from_millis(options.checkpoint_every_ms);
@@ -414,10 +452,11 @@ async fn run<P: Process>(
         }
         None => (0, P::State::default()),
     };
-    let mut progress = Progress { name, position, state, unsaved: 0, saved_at: Instant::now() };
+    let index = partition.map(|p| p.index);
+    let mut progress = Progress { name, partition: index, position, state, unsaved: 0, saved_at: Instant::now() };
     metrics::counter!("weft_process_retries_total", "process" => P::NAME).increment(0);
-    moved(P::NAME, position);
-    tracing::info!(process = P::NAME, from = position, "process starting");
+    moved(P::NAME, index, position);
+    tracing::info!(process = P::NAME, partition = ?index, from = position, "process starting");
 
     delay = min_delay;
     while let Err(Retry(why)) = process.resume(&mut progress.state).await {
@@ -434,7 +473,10 @@ async fn run<P: Process>(
     // failed in a way that may pass is reported, then tried again from the same position after a wait
     // (the subscription keeps its place); any other failure ends the task.
     let (batches, mut incoming) = mpsc::channel::<Result<Vec<Envelope>, StoreError>>(2);
-    let mut subscription = store.subscribe_all(position + 1);
+    let mut subscription = match partition {
+        Some(partition) => store.subscribe_partition(partition, position + 1),
+        None => store.subscribe_all(position + 1),
+    };
     actix::spawn(async move {
         let mut wait = min_delay;
         loop {
@@ -505,7 +547,7 @@ async fn run<P: Process>(
                     progress.position = event.position;
                     progress.unsaved += 1;
                 }
-                moved(P::NAME, progress.position);
+                moved(P::NAME, progress.partition, progress.position);
             }
             _ = tokio::time::sleep(until_due.unwrap_or_default()), if until_due.is_some() => {
                 if let Err(Retry(why)) = process.fire(&mut progress.state, Timestamp::now()).await {
@@ -546,7 +588,7 @@ async fn run<P: Process>(
             tracing::warn!(process = P::NAME, %error, "saving the last checkpoint failed; the events since the previous one will be handled again");
         }
     }
-    tracing::info!(process = P::NAME, at = progress.position, "process stopped");
+    tracing::info!(process = P::NAME, partition = ?index, at = progress.position, "process stopped");
     Ok(())
 }
 

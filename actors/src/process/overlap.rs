@@ -119,7 +119,7 @@ impl<'a> Overlap<'a> {
         if watermark > progress.position {
             progress.unsaved += watermark - progress.position;
             progress.position = watermark;
-            super::moved(process, watermark);
+            super::moved(process, progress.partition, watermark);
         }
     }
 }
