@@ -350,7 +350,12 @@ pub trait EventRead: Send + Sync + 'static {
     /// the position the read went through: the last event's, or further when the events after it belong to
     /// other partitions (`from - 1` when it read nothing). The default reads `limit` events of the whole log
     /// and keeps those of the partition; a store that files events by partition reads only theirs.
-    async fn read_partition(&self, partition: Partition, from: u64, limit: usize) -> Result<(Vec<Envelope>, u64), Error> {
+    async fn read_partition(
+        &self,
+        partition: Partition,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<Envelope>, u64), Error> {
         let from = from.max(1);
         let page = self.read_all(from, limit).await?;
         let through = page.last().map_or(from - 1, |e| e.position);

@@ -266,6 +266,11 @@ fn routed_commands_with_a_wrong_partition_or_aggregate_are_refused_and_routing_w
     let (mut child, _, line) = crate::serve::spawn(None, &args, &[]);
     assert!(!child.wait().unwrap().success());
     assert!(line.contains("does not map command subjects to partitions"), "{line}");
+    // The store it opened was made with 64 partitions: a node of another count is refused before the mapping.
+    let args = ["--store", store.to_str().unwrap(), "--nats", &url, "--jetstream", "--partition-routing"];
+    let (mut child, _, line) = crate::serve::spawn(None, &[&args[..], &["--partitions", "32"]].concat(), &[]);
+    assert!(!child.wait().unwrap().success());
+    assert!(line.contains("created with 64 partitions, and --partitions is 32"), "{line}");
     // Nor without JetStream (the options say so).
     let (mut child, _, line) = crate::serve::spawn(None, &["--partition-routing"], &[]);
     assert!(!child.wait().unwrap().success());

@@ -436,7 +436,7 @@ async fn events_are_filed_by_partition_and_a_stream_of_the_first_layout_still_wo
     let subjects = |stream: &'static str| {
         let js = js.clone();
         async move {
-            let mut stream = js.get_stream(stream).await.unwrap();
+            let stream = js.get_stream(stream).await.unwrap();
             stream.info_with_subjects(">").await.unwrap().map(|s| s.unwrap().0).collect::<Vec<_>>().await
         }
     };
@@ -485,5 +485,8 @@ async fn events_are_filed_by_partition_and_a_stream_of_the_first_layout_still_wo
 
     js.create_stream(legacy("ODD", Some("many"))).await.unwrap();
     let err = open(&server, config("ODD")).await.err().expect("opened");
-    assert!(matches!(&err, OpenError::Misconfigured { problems, .. } if problems[0].contains("weft_partitions")), "{err}");
+    assert!(
+        matches!(&err, OpenError::Misconfigured { problems, .. } if problems[0].contains("weft_partitions")),
+        "{err}"
+    );
 }

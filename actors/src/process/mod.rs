@@ -326,10 +326,16 @@ pub fn start_in<P: Process>(
         let mut delay = min_delay;
         loop {
             let began = Instant::now();
-            let attempt =
-                std::panic::AssertUnwindSafe(run(&process, store.clone(), &options, partition, stopped.clone(), &watched))
-                    .catch_unwind()
-                    .await;
+            let attempt = std::panic::AssertUnwindSafe(run(
+                &process,
+                store.clone(),
+                &options,
+                partition,
+                stopped.clone(),
+                &watched,
+            ))
+            .catch_unwind()
+            .await;
             let error = match attempt {
                 Ok(Ok(())) => break,
                 Ok(Err(error)) => error,

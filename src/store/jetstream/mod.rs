@@ -301,7 +301,8 @@ impl JetStreamStore {
 
     /// The head of `partition` when the stream files its events by partitions of that count.
     fn filed_by(&self, partition: Partition) -> Option<&watch::Sender<u64>> {
-        (self.inner.partitions == Some(partition.count)).then(|| self.inner.heads.partitions.get(partition.index as usize))?
+        (self.inner.partitions == Some(partition.count))
+            .then(|| self.inner.heads.partitions.get(partition.index as usize))?
     }
 
     /// The configuration it was opened with.

@@ -187,7 +187,9 @@ impl JetStreamStore {
             .and_then(|rest| rest.rsplit_once('.'))
             .and_then(|(stream, version)| Some((stream, version.parse::<u64>().ok()?)))
             .ok_or_else(|| {
-                self.corrupt(format!("message {sequence} has subject {subject:?}, not <prefix>.<partition>.<stream>.<version>"))
+                self.corrupt(format!(
+                    "message {sequence} has subject {subject:?}, not <prefix>.<partition>.<stream>.<version>"
+                ))
             })
     }
 
