@@ -454,7 +454,8 @@ fn verify_finds_injected_faults_in_a_jetstream_store() {
         let late = NewEvent::new("document.deleted", Bytes::from_static(b"\x80"));
         record::encode(&mut body, &late, &stream, 4, 0, Timestamp::now());
         let js = async_nats::jetstream::new(client);
-        js.publish(format!("{prefix}.{stream}.4"), body.into()).await.unwrap().await.unwrap();
+        let partition = weft_events::partition::of_stream(stream.as_str(), store.partitions().unwrap()).unwrap();
+        js.publish(format!("{prefix}.{partition}.{stream}.4"), body.into()).await.unwrap().await.unwrap();
     });
     let report = faulty(&source);
     for kind in ["corrupt_payload", "missing_version", "unknown_event_type"] {
