@@ -357,9 +357,7 @@ pub trait EventRead: Send + Sync + 'static {
         limit: usize,
     ) -> Result<(Vec<Envelope>, u64), Error> {
         let from = from.max(1);
-        let page = self.read_all(from, limit).await?;
-        let through = page.last().map_or(from - 1, |e| e.position);
-        Ok((page.into_iter().filter(|e| partition.contains(&e.stream)).collect(), through))
+        Ok(of_partition(self.read_all(from, limit).await?, partition, from))
     }
 
     /// Every event of the streams of `partition` from position `from` on, with the promises of
@@ -371,6 +369,13 @@ pub trait EventRead: Send + Sync + 'static {
 
     /// The store's limits.
     fn limits(&self) -> Limits;
+}
+
+/// A page of the whole log read from `from`, kept to the events of `partition`, with the position it went
+/// through: what [`EventRead::read_partition`] answers for a store that does not file events by partition.
+pub fn of_partition(page: Vec<Envelope>, partition: Partition, from: u64) -> (Vec<Envelope>, u64) {
+    let through = page.last().map_or(from.saturating_sub(1), |e| e.position);
+    (page.into_iter().filter(|e| partition.contains(&e.stream)).collect(), through)
 }
 
 /// The write half of a store.

@@ -5,7 +5,7 @@
 //! | case | what | baseline |
 //! |---|---|---|
 //! | `commands-routed-N` | document registrations over NATS, `--concurrency` in flight, with N nodes | the same with N nodes that take any command, on a server without the mapping |
-//! | `jobs-routed-N` | one-step jobs of the built-in `summarize` workflow, submitted over HTTP `--concurrency` at once, from submission to end, with N nodes (the process managers run on one of them) | the same with N nodes that take any command |
+//! | `jobs-routed-N` | one-step jobs of the built-in `summarize` workflow, submitted over HTTP `--concurrency` at once, from submission to end, with N nodes (each running the orchestrator, the worker and the timers of the partitions it holds) | the same with N nodes that take any command |
 //! | `shares-3` | each node's share of the partitions and of the commands it ran (from its `/metrics`), as fractions of an even share, in `shares` | - |
 //! | `failover` | from a SIGKILL of one of three nodes to every partition held by a live node again, over `--kills` kills (the killed node started again after each) | - |
 //!

@@ -29,6 +29,7 @@
 mod line;
 pub mod orchestrator;
 mod overlap;
+mod positions;
 mod running;
 pub mod timers;
 pub mod triggers;
@@ -60,6 +61,8 @@ use crate::workflow::Workflow;
 pub use self::line::Lines;
 pub use self::overlap::OVERLAP_WINDOW;
 use self::overlap::Overlap;
+pub use self::positions::positions;
+use self::positions::{forget, moved};
 pub use self::running::{Processes, Scope};
 
 /// The hosts of every aggregate type over one store: what process managers send commands to.
@@ -386,32 +389,6 @@ impl<S: Serialize> Progress<S> {
 /// The span of handling `event`: a `process` span when the process traces it, none otherwise.
 fn traced<P: Process>(process: &P, event: &Envelope) -> tracing::Span {
     if process.traced(event) { crate::trace::process_span(P::NAME, event) } else { tracing::Span::none() }
-}
-
-/// The position of each process that runs in this process (the OS one), by name and partition, for the
-/// node's metrics.
-type Positions = std::collections::BTreeMap<(&'static str, Option<u32>), u64>;
-static POSITIONS: std::sync::Mutex<Positions> = std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-/// A process (of one partition, or of the whole log) has handled everything up to `position`.
-fn moved(process: &'static str, partition: Option<u32>, position: u64) {
-    POSITIONS.lock().unwrap_or_else(|p| p.into_inner()).insert((process, partition), position);
-    match partition {
-        None => metrics::gauge!("weft_process_position", "process" => process).set(position as f64),
-        Some(p) => metrics::gauge!("weft_process_position", "process" => process, "partition" => p.to_string())
-            .set(position as f64),
-    }
-}
-
-/// A process of one partition stopped here (its partition moved): it has no position on this node any more.
-fn forget(process: &'static str, partition: u32) {
-    POSITIONS.lock().unwrap_or_else(|p| p.into_inner()).remove(&(process, Some(partition)));
-}
-
-/// Each process manager's position (the last event it has handled with every one before it), by name and
-/// partition (`None`: it reads the whole log).
-pub fn positions() -> Vec<(&'static str, Option<u32>, u64)> {
-    POSITIONS.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|((k, p), v)| (*k, *p, *v)).collect()
 }
 
 /// Waits before the next try; false when the process was asked to stop meanwhile.

@@ -480,9 +480,7 @@ impl EventRead for JetStreamStore {
         let from = from.max(1);
         let Some(head) = self.filed_by(partition) else {
             // Not filed by these partitions: the whole log, filtered.
-            let page = self.read_all(from, limit).await?;
-            let through = page.last().map_or(from - 1, |e| e.position);
-            return Ok((page.into_iter().filter(|e| partition.contains(&e.stream)).collect(), through));
+            return Ok(weft_events::store::of_partition(self.read_all(from, limit).await?, partition, from));
         };
         if limit == 0 {
             return Ok((Vec::new(), from - 1));
