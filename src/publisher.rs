@@ -8,6 +8,16 @@
 //! too large for the bus goes out without its payload (header [`PAYLOAD_OMITTED`]). A bus that
 //! is down holds it at the event it could not publish; nothing is skipped.
 //!
+//! Nodes that share the work by partition (`--partition-routing` over a store filed by partition) publish
+//! without a leader: each runs a publisher per partition it holds, over that partition's events, with its own
+//! checkpoint (`process-publisher-<partition>`), and the holder of the process managers' lease runs one more
+//! for the few streams in no partition (tenants' erasures; [`Publisher::rest_of`]), checkpointed as
+//! `process-publisher-rest`. Each instance's events then go out in log order, as each partition's do; events
+//! of different partitions may overtake each other. A publisher with no checkpoint of its own starts where the
+//! whole log's publisher had got to (`process-publisher`), so turning routing on publishes nothing twice and
+//! skips nothing; turning it off again resumes the whole log's publisher from there, publishing again what
+//! went out while routing (subscribers dedupe by event id).
+//!
 //! A checkpoint covers only what the server took. A NATS publish returns once the message is in the
 //! client's buffer, and a connection that dies loses what its buffer and socket held; the client reconnects
 //! and goes on, so nothing says so. Before each checkpoint the publisher therefore has the bus confirm
@@ -18,8 +28,8 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use weft_actors::process::{Process, Retry};
-use weft_events::Envelope;
+use weft_actors::process::{Process, Retry, checkpoint_name};
+use weft_events::{Envelope, Partition, StreamName, partition};
 
 use crate::bus::{Bus, Headers, Message};
 use crate::protocol::{self, WireEvent};
@@ -44,12 +54,26 @@ pub struct Publisher {
     bus: Arc<dyn Bus>,
     /// The connection's epoch the publishes since the last checkpoint went out under.
     epoch: Cell<Option<u64>>,
+    /// With a store of this many partitions, whose publishers put out the rest: publish only the events of
+    /// streams in no partition.
+    rest_of: Option<u32>,
 }
 
 impl Publisher {
-    /// A publisher onto `bus`.
+    /// A publisher onto `bus`, of the events it reads: the whole log's, or a partition's.
     pub fn new(bus: Arc<dyn Bus>) -> Self {
-        Self { bus, epoch: Cell::new(None) }
+        Self { bus, epoch: Cell::new(None), rest_of: None }
+    }
+
+    /// A publisher onto `bus` of the events of streams in none of the `count` partitions, beside the
+    /// partitions' publishers: it reads the whole log and passes the partitions' events over.
+    pub fn rest_of(bus: Arc<dyn Bus>, count: u32) -> Self {
+        Self { rest_of: Some(count), ..Self::new(bus) }
+    }
+
+    /// Whether `event` is another publisher's to put out.
+    fn elsewhere(&self, event: &Envelope) -> bool {
+        self.rest_of.is_some_and(|count| partition::of_stream(event.stream.as_str(), count).is_some())
     }
 }
 
@@ -78,8 +102,20 @@ impl Process for Publisher {
         Ok(())
     }
 
+    fn checkpoint(&self, partition: Option<Partition>) -> StreamName {
+        match (self.rest_of, partition) {
+            (Some(_), _) => checkpoint_name("publisher-rest"),
+            (None, partition) => weft_actors::process::checkpoint_name_in(Self::NAME, partition),
+        }
+    }
+
+    /// A partition's publisher, or that of the rest, takes over from the whole log's.
+    fn seed(&self, partition: Option<Partition>) -> Option<StreamName> {
+        (partition.is_some() || self.rest_of.is_some()).then(|| checkpoint_name(Self::NAME))
+    }
+
     async fn handle(&self, _state: &mut (), event: &Envelope) -> Result<(), Retry> {
-        if is_identity(event) {
+        if is_identity(event) || self.elsewhere(event) {
             return Ok(());
         }
         let headers = Headers::from([(MESSAGE_ID.to_owned(), event.event_id.to_string())]);

@@ -9,7 +9,7 @@ use weft_actors::agent;
 use weft_actors::host::{Execute, Host, Metadata, Options};
 use weft_actors::job::{self, Job, Status, StepState};
 use weft_actors::process::timers::{Timer, Timers};
-use weft_actors::process::{Hosts, Processes, RunOptions, checkpoint_name};
+use weft_actors::process::{Hosts, Processes, RunOptions, checkpoint_name, checkpoint_name_in};
 use weft_actors::testkit::{Scripted, ScriptedExecutor, agent_profile, three_step_dag};
 use weft_actors::{Aggregate, document, schedule, workflow};
 use weft_events::domain::ids::{AgentId, DocumentId, JobId, ScheduleId, Uuid, WorkflowId};
@@ -430,4 +430,81 @@ async fn a_saturated_agent_serves_higher_priorities_first_and_the_tenants_of_one
     }
     assert_eq!(processes.waiting(), []);
     processes.stop().await.unwrap();
+}
+
+/// A process that passes events on and keeps no state: one of a partition, with no checkpoint of its own,
+/// takes over from the whole log's checkpoint of its name. It records what it handled.
+struct Relay {
+    handled: Rc<std::cell::RefCell<Vec<u64>>>,
+}
+
+#[async_trait::async_trait(?Send)]
+impl weft_actors::process::Process for Relay {
+    const NAME: &'static str = "relay";
+    type State = ();
+
+    async fn handle(&self, _: &mut (), event: &weft_events::Envelope) -> Result<(), weft_actors::process::Retry> {
+        self.handled.borrow_mut().push(event.position);
+        Ok(())
+    }
+
+    fn seed(&self, partition: Option<weft_events::Partition>) -> Option<StreamName> {
+        partition.is_some().then(|| checkpoint_name(Self::NAME))
+    }
+}
+
+#[actix_rt::test]
+async fn a_partitions_process_with_no_checkpoint_starts_at_its_seed_and_then_from_its_own() {
+    let world = world().await;
+    let partition = weft_events::Partition { index: 1, count: 2 };
+    // Submits jobs until `n` of them fell in the partition.
+    let jobs_in = async |n: usize| {
+        let mut fell = 0;
+        while fell < n {
+            let (job, _) = submit(&world, three_step_dag(world.agent, 3, 10, 5_000)).await;
+            fell += usize::from(partition.contains(&job.stream()));
+        }
+    };
+    // The partition's events past `from`, by position.
+    let past = async |from: u64| -> Vec<u64> {
+        let events = world.store.read_all(1, 10_000).await.unwrap().into_iter();
+        events.filter(|e| e.position > from && partition.contains(&e.stream)).map(|e| e.position).collect()
+    };
+    let relay = |handled: &Rc<std::cell::RefCell<Vec<u64>>>| {
+        let relay = Relay { handled: handled.clone() };
+        weft_actors::process::start_in(relay, world.store.clone(), fast(), Some(partition))
+    };
+
+    jobs_in(2).await;
+    // The whole log's relay had got this far.
+    let seed = world.store.head().await.unwrap();
+    let state = codec::encode(&()).unwrap().into();
+    world
+        .store
+        .save_checkpoint(weft_events::Checkpoint { name: checkpoint_name("relay"), position: seed, state })
+        .await
+        .unwrap();
+    jobs_in(3).await;
+    let wanted = past(seed).await;
+
+    let handled = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let running = relay(&handled);
+    eventually("the relay reaches the partition's last event", async || {
+        (handled.borrow().last() == wanted.last()).then_some(())
+    })
+    .await;
+    running.stop().await.unwrap();
+    // From the seed on, the partition's events only, each once.
+    assert_eq!(*handled.borrow(), wanted);
+    // It saved a checkpoint of its own, and resumes from it, not from the seed.
+    let own = world.store.load_checkpoint(&checkpoint_name_in("relay", Some(partition))).await.unwrap().unwrap();
+    assert_eq!(own.position, *wanted.last().unwrap());
+    jobs_in(1).await;
+    let wanted = past(own.position).await;
+    let again = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let running = relay(&again);
+    eventually("the relay reaches the new event", async || (again.borrow().last() == wanted.last()).then_some(()))
+        .await;
+    running.stop().await.unwrap();
+    assert_eq!(*again.borrow(), wanted);
 }

@@ -1,8 +1,8 @@
 //! The process managers and the publisher of a node: run always (its own store), under the lease of
 //! `crate::lease` (nodes sharing a JetStream store run them one at a time), or not at all. With
 //! `--partition-routing` on a store filed by partition, the orchestrator, the worker and the timers run per
-//! partition on the partition's holder instead ([`Shares`]), and only the trigger process and the publisher
-//! stay under the lease.
+//! partition on the partition's holder instead ([`Shares`]), each with the publisher of the partition's events,
+//! and only the trigger process and the publisher of the streams in no partition stay under the lease.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -38,14 +38,20 @@ pub(super) type Work = (Rc<dyn Executor>, Rc<dyn weft_actors::process::timers::S
 impl Managers {
     /// Starts them, each on `board` (the processes by name, the publisher as `publisher`); the processes (of
     /// `scope`: all, or those that read the whole log beside the partitions' sets) send their commands through
-    /// `gateway`, the publisher publishes on its bus.
-    fn start(gateway: &BusGateway, work: Option<Work>, scope: Scope, board: &Board) -> Self {
+    /// `gateway`, the publisher publishes on its bus: every event, or with `rest_of` (the store's partition
+    /// count, whose publishers run per partition) those of streams in no partition.
+    fn start(gateway: &BusGateway, work: Option<Work>, scope: Scope, rest_of: Option<u32>, board: &Board) -> Self {
         let store = gateway.store();
         let processes = work.map(|(executor, select)| {
             let (gateway, options) = (gateway.clone(), RunOptions::default());
             Processes::of(scope, gateway, store.clone(), Some(executor), Some(select), options, Lines::default())
         });
-        let publisher = process::start(Publisher::new(gateway.bus().clone()), store.clone(), RunOptions::default());
+        let bus = gateway.bus().clone();
+        let publisher = match rest_of {
+            Some(count) => Publisher::rest_of(bus, count),
+            None => Publisher::new(bus),
+        };
+        let publisher = process::start(publisher, store.clone(), RunOptions::default());
         for (name, health) in processes.iter().flat_map(Processes::health) {
             board.watch(name, health);
         }
@@ -102,17 +108,20 @@ impl Duty {
             (Opened::JetStream(_), _) if options.processes.no_processes => Duty::None,
             (Opened::JetStream(_), Some(client)) => {
                 let shares = partitions.map(|partitions| Shares::start(gateway, work.clone(), partitions, board));
-                let scope = if shares.is_some() { Scope::Shared } else { Scope::Whole };
+                let (scope, rest_of) = match &shares {
+                    Some(shares) => (Scope::Shared, Some(shares.partitions.count())),
+                    None => (Scope::Whole, None),
+                };
                 let lease_options = options.processes.lease(options.store.jetstream_replicas.into())?;
                 let lease = Lease::new(client, lease_options, holder_name()).await?;
                 let managers = Rc::new(RefCell::new(None));
-                let elected = Elected { gateway: gateway.clone(), work, scope, board: board.clone() };
+                let elected = Elected { gateway: gateway.clone(), work, scope, rest_of, board: board.clone() };
                 let task = actix_rt::spawn(hold_lease(lease, elected, managers.clone()));
                 Duty::Elected { task, managers, shares }
             }
             _ => {
                 let work = (!options.processes.no_processes).then_some(work);
-                Duty::Always(Managers::start(gateway, work, Scope::Whole, board))
+                Duty::Always(Managers::start(gateway, work, Scope::Whole, None, board))
             }
         })
     }
@@ -136,12 +145,12 @@ impl Duty {
     }
 }
 
-/// The processes of each partition this node holds: started when it begins serving the partition, stopped
-/// (their checkpoints saved) when it stops, before its lease is released: the router's drain
+/// The processes and the publisher of each partition this node holds: started when it begins serving the
+/// partition, stopped (their checkpoints saved) when it stops, before its lease is released: the router's drain
 /// ([`Partitions::began`]) waits for them, so the next holder resumes from their checkpoints.
 pub(super) struct Shares {
     task: actix_rt::task::JoinHandle<()>,
-    running: Rc<RefCell<BTreeMap<u32, Processes>>>,
+    running: Rc<RefCell<BTreeMap<u32, Share>>>,
     partitions: Partitions,
     board: Board,
 }
@@ -156,9 +165,60 @@ impl Shares {
     async fn stop(self) {
         self.task.abort();
         let running = std::mem::take(&mut *self.running.borrow_mut());
-        for (partition, processes) in running {
-            stop_share(partition, processes, &self.partitions, &self.board).await;
+        for (partition, share) in running {
+            share.stop(partition, &self.partitions, &self.board).await;
         }
+    }
+}
+
+/// What runs for one partition on its holder.
+struct Share {
+    processes: Processes,
+    publisher: Running,
+}
+
+impl Share {
+    /// Starts them over `partition`'s events, on `board` as `<name>/<partition>`.
+    fn start(
+        gateway: &BusGateway,
+        (executor, select): &Work,
+        partition: Partition,
+        lines: &Lines,
+        board: &Board,
+    ) -> Self {
+        let store = gateway.store().clone();
+        let processes = Processes::of(
+            Scope::Partition(partition),
+            gateway.clone(),
+            store.clone(),
+            Some(executor.clone()),
+            Some(select.clone()),
+            RunOptions::default(),
+            lines.clone(),
+        );
+        let publisher = Publisher::new(gateway.bus().clone());
+        let publisher = process::start_in(publisher, store, RunOptions::default(), Some(partition));
+        for (name, health) in processes.health() {
+            board.watch(share_name(name, partition.index), health);
+        }
+        board.watch(share_name("publisher", partition.index), publisher.health());
+        Self { processes, publisher }
+    }
+
+    /// Stops them, saving their checkpoints, and lets the router's drain go on.
+    async fn stop(self, partition: u32, partitions: &Partitions, board: &Board) {
+        for (name, _) in self.processes.health() {
+            board.forget(&share_name(name, partition));
+        }
+        board.forget(&share_name("publisher", partition));
+        let (processes, publisher) = futures::join!(self.processes.stop(), self.publisher.stop());
+        if let Err(error) = processes {
+            tracing::warn!(partition, %error, "stopping a partition's process managers");
+        }
+        if let Err(error) = publisher {
+            tracing::warn!(partition, %error, "stopping a partition's publisher");
+        }
+        partitions.ended(partition);
     }
 }
 
@@ -170,9 +230,9 @@ fn share_name(name: &str, partition: u32) -> String {
 /// Starts and stops the partitions' processes as the partitions served change.
 async fn follow_serving(
     gateway: BusGateway,
-    (executor, select): Work,
+    work: Work,
     partitions: Partitions,
-    running: Rc<RefCell<BTreeMap<u32, Processes>>>,
+    running: Rc<RefCell<BTreeMap<u32, Share>>>,
     board: Board,
 ) {
     let mut serving = partitions.serving();
@@ -182,9 +242,9 @@ async fn follow_serving(
         let wanted = serving.borrow_and_update().clone();
         let gone: Vec<u32> = running.borrow().keys().filter(|p| !wanted.contains(p)).copied().collect();
         for partition in gone {
-            let processes = running.borrow_mut().remove(&partition);
-            if let Some(processes) = processes {
-                stop_share(partition, processes, &partitions, &board).await;
+            let share = running.borrow_mut().remove(&partition);
+            if let Some(share) = share {
+                share.stop(partition, &partitions, &board).await;
             }
         }
         for &index in &wanted {
@@ -193,35 +253,13 @@ async fn follow_serving(
             }
             partitions.began(index);
             let partition = Partition { index, count: partitions.count() };
-            let processes = Processes::of(
-                Scope::Partition(partition),
-                gateway.clone(),
-                gateway.store().clone(),
-                Some(executor.clone()),
-                Some(select.clone()),
-                RunOptions::default(),
-                lines.clone(),
-            );
-            for (name, health) in processes.health() {
-                board.watch(share_name(name, index), health);
-            }
-            running.borrow_mut().insert(index, processes);
+            let share = Share::start(&gateway, &work, partition, &lines, &board);
+            running.borrow_mut().insert(index, share);
         }
         if serving.changed().await.is_err() {
             return;
         }
     }
-}
-
-/// Stops one partition's processes, saving their checkpoints, and lets the router's drain go on.
-async fn stop_share(partition: u32, processes: Processes, partitions: &Partitions, board: &Board) {
-    for (name, _) in processes.health() {
-        board.forget(&share_name(name, partition));
-    }
-    if let Err(error) = processes.stop().await {
-        tracing::warn!(partition, %error, "stopping a partition's process managers");
-    }
-    partitions.ended(partition);
 }
 
 /// Who holds a lease, for operators: the host name and the process id.
@@ -235,13 +273,15 @@ struct Elected {
     gateway: BusGateway,
     work: Work,
     scope: Scope,
+    /// With partitions: the count, whose publishers put out all but the streams in none.
+    rest_of: Option<u32>,
     board: Board,
 }
 
 /// Takes the lease when it is free and runs the managers while this node holds it; stops them when another
 /// node has it, or when renewals have failed for longer than the lease can be trusted.
 async fn hold_lease(mut lease: Lease, elected: Elected, managers: Rc<RefCell<Option<Managers>>>) {
-    let Elected { gateway, work, scope, board } = elected;
+    let Elected { gateway, work, scope, rest_of, board } = elected;
     let health = weft_events::Health::default();
     board.watch("lease", health.clone());
     let mut last_held = Instant::now();
@@ -252,7 +292,8 @@ async fn hold_lease(mut lease: Lease, elected: Elected, managers: Rc<RefCell<Opt
                 last_held = Instant::now();
                 if managers.borrow().is_none() {
                     tracing::info!("took the process managers' lease; starting them");
-                    *managers.borrow_mut() = Some(Managers::start(&gateway, Some(work.clone()), scope, &board));
+                    *managers.borrow_mut() =
+                        Some(Managers::start(&gateway, Some(work.clone()), scope, rest_of, &board));
                 }
                 false
             }

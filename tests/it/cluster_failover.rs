@@ -357,6 +357,14 @@ fn jobs_run_per_partition_and_all_finish_when_the_holder_of_their_agent_is_kille
         nodes.iter().map(|n| cluster_of(&n.as_ref().unwrap().addr)["this_node"].as_str().unwrap().to_owned()).collect();
     let a = nodes[0].as_ref().unwrap().addr.clone();
     wait_held_by(&a, &ids);
+    // Every published event's stream and version, as a subscriber sees them.
+    let published = Arc::new(Mutex::new(Vec::new()));
+    let (subscribed, listen) = std::sync::mpsc::channel();
+    {
+        let (url, published) = (nats.node_url(1), published.clone());
+        std::thread::spawn(move || listen_events(&url, &published, &subscribed));
+    }
+    listen.recv_timeout(Duration::from_secs(10)).expect("subscribed to the events");
 
     let file = shared.path().join("report.txt");
     std::fs::write(&file, "Weft runs jobs. Each job has steps. Agents do the steps. Nodes share the work.").unwrap();
@@ -427,7 +435,69 @@ fn jobs_run_per_partition_and_all_finish_when_the_holder_of_their_agent_is_kille
     });
     assert!(!whole, "an orchestrator read the whole log");
     assert!(per_partition > 3, "the jobs fell in {per_partition} partitions");
+
+    // Every event of every job went out, through the publisher of its partition, and every node that holds
+    // partitions publishes theirs: no one node carries them.
+    let mut missing = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: BTreeSet<(String, u64)> = published.lock().unwrap().iter().cloned().collect();
+        missing.clear();
+        for job in &jobs {
+            let (status, history) = crate::serve::get(&survivor, &format!("/streams/job-{job}/events?limit=1000"));
+            assert_eq!(status, 200, "{history}");
+            let events = history["items"].as_array().unwrap().iter();
+            let stored = events.map(|e| (format!("job-{job}"), e["version"].as_u64().unwrap()));
+            missing.extend(stored.filter(|event| !seen.contains(event)));
+        }
+        if missing.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first: Vec<_> = missing.iter().take(5).collect();
+    assert!(missing.is_empty(), "{} of the jobs' events were never published, such as {first:?}", missing.len());
+    let total = published.lock().unwrap().len();
+    let distinct = published.lock().unwrap().iter().collect::<BTreeSet<_>>().len();
+    eprintln!("{total} events published, {distinct} of them distinct (again after the kill: {})", total - distinct);
+    let publishing: Vec<usize> = nodes
+        .iter()
+        .flatten()
+        .map(|node| {
+            let (_, ready) = crate::serve::get(&node.addr, "/readyz");
+            let tasks = ready["tasks"].as_object().cloned().unwrap_or_default();
+            tasks.keys().filter(|name| name.starts_with("publisher/")).count()
+        })
+        .collect();
+    assert!(publishing.iter().all(|n| *n > 0), "publishers of partitions per live node: {publishing:?}");
+    let keys = runtime.block_on(async {
+        let js = async_nats::jetstream::new(async_nats::connect(nats.node_url(0)).await.unwrap());
+        let kv = js.get_key_value("weft_checkpoints").await.unwrap();
+        kv.keys().await.unwrap().map(|k| k.unwrap()).collect::<BTreeSet<String>>().await
+    });
+    assert!(!keys.contains("process-publisher"), "a publisher read the whole log: {keys:?}");
+    let job_partitions = jobs.iter().map(|j| weft::cluster::partition("job", j, 64));
+    for partition in job_partitions {
+        assert!(keys.contains(&format!("process-publisher-{partition}")), "{keys:?}");
+    }
     for node in nodes.into_iter().flatten() {
         node.stop();
     }
+}
+
+/// Subscribes to every published event on the server at `url`, says so on `subscribed`, and records each
+/// one's stream and version in `published` for as long as the test runs.
+fn listen_events(url: &str, published: &Mutex<Vec<(String, u64)>>, subscribed: &std::sync::mpsc::Sender<()>) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let mut events = client.subscribe("weft.evt.>").await.unwrap();
+        client.flush().await.unwrap();
+        subscribed.send(()).unwrap();
+        while let Some(event) = events.next().await {
+            let wire: weft::protocol::WireEvent =
+                weft::protocol::decode(&event.payload, false).expect("a published event");
+            published.lock().unwrap().push((wire.stream, wire.version));
+        }
+    });
 }

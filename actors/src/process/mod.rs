@@ -26,6 +26,7 @@
 //! as it takes. One that ends anyway (a corrupt checkpoint, a panic in a handler) is logged and started again
 //! from its checkpoint, with back-off. Its [`Health`] says which it is doing, for the node's `/readyz`.
 
+mod checkpoints;
 mod line;
 pub mod orchestrator;
 mod overlap;
@@ -45,9 +46,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument as _;
 use weft_events::domain::ids::Uuid;
-use weft_events::{
-    Checkpoint, Envelope, Error as StoreError, EventStore, Health, Partition, StreamName, Timestamp, codec,
-};
+use weft_events::{Envelope, Error as StoreError, EventStore, Health, Partition, StreamName, Timestamp, codec};
 
 use crate::Aggregate;
 use crate::agent::Agent;
@@ -58,6 +57,8 @@ use crate::schedule::Schedule;
 use crate::trigger::Trigger;
 use crate::workflow::Workflow;
 
+use self::checkpoints::{Progress, load};
+pub use self::checkpoints::{checkpoint_name, checkpoint_name_in};
 pub use self::line::Lines;
 pub use self::overlap::OVERLAP_WINDOW;
 use self::overlap::Overlap;
@@ -248,6 +249,19 @@ pub trait Process: 'static {
     async fn confirm(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// The name its checkpoint is saved under when it reads `partition` (the whole log with `None`):
+    /// [`checkpoint_name_in`] unless it says otherwise.
+    fn checkpoint(&self, partition: Option<Partition>) -> StreamName {
+        checkpoint_name_in(Self::NAME, partition)
+    }
+
+    /// Where it starts when it has no checkpoint of its own: at the position of this checkpoint, with a
+    /// default state, if there is one. For a process that keeps no state and takes over its share of what
+    /// another reader did (a partition's publisher from the whole log's). `None` (the default): from the start.
+    fn seed(&self, _partition: Option<Partition>) -> Option<StreamName> {
+        None
+    }
 }
 
 /// How a process runs. Defaults in [`RunOptions::default`].
@@ -287,19 +301,6 @@ impl Running {
     /// How it is doing.
     pub fn health(&self) -> Health {
         self.health.clone()
-    }
-}
-
-/// The stream name a process's checkpoint is saved under.
-pub fn checkpoint_name(process: &str) -> StreamName {
-    StreamName::new(format!("process-{process}")).expect("process names are valid stream names")
-}
-
-/// The checkpoint name of a process that reads one partition (`process-<name>-<partition>`), or the whole log.
-pub fn checkpoint_name_in(process: &str, partition: Option<Partition>) -> StreamName {
-    match partition {
-        None => checkpoint_name(process),
-        Some(p) => StreamName::new(format!("process-{process}-{}", p.index)).expect("process names are valid"),
     }
 }
 
@@ -362,37 +363,13 @@ pub fn start_in<P: Process>(
     Running { stop, done, health }
 }
 
-/// Where a process is and what it remembers.
-struct Progress<S> {
-    name: StreamName,
-    /// The partition it reads, if only one.
-    partition: Option<u32>,
-    position: u64,
-    state: S,
-    /// Events or timers handled since the last save.
-    unsaved: u64,
-    saved_at: Instant,
-}
-
-impl<S: Serialize> Progress<S> {
-    async fn save(&mut self, store: &dyn EventStore) -> Result<(), String> {
-        let state =
-            codec::encode(&self.state).map_err(|e| format!("the state of {} does not encode: {e}", self.name))?;
-        let checkpoint = Checkpoint { name: self.name.clone(), position: self.position, state: state.into() };
-        store.save_checkpoint(checkpoint).await.map_err(|e| format!("saving checkpoint {}: {e}", self.name))?;
-        self.unsaved = 0;
-        self.saved_at = Instant::now();
-        Ok(())
-    }
-}
-
 /// The span of handling `event`: a `process` span when the process traces it, none otherwise.
 fn traced<P: Process>(process: &P, event: &Envelope) -> tracing::Span {
     if process.traced(event) { crate::trace::process_span(P::NAME, event) } else { tracing::Span::none() }
 }
 
 /// Waits before the next try; false when the process was asked to stop meanwhile.
-async fn back_off(stopped: &mut watch::Receiver<bool>, delay: &mut Duration, max: Duration) -> bool {
+pub(super) async fn back_off(stopped: &mut watch::Receiver<bool>, delay: &mut Duration, max: Duration) -> bool {
     let wait = *delay;
     *delay = (*delay * 2).min(max);
     tokio::select! {
@@ -410,30 +387,27 @@ async fn run<P: Process>(
     mut stopped: watch::Receiver<bool>,
     health: &Health,
 ) -> Result<(), String> {
-    let name = checkpoint_name_in(P::NAME, partition);
+    let name = process.checkpoint(partition);
     let (min_delay, max_delay) =
         (Duration::from_millis(options.retry_min_ms.max(1)), Duration::from_millis(options.retry_max_ms.max(1)));
     let save_every = Duration::from_millis(options.checkpoint_every_ms);
-    let mut delay = min_delay;
-    let checkpoint = loop {
-        match store.load_checkpoint(&name).await {
-            Ok(checkpoint) => break checkpoint,
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(process = P::NAME, error = %e, "loading the checkpoint failed; trying again");
-                health.retrying(format!("loading its checkpoint: {e}"));
-                if !back_off(&mut stopped, &mut delay, max_delay).await {
-                    return Ok(());
-                }
-            }
-            Err(e) => return Err(format!("loading checkpoint {name}: {e}")),
-        }
+    let Some(checkpoint) = load(&*store, &name, health, &mut stopped, (min_delay, max_delay)).await? else {
+        return Ok(());
     };
     let (position, state) = match checkpoint {
         Some(c) => {
             let state = codec::decode(&c.state).map_err(|e| format!("checkpoint {name} does not decode: {e}"))?;
             (c.position, state)
         }
-        None => (0, P::State::default()),
+        None => match process.seed(partition) {
+            Some(seed) => {
+                let Some(from) = load(&*store, &seed, health, &mut stopped, (min_delay, max_delay)).await? else {
+                    return Ok(());
+                };
+                (from.map_or(0, |c| c.position), P::State::default())
+            }
+            None => (0, P::State::default()),
+        },
     };
     let index = partition.map(|p| p.index);
     let mut progress = Progress { name, partition: index, position, state, unsaved: 0, saved_at: Instant::now() };
@@ -441,7 +415,7 @@ async fn run<P: Process>(
     moved(P::NAME, index, position);
     tracing::info!(process = P::NAME, partition = ?index, from = position, "process starting");
 
-    delay = min_delay;
+    let mut delay = min_delay;
     while let Err(Retry(why)) = process.resume(&mut progress.state).await {
         tracing::warn!(process = P::NAME, %why, "resuming failed; trying again");
         health.retrying(format!("resuming: {why}"));
