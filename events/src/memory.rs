@@ -125,6 +125,12 @@ impl EventRead for MemoryStore {
         Ok(self.state().checkpoints.get(name).cloned())
     }
 
+    async fn checkpoint_names(&self) -> Result<Vec<StreamName>, Error> {
+        let mut names: Vec<StreamName> = self.state().checkpoints.keys().cloned().collect();
+        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(names)
+    }
+
     fn subscribe_all(&self, from: u64) -> Subscription {
         Subscription::new(Arc::new(self.clone()), self.shared.head.subscribe(), from)
     }

@@ -342,6 +342,9 @@ pub trait EventRead: Send + Sync + 'static {
     /// The saved checkpoint of that name.
     async fn load_checkpoint(&self, name: &StreamName) -> Result<Option<Checkpoint>, Error>;
 
+    /// The names of every saved checkpoint, in name order (what a copy of the store carries over).
+    async fn checkpoint_names(&self) -> Result<Vec<StreamName>, Error>;
+
     /// Every event from position `from` on: first those already stored, then each new one as it commits, in
     /// position order, with no gap and no duplicate. See [`Subscription`].
     fn subscribe_all(&self, from: u64) -> Subscription;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use weft_events::StreamName;
 
+use super::copy::{self, Place};
 use super::export::{self, OnConflict};
 use super::inspect::{self, Bound, StreamFilter, TailFilter};
 use super::progress::Progress;
@@ -79,6 +80,20 @@ pub enum Verb {
     },
     /// Checks the whole store: positions, versions, checksums, payloads. Exit status 1 on any fault.
     Verify,
+    /// Copies the whole log, with the tenants' keys and the process managers' checkpoints, into another store
+    /// (of either backend), then digests both ends and fails unless they agree.
+    Copy {
+        /// The store to copy: sqlite:PATH or jetstream:NATS_URLS/STREAM.
+        #[arg(long)]
+        from: Place,
+        /// The store to copy into: empty, unless --resume.
+        #[arg(long)]
+        to: Place,
+        /// Go on with a copy into a target that holds events already (a copy cut short, or one made while the
+        /// source was still written to): the events there are checked against the source's.
+        #[arg(long)]
+        resume: bool,
+    },
 }
 
 /// How the verbs print.
@@ -238,6 +253,21 @@ pub async fn run(events: Events) -> anyhow::Result<bool> {
             serde_json::to_writer(&mut out, &imported)?;
             out.write_all(b"\n")?;
         }
+        Verb::Copy { from, to, resume } => {
+            let (from, to) = (from.options(&source.nats_auth), to.options(&source.nats_auth));
+            let mut progress = Progress::new("copy", 0);
+            let copied = copy::copy(&from, &to, resume, super::CLIENT, |d, t| progress.update(d, t)).await;
+            progress.finish();
+            let copied = copied?;
+            serde_json::to_writer(&mut out, &copied)?;
+            out.write_all(b"\n")?;
+            let positions = if copied.positions_kept { "kept" } else { "mapped (see position_runs)" };
+            eprintln!(
+                "weft: copied {} events ({} there already) from {} to {} through position {}; positions {positions}; \
+                 both ends digest to {}",
+                copied.events, copied.already_there, copied.from, copied.to, copied.through, copied.verified.sha256
+            );
+        }
         Verb::Verify => {
             let reader = source.raw_reader().await?;
             let mut progress = Progress::new("verify", 0);
@@ -262,6 +292,7 @@ fn write_report(out: &mut impl Write, report: &verify::Report) -> std::io::Resul
     writeln!(out, "store:   {}", report.store)?;
     writeln!(out, "events:  {} (head {})", report.events, report.head)?;
     writeln!(out, "streams: {}", report.streams)?;
+    writeln!(out, "digest:  sha256 {}", report.digest.sha256)?;
     if report.ok {
         return writeln!(out, "ok: no faults");
     }

@@ -5,7 +5,9 @@
 //!   state at a version or a time, folded with the write side's own `evolve`.
 //! - [`export`]: `export` and `import` in the export format (versioned JSON lines, see `docs/replay.md`),
 //!   between any two backends.
-//! - [`verify`]: `verify`: every check the store's promises allow, as a report.
+//! - [`verify`]: `verify`: every check the store's promises allow, as a report, with the log's [`digest`].
+//! - [`copy`]: `copy`: a log, its keys and its process managers' checkpoints into another store, proved by
+//!   the digests of both ends.
 //!
 //! Reading never writes: on SQLite it goes through a [`View`](crate::store::sqlite::view::View) of the files, so it works while a node has the
 //! store open. `import` writes, so on SQLite it needs the node stopped (the store's lock says so).
@@ -21,6 +23,8 @@ use crate::store::jetstream::JetStreamConfig;
 use crate::store::open::{self as store, Mode, Opened};
 
 pub mod cli;
+pub mod copy;
+pub mod digest;
 pub mod export;
 pub mod inspect;
 pub mod progress;

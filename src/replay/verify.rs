@@ -17,6 +17,7 @@ use weft_events::domain::{Any, DecodeError};
 use weft_events::seal::{Opening, SEALED};
 use weft_events::{Envelope, EventRead, StreamName};
 
+use super::digest::{Digest, Digester};
 use super::read_ahead;
 
 /// Most faults the report lists one by one; past it, they are only counted.
@@ -89,6 +90,8 @@ pub struct Report {
     pub listed: Vec<Fault>,
     /// Whether the store kept every promise.
     pub ok: bool,
+    /// The digest of the events read (`weft events copy` compares it at both ends; see [`super::digest`]).
+    pub digest: Digest,
 }
 
 /// The checks' running state.
@@ -98,6 +101,7 @@ struct Checks {
     next_position: u64,
     /// Positions of records that could not be read (the first few): a version missing later may be one.
     unreadable: Vec<u64>,
+    digester: Digester,
 }
 
 impl Checks {
@@ -147,6 +151,7 @@ impl Checks {
         }
         self.next_position = e.position + 1;
         self.report.events += 1;
+        self.digester.add(e);
         let last = match self.versions.get_mut(&e.stream) {
             Some(last) => std::mem::replace(last, e.version),
             None => {
@@ -226,8 +231,15 @@ pub async fn verify(
         faults_by_kind: BTreeMap::new(),
         listed: Vec::new(),
         ok: true,
+        digest: Digester::default().finish(),
     };
-    let mut checks = Checks { report, versions: HashMap::new(), next_position: 1, unreadable: Vec::new() };
+    let mut checks = Checks {
+        report,
+        versions: HashMap::new(),
+        next_position: 1,
+        unreadable: Vec::new(),
+        digester: Digester::default(),
+    };
     'scan: while checks.next_position <= head {
         let mut pages = read_ahead(Arc::clone(&reader), checks.next_position, head);
         while let Some(page) = pages.recv().await {
@@ -278,6 +290,7 @@ pub async fn verify(
         checks.missing_positions(head);
     }
     let mut report = checks.report;
+    report.digest = checks.digester.finish();
     report.streams = checks.versions.len() as u64;
     report.ok = report.faults == 0;
     Ok(report)

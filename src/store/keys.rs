@@ -48,6 +48,30 @@ trait Backend: Send + Sync + 'static {
     async fn create(&self, tenant: &str, key: TenantKey) -> Result<KeyState, Error>;
     /// Destroys `tenant`'s key (if any) and leaves a tombstone. Returns what was there before.
     async fn erase(&self, tenant: &str, at: Timestamp) -> Result<Option<KeyState>, Error>;
+    /// Every tenant it holds a key or a tombstone for.
+    async fn tenants(&self) -> Result<Vec<String>, Error>;
+}
+
+/// What carrying a key store's keys into another did ([`Keys::carry`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Carried {
+    /// Keys stored.
+    pub keys: u64,
+    /// Erasures recorded (the key destroyed, a tombstone left).
+    pub erasures: u64,
+    /// Tenants that held the same already.
+    pub already_there: u64,
+}
+
+/// Why a key could not be carried.
+#[derive(Debug, thiserror::Error)]
+pub enum CarryError {
+    /// The key store failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+    /// The target holds something else for the tenant.
+    #[error("{0}")]
+    Differs(String),
 }
 
 /// The key store, with the keys it has read cached. Cheap to clone.
@@ -191,6 +215,54 @@ impl Keys {
         Ok(state)
     }
 
+    /// Every tenant this key store holds a key or a tombstone for, in name order.
+    pub async fn tenants(&self) -> Result<Vec<String>, Error> {
+        let Some(backend) = &self.backend else { return Ok(Vec::new()) };
+        let mut tenants = backend.tenants().await?;
+        tenants.sort_unstable();
+        Ok(tenants)
+    }
+
+    /// Puts `state`, another key store's for `tenant`, here: the same key, or the same erasure (this store's key
+    /// for the tenant, if any, destroyed). A different key, or an erasure here of a tenant whose key the other
+    /// still has, is refused: events sealed with one key cannot be opened with another.
+    pub async fn carry(&self, tenant: &str, state: &KeyState, carried: &mut Carried) -> Result<(), CarryError> {
+        let backend = self.backend.as_ref().ok_or_else(|| Error::Unavailable {
+            location: self.location.to_string(),
+            reason: "no key store to carry keys into".into(),
+        })?;
+        let here = backend.get(tenant).await?;
+        match (state, here) {
+            (KeyState::Live(key), None) => {
+                let made = backend.create(tenant, TenantKey::from_parts(key.id(), *key.bytes())).await?;
+                if !same_key(&made, key) {
+                    return Err(CarryError::Differs(format!("tenant {tenant:?} got another key here meanwhile")));
+                }
+                carried.keys += 1;
+            }
+            (KeyState::Live(key), Some(here)) if same_key(&here, key) => carried.already_there += 1,
+            (KeyState::Live(_), Some(KeyState::Live(_))) => {
+                return Err(CarryError::Differs(format!(
+                    "tenant {tenant:?} has another key in {}: its events could not be opened there",
+                    self.location
+                )));
+            }
+            (KeyState::Live(_), Some(KeyState::Erased(_))) => {
+                return Err(CarryError::Differs(format!(
+                    "tenant {tenant:?} is erased in {}, and its key is still in the source",
+                    self.location
+                )));
+            }
+            (KeyState::Erased(_), Some(KeyState::Erased(_))) => carried.already_there += 1,
+            (KeyState::Erased(at), _) => {
+                backend.erase(tenant, *at).await?;
+                carried.erasures += 1;
+            }
+        }
+        self.cache.lock().expect("key cache").remove(tenant);
+        Ok(())
+    }
+
     /// Destroys `tenant`'s key, durably, and leaves a tombstone; again on an erased tenant, nothing changes.
     /// Returns what was there before (`None`: the tenant never had a key) and when it was erased (the first
     /// time).
@@ -208,6 +280,11 @@ impl Keys {
         self.cache.lock().expect("key cache").insert(tenant.to_owned(), KeyState::Erased(erased_at));
         Ok((before, erased_at))
     }
+}
+
+/// Whether `state` is `key`.
+fn same_key(state: &KeyState, key: &TenantKey) -> bool {
+    matches!(state, KeyState::Live(here) if here.id() == key.id() && here.bytes() == key.bytes())
 }
 
 fn sql(location: &str, e: rusqlite::Error) -> Error {
@@ -261,6 +338,15 @@ impl Backend for SqliteKeys {
                 params![tenant, i64::from(key.id()), key.bytes().as_slice(), Timestamp::now().0],
             )?;
             Ok(read_row(conn, &tenant)?.expect("the row was just written"))
+        })
+        .await
+    }
+
+    async fn tenants(&self) -> Result<Vec<String>, Error> {
+        self.run(|conn| {
+            let mut statement = conn.prepare("SELECT tenant FROM tenant_keys")?;
+            let tenants = statement.query_map([], |row| row.get::<_, String>(0))?;
+            tenants.collect()
         })
         .await
     }
@@ -388,6 +474,25 @@ impl Backend for JetStreamKeys {
             return Ok(KeyState::Live(Arc::new(key)));
         }
         self.get(tenant).await?.ok_or_else(|| self.unavailable(format!("the key of {tenant} vanished")))
+    }
+
+    async fn tenants(&self) -> Result<Vec<String>, Error> {
+        use futures::TryStreamExt as _;
+        let prefix = format!("{}.", self.names.subject);
+        let subjects: Vec<(String, usize)> = self
+            .stream
+            .info_with_subjects(format!("{prefix}*"))
+            .await
+            .map_err(|e| self.unavailable(e))?
+            .try_collect()
+            .await
+            .map_err(|e| self.unavailable(e))?;
+        let tenant = |subject: &str| {
+            let encoded = subject.strip_prefix(&prefix)?;
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).ok()?;
+            String::from_utf8(bytes).ok()
+        };
+        Ok(subjects.iter().filter_map(|(subject, _)| tenant(subject)).collect())
     }
 
     async fn erase(&self, tenant: &str, at: Timestamp) -> Result<Option<KeyState>, Error> {

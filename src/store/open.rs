@@ -155,6 +155,17 @@ pub async fn open(options: &Options, mode: Mode, client_name: &str) -> Result<Op
     })
 }
 
+/// The tenants' keys of the store at `options`: to read (`writable` false; none when the store has none), or
+/// to write (made when missing).
+pub async fn keys(options: &Options, writable: bool, client_name: &str) -> Result<Keys, OpenError> {
+    if let Some(at) = &options.jetstream {
+        let client = crate::nats::connect_with(&at.nats, client_name, &at.auth).await?;
+        return Ok(Keys::jetstream(client, &at.stream, at.replicas, writable).await?);
+    }
+    let path = options.keys_path();
+    Ok(if writable { Keys::sqlite(&path)? } else { Keys::sqlite_read_only(&path)? })
+}
+
 impl Opened {
     /// Reads of the store.
     pub fn reader(&self) -> Arc<dyn EventRead> {

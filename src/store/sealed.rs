@@ -225,6 +225,10 @@ impl<S: EventRead + Clone> EventRead for Sealed<S> {
         self.inner.load_checkpoint(name).await
     }
 
+    async fn checkpoint_names(&self) -> Result<Vec<StreamName>, Error> {
+        self.inner.checkpoint_names().await
+    }
+
     fn subscribe_all(&self, from: u64) -> Subscription {
         self.inner.subscribe_all(from).through(Arc::new(self.clone()))
     }

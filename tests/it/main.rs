@@ -12,6 +12,7 @@ mod client;
 mod cluster;
 mod cluster_failover;
 mod compose;
+mod copy;
 mod dashboard;
 mod documents;
 mod erasure;

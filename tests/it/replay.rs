@@ -18,13 +18,13 @@ use crate::serve::{Serve, weft};
 
 /// What a scripted run made: a document uploaded by tenant `acme` and a job that ran
 /// `redact-then-summarize` on it.
-struct Run {
-    document: String,
-    job: String,
+pub(crate) struct Run {
+    pub(crate) document: String,
+    pub(crate) job: String,
 }
 
 /// Runs a node on `dir` with `node_args`, uploads a document, runs a two-step job on it, and stops the node.
-fn scripted_run(dir: &Path, node_args: &[&str]) -> Run {
+pub(crate) fn scripted_run(dir: &Path, node_args: &[&str]) -> Run {
     let serve = Serve::start(dir, node_args);
     let file = dir.join("report.txt");
     std::fs::write(&file, "Write to ann@example.com. Revenue rose 12% in the third quarter.\n").unwrap();
@@ -40,12 +40,12 @@ fn scripted_run(dir: &Path, node_args: &[&str]) -> Run {
 }
 
 /// `weft events <args> <source>`.
-fn events(source: &[String], args: &[&str]) -> Output {
+pub(crate) fn events(source: &[String], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_weft")).arg("events").args(args).args(source).output().unwrap()
 }
 
 /// `weft events <args> <source>`, which must succeed; its stdout.
-fn ok(source: &[String], args: &[&str]) -> String {
+pub(crate) fn ok(source: &[String], args: &[&str]) -> String {
     let out = events(source, args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "weft events {args:?}: {stderr}");
@@ -54,7 +54,7 @@ fn ok(source: &[String], args: &[&str]) -> String {
 }
 
 /// `weft events <args> <source>`, which must fail with status 1 (not a panic, not a usage error); its stderr.
-fn refused(source: &[String], args: &[&str]) -> String {
+pub(crate) fn refused(source: &[String], args: &[&str]) -> String {
     let out = events(source, args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "weft events {args:?}: {stderr}");
@@ -62,15 +62,15 @@ fn refused(source: &[String], args: &[&str]) -> String {
     stderr
 }
 
-fn json_lines(text: &str) -> Vec<Value> {
+pub(crate) fn json_lines(text: &str) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
 }
 
-fn sqlite(path: &Path) -> Vec<String> {
+pub(crate) fn sqlite(path: &Path) -> Vec<String> {
     vec!["--store".into(), path.to_str().unwrap().into()]
 }
 
-fn jetstream(url: &str, stream: &str) -> Vec<String> {
+pub(crate) fn jetstream(url: &str, stream: &str) -> Vec<String> {
     vec!["--jetstream".into(), "--nats".into(), url.into(), "--jetstream-stream".into(), stream.into()]
 }
 
@@ -528,7 +528,7 @@ fn a_version_1_export_reads_through_every_tool_and_projection_on_jetstream() {
 }
 
 /// The version-1 fixture's log `copies` times over, each copy's ids (streams and events) made anew, as an export.
-fn many_copies(copies: u64) -> String {
+pub(crate) fn many_copies(copies: u64) -> String {
     let text = std::fs::read_to_string(V1_EXPORT).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let events = &lines[1..lines.len() - 1];

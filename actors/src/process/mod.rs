@@ -8,7 +8,7 @@
 //! - [`triggers`] submits a job for each upload that an active trigger matches.
 //!
 //! Each runs as one task on the actix system ([`start`]). It handles events in log order and saves its position
-//! and state as a store [`Checkpoint`] every so many events or milliseconds, and when it stops. A process
+//! and state as a store [`Checkpoint`](weft_events::Checkpoint) every so many events or milliseconds, and when it stops. A process
 //! without state may overlap ([`Process::OVERLAP`]): it handles the events of different instances at once
 //! (at most [`OVERLAP_WINDOW`] in hand), each instance's one after another in log order, and its checkpoint is
 //! the watermark below which every event is handled; a retry then holds back only its instance.

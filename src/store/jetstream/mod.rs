@@ -465,6 +465,10 @@ impl EventRead for JetStreamStore {
         Ok(found.map(|(_, c)| c).filter(|c| c.name == *name))
     }
 
+    async fn checkpoint_names(&self) -> Result<Vec<StreamName>, Error> {
+        self.kv_keys(&self.inner.checkpoints).await
+    }
+
     fn subscribe_all(&self, from: u64) -> Subscription {
         self.follow();
         Subscription::new(Arc::new(self.clone()), self.inner.heads.all.subscribe(), from)

@@ -487,6 +487,10 @@ impl EventRead for SqliteStore {
         self.shared.readers.run(move |conn, readers| load_checkpoint(conn, &readers.location, name)).await
     }
 
+    async fn checkpoint_names(&self) -> Result<Vec<StreamName>, Error> {
+        self.shared.readers.run(|conn, readers| read::checkpoint_names(conn, &readers.location)).await
+    }
+
     fn subscribe_all(&self, from: u64) -> Subscription {
         Subscription::new(Arc::new(self.clone()), self.shared.head.clone(), from)
     }

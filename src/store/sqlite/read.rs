@@ -174,6 +174,17 @@ pub(super) fn load_snapshot(conn: &Connection, location: &str, stream: StreamNam
     Ok(Some(snapshot))
 }
 
+/// The names of the saved checkpoints, in name order.
+pub(super) fn checkpoint_names(conn: &Connection, location: &str) -> Result<Vec<StreamName>, Error> {
+    let mut statement =
+        conn.prepare_cached("SELECT name FROM checkpoints ORDER BY name").map_err(|e| sql_error(location, e))?;
+    let names = statement
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(Iterator::collect::<rusqlite::Result<Vec<String>>>)
+        .map_err(|e| sql_error(location, e))?;
+    Ok(names.iter().map(|name| StreamName::from_stored(name)).collect())
+}
+
 pub(super) fn load_checkpoint(
     conn: &Connection,
     location: &str,

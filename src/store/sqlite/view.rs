@@ -283,6 +283,10 @@ impl EventRead for View {
         self.run(move |conn, shared| load_checkpoint(conn, &shared.location, name)).await
     }
 
+    async fn checkpoint_names(&self) -> Result<Vec<StreamName>, Error> {
+        self.run(|conn, shared| super::read::checkpoint_names(conn, &shared.location)).await
+    }
+
     /// Must be called within a tokio runtime: a task polls the head while the subscription lives.
     fn subscribe_all(&self, from: u64) -> Subscription {
         let head = self.shared.head.subscribe();

@@ -1,0 +1,138 @@
+//! `weft events copy`: a log moved from SQLite to JetStream and back, with its keys and checkpoints, read the
+//! same at every end and served by a node started on the copy; a copy killed with SIGKILL and run again with
+//! `--resume`; what is refused.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use weft_harness::NatsServer;
+
+use crate::reaped::Reaped;
+use crate::replay::{events, jetstream, json_lines, ok, refused, scripted_run, sqlite};
+use crate::serve::{Serve, get, weft};
+
+/// `weft events copy --from <from> --to <to> <more>`; its report.
+fn copy(from: &str, to: &str, more: &[&str]) -> Value {
+    let out = ok(&[], &[&["copy", "--from", from, "--to", to], more].concat());
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn a_log_copied_from_sqlite_to_jetstream_and_back_reads_the_same_and_a_node_on_the_copy_finishes_its_jobs() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = scripted_run(dir.path(), &[]);
+    // A job submitted to a node that runs no process managers: in the log, not begun.
+    let serve = Serve::start(dir.path(), &["--no-processes"]);
+    let (submitted, _, stderr) = weft(&serve.addr, &["job", "run", "summarize", "--document", &run.document]);
+    assert!(submitted, "{stderr}");
+    let waiting = stderr.split("job ").nth(1).and_then(|s| s.split_whitespace().next()).expect("a job id").to_owned();
+    serve.stop();
+
+    let db = dir.path().join("events.db");
+    let original = sqlite(&db);
+    let (sqlite_place, js_place) = (format!("sqlite:{}", db.display()), format!("jetstream:{}/MOVED", nats.url()));
+    let export = ok(&original, &["export"]);
+    let head = json_lines(&export).len() as u64 - 2;
+
+    // SQLite -> JetStream: every event, positions kept, the tenant's key and the process managers' checkpoints.
+    let there = copy(&sqlite_place, &js_place, &[]);
+    assert_eq!((there["events"].as_u64(), there["through"].as_u64()), (Some(head), Some(head)), "{there}");
+    assert_eq!(there["positions_kept"], true, "{there}");
+    assert!(there["keys"]["keys"].as_u64().unwrap() >= 1, "{there}");
+    let checkpoints: Vec<&str> = there["checkpoints"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(checkpoints.contains(&"process-orchestrator"), "{there}");
+    assert_eq!(there["verified"]["events"].as_u64(), Some(head));
+
+    // JetStream -> SQLite, into another folder (its keys beside it).
+    let back_dir = tempfile::tempdir().unwrap();
+    let back_db = back_dir.path().join("events.db");
+    let back = copy(&js_place, &format!("sqlite:{}", back_db.display()), &[]);
+    assert_eq!(back["verified"], there["verified"]);
+
+    // Byte-identical exports; the same personal fields opened with the carried keys; the same digest.
+    let js = jetstream(&nats.url(), "MOVED");
+    let back_source = sqlite(&back_db);
+    for copied in [&js, &back_source] {
+        assert!(ok(copied, &["export"]) == export, "a copy's export differs from the original's");
+        let stream = format!("document-{}", run.document);
+        assert_eq!(ok(copied, &["cat", &stream]), ok(&original, &["cat", &stream]));
+        let report = &json_lines(&ok(copied, &["verify"]))[0];
+        assert_eq!((&report["ok"], &report["digest"]), (&Value::Bool(true), &there["verified"]), "{report}");
+    }
+    let opened = ok(&back_source, &["cat", &format!("document-{}", run.document)]);
+    assert!(opened.contains("report.txt") && !opened.contains("[sealed]"), "{opened}");
+
+    // A node on the copy (the documents' objects where they were: they are not in the log) serves what the
+    // original's did, and runs the job that was waiting.
+    let objects = dir.path().join("objects");
+    let node = Serve::start(back_dir.path(), &["--objects-dir", objects.to_str().unwrap()]);
+    let (_, document) = get(&node.addr, &format!("/documents/{}", run.document));
+    assert_eq!(document["name"], "report.txt", "{document}");
+    let (_, done) = get(&node.addr, &format!("/jobs/{}", run.job));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let finished = crate::agents::wait_job(&node.addr, &waiting, |s| s["status"] != "running");
+    assert_eq!(finished["status"], "succeeded", "{finished}");
+    node.stop();
+
+    // A copy into a store that holds events is refused unless told to go on; one onto itself, and places that
+    // are not places, are refused too.
+    let stderr = refused(&[], &["copy", "--from", &sqlite_place, "--to", &js_place]);
+    assert!(stderr.contains(&format!("holds {head} events")) && stderr.contains("--resume"), "{stderr}");
+    let stderr = refused(&[], &["copy", "--from", &sqlite_place, "--to", &sqlite_place]);
+    assert!(stderr.contains("the same store"), "{stderr}");
+    for bad in ["events.db", "jetstream:nats://127.0.0.1:1", "sqlite:"] {
+        let out = events(&[], &["copy", "--from", bad, "--to", &js_place]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("sqlite:PATH or jetstream:"), "{stderr}");
+    }
+    // Going on with a finished copy copies nothing and finds it all there.
+    let again = copy(&sqlite_place, &js_place, &["--resume"]);
+    assert_eq!((again["events"].as_u64(), again["through"].as_u64()), (Some(0), Some(head)), "{again}");
+}
+
+#[test]
+fn a_copy_killed_midway_and_run_again_with_resume_completes_with_nothing_doubled() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.jsonl");
+    let text = crate::replay::many_copies(300);
+    std::fs::write(&file, &text).unwrap();
+    let db = dir.path().join("events.db");
+    ok(&sqlite(&db), &["import", file.to_str().unwrap()]);
+    let (from, to) = (format!("sqlite:{}", db.display()), format!("jetstream:{}/MOVED", nats.url()));
+    let js = jetstream(&nats.url(), "MOVED");
+
+    // Killed once some of the log is across.
+    let child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["events", "copy", "--from", &from, "--to", &to])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Reaped(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let copied = loop {
+        let report = &json_lines(&ok(&js, &["verify"]))[0];
+        let events = report["events"].as_u64().unwrap_or(0);
+        if events >= 500 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    assert!(copied > 0 && copied < 300 * 33, "the kill came at {copied} events");
+
+    // Not without --resume; with it, the rest, each event once, in order.
+    let stderr = refused(&[], &["copy", "--from", &from, "--to", &to]);
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let rest = copy(&from, &to, &["--resume"]);
+    let (appended, found) = (rest["events"].as_u64().unwrap(), rest["already_there"].as_u64().unwrap());
+    assert_eq!(rest["through"].as_u64(), Some(300 * 33), "{rest}");
+    assert!(appended < 300 * 33 && appended + found >= 300 * 33 - copied, "{rest}");
+    assert_eq!(rest["positions_kept"], true, "{rest}");
+    assert!(ok(&js, &["export"]) == text, "the copy's export differs from the original");
+}
