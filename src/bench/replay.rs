@@ -9,6 +9,7 @@
 //! | `verify` | `weft events verify`: positions, versions, checksums and every payload decoded | an event | the same raw scan |
 //! | `rebuild` | the six projections a node runs, from position 0 into one fresh file, at once | an event of the log | the same raw scan |
 //! | `rebuild-jobs` | the jobs projection alone (the costliest) | an event of the log | the same raw scan |
+//! | `copy-sqlite-jetstream` | `weft events copy` of a log of `--copy-events` events (made by the same generator, with its keys) into a JetStream stream on a local `nats-server` (`sync_interval: always`: every ack after an fsync), the keys carried, both ends digested at the end | an event | raw JetStream: each event's stored payload published to a file stream of its own, 256 unacknowledged at a time, each batch's acks awaited |
 //!
 //! The log is made up front by the same generator as `weft bench projections` (documents of 4 events and
 //! jobs of 12), appended through the store sealed as a node writes it (each document's registration has its
@@ -41,6 +42,10 @@ pub struct Options {
     /// Events in the log.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
     pub events: u64,
+    /// Events in the log `copy-sqlite-jetstream` copies (a log of its own: a copy into JetStream appends one
+    /// stream's events at a time, each acknowledged after an fsync).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
+    pub copy_events: u64,
 }
 
 /// Runs every case and prints the reports.
@@ -160,7 +165,69 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
     anyhow::ensure!(imported.events == head, "import appended {} of {head} events", imported.events);
     reports.push(report("import", head, started, inserts, "a new store, fsync each commit; baseline: raw inserts"));
     target.close().await?;
+    reports.push(copy_to_jetstream(dir, options.copy_events).await?);
     Ok(reports)
+}
+
+/// `copy-sqlite-jetstream`: a log of `events` events copied into JetStream, against raw acknowledged
+/// publishes of the same payloads.
+async fn copy_to_jetstream(dir: &Path, events: u64) -> anyhow::Result<Report> {
+    use crate::replay::copy::{self, Place};
+    let folder = dir.join("copy-source");
+    std::fs::create_dir_all(&folder)?;
+    let log = folder.join("events.db");
+    let mut store_options = StoreOptions::new(&log);
+    store_options.synchronous = Synchronous::Full;
+    let store = SqliteStore::open(store_options)?;
+    let sealed = Sealed::new(store.clone(), Keys::sqlite(&folder.join("keys.db"))?);
+    super::projections::fill(&sealed, events, |_, _| {}).await?;
+    let head = store.head().await?;
+    store.close().await?;
+    let server = weft_harness::NatsServer::start()?;
+
+    // Raw: the same payloads, published 256 at a time.
+    let client = async_nats::connect(server.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "RAW_COPY".into(),
+        subjects: vec!["raw.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let view: Arc<dyn EventRead> = {
+        let log = log.clone();
+        Arc::new(tokio::task::spawn_blocking(move || View::open(&log)).await??)
+    };
+    let mut rows = Vec::with_capacity(head as usize);
+    let mut pages = read_ahead(view, 1, head);
+    while let Some(page) = pages.recv().await {
+        rows.extend(page?.into_iter().map(|e| (e.stream.to_string(), e.payload)));
+    }
+    let started = Instant::now();
+    for batch in rows.chunks(256) {
+        let mut acks = Vec::with_capacity(batch.len());
+        for (stream, payload) in batch {
+            acks.push(js.publish(format!("raw.{stream}"), payload.clone()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    let raw = rate(head, started.elapsed());
+
+    let from = Place::Sqlite(log).options(&crate::nats::NatsAuth::default());
+    let to = Place::JetStream { nats: server.url(), stream: "COPY".into() }.options(&crate::nats::NatsAuth::default());
+    let started = Instant::now();
+    let copied = copy::copy(&from, &to, false, "weft-bench", |_, _| {}).await?;
+    anyhow::ensure!(copied.events == head, "the copy appended {} of {head} events", copied.events);
+    Ok(report(
+        "copy-sqlite-jetstream",
+        head,
+        started,
+        raw,
+        "weft events copy into JetStream (fsync each ack), keys carried, both ends digested; baseline: raw acked publishes, 256 at a time",
+    ))
 }
 
 fn null_device() -> &'static str {
