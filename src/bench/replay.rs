@@ -130,7 +130,7 @@ async fn run_in(dir: &Path, options: &Options) -> anyhow::Result<Vec<Report>> {
 
     // verify.
     let started = Instant::now();
-    let checked = verify::verify(view.clone(), log.display().to_string(), |_, _| {}).await?;
+    let checked = verify::verify(view.clone(), log.display().to_string(), false, |_, _| {}).await?;
     anyhow::ensure!(checked.ok && checked.events == head, "verify: {:?}", checked.faults_by_kind);
     reports.push(report("verify", head, started, scan, "every check; baseline: raw scan"));
 

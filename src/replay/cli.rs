@@ -78,8 +78,13 @@ pub enum Verb {
         #[arg(long, value_enum, default_value_t = OnConflict::Fail)]
         on_conflict: OnConflict,
     },
-    /// Checks the whole store: positions, versions, checksums, payloads. Exit status 1 on any fault.
-    Verify,
+    /// Checks the whole store: positions, versions, checksums, payloads. Exit status 1 on any fault. Prints
+    /// the log's digest, which another store holding the same events (a copy) shares.
+    Verify {
+        /// List each stream's events and digest too, to find which streams two stores disagree on.
+        #[arg(long)]
+        streams: bool,
+    },
     /// Copies the whole log, with the tenants' keys and the process managers' checkpoints, into another store
     /// (of either backend), then digests both ends and fails unless they agree.
     Copy {
@@ -268,10 +273,10 @@ pub async fn run(events: Events) -> anyhow::Result<bool> {
                 copied.events, copied.already_there, copied.from, copied.to, copied.through, copied.verified.sha256
             );
         }
-        Verb::Verify => {
+        Verb::Verify { streams } => {
             let reader = source.raw_reader().await?;
             let mut progress = Progress::new("verify", 0);
-            let report = verify::verify(reader, source.describe(), |d, t| progress.update(d, t)).await?;
+            let report = verify::verify(reader, source.describe(), streams, |d, t| progress.update(d, t)).await?;
             progress.finish();
             match format {
                 Format::Json => {
@@ -293,6 +298,9 @@ fn write_report(out: &mut impl Write, report: &verify::Report) -> std::io::Resul
     writeln!(out, "events:  {} (head {})", report.events, report.head)?;
     writeln!(out, "streams: {}", report.streams)?;
     writeln!(out, "digest:  sha256 {}", report.digest.sha256)?;
+    for stream in &report.per_stream {
+        writeln!(out, "  {:<60} {:>8} events  sha256 {}", stream.stream, stream.events, stream.sha256)?;
+    }
     if report.ok {
         return writeln!(out, "ok: no faults");
     }

@@ -109,11 +109,14 @@ pub struct Run {
     pub events: u64,
 }
 
-/// How far a copy got, saved on the target as checkpoint [`PROGRESS`].
+/// How far a copy got, saved on the target as checkpoint [`PROGRESS`] (at the target's position of `through`:
+/// a checkpoint is never ahead of its own log).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Progress {
     /// The source, as it was named.
     source: String,
+    /// The source's last position of which every event is on the target.
+    through: u64,
     /// The runs of positions so far.
     runs: Vec<Run>,
 }
@@ -271,7 +274,8 @@ async fn copy_open(
     let progress_name = StreamName::from_stored(PROGRESS);
     let mut state = match target.load_checkpoint(&progress_name).await? {
         Some(saved) if there > 0 => {
-            (saved.position, weft_events::codec::decode::<Progress>(&saved.state).unwrap_or_default())
+            let progress = weft_events::codec::decode::<Progress>(&saved.state).unwrap_or_default();
+            (progress.through, progress)
         }
         _ => (0, Progress::default()),
     };
@@ -462,9 +466,10 @@ async fn copy_events(
         }
         if done || appends.appended - unsaved >= SAVE_EVERY_EVENTS {
             unsaved = appends.appended;
+            state.through = appends.through;
             let encoded = weft_events::codec::encode(&*state)
                 .map_err(|e| weft_events::Error::Corrupt { location: PROGRESS.into(), detail: e.to_string() })?;
-            let position = appends.through;
+            let position = state.translate(appends.through);
             target.save_checkpoint(Checkpoint { name: progress_name.clone(), position, state: encoded.into() }).await?;
         }
         progress(appends.through, head);

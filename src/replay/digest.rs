@@ -25,6 +25,18 @@ pub struct Digest {
     pub sha256: String,
 }
 
+/// One stream's part of a [`Digest`]: what `weft events verify --streams` lists, to find which stream two
+/// stores disagree on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamDigest {
+    /// The stream.
+    pub stream: String,
+    /// Its events.
+    pub events: u64,
+    /// The SHA-256 chain over them (see the module doc), hex.
+    pub sha256: String,
+}
+
 /// Builds a [`Digest`] event by event, in position order.
 #[derive(Default)]
 pub struct Digester {
@@ -56,6 +68,21 @@ impl Digester {
         self.events += 1;
     }
 
+    /// Each stream's part, in the order of the streams' names.
+    pub fn streams(&self) -> Vec<StreamDigest> {
+        let mut streams: Vec<StreamDigest> = self
+            .streams
+            .iter()
+            .map(|(stream, (events, chain))| StreamDigest {
+                stream: stream.to_string(),
+                events: *events,
+                sha256: hex(chain),
+            })
+            .collect();
+        streams.sort_unstable_by(|a, b| a.stream.cmp(&b.stream));
+        streams
+    }
+
     /// The digest of what was added.
     pub fn finish(self) -> Digest {
         let mut streams: Vec<_> = self.streams.into_iter().collect();
@@ -67,9 +94,13 @@ impl Digester {
             hash.update(count.to_be_bytes());
             hash.update(chain);
         }
-        let sha256 = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = hex(&hash.finalize());
         Digest { events: self.events, streams: streams.len() as u64, sha256 }
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The digest of `reader`'s log through position `through`.

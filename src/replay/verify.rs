@@ -17,7 +17,7 @@ use weft_events::domain::{Any, DecodeError};
 use weft_events::seal::{Opening, SEALED};
 use weft_events::{Envelope, EventRead, StreamName};
 
-use super::digest::{Digest, Digester};
+use super::digest::{Digest, Digester, StreamDigest};
 use super::read_ahead;
 
 /// Most faults the report lists one by one; past it, they are only counted.
@@ -92,6 +92,9 @@ pub struct Report {
     pub ok: bool,
     /// The digest of the events read (`weft events copy` compares it at both ends; see [`super::digest`]).
     pub digest: Digest,
+    /// Each stream's part of it, when asked for (`--streams`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_stream: Vec<StreamDigest>,
 }
 
 /// The checks' running state.
@@ -215,10 +218,12 @@ impl Checks {
     }
 }
 
-/// Checks the whole log of `reader`, reporting `progress(events_checked, head)` now and then.
+/// Checks the whole log of `reader`, reporting `progress(events_checked, head)` now and then; with
+/// `per_stream`, lists each stream's digest.
 pub async fn verify(
     reader: Arc<dyn EventRead>,
     store: String,
+    per_stream: bool,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Report, super::Error> {
     let head = reader.head().await?;
@@ -232,6 +237,7 @@ pub async fn verify(
         listed: Vec::new(),
         ok: true,
         digest: Digester::default().finish(),
+        per_stream: Vec::new(),
     };
     let mut checks = Checks {
         report,
@@ -290,6 +296,9 @@ pub async fn verify(
         checks.missing_positions(head);
     }
     let mut report = checks.report;
+    if per_stream {
+        report.per_stream = checks.digester.streams();
+    }
     report.digest = checks.digester.finish();
     report.streams = checks.versions.len() as u64;
     report.ok = report.faults == 0;

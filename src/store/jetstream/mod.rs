@@ -53,12 +53,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_events::{
-    Appended, Checkpoint, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, Limits, NewEvent,
-    Partition, Snapshot, StreamName, Subscription, Timestamp, codec,
+    Checkpoint, Direction, Envelope, Error, EventRead, Limits, Partition, Snapshot, StreamName, Subscription,
 };
 
 use crate::store::record;
@@ -76,7 +74,7 @@ pub(crate) use setup::follow;
 use setup::{
     Heads, check_names, ensure_bucket, ensure_events_stream, follow_head, raise, request_info, version_at_least,
 };
-use wire::{InfoReply, PublishError};
+use wire::InfoReply;
 
 /// The partition token of the subjects of a stream in no partition.
 const NO_PARTITION: &str = "_";
@@ -509,172 +507,5 @@ impl EventRead for JetStreamStore {
 
     fn limits(&self) -> Limits {
         self.inner.limits
-    }
-}
-
-#[async_trait]
-impl EventWrite for JetStreamStore {
-    #[tracing::instrument(name = "append", level = "debug", skip_all, fields(store = "jetstream", stream = stream.as_str(), events = events.len()))]
-    async fn append(
-        &self,
-        stream: &StreamName,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<Appended, Error> {
-        self.inner.limits.check_append(&events)?;
-        let count = events.len() as u64;
-        let recorded_at = Timestamp::now();
-        // Whether a publish of this append went unacknowledged: a later conflict may then be with ourselves.
-        let mut unacknowledged = false;
-        for _ in 0..MAX_ANY_ATTEMPTS {
-            // The version the append goes after, seen to exist: the publish checks that the next is free.
-            let version = match expected {
-                ExpectedVersion::NoStream | ExpectedVersion::Exact(0) => 0,
-                ExpectedVersion::Exact(v) => match self.remembered_tail(stream) {
-                    Some((version, _)) if version == v => v,
-                    _ => match self.event_at(stream, v).await? {
-                        Some(_) => v,
-                        None => {
-                            let actual = self.tail(stream).await?.0;
-                            return Err(Error::Conflict { stream: stream.clone(), expected, actual });
-                        }
-                    },
-                },
-                ExpectedVersion::Any => self.tail(stream).await?.0,
-            };
-            let fence: Option<Arc<str>> = match self.inner.fence.get() {
-                Some(partitions) => partitions
-                    .fence(stream)
-                    .map_err(|fenced| self.unavailable(format!("an append to {stream}: {fenced}")))?
-                    .map(|fence| fence.header().into()),
-                None => None,
-            };
-            let mut messages = Vec::with_capacity(events.len());
-            for (i, event) in events.iter().enumerate() {
-                let version = version + 1 + i as u64;
-                let mut body = Vec::with_capacity(event.payload.len() + 96);
-                record::encode(&mut body, event, stream, version, 0, recorded_at);
-                messages.push((self.subject(stream, version), Bytes::from(body), event.event_id, fence.clone()));
-            }
-            // Sent again (same event ids, so a copy that did land is a duplicate to the server) while no
-            // acknowledgement comes or no leader answers, for up to the time-out.
-            let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
-            let mut pause = Duration::from_millis(20);
-            let outcome = loop {
-                // A node whose lease lapsed while it sent again stops sending: another may own the stream now.
-                if let Some(Err(fenced)) = self.inner.fence.get().map(|p| p.fence(stream)) {
-                    return Err(self.unavailable(format!("an append to {stream}: {fenced}")));
-                }
-                match self.publish_grouped(stream, &messages).await {
-                    Err(PublishError::Ambiguous(reason)) if tokio::time::Instant::now() < deadline => {
-                        tracing::debug!(%stream, %reason, "no acknowledgement for an append; sending it again");
-                        unacknowledged = true;
-                    }
-                    Err(PublishError::NoLeader) if tokio::time::Instant::now() < deadline => {}
-                    other => break other,
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
-            };
-            match outcome {
-                Ok(last) => {
-                    self.saw_in(stream, last);
-                    self.remember_tail(stream, version + count, last);
-                    return Ok(Appended {
-                        version: version + count,
-                        first_position: last + 1 - count,
-                        last_position: last,
-                    });
-                }
-                Err(PublishError::WrongLastSequence) => {
-                    // After a publish whose acknowledgement was lost, the conflict may be with ourselves.
-                    if unacknowledged
-                        && let Some(first) = self.event_at(stream, version + 1).await?
-                        && first.event_id == events[0].event_id
-                    {
-                        let last = first.position + count - 1;
-                        self.saw_in(stream, last);
-                        return Ok(Appended {
-                            version: version + count,
-                            first_position: first.position,
-                            last_position: last,
-                        });
-                    }
-                    let actual = self.version_after_conflict(stream, version).await?;
-                    if expected == ExpectedVersion::Any {
-                        continue;
-                    }
-                    return Err(Error::Conflict { stream: stream.clone(), expected, actual });
-                }
-                Err(PublishError::Ambiguous(reason)) => {
-                    return Err(self.unavailable(format!("no acknowledgement for an append to {stream}: {reason}")));
-                }
-                Err(PublishError::NoLeader) => {
-                    return Err(self.unavailable(format!("no leader answered an append to {stream}")));
-                }
-                Err(PublishError::Refused(reason)) => {
-                    return Err(self.unavailable(format!("an append to {stream} was refused: {reason}")));
-                }
-            }
-        }
-        Err(self.unavailable(format!("stream {stream} kept moving: {MAX_ANY_ATTEMPTS} attempts to append lost")))
-    }
-
-    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), Error> {
-        self.inner.limits.check_snapshot(&snapshot)?;
-        let value = codec::encode(&snapshot).map_err(|e| self.unavailable(e))?;
-        if value.len() > self.inner.max_message_bytes {
-            return Err(Error::SnapshotTooLarge { size: snapshot.payload.len(), limit: self.inner.max_message_bytes });
-        }
-        let actual = self.tail(&snapshot.stream).await?.0;
-        if snapshot.version > actual {
-            return Err(Error::SnapshotAhead { stream: snapshot.stream.clone(), version: snapshot.version, actual });
-        }
-        let log = &self.inner.snapshots;
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let current: Option<(u64, Snapshot)> = self.kv_get(log, snapshot.stream.as_str()).await?;
-            if current.as_ref().is_some_and(|(_, c)| c.version >= snapshot.version) {
-                return Ok(());
-            }
-            let revision = current.map_or(0, |(r, _)| r);
-            if self.kv_put(log, snapshot.stream.as_str(), value.clone(), revision).await? {
-                return Ok(());
-            }
-        }
-        Err(self.unavailable(format!("the snapshot of {} kept changing under a save", snapshot.stream)))
-    }
-
-    async fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error> {
-        self.inner.limits.check_checkpoint(&checkpoint)?;
-        let value = codec::encode(&checkpoint).map_err(|e| self.unavailable(e))?;
-        if value.len() > self.inner.max_message_bytes {
-            return Err(Error::SnapshotTooLarge { size: checkpoint.state.len(), limit: self.inner.max_message_bytes });
-        }
-        if checkpoint.position > *self.inner.heads.all.borrow() {
-            let head = self.head().await?;
-            if checkpoint.position > head {
-                return Err(Error::CheckpointAhead {
-                    name: checkpoint.name.clone(),
-                    position: checkpoint.position,
-                    head,
-                });
-            }
-        }
-        let log = &self.inner.checkpoints;
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let current: Option<(u64, Checkpoint)> = self.kv_get(log, checkpoint.name.as_str()).await?;
-            if current.as_ref().is_some_and(|(_, c)| c.position > checkpoint.position) {
-                return Ok(());
-            }
-            let revision = current.map_or(0, |(r, _)| r);
-            if self.kv_put(log, checkpoint.name.as_str(), value.clone(), revision).await? {
-                return Ok(());
-            }
-        }
-        Err(self.unavailable(format!("checkpoint {} kept changing under a save", checkpoint.name)))
-    }
-
-    fn combine_from(&self) -> usize {
-        self.batch_from()
     }
 }
