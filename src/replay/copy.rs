@@ -4,12 +4,13 @@
 //! - **What is kept.** Every event with its id, stream, version, type, schema version, recorded time, tenant,
 //!   actor, correlation and causation ids, and its payload byte for byte (personal fields stay sealed); every
 //!   tenant's key, or its erasure, so that the copy opens (or refuses to open) the same fields.
-//! - **Positions.** The target gives each event the next position of its own, in the source's order. On an
-//!   empty target whose source's positions run from 1 without a gap, every position is kept; otherwise the copy
-//!   says how they map, as runs (`source_from`, `target_from`, `events`).
+//! - **Positions.** The target gives each event the next position of its own, in the order it stores them:
+//!   the source's, unless the store had to send an append again (JetStream). On an empty target whose source's
+//!   positions run from 1 without a gap, every position is then kept; otherwise the copy says how they map, as
+//!   runs (`source_from`, `target_from`, `events`).
 //! - **Checkpoints.** The process managers' checkpoints (`process-*`) are saved on the target with their
-//!   positions translated (to the last target position of an event at or before the source's one) and their
-//!   state as it was. Read models live beside a node, not in the store: a node started on the copy with a read
+//!   positions translated (to a watermark: just below the first target position of an event after the
+//!   source's one) and their state as it was. Read models live beside a node, not in the store: a node started on the copy with a read
 //!   model of the source rebuilds it when positions moved (the copy says whether they did).
 //! - **Resuming.** Progress is saved on the target as checkpoint `copy`, after what it names is stored. A target
 //!   that holds events is refused unless `--resume` says to go on: the copy then starts after the saved
@@ -32,6 +33,9 @@ use crate::store::open::{self as store, Mode};
 
 /// The checkpoint on the target that records how far a copy got.
 pub const PROGRESS: &str = "copy";
+
+/// Appends in flight into a JetStream store.
+const JETSTREAM_WINDOW: usize = 64;
 
 /// Save progress after this many events at most.
 const SAVE_EVERY_EVENTS: u64 = 20_000;
@@ -134,14 +138,27 @@ impl Progress {
         self.runs.push(Run { source_from: source, target_from: target, events: 1 });
     }
 
-    /// The target's position for a checkpoint at the source's `position`: that of the last event copied at or
-    /// before it (0 when there is none).
+    /// The target's position for a checkpoint at the source's `position`: a watermark, every target position
+    /// at or below it holding an event at or before `position` in the source. Just below the first target
+    /// position of an event after it (the last event at or before it when the target kept the source's order;
+    /// lower where it did not), or the last position copied when no event comes after it. A process that
+    /// resumes there may handle events again, never skip one.
     fn translate(&self, position: u64) -> u64 {
-        let at = self.runs.partition_point(|run| run.source_from <= position);
-        match at.checked_sub(1).map(|i| self.runs[i]) {
-            Some(run) => run.target_from + (position - run.source_from).min(run.events - 1),
-            None => 0,
+        let mut first_after = None::<u64>;
+        let mut last = 0;
+        for run in &self.runs {
+            if run.source_from > position {
+                first_after = Some(first_after.map_or(run.target_from, |f| f.min(run.target_from)));
+                continue;
+            }
+            let within = (position - run.source_from).min(run.events - 1);
+            last = last.max(run.target_from + within);
+            if within + 1 < run.events {
+                let next = run.target_from + within + 1;
+                first_after = Some(first_after.map_or(next, |f| f.min(next)));
+            }
         }
+        first_after.map_or(last, |first| first - 1)
     }
 
     /// Whether every position copied is the same at both ends.
@@ -290,9 +307,10 @@ async fn copy_open(
     let keys = carry_keys(&source_keys, &target_keys).await?;
 
     let head = source.head().await?;
-    // SQLite commits appends in the order they are asked for; JetStream may commit concurrent ones in
-    // another, which would reorder the log.
-    let window = if to.jetstream.is_none() { super::export::IMPORT_WINDOW } else { 1 };
+    // SQLite commits appends in the order they are asked for. JetStream stores what one connection sends in
+    // the order sent, and the store sends appends in the order they were asked for unless one is retried; an
+    // append that came out of order shows in the runs, and the checkpoints are moved below it.
+    let window = if to.jetstream.is_none() { super::export::IMPORT_WINDOW } else { JETSTREAM_WINDOW };
     let (through, copied) = copy_events(source, target, &mut state, (there > 0, window), head, progress).await?;
     let checkpoints = translate_checkpoints(source, target, &state.1).await?;
 
@@ -571,6 +589,13 @@ mod tests {
         );
         assert!(!state.kept());
         assert_eq!([0, 1, 3, 4, 5, 6, 9].map(|p| state.translate(p)), [0, 1, 3, 3, 4, 5, 5]);
+        // Stored out of order (source 2 at target 3, source 3 at target 2): a checkpoint at 2 may only say 1.
+        let mut swapped = Progress::default();
+        for (source, target) in [(1, 1), (2, 3), (3, 2), (4, 4)] {
+            swapped.placed(source, target);
+        }
+        assert!(!swapped.kept());
+        assert_eq!([1, 2, 3, 4].map(|p| swapped.translate(p)), [1, 1, 3, 4]);
         let mut dense = Progress::default();
         (1..=4).for_each(|p| dense.placed(p, p));
         assert!(dense.kept());
