@@ -477,14 +477,8 @@ impl Backend for JetStreamKeys {
     }
 
     async fn tenants(&self) -> Result<Vec<String>, Error> {
-        use futures::TryStreamExt as _;
         let prefix = format!("{}.", self.names.subject);
-        let subjects: Vec<(String, usize)> = self
-            .stream
-            .info_with_subjects(format!("{prefix}*"))
-            .await
-            .map_err(|e| self.unavailable(e))?
-            .try_collect()
+        let subjects = crate::store::jetstream::subjects(&self.stream, format!("{prefix}*"))
             .await
             .map_err(|e| self.unavailable(e))?;
         let tenant = |subject: &str| {
@@ -492,7 +486,7 @@ impl Backend for JetStreamKeys {
             let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).ok()?;
             String::from_utf8(bytes).ok()
         };
-        Ok(subjects.iter().filter_map(|(subject, _)| tenant(subject)).collect())
+        Ok(subjects.iter().filter_map(|subject| tenant(subject)).collect())
     }
 
     async fn erase(&self, tenant: &str, at: Timestamp) -> Result<Option<KeyState>, Error> {

@@ -27,19 +27,12 @@ impl JetStreamStore {
 
     /// The keys a bucket holds an entry for (deleted ones too, whose entries read as none), in name order.
     pub(super) async fn kv_keys(&self, log: &Log) -> Result<Vec<weft_events::StreamName>, Error> {
-        use futures::TryStreamExt as _;
         let js = async_nats::jetstream::new(self.inner.client.clone());
         let prefix = format!("$KV.{}.", log.bucket());
         let stream = js.get_stream(&log.name).await.map_err(|e| self.unavailable(e))?;
-        let subjects: Vec<(String, usize)> = stream
-            .info_with_subjects(format!("{prefix}>"))
-            .await
-            .map_err(|e| self.unavailable(e))?
-            .try_collect()
-            .await
-            .map_err(|e| self.unavailable(e))?;
+        let subjects = super::subjects(&stream, format!("{prefix}>")).await.map_err(|e| self.unavailable(e))?;
         let mut keys: Vec<String> =
-            subjects.into_iter().filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_owned)).collect();
+            subjects.iter().filter_map(|subject| subject.strip_prefix(&prefix).map(str::to_owned)).collect();
         keys.sort_unstable();
         Ok(keys.iter().map(|key| weft_events::StreamName::from_stored(key)).collect())
     }

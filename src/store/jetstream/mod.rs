@@ -70,10 +70,10 @@ mod setup;
 mod tests;
 mod wire;
 
-pub(crate) use setup::follow;
 use setup::{
     Heads, check_names, ensure_bucket, ensure_events_stream, follow_head, raise, request_info, version_at_least,
 };
+pub(crate) use setup::{follow, subjects};
 use wire::InfoReply;
 
 /// The partition token of the subjects of a stream in no partition.

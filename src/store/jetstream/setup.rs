@@ -332,3 +332,13 @@ impl Heads {
         self.partitions.get(token.parse::<usize>().ok()?)
     }
 }
+
+/// The subjects of `stream` that hold messages and match `filter` (a stream's info, listing them).
+pub(crate) async fn subjects(
+    stream: &async_nats::jetstream::stream::Stream,
+    filter: String,
+) -> Result<Vec<String>, async_nats::Error> {
+    use futures::TryStreamExt as _;
+    let subjects: Vec<(String, usize)> = stream.info_with_subjects(filter).await?.try_collect().await?;
+    Ok(subjects.into_iter().map(|(subject, _)| subject).collect())
+}
