@@ -37,7 +37,8 @@ fn bench_store_prints_one_json_line_per_case_and_a_table() {
 #[test]
 fn bench_replay_prints_one_json_line_per_case() {
     let dir = tempfile::tempdir().unwrap();
-    let out = weft(&["bench", "replay", "--events", "1000", "--path", dir.path().to_str().unwrap()]);
+    let path = dir.path().to_str().unwrap();
+    let out = weft(&["bench", "replay", "--events", "1000", "--copy-events", "1000", "--path", path]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let cases: Vec<String> = String::from_utf8(out.stdout)
         .unwrap()
@@ -50,7 +51,8 @@ fn bench_replay_prints_one_json_line_per_case() {
             report["case"].as_str().unwrap().to_owned()
         })
         .collect();
-    assert_eq!(cases, ["cat", "cat-sealed", "export", "verify", "rebuild", "rebuild-jobs", "import"]);
+    let all = ["cat", "cat-sealed", "export", "verify", "rebuild", "rebuild-jobs", "import", "copy-sqlite-jetstream"];
+    assert_eq!(cases, all);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the benchmark cleans up after itself");
 }
 
