@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 use weft_events::domain::{self, DecodeError};
 use weft_events::{Envelope, EventRead, EventStore, Timestamp};
 
-use crate::store::jetstream::JetStreamConfig;
 use crate::store::open::{self as store, Mode, Opened};
 
 pub mod cli;
@@ -73,13 +72,7 @@ impl Source {
     /// Where the store is (see [`crate::store::open`]).
     pub fn options(&self) -> Result<store::Options, Error> {
         let jetstream = match (self.jetstream, &self.nats) {
-            (true, Some(nats)) => Some(store::JetStream {
-                nats: nats.clone(),
-                stream: self.jetstream_stream.clone(),
-                replicas: JetStreamConfig::default().replicas,
-                partitions: JetStreamConfig::default().partitions,
-                auth: self.nats_auth.clone(),
-            }),
+            (true, Some(nats)) => Some(store::JetStream::new(nats, &self.jetstream_stream, &self.nats_auth)),
             (true, None) => return Err(Error::JetStreamNeedsNats),
             _ => None,
         };

@@ -46,6 +46,21 @@ pub struct JetStream {
     pub auth: crate::nats::NatsAuth,
 }
 
+impl JetStream {
+    /// The stream `stream` on the servers `nats`, reached with `auth`, made (when missing) with the default
+    /// replicas and partitions.
+    pub fn new(nats: &str, stream: &str, auth: &crate::nats::NatsAuth) -> Self {
+        let defaults = JetStreamConfig::default();
+        Self {
+            nats: nats.to_owned(),
+            stream: stream.to_owned(),
+            replicas: defaults.replicas,
+            partitions: defaults.partitions,
+            auth: auth.clone(),
+        }
+    }
+}
+
 /// How a store is opened (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -94,9 +94,55 @@ fn a_log_copied_from_sqlite_to_jetstream_and_back_reads_the_same_and_a_node_on_t
         assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
         assert!(stderr.contains("sqlite:PATH or jetstream:"), "{stderr}");
     }
+    // Two streams on one set of servers would share their checkpoint bucket.
+    let other = format!("jetstream:{}/OTHER", nats.url());
+    let stderr = refused(&[], &["copy", "--from", &js_place, "--to", &other]);
+    assert!(stderr.contains("share the snapshot and checkpoint"), "{stderr}");
     // Going on with a finished copy copies nothing and finds it all there.
     let again = copy(&sqlite_place, &js_place, &["--resume"]);
     assert_eq!((again["events"].as_u64(), again["through"].as_u64()), (Some(0), Some(head)), "{again}");
+
+    // A target whose key for the tenant is another is refused before any event is copied: the copy's sealed
+    // fields could not be opened with it.
+    let keyed = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let keys = weft::store::keys::Keys::sqlite(&keyed.path().join("keys.db")).unwrap();
+        keys.for_append("acme").await.unwrap();
+    });
+    let keyed_db = keyed.path().join("events.db");
+    let stderr = refused(&[], &["copy", "--from", &sqlite_place, "--to", &format!("sqlite:{}", keyed_db.display())]);
+    assert!(stderr.contains("\"acme\" has another key"), "{stderr}");
+    assert!(!stderr.contains(&run.document), "{stderr}");
+    let report = &json_lines(&ok(&sqlite(&keyed_db), &["verify"]))[0];
+    assert_eq!(report["events"], 0, "{report}");
+}
+
+#[test]
+fn resuming_into_a_target_that_holds_other_events_of_a_stream_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // The fixture's log, and the same streams with other event ids.
+    let original = std::fs::read_to_string(crate::replay::V1_EXPORT).unwrap();
+    let mut other = original.clone();
+    for line in original.lines().skip(1) {
+        let Ok(event) = serde_json::from_str::<Value>(line) else { continue };
+        if let Some(id) = event["event_id"].as_str() {
+            let renamed = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes()).to_string();
+            other = other.replace(id, &renamed);
+        }
+    }
+    let (source_db, target_db) = (dir.path().join("source.db"), dir.path().join("target.db"));
+    let (source_file, target_file) = (dir.path().join("source.jsonl"), dir.path().join("target.jsonl"));
+    std::fs::write(&source_file, &other).unwrap();
+    std::fs::write(&target_file, &original).unwrap();
+    ok(&sqlite(&source_db), &["import", source_file.to_str().unwrap()]);
+    ok(&sqlite(&target_db), &["import", target_file.to_str().unwrap()]);
+    let before = ok(&sqlite(&target_db), &["export"]);
+
+    let (from, to) = (format!("sqlite:{}", source_db.display()), format!("sqlite:{}", target_db.display()));
+    let stderr = refused(&[], &["copy", "--from", &from, "--to", &to, "--resume"]);
+    assert!(stderr.contains("the target holds event") && stderr.contains("nothing more was copied"), "{stderr}");
+    assert!(ok(&sqlite(&target_db), &["export"]) == before, "the refused copy changed the target");
 }
 
 #[test]

@@ -467,7 +467,7 @@ fn verify_finds_injected_faults_in_a_jetstream_store() {
 
 /// An export written by a build whose `document.registered` was schema version 1 (before labels): a real
 /// scripted run's whole log, kept as it was.
-const V1_EXPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/export-v1.jsonl");
+pub(crate) const V1_EXPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/export-v1.jsonl");
 /// The uploaded document of that run.
 const V1_DOCUMENT: &str = "01a24200-6cfd-71eb-9e5c-6395af48717a";
 

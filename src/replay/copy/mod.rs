@@ -16,20 +16,23 @@
 //!   that holds events is refused unless `--resume` says to go on: the copy then starts after the saved
 //!   position and checks, for each stream, the events the target has already (same event id at the same
 //!   version: there; another: a conflict, and nothing more is copied).
-//! - **Proof.** At the end both ends are read whole and digested the way `weft events verify` does (per stream:
-//!   its events' ids, versions, metadata and a SHA-256 of their payloads); the copy fails unless the digests of
-//!   the source (through the position copied) and of the target agree.
+//! - **Proof.** Both ends are digested the way `weft events verify` does (per stream: its events' ids,
+//!   versions, metadata and a SHA-256 of their payloads): the source as it is read (a resumed copy reads it
+//!   whole again at the end), the target read whole at the end. The copy fails unless they agree.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use weft_events::{Appended, Checkpoint, Envelope, EventRead, EventStore, ExpectedVersion, NewEvent, StreamName};
 
-use super::digest::{self, Digest};
-use crate::store::keys::{Carried, Keys};
+use super::digest::{self, Digest, Digester};
+use crate::store::keys::{Carried, CarryError, Keys};
 use crate::store::open::{self as store, Mode};
+pub use place::Place;
+use runs::Progress;
+pub use runs::Run;
 
 /// The checkpoint on the target that records how far a copy got.
 pub const PROGRESS: &str = "copy";
@@ -40,132 +43,8 @@ const JETSTREAM_WINDOW: usize = 64;
 /// Save progress after this many events at most.
 const SAVE_EVERY_EVENTS: u64 = 20_000;
 
-/// A place a store is, as `--from` and `--to` name it: `sqlite:PATH` or `jetstream:URLS/STREAM`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Place {
-    /// A SQLite log file (its keys in `keys.db` beside it).
-    Sqlite(std::path::PathBuf),
-    /// A JetStream stream on these servers (its keys in `<STREAM>_KEYS`).
-    JetStream {
-        /// NATS server URLs, comma separated.
-        nats: String,
-        /// The events' stream.
-        stream: String,
-    },
-}
-
-impl std::str::FromStr for Place {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let usage =
-            "a store is sqlite:PATH or jetstream:NATS_URLS/STREAM (jetstream:nats://127.0.0.1:4222/WEFT_EVENTS)";
-        if let Some(path) = text.strip_prefix("sqlite:") {
-            if path.is_empty() {
-                return Err(format!("{text:?}: no path; {usage}"));
-            }
-            return Ok(Place::Sqlite(path.into()));
-        }
-        if let Some(rest) = text.strip_prefix("jetstream:") {
-            let Some((nats, stream)) = rest.rsplit_once('/') else {
-                return Err(format!("{text:?}: no stream; {usage}"));
-            };
-            let stream_ok = !stream.is_empty()
-                && stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                && nats.contains("://");
-            if !stream_ok {
-                return Err(format!("{text:?}: {stream:?} is not a stream name after the servers' URLs; {usage}"));
-            }
-            return Ok(Place::JetStream { nats: nats.to_owned(), stream: stream.to_owned() });
-        }
-        Err(format!("{text:?}: {usage}"))
-    }
-}
-
-impl Place {
-    /// Where the store is, as [`store::open`] takes it; `auth` for a JetStream one.
-    pub fn options(&self, auth: &crate::nats::NatsAuth) -> store::Options {
-        match self {
-            Place::Sqlite(path) => store::Options { sqlite: path.clone(), jetstream: None, keys: None },
-            Place::JetStream { nats, stream } => store::Options {
-                sqlite: "weft-data/events.db".into(),
-                jetstream: Some(store::JetStream {
-                    nats: nats.clone(),
-                    stream: stream.clone(),
-                    replicas: crate::store::jetstream::JetStreamConfig::default().replicas,
-                    partitions: crate::store::jetstream::JetStreamConfig::default().partitions,
-                    auth: auth.clone(),
-                }),
-                keys: None,
-            },
-        }
-    }
-}
-
-/// A run of events whose positions follow on at both ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Run {
-    /// The source's position of its first event.
-    pub source_from: u64,
-    /// The target's position of it.
-    pub target_from: u64,
-    /// How many events.
-    pub events: u64,
-}
-
-/// How far a copy got, saved on the target as checkpoint [`PROGRESS`] (at the target's position of `through`:
-/// a checkpoint is never ahead of its own log).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Progress {
-    /// The source, as it was named.
-    source: String,
-    /// The source's last position of which every event is on the target.
-    through: u64,
-    /// The runs of positions so far.
-    runs: Vec<Run>,
-}
-
-impl Progress {
-    /// Event `source` of the source is at `target` on the target.
-    fn placed(&mut self, source: u64, target: u64) {
-        if let Some(last) = self.runs.last_mut()
-            && last.source_from + last.events == source
-            && last.target_from + last.events == target
-        {
-            last.events += 1;
-            return;
-        }
-        self.runs.push(Run { source_from: source, target_from: target, events: 1 });
-    }
-
-    /// The target's position for a checkpoint at the source's `position`: a watermark, every target position
-    /// at or below it holding an event at or before `position` in the source. Just below the first target
-    /// position of an event after it (the last event at or before it when the target kept the source's order;
-    /// lower where it did not), or the last position copied when no event comes after it. A process that
-    /// resumes there may handle events again, never skip one.
-    fn translate(&self, position: u64) -> u64 {
-        let mut first_after = None::<u64>;
-        let mut last = 0;
-        for run in &self.runs {
-            if run.source_from > position {
-                first_after = Some(first_after.map_or(run.target_from, |f| f.min(run.target_from)));
-                continue;
-            }
-            let within = (position - run.source_from).min(run.events - 1);
-            last = last.max(run.target_from + within);
-            if within + 1 < run.events {
-                let next = run.target_from + within + 1;
-                first_after = Some(first_after.map_or(next, |f| f.min(next)));
-            }
-        }
-        first_after.map_or(last, |first| first - 1)
-    }
-
-    /// Whether every position copied is the same at both ends.
-    fn kept(&self) -> bool {
-        self.runs.iter().all(|run| run.source_from == run.target_from)
-    }
-}
+mod place;
+mod runs;
 
 /// What a copy did.
 #[derive(Debug, Clone, Serialize)]
@@ -249,6 +128,15 @@ pub enum Error {
     Open(#[from] store::OpenError),
 }
 
+impl From<CarryError> for Error {
+    fn from(error: CarryError) -> Self {
+        match error {
+            CarryError::Store(e) => Error::Store(e),
+            CarryError::Differs(why) => Error::Keys(why),
+        }
+    }
+}
+
 /// Copies the log at `from` into `to` (see the module doc); `progress(done, total)` as it goes.
 pub async fn copy(
     from: &store::Options,
@@ -290,16 +178,13 @@ async fn copy_open(
     let there = target.head().await?;
     let progress_name = StreamName::from_stored(PROGRESS);
     let mut state = match target.load_checkpoint(&progress_name).await? {
-        Some(saved) if there > 0 => {
-            let progress = weft_events::codec::decode::<Progress>(&saved.state).unwrap_or_default();
-            (progress.through, progress)
-        }
-        _ => (0, Progress::default()),
+        Some(saved) if there > 0 => weft_events::codec::decode::<Progress>(&saved.state).unwrap_or_default(),
+        _ => Progress::default(),
     };
     if there > 0 && !resume {
         return Err(Error::NotEmpty { target: target_name, events: there });
     }
-    state.1.source = source_name.clone();
+    state.source = source_name.clone();
 
     // The keys first: an event is never on the target without what opens it.
     let source_keys = store::keys(from, false, client).await?;
@@ -311,24 +196,32 @@ async fn copy_open(
     // the order sent, and the store sends appends in the order they were asked for unless one is retried; an
     // append that came out of order shows in the runs, and the checkpoints are moved below it.
     let window = if to.jetstream.is_none() { super::export::IMPORT_WINDOW } else { JETSTREAM_WINDOW };
-    let (through, copied) = copy_events(source, target, &mut state, (there > 0, window), head, progress).await?;
-    let checkpoints = translate_checkpoints(source, target, &state.1).await?;
+    // A copy from the start reads every event of the source once, and digests them as it goes; a resumed one
+    // reads the source whole again at the end.
+    let mut digester = (there == 0).then(Digester::default);
+    let run = (there > 0, window);
+    let (appended, found) = copy_events(source, target, &mut state, run, head, digester.as_mut(), progress).await?;
+    let through = state.through;
+    let checkpoints = translate_checkpoints(source, target, &state).await?;
 
-    let source_digest = digest::digest(source.clone(), through).await?;
+    let source_digest = match digester {
+        Some(digester) => digester.finish(),
+        None => digest::digest(source.clone(), through).await?,
+    };
     let target_reader: Arc<dyn EventRead> = target.clone();
     let target_digest = digest::digest(target_reader, target.head().await?).await?;
     if source_digest != target_digest {
         return Err(Error::Mismatch { source_digest, target_digest });
     }
-    let kept = state.1.kept();
+    let kept = state.kept();
     Ok(Copied {
         from: source_name,
         to: target_name,
-        events: copied.0,
-        already_there: copied.1,
+        events: appended,
+        already_there: found,
         through,
         positions_kept: kept,
-        position_runs: if kept { Vec::new() } else { state.1.runs.clone() },
+        position_runs: if kept { Vec::new() } else { state.runs },
         keys,
         checkpoints,
         verified: target_digest,
@@ -340,10 +233,7 @@ async fn carry_keys(source: &Keys, target: &Keys) -> Result<Carried, Error> {
     let mut carried = Carried::default();
     for tenant in source.tenants().await? {
         let Some(state) = source.lookup(&tenant).await? else { continue };
-        target.carry(&tenant, &state, &mut carried).await.map_err(|e| match e {
-            crate::store::keys::CarryError::Store(e) => Error::Store(e),
-            crate::store::keys::CarryError::Differs(why) => Error::Keys(why),
-        })?;
+        target.carry(&tenant, &state, &mut carried).await?;
     }
     Ok(carried)
 }
@@ -369,8 +259,6 @@ struct Appends {
     flying: std::collections::VecDeque<StreamName>,
     /// Events asked to be appended.
     appended: u64,
-    /// The source's last position of which every event is on the target.
-    through: u64,
 }
 
 impl Appends {
@@ -434,24 +322,27 @@ impl Appends {
         for (i, source) in positions.iter().enumerate() {
             state.placed(*source, at.first_position + i as u64);
         }
-        self.through = positions.last().copied().unwrap_or(self.through);
+        state.through = positions.last().copied().unwrap_or(state.through);
         Ok(())
     }
 }
 
-/// Copies the source's events after the saved position through `head`, `window` appends in flight. Returns
-/// the source's last position copied and (events appended, events found there).
+/// Copies the source's events after `state.through` through `head`, `window` appends in flight, moving
+/// `state` on as they are stored, and adding each event read to `digester`. Returns (events appended, events
+/// found there).
 async fn copy_events(
     source: &Arc<dyn EventRead>,
     target: &Arc<dyn EventStore>,
-    (saved, state): &mut (u64, Progress),
+    state: &mut Progress,
     (resumed, window): (bool, usize),
     head: u64,
+    mut digester: Option<&mut Digester>,
     progress: &mut impl FnMut(u64, u64),
-) -> Result<(u64, (u64, u64)), Error> {
+) -> Result<(u64, u64), Error> {
     // Where each stream stands on the target, learned on its first event when resuming: its version then.
     let mut present: HashMap<StreamName, u64> = HashMap::new();
-    let mut pages = super::read_ahead(source.clone(), *saved + 1, head);
+    let saved = state.through;
+    let mut pages = super::read_ahead(source.clone(), saved + 1, head);
     let mut appends = Appends {
         target: target.clone(),
         window,
@@ -459,7 +350,6 @@ async fn copy_events(
         in_flight: futures::stream::FuturesOrdered::new(),
         flying: std::collections::VecDeque::new(),
         appended: 0,
-        through: *saved,
     };
     let (mut found, mut unsaved) = (0u64, 0u64);
     let progress_name = StreamName::from_stored(PROGRESS);
@@ -467,11 +357,14 @@ async fn copy_events(
         let page = pages.recv().await.transpose()?;
         let done = page.is_none();
         for event in page.unwrap_or_default() {
+            if let Some(digester) = digester.as_deref_mut() {
+                digester.add(&event);
+            }
             if resumed && let Some(at) = already_there(target, &mut present, &event).await? {
                 // What comes before it is placed first, so the runs stay in order.
                 appends.send(state, true).await?;
                 state.placed(event.position, at);
-                appends.through = event.position;
+                state.through = event.position;
                 found += 1;
                 continue;
             }
@@ -480,19 +373,18 @@ async fn copy_events(
         if done {
             appends.send(state, true).await?;
             // Every event through the head read at the start is on the target now.
-            appends.through = appends.through.max(head).max(*saved);
+            state.through = state.through.max(head).max(saved);
         }
         if done || appends.appended - unsaved >= SAVE_EVERY_EVENTS {
             unsaved = appends.appended;
-            state.through = appends.through;
             let encoded = weft_events::codec::encode(&*state)
                 .map_err(|e| weft_events::Error::Corrupt { location: PROGRESS.into(), detail: e.to_string() })?;
-            let position = state.translate(appends.through);
+            let position = state.translate(state.through);
             target.save_checkpoint(Checkpoint { name: progress_name.clone(), position, state: encoded.into() }).await?;
         }
-        progress(appends.through, head);
+        progress(state.through, head);
         if done {
-            return Ok((appends.through, (appends.appended, found)));
+            return Ok((appends.appended, found));
         }
     }
 }
@@ -557,48 +449,4 @@ async fn translate_checkpoints(
         saved.push(name.to_string());
     }
     Ok(saved)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn places_parse_and_bad_ones_say_what_a_place_is() {
-        assert_eq!("sqlite:data/events.db".parse(), Ok(Place::Sqlite("data/events.db".into())));
-        assert_eq!(
-            "jetstream:nats://a:4222,nats://b:4222/WEFT_EVENTS".parse(),
-            Ok(Place::JetStream { nats: "nats://a:4222,nats://b:4222".into(), stream: "WEFT_EVENTS".into() })
-        );
-        for bad in ["", "sqlite:", "events.db", "jetstream:nats://a:4222", "jetstream:WEFT", "jetstream:nats://a/b.c"] {
-            let error = bad.parse::<Place>().unwrap_err();
-            assert!(error.contains("sqlite:PATH or jetstream:"), "{bad}: {error}");
-        }
-    }
-
-    #[test]
-    fn positions_map_as_runs_and_checkpoints_translate_to_the_last_event_at_or_before() {
-        let mut state = Progress::default();
-        // Source 1-3 and 5-6 (4 is a gap), copied to 1-5.
-        for (source, target) in [(1, 1), (2, 2), (3, 3), (5, 4), (6, 5)] {
-            state.placed(source, target);
-        }
-        assert_eq!(
-            state.runs,
-            [Run { source_from: 1, target_from: 1, events: 3 }, Run { source_from: 5, target_from: 4, events: 2 }]
-        );
-        assert!(!state.kept());
-        assert_eq!([0, 1, 3, 4, 5, 6, 9].map(|p| state.translate(p)), [0, 1, 3, 3, 4, 5, 5]);
-        // Stored out of order (source 2 at target 3, source 3 at target 2): a checkpoint at 2 may only say 1.
-        let mut swapped = Progress::default();
-        for (source, target) in [(1, 1), (2, 3), (3, 2), (4, 4)] {
-            swapped.placed(source, target);
-        }
-        assert!(!swapped.kept());
-        assert_eq!([1, 2, 3, 4].map(|p| swapped.translate(p)), [1, 1, 3, 4]);
-        let mut dense = Progress::default();
-        (1..=4).for_each(|p| dense.placed(p, p));
-        assert!(dense.kept());
-        assert_eq!(dense.runs.len(), 1);
-    }
 }
