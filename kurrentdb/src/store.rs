@@ -1,0 +1,608 @@
+//! The store: [`EventRead`] and [`EventWrite`] over a KurrentDB database.
+//!
+//! - **Appends** go to the stream's KurrentDB stream with the expected revision KurrentDB checks
+//!   ([`crate::record::stream_state`]); KurrentDB acknowledges once the events are durable (on a quorum of a
+//!   cluster). The append then waits until this process's follower of `$all` has numbered them
+//!   ([`crate::index`]), so that it can say which positions they landed at, and so that a read after it sees
+//!   them.
+//! - **Reads of the log** start at the nearest anchor and count on through `$all`, filtered on the server
+//!   to the store's prefix; **stream reads** are KurrentDB stream reads, their positions from the index.
+//! - **Following**: one catch-up-then-live subscription to `$all` per process numbers the events every
+//!   writer appends, and moves the head that [`Subscription`]s wait on. The KurrentDB client re-subscribes
+//!   after a dropped connection; should the subscription end anyway, the follower starts another from where
+//!   it got to.
+//! - **Snapshots and checkpoints** are streams of their own (`$maxCount` 1, so KurrentDB's scavenge keeps
+//!   only the latest), written with an expected revision so that an older one never replaces a newer one.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kurrentdb::{
+    AppendToStreamOptions, Client, ClientSettings, EventData, ReadAllOptions, ReadStreamOptions, RecordedEvent,
+    StreamMetadata, StreamPosition, StreamState, SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weft_events::{
+    Appended, Checkpoint, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, Limits, NewEvent,
+    Snapshot, StreamName, Subscription, Timestamp,
+};
+
+use crate::index::{At, Index};
+use crate::names::{self, NamespaceError, Names};
+use crate::record::{self, CHECKPOINT_TYPE, SNAPSHOT_TYPE, SavedAt, Stored};
+
+/// Events one read of `$all` fetches while numbering.
+pub const CATCH_UP_PAGE: usize = 4096;
+
+/// How long a read or an append waits for the follower to number an event KurrentDB has already
+/// acknowledged, before it reports the store unavailable.
+pub const INDEX_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the follower waits before it subscribes again after its subscription ended.
+pub const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
+
+/// Most tries of a snapshot or checkpoint save that lost a race to another writer of it.
+pub const SAVE_TRIES: usize = 16;
+
+/// Where the store is and how it behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The connection string, as KurrentDB users know it: `esdb://admin:changeit@host:2113?tls=true`,
+    /// `esdb+discover://cluster:2113?nodePreference=follower`, with TLS, credentials and node preference.
+    pub connection: String,
+    /// The store's namespace in the database ([`crate::names`]); default `weft`.
+    pub namespace: String,
+    /// The store's limits.
+    pub limits: Limits,
+}
+
+impl Options {
+    /// The store in the default namespace of the database at `connection`.
+    pub fn new(connection: impl Into<String>) -> Self {
+        Self { connection: connection.into(), namespace: names::DEFAULT_NAMESPACE.to_owned(), limits: Limits::default() }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The connection string is not one the KurrentDB client understands (its password is never shown).
+    #[error("the KurrentDB connection string {connection} is not valid: {reason}")]
+    Connection {
+        /// The connection string, redacted.
+        connection: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The namespace breaks the rules.
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    /// Numbering the store's events failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+/// The store. Cheap to clone; the follower stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct KurrentDbStore {
+    shared: Arc<Shared>,
+    follower: Arc<Follower>,
+}
+
+/// Aborts the follower when the last clone of the store goes.
+struct Follower(JoinHandle<()>);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Shared {
+    client: Client,
+    names: Names,
+    limits: Limits,
+    /// The redacted connection string and namespace, for errors and logs.
+    location: String,
+    index: Mutex<Index>,
+    /// The index's head, for subscriptions and for appends waiting to learn their positions.
+    head: watch::Sender<u64>,
+    /// Set when the numbering broke ([`crate::index::Broken`]); everything fails with it from then on.
+    broken: Mutex<Option<Error>>,
+}
+
+impl KurrentDbStore {
+    /// Connects, numbers the store's events already in the database, and starts following `$all`.
+    pub async fn open(options: Options) -> Result<Self, OpenError> {
+        let names = Names::new(&options.namespace)?;
+        let shown = hide(&names::redact(&options.connection), &options.connection);
+        let invalid = |reason: String| OpenError::Connection { connection: shown.clone(), reason };
+        let settings: ClientSettings = options.connection.parse().map_err(|e: kurrentdb::ClientSettingsParseError| {
+            invalid(hide(e.message(), &options.connection))
+        })?;
+        let client = Client::new(settings).map_err(|e| invalid(hide(&e.to_string(), &options.connection)))?;
+        let shared = Arc::new(Shared {
+            client,
+            location: format!("{shown} (namespace {})", names.namespace()),
+            names,
+            limits: options.limits,
+            index: Mutex::new(Index::default()),
+            head: watch::Sender::new(0),
+            broken: Mutex::new(None),
+        });
+        shared.catch_up().await?;
+        let follower = Follower(tokio::spawn(follow(shared.clone())));
+        Ok(Self { shared, follower: Arc::new(follower) })
+    }
+
+    /// The store's stream names.
+    pub fn names(&self) -> &Names {
+        &self.shared.names
+    }
+
+    /// Where the store is, without secrets.
+    pub fn location(&self) -> &str {
+        &self.shared.location
+    }
+
+    /// Whether the follower of `$all` is running (it stops only when the numbering broke).
+    pub fn following(&self) -> bool {
+        !self.follower.0.is_finished()
+    }
+}
+
+/// `text` with every appearance of the connection string's password replaced.
+fn hide(text: &str, connection: &str) -> String {
+    let password = connection
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('?').next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|p| !p.is_empty());
+    match password {
+        Some(password) => text.replace(password, "***"),
+        None => text.to_owned(),
+    }
+}
+
+fn at(position: kurrentdb::Position) -> At {
+    At { commit: position.commit, prepare: position.prepare }
+}
+
+fn position(at: At) -> kurrentdb::Position {
+    kurrentdb::Position { commit: at.commit, prepare: at.prepare }
+}
+
+/// Follows `$all` from the index's tail for as long as the store is open.
+async fn follow(shared: Arc<Shared>) {
+    loop {
+        let from = shared.index.lock().expect("index lock").tail();
+        let start = from.map_or(StreamPosition::Start, |tail| StreamPosition::Position(position(tail)));
+        let filter = SubscriptionFilter::on_stream_name().add_prefix(shared.names.events_prefix());
+        let mut subscription =
+            shared.client.subscribe_to_all(&SubscribeToAllOptions::default().position(start).filter(filter)).await;
+        loop {
+            match subscription.next_subscription_event().await {
+                Ok(SubscriptionEvent::EventAppeared(event)) => {
+                    if let Err(error) = shared.number(event.get_original_event()) {
+                        tracing::error!(store = %shared.location, %error, "stopped following the store");
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(store = %shared.location, %error, "the subscription to $all ended; subscribing again");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+    }
+}
+
+impl Shared {
+    fn unavailable(&self, error: &kurrentdb::Error) -> Error {
+        let reason = match error {
+            kurrentdb::Error::AccessDenied => "access denied: the connection string's user may not do this".to_owned(),
+            other => other.to_string(),
+        };
+        Error::Unavailable { location: self.location.clone(), reason }
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        match &*self.broken.lock().expect("broken lock") {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Numbers one event read from `$all`, if it is one of the store's.
+    fn number(&self, event: &RecordedEvent) -> Result<(), Error> {
+        let Some(stream) = self.names.stream_of(event.stream_id()) else { return Ok(()) };
+        let added = self.index.lock().expect("index lock").add(at(event.position), event.id, &stream, event.revision + 1);
+        match added {
+            Ok(Some(position)) => {
+                self.head.send_replace(position);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(broken) => {
+                let error = Error::Corrupt { location: self.location.clone(), detail: broken.to_string() };
+                *self.broken.lock().expect("broken lock") = Some(error.clone());
+                // Wake whoever waits on the head, so they see the store broken.
+                self.head.send_modify(|_| {});
+                Err(error)
+            }
+        }
+    }
+
+    /// Numbers every event of the store already in `$all` after the index's tail.
+    async fn catch_up(&self) -> Result<(), Error> {
+        loop {
+            let tail = self.index.lock().expect("index lock").tail();
+            let start = tail.map_or(StreamPosition::Start, |t| StreamPosition::Position(position(t)));
+            let page = self.read_all_raw(start, self.names.events_prefix(), CATCH_UP_PAGE).await?;
+            for event in &page {
+                self.number(event)?;
+            }
+            if page.len() < CATCH_UP_PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Up to `count` events of `$all` from `start` on (inclusive), of streams with `prefix`.
+    async fn read_all_raw(
+        &self,
+        start: StreamPosition<kurrentdb::Position>,
+        prefix: &str,
+        count: usize,
+    ) -> Result<Vec<RecordedEvent>, Error> {
+        let filter = SubscriptionFilter::on_stream_name().add_prefix(prefix);
+        let options = ReadAllOptions::default().position(start).forwards().filter(filter).max_count(count);
+        let mut read = self.client.read_all(&options).await.map_err(|e| self.unavailable(&e))?;
+        let mut events = Vec::with_capacity(count.min(CATCH_UP_PAGE));
+        while let Some(event) = read.next().await.map_err(|e| self.unavailable(&e))? {
+            if let Some(event) = event.event {
+                events.push(event);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Up to `count` events of a KurrentDB stream as `options` say; none when it does not exist.
+    async fn read_raw(&self, kurrent: &str, options: ReadStreamOptions) -> Result<Vec<RecordedEvent>, Error> {
+        let mut read = match self.client.read_stream(kurrent, &options).await {
+            Ok(read) => read,
+            Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+            Err(e) => return Err(self.unavailable(&e)),
+        };
+        let mut events = Vec::new();
+        loop {
+            match read.next().await {
+                Ok(Some(event)) => events.extend(event.event),
+                Ok(None) | Err(kurrentdb::Error::ResourceNotFound) => return Ok(events),
+                Err(kurrentdb::Error::ResourceDeleted) => {
+                    return Err(Error::Corrupt {
+                        location: kurrent.to_owned(),
+                        detail: "the stream was deleted in KurrentDB".into(),
+                    });
+                }
+                Err(e) => return Err(self.unavailable(&e)),
+            }
+        }
+    }
+
+    /// The last event of a KurrentDB stream.
+    async fn read_last(&self, kurrent: &str) -> Result<Option<RecordedEvent>, Error> {
+        let options = ReadStreamOptions::default().position(StreamPosition::End).backwards().max_count(1);
+        Ok(self.read_raw(kurrent, options).await?.pop())
+    }
+
+    /// The position of `stream`'s event at `version`, waiting (up to [`INDEX_WAIT`]) for the follower to
+    /// number it: the caller knows KurrentDB holds it.
+    async fn position_of(&self, stream: &StreamName, version: u64) -> Result<u64, Error> {
+        let mut head = self.head.subscribe();
+        let deadline = tokio::time::Instant::now() + INDEX_WAIT;
+        loop {
+            self.check()?;
+            if let Some(position) = self.index.lock().expect("index lock").position_of(stream, version) {
+                return Ok(position);
+            }
+            match tokio::time::timeout_at(deadline, head.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => {
+                    return Err(Error::Unavailable {
+                        location: self.location.clone(),
+                        reason: format!(
+                            "{stream} version {version} is in KurrentDB but the follower of $all has not reached it \
+                             within {} s",
+                            INDEX_WAIT.as_secs()
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Saves a snapshot's or checkpoint's record in `kurrent` unless the one there is further (`at` greater).
+    async fn save(&self, kurrent: &str, event_type: &str, saved: SavedAt, state: Bytes) -> Result<(), Error> {
+        for _ in 0..SAVE_TRIES {
+            let last = self.read_last(kurrent).await?;
+            let expected = match &last {
+                Some(event) => {
+                    if record::saved_at(kurrent, &event.custom_metadata)?.at > saved.at {
+                        return Ok(());
+                    }
+                    StreamState::StreamRevision(event.revision)
+                }
+                None => {
+                    // Only the latest is ever read: KurrentDB's scavenge may drop the rest.
+                    let keep_one = StreamMetadata::builder().max_count(1).build();
+                    self.client
+                        .set_stream_metadata(kurrent, &AppendToStreamOptions::default(), &keep_one)
+                        .await
+                        .map_err(|e| self.unavailable(&e))?;
+                    StreamState::NoStream
+                }
+            };
+            let record = record::to_saved(event_type, saved, state.clone());
+            let options = AppendToStreamOptions::default().stream_state(expected);
+            match self.client.append_to_stream(kurrent, &options, record).await {
+                Ok(_) => return Ok(()),
+                Err(kurrentdb::Error::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(self.unavailable(&e)),
+            }
+        }
+        Err(Error::Unavailable {
+            location: kurrent.to_owned(),
+            reason: format!("{SAVE_TRIES} saves in a row lost the race to other writers"),
+        })
+    }
+
+    /// The saved record of `kurrent`: where it is and its state.
+    async fn load(&self, kurrent: &str) -> Result<Option<(SavedAt, Bytes)>, Error> {
+        let Some(event) = self.read_last(kurrent).await? else { return Ok(None) };
+        Ok(Some((record::saved_at(kurrent, &event.custom_metadata)?, event.data)))
+    }
+}
+
+/// The Weft event of a record read from one of the store's streams.
+fn envelope(event: RecordedEvent, stream: StreamName, position: u64) -> Result<Envelope, Error> {
+    let stored = Stored {
+        kurrent_stream: event.stream_id(),
+        id: event.id,
+        revision: event.revision,
+        event_type: &event.event_type,
+        data: event.data.clone(),
+        metadata: &event.custom_metadata,
+    };
+    record::to_envelope(stored, stream, position)
+}
+
+#[async_trait]
+impl EventRead for KurrentDbStore {
+    async fn read_stream(
+        &self,
+        stream: &StreamName,
+        from: u64,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, Error> {
+        let shared = &self.shared;
+        shared.limits.check_page(limit)?;
+        shared.check()?;
+        let options = match direction {
+            Direction::Forwards => ReadStreamOptions::default().position(StreamPosition::Position(from.max(1) - 1)),
+            Direction::Backwards if from == 0 => return Ok(Vec::new()),
+            Direction::Backwards if from == u64::MAX => ReadStreamOptions::default().position(StreamPosition::End),
+            Direction::Backwards => ReadStreamOptions::default().position(StreamPosition::Position(from - 1)),
+        };
+        let options = match direction {
+            Direction::Forwards => options.forwards(),
+            Direction::Backwards => options.backwards(),
+        };
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let events = shared.read_raw(&shared.names.events(stream), options.max_count(limit)).await?;
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            let position = shared.position_of(stream, event.revision + 1).await?;
+            out.push(envelope(event, stream.clone(), position)?);
+        }
+        Ok(out)
+    }
+
+    async fn read_all(&self, from: u64, limit: usize) -> Result<Vec<Envelope>, Error> {
+        let shared = &self.shared;
+        shared.limits.check_page(limit)?;
+        shared.check()?;
+        let from = from.max(1);
+        let (head, seek) = {
+            let index = shared.index.lock().expect("index lock");
+            (index.head(), index.seek(from))
+        };
+        let Some((anchor, anchor_at, anchor_id)) = seek else { return Ok(Vec::new()) };
+        let want = (limit as u64).min(head - from + 1) as usize;
+        let mut out = Vec::with_capacity(want);
+        // The position of the last of the store's events counted, and where the read got to in `$all`.
+        let mut counted = anchor - 1;
+        let mut seen: Option<At> = None;
+        while out.len() < want {
+            let start = position(seen.unwrap_or(anchor_at));
+            // What is left to skip and to keep, and one more for the start, which a read includes.
+            let count = (from.saturating_sub(counted + 1)) as usize + (want - out.len()) + 1;
+            let page = shared.read_all_raw(StreamPosition::Position(start), shared.names.events_prefix(), count).await?;
+            let fetched = page.len();
+            for event in page {
+                let here = at(event.position);
+                if seen.is_some_and(|s| here <= s) || here < anchor_at {
+                    continue;
+                }
+                seen = Some(here);
+                let Some(stream) = shared.names.stream_of(event.stream_id()) else { continue };
+                counted += 1;
+                if counted == anchor && event.id != anchor_id {
+                    return Err(Error::Corrupt {
+                        location: shared.location.clone(),
+                        detail: format!(
+                            "position {anchor} was event {anchor_id} and is now {}: the log changed in KurrentDB",
+                            event.id
+                        ),
+                    });
+                }
+                if counted >= from {
+                    out.push(envelope(event, stream, counted)?);
+                    if out.len() == want {
+                        break;
+                    }
+                }
+            }
+            if fetched < count {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stream_version(&self, stream: &StreamName) -> Result<u64, Error> {
+        self.shared.check()?;
+        Ok(self.shared.read_last(&self.shared.names.events(stream)).await?.map_or(0, |e| e.revision + 1))
+    }
+
+    async fn head(&self) -> Result<u64, Error> {
+        self.shared.check()?;
+        Ok(self.shared.index.lock().expect("index lock").head())
+    }
+
+    async fn load_snapshot(&self, stream: &StreamName) -> Result<Option<Snapshot>, Error> {
+        let loaded = self.shared.load(&self.shared.names.snapshots(stream)).await?;
+        Ok(loaded.map(|(saved, payload)| Snapshot {
+            stream: stream.clone(),
+            version: saved.at,
+            schema_version: saved.schema_version,
+            payload,
+        }))
+    }
+
+    async fn load_checkpoint(&self, name: &StreamName) -> Result<Option<Checkpoint>, Error> {
+        let loaded = self.shared.load(&self.shared.names.checkpoint(name)).await?;
+        Ok(loaded.map(|(saved, state)| Checkpoint { name: name.clone(), position: saved.at, state }))
+    }
+
+    async fn checkpoint_names(&self) -> Result<Vec<StreamName>, Error> {
+        let shared = &self.shared;
+        let prefix = shared.names.checkpoints_prefix();
+        let mut names = BTreeSet::new();
+        let mut seen: Option<At> = None;
+        loop {
+            let start = seen.map_or(StreamPosition::Start, |s| StreamPosition::Position(position(s)));
+            let page = shared.read_all_raw(start, prefix, CATCH_UP_PAGE).await?;
+            let fetched = page.len();
+            for event in page {
+                let here = at(event.position);
+                if seen.is_some_and(|s| here <= s) {
+                    continue;
+                }
+                seen = Some(here);
+                names.extend(shared.names.checkpoint_of(event.stream_id()));
+            }
+            if fetched < CATCH_UP_PAGE {
+                return Ok(names.into_iter().collect());
+            }
+        }
+    }
+
+    fn subscribe_all(&self, from: u64) -> Subscription {
+        Subscription::new(Arc::new(self.clone()), self.shared.head.subscribe(), from)
+    }
+
+    fn limits(&self) -> Limits {
+        self.shared.limits
+    }
+}
+
+#[async_trait]
+impl EventWrite for KurrentDbStore {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, Error> {
+        let shared = &self.shared;
+        shared.limits.check_append(&events)?;
+        shared.check()?;
+        let count = events.len() as u64;
+        let now = Timestamp::now();
+        let records: Vec<EventData> = events.into_iter().map(|e| record::to_record(e, now)).collect();
+        let options = AppendToStreamOptions::default().stream_state(record::stream_state(expected));
+        let written = match shared.client.append_to_stream(shared.names.events(stream), &options, records).await {
+            Ok(written) => written,
+            Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
+                return Err(Error::Conflict { stream: stream.clone(), expected, actual: record::version_of(current) });
+            }
+            Err(e) => return Err(shared.unavailable(&e)),
+        };
+        let version = written.next_expected_version + 1;
+        let first_position = shared.position_of(stream, version + 1 - count).await?;
+        let last_position = shared.position_of(stream, version).await?;
+        Ok(Appended { version, first_position, last_position })
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<(), Error> {
+        let shared = &self.shared;
+        shared.limits.check_snapshot(&snapshot)?;
+        let actual = self.stream_version(&snapshot.stream).await?;
+        if snapshot.version > actual {
+            return Err(Error::SnapshotAhead { stream: snapshot.stream, version: snapshot.version, actual });
+        }
+        let saved = SavedAt { at: snapshot.version, schema_version: snapshot.schema_version };
+        shared.save(&shared.names.snapshots(&snapshot.stream), SNAPSHOT_TYPE, saved, snapshot.payload).await
+    }
+
+    async fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), Error> {
+        let shared = &self.shared;
+        shared.limits.check_checkpoint(&checkpoint)?;
+        let head = self.head().await?;
+        if checkpoint.position > head {
+            return Err(Error::CheckpointAhead { name: checkpoint.name, position: checkpoint.position, head });
+        }
+        let saved = SavedAt { at: checkpoint.position, schema_version: 0 };
+        shared.save(&shared.names.checkpoint(&checkpoint.name), CHECKPOINT_TYPE, saved, checkpoint.state).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_is_hidden_from_client_messages() {
+        let connection = "esdb://admin:s3cret-pw@node:2113?tls=false";
+        assert_eq!(hide("cannot log in as admin with s3cret-pw", connection), "cannot log in as admin with ***");
+        assert_eq!(hide("no password here", "esdb://node:2113"), "no password here");
+    }
+
+    #[tokio::test]
+    async fn a_connection_string_the_client_refuses_is_a_typed_error_without_its_password() {
+        for bad in ["http://admin:s3cret-pw@node:2113", "esdb://admin:s3cret-pw@node:2113?nodePreference=s3cret-pw"] {
+            let error = KurrentDbStore::open(Options::new(bad)).await.err().expect("refused");
+            let shown = error.to_string();
+            assert!(matches!(error, OpenError::Connection { .. }), "{shown}");
+            assert!(!shown.contains("s3cret-pw"), "{shown}");
+        }
+        let error = KurrentDbStore::open(Options { namespace: "a.b".into(), ..Options::new("esdb://node:2113") })
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(error, OpenError::Namespace(_)), "{error}");
+    }
+}
