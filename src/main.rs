@@ -102,9 +102,9 @@ enum Command {
         #[command(subcommand)]
         verb: cli::token::TokenVerb,
     },
-    /// The operator's tools over a store's events, on the store itself (the SQLite file, or JetStream with
-    /// --jetstream): list, read, follow, fold, export, import, verify.
-    Events(weft::replay::cli::Events),
+    /// The operator's tools over a store's events, on the store itself (the SQLite file, JetStream with
+    /// --jetstream, or KurrentDB with --kurrentdb): list, read, follow, fold, export, import, verify, copy.
+    Events(Box<weft::replay::cli::Events>),
     /// Users of a running node, who log in with a password: add, passwd, disable, list (admins; passwd also
     /// for oneself).
     User {
@@ -256,7 +256,7 @@ fn main() -> anyhow::Result<()> {
             let ran = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(weft::replay::cli::run(events));
+                .block_on(weft::replay::cli::run(*events));
             match ran {
                 Ok(true) => Ok(()),
                 Ok(false) => std::process::exit(1),

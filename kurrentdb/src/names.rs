@@ -22,7 +22,9 @@ pub const MAX_NAMESPACE_BYTES: usize = 32;
 
 /// A namespace that breaks the rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("KurrentDB namespace {name:?} is not valid: it must be 1 to {MAX_NAMESPACE_BYTES} ASCII letters, digits or '_'")]
+#[error(
+    "KurrentDB namespace {name:?} is not valid: it must be 1 to {MAX_NAMESPACE_BYTES} ASCII letters, digits or '_'"
+)]
 pub struct NamespaceError {
     /// The namespace, as given.
     pub name: String,

@@ -32,7 +32,7 @@ use weft_events::{
 };
 
 use crate::index::{At, Index};
-use crate::names::{self, NamespaceError, Names};
+use crate::names::{self, Names, NamespaceError};
 use crate::record::{self, CHECKPOINT_TYPE, SNAPSHOT_TYPE, SavedAt, Stored};
 
 /// Events one read of `$all` fetches while numbering.
@@ -63,7 +63,11 @@ pub struct Options {
 impl Options {
     /// The store in the default namespace of the database at `connection`.
     pub fn new(connection: impl Into<String>) -> Self {
-        Self { connection: connection.into(), namespace: names::DEFAULT_NAMESPACE.to_owned(), limits: Limits::default() }
+        Self {
+            connection: connection.into(),
+            namespace: names::DEFAULT_NAMESPACE.to_owned(),
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -121,9 +125,10 @@ impl KurrentDbStore {
         let names = Names::new(&options.namespace)?;
         let shown = hide(&names::redact(&options.connection), &options.connection);
         let invalid = |reason: String| OpenError::Connection { connection: shown.clone(), reason };
-        let settings: ClientSettings = options.connection.parse().map_err(|e: kurrentdb::ClientSettingsParseError| {
-            invalid(hide(e.message(), &options.connection))
-        })?;
+        let settings: ClientSettings = options
+            .connection
+            .parse()
+            .map_err(|e: kurrentdb::ClientSettingsParseError| invalid(hide(e.message(), &options.connection)))?;
         let client = Client::new(settings).map_err(|e| invalid(hide(&e.to_string(), &options.connection)))?;
         let shared = Arc::new(Shared {
             client,
@@ -224,7 +229,8 @@ impl Shared {
     /// Numbers one event read from `$all`, if it is one of the store's.
     fn number(&self, event: &RecordedEvent) -> Result<(), Error> {
         let Some(stream) = self.names.stream_of(event.stream_id()) else { return Ok(()) };
-        let added = self.index.lock().expect("index lock").add(at(event.position), event.id, &stream, event.revision + 1);
+        let added =
+            self.index.lock().expect("index lock").add(at(event.position), event.id, &stream, event.revision + 1);
         match added {
             Ok(Some(position)) => {
                 self.head.send_replace(position);
@@ -439,7 +445,8 @@ impl EventRead for KurrentDbStore {
             let start = position(seen.unwrap_or(anchor_at));
             // What is left to skip and to keep, and one more for the start, which a read includes.
             let count = (from.saturating_sub(counted + 1)) as usize + (want - out.len()) + 1;
-            let page = shared.read_all_raw(StreamPosition::Position(start), shared.names.events_prefix(), count).await?;
+            let page =
+                shared.read_all_raw(StreamPosition::Position(start), shared.names.events_prefix(), count).await?;
             let fetched = page.len();
             for event in page {
                 let here = at(event.position);

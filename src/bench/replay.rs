@@ -239,8 +239,11 @@ async fn copy_to_jetstream(dir: &Path, events: u64) -> anyhow::Result<Report> {
     }
     let raw = rate(head, started.elapsed());
 
-    let from = Place::Sqlite(log).options(&crate::nats::NatsAuth::default());
-    let to = Place::JetStream { nats: server.url(), stream: "COPY".into() }.options(&crate::nats::NatsAuth::default());
+    let auth = crate::nats::NatsAuth::default();
+    let from = Place::Sqlite(log).options(&auth, None).map_err(anyhow::Error::msg)?;
+    let to = Place::JetStream { nats: server.url(), stream: "COPY".into() }
+        .options(&auth, None)
+        .map_err(anyhow::Error::msg)?;
     let started = Instant::now();
     let copied = copy::copy(&from, &to, false, "weft-bench", |_, _| {}).await?;
     anyhow::ensure!(copied.events == head, "the copy appended {} of {head} events", copied.events);

@@ -101,6 +101,14 @@ pub struct StoreSection {
     /// The JetStream stream of the events.
     #[arg(long, default_value = "WEFT_EVENTS", requires = "jetstream", env = "WEFT_JETSTREAM_STREAM")]
     pub jetstream_stream: String,
+    /// Keep the events in KurrentDB (EventStoreDB) instead, at this connection string, as KurrentDB's clients
+    /// take it: `esdb://user:password@host:2113?tls=true&nodePreference=leader`, or `esdb+discover://` for a
+    /// cluster (a build with the `kurrentdb` feature). The tenants' keys stay in `--keys`.
+    #[arg(long, conflicts_with = "jetstream", env = "WEFT_KURRENTDB", hide_env_values = true)]
+    pub kurrentdb: Option<String>,
+    /// The store's namespace in the KurrentDB database: its streams are `<namespace>.<stream>`.
+    #[arg(long, default_value = "weft", requires = "kurrentdb", env = "WEFT_KURRENTDB_NAMESPACE")]
+    pub kurrentdb_namespace: String,
 }
 
 /// Where the bus is.
@@ -292,7 +300,7 @@ impl ProcessesSection {
 
 impl NodeOptions {
     /// Where the store is (see [`crate::store::open`]): the JetStream store on `--nats` with `--jetstream`,
-    /// else the SQLite file.
+    /// the KurrentDB store with `--kurrentdb`, else the SQLite file.
     pub fn store_options(&self) -> store::Options {
         let store = &self.store;
         let jetstream = self.bus.nats.as_ref().filter(|_| store.jetstream).map(|nats| store::JetStream {
@@ -302,7 +310,11 @@ impl NodeOptions {
             partitions: self.cluster.partitions,
             auth: self.bus.auth.clone(),
         });
-        store::Options { sqlite: store.log.clone(), jetstream, keys: store.keys.clone() }
+        let kurrentdb = store.kurrentdb.as_ref().map(|connection| store::KurrentDb {
+            connection: connection.clone(),
+            namespace: store.kurrentdb_namespace.clone(),
+        });
+        store::Options { sqlite: store.log.clone(), jetstream, kurrentdb, keys: store.keys.clone() }
     }
 
     /// A file beside the store's log (as the keys, the read models and the objects are by default).

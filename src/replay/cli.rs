@@ -88,12 +88,19 @@ pub enum Verb {
     /// Copies the whole log, with the tenants' keys and the process managers' checkpoints, into another store
     /// (of either backend), then digests both ends and fails unless they agree.
     Copy {
-        /// The store to copy: sqlite:PATH or jetstream:NATS_URLS/STREAM.
+        /// The store to copy: sqlite:PATH, jetstream:NATS_URLS/STREAM or kurrentdb:CONNECTION[#NAMESPACE].
         #[arg(long)]
         from: Place,
         /// The store to copy into: empty, unless --resume.
         #[arg(long)]
         to: Place,
+        /// The source's tenants' keys: a KurrentDB store's file (its node's --keys), or a SQLite store's when
+        /// not `keys.db` beside it.
+        #[arg(long)]
+        from_keys: Option<std::path::PathBuf>,
+        /// The target's tenants' keys, likewise (made when missing).
+        #[arg(long)]
+        to_keys: Option<std::path::PathBuf>,
         /// Go on with a copy into a target that holds events already (a copy cut short, or one made while the
         /// source was still written to): the events there are checked against the source's.
         #[arg(long)]
@@ -258,8 +265,9 @@ pub async fn run(events: Events) -> anyhow::Result<bool> {
             serde_json::to_writer(&mut out, &imported)?;
             out.write_all(b"\n")?;
         }
-        Verb::Copy { from, to, resume } => {
-            let (from, to) = (from.options(&source.nats_auth), to.options(&source.nats_auth));
+        Verb::Copy { from, to, from_keys, to_keys, resume } => {
+            let from = from.options(&source.nats_auth, from_keys).map_err(anyhow::Error::msg)?;
+            let to = to.options(&source.nats_auth, to_keys).map_err(anyhow::Error::msg)?;
             let mut progress = Progress::new("copy", 0);
             let copied = copy::copy(&from, &to, resume, super::CLIENT, |d, t| progress.update(d, t)).await;
             progress.finish();

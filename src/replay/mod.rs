@@ -47,6 +47,12 @@ pub struct Source {
     /// The JetStream stream of the events.
     #[arg(long, default_value = "WEFT_EVENTS", env = "WEFT_JETSTREAM_STREAM", global = true)]
     pub jetstream_stream: String,
+    /// Work on the KurrentDB store at this connection string instead (a build with the `kurrentdb` feature).
+    #[arg(long, env = "WEFT_KURRENTDB", conflicts_with = "jetstream", hide_env_values = true, global = true)]
+    pub kurrentdb: Option<String>,
+    /// The KurrentDB store's namespace in the database.
+    #[arg(long, default_value = "weft", env = "WEFT_KURRENTDB_NAMESPACE", global = true)]
+    pub kurrentdb_namespace: String,
     /// The tenants' keys (SQLite; `keys.db` beside --store by default; with --jetstream, JetStream's): the
     /// tools show personal fields opened with them, `[erased]` for an erased tenant, and `[sealed]` where
     /// the keys are not at hand.
@@ -63,9 +69,9 @@ pub struct Source {
 impl Source {
     /// What the tools print as the store's name.
     pub fn describe(&self) -> String {
-        match (self.jetstream, &self.nats) {
-            (true, Some(url)) => format!("jetstream:{url}/{}", self.jetstream_stream),
-            _ => format!("sqlite:{}", self.store.display()),
+        match self.options() {
+            Ok(options) => options.describe(),
+            Err(_) => format!("sqlite:{}", self.store.display()),
         }
     }
 
@@ -76,7 +82,11 @@ impl Source {
             (true, None) => return Err(Error::JetStreamNeedsNats),
             _ => None,
         };
-        Ok(store::Options { sqlite: self.store.clone(), jetstream, keys: self.keys.clone() })
+        let kurrentdb = self.kurrentdb.as_ref().map(|connection| store::KurrentDb {
+            connection: connection.clone(),
+            namespace: self.kurrentdb_namespace.clone(),
+        });
+        Ok(store::Options { sqlite: self.store.clone(), jetstream, kurrentdb, keys: self.keys.clone() })
     }
 
     /// Opens the store for reading, with personal fields opened by the keys (read only; see
@@ -93,7 +103,7 @@ impl Source {
     /// Opens the store for writing. SQLite: the store itself, which no node may have open meanwhile.
     pub async fn writer(&self) -> Result<Writer, Error> {
         let opened = store::open(&self.options()?, Mode::Write, CLIENT).await.map_err(|e| match e {
-            store::OpenError::Store(e) if !self.jetstream => Error::Held(e),
+            store::OpenError::Store(e) if !self.jetstream && self.kurrentdb.is_none() => Error::Held(e),
             e => Error::Open(e),
         })?;
         let store = opened.store().expect("a store opened for writing writes");

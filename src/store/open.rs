@@ -22,13 +22,42 @@ use super::sqlite::{self, SqliteStore};
 /// Where a store is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
-    /// The SQLite log file (the store unless `jetstream` is given; the keys' default folder either way).
+    /// The SQLite log file (the store unless `jetstream` or `kurrentdb` is given; the keys' default folder
+    /// either way).
     pub sqlite: PathBuf,
     /// The JetStream store instead, on these servers.
     pub jetstream: Option<JetStream>,
-    /// The tenants' keys (SQLite): `keys.db` beside `sqlite` when `None`. A JetStream store keeps its keys in
-    /// JetStream.
+    /// The KurrentDB store instead (a build with the `kurrentdb` feature).
+    pub kurrentdb: Option<KurrentDb>,
+    /// The tenants' keys (SQLite, for a SQLite or KurrentDB store): `keys.db` beside `sqlite` when `None`. A
+    /// JetStream store keeps its keys in JetStream.
     pub keys: Option<PathBuf>,
+}
+
+/// A KurrentDB store's place.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KurrentDb {
+    /// The connection string (`esdb://user:password@host:2113?tls=true&nodePreference=leader`).
+    pub connection: String,
+    /// The store's namespace in the database (its streams' prefix).
+    pub namespace: String,
+}
+
+impl KurrentDb {
+    /// The servers and namespace, without credentials or options: what logs and messages show.
+    pub fn describe(&self) -> String {
+        let (scheme, rest) = self.connection.split_once("://").unwrap_or(("esdb", &self.connection));
+        let hosts = rest.split(['?', '/']).next().unwrap_or_default();
+        let hosts = hosts.rsplit_once('@').map_or(hosts, |(_, hosts)| hosts);
+        format!("kurrentdb:{scheme}://{hosts}#{}", self.namespace)
+    }
+}
+
+/// Never the connection string: it may hold a password.
+impl std::fmt::Debug for KurrentDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 /// A JetStream store's place.
@@ -92,6 +121,13 @@ pub enum OpenError {
     /// Opening on the blocking pool failed.
     #[error("opening the store: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The KurrentDB store refused.
+    #[cfg(feature = "kurrentdb")]
+    #[error(transparent)]
+    KurrentDb(#[from] weft_kurrentdb::OpenError),
+    /// A KurrentDB store was asked of a build without it.
+    #[error("this weft was built without KurrentDB; build it with `cargo build --release --features kurrentdb`")]
+    NoKurrentDb,
 }
 
 /// An opened store: what it can do depends on the [`Mode`] it was opened in.
@@ -101,6 +137,9 @@ pub enum Opened {
     Sqlite(Sealed<SqliteStore>),
     /// [`Mode::Node`] on JetStream.
     JetStream(Sealed<JetStreamStore>),
+    /// [`Mode::Node`] on KurrentDB.
+    #[cfg(feature = "kurrentdb")]
+    KurrentDb(Sealed<weft_kurrentdb::KurrentDbStore>),
     /// [`Mode::Read`] or [`Mode::Raw`].
     Reader(Arc<dyn EventRead>),
     /// [`Mode::Write`]; `sqlite` is the store again when it must be closed.
@@ -118,17 +157,22 @@ impl Options {
         self.keys.clone().unwrap_or_else(|| keys::default_path(&self.sqlite))
     }
 
-    /// What the store is, for people: `sqlite:<path>` or `jetstream:<urls>/<stream>`.
+    /// What the store is, for people: `sqlite:<path>`, `jetstream:<urls>/<stream>` or
+    /// `kurrentdb:<servers>#<namespace>`.
     pub fn describe(&self) -> String {
-        match &self.jetstream {
-            Some(at) => format!("jetstream:{}/{}", at.nats, at.stream),
-            None => format!("sqlite:{}", self.sqlite.display()),
+        match (&self.jetstream, &self.kurrentdb) {
+            (Some(at), _) => format!("jetstream:{}/{}", at.nats, at.stream),
+            (None, Some(at)) => at.describe(),
+            (None, None) => format!("sqlite:{}", self.sqlite.display()),
         }
     }
 }
 
 /// Opens the store of `options` in `mode`; `client_name` names the NATS connection.
 pub async fn open(options: &Options, mode: Mode, client_name: &str) -> Result<Opened, OpenError> {
+    if let Some(at) = &options.kurrentdb {
+        return open_kurrentdb(options, at, mode).await;
+    }
     if let Some(at) = &options.jetstream {
         let client = crate::nats::connect_with(&at.nats, client_name, &at.auth).await?;
         let config = JetStreamConfig {
@@ -170,6 +214,32 @@ pub async fn open(options: &Options, mode: Mode, client_name: &str) -> Result<Op
     })
 }
 
+/// Opens the KurrentDB store `at`; its keys are a SQLite file, as a SQLite store's are.
+#[cfg(feature = "kurrentdb")]
+async fn open_kurrentdb(options: &Options, at: &KurrentDb, mode: Mode) -> Result<Opened, OpenError> {
+    let kurrent = weft_kurrentdb::Options {
+        connection: at.connection.clone(),
+        namespace: at.namespace.clone(),
+        limits: weft_events::Limits::default(),
+    };
+    let store = weft_kurrentdb::KurrentDbStore::open(kurrent).await?;
+    Ok(match mode {
+        Mode::Node => Opened::KurrentDb(Sealed::new(store, Keys::sqlite(&options.keys_path())?)),
+        Mode::Read { keys } => {
+            let keys = if keys { Keys::sqlite_read_only(&options.keys_path())? } else { Keys::none() };
+            Opened::Reader(Arc::new(Sealed::new(store, keys)))
+        }
+        Mode::Raw => Opened::Reader(Arc::new(store)),
+        Mode::Write => Opened::Writer { store: Arc::new(store), sqlite: None },
+    })
+}
+
+/// A build without the `kurrentdb` feature opens no KurrentDB store.
+#[cfg(not(feature = "kurrentdb"))]
+async fn open_kurrentdb(_: &Options, _: &KurrentDb, _: Mode) -> Result<Opened, OpenError> {
+    Err(OpenError::NoKurrentDb)
+}
+
 /// The tenants' keys of the store at `options`: to read (`writable` false; none when the store has none), or
 /// to write (made when missing).
 pub async fn keys(options: &Options, writable: bool, client_name: &str) -> Result<Keys, OpenError> {
@@ -187,6 +257,8 @@ impl Opened {
         match self {
             Self::Sqlite(store) => Arc::new(store.clone()),
             Self::JetStream(store) => Arc::new(store.clone()),
+            #[cfg(feature = "kurrentdb")]
+            Self::KurrentDb(store) => Arc::new(store.clone()),
             Self::Reader(reader) => reader.clone(),
             Self::Writer { store, .. } => store.clone(),
         }
@@ -197,6 +269,8 @@ impl Opened {
         match self {
             Self::Sqlite(store) => Some(Arc::new(store.clone())),
             Self::JetStream(store) => Some(Arc::new(store.clone())),
+            #[cfg(feature = "kurrentdb")]
+            Self::KurrentDb(store) => Some(Arc::new(store.clone())),
             Self::Reader(_) => None,
             Self::Writer { store, .. } => Some(store.clone()),
         }
@@ -207,6 +281,8 @@ impl Opened {
         match self {
             Self::Sqlite(store) => Some(Arc::new(store.clone())),
             Self::JetStream(store) => Some(Arc::new(store.clone())),
+            #[cfg(feature = "kurrentdb")]
+            Self::KurrentDb(store) => Some(Arc::new(store.clone())),
             _ => None,
         }
     }
@@ -218,9 +294,10 @@ impl Opened {
                 let config = store.inner().config();
                 format!("JetStream stream {} ({} replicas)", config.stream, config.replicas)
             }
-            _ => match &options.jetstream {
-                Some(at) => format!("JetStream stream {}", at.stream),
-                None => format!("SQLite {}", options.sqlite.display()),
+            _ => match (&options.jetstream, &options.kurrentdb) {
+                (Some(at), _) => format!("JetStream stream {}", at.stream),
+                (None, Some(at)) => format!("KurrentDB {} (keys in {})", at.describe(), options.keys_path().display()),
+                (None, None) => format!("SQLite {}", options.sqlite.display()),
             },
         }
     }

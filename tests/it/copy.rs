@@ -211,3 +211,37 @@ fn killed_then_resumed(from: &str, to: &str, target: &[String], export: &str, ac
     assert_eq!(rest["positions_kept"], true, "{rest}");
     assert!(ok(target, &["export"]) == export, "the copy's export differs from the original");
 }
+
+/// This build has no KurrentDB (the `kurrentdb` feature is off in the test build): a node, a tool and a copy
+/// asked for a KurrentDB store each refuse it by name, say how to get it, and never show the connection
+/// string's password; a copy to KurrentDB without its keys' file, and `--kurrentdb` with `--jetstream`, are
+/// refused before anything is opened.
+#[test]
+fn a_kurrentdb_store_is_refused_by_name_by_a_build_without_it_and_its_password_never_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("events.db");
+    let connection = "esdb://admin:s3cret-pw@127.0.0.1:2113?tls=false";
+    let serve = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["serve", "--http-addr", "127.0.0.1:0", "--store", store.to_str().unwrap(), "--kurrentdb", connection])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(!serve.status.success(), "{stderr}");
+    assert!(stderr.contains("built without KurrentDB") && stderr.contains("--features kurrentdb"), "{stderr}");
+    assert!(!stderr.contains("s3cret-pw") && !stderr.contains("panicked"), "{stderr}");
+
+    let stderr = refused(&[], &["verify", "--kurrentdb", connection]);
+    assert!(stderr.contains("built without KurrentDB") && !stderr.contains("s3cret-pw"), "{stderr}");
+
+    let kurrent = format!("kurrentdb:{connection}#moved");
+    let copy = format!("sqlite:{}", dir.path().join("copy.db").display());
+    let stderr = refused(&[], &["copy", "--from", &kurrent, "--to", &copy]);
+    assert!(stderr.contains("--from-keys") && !stderr.contains("s3cret-pw"), "{stderr}");
+    let keys = dir.path().join("moved-keys.db");
+    let stderr = refused(&[], &["copy", "--from", &kurrent, "--from-keys", keys.to_str().unwrap(), "--to", &copy]);
+    assert!(stderr.contains("built without KurrentDB") && !stderr.contains("s3cret-pw"), "{stderr}");
+    assert!(!keys.exists() && !dir.path().join("copy.db").exists(), "nothing was made for a store that was refused");
+
+    let both = events(&[], &["verify", "--kurrentdb", connection, "--jetstream", "--nats", "nats://127.0.0.1:1"]);
+    assert_eq!(both.status.code(), Some(2), "a usage error: {}", String::from_utf8_lossy(&both.stderr));
+}

@@ -195,7 +195,10 @@ async fn copy_open(
     // SQLite commits appends in the order they are asked for. JetStream stores what one connection sends in
     // the order sent, and the store sends appends in the order they were asked for unless one is retried; an
     // append that came out of order shows in the runs, and the checkpoints are moved below it.
-    let window = if to.jetstream.is_none() { super::export::IMPORT_WINDOW } else { JETSTREAM_WINDOW };
+    // KurrentDB commits what one client sends at once in the order its writer takes them, which need not be
+    // the order asked: the same window as JetStream's, and the same runs when the order changed.
+    let window =
+        if to.jetstream.is_none() && to.kurrentdb.is_none() { super::export::IMPORT_WINDOW } else { JETSTREAM_WINDOW };
     // A copy from the start reads every event of the source once, and digests them as it goes; a resumed one
     // reads the source whole again at the end.
     let mut digester = (there == 0).then(Digester::default);
