@@ -252,33 +252,37 @@ impl Shared {
         loop {
             let tail = self.index.lock().expect("index lock").tail();
             let start = tail.map_or(StreamPosition::Start, |t| StreamPosition::Position(position(t)));
-            let page = self.read_all_raw(start, self.names.events_prefix(), CATCH_UP_PAGE).await?;
-            for event in &page {
-                self.number(event)?;
-            }
-            if page.len() < CATCH_UP_PAGE {
+            let fetched = self
+                .scan(start, self.names.events_prefix(), CATCH_UP_PAGE, |event| self.number(&event).map(|()| true))
+                .await?;
+            if fetched < CATCH_UP_PAGE {
                 return Ok(());
             }
         }
     }
 
-    /// Up to `count` events of `$all` from `start` on (inclusive), of streams with `prefix`.
-    async fn read_all_raw(
+    /// Hands `each` the events of `$all` from `start` on (inclusive) of streams with `prefix`, up to `count`
+    /// of them, one at a time as they arrive (a page of large events is never held whole), until it answers
+    /// `false`. Returns how many it was handed.
+    async fn scan(
         &self,
         start: StreamPosition<kurrentdb::Position>,
         prefix: &str,
         count: usize,
-    ) -> Result<Vec<RecordedEvent>, Error> {
+        mut each: impl FnMut(RecordedEvent) -> Result<bool, Error>,
+    ) -> Result<usize, Error> {
         let filter = SubscriptionFilter::on_stream_name().add_prefix(prefix);
         let options = ReadAllOptions::default().position(start).forwards().filter(filter).max_count(count);
         let mut read = self.client.read_all(&options).await.map_err(|e| self.unavailable(&e))?;
-        let mut events = Vec::with_capacity(count.min(CATCH_UP_PAGE));
+        let mut fetched = 0;
         while let Some(event) = read.next().await.map_err(|e| self.unavailable(&e))? {
-            if let Some(event) = event.event {
-                events.push(event);
+            let Some(event) = event.event else { continue };
+            fetched += 1;
+            if !each(event)? {
+                break;
             }
         }
-        Ok(events)
+        Ok(fetched)
     }
 
     /// Up to `count` events of a KurrentDB stream as `options` say; none when it does not exist.
@@ -441,40 +445,36 @@ impl EventRead for KurrentDbStore {
         // The position of the last of the store's events counted, and where the read got to in `$all`.
         let mut counted = anchor - 1;
         let mut seen: Option<At> = None;
-        while out.len() < want {
+        let mut ended = false;
+        while out.len() < want && !ended {
             let start = position(seen.unwrap_or(anchor_at));
             // What is left to skip and to keep, and one more for the start, which a read includes.
             let count = (from.saturating_sub(counted + 1)) as usize + (want - out.len()) + 1;
-            let page =
-                shared.read_all_raw(StreamPosition::Position(start), shared.names.events_prefix(), count).await?;
-            let fetched = page.len();
-            for event in page {
-                let here = at(event.position);
-                if seen.is_some_and(|s| here <= s) || here < anchor_at {
-                    continue;
-                }
-                seen = Some(here);
-                let Some(stream) = shared.names.stream_of(event.stream_id()) else { continue };
-                counted += 1;
-                if counted == anchor && event.id != anchor_id {
-                    return Err(Error::Corrupt {
-                        location: shared.location.clone(),
-                        detail: format!(
-                            "position {anchor} was event {anchor_id} and is now {}: the log changed in KurrentDB",
-                            event.id
-                        ),
-                    });
-                }
-                if counted >= from {
-                    out.push(envelope(event, stream, counted)?);
-                    if out.len() == want {
-                        break;
+            let fetched = shared
+                .scan(StreamPosition::Position(start), shared.names.events_prefix(), count, |event| {
+                    let here = at(event.position);
+                    if seen.is_some_and(|s| here <= s) || here < anchor_at {
+                        return Ok(true);
                     }
-                }
-            }
-            if fetched < count {
-                break;
-            }
+                    seen = Some(here);
+                    let Some(stream) = shared.names.stream_of(event.stream_id()) else { return Ok(true) };
+                    counted += 1;
+                    if counted == anchor && event.id != anchor_id {
+                        return Err(Error::Corrupt {
+                            location: shared.location.clone(),
+                            detail: format!(
+                                "position {anchor} was event {anchor_id} and is now {}: the log changed in KurrentDB",
+                                event.id
+                            ),
+                        });
+                    }
+                    if counted >= from {
+                        out.push(envelope(event, stream, counted)?);
+                    }
+                    Ok(out.len() < want)
+                })
+                .await?;
+            ended = fetched < count;
         }
         Ok(out)
     }
@@ -511,16 +511,16 @@ impl EventRead for KurrentDbStore {
         let mut seen: Option<At> = None;
         loop {
             let start = seen.map_or(StreamPosition::Start, |s| StreamPosition::Position(position(s)));
-            let page = shared.read_all_raw(start, prefix, CATCH_UP_PAGE).await?;
-            let fetched = page.len();
-            for event in page {
-                let here = at(event.position);
-                if seen.is_some_and(|s| here <= s) {
-                    continue;
-                }
-                seen = Some(here);
-                names.extend(shared.names.checkpoint_of(event.stream_id()));
-            }
+            let fetched = shared
+                .scan(start, prefix, CATCH_UP_PAGE, |event| {
+                    let here = at(event.position);
+                    if seen.is_none_or(|s| here > s) {
+                        seen = Some(here);
+                        names.extend(shared.names.checkpoint_of(event.stream_id()));
+                    }
+                    Ok(true)
+                })
+                .await?;
             if fetched < CATCH_UP_PAGE {
                 return Ok(names.into_iter().collect());
             }
