@@ -255,8 +255,7 @@ pub async fn run(events: Events) -> anyhow::Result<bool> {
             std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let writer = source.writer().await?;
             // SQLite: appends of other streams in flight together (the importer keeps each stream in order);
-            // JetStream may commit concurrent appends out of order, so one at a time.
-            // One append at a time into a shared store, which may commit appends in flight out of the order asked.
+            // JetStream and KurrentDB may commit concurrent appends out of order, so one at a time.
             let window = if source.jetstream || source.kurrentdb.is_some() { 1 } else { export::IMPORT_WINDOW };
             let mut progress = Progress::new("import", 0);
             let result = export::import(&file, &*writer.store, on_conflict, window, |d, t| progress.update(d, t)).await;
