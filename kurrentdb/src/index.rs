@@ -125,6 +125,76 @@ impl Index {
     }
 }
 
+/// One read of the log from position `from`: which of the events a read of `$all` from the anchor hands
+/// over are which positions. The reads it takes are inclusive of where they start and may hand an event over
+/// again; `$all` may hold, under the store's prefix, streams that are not the store's.
+#[derive(Debug)]
+pub struct Walk {
+    anchor: u64,
+    anchor_at: At,
+    anchor_id: Uuid,
+    from: u64,
+    /// The position of the last of the store's events counted.
+    counted: u64,
+    /// Where in `$all` the last event handed over is.
+    seen: Option<At>,
+}
+
+/// What a [`Walk`] makes of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Not a position wanted (handed over again, before `from`, or not the store's).
+    Skip,
+    /// The event at this position.
+    Keep(u64),
+}
+
+/// The event at an anchor is not the one numbered there: the log changed under the numbering.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("position {position} was event {was} and is now {now}: the log changed in KurrentDB")]
+pub struct Moved {
+    /// The anchor's position.
+    pub position: u64,
+    /// The event numbered there.
+    pub was: Uuid,
+    /// The event found there.
+    pub now: Uuid,
+}
+
+impl Walk {
+    /// A walk to position `from` from `anchor` ([`Index::seek`]).
+    pub fn new((anchor, anchor_at, anchor_id): (u64, At, Uuid), from: u64) -> Self {
+        Self { anchor, anchor_at, anchor_id, from, counted: anchor - 1, seen: None }
+    }
+
+    /// Where the next read of `$all` starts.
+    pub fn resume_at(&self) -> At {
+        self.seen.unwrap_or(self.anchor_at)
+    }
+
+    /// How many events the next read should ask for, to reach `left` more wanted ones: those still to skip,
+    /// those wanted, and one for the start, which a read hands over again.
+    pub fn to_ask(&self, left: usize) -> usize {
+        usize::try_from(self.from.saturating_sub(self.counted + 1)).unwrap_or(usize::MAX).saturating_add(left + 1)
+    }
+
+    /// The next event `$all` handed over: at `here`, with id `id`, of one of the store's streams or not.
+    pub fn step(&mut self, here: At, id: Uuid, ours: bool) -> Result<Step, Moved> {
+        if self.seen.is_some_and(|s| here <= s) || here < self.anchor_at {
+            return Ok(Step::Skip);
+        }
+        self.seen = Some(here);
+        if !ours {
+            return Ok(Step::Skip);
+        }
+        self.counted += 1;
+        if self.counted == self.anchor && id != self.anchor_id {
+            return Err(Moved { position: self.anchor, was: self.anchor_id, now: id });
+        }
+        Ok(if self.counted >= self.from { Step::Keep(self.counted) } else { Step::Skip })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +267,77 @@ mod tests {
         assert!(broken.detail.contains("version 3 follows version 1"), "{}", broken.detail);
         // Nothing was numbered.
         assert_eq!(index.head(), 1);
+    }
+
+    /// A synthetic `$all`: the store's events (`true`) among others under its prefix, with gaps between.
+    fn log(ours: &[bool]) -> Vec<(At, Uuid, bool)> {
+        ours.iter().enumerate().map(|(n, &o)| (at(1_000 + 37 * n as u64), Uuid::from_u128(n as u128 + 1), o)).collect()
+    }
+
+    /// Reads positions `from..from + want` as the store does: pages of `Walk::to_ask` events, each starting
+    /// (inclusive) where the last one got to, capped at `page` events.
+    fn read(
+        index: &Index,
+        all: &[(At, Uuid, bool)],
+        from: u64,
+        want: usize,
+        page: usize,
+    ) -> Result<Vec<(u64, Uuid)>, Moved> {
+        let mut walk = Walk::new(index.seek(from).unwrap(), from);
+        let mut out = Vec::new();
+        loop {
+            let start = walk.resume_at();
+            let ask = walk.to_ask(want - out.len()).min(page);
+            let handed: Vec<_> = all.iter().filter(|(a, _, _)| *a >= start).take(ask).collect();
+            for &&(here, id, ours) in &handed {
+                if let Step::Keep(position) = walk.step(here, id, ours)? {
+                    out.push((position, id));
+                    if out.len() == want {
+                        return Ok(out);
+                    }
+                }
+            }
+            if handed.len() < ask {
+                return Ok(out);
+            }
+        }
+    }
+
+    #[test]
+    fn a_walk_from_any_anchor_in_any_page_size_finds_the_positions_the_index_numbered() {
+        // Every third event under the prefix is another application's.
+        let pattern: Vec<bool> = (0..400).map(|n| n % 3 != 1).collect();
+        let all = log(&pattern);
+        let mut index = Index::default();
+        let mut numbered = Vec::new();
+        for &(here, id, ours) in &all {
+            if ours {
+                let version = numbered.len() as u64 + 1;
+                index.add(here, id, &stream("a"), version).unwrap();
+                numbered.push(id);
+            }
+        }
+        let head = index.head();
+        for from in [1, 2, ANCHOR_EVERY, ANCHOR_EVERY + 1, 100, head - 1, head] {
+            // A page of one would only ever hand over again where it starts; the store asks for two at least.
+            for page in [2, 3, 5, 1000] {
+                let want = 70.min((head - from + 1) as usize);
+                let got = read(&index, &all, from, want, page).unwrap();
+                let expected: Vec<_> = (from..from + want as u64).map(|p| (p, numbered[p as usize - 1])).collect();
+                assert_eq!(got, expected, "from {from}, pages of {page}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_walk_that_finds_another_event_at_an_anchor_reports_the_log_moved() {
+        let all = log(&[true; 10]);
+        let mut index = Index::default();
+        for (n, &(here, id, _)) in all.iter().enumerate() {
+            index.add(here, id, &stream("a"), n as u64 + 1).unwrap();
+        }
+        // The first event was deleted behind the store's back: the second is now first.
+        let moved = read(&index, &all[1..], 3, 2, 100).unwrap_err();
+        assert_eq!(moved, Moved { position: 1, was: Uuid::from_u128(1), now: Uuid::from_u128(2) });
     }
 }

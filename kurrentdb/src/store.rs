@@ -31,7 +31,7 @@ use weft_events::{
     Snapshot, StreamName, Subscription, Timestamp,
 };
 
-use crate::index::{At, Index};
+use crate::index::{At, Index, Step, Walk};
 use crate::names::{self, Names, NamespaceError};
 use crate::record::{self, CHECKPOINT_TYPE, SNAPSHOT_TYPE, SavedAt, Stored};
 
@@ -439,44 +439,29 @@ impl EventRead for KurrentDbStore {
             let index = shared.index.lock().expect("index lock");
             (index.head(), index.seek(from))
         };
-        let Some((anchor, anchor_at, anchor_id)) = seek else { return Ok(Vec::new()) };
+        let Some(anchor) = seek else { return Ok(Vec::new()) };
         let want = (limit as u64).min(head - from + 1) as usize;
         let mut out = Vec::with_capacity(want);
-        // The position of the last of the store's events counted, and where the read got to in `$all`.
-        let mut counted = anchor - 1;
-        let mut seen: Option<At> = None;
-        let mut ended = false;
-        while out.len() < want && !ended {
-            let start = position(seen.unwrap_or(anchor_at));
-            // What is left to skip and to keep, and one more for the start, which a read includes.
-            let count = (from.saturating_sub(counted + 1)) as usize + (want - out.len()) + 1;
+        let mut walk = Walk::new(anchor, from);
+        loop {
+            let start = StreamPosition::Position(position(walk.resume_at()));
+            let ask = walk.to_ask(want - out.len());
             let fetched = shared
-                .scan(StreamPosition::Position(start), shared.names.events_prefix(), count, |event| {
-                    let here = at(event.position);
-                    if seen.is_some_and(|s| here <= s) || here < anchor_at {
-                        return Ok(true);
-                    }
-                    seen = Some(here);
-                    let Some(stream) = shared.names.stream_of(event.stream_id()) else { return Ok(true) };
-                    counted += 1;
-                    if counted == anchor && event.id != anchor_id {
-                        return Err(Error::Corrupt {
-                            location: shared.location.clone(),
-                            detail: format!(
-                                "position {anchor} was event {anchor_id} and is now {}: the log changed in KurrentDB",
-                                event.id
-                            ),
-                        });
-                    }
-                    if counted >= from {
-                        out.push(envelope(event, stream, counted)?);
+                .scan(start, shared.names.events_prefix(), ask, |event| {
+                    let stream = shared.names.stream_of(event.stream_id());
+                    let step = walk.step(at(event.position), event.id, stream.is_some()).map_err(|moved| {
+                        Error::Corrupt { location: shared.location.clone(), detail: moved.to_string() }
+                    })?;
+                    if let (Step::Keep(position), Some(stream)) = (step, stream) {
+                        out.push(envelope(event, stream, position)?);
                     }
                     Ok(out.len() < want)
                 })
                 .await?;
-            ended = fetched < count;
+            if out.len() == want || fetched < ask {
+                return Ok(out);
+            }
         }
-        Ok(out)
     }
 
     async fn stream_version(&self, stream: &StreamName) -> Result<u64, Error> {
