@@ -439,7 +439,7 @@ impl EventRead for KurrentDbStore {
             let index = shared.index.lock().expect("index lock");
             (index.head(), index.seek(from))
         };
-        let Some(anchor) = seek else { return Ok(Vec::new()) };
+        let Some(anchor) = seek.filter(|_| limit > 0) else { return Ok(Vec::new()) };
         let want = (limit as u64).min(head - from + 1) as usize;
         let mut out = Vec::with_capacity(want);
         let mut walk = Walk::new(anchor, from);
