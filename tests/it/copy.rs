@@ -92,7 +92,7 @@ fn a_log_copied_from_sqlite_to_jetstream_and_back_reads_the_same_and_a_node_on_t
         let out = events(&[], &["copy", "--from", bad, "--to", &js_place]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
-        assert!(stderr.contains("sqlite:PATH or jetstream:"), "{stderr}");
+        assert!(stderr.contains("sqlite:PATH, jetstream:") && stderr.contains("kurrentdb:CONNECTION"), "{stderr}");
     }
     // Two streams on one set of servers would share their checkpoint bucket.
     let other = format!("jetstream:{}/OTHER", nats.url());
