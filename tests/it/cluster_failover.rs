@@ -208,8 +208,18 @@ fn partitions_move_off_a_killed_node_and_onto_a_joining_one_with_no_command_lost
             assert!(!stored(subject(2)).await, "{document} registered twice");
         }
         let stream = js.get_stream("ROUTED").await.unwrap();
-        let consumer =
-            stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await.unwrap();
+        // On two busy cores a JetStream request can time out once; a few tries, bounded.
+        let mut tries = 0;
+        let consumer = loop {
+            match stream.create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default()).await {
+                Ok(consumer) => break consumer,
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    eprintln!("creating the ordered consumer: {e}; trying again");
+                }
+                Err(e) => panic!("creating the ordered consumer: {e}"),
+            }
+        };
         let last = stream.get_info().await.unwrap().state.last_sequence;
         let mut messages = consumer.messages().await.unwrap();
         let mut tokens: BTreeMap<u32, u64> = BTreeMap::new();
