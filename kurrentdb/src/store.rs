@@ -27,7 +27,7 @@ use kurrentdb::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_events::{
-    Appended, Checkpoint, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, Limits, NewEvent,
+    Appended, Checkpoint, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, Health, Limits, NewEvent,
     Snapshot, StreamName, Subscription, Timestamp,
 };
 
@@ -94,7 +94,8 @@ pub enum OpenError {
 #[derive(Clone)]
 pub struct KurrentDbStore {
     shared: Arc<Shared>,
-    follower: Arc<Follower>,
+    /// Held, not read: the follower runs while a clone of the store lives.
+    _follower: Arc<Follower>,
 }
 
 /// Aborts the follower when the last clone of the store goes.
@@ -117,6 +118,8 @@ struct Shared {
     head: watch::Sender<u64>,
     /// Set when the numbering broke ([`crate::index::Broken`]); everything fails with it from then on.
     broken: Mutex<Option<Error>>,
+    /// How the follower of `$all` is doing, for a node's `/readyz`.
+    health: Health,
 }
 
 impl KurrentDbStore {
@@ -138,10 +141,11 @@ impl KurrentDbStore {
             index: Mutex::new(Index::default()),
             head: watch::Sender::new(0),
             broken: Mutex::new(None),
+            health: Health::default(),
         });
         shared.catch_up().await?;
         let follower = Follower(tokio::spawn(follow(shared.clone())));
-        Ok(Self { shared, follower: Arc::new(follower) })
+        Ok(Self { shared, _follower: Arc::new(follower) })
     }
 
     /// The store's stream names.
@@ -154,9 +158,11 @@ impl KurrentDbStore {
         &self.shared.location
     }
 
-    /// Whether the follower of `$all` is running (it stops only when the numbering broke).
-    pub fn following(&self) -> bool {
-        !self.follower.0.is_finished()
+    /// How the follower of `$all` is doing: running once its subscription is confirmed, retrying while it
+    /// is down (appends then wait, up to [`INDEX_WAIT`], to learn their positions), stopped when the
+    /// numbering broke (the store is then corrupt, and says so on every call).
+    pub fn health(&self) -> Health {
+        self.shared.health.clone()
     }
 }
 
@@ -194,14 +200,17 @@ async fn follow(shared: Arc<Shared>) {
         loop {
             match subscription.next_subscription_event().await {
                 Ok(SubscriptionEvent::EventAppeared(event)) => {
+                    shared.health.running();
                     if let Err(error) = shared.number(event.get_original_event()) {
                         tracing::error!(store = %shared.location, %error, "stopped following the store");
+                        shared.health.stopped();
                         return;
                     }
                 }
-                Ok(_) => {}
+                Ok(_) => shared.health.running(),
                 Err(error) => {
                     tracing::warn!(store = %shared.location, %error, "the subscription to $all ended; subscribing again");
+                    shared.health.retrying(format!("the subscription to $all ended: {error}"));
                     break;
                 }
             }

@@ -121,6 +121,10 @@ impl Node {
         let objects_dir = options.objects_dir();
         let (objects, local) = open_objects(&options.objects, &objects_dir, http_addr, &bus).await?;
         let board = Board::default();
+        #[cfg(feature = "kurrentdb")]
+        if let Opened::KurrentDb(kurrent) = &store {
+            board.watch("store follower", kurrent.inner().health());
+        }
         let read_side = ReadSide::start(options, store.reader(), &board)?;
         let reads = read_side.reads.clone();
         // The command intake checks documents' upload commands against the object store, and a workflow's
