@@ -11,11 +11,13 @@
 //!   streams), and how a connection string is shown without its secrets.
 //! - [`record`]: a Weft event as a KurrentDB record (ids, types, revisions, metadata), and back.
 //! - [`index`]: Weft's dense positions, numbered from `$all`'s order by every process alike.
-//! - [`store`]: [`KurrentDbStore`], the reads, appends, follower, snapshots and checkpoints.
+//! - [`follow`]: the process's numbering kept up by following `$all`, which appends and subscriptions wait on.
+//! - [`store`]: [`KurrentDbStore`], the reads, appends, snapshots and checkpoints.
 //!
 //! The tenants' keys that seal personal fields are not here: the `weft` crate keeps them beside the node,
 //! as it does for a SQLite store.
 
+pub mod follow;
 pub mod index;
 pub mod names;
 pub mod record;

@@ -99,8 +99,8 @@ impl Names {
     }
 }
 
-/// A connection string as it may be shown in logs and errors: the password (`esdb://user:password@...`) and
-/// the values of query options that name secrets are replaced by `***`.
+/// A connection string as it may be shown in logs and errors: the password (`esdb://user:password@...`),
+/// wherever it appears, and the values of query options that name secrets are replaced by `***`.
 pub fn redact(connection: &str) -> String {
     let (scheme, rest) = connection.split_once("://").unwrap_or(("", connection));
     let (authority_and_path, query) = match rest.split_once('?') {
@@ -124,9 +124,26 @@ pub fn redact(connection: &str) -> String {
             .join("&")
     });
     let scheme = if scheme.is_empty() { String::new() } else { format!("{scheme}://") };
-    match query {
+    let shown = match query {
         Some(q) => format!("{scheme}{authority}?{q}"),
         None => format!("{scheme}{authority}"),
+    };
+    // The password may be an option's value too.
+    hide(&shown, connection)
+}
+
+/// `text` with every appearance of the connection string's password replaced.
+pub fn hide(text: &str, connection: &str) -> String {
+    let password = connection
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split('?').next())
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|p| !p.is_empty());
+    match password {
+        Some(password) => text.replace(password, "***"),
+        None => text.to_owned(),
     }
 }
 
@@ -190,5 +207,12 @@ mod tests {
         );
         // A password holding '@' is cut at the last one, so no part of it shows.
         assert!(!redact("esdb://u:p@ss@h:2113").contains("ss"));
+    }
+
+    #[test]
+    fn the_password_is_hidden_from_client_messages() {
+        let connection = "esdb://admin:s3cret-pw@node:2113?tls=false";
+        assert_eq!(hide("cannot log in as admin with s3cret-pw", connection), "cannot log in as admin with ***");
+        assert_eq!(hide("no password here", "esdb://node:2113"), "no password here");
     }
 }

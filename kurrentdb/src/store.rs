@@ -7,43 +7,30 @@
 //!   them.
 //! - **Reads of the log** start at the nearest anchor and count on through `$all`, filtered on the server
 //!   to the store's prefix; **stream reads** are KurrentDB stream reads, their positions from the index.
-//! - **Following**: one catch-up-then-live subscription to `$all` per process numbers the events every
-//!   writer appends, and moves the head that [`Subscription`]s wait on. The KurrentDB client re-subscribes
-//!   after a dropped connection; should the subscription end anyway, the follower starts another from where
-//!   it got to.
+//! - **Following** ([`crate::follow`]): one catch-up-then-live subscription to `$all` per process numbers the
+//!   events every writer appends, and moves the head that [`Subscription`]s wait on.
 //! - **Snapshots and checkpoints** are streams of their own (`$maxCount` 1, so KurrentDB's scavenge keeps
 //!   only the latest), written with an expected revision so that an older one never replaces a newer one.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use kurrentdb::{
     AppendToStreamOptions, Client, ClientSettings, EventData, ReadAllOptions, ReadStreamOptions, RecordedEvent,
-    StreamMetadata, StreamPosition, StreamState, SubscribeToAllOptions, SubscriptionEvent, SubscriptionFilter,
+    StreamMetadata, StreamPosition, StreamState, SubscriptionFilter,
 };
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use weft_events::{
     Appended, Checkpoint, Direction, Envelope, Error, EventRead, EventWrite, ExpectedVersion, Health, Limits, NewEvent,
     Snapshot, StreamName, Subscription, Timestamp,
 };
 
+use crate::follow::{CATCH_UP_PAGE, Follower};
 use crate::index::{At, Index, Step, Walk};
 use crate::names::{self, Names, NamespaceError};
 use crate::record::{self, CHECKPOINT_TYPE, SNAPSHOT_TYPE, SavedAt, Stored};
-
-/// Events one read of `$all` fetches while numbering.
-pub const CATCH_UP_PAGE: usize = 4096;
-
-/// How long a read or an append waits for the follower to number an event KurrentDB has already
-/// acknowledged, before it reports the store unavailable.
-pub const INDEX_WAIT: Duration = Duration::from_secs(30);
-
-/// How long the follower waits before it subscribes again after its subscription ended.
-pub const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
 
 /// Most tries of a snapshot or checkpoint save that lost a race to another writer of it.
 pub const SAVE_TRIES: usize = 16;
@@ -98,41 +85,33 @@ pub struct KurrentDbStore {
     _follower: Arc<Follower>,
 }
 
-/// Aborts the follower when the last clone of the store goes.
-struct Follower(JoinHandle<()>);
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-struct Shared {
-    client: Client,
-    names: Names,
-    limits: Limits,
+/// What the store's clones and its follower share.
+pub(crate) struct Shared {
+    pub(crate) client: Client,
+    pub(crate) names: Names,
+    pub(crate) limits: Limits,
     /// The redacted connection string and namespace, for errors and logs.
-    location: String,
-    index: Mutex<Index>,
+    pub(crate) location: String,
+    pub(crate) index: Mutex<Index>,
     /// The index's head, for subscriptions and for appends waiting to learn their positions.
-    head: watch::Sender<u64>,
+    pub(crate) head: watch::Sender<u64>,
     /// Set when the numbering broke ([`crate::index::Broken`]); everything fails with it from then on.
-    broken: Mutex<Option<Error>>,
+    pub(crate) broken: Mutex<Option<Error>>,
     /// How the follower of `$all` is doing, for a node's `/readyz`.
-    health: Health,
+    pub(crate) health: Health,
 }
 
 impl KurrentDbStore {
     /// Connects, numbers the store's events already in the database, and starts following `$all`.
     pub async fn open(options: Options) -> Result<Self, OpenError> {
         let names = Names::new(&options.namespace)?;
-        let shown = hide(&names::redact(&options.connection), &options.connection);
+        let shown = names::redact(&options.connection);
         let invalid = |reason: String| OpenError::Connection { connection: shown.clone(), reason };
         let settings: ClientSettings = options
             .connection
             .parse()
-            .map_err(|e: kurrentdb::ClientSettingsParseError| invalid(hide(e.message(), &options.connection)))?;
-        let client = Client::new(settings).map_err(|e| invalid(hide(&e.to_string(), &options.connection)))?;
+            .map_err(|e: kurrentdb::ClientSettingsParseError| invalid(names::hide(e.message(), &options.connection)))?;
+        let client = Client::new(settings).map_err(|e| invalid(names::hide(&e.to_string(), &options.connection)))?;
         let shared = Arc::new(Shared {
             client,
             location: format!("{shown} (namespace {})", names.namespace()),
@@ -144,7 +123,7 @@ impl KurrentDbStore {
             health: Health::default(),
         });
         shared.catch_up().await?;
-        let follower = Follower(tokio::spawn(follow(shared.clone())));
+        let follower = Follower::start(shared.clone());
         Ok(Self { shared, _follower: Arc::new(follower) })
     }
 
@@ -159,68 +138,25 @@ impl KurrentDbStore {
     }
 
     /// How the follower of `$all` is doing: running once its subscription is confirmed, retrying while it
-    /// is down (appends then wait, up to [`INDEX_WAIT`], to learn their positions), stopped when the
+    /// is down (appends then wait, up to [`crate::follow::INDEX_WAIT`], to learn their positions), stopped when the
     /// numbering broke (the store is then corrupt, and says so on every call).
     pub fn health(&self) -> Health {
         self.shared.health.clone()
     }
 }
 
-/// `text` with every appearance of the connection string's password replaced.
-fn hide(text: &str, connection: &str) -> String {
-    let password = connection
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split('?').next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|p| !p.is_empty());
-    match password {
-        Some(password) => text.replace(password, "***"),
-        None => text.to_owned(),
-    }
-}
-
-fn at(position: kurrentdb::Position) -> At {
+/// KurrentDB's place of a record, as the index keeps it.
+pub(crate) fn at(position: kurrentdb::Position) -> At {
     At { commit: position.commit, prepare: position.prepare }
 }
 
-fn position(at: At) -> kurrentdb::Position {
+/// A place the index keeps, as KurrentDB takes it.
+pub(crate) fn position(at: At) -> kurrentdb::Position {
     kurrentdb::Position { commit: at.commit, prepare: at.prepare }
 }
 
-/// Follows `$all` from the index's tail for as long as the store is open.
-async fn follow(shared: Arc<Shared>) {
-    loop {
-        let from = shared.index.lock().expect("index lock").tail();
-        let start = from.map_or(StreamPosition::Start, |tail| StreamPosition::Position(position(tail)));
-        let filter = SubscriptionFilter::on_stream_name().add_prefix(shared.names.events_prefix());
-        let mut subscription =
-            shared.client.subscribe_to_all(&SubscribeToAllOptions::default().position(start).filter(filter)).await;
-        loop {
-            match subscription.next_subscription_event().await {
-                Ok(SubscriptionEvent::EventAppeared(event)) => {
-                    shared.health.running();
-                    if let Err(error) = shared.number(event.get_original_event()) {
-                        tracing::error!(store = %shared.location, %error, "stopped following the store");
-                        shared.health.stopped();
-                        return;
-                    }
-                }
-                Ok(_) => shared.health.running(),
-                Err(error) => {
-                    tracing::warn!(store = %shared.location, %error, "the subscription to $all ended; subscribing again");
-                    shared.health.retrying(format!("the subscription to $all ended: {error}"));
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
-    }
-}
-
 impl Shared {
-    fn unavailable(&self, error: &kurrentdb::Error) -> Error {
+    pub(crate) fn unavailable(&self, error: &kurrentdb::Error) -> Error {
         let reason = match error {
             kurrentdb::Error::AccessDenied => "access denied: the connection string's user may not do this".to_owned(),
             other => other.to_string(),
@@ -228,52 +164,17 @@ impl Shared {
         Error::Unavailable { location: self.location.clone(), reason }
     }
 
-    fn check(&self) -> Result<(), Error> {
+    pub(crate) fn check(&self) -> Result<(), Error> {
         match &*self.broken.lock().expect("broken lock") {
             Some(error) => Err(error.clone()),
             None => Ok(()),
         }
     }
 
-    /// Numbers one event read from `$all`, if it is one of the store's.
-    fn number(&self, event: &RecordedEvent) -> Result<(), Error> {
-        let Some(stream) = self.names.stream_of(event.stream_id()) else { return Ok(()) };
-        let added =
-            self.index.lock().expect("index lock").add(at(event.position), event.id, &stream, event.revision + 1);
-        match added {
-            Ok(Some(position)) => {
-                self.head.send_replace(position);
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(broken) => {
-                let error = Error::Corrupt { location: self.location.clone(), detail: broken.to_string() };
-                *self.broken.lock().expect("broken lock") = Some(error.clone());
-                // Wake whoever waits on the head, so they see the store broken.
-                self.head.send_modify(|_| {});
-                Err(error)
-            }
-        }
-    }
-
-    /// Numbers every event of the store already in `$all` after the index's tail.
-    async fn catch_up(&self) -> Result<(), Error> {
-        loop {
-            let tail = self.index.lock().expect("index lock").tail();
-            let start = tail.map_or(StreamPosition::Start, |t| StreamPosition::Position(position(t)));
-            let fetched = self
-                .scan(start, self.names.events_prefix(), CATCH_UP_PAGE, |event| self.number(&event).map(|()| true))
-                .await?;
-            if fetched < CATCH_UP_PAGE {
-                return Ok(());
-            }
-        }
-    }
-
     /// Hands `each` the events of `$all` from `start` on (inclusive) of streams with `prefix`, up to `count`
     /// of them, one at a time as they arrive (a page of large events is never held whole), until it answers
     /// `false`. Returns how many it was handed.
-    async fn scan(
+    pub(crate) async fn scan(
         &self,
         start: StreamPosition<kurrentdb::Position>,
         prefix: &str,
@@ -321,33 +222,6 @@ impl Shared {
     async fn read_last(&self, kurrent: &str) -> Result<Option<RecordedEvent>, Error> {
         let options = ReadStreamOptions::default().position(StreamPosition::End).backwards().max_count(1);
         Ok(self.read_raw(kurrent, options).await?.pop())
-    }
-
-    /// The position of `stream`'s event at `version`, waiting (up to [`INDEX_WAIT`]) for the follower to
-    /// number it: the caller knows KurrentDB holds it.
-    async fn position_of(&self, stream: &StreamName, version: u64) -> Result<u64, Error> {
-        let mut head = self.head.subscribe();
-        let deadline = tokio::time::Instant::now() + INDEX_WAIT;
-        loop {
-            self.check()?;
-            if let Some(position) = self.index.lock().expect("index lock").position_of(stream, version) {
-                return Ok(position);
-            }
-            match tokio::time::timeout_at(deadline, head.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Error::Closed),
-                Err(_) => {
-                    return Err(Error::Unavailable {
-                        location: self.location.clone(),
-                        reason: format!(
-                            "{stream} version {version} is in KurrentDB but the follower of $all has not reached it \
-                             within {} s",
-                            INDEX_WAIT.as_secs()
-                        ),
-                    });
-                }
-            }
-        }
     }
 
     /// Saves a snapshot's or checkpoint's record in `kurrent` unless the one there is further (`at` greater).
@@ -584,13 +458,6 @@ impl EventWrite for KurrentDbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_password_is_hidden_from_client_messages() {
-        let connection = "esdb://admin:s3cret-pw@node:2113?tls=false";
-        assert_eq!(hide("cannot log in as admin with s3cret-pw", connection), "cannot log in as admin with ***");
-        assert_eq!(hide("no password here", "esdb://node:2113"), "no password here");
-    }
 
     #[tokio::test]
     async fn a_connection_string_the_client_refuses_is_a_typed_error_without_its_password() {
